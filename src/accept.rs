@@ -1,0 +1,314 @@
+//! The accept loop and its error policy.
+//!
+//! One task per server accepts from all of its listeners, so the accepting state (and the
+//! start/stop events) belong to the server as a whole. Failed accepts fall in two groups:
+//! - per-connection failures: the client went away between SYN and `accept` (ECONNABORTED,
+//!   ECONNRESET), a firewall said no (EPERM), or the network under it hiccuped (ENETDOWN…). The
+//!   next connection is unaffected, so the loop retries at once;
+//! - everything else, chiefly resource shortages (EMFILE, ENFILE, ENOBUFS, ENOMEM): retrying at
+//!   once would fail the same way and spin a core, so the loop backs off, 5 ms doubling to 1 s,
+//!   and resets the backoff on the first success. Pending clients wait in the backlog meanwhile.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use crate::limit::Permit;
+use crate::manager::Manager;
+use crate::stats::Counters;
+use crate::{AtLimit, Direction, UserData};
+
+/// First pause after a resource-shortage accept error (the design's default, after libuv and
+/// Go's net/http, which both start in the low milliseconds).
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+/// Longest pause: long enough not to spin, short enough that recovery is prompt once
+/// descriptors free up.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// At most this many `on_accept_error` reports per second; every failure is still counted.
+const REPORTS_PER_SECOND: u32 = 10;
+
+/// Whether a failed accept concerned only the connection being accepted.
+fn is_per_connection(error: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        ConnectionAborted
+            | ConnectionReset
+            | ConnectionRefused
+            | Interrupted
+            | WouldBlock
+            | PermissionDenied
+            | NetworkDown
+            | NetworkUnreachable
+            | HostUnreachable
+    )
+}
+
+/// Rate-limits error reports without losing count of them.
+struct Reporter {
+    window_start: Instant,
+    reported: u32,
+    suppressed: u64,
+}
+
+impl Reporter {
+    fn new() -> Self {
+        Reporter {
+            window_start: Instant::now(),
+            reported: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether this error should be reported.
+    fn admit(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    suppressed = self.suppressed,
+                    "accept errors not reported individually in the last second"
+                );
+            }
+            self.window_start = now;
+            self.reported = 0;
+            self.suppressed = 0;
+        }
+        if self.reported < REPORTS_PER_SECOND {
+            self.reported += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+/// Accepts from any listener, starting after the one that accepted last so none is starved.
+async fn accept_any(
+    listeners: &[TcpListener],
+    next: &mut usize,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    poll_fn(|cx| {
+        let count = listeners.len();
+        for i in 0..count {
+            let index = (*next + i) % count;
+            if let Poll::Ready(result) = listeners[index].poll_accept(cx) {
+                *next = (index + 1) % count;
+                return Poll::Ready(result);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Tracks the accepting state the callbacks were told of, so start and stop always alternate.
+struct Announced {
+    accepting: bool,
+}
+
+impl Announced {
+    async fn set(&mut self, manager: &Manager, accepting: bool) {
+        if self.accepting == accepting {
+            return;
+        }
+        self.accepting = accepting;
+        if accepting {
+            manager
+                .guard(
+                    "on_start_accepting_connections",
+                    None,
+                    manager.callbacks.on_start_accepting_connections(),
+                )
+                .await;
+        } else {
+            manager
+                .guard(
+                    "on_stop_accepting_connections",
+                    None,
+                    manager.callbacks.on_stop_accepting_connections(),
+                )
+                .await;
+        }
+    }
+}
+
+pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<TcpListener>) {
+    let mut control = manager.control.subscribe();
+    let mut announced = Announced { accepting: false };
+    let mut refusing = false;
+    let mut backoff = MIN_BACKOFF;
+    let mut reporter = Reporter::new();
+    let mut next = 0;
+    // With `AtLimit::StopAccepting`, a connection accepted when no slot was free waits here for
+    // one (its client sees a connection that has not answered yet, as in the backlog).
+    let mut held: Option<(TcpStream, SocketAddr)> = None;
+    loop {
+        let state = *control.borrow_and_update();
+        if state.shutdown {
+            announced.set(&manager, false).await;
+            return;
+        }
+        if !state.accepting {
+            announced.set(&manager, false).await;
+            if control.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if let Some((stream, peer)) = held.take() {
+            tokio::select! {
+                permit = manager.limiter.acquire() => {
+                    announced.set(&manager, true).await;
+                    take(&manager, stream, peer, permit).await;
+                }
+                changed = control.changed() => {
+                    held = Some((stream, peer));
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
+        announced.set(&manager, true).await;
+        let accepted = tokio::select! {
+            accepted = accept_any(&listeners, &mut next) => accepted,
+            changed = control.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = MIN_BACKOFF;
+                match manager.limiter.try_acquire() {
+                    Some(permit) => {
+                        refusing = false;
+                        take(&manager, stream, peer, permit).await;
+                    }
+                    None => match manager.config.at_limit {
+                        AtLimit::StopAccepting => {
+                            maximum_connections(&manager).await;
+                            announced.set(&manager, false).await;
+                            held = Some((stream, peer));
+                        }
+                        AtLimit::AcceptAndClose => {
+                            Counters::count(&manager.counters.refused_at_limit);
+                            drop(stream);
+                            if !refusing {
+                                refusing = true;
+                                maximum_connections(&manager).await;
+                            }
+                        }
+                    },
+                }
+            }
+            Err(error) => {
+                Counters::count(&manager.counters.accept_errors);
+                let per_connection = is_per_connection(&error);
+                tracing::debug!(%error, per_connection, "accept failed");
+                if reporter.admit() {
+                    manager
+                        .guard(
+                            "on_accept_error",
+                            None,
+                            manager.callbacks.on_accept_error(&error),
+                        )
+                        .await;
+                }
+                if !per_connection {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = control.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+async fn maximum_connections(manager: &Manager) {
+    manager
+        .guard(
+            "on_maximum_connections",
+            None,
+            manager.callbacks.on_maximum_connections(),
+        )
+        .await;
+}
+
+/// Turns an accepted socket with a limiter slot into a connection.
+async fn take(manager: &Arc<Manager>, stream: TcpStream, peer: SocketAddr, permit: Permit) {
+    let Ok(live) = manager.begin() else {
+        // A shutdown began after this accept: the client gets a plain close.
+        return;
+    };
+    if manager.config.nodelay {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
+        }
+    }
+    let created = manager
+        .guard_sync("on_socket_created", None, || {
+            manager
+                .callbacks
+                .on_socket_created(SockRef::from(&stream), Direction::Inbound)
+        })
+        .await;
+    if created.is_none() {
+        // The panic was reported; the socket never becomes a connection.
+        let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        return;
+    }
+    let user_data = UserData::new(&manager.layout);
+    if let Err((_, error)) = manager.establish(
+        stream,
+        peer,
+        Direction::Inbound,
+        user_data,
+        permit,
+        live,
+        false,
+    ) {
+        tracing::debug!(%error, %peer, "accepted connection not taken");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_shortages_back_off_and_client_failures_do_not() {
+        // EMFILE and ENFILE have no stable ErrorKind of their own; they must not count as
+        // per-connection.
+        assert!(!is_per_connection(&io::Error::from_raw_os_error(24)));
+        assert!(!is_per_connection(&io::Error::from_raw_os_error(23)));
+        assert!(!is_per_connection(&io::Error::from(
+            io::ErrorKind::OutOfMemory
+        )));
+        assert!(is_per_connection(&io::Error::from(
+            io::ErrorKind::ConnectionAborted
+        )));
+    }
+
+    #[test]
+    fn reporter_admits_ten_a_second() {
+        let mut reporter = Reporter::new();
+        let admitted = (0..100).filter(|_| reporter.admit()).count();
+        assert_eq!(admitted, REPORTS_PER_SECOND as usize);
+        assert_eq!(reporter.suppressed, 100 - u64::from(REPORTS_PER_SECOND));
+    }
+}

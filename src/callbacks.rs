@@ -1,0 +1,299 @@
+//! The callback trait: one method per event of a connection's life and of the manager's.
+
+use std::io;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use socket2::SockRef;
+
+use crate::{ClosureReason, ConnectArgument, Connection, Direction, Error, UserData};
+
+/// The events of a server, one method each, after the C++ framework's
+/// `IStreamSocketServerCallback`. Every method has a default, so an implementation overrides only
+/// what it needs.
+///
+/// # Where and in what order callbacks run
+/// A connection's events run on that connection's own task, strictly one at a time, in this order:
+///
+/// ```text
+/// on_socket_created → on_connection_established
+///   → on_read_completed / on_write_completed / error callbacks (as the application asks)
+///   → at most one of on_connection_client_close (FIN) or on_connection_reset (RST)
+///   → on_connection_closure(reason) → on_connection_closed → on_socket_released   (last)
+/// ```
+///
+/// An outgoing connection first runs [`on_pre_outgoing_connect`](Callbacks::on_pre_outgoing_connect);
+/// if its connect fails, [`on_outgoing_connection_failed`](Callbacks::on_outgoing_connection_failed)
+/// (for [`Server::spawn_connect`](crate::Server::spawn_connect)) and then
+/// [`on_socket_released`](Callbacks::on_socket_released) are its last events.
+///
+/// Manager events (accepting, limits, abort-all, shutdown, errors) run on the manager's tasks or on
+/// the task that called the [`Server`](crate::Server) method that caused them. Callbacks of
+/// different connections run concurrently, so an implementation is `Send + Sync` and shares its state
+/// through atomics or locks.
+///
+/// A callback that panics is caught: the panic is reported through
+/// [`on_error`](Callbacks::on_error) and, if it belonged to a connection, that connection is reset
+/// with [`ClosureReason::CallbackPanic`] and still gets its closing events. A callback that never
+/// returns stalls its connection (and a shutdown waiting for it), so long work belongs on tasks of
+/// its own, holding a [`Connection`] clone.
+///
+/// # Example
+/// ```no_run
+/// use std::net::SocketAddr;
+/// use bytes::BytesMut;
+/// use switchboard::{async_trait, Callbacks, ClosureReason, Connection};
+///
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl Callbacks for Echo {
+///     async fn on_connection_established(&self, connection: &Connection, _peer: &SocketAddr) {
+///         connection.read();
+///     }
+///
+///     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+///         if connection.write(data.freeze()).is_ok() {
+///             connection.read();
+///         }
+///     }
+///
+///     async fn on_connection_closure(&self, connection: &Connection, reason: ClosureReason) {
+///         println!("connection {} ended: {reason}", connection.id());
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Callbacks: Send + Sync + 'static {
+    /// The listeners started accepting: at start-up, after an explicit
+    /// [`Server::start_accepting`](crate::Server::start_accepting), and when a slot frees after the
+    /// limit stopped them. Always alternates with
+    /// [`on_stop_accepting_connections`](Callbacks::on_stop_accepting_connections), starting with
+    /// this one. Not called for a server without listeners.
+    ///
+    /// Default: does nothing.
+    async fn on_start_accepting_connections(&self) {}
+
+    /// The listeners stopped accepting: the connection limit was reached (with
+    /// [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting)), an explicit
+    /// [`Server::stop_accepting`](crate::Server::stop_accepting), or shutdown.
+    ///
+    /// Default: does nothing.
+    async fn on_stop_accepting_connections(&self) {}
+
+    /// An `accept` call failed. Per-connection failures (the client gave up) are retried at once;
+    /// resource shortages (`EMFILE`, `ENFILE`, `ENOBUFS`…) and unknown errors back off from 5 ms,
+    /// doubling to 1 s, until an accept succeeds. Reports are rate-limited to 10 a second;
+    /// [`Stats::accept_errors`](crate::Stats::accept_errors) counts every failure.
+    ///
+    /// Default: logs the error with `tracing` at warn level.
+    async fn on_accept_error(&self, error: &io::Error) {
+        tracing::warn!(%error, "accept failed");
+    }
+
+    /// A socket was created: accepted, or about to connect out. The server's own options
+    /// ([`nodelay`](crate::ServerBuilder::nodelay)) are already set, so options set here win.
+    /// Runs synchronously, before anything else happens on the socket.
+    ///
+    /// Default: does nothing.
+    fn on_socket_created(&self, socket: SockRef<'_>, direction: Direction) {
+        let _ = (socket, direction);
+    }
+
+    /// An outgoing connect is about to start. `user_data` is the new connection's, empty;
+    /// `argument` is what the call site passed to [`Server::connect`](crate::Server::connect) or
+    /// [`Server::spawn_connect`](crate::Server::spawn_connect), usually moved into a user data slot
+    /// here so that later callbacks, [`on_outgoing_connection_failed`](Callbacks::on_outgoing_connection_failed)
+    /// and [`on_socket_released`](Callbacks::on_socket_released) can see it.
+    /// Followed by [`on_socket_created`](Callbacks::on_socket_created).
+    ///
+    /// Default: drops the argument.
+    async fn on_pre_outgoing_connect(
+        &self,
+        user_data: &UserData,
+        address: &SocketAddr,
+        argument: ConnectArgument,
+    ) {
+        let _ = (user_data, address, argument);
+    }
+
+    /// The first event of every connection (after the socket's creation). `address` is the peer's.
+    /// Issue the first [`read`](Connection::read) or [`write`](Connection::write) here, or keep a
+    /// clone of the handle: otherwise the connection closes by itself right after this returns.
+    ///
+    /// Default: does nothing, so the connection closes with [`ClosureReason::Unreferenced`].
+    async fn on_connection_established(&self, connection: &Connection, address: &SocketAddr) {
+        let _ = (connection, address);
+    }
+
+    /// An outgoing connect made with [`Server::spawn_connect`](crate::Server::spawn_connect) failed:
+    /// refused, unreachable, timed out, the limiter was full, or the server is shutting down.
+    /// [`on_socket_released`](Callbacks::on_socket_released) follows with the same user data.
+    /// ([`Server::connect`](crate::Server::connect) returns the error instead.)
+    ///
+    /// Default: does nothing.
+    async fn on_outgoing_connection_failed(
+        &self,
+        user_data: &UserData,
+        address: &SocketAddr,
+        error: &Error,
+    ) {
+        let _ = (user_data, address, error);
+    }
+
+    /// Data arrived for a requested read. Request the next read here (or later) to go on reading.
+    ///
+    /// Default: drops the data.
+    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+        let _ = (connection, data);
+    }
+
+    /// A read failed with something other than a reset. Return `true` to keep the connection (the
+    /// read request is used up; request another), `false` to end it: then
+    /// [`on_read_completion_error`](Callbacks::on_read_completion_error) follows and the connection
+    /// is reset with [`ClosureReason::ReadError`].
+    ///
+    /// Default: `false`.
+    async fn on_read_error_may_not_be_fatal(
+        &self,
+        connection: &Connection,
+        error: &io::Error,
+    ) -> bool {
+        let _ = (connection, error);
+        false
+    }
+
+    /// A read failed and the connection is ending; its closure follows.
+    ///
+    /// Default: does nothing.
+    async fn on_read_completion_error(&self, connection: &Connection, error: &io::Error) {
+        let _ = (connection, error);
+    }
+
+    /// An urgent (out-of-band, `MSG_OOB`) byte arrived. Not produced yet: out-of-band reads are a
+    /// later addition on Linux.
+    ///
+    /// Default: drops the data.
+    async fn on_read_oob_completed(&self, connection: &Connection, data: BytesMut) {
+        let _ = (connection, data);
+    }
+
+    /// A buffer passed to [`Connection::write`] was handed to the kernel in full. That is all it
+    /// means: the peer may not have received it yet.
+    ///
+    /// Default: drops the buffer.
+    async fn on_write_completed(&self, connection: &Connection, data: Bytes) {
+        let _ = (connection, data);
+    }
+
+    /// A write failed with something other than a reset. Return `true` to keep the connection (the
+    /// unsent data is dropped), `false` to end it: then
+    /// [`on_write_completion_error`](Callbacks::on_write_completion_error) follows and the
+    /// connection is reset with [`ClosureReason::WriteError`].
+    ///
+    /// Default: `false`.
+    async fn on_write_error_may_not_be_fatal(
+        &self,
+        connection: &Connection,
+        error: &io::Error,
+    ) -> bool {
+        let _ = (connection, error);
+        false
+    }
+
+    /// A write failed and the connection is ending; its closure follows.
+    ///
+    /// Default: does nothing.
+    async fn on_write_completion_error(&self, connection: &Connection, error: &io::Error) {
+        let _ = (connection, error);
+    }
+
+    /// The connection limit was reached. With [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting)
+    /// this precedes [`on_stop_accepting_connections`](Callbacks::on_stop_accepting_connections);
+    /// with [`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose) it fires on the first
+    /// refusal after a connection was taken.
+    ///
+    /// Default: does nothing.
+    async fn on_maximum_connections(&self) {}
+
+    /// [`Server::abort_all_connections`](crate::Server::abort_all_connections), or the end of a
+    /// shutdown's drain time, reset `count` live connections. Their closing events follow on their
+    /// own tasks.
+    ///
+    /// Default: does nothing.
+    async fn on_all_connections_aborted(&self, count: usize) {
+        let _ = count;
+    }
+
+    /// The first event of a shutdown. Accepting stops next.
+    ///
+    /// Default: does nothing.
+    async fn on_shutdown_initiated(&self) {}
+
+    /// A shutdown has started while this connection is live; it has the
+    /// [drain time](crate::ServerBuilder::shutdown_timeout) to end before it is reset with
+    /// [`ClosureReason::ShutdownForced`]. Runs on the connection's task. (Not in the C++ interface,
+    /// where connections are told through the framework; it is how a switchboard application
+    /// finishes its work in hand.)
+    ///
+    /// Default: [`Connection::close`], which sends what is queued and closes gracefully.
+    async fn on_shutdown_requested(&self, connection: &Connection) {
+        connection.close();
+    }
+
+    /// The last event of a shutdown: every connection has been released; no callback follows.
+    ///
+    /// Default: does nothing.
+    async fn on_shutdown_complete(&self) {}
+
+    /// The peer sent FIN: no more data will arrive, but writes are still allowed and queued writes
+    /// are delivered. The pending read is used up by this; the connection then closes by itself
+    /// when nothing else keeps it open.
+    ///
+    /// Default: does nothing.
+    async fn on_connection_client_close(&self, connection: &Connection) {
+        let _ = connection;
+    }
+
+    /// The peer reset the connection (RST), seen by a read or a write. Queued writes are lost; the
+    /// closure with [`ClosureReason::PeerReset`] follows.
+    ///
+    /// Default: does nothing.
+    async fn on_connection_reset(&self, connection: &Connection, error: &io::Error) {
+        let _ = (connection, error);
+    }
+
+    /// The connection has ended, for `reason`: exactly once per established connection. The socket
+    /// is closed; [`on_connection_closed`](Callbacks::on_connection_closed) follows.
+    ///
+    /// Default: does nothing.
+    async fn on_connection_closure(&self, connection: &Connection, reason: ClosureReason) {
+        let _ = (connection, reason);
+    }
+
+    /// Right after [`on_connection_closure`](Callbacks::on_connection_closure), without a reason
+    /// (kept for parity with the C++ interface). [`on_socket_released`](Callbacks::on_socket_released)
+    /// follows.
+    ///
+    /// Default: does nothing.
+    async fn on_connection_closed(&self, connection: &Connection) {
+        let _ = connection;
+    }
+
+    /// The very last event of a connection (or of a failed outgoing connect), with its user data by
+    /// value for final clean-up. The connection's limiter slot is freed right after this returns.
+    ///
+    /// Default: drops the user data.
+    async fn on_socket_released(&self, user_data: UserData) {
+        let _ = user_data;
+    }
+
+    /// An error tied to no connection, including a panic caught in any callback
+    /// ([`Error::CallbackPanic`]).
+    ///
+    /// Default: logs the error with `tracing` at error level.
+    async fn on_error(&self, error: &Error) {
+        tracing::error!(%error, "switchboard error");
+    }
+}

@@ -1,0 +1,125 @@
+//! Why a connection ended.
+
+use std::fmt;
+
+/// Why a connection ended, passed to
+/// [`Callbacks::on_connection_closure`](crate::Callbacks::on_connection_closure) exactly once per
+/// connection and counted in [`Stats::closures`](crate::Stats::closures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClosureReason {
+    /// The peer sent FIN and the connection then closed gracefully: our queued writes were
+    /// delivered and our FIN sent.
+    PeerClosed,
+    /// The peer reset the connection (RST); see
+    /// [`Callbacks::on_connection_reset`](crate::Callbacks::on_connection_reset).
+    PeerReset,
+    /// [`Connection::close`](crate::Connection::close) was called: queued writes were flushed,
+    /// then FIN was sent.
+    LocalClose,
+    /// [`Connection::abort`](crate::Connection::abort) was called: the queue was dropped and RST
+    /// sent.
+    LocalAbort,
+    /// The lifetime rule closed it: no read was requested, no write was queued and the
+    /// application held no [`Connection`](crate::Connection) handle. It closed gracefully.
+    Unreferenced,
+    /// A read failed and the application did not keep the connection
+    /// ([`Callbacks::on_read_error_may_not_be_fatal`](crate::Callbacks::on_read_error_may_not_be_fatal)
+    /// returned `false`).
+    ReadError,
+    /// A write failed and the application did not keep the connection.
+    WriteError,
+    /// A graceful close (flush, FIN, wait for the peer's FIN) did not finish within the
+    /// [close timeout](crate::ServerBuilder::close_timeout); the connection was reset.
+    CloseTimedOut,
+    /// A callback for this connection panicked; the connection was reset.
+    CallbackPanic,
+    /// [`Server::abort_all_connections`](crate::Server::abort_all_connections) reset it.
+    AbortAll,
+    /// It was still open when the shutdown's drain time ran out and was reset.
+    ShutdownForced,
+}
+
+impl ClosureReason {
+    /// Every reason, in the order of [`ClosureReason::index`].
+    pub const ALL: [ClosureReason; 11] = [
+        ClosureReason::PeerClosed,
+        ClosureReason::PeerReset,
+        ClosureReason::LocalClose,
+        ClosureReason::LocalAbort,
+        ClosureReason::Unreferenced,
+        ClosureReason::ReadError,
+        ClosureReason::WriteError,
+        ClosureReason::CloseTimedOut,
+        ClosureReason::CallbackPanic,
+        ClosureReason::AbortAll,
+        ClosureReason::ShutdownForced,
+    ];
+
+    /// The reason's `snake_case` name, as used in logs and the example's event lines.
+    ///
+    /// ```
+    /// assert_eq!(switchboard::ClosureReason::PeerReset.as_str(), "peer_reset");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosureReason::PeerClosed => "peer_closed",
+            ClosureReason::PeerReset => "peer_reset",
+            ClosureReason::LocalClose => "local_close",
+            ClosureReason::LocalAbort => "local_abort",
+            ClosureReason::Unreferenced => "unreferenced",
+            ClosureReason::ReadError => "read_error",
+            ClosureReason::WriteError => "write_error",
+            ClosureReason::CloseTimedOut => "close_timed_out",
+            ClosureReason::CallbackPanic => "callback_panic",
+            ClosureReason::AbortAll => "abort_all",
+            ClosureReason::ShutdownForced => "shutdown_forced",
+        }
+    }
+
+    /// Position of this reason in [`ClosureReason::ALL`].
+    ///
+    /// ```
+    /// use switchboard::ClosureReason;
+    /// assert_eq!(ClosureReason::ALL[ClosureReason::AbortAll.index()], ClosureReason::AbortAll);
+    /// ```
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the connection ended with FIN (all queued data delivered) rather than RST.
+    ///
+    /// ```
+    /// use switchboard::ClosureReason;
+    /// assert!(ClosureReason::LocalClose.is_graceful());
+    /// assert!(!ClosureReason::LocalAbort.is_graceful());
+    /// ```
+    pub fn is_graceful(self) -> bool {
+        matches!(
+            self,
+            ClosureReason::PeerClosed | ClosureReason::LocalClose | ClosureReason::Unreferenced
+        )
+    }
+}
+
+impl fmt::Display for ClosureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClosureReason;
+
+    #[test]
+    fn all_is_in_index_order_and_names_are_unique() {
+        for (i, reason) in ClosureReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+        let mut names: Vec<_> = ClosureReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ClosureReason::ALL.len());
+    }
+}

@@ -1,0 +1,356 @@
+//! The handle users hold: read, write, close, abort, user data.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::stats::{ConnectionCounters, ConnectionStats};
+use crate::{ClosureReason, Error, UserData};
+
+/// A connection's number, unique within its server for the server's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl ConnectionId {
+    /// The number itself.
+    ///
+    /// ```
+    /// # fn show(connection: &switchboard::Connection) {
+    /// println!("connection {} is number {}", connection.id(), connection.id().get());
+    /// # }
+    /// ```
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Accepted by one of the server's listeners.
+    Inbound,
+    /// Opened by [`Server::connect`](crate::Server::connect) or
+    /// [`Server::spawn_connect`](crate::Server::spawn_connect).
+    Outbound,
+}
+
+/// What a connection's handles ask of its driver, and what the driver tells them back.
+/// Guarded by one mutex, held only for a few field updates at a time.
+pub(crate) struct State {
+    /// The application wants the next `on_read_completed`.
+    pub(crate) read_requested: bool,
+    /// Buffers written by the application that the driver has not yet taken.
+    pub(crate) queue: VecDeque<Bytes>,
+    /// Bytes in `queue` plus those the driver holds and has not yet handed to the kernel.
+    pub(crate) queued_bytes: usize,
+    /// `shutdown_write` was called.
+    pub(crate) shutdown_write_requested: bool,
+    /// `close` was called.
+    pub(crate) close_requested: bool,
+    /// An abort was asked for (by the application, abort-all or a forced shutdown).
+    pub(crate) abort_requested: Option<ClosureReason>,
+    /// The manager's shutdown has started and this connection has not been told yet.
+    pub(crate) shutdown_notice: bool,
+    /// The peer's FIN was seen: reads cannot complete any more.
+    pub(crate) read_closed: bool,
+    /// The connection is closing or closed: no more writes or reads are taken.
+    pub(crate) closing: bool,
+    /// The driver has left its I/O loop: the socket is closed, only the final callbacks remain.
+    pub(crate) ended: bool,
+    /// Something changed since the driver last read the state.
+    pub(crate) dirty: bool,
+    /// The driver is parked and must be woken for any change.
+    pub(crate) driver_waiting: bool,
+}
+
+/// The part of a connection shared by its driver, its handles and the manager's registry.
+pub(crate) struct Shared {
+    pub(crate) id: ConnectionId,
+    pub(crate) peer_addr: SocketAddr,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) direction: Direction,
+    pub(crate) write_queue_limit: usize,
+    pub(crate) user_data: UserData,
+    pub(crate) counters: ConnectionCounters,
+    state: Mutex<State>,
+    /// Wakes the driver; it stores a permit, so a wake-up sent before the driver parks is kept.
+    pub(crate) wake: Notify,
+    /// Counted [`Connection`] handles held by the application.
+    handles: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        id: ConnectionId,
+        peer_addr: SocketAddr,
+        local_addr: SocketAddr,
+        direction: Direction,
+        write_queue_limit: usize,
+        user_data: UserData,
+    ) -> Self {
+        Shared {
+            id,
+            peer_addr,
+            local_addr,
+            direction,
+            write_queue_limit,
+            user_data,
+            counters: ConnectionCounters::default(),
+            state: Mutex::new(State {
+                read_requested: false,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                shutdown_write_requested: false,
+                close_requested: false,
+                abort_requested: None,
+                shutdown_notice: false,
+                read_closed: false,
+                closing: false,
+                ended: false,
+                dirty: false,
+                driver_waiting: false,
+            }),
+            wake: Notify::new(),
+            handles: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while this lock is held, but a poisoned lock must not turn one
+        // connection's trouble into a panic in every handle, so the guard is recovered.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn handles(&self) -> usize {
+        self.handles.load(Ordering::Acquire)
+    }
+
+    /// Applies `change` to the state and wakes the driver if it is parked.
+    fn update(&self, change: impl FnOnce(&mut State)) {
+        let mut state = self.state();
+        change(&mut state);
+        state.dirty = true;
+        let wake = state.driver_waiting;
+        drop(state);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Asks the driver to abort with `reason` unless it is already ending. Returns whether this
+    /// call was the one that ended it.
+    pub(crate) fn request_abort(&self, reason: ClosureReason) -> bool {
+        let mut requested = false;
+        self.update(|state| {
+            // A graceful close in progress is cut short too: the connection is still live.
+            if state.abort_requested.is_none() && !state.ended {
+                state.abort_requested = Some(reason);
+                requested = true;
+            }
+        });
+        requested
+    }
+
+    pub(crate) fn notify_shutdown(&self) {
+        self.update(|state| state.shutdown_notice = true);
+    }
+}
+
+/// A handle to one connection: cheap to clone, usable from any task.
+///
+/// The handles given to callbacks are borrowed from the connection's own task. Cloning one
+/// keeps the connection open (the C++ framework's reference count): a connection stays open while
+/// a read is requested, a write is queued or in flight, or the application holds a clone; when
+/// none is left it closes gracefully by itself with [`ClosureReason::Unreferenced`] (or
+/// [`ClosureReason::PeerClosed`] after the peer's FIN).
+///
+/// Requests made through a handle (`read`, `write`, `close`…) are carried out by the connection's
+/// task, in order, after the current callback returns.
+///
+/// ```no_run
+/// use switchboard::{async_trait, Callbacks, Connection};
+/// use bytes::BytesMut;
+/// use std::net::SocketAddr;
+///
+/// struct Echo;
+///
+/// #[async_trait]
+/// impl Callbacks for Echo {
+///     async fn on_connection_established(&self, connection: &Connection, _peer: &SocketAddr) {
+///         connection.read();
+///     }
+///     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+///         // Zero-copy: the buffer read is the buffer written.
+///         if connection.write(data.freeze()).is_ok() {
+///             connection.read();
+///         }
+///     }
+/// }
+/// ```
+pub struct Connection {
+    shared: Arc<Shared>,
+    /// Whether this handle counts toward the lifetime rule (every clone does; the driver's own
+    /// handle, lent to callbacks, does not).
+    counted: bool,
+}
+
+impl Connection {
+    /// The driver's own handle, which does not keep the connection open.
+    pub(crate) fn uncounted(shared: Arc<Shared>) -> Self {
+        Connection {
+            shared,
+            counted: false,
+        }
+    }
+
+    /// The connection's number.
+    pub fn id(&self) -> ConnectionId {
+        self.shared.id
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer_addr
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Whether the connection was accepted or opened by this side.
+    pub fn direction(&self) -> Direction {
+        self.shared.direction
+    }
+
+    /// The connection's user data slots.
+    pub fn user_data(&self) -> &UserData {
+        &self.shared.user_data
+    }
+
+    /// This connection's byte and operation counts so far.
+    pub fn stats(&self) -> ConnectionStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Bytes written by the application and not yet handed to the kernel.
+    pub fn queued_write_bytes(&self) -> usize {
+        self.shared.state().queued_bytes
+    }
+
+    /// Whether the connection is closing or closed (after `close`, `abort`, the peer's reset, or the
+    /// lifetime rule). A closing connection takes no more reads or writes.
+    pub fn is_closing(&self) -> bool {
+        let state = self.shared.state();
+        state.closing || state.abort_requested.is_some()
+    }
+
+    /// Requests one read: when data arrives, [`Callbacks::on_read_completed`](crate::Callbacks::on_read_completed)
+    /// gets it, in a buffer of up to the [read buffer size](crate::ServerBuilder::read_buffer_size).
+    /// The buffer is allocated only when data is there to read.
+    ///
+    /// At most one read is outstanding; requesting again before it completes changes nothing.
+    /// A pending read keeps the connection open. After the peer's FIN, or once the connection is
+    /// closing, a request is ignored: the events already tell why no data will come.
+    pub fn read(&self) {
+        self.shared.update(|state| {
+            if !state.read_closed && !state.closing {
+                state.read_requested = true;
+            }
+        });
+    }
+
+    /// Queues `data` to be sent. Once it has been handed to the kernel,
+    /// [`Callbacks::on_write_completed`](crate::Callbacks::on_write_completed) gets the same buffer back.
+    /// A queued write keeps the connection open until it is sent.
+    ///
+    /// # Errors
+    /// - [`Error::WriteQueueFull`] if the queue already holds the
+    ///   [write queue limit](crate::ServerBuilder::write_queue_limit) or more. A write is taken
+    ///   whenever the queue is below the limit, so the queue never exceeds the limit plus one write.
+    /// - [`Error::WriteShutdown`] after [`Connection::shutdown_write`].
+    /// - [`Error::ConnectionClosed`] once the connection is closing or closed.
+    pub fn write(&self, data: impl Into<Bytes>) -> Result<(), Error> {
+        let data = data.into();
+        let mut result = Ok(());
+        self.shared.update(|state| {
+            if state.closing || state.abort_requested.is_some() {
+                result = Err(Error::ConnectionClosed);
+            } else if state.shutdown_write_requested {
+                result = Err(Error::WriteShutdown);
+            } else if state.queued_bytes >= self.shared.write_queue_limit {
+                result = Err(Error::WriteQueueFull {
+                    queued: state.queued_bytes,
+                    limit: self.shared.write_queue_limit,
+                });
+            } else if !data.is_empty() {
+                state.queued_bytes += data.len();
+                state.queue.push_back(data);
+            }
+        });
+        result
+    }
+
+    /// Half-close: once the queued writes are sent, sends FIN. Reads go on; writes are refused from
+    /// now on with [`Error::WriteShutdown`].
+    pub fn shutdown_write(&self) {
+        self.shared
+            .update(|state| state.shutdown_write_requested = true);
+    }
+
+    /// Graceful close: stops reading, sends every queued write, sends FIN, then waits (up to the
+    /// [close timeout](crate::ServerBuilder::close_timeout)) for the peer's FIN so that no data of
+    /// ours is lost to a reset. Ends with [`ClosureReason::LocalClose`].
+    pub fn close(&self) {
+        self.shared.update(|state| state.close_requested = true);
+    }
+
+    /// Hard close: drops the queued writes and resets the connection (RST, through `SO_LINGER` 0).
+    /// Ends with [`ClosureReason::LocalAbort`]. Overrides a `close` in progress.
+    pub fn abort(&self) {
+        self.shared.request_abort(ClosureReason::LocalAbort);
+    }
+}
+
+impl Clone for Connection {
+    fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::AcqRel);
+        Connection {
+            shared: self.shared.clone(),
+            counted: true,
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.counted && self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last handle is gone: the driver re-checks the lifetime rule.
+            self.shared.update(|_| {});
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("peer_addr", &self.shared.peer_addr)
+            .field("local_addr", &self.shared.local_addr)
+            .field("direction", &self.shared.direction)
+            .finish()
+    }
+}

@@ -1,0 +1,149 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::ConnectionId;
+
+/// Everything that can go wrong in switchboard.
+///
+/// I/O failures keep their [`io::Error`] (the C++ framework's `lastError`), reachable through
+/// [`std::error::Error::source`] and [`Error::io_error`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A builder setting has a value the server cannot run with.
+    InvalidSetting {
+        /// The builder method that set it, e.g. `"read_buffer_size"`.
+        setting: &'static str,
+        /// Why the value was refused.
+        reason: String,
+    },
+    /// Resolving or binding a listen address failed.
+    Bind {
+        /// The address as given to [`ServerBuilder::bind`](crate::ServerBuilder::bind), or the
+        /// resolved address that failed.
+        address: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// An outgoing connect failed at the socket level (refused, unreachable…).
+    Connect {
+        /// The address the connect was made to.
+        address: SocketAddr,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// An outgoing connect did not complete within the configured connect timeout.
+    ConnectTimedOut {
+        /// The address the connect was made to.
+        address: SocketAddr,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// The [`ConnectionLimiter`](crate::ConnectionLimiter) had no free slot for a new connection.
+    ConnectionLimitReached {
+        /// The limiter's maximum.
+        limit: usize,
+    },
+    /// The server is shutting down (or has shut down) and takes no new connections.
+    ShuttingDown,
+    /// The connection is closing or closed: it takes no more writes.
+    ConnectionClosed,
+    /// [`Connection::shutdown_write`](crate::Connection::shutdown_write) was called: no more writes.
+    WriteShutdown,
+    /// The connection's write queue already holds its limit of bytes.
+    WriteQueueFull {
+        /// Bytes queued and not yet handed to the kernel.
+        queued: usize,
+        /// The configured [write queue limit](crate::ServerBuilder::write_queue_limit).
+        limit: usize,
+    },
+    /// A callback panicked. The panic was caught; when the callback belonged to a connection,
+    /// that connection was aborted with [`ClosureReason::CallbackPanic`](crate::ClosureReason::CallbackPanic).
+    CallbackPanic {
+        /// Name of the callback, e.g. `"on_read_completed"`.
+        callback: &'static str,
+        /// The connection the callback ran for, if any.
+        connection: Option<ConnectionId>,
+        /// The panic message, when the payload was a string.
+        message: String,
+    },
+    /// Any other I/O error.
+    Io(io::Error),
+}
+
+impl Error {
+    /// The underlying operating system error, if this error carries one.
+    ///
+    /// ```
+    /// use std::io;
+    /// let error = switchboard::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+    /// assert_eq!(error.io_error().map(io::Error::kind), Some(io::ErrorKind::ConnectionRefused));
+    /// ```
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Error::Bind { source, .. } | Error::Connect { source, .. } | Error::Io(source) => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidSetting { setting, reason } => {
+                write!(f, "invalid setting `{setting}`: {reason}")
+            }
+            Error::Bind { address, source } => write!(f, "cannot listen on {address}: {source}"),
+            Error::Connect { address, source } => {
+                write!(f, "cannot connect to {address}: {source}")
+            }
+            Error::ConnectTimedOut { address, timeout } => {
+                write!(f, "connect to {address} timed out after {timeout:?}")
+            }
+            Error::ConnectionLimitReached { limit } => {
+                write!(f, "connection limit of {limit} reached")
+            }
+            Error::ShuttingDown => f.write_str("the server is shutting down"),
+            Error::ConnectionClosed => f.write_str("the connection is closed"),
+            Error::WriteShutdown => f.write_str("the connection's write side was shut down"),
+            Error::WriteQueueFull { queued, limit } => {
+                write!(f, "write queue full ({queued} bytes queued, limit {limit})")
+            }
+            Error::CallbackPanic {
+                callback,
+                connection,
+                message,
+            } => {
+                write!(f, "callback {callback} panicked")?;
+                if let Some(id) = connection {
+                    write!(f, " on connection {id}")?;
+                }
+                write!(f, ": {message}")
+            }
+            Error::Io(source) => write!(f, "{source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bind { source, .. } | Error::Connect { source, .. } | Error::Io(source) => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(error: io::Error) -> Self {
+        Error::Io(error)
+    }
+}

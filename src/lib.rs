@@ -1,0 +1,94 @@
+//! # switchboard
+//!
+//! A callback-driven TCP connection manager for tokio, after the connection-manager model of
+//! JetByte's C++ *The Server Framework*. You implement one async trait, [`Callbacks`]; switchboard
+//! runs the listeners, the accept loop, one task per connection, the connection limit, abort-all
+//! and an ordered shutdown, and calls you at each event of every connection's life, in a
+//! guaranteed order.
+//!
+//! The entry point is [`Server::builder`].
+//!
+//! ## A connection's life
+//! ```text
+//!  accept / connect ─► on_socket_created ─► on_connection_established
+//!                                              │
+//!              ┌───────────────────────────────┘   read() / write() / clones of the handle
+//!              ▼                                   keep the connection open
+//!   on_read_completed, on_write_completed, error callbacks   (one at a time, on its own task)
+//!              │
+//!              ├─ peer FIN ─► on_connection_client_close   (writes still allowed)
+//!              ├─ peer RST ─► on_connection_reset
+//!              ▼
+//!   nothing left to do, close(), abort(), abort-all, shutdown, error, panic
+//!              ▼
+//!   on_connection_closure(reason) ─► on_connection_closed ─► on_socket_released(user data)  [last]
+//! ```
+//! The lifetime rule is the C++ framework's: a connection stays open while a read is requested, a
+//! write is queued or in flight, or the application holds a [`Connection`] clone. When none is left
+//! it closes gracefully by itself.
+//!
+//! ## Example: an echo server
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use switchboard::{async_trait, BytesMut, Callbacks, Connection, Server};
+//!
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl Callbacks for Echo {
+//!     async fn on_connection_established(&self, connection: &Connection, _peer: &SocketAddr) {
+//!         connection.read();
+//!     }
+//!
+//!     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+//!         if connection.write(data.freeze()).is_ok() {
+//!             connection.read();
+//!         }
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), switchboard::Error> {
+//!     let server = Server::builder()
+//!         .bind("127.0.0.1:5050")
+//!         .max_connections(10_000)
+//!         .start(Echo)
+//!         .await?;
+//!     tokio::signal::ctrl_c().await?;
+//!     let report = server.shutdown().await;
+//!     println!("{} connections closed gracefully, {} forced", report.graceful, report.forced);
+//!     Ok(())
+//! }
+//! ```
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod accept;
+mod callbacks;
+mod closure;
+mod connection;
+mod driver;
+mod error;
+mod limit;
+mod manager;
+mod server;
+mod stats;
+mod user_data;
+
+pub use async_trait::async_trait;
+pub use bytes::{Bytes, BytesMut};
+pub use socket2;
+
+pub use callbacks::Callbacks;
+pub use closure::ClosureReason;
+pub use connection::{Connection, ConnectionId, Direction};
+pub use error::Error;
+pub use limit::ConnectionLimiter;
+pub use manager::ShutdownReport;
+pub use server::{
+    AtLimit, Server, ServerBuilder, DEFAULT_BACKLOG, DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_BUFFER_SIZE, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_WRITE_QUEUE_LIMIT,
+};
+pub use stats::{ConnectionStats, Stats};
+pub use user_data::{ConnectArgument, Slot, UserData};

@@ -1,0 +1,137 @@
+//! The connection limiter, shareable between servers and outgoing connections.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Caps the number of live connections across every server and outgoing connection that share it.
+///
+/// A limiter is a counting semaphore: each connection holds one slot from the moment it is
+/// accepted (or its outgoing connect starts) until just after its
+/// [`on_socket_released`](crate::Callbacks::on_socket_released) returns. Slots are taken atomically,
+/// so the limit is never exceeded, even when several servers accept at once. Cloning a limiter
+/// gives another handle to the same count; pass a clone to each
+/// [`ServerBuilder::limiter`](crate::ServerBuilder::limiter) that should share it.
+///
+/// ```
+/// use switchboard::ConnectionLimiter;
+///
+/// let limiter = ConnectionLimiter::new(100);
+/// assert_eq!(limiter.max(), Some(100));
+/// assert_eq!(limiter.active(), 0);
+/// assert_eq!(ConnectionLimiter::unlimited().max(), None);
+/// ```
+#[derive(Clone)]
+pub struct ConnectionLimiter {
+    semaphore: Arc<Semaphore>,
+    max: Option<usize>,
+}
+
+/// One connection's slot in a [`ConnectionLimiter`]; freed on drop.
+pub(crate) struct Permit {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnectionLimiter {
+    /// The largest limit a limiter can hold (tokio's semaphore maximum).
+    pub const MAX: usize = Semaphore::MAX_PERMITS;
+
+    /// A limiter that allows at most `max` live connections.
+    ///
+    /// A `max` of 0 refuses every connection. Values above [`ConnectionLimiter::MAX`] are clamped
+    /// to it.
+    pub fn new(max: usize) -> Self {
+        let max = max.min(Self::MAX);
+        ConnectionLimiter {
+            semaphore: Arc::new(Semaphore::new(max)),
+            max: Some(max),
+        }
+    }
+
+    /// A limiter without a limit; it still counts live connections.
+    pub fn unlimited() -> Self {
+        ConnectionLimiter {
+            semaphore: Arc::new(Semaphore::new(Self::MAX)),
+            max: None,
+        }
+    }
+
+    /// The limit, or `None` for an unlimited limiter.
+    pub fn max(&self) -> Option<usize> {
+        self.max
+    }
+
+    /// How many slots are in use right now.
+    pub fn active(&self) -> usize {
+        self.max.unwrap_or(Self::MAX) - self.semaphore.available_permits()
+    }
+
+    /// The limit as a number, [`ConnectionLimiter::MAX`] when unlimited.
+    pub(crate) fn capacity(&self) -> usize {
+        self.max.unwrap_or(Self::MAX)
+    }
+
+    /// Takes a slot if one is free, without waiting.
+    pub(crate) fn try_acquire(&self) -> Option<Permit> {
+        self.semaphore
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| Permit { _permit: permit })
+    }
+
+    /// Waits for a free slot. Waiters are served first come, first served.
+    pub(crate) async fn acquire(&self) -> Permit {
+        let permit = self
+            .semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("switchboard never closes a limiter's semaphore");
+        Permit { _permit: permit }
+    }
+}
+
+impl Default for ConnectionLimiter {
+    fn default() -> Self {
+        Self::unlimited()
+    }
+}
+
+impl fmt::Debug for ConnectionLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionLimiter")
+            .field("max", &self.max)
+            .field("active", &self.active())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionLimiter;
+
+    #[test]
+    fn slots_are_counted_and_freed_on_drop() {
+        let limiter = ConnectionLimiter::new(2);
+        let a = limiter.try_acquire().expect("first slot");
+        let shared = limiter.clone();
+        let b = shared.try_acquire().expect("second slot");
+        assert_eq!(limiter.active(), 2);
+        assert!(limiter.try_acquire().is_none());
+        drop(a);
+        assert_eq!(shared.active(), 1);
+        assert!(limiter.try_acquire().is_some());
+        drop(b);
+        assert_eq!(limiter.active(), 0);
+    }
+
+    #[test]
+    fn zero_refuses_everything_and_unlimited_counts() {
+        assert!(ConnectionLimiter::new(0).try_acquire().is_none());
+        let unlimited = ConnectionLimiter::unlimited();
+        let _slot = unlimited.try_acquire().unwrap();
+        assert_eq!(unlimited.active(), 1);
+    }
+}

@@ -1,0 +1,464 @@
+//! The builder, the listeners and the handle that controls a running server.
+
+use std::any::Any;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+
+use crate::accept::accept_loop;
+use crate::manager::{Config, Manager, ShutdownReport};
+use crate::user_data::{Slot, UserDataLayout};
+use crate::{Callbacks, ConnectArgument, Connection, ConnectionLimiter, Error, Stats};
+
+/// Listen backlog: Linux's `somaxconn` default since 5.4 and what nginx and Go ask for on Linux.
+pub const DEFAULT_BACKLOG: u32 = 1024;
+/// Read buffer size: tokio's and most echo servers' usual 8 KiB, allocated only when data is
+/// there to read.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 8 * 1024;
+/// Write queue limit: Netty's default high watermark (64 KiB).
+pub const DEFAULT_WRITE_QUEUE_LIMIT: usize = 64 * 1024;
+/// Drain time at shutdown before the remaining connections are reset: Kubernetes' default
+/// termination grace period.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a graceful close waits for the flush and the peer's FIN: nginx's `lingering_timeout`.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outgoing connect timeout: long enough for a retransmitted SYN (1 s, then 3 s), short enough
+/// that a dead host is reported promptly.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a server does with new connections when its [`ConnectionLimiter`] is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AtLimit {
+    /// Stop accepting until a slot frees: new clients wait in the listen backlog (the C++
+    /// framework's behaviour). The default.
+    #[default]
+    StopAccepting,
+    /// Keep accepting, and close each connection over the limit at once, so clients learn
+    /// promptly instead of waiting.
+    AcceptAndClose,
+}
+
+/// Configures and starts a [`Server`]. Every setting has a documented default.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard::{AtLimit, Callbacks, Server};
+///
+/// struct Nothing;
+/// impl Callbacks for Nothing {}
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+/// let server = Server::builder()
+///     .bind("127.0.0.1:0")
+///     .max_connections(10_000)
+///     .at_limit(AtLimit::StopAccepting)
+///     .shutdown_timeout(Duration::from_secs(5))
+///     .start(Nothing)
+///     .await?;
+/// println!("listening on {}", server.local_addr().unwrap());
+/// server.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct ServerBuilder {
+    binds: Vec<Result<SocketAddr, Error>>,
+    backlog: u32,
+    reuse_address: bool,
+    config: Config,
+    limiter: ConnectionLimiter,
+    accepting: bool,
+    layout: UserDataLayout,
+}
+
+impl ServerBuilder {
+    fn new() -> Self {
+        ServerBuilder {
+            binds: Vec::new(),
+            backlog: DEFAULT_BACKLOG,
+            reuse_address: true,
+            config: Config {
+                nodelay: true,
+                read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+                write_queue_limit: DEFAULT_WRITE_QUEUE_LIMIT,
+                at_limit: AtLimit::StopAccepting,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                close_timeout: DEFAULT_CLOSE_TIMEOUT,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            },
+            limiter: ConnectionLimiter::unlimited(),
+            accepting: true,
+            layout: UserDataLayout::new(),
+        }
+    }
+
+    /// Adds a listener on `address` (port 0 picks a free port; read it back with
+    /// [`Server::local_addrs`]). A name is resolved now and the first address it resolves to is
+    /// used; call `bind` again for more listeners. Without any `bind` the server only makes
+    /// outgoing connections.
+    pub fn bind(mut self, address: impl ToSocketAddrs) -> Self {
+        let resolved = match address.to_socket_addrs() {
+            Ok(mut addresses) => addresses.next().ok_or_else(|| Error::Bind {
+                address: "(name with no addresses)".into(),
+                source: std::io::Error::from(std::io::ErrorKind::AddrNotAvailable),
+            }),
+            Err(source) => Err(Error::Bind {
+                address: "(unresolvable name)".into(),
+                source,
+            }),
+        };
+        self.binds.push(resolved);
+        self
+    }
+
+    /// Listen backlog. Default: [`DEFAULT_BACKLOG`] (1024); the kernel caps it at `somaxconn`.
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// `SO_REUSEADDR` on the listeners, so a restarted server can bind while old connections sit
+    /// in `TIME_WAIT`. Default: on.
+    pub fn reuse_address(mut self, on: bool) -> Self {
+        self.reuse_address = on;
+        self
+    }
+
+    /// `TCP_NODELAY` on every connection (Nagle's algorithm off). Default: on, as request/response
+    /// protocols want; [`Callbacks::on_socket_created`] can change it per socket.
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.config.nodelay = on;
+        self
+    }
+
+    /// Largest buffer one read delivers. Default: [`DEFAULT_READ_BUFFER_SIZE`] (8 KiB). Must be
+    /// above zero.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.read_buffer_size = bytes;
+        self
+    }
+
+    /// Bytes a connection's write queue may hold: [`Connection::write`] is refused once the
+    /// queue holds this much, and reads pause (so a peer that does not read our replies is held
+    /// back by TCP flow control) until the queue drains below it. Default:
+    /// [`DEFAULT_WRITE_QUEUE_LIMIT`] (64 KiB). Must be above zero.
+    pub fn write_queue_limit(mut self, bytes: usize) -> Self {
+        self.config.write_queue_limit = bytes;
+        self
+    }
+
+    /// At most `max` live connections (inbound and outbound) for this server, through a limiter
+    /// of its own. Replaces an earlier [`limiter`](ServerBuilder::limiter). Default: unlimited.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limiter = ConnectionLimiter::new(max);
+        self
+    }
+
+    /// Counts this server's connections in `limiter`, which other servers and their outgoing
+    /// connections may share. Replaces an earlier [`max_connections`](ServerBuilder::max_connections).
+    pub fn limiter(mut self, limiter: ConnectionLimiter) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// What to do with new connections when the limiter is full. Default:
+    /// [`AtLimit::StopAccepting`].
+    pub fn at_limit(mut self, policy: AtLimit) -> Self {
+        self.config.at_limit = policy;
+        self
+    }
+
+    /// Drain time: how long a shutdown waits for live connections to end by themselves before it
+    /// resets the rest. Default: [`DEFAULT_SHUTDOWN_TIMEOUT`] (30 s).
+    pub fn shutdown_timeout(mut self, drain: Duration) -> Self {
+        self.config.shutdown_timeout = drain;
+        self
+    }
+
+    /// How long a graceful close may take to send the queue, send FIN and see the peer's FIN
+    /// before the connection is reset with [`ClosureReason::CloseTimedOut`](crate::ClosureReason::CloseTimedOut).
+    /// Default: [`DEFAULT_CLOSE_TIMEOUT`] (5 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// How long an outgoing connect may take. Default: [`DEFAULT_CONNECT_TIMEOUT`] (10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether the listeners accept as soon as the server starts. Default: `true`; with `false`,
+    /// call [`Server::start_accepting`] later (connects still work).
+    pub fn accepting(mut self, on: bool) -> Self {
+        self.accepting = on;
+        self
+    }
+
+    /// Reserves a typed slot in every connection's [`UserData`](crate::UserData) (the C++
+    /// framework's `RequestUserDataSlot`). Slots are requested before the server starts; the
+    /// returned key is `Copy` and gives O(1) access.
+    ///
+    /// ```
+    /// let mut builder = switchboard::Server::builder();
+    /// let session = builder.request_user_data_slot::<String>();
+    /// let builder = builder.bind("127.0.0.1:0");
+    /// # let _ = (session, builder);
+    /// ```
+    pub fn request_user_data_slot<T: Send + 'static>(&mut self) -> Slot<T> {
+        self.layout.request()
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |setting: &'static str, reason: &str| {
+            Err(Error::InvalidSetting {
+                setting,
+                reason: reason.into(),
+            })
+        };
+        if self.config.read_buffer_size == 0 {
+            return invalid("read_buffer_size", "must be above zero");
+        }
+        if self.config.write_queue_limit == 0 {
+            return invalid("write_queue_limit", "must be above zero");
+        }
+        if self.backlog == 0 || self.backlog > i32::MAX as u32 {
+            return invalid("backlog", "must be between 1 and 2^31 - 1");
+        }
+        Ok(())
+    }
+
+    fn listen(&self, address: SocketAddr) -> Result<TcpListener, Error> {
+        let bind_error = |source| Error::Bind {
+            address: address.to_string(),
+            source,
+        };
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(bind_error)?;
+        if address.is_ipv6() {
+            // One listener per address family, as on every platform's default but Linux's.
+            socket.set_only_v6(true).map_err(bind_error)?;
+        }
+        socket
+            .set_reuse_address(self.reuse_address)
+            .map_err(bind_error)?;
+        socket.set_nonblocking(true).map_err(bind_error)?;
+        socket.bind(&address.into()).map_err(bind_error)?;
+        socket.listen(self.backlog as i32).map_err(bind_error)?;
+        TcpListener::from_std(socket.into()).map_err(bind_error)
+    }
+
+    /// Validates the settings, binds the listeners and starts accepting (unless
+    /// [`accepting(false)`](ServerBuilder::accepting)). Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] naming the setting, or [`Error::Bind`] for an address that could
+    /// not be resolved or bound.
+    pub async fn start(mut self, callbacks: impl Callbacks) -> Result<Server, Error> {
+        self.validate()?;
+        let binds = std::mem::take(&mut self.binds);
+        let mut listeners = Vec::with_capacity(binds.len());
+        let mut local_addrs = Vec::with_capacity(binds.len());
+        for bind in binds {
+            let address = bind?;
+            let listener = self.listen(address)?;
+            local_addrs.push(listener.local_addr().map_err(|source| Error::Bind {
+                address: address.to_string(),
+                source,
+            })?);
+            listeners.push(listener);
+        }
+        let manager = Arc::new(Manager::new(
+            Box::new(callbacks),
+            self.config,
+            self.limiter,
+            self.layout,
+            self.accepting,
+        ));
+        if !listeners.is_empty() {
+            let task = tokio::spawn(accept_loop(manager.clone(), listeners));
+            *manager
+                .accept_task
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
+        }
+        tracing::info!(addresses = ?local_addrs, "server started");
+        Ok(Server {
+            manager,
+            local_addrs: local_addrs.into(),
+        })
+    }
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("binds", &self.binds)
+            .field("backlog", &self.backlog)
+            .field("reuse_address", &self.reuse_address)
+            .field("config", &self.config)
+            .field("limiter", &self.limiter)
+            .field("accepting", &self.accepting)
+            .finish()
+    }
+}
+
+/// A running server: its listeners, its connections and its callbacks. Cheap to clone; every
+/// clone controls the same server, from any task.
+///
+/// Dropping the handles does not stop the server: call [`Server::shutdown`].
+#[derive(Clone)]
+pub struct Server {
+    manager: Arc<Manager>,
+    local_addrs: Arc<[SocketAddr]>,
+}
+
+impl Server {
+    /// A builder with every setting at its default.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::new()
+    }
+
+    /// The bound address of each listener, in `bind` order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The bound address of the first listener, if there is one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addrs.first().copied()
+    }
+
+    /// Resumes accepting after [`Server::stop_accepting`];
+    /// [`on_start_accepting_connections`](Callbacks::on_start_accepting_connections) follows (unless the
+    /// connection limit holds accepting off, in which case it follows when a slot frees).
+    pub fn start_accepting(&self) {
+        self.manager
+            .control
+            .send_modify(|control| control.accepting = true);
+    }
+
+    /// Stops accepting; the listeners stay bound, so new clients wait in the backlog.
+    /// [`on_stop_accepting_connections`](Callbacks::on_stop_accepting_connections) follows.
+    /// Live connections are not affected.
+    pub fn stop_accepting(&self) {
+        self.manager
+            .control
+            .send_modify(|control| control.accepting = false);
+    }
+
+    /// Resets every live connection (RST) and returns how many there were;
+    /// [`on_all_connections_aborted`](Callbacks::on_all_connections_aborted) runs with that count
+    /// before this returns. Each connection then ends with
+    /// [`ClosureReason::AbortAll`](crate::ClosureReason::AbortAll) on its own task.
+    pub async fn abort_all_connections(&self) -> usize {
+        self.manager.abort_all_connections().await
+    }
+
+    /// Shuts the server down and waits until it is done; calling it again (or from several
+    /// tasks) waits for the same shutdown and returns the same report.
+    ///
+    /// The order: [`on_shutdown_initiated`](Callbacks::on_shutdown_initiated) → accepting stops and
+    /// the listeners close → each live connection gets
+    /// [`on_shutdown_requested`](Callbacks::on_shutdown_requested) and the
+    /// [drain time](ServerBuilder::shutdown_timeout) to end → those left are reset
+    /// ([`on_all_connections_aborted`](Callbacks::on_all_connections_aborted)) → every connection's
+    /// closing events, up to [`on_socket_released`](Callbacks::on_socket_released) →
+    /// [`on_shutdown_complete`](Callbacks::on_shutdown_complete), after which no callback runs.
+    ///
+    /// # Cancel safety
+    /// The shutdown runs on a task of its own: dropping this future stops the waiting, not the
+    /// shutdown.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.manager.shutdown().await
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.manager.is_shutting_down()
+    }
+
+    /// Connects to `address` through this server's manager and limiter, returning a handle once
+    /// connected; the connection then has the lifecycle of an accepted one, starting with
+    /// [`on_connection_established`](Callbacks::on_connection_established) on its own task. The
+    /// returned handle keeps the connection open until dropped.
+    ///
+    /// `argument` goes to [`on_pre_outgoing_connect`](Callbacks::on_pre_outgoing_connect). Like the
+    /// C++ framework's throwing `Connect`, a failure is returned rather than reported through
+    /// [`on_outgoing_connection_failed`](Callbacks::on_outgoing_connection_failed);
+    /// [`on_socket_released`](Callbacks::on_socket_released) still runs for the user data.
+    ///
+    /// # Errors
+    /// [`Error::Connect`], [`Error::ConnectTimedOut`], [`Error::ConnectionLimitReached`],
+    /// [`Error::ShuttingDown`], or [`Error::CallbackPanic`] if a pre-connect callback panicked.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future abandons the attempt without the release event.
+    /// Use [`Server::spawn_connect`] where that matters.
+    pub async fn connect(
+        &self,
+        address: SocketAddr,
+        argument: impl Any + Send,
+    ) -> Result<Connection, Error> {
+        let live = self.manager.begin()?;
+        self.manager
+            .clone()
+            .connect(live, address, ConnectArgument::new(argument), false)
+            .await
+    }
+
+    /// Starts a connect to `address` on a task of its own, like the C++ framework's
+    /// `AsyncConnect`: success is [`on_connection_established`](Callbacks::on_connection_established),
+    /// failure is [`on_outgoing_connection_failed`](Callbacks::on_outgoing_connection_failed), then
+    /// [`on_socket_released`](Callbacks::on_socket_released). A shutdown waits for the attempt.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] at once, with no callback, if a shutdown has begun.
+    pub fn spawn_connect(
+        &self,
+        address: SocketAddr,
+        argument: impl Any + Send,
+    ) -> Result<(), Error> {
+        let live = self.manager.begin()?;
+        let argument = ConnectArgument::new(argument);
+        let manager = self.manager.clone();
+        tokio::spawn(async move {
+            // The outcome is reported through the callbacks.
+            let _ = manager.connect(live, address, argument, true).await;
+        });
+        Ok(())
+    }
+
+    /// A snapshot of the server's counters.
+    pub fn stats(&self) -> Stats {
+        self.manager.stats()
+    }
+
+    /// Live connections of this server (established and not yet released).
+    pub fn active_connections(&self) -> usize {
+        self.manager.active()
+    }
+
+    /// The limiter this server's connections count against.
+    pub fn limiter(&self) -> &ConnectionLimiter {
+        &self.manager.limiter
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addrs", &self.local_addrs)
+            .field("active_connections", &self.active_connections())
+            .field("shutting_down", &self.is_shutting_down())
+            .finish()
+    }
+}

@@ -1,0 +1,143 @@
+//! Counters and the snapshots read from them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::ClosureReason;
+
+/// A point-in-time snapshot of a server's counters, from [`Server::stats`](crate::Server::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections of this server that are live now (established and not yet released).
+    pub active: usize,
+    /// Connections accepted by the listeners and handed to the application.
+    pub accepted: u64,
+    /// Outgoing connections established.
+    pub connected: u64,
+    /// Outgoing connects that failed (refused, timed out, limit, shutdown).
+    pub connect_failures: u64,
+    /// Connections accepted and closed at once because the limit was reached
+    /// ([`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose)).
+    pub refused_at_limit: u64,
+    /// Failed `accept` calls (each is reported through
+    /// [`on_accept_error`](crate::Callbacks::on_accept_error), rate-limited).
+    pub accept_errors: u64,
+    /// Callbacks that panicked.
+    pub callback_panics: u64,
+    /// Bytes read from all connections, live and ended.
+    pub bytes_read: u64,
+    /// Bytes handed to the kernel for all connections, live and ended.
+    pub bytes_written: u64,
+    /// Ended connections by [`ClosureReason`], indexed by [`ClosureReason::index`].
+    pub closures: [u64; ClosureReason::ALL.len()],
+}
+
+impl Stats {
+    /// How many connections ended for `reason`.
+    ///
+    /// ```
+    /// use switchboard::{ClosureReason, Stats};
+    /// assert_eq!(Stats::default().closures(ClosureReason::PeerClosed), 0);
+    /// ```
+    pub fn closures(&self, reason: ClosureReason) -> u64 {
+        self.closures[reason.index()]
+    }
+
+    /// How many connections ended, for any reason.
+    pub fn total_closures(&self) -> u64 {
+        self.closures.iter().sum()
+    }
+}
+
+/// One connection's counters, from [`Connection::stats`](crate::Connection::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Bytes delivered to [`on_read_completed`](crate::Callbacks::on_read_completed).
+    pub bytes_read: u64,
+    /// Bytes handed to the kernel.
+    pub bytes_written: u64,
+    /// Completed reads.
+    pub reads: u64,
+    /// Completed writes (buffers passed to [`on_write_completed`](crate::Callbacks::on_write_completed)).
+    pub writes: u64,
+}
+
+/// The live counters of one connection; written only by its driver.
+#[derive(Default)]
+pub(crate) struct ConnectionCounters {
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) reads: AtomicU64,
+    pub(crate) writes: AtomicU64,
+}
+
+impl ConnectionCounters {
+    pub(crate) fn snapshot(&self) -> ConnectionStats {
+        ConnectionStats {
+            bytes_read: self.bytes_read.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
+            reads: self.reads.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+        }
+    }
+
+    /// Adds `amount` to a counter that only this connection's driver writes: a load and a store
+    /// instead of a locked read-modify-write on the hot path.
+    pub(crate) fn add(counter: &AtomicU64, amount: u64) {
+        counter.store(counter.load(Relaxed) + amount, Relaxed);
+    }
+}
+
+/// The server-wide counters. Byte counts of ended connections are folded in at release; live
+/// connections are summed when a snapshot is taken, so the hot path touches no shared counter.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) connected: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) refused_at_limit: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+    pub(crate) callback_panics: AtomicU64,
+    pub(crate) ended_bytes_read: AtomicU64,
+    pub(crate) ended_bytes_written: AtomicU64,
+    pub(crate) closures: [AtomicU64; ClosureReason::ALL.len()],
+}
+
+impl Counters {
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_closure(&self, reason: ClosureReason) {
+        self.closures[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Folds an ended connection's byte counts into the totals; called under the registry lock, so
+    /// a snapshot never counts a connection both as live and as ended.
+    pub(crate) fn record_bytes(&self, connection: &ConnectionStats) {
+        self.ended_bytes_read
+            .fetch_add(connection.bytes_read, Relaxed);
+        self.ended_bytes_written
+            .fetch_add(connection.bytes_written, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, active: usize, live: ConnectionStats) -> Stats {
+        let mut closures = [0; ClosureReason::ALL.len()];
+        for (total, counter) in closures.iter_mut().zip(&self.closures) {
+            *total = counter.load(Relaxed);
+        }
+        Stats {
+            active,
+            accepted: self.accepted.load(Relaxed),
+            connected: self.connected.load(Relaxed),
+            connect_failures: self.connect_failures.load(Relaxed),
+            refused_at_limit: self.refused_at_limit.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+            callback_panics: self.callback_panics.load(Relaxed),
+            bytes_read: self.ended_bytes_read.load(Relaxed) + live.bytes_read,
+            bytes_written: self.ended_bytes_written.load(Relaxed) + live.bytes_written,
+            closures,
+        }
+    }
+}
