@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 
-use crate::{ClosureReason, ConnectArgument, Connection, Direction, Error, UserData};
+use crate::{
+    ClosureReason, ConnectArgument, Connection, Direction, Error, ShutdownReport, UserData,
+};
 
 /// The events of a server, one method each, after the C++ framework's
 /// `IStreamSocketServerCallback`. Every method has a default, so an implementation overrides only
@@ -243,9 +245,13 @@ pub trait Callbacks: Send + Sync + 'static {
     }
 
     /// The last event of a shutdown: every connection has been released; no callback follows.
+    /// `report` says how many connections ended by themselves during the drain time and how many
+    /// were reset; [`Server::shutdown`](crate::Server::shutdown) returns the same report.
     ///
     /// Default: does nothing.
-    async fn on_shutdown_complete(&self) {}
+    async fn on_shutdown_complete(&self, report: ShutdownReport) {
+        let _ = report;
+    }
 
     /// The peer sent FIN: no more data will arrive, but writes are still allowed and queued writes
     /// are delivered. The pending read is used up by this; the connection then closes by itself

@@ -92,3 +92,8 @@ pub use server::{
 };
 pub use stats::{ConnectionStats, Stats};
 pub use user_data::{ConnectArgument, Slot, UserData};
+
+/// Compiles and runs the README's examples as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -364,16 +364,16 @@ impl Manager {
             forced
         };
         self.wait_drained().await;
-        self.guard(
-            "on_shutdown_complete",
-            None,
-            self.callbacks.on_shutdown_complete(),
-        )
-        .await;
         let report = ShutdownReport {
             graceful: total.saturating_sub(forced),
             forced,
         };
+        self.guard(
+            "on_shutdown_complete",
+            None,
+            self.callbacks.on_shutdown_complete(report),
+        )
+        .await;
         tracing::info!(report.graceful, report.forced, "shutdown complete");
         self.shutdown_report.send_replace(Some(report));
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use switchboard::socket2::SockRef;
 use switchboard::{
     async_trait, Bytes, BytesMut, Callbacks, ClosureReason, ConnectArgument, Connection,
-    ConnectionId, Direction, Error, ServerBuilder, Slot, UserData,
+    ConnectionId, Direction, Error, ServerBuilder, ShutdownReport, Slot, UserData,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -400,7 +400,7 @@ impl Callbacks for Recorder {
         }
     }
 
-    async fn on_shutdown_complete(&self) {
+    async fn on_shutdown_complete(&self, _report: ShutdownReport) {
         self.record(Event::ShutdownComplete);
     }
 

@@ -1,0 +1,327 @@
+//! An echo server on switchboard: every byte comes back; after the client's FIN the server
+//! finishes echoing and closes. SIGINT or SIGTERM starts the ordered shutdown.
+//!
+//! ```text
+//! cargo run --release --example echo_server -- [--listen ADDR] [--threads N]
+//!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]
+//! ```
+//! The first line on stdout is `listening on <address>`. With `--events`, every callback prints
+//! one line `event <callback name without on_> key=value ...`.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use switchboard::socket2::SockRef;
+use switchboard::{
+    async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
+    Direction, Error, Server, ShutdownReport, Slot, UserData,
+};
+
+struct Options {
+    listen: String,
+    threads: Option<usize>,
+    max_connections: Option<usize>,
+    at_limit: AtLimit,
+    shutdown_timeout: Option<Duration>,
+    events: bool,
+}
+
+const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
+                     [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]";
+
+fn parse_options() -> Result<Options, String> {
+    let mut options = Options {
+        listen: "127.0.0.1:5050".into(),
+        threads: None,
+        max_connections: None,
+        at_limit: AtLimit::StopAccepting,
+        shutdown_timeout: None,
+        events: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => options.listen = value()?,
+            "--threads" => options.threads = Some(number(&flag, &value()?)?),
+            "--max-connections" => options.max_connections = Some(number(&flag, &value()?)?),
+            "--at-limit" => {
+                options.at_limit = match value()?.as_str() {
+                    "stop" => AtLimit::StopAccepting,
+                    "reject" => AtLimit::AcceptAndClose,
+                    other => return Err(format!("--at-limit takes stop or reject, not {other}")),
+                }
+            }
+            "--shutdown-timeout" => {
+                let seconds: f64 = value()?
+                    .parse()
+                    .map_err(|_| "--shutdown-timeout takes seconds".to_string())?;
+                options.shutdown_timeout = Some(
+                    Duration::try_from_secs_f64(seconds)
+                        .map_err(|_| "--shutdown-timeout takes non-negative seconds")?,
+                );
+            }
+            "--events" => options.events = true,
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    Ok(options)
+}
+
+fn number(flag: &str, value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag} takes a whole number, not {value}"))
+}
+
+/// Prints one flushed line per event when enabled.
+struct Events {
+    enabled: bool,
+}
+
+impl Events {
+    fn print(&self, line: std::fmt::Arguments<'_>) {
+        if self.enabled {
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "event {line}");
+            let _ = out.flush();
+        }
+    }
+}
+
+struct Echo {
+    events: Events,
+    id: Slot<ConnectionId>,
+}
+
+fn direction(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Inbound => "inbound",
+        Direction::Outbound => "outbound",
+    }
+}
+
+/// An error as a single `key=value` token: its kind and OS code.
+fn error_fields(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(code) => format!("kind={:?} code={code}", error.kind()),
+        None => format!("kind={:?}", error.kind()),
+    }
+}
+
+#[async_trait]
+impl Callbacks for Echo {
+    async fn on_start_accepting_connections(&self) {
+        self.events
+            .print(format_args!("start_accepting_connections"));
+    }
+
+    async fn on_stop_accepting_connections(&self) {
+        self.events
+            .print(format_args!("stop_accepting_connections"));
+    }
+
+    async fn on_accept_error(&self, error: &io::Error) {
+        self.events
+            .print(format_args!("accept_error {}", error_fields(error)));
+    }
+
+    fn on_socket_created(&self, _socket: SockRef<'_>, side: Direction) {
+        self.events
+            .print(format_args!("socket_created direction={}", direction(side)));
+    }
+
+    async fn on_connection_established(&self, connection: &Connection, address: &SocketAddr) {
+        connection.user_data().set(self.id, connection.id());
+        self.events.print(format_args!(
+            "connection_established conn={} peer={address}",
+            connection.id()
+        ));
+        connection.read();
+    }
+
+    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+        self.events.print(format_args!(
+            "read_completed conn={} bytes={}",
+            connection.id(),
+            data.len()
+        ));
+        // Reads pause by themselves while the write queue is at its limit, so this write is
+        // always taken while the connection is open.
+        if connection.write(data.freeze()).is_ok() {
+            connection.read();
+        }
+    }
+
+    async fn on_read_completion_error(&self, connection: &Connection, error: &io::Error) {
+        self.events.print(format_args!(
+            "read_completion_error conn={} {}",
+            connection.id(),
+            error_fields(error)
+        ));
+    }
+
+    async fn on_write_completed(&self, connection: &Connection, data: Bytes) {
+        self.events.print(format_args!(
+            "write_completed conn={} bytes={}",
+            connection.id(),
+            data.len()
+        ));
+    }
+
+    async fn on_write_completion_error(&self, connection: &Connection, error: &io::Error) {
+        self.events.print(format_args!(
+            "write_completion_error conn={} {}",
+            connection.id(),
+            error_fields(error)
+        ));
+    }
+
+    async fn on_maximum_connections(&self) {
+        self.events.print(format_args!("maximum_connections"));
+    }
+
+    async fn on_all_connections_aborted(&self, count: usize) {
+        self.events
+            .print(format_args!("all_connections_aborted count={count}"));
+    }
+
+    async fn on_shutdown_initiated(&self) {
+        self.events.print(format_args!("shutdown_initiated"));
+    }
+
+    async fn on_shutdown_requested(&self, connection: &Connection) {
+        self.events
+            .print(format_args!("shutdown_requested conn={}", connection.id()));
+        connection.close();
+    }
+
+    async fn on_shutdown_complete(&self, report: ShutdownReport) {
+        self.events.print(format_args!(
+            "shutdown_complete graceful={} forced={}",
+            report.graceful, report.forced
+        ));
+    }
+
+    async fn on_connection_client_close(&self, connection: &Connection) {
+        self.events.print(format_args!(
+            "connection_client_close conn={}",
+            connection.id()
+        ));
+    }
+
+    async fn on_connection_reset(&self, connection: &Connection, error: &io::Error) {
+        self.events.print(format_args!(
+            "connection_reset conn={} {}",
+            connection.id(),
+            error_fields(error)
+        ));
+    }
+
+    async fn on_connection_closure(&self, connection: &Connection, reason: ClosureReason) {
+        self.events.print(format_args!(
+            "connection_closure conn={} reason={reason}",
+            connection.id()
+        ));
+    }
+
+    async fn on_connection_closed(&self, connection: &Connection) {
+        self.events
+            .print(format_args!("connection_closed conn={}", connection.id()));
+    }
+
+    async fn on_socket_released(&self, user_data: UserData) {
+        match user_data.take(self.id) {
+            Some(id) => self.events.print(format_args!("socket_released conn={id}")),
+            None => self.events.print(format_args!("socket_released")),
+        }
+    }
+
+    async fn on_error(&self, error: &Error) {
+        // The message is free text: quoted, as the last field.
+        self.events
+            .print(format_args!("error message={:?}", error.to_string()));
+    }
+}
+
+async fn run(options: Options) -> Result<(), Error> {
+    let mut builder = Server::builder();
+    let id = builder.request_user_data_slot();
+    let mut builder = builder
+        .bind(options.listen.as_str())
+        .at_limit(options.at_limit);
+    if let Some(max) = options.max_connections {
+        builder = builder.max_connections(max);
+    }
+    if let Some(drain) = options.shutdown_timeout {
+        builder = builder.shutdown_timeout(drain);
+    }
+    let callbacks = Echo {
+        events: Events {
+            enabled: options.events,
+        },
+        id,
+    };
+    let server = builder.start(callbacks).await?;
+    {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "listening on {}",
+            server.local_addr().expect("one listener")
+        );
+        let _ = out.flush();
+    }
+    wait_for_signal().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+fn main() -> ExitCode {
+    let options = match parse_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = options.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("echo_server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
