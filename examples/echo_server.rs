@@ -201,8 +201,8 @@ impl Callbacks for Echo {
 
     async fn on_shutdown_complete(&self, report: ShutdownReport) {
         self.events.print(format_args!(
-            "shutdown_complete graceful={} forced={}",
-            report.graceful, report.forced
+            "shutdown_complete graceful={} forced={} other={}",
+            report.graceful, report.forced, report.other
         ));
     }
 

@@ -173,14 +173,6 @@ pub trait Callbacks: Send + Sync + 'static {
         let _ = (connection, error);
     }
 
-    /// An urgent (out-of-band, `MSG_OOB`) byte arrived. Not produced yet: out-of-band reads are a
-    /// later addition on Linux.
-    ///
-    /// Default: drops the data.
-    async fn on_read_oob_completed(&self, connection: &Connection, data: BytesMut) {
-        let _ = (connection, data);
-    }
-
     /// A buffer passed to [`Connection::write`] was handed to the kernel in full. That is all it
     /// means: the peer may not have received it yet.
     ///
@@ -221,7 +213,7 @@ pub trait Callbacks: Send + Sync + 'static {
 
     /// [`Server::abort_all_connections`](crate::Server::abort_all_connections), or the end of a
     /// shutdown's drain time, reset `count` live connections. Their closing events follow on their
-    /// own tasks.
+    /// own tasks once this returns, so it must not wait for those connections to end.
     ///
     /// Default: does nothing.
     async fn on_all_connections_aborted(&self, count: usize) {

@@ -3,11 +3,12 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
 
 use crate::stats::{ConnectionCounters, ConnectionStats};
 use crate::{ClosureReason, Error, UserData};
@@ -70,8 +71,6 @@ pub(crate) struct State {
     pub(crate) ended: bool,
     /// Something changed since the driver last read the state.
     pub(crate) dirty: bool,
-    /// The driver is parked and must be woken for any change.
-    pub(crate) driver_waiting: bool,
 }
 
 /// The part of a connection shared by its driver, its handles and the manager's registry.
@@ -84,8 +83,12 @@ pub(crate) struct Shared {
     pub(crate) user_data: UserData,
     pub(crate) counters: ConnectionCounters,
     state: Mutex<State>,
-    /// Wakes the driver; it stores a permit, so a wake-up sent before the driver parks is kept.
-    pub(crate) wake: Notify,
+    /// The driver is parked (or about to park) and must be woken for any change. Set under the
+    /// state lock, so a change made under that lock either is seen before parking or wakes.
+    parked: AtomicBool,
+    /// Set with a wake-up; cleared by the driver when it sees it.
+    woken: AtomicBool,
+    waker: AtomicWaker,
     /// Counted [`Connection`] handles held by the application.
     handles: AtomicUsize,
 }
@@ -119,9 +122,10 @@ impl Shared {
                 closing: false,
                 ended: false,
                 dirty: false,
-                driver_waiting: false,
             }),
-            wake: Notify::new(),
+            parked: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             handles: AtomicUsize::new(0),
         }
     }
@@ -143,10 +147,41 @@ impl Shared {
         let mut state = self.state();
         change(&mut state);
         state.dirty = true;
-        let wake = state.driver_waiting;
+        let wake = self.parked.load(Ordering::Relaxed);
         drop(state);
         if wake {
-            self.wake.notify_one();
+            self.woken.store(true, Ordering::Release);
+            self.waker.wake();
+        }
+    }
+
+    /// Parks the driver unless something changed since its last look at the state (`false`).
+    /// Changes made from now on wake it through [`Shared::poll_woken`].
+    pub(crate) fn park(&self) -> bool {
+        let state = self.state();
+        if state.dirty {
+            return false;
+        }
+        self.parked.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Called by the driver when it wakes, for whatever reason: changes made while it runs are
+    /// seen on its next look at the state, so they need not wake it.
+    pub(crate) fn unpark(&self) {
+        self.parked.store(false, Ordering::Relaxed);
+    }
+
+    /// Ready once a handle changed the state while the driver was parked.
+    pub(crate) fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 

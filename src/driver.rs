@@ -122,7 +122,6 @@ impl Driver {
     fn plan(&mut self) -> Result<Plan, ClosureReason> {
         let close_timeout = self.manager.config.close_timeout;
         let mut state = self.shared.state();
-        state.driver_waiting = false;
         state.dirty = false;
         if let Some(reason) = state.abort_requested {
             return Err(reason);
@@ -211,12 +210,8 @@ impl Driver {
             }
 
             // Park until a handle asks for something, the socket is ready, or a close times out.
-            {
-                let mut state = self.shared.state();
-                if state.dirty {
-                    continue;
-                }
-                state.driver_waiting = true;
+            if !self.shared.park() {
+                continue;
             }
             let mut interest: Option<Interest> = None;
             if plan.read {
@@ -231,12 +226,13 @@ impl Driver {
             let deadline = self.close_deadline;
             let wake = tokio::select! {
                 biased;
-                _ = self.shared.wake.notified() => Wake::Requests,
+                _ = std::future::poll_fn(|cx| self.shared.poll_woken(cx)) => Wake::Requests,
                 ready = self.stream.ready(interest.unwrap_or(Interest::READABLE)), if interest.is_some() => {
                     Wake::Socket(ready)
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => Wake::CloseDeadline,
             };
+            self.shared.unpark();
             match wake {
                 Wake::Requests => {}
                 Wake::CloseDeadline => return ClosureReason::CloseTimedOut,
@@ -489,13 +485,24 @@ impl Driver {
             let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         }
         drop(stream);
-        {
+        let told_of_shutdown = {
             let mut state = shared.state();
             state.closing = true;
             state.ended = true;
             state.read_requested = false;
             state.queue.clear();
             state.queued_bytes = 0;
+            state.shutdown_notice
+        };
+        if told_of_shutdown {
+            manager.record_shutdown_end(reason);
+        }
+        if matches!(
+            reason,
+            ClosureReason::AbortAll | ClosureReason::ShutdownForced
+        ) {
+            // `on_all_connections_aborted` comes before the closing events of what it aborted.
+            manager.aborts_announced().await;
         }
         manager.counters.record_closure(reason);
         let callbacks = &manager.callbacks;

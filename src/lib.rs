@@ -56,7 +56,7 @@
 //!         .await?;
 //!     tokio::signal::ctrl_c().await?;
 //!     let report = server.shutdown().await;
-//!     println!("{} connections closed gracefully, {} forced", report.graceful, report.forced);
+//!     println!("{} connections closed gracefully, {} were reset", report.graceful, report.forced);
 //!     Ok(())
 //! }
 //! ```

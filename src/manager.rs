@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,11 +50,23 @@ pub(crate) struct Control {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// Connections live when the shutdown began that ended by themselves within the drain time.
+    /// Connections live when the shutdown began that ended gracefully (FIN, every queued byte
+    /// delivered) within the drain time.
     pub graceful: usize,
     /// Connections still open when the drain time ran out, reset with
     /// [`ClosureReason::ShutdownForced`].
     pub forced: usize,
+    /// Connections live when the shutdown began that ended otherwise during the drain time: peer
+    /// reset, error, close timeout, callback panic, abort.
+    pub other: usize,
+}
+
+/// How the connections live at a shutdown's start ended, counted as they end.
+#[derive(Default)]
+struct ShutdownEnds {
+    graceful: AtomicUsize,
+    forced: AtomicUsize,
+    other: AtomicUsize,
 }
 
 struct Registry {
@@ -78,6 +90,10 @@ pub(crate) struct Manager {
     next_id: AtomicU64,
     shutdown_started: AtomicBool,
     shutdown_report: watch::Sender<Option<ShutdownReport>>,
+    shutdown_ends: ShutdownEnds,
+    /// Abort-alls (explicit or the shutdown's) whose `on_all_connections_aborted` has not returned
+    /// yet; the connections they aborted hold their closing events until it is back to zero.
+    announcing_aborts: watch::Sender<usize>,
     pub(crate) accept_task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -123,6 +139,8 @@ impl Manager {
             next_id: AtomicU64::new(1),
             shutdown_started: AtomicBool::new(false),
             shutdown_report: watch::Sender::new(None),
+            shutdown_ends: ShutdownEnds::default(),
+            announcing_aborts: watch::Sender::new(0),
             accept_task: Mutex::new(None),
         }
     }
@@ -253,6 +271,17 @@ impl Manager {
         self.counters.record_bytes(&shared.counters.snapshot());
     }
 
+    /// Counts how a connection that was live when the shutdown began ended.
+    pub(crate) fn record_shutdown_end(&self, reason: ClosureReason) {
+        let ends = &self.shutdown_ends;
+        let counter = match reason {
+            ClosureReason::ShutdownForced => &ends.forced,
+            reason if reason.is_graceful() => &ends.graceful,
+            _ => &ends.other,
+        };
+        counter.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let registry = self.registry();
         let mut live = ConnectionStats::default();
@@ -279,7 +308,22 @@ impl Manager {
     }
 
     pub(crate) async fn abort_all_connections(&self) -> usize {
-        let count = self.abort_live(ClosureReason::AbortAll);
+        self.abort_and_announce(ClosureReason::AbortAll).await
+    }
+
+    /// Aborts every live connection with `reason` and runs `on_all_connections_aborted`; the
+    /// aborted connections' closing events wait until it has returned (guarantee 7's order).
+    async fn abort_and_announce(&self, reason: ClosureReason) -> usize {
+        /// Ends the announcement even if the caller stops waiting or the callback panics.
+        struct Announcing<'a>(&'a watch::Sender<usize>);
+        impl Drop for Announcing<'_> {
+            fn drop(&mut self) {
+                self.0.send_modify(|count| *count -= 1);
+            }
+        }
+        self.announcing_aborts.send_modify(|count| *count += 1);
+        let _announcing = Announcing(&self.announcing_aborts);
+        let count = self.abort_live(reason);
         self.guard(
             "on_all_connections_aborted",
             None,
@@ -287,6 +331,14 @@ impl Manager {
         )
         .await;
         count
+    }
+
+    /// Waits until no `on_all_connections_aborted` is running: a connection aborted by an
+    /// abort-all calls this before its closing events.
+    pub(crate) async fn aborts_announced(&self) {
+        let mut announcing = self.announcing_aborts.subscribe();
+        // The sender lives in the manager, which the caller keeps alive.
+        let _ = announcing.wait_for(|count| *count == 0).await;
     }
 
     async fn wait_drained(&self) {
@@ -346,27 +398,19 @@ impl Manager {
         for shared in &live {
             shared.notify_shutdown();
         }
-        let total = live.len();
         drop(live);
         let drained = tokio::time::timeout(self.config.shutdown_timeout, self.wait_drained())
             .await
             .is_ok();
-        let forced = if drained {
-            0
-        } else {
-            let forced = self.abort_live(ClosureReason::ShutdownForced);
-            self.guard(
-                "on_all_connections_aborted",
-                None,
-                self.callbacks.on_all_connections_aborted(forced),
-            )
-            .await;
-            forced
-        };
+        if !drained {
+            self.abort_and_announce(ClosureReason::ShutdownForced).await;
+        }
         self.wait_drained().await;
+        let ends = &self.shutdown_ends;
         let report = ShutdownReport {
-            graceful: total.saturating_sub(forced),
-            forced,
+            graceful: ends.graceful.load(Ordering::Acquire),
+            forced: ends.forced.load(Ordering::Acquire),
+            other: ends.other.load(Ordering::Acquire),
         };
         self.guard(
             "on_shutdown_complete",
@@ -374,7 +418,12 @@ impl Manager {
             self.callbacks.on_shutdown_complete(report),
         )
         .await;
-        tracing::info!(report.graceful, report.forced, "shutdown complete");
+        tracing::info!(
+            report.graceful,
+            report.forced,
+            report.other,
+            "shutdown complete"
+        );
         self.shutdown_report.send_replace(Some(report));
     }
 

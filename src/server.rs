@@ -401,18 +401,24 @@ impl Server {
     /// [`Error::ShuttingDown`], or [`Error::CallbackPanic`] if a pre-connect callback panicked.
     ///
     /// # Cancel safety
-    /// Not cancel safe: dropping the future abandons the attempt without the release event.
-    /// Use [`Server::spawn_connect`] where that matters.
+    /// The attempt runs on a task of its own: dropping this future stops the waiting, not the
+    /// attempt, whose events (up to the release) still run; a connection it establishes then
+    /// closes by itself unless a callback keeps it.
     pub async fn connect(
         &self,
         address: SocketAddr,
         argument: impl Any + Send,
     ) -> Result<Connection, Error> {
         let live = self.manager.begin()?;
-        self.manager
-            .clone()
-            .connect(live, address, ConnectArgument::new(argument), false)
-            .await
+        let attempt =
+            self.manager
+                .clone()
+                .connect(live, address, ConnectArgument::new(argument), false);
+        match tokio::spawn(attempt).await {
+            Ok(result) => result,
+            // Callbacks are guarded, so the task only fails when the runtime is shutting down.
+            Err(_) => Err(Error::ShuttingDown),
+        }
     }
 
     /// Starts a connect to `address` on a task of its own, like the C++ framework's
