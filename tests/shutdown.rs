@@ -605,3 +605,42 @@ async fn connects_after_shutdown_are_refused_with_shutting_down() {
     assert_eq!(recorder.events(), before);
     assert_eq!(server.stats().connected, 0);
 }
+
+#[tokio::test]
+async fn shutdown_report_counts_connections_that_ended_otherwise_during_the_drain() {
+    const K: usize = 3;
+    let mut builder = Server::builder()
+        .bind("127.0.0.1:0")
+        .shutdown_timeout(Duration::from_millis(1500));
+    let recorder = Recorder::with_behavior(
+        &mut builder,
+        Behavior {
+            close_on_shutdown_request: false,
+            ..Behavior::default()
+        },
+    );
+    let server = builder.start(recorder.clone()).await.unwrap();
+    let mut clients = echoing_clients(server.local_addr().unwrap(), K).await;
+    let shutdown = tokio::spawn({
+        let server = server.clone();
+        async move { server.shutdown().await }
+    });
+    recorder
+        .wait_count("every connection told", K, |e| {
+            matches!(e, Event::ShutdownRequested(_))
+        })
+        .await;
+    // One peer resets during the drain: neither graceful nor forced.
+    reset(clients.remove(0));
+    let report = tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
+    assert_eq!(
+        (report.graceful, report.forced, report.other),
+        (0, K - 1, 1)
+    );
+    let stats = server.stats();
+    assert_eq!(stats.closures(ClosureReason::PeerReset), 1);
+    assert_eq!(
+        stats.closures(ClosureReason::ShutdownForced),
+        (K - 1) as u64
+    );
+}
