@@ -165,15 +165,25 @@ pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<TcpListene
             continue;
         }
         if let Some((stream, peer)) = held.take() {
+            // Biased: a stop or shutdown that is already signalled wins over a slot that freed
+            // at the same time, and a slot is only used if accepting is still on once it is
+            // ours (the control may change while `acquire` is pending).
             tokio::select! {
-                permit = manager.limiter.acquire() => {
-                    announced.set(&manager, true).await;
-                    take(&manager, stream, peer, permit).await;
-                }
+                biased;
                 changed = control.changed() => {
                     held = Some((stream, peer));
                     if changed.is_err() {
                         return;
+                    }
+                }
+                permit = manager.limiter.acquire() => {
+                    let state = *control.borrow();
+                    if state.accepting && !state.shutdown {
+                        announced.set(&manager, true).await;
+                        take(&manager, stream, peer, permit).await;
+                    } else {
+                        drop(permit);
+                        held = Some((stream, peer));
                     }
                 }
             }
@@ -181,13 +191,14 @@ pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<TcpListene
         }
         announced.set(&manager, true).await;
         let accepted = tokio::select! {
-            accepted = accept_any(&listeners, &mut next) => accepted,
+            biased;
             changed = control.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 continue;
             }
+            accepted = accept_any(&listeners, &mut next) => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
