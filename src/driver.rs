@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
-use tokio::io::{Interest, Ready};
+use futures::FutureExt;
+use tokio::io::{AsyncReadExt, Interest, Ready};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -260,7 +261,14 @@ impl Driver {
             return self.discard_ready(reason);
         }
         let mut data = BytesMut::with_capacity(self.manager.config.read_buffer_size);
-        match self.stream.try_read_buf(&mut data) {
+        // One poll of `read_buf` rather than `try_read_buf`: tokio's `poll_read` clears the
+        // socket's readiness after a short read (the kernel buffer is then empty), so the next
+        // turn parks at once instead of paying a `recv` that returns EAGAIN. Polled with a no-op
+        // waker: the driver waits for readiness through `ready()` below, never through this.
+        let outcome = AsyncReadExt::read_buf(&mut self.stream, &mut data)
+            .now_or_never()
+            .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()));
+        match outcome {
             Ok(0) => {
                 self.read_closed = true;
                 {
