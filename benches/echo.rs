@@ -1,1 +1,942 @@
-fn main() {}
+//! Echo benchmark: switchboard beside a minimal raw tokio echo server, in the same run.
+//!
+//! Run the full benchmark (about 2½ minutes) or the short one (about 20 s, numbers only
+//! indicative; CI only needs the bench to build):
+//!
+//! ```text
+//! cargo bench --bench echo
+//! cargo bench --bench echo -- --quick
+//! ```
+//!
+//! # What is measured
+//! Two echo servers, each on `127.0.0.1:0`:
+//! - **switchboard**: a [`Callbacks`] impl that requests a read when the connection is established
+//!   and, in `on_read_completed`, writes the very buffer it was given (`data.freeze()`, zero copy)
+//!   and reads again. Server defaults otherwise (8 KiB read buffer, `TCP_NODELAY` on).
+//! - **raw tokio**: an accept loop and one task per connection holding `vec![0; 8192]`, reading
+//!   then `write_all`-ing what it read, with `TCP_NODELAY` on like switchboard's default.
+//!
+//! Scenarios, each reported as the switchboard/raw ratio of the medians (higher is better for
+//! throughput and churn, lower is better for memory):
+//! 1. **Throughput** — 64 B × 50 connections, 4 KiB × 50 connections, 64 B × 1000 connections.
+//!    Every client connection runs a closed loop: write one message, `read_exact` the reply,
+//!    repeat. Connections are opened first, warmed up, then messages completed during the
+//!    measurement window (2 s; 0.8 s with `--quick`) are counted (msgs/s).
+//! 2. **Connection churn** — 50 concurrent churners, each looping: connect, one 64 B echo,
+//!    half-close, wait for the server's FIN, drop. The whole life of a connection on the server,
+//!    teardown included, is inside the loop (connections/s). Clients close first, so their
+//!    sockets sit in `TIME_WAIT`; Linux reuses those for loopback connects
+//!    (`net.ipv4.tcp_tw_reuse = 2`, the default), so ports do not run out.
+//! 3. **Idle memory per connection** — 10,000 idle connections (2,000 with `--quick`) to a fresh
+//!    server process. Each server runs in a child process of this bench (the same executable,
+//!    started with `--memory-server KIND`), which reports the growth of its own resident set
+//!    (`VmRSS` from `/proc/self/status`) and of its live heap bytes (counted by a global allocator
+//!    that is switched on only in the child) between before the first connection and after the
+//!    last one is established, divided by the count. Connections are idle and waiting for data:
+//!    switchboard with a read requested (its buffer is allocated only when data is readable), raw
+//!    tokio with its 8 KiB buffer allocated before its first read, as typical code does. The
+//!    client side lives in this (parent) process, so the numbers are the server's own cost; this
+//!    also keeps both processes within the `ulimit -n` (a single process would need two
+//!    descriptors per connection). Heap bytes are exact; the resident set counts only pages
+//!    touched, so an allocated but never written buffer may show up there only in part. If the
+//!    soft `ulimit -n` is below the count plus 64, the count is scaled down (and said so).
+//!
+//! For 1. and 2. the bench also reports the CPU time the server runtime's threads used per
+//! message or connection (user + system, from `/proc/self/task/*/stat`, 10 ms ticks). On a
+//! shared machine this is steadier than the rates, which move with whatever else runs.
+//!
+//! # Fairness and noise
+//! The servers run in one multi-thread tokio runtime with 2 workers and the load generator in
+//! another with 2 workers (the machine this was written for has 2 cores), the same for both
+//! servers. Measurements alternate between the two servers (raw first in even rounds, switchboard
+//! first in odd rounds), 5 rounds each (2 with `--quick`), and the median of each side is compared,
+//! so slow drifts of a shared machine hit both sides alike. Each measurement is preceded by a
+//! warm-up on the same connections (0.5 s; 0.2 s with `--quick`), and waits for the server to
+//! have closed every connection of the previous one. Idle memory is measured 3 times per server
+//! (once with `--quick`); it hardly varies.
+//!
+//! The output is a table per kind of measure, then one line per scenario such as
+//! `ratio echo 64B x50: 0.97` (and `cpu ratio …` for the CPU measure).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{self, BufRead, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard::{async_trait, BytesMut, Callbacks, Connection, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::task::JoinSet;
+
+// ---------------------------------------------------------------------------------------------
+// Heap accounting (on only in the memory child process)
+// ---------------------------------------------------------------------------------------------
+
+/// The system allocator, counting live heap bytes while [`COUNTING`] is on. While it is off, the
+/// only cost is one relaxed load of a never-written flag per call.
+struct CountingAllocator;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE_HEAP: AtomicIsize = AtomicIsize::new(0);
+
+fn count(delta: isize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        LIVE_HEAP.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the wrapper only counts.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
+        let pointer = unsafe { System.alloc(layout) };
+        if !pointer.is_null() {
+            count(layout.size() as isize);
+        }
+        pointer
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let pointer = unsafe { System.alloc_zeroed(layout) };
+        if !pointer.is_null() {
+            count(layout.size() as isize);
+        }
+        pointer
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        // SAFETY: `pointer` came from this allocator, that is from `System`, with `layout`.
+        unsafe { System.dealloc(pointer, layout) };
+        count(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc`, and the caller upholds `realloc`'s contract.
+        let new = unsafe { System.realloc(pointer, layout, new_size) };
+        if !new.is_null() {
+            count(new_size as isize - layout.size() as isize);
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------------
+
+struct Settings {
+    quick: bool,
+    rounds: usize,
+    warmup: Duration,
+    measure: Duration,
+    idle_connections: usize,
+    memory_rounds: usize,
+}
+
+impl Settings {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Settings {
+                quick,
+                rounds: 2,
+                warmup: Duration::from_millis(200),
+                measure: Duration::from_millis(800),
+                idle_connections: 2_000,
+                memory_rounds: 1,
+            }
+        } else {
+            Settings {
+                quick,
+                rounds: 5,
+                warmup: Duration::from_millis(500),
+                measure: Duration::from_secs(2),
+                idle_connections: 10_000,
+                memory_rounds: 3,
+            }
+        }
+    }
+}
+
+const CHURNERS: usize = 50;
+/// Connects in flight at once while opening many connections: well under both backlogs (1024),
+/// so no SYN is dropped and retransmitted a second later.
+const CONNECT_CONCURRENCY: usize = 128;
+
+// ---------------------------------------------------------------------------------------------
+// The two servers
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Switchboard,
+    Raw,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Switchboard => "switchboard",
+            Kind::Raw => "raw",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Kind> {
+        match name {
+            "switchboard" => Some(Kind::Switchboard),
+            "raw" => Some(Kind::Raw),
+            _ => None,
+        }
+    }
+}
+
+/// The switchboard echo server: read, write the same buffer back, read again.
+struct Echo;
+
+#[async_trait]
+impl Callbacks for Echo {
+    async fn on_connection_established(&self, connection: &Connection, _peer: &SocketAddr) {
+        connection.read();
+    }
+
+    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+        if connection.write(data.freeze()).is_ok() {
+            connection.read();
+        }
+    }
+}
+
+/// The raw tokio echo server's accept loop. `live` counts connection tasks that hold their buffer.
+async fn raw_accept_loop(listener: TcpListener, live: Arc<AtomicUsize>) {
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let live = live.clone();
+        tokio::spawn(async move {
+            let mut buffer = vec![0_u8; 8192];
+            live.fetch_add(1, Ordering::Relaxed);
+            loop {
+                let read = match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => read,
+                };
+                if stream.write_all(&buffer[..read]).await.is_err() {
+                    break;
+                }
+            }
+            live.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// One running server of either kind.
+struct Running {
+    address: SocketAddr,
+    switchboard: Option<Server>,
+    raw_live: Arc<AtomicUsize>,
+}
+
+impl Running {
+    /// Starts a server of `kind` on the runtime `runtime`.
+    fn start(runtime: &Runtime, kind: Kind) -> Running {
+        match kind {
+            Kind::Switchboard => {
+                let server = runtime
+                    .block_on(Server::builder().bind("127.0.0.1:0").start(Echo))
+                    .expect("start the switchboard server");
+                Running {
+                    address: server.local_addr().expect("switchboard listens"),
+                    switchboard: Some(server),
+                    raw_live: Arc::new(AtomicUsize::new(0)),
+                }
+            }
+            Kind::Raw => {
+                let listener = runtime
+                    .block_on(TcpListener::bind("127.0.0.1:0"))
+                    .expect("bind the raw tokio server");
+                let address = listener.local_addr().expect("raw tokio listens");
+                let live = Arc::new(AtomicUsize::new(0));
+                runtime.spawn(raw_accept_loop(listener, live.clone()));
+                Running {
+                    address,
+                    switchboard: None,
+                    raw_live: live,
+                }
+            }
+        }
+    }
+
+    /// Connections the server holds now.
+    fn live(&self) -> usize {
+        match &self.switchboard {
+            Some(server) => server.active_connections(),
+            None => self.raw_live.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits (up to `limit`) until the server holds exactly `count` connections.
+    fn wait_for_live(&self, count: usize, limit: Duration) -> bool {
+        let start = Instant::now();
+        while self.live() != count {
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
+
+fn runtime(name: &str) -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generation
+// ---------------------------------------------------------------------------------------------
+
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+async fn connect(address: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens `count` connections to `address`, at most [`CONNECT_CONCURRENCY`] at a time.
+async fn connect_many(address: SocketAddr, count: usize) -> io::Result<Vec<TcpStream>> {
+    let mut streams = Vec::with_capacity(count);
+    let mut pending = JoinSet::new();
+    let mut started = 0;
+    while streams.len() < count {
+        while started < count && pending.len() < CONNECT_CONCURRENCY {
+            pending.spawn(connect(address));
+            started += 1;
+        }
+        let joined = pending.join_next().await.expect("a connect is pending");
+        streams.push(joined.expect("connect task")?);
+    }
+    Ok(streams)
+}
+
+/// What one measurement window saw.
+struct Window {
+    length: Duration,
+    /// CPU seconds the server runtime's threads used during the window.
+    server_cpu: f64,
+}
+
+/// Runs the phases: warm-up, then the measurement window, then stop.
+async fn run_phases(phase: &AtomicU8, warmup: Duration, measure: Duration) -> Window {
+    tokio::time::sleep(warmup).await;
+    let cpu_before = server_cpu_seconds();
+    phase.store(MEASURE, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(measure).await;
+    phase.store(STOP, Ordering::Relaxed);
+    let length = start.elapsed();
+    Window {
+        length,
+        server_cpu: server_cpu_seconds() - cpu_before,
+    }
+}
+
+/// The result of one load run: operations per second and server CPU microseconds per operation.
+struct Rate {
+    per_second: f64,
+    cpu_micros: f64,
+}
+
+impl Rate {
+    fn new(operations: u64, window: &Window) -> Rate {
+        Rate {
+            per_second: operations as f64 / window.length.as_secs_f64(),
+            cpu_micros: window.server_cpu * 1e6 / operations.max(1) as f64,
+        }
+    }
+}
+
+/// CPU time (user + system) used so far by this process's threads named `server` (the server
+/// runtime's workers), from `/proc/self/task/*/stat`, in seconds. The kernel counts it in clock
+/// ticks of 10 ms (`CLK_TCK` is 100 on Linux), so a 2 s window resolves to about 0.5 %.
+fn server_cpu_seconds() -> f64 {
+    const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0_u64;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the name may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != "server" {
+            continue;
+        }
+        // After the name: state is field 3, utime field 14, stime field 15.
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok());
+        ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
+    }
+    ticks as f64 / CLOCK_TICKS_PER_SECOND
+}
+
+/// Closed-loop ping-pong on `connections` connections with `size`-byte messages: msgs/s.
+async fn echo_load(
+    address: SocketAddr,
+    connections: usize,
+    size: usize,
+    settings: &Settings,
+) -> io::Result<Rate> {
+    let streams = connect_many(address, connections).await?;
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let mut clients = JoinSet::new();
+    for mut stream in streams {
+        let phase = phase.clone();
+        clients.spawn(async move {
+            let message = vec![0xA5_u8; size];
+            let mut reply = vec![0_u8; size];
+            let mut completed = 0_u64;
+            loop {
+                let started_in = phase.load(Ordering::Relaxed);
+                if started_in == STOP {
+                    break;
+                }
+                stream.write_all(&message).await?;
+                stream.read_exact(&mut reply).await?;
+                if started_in == MEASURE && phase.load(Ordering::Relaxed) == MEASURE {
+                    completed += 1;
+                }
+            }
+            Ok::<u64, io::Error>(completed)
+        });
+    }
+    let window = run_phases(&phase, settings.warmup, settings.measure).await;
+    let mut total = 0;
+    while let Some(joined) = clients.join_next().await {
+        total += joined.expect("client task")?;
+    }
+    Ok(Rate::new(total, &window))
+}
+
+/// One connection's life: connect, one 64 B echo, half-close, wait for the server's FIN.
+async fn churn_once(address: SocketAddr, message: &[u8], reply: &mut [u8]) -> io::Result<()> {
+    let mut stream = connect(address).await?;
+    stream.write_all(message).await?;
+    stream.read_exact(reply).await?;
+    stream.shutdown().await?;
+    let mut rest = [0_u8; 16];
+    match stream.read(&mut rest).await? {
+        0 => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "data after the echo",
+        )),
+    }
+}
+
+/// [`CHURNERS`] concurrent loops of [`churn_once`]: connections/s, and the number of failures.
+async fn churn_load(address: SocketAddr, settings: &Settings) -> (Rate, u64) {
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut churners = JoinSet::new();
+    for _ in 0..CHURNERS {
+        let phase = phase.clone();
+        let failures = failures.clone();
+        churners.spawn(async move {
+            let message = [0x5A_u8; 64];
+            let mut reply = [0_u8; 64];
+            let mut completed = 0_u64;
+            loop {
+                let started_in = phase.load(Ordering::Relaxed);
+                if started_in == STOP {
+                    break;
+                }
+                match churn_once(address, &message, &mut reply).await {
+                    Ok(()) => {
+                        if started_in == MEASURE && phase.load(Ordering::Relaxed) == MEASURE {
+                            completed += 1;
+                        }
+                    }
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+            completed
+        });
+    }
+    let window = run_phases(&phase, settings.warmup, settings.measure).await;
+    let mut total = 0;
+    while let Some(joined) = churners.join_next().await {
+        total += joined.expect("churn task");
+    }
+    (Rate::new(total, &window), failures.load(Ordering::Relaxed))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle memory
+// ---------------------------------------------------------------------------------------------
+
+/// This process's resident set in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib * 1024)
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// The soft limit on open descriptors, from `/proc/self/limits`.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The memory child: runs one server, reports its growth over `MEASURE n` connections.
+///
+/// Protocol on stdin/stdout: prints `READY port`; reads `MEASURE n`; waits until the server holds
+/// `n` connections; prints `RESULT rss_delta heap_delta`; exits when stdin closes.
+fn memory_server(kind: Kind) {
+    COUNTING.store(true, Ordering::Relaxed);
+    let runtime = runtime("server");
+    let server = Running::start(&runtime, kind);
+    std::thread::sleep(Duration::from_millis(100));
+    let base_rss = rss_bytes();
+    let base_heap = LIVE_HEAP.load(Ordering::Relaxed);
+    let mut stdout = io::stdout();
+    writeln!(stdout, "READY {}", server.address.port()).expect("write to the parent");
+    stdout.flush().expect("flush to the parent");
+
+    let mut stdin = io::stdin().lock();
+    let mut line = String::new();
+    stdin.read_line(&mut line).expect("read from the parent");
+    let count: usize = line
+        .strip_prefix("MEASURE ")
+        .and_then(|n| n.trim().parse().ok())
+        .expect("MEASURE n from the parent");
+    if !server.wait_for_live(count, Duration::from_secs(60)) {
+        writeln!(stdout, "FAILED {} of {count} connections", server.live()).ok();
+        std::process::exit(1);
+    }
+    // Let the last callbacks run and the workers go idle.
+    std::thread::sleep(Duration::from_millis(200));
+    let rss = rss_bytes() as i64 - base_rss as i64;
+    let heap = LIVE_HEAP.load(Ordering::Relaxed) - base_heap;
+    writeln!(stdout, "RESULT {rss} {heap}").expect("write to the parent");
+    stdout.flush().expect("flush to the parent");
+    line.clear();
+    while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+        line.clear();
+    }
+    // Exit at once: the runtime's teardown is not part of any measurement.
+    std::process::exit(0);
+}
+
+/// Bytes per idle connection of one fresh server process: (resident set, live heap).
+fn memory_round(client: &Runtime, kind: Kind, connections: usize) -> Result<(f64, f64), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut child = Command::new(exe)
+        .args(["--memory-server", kind.name()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("spawn the memory server: {e}"))?;
+    let result = (|| {
+        let mut to_child = child.stdin.take().expect("piped stdin");
+        let mut from_child = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        from_child.read_line(&mut line).map_err(|e| e.to_string())?;
+        let port: u16 = line
+            .strip_prefix("READY ")
+            .and_then(|port| port.trim().parse().ok())
+            .ok_or_else(|| format!("unexpected from the memory server: {line:?}"))?;
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let streams = client
+            .block_on(connect_many(address, connections))
+            .map_err(|e| format!("opening {connections} connections: {e}"))?;
+        writeln!(to_child, "MEASURE {connections}").map_err(|e| e.to_string())?;
+        to_child.flush().map_err(|e| e.to_string())?;
+        line.clear();
+        from_child.read_line(&mut line).map_err(|e| e.to_string())?;
+        let mut fields = line.split_whitespace();
+        let parsed = match (fields.next(), fields.next(), fields.next()) {
+            (Some("RESULT"), Some(rss), Some(heap)) => {
+                rss.parse::<f64>().ok().zip(heap.parse::<f64>().ok())
+            }
+            _ => None,
+        };
+        let (rss, heap) =
+            parsed.ok_or_else(|| format!("unexpected from the memory server: {line:?}"))?;
+        {
+            let _context = client.enter();
+            drop(streams);
+        }
+        drop(to_child);
+        Ok((rss / connections as f64, heap / connections as f64))
+    })();
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting
+// ---------------------------------------------------------------------------------------------
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 0 {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
+}
+
+/// One scenario's results, per round, for both servers.
+struct Row {
+    name: String,
+    unit: &'static str,
+    switchboard: Vec<f64>,
+    raw: Vec<f64>,
+    /// Decimals shown: 0 prints thousands separators instead.
+    decimals: usize,
+    note: String,
+}
+
+impl Row {
+    fn new(name: impl Into<String>, unit: &'static str) -> Row {
+        Row {
+            name: name.into(),
+            unit,
+            switchboard: Vec::new(),
+            raw: Vec::new(),
+            decimals: 0,
+            note: String::new(),
+        }
+    }
+
+    fn with_decimals(mut self, decimals: usize) -> Row {
+        self.decimals = decimals;
+        self
+    }
+
+    fn format(&self, value: f64) -> String {
+        if self.decimals == 0 {
+            thousands(value)
+        } else {
+            format!("{value:.*}", self.decimals)
+        }
+    }
+
+    fn push(&mut self, kind: Kind, value: f64) {
+        match kind {
+            Kind::Switchboard => self.switchboard.push(value),
+            Kind::Raw => self.raw.push(value),
+        }
+    }
+
+    fn ratio(&self) -> f64 {
+        if self.switchboard.is_empty() || self.raw.is_empty() {
+            return f64::NAN;
+        }
+        median(&self.switchboard) / median(&self.raw)
+    }
+}
+
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value);
+    let (sign, digits) = match digits.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", digits.as_str()),
+    };
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    format!("{sign}{out}")
+}
+
+fn rounds_list(row: &Row, values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| row.format(*v))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn print_table(title: &str, rows: &[Row]) {
+    println!();
+    println!("{title}");
+    println!(
+        "{:<22} {:>13} {:>13} {:>7}  {:<14} rounds: switchboard | raw",
+        "scenario", "switchboard", "raw tokio", "ratio", "unit"
+    );
+    println!("{}", "-".repeat(110));
+    for row in rows {
+        let (sb, raw) = if row.switchboard.is_empty() || row.raw.is_empty() {
+            ("n/a".to_string(), "n/a".to_string())
+        } else {
+            (
+                row.format(median(&row.switchboard)),
+                row.format(median(&row.raw)),
+            )
+        };
+        println!(
+            "{:<22} {:>13} {:>13} {:>7.3}  {:<14} {} | {}{}",
+            row.name,
+            sb,
+            raw,
+            row.ratio(),
+            row.unit,
+            rounds_list(row, &row.switchboard),
+            rounds_list(row, &row.raw),
+            row.note
+        );
+    }
+}
+
+/// The order of the two servers in round `round`: alternating which goes first.
+fn order(round: usize) -> [Kind; 2] {
+    if round % 2 == 0 {
+        [Kind::Raw, Kind::Switchboard]
+    } else {
+        [Kind::Switchboard, Kind::Raw]
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(position) = args.iter().position(|arg| arg == "--memory-server") {
+        let kind = args
+            .get(position + 1)
+            .and_then(|name| Kind::parse(name))
+            .expect("--memory-server switchboard|raw");
+        memory_server(kind);
+        return;
+    }
+    let settings = Settings::new(args.iter().any(|arg| arg == "--quick"));
+    let began = Instant::now();
+
+    let fd_limit = open_files_limit();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    eprintln!(
+        "echo bench{}: {} cores, open files limit {}, {} rounds of {:?} (+{:?} warm-up)",
+        if settings.quick { " (--quick)" } else { "" },
+        cores,
+        fd_limit.map_or("unknown".to_string(), |n| n.to_string()),
+        settings.rounds,
+        settings.measure,
+        settings.warmup,
+    );
+
+    let server_runtime = runtime("server");
+    let client_runtime = runtime("client");
+    let servers = [
+        Running::start(&server_runtime, Kind::Switchboard),
+        Running::start(&server_runtime, Kind::Raw),
+    ];
+    let server = |kind: Kind| match kind {
+        Kind::Switchboard => &servers[0],
+        Kind::Raw => &servers[1],
+    };
+
+    let mut rows = Vec::new();
+    let mut cpu_rows = Vec::new();
+
+    // 1. Throughput.
+    let scenarios = [
+        ("echo 64B x50", 64, 50),
+        ("echo 4KiB x50", 4096, 50),
+        ("echo 64B x1000", 64, 1000),
+    ];
+    for (name, size, connections) in scenarios {
+        let mut row = Row::new(name, "msgs/s");
+        let mut cpu_row = Row::new(name, "server µs/msg").with_decimals(2);
+        for round in 0..settings.rounds {
+            for kind in order(round) {
+                let running = server(kind);
+                let result = client_runtime.block_on(echo_load(
+                    running.address,
+                    connections,
+                    size,
+                    &settings,
+                ));
+                match result {
+                    Ok(rate) => {
+                        eprintln!(
+                            "  {name:<16} round {round} {:<11} {:>12} msgs/s  {:>6.2} server µs/msg",
+                            kind.name(),
+                            thousands(rate.per_second),
+                            rate.cpu_micros
+                        );
+                        row.push(kind, rate.per_second);
+                        cpu_row.push(kind, rate.cpu_micros);
+                    }
+                    Err(error) => {
+                        eprintln!(
+                            "  {name:<16} round {round} {:<11} FAILED: {error}",
+                            kind.name()
+                        );
+                        row.note = format!("  ({} failed: {error})", kind.name());
+                    }
+                }
+                if !running.wait_for_live(0, Duration::from_secs(10)) {
+                    eprintln!(
+                        "  warning: {} still holds {} connections",
+                        kind.name(),
+                        running.live()
+                    );
+                }
+            }
+        }
+        rows.push(row);
+        cpu_rows.push(cpu_row);
+    }
+
+    // 2. Connection churn.
+    let name = format!("churn x{CHURNERS}");
+    let mut row = Row::new(name.clone(), "conns/s");
+    let mut cpu_row = Row::new(name.clone(), "server µs/conn").with_decimals(2);
+    let mut failures = [0_u64; 2];
+    for round in 0..settings.rounds {
+        for kind in order(round) {
+            let running = server(kind);
+            let (rate, failed) = client_runtime.block_on(churn_load(running.address, &settings));
+            eprintln!(
+                "  {name:<16} round {round} {:<11} {:>12} conns/s {:>6.2} server µs/conn ({failed} failed)",
+                kind.name(),
+                thousands(rate.per_second),
+                rate.cpu_micros
+            );
+            failures[(kind == Kind::Raw) as usize] += failed;
+            row.push(kind, rate.per_second);
+            cpu_row.push(kind, rate.cpu_micros);
+            if !running.wait_for_live(0, Duration::from_secs(10)) {
+                eprintln!(
+                    "  warning: {} still holds {} connections",
+                    kind.name(),
+                    running.live()
+                );
+            }
+        }
+    }
+    if failures != [0, 0] {
+        row.note = format!(
+            "  (failed connects: switchboard {}, raw {})",
+            failures[0], failures[1]
+        );
+    }
+    rows.push(row);
+    cpu_rows.push(cpu_row);
+
+    // 3. Idle memory, in child processes.
+    let mut connections = settings.idle_connections;
+    if let Some(limit) = fd_limit {
+        // Each process holds one descriptor per connection plus a few of its own.
+        let room = limit.saturating_sub(64);
+        if room < connections {
+            eprintln!("  open files limit {limit}: scaling idle connections down to {room}");
+            connections = room;
+        }
+    }
+    let mut rss_row = Row::new(format!("idle RSS x{connections}"), "bytes/conn");
+    let mut heap_row = Row::new(format!("idle heap x{connections}"), "bytes/conn");
+    for round in 0..settings.memory_rounds {
+        for kind in order(round) {
+            match memory_round(&client_runtime, kind, connections) {
+                Ok((rss, heap)) => {
+                    eprintln!(
+                        "  idle x{connections:<10} round {round} {:<11} {:>8} B/conn RSS, {:>8} B/conn heap",
+                        kind.name(),
+                        thousands(rss),
+                        thousands(heap)
+                    );
+                    rss_row.push(kind, rss);
+                    heap_row.push(kind, heap);
+                }
+                Err(error) => {
+                    eprintln!("  idle round {round} {} FAILED: {error}", kind.name());
+                    rss_row.note = format!("  ({} failed: {error})", kind.name());
+                }
+            }
+        }
+    }
+    rows.push(rss_row);
+    rows.push(heap_row);
+
+    print_table(
+        "Throughput, churn and idle memory (median of each side):",
+        &rows,
+    );
+    print_table(
+        "Server CPU per operation (server runtime threads, /proc; less sensitive to a noisy neighbour):",
+        &cpu_rows,
+    );
+    println!();
+    println!(
+        "ratio = median(switchboard) / median(raw tokio). Higher is better for msgs/s and conns/s"
+    );
+    println!("(target >= 0.90); lower is better for bytes/conn (target <= 1.00) and for server CPU per op.");
+    println!();
+    for row in &rows {
+        println!("ratio {}: {:.2}", row.name, row.ratio());
+    }
+    for row in &cpu_rows {
+        println!("cpu ratio {}: {:.2}", row.name, row.ratio());
+    }
+    eprintln!("\nfinished in {:.1} s", began.elapsed().as_secs_f64());
+
+    if let Some(switchboard) = &servers[0].switchboard {
+        server_runtime.block_on(switchboard.shutdown());
+    }
+    server_runtime.shutdown_background();
+    client_runtime.shutdown_background();
+}
