@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use socket2::SockRef;
 use futures::FutureExt;
+use socket2::SockRef;
 use tokio::io::{AsyncReadExt, Interest, Ready};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
