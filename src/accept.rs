@@ -19,7 +19,9 @@ use std::time::Duration;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tokio_native_tls::TlsAcceptor;
 
+use crate::driver::Secure;
 use crate::limit::Permit;
 use crate::manager::Manager;
 use crate::stats::Counters;
@@ -91,18 +93,33 @@ impl Reporter {
     }
 }
 
+/// A bound listener and, for a TLS one, the acceptor its connections negotiate with.
+pub(crate) struct Listener {
+    pub(crate) listener: TcpListener,
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+/// An accepted socket on its way to becoming a connection.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+}
+
 /// Accepts from any listener, starting after the one that accepted last so none is starved.
-async fn accept_any(
-    listeners: &[TcpListener],
-    next: &mut usize,
-) -> io::Result<(TcpStream, SocketAddr)> {
+async fn accept_any(listeners: &[Listener], next: &mut usize) -> io::Result<Accepted> {
     poll_fn(|cx| {
         let count = listeners.len();
         for i in 0..count {
             let index = (*next + i) % count;
-            if let Poll::Ready(result) = listeners[index].poll_accept(cx) {
+            let listener = &listeners[index];
+            if let Poll::Ready(result) = listener.listener.poll_accept(cx) {
                 *next = (index + 1) % count;
-                return Poll::Ready(result);
+                return Poll::Ready(result.map(|(stream, peer)| Accepted {
+                    stream,
+                    peer,
+                    tls: listener.tls.clone(),
+                }));
             }
         }
         Poll::Pending
@@ -141,7 +158,7 @@ impl Announced {
     }
 }
 
-pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<TcpListener>) {
+pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>) {
     let mut control = manager.control.subscribe();
     let mut announced = Announced { accepting: false };
     let mut refusing = false;
@@ -150,7 +167,7 @@ pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<TcpListene
     let mut next = 0;
     // With `AtLimit::StopAccepting`, a connection accepted when no slot was free waits here for
     // one (its client sees a connection that has not answered yet, as in the backlog).
-    let mut held: Option<(TcpStream, SocketAddr)> = None;
+    let mut held: Option<Accepted> = None;
     loop {
         let state = *control.borrow_and_update();
         if state.shutdown {
@@ -164,14 +181,14 @@ pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<TcpListene
             }
             continue;
         }
-        if let Some((stream, peer)) = held.take() {
+        if let Some(accepted) = held.take() {
             // Biased: a stop or shutdown that is already signalled wins over a slot that freed
             // at the same time, and a slot is only used if accepting is still on once it is
             // ours (the control may change while `acquire` is pending).
             tokio::select! {
                 biased;
                 changed = control.changed() => {
-                    held = Some((stream, peer));
+                    held = Some(accepted);
                     if changed.is_err() {
                         return;
                     }
@@ -180,10 +197,10 @@ pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<TcpListene
                     let state = *control.borrow();
                     if state.accepting && !state.shutdown {
                         announced.set(&manager, true).await;
-                        take(&manager, stream, peer, permit).await;
+                        take(&manager, accepted, permit).await;
                     } else {
                         drop(permit);
-                        held = Some((stream, peer));
+                        held = Some(accepted);
                     }
                 }
             }
@@ -201,22 +218,22 @@ pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<TcpListene
             accepted = accept_any(&listeners, &mut next) => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok(accepted) => {
                 backoff = MIN_BACKOFF;
                 match manager.limiter.try_acquire() {
                     Some(permit) => {
                         refusing = false;
-                        take(&manager, stream, peer, permit).await;
+                        take(&manager, accepted, permit).await;
                     }
                     None => match manager.config.at_limit {
                         AtLimit::StopAccepting => {
                             maximum_connections(&manager).await;
                             announced.set(&manager, false).await;
-                            held = Some((stream, peer));
+                            held = Some(accepted);
                         }
                         AtLimit::AcceptAndClose => {
                             Counters::count(&manager.counters.refused_at_limit);
-                            drop(stream);
+                            drop(accepted);
                             if !refusing {
                                 refusing = true;
                                 maximum_connections(&manager).await;
@@ -261,7 +278,8 @@ async fn maximum_connections(manager: &Manager) {
 }
 
 /// Turns an accepted socket with a limiter slot into a connection.
-async fn take(manager: &Arc<Manager>, stream: TcpStream, peer: SocketAddr, permit: Permit) {
+async fn take(manager: &Arc<Manager>, accepted: Accepted, permit: Permit) {
+    let Accepted { stream, peer, tls } = accepted;
     let Ok(live) = manager.begin() else {
         // A shutdown began after this accept: the client gets a plain close.
         return;
@@ -289,6 +307,7 @@ async fn take(manager: &Arc<Manager>, stream: TcpStream, peer: SocketAddr, permi
         peer,
         Direction::Inbound,
         user_data,
+        tls.map(Secure::Accept),
         permit,
         live,
         false,

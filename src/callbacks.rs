@@ -8,7 +8,8 @@ use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 
 use crate::{
-    ClosureReason, ConnectArgument, Connection, Direction, Error, ShutdownReport, UserData,
+    ClosureReason, ConnectArgument, Connection, ConnectionId, Direction, Error, ShutdownReport,
+    TlsInfo, UserData,
 };
 
 /// The events of a server, one method each, after the C++ framework's
@@ -24,6 +25,20 @@ use crate::{
 ///   → at most one of on_connection_client_close (FIN) or on_connection_reset (RST)
 ///   → on_connection_closure(reason) → on_connection_closed → on_socket_released   (last)
 /// ```
+///
+/// A TLS connection (see [`tls`](crate::tls)) negotiates between the first two steps and has one
+/// more event at the end:
+///
+/// ```text
+/// on_socket_created → handshake → on_negotiation_complete → on_secure_connection_established
+///   → on_connection_established → … → on_connection_closure → on_connection_closed
+///   → on_socket_released → on_secure_socket_released   (last)
+/// ```
+///
+/// A TLS handshake that fails runs [`on_fatal_error`](Callbacks::on_fatal_error) (our side
+/// detected it) or [`on_remote_fatal_error`](Callbacks::on_remote_fatal_error) (the peer sent an
+/// alert), then the closing events; one that times out, is refused at the handshake cap or is
+/// aborted goes straight to the closing events. Neither gets `on_connection_established`.
 ///
 /// An outgoing connection first runs [`on_pre_outgoing_connect`](Callbacks::on_pre_outgoing_connect);
 /// if its connect fails, [`on_outgoing_connection_failed`](Callbacks::on_outgoing_connection_failed)
@@ -280,11 +295,67 @@ pub trait Callbacks: Send + Sync + 'static {
     }
 
     /// The very last event of a connection (or of a failed outgoing connect), with its user data by
-    /// value for final clean-up. The connection's limiter slot is freed right after this returns.
+    /// value for final clean-up; for a TLS connection only
+    /// [`on_secure_socket_released`](Callbacks::on_secure_socket_released) comes after it. The
+    /// connection's limiter slot is freed once both have returned.
     ///
     /// Default: drops the user data.
     async fn on_socket_released(&self, user_data: UserData) {
         let _ = user_data;
+    }
+
+    /// A TLS handshake finished: `info` says which side we were, the ALPN protocol agreed and the
+    /// peer's certificate. Comes after [`on_socket_created`](Callbacks::on_socket_created) and
+    /// before [`on_secure_connection_established`](Callbacks::on_secure_connection_established).
+    /// The C++ interface has one overload per side; [`TlsInfo::side`] tells them apart here.
+    ///
+    /// Default: does nothing.
+    async fn on_negotiation_complete(&self, connection: &Connection, info: &TlsInfo) {
+        let _ = (connection, info);
+    }
+
+    /// A TLS connection is secure and about to be established: comes after
+    /// [`on_negotiation_complete`](Callbacks::on_negotiation_complete) and right before
+    /// [`on_connection_established`](Callbacks::on_connection_established), for set-up that only
+    /// secure connections need. `address` is the peer's.
+    ///
+    /// Default: does nothing.
+    async fn on_secure_connection_established(
+        &self,
+        connection: &Connection,
+        address: &SocketAddr,
+    ) {
+        let _ = (connection, address);
+    }
+
+    /// Our side of a TLS connection failed: the handshake could not be negotiated (an untrusted
+    /// or mismatched certificate, no common protocol version, plain text or garbage where TLS
+    /// records belong) or a record did not decrypt. `error` is [`Error::Tls`]. The connection then
+    /// ends with [`ClosureReason::TlsError`]: closure, closed and the release events follow.
+    ///
+    /// Default: logs the error with `tracing` at debug level (peers that fail handshakes are
+    /// common on the internet and not the server's fault).
+    async fn on_fatal_error(&self, connection: &Connection, error: &Error) {
+        tracing::debug!(id = %connection.id(), %error, "TLS failure");
+    }
+
+    /// The peer ended the TLS session with a fatal alert (for example, it did not trust our
+    /// certificate). `error` is [`Error::Tls`] naming the alert. The connection then ends with
+    /// [`ClosureReason::TlsAlert`]: closure, closed and the release events follow.
+    ///
+    /// Default: logs the error with `tracing` at debug level.
+    async fn on_remote_fatal_error(&self, connection: &Connection, error: &Error) {
+        tracing::debug!(id = %connection.id(), %error, "TLS alert from the peer");
+    }
+
+    /// The last event of a TLS connection, right after
+    /// [`on_socket_released`](Callbacks::on_socket_released), for clean-up that only secure
+    /// connections need. The user data was handed to `on_socket_released`; `id` says which
+    /// connection this was.
+    ///
+    /// Default: does nothing.
+    async fn on_secure_socket_released(&self, id: ConnectionId) {
+        let _ = id;
     }
 
     /// An error tied to no connection, including a panic caught in any callback

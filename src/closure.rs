@@ -38,11 +38,27 @@ pub enum ClosureReason {
     AbortAll,
     /// It was still open when the shutdown's drain time ran out and was reset.
     ShutdownForced,
+    /// A TLS failure detected on our side: a handshake that could not be negotiated (bad
+    /// certificate, no common protocol, plain text or garbage where a TLS record belongs) or a
+    /// record that did not decrypt; see [`Callbacks::on_fatal_error`](crate::Callbacks::on_fatal_error).
+    /// The connection was reset.
+    TlsError,
+    /// The peer ended the TLS session with a fatal alert (for example, it did not trust our
+    /// certificate); see [`Callbacks::on_remote_fatal_error`](crate::Callbacks::on_remote_fatal_error).
+    /// The connection was reset.
+    TlsAlert,
+    /// The TLS handshake did not finish within the
+    /// [handshake timeout](crate::ServerBuilder::handshake_timeout); the connection was reset.
+    HandshakeTimedOut,
+    /// The connection was accepted while the
+    /// [maximum of concurrent TLS handshakes](crate::ServerBuilder::max_concurrent_handshakes) were
+    /// already running, and was reset without a handshake.
+    HandshakeLimit,
 }
 
 impl ClosureReason {
     /// Every reason, in the order of [`ClosureReason::index`].
-    pub const ALL: [ClosureReason; 11] = [
+    pub const ALL: [ClosureReason; 15] = [
         ClosureReason::PeerClosed,
         ClosureReason::PeerReset,
         ClosureReason::LocalClose,
@@ -54,6 +70,10 @@ impl ClosureReason {
         ClosureReason::CallbackPanic,
         ClosureReason::AbortAll,
         ClosureReason::ShutdownForced,
+        ClosureReason::TlsError,
+        ClosureReason::TlsAlert,
+        ClosureReason::HandshakeTimedOut,
+        ClosureReason::HandshakeLimit,
     ];
 
     /// The reason's `snake_case` name, as used in logs and the example's event lines.
@@ -74,6 +94,10 @@ impl ClosureReason {
             ClosureReason::CallbackPanic => "callback_panic",
             ClosureReason::AbortAll => "abort_all",
             ClosureReason::ShutdownForced => "shutdown_forced",
+            ClosureReason::TlsError => "tls_error",
+            ClosureReason::TlsAlert => "tls_alert",
+            ClosureReason::HandshakeTimedOut => "handshake_timed_out",
+            ClosureReason::HandshakeLimit => "handshake_limit",
         }
     }
 

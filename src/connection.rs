@@ -4,14 +4,14 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 
 use crate::stats::{ConnectionCounters, ConnectionStats};
-use crate::{ClosureReason, Error, UserData};
+use crate::{ClosureReason, Error, TlsInfo, UserData};
 
 /// A connection's number, unique within its server for the server's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     waker: AtomicWaker,
     /// Counted [`Connection`] handles held by the application.
     handles: AtomicUsize,
+    /// What the TLS handshake negotiated, once it has.
+    pub(crate) tls: OnceLock<TlsInfo>,
 }
 
 impl Shared {
@@ -127,6 +129,7 @@ impl Shared {
             woken: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             handles: AtomicUsize::new(0),
+            tls: OnceLock::new(),
         }
     }
 
@@ -276,6 +279,13 @@ impl Connection {
         &self.shared.user_data
     }
 
+    /// What the TLS handshake negotiated: `None` on a plain connection, and on a TLS connection
+    /// before [`on_negotiation_complete`](crate::Callbacks::on_negotiation_complete) (that is,
+    /// only in the failure callbacks of a handshake that did not finish).
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.shared.tls.get()
+    }
+
     /// This connection's byte and operation counts so far.
     pub fn stats(&self) -> ConnectionStats {
         self.shared.counters.snapshot()
@@ -350,7 +360,11 @@ impl Connection {
     /// [close timeout](crate::ServerBuilder::close_timeout)) for the peer's FIN so that no data of
     /// ours is lost to a reset. Ends with [`ClosureReason::LocalClose`].
     pub fn close(&self) {
-        self.shared.update(|state| state.close_requested = true);
+        self.shared.update(|state| {
+            state.close_requested = true;
+            // From now on writes and reads are refused, even before the driver gets to it.
+            state.closing = true;
+        });
     }
 
     /// Hard close: drops the queued writes and resets the connection (RST, through `SO_LINGER` 0).

@@ -6,23 +6,27 @@
 //! shutdown through the same state.
 
 use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::FutureExt;
+use futures::task::noop_waker_ref;
 use socket2::SockRef;
-use tokio::io::{AsyncReadExt, Interest, Ready};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::connection::Shared;
 use crate::limit::Permit;
 use crate::manager::{LiveGuard, Manager};
 use crate::stats::ConnectionCounters;
-use crate::{ClosureReason, Connection};
+use crate::tls::{self, TlsConnect, TlsInfo};
+use crate::transport::Transport;
+use crate::{ClosureReason, Connection, Direction, Error};
 
 /// Most buffers handed to one `writev`; Linux's `IOV_MAX` is 1024, but a few dozen already cover
 /// every queue the default 64 KiB limit can hold with ordinary message sizes.
@@ -38,8 +42,16 @@ struct Plan {
 /// What woke a parked driver.
 enum Wake {
     Requests,
-    Socket(io::Result<Ready>),
+    Read(io::Result<BytesMut>),
+    Wrote(io::Result<usize>),
+    CloseNotifySent(io::Result<()>),
     CloseDeadline,
+}
+
+/// The TLS side a connection takes in its handshake.
+pub(crate) enum Secure {
+    Accept(tokio_native_tls::TlsAcceptor),
+    Connect(TlsConnect),
 }
 
 pub(crate) struct Driver {
@@ -47,7 +59,11 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     /// The uncounted handle lent to callbacks.
     connection: Connection,
-    stream: TcpStream,
+    transport: Transport,
+    /// The handshake still to run, for a TLS connection.
+    secure: Option<Secure>,
+    /// Whether this is a TLS connection (it gets `on_secure_socket_released`).
+    is_tls: bool,
     /// Buffers taken from the queue, oldest first; `offset` bytes of the front one are sent.
     in_flight: VecDeque<Bytes>,
     offset: usize,
@@ -58,7 +74,7 @@ pub(crate) struct Driver {
     told_shutdown: bool,
     /// Set once the connection is closing gracefully, with the reason it will end with.
     closing: Option<ClosureReason>,
-    close_deadline: Option<Instant>,
+    close_deadline: Option<Pin<Box<Sleep>>>,
     permit: Permit,
     live: LiveGuard,
 }
@@ -68,6 +84,7 @@ impl Driver {
         manager: Arc<Manager>,
         shared: Arc<Shared>,
         stream: TcpStream,
+        secure: Option<Secure>,
         permit: Permit,
         live: LiveGuard,
     ) -> Self {
@@ -75,7 +92,9 @@ impl Driver {
             connection: Connection::uncounted(shared.clone()),
             manager,
             shared,
-            stream,
+            transport: Transport::Plain(stream),
+            is_tls: secure.is_some(),
+            secure,
             in_flight: VecDeque::new(),
             offset: 0,
             read_closed: false,
@@ -90,6 +109,12 @@ impl Driver {
 
     /// Runs the connection from establishment to release.
     pub(crate) async fn run(mut self) {
+        if let Some(secure) = self.secure.take() {
+            if let Err(reason) = self.handshake(secure).await {
+                self.finish(reason).await;
+                return;
+            }
+        }
         let peer = self.shared.peer_addr;
         let callbacks = &self.manager.callbacks;
         let reason = if self
@@ -104,6 +129,135 @@ impl Driver {
             ClosureReason::CallbackPanic
         };
         self.finish(reason).await;
+    }
+
+    /// Runs the TLS handshake on this task, bounded by the handshake timeout and cut short by an
+    /// abort, then the negotiation events. `Err` carries the closure reason of a failure, after
+    /// its `on_fatal_error` / `on_remote_fatal_error`.
+    async fn handshake(&mut self, secure: Secure) -> Result<(), ClosureReason> {
+        let manager = self.manager.clone();
+        // Only accepted connections count against the cap: it guards against floods from
+        // outside, and an outgoing connect is the application's own doing.
+        let _slot = match secure {
+            Secure::Accept(_) => match manager.handshakes.try_acquire() {
+                Ok(slot) => Some(slot),
+                Err(_) => return Err(ClosureReason::HandshakeLimit),
+            },
+            Secure::Connect(_) => None,
+        };
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Gone) else {
+            unreachable!("a handshake starts on the plain socket");
+        };
+        // The handshake owns the socket. A second descriptor for it lets a handshake cut short
+        // (abort, timeout) end with RST like any abort, while a failed one closes with FIN so
+        // that the alert OpenSSL wrote still reaches the peer.
+        let socket = SockRef::from(&tcp).try_clone().ok();
+        let reset = |reason| {
+            if let Some(socket) = &socket {
+                let _ = socket.set_linger(Some(Duration::ZERO));
+            }
+            Err(reason)
+        };
+        let (side, mut negotiation): (_, Pin<Box<dyn Future<Output = _> + Send>>) = match secure {
+            Secure::Accept(acceptor) => (
+                Direction::Inbound,
+                Box::pin(async move { acceptor.accept(tcp).await }),
+            ),
+            Secure::Connect(tls) => (
+                Direction::Outbound,
+                Box::pin(async move { tls.connector.connect(&tls.domain, tcp).await }),
+            ),
+        };
+        let timeout = tokio::time::sleep(manager.config.handshake_timeout);
+        tokio::pin!(timeout);
+        let outcome = loop {
+            {
+                let mut state = self.shared.state();
+                state.dirty = false;
+                if let Some(reason) = state.abort_requested {
+                    return reset(reason);
+                }
+            }
+            if !self.shared.park() {
+                continue;
+            }
+            let woken = tokio::select! {
+                biased;
+                _ = poll_fn(|cx| self.shared.poll_woken(cx)) => None,
+                outcome = &mut negotiation => Some(Some(outcome)),
+                _ = &mut timeout => Some(None),
+            };
+            self.shared.unpark();
+            match woken {
+                None => continue,
+                Some(None) => return reset(ClosureReason::HandshakeTimedOut),
+                Some(Some(outcome)) => break outcome,
+            }
+        };
+        drop(socket);
+        let stream = match outcome {
+            Ok(stream) => stream,
+            Err(error) => {
+                let from_peer = tls::is_peer_alert(&error);
+                let error = Error::Tls {
+                    from_peer,
+                    source: Box::new(error),
+                };
+                return Err(self.tls_failed(error).await);
+            }
+        };
+        let info = TlsInfo::from_stream(side, stream.get_ref());
+        self.transport = Transport::tls(stream);
+        let info = self.shared.tls.get_or_init(|| info);
+        let callbacks = &manager.callbacks;
+        if !self
+            .call(
+                "on_negotiation_complete",
+                callbacks.on_negotiation_complete(&self.connection, info),
+            )
+            .await
+        {
+            return Err(ClosureReason::CallbackPanic);
+        }
+        let peer = self.shared.peer_addr;
+        if !self
+            .call(
+                "on_secure_connection_established",
+                callbacks.on_secure_connection_established(&self.connection, &peer),
+            )
+            .await
+        {
+            return Err(ClosureReason::CallbackPanic);
+        }
+        Ok(())
+    }
+
+    /// Reports a TLS failure to the callback for its side and gives the closure reason.
+    async fn tls_failed(&mut self, error: Error) -> ClosureReason {
+        let callbacks = &self.manager.callbacks;
+        let from_peer = matches!(
+            error,
+            Error::Tls {
+                from_peer: true,
+                ..
+            }
+        );
+        tracing::debug!(%error, "TLS failure");
+        if from_peer {
+            self.call(
+                "on_remote_fatal_error",
+                callbacks.on_remote_fatal_error(&self.connection, &error),
+            )
+            .await;
+            ClosureReason::TlsAlert
+        } else {
+            self.call(
+                "on_fatal_error",
+                callbacks.on_fatal_error(&self.connection, &error),
+            )
+            .await;
+            ClosureReason::TlsError
+        }
     }
 
     /// Invokes a callback of this connection; `false` if it panicked (already reported).
@@ -149,7 +303,9 @@ impl Driver {
         }
         if let Some(reason) = begin_close {
             self.closing = Some(reason);
-            self.close_deadline = Some(Instant::now() + close_timeout);
+            self.close_deadline = Some(Box::pin(tokio::time::sleep_until(
+                Instant::now() + close_timeout,
+            )));
             state.closing = true;
             state.read_requested = false;
         }
@@ -193,9 +349,9 @@ impl Driver {
                 continue;
             }
             if plan.send_fin {
-                // Errors here mean the peer is gone already; the read side will tell how.
-                let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
-                self.write_closed = true;
+                if let Poll::Ready(sent) = self.try_close_notify() {
+                    self.send_fin(sent);
+                }
             }
             if let Some(reason) = self.closing {
                 if self.write_closed && self.read_closed {
@@ -203,143 +359,171 @@ impl Driver {
                 }
             }
             if !self.in_flight.is_empty() {
-                match self.write_ready().await {
+                match self.write_ready(None).await {
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(reason) => return reason,
                 }
             }
 
-            // Park until a handle asks for something, the socket is ready, or a close times out.
+            // Park until a handle asks for something, the socket has data or room, or a close
+            // times out.
             if !self.shared.park() {
                 continue;
             }
-            let mut interest: Option<Interest> = None;
-            if plan.read {
-                interest = Some(Interest::READABLE);
-            }
-            if !self.in_flight.is_empty() {
-                interest = Some(match interest {
-                    Some(read) => read | Interest::WRITABLE,
-                    None => Interest::WRITABLE,
-                });
-            }
-            let deadline = self.close_deadline;
-            let wake = tokio::select! {
-                biased;
-                _ = std::future::poll_fn(|cx| self.shared.poll_woken(cx)) => Wake::Requests,
-                ready = self.stream.ready(interest.unwrap_or(Interest::READABLE)), if interest.is_some() => {
-                    Wake::Socket(ready)
-                }
-                _ = sleep_until(deadline), if deadline.is_some() => Wake::CloseDeadline,
-            };
+            let notify = plan.send_fin && !self.write_closed;
+            let wake = poll_fn(|cx| self.poll_wake(cx, plan.read, notify)).await;
             self.shared.unpark();
             match wake {
                 Wake::Requests => {}
                 Wake::CloseDeadline => return ClosureReason::CloseTimedOut,
-                Wake::Socket(Err(error)) => {
-                    return self
-                        .read_failed(error)
-                        .await
-                        .unwrap_or(ClosureReason::ReadError)
-                }
-                Wake::Socket(Ok(ready)) => {
-                    if plan.read && (ready.is_readable() || ready.is_read_closed()) {
-                        if let Some(reason) = self.read_ready().await {
-                            return reason;
-                        }
+                Wake::Read(Ok(data)) => {
+                    if let Some(reason) = self.read_completed(data).await {
+                        return reason;
                     }
-                    // Writable: the next turn of the loop writes.
                 }
+                Wake::Read(Err(error)) => {
+                    if let Some(reason) = self.read_failed(error).await {
+                        return reason;
+                    }
+                }
+                Wake::Wrote(result) => {
+                    if let Err(reason) = self.write_ready(Some(result)).await {
+                        return reason;
+                    }
+                }
+                Wake::CloseNotifySent(sent) => self.send_fin(sent),
             }
         }
     }
 
-    /// Reads once after readiness. `Some` ends the connection.
-    async fn read_ready(&mut self) -> Option<ClosureReason> {
-        if let Some(reason) = self.closing {
-            return self.discard_ready(reason);
+    /// What a parked driver waits for, in priority order: requests from handles, data, room for
+    /// queued writes (or for `close_notify`), the close deadline.
+    fn poll_wake(&mut self, cx: &mut Context<'_>, read: bool, notify: bool) -> Poll<Wake> {
+        if self.shared.poll_woken(cx).is_ready() {
+            return Poll::Ready(Wake::Requests);
         }
-        let mut data = BytesMut::with_capacity(self.manager.config.read_buffer_size);
-        // One poll of `read_buf` rather than `try_read_buf`: tokio's `poll_read` clears the
-        // socket's readiness after a short read (the kernel buffer is then empty), so the next
-        // turn parks at once instead of paying a `recv` that returns EAGAIN. Polled with a no-op
-        // waker: the driver waits for readiness through `ready()` below, never through this.
-        let outcome = AsyncReadExt::read_buf(&mut self.stream, &mut data)
-            .now_or_never()
-            .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()));
-        match outcome {
-            Ok(0) => {
+        if read {
+            let size = self.manager.config.read_buffer_size;
+            if let Poll::Ready(result) = self.transport.poll_read(cx, size) {
+                return Poll::Ready(Wake::Read(result));
+            }
+        }
+        if !self.in_flight.is_empty() {
+            if let Poll::Ready(result) = self.poll_write_from(cx, 0) {
+                return Poll::Ready(Wake::Wrote(result));
+            }
+        } else if notify {
+            if let Poll::Ready(result) = self.transport.poll_close_notify(cx) {
+                return Poll::Ready(Wake::CloseNotifySent(result));
+            }
+        }
+        if let Some(deadline) = self.close_deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::CloseDeadline);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Attempts to send TLS `close_notify` without waiting.
+    fn try_close_notify(&mut self) -> Poll<io::Result<()>> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        self.transport.poll_close_notify(&mut cx)
+    }
+
+    /// Sends FIN once TLS `close_notify` went out (or at once on plain TCP). Errors mean the peer
+    /// is gone already; the read side will tell how.
+    fn send_fin(&mut self, close_notify: io::Result<()>) {
+        if let Err(error) = close_notify {
+            tracing::debug!(%error, "close_notify not sent");
+        }
+        if let Some(tcp) = self.transport.tcp() {
+            let _ = SockRef::from(tcp).shutdown(Shutdown::Write);
+        }
+        self.write_closed = true;
+    }
+
+    /// Data (or the end of the stream, as an empty buffer) arrived for a requested read, or
+    /// while closing.
+    async fn read_completed(&mut self, data: BytesMut) -> Option<ClosureReason> {
+        if self.closing.is_some() {
+            // Closing: what the peer still sends is dropped until its FIN.
+            if data.is_empty() {
                 self.read_closed = true;
-                {
-                    let mut state = self.shared.state();
-                    state.read_closed = true;
-                    state.read_requested = false;
-                }
-                let callbacks = &self.manager.callbacks;
-                if !self
-                    .call(
-                        "on_connection_client_close",
-                        callbacks.on_connection_client_close(&self.connection),
-                    )
-                    .await
-                {
-                    return Some(ClosureReason::CallbackPanic);
-                }
-                None
             }
-            Ok(read) => {
-                self.shared.state().read_requested = false;
-                let counters = &self.shared.counters;
-                ConnectionCounters::add(&counters.bytes_read, read as u64);
-                ConnectionCounters::add(&counters.reads, 1);
-                let callbacks = &self.manager.callbacks;
-                if !self
-                    .call(
-                        "on_read_completed",
-                        callbacks.on_read_completed(&self.connection, data),
-                    )
-                    .await
-                {
-                    return Some(ClosureReason::CallbackPanic);
-                }
-                None
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => None,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => None,
-            Err(error) => self.read_failed(error).await,
+            return None;
         }
+        if data.is_empty() {
+            self.read_closed = true;
+            {
+                let mut state = self.shared.state();
+                state.read_closed = true;
+                state.read_requested = false;
+            }
+            let callbacks = &self.manager.callbacks;
+            if !self
+                .call(
+                    "on_connection_client_close",
+                    callbacks.on_connection_client_close(&self.connection),
+                )
+                .await
+            {
+                return Some(ClosureReason::CallbackPanic);
+            }
+            return None;
+        }
+        self.shared.state().read_requested = false;
+        let counters = &self.shared.counters;
+        ConnectionCounters::add(&counters.bytes_read, data.len() as u64);
+        ConnectionCounters::add(&counters.reads, 1);
+        let callbacks = &self.manager.callbacks;
+        if !self
+            .call(
+                "on_read_completed",
+                callbacks.on_read_completed(&self.connection, data),
+            )
+            .await
+        {
+            return Some(ClosureReason::CallbackPanic);
+        }
+        None
     }
 
-    /// Reads and drops what the peer sends while we close, until its FIN.
-    fn discard_ready(&mut self, reason: ClosureReason) -> Option<ClosureReason> {
-        let mut scratch = [0_u8; 4096];
-        loop {
-            match self.stream.try_read(&mut scratch) {
-                Ok(0) => {
-                    self.read_closed = true;
-                    return None;
-                }
-                Ok(_) => continue,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return None,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                // The peer reset while we were closing: what we had queued is lost.
-                Err(error) if is_reset(&error) => return Some(ClosureReason::PeerReset),
-                Err(_) => return Some(reason),
-            }
-        }
-    }
-
-    /// A read failed: reset, or an error the application may choose to survive.
+    /// A read failed: reset, a TLS failure, or an error the application may choose to survive.
     async fn read_failed(&mut self, error: io::Error) -> Option<ClosureReason> {
+        if matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ) {
+            return None;
+        }
+        if self.transport.is_tls() && tls::is_unexpected_eof(&error) {
+            // TCP closed without close_notify: taken as the peer's FIN.
+            return self.read_completed(BytesMut::new()).await;
+        }
         let callbacks = &self.manager.callbacks;
         if is_reset(&error) {
-            self.call(
-                "on_connection_reset",
-                callbacks.on_connection_reset(&self.connection, &error),
-            )
-            .await;
+            if self.closing.is_none() {
+                self.call(
+                    "on_connection_reset",
+                    callbacks.on_connection_reset(&self.connection, &error),
+                )
+                .await;
+            }
+            // While closing, a reset means what we had queued is lost.
             return Some(ClosureReason::PeerReset);
+        }
+        if let Some(reason) = self.closing {
+            return Some(reason);
+        }
+        if self.transport.is_tls() && tls::is_tls_failure(&error) {
+            let from_peer = tls::is_peer_alert(&error);
+            let error = Error::Tls {
+                from_peer,
+                source: Box::new(error),
+            };
+            return Some(self.tls_failed(error).await);
         }
         self.shared.state().read_requested = false;
         let keep = self
@@ -364,25 +548,52 @@ impl Driver {
         }
     }
 
-    /// Hands as much of the in-flight queue to the kernel as it takes, then reports the buffers
-    /// that were sent in full. `Ok(true)` if anything was written (try again), `Ok(false)` if the
-    /// socket is full, `Err` to end the connection.
-    async fn write_ready(&mut self) -> Result<bool, ClosureReason> {
+    /// Attempts a write without waiting: a full socket is `Pending` (and the driver then waits
+    /// for room in [`Driver::poll_wake`], which registers the real waker).
+    fn try_write_from(&mut self, completed: usize) -> Poll<io::Result<usize>> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        self.poll_write_from(&mut cx, completed)
+    }
+
+    /// Polls one write of the in-flight buffers after the first `completed` ones.
+    fn poll_write_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        completed: usize,
+    ) -> Poll<io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+        let mut count = 0;
+        for (i, buffer) in self.in_flight.iter().skip(completed).enumerate() {
+            if count == MAX_IO_SLICES {
+                break;
+            }
+            let start = if i == 0 { self.offset } else { 0 };
+            slices[count] = IoSlice::new(&buffer[start..]);
+            count += 1;
+        }
+        self.transport.poll_write(cx, &slices[..count])
+    }
+
+    /// Hands as much of the in-flight queue to the kernel as it takes (starting with the outcome
+    /// of a write already made, if any), then reports the buffers that were sent in full.
+    /// `Ok(true)` if anything was written (try again), `Ok(false)` if the socket is full, `Err`
+    /// to end the connection.
+    async fn write_ready(
+        &mut self,
+        mut first: Option<io::Result<usize>>,
+    ) -> Result<bool, ClosureReason> {
         let mut completed = 0;
         let mut written = 0;
         let mut failure = None;
         while completed < self.in_flight.len() {
-            let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
-            let mut count = 0;
-            for (i, buffer) in self.in_flight.iter().skip(completed).enumerate() {
-                if count == MAX_IO_SLICES {
-                    break;
-                }
-                let start = if i == 0 { self.offset } else { 0 };
-                slices[count] = IoSlice::new(&buffer[start..]);
-                count += 1;
-            }
-            match self.stream.try_write_vectored(&slices[..count]) {
+            let result = match first.take() {
+                Some(result) => result,
+                None => match self.try_write_from(completed) {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => break,
+                },
+            };
+            match result {
                 Ok(0) => {
                     failure = Some(io::Error::from(io::ErrorKind::WriteZero));
                     break;
@@ -438,6 +649,14 @@ impl Driver {
     }
 
     async fn write_failed(&mut self, error: io::Error) -> Result<(), ClosureReason> {
+        if self.transport.is_tls() && tls::is_tls_failure(&error) {
+            let from_peer = tls::is_peer_alert(&error);
+            let error = Error::Tls {
+                from_peer,
+                source: Box::new(error),
+            };
+            return Err(self.tls_failed(error).await);
+        }
         let callbacks = &self.manager.callbacks;
         if is_reset(&error) {
             self.call(
@@ -483,16 +702,20 @@ impl Driver {
             manager,
             shared,
             connection,
-            stream,
+            transport,
+            is_tls,
             permit,
             live,
             ..
         } = self;
         if !reason.is_graceful() {
-            // SO_LINGER 0 makes close() send RST and drop unsent data: the meaning of an abort.
-            let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            if let Some(tcp) = transport.tcp() {
+                // SO_LINGER 0 makes close() send RST and drop unsent data: the meaning of an
+                // abort.
+                let _ = SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+            }
         }
-        drop(stream);
+        drop(transport);
         let told_of_shutdown = {
             let mut state = shared.state();
             state.closing = true;
@@ -537,17 +760,19 @@ impl Driver {
                 callbacks.on_socket_released(user_data),
             )
             .await;
+        if is_tls {
+            manager
+                .guard(
+                    "on_secure_socket_released",
+                    id,
+                    callbacks.on_secure_socket_released(shared.id),
+                )
+                .await;
+        }
         manager.deregister(&shared);
         // The slot frees after the release event, then the shutdown learns this one is gone.
         drop(permit);
         drop(live);
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

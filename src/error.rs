@@ -71,6 +71,18 @@ pub enum Error {
         /// The panic message, when the payload was a string.
         message: String,
     },
+    /// A TLS handshake or TLS record failed. Passed to
+    /// [`Callbacks::on_fatal_error`](crate::Callbacks::on_fatal_error) and
+    /// [`Callbacks::on_remote_fatal_error`](crate::Callbacks::on_remote_fatal_error); also returned
+    /// when TLS settings (an identity, a connector) cannot be built.
+    Tls {
+        /// Whether the peer reported the failure with a TLS alert, rather than our side detecting
+        /// it.
+        from_peer: bool,
+        /// The TLS library's error: a [`native_tls::Error`] or an [`io::Error`] wrapping one,
+        /// which names the OpenSSL (or SChannel, Security.framework) reason.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Any other I/O error.
     Io(io::Error),
 }
@@ -126,6 +138,13 @@ impl fmt::Display for Error {
                 }
                 write!(f, ": {message}")
             }
+            Error::Tls { from_peer, source } => {
+                if *from_peer {
+                    write!(f, "the peer ended the TLS session with an alert: {source}")
+                } else {
+                    write!(f, "TLS failure: {source}")
+                }
+            }
             Error::Io(source) => write!(f, "{source}"),
         }
     }
@@ -137,6 +156,7 @@ impl std::error::Error for Error {
             Error::Bind { source, .. } | Error::Connect { source, .. } | Error::Io(source) => {
                 Some(source)
             }
+            Error::Tls { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

@@ -73,10 +73,13 @@ mod limit;
 mod manager;
 mod server;
 mod stats;
+pub mod tls;
+mod transport;
 mod user_data;
 
 pub use async_trait::async_trait;
 pub use bytes::{Bytes, BytesMut};
+pub use native_tls;
 pub use socket2;
 
 pub use callbacks::Callbacks;
@@ -91,6 +94,7 @@ pub use server::{
     DEFAULT_WRITE_QUEUE_LIMIT,
 };
 pub use stats::{ConnectionStats, Stats};
+pub use tls::{TlsConnect, TlsInfo};
 pub use user_data::{ConnectArgument, Slot, UserData};
 
 /// Compiles and runs the README's examples as doc tests.

@@ -13,18 +13,18 @@ use std::time::Duration;
 use futures::FutureExt;
 use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::connection::Shared;
-use crate::driver::Driver;
+use crate::driver::{Driver, Secure};
 use crate::limit::Permit;
 use crate::stats::{ConnectionStats, Counters};
 use crate::user_data::UserDataLayout;
 use crate::{
     AtLimit, Callbacks, ClosureReason, ConnectArgument, Connection, ConnectionId,
-    ConnectionLimiter, Direction, Error, Stats, UserData,
+    ConnectionLimiter, Direction, Error, Stats, TlsConnect, UserData,
 };
 
 /// Settings fixed when the server starts.
@@ -37,6 +37,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_concurrent_handshakes: usize,
 }
 
 /// What the accept loop should be doing; changed by the server's handle and by shutdown.
@@ -95,6 +97,8 @@ pub(crate) struct Manager {
     /// yet; the connections they aborted hold their closing events until it is back to zero.
     announcing_aborts: watch::Sender<usize>,
     pub(crate) accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// Slots for TLS handshakes of accepted connections in progress.
+    pub(crate) handshakes: Semaphore,
 }
 
 /// Keeps a connection or a connect attempt counted as live until dropped.
@@ -120,7 +124,10 @@ impl Manager {
         layout: UserDataLayout,
         accepting: bool,
     ) -> Self {
+        let handshakes =
+            Semaphore::new(config.max_concurrent_handshakes.min(Semaphore::MAX_PERMITS));
         Manager {
+            handshakes,
             callbacks,
             config,
             limiter,
@@ -228,6 +235,7 @@ impl Manager {
         peer_addr: SocketAddr,
         direction: Direction,
         user_data: UserData,
+        secure: Option<Secure>,
         permit: Permit,
         live: LiveGuard,
         want_handle: bool,
@@ -259,7 +267,7 @@ impl Manager {
         });
         let handle = want_handle.then(|| Connection::uncounted(shared.clone()).clone());
         let span = tracing::info_span!("connection", id = id.0, peer = %peer_addr, ?direction);
-        let driver = Driver::new(self.clone(), shared, stream, permit, live);
+        let driver = Driver::new(self.clone(), shared, stream, secure, permit, live);
         tokio::spawn(driver.run().instrument(span));
         Ok(handle)
     }
@@ -440,6 +448,7 @@ impl Manager {
         self: Arc<Self>,
         live: LiveGuard,
         address: SocketAddr,
+        tls: Option<TlsConnect>,
         argument: ConnectArgument,
         report: bool,
     ) -> Result<Connection, Error> {
@@ -467,6 +476,7 @@ impl Manager {
                     address,
                     Direction::Outbound,
                     user_data,
+                    tls.map(Secure::Connect),
                     permit,
                     live,
                     true,

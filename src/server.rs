@@ -9,10 +9,10 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
-use crate::accept::accept_loop;
+use crate::accept::{accept_loop, Listener};
 use crate::manager::{Config, Manager, ShutdownReport};
 use crate::user_data::{Slot, UserDataLayout};
-use crate::{Callbacks, ConnectArgument, Connection, ConnectionLimiter, Error, Stats};
+use crate::{Callbacks, ConnectArgument, Connection, ConnectionLimiter, Error, Stats, TlsConnect};
 
 /// Listen backlog: Linux's `somaxconn` default since 5.4 and what nginx and Go ask for on Linux.
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -29,6 +29,14 @@ pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outgoing connect timeout: long enough for a retransmitted SYN (1 s, then 3 s), short enough
 /// that a dead host is reported promptly.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take, from accept (or connect) to negotiated: the design's
+/// default, as in Netty's `SslHandler` (10 s).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes of accepted connections in progress at once. A busy 2-core server completes a
+/// few thousand handshakes a second, so 512 in progress is far more than honest clients need,
+/// while a flood of clients that connect and stall holds at most this many connection slots
+/// (until the handshake timeout ends them).
+pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 512;
 
 /// What a server does with new connections when its [`ConnectionLimiter`] is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,7 +73,9 @@ pub enum AtLimit {
 /// # Ok(()) }
 /// ```
 pub struct ServerBuilder {
-    binds: Vec<Result<SocketAddr, Error>>,
+    binds: Vec<Bind>,
+    /// The acceptor for listeners added with `bind`.
+    tls: Option<native_tls::TlsAcceptor>,
     backlog: u32,
     reuse_address: bool,
     config: Config,
@@ -74,10 +84,18 @@ pub struct ServerBuilder {
     layout: UserDataLayout,
 }
 
+/// One listener to open.
+struct Bind {
+    address: Result<SocketAddr, Error>,
+    /// Its own acceptor (from `bind_tls`); otherwise the builder's, if any.
+    tls: Option<native_tls::TlsAcceptor>,
+}
+
 impl ServerBuilder {
     fn new() -> Self {
         ServerBuilder {
             binds: Vec::new(),
+            tls: None,
             backlog: DEFAULT_BACKLOG,
             reuse_address: true,
             config: Config {
@@ -88,6 +106,8 @@ impl ServerBuilder {
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 close_timeout: DEFAULT_CLOSE_TIMEOUT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
             },
             limiter: ConnectionLimiter::unlimited(),
             accepting: true,
@@ -100,20 +120,70 @@ impl ServerBuilder {
     /// used; call `bind` again for more listeners. Without any `bind` the server only makes
     /// outgoing connections.
     pub fn bind(mut self, address: impl ToSocketAddrs) -> Self {
-        let resolved = match address.to_socket_addrs() {
-            Ok(mut addresses) => addresses.next().ok_or_else(|| Error::Bind {
-                address: "(name with no addresses)".into(),
-                source: std::io::Error::from(std::io::ErrorKind::AddrNotAvailable),
-            }),
-            Err(source) => Err(Error::Bind {
-                address: "(unresolvable name)".into(),
-                source,
-            }),
-        };
-        self.binds.push(resolved);
+        let address = resolve(address);
+        self.binds.push(Bind { address, tls: None });
         self
     }
 
+    /// Adds a TLS listener on `address` whose connections negotiate with `acceptor`, whatever
+    /// [`tls`](ServerBuilder::tls) says. See [`bind`](ServerBuilder::bind) for the address.
+    pub fn bind_tls(
+        mut self,
+        address: impl ToSocketAddrs,
+        acceptor: native_tls::TlsAcceptor,
+    ) -> Self {
+        let address = resolve(address);
+        self.binds.push(Bind {
+            address,
+            tls: Some(acceptor),
+        });
+        self
+    }
+
+    /// Makes every listener added with [`bind`](ServerBuilder::bind) (before or after this call)
+    /// speak TLS with `acceptor`; see [`tls`](crate::tls) for the events and
+    /// [`tls::acceptor_from_pem`](crate::tls::acceptor_from_pem) for building one. Default: plain
+    /// TCP.
+    pub fn tls(mut self, acceptor: native_tls::TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// How long a TLS handshake may take, from accept (or connect) to negotiated, before the
+    /// connection is reset with [`ClosureReason::HandshakeTimedOut`](crate::ClosureReason::HandshakeTimedOut).
+    /// Default: [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// At most `max` TLS handshakes of accepted connections in progress at once; a connection
+    /// accepted while that many are running is reset at once with
+    /// [`ClosureReason::HandshakeLimit`](crate::ClosureReason::HandshakeLimit), so stalled
+    /// handshakes can never hold more than `max` slots of the connection limit. Outgoing
+    /// connections are not counted. Default: [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`] (512). Must be
+    /// above zero.
+    pub fn max_concurrent_handshakes(mut self, max: usize) -> Self {
+        self.config.max_concurrent_handshakes = max;
+        self
+    }
+}
+
+/// Resolves a listen address to its first socket address.
+fn resolve(address: impl ToSocketAddrs) -> Result<SocketAddr, Error> {
+    match address.to_socket_addrs() {
+        Ok(mut addresses) => addresses.next().ok_or_else(|| Error::Bind {
+            address: "(name with no addresses)".into(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrNotAvailable),
+        }),
+        Err(source) => Err(Error::Bind {
+            address: "(unresolvable name)".into(),
+            source,
+        }),
+    }
+}
+
+impl ServerBuilder {
     /// Listen backlog. Default: [`DEFAULT_BACKLOG`] (1024); the kernel caps it at `somaxconn`.
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = backlog;
@@ -223,6 +293,9 @@ impl ServerBuilder {
         if self.config.read_buffer_size == 0 {
             return invalid("read_buffer_size", "must be above zero");
         }
+        if self.config.max_concurrent_handshakes == 0 {
+            return invalid("max_concurrent_handshakes", "must be above zero");
+        }
         if self.config.write_queue_limit == 0 {
             return invalid("write_queue_limit", "must be above zero");
         }
@@ -268,13 +341,14 @@ impl ServerBuilder {
         let mut listeners = Vec::with_capacity(binds.len());
         let mut local_addrs = Vec::with_capacity(binds.len());
         for bind in binds {
-            let address = bind?;
+            let address = bind.address?;
             let listener = self.listen(address)?;
             local_addrs.push(listener.local_addr().map_err(|source| Error::Bind {
                 address: address.to_string(),
                 source,
             })?);
-            listeners.push(listener);
+            let tls = bind.tls.or_else(|| self.tls.clone()).map(Into::into);
+            listeners.push(Listener { listener, tls });
         }
         let manager = Arc::new(Manager::new(
             Box::new(callbacks),
@@ -301,7 +375,15 @@ impl ServerBuilder {
 impl fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerBuilder")
-            .field("binds", &self.binds)
+            .field(
+                "binds",
+                &self
+                    .binds
+                    .iter()
+                    .map(|bind| (&bind.address, bind.tls.is_some()))
+                    .collect::<Vec<_>>(),
+            )
+            .field("tls", &self.tls.is_some())
             .field("backlog", &self.backlog)
             .field("reuse_address", &self.reuse_address)
             .field("config", &self.config)
@@ -409,11 +491,41 @@ impl Server {
         address: SocketAddr,
         argument: impl Any + Send,
     ) -> Result<Connection, Error> {
+        self.connect_with(address, None, ConnectArgument::new(argument))
+            .await
+    }
+
+    /// [`connect`](Server::connect) for a TLS connection: once the TCP connect succeeds the
+    /// connection is returned and negotiates on its own task, verifying the server's
+    /// certificate as `tls` says; writes made meanwhile are sent once it is secure. A failed
+    /// negotiation is not this call's error: it runs
+    /// [`on_fatal_error`](Callbacks::on_fatal_error) (or
+    /// [`on_remote_fatal_error`](Callbacks::on_remote_fatal_error)) and the closing events, as the
+    /// C++ framework does.
+    ///
+    /// # Errors
+    /// As for [`connect`](Server::connect).
+    pub async fn connect_tls(
+        &self,
+        address: SocketAddr,
+        tls: TlsConnect,
+        argument: impl Any + Send,
+    ) -> Result<Connection, Error> {
+        self.connect_with(address, Some(tls), ConnectArgument::new(argument))
+            .await
+    }
+
+    async fn connect_with(
+        &self,
+        address: SocketAddr,
+        tls: Option<TlsConnect>,
+        argument: ConnectArgument,
+    ) -> Result<Connection, Error> {
         let live = self.manager.begin()?;
-        let attempt =
-            self.manager
-                .clone()
-                .connect(live, address, ConnectArgument::new(argument), false);
+        let attempt = self
+            .manager
+            .clone()
+            .connect(live, address, tls, argument, false);
         match tokio::spawn(attempt).await {
             Ok(result) => result,
             // Callbacks are guarded, so the task only fails when the runtime is shutting down.
@@ -433,12 +545,34 @@ impl Server {
         address: SocketAddr,
         argument: impl Any + Send,
     ) -> Result<(), Error> {
+        self.spawn_connect_with(address, None, ConnectArgument::new(argument))
+    }
+
+    /// [`spawn_connect`](Server::spawn_connect) for a TLS connection, negotiated as
+    /// [`connect_tls`](Server::connect_tls) describes.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] at once, with no callback, if a shutdown has begun.
+    pub fn spawn_connect_tls(
+        &self,
+        address: SocketAddr,
+        tls: TlsConnect,
+        argument: impl Any + Send,
+    ) -> Result<(), Error> {
+        self.spawn_connect_with(address, Some(tls), ConnectArgument::new(argument))
+    }
+
+    fn spawn_connect_with(
+        &self,
+        address: SocketAddr,
+        tls: Option<TlsConnect>,
+        argument: ConnectArgument,
+    ) -> Result<(), Error> {
         let live = self.manager.begin()?;
-        let argument = ConnectArgument::new(argument);
         let manager = self.manager.clone();
         tokio::spawn(async move {
             // The outcome is reported through the callbacks.
-            let _ = manager.connect(live, address, argument, true).await;
+            let _ = manager.connect(live, address, tls, argument, true).await;
         });
         Ok(())
     }

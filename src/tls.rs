@@ -1,0 +1,252 @@
+//! TLS through `native-tls` (OpenSSL on Linux, SChannel on Windows, Security.framework on macOS)
+//! and `tokio-native-tls`.
+//!
+//! A listener becomes TLS with [`ServerBuilder::tls`](crate::ServerBuilder::tls) or
+//! [`ServerBuilder::bind_tls`](crate::ServerBuilder::bind_tls), given a
+//! [`native_tls::TlsAcceptor`] (built by the application, or by [`acceptor_from_pem`] /
+//! [`acceptor_from_pkcs12`]). An outgoing connection becomes TLS with
+//! [`Server::connect_tls`](crate::Server::connect_tls) and a [`TlsConnect`].
+//!
+//! The handshake runs on the connection's own task, after
+//! [`on_socket_created`](crate::Callbacks::on_socket_created), bounded by the
+//! [handshake timeout](crate::ServerBuilder::handshake_timeout). Its outcome is
+//! [`on_negotiation_complete`](crate::Callbacks::on_negotiation_complete) with a [`TlsInfo`], then
+//! [`on_secure_connection_established`](crate::Callbacks::on_secure_connection_established) and
+//! [`on_connection_established`](crate::Callbacks::on_connection_established); or, if it fails,
+//! [`on_fatal_error`](crate::Callbacks::on_fatal_error) or
+//! [`on_remote_fatal_error`](crate::Callbacks::on_remote_fatal_error) and the closing events.
+//!
+//! # Telling a peer's alert from a local failure
+//! `native-tls` reports both as one error type. switchboard calls a failure the peer's when the
+//! TLS library names a received alert (OpenSSL's `sslv3 alert …`, `tlsv1 alert …`,
+//! `tlsv13 alert …` reasons). That is exact with OpenSSL; with SChannel and Security.framework
+//! every failure is reported as local.
+//!
+//! # End of stream
+//! A peer that closes TCP without sending `close_notify` first is taken as having closed its side
+//! (like a FIN on a plain connection), as most TLS servers do. An application protocol that must
+//! detect truncation frames its own messages.
+
+use std::fmt;
+use std::io;
+
+use crate::{Direction, Error};
+
+/// What a TLS handshake negotiated, passed to
+/// [`Callbacks::on_negotiation_complete`](crate::Callbacks::on_negotiation_complete) and kept by
+/// the connection ([`Connection::tls_info`](crate::Connection::tls_info)).
+#[derive(Clone)]
+pub struct TlsInfo {
+    side: Direction,
+    alpn: Option<Vec<u8>>,
+    peer_certificate: Option<native_tls::Certificate>,
+}
+
+impl TlsInfo {
+    pub(crate) fn from_stream<S>(side: Direction, stream: &native_tls::TlsStream<S>) -> Self
+    where
+        S: io::Read + io::Write,
+    {
+        TlsInfo {
+            side,
+            alpn: stream.negotiated_alpn().ok().flatten(),
+            peer_certificate: stream.peer_certificate().ok().flatten(),
+        }
+    }
+
+    /// Which side of the handshake we were: [`Direction::Inbound`] for the server side of an
+    /// accepted connection, [`Direction::Outbound`] for the client side of an outgoing one.
+    pub fn side(&self) -> Direction {
+        self.side
+    }
+
+    /// The application protocol agreed through ALPN, if both sides offered one (for example
+    /// `b"h2"`).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.alpn.as_deref()
+    }
+
+    /// The certificate the peer presented: always there on an outgoing connection; on an
+    /// accepted one only when the acceptor asked for client certificates and the client sent one.
+    pub fn peer_certificate(&self) -> Option<&native_tls::Certificate> {
+        self.peer_certificate.as_ref()
+    }
+}
+
+impl fmt::Debug for TlsInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsInfo")
+            .field("side", &self.side)
+            .field("alpn", &self.alpn.as_deref().map(String::from_utf8_lossy))
+            .field("peer_certificate", &self.peer_certificate.is_some())
+            .finish()
+    }
+}
+
+/// How an outgoing connection speaks TLS: a connector and the server name it verifies the
+/// certificate against (and sends as SNI).
+///
+/// Certificate and host-name verification are on unless the [`native_tls::TlsConnector`] given to
+/// [`TlsConnect::with_connector`] was built with
+/// [`danger_accept_invalid_certs`](native_tls::TlsConnectorBuilder::danger_accept_invalid_certs)
+/// or
+/// [`danger_accept_invalid_hostnames`](native_tls::TlsConnectorBuilder::danger_accept_invalid_hostnames).
+/// Those switches make the connection open to anyone on the path; they are for tests against
+/// self-signed certificates, never for production.
+///
+/// ```
+/// use switchboard::tls::TlsConnect;
+///
+/// // The platform's trusted roots, full verification.
+/// let tls = TlsConnect::new("example.com").unwrap();
+/// assert_eq!(tls.domain(), "example.com");
+///
+/// // A private CA (a test's, say), still with full verification.
+/// # let ca_pem: &[u8] = b"";
+/// # if !ca_pem.is_empty() {
+/// let ca = switchboard::native_tls::Certificate::from_pem(ca_pem).unwrap();
+/// let connector = switchboard::native_tls::TlsConnector::builder()
+///     .add_root_certificate(ca)
+///     .build()
+///     .unwrap();
+/// let tls = TlsConnect::with_connector(connector, "localhost");
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TlsConnect {
+    pub(crate) connector: tokio_native_tls::TlsConnector,
+    pub(crate) domain: String,
+}
+
+impl TlsConnect {
+    /// Verifies the server's certificate against the platform's trusted roots and `domain`.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] if the TLS library cannot be set up.
+    pub fn new(domain: impl Into<String>) -> Result<Self, Error> {
+        let connector = native_tls::TlsConnector::new().map_err(local)?;
+        Ok(TlsConnect::with_connector(connector, domain))
+    }
+
+    /// Uses a connector built by the application (its own roots, client certificate, ALPN
+    /// protocols, minimum version…).
+    pub fn with_connector(connector: native_tls::TlsConnector, domain: impl Into<String>) -> Self {
+        TlsConnect {
+            connector: connector.into(),
+            domain: domain.into(),
+        }
+    }
+
+    /// The server name verified and sent.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+}
+
+impl fmt::Debug for TlsConnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConnect")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an acceptor from a PEM certificate chain (leaf first) and a PEM PKCS#8 private key
+/// (`-----BEGIN PRIVATE KEY-----`), with the TLS library's default protocol versions.
+///
+/// A test certificate for `localhost` can be made with:
+///
+/// ```text
+/// openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
+///     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout key.pem -out cert.pem
+/// ```
+///
+/// # Errors
+/// [`Error::Tls`] if the certificate or key cannot be parsed (a key in the older
+/// `BEGIN RSA PRIVATE KEY` form must first be converted with `openssl pkcs8 -topk8 -nocrypt`).
+pub fn acceptor_from_pem(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<native_tls::TlsAcceptor, Error> {
+    let identity = native_tls::Identity::from_pkcs8(cert_chain_pem, key_pem).map_err(local)?;
+    native_tls::TlsAcceptor::new(identity).map_err(local)
+}
+
+/// Builds an acceptor from a DER-encoded PKCS#12 archive and its password.
+///
+/// # Errors
+/// [`Error::Tls`] if the archive cannot be read with `password`.
+pub fn acceptor_from_pkcs12(der: &[u8], password: &str) -> Result<native_tls::TlsAcceptor, Error> {
+    let identity = native_tls::Identity::from_pkcs12(der, password).map_err(local)?;
+    native_tls::TlsAcceptor::new(identity).map_err(local)
+}
+
+fn local(error: native_tls::Error) -> Error {
+    Error::Tls {
+        from_peer: false,
+        source: Box::new(error),
+    }
+}
+
+/// The text of an error and all its sources, where TLS libraries put their reasons.
+fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        source = next.source();
+    }
+    text.make_ascii_lowercase();
+    text
+}
+
+/// Whether a TLS failure names an alert received from the peer (OpenSSL's reason strings).
+pub(crate) fn is_peer_alert(error: &(dyn std::error::Error + 'static)) -> bool {
+    let text = chain_text(error);
+    [
+        "sslv3 alert",
+        "tlsv1 alert",
+        "tlsv13 alert",
+        "ssl/tls alert",
+    ]
+    .iter()
+    .any(|alert| text.contains(alert))
+}
+
+/// Whether a read error from a TLS stream is the peer closing TCP without `close_notify`.
+pub(crate) fn is_unexpected_eof(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::UnexpectedEof
+        || (error.raw_os_error().is_none() && chain_text(error).contains("unexpected eof"))
+}
+
+/// Whether an I/O error from a TLS stream comes from the TLS layer rather than the socket.
+pub(crate) fn is_tls_failure(error: &io::Error) -> bool {
+    error.raw_os_error().is_none()
+        && !matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_are_told_from_local_failures_by_their_reason() {
+        let alert =
+            io::Error::other("error:0A000418:SSL routines:ssl3_read_bytes:tlsv1 alert unknown ca");
+        assert!(is_peer_alert(&alert));
+        let local =
+            io::Error::other("error:0A00010B:SSL routines:ssl3_get_record:wrong version number");
+        assert!(!is_peer_alert(&local));
+        let eof = io::Error::other(
+            "error:0A000126:SSL routines:ssl3_read_n:unexpected eof while reading",
+        );
+        assert!(is_unexpected_eof(&eof));
+        assert!(!is_unexpected_eof(&io::Error::from_raw_os_error(104)));
+        assert!(!is_tls_failure(&io::Error::from_raw_os_error(104)));
+        assert!(is_tls_failure(&local));
+    }
+}

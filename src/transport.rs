@@ -1,0 +1,123 @@
+//! The byte stream under a connection: plain TCP or TLS over TCP.
+//!
+//! The driver sees one interface: poll for a read buffer, poll a write of some buffers, poll the
+//! sending of TLS `close_notify`. Plain TCP keeps tokio's readiness model (no read buffer exists
+//! until the socket is readable); TLS goes through `tokio-native-tls`, which drives OpenSSL over
+//! the same socket.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// The largest TLS record's plaintext: small buffers are gathered up to this much per write, so
+/// that many small writes do not each become a record of their own.
+const TLS_RECORD: usize = 16 * 1024;
+
+pub(crate) enum Transport {
+    Plain(TcpStream),
+    Tls {
+        stream: Box<tokio_native_tls::TlsStream<TcpStream>>,
+        /// The read buffer, kept while a read is pending: OpenSSL may hold decrypted bytes that
+        /// no socket readiness announces, so a TLS read is always polled with a buffer ready.
+        read_buffer: Option<BytesMut>,
+        /// Where small buffers are gathered into one record.
+        gather: Vec<u8>,
+    },
+    /// The socket was handed to a handshake that failed; it is closed.
+    Gone,
+}
+
+impl Transport {
+    pub(crate) fn tls(stream: tokio_native_tls::TlsStream<TcpStream>) -> Self {
+        Transport::Tls {
+            stream: Box::new(stream),
+            read_buffer: None,
+            gather: Vec::new(),
+        }
+    }
+
+    /// The TCP socket, for socket options and `shutdown`.
+    pub(crate) fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Transport::Plain(stream) => Some(stream),
+            Transport::Tls { stream, .. } => Some(stream.get_ref().get_ref().get_ref()),
+            Transport::Gone => None,
+        }
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls { .. })
+    }
+
+    /// Polls for data: a buffer of up to `size` bytes, empty at the end of the stream.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        size: usize,
+    ) -> Poll<io::Result<BytesMut>> {
+        match self {
+            Transport::Plain(stream) => {
+                // Wait for readiness before allocating: an idle connection with a read
+                // requested holds no buffer.
+                ready!(stream.poll_read_ready(cx))?;
+                let mut buffer = BytesMut::with_capacity(size);
+                // `poll_read` (unlike `try_read`) clears the readiness after a short read, so
+                // the next poll parks without a `recv` that would return EAGAIN.
+                ready!(pin!(stream.read_buf(&mut buffer)).poll(cx))?;
+                Poll::Ready(Ok(buffer))
+            }
+            Transport::Tls {
+                stream,
+                read_buffer,
+                ..
+            } => {
+                let buffer = read_buffer.get_or_insert_with(|| BytesMut::with_capacity(size));
+                ready!(pin!(stream.read_buf(buffer)).poll(cx))?;
+                Poll::Ready(Ok(read_buffer.take().unwrap_or_default()))
+            }
+            Transport::Gone => Poll::Ready(Ok(BytesMut::new())),
+        }
+    }
+
+    /// Polls a write of the front of `buffers`; returns how many bytes were taken.
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffers: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Transport::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, buffers),
+            Transport::Tls { stream, gather, .. } => {
+                let first = buffers.first().map_or(&[][..], |buffer| &buffer[..]);
+                if buffers.len() == 1 || first.len() >= TLS_RECORD / 2 {
+                    return Pin::new(stream).poll_write(cx, first);
+                }
+                // The front of the queue does not change until it is written, so a retry after
+                // `Pending` gathers the same bytes first, as OpenSSL requires.
+                gather.clear();
+                for buffer in buffers {
+                    let room = TLS_RECORD - gather.len();
+                    if room == 0 {
+                        break;
+                    }
+                    gather.extend_from_slice(&buffer[..buffer.len().min(room)]);
+                }
+                Pin::new(stream).poll_write(cx, gather)
+            }
+            Transport::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    /// Polls the sending of TLS `close_notify`; nothing to do on plain TCP.
+    pub(crate) fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Tls { stream, .. } => Pin::new(stream).poll_shutdown(cx),
+            Transport::Plain(_) | Transport::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
