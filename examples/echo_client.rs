@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! cargo run --release --example echo_client -- --connect ADDR [--conns N] [--messages M] [--size S]
+//!     [--tls [--tls-ca PEM] [--tls-domain NAME]]
 //! ```
+//! With `--tls` the connections speak TLS, verifying the server's certificate against the
+//! platform's roots, or only against the CA in `--tls-ca`, for the name `--tls-domain` (default
+//! `localhost`).
 //! Each of the N connections sends M messages of S bytes, one at a time, each with content unique
 //! to its connection and position, and checks the echo byte by byte before sending the next.
 //! Prints a summary; exits 1 if any connection failed or any byte differed.
@@ -16,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard::{
-    async_trait, BytesMut, Callbacks, ClosureReason, ConnectArgument, Connection, Error, Server,
-    Slot, UserData,
+    async_trait, native_tls, BytesMut, Callbacks, ClosureReason, ConnectArgument, Connection,
+    Error, Server, Slot, TlsConnect, UserData,
 };
 use tokio::sync::Notify;
 
@@ -26,13 +30,18 @@ struct Options {
     conns: usize,
     messages: usize,
     size: usize,
+    tls: bool,
+    tls_ca: Option<String>,
+    tls_domain: String,
 }
 
-const USAGE: &str = "usage: echo_client --connect ADDR [--conns N] [--messages M] [--size BYTES]";
+const USAGE: &str = "usage: echo_client --connect ADDR [--conns N] [--messages M] [--size BYTES] \
+                     [--tls [--tls-ca PEM] [--tls-domain NAME]]";
 
 fn parse_options() -> Result<Options, String> {
     let mut connect = None;
     let (mut conns, mut messages, mut size) = (1, 1, 64);
+    let (mut tls, mut tls_ca, mut tls_domain) = (false, None, "localhost".to_string());
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -47,6 +56,9 @@ fn parse_options() -> Result<Options, String> {
             "--conns" => conns = number(&flag, &value()?)?,
             "--messages" => messages = number(&flag, &value()?)?,
             "--size" => size = number(&flag, &value()?)?,
+            "--tls" => tls = true,
+            "--tls-ca" => tls_ca = Some(value()?),
+            "--tls-domain" => tls_domain = value()?,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -59,7 +71,37 @@ fn parse_options() -> Result<Options, String> {
         conns,
         messages,
         size,
+        tls: tls || tls_ca.is_some(),
+        tls_ca,
+        tls_domain,
     })
+}
+
+/// The TLS settings for `--tls`: full verification, against `--tls-ca` alone when given.
+fn tls_settings(options: &Options) -> Result<TlsConnect, Error> {
+    let Some(path) = &options.tls_ca else {
+        return TlsConnect::new(options.tls_domain.clone());
+    };
+    let tls_error = |source: native_tls::Error| Error::Tls {
+        from_peer: false,
+        source: Box::new(source),
+    };
+    let pem = std::fs::read(path).map_err(|source| {
+        Error::Io(io::Error::new(
+            source.kind(),
+            format!("cannot read {path}: {source}"),
+        ))
+    })?;
+    let ca = native_tls::Certificate::from_pem(&pem).map_err(tls_error)?;
+    let connector = native_tls::TlsConnector::builder()
+        .add_root_certificate(ca)
+        .disable_built_in_roots(true)
+        .build()
+        .map_err(tls_error)?;
+    Ok(TlsConnect::with_connector(
+        connector,
+        options.tls_domain.clone(),
+    ))
 }
 
 fn number(flag: &str, value: &str) -> Result<usize, String> {
@@ -189,6 +231,14 @@ impl Callbacks for Client {
         self.totals.failed.fetch_add(1, Ordering::Relaxed);
     }
 
+    async fn on_fatal_error(&self, connection: &Connection, error: &Error) {
+        eprintln!("connection {}: {error}", connection.id());
+    }
+
+    async fn on_remote_fatal_error(&self, connection: &Connection, error: &Error) {
+        eprintln!("connection {}: {error}", connection.id());
+    }
+
     async fn on_connection_client_close(&self, connection: &Connection) {
         let complete = connection.user_data().with(self.progress, |progress| {
             progress
@@ -228,9 +278,17 @@ async fn run(options: Options) -> Result<bool, Error> {
             totals: totals.clone(),
         })
         .await?;
+    let tls = if options.tls {
+        Some(tls_settings(&options)?)
+    } else {
+        None
+    };
     let started = Instant::now();
     for index in 0..options.conns {
-        client.spawn_connect(options.connect, index)?;
+        match &tls {
+            Some(tls) => client.spawn_connect_tls(options.connect, tls.clone(), index)?,
+            None => client.spawn_connect(options.connect, index)?,
+        }
     }
     if options.conns > 0 {
         totals.all_released.notified().await;

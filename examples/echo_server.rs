@@ -4,9 +4,12 @@
 //! ```text
 //! cargo run --release --example echo_server -- [--listen ADDR] [--threads N]
 //!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]
+//!     [--tls-cert PEM --tls-key PEM]
 //! ```
 //! The first line on stdout is `listening on <address>`. With `--events`, every callback prints
-//! one line `event <callback name without on_> key=value ...`.
+//! one line `event <callback name without on_> key=value ...`. With `--tls-cert` (a PEM
+//! certificate chain, leaf first) and `--tls-key` (its PEM PKCS#8 key) the server speaks TLS; the
+//! README shows how to make a test certificate with `openssl`.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -14,9 +17,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use switchboard::socket2::SockRef;
+use switchboard::tls;
 use switchboard::{
     async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
-    Direction, Error, Server, ShutdownReport, Slot, UserData,
+    Direction, Error, Server, ShutdownReport, Slot, TlsInfo, UserData,
 };
 
 struct Options {
@@ -26,10 +30,13 @@ struct Options {
     at_limit: AtLimit,
     shutdown_timeout: Option<Duration>,
     events: bool,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
-                     [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]";
+                     [--at-limit stop|reject] [--shutdown-timeout SECS] [--events] \
+                     [--tls-cert PEM --tls-key PEM]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -39,6 +46,8 @@ fn parse_options() -> Result<Options, String> {
         at_limit: AtLimit::StopAccepting,
         shutdown_timeout: None,
         events: false,
+        tls_cert: None,
+        tls_key: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -64,6 +73,8 @@ fn parse_options() -> Result<Options, String> {
                 );
             }
             "--events" => options.events = true,
+            "--tls-cert" => options.tls_cert = Some(value()?),
+            "--tls-key" => options.tls_key = Some(value()?),
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -240,6 +251,51 @@ impl Callbacks for Echo {
         }
     }
 
+    async fn on_negotiation_complete(&self, connection: &Connection, info: &TlsInfo) {
+        let alpn = info.alpn_protocol().map_or_else(
+            || "-".to_string(),
+            |p| String::from_utf8_lossy(p).into_owned(),
+        );
+        self.events.print(format_args!(
+            "negotiation_complete conn={} side={} alpn={alpn} peer_certificate={}",
+            connection.id(),
+            direction(info.side()),
+            info.peer_certificate().is_some()
+        ));
+    }
+
+    async fn on_secure_connection_established(
+        &self,
+        connection: &Connection,
+        address: &SocketAddr,
+    ) {
+        self.events.print(format_args!(
+            "secure_connection_established conn={} peer={address}",
+            connection.id()
+        ));
+    }
+
+    async fn on_fatal_error(&self, connection: &Connection, error: &Error) {
+        self.events.print(format_args!(
+            "fatal_error conn={} message={:?}",
+            connection.id(),
+            error.to_string()
+        ));
+    }
+
+    async fn on_remote_fatal_error(&self, connection: &Connection, error: &Error) {
+        self.events.print(format_args!(
+            "remote_fatal_error conn={} message={:?}",
+            connection.id(),
+            error.to_string()
+        ));
+    }
+
+    async fn on_secure_socket_released(&self, id: ConnectionId) {
+        self.events
+            .print(format_args!("secure_socket_released conn={id}"));
+    }
+
     async fn on_error(&self, error: &Error) {
         // The message is free text: quoted, as the last field.
         self.events
@@ -258,6 +314,26 @@ async fn run(options: Options) -> Result<(), Error> {
     }
     if let Some(drain) = options.shutdown_timeout {
         builder = builder.shutdown_timeout(drain);
+    }
+    match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &str| {
+                std::fs::read(path).map_err(|source| {
+                    Error::Io(io::Error::new(
+                        source.kind(),
+                        format!("cannot read {path}: {source}"),
+                    ))
+                })
+            };
+            builder = builder.tls(tls::acceptor_from_pem(&read(cert)?, &read(key)?)?);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::InvalidSetting {
+                setting: "--tls-cert/--tls-key",
+                reason: "give both or neither".into(),
+            })
+        }
     }
     let callbacks = Echo {
         events: Events {
