@@ -41,11 +41,12 @@ pub enum ClosureReason {
     /// A TLS failure detected on our side: a handshake that could not be negotiated (bad
     /// certificate, no common protocol, plain text or garbage where a TLS record belongs) or a
     /// record that did not decrypt; see [`Callbacks::on_fatal_error`](crate::Callbacks::on_fatal_error).
-    /// The connection was reset.
+    /// A failed handshake closes with FIN, so that the alert the TLS library sent reaches the
+    /// peer; a failure after the handshake resets the connection. Queued data is lost either way.
     TlsError,
     /// The peer ended the TLS session with a fatal alert (for example, it did not trust our
     /// certificate); see [`Callbacks::on_remote_fatal_error`](crate::Callbacks::on_remote_fatal_error).
-    /// The connection was reset.
+    /// Closed as for [`TlsError`](ClosureReason::TlsError).
     TlsAlert,
     /// The TLS handshake did not finish within the
     /// [handshake timeout](crate::ServerBuilder::handshake_timeout); the connection was reset.

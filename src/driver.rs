@@ -198,6 +198,13 @@ impl Driver {
         let stream = match outcome {
             Ok(stream) => stream,
             Err(error) => {
+                // A peer that resets or just closes during the handshake (a port scanner, a
+                // client that gave up) ended the connection; that is not a TLS failure.
+                match tls::handshake_ended_by_peer(&error) {
+                    Some(true) => return Err(ClosureReason::PeerReset),
+                    Some(false) => return Err(ClosureReason::PeerClosed),
+                    None => {}
+                }
                 let from_peer = tls::is_peer_alert(&error);
                 let error = Error::Tls {
                     from_peer,

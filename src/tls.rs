@@ -214,6 +214,34 @@ pub(crate) fn is_peer_alert(error: &(dyn std::error::Error + 'static)) -> bool {
     .any(|alert| text.contains(alert))
 }
 
+/// Whether a failed handshake was the peer going away rather than a TLS failure: `Some(true)`
+/// for a reset, `Some(false)` for the end of the stream, `None` for a TLS failure.
+pub(crate) fn handshake_ended_by_peer(error: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<io::Error>() {
+            if matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ) {
+                return Some(true);
+            }
+            if io.kind() == io::ErrorKind::UnexpectedEof {
+                return Some(false);
+            }
+        }
+        source = current.source();
+    }
+    let text = chain_text(error);
+    if text.contains("connection reset") {
+        Some(true)
+    } else if text.contains("unexpected eof") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// Whether a read error from a TLS stream is the peer closing TCP without `close_notify`.
 pub(crate) fn is_unexpected_eof(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::UnexpectedEof
@@ -248,5 +276,9 @@ mod tests {
         assert!(!is_unexpected_eof(&io::Error::from_raw_os_error(104)));
         assert!(!is_tls_failure(&io::Error::from_raw_os_error(104)));
         assert!(is_tls_failure(&local));
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(handshake_ended_by_peer(&reset), Some(true));
+        assert_eq!(handshake_ended_by_peer(&eof), Some(false));
+        assert_eq!(handshake_ended_by_peer(&local), None);
     }
 }

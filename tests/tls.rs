@@ -2294,3 +2294,46 @@ async fn plain_and_tls_listeners_side_by_side() {
     no_live_connections(&server).await;
     bounded("shutdown", server.shutdown()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_closes_or_resets_during_the_handshake_is_no_tls_failure() {
+    let (server, recorder, address) = start(Some(server_acceptor()), Behavior::echo(), |b| b).await;
+    // Connects and closes (a port scanner, a health check): the peer closed.
+    let closing = tcp_client(address).await;
+    recorder
+        .wait_count("the closing socket", 1, |e| {
+            matches!(e, Ev::SocketCreated(_))
+        })
+        .await;
+    drop(closing);
+    recorder.wait_secure_released(1).await;
+    // Sends half a ClientHello, then resets: the peer reset.
+    let mut resetting = tcp_client(address).await;
+    resetting
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
+        .await
+        .unwrap();
+    recorder
+        .wait_count("the resetting socket", 2, |e| {
+            matches!(e, Ev::SocketCreated(_))
+        })
+        .await;
+    SockRef::from(&resetting)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(resetting);
+    recorder.wait_secure_released(2).await;
+
+    let closed = ended_with(&recorder, ClosureReason::PeerClosed);
+    let reset = ended_with(&recorder, ClosureReason::PeerReset);
+    assert_eq!(closed.len(), 1, "{:#?}", recorder.events());
+    assert_eq!(reset.len(), 1, "{:#?}", recorder.events());
+    for (id, reason) in [
+        (closed[0], ClosureReason::PeerClosed),
+        (reset[0], ClosureReason::PeerReset),
+    ] {
+        assert_not_established(&recorder.events_of(id), id, &[], reason);
+    }
+    no_live_connections(&server).await;
+    bounded("shutdown", server.shutdown()).await;
+}
