@@ -94,6 +94,9 @@ impl fmt::Debug for TlsInfo {
 /// Those switches make the connection open to anyone on the path; they are for tests against
 /// self-signed certificates, never for production.
 ///
+/// Building a connector loads the trusted roots, which costs OpenSSL tens of milliseconds: build
+/// one `TlsConnect` and clone it (a cheap reference-counted copy) for every connection.
+///
 /// ```
 /// use switchboard::tls::TlsConnect;
 ///
