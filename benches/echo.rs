@@ -1,6 +1,6 @@
 //! Echo benchmark: switchboard beside a minimal raw tokio echo server, in the same run.
 //!
-//! Run the full benchmark (about 2½ minutes) or the short one (about 20 s, numbers only
+//! Run the full benchmark (about 3 minutes) or the short one (about 30 s, numbers only
 //! indicative; CI only needs the bench to build):
 //!
 //! ```text
@@ -9,12 +9,23 @@
 //! ```
 //!
 //! # What is measured
-//! Two echo servers, each on `127.0.0.1:0`:
+//! Four echo servers, each on `127.0.0.1:0`, two plain and two TLS:
 //! - **switchboard**: a [`Callbacks`] impl that requests a read when the connection is established
 //!   and, in `on_read_completed`, writes the very buffer it was given (`data.freeze()`, zero copy)
 //!   and reads again. Server defaults otherwise (8 KiB read buffer, `TCP_NODELAY` on).
 //! - **raw tokio**: an accept loop and one task per connection holding `vec![0; 8192]`, reading
 //!   then `write_all`-ing what it read, with `TCP_NODELAY` on like switchboard's default.
+//! - **switchboard TLS**: the same callbacks on a listener made TLS with
+//!   [`ServerBuilder::tls`](switchboard::ServerBuilder::tls) (handshake on the connection's task,
+//!   `close_notify` before its FIN).
+//! - **raw tokio-native-tls**: the raw tokio server with [`tokio_native_tls::TlsAcceptor::accept`]
+//!   on the connection's task before its read/`write_all` loop; at the end of the stream it drops
+//!   the stream (FIN, no `close_notify`), as minimal code does.
+//!
+//! Both TLS servers share one acceptor built by [`switchboard::tls::acceptor_from_pem`] from the
+//! test certificate in `tests/certs` (ECDSA P-256 for `localhost`; OpenSSL's defaults, so TLS 1.3
+//! with AES-GCM on Linux). The TLS clients are `tokio-native-tls` connectors that trust the test
+//! CA and verify `localhost`; they keep no session cache, so every handshake is a full one.
 //!
 //! Scenarios, each reported as the switchboard/raw ratio of the medians (higher is better for
 //! throughput and churn, lower is better for memory):
@@ -27,21 +38,28 @@
 //!    teardown included, is inside the loop (connections/s). Clients close first, so their
 //!    sockets sit in `TIME_WAIT`; Linux reuses those for loopback connects
 //!    (`net.ipv4.tcp_tw_reuse = 2`, the default), so ports do not run out.
-//! 3. **Idle memory per connection** — 10,000 idle connections (2,000 with `--quick`) to a fresh
-//!    server process. Each server runs in a child process of this bench (the same executable,
-//!    started with `--memory-server KIND`), which reports the growth of its own resident set
-//!    (`VmRSS` from `/proc/self/status`) and of its live heap bytes (counted by a global allocator
-//!    that is switched on only in the child) between before the first connection and after the
-//!    last one is established, divided by the count. Connections are idle and waiting for data:
-//!    switchboard with a read requested (its buffer is allocated only when data is readable), raw
-//!    tokio with its 8 KiB buffer allocated before its first read, as typical code does. The
-//!    client side lives in this (parent) process, so the numbers are the server's own cost; this
-//!    also keeps both processes within the `ulimit -n` (a single process would need two
-//!    descriptors per connection). Heap bytes are exact; the resident set counts only pages
-//!    touched, so an allocated but never written buffer may show up there only in part. If the
-//!    soft `ulimit -n` is below the count plus 64, the count is scaled down (and said so).
+//! 3. **TLS** — against the two TLS servers:
+//!    - *TLS echo*: 4 KiB × 50 connections, the closed loop of 1. over TLS (handshakes happen
+//!      while connecting, before the warm-up; msgs/s).
+//!    - *TLS churn*: 50 concurrent churners, each looping: connect, full TLS handshake, one 64 B
+//!      echo, `close_notify` and half-close, wait for the server's end of stream (its
+//!      `close_notify` or its FIN), drop (connections/s). The handshake's public-key work (ECDHE,
+//!      ECDSA signing) is most of the server's cost here.
+//! 4. **Idle memory per connection** — 10,000 idle plain connections (2,000 with `--quick`) to a
+//!    fresh server process. Each server runs in a child process of this bench (the same
+//!    executable, started with `--memory-server KIND`), which reports the growth of its own
+//!    resident set (`VmRSS` from `/proc/self/status`) and of its live heap bytes (counted by a
+//!    global allocator that is switched on only in the child) between before the first connection
+//!    and after the last one is established, divided by the count. Connections are idle and
+//!    waiting for data: switchboard with a read requested (its buffer is allocated only when data
+//!    is readable), raw tokio with its 8 KiB buffer allocated before its first read, as typical
+//!    code does. The client side lives in this (parent) process, so the numbers are the server's
+//!    own cost; this also keeps both processes within the `ulimit -n` (a single process would
+//!    need two descriptors per connection). Heap bytes are exact; the resident set counts only
+//!    pages touched, so an allocated but never written buffer may show up there only in part. If
+//!    the soft `ulimit -n` is below the count plus 64, the count is scaled down (and said so).
 //!
-//! For 1. and 2. the bench also reports the CPU time the server runtime's threads used per
+//! For 1., 2. and 3. the bench also reports the CPU time the server runtime's threads used per
 //! message or connection (user + system, from `/proc/self/task/*/stat`, 10 ms ticks). On a
 //! shared machine this is steadier than the rates, which move with whatever else runs.
 //!
@@ -56,21 +74,25 @@
 //! (once with `--quick`); it hardly varies.
 //!
 //! The output is a table per kind of measure, then one line per scenario such as
-//! `ratio echo 64B x50: 0.97` (and `cpu ratio …` for the CPU measure).
+//! `ratio echo 64B x50: 0.97` or `ratio tls churn x50: 0.95` (and `cpu ratio …` for the CPU
+//! measure).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
 use std::io::{self, BufRead, BufReader, Write as _};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchboard::{async_trait, BytesMut, Callbacks, Connection, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use switchboard::socket2::SockRef;
+use switchboard::{async_trait, native_tls, BytesMut, Callbacks, Connection, Server};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
+use tokio_native_tls::{TlsAcceptor, TlsConnector, TlsStream};
 
 // ---------------------------------------------------------------------------------------------
 // Heap accounting (on only in the memory child process)
@@ -166,6 +188,17 @@ impl Settings {
 }
 
 const CHURNERS: usize = 50;
+/// Message size and connection count of the TLS echo scenario.
+const TLS_ECHO_SIZE: usize = 4096;
+const TLS_ECHO_CONNECTIONS: usize = 50;
+
+/// The test PKI (see `tests/certs/make.sh`): the CA the clients trust, and the server's
+/// `localhost` certificate and key.
+const CA_PEM: &[u8] = include_bytes!("../tests/certs/ca.pem");
+const SERVER_PEM: &[u8] = include_bytes!("../tests/certs/server.pem");
+const SERVER_KEY: &[u8] = include_bytes!("../tests/certs/server.key");
+/// The name the clients verify the server's certificate against (and send as SNI).
+const TLS_DOMAIN: &str = "localhost";
 /// Connects in flight at once while opening many connections: well under both backlogs (1024),
 /// so no SYN is dropped and retransmitted a second later.
 const CONNECT_CONCURRENCY: usize = 128;
@@ -213,29 +246,59 @@ impl Callbacks for Echo {
     }
 }
 
+/// The raw servers' accept: the next connection with `TCP_NODELAY` on, waiting out errors.
+async fn raw_accept(listener: &TcpListener) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// The raw servers' connection loop: read into `buffer`, `write_all` what was read, until the end
+/// of the stream or an error.
+async fn raw_echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, buffer: &mut [u8]) {
+    loop {
+        let read = match stream.read(buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        if stream.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// The raw tokio echo server's accept loop. `live` counts connection tasks that hold their buffer.
 async fn raw_accept_loop(listener: TcpListener, live: Arc<AtomicUsize>) {
     loop {
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let mut stream = raw_accept(&listener).await;
         let live = live.clone();
         tokio::spawn(async move {
             let mut buffer = vec![0_u8; 8192];
             live.fetch_add(1, Ordering::Relaxed);
-            loop {
-                let read = match stream.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => read,
-                };
-                if stream.write_all(&buffer[..read]).await.is_err() {
-                    break;
-                }
+            raw_echo(&mut stream, &mut buffer).await;
+            live.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// The raw tokio-native-tls echo server's accept loop: the handshake on the connection's task,
+/// then the raw echo loop. `live` counts connection tasks, handshaking ones included.
+async fn raw_tls_accept_loop(listener: TcpListener, acceptor: TlsAcceptor, live: Arc<AtomicUsize>) {
+    loop {
+        let stream = raw_accept(&listener).await;
+        let acceptor = acceptor.clone();
+        let live = live.clone();
+        live.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            if let Ok(mut stream) = acceptor.accept(stream).await {
+                let mut buffer = vec![0_u8; 8192];
+                raw_echo(&mut stream, &mut buffer).await;
             }
             live.fetch_sub(1, Ordering::Relaxed);
         });
@@ -250,12 +313,16 @@ struct Running {
 }
 
 impl Running {
-    /// Starts a server of `kind` on the runtime `runtime`.
-    fn start(runtime: &Runtime, kind: Kind) -> Running {
+    /// Starts a server of `kind` on the runtime `runtime`, a TLS one if given an acceptor.
+    fn start(runtime: &Runtime, kind: Kind, tls: Option<&native_tls::TlsAcceptor>) -> Running {
         match kind {
             Kind::Switchboard => {
+                let mut builder = Server::builder().bind("127.0.0.1:0");
+                if let Some(acceptor) = tls {
+                    builder = builder.tls(acceptor.clone());
+                }
                 let server = runtime
-                    .block_on(Server::builder().bind("127.0.0.1:0").start(Echo))
+                    .block_on(builder.start(Echo))
                     .expect("start the switchboard server");
                 Running {
                     address: server.local_addr().expect("switchboard listens"),
@@ -269,7 +336,14 @@ impl Running {
                     .expect("bind the raw tokio server");
                 let address = listener.local_addr().expect("raw tokio listens");
                 let live = Arc::new(AtomicUsize::new(0));
-                runtime.spawn(raw_accept_loop(listener, live.clone()));
+                match tls {
+                    Some(acceptor) => runtime.spawn(raw_tls_accept_loop(
+                        listener,
+                        acceptor.clone().into(),
+                        live.clone(),
+                    )),
+                    None => runtime.spawn(raw_accept_loop(listener, live.clone())),
+                };
                 Running {
                     address,
                     switchboard: None,
@@ -323,14 +397,52 @@ async fn connect(address: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Opens `count` connections to `address`, at most [`CONNECT_CONCURRENCY`] at a time.
-async fn connect_many(address: SocketAddr, count: usize) -> io::Result<Vec<TcpStream>> {
+/// The client side of TLS: a connector that trusts the test CA (and nothing else).
+fn tls_connector() -> TlsConnector {
+    let ca = native_tls::Certificate::from_pem(CA_PEM).expect("parse the test CA");
+    native_tls::TlsConnector::builder()
+        .disable_built_in_roots(true)
+        .add_root_certificate(ca)
+        .build()
+        .expect("build the TLS connector")
+        .into()
+}
+
+/// Connects to `address` and runs a full TLS handshake, verifying [`TLS_DOMAIN`].
+async fn connect_tls(
+    address: SocketAddr,
+    connector: &TlsConnector,
+) -> io::Result<TlsStream<TcpStream>> {
+    let stream = connect(address).await?;
+    connector
+        .connect(TLS_DOMAIN, stream)
+        .await
+        .map_err(io::Error::other)
+}
+
+/// Whether a TLS read error is the peer's FIN without `close_notify` (OpenSSL 3 reports it as
+/// an error; the raw TLS server closes that way).
+fn is_eof_without_close_notify(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::UnexpectedEof
+        || error
+            .to_string()
+            .to_ascii_lowercase()
+            .contains("unexpected eof")
+}
+
+/// Opens `count` connections with `open`, at most [`CONNECT_CONCURRENCY`] at a time.
+async fn connect_many<S, F, O>(count: usize, open: F) -> io::Result<Vec<S>>
+where
+    S: Send + 'static,
+    F: Fn() -> O,
+    O: Future<Output = io::Result<S>> + Send + 'static,
+{
     let mut streams = Vec::with_capacity(count);
     let mut pending = JoinSet::new();
     let mut started = 0;
     while streams.len() < count {
         while started < count && pending.len() < CONNECT_CONCURRENCY {
-            pending.spawn(connect(address));
+            pending.spawn(open());
             started += 1;
         }
         let joined = pending.join_next().await.expect("a connect is pending");
@@ -404,14 +516,42 @@ fn server_cpu_seconds() -> f64 {
     ticks as f64 / CLOCK_TICKS_PER_SECOND
 }
 
+/// How the load generator talks to a server: plain TCP, or TLS through a connector.
+#[derive(Clone)]
+enum Client {
+    Plain,
+    Tls(TlsConnector),
+}
+
 /// Closed-loop ping-pong on `connections` connections with `size`-byte messages: msgs/s.
 async fn echo_load(
+    client: &Client,
     address: SocketAddr,
     connections: usize,
     size: usize,
     settings: &Settings,
 ) -> io::Result<Rate> {
-    let streams = connect_many(address, connections).await?;
+    match client {
+        Client::Plain => {
+            let streams = connect_many(connections, || connect(address)).await?;
+            echo_streams(streams, size, settings).await
+        }
+        Client::Tls(connector) => {
+            let streams = connect_many(connections, || {
+                let connector = connector.clone();
+                async move { connect_tls(address, &connector).await }
+            })
+            .await?;
+            echo_streams(streams, size, settings).await
+        }
+    }
+}
+
+/// The closed loops of [`echo_load`] on connections already open.
+async fn echo_streams<S>(streams: Vec<S>, size: usize, settings: &Settings) -> io::Result<Rate>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let mut clients = JoinSet::new();
     for mut stream in streams {
@@ -442,40 +582,67 @@ async fn echo_load(
     Ok(Rate::new(total, &window))
 }
 
+fn data_after_the_echo() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "data after the echo")
+}
+
 /// One connection's life: connect, one 64 B echo, half-close, wait for the server's FIN.
-async fn churn_once(address: SocketAddr, message: &[u8], reply: &mut [u8]) -> io::Result<()> {
+async fn churn_once(address: SocketAddr) -> io::Result<()> {
+    let message = [0x5A_u8; 64];
+    let mut reply = [0_u8; 64];
     let mut stream = connect(address).await?;
-    stream.write_all(message).await?;
-    stream.read_exact(reply).await?;
+    stream.write_all(&message).await?;
+    stream.read_exact(&mut reply).await?;
     stream.shutdown().await?;
     let mut rest = [0_u8; 16];
     match stream.read(&mut rest).await? {
         0 => Ok(()),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "data after the echo",
-        )),
+        _ => Err(data_after_the_echo()),
     }
 }
 
-/// [`CHURNERS`] concurrent loops of [`churn_once`]: connections/s, and the number of failures.
-async fn churn_load(address: SocketAddr, settings: &Settings) -> (Rate, u64) {
+/// One TLS connection's life: connect, full handshake, one 64 B echo, `close_notify` and
+/// half-close, wait for the server's end of stream (`close_notify`, or a bare FIN).
+async fn tls_churn_once(address: SocketAddr, connector: &TlsConnector) -> io::Result<()> {
+    let message = [0x5A_u8; 64];
+    let mut reply = [0_u8; 64];
+    let mut stream = connect_tls(address, connector).await?;
+    stream.write_all(&message).await?;
+    stream.read_exact(&mut reply).await?;
+    // `close_notify` only: tokio-native-tls leaves the socket open.
+    stream.shutdown().await?;
+    SockRef::from(stream.get_ref().get_ref().get_ref()).shutdown(Shutdown::Write)?;
+    let mut rest = [0_u8; 16];
+    match stream.read(&mut rest).await {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(data_after_the_echo()),
+        Err(error) if is_eof_without_close_notify(&error) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// [`CHURNERS`] concurrent loops of [`churn_once`] or [`tls_churn_once`]: connections/s, and the
+/// number of failures.
+async fn churn_load(client: &Client, address: SocketAddr, settings: &Settings) -> (Rate, u64) {
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let failures = Arc::new(AtomicU64::new(0));
     let mut churners = JoinSet::new();
     for _ in 0..CHURNERS {
         let phase = phase.clone();
         let failures = failures.clone();
+        let client = client.clone();
         churners.spawn(async move {
-            let message = [0x5A_u8; 64];
-            let mut reply = [0_u8; 64];
             let mut completed = 0_u64;
             loop {
                 let started_in = phase.load(Ordering::Relaxed);
                 if started_in == STOP {
                     break;
                 }
-                match churn_once(address, &message, &mut reply).await {
+                let outcome = match &client {
+                    Client::Plain => churn_once(address).await,
+                    Client::Tls(connector) => tls_churn_once(address, connector).await,
+                };
+                match outcome {
                     Ok(()) => {
                         if started_in == MEASURE && phase.load(Ordering::Relaxed) == MEASURE {
                             completed += 1;
@@ -539,7 +706,7 @@ fn open_files_limit() -> Option<usize> {
 fn memory_server(kind: Kind) {
     COUNTING.store(true, Ordering::Relaxed);
     let runtime = runtime("server");
-    let server = Running::start(&runtime, kind);
+    let server = Running::start(&runtime, kind, None);
     std::thread::sleep(Duration::from_millis(100));
     let base_rss = rss_bytes();
     let base_heap = LIVE_HEAP.load(Ordering::Relaxed);
@@ -593,7 +760,7 @@ fn memory_round(client: &Runtime, kind: Kind, connections: usize) -> Result<(f64
             .ok_or_else(|| format!("unexpected from the memory server: {line:?}"))?;
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         let streams = client
-            .block_on(connect_many(address, connections))
+            .block_on(connect_many(connections, || connect(address)))
             .map_err(|e| format!("opening {connections} connections: {e}"))?;
         writeln!(to_child, "MEASURE {connections}").map_err(|e| e.to_string())?;
         to_child.flush().map_err(|e| e.to_string())?;
@@ -752,6 +919,112 @@ fn order(round: usize) -> [Kind; 2] {
     }
 }
 
+/// The two servers of one protocol, and how clients reach them.
+struct Pair {
+    switchboard: Running,
+    raw: Running,
+    client: Client,
+}
+
+impl Pair {
+    fn get(&self, kind: Kind) -> &Running {
+        match kind {
+            Kind::Switchboard => &self.switchboard,
+            Kind::Raw => &self.raw,
+        }
+    }
+}
+
+/// After a measurement: waits until the server has closed every connection of it.
+fn settle(running: &Running, kind: Kind) {
+    if !running.wait_for_live(0, Duration::from_secs(10)) {
+        eprintln!(
+            "  warning: {} still holds {} connections",
+            kind.name(),
+            running.live()
+        );
+    }
+}
+
+/// The throughput scenario `name` against both servers of `pair`, in interleaved rounds: rows
+/// of msgs/s and of server µs/msg.
+fn throughput(
+    client_runtime: &Runtime,
+    pair: &Pair,
+    name: &str,
+    size: usize,
+    connections: usize,
+    settings: &Settings,
+) -> (Row, Row) {
+    let mut row = Row::new(name, "msgs/s");
+    let mut cpu_row = Row::new(name, "server µs/msg").with_decimals(2);
+    for round in 0..settings.rounds {
+        for kind in order(round) {
+            let running = pair.get(kind);
+            let result = client_runtime.block_on(echo_load(
+                &pair.client,
+                running.address,
+                connections,
+                size,
+                settings,
+            ));
+            match result {
+                Ok(rate) => {
+                    eprintln!(
+                        "  {name:<18} round {round} {:<11} {:>12} msgs/s  {:>6.2} server µs/msg",
+                        kind.name(),
+                        thousands(rate.per_second),
+                        rate.cpu_micros
+                    );
+                    row.push(kind, rate.per_second);
+                    cpu_row.push(kind, rate.cpu_micros);
+                }
+                Err(error) => {
+                    eprintln!(
+                        "  {name:<18} round {round} {:<11} FAILED: {error}",
+                        kind.name()
+                    );
+                    row.note = format!("  ({} failed: {error})", kind.name());
+                }
+            }
+            settle(running, kind);
+        }
+    }
+    (row, cpu_row)
+}
+
+/// The churn scenario `name` against both servers of `pair`, in interleaved rounds: rows of
+/// conns/s and of server µs/conn.
+fn churn(client_runtime: &Runtime, pair: &Pair, name: &str, settings: &Settings) -> (Row, Row) {
+    let mut row = Row::new(name, "conns/s");
+    let mut cpu_row = Row::new(name, "server µs/conn").with_decimals(2);
+    let mut failures = [0_u64; 2];
+    for round in 0..settings.rounds {
+        for kind in order(round) {
+            let running = pair.get(kind);
+            let (rate, failed) =
+                client_runtime.block_on(churn_load(&pair.client, running.address, settings));
+            eprintln!(
+                "  {name:<18} round {round} {:<11} {:>12} conns/s {:>6.2} server µs/conn ({failed} failed)",
+                kind.name(),
+                thousands(rate.per_second),
+                rate.cpu_micros
+            );
+            failures[(kind == Kind::Raw) as usize] += failed;
+            row.push(kind, rate.per_second);
+            cpu_row.push(kind, rate.cpu_micros);
+            settle(running, kind);
+        }
+    }
+    if failures != [0, 0] {
+        row.note = format!(
+            "  (failed connects: switchboard {}, raw {})",
+            failures[0], failures[1]
+        );
+    }
+    (row, cpu_row)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(position) = args.iter().position(|arg| arg == "--memory-server") {
@@ -779,13 +1052,17 @@ fn main() {
 
     let server_runtime = runtime("server");
     let client_runtime = runtime("client");
-    let servers = [
-        Running::start(&server_runtime, Kind::Switchboard),
-        Running::start(&server_runtime, Kind::Raw),
-    ];
-    let server = |kind: Kind| match kind {
-        Kind::Switchboard => &servers[0],
-        Kind::Raw => &servers[1],
+    let acceptor = switchboard::tls::acceptor_from_pem(SERVER_PEM, SERVER_KEY)
+        .expect("build the TLS acceptor from tests/certs");
+    let plain = Pair {
+        switchboard: Running::start(&server_runtime, Kind::Switchboard, None),
+        raw: Running::start(&server_runtime, Kind::Raw, None),
+        client: Client::Plain,
+    };
+    let tls = Pair {
+        switchboard: Running::start(&server_runtime, Kind::Switchboard, Some(&acceptor)),
+        raw: Running::start(&server_runtime, Kind::Raw, Some(&acceptor)),
+        client: Client::Tls(tls_connector()),
     };
 
     let mut rows = Vec::new();
@@ -798,86 +1075,47 @@ fn main() {
         ("echo 64B x1000", 64, 1000),
     ];
     for (name, size, connections) in scenarios {
-        let mut row = Row::new(name, "msgs/s");
-        let mut cpu_row = Row::new(name, "server µs/msg").with_decimals(2);
-        for round in 0..settings.rounds {
-            for kind in order(round) {
-                let running = server(kind);
-                let result = client_runtime.block_on(echo_load(
-                    running.address,
-                    connections,
-                    size,
-                    &settings,
-                ));
-                match result {
-                    Ok(rate) => {
-                        eprintln!(
-                            "  {name:<16} round {round} {:<11} {:>12} msgs/s  {:>6.2} server µs/msg",
-                            kind.name(),
-                            thousands(rate.per_second),
-                            rate.cpu_micros
-                        );
-                        row.push(kind, rate.per_second);
-                        cpu_row.push(kind, rate.cpu_micros);
-                    }
-                    Err(error) => {
-                        eprintln!(
-                            "  {name:<16} round {round} {:<11} FAILED: {error}",
-                            kind.name()
-                        );
-                        row.note = format!("  ({} failed: {error})", kind.name());
-                    }
-                }
-                if !running.wait_for_live(0, Duration::from_secs(10)) {
-                    eprintln!(
-                        "  warning: {} still holds {} connections",
-                        kind.name(),
-                        running.live()
-                    );
-                }
-            }
-        }
+        let (row, cpu_row) =
+            throughput(&client_runtime, &plain, name, size, connections, &settings);
         rows.push(row);
         cpu_rows.push(cpu_row);
     }
 
     // 2. Connection churn.
-    let name = format!("churn x{CHURNERS}");
-    let mut row = Row::new(name.clone(), "conns/s");
-    let mut cpu_row = Row::new(name.clone(), "server µs/conn").with_decimals(2);
-    let mut failures = [0_u64; 2];
-    for round in 0..settings.rounds {
-        for kind in order(round) {
-            let running = server(kind);
-            let (rate, failed) = client_runtime.block_on(churn_load(running.address, &settings));
-            eprintln!(
-                "  {name:<16} round {round} {:<11} {:>12} conns/s {:>6.2} server µs/conn ({failed} failed)",
-                kind.name(),
-                thousands(rate.per_second),
-                rate.cpu_micros
-            );
-            failures[(kind == Kind::Raw) as usize] += failed;
-            row.push(kind, rate.per_second);
-            cpu_row.push(kind, rate.cpu_micros);
-            if !running.wait_for_live(0, Duration::from_secs(10)) {
-                eprintln!(
-                    "  warning: {} still holds {} connections",
-                    kind.name(),
-                    running.live()
-                );
-            }
-        }
-    }
-    if failures != [0, 0] {
-        row.note = format!(
-            "  (failed connects: switchboard {}, raw {})",
-            failures[0], failures[1]
-        );
-    }
+    let (row, cpu_row) = churn(
+        &client_runtime,
+        &plain,
+        &format!("churn x{CHURNERS}"),
+        &settings,
+    );
     rows.push(row);
     cpu_rows.push(cpu_row);
 
-    // 3. Idle memory, in child processes.
+    // 3. TLS: echo, then churn.
+    let name = format!(
+        "tls echo {}KiB x{TLS_ECHO_CONNECTIONS}",
+        TLS_ECHO_SIZE / 1024
+    );
+    let (row, cpu_row) = throughput(
+        &client_runtime,
+        &tls,
+        &name,
+        TLS_ECHO_SIZE,
+        TLS_ECHO_CONNECTIONS,
+        &settings,
+    );
+    rows.push(row);
+    cpu_rows.push(cpu_row);
+    let (row, cpu_row) = churn(
+        &client_runtime,
+        &tls,
+        &format!("tls churn x{CHURNERS}"),
+        &settings,
+    );
+    rows.push(row);
+    cpu_rows.push(cpu_row);
+
+    // 4. Idle memory, in child processes.
     let mut connections = settings.idle_connections;
     if let Some(limit) = fd_limit {
         // Each process holds one descriptor per connection plus a few of its own.
@@ -934,8 +1172,10 @@ fn main() {
     }
     eprintln!("\nfinished in {:.1} s", began.elapsed().as_secs_f64());
 
-    if let Some(switchboard) = &servers[0].switchboard {
-        server_runtime.block_on(switchboard.shutdown());
+    for running in [&plain.switchboard, &tls.switchboard] {
+        if let Some(switchboard) = &running.switchboard {
+            server_runtime.block_on(switchboard.shutdown());
+        }
     }
     server_runtime.shutdown_background();
     client_runtime.shutdown_background();
