@@ -11,7 +11,7 @@ use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The largest TLS record's plaintext: small buffers are gathered up to this much per write, so
@@ -22,8 +22,9 @@ pub(crate) enum Transport {
     Plain(TcpStream),
     Tls {
         stream: Box<tokio_native_tls::TlsStream<TcpStream>>,
-        /// The read buffer, kept while a read is pending: OpenSSL may hold decrypted bytes that
-        /// no socket readiness announces, so a TLS read is always polled with a buffer ready.
+        /// The read buffer (zeroed, its full size), kept while a read is pending: OpenSSL may
+        /// hold decrypted bytes that no socket readiness announces, so a TLS read is always
+        /// polled with a buffer ready.
         read_buffer: Option<BytesMut>,
         /// Where small buffers are gathered into one record.
         gather: Vec<u8>,
@@ -76,9 +77,16 @@ impl Transport {
                 read_buffer,
                 ..
             } => {
-                let buffer = read_buffer.get_or_insert_with(|| BytesMut::with_capacity(size));
-                ready!(pin!(stream.read_buf(buffer)).poll(cx))?;
-                Poll::Ready(Ok(read_buffer.take().unwrap_or_default()))
+                // An initialized buffer: tokio-native-tls zero-fills the unfilled part of the
+                // buffer it is given on every poll, so a zeroed one is filled once per read, not
+                // once per poll.
+                let buffer = read_buffer.get_or_insert_with(|| BytesMut::zeroed(size));
+                let mut filled = ReadBuf::new(&mut buffer[..]);
+                ready!(Pin::new(stream).poll_read(cx, &mut filled))?;
+                let read = filled.filled().len();
+                let mut data = read_buffer.take().unwrap_or_default();
+                data.truncate(read);
+                Poll::Ready(Ok(data))
             }
             Transport::Gone => Poll::Ready(Ok(BytesMut::new())),
         }
