@@ -304,6 +304,35 @@ pub trait Callbacks: Send + Sync + 'static {
         let _ = user_data;
     }
 
+    /// The connection's write queue reached the
+    /// [high watermark](crate::ServerBuilder::write_watermarks): the peer reads more slowly than
+    /// the application writes. A producer should pause until
+    /// [`on_write_buffer_low`](Callbacks::on_write_buffer_low) (or wait in
+    /// [`Connection::writable`] on a task of its own). Announced on the connection's task before
+    /// the queue is written out, so a burst that crosses the watermark is always announced, and
+    /// always followed by `on_write_buffer_low` once the queue drains (unless the connection ends
+    /// first).
+    ///
+    /// Default: does nothing.
+    async fn on_write_buffer_high(&self, connection: &Connection) {
+        let _ = connection;
+    }
+
+    /// A write queue that was high drained to the low watermark: writing may resume.
+    ///
+    /// Default: does nothing.
+    async fn on_write_buffer_low(&self, connection: &Connection) {
+        let _ = connection;
+    }
+
+    /// TCP urgent data (`MSG_OOB`) arrived for a [`Connection::read_oob`] request: `data` holds
+    /// the one urgent byte. Linux and Android only; plain TCP only.
+    ///
+    /// Default: does nothing.
+    async fn on_read_oob_completed(&self, connection: &Connection, data: BytesMut) {
+        let _ = (connection, data);
+    }
+
     /// A TLS handshake finished: `info` says which side we were, the ALPN protocol agreed and the
     /// peer's certificate. Comes after [`on_socket_created`](Callbacks::on_socket_created) and
     /// before [`on_secure_connection_established`](Callbacks::on_secure_connection_established).

@@ -55,11 +55,25 @@ pub enum ClosureReason {
     /// [maximum of concurrent TLS handshakes](crate::ServerBuilder::max_concurrent_handshakes) were
     /// already running, and was reset without a handshake.
     HandshakeLimit,
+    /// No byte was read or written for the [idle timeout](crate::Timeouts::idle); reset.
+    IdleTimedOut,
+    /// A requested read got no data within the [read timeout](crate::Timeouts::read); reset.
+    ReadTimedOut,
+    /// The peer sent FIN and the connection was still open after the
+    /// [half-closed timeout](crate::Timeouts::half_closed); reset.
+    HalfClosedTimedOut,
+    /// No byte arrived within the [first-byte timeout](crate::Timeouts::first_byte) after the
+    /// connection was established; reset.
+    FirstByteTimedOut,
+    /// The write queue stayed above its high watermark for longer than the
+    /// [slow-consumer timeout](crate::ServerBuilder::slow_consumer_timeout): the peer does not
+    /// read what it is sent. Reset, the queue dropped.
+    SlowConsumer,
 }
 
 impl ClosureReason {
     /// Every reason, in the order of [`ClosureReason::index`].
-    pub const ALL: [ClosureReason; 15] = [
+    pub const ALL: [ClosureReason; 20] = [
         ClosureReason::PeerClosed,
         ClosureReason::PeerReset,
         ClosureReason::LocalClose,
@@ -75,6 +89,11 @@ impl ClosureReason {
         ClosureReason::TlsAlert,
         ClosureReason::HandshakeTimedOut,
         ClosureReason::HandshakeLimit,
+        ClosureReason::IdleTimedOut,
+        ClosureReason::ReadTimedOut,
+        ClosureReason::HalfClosedTimedOut,
+        ClosureReason::FirstByteTimedOut,
+        ClosureReason::SlowConsumer,
     ];
 
     /// The reason's `snake_case` name, as used in logs and the example's event lines.
@@ -99,6 +118,11 @@ impl ClosureReason {
             ClosureReason::TlsAlert => "tls_alert",
             ClosureReason::HandshakeTimedOut => "handshake_timed_out",
             ClosureReason::HandshakeLimit => "handshake_limit",
+            ClosureReason::IdleTimedOut => "idle_timed_out",
+            ClosureReason::ReadTimedOut => "read_timed_out",
+            ClosureReason::HalfClosedTimedOut => "half_closed_timed_out",
+            ClosureReason::FirstByteTimedOut => "first_byte_timed_out",
+            ClosureReason::SlowConsumer => "slow_consumer",
         }
     }
 

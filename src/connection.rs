@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
+use tokio::sync::Notify;
 
 use crate::stats::{ConnectionCounters, ConnectionStats};
 use crate::{ClosureReason, Error, TlsInfo, UserData};
@@ -71,6 +73,56 @@ pub(crate) struct State {
     pub(crate) ended: bool,
     /// Something changed since the driver last read the state.
     pub(crate) dirty: bool,
+    /// The queue went above the high watermark and has not yet drained to the low one.
+    pub(crate) above_high: bool,
+    /// The connection's timeouts, as the application last set them.
+    pub(crate) timeouts: Timeouts,
+    /// The application wants the next urgent byte ([`Connection::read_oob`]).
+    pub(crate) oob_requested: bool,
+    /// Urgent bytes to send ([`Connection::send_urgent`]).
+    pub(crate) urgent: Vec<u8>,
+}
+
+/// Write queue bounds of one connection, fixed when it is created.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteLimits {
+    /// Writes are refused while the queue holds this much.
+    pub(crate) limit: usize,
+    /// Above this, the queue is "high": `on_write_buffer_high`, `writable()` waits.
+    pub(crate) high: usize,
+    /// Back at or below this, the queue is no longer high: `on_write_buffer_low`.
+    pub(crate) low: usize,
+}
+
+/// A connection's timeouts; `None` turns one off. Each ends the connection (with a reset) with a
+/// closure reason of its own. The server's settings
+/// ([`ServerBuilder::idle_timeout`](crate::ServerBuilder::idle_timeout) and its neighbours) are
+/// every connection's starting point; [`Connection::set_timeouts`] changes one connection's.
+///
+/// ```
+/// # fn example(connection: &switchboard::Connection) {
+/// use std::time::Duration;
+/// let mut timeouts = connection.timeouts();
+/// timeouts.idle = Some(Duration::from_secs(300)); // a long-poll client may sit quietly
+/// connection.set_timeouts(timeouts);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// No byte read or written for this long:
+    /// [`ClosureReason::IdleTimedOut`](crate::ClosureReason::IdleTimedOut).
+    pub idle: Option<Duration>,
+    /// A requested read got no data for this long (time spent with reads paused by a full write
+    /// queue does not count): [`ClosureReason::ReadTimedOut`](crate::ClosureReason::ReadTimedOut).
+    pub read: Option<Duration>,
+    /// The peer sent FIN and the connection is still open this long after:
+    /// [`ClosureReason::HalfClosedTimedOut`](crate::ClosureReason::HalfClosedTimedOut).
+    pub half_closed: Option<Duration>,
+    /// No byte arrived this long after the connection was established (for TLS, after the
+    /// handshake): [`ClosureReason::FirstByteTimedOut`](crate::ClosureReason::FirstByteTimedOut).
+    /// The defence against clients that connect and say nothing (slowloris).
+    pub first_byte: Option<Duration>,
 }
 
 /// The part of a connection shared by its driver, its handles and the manager's registry.
@@ -79,7 +131,7 @@ pub(crate) struct Shared {
     pub(crate) peer_addr: SocketAddr,
     pub(crate) local_addr: SocketAddr,
     pub(crate) direction: Direction,
-    pub(crate) write_queue_limit: usize,
+    pub(crate) write_limits: WriteLimits,
     pub(crate) user_data: UserData,
     pub(crate) counters: ConnectionCounters,
     state: Mutex<State>,
@@ -93,15 +145,24 @@ pub(crate) struct Shared {
     handles: AtomicUsize,
     /// What the TLS handshake negotiated, once it has.
     pub(crate) tls: OnceLock<TlsInfo>,
+    /// Whether this is a TLS connection (negotiated or not yet).
+    pub(crate) is_tls: bool,
+    /// Signalled when the queue drains to the low watermark, and when the connection ends.
+    pub(crate) room: Notify,
+    /// The driver's task, on which waiting for room would never end.
+    pub(crate) task: OnceLock<tokio::task::Id>,
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: ConnectionId,
         peer_addr: SocketAddr,
         local_addr: SocketAddr,
         direction: Direction,
-        write_queue_limit: usize,
+        write_limits: WriteLimits,
+        timeouts: Timeouts,
+        is_tls: bool,
         user_data: UserData,
     ) -> Self {
         Shared {
@@ -109,7 +170,7 @@ impl Shared {
             peer_addr,
             local_addr,
             direction,
-            write_queue_limit,
+            write_limits,
             user_data,
             counters: ConnectionCounters::default(),
             state: Mutex::new(State {
@@ -124,12 +185,19 @@ impl Shared {
                 closing: false,
                 ended: false,
                 dirty: false,
+                above_high: false,
+                timeouts,
+                oob_requested: false,
+                urgent: Vec::new(),
             }),
             parked: AtomicBool::new(false),
             woken: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             handles: AtomicUsize::new(0),
             tls: OnceLock::new(),
+            is_tls,
+            room: Notify::new(),
+            task: OnceLock::new(),
         }
     }
 
@@ -336,13 +404,16 @@ impl Connection {
                 result = Err(Error::ConnectionClosed);
             } else if state.shutdown_write_requested {
                 result = Err(Error::WriteShutdown);
-            } else if state.queued_bytes >= self.shared.write_queue_limit {
+            } else if state.queued_bytes >= self.shared.write_limits.limit {
                 result = Err(Error::WriteQueueFull {
                     queued: state.queued_bytes,
-                    limit: self.shared.write_queue_limit,
+                    limit: self.shared.write_limits.limit,
                 });
             } else if !data.is_empty() {
                 state.queued_bytes += data.len();
+                if state.queued_bytes >= self.shared.write_limits.high {
+                    state.above_high = true;
+                }
                 state.queue.push_back(data);
             }
         });
@@ -371,6 +442,127 @@ impl Connection {
     /// Ends with [`ClosureReason::LocalAbort`]. Overrides a `close` in progress.
     pub fn abort(&self) {
         self.shared.request_abort(ClosureReason::LocalAbort);
+    }
+
+    /// Waits until the write queue has room: returns at once unless the queue went above the
+    /// [high watermark](crate::ServerBuilder::write_watermarks) (or holds the
+    /// [limit](crate::ServerBuilder::write_queue_limit)), and then once it has drained to the low
+    /// watermark. This is how a producer on a task of its own follows a slow peer without
+    /// polling or dropping data.
+    ///
+    /// # Errors
+    /// - [`Error::ConnectionClosed`] once the connection is closing or closed (also while waiting);
+    ///   [`Error::WriteShutdown`] after [`Connection::shutdown_write`].
+    /// - [`Error::WriteQueueFull`] when called on the connection's own task (from one of its
+    ///   callbacks) while the queue is high: the queue only drains after the callback returns,
+    ///   so waiting there would never end.
+    pub async fn writable(&self) -> Result<(), Error> {
+        loop {
+            let notified = self.shared.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.shared.state();
+                if state.closing || state.abort_requested.is_some() || state.ended {
+                    return Err(Error::ConnectionClosed);
+                }
+                if state.shutdown_write_requested {
+                    return Err(Error::WriteShutdown);
+                }
+                let limits = self.shared.write_limits;
+                if !state.above_high && state.queued_bytes < limits.limit {
+                    return Ok(());
+                }
+                if tokio::task::try_id().is_some()
+                    && tokio::task::try_id() == self.shared.task.get().copied()
+                {
+                    return Err(Error::WriteQueueFull {
+                        queued: state.queued_bytes,
+                        limit: limits.limit,
+                    });
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// [`writable`](Connection::writable), then [`write`](Connection::write): queues `data`
+    /// once the queue has room.
+    ///
+    /// # Errors
+    /// As for [`writable`](Connection::writable) and [`write`](Connection::write).
+    pub async fn write_all(&self, data: impl Into<Bytes>) -> Result<(), Error> {
+        let data = data.into();
+        loop {
+            self.writable().await?;
+            match self.write(data.clone()) {
+                // Another writer took the room first: wait again.
+                Err(Error::WriteQueueFull { .. }) => continue,
+                result => return result,
+            }
+        }
+    }
+
+    /// This connection's timeouts (the server's settings until changed).
+    pub fn timeouts(&self) -> Timeouts {
+        self.shared.state().timeouts
+    }
+
+    /// Changes this connection's timeouts. A timeout that is turned on or changed counts from
+    /// the event it measures (the last byte, the read request…), not from this call.
+    pub fn set_timeouts(&self, timeouts: Timeouts) {
+        self.shared.update(|state| state.timeouts = timeouts);
+    }
+
+    /// Requests the next TCP urgent byte: when one arrives,
+    /// [`Callbacks::on_read_oob_completed`](crate::Callbacks::on_read_oob_completed) gets it. One
+    /// request, one byte, as for [`read`](Connection::read). Urgent data that arrived before the
+    /// request is delivered at once (TCP keeps only the latest urgent byte).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on a TLS connection (urgent data bypasses TLS) and on platforms
+    /// other than Linux and Android (which have no readiness event for it in tokio).
+    pub fn read_oob(&self) -> Result<(), Error> {
+        self.oob_supported()?;
+        self.shared.update(|state| {
+            if !state.closing {
+                state.oob_requested = true;
+            }
+        });
+        Ok(())
+    }
+
+    /// Sends `byte` as TCP urgent data (`MSG_OOB`), ahead of what is still in the write queue.
+    /// A peer that does not ask for urgent data never sees it.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] as for [`read_oob`](Connection::read_oob);
+    /// [`Error::ConnectionClosed`] and [`Error::WriteShutdown`] as for [`write`](Connection::write).
+    pub fn send_urgent(&self, byte: u8) -> Result<(), Error> {
+        self.oob_supported()?;
+        let mut result = Ok(());
+        self.shared.update(|state| {
+            if state.closing || state.abort_requested.is_some() {
+                result = Err(Error::ConnectionClosed);
+            } else if state.shutdown_write_requested {
+                result = Err(Error::WriteShutdown);
+            } else {
+                state.urgent.push(byte);
+            }
+        });
+        result
+    }
+
+    fn oob_supported(&self) -> Result<(), Error> {
+        if !cfg!(any(target_os = "linux", target_os = "android")) {
+            return Err(Error::Unsupported(
+                "urgent data needs Linux or Android (tokio's PRIORITY readiness)",
+            ));
+        }
+        if self.shared.is_tls {
+            return Err(Error::Unsupported("urgent data on a TLS connection"));
+        }
+        Ok(())
     }
 }
 

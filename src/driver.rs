@@ -26,7 +26,7 @@ use crate::manager::{LiveGuard, Manager};
 use crate::stats::ConnectionCounters;
 use crate::tls::{self, TlsConnect, TlsInfo};
 use crate::transport::Transport;
-use crate::{ClosureReason, Connection, Direction, Error};
+use crate::{ClosureReason, Connection, Direction, Error, Timeouts};
 
 /// Most buffers handed to one `writev`; Linux's `IOV_MAX` is 1024, but a few dozen already cover
 /// every queue the default 64 KiB limit can hold with ordinary message sizes.
@@ -37,15 +37,23 @@ struct Plan {
     read: bool,
     tell_shutdown: bool,
     send_fin: bool,
+    /// The queue crossed a watermark since the last announcement: `Some(true)` high,
+    /// `Some(false)` low.
+    watermark: Option<bool>,
+    /// Wait for urgent data.
+    oob: bool,
+    /// Urgent bytes to send now.
+    urgent: Vec<u8>,
 }
 
 /// What woke a parked driver.
 enum Wake {
     Requests,
     Read(io::Result<BytesMut>),
+    Urgent,
     Wrote(io::Result<usize>),
     CloseNotifySent(io::Result<()>),
-    CloseDeadline,
+    Deadline,
 }
 
 /// The TLS side a connection takes in its handshake.
@@ -74,9 +82,35 @@ pub(crate) struct Driver {
     told_shutdown: bool,
     /// Set once the connection is closing gracefully, with the reason it will end with.
     closing: Option<ClosureReason>,
-    close_deadline: Option<Pin<Box<Sleep>>>,
+    close_deadline: Option<Instant>,
+    /// One timer for every deadline, set lazily: it may fire early, and is then re-armed for the
+    /// deadline that moved (see [`Driver::next_deadline`]).
+    timer: Option<Pin<Box<Sleep>>>,
+    clock: Clock,
+    /// The queue is high, as last announced to the callbacks.
+    announced_high: bool,
+    /// Urgent bytes the socket did not take yet.
+    urgent: Vec<u8>,
+    /// Watches the socket for urgent data, once the application asked for it.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    oob: Option<tokio::io::unix::AsyncFd<socket2::Socket>>,
     permit: Permit,
     live: LiveGuard,
+}
+
+/// When the things the timeouts measure last happened.
+struct Clock {
+    timeouts: Timeouts,
+    established: Instant,
+    first_byte_seen: bool,
+    /// Last byte read or written (kept only with an idle timeout).
+    last_activity: Instant,
+    /// Since when a read has been requested and polled without data.
+    read_since: Option<Instant>,
+    /// When the peer's FIN was read.
+    read_closed_at: Option<Instant>,
+    /// Since when the write queue has been high.
+    high_since: Option<Instant>,
 }
 
 impl Driver {
@@ -102,6 +136,20 @@ impl Driver {
             told_shutdown: false,
             closing: None,
             close_deadline: None,
+            timer: None,
+            clock: Clock {
+                timeouts: Timeouts::default(),
+                established: Instant::now(),
+                first_byte_seen: false,
+                last_activity: Instant::now(),
+                read_since: None,
+                read_closed_at: None,
+                high_since: None,
+            },
+            announced_high: false,
+            urgent: Vec::new(),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            oob: None,
             permit,
             live,
         }
@@ -109,6 +157,7 @@ impl Driver {
 
     /// Runs the connection from establishment to release.
     pub(crate) async fn run(mut self) {
+        let _ = self.shared.task.set(tokio::task::id());
         if let Some(secure) = self.secure.take() {
             if let Err(reason) = self.handshake(secure).await {
                 self.finish(reason).await;
@@ -124,6 +173,9 @@ impl Driver {
             )
             .await
         {
+            let now = Instant::now();
+            self.clock.established = now;
+            self.clock.last_activity = now;
             self.io_loop().await
         } else {
             ClosureReason::CallbackPanic
@@ -297,8 +349,11 @@ impl Driver {
         }
         let tell_shutdown = state.shutdown_notice && !self.told_shutdown && self.closing.is_none();
         if self.closing.is_none() && begin_close.is_none() && !tell_shutdown {
-            let nothing_pending =
-                !state.read_requested && self.in_flight.is_empty() && self.shared.handles() == 0;
+            let nothing_pending = !state.read_requested
+                && self.in_flight.is_empty()
+                && state.urgent.is_empty()
+                && self.urgent.is_empty()
+                && self.shared.handles() == 0;
             let nothing_possible = self.read_closed && self.write_closed;
             if nothing_pending || nothing_possible {
                 begin_close = Some(if self.read_closed {
@@ -310,12 +365,15 @@ impl Driver {
         }
         if let Some(reason) = begin_close {
             self.closing = Some(reason);
-            self.close_deadline = Some(Box::pin(tokio::time::sleep_until(
-                Instant::now() + close_timeout,
-            )));
+            self.close_deadline = Some(Instant::now() + close_timeout);
             state.closing = true;
             state.read_requested = false;
+            state.oob_requested = false;
         }
+        self.clock.timeouts = state.timeouts;
+        let watermark = (state.above_high != self.announced_high).then_some(state.above_high);
+        let urgent = std::mem::take(&mut state.urgent);
+        let oob = state.oob_requested && self.closing.is_none();
         let read = if self.closing.is_some() {
             // Reading on while closing drains what the peer still sends, so that closing the
             // socket with unread data does not turn our FIN into a reset.
@@ -323,7 +381,7 @@ impl Driver {
         } else {
             // Reads pause while the write queue is at its limit: a peer that sends without reading
             // our replies is held back by TCP flow control instead of growing the queue.
-            state.read_requested && state.queued_bytes < self.shared.write_queue_limit
+            state.read_requested && state.queued_bytes < self.shared.write_limits.limit
         };
         let send_fin = !self.write_closed
             && self.in_flight.is_empty()
@@ -332,6 +390,9 @@ impl Driver {
             read,
             tell_shutdown,
             send_fin,
+            watermark,
+            oob,
+            urgent,
         })
     }
 
@@ -341,6 +402,14 @@ impl Driver {
                 Ok(plan) => plan,
                 Err(abort) => return abort,
             };
+            if !plan.urgent.is_empty() {
+                self.send_urgent(&plan.urgent);
+            }
+            if let Some(high) = plan.watermark {
+                if let Err(reason) = self.announce_watermark(high).await {
+                    return reason;
+                }
+            }
             if plan.tell_shutdown {
                 self.told_shutdown = true;
                 let callbacks = &self.manager.callbacks;
@@ -373,17 +442,40 @@ impl Driver {
                 }
             }
 
-            // Park until a handle asks for something, the socket has data or room, or a close
-            // times out.
+            // Park until a handle asks for something, the socket has data, room or urgent data,
+            // or a deadline passes.
             if !self.shared.park() {
                 continue;
             }
+            self.arm_timer(plan.read);
             let notify = plan.send_fin && !self.write_closed;
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let wake = {
+                let oob = if plan.oob { self.oob_watch() } else { None };
+                let wake = tokio::select! {
+                    biased;
+                    wake = poll_fn(|cx| self.poll_wake(cx, plan.read, notify)) => wake,
+                    () = urgent_ready(oob.as_ref()) => Wake::Urgent,
+                };
+                if oob.is_some() {
+                    self.oob = oob;
+                }
+                wake
+            };
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
             let wake = poll_fn(|cx| self.poll_wake(cx, plan.read, notify)).await;
             self.shared.unpark();
             match wake {
                 Wake::Requests => {}
-                Wake::CloseDeadline => return ClosureReason::CloseTimedOut,
+                Wake::Deadline => match self.next_deadline() {
+                    Some((at, reason)) if at <= Instant::now() => return reason,
+                    Some((at, _)) => {
+                        if let Some(timer) = self.timer.as_mut() {
+                            timer.as_mut().reset(at);
+                        }
+                    }
+                    None => self.timer = None,
+                },
                 Wake::Read(Ok(data)) => {
                     if let Some(reason) = self.read_completed(data).await {
                         return reason;
@@ -391,6 +483,11 @@ impl Driver {
                 }
                 Wake::Read(Err(error)) => {
                     if let Some(reason) = self.read_failed(error).await {
+                        return reason;
+                    }
+                }
+                Wake::Urgent => {
+                    if let Some(reason) = self.urgent_arrived().await {
                         return reason;
                     }
                 }
@@ -405,7 +502,7 @@ impl Driver {
     }
 
     /// What a parked driver waits for, in priority order: requests from handles, data, room for
-    /// queued writes (or for `close_notify`), the close deadline.
+    /// queued writes (or for `close_notify`, or for urgent bytes), the timer.
     fn poll_wake(&mut self, cx: &mut Context<'_>, read: bool, notify: bool) -> Poll<Wake> {
         if self.shared.poll_woken(cx).is_ready() {
             return Poll::Ready(Wake::Requests);
@@ -425,12 +522,171 @@ impl Driver {
                 return Poll::Ready(Wake::CloseNotifySent(result));
             }
         }
-        if let Some(deadline) = self.close_deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::CloseDeadline);
+        if !self.urgent.is_empty() {
+            if let Some(tcp) = self.transport.tcp() {
+                if tcp.poll_write_ready(cx).is_ready() {
+                    return Poll::Ready(Wake::Requests);
+                }
+            }
+        }
+        if let Some(timer) = self.timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Deadline);
             }
         }
         Poll::Pending
+    }
+
+    /// The earliest deadline in force and the reason it ends the connection with. Closing, only
+    /// the close timeout counts.
+    fn next_deadline(&self) -> Option<(Instant, ClosureReason)> {
+        if let Some(at) = self.close_deadline {
+            return Some((at, ClosureReason::CloseTimedOut));
+        }
+        let clock = &self.clock;
+        let timeouts = &clock.timeouts;
+        let candidates = [
+            (
+                self.manager
+                    .config
+                    .slow_consumer_timeout
+                    .zip(clock.high_since)
+                    .map(|(timeout, since)| since + timeout),
+                ClosureReason::SlowConsumer,
+            ),
+            (
+                timeouts.idle.map(|timeout| clock.last_activity + timeout),
+                ClosureReason::IdleTimedOut,
+            ),
+            (
+                timeouts
+                    .read
+                    .zip(clock.read_since)
+                    .map(|(timeout, since)| since + timeout),
+                ClosureReason::ReadTimedOut,
+            ),
+            (
+                timeouts
+                    .first_byte
+                    .filter(|_| !clock.first_byte_seen)
+                    .map(|timeout| clock.established + timeout),
+                ClosureReason::FirstByteTimedOut,
+            ),
+            (
+                timeouts
+                    .half_closed
+                    .zip(clock.read_closed_at)
+                    .map(|(timeout, since)| since + timeout),
+                ClosureReason::HalfClosedTimedOut,
+            ),
+        ];
+        candidates
+            .into_iter()
+            .filter_map(|(at, reason)| at.map(|at| (at, reason)))
+            .min_by_key(|(at, _)| *at)
+    }
+
+    /// Notes when a read started waiting, then makes sure the timer fires no later than the next
+    /// deadline. A timer set for an earlier moment is left alone: it fires, the deadline is
+    /// recomputed, and the timer re-armed (so a busy connection does not reset it per message).
+    fn arm_timer(&mut self, reading: bool) {
+        if self.clock.timeouts.read.is_some() && reading && self.closing.is_none() {
+            self.clock.read_since.get_or_insert_with(Instant::now);
+        } else {
+            self.clock.read_since = None;
+        }
+        let Some((at, _)) = self.next_deadline() else {
+            return;
+        };
+        match self.timer.as_mut() {
+            Some(timer) if timer.deadline() <= at => {}
+            Some(timer) => timer.as_mut().reset(at),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// Tells the application that the write queue went high or drained to low.
+    async fn announce_watermark(&mut self, high: bool) -> Result<(), ClosureReason> {
+        self.announced_high = high;
+        self.clock.high_since = high.then(Instant::now);
+        let callbacks = &self.manager.callbacks;
+        let survived = if high {
+            self.call(
+                "on_write_buffer_high",
+                callbacks.on_write_buffer_high(&self.connection),
+            )
+            .await
+        } else {
+            self.call(
+                "on_write_buffer_low",
+                callbacks.on_write_buffer_low(&self.connection),
+            )
+            .await
+        };
+        if survived {
+            Ok(())
+        } else {
+            Err(ClosureReason::CallbackPanic)
+        }
+    }
+
+    /// Sends urgent bytes (those the socket does not take now wait for the next turn).
+    fn send_urgent(&mut self, bytes: &[u8]) {
+        self.urgent.extend_from_slice(bytes);
+        let Some(tcp) = self.transport.tcp() else {
+            self.urgent.clear();
+            return;
+        };
+        let socket = SockRef::from(tcp);
+        let mut sent = 0;
+        for byte in &self.urgent {
+            match socket.send_out_of_band(std::slice::from_ref(byte)) {
+                Ok(_) => sent += 1,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    // The connection is failing; its reads and writes will say how.
+                    tracing::debug!(%error, "urgent byte not sent");
+                    sent = self.urgent.len();
+                    break;
+                }
+            }
+        }
+        self.urgent.drain(..sent);
+    }
+
+    /// The urgent-data watcher, created at the first request: a second descriptor for the
+    /// socket, registered for priority readiness only (tokio's `TcpStream` cannot wait for it
+    /// while its reads and writes are polled).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn oob_watch(&mut self) -> Option<tokio::io::unix::AsyncFd<socket2::Socket>> {
+        if let Some(watch) = self.oob.take() {
+            return Some(watch);
+        }
+        let socket = SockRef::from(self.transport.tcp()?).try_clone().ok()?;
+        register_priority(socket)
+    }
+
+    /// Reads the urgent byte the socket announced and delivers it.
+    async fn urgent_arrived(&mut self) -> Option<ClosureReason> {
+        let byte = match self.transport.tcp().map(recv_urgent_byte) {
+            Some(Ok(Some(byte))) => byte,
+            // No urgent byte after all (taken already, or the socket is failing: its reads
+            // will say how).
+            _ => return None,
+        };
+        self.shared.state().oob_requested = false;
+        let callbacks = &self.manager.callbacks;
+        let data = BytesMut::from(&[byte][..]);
+        if !self
+            .call(
+                "on_read_oob_completed",
+                callbacks.on_read_oob_completed(&self.connection, data),
+            )
+            .await
+        {
+            return Some(ClosureReason::CallbackPanic);
+        }
+        None
     }
 
     /// Attempts to send TLS `close_notify` without waiting.
@@ -463,6 +719,8 @@ impl Driver {
         }
         if data.is_empty() {
             self.read_closed = true;
+            self.clock.read_closed_at = Some(Instant::now());
+            self.clock.read_since = None;
             {
                 let mut state = self.shared.state();
                 state.read_closed = true;
@@ -481,6 +739,11 @@ impl Driver {
             return None;
         }
         self.shared.state().read_requested = false;
+        self.clock.first_byte_seen = true;
+        self.clock.read_since = None;
+        if self.clock.timeouts.idle.is_some() {
+            self.clock.last_activity = Instant::now();
+        }
         let counters = &self.shared.counters;
         ConnectionCounters::add(&counters.bytes_read, data.len() as u64);
         ConnectionCounters::add(&counters.reads, 1);
@@ -628,7 +891,10 @@ impl Driver {
             }
         }
         if written > 0 {
-            self.shared.state().queued_bytes -= written;
+            self.dequeued(written);
+            if self.clock.timeouts.idle.is_some() {
+                self.clock.last_activity = Instant::now();
+            }
             let counters = &self.shared.counters;
             ConnectionCounters::add(&counters.bytes_written, written as u64);
             ConnectionCounters::add(&counters.writes, completed as u64);
@@ -652,6 +918,24 @@ impl Driver {
         match failure {
             None => Ok(written > 0),
             Some(error) => self.write_failed(error).await.map(|()| true),
+        }
+    }
+
+    /// Takes `bytes` off the queue's count; wakes writers waiting for room when the queue
+    /// drains to the low watermark or below the limit.
+    fn dequeued(&self, bytes: usize) {
+        let limits = self.shared.write_limits;
+        let mut state = self.shared.state();
+        let before = state.queued_bytes;
+        state.queued_bytes -= bytes;
+        let drained = state.above_high && state.queued_bytes <= limits.low;
+        if drained {
+            state.above_high = false;
+        }
+        let below_limit = before >= limits.limit && state.queued_bytes < limits.limit;
+        drop(state);
+        if drained || below_limit {
+            self.shared.room.notify_waiters();
         }
     }
 
@@ -689,7 +973,7 @@ impl Driver {
                     self.in_flight.iter().map(Bytes::len).sum::<usize>() - self.offset;
                 self.in_flight.clear();
                 self.offset = 0;
-                self.shared.state().queued_bytes -= unsent;
+                self.dequeued(unsent);
                 Ok(())
             }
             Some(false) => {
@@ -730,8 +1014,11 @@ impl Driver {
             state.read_requested = false;
             state.queue.clear();
             state.queued_bytes = 0;
+            state.above_high = false;
             state.shutdown_notice
         };
+        // Writers waiting for room learn that none will come.
+        shared.room.notify_waiters();
         if told_of_shutdown {
             manager.record_shutdown_end(reason);
         }
@@ -790,4 +1077,62 @@ pub(crate) fn is_reset(error: &io::Error) -> bool {
         error.kind(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
     )
+}
+
+/// Takes the socket's urgent byte (`recv` with `MSG_OOB`), if there is one.
+#[allow(unsafe_code)]
+fn recv_urgent_byte(tcp: &TcpStream) -> io::Result<Option<u8>> {
+    let mut byte = [std::mem::MaybeUninit::new(0_u8)];
+    match SockRef::from(tcp).recv_out_of_band(&mut byte) {
+        // SAFETY: the element was initialized (to 0) when the array was made, and
+        // `recv_out_of_band` (recv(2) with MSG_OOB) only ever stores initialized bytes into the
+        // buffer, so it is initialized whether or not the call wrote to it.
+        Ok(1) => Ok(Some(unsafe { byte[0].assume_init() })),
+        Ok(_) => Ok(None),
+        // EINVAL: no urgent byte is pending; EAGAIN: it has not arrived yet.
+        Err(error)
+            if error.kind() == io::ErrorKind::WouldBlock
+                || error.kind() == io::ErrorKind::InvalidInput =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Registers `socket` with tokio's reactor for priority (urgent data) readiness only.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+fn register_priority(socket: socket2::Socket) -> Option<tokio::io::unix::AsyncFd<socket2::Socket>> {
+    // SAFETY: `register_with_interest` requires that the descriptor `socket.as_raw_fd()` stays
+    // open, refers to the same open file description and is what `as_raw_fd` returns for as long
+    // as the `AsyncFd` owns it. A `socket2::Socket` owns its descriptor (it closes it only when
+    // dropped) and always returns that same one; it moves into the `AsyncFd`, which never hands
+    // it out mutably and is never `into_inner`ed or forgotten here.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(socket, tokio::io::Interest::PRIORITY)
+    };
+    match registered {
+        Ok(watch) => Some(watch),
+        Err(error) => {
+            tracing::debug!(%error, "cannot watch for urgent data");
+            None
+        }
+    }
+}
+
+/// Waits until `watch` reports urgent data (clearing the readiness, so the next wait needs a
+/// new urgent byte); never, without a watcher.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+async fn urgent_ready(watch: Option<&tokio::io::unix::AsyncFd<socket2::Socket>>) {
+    let Some(watch) = watch else {
+        return std::future::pending().await;
+    };
+    match watch.ready(tokio::io::Interest::PRIORITY).await {
+        Ok(mut guard) => guard.clear_ready(),
+        Err(error) => {
+            tracing::debug!(%error, "urgent data watch failed");
+            std::future::pending().await
+        }
+    }
 }

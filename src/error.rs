@@ -83,6 +83,9 @@ pub enum Error {
         /// which names the OpenSSL (or SChannel, Security.framework) reason.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The operation is not available here (the platform or the kind of connection); the text
+    /// says which.
+    Unsupported(&'static str),
     /// Any other I/O error.
     Io(io::Error),
 }
@@ -145,6 +148,7 @@ impl fmt::Display for Error {
                     write!(f, "TLS failure: {source}")
                 }
             }
+            Error::Unsupported(what) => write!(f, "not supported: {what}"),
             Error::Io(source) => write!(f, "{source}"),
         }
     }

@@ -61,7 +61,9 @@
 //! }
 //! ```
 #![warn(missing_docs)]
-#![forbid(unsafe_code)]
+// Two `unsafe` blocks in the crate, both in `driver.rs` for urgent data (reading the byte,
+// registering the watcher), each with its proof.
+#![deny(unsafe_code)]
 
 mod accept;
 mod callbacks;
@@ -84,14 +86,14 @@ pub use socket2;
 
 pub use callbacks::Callbacks;
 pub use closure::ClosureReason;
-pub use connection::{Connection, ConnectionId, Direction};
+pub use connection::{Connection, ConnectionId, Direction, Timeouts};
 pub use error::Error;
 pub use limit::ConnectionLimiter;
 pub use manager::ShutdownReport;
 pub use server::{
     AtLimit, Server, ServerBuilder, DEFAULT_BACKLOG, DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_BUFFER_SIZE, DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_WRITE_QUEUE_LIMIT,
+    DEFAULT_WRITE_HIGH_WATERMARK, DEFAULT_WRITE_LOW_WATERMARK, DEFAULT_WRITE_QUEUE_LIMIT,
 };
 pub use stats::{ConnectionStats, Stats};
 pub use tls::{TlsConnect, TlsInfo};

@@ -17,14 +17,14 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::connection::Shared;
+use crate::connection::{Shared, WriteLimits};
 use crate::driver::{Driver, Secure};
 use crate::limit::Permit;
 use crate::stats::{ConnectionStats, Counters};
 use crate::user_data::UserDataLayout;
 use crate::{
     AtLimit, Callbacks, ClosureReason, ConnectArgument, Connection, ConnectionId,
-    ConnectionLimiter, Direction, Error, Stats, TlsConnect, UserData,
+    ConnectionLimiter, Direction, Error, Stats, Timeouts, TlsConnect, UserData,
 };
 
 /// Settings fixed when the server starts.
@@ -33,6 +33,10 @@ pub(crate) struct Config {
     pub(crate) nodelay: bool,
     pub(crate) read_buffer_size: usize,
     pub(crate) write_queue_limit: usize,
+    pub(crate) write_high_watermark: usize,
+    pub(crate) write_low_watermark: usize,
+    pub(crate) slow_consumer_timeout: Option<Duration>,
+    pub(crate) timeouts: Timeouts,
     pub(crate) at_limit: AtLimit,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) close_timeout: Duration,
@@ -250,7 +254,13 @@ impl Manager {
             peer_addr,
             local_addr,
             direction,
-            self.config.write_queue_limit,
+            WriteLimits {
+                limit: self.config.write_queue_limit,
+                high: self.config.write_high_watermark,
+                low: self.config.write_low_watermark,
+            },
+            self.config.timeouts,
+            secure.is_some(),
             user_data,
         ));
         {

@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use crate::accept::{accept_loop, Listener};
 use crate::manager::{Config, Manager, ShutdownReport};
 use crate::user_data::{Slot, UserDataLayout};
-use crate::{Callbacks, ConnectArgument, Connection, ConnectionLimiter, Error, Stats, TlsConnect};
+use crate::{
+    Callbacks, ConnectArgument, Connection, ConnectionLimiter, Error, Stats, Timeouts, TlsConnect,
+};
 
 /// Listen backlog: Linux's `somaxconn` default since 5.4 and what nginx and Go ask for on Linux.
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -21,6 +23,13 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 8 * 1024;
 /// Write queue limit: Netty's default high watermark (64 KiB).
 pub const DEFAULT_WRITE_QUEUE_LIMIT: usize = 64 * 1024;
+/// Write queue high watermark: Netty's default (64 KiB). At or above it a connection's queue is
+/// "high": [`Callbacks::on_write_buffer_high`](crate::Callbacks::on_write_buffer_high), and
+/// [`Connection::writable`](crate::Connection::writable) waits.
+pub const DEFAULT_WRITE_HIGH_WATERMARK: usize = 64 * 1024;
+/// Write queue low watermark: Netty's default (32 KiB). A high queue that drains to it is no
+/// longer high: [`Callbacks::on_write_buffer_low`](crate::Callbacks::on_write_buffer_low).
+pub const DEFAULT_WRITE_LOW_WATERMARK: usize = 32 * 1024;
 /// Drain time at shutdown before the remaining connections are reset: Kubernetes' default
 /// termination grace period.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,6 +111,10 @@ impl ServerBuilder {
                 nodelay: true,
                 read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
                 write_queue_limit: DEFAULT_WRITE_QUEUE_LIMIT,
+                write_high_watermark: DEFAULT_WRITE_HIGH_WATERMARK,
+                write_low_watermark: DEFAULT_WRITE_LOW_WATERMARK,
+                slow_consumer_timeout: None,
+                timeouts: Timeouts::default(),
                 at_limit: AtLimit::StopAccepting,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 close_timeout: DEFAULT_CLOSE_TIMEOUT,
@@ -220,6 +233,61 @@ impl ServerBuilder {
         self
     }
 
+    /// The write queue's watermarks: a queue that reaches `high` bytes is high
+    /// ([`Callbacks::on_write_buffer_high`](crate::Callbacks::on_write_buffer_high);
+    /// [`Connection::writable`](crate::Connection::writable) waits) until it drains to `low`
+    /// ([`Callbacks::on_write_buffer_low`](crate::Callbacks::on_write_buffer_low)). Defaults:
+    /// [`DEFAULT_WRITE_HIGH_WATERMARK`] (64 KiB) and [`DEFAULT_WRITE_LOW_WATERMARK`] (32 KiB).
+    /// `low` must be below `high`. The hard bound stays the
+    /// [write queue limit](ServerBuilder::write_queue_limit).
+    pub fn write_watermarks(mut self, high: usize, low: usize) -> Self {
+        self.config.write_high_watermark = high;
+        self.config.write_low_watermark = low;
+        self
+    }
+
+    /// What to do about a peer that stops reading: with `Some(time)`, a connection whose write
+    /// queue stays high (above the high watermark, not yet drained to the low one) for `time` is
+    /// reset with [`ClosureReason::SlowConsumer`](crate::ClosureReason::SlowConsumer); with
+    /// `None` it waits for as long as the peer keeps the connection open. Either way the queue
+    /// never grows past the [write queue limit](ServerBuilder::write_queue_limit), so a peer that
+    /// never reads cannot grow server memory. Default: `None`.
+    pub fn slow_consumer_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.slow_consumer_timeout = timeout;
+        self
+    }
+
+    /// Every connection's [idle timeout](Timeouts::idle): no byte either way for this long ends
+    /// it. Default: off. [`Connection::set_timeouts`](crate::Connection::set_timeouts) changes one
+    /// connection's.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.timeouts.idle = timeout;
+        self
+    }
+
+    /// Every connection's [read timeout](Timeouts::read): a requested read with no data for this
+    /// long ends it. Default: off.
+    pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.timeouts.read = timeout;
+        self
+    }
+
+    /// Every connection's [half-closed timeout](Timeouts::half_closed): how long a connection
+    /// may stay open after the peer's FIN. Default: off.
+    pub fn half_closed_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.timeouts.half_closed = timeout;
+        self
+    }
+
+    /// Every connection's [first-byte timeout](Timeouts::first_byte): a connection that sends
+    /// nothing for this long after it was established (after the TLS handshake, for TLS) ends.
+    /// With it, clients that connect and stay silent (slowloris) hold a connection slot for at
+    /// most this long. Default: off.
+    pub fn first_byte_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.timeouts.first_byte = timeout;
+        self
+    }
+
     /// At most `max` live connections (inbound and outbound) for this server, through a limiter
     /// of its own. Replaces an earlier [`limiter`](ServerBuilder::limiter). Default: unlimited.
     pub fn max_connections(mut self, max: usize) -> Self {
@@ -295,6 +363,9 @@ impl ServerBuilder {
         }
         if self.config.max_concurrent_handshakes == 0 {
             return invalid("max_concurrent_handshakes", "must be above zero");
+        }
+        if self.config.write_low_watermark >= self.config.write_high_watermark {
+            return invalid("write_watermarks", "low must be below high");
         }
         if self.config.write_queue_limit == 0 {
             return invalid("write_queue_limit", "must be above zero");
