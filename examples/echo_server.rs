@@ -4,12 +4,17 @@
 //! ```text
 //! cargo run --release --example echo_server -- [--listen ADDR] [--threads N]
 //!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]
-//!     [--tls-cert PEM --tls-key PEM]
+//!     [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] [--first-byte-timeout SECS]
+//!     [--write-limit BYTES]
 //! ```
 //! The first line on stdout is `listening on <address>`. With `--events`, every callback prints
 //! one line `event <callback name without on_> key=value ...`. With `--tls-cert` (a PEM
 //! certificate chain, leaf first) and `--tls-key` (its PEM PKCS#8 key) the server speaks TLS; the
-//! README shows how to make a test certificate with `openssl`.
+//! README shows how to make a test certificate with `openssl`. `--idle-timeout` and
+//! `--first-byte-timeout` end connections that stay silent; `--write-limit` bounds each
+//! connection's write queue (its watermarks follow: high at the limit, low at half). Every
+//! plain connection asks for TCP urgent data (Linux), so an urgent byte shows as an
+//! `event read_oob_completed` line and is echoed back as urgent data.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -32,11 +37,15 @@ struct Options {
     events: bool,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    idle_timeout: Option<Duration>,
+    first_byte_timeout: Option<Duration>,
+    write_limit: Option<usize>,
 }
 
 const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
                      [--at-limit stop|reject] [--shutdown-timeout SECS] [--events] \
-                     [--tls-cert PEM --tls-key PEM]";
+                     [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] \
+                     [--first-byte-timeout SECS] [--write-limit BYTES]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -48,6 +57,9 @@ fn parse_options() -> Result<Options, String> {
         events: false,
         tls_cert: None,
         tls_key: None,
+        idle_timeout: None,
+        first_byte_timeout: None,
+        write_limit: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -75,11 +87,22 @@ fn parse_options() -> Result<Options, String> {
             "--events" => options.events = true,
             "--tls-cert" => options.tls_cert = Some(value()?),
             "--tls-key" => options.tls_key = Some(value()?),
+            "--idle-timeout" => options.idle_timeout = Some(seconds(&flag, &value()?)?),
+            "--first-byte-timeout" => options.first_byte_timeout = Some(seconds(&flag, &value()?)?),
+            "--write-limit" => options.write_limit = Some(number(&flag, &value()?)?),
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
     Ok(options)
+}
+
+fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("{flag} takes non-negative seconds, not {value}"))
 }
 
 fn number(flag: &str, value: &str) -> Result<usize, String> {
@@ -152,6 +175,36 @@ impl Callbacks for Echo {
             connection.id()
         ));
         connection.read();
+        // Urgent data is plain TCP on Linux only; elsewhere the request is refused and skipped.
+        let _ = connection.read_oob();
+    }
+
+    async fn on_read_oob_completed(&self, connection: &Connection, data: BytesMut) {
+        self.events.print(format_args!(
+            "read_oob_completed conn={} byte={}",
+            connection.id(),
+            data.first().copied().unwrap_or_default()
+        ));
+        if let Some(&byte) = data.first() {
+            let _ = connection.send_urgent(byte);
+        }
+        let _ = connection.read_oob();
+    }
+
+    async fn on_write_buffer_high(&self, connection: &Connection) {
+        self.events.print(format_args!(
+            "write_buffer_high conn={} queued={}",
+            connection.id(),
+            connection.queued_write_bytes()
+        ));
+    }
+
+    async fn on_write_buffer_low(&self, connection: &Connection) {
+        self.events.print(format_args!(
+            "write_buffer_low conn={} queued={}",
+            connection.id(),
+            connection.queued_write_bytes()
+        ));
     }
 
     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
@@ -314,6 +367,20 @@ async fn run(options: Options) -> Result<(), Error> {
     }
     if let Some(drain) = options.shutdown_timeout {
         builder = builder.shutdown_timeout(drain);
+    }
+    builder = builder
+        .idle_timeout(options.idle_timeout)
+        .first_byte_timeout(options.first_byte_timeout);
+    if let Some(limit) = options.write_limit {
+        if limit < 2 {
+            return Err(Error::InvalidSetting {
+                setting: "--write-limit",
+                reason: "must be at least 2 bytes".into(),
+            });
+        }
+        builder = builder
+            .write_queue_limit(limit)
+            .write_watermarks(limit, limit / 2);
     }
     match (&options.tls_cert, &options.tls_key) {
         (Some(cert), Some(key)) => {
