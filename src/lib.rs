@@ -27,6 +27,18 @@
 //! write is queued or in flight, or the application holds a [`Connection`] clone. When none is left
 //! it closes gracefully by itself.
 //!
+//! ## Beyond plain TCP
+//! - **TLS** ([`tls`]): a listener or an outgoing connection negotiates on the connection's own
+//!   task; `on_negotiation_complete` and `on_secure_connection_established` come before
+//!   `on_connection_established`, and `on_secure_socket_released` after `on_socket_released`.
+//! - **Flow control**: each write queue has a hard limit and high/low watermarks
+//!   (`on_write_buffer_high` / `on_write_buffer_low`, [`Connection::writable`]); a peer that stops
+//!   reading can be cut off after a [slow-consumer timeout](ServerBuilder::slow_consumer_timeout).
+//! - **Timeouts** ([`Timeouts`]): idle, read, half-closed and first-byte, per server and per
+//!   connection, each with its own [`ClosureReason`].
+//! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
+//!   `on_read_oob_completed`.
+//!
 //! ## Example: an echo server
 //! ```no_run
 //! use std::net::SocketAddr;
