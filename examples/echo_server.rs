@@ -14,7 +14,8 @@
 //! `--first-byte-timeout` end connections that stay silent; `--write-limit` bounds each
 //! connection's write queue (its watermarks follow: high at the limit, low at half). Every
 //! plain connection asks for TCP urgent data (Linux), so an urgent byte shows as an
-//! `event read_oob_completed` line and is echoed back as urgent data.
+//! `event read_oob_completed` line and is echoed back as urgent data. (Watching for urgent data
+//! costs a second descriptor per connection, so `ulimit -n` must allow two per connection.)
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
