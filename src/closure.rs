@@ -69,11 +69,16 @@ pub enum ClosureReason {
     /// [slow-consumer timeout](crate::ServerBuilder::slow_consumer_timeout): the peer does not
     /// read what it is sent. Reset, the queue dropped.
     SlowConsumer,
+    /// The connection was accepted from a peer address that already had the
+    /// [maximum of live connections per address](crate::ServerBuilder::max_connections_per_ip),
+    /// and was reset at once: after `on_socket_created`, with no TLS handshake and no
+    /// `on_connection_established`.
+    PerIpLimit,
 }
 
 impl ClosureReason {
     /// Every reason, in the order of [`ClosureReason::index`].
-    pub const ALL: [ClosureReason; 20] = [
+    pub const ALL: [ClosureReason; 21] = [
         ClosureReason::PeerClosed,
         ClosureReason::PeerReset,
         ClosureReason::LocalClose,
@@ -94,6 +99,7 @@ impl ClosureReason {
         ClosureReason::HalfClosedTimedOut,
         ClosureReason::FirstByteTimedOut,
         ClosureReason::SlowConsumer,
+        ClosureReason::PerIpLimit,
     ];
 
     /// The reason's `snake_case` name, as used in logs and the example's event lines.
@@ -123,6 +129,7 @@ impl ClosureReason {
             ClosureReason::HalfClosedTimedOut => "half_closed_timed_out",
             ClosureReason::FirstByteTimedOut => "first_byte_timed_out",
             ClosureReason::SlowConsumer => "slow_consumer",
+            ClosureReason::PerIpLimit => "per_ip_limit",
         }
     }
 

@@ -155,9 +155,14 @@ impl Driver {
         }
     }
 
-    /// Runs the connection from establishment to release.
-    pub(crate) async fn run(mut self) {
+    /// Runs the connection from establishment to release. A connection `refuse`d by the accept
+    /// loop (the per-address cap) gets only its closing events, with that reason.
+    pub(crate) async fn run(mut self, refuse: Option<ClosureReason>) {
         let _ = self.shared.task.set(tokio::task::id());
+        if let Some(reason) = refuse {
+            self.finish(reason).await;
+            return;
+        }
         if let Some(secure) = self.secure.take() {
             if let Err(reason) = self.handshake(secure).await {
                 self.finish(reason).await;

@@ -85,6 +85,8 @@ mod driver;
 mod error;
 mod limit;
 mod manager;
+mod per_ip;
+mod reserve;
 mod server;
 mod stats;
 pub mod tls;

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::per_ip::PeerSlot;
+
 /// Caps the number of live connections across every server and outgoing connection that share it.
 ///
 /// A limiter is a counting semaphore: each connection holds one slot from the moment it is
@@ -28,9 +30,20 @@ pub struct ConnectionLimiter {
     max: Option<usize>,
 }
 
-/// One connection's slot in a [`ConnectionLimiter`]; freed on drop.
+/// One connection's slot in a [`ConnectionLimiter`] and, for an accepted connection under a
+/// [per-address cap](crate::ServerBuilder::max_connections_per_ip), its place in its address's
+/// count; both freed on drop.
 pub(crate) struct Permit {
     _permit: OwnedSemaphorePermit,
+    _peer: Option<PeerSlot>,
+}
+
+impl Permit {
+    /// Makes the connection's place in its address's count last as long as this permit.
+    pub(crate) fn with_peer_slot(mut self, slot: PeerSlot) -> Self {
+        self._peer = Some(slot);
+        self
+    }
 }
 
 impl ConnectionLimiter {
@@ -78,7 +91,10 @@ impl ConnectionLimiter {
             .clone()
             .try_acquire_owned()
             .ok()
-            .map(|permit| Permit { _permit: permit })
+            .map(|permit| Permit {
+                _permit: permit,
+                _peer: None,
+            })
     }
 
     /// Waits for a free slot. Waiters are served first come, first served.
@@ -89,7 +105,10 @@ impl ConnectionLimiter {
             .acquire_owned()
             .await
             .expect("switchboard never closes a limiter's semaphore");
-        Permit { _permit: permit }
+        Permit {
+            _permit: permit,
+            _peer: None,
+        }
     }
 }
 

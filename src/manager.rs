@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::connection::{Shared, WriteLimits};
 use crate::driver::{Driver, Secure};
 use crate::limit::Permit;
+use crate::per_ip::PerIpLimit;
 use crate::stats::{ConnectionStats, Counters};
 use crate::user_data::UserDataLayout;
 use crate::{
@@ -43,6 +44,8 @@ pub(crate) struct Config {
     pub(crate) connect_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_concurrent_handshakes: usize,
+    /// Live accepted connections allowed per peer address; `None`: no cap.
+    pub(crate) max_connections_per_ip: Option<usize>,
 }
 
 /// What the accept loop should be doing; changed by the server's handle and by shutdown.
@@ -103,6 +106,8 @@ pub(crate) struct Manager {
     pub(crate) accept_task: Mutex<Option<JoinHandle<()>>>,
     /// Slots for TLS handshakes of accepted connections in progress.
     pub(crate) handshakes: Semaphore,
+    /// Live accepted connections per peer address, when they are capped.
+    pub(crate) per_ip: Option<Arc<PerIpLimit>>,
 }
 
 /// Keeps a connection or a connect attempt counted as live until dropped.
@@ -132,6 +137,7 @@ impl Manager {
             Semaphore::new(config.max_concurrent_handshakes.min(Semaphore::MAX_PERMITS));
         Manager {
             handshakes,
+            per_ip: config.max_connections_per_ip.map(PerIpLimit::new),
             callbacks,
             config,
             limiter,
@@ -231,7 +237,8 @@ impl Manager {
 
     /// Registers a connected socket and starts its driver. Returns a counted handle when asked
     /// for one (it exists before the driver runs, so the lifetime rule cannot close the
-    /// connection first). On failure the user data comes back for release.
+    /// connection first). A `refuse`d connection is registered and runs only its closing events,
+    /// with that reason. On failure the user data comes back for release.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn establish(
         self: &Arc<Self>,
@@ -243,6 +250,7 @@ impl Manager {
         permit: Permit,
         live: LiveGuard,
         want_handle: bool,
+        refuse: Option<ClosureReason>,
     ) -> Result<Option<Connection>, (UserData, Error)> {
         let local_addr = match stream.local_addr() {
             Ok(address) => address,
@@ -278,7 +286,7 @@ impl Manager {
         let handle = want_handle.then(|| Connection::uncounted(shared.clone()).clone());
         let span = tracing::info_span!("connection", id = id.0, peer = %peer_addr, ?direction);
         let driver = Driver::new(self.clone(), shared, stream, secure, permit, live);
-        tokio::spawn(driver.run().instrument(span));
+        tokio::spawn(driver.run(refuse).instrument(span));
         Ok(handle)
     }
 
@@ -490,6 +498,7 @@ impl Manager {
                     permit,
                     live,
                     true,
+                    None,
                 ) {
                     Ok(handle) => {
                         return Ok(handle.expect("establish was asked for a handle"));

@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,6 +121,7 @@ impl ServerBuilder {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+                max_connections_per_ip: None,
             },
             limiter: ConnectionLimiter::unlimited(),
             accepting: true,
@@ -193,6 +194,46 @@ fn resolve(address: impl ToSocketAddrs) -> Result<SocketAddr, Error> {
             address: "(unresolvable name)".into(),
             source,
         }),
+    }
+}
+
+/// Per-peer limits.
+impl ServerBuilder {
+    /// At most `max` live accepted connections from one peer IP address, across all of this
+    /// server's listeners; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) counts as the IPv4
+    /// address. Outgoing connections are not counted. Default: no cap. Must be above zero.
+    ///
+    /// A connection over the cap is still accepted, so its client learns at once instead of
+    /// waiting in the backlog: it gets [`on_socket_created`](Callbacks::on_socket_created), then
+    /// is reset (RST) with no TLS handshake and no
+    /// [`on_connection_established`](Callbacks::on_connection_established):
+    /// [`on_connection_closure`](Callbacks::on_connection_closure) with
+    /// [`ClosureReason::PerIpLimit`](crate::ClosureReason::PerIpLimit),
+    /// [`on_connection_closed`](Callbacks::on_connection_closed),
+    /// [`on_socket_released`](Callbacks::on_socket_released) (and
+    /// [`on_secure_socket_released`](Callbacks::on_secure_socket_released) on a TLS listener).
+    /// It is counted in [`Stats::refused_per_ip`] and holds a slot of the connection limit until
+    /// those events are done. A connection counts against its address from its accept until just
+    /// after its `on_socket_released` returns, whichever way it ends; see
+    /// [`Server::connections_from_ip`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// struct Nothing;
+    /// impl switchboard::Callbacks for Nothing {}
+    ///
+    /// let server = switchboard::Server::builder()
+    ///     .bind("127.0.0.1:0")
+    ///     .max_connections_per_ip(16)
+    ///     .start(Nothing)
+    ///     .await?;
+    /// assert_eq!(server.connections_from_ip([127, 0, 0, 1].into()), Some(0));
+    /// server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn max_connections_per_ip(mut self, max: usize) -> Self {
+        self.config.max_connections_per_ip = Some(max);
+        self
     }
 }
 
@@ -366,6 +407,9 @@ impl ServerBuilder {
         }
         if self.config.write_low_watermark >= self.config.write_high_watermark {
             return invalid("write_watermarks", "low must be below high");
+        }
+        if self.config.max_connections_per_ip == Some(0) {
+            return invalid("max_connections_per_ip", "must be above zero");
         }
         if self.config.write_queue_limit == 0 {
             return invalid("write_queue_limit", "must be above zero");
@@ -651,6 +695,16 @@ impl Server {
     /// A snapshot of the server's counters.
     pub fn stats(&self) -> Stats {
         self.manager.stats()
+    }
+
+    /// Live accepted connections from `ip` (an IPv4-mapped IPv6 address counts as the IPv4
+    /// address), as counted against the
+    /// [per-address cap](ServerBuilder::max_connections_per_ip); `None` if the server has no
+    /// such cap, as nothing is counted then. A connection counts from its accept until just after
+    /// its [`on_socket_released`](Callbacks::on_socket_released) returns; refused ones never
+    /// count.
+    pub fn connections_from_ip(&self, ip: IpAddr) -> Option<usize> {
+        self.manager.per_ip.as_ref().map(|limit| limit.count(ip))
     }
 
     /// Live connections of this server (established and not yet released).

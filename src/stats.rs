@@ -19,6 +19,16 @@ pub struct Stats {
     /// Connections accepted and closed at once because the limit was reached
     /// ([`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose)).
     pub refused_at_limit: u64,
+    /// Accepted connections refused because their peer address already had the
+    /// [maximum per address](crate::ServerBuilder::max_connections_per_ip). Each also ends with
+    /// [`ClosureReason::PerIpLimit`] (and counts in [`Stats::accepted`]), unless a shutdown began
+    /// before it was registered.
+    pub refused_per_ip: u64,
+    /// Pending connections accepted and reset at once, with no callback, because the process had
+    /// run out of file descriptors (EMFILE or ENFILE; unix only): the accept loop frees a spare
+    /// descriptor to take them off the backlog, so that their clients learn at once instead of
+    /// hanging. Not counted in [`Stats::accepted`].
+    pub refused_no_descriptors: u64,
     /// Failed `accept` calls (each is reported through
     /// [`on_accept_error`](crate::Callbacks::on_accept_error), rate-limited).
     pub accept_errors: u64,
@@ -97,6 +107,8 @@ pub(crate) struct Counters {
     pub(crate) connected: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) refused_at_limit: AtomicU64,
+    pub(crate) refused_per_ip: AtomicU64,
+    pub(crate) refused_no_descriptors: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
     pub(crate) callback_panics: AtomicU64,
     pub(crate) ended_bytes_read: AtomicU64,
@@ -133,6 +145,8 @@ impl Counters {
             connected: self.connected.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
             refused_at_limit: self.refused_at_limit.load(Relaxed),
+            refused_per_ip: self.refused_per_ip.load(Relaxed),
+            refused_no_descriptors: self.refused_no_descriptors.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
             callback_panics: self.callback_panics.load(Relaxed),
             bytes_read: self.ended_bytes_read.load(Relaxed) + live.bytes_read,

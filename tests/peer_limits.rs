@@ -1,0 +1,957 @@
+//! Peer limits: the per-address connection cap (`ServerBuilder::max_connections_per_ip`) and the
+//! accept loop's spare descriptor, which refuses pending clients promptly when the process runs
+//! out of descriptors. Everything runs over real loopback TCP; waits are bounded by [`WAIT`] and
+//! nothing asserts how long anything took.
+//!
+//! Linux's whole 127.0.0.0/8 is loopback, so clients bind 127.0.0.2, 127.0.0.3, … as their source
+//! address to come from different peers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use switchboard::native_tls;
+use switchboard::tls::acceptor_from_pem;
+use switchboard::{
+    async_trait, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Direction, Error,
+    Server, ServerBuilder, UserData,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// The loopback address 127.0.0.`n`.
+fn loopback(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// Polls `done` until it holds, at most [`WAIT`].
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A plain client connecting to `address` from `source` (any free port); `Err` if the connect
+/// failed, which a server that resets at once can cause: the reset can reach the client before
+/// its connect has completed.
+async fn try_client_from(source: IpAddr, address: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    tokio::time::timeout(WAIT, socket.connect(address))
+        .await
+        .expect("connect timed out")
+}
+
+/// [`try_client_from`] for a client that is served.
+async fn client_from(source: IpAddr, address: SocketAddr) -> TcpStream {
+    try_client_from(source, address)
+        .await
+        .expect("connect failed")
+}
+
+/// Connects from `source` and checks that the server resets the connection at once: during the
+/// connect or as the first thing the client reads.
+async fn refused_client_from(source: IpAddr, address: SocketAddr) {
+    match try_client_from(source, address).await {
+        Ok(mut stream) => {
+            let (data, end) = read_to_end(&mut stream).await;
+            assert!(data.is_empty(), "a refused client got data");
+            let error = end.expect_err("a refused connection is reset");
+            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+        }
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+}
+
+/// Starts a recording echo server on loopback configured by `configure`.
+async fn start(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> (Server, Recorder) {
+    let mut builder = Server::builder().bind("127.0.0.1:0");
+    let recorder = Recorder::new(&mut builder);
+    let server = configure(builder).start(recorder.clone()).await.unwrap();
+    (server, recorder)
+}
+
+/// Ids of the connections that ended with `reason`.
+fn ended_with(recorder: &Recorder, reason: ClosureReason) -> Vec<ConnectionId> {
+    recorder
+        .events()
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::Closure(id, r) if r == reason => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Checks a refused connection's events: closure with [`ClosureReason::PerIpLimit`], closed, then
+/// a release without the id (it was never established, so the recorder never stored one), and
+/// nothing else.
+fn assert_refused(recorder: &Recorder, id: ConnectionId) {
+    assert_eq!(
+        recorder.events_of(id),
+        vec![
+            Event::Closure(id, ClosureReason::PerIpLimit),
+            Event::Closed(id)
+        ]
+    );
+    let all = recorder.events();
+    let closed = all.iter().position(|e| *e == Event::Closed(id)).unwrap();
+    assert!(
+        all[closed + 1..].contains(&Event::Released(None, None)),
+        "a release follows the refused connection's closed event: {all:#?}"
+    );
+}
+
+/// The number of events matching `matches`.
+fn count(recorder: &Recorder, matches: impl Fn(&Event) -> bool) -> usize {
+    recorder.count(matches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_cap_is_refused_with_its_own_reason_until_a_slot_frees() {
+    let (server, recorder) = start(|b| b.max_connections_per_ip(2)).await;
+    let address = server.local_addr().unwrap();
+    assert_eq!(server.connections_from_ip(LOCALHOST), Some(0));
+
+    let mut first = client(address).await;
+    assert_eq!(echo_round_trip(&mut first, b"one").await, b"one");
+    let mut second = client(address).await;
+    assert_eq!(echo_round_trip(&mut second, b"two").await, b"two");
+    assert_eq!(server.connections_from_ip(LOCALHOST), Some(2));
+
+    // The third is accepted, so its client is not left waiting, and reset at once.
+    refused_client_from(LOCALHOST, address).await;
+    recorder
+        .wait_count("the refusal's release", 1, |e| {
+            *e == Event::Released(None, None)
+        })
+        .await;
+    let refused = ended_with(&recorder, ClosureReason::PerIpLimit);
+    assert_eq!(refused.len(), 1, "{:#?}", recorder.events());
+    assert_refused(&recorder, refused[0]);
+    assert_eq!(
+        count(&recorder, |e| *e
+            == Event::SocketCreated(Direction::Inbound)),
+        3,
+        "the refused socket was created like any other"
+    );
+    assert_eq!(recorder.established().len(), 2);
+    // The refusal took no slot, and the two served connections go on.
+    assert_eq!(server.connections_from_ip(LOCALHOST), Some(2));
+    assert_eq!(echo_round_trip(&mut second, b"still").await, b"still");
+
+    let stats = server.stats();
+    assert_eq!(stats.refused_per_ip, 1);
+    assert_eq!(stats.closures(ClosureReason::PerIpLimit), 1);
+    assert_eq!(stats.accepted, 3);
+
+    // One ends: its slot frees once its release events are done, and the next client is served.
+    let first_id = recorder.established()[0];
+    drop(first);
+    recorder
+        .wait_count("the first release", 1, |e| {
+            *e == Event::Released(Some(first_id), None)
+        })
+        .await;
+    eventually("the first connection's slot to free", || {
+        server.connections_from_ip(LOCALHOST) == Some(1)
+    })
+    .await;
+    let mut fourth = client(address).await;
+    assert_eq!(echo_round_trip(&mut fourth, b"four").await, b"four");
+    assert_eq!(server.connections_from_ip(LOCALHOST), Some(2));
+
+    drop((second, fourth));
+    recorder.wait_released(4).await;
+    eventually("every slot to free", || {
+        server.connections_from_ip(LOCALHOST) == Some(0)
+    })
+    .await;
+    for id in recorder.established() {
+        let events = recorder.events_of(id);
+        assert_lifecycle(&events);
+        assert_eq!(closure_reason(&events), Some(ClosureReason::PeerClosed));
+    }
+    let stats = server.stats();
+    assert_eq!(stats.refused_per_ip, 1);
+    assert_eq!(stats.accepted, 4);
+    server.shutdown().await;
+    assert_eq!(server.connections_from_ip(LOCALHOST), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_address_has_its_own_count_across_all_listeners() {
+    let mut builder = Server::builder()
+        .bind("127.0.0.1:0")
+        .bind("127.0.0.1:0")
+        .max_connections_per_ip(1);
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if ipv6 {
+        builder = builder.bind("[::1]:0");
+    }
+    let recorder = Recorder::new(&mut builder);
+    let server = builder.start(recorder.clone()).await.unwrap();
+    let addresses = server.local_addrs().to_vec();
+
+    // One connection from each of three addresses, all served.
+    let mut held = Vec::new();
+    for n in 1..=3 {
+        let mut stream = client_from(loopback(n), addresses[0]).await;
+        assert_eq!(echo_round_trip(&mut stream, b"hi").await, b"hi");
+        held.push(stream);
+    }
+    for n in 1..=3 {
+        assert_eq!(server.connections_from_ip(loopback(n)), Some(1));
+    }
+    assert_eq!(server.connections_from_ip(loopback(4)), Some(0));
+
+    // A second from 127.0.0.2, through the other listener: the cap is the server's, not the
+    // listener's.
+    refused_client_from(loopback(2), addresses[1]).await;
+    recorder
+        .wait_count("the refusal", 1, |e| {
+            matches!(e, Event::Closure(_, ClosureReason::PerIpLimit))
+        })
+        .await;
+
+    if ipv6 {
+        // ::1 is an address of its own.
+        let mut v6 = client_from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), addresses[2]).await;
+        assert_eq!(echo_round_trip(&mut v6, b"v6").await, b"v6");
+        assert_eq!(
+            server.connections_from_ip(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+            Some(1)
+        );
+        held.push(v6);
+    }
+    // An IPv4-mapped address is looked up as the IPv4 address.
+    let mapped = IpAddr::V6(Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped());
+    assert_eq!(server.connections_from_ip(mapped), Some(1));
+
+    assert_eq!(server.stats().refused_per_ip, 1);
+    let served = held.len();
+    drop(held);
+    recorder.wait_released(served + 1).await;
+    for n in 1..=3 {
+        eventually("the slots to free", || {
+            server.connections_from_ip(loopback(n)) == Some(0)
+        })
+        .await;
+    }
+    server.shutdown().await;
+}
+
+/// What one churning client saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Served,
+    Refused,
+}
+
+/// Connects from `source`, asks for an echo and ends with FIN or RST.
+async fn churn_once(source: IpAddr, address: SocketAddr, reset_at_end: bool) -> Outcome {
+    let Ok(mut stream) = try_client_from(source, address).await else {
+        return Outcome::Refused;
+    };
+    // A refused connection may already be reset when this writes.
+    let _ = stream.write_all(b"ping").await;
+    let mut reply = [0u8; 4];
+    let outcome = match tokio::time::timeout(WAIT, stream.read_exact(&mut reply))
+        .await
+        .expect("neither served nor refused")
+    {
+        Ok(_) => {
+            assert_eq!(&reply, b"ping");
+            Outcome::Served
+        }
+        Err(error) => {
+            assert!(
+                matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ),
+                "{error:?}"
+            );
+            Outcome::Refused
+        }
+    };
+    if reset_at_end {
+        reset(stream);
+    }
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_stay_exact_under_concurrent_churn() {
+    const CAP: usize = 3;
+    const ADDRESSES: u8 = 4;
+    const BURST: usize = 10;
+    const CLIENTS_PER_ADDRESS: usize = 60;
+    let (server, recorder) = start(|b| b.max_connections_per_ip(CAP)).await;
+    let address = server.local_addr().unwrap();
+
+    // Each address at its cap: a concurrent burst from every address is refused entirely.
+    let mut held = Vec::new();
+    for n in 1..=ADDRESSES {
+        for _ in 0..CAP {
+            let mut stream = client_from(loopback(n), address).await;
+            assert_eq!(echo_round_trip(&mut stream, b"held").await, b"held");
+            held.push(stream);
+        }
+    }
+    let burst: Vec<_> = (1..=ADDRESSES)
+        .flat_map(|n| (0..BURST).map(move |i| (n, i)))
+        .map(|(n, i)| tokio::spawn(churn_once(loopback(n), address, i % 2 == 0)))
+        .collect();
+    for task in burst {
+        assert_eq!(task.await.unwrap(), Outcome::Refused);
+    }
+    let burst_total = ADDRESSES as usize * BURST;
+    recorder
+        .wait_count("the burst's releases", burst_total, |e| {
+            *e == Event::Released(None, None)
+        })
+        .await;
+    assert_eq!(server.stats().refused_per_ip, burst_total as u64);
+    drop(held);
+
+    // Free-for-all: many concurrent clients per address, ending with FIN or RST.
+    let churn: Vec<_> = (1..=ADDRESSES)
+        .flat_map(|n| (0..CLIENTS_PER_ADDRESS).map(move |i| (n, i)))
+        .map(|(n, i)| tokio::spawn(churn_once(loopback(n), address, i % 3 == 0)))
+        .collect();
+    let mut refused_by_clients = burst_total;
+    for task in churn {
+        if task.await.unwrap() == Outcome::Refused {
+            refused_by_clients += 1;
+        }
+    }
+    let total = ADDRESSES as usize * (CAP + BURST + CLIENTS_PER_ADDRESS);
+    recorder.wait_released(total).await;
+    for n in 1..=ADDRESSES {
+        eventually("every slot to free", || {
+            server.connections_from_ip(loopback(n)) == Some(0)
+        })
+        .await;
+    }
+
+    // Every refusal the clients saw is one the server counted, and the other way round.
+    let stats = server.stats();
+    assert_eq!(stats.refused_per_ip, refused_by_clients as u64);
+    assert_eq!(
+        stats.closures(ClosureReason::PerIpLimit),
+        stats.refused_per_ip
+    );
+    assert_eq!(
+        ended_with(&recorder, ClosureReason::PerIpLimit).len(),
+        refused_by_clients
+    );
+    assert_eq!(stats.accepted, total as u64);
+    assert_eq!(recorder.established().len(), total - refused_by_clients);
+
+    // At no point did one address have more than CAP connections established and not yet
+    // released: a connection counts from before its establishment to after its release.
+    let mut address_of = HashMap::new();
+    let mut live: HashMap<IpAddr, usize> = HashMap::new();
+    for event in recorder.events() {
+        match event {
+            Event::Established(id, peer) => {
+                address_of.insert(id, peer.ip());
+                let count = live.entry(peer.ip()).or_default();
+                *count += 1;
+                assert!(*count <= CAP, "{} over the cap", peer.ip());
+            }
+            Event::Released(Some(id), _) => {
+                *live.get_mut(&address_of[&id]).unwrap() -= 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(live.values().all(|&n| n == 0));
+    for id in recorder.established() {
+        assert_lifecycle(&recorder.events_of(id));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_callback_frees_the_slot() {
+    let mut builder = Server::builder()
+        .bind("127.0.0.1:0")
+        .max_connections_per_ip(1);
+    let recorder = Recorder::with_behavior(
+        &mut builder,
+        Behavior {
+            panic_in: Some("on_read_completed"),
+            ..Behavior::default()
+        },
+    );
+    let server = builder.start(recorder.clone()).await.unwrap();
+    let address = server.local_addr().unwrap();
+    let mut stream = client(address).await;
+    stream.write_all(b"boom").await.unwrap();
+    recorder.wait_released(1).await;
+    assert_eq!(
+        closure_reason(&recorder.events_of(recorder.established()[0])),
+        Some(ClosureReason::CallbackPanic)
+    );
+    eventually("the slot to free", || {
+        server.connections_from_ip(LOCALHOST) == Some(0)
+    })
+    .await;
+    recorder.set_behavior(|b| b.panic_in = None);
+    let mut next = client(address).await;
+    assert_eq!(echo_round_trip(&mut next, b"next").await, b"next");
+    assert_eq!(server.stats().refused_per_ip, 0);
+    drop((stream, next));
+    server.shutdown().await;
+    assert_eq!(server.connections_from_ip(LOCALHOST), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_all_and_a_forced_shutdown_free_every_slot() {
+    let (server, recorder) = start(|b| {
+        b.max_connections_per_ip(2)
+            .shutdown_timeout(Duration::from_millis(100))
+    })
+    .await;
+    recorder.set_behavior(|b| b.close_on_shutdown_request = false);
+    let address = server.local_addr().unwrap();
+    let mut clients = Vec::new();
+    for n in 1..=2 {
+        for _ in 0..2 {
+            let mut stream = client_from(loopback(n), address).await;
+            assert_eq!(echo_round_trip(&mut stream, b"x").await, b"x");
+            clients.push(stream);
+        }
+    }
+    assert_eq!(server.abort_all_connections().await, 4);
+    recorder.wait_released(4).await;
+    for n in 1..=2 {
+        eventually("the aborted connections' slots to free", || {
+            server.connections_from_ip(loopback(n)) == Some(0)
+        })
+        .await;
+    }
+    for stream in &mut clients {
+        let (_, end) = read_to_end(stream).await;
+        assert!(end.is_err(), "aborted connections are reset");
+    }
+
+    // Full again, then a shutdown whose drain time runs out.
+    let mut again = Vec::new();
+    for n in 1..=2 {
+        for _ in 0..2 {
+            let mut stream = client_from(loopback(n), address).await;
+            assert_eq!(echo_round_trip(&mut stream, b"y").await, b"y");
+            again.push(stream);
+        }
+    }
+    let report = server.shutdown().await;
+    assert_eq!(report.forced, 4);
+    // The shutdown completes after every connection's slot was given back.
+    for n in 1..=2 {
+        assert_eq!(server.connections_from_ip(loopback(n)), Some(0));
+    }
+    assert_eq!(
+        ended_with(&recorder, ClosureReason::ShutdownForced).len(),
+        4
+    );
+    assert_eq!(server.stats().refused_per_ip, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_count_against_the_connection_limit_until_released() {
+    // A refusal is an accepted connection: it holds a limiter slot for its closing events, so
+    // the limit holds, and frees it after.
+    let (server, recorder) = start(|b| b.max_connections(2).max_connections_per_ip(1)).await;
+    let address = server.local_addr().unwrap();
+    let mut first = client(address).await;
+    assert_eq!(echo_round_trip(&mut first, b"a").await, b"a");
+    for _ in 0..5 {
+        refused_client_from(LOCALHOST, address).await;
+    }
+    recorder
+        .wait_count("the refusals", 5, |e| *e == Event::Released(None, None))
+        .await;
+    eventually("the refusals' limiter slots to free", || {
+        server.limiter().active() == 1
+    })
+    .await;
+    let mut other = client_from(loopback(2), address).await;
+    assert_eq!(echo_round_trip(&mut other, b"b").await, b"b");
+    assert_eq!(server.stats().refused_per_ip, 5);
+    drop((first, other));
+    recorder.wait_released(7).await;
+    server.shutdown().await;
+    assert_eq!(server.limiter().active(), 0);
+}
+
+#[tokio::test]
+async fn the_cap_is_off_by_default_and_zero_is_refused() {
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .start(NoCallbacks)
+        .await
+        .unwrap();
+    assert_eq!(server.connections_from_ip(LOCALHOST), None);
+    assert_eq!(server.stats().refused_per_ip, 0);
+    server.shutdown().await;
+
+    let error = Server::builder()
+        .bind("127.0.0.1:0")
+        .max_connections_per_ip(0)
+        .start(NoCallbacks)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::InvalidSetting {
+                setting: "max_connections_per_ip",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+struct NoCallbacks;
+impl Callbacks for NoCallbacks {}
+
+// ---------------------------------------------------------------------------------------------
+// The cap on a TLS listener
+// ---------------------------------------------------------------------------------------------
+
+fn cert_file(name: &str) -> Vec<u8> {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "certs", name]
+        .iter()
+        .collect();
+    std::fs::read(path).unwrap()
+}
+
+fn connector() -> tokio_native_tls::TlsConnector {
+    let ca = native_tls::Certificate::from_pem(&cert_file("ca.pem")).unwrap();
+    native_tls::TlsConnector::builder()
+        .add_root_certificate(ca)
+        .disable_built_in_roots(true)
+        .build()
+        .unwrap()
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_tls_listener_a_refused_connection_gets_no_handshake_and_failures_free_slots() {
+    let acceptor = acceptor_from_pem(&cert_file("server.pem"), &cert_file("server.key")).unwrap();
+    let mut builder = Server::builder()
+        .bind_tls("127.0.0.1:0", acceptor)
+        .max_connections_per_ip(1);
+    let recorder = Recorder::new(&mut builder);
+    let server = builder.start(recorder.clone()).await.unwrap();
+    let address = server.local_addr().unwrap();
+    let connector = connector();
+
+    let tcp = client(address).await;
+    let mut served = tokio::time::timeout(WAIT, connector.connect("localhost", tcp))
+        .await
+        .expect("handshake timed out")
+        .expect("handshake");
+    served.write_all(b"secure").await.unwrap();
+    let mut reply = [0u8; 6];
+    served.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"secure");
+    assert_eq!(server.connections_from_ip(LOCALHOST), Some(1));
+
+    // Over the cap: reset before any handshake, so the client's handshake fails.
+    if let Ok(tcp) = try_client_from(LOCALHOST, address).await {
+        let refused = tokio::time::timeout(WAIT, connector.connect("localhost", tcp))
+            .await
+            .expect("handshake timed out");
+        assert!(refused.is_err(), "the refused client's handshake failed");
+    }
+    recorder
+        .wait_count("the refusal", 1, |e| *e == Event::Released(None, None))
+        .await;
+    let ids = ended_with(&recorder, ClosureReason::PerIpLimit);
+    assert_eq!(ids.len(), 1);
+    assert_refused(&recorder, ids[0]);
+    assert_eq!(server.stats().closures(ClosureReason::TlsError), 0);
+
+    // A failed handshake frees its slot too: garbage instead of a ClientHello.
+    let served_id = recorder.established()[0];
+    drop(served);
+    recorder
+        .wait_count("the served release", 1, |e| {
+            *e == Event::Released(Some(served_id), None)
+        })
+        .await;
+    eventually("the slot to free", || {
+        server.connections_from_ip(LOCALHOST) == Some(0)
+    })
+    .await;
+    let mut garbage = client(address).await;
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = read_to_end(&mut garbage).await;
+    eventually("the failed handshake's slot to free", || {
+        server.stats().closures(ClosureReason::TlsError) == 1
+            && server.connections_from_ip(LOCALHOST) == Some(0)
+    })
+    .await;
+
+    let tcp = client(address).await;
+    let mut again = tokio::time::timeout(WAIT, connector.connect("localhost", tcp))
+        .await
+        .expect("handshake timed out")
+        .expect("served again after the failure");
+    again.write_all(b"again").await.unwrap();
+    let mut reply = [0u8; 5];
+    again.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"again");
+    drop(again);
+    server.shutdown().await;
+    assert_eq!(server.connections_from_ip(LOCALHOST), Some(0));
+    assert_eq!(server.stats().refused_per_ip, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Out of descriptors: the spare descriptor refuses pending clients at once (src/reserve.rs).
+// The server runs in a child process (this test binary, re-executed under `ulimit -n`), which
+// prints its events on stdout, as in tests/faults.rs.
+// ---------------------------------------------------------------------------------------------
+
+const RESERVE_CHILD_ENV: &str = "SWITCHBOARD_RESERVE_CHILD";
+/// The child's descriptor limit.
+const CHILD_NOFILE: usize = 64;
+/// Clients the parent opens at once: more than the child has descriptors.
+const RESERVE_CLIENTS: usize = 80;
+
+/// Echoes and prints one line per event of interest.
+struct Printer;
+
+#[async_trait]
+impl Callbacks for Printer {
+    async fn on_accept_error(&self, error: &std::io::Error) {
+        println!("accept_error {}", error.raw_os_error().unwrap_or(-1));
+    }
+    async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+        println!("established");
+        connection.read();
+    }
+    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+        if connection.write(data.freeze()).is_ok() {
+            connection.read();
+        }
+    }
+    async fn on_socket_released(&self, _: UserData) {
+        println!("released");
+    }
+}
+
+/// The server half of `out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers`;
+/// runs only when re-executed by it.
+#[tokio::test]
+#[ignore = "runs only as the child of out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers"]
+async fn reserve_child() {
+    if std::env::var_os(RESERVE_CHILD_ENV).is_none() {
+        return;
+    }
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .start(Printer)
+        .await
+        .unwrap();
+    // The test harness has printed "test reserve_child ... " without a newline.
+    println!("\nport {}", server.local_addr().unwrap().port());
+    let reporter = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            loop {
+                let stats = server.stats();
+                println!(
+                    "stats {} {} {}",
+                    stats.accept_errors, stats.refused_no_descriptors, stats.accepted
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // The parent kills this process; the bound only guards against an orphan.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    reporter.abort();
+}
+
+/// The child's counters, from its last `stats` line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ChildStats {
+    accept_errors: u64,
+    refused_no_descriptors: u64,
+    accepted: u64,
+}
+
+/// The child's stdout, collected by a thread.
+#[derive(Clone, Default)]
+struct ChildLog(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl ChildLog {
+    fn push(&self, line: String) {
+        self.0 .0.lock().unwrap().push(line);
+        self.0 .1.notify_all();
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.0 .0.lock().unwrap().clone()
+    }
+
+    fn count(&self, exact: &str) -> usize {
+        self.lines().iter().filter(|l| *l == exact).count()
+    }
+
+    fn stats(&self) -> ChildStats {
+        self.lines()
+            .iter()
+            .rev()
+            .find_map(|line| {
+                let mut fields = line
+                    .strip_prefix("stats ")?
+                    .split(' ')
+                    .map(|n| n.parse::<u64>().ok());
+                Some(ChildStats {
+                    accept_errors: fields.next()??,
+                    refused_no_descriptors: fields.next()??,
+                    accepted: fields.next()??,
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits (at most [`WAIT`]) for `done`; panics with the log if it never holds.
+    fn wait(&self, what: &str, done: impl Fn(&ChildLog) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {what}; child said: {:?}, last {:?}",
+                self.lines()
+                    .iter()
+                    .filter(|l| !l.starts_with("stats "))
+                    .collect::<Vec<_>>(),
+                self.stats()
+            );
+            let lines = self.0 .0.lock().unwrap();
+            let _ = self
+                .0
+                 .1
+                .wait_timeout(lines, left.min(Duration::from_millis(50)))
+                .unwrap();
+        }
+    }
+}
+
+/// Kills and reaps the child however the test ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU time (user + system, in clock ticks) a process has used, from /proc/<pid>/stat.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// How a client that wrote one byte was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Echoed,
+    Refused,
+}
+
+/// Connects to `address`; `None` if the server's reset beat the connect's completion.
+fn connect(address: SocketAddr) -> Option<std::net::TcpStream> {
+    match std::net::TcpStream::connect_timeout(&address, WAIT) {
+        Ok(stream) => Some(stream),
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Err(error) => panic!("connect: {error:?}"),
+    }
+}
+
+/// Writes a byte and waits (at most [`WAIT`]) for the echo or the end of the stream. A client
+/// left waiting in the backlog fails the test: the read times out.
+fn answer(stream: &mut Option<std::net::TcpStream>) -> Answer {
+    let Some(stream) = stream else {
+        return Answer::Refused;
+    };
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    // A refused client may be reset already.
+    let _ = stream.write_all(b"a");
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(1) => {
+            assert_eq!(&byte, b"a");
+            Answer::Echoed
+        }
+        Ok(_) => Answer::Refused,
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => Answer::Refused,
+        Err(error) => panic!("a client was neither served nor refused: {error:?}"),
+    }
+}
+
+#[test]
+fn out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers() {
+    let exe = std::env::current_exe().unwrap();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {CHILD_NOFILE} && exec \"$0\" \"$@\""))
+        .arg(&exe)
+        .args([
+            "--exact",
+            "reserve_child",
+            "--nocapture",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env(RESERVE_CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cannot start the child");
+    let child = KillOnDrop(child);
+    let pid = child.0.id();
+    let log = ChildLog::default();
+    let mut child = child;
+    {
+        let stdout = child.0.stdout.take().unwrap();
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(line) => log.push(line),
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    log.wait("the child's port", |log| {
+        log.lines().iter().any(|l| l.starts_with("port "))
+    });
+    let port: u16 = log
+        .lines()
+        .iter()
+        .find_map(|l| l.strip_prefix("port ")?.parse().ok())
+        .unwrap();
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+
+    // More clients than the child has descriptors: the kernel completes every handshake (the
+    // backlog is 1024); the child accepts until it runs out, then refuses the rest.
+    let mut clients: Vec<Option<std::net::TcpStream>> =
+        (0..RESERVE_CLIENTS).map(|_| connect(address)).collect();
+    log.wait("an accept error", |log| {
+        log.lines().iter().any(|l| l.starts_with("accept_error "))
+    });
+    for line in log.lines() {
+        if let Some(errno) = line.strip_prefix("accept_error ") {
+            assert_eq!(errno, "24", "EMFILE expected: {line}");
+        }
+    }
+
+    // Every client is answered: echoed, or refused at once. None is left waiting.
+    let answers: Vec<Answer> = clients.iter_mut().map(answer).collect();
+    let echoed = answers.iter().filter(|a| **a == Answer::Echoed).count();
+    let refused = RESERVE_CLIENTS - echoed;
+    eprintln!("{echoed} clients served, {refused} refused");
+    assert!(
+        echoed > 0 && refused > 0,
+        "{echoed} served, {refused} refused"
+    );
+    log.wait("the child's counts", |log| {
+        let stats = log.stats();
+        stats.refused_no_descriptors == refused as u64 && stats.accepted == echoed as u64
+    });
+    assert_eq!(log.count("established"), echoed);
+
+    // Still out of descriptors: the refusals used up the listener's readiness, so the child
+    // waits for the next client instead of failing accepts over and over (or backing off and
+    // retrying).
+    let before = log.stats();
+    let ticks_before = cpu_ticks(pid);
+    let window = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let ticks = cpu_ticks(pid) - ticks_before;
+    let core_share = ticks as f64 / 100.0 / window.elapsed().as_secs_f64();
+    assert!(
+        core_share < 0.3,
+        "the child used {core_share:.2} of a core while out of descriptors"
+    );
+    assert_eq!(
+        log.stats().accept_errors,
+        before.accept_errors,
+        "accepts failed with nobody waiting"
+    );
+
+    // A client arriving while descriptors are still short is refused as it comes.
+    assert_eq!(answer(&mut connect(address)), Answer::Refused);
+    log.wait("the late refusal counted", |log| {
+        log.stats().refused_no_descriptors == refused as u64 + 1
+    });
+
+    // Descriptors free up: close all but three of the served clients; new clients are served.
+    let mut served: Vec<Option<std::net::TcpStream>> = clients
+        .into_iter()
+        .zip(&answers)
+        .filter(|(_, a)| **a == Answer::Echoed)
+        .map(|(stream, _)| stream)
+        .collect();
+    let closed: Vec<_> = served.drain(3..).collect();
+    let closed_count = closed.len();
+    drop(closed);
+    log.wait("the closed clients released", |log| {
+        log.count("released") >= closed_count
+    });
+    let fresh_count = closed_count.min(10);
+    let mut fresh: Vec<Option<std::net::TcpStream>> =
+        (0..fresh_count).map(|_| connect(address)).collect();
+    for stream in fresh.iter_mut() {
+        assert_eq!(answer(stream), Answer::Echoed, "served after recovery");
+    }
+    for stream in served.iter_mut() {
+        assert_eq!(answer(stream), Answer::Echoed, "still served");
+    }
+    log.wait("the recovered counts", |log| {
+        log.stats().accepted == (echoed + fresh_count) as u64
+    });
+    assert_eq!(
+        log.stats().refused_no_descriptors,
+        refused as u64 + 1,
+        "nothing refused once descriptors were free"
+    );
+    drop(child);
+}
