@@ -5,14 +5,15 @@
 //! cargo run --release --example echo_server -- [--listen ADDR] [--threads N]
 //!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]
 //!     [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] [--first-byte-timeout SECS]
-//!     [--write-limit BYTES]
+//!     [--write-limit BYTES] [--max-per-ip N]
 //! ```
 //! The first line on stdout is `listening on <address>`. With `--events`, every callback prints
 //! one line `event <callback name without on_> key=value ...`. With `--tls-cert` (a PEM
 //! certificate chain, leaf first) and `--tls-key` (its PEM PKCS#8 key) the server speaks TLS; the
 //! README shows how to make a test certificate with `openssl`. `--idle-timeout` and
 //! `--first-byte-timeout` end connections that stay silent; `--write-limit` bounds each
-//! connection's write queue (its watermarks follow: high at the limit, low at half). Every
+//! connection's write queue (its watermarks follow: high at the limit, low at half);
+//! `--max-per-ip` caps concurrent connections from one IP address. Every
 //! plain connection asks for TCP urgent data (Linux), so an urgent byte shows as an
 //! `event read_oob_completed` line and is echoed back as urgent data. (Watching for urgent data
 //! costs a second descriptor per connection, so `ulimit -n` must allow two per connection.)
@@ -41,12 +42,13 @@ struct Options {
     idle_timeout: Option<Duration>,
     first_byte_timeout: Option<Duration>,
     write_limit: Option<usize>,
+    max_per_ip: Option<usize>,
 }
 
 const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
                      [--at-limit stop|reject] [--shutdown-timeout SECS] [--events] \
                      [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] \
-                     [--first-byte-timeout SECS] [--write-limit BYTES]";
+                     [--first-byte-timeout SECS] [--write-limit BYTES] [--max-per-ip N]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -61,6 +63,7 @@ fn parse_options() -> Result<Options, String> {
         idle_timeout: None,
         first_byte_timeout: None,
         write_limit: None,
+        max_per_ip: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -91,6 +94,7 @@ fn parse_options() -> Result<Options, String> {
             "--idle-timeout" => options.idle_timeout = Some(seconds(&flag, &value()?)?),
             "--first-byte-timeout" => options.first_byte_timeout = Some(seconds(&flag, &value()?)?),
             "--write-limit" => options.write_limit = Some(number(&flag, &value()?)?),
+            "--max-per-ip" => options.max_per_ip = Some(number(&flag, &value()?)?),
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -372,6 +376,9 @@ async fn run(options: Options) -> Result<(), Error> {
     builder = builder
         .idle_timeout(options.idle_timeout)
         .first_byte_timeout(options.first_byte_timeout);
+    if let Some(max) = options.max_per_ip {
+        builder = builder.max_connections_per_ip(max);
+    }
     if let Some(limit) = options.write_limit {
         if limit < 2 {
             return Err(Error::InvalidSetting {

@@ -111,16 +111,16 @@ pub(crate) struct WriteLimits {
 #[non_exhaustive]
 pub struct Timeouts {
     /// No byte read or written for this long:
-    /// [`ClosureReason::IdleTimedOut`](crate::ClosureReason::IdleTimedOut).
+    /// [`ClosureReason::IdleTimedOut`].
     pub idle: Option<Duration>,
     /// A requested read got no data for this long (time spent with reads paused by a full write
-    /// queue does not count): [`ClosureReason::ReadTimedOut`](crate::ClosureReason::ReadTimedOut).
+    /// queue does not count): [`ClosureReason::ReadTimedOut`].
     pub read: Option<Duration>,
     /// The peer sent FIN and the connection is still open this long after:
-    /// [`ClosureReason::HalfClosedTimedOut`](crate::ClosureReason::HalfClosedTimedOut).
+    /// [`ClosureReason::HalfClosedTimedOut`].
     pub half_closed: Option<Duration>,
     /// No byte arrived this long after the connection was established (for TLS, after the
-    /// handshake): [`ClosureReason::FirstByteTimedOut`](crate::ClosureReason::FirstByteTimedOut).
+    /// handshake): [`ClosureReason::FirstByteTimedOut`].
     /// The defence against clients that connect and say nothing (slowloris).
     pub first_byte: Option<Duration>,
 }

@@ -1,6 +1,6 @@
 //! The per-connection task: I/O, the lifetime rule, event order and the closure reason.
 //!
-//! One driver owns one socket. It takes requests from the connection's [`State`] (filled by
+//! One driver owns one socket. It takes requests from the connection's `State` (filled by
 //! [`Connection`] handles), performs them, and invokes the connection's callbacks one at a time.
 //! It never reaches back into the server; the manager only asks it to abort or to hear of a
 //! shutdown through the same state.
@@ -40,7 +40,8 @@ struct Plan {
     /// The queue crossed a watermark since the last announcement: `Some(true)` high,
     /// `Some(false)` low.
     watermark: Option<bool>,
-    /// Wait for urgent data.
+    /// Wait for urgent data (only Linux and Android can).
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     oob: bool,
     /// Urgent bytes to send now.
     urgent: Vec<u8>,
@@ -50,6 +51,8 @@ struct Plan {
 enum Wake {
     Requests,
     Read(io::Result<BytesMut>),
+    /// Urgent data is readable (only Linux and Android can tell).
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     Urgent,
     Wrote(io::Result<usize>),
     CloseNotifySent(io::Result<()>),

@@ -24,11 +24,11 @@ pub const DEFAULT_READ_BUFFER_SIZE: usize = 8 * 1024;
 /// Write queue limit: Netty's default high watermark (64 KiB).
 pub const DEFAULT_WRITE_QUEUE_LIMIT: usize = 64 * 1024;
 /// Write queue high watermark: Netty's default (64 KiB). At or above it a connection's queue is
-/// "high": [`Callbacks::on_write_buffer_high`](crate::Callbacks::on_write_buffer_high), and
-/// [`Connection::writable`](crate::Connection::writable) waits.
+/// "high": [`Callbacks::on_write_buffer_high`], and
+/// [`Connection::writable`] waits.
 pub const DEFAULT_WRITE_HIGH_WATERMARK: usize = 64 * 1024;
 /// Write queue low watermark: Netty's default (32 KiB). A high queue that drains to it is no
-/// longer high: [`Callbacks::on_write_buffer_low`](crate::Callbacks::on_write_buffer_low).
+/// longer high: [`Callbacks::on_write_buffer_low`].
 pub const DEFAULT_WRITE_LOW_WATERMARK: usize = 32 * 1024;
 /// Drain time at shutdown before the remaining connections are reset: Kubernetes' default
 /// termination grace period.
@@ -275,9 +275,9 @@ impl ServerBuilder {
     }
 
     /// The write queue's watermarks: a queue that reaches `high` bytes is high
-    /// ([`Callbacks::on_write_buffer_high`](crate::Callbacks::on_write_buffer_high);
-    /// [`Connection::writable`](crate::Connection::writable) waits) until it drains to `low`
-    /// ([`Callbacks::on_write_buffer_low`](crate::Callbacks::on_write_buffer_low)). Defaults:
+    /// ([`Callbacks::on_write_buffer_high`];
+    /// [`Connection::writable`] waits) until it drains to `low`
+    /// ([`Callbacks::on_write_buffer_low`]). Defaults:
     /// [`DEFAULT_WRITE_HIGH_WATERMARK`] (64 KiB) and [`DEFAULT_WRITE_LOW_WATERMARK`] (32 KiB).
     /// `low` must be below `high`. The hard bound stays the
     /// [write queue limit](ServerBuilder::write_queue_limit).
