@@ -267,6 +267,8 @@ impl Shared {
                 requested = true;
             }
         });
+        // Writers waiting for room learn at once that none will come.
+        self.room.notify_waiters();
         requested
     }
 
@@ -425,6 +427,7 @@ impl Connection {
     pub fn shutdown_write(&self) {
         self.shared
             .update(|state| state.shutdown_write_requested = true);
+        self.shared.room.notify_waiters();
     }
 
     /// Graceful close: stops reading, sends every queued write, sends FIN, then waits (up to the
@@ -436,6 +439,7 @@ impl Connection {
             // From now on writes and reads are refused, even before the driver gets to it.
             state.closing = true;
         });
+        self.shared.room.notify_waiters();
     }
 
     /// Hard close: drops the queued writes and resets the connection (RST, through `SO_LINGER` 0).
@@ -508,8 +512,11 @@ impl Connection {
         self.shared.state().timeouts
     }
 
-    /// Changes this connection's timeouts. A timeout that is turned on or changed counts from
-    /// the event it measures (the last byte, the read request…), not from this call.
+    /// Changes this connection's timeouts; the connection's task takes the change right after
+    /// the current callback (or at once, if it is waiting). The first-byte and half-closed
+    /// timeouts always count from their event (establishment, the peer's FIN). The idle and read
+    /// timeouts are only tracked while on: turned on, they count from the moment the task takes
+    /// the change; changed in length, from their event (the last byte, the read request).
     pub fn set_timeouts(&self, timeouts: Timeouts) {
         self.shared.update(|state| state.timeouts = timeouts);
     }
@@ -518,6 +525,12 @@ impl Connection {
     /// [`Callbacks::on_read_oob_completed`](crate::Callbacks::on_read_oob_completed) gets it. One
     /// request, one byte, as for [`read`](Connection::read). Urgent data that arrived before the
     /// request is delivered at once (TCP keeps only the latest urgent byte).
+    ///
+    /// Asking also makes the connection's reads go on past urgent marks. Linux ends a read at
+    /// the mark with data still queued behind it, and no readiness event follows; by default a
+    /// short read clears the socket's readiness (as tokio's own reads do, saving a `recv` per
+    /// message), so on a connection that never asked, the bytes behind an urgent byte wait for
+    /// the peer's next segment. Call this once on connections whose peers send urgent data.
     ///
     /// # Errors
     /// [`Error::Unsupported`] on a TLS connection (urgent data bypasses TLS) and on platforms

@@ -94,6 +94,8 @@ pub(crate) struct Driver {
     announced_high: bool,
     /// Urgent bytes the socket did not take yet.
     urgent: Vec<u8>,
+    /// The application asked for urgent data: reads must go on past urgent marks.
+    urgent_aware: bool,
     /// Watches the socket for urgent data, once the application asked for it.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     oob: Option<tokio::io::unix::AsyncFd<socket2::Socket>>,
@@ -151,6 +153,7 @@ impl Driver {
             },
             announced_high: false,
             urgent: Vec::new(),
+            urgent_aware: false,
             #[cfg(any(target_os = "linux", target_os = "android"))]
             oob: None,
             permit,
@@ -162,33 +165,37 @@ impl Driver {
     /// loop (the per-address cap) gets only its closing events, with that reason.
     pub(crate) async fn run(mut self, refuse: Option<ClosureReason>) {
         let _ = self.shared.task.set(tokio::task::id());
-        if let Some(reason) = refuse {
-            self.finish(reason).await;
-            return;
-        }
+        let reason = match refuse {
+            Some(reason) => reason,
+            None => self.live().await,
+        };
+        // Boxed, like the handshake: a connection's task is as large as its largest await, and
+        // these run once, so they should not make every idle connection pay for their state.
+        Box::pin(self.finish(reason)).await;
+    }
+
+    /// From the handshake (for TLS) to the end of the I/O loop; returns the closure reason.
+    async fn live(&mut self) -> ClosureReason {
         if let Some(secure) = self.secure.take() {
-            if let Err(reason) = self.handshake(secure).await {
-                self.finish(reason).await;
-                return;
+            if let Err(reason) = Box::pin(self.handshake(secure)).await {
+                return reason;
             }
         }
         let peer = self.shared.peer_addr;
         let callbacks = &self.manager.callbacks;
-        let reason = if self
+        if !self
             .call(
                 "on_connection_established",
                 callbacks.on_connection_established(&self.connection, &peer),
             )
             .await
         {
-            let now = Instant::now();
-            self.clock.established = now;
-            self.clock.last_activity = now;
-            self.io_loop().await
-        } else {
-            ClosureReason::CallbackPanic
-        };
-        self.finish(reason).await;
+            return ClosureReason::CallbackPanic;
+        }
+        let now = Instant::now();
+        self.clock.established = now;
+        self.clock.last_activity = now;
+        self.io_loop().await
     }
 
     /// Runs the TLS handshake on this task, bounded by the handshake timeout and cut short by an
@@ -378,10 +385,18 @@ impl Driver {
             state.read_requested = false;
             state.oob_requested = false;
         }
-        self.clock.timeouts = state.timeouts;
+        if self.clock.timeouts != state.timeouts {
+            let timeouts = state.timeouts;
+            if self.clock.timeouts.idle.is_none() && timeouts.idle.is_some() {
+                // The last byte is not tracked while the idle timeout is off: count from now.
+                self.clock.last_activity = Instant::now();
+            }
+            self.clock.timeouts = timeouts;
+        }
         let watermark = (state.above_high != self.announced_high).then_some(state.above_high);
         let urgent = std::mem::take(&mut state.urgent);
         let oob = state.oob_requested && self.closing.is_none();
+        self.urgent_aware |= oob;
         let read = if self.closing.is_some() {
             // Reading on while closing drains what the peer still sends, so that closing the
             // socket with unread data does not turn our FIN into a reset.
@@ -458,17 +473,11 @@ impl Driver {
             self.arm_timer(plan.read);
             let notify = plan.send_fin && !self.write_closed;
             #[cfg(any(target_os = "linux", target_os = "android"))]
-            let wake = {
-                let oob = if plan.oob { self.oob_watch() } else { None };
-                let wake = tokio::select! {
-                    biased;
-                    wake = poll_fn(|cx| self.poll_wake(cx, plan.read, notify)) => wake,
-                    () = urgent_ready(oob.as_ref()) => Wake::Urgent,
-                };
-                if oob.is_some() {
-                    self.oob = oob;
-                }
-                wake
+            let wake = if plan.oob {
+                // Boxed: only connections that asked for urgent data carry this wait's state.
+                Box::pin(self.wait_with_urgent(plan.read, notify)).await
+            } else {
+                poll_fn(|cx| self.poll_wake(cx, plan.read, notify)).await
             };
             #[cfg(not(any(target_os = "linux", target_os = "android")))]
             let wake = poll_fn(|cx| self.poll_wake(cx, plan.read, notify)).await;
@@ -490,7 +499,9 @@ impl Driver {
                     }
                 }
                 Wake::Read(Err(error)) => {
-                    if let Some(reason) = self.read_failed(error).await {
+                    // Boxed, as error paths are: their state would otherwise be part of every
+                    // connection's task.
+                    if let Some(reason) = Box::pin(self.read_failed(error)).await {
                         return reason;
                     }
                 }
@@ -509,6 +520,21 @@ impl Driver {
         }
     }
 
+    /// [`Driver::poll_wake`], and urgent data too.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    async fn wait_with_urgent(&mut self, read: bool, notify: bool) -> Wake {
+        let oob = self.oob_watch();
+        let wake = tokio::select! {
+            biased;
+            wake = poll_fn(|cx| self.poll_wake(cx, read, notify)) => wake,
+            () = urgent_ready(oob.as_ref()) => Wake::Urgent,
+        };
+        if oob.is_some() {
+            self.oob = oob;
+        }
+        wake
+    }
+
     /// What a parked driver waits for, in priority order: requests from handles, data, room for
     /// queued writes (or for `close_notify`, or for urgent bytes), the timer.
     fn poll_wake(&mut self, cx: &mut Context<'_>, read: bool, notify: bool) -> Poll<Wake> {
@@ -517,7 +543,7 @@ impl Driver {
         }
         if read {
             let size = self.manager.config.read_buffer_size;
-            if let Poll::Ready(result) = self.transport.poll_read(cx, size) {
+            if let Poll::Ready(result) = self.transport.poll_read(cx, size, self.urgent_aware) {
                 return Poll::Ready(Wake::Read(result));
             }
         }
@@ -611,6 +637,14 @@ impl Driver {
             Some(timer) => timer.as_mut().reset(at),
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
         }
+    }
+
+    /// Whether a failed read or write means the peer reset the connection. Besides ECONNRESET:
+    /// once the peer's FIN was read, Linux reports its later RST to a write as EPIPE, which then
+    /// means a reset as long as our own FIN has not been sent (after it, EPIPE is our doing).
+    fn is_peer_reset(&self, error: &io::Error) -> bool {
+        is_reset(error)
+            || (error.kind() == io::ErrorKind::BrokenPipe && self.read_closed && !self.write_closed)
     }
 
     /// Tells the application that the write queue went high or drained to low.
@@ -781,7 +815,7 @@ impl Driver {
             return self.read_completed(BytesMut::new()).await;
         }
         let callbacks = &self.manager.callbacks;
-        if is_reset(&error) {
+        if self.is_peer_reset(&error) {
             if self.closing.is_none() {
                 self.call(
                     "on_connection_reset",
@@ -925,7 +959,7 @@ impl Driver {
         }
         match failure {
             None => Ok(written > 0),
-            Some(error) => self.write_failed(error).await.map(|()| true),
+            Some(error) => Box::pin(self.write_failed(error)).await.map(|()| true),
         }
     }
 
@@ -957,7 +991,7 @@ impl Driver {
             return Err(self.tls_failed(error).await);
         }
         let callbacks = &self.manager.callbacks;
-        if is_reset(&error) {
+        if self.is_peer_reset(&error) {
             self.call(
                 "on_connection_reset",
                 callbacks.on_connection_reset(&self.connection, &error),

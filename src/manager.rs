@@ -191,7 +191,9 @@ impl Manager {
         match AssertUnwindSafe(future).catch_unwind().await {
             Ok(value) => Some(value),
             Err(payload) => {
-                self.report_panic(callback, connection, payload).await;
+                // Boxed: the panic path is rare, and its state would otherwise be part of every
+                // callback's await, and so of every connection's task.
+                Box::pin(self.report_panic(callback, connection, payload)).await;
                 None
             }
         }
@@ -207,7 +209,9 @@ impl Manager {
         match std::panic::catch_unwind(AssertUnwindSafe(f)) {
             Ok(value) => Some(value),
             Err(payload) => {
-                self.report_panic(callback, connection, payload).await;
+                // Boxed: the panic path is rare, and its state would otherwise be part of every
+                // callback's await, and so of every connection's task.
+                Box::pin(self.report_panic(callback, connection, payload)).await;
                 None
             }
         }

@@ -55,11 +55,13 @@ impl Transport {
         matches!(self, Transport::Tls { .. })
     }
 
-    /// Polls for data: a buffer of up to `size` bytes, empty at the end of the stream.
+    /// Polls for data: a buffer of up to `size` bytes, empty at the end of the stream. With
+    /// `past_urgent`, a plain read goes on past TCP urgent-data marks (see below).
     pub(crate) fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
         size: usize,
+        past_urgent: bool,
     ) -> Poll<io::Result<BytesMut>> {
         match self {
             Transport::Plain(stream) => {
@@ -67,10 +69,24 @@ impl Transport {
                 // requested holds no buffer.
                 ready!(stream.poll_read_ready(cx))?;
                 let mut buffer = BytesMut::with_capacity(size);
-                // `poll_read` (unlike `try_read`) clears the readiness after a short read, so
-                // the next poll parks without a `recv` that would return EAGAIN.
-                ready!(pin!(stream.read_buf(&mut buffer)).poll(cx))?;
-                Poll::Ready(Ok(buffer))
+                if !past_urgent {
+                    // `poll_read` (unlike `try_read`) clears the readiness after a short read,
+                    // so the next poll parks without a `recv` that would return EAGAIN.
+                    ready!(pin!(stream.read_buf(&mut buffer)).poll(cx))?;
+                    return Poll::Ready(Ok(buffer));
+                }
+                // Linux ends a read at the urgent-data mark with more data queued behind it
+                // and no new readiness to come, so on a connection that takes urgent data a
+                // short read must not clear the readiness: `try_read_buf` clears it only on
+                // EAGAIN, at the price of that one extra `recv` per drained socket.
+                loop {
+                    match stream.try_read_buf(&mut buffer) {
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                            ready!(stream.poll_read_ready(cx))?;
+                        }
+                        result => return Poll::Ready(result.map(|_| buffer)),
+                    }
+                }
             }
             Transport::Tls {
                 stream,
