@@ -63,6 +63,17 @@
 //! message or connection (user + system, from `/proc/self/task/*/stat`, 10 ms ticks). On a
 //! shared machine this is steadier than the rates, which move with whatever else runs.
 //!
+//! # Soak
+//! Not a benchmark but run beside it, by hand (never by CI): `tests/flow.rs`'s `soak` holds
+//! 10,000 concurrent connections (scaled to `ulimit -n`) for 60 s with random resets,
+//! half-closes and slow readers, then shuts down, and checks that nothing panicked, no count
+//! leaked and every connection was released:
+//!
+//! ```text
+//! cargo test --release --test flow soak -- --ignored --nocapture
+//! SWITCHBOARD_SOAK_SECS=5 SWITCHBOARD_SOAK_CONNECTIONS=2000 cargo test --test flow soak -- --ignored --nocapture
+//! ```
+//!
 //! # Fairness and noise
 //! The servers run in one multi-thread tokio runtime with 2 workers and the load generator in
 //! another with 2 workers (the machine this was written for has 2 cores), the same for both
