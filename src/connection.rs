@@ -83,6 +83,24 @@ pub(crate) struct State {
     pub(crate) urgent: Vec<u8>,
 }
 
+impl State {
+    /// Closing, closed, or about to be aborted: no more reads or writes are taken.
+    fn is_closing(&self) -> bool {
+        self.closing || self.abort_requested.is_some()
+    }
+
+    /// Why a write would be refused whatever the queue holds, if it would.
+    fn write_refusal(&self) -> Option<Error> {
+        if self.is_closing() {
+            Some(Error::ConnectionClosed)
+        } else if self.shutdown_write_requested {
+            Some(Error::WriteShutdown)
+        } else {
+            None
+        }
+    }
+}
+
 /// Write queue bounds of one connection, fixed when it is created.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriteLimits {
@@ -370,7 +388,7 @@ impl Connection {
     /// lifetime rule). A closing connection takes no more reads or writes.
     pub fn is_closing(&self) -> bool {
         let state = self.shared.state();
-        state.closing || state.abort_requested.is_some()
+        state.is_closing()
     }
 
     /// Requests one read: when data arrives, [`Callbacks::on_read_completed`](crate::Callbacks::on_read_completed)
@@ -402,10 +420,8 @@ impl Connection {
         let data = data.into();
         let mut result = Ok(());
         self.shared.update(|state| {
-            if state.closing || state.abort_requested.is_some() {
-                result = Err(Error::ConnectionClosed);
-            } else if state.shutdown_write_requested {
-                result = Err(Error::WriteShutdown);
+            if let Some(refused) = state.write_refusal() {
+                result = Err(refused);
             } else if state.queued_bytes >= self.shared.write_limits.limit {
                 result = Err(Error::WriteQueueFull {
                     queued: state.queued_bytes,
@@ -467,11 +483,8 @@ impl Connection {
             notified.as_mut().enable();
             {
                 let state = self.shared.state();
-                if state.closing || state.abort_requested.is_some() || state.ended {
-                    return Err(Error::ConnectionClosed);
-                }
-                if state.shutdown_write_requested {
-                    return Err(Error::WriteShutdown);
+                if let Some(refused) = state.write_refusal() {
+                    return Err(refused);
                 }
                 let limits = self.shared.write_limits;
                 if !state.above_high && state.queued_bytes < limits.limit {
@@ -554,14 +567,9 @@ impl Connection {
     pub fn send_urgent(&self, byte: u8) -> Result<(), Error> {
         self.oob_supported()?;
         let mut result = Ok(());
-        self.shared.update(|state| {
-            if state.closing || state.abort_requested.is_some() {
-                result = Err(Error::ConnectionClosed);
-            } else if state.shutdown_write_requested {
-                result = Err(Error::WriteShutdown);
-            } else {
-                state.urgent.push(byte);
-            }
+        self.shared.update(|state| match state.write_refusal() {
+            Some(refused) => result = Err(refused),
+            None => state.urgent.push(byte),
         });
         result
     }

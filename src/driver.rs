@@ -73,8 +73,6 @@ pub(crate) struct Driver {
     transport: Transport,
     /// The handshake still to run, for a TLS connection.
     secure: Option<Secure>,
-    /// Whether this is a TLS connection (it gets `on_secure_socket_released`).
-    is_tls: bool,
     /// Buffers taken from the queue, oldest first; `offset` bytes of the front one are sent.
     in_flight: VecDeque<Bytes>,
     offset: usize,
@@ -132,7 +130,6 @@ impl Driver {
             manager,
             shared,
             transport: Transport::Plain(stream),
-            is_tls: secure.is_some(),
             secure,
             in_flight: VecDeque::new(),
             offset: 0,
@@ -272,11 +269,6 @@ impl Driver {
                     Some(false) => return Err(ClosureReason::PeerClosed),
                     None => {}
                 }
-                let from_peer = tls::is_peer_alert(&error);
-                let error = Error::Tls {
-                    from_peer,
-                    source: Box::new(error),
-                };
                 return Err(self.tls_failed(error).await);
             }
         };
@@ -306,16 +298,18 @@ impl Driver {
         Ok(())
     }
 
-    /// Reports a TLS failure to the callback for its side and gives the closure reason.
-    async fn tls_failed(&mut self, error: Error) -> ClosureReason {
+    /// Reports a TLS failure (the TLS library's error) to the callback for its side (a peer's
+    /// alert, or ours) and gives the closure reason.
+    async fn tls_failed(
+        &mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> ClosureReason {
         let callbacks = &self.manager.callbacks;
-        let from_peer = matches!(
-            error,
-            Error::Tls {
-                from_peer: true,
-                ..
-            }
-        );
+        let from_peer = tls::is_peer_alert(&source);
+        let error = Error::Tls {
+            from_peer,
+            source: Box::new(source),
+        };
         tracing::debug!(%error, "TLS failure");
         if from_peer {
             self.call(
@@ -830,11 +824,6 @@ impl Driver {
             return Some(reason);
         }
         if self.transport.is_tls() && tls::is_tls_failure(&error) {
-            let from_peer = tls::is_peer_alert(&error);
-            let error = Error::Tls {
-                from_peer,
-                source: Box::new(error),
-            };
             return Some(self.tls_failed(error).await);
         }
         self.shared.state().read_requested = false;
@@ -983,11 +972,6 @@ impl Driver {
 
     async fn write_failed(&mut self, error: io::Error) -> Result<(), ClosureReason> {
         if self.transport.is_tls() && tls::is_tls_failure(&error) {
-            let from_peer = tls::is_peer_alert(&error);
-            let error = Error::Tls {
-                from_peer,
-                source: Box::new(error),
-            };
             return Err(self.tls_failed(error).await);
         }
         let callbacks = &self.manager.callbacks;
@@ -1036,7 +1020,6 @@ impl Driver {
             shared,
             connection,
             transport,
-            is_tls,
             permit,
             live,
             ..
@@ -1096,7 +1079,7 @@ impl Driver {
                 callbacks.on_socket_released(user_data),
             )
             .await;
-        if is_tls {
+        if shared.is_tls {
             manager
                 .guard(
                     "on_secure_socket_released",
