@@ -33,10 +33,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_native_tls::TlsAcceptor;
 
-use crate::driver::Secure;
+use tokio::sync::mpsc;
+
+use crate::driver::{self, Secure};
 use crate::limit::Permit;
-use crate::manager::Manager;
+use crate::manager::{AcceptTasks, Manager};
 use crate::reserve::{is_out_of_descriptors, Reserve};
+use crate::shutdown::Phase;
 use crate::stats::Counters;
 use crate::{AtLimit, ClosureReason, Direction, UserData};
 
@@ -144,95 +147,148 @@ async fn accept_any(listeners: &[Listener], next: &mut usize) -> io::Result<Acce
     .await
 }
 
-/// Tracks the accepting state the callbacks were told of, so start and stop always alternate.
+/// A callback about accepting, run in order on a task of its own so that a slow callback never
+/// stalls the listeners.
+#[derive(Debug)]
+enum AcceptEvent {
+    Start,
+    Stop,
+    MaximumConnections,
+    Error(io::Error),
+}
+
+/// Starts the accept loop and the task that runs its callbacks.
+pub(crate) fn start(manager: Arc<Manager>, listeners: Vec<Listener>) -> AcceptTasks {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let events = tokio::spawn(run_events(manager.context.clone(), receiver));
+    let accept = tokio::spawn(accept_loop(manager, listeners, Events { sender }));
+    AcceptTasks { accept, events }
+}
+
+/// Runs the accept loop's callbacks in the order they were sent; ends when the loop does.
+async fn run_events(
+    context: Arc<driver::Context>,
+    mut receiver: mpsc::UnboundedReceiver<AcceptEvent>,
+) {
+    let invoker = &context.invoker;
+    let callbacks = invoker.callbacks();
+    while let Some(event) = receiver.recv().await {
+        match event {
+            AcceptEvent::Start => {
+                let future = callbacks.on_start_accepting_connections();
+                invoker
+                    .call("on_start_accepting_connections", None, future)
+                    .await
+            }
+            AcceptEvent::Stop => {
+                let future = callbacks.on_stop_accepting_connections();
+                invoker
+                    .call("on_stop_accepting_connections", None, future)
+                    .await
+            }
+            AcceptEvent::MaximumConnections => {
+                let future = callbacks.on_maximum_connections();
+                invoker.call("on_maximum_connections", None, future).await
+            }
+            AcceptEvent::Error(error) => {
+                let future = callbacks.on_accept_error(&error);
+                invoker.call("on_accept_error", None, future).await
+            }
+        };
+    }
+}
+
+/// The accept loop's side of the events, and the accepting state the callbacks were told of, so
+/// start and stop always alternate.
+struct Events {
+    sender: mpsc::UnboundedSender<AcceptEvent>,
+}
+
+impl Events {
+    fn send(&self, event: AcceptEvent) {
+        // The receiving task ends only after this loop does.
+        let _ = self.sender.send(event);
+    }
+}
+
 struct Announced {
     accepting: bool,
 }
 
 impl Announced {
-    async fn set(&mut self, manager: &Manager, accepting: bool) {
-        if self.accepting == accepting {
-            return;
-        }
-        self.accepting = accepting;
-        if accepting {
-            manager
-                .guard(
-                    "on_start_accepting_connections",
-                    None,
-                    manager.callbacks.on_start_accepting_connections(),
-                )
-                .await;
-        } else {
-            manager
-                .guard(
-                    "on_stop_accepting_connections",
-                    None,
-                    manager.callbacks.on_stop_accepting_connections(),
-                )
-                .await;
+    fn set(&mut self, events: &Events, accepting: bool) {
+        if self.accepting != accepting {
+            self.accepting = accepting;
+            events.send(if accepting {
+                AcceptEvent::Start
+            } else {
+                AcceptEvent::Stop
+            });
         }
     }
 }
 
-pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>) {
-    let mut control = manager.control.subscribe();
+/// What a wait of the accept loop ended with.
+enum Turn<T> {
+    /// Accepting was switched, or the shutdown phase moved: look again.
+    Changed,
+    Ready(T),
+}
+
+async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Events) {
+    let mut accepting = manager.accepting.subscribe();
+    let mut phase = manager.shutdown.watch();
     let mut announced = Announced { accepting: false };
-    let mut refusing = false;
+    // The limit was reached and reported, and not left since.
+    let mut at_limit = false;
     let mut backoff = MIN_BACKOFF;
     let mut reporter = Reporter::new();
     let mut reserve = Reserve::new();
     let mut next = 0;
-    // With `AtLimit::StopAccepting`, a connection accepted when no slot was free waits here for
-    // one (its client sees a connection that has not answered yet, as in the backlog).
-    let mut held: Option<Accepted> = None;
-    loop {
-        let state = *control.borrow_and_update();
-        if state.shutdown {
-            announced.set(&manager, false).await;
-            return;
-        }
-        if !state.accepting {
-            announced.set(&manager, false).await;
-            if control.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        if let Some(accepted) = held.take() {
-            // Biased: a stop or shutdown that is already signalled wins over a slot that freed
-            // at the same time, and a slot is only used if accepting is still on once it is
-            // ours (the control may change while `acquire` is pending).
+    // Waits for `ready` unless accepting is switched or a shutdown begins first (biased: a stop
+    // or shutdown already signalled wins over a client or a slot that came at the same time).
+    macro_rules! unless_changed {
+        ($ready:expr) => {
             tokio::select! {
                 biased;
-                changed = control.changed() => {
-                    held = Some(accepted);
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                permit = manager.limiter.acquire() => {
-                    let state = *control.borrow();
-                    if state.accepting && !state.shutdown {
-                        announced.set(&manager, true).await;
-                        take(&manager, accepted, permit).await;
-                    } else {
-                        drop(permit);
-                        held = Some(accepted);
-                    }
-                }
+                _ = accepting.changed() => Turn::Changed,
+                _ = phase.changed() => Turn::Changed,
+                ready = $ready => Turn::Ready(ready),
+            }
+        };
+    }
+    loop {
+        if *phase.borrow_and_update() != Phase::Running {
+            announced.set(&events, false);
+            return;
+        }
+        if !*accepting.borrow_and_update() {
+            announced.set(&events, false);
+            let _ = unless_changed!(std::future::pending::<()>());
+            continue;
+        }
+        // With `AtLimit::StopAccepting` no client is accepted without a slot: at the limit the
+        // listeners stop, clients wait in the backlog, and accepting resumes when one frees.
+        if manager.config.at_limit == AtLimit::StopAccepting && manager.limiter.is_full() {
+            if !at_limit {
+                at_limit = true;
+                events.send(AcceptEvent::MaximumConnections);
+            }
+            announced.set(&events, false);
+            if let Turn::Ready(permit) = unless_changed!(manager.limiter.acquire()) {
+                // Only a sign that a slot is free: the connection takes its own after accept.
+                drop(permit);
             }
             continue;
         }
-        announced.set(&manager, true).await;
+        announced.set(&events, true);
+        let stop_at_limit = manager.config.at_limit == AtLimit::StopAccepting;
         let accepted = tokio::select! {
             biased;
-            changed = control.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                continue;
-            }
+            _ = accepting.changed() => continue,
+            _ = phase.changed() => continue,
+            // Another server or an outgoing connect took the last shared slot.
+            () = manager.limiter.until_full(), if stop_at_limit => continue,
             accepted = accept_any(&listeners, &mut next) => accepted,
         };
         match accepted {
@@ -243,61 +299,52 @@ pub(crate) async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>)
                 reserve.restore();
                 match manager.limiter.try_acquire() {
                     Some(permit) => {
-                        refusing = false;
-                        take(&manager, accepted, permit).await;
+                        at_limit = false;
+                        take(&manager, accepted, permit);
                     }
-                    None => match manager.config.at_limit {
-                        AtLimit::StopAccepting => {
-                            maximum_connections(&manager).await;
-                            announced.set(&manager, false).await;
-                            held = Some(accepted);
+                    // `AcceptAndClose`; or, with `StopAccepting`, a slot taken elsewhere in the
+                    // instant between the check above and this accept.
+                    None => {
+                        Counters::count(&manager.counters.refused_at_limit);
+                        refuse(&accepted.stream);
+                        if !at_limit {
+                            at_limit = true;
+                            events.send(AcceptEvent::MaximumConnections);
                         }
-                        AtLimit::AcceptAndClose => {
-                            Counters::count(&manager.counters.refused_at_limit);
-                            drop(accepted);
-                            if !refusing {
-                                refusing = true;
-                                maximum_connections(&manager).await;
-                            }
-                        }
-                    },
+                    }
                 }
             }
             Err(error) => {
                 Counters::count(&manager.counters.accept_errors);
                 let per_connection = is_per_connection(&error);
                 tracing::debug!(%error, per_connection, "accept failed");
-                // Refused before the report, which is the application's code and may take a
-                // while.
                 let refusal = if is_out_of_descriptors(&error) {
                     refuse_pending(&manager, &listeners, &mut reserve).await
                 } else {
                     Refusal::Failed
                 };
                 if reporter.admit() {
-                    manager
-                        .guard(
-                            "on_accept_error",
-                            None,
-                            manager.callbacks.on_accept_error(&error),
-                        )
-                        .await;
+                    events.send(AcceptEvent::Error(error));
                 }
                 match refusal {
                     Refusal::Drained => {}
                     Refusal::BatchFull => tokio::task::yield_now().await,
                     Refusal::Failed if per_connection => {}
                     Refusal::Failed => {
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = control.changed() => {}
-                        }
+                        let _ = unless_changed!(tokio::time::sleep(backoff));
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }
         }
     }
+}
+
+/// Refuses an accepted client: RST rather than FIN, for every refusal (at the limit, over the
+/// per-address cap, out of descriptors), so the client learns it was refused, not served, and no
+/// `TIME_WAIT` is left behind.
+fn refuse(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 /// What refusing the pending connections achieved.
@@ -361,9 +408,7 @@ fn refuse_on_listeners(cx: &mut Context<'_>, listeners: &[Listener]) -> (u64, Re
                 // listener's readiness.
                 Poll::Pending => break,
                 Poll::Ready(Ok((stream, peer))) => {
-                    // RST rather than FIN: the client learns it was refused, not served, and no
-                    // TIME_WAIT is left behind while the process is short of resources.
-                    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    refuse(&stream);
                     drop(stream);
                     tracing::debug!(%peer, "refused: out of file descriptors");
                     refused += 1;
@@ -379,44 +424,39 @@ fn refuse_on_listeners(cx: &mut Context<'_>, listeners: &[Listener]) -> (u64, Re
     (refused, outcome)
 }
 
-async fn maximum_connections(manager: &Manager) {
-    manager
-        .guard(
-            "on_maximum_connections",
-            None,
-            manager.callbacks.on_maximum_connections(),
-        )
-        .await;
-}
-
 /// Turns an accepted socket with a limiter slot into a connection.
-async fn take(manager: &Arc<Manager>, accepted: Accepted, permit: Permit) {
+fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
     let Accepted { stream, peer, tls } = accepted;
-    let Ok(live) = manager.begin() else {
-        // A shutdown began after this accept: the client gets a plain close.
-        return;
+    let Ok(live) = manager.registry.begin() else {
+        // A shutdown began after this accept.
+        return refuse(&stream);
     };
     if manager.config.nodelay {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
     }
-    let created = manager
-        .guard_sync("on_socket_created", None, || {
-            manager
-                .callbacks
-                .on_socket_created(SockRef::from(&stream), Direction::Inbound)
-        })
-        .await;
-    if created.is_none() {
-        // The panic was reported; the socket never becomes a connection.
-        let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let callbacks = manager.context.invoker.callbacks();
+        callbacks.on_socket_created(SockRef::from(&stream), Direction::Inbound)
+    }));
+    if let Err(payload) = created {
+        // The socket never becomes a connection; the panic is reported on a task of its own, as
+        // the accept loop runs no application `async` code.
+        refuse(&stream);
+        let context = manager.context.clone();
+        tokio::spawn(async move {
+            let invoker = &context.invoker;
+            invoker
+                .report_panic("on_socket_created", None, payload)
+                .await;
+        });
         return;
     }
     // The per-address cap. A connection over it still becomes one, refused from the start: its
     // driver runs only the closing events, so the application sees every accepted socket end
     // with a reason. The address's slot travels with the limiter permit and is freed with it.
-    let (permit, refuse) = match &manager.per_ip {
+    let (permit, refused) = match &manager.per_ip {
         None => (permit, None),
         Some(limit) => match limit.try_acquire(peer.ip()) {
             Some(slot) => (permit.with_peer_slot(slot), None),
@@ -426,17 +466,21 @@ async fn take(manager: &Arc<Manager>, accepted: Accepted, permit: Permit) {
             }
         },
     };
+    let secure = tls.map(|acceptor| Secure::Accept {
+        acceptor,
+        slots: manager.handshakes.clone(),
+    });
     let user_data = UserData::new(&manager.layout);
     if let Err((_, error)) = manager.establish(
         stream,
         peer,
         Direction::Inbound,
         user_data,
-        tls.map(Secure::Accept),
+        secure,
         permit,
         live,
         false,
-        refuse,
+        refused,
     ) {
         tracing::debug!(%error, %peer, "accepted connection not taken");
     }

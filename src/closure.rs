@@ -78,7 +78,7 @@ pub enum ClosureReason {
 
 impl ClosureReason {
     /// Every reason, in the order of [`ClosureReason::index`].
-    pub const ALL: [ClosureReason; 21] = [
+    pub const ALL: &'static [ClosureReason] = &[
         ClosureReason::PeerClosed,
         ClosureReason::PeerReset,
         ClosureReason::LocalClose,
@@ -134,12 +134,7 @@ impl ClosureReason {
     }
 
     /// Position of this reason in [`ClosureReason::ALL`].
-    ///
-    /// ```
-    /// use switchboard::ClosureReason;
-    /// assert_eq!(ClosureReason::ALL[ClosureReason::AbortAll.index()], ClosureReason::AbortAll);
-    /// ```
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 

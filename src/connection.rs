@@ -1,17 +1,13 @@
 //! The handle users hold: read, write, close, abort, user data.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::task::AtomicWaker;
-use tokio::sync::Notify;
 
+use crate::mailbox::Mailbox;
 use crate::stats::{ConnectionCounters, ConnectionStats};
 use crate::{ClosureReason, Error, TlsInfo, UserData};
 
@@ -48,70 +44,6 @@ pub enum Direction {
     Outbound,
 }
 
-/// What a connection's handles ask of its driver, and what the driver tells them back.
-/// Guarded by one mutex, held only for a few field updates at a time.
-pub(crate) struct State {
-    /// The application wants the next `on_read_completed`.
-    pub(crate) read_requested: bool,
-    /// Buffers written by the application that the driver has not yet taken.
-    pub(crate) queue: VecDeque<Bytes>,
-    /// Bytes in `queue` plus those the driver holds and has not yet handed to the kernel.
-    pub(crate) queued_bytes: usize,
-    /// `shutdown_write` was called.
-    pub(crate) shutdown_write_requested: bool,
-    /// `close` was called.
-    pub(crate) close_requested: bool,
-    /// An abort was asked for (by the application, abort-all or a forced shutdown).
-    pub(crate) abort_requested: Option<ClosureReason>,
-    /// The manager's shutdown has started and this connection has not been told yet.
-    pub(crate) shutdown_notice: bool,
-    /// The peer's FIN was seen: reads cannot complete any more.
-    pub(crate) read_closed: bool,
-    /// The connection is closing or closed: no more writes or reads are taken.
-    pub(crate) closing: bool,
-    /// The driver has left its I/O loop: the socket is closed, only the final callbacks remain.
-    pub(crate) ended: bool,
-    /// Something changed since the driver last read the state.
-    pub(crate) dirty: bool,
-    /// The queue went above the high watermark and has not yet drained to the low one.
-    pub(crate) above_high: bool,
-    /// The connection's timeouts, as the application last set them.
-    pub(crate) timeouts: Timeouts,
-    /// The application wants the next urgent byte ([`Connection::read_oob`]).
-    pub(crate) oob_requested: bool,
-    /// Urgent bytes to send ([`Connection::send_urgent`]).
-    pub(crate) urgent: Vec<u8>,
-}
-
-impl State {
-    /// Closing, closed, or about to be aborted: no more reads or writes are taken.
-    fn is_closing(&self) -> bool {
-        self.closing || self.abort_requested.is_some()
-    }
-
-    /// Why a write would be refused whatever the queue holds, if it would.
-    fn write_refusal(&self) -> Option<Error> {
-        if self.is_closing() {
-            Some(Error::ConnectionClosed)
-        } else if self.shutdown_write_requested {
-            Some(Error::WriteShutdown)
-        } else {
-            None
-        }
-    }
-}
-
-/// Write queue bounds of one connection, fixed when it is created.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WriteLimits {
-    /// Writes are refused while the queue holds this much.
-    pub(crate) limit: usize,
-    /// Above this, the queue is "high": `on_write_buffer_high`, `writable()` waits.
-    pub(crate) high: usize,
-    /// Back at or below this, the queue is no longer high: `on_write_buffer_low`.
-    pub(crate) low: usize,
-}
-
 /// A connection's timeouts; `None` turns one off. Each ends the connection (with a reset) with a
 /// closure reason of its own. The server's settings
 /// ([`ServerBuilder::idle_timeout`](crate::ServerBuilder::idle_timeout) and its neighbours) are
@@ -143,156 +75,22 @@ pub struct Timeouts {
     pub first_byte: Option<Duration>,
 }
 
-/// The part of a connection shared by its driver, its handles and the manager's registry.
+/// The part of a connection shared by its driver, its handles and the server's registry.
+#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) id: ConnectionId,
     pub(crate) peer_addr: SocketAddr,
     pub(crate) local_addr: SocketAddr,
     pub(crate) direction: Direction,
-    pub(crate) write_limits: WriteLimits,
     pub(crate) user_data: UserData,
     pub(crate) counters: ConnectionCounters,
-    state: Mutex<State>,
-    /// The driver is parked (or about to park) and must be woken for any change. Set under the
-    /// state lock, so a change made under that lock either is seen before parking or wakes.
-    parked: AtomicBool,
-    /// Set with a wake-up; cleared by the driver when it sees it.
-    woken: AtomicBool,
-    waker: AtomicWaker,
-    /// Counted [`Connection`] handles held by the application.
-    handles: AtomicUsize,
+    pub(crate) mailbox: Mailbox,
     /// What the TLS handshake negotiated, once it has.
     pub(crate) tls: OnceLock<TlsInfo>,
     /// Whether this is a TLS connection (negotiated or not yet).
     pub(crate) is_tls: bool,
-    /// Signalled when the queue drains to the low watermark, and when the connection ends.
-    pub(crate) room: Notify,
     /// The driver's task, on which waiting for room would never end.
     pub(crate) task: OnceLock<tokio::task::Id>,
-}
-
-impl Shared {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        id: ConnectionId,
-        peer_addr: SocketAddr,
-        local_addr: SocketAddr,
-        direction: Direction,
-        write_limits: WriteLimits,
-        timeouts: Timeouts,
-        is_tls: bool,
-        user_data: UserData,
-    ) -> Self {
-        Shared {
-            id,
-            peer_addr,
-            local_addr,
-            direction,
-            write_limits,
-            user_data,
-            counters: ConnectionCounters::default(),
-            state: Mutex::new(State {
-                read_requested: false,
-                queue: VecDeque::new(),
-                queued_bytes: 0,
-                shutdown_write_requested: false,
-                close_requested: false,
-                abort_requested: None,
-                shutdown_notice: false,
-                read_closed: false,
-                closing: false,
-                ended: false,
-                dirty: false,
-                above_high: false,
-                timeouts,
-                oob_requested: false,
-                urgent: Vec::new(),
-            }),
-            parked: AtomicBool::new(false),
-            woken: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
-            handles: AtomicUsize::new(0),
-            tls: OnceLock::new(),
-            is_tls,
-            room: Notify::new(),
-            task: OnceLock::new(),
-        }
-    }
-
-    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while this lock is held, but a poisoned lock must not turn one
-        // connection's trouble into a panic in every handle, so the guard is recovered.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(crate) fn handles(&self) -> usize {
-        self.handles.load(Ordering::Acquire)
-    }
-
-    /// Applies `change` to the state and wakes the driver if it is parked.
-    fn update(&self, change: impl FnOnce(&mut State)) {
-        let mut state = self.state();
-        change(&mut state);
-        state.dirty = true;
-        let wake = self.parked.load(Ordering::Relaxed);
-        drop(state);
-        if wake {
-            self.woken.store(true, Ordering::Release);
-            self.waker.wake();
-        }
-    }
-
-    /// Parks the driver unless something changed since its last look at the state (`false`).
-    /// Changes made from now on wake it through [`Shared::poll_woken`].
-    pub(crate) fn park(&self) -> bool {
-        let state = self.state();
-        if state.dirty {
-            return false;
-        }
-        self.parked.store(true, Ordering::Relaxed);
-        true
-    }
-
-    /// Called by the driver when it wakes, for whatever reason: changes made while it runs are
-    /// seen on its next look at the state, so they need not wake it.
-    pub(crate) fn unpark(&self) {
-        self.parked.store(false, Ordering::Relaxed);
-    }
-
-    /// Ready once a handle changed the state while the driver was parked.
-    pub(crate) fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.woken.swap(false, Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        if self.woken.swap(false, Ordering::Acquire) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// Asks the driver to abort with `reason` unless it is already ending. Returns whether this
-    /// call was the one that ended it.
-    pub(crate) fn request_abort(&self, reason: ClosureReason) -> bool {
-        let mut requested = false;
-        self.update(|state| {
-            // A graceful close in progress is cut short too: the connection is still live.
-            if state.abort_requested.is_none() && !state.ended {
-                state.abort_requested = Some(reason);
-                requested = true;
-            }
-        });
-        // Writers waiting for room learn at once that none will come.
-        self.room.notify_waiters();
-        requested
-    }
-
-    pub(crate) fn notify_shutdown(&self) {
-        self.update(|state| state.shutdown_notice = true);
-    }
 }
 
 /// A handle to one connection: cheap to clone, usable from any task.
@@ -381,14 +179,13 @@ impl Connection {
 
     /// Bytes written by the application and not yet handed to the kernel.
     pub fn queued_write_bytes(&self) -> usize {
-        self.shared.state().queued_bytes
+        self.shared.mailbox.queued_bytes()
     }
 
     /// Whether the connection is closing or closed (after `close`, `abort`, the peer's reset, or the
     /// lifetime rule). A closing connection takes no more reads or writes.
     pub fn is_closing(&self) -> bool {
-        let state = self.shared.state();
-        state.is_closing()
+        self.shared.mailbox.is_closing()
     }
 
     /// Requests one read: when data arrives, [`Callbacks::on_read_completed`](crate::Callbacks::on_read_completed)
@@ -399,11 +196,7 @@ impl Connection {
     /// A pending read keeps the connection open. After the peer's FIN, or once the connection is
     /// closing, a request is ignored: the events already tell why no data will come.
     pub fn read(&self) {
-        self.shared.update(|state| {
-            if !state.read_closed && !state.closing {
-                state.read_requested = true;
-            }
-        });
+        self.shared.mailbox.request_read();
     }
 
     /// Queues `data` to be sent. Once it has been handed to the kernel,
@@ -411,57 +204,46 @@ impl Connection {
     /// A queued write keeps the connection open until it is sent.
     ///
     /// # Errors
+    /// A refused write gives its buffer back in the [`WriteError`], with the reason:
     /// - [`Error::WriteQueueFull`] if the queue already holds the
     ///   [write queue limit](crate::ServerBuilder::write_queue_limit) or more. A write is taken
     ///   whenever the queue is below the limit, so the queue never exceeds the limit plus one write.
     /// - [`Error::WriteShutdown`] after [`Connection::shutdown_write`].
     /// - [`Error::ConnectionClosed`] once the connection is closing or closed.
-    pub fn write(&self, data: impl Into<Bytes>) -> Result<(), Error> {
-        let data = data.into();
-        let mut result = Ok(());
-        self.shared.update(|state| {
-            if let Some(refused) = state.write_refusal() {
-                result = Err(refused);
-            } else if state.queued_bytes >= self.shared.write_limits.limit {
-                result = Err(Error::WriteQueueFull {
-                    queued: state.queued_bytes,
-                    limit: self.shared.write_limits.limit,
-                });
-            } else if !data.is_empty() {
-                state.queued_bytes += data.len();
-                if state.queued_bytes >= self.shared.write_limits.high {
-                    state.above_high = true;
-                }
-                state.queue.push_back(data);
-            }
-        });
-        result
+    ///
+    /// ```
+    /// # fn example(connection: &switchboard::Connection) {
+    /// if let Err(refused) = connection.write("hello") {
+    ///     let (error, data) = refused.into_parts();
+    ///     eprintln!("{} bytes not queued: {error}", data.len());
+    /// }
+    /// # }
+    /// ```
+    pub fn write(&self, data: impl Into<Bytes>) -> Result<(), WriteError> {
+        self.shared
+            .mailbox
+            .write(data.into())
+            .map_err(|(error, data)| WriteError { error, data })
     }
 
     /// Half-close: once the queued writes are sent, sends FIN. Reads go on; writes are refused from
     /// now on with [`Error::WriteShutdown`].
     pub fn shutdown_write(&self) {
-        self.shared
-            .update(|state| state.shutdown_write_requested = true);
-        self.shared.room.notify_waiters();
+        self.shared.mailbox.shutdown_write();
     }
 
     /// Graceful close: stops reading, sends every queued write, sends FIN, then waits (up to the
     /// [close timeout](crate::ServerBuilder::close_timeout)) for the peer's FIN so that no data of
-    /// ours is lost to a reset. Ends with [`ClosureReason::LocalClose`].
+    /// ours is lost to a reset. Ends with [`ClosureReason::LocalClose`]. Writes are refused from
+    /// this call on.
     pub fn close(&self) {
-        self.shared.update(|state| {
-            state.close_requested = true;
-            // From now on writes and reads are refused, even before the driver gets to it.
-            state.closing = true;
-        });
-        self.shared.room.notify_waiters();
+        self.shared.mailbox.close();
     }
 
     /// Hard close: drops the queued writes and resets the connection (RST, through `SO_LINGER` 0).
     /// Ends with [`ClosureReason::LocalAbort`]. Overrides a `close` in progress.
     pub fn abort(&self) {
-        self.shared.request_abort(ClosureReason::LocalAbort);
+        self.shared.mailbox.abort(ClosureReason::LocalAbort);
     }
 
     /// Waits until the write queue has room: returns at once unless the queue went above the
@@ -476,28 +258,25 @@ impl Connection {
     /// - [`Error::WriteQueueFull`] when called on the connection's own task (from one of its
     ///   callbacks) while the queue is high: the queue only drains after the callback returns,
     ///   so waiting there would never end.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits, so dropping the future loses nothing.
     pub async fn writable(&self) -> Result<(), Error> {
+        let mailbox = &self.shared.mailbox;
         loop {
-            let notified = self.shared.room.notified();
+            let notified = mailbox.room.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
+            if mailbox.has_room()? {
+                return Ok(());
+            }
+            if tokio::task::try_id().is_some()
+                && tokio::task::try_id() == self.shared.task.get().copied()
             {
-                let state = self.shared.state();
-                if let Some(refused) = state.write_refusal() {
-                    return Err(refused);
-                }
-                let limits = self.shared.write_limits;
-                if !state.above_high && state.queued_bytes < limits.limit {
-                    return Ok(());
-                }
-                if tokio::task::try_id().is_some()
-                    && tokio::task::try_id() == self.shared.task.get().copied()
-                {
-                    return Err(Error::WriteQueueFull {
-                        queued: state.queued_bytes,
-                        limit: limits.limit,
-                    });
-                }
+                return Err(Error::WriteQueueFull {
+                    queued: mailbox.queued_bytes(),
+                    limit: mailbox.limits().limit,
+                });
             }
             notified.await;
         }
@@ -507,22 +286,31 @@ impl Connection {
     /// once the queue has room.
     ///
     /// # Errors
-    /// As for [`writable`](Connection::writable) and [`write`](Connection::write).
+    /// As for [`writable`](Connection::writable) and [`write`](Connection::write); the data of a
+    /// write that was refused is dropped (use `writable` and `write` to keep it).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in that `data` is either queued whole or not at all: dropping the future
+    /// before it returns leaves nothing half-written (the data is then not sent).
     pub async fn write_all(&self, data: impl Into<Bytes>) -> Result<(), Error> {
-        let data = data.into();
+        let mut data = data.into();
         loop {
             self.writable().await?;
-            match self.write(data.clone()) {
+            match self.write(data) {
+                Ok(()) => return Ok(()),
                 // Another writer took the room first: wait again.
-                Err(Error::WriteQueueFull { .. }) => continue,
-                result => return result,
+                Err(WriteError {
+                    error: Error::WriteQueueFull { .. },
+                    data: refused,
+                }) => data = refused,
+                Err(refused) => return Err(refused.error),
             }
         }
     }
 
     /// This connection's timeouts (the server's settings until changed).
     pub fn timeouts(&self) -> Timeouts {
-        self.shared.state().timeouts
+        self.shared.mailbox.timeouts()
     }
 
     /// Changes this connection's timeouts; the connection's task takes the change right after
@@ -531,7 +319,7 @@ impl Connection {
     /// timeouts are only tracked while on: turned on, they count from the moment the task takes
     /// the change; changed in length, from their event (the last byte, the read request).
     pub fn set_timeouts(&self, timeouts: Timeouts) {
-        self.shared.update(|state| state.timeouts = timeouts);
+        self.shared.mailbox.set_timeouts(timeouts);
     }
 
     /// Requests the next TCP urgent byte: when one arrives,
@@ -550,11 +338,7 @@ impl Connection {
     /// other than Linux and Android (which have no readiness event for it in tokio).
     pub fn read_oob(&self) -> Result<(), Error> {
         self.oob_supported()?;
-        self.shared.update(|state| {
-            if !state.closing {
-                state.oob_requested = true;
-            }
-        });
+        self.shared.mailbox.request_urgent();
         Ok(())
     }
 
@@ -566,12 +350,7 @@ impl Connection {
     /// [`Error::ConnectionClosed`] and [`Error::WriteShutdown`] as for [`write`](Connection::write).
     pub fn send_urgent(&self, byte: u8) -> Result<(), Error> {
         self.oob_supported()?;
-        let mut result = Ok(());
-        self.shared.update(|state| match state.write_refusal() {
-            Some(refused) => result = Err(refused),
-            None => state.urgent.push(byte),
-        });
-        result
+        self.shared.mailbox.send_urgent(byte)
     }
 
     fn oob_supported(&self) -> Result<(), Error> {
@@ -589,7 +368,7 @@ impl Connection {
 
 impl Clone for Connection {
     fn clone(&self) -> Self {
-        self.shared.handles.fetch_add(1, Ordering::AcqRel);
+        self.shared.mailbox.add_handle();
         Connection {
             shared: self.shared.clone(),
             counted: true,
@@ -599,9 +378,8 @@ impl Clone for Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if self.counted && self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // The last handle is gone: the driver re-checks the lifetime rule.
-            self.shared.update(|_| {});
+        if self.counted {
+            self.shared.mailbox.drop_handle();
         }
     }
 }
@@ -614,5 +392,53 @@ impl fmt::Debug for Connection {
             .field("local_addr", &self.shared.local_addr)
             .field("direction", &self.shared.direction)
             .finish()
+    }
+}
+
+/// A write [`Connection::write`] refused: why, and the buffer it did not take (as tokio's
+/// `SendError<T>` gives back its value).
+#[derive(Debug)]
+pub struct WriteError {
+    error: Error,
+    data: Bytes,
+}
+
+impl WriteError {
+    /// Why the write was refused.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The buffer that was not queued.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// The reason and the buffer.
+    pub fn into_parts(self) -> (Error, Bytes) {
+        (self.error, self.data)
+    }
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "write of {} bytes refused: {}",
+            self.data.len(),
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<WriteError> for Error {
+    fn from(refused: WriteError) -> Self {
+        refused.error
     }
 }

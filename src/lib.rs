@@ -72,25 +72,30 @@
 //!     Ok(())
 //! }
 //! ```
-#![warn(missing_docs)]
-// Two `unsafe` blocks in the crate, both in `driver.rs` for urgent data (reading the byte,
-// registering the watcher), each with its proof.
+// Two `unsafe` blocks in the crate, both in `driver/urgent.rs` for urgent data (reading the
+// byte, registering the watcher), each with its proof.
 #![deny(unsafe_code)]
 
 mod accept;
+mod builder;
 mod callbacks;
 mod closure;
+mod connect;
 mod connection;
 mod driver;
 mod error;
+mod invoke;
+mod lifecycle;
 mod limit;
+mod mailbox;
 mod manager;
 mod per_ip;
+mod registry;
 mod reserve;
 mod server;
+mod shutdown;
 mod stats;
 pub mod tls;
-mod transport;
 mod user_data;
 
 pub use async_trait::async_trait;
@@ -98,18 +103,19 @@ pub use bytes::{Bytes, BytesMut};
 pub use native_tls;
 pub use socket2;
 
+pub use builder::{
+    AtLimit, ServerBuilder, DEFAULT_BACKLOG, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES, DEFAULT_READ_BUFFER_SIZE,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_HIGH_WATERMARK, DEFAULT_WRITE_LOW_WATERMARK,
+    DEFAULT_WRITE_QUEUE_LIMIT,
+};
 pub use callbacks::Callbacks;
 pub use closure::ClosureReason;
-pub use connection::{Connection, ConnectionId, Direction, Timeouts};
+pub use connection::{Connection, ConnectionId, Direction, Timeouts, WriteError};
 pub use error::Error;
 pub use limit::ConnectionLimiter;
-pub use manager::ShutdownReport;
-pub use server::{
-    AtLimit, Server, ServerBuilder, DEFAULT_BACKLOG, DEFAULT_CLOSE_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES,
-    DEFAULT_READ_BUFFER_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_HIGH_WATERMARK,
-    DEFAULT_WRITE_LOW_WATERMARK, DEFAULT_WRITE_QUEUE_LIMIT,
-};
+pub use server::Server;
+pub use shutdown::ShutdownReport;
 pub use stats::{ConnectionStats, Stats};
 pub use tls::{TlsConnect, TlsInfo};
 pub use user_data::{ConnectArgument, Slot, UserData};

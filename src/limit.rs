@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::per_ip::PeerSlot;
 
@@ -25,14 +25,20 @@ use crate::per_ip::PeerSlot;
 /// assert_eq!(ConnectionLimiter::unlimited().max(), None);
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct ConnectionLimiter {
     semaphore: Arc<Semaphore>,
+    /// Signalled whenever a slot taken through this limiter (or a clone) leaves none free, so an
+    /// accept loop waiting for a client stops accepting when another server or an outgoing
+    /// connect took the last shared slot.
+    full: Arc<Notify>,
     max: Option<usize>,
 }
 
 /// One connection's slot in a [`ConnectionLimiter`] and, for an accepted connection under a
 /// [per-address cap](crate::ServerBuilder::max_connections_per_ip), its place in its address's
 /// count; both freed on drop.
+#[derive(Debug)]
 pub(crate) struct Permit {
     _permit: OwnedSemaphorePermit,
     _peer: Option<PeerSlot>,
@@ -58,6 +64,7 @@ impl ConnectionLimiter {
         let max = max.min(Self::MAX);
         ConnectionLimiter {
             semaphore: Arc::new(Semaphore::new(max)),
+            full: Arc::default(),
             max: Some(max),
         }
     }
@@ -66,6 +73,7 @@ impl ConnectionLimiter {
     pub fn unlimited() -> Self {
         ConnectionLimiter {
             semaphore: Arc::new(Semaphore::new(Self::MAX)),
+            full: Arc::default(),
             max: None,
         }
     }
@@ -85,16 +93,34 @@ impl ConnectionLimiter {
         self.max.unwrap_or(Self::MAX)
     }
 
+    /// Whether every slot is taken.
+    pub(crate) fn is_full(&self) -> bool {
+        self.semaphore.available_permits() == 0
+    }
+
+    /// Returns once every slot is taken.
+    pub(crate) async fn until_full(&self) {
+        loop {
+            let notified = self.full.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_full() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Takes a slot if one is free, without waiting.
     pub(crate) fn try_acquire(&self) -> Option<Permit> {
-        self.semaphore
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .map(|permit| Permit {
-                _permit: permit,
-                _peer: None,
-            })
+        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        if self.is_full() {
+            self.full.notify_waiters();
+        }
+        Some(Permit {
+            _permit: permit,
+            _peer: None,
+        })
     }
 
     /// Waits for a free slot. Waiters are served first come, first served.

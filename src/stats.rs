@@ -16,8 +16,8 @@ pub struct Stats {
     pub connected: u64,
     /// Outgoing connects that failed (refused, timed out, limit, shutdown).
     pub connect_failures: u64,
-    /// Connections accepted and closed at once because the limit was reached
-    /// ([`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose)).
+    /// Connections accepted and reset at once because the limit was reached (see
+    /// [`AtLimit`](crate::AtLimit)).
     pub refused_at_limit: u64,
     /// Accepted connections refused because their peer address already had the
     /// [maximum per address](crate::ServerBuilder::max_connections_per_ip). Each also ends with
@@ -38,9 +38,13 @@ pub struct Stats {
     pub bytes_read: u64,
     /// Bytes handed to the kernel for all connections, live and ended.
     pub bytes_written: u64,
-    /// Ended connections by [`ClosureReason`], indexed by [`ClosureReason::index`].
-    pub closures: [u64; ClosureReason::ALL.len()],
+    /// Ended connections by reason, read through [`Stats::closures`]: private, so that a new
+    /// [`ClosureReason`] is not a breaking change.
+    closures: [u64; REASONS],
 }
+
+/// How many closure reasons there are.
+const REASONS: usize = ClosureReason::ALL.len();
 
 impl Stats {
     /// How many connections ended for `reason`.
@@ -56,6 +60,21 @@ impl Stats {
     /// How many connections ended, for any reason.
     pub fn total_closures(&self) -> u64 {
         self.closures.iter().sum()
+    }
+
+    /// Each reason with how many connections ended for it, including those with none.
+    ///
+    /// ```
+    /// # fn show(server: &switchboard::Server) {
+    /// for (reason, count) in server.stats().closure_counts().filter(|(_, count)| *count > 0) {
+    ///     println!("{reason}: {count}");
+    /// }
+    /// # }
+    /// ```
+    pub fn closure_counts(&self) -> impl Iterator<Item = (ClosureReason, u64)> + '_ {
+        ClosureReason::ALL
+            .iter()
+            .map(|reason| (*reason, self.closures(*reason)))
     }
 }
 
@@ -74,7 +93,7 @@ pub struct ConnectionStats {
 }
 
 /// The live counters of one connection; written only by its driver.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct ConnectionCounters {
     pub(crate) bytes_read: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
@@ -101,7 +120,7 @@ impl ConnectionCounters {
 
 /// The server-wide counters. Byte counts of ended connections are folded in at release; live
 /// connections are summed when a snapshot is taken, so the hot path touches no shared counter.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
     pub(crate) connected: AtomicU64,
@@ -110,10 +129,9 @@ pub(crate) struct Counters {
     pub(crate) refused_per_ip: AtomicU64,
     pub(crate) refused_no_descriptors: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
-    pub(crate) callback_panics: AtomicU64,
     pub(crate) ended_bytes_read: AtomicU64,
     pub(crate) ended_bytes_written: AtomicU64,
-    pub(crate) closures: [AtomicU64; ClosureReason::ALL.len()],
+    pub(crate) closures: [AtomicU64; REASONS],
 }
 
 impl Counters {
@@ -134,8 +152,8 @@ impl Counters {
             .fetch_add(connection.bytes_written, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, active: usize, live: ConnectionStats) -> Stats {
-        let mut closures = [0; ClosureReason::ALL.len()];
+    pub(crate) fn snapshot(&self, active: usize, live: ConnectionStats, panics: u64) -> Stats {
+        let mut closures = [0; REASONS];
         for (total, counter) in closures.iter_mut().zip(&self.closures) {
             *total = counter.load(Relaxed);
         }
@@ -148,7 +166,7 @@ impl Counters {
             refused_per_ip: self.refused_per_ip.load(Relaxed),
             refused_no_descriptors: self.refused_no_descriptors.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
-            callback_panics: self.callback_panics.load(Relaxed),
+            callback_panics: panics,
             bytes_read: self.ended_bytes_read.load(Relaxed) + live.bytes_read,
             bytes_written: self.ended_bytes_written.load(Relaxed) + live.bytes_written,
             closures,

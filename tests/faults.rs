@@ -475,7 +475,7 @@ async fn write_error_ends_the_connection_by_default() {
     assert!(!events.iter().any(|e| matches!(e, Event::Written(..))));
     assert!(handle.is_closing());
     assert!(matches!(
-        handle.write(&b"more"[..]),
+        handle.write(&b"more"[..]).map_err(Error::from),
         Err(Error::ConnectionClosed)
     ));
     until_ended(&mut stream).await;
@@ -576,7 +576,7 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
     // too, since the peer does not read).
     loop {
         assert!(Instant::now() < deadline, "the write queue never filled");
-        match handle.write(chunk.clone()) {
+        match handle.write(chunk.clone()).map_err(Error::from) {
             Ok(()) => {
                 accepted += CHUNK;
                 let queued = handle.queued_write_bytes();
@@ -609,7 +609,7 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
         let queued = handle.queued_write_bytes();
         assert!(queued <= LIMIT + CHUNK, "queue grew to {queued}");
         assert!(matches!(
-            handle.write(chunk.clone()),
+            handle.write(chunk.clone()).map_err(Error::from),
             Err(Error::WriteQueueFull { .. })
         ));
     }

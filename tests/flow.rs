@@ -353,7 +353,7 @@ impl Callbacks for Flow {
             let refusal = loop {
                 match connection.write(chunk.clone()) {
                     Ok(()) => accepted += size,
-                    Err(error) => break outcome(Err(error)),
+                    Err(error) => break outcome(Err(error.into())),
                 }
             };
             self.record(Ev::Filled {
@@ -760,7 +760,9 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
     drop(client);
     // After the end, both say closed.
     assert!(matches!(
-        connection.write(Bytes::from_static(b"late")),
+        connection
+            .write(Bytes::from_static(b"late"))
+            .map_err(Error::from),
         Err(Error::ConnectionClosed)
     ));
     assert!(matches!(

@@ -451,7 +451,7 @@ async fn peer_reset_seen_by_a_pending_write_closes_with_peer_reset() {
     );
     assert_eq!(handle.queued_write_bytes(), 0, "the queue is dropped");
     assert!(matches!(
-        handle.write(&b"late"[..]),
+        handle.write(&b"late"[..]).map_err(Error::from),
         Err(Error::ConnectionClosed)
     ));
     drop(handle);
@@ -519,7 +519,7 @@ async fn abort_resets_the_peer_and_drops_the_queue() {
     handle.abort();
     assert!(handle.is_closing());
     assert!(matches!(
-        handle.write(&b"after abort"[..]),
+        handle.write(&b"after abort"[..]).map_err(Error::from),
         Err(Error::ConnectionClosed)
     ));
 
@@ -721,7 +721,8 @@ async fn a_pending_write_keeps_the_connection_open_until_delivered() {
             let trailer_written = trailer_written.clone();
             move |connection, data| {
                 if data.len() == TOTAL {
-                    *trailer_written.lock().unwrap() = Some(connection.write(TRAILER));
+                    *trailer_written.lock().unwrap() =
+                        Some(connection.write(TRAILER).map_err(Error::from));
                 }
             }
         })),
@@ -847,7 +848,7 @@ async fn shutdown_write_sends_fin_and_reading_goes_on() {
 
     handle.write(&b"last words"[..]).unwrap();
     handle.shutdown_write();
-    let refused = handle.write(&b"more"[..]);
+    let refused = handle.write(&b"more"[..]).map_err(Error::from);
     assert!(matches!(refused, Err(Error::WriteShutdown)), "{refused:?}");
 
     // The client gets what was queued, then EOF.
@@ -886,7 +887,7 @@ async fn shutdown_write_sends_fin_and_reading_goes_on() {
     assert_lifecycle(&events);
     assert_eq!(closure_reason(&events), Some(ClosureReason::PeerClosed));
     assert!(events.contains(&Event::ClientClose(id)));
-    let refused = handle.write(&b"too late"[..]);
+    let refused = handle.write(&b"too late"[..]).map_err(Error::from);
     assert!(
         matches!(refused, Err(Error::ConnectionClosed)),
         "{refused:?}"
@@ -916,7 +917,7 @@ async fn write_right_after_close_is_refused_as_closed() {
         handle.is_closing(),
         "is_closing is documented as true after close()"
     );
-    let refused = handle.write(&b"after close"[..]);
+    let refused = handle.write(&b"after close"[..]).map_err(Error::from);
     assert!(
         matches!(refused, Err(Error::ConnectionClosed)),
         "a write after close() must be refused, got {refused:?}"
@@ -949,7 +950,7 @@ async fn write_after_a_close_took_effect_is_refused_as_closed() {
     assert_eq!(received, b"bye");
     // The close is under way (FIN sent, waiting for the client's): writes are refused.
     assert!(handle.is_closing());
-    let refused = handle.write(&b"during close"[..]);
+    let refused = handle.write(&b"during close"[..]).map_err(Error::from);
     assert!(
         matches!(refused, Err(Error::ConnectionClosed)),
         "{refused:?}"
@@ -965,7 +966,7 @@ async fn write_after_a_close_took_effect_is_refused_as_closed() {
     );
     // And after the end, too.
     assert!(matches!(
-        handle.write(&b"after release"[..]),
+        handle.write(&b"after release"[..]).map_err(Error::from),
         Err(Error::ConnectionClosed)
     ));
     handle.shutdown_write();
@@ -992,7 +993,7 @@ async fn write_beyond_the_queue_limit_is_refused_as_full() {
         handle.write(Bytes::copy_from_slice(chunk)).unwrap();
     }
     assert_eq!(handle.queued_write_bytes(), LIMIT);
-    match handle.write(vec![0u8; CHUNK]) {
+    match handle.write(vec![0u8; CHUNK]).map_err(Error::from) {
         Err(error @ Error::WriteQueueFull { queued, limit }) => {
             assert_eq!((queued, limit), (LIMIT, LIMIT));
             assert_eq!(

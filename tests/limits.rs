@@ -146,12 +146,18 @@ async fn stop_accepting_at_limit_holds_the_next_client_until_a_slot_frees() {
     assert_lifecycle(&recorder.events_of(first_id));
     assert!(server.limiter().active() <= 2);
 
+    // Taking the waiting client reached the limit again: accepting stopped again at once.
+    recorder
+        .wait_count("stop at the limit again", 2, |e| {
+            matches!(e, Event::StopAccepting)
+        })
+        .await;
     let events = recorder.events();
     assert_alternating(&events);
-    assert_eq!(accepting_events(&events), vec![true, false, true]);
+    assert_eq!(accepting_events(&events), vec![true, false, true, false]);
     assert_eq!(
         recorder.count(|e| matches!(e, Event::MaximumConnections)),
-        1
+        2
     );
 
     drop(second);
@@ -177,13 +183,21 @@ async fn accept_and_close_refuses_over_limit_clients_at_once() {
     assert_eq!(echo_round_trip(&mut first, b"in").await, b"in");
 
     for refused in 1..=2_u64 {
-        let mut over = client(address).await;
-        // Closed at once: EOF, or a reset if the close raced our connect; never an answer.
-        let (data, end) = read_to_end(&mut over).await;
-        assert!(data.is_empty(), "a refused client got data");
-        if let Err(error) = end {
-            assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
-        }
+        // Refused at once with a reset (every refusal is an RST): seen by the connect itself
+        // when it comes first, or by the first read; never an answer, never a clean end.
+        let connected = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(address))
+            .await
+            .expect("connect timed out");
+        let end = match connected {
+            Ok(mut over) => {
+                let (data, end) = read_to_end(&mut over).await;
+                assert!(data.is_empty(), "a refused client got data");
+                end
+            }
+            Err(error) => Err(error),
+        };
+        let error = end.expect_err("a refused client saw a clean end instead of a reset");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
         eventually("refused_at_limit to count", || {
             server.stats().refused_at_limit == refused
         })
@@ -621,9 +635,18 @@ async fn stop_accepting_while_at_the_limit_keeps_events_alternating() {
         .wait_count("start again", 2, |e| matches!(e, Event::StartAccepting))
         .await;
 
+    // Serving it reached the limit again; its end frees the slot and accepting resumes.
     drop(held);
+    recorder
+        .wait_count("start after the held one ends", 3, |e| {
+            matches!(e, Event::StartAccepting)
+        })
+        .await;
     tokio::time::timeout(WAIT, server.shutdown()).await.unwrap();
     let events = recorder.events();
     assert_alternating(&events);
-    assert_eq!(accepting_events(&events), vec![true, false, true, false]);
+    assert_eq!(
+        accepting_events(&events),
+        vec![true, false, true, false, true, false]
+    );
 }

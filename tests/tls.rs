@@ -996,7 +996,9 @@ async fn an_untrusted_server_certificate_is_a_fatal_error_and_the_server_gets_th
     b_recorder.wait_secure_released(1).await;
     assert!(connection.is_closing());
     assert!(matches!(
-        connection.write(Bytes::from_static(b"x")),
+        connection
+            .write(Bytes::from_static(b"x"))
+            .map_err(Error::from),
         Err(Error::ConnectionClosed)
     ));
     assert!(connection.tls_info().is_none());
@@ -1504,7 +1506,9 @@ async fn abort_all_resets_connections_during_and_after_the_handshake() {
     let (_, end) = read_to_end(&mut peer).await;
     assert!(is_reset(&end), "{end:?}");
     assert!(matches!(
-        outgoing.write(Bytes::from_static(b"x")),
+        outgoing
+            .write(Bytes::from_static(b"x"))
+            .map_err(Error::from),
         Err(Error::ConnectionClosed)
     ));
 

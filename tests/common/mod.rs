@@ -1,5 +1,5 @@
 //! Shared test helpers: a callback implementation that records every event, and bounded waits.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::io;
 use std::net::SocketAddr;

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 /// that many small writes do not each become a record of their own.
 const TLS_RECORD: usize = 16 * 1024;
 
+#[derive(Debug)]
 pub(crate) enum Transport {
     Plain(TcpStream),
     Tls {
@@ -115,6 +116,10 @@ impl Transport {
         buffers: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self {
+            // One buffer goes out with `send`, as tokio's own `write` does; several with `writev`.
+            Transport::Plain(stream) if buffers.len() == 1 => {
+                Pin::new(stream).poll_write(cx, &buffers[0])
+            }
             Transport::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, buffers),
             Transport::Tls { stream, gather, .. } => {
                 let first = buffers.first().map_or(&[][..], |buffer| &buffer[..]);

@@ -1,0 +1,571 @@
+//! The server's settings, their defaults and validation, and starting the listeners.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::accept::{self, Listener};
+use crate::driver::Context;
+use crate::invoke::Invoker;
+use crate::lifecycle::{LifecycleConfig, WriteLimits};
+use crate::manager::Manager;
+use crate::registry::Registry;
+use crate::shutdown::Shutdown;
+use crate::stats::Counters;
+use crate::user_data::{Slot, UserDataLayout};
+use crate::{Callbacks, ConnectionLimiter, Error, Server, Timeouts};
+
+/// Settings fixed when the server starts.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) nodelay: bool,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) write_queue_limit: usize,
+    pub(crate) write_high_watermark: usize,
+    pub(crate) write_low_watermark: usize,
+    pub(crate) slow_consumer_timeout: Option<Duration>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) at_limit: AtLimit,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_concurrent_handshakes: usize,
+    /// Live accepted connections allowed per peer address; `None`: no cap.
+    pub(crate) max_connections_per_ip: Option<usize>,
+}
+
+/// Listen backlog: Linux's `somaxconn` default since 5.4 and what nginx and Go ask for on Linux.
+pub const DEFAULT_BACKLOG: u32 = 1024;
+/// Read buffer size: tokio's and most echo servers' usual 8 KiB, allocated only when data is
+/// there to read.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 8 * 1024;
+/// Write queue limit: Netty's default high watermark (64 KiB).
+pub const DEFAULT_WRITE_QUEUE_LIMIT: usize = 64 * 1024;
+/// Write queue high watermark: Netty's default (64 KiB). At or above it a connection's queue is
+/// "high": [`Callbacks::on_write_buffer_high`], and
+/// [`Connection::writable`] waits.
+pub const DEFAULT_WRITE_HIGH_WATERMARK: usize = 64 * 1024;
+/// Write queue low watermark: Netty's default (32 KiB). A high queue that drains to it is no
+/// longer high: [`Callbacks::on_write_buffer_low`].
+pub const DEFAULT_WRITE_LOW_WATERMARK: usize = 32 * 1024;
+/// Drain time at shutdown before the remaining connections are reset: Kubernetes' default
+/// termination grace period.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a graceful close waits for the flush and the peer's FIN: nginx's `lingering_timeout`.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outgoing connect timeout: long enough for a retransmitted SYN (1 s, then 3 s), short enough
+/// that a dead host is reported promptly.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take, from accept (or connect) to negotiated: the design's
+/// default, as in Netty's `SslHandler` (10 s).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes of accepted connections in progress at once. A busy 2-core server completes a
+/// few thousand handshakes a second, so 512 in progress is far more than honest clients need,
+/// while a flood of clients that connect and stall holds at most this many connection slots
+/// (until the handshake timeout ends them).
+pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 512;
+
+/// What a server does with new connections when its [`ConnectionLimiter`] is full.
+///
+/// Every refusal, here and elsewhere (the [per-address cap](ServerBuilder::max_connections_per_ip),
+/// a process out of descriptors), resets the client (RST, not FIN): it learns at once that it was
+/// refused rather than served, and no `TIME_WAIT` is left on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AtLimit {
+    /// Stop accepting as soon as the limit is reached (by this server, another one sharing the
+    /// limiter, or an outgoing connect): [`Callbacks::on_maximum_connections`], then
+    /// [`Callbacks::on_stop_accepting_connections`]; new clients wait in the listen backlog (the
+    /// C++ framework's behaviour) until a slot frees, then
+    /// [`Callbacks::on_start_accepting_connections`]. No client is accepted without a slot; one
+    /// accepted in the very instant another server or a connect took the last shared slot is
+    /// refused, and counted in [`Stats::refused_at_limit`](crate::Stats::refused_at_limit). The
+    /// default.
+    #[default]
+    StopAccepting,
+    /// Keep accepting, and refuse each connection over the limit at once (RST, no callback but
+    /// [`Callbacks::on_maximum_connections`] on the first refusal after a connection was taken),
+    /// so clients learn promptly instead of waiting.
+    AcceptAndClose,
+}
+
+/// Configures and starts a [`Server`]. Every setting has a documented default.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard::{AtLimit, Callbacks, Server};
+///
+/// struct Nothing;
+/// impl Callbacks for Nothing {}
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+/// let server = Server::builder()
+///     .bind("127.0.0.1:0")
+///     .max_connections(10_000)
+///     .at_limit(AtLimit::StopAccepting)
+///     .shutdown_timeout(Duration::from_secs(5))
+///     .start(Nothing)
+///     .await?;
+/// println!("listening on {}", server.local_addr().unwrap());
+/// server.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct ServerBuilder {
+    binds: Vec<Bind>,
+    /// The acceptor for listeners added with `bind`.
+    tls: Option<native_tls::TlsAcceptor>,
+    backlog: u32,
+    reuse_address: bool,
+    config: Config,
+    limiter: ConnectionLimiter,
+    accepting: bool,
+    layout: UserDataLayout,
+}
+
+/// One listener to open.
+struct Bind {
+    address: Result<SocketAddr, Error>,
+    /// Its own acceptor (from `bind_tls`); otherwise the builder's, if any.
+    tls: Option<native_tls::TlsAcceptor>,
+}
+
+impl ServerBuilder {
+    pub(crate) fn new() -> Self {
+        ServerBuilder {
+            binds: Vec::new(),
+            tls: None,
+            backlog: DEFAULT_BACKLOG,
+            reuse_address: true,
+            config: Config {
+                nodelay: true,
+                read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+                write_queue_limit: DEFAULT_WRITE_QUEUE_LIMIT,
+                write_high_watermark: DEFAULT_WRITE_HIGH_WATERMARK,
+                write_low_watermark: DEFAULT_WRITE_LOW_WATERMARK,
+                slow_consumer_timeout: None,
+                timeouts: Timeouts::default(),
+                at_limit: AtLimit::StopAccepting,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                close_timeout: DEFAULT_CLOSE_TIMEOUT,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+                max_connections_per_ip: None,
+            },
+            limiter: ConnectionLimiter::unlimited(),
+            accepting: true,
+            layout: UserDataLayout::new(),
+        }
+    }
+
+    /// Adds a listener on `address` (port 0 picks a free port; read it back with
+    /// [`Server::local_addrs`]). A name is resolved now and the first address it resolves to is
+    /// used; call `bind` again for more listeners. Without any `bind` the server only makes
+    /// outgoing connections.
+    pub fn bind(mut self, address: impl ToSocketAddrs) -> Self {
+        let address = resolve(address);
+        self.binds.push(Bind { address, tls: None });
+        self
+    }
+
+    /// Adds a TLS listener on `address` whose connections negotiate with `acceptor`, whatever
+    /// [`tls`](ServerBuilder::tls) says. See [`bind`](ServerBuilder::bind) for the address.
+    pub fn bind_tls(
+        mut self,
+        address: impl ToSocketAddrs,
+        acceptor: native_tls::TlsAcceptor,
+    ) -> Self {
+        let address = resolve(address);
+        self.binds.push(Bind {
+            address,
+            tls: Some(acceptor),
+        });
+        self
+    }
+
+    /// Makes every listener added with [`bind`](ServerBuilder::bind) (before or after this call)
+    /// speak TLS with `acceptor`; see [`tls`](crate::tls) for the events and
+    /// [`tls::acceptor_from_pem`](crate::tls::acceptor_from_pem) for building one. Default: plain
+    /// TCP.
+    pub fn tls(mut self, acceptor: native_tls::TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// How long a TLS handshake may take, from accept (or connect) to negotiated, before the
+    /// connection is reset with [`ClosureReason::HandshakeTimedOut`](crate::ClosureReason::HandshakeTimedOut).
+    /// Default: [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// At most `max` TLS handshakes of accepted connections in progress at once; a connection
+    /// accepted while that many are running is reset at once with
+    /// [`ClosureReason::HandshakeLimit`](crate::ClosureReason::HandshakeLimit), so stalled
+    /// handshakes can never hold more than `max` slots of the connection limit. Outgoing
+    /// connections are not counted. Default: [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`] (512). Must be
+    /// above zero.
+    pub fn max_concurrent_handshakes(mut self, max: usize) -> Self {
+        self.config.max_concurrent_handshakes = max;
+        self
+    }
+}
+
+/// Resolves a listen address to its first socket address.
+fn resolve(address: impl ToSocketAddrs) -> Result<SocketAddr, Error> {
+    match address.to_socket_addrs() {
+        Ok(mut addresses) => addresses.next().ok_or_else(|| Error::Bind {
+            address: "(name with no addresses)".into(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrNotAvailable),
+        }),
+        Err(source) => Err(Error::Bind {
+            address: "(unresolvable name)".into(),
+            source,
+        }),
+    }
+}
+
+/// Per-peer limits.
+impl ServerBuilder {
+    /// At most `max` live accepted connections from one peer IP address, across all of this
+    /// server's listeners; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) counts as the IPv4
+    /// address. Outgoing connections are not counted. Default: no cap. Must be above zero.
+    ///
+    /// A connection over the cap is still accepted, so its client learns at once instead of
+    /// waiting in the backlog: it gets [`on_socket_created`](Callbacks::on_socket_created), then
+    /// is reset (RST) with no TLS handshake and no
+    /// [`on_connection_established`](Callbacks::on_connection_established):
+    /// [`on_connection_closure`](Callbacks::on_connection_closure) with
+    /// [`ClosureReason::PerIpLimit`](crate::ClosureReason::PerIpLimit),
+    /// [`on_connection_closed`](Callbacks::on_connection_closed),
+    /// [`on_socket_released`](Callbacks::on_socket_released) (and
+    /// [`on_secure_socket_released`](Callbacks::on_secure_socket_released) on a TLS listener).
+    /// It is counted in [`Stats::refused_per_ip`] and holds a slot of the connection limit until
+    /// those events are done. A connection counts against its address from its accept until just
+    /// after its `on_socket_released` returns, whichever way it ends; see
+    /// [`Server::connections_from_ip`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// struct Nothing;
+    /// impl switchboard::Callbacks for Nothing {}
+    ///
+    /// let server = switchboard::Server::builder()
+    ///     .bind("127.0.0.1:0")
+    ///     .max_connections_per_ip(16)
+    ///     .start(Nothing)
+    ///     .await?;
+    /// assert_eq!(server.connections_from_ip([127, 0, 0, 1].into()), Some(0));
+    /// server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn max_connections_per_ip(mut self, max: usize) -> Self {
+        self.config.max_connections_per_ip = Some(max);
+        self
+    }
+}
+
+impl ServerBuilder {
+    /// Listen backlog. Default: [`DEFAULT_BACKLOG`] (1024); the kernel caps it at `somaxconn`.
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// `SO_REUSEADDR` on the listeners, so a restarted server can bind while old connections sit
+    /// in `TIME_WAIT`. Default: on.
+    pub fn reuse_address(mut self, on: bool) -> Self {
+        self.reuse_address = on;
+        self
+    }
+
+    /// `TCP_NODELAY` on every connection (Nagle's algorithm off). Default: on, as request/response
+    /// protocols want; [`Callbacks::on_socket_created`] can change it per socket.
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.config.nodelay = on;
+        self
+    }
+
+    /// Largest buffer one read delivers. Default: [`DEFAULT_READ_BUFFER_SIZE`] (8 KiB). Must be
+    /// above zero.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.read_buffer_size = bytes;
+        self
+    }
+
+    /// Bytes a connection's write queue may hold: [`Connection::write`] is refused once the
+    /// queue holds this much, and reads pause (so a peer that does not read our replies is held
+    /// back by TCP flow control) until the queue drains below it. Default:
+    /// [`DEFAULT_WRITE_QUEUE_LIMIT`] (64 KiB). Must be above zero.
+    pub fn write_queue_limit(mut self, bytes: usize) -> Self {
+        self.config.write_queue_limit = bytes;
+        self
+    }
+
+    /// The write queue's watermarks: a queue that reaches `high` bytes is high
+    /// ([`Callbacks::on_write_buffer_high`];
+    /// [`Connection::writable`] waits) until it drains to `low`
+    /// ([`Callbacks::on_write_buffer_low`]). Defaults:
+    /// [`DEFAULT_WRITE_HIGH_WATERMARK`] (64 KiB) and [`DEFAULT_WRITE_LOW_WATERMARK`] (32 KiB).
+    /// `low` must be below `high`. The hard bound stays the
+    /// [write queue limit](ServerBuilder::write_queue_limit).
+    pub fn write_watermarks(mut self, high: usize, low: usize) -> Self {
+        self.config.write_high_watermark = high;
+        self.config.write_low_watermark = low;
+        self
+    }
+
+    /// What to do about a peer that stops reading: with `Some(time)`, a connection whose write
+    /// queue stays high (above the high watermark, not yet drained to the low one) for `time` is
+    /// reset with [`ClosureReason::SlowConsumer`](crate::ClosureReason::SlowConsumer); with
+    /// `None` it waits for as long as the peer keeps the connection open. Either way the queue
+    /// never grows past the [write queue limit](ServerBuilder::write_queue_limit), so a peer that
+    /// never reads cannot grow server memory. Default: `None`.
+    pub fn slow_consumer_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.slow_consumer_timeout = timeout;
+        self
+    }
+
+    /// Every connection's [idle timeout](Timeouts::idle): no byte either way for this long ends
+    /// it. Default: off. [`Connection::set_timeouts`](crate::Connection::set_timeouts) changes one
+    /// connection's.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.timeouts.idle = timeout;
+        self
+    }
+
+    /// Every connection's [read timeout](Timeouts::read): a requested read with no data for this
+    /// long ends it. Default: off.
+    pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.timeouts.read = timeout;
+        self
+    }
+
+    /// Every connection's [half-closed timeout](Timeouts::half_closed): how long a connection
+    /// may stay open after the peer's FIN. Default: off.
+    pub fn half_closed_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.timeouts.half_closed = timeout;
+        self
+    }
+
+    /// Every connection's [first-byte timeout](Timeouts::first_byte): a connection that sends
+    /// nothing for this long after it was established (after the TLS handshake, for TLS) ends.
+    /// With it, clients that connect and stay silent (slowloris) hold a connection slot for at
+    /// most this long. Default: off.
+    pub fn first_byte_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.timeouts.first_byte = timeout;
+        self
+    }
+
+    /// At most `max` live connections (inbound and outbound) for this server, through a limiter
+    /// of its own. Replaces an earlier [`limiter`](ServerBuilder::limiter). Default: unlimited.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limiter = ConnectionLimiter::new(max);
+        self
+    }
+
+    /// Counts this server's connections in `limiter`, which other servers and their outgoing
+    /// connections may share. Replaces an earlier [`max_connections`](ServerBuilder::max_connections).
+    pub fn limiter(mut self, limiter: ConnectionLimiter) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// What to do with new connections when the limiter is full. Default:
+    /// [`AtLimit::StopAccepting`].
+    pub fn at_limit(mut self, policy: AtLimit) -> Self {
+        self.config.at_limit = policy;
+        self
+    }
+
+    /// Drain time: how long a shutdown waits for live connections to end by themselves before it
+    /// resets the rest. Default: [`DEFAULT_SHUTDOWN_TIMEOUT`] (30 s).
+    pub fn shutdown_timeout(mut self, drain: Duration) -> Self {
+        self.config.shutdown_timeout = drain;
+        self
+    }
+
+    /// How long a graceful close may take to send the queue, send FIN and see the peer's FIN
+    /// before the connection is reset with [`ClosureReason::CloseTimedOut`](crate::ClosureReason::CloseTimedOut).
+    /// Default: [`DEFAULT_CLOSE_TIMEOUT`] (5 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// How long an outgoing connect may take. Default: [`DEFAULT_CONNECT_TIMEOUT`] (10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether the listeners accept as soon as the server starts. Default: `true`; with `false`,
+    /// call [`Server::start_accepting`] later (connects still work).
+    pub fn accepting(mut self, on: bool) -> Self {
+        self.accepting = on;
+        self
+    }
+
+    /// Reserves a typed slot in every connection's [`UserData`](crate::UserData) (the C++
+    /// framework's `RequestUserDataSlot`). Slots are requested before the server starts; the
+    /// returned key is `Copy` and gives O(1) access.
+    ///
+    /// ```
+    /// let mut builder = switchboard::Server::builder();
+    /// let session = builder.request_user_data_slot::<String>();
+    /// let builder = builder.bind("127.0.0.1:0");
+    /// # let _ = (session, builder);
+    /// ```
+    pub fn request_user_data_slot<T: Send + 'static>(&mut self) -> Slot<T> {
+        self.layout.request()
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |setting: &'static str, reason: &str| {
+            Err(Error::InvalidSetting {
+                setting,
+                reason: reason.into(),
+            })
+        };
+        if self.config.read_buffer_size == 0 {
+            return invalid("read_buffer_size", "must be above zero");
+        }
+        if self.config.max_concurrent_handshakes == 0 {
+            return invalid("max_concurrent_handshakes", "must be above zero");
+        }
+        if self.config.write_low_watermark >= self.config.write_high_watermark {
+            return invalid("write_watermarks", "low must be below high");
+        }
+        if self.config.max_connections_per_ip == Some(0) {
+            return invalid("max_connections_per_ip", "must be above zero");
+        }
+        if self.config.write_queue_limit == 0 {
+            return invalid("write_queue_limit", "must be above zero");
+        }
+        if self.backlog == 0 || self.backlog > i32::MAX as u32 {
+            return invalid("backlog", "must be between 1 and 2^31 - 1");
+        }
+        Ok(())
+    }
+
+    fn listen(&self, address: SocketAddr) -> Result<TcpListener, Error> {
+        let bind_error = |source| Error::Bind {
+            address: address.to_string(),
+            source,
+        };
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(bind_error)?;
+        if address.is_ipv6() {
+            // One listener per address family, as on every platform's default but Linux's.
+            socket.set_only_v6(true).map_err(bind_error)?;
+        }
+        socket
+            .set_reuse_address(self.reuse_address)
+            .map_err(bind_error)?;
+        socket.set_nonblocking(true).map_err(bind_error)?;
+        socket.bind(&address.into()).map_err(bind_error)?;
+        socket.listen(self.backlog as i32).map_err(bind_error)?;
+        TcpListener::from_std(socket.into()).map_err(bind_error)
+    }
+
+    /// Validates the settings, binds the listeners and starts accepting (unless
+    /// [`accepting(false)`](ServerBuilder::accepting)). Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] naming the setting, or [`Error::Bind`] for an address that could
+    /// not be resolved or bound.
+    pub async fn start(mut self, callbacks: impl Callbacks) -> Result<Server, Error> {
+        self.validate()?;
+        let binds = std::mem::take(&mut self.binds);
+        let mut listeners = Vec::with_capacity(binds.len());
+        let mut local_addrs = Vec::with_capacity(binds.len());
+        let handshakes = Arc::new(Semaphore::new(
+            self.config
+                .max_concurrent_handshakes
+                .min(Semaphore::MAX_PERMITS),
+        ));
+        for bind in binds {
+            let address = bind.address?;
+            let listener = self.listen(address)?;
+            local_addrs.push(listener.local_addr().map_err(|source| Error::Bind {
+                address: address.to_string(),
+                source,
+            })?);
+            let tls = bind.tls.or_else(|| self.tls.clone()).map(Into::into);
+            listeners.push(Listener { listener, tls });
+        }
+        let config = self.config;
+        let context = Context {
+            invoker: Invoker::new(Box::new(callbacks)),
+            read_buffer_size: config.read_buffer_size,
+            handshake_timeout: config.handshake_timeout,
+            lifecycle: LifecycleConfig {
+                limits: WriteLimits {
+                    limit: config.write_queue_limit,
+                    high: config.write_high_watermark,
+                    low: config.write_low_watermark,
+                },
+                timeouts: config.timeouts,
+                close_timeout: config.close_timeout,
+                slow_consumer_timeout: config.slow_consumer_timeout,
+            },
+        };
+        let counters = Arc::new(Counters::default());
+        let manager = Arc::new(Manager {
+            context: Arc::new(context),
+            registry: Arc::new(Registry::new(counters.clone())),
+            counters,
+            per_ip: config
+                .max_connections_per_ip
+                .map(crate::per_ip::PerIpLimit::new),
+            config,
+            limiter: self.limiter,
+            layout: self.layout,
+            accepting: watch::Sender::new(self.accepting),
+            shutdown: Shutdown::new(),
+            accept_tasks: Mutex::new(None),
+            handshakes,
+        });
+        if !listeners.is_empty() {
+            let tasks = accept::start(manager.clone(), listeners);
+            *manager
+                .accept_tasks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tasks);
+        }
+        tracing::info!(addresses = ?local_addrs, "server started");
+        Ok(Server::new(manager, local_addrs.into()))
+    }
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field(
+                "binds",
+                &self
+                    .binds
+                    .iter()
+                    .map(|bind| (&bind.address, bind.tls.is_some()))
+                    .collect::<Vec<_>>(),
+            )
+            .field("tls", &self.tls.is_some())
+            .field("backlog", &self.backlog)
+            .field("reuse_address", &self.reuse_address)
+            .field("config", &self.config)
+            .field("limiter", &self.limiter)
+            .field("accepting", &self.accepting)
+            .finish()
+    }
+}

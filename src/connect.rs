@@ -1,0 +1,125 @@
+//! Outgoing connections through the server's manager and limiter.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use socket2::SockRef;
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::driver::Secure;
+use crate::limit::Permit;
+use crate::manager::Manager;
+use crate::registry::Live;
+use crate::stats::Counters;
+use crate::{ConnectArgument, Connection, Direction, Error, TlsConnect, UserData};
+
+/// An outgoing connect, from the pre-connect event to an established connection or a failure.
+/// With `report`, a failure goes to `on_outgoing_connection_failed`; either way the user data is
+/// released.
+pub(crate) async fn connect(
+    manager: Arc<Manager>,
+    live: Live,
+    address: SocketAddr,
+    tls: Option<TlsConnect>,
+    argument: ConnectArgument,
+    report: bool,
+) -> Result<Connection, Error> {
+    let invoker = &manager.context.invoker;
+    let user_data = UserData::new(&manager.layout);
+    let prepared = invoker
+        .call(
+            "on_pre_outgoing_connect",
+            None,
+            invoker
+                .callbacks()
+                .on_pre_outgoing_connect(&user_data, &address, argument),
+        )
+        .await;
+    let attempt = match prepared {
+        Some(()) => open(&manager, address).await,
+        None => Err(panicked("on_pre_outgoing_connect")),
+    };
+    let (user_data, error) = match attempt {
+        Ok((stream, permit)) => {
+            match manager.establish(
+                stream,
+                address,
+                Direction::Outbound,
+                user_data,
+                tls.map(Secure::Connect),
+                permit,
+                live,
+                true,
+                None,
+            ) {
+                Ok(handle) => return Ok(handle.expect("establish was asked for a handle")),
+                Err(failed) => failed,
+            }
+        }
+        Err(error) => (user_data, error),
+    };
+    Counters::count(&manager.counters.connect_failures);
+    if report {
+        invoker
+            .call(
+                "on_outgoing_connection_failed",
+                None,
+                invoker
+                    .callbacks()
+                    .on_outgoing_connection_failed(&user_data, &address, &error),
+            )
+            .await;
+    }
+    invoker
+        .call(
+            "on_socket_released",
+            None,
+            invoker.callbacks().on_socket_released(user_data),
+        )
+        .await;
+    Err(error)
+}
+
+fn panicked(callback: &'static str) -> Error {
+    Error::CallbackPanic {
+        callback,
+        connection: None,
+        message: "see on_error".into(),
+    }
+}
+
+/// Takes a limiter slot, creates the socket (running `on_socket_created`) and connects it.
+async fn open(manager: &Manager, address: SocketAddr) -> Result<(TcpStream, Permit), Error> {
+    let permit = manager
+        .limiter
+        .try_acquire()
+        .ok_or(Error::ConnectionLimitReached {
+            limit: manager.limiter.capacity(),
+        })?;
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(manager.config.nodelay)?;
+    let created = manager
+        .context
+        .invoker
+        .call_sync("on_socket_created", None, |callbacks| {
+            callbacks.on_socket_created(SockRef::from(&socket), Direction::Outbound)
+        })
+        .await;
+    if created.is_none() {
+        return Err(panicked("on_socket_created"));
+    }
+    let timeout = manager.config.connect_timeout;
+    let stream = tokio::select! {
+        connected = tokio::time::timeout(timeout, socket.connect(address)) => match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(Error::Connect { address, source }),
+            Err(_) => return Err(Error::ConnectTimedOut { address, timeout }),
+        },
+        () = manager.shutdown.draining() => return Err(Error::ShuttingDown),
+    };
+    Ok((stream, permit))
+}

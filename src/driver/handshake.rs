@@ -1,0 +1,124 @@
+//! The TLS handshake, on the connection's own task, before `on_connection_established`.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::sync::Semaphore;
+
+use super::transport::Transport;
+use super::Driver;
+use crate::tls::{self, TlsConnect, TlsInfo};
+use crate::{ClosureReason, Direction};
+
+/// The TLS side a connection takes in its handshake.
+#[derive(Debug)]
+pub(crate) enum Secure {
+    /// An accepted connection: the listener's acceptor, and the server's slots for handshakes in
+    /// progress.
+    Accept {
+        acceptor: tokio_native_tls::TlsAcceptor,
+        slots: Arc<Semaphore>,
+    },
+    Connect(TlsConnect),
+}
+
+impl Driver {
+    /// Runs the TLS handshake, bounded by the handshake timeout and cut short by an abort, then
+    /// the negotiation events. `Err` carries the closure reason of a failure, after its
+    /// `on_fatal_error` / `on_remote_fatal_error`.
+    pub(super) async fn handshake(&mut self, secure: Secure) -> Result<(), ClosureReason> {
+        // Only accepted connections count against the cap: it guards against floods from
+        // outside, and an outgoing connect is the application's own doing.
+        let _slot = match &secure {
+            Secure::Accept { slots, .. } => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => return Err(ClosureReason::HandshakeLimit),
+            },
+            Secure::Connect(_) => None,
+        };
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Gone) else {
+            unreachable!("a handshake starts on the plain socket");
+        };
+        // The handshake owns the socket. A second descriptor for it lets a handshake cut short
+        // (abort, timeout) end with RST like any abort, while a failed one closes with FIN so
+        // that the alert OpenSSL wrote still reaches the peer.
+        let socket = SockRef::from(&tcp).try_clone().ok();
+        let reset = |reason| {
+            if let Some(socket) = &socket {
+                let _ = socket.set_linger(Some(Duration::ZERO));
+            }
+            Err(reason)
+        };
+        let (side, mut negotiation): (_, Pin<Box<dyn Future<Output = _> + Send>>) = match secure {
+            Secure::Accept { acceptor, .. } => (
+                Direction::Inbound,
+                Box::pin(async move { acceptor.accept(tcp).await }),
+            ),
+            Secure::Connect(tls) => (
+                Direction::Outbound,
+                Box::pin(async move { tls.connector.connect(&tls.domain, tcp).await }),
+            ),
+        };
+        let timeout = tokio::time::sleep(self.context.handshake_timeout);
+        tokio::pin!(timeout);
+        let mailbox = &self.shared.mailbox;
+        let outcome = loop {
+            if let Some(reason) = mailbox.pending_abort() {
+                return reset(reason);
+            }
+            let woken = tokio::select! {
+                biased;
+                () = poll_fn(|cx| mailbox.poll_posted(cx)) => None,
+                outcome = &mut negotiation => Some(Some(outcome)),
+                () = &mut timeout => Some(None),
+            };
+            mailbox.unpark();
+            match woken {
+                None => continue,
+                Some(None) => return reset(ClosureReason::HandshakeTimedOut),
+                Some(Some(outcome)) => break outcome,
+            }
+        };
+        drop(socket);
+        let stream = match outcome {
+            Ok(stream) => stream,
+            Err(error) => {
+                // A peer that resets or just closes during the handshake (a port scanner, a
+                // client that gave up) ended the connection; that is not a TLS failure.
+                match tls::handshake_ended_by_peer(&error) {
+                    Some(true) => return Err(ClosureReason::PeerReset),
+                    Some(false) => return Err(ClosureReason::PeerClosed),
+                    None => {}
+                }
+                return Err(self.tls_failed(error).await);
+            }
+        };
+        let info = TlsInfo::from_stream(side, stream.get_ref());
+        self.transport = Transport::tls(stream);
+        let info = self.shared.tls.get_or_init(|| info);
+        let callbacks = self.context.invoker.callbacks();
+        if !self
+            .call(
+                "on_negotiation_complete",
+                callbacks.on_negotiation_complete(&self.connection, info),
+            )
+            .await
+        {
+            return Err(ClosureReason::CallbackPanic);
+        }
+        let peer = self.shared.peer_addr;
+        if !self
+            .call(
+                "on_secure_connection_established",
+                callbacks.on_secure_connection_established(&self.connection, &peer),
+            )
+            .await
+        {
+            return Err(ClosureReason::CallbackPanic);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,691 @@
+//! The per-connection task: a thin pump around the [`Lifecycle`].
+//!
+//! The driver owns the socket ([`Transport`]), the lifecycle and the write queue. Each turn it
+//! takes what handles posted to the connection's mailbox, asks the lifecycle for the next
+//! [`Action`] and performs it: run an event's callback, send FIN, or wait for I/O (a read, room
+//! to write, urgent data, a deadline, or a new request) and feed back what happened. It sees the
+//! server only through its [`Context`] (the callbacks and the settings it needs) and its
+//! [`Registration`], whose drop deregisters the connection.
+
+mod handshake;
+mod timer;
+pub(crate) mod transport;
+mod urgent;
+mod write;
+
+use std::future::poll_fn;
+use std::io;
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::task::noop_waker_ref;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::connection::Shared;
+use crate::invoke::Invoker;
+use crate::lifecycle::{
+    Action, Event, Interest, Lifecycle, LifecycleConfig, Phase, ReadOutcome, ReadVerdict,
+};
+use crate::registry::Registration;
+use crate::stats::ConnectionCounters;
+use crate::tls;
+use crate::{ClosureReason, Connection, Error};
+
+pub(crate) use handshake::Secure;
+use timer::Timer;
+use transport::Transport;
+use urgent::{Urgent, Watched};
+use write::WriteQueue;
+
+/// What a connection's driver needs of its server.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) invoker: Invoker,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) lifecycle: LifecycleConfig,
+}
+
+/// What ended a wait.
+enum Wake {
+    /// A handle posted something.
+    Posted,
+    Read(io::Result<BytesMut>),
+    Wrote(io::Result<usize>),
+    FinSent(io::Result<()>),
+    /// The socket has room for urgent bytes that were waiting.
+    UrgentRoom,
+    Urgent(Watched),
+    Deadline,
+}
+
+pub(crate) struct Driver {
+    context: Arc<Context>,
+    shared: Arc<Shared>,
+    /// The uncounted handle lent to callbacks.
+    connection: Connection,
+    transport: Transport,
+    /// The handshake still to run, for a TLS connection.
+    secure: Option<Secure>,
+    life: Lifecycle,
+    writes: WriteQueue,
+    urgent: Urgent,
+    timer: Timer,
+    /// The lifecycle's closing was published to handles.
+    published_closing: bool,
+    registration: Registration,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        context: Arc<Context>,
+        shared: Arc<Shared>,
+        stream: TcpStream,
+        secure: Option<Secure>,
+        registration: Registration,
+    ) -> Self {
+        Driver {
+            connection: Connection::uncounted(shared.clone()),
+            life: Lifecycle::new(context.lifecycle, Instant::now()),
+            context,
+            shared,
+            transport: Transport::Plain(stream),
+            secure,
+            writes: WriteQueue::default(),
+            urgent: Urgent::default(),
+            timer: Timer::default(),
+            published_closing: false,
+            registration,
+        }
+    }
+
+    /// Runs the connection from establishment to release. A connection `refuse`d by the accept
+    /// loop (the per-address cap) gets only its closing events, with that reason.
+    pub(crate) async fn run(mut self, refuse: Option<ClosureReason>) {
+        let _ = self.shared.task.set(tokio::task::id());
+        let reason = match refuse {
+            Some(reason) => reason,
+            None => self.live().await,
+        };
+        // Boxed, like the handshake: a connection's task is as large as its largest await, and
+        // these run once, so they should not make every idle connection pay for their state.
+        Box::pin(self.finish(reason)).await;
+    }
+
+    /// From the handshake (for TLS) to the end of the I/O loop; returns the closure reason.
+    async fn live(&mut self) -> ClosureReason {
+        if let Some(secure) = self.secure.take() {
+            if let Err(reason) = Box::pin(self.handshake(secure)).await {
+                return reason;
+            }
+        }
+        let peer = self.shared.peer_addr;
+        let callbacks = self.context.invoker.callbacks();
+        if !self
+            .call(
+                "on_connection_established",
+                callbacks.on_connection_established(&self.connection, &peer),
+            )
+            .await
+        {
+            return ClosureReason::CallbackPanic;
+        }
+        self.life = Lifecycle::new(self.context.lifecycle, Instant::now());
+        self.pump().await
+    }
+
+    /// Invokes a callback of this connection; `false` if it panicked (already reported).
+    async fn call(
+        &self,
+        name: &'static str,
+        callback: impl std::future::Future<Output = ()>,
+    ) -> bool {
+        self.context
+            .invoker
+            .call(name, Some(self.shared.id), callback)
+            .await
+            .is_some()
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    async fn pump(&mut self) -> ClosureReason {
+        loop {
+            self.take_posted();
+            let action = self.life.next(self.now());
+            if !self.published_closing && self.life.is_closing() {
+                self.published_closing = true;
+                self.shared.mailbox.publish_closing();
+            }
+            match action {
+                Action::End(reason) => return reason,
+                Action::Announce(event) => self.announce(event).await,
+                Action::SendFin => {
+                    let mut cx = TaskContext::from_waker(noop_waker_ref());
+                    match self.transport.poll_close_notify(&mut cx) {
+                        Poll::Ready(sent) => self.fin_sent(sent),
+                        Poll::Pending => self.life.on_fin_blocked(),
+                    }
+                }
+                Action::Wait(interest) => {
+                    let wake = self.wait(interest).await;
+                    self.woken(wake).await;
+                }
+            }
+        }
+    }
+
+    /// Takes what handles posted into the lifecycle, the write queue and the urgent bytes.
+    fn take_posted(&mut self) {
+        let mut requests = self
+            .shared
+            .mailbox
+            .take(self.writes.tail(), self.urgent.tail());
+        if self.urgent.has_pending() {
+            self.urgent.send(self.transport.tcp());
+        }
+        requests.urgent_pending = self.urgent.has_pending();
+        let now = self.now();
+        self.life.on_requests(requests, now);
+    }
+
+    async fn announce(&mut self, event: Event) {
+        let callbacks = self.context.invoker.callbacks();
+        let connection = &self.connection;
+        let survived = match event {
+            Event::WriteBufferHigh => {
+                self.shared.mailbox.publish_high(true);
+                self.call(
+                    "on_write_buffer_high",
+                    callbacks.on_write_buffer_high(connection),
+                )
+                .await
+            }
+            Event::WriteBufferLow => {
+                self.shared.mailbox.publish_high(false);
+                self.call(
+                    "on_write_buffer_low",
+                    callbacks.on_write_buffer_low(connection),
+                )
+                .await
+            }
+            Event::ShutdownRequested => {
+                self.call(
+                    "on_shutdown_requested",
+                    callbacks.on_shutdown_requested(connection),
+                )
+                .await
+            }
+        };
+        if !survived {
+            self.life.end(ClosureReason::CallbackPanic);
+        }
+    }
+
+    /// Waits for what `interest` names, or a request from a handle.
+    async fn wait(&mut self, interest: Interest) -> Wake {
+        self.timer.arm(interest.deadline);
+        let watching = self.urgent.watch(interest.urgent, self.transport.tcp());
+        let wake = if watching {
+            // Boxed: only connections that asked for urgent data carry this wait's state.
+            Box::pin(self.wait_with_urgent(interest)).await
+        } else {
+            poll_fn(|cx| self.poll_wake(cx, interest)).await
+        };
+        self.shared.mailbox.unpark();
+        wake
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    async fn wait_with_urgent(&mut self, interest: Interest) -> Wake {
+        let Driver {
+            shared,
+            transport,
+            writes,
+            urgent,
+            timer,
+            context,
+            ..
+        } = self;
+        let mut waiting = Waiting {
+            shared,
+            transport,
+            writes,
+            urgent_pending: urgent.has_pending(),
+            timer,
+            read_buffer_size: context.read_buffer_size,
+            past_urgent: urgent.aware,
+        };
+        tokio::select! {
+            biased;
+            wake = poll_fn(|cx| waiting.poll(cx, interest)) => wake,
+            watched = urgent.watched() => Wake::Urgent(watched),
+        }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    async fn wait_with_urgent(&mut self, interest: Interest) -> Wake {
+        poll_fn(|cx| self.poll_wake(cx, interest)).await
+    }
+
+    fn poll_wake(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> Poll<Wake> {
+        Waiting {
+            shared: &self.shared,
+            transport: &mut self.transport,
+            writes: &mut self.writes,
+            urgent_pending: self.urgent.has_pending(),
+            timer: &mut self.timer,
+            read_buffer_size: self.context.read_buffer_size,
+            past_urgent: self.urgent.aware,
+        }
+        .poll(cx, interest)
+    }
+
+    /// Feeds what ended a wait back into the lifecycle, with its callbacks.
+    async fn woken(&mut self, wake: Wake) {
+        match wake {
+            Wake::Posted | Wake::UrgentRoom => {}
+            Wake::Deadline => self.life.on_deadline(Instant::now()),
+            Wake::Read(Ok(data)) => self.read_completed(data).await,
+            // Boxed, as error paths are: their state would otherwise be part of every
+            // connection's task.
+            Wake::Read(Err(error)) => Box::pin(self.read_failed(error)).await,
+            Wake::Wrote(Ok(0)) => {
+                Box::pin(self.write_failed(io::ErrorKind::WriteZero.into())).await;
+            }
+            Wake::Wrote(Ok(sent)) => self.written(sent).await,
+            Wake::Wrote(Err(error)) => {
+                if !matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) {
+                    Box::pin(self.write_failed(error)).await;
+                }
+            }
+            Wake::FinSent(sent) => self.fin_sent(sent),
+            Wake::Urgent(watched) => Box::pin(self.urgent_watched(watched)).await,
+        }
+    }
+
+    /// Data (or the end of the stream, as an empty buffer) arrived.
+    async fn read_completed(&mut self, data: BytesMut) {
+        let outcome = if data.is_empty() {
+            ReadOutcome::Eof
+        } else {
+            ReadOutcome::Data(data.len())
+        };
+        let callbacks = self.context.invoker.callbacks();
+        let survived = match self.life.on_read(outcome, self.now()) {
+            ReadVerdict::Deliver => {
+                let counters = &self.shared.counters;
+                ConnectionCounters::add(&counters.bytes_read, data.len() as u64);
+                ConnectionCounters::add(&counters.reads, 1);
+                self.call(
+                    "on_read_completed",
+                    callbacks.on_read_completed(&self.connection, data),
+                )
+                .await
+            }
+            ReadVerdict::ClientClose => {
+                self.call(
+                    "on_connection_client_close",
+                    callbacks.on_connection_client_close(&self.connection),
+                )
+                .await
+            }
+            ReadVerdict::Discard | ReadVerdict::Ended | ReadVerdict::AnnounceReset => true,
+        };
+        if !survived {
+            self.life.end(ClosureReason::CallbackPanic);
+        }
+    }
+
+    /// A read failed: reset, a TLS failure, or an error the application may choose to survive.
+    async fn read_failed(&mut self, error: io::Error) {
+        if matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ) {
+            return;
+        }
+        if self.transport.is_tls() && tls::is_unexpected_eof(&error) {
+            // TCP closed without close_notify: taken as the peer's FIN.
+            return self.read_completed(BytesMut::new()).await;
+        }
+        if self.is_peer_reset(&error) {
+            if self.life.on_read(ReadOutcome::Reset, self.now()) == ReadVerdict::AnnounceReset {
+                self.announce_reset(&error).await;
+            }
+            return;
+        }
+        if let Phase::Closing { reason, .. } = self.life.phase() {
+            // The peer's side failed while we were finishing ours.
+            return self.life.end(reason);
+        }
+        if self.transport.is_tls() && tls::is_tls_failure(&error) {
+            let reason = self.tls_failed(error).await;
+            return self.life.end(reason);
+        }
+        self.life.on_read_failed();
+        let callbacks = self.context.invoker.callbacks();
+        let keep = self
+            .context
+            .invoker
+            .call(
+                "on_read_error_may_not_be_fatal",
+                Some(self.shared.id),
+                callbacks.on_read_error_may_not_be_fatal(&self.connection, &error),
+            )
+            .await;
+        match keep {
+            None => self.life.end(ClosureReason::CallbackPanic),
+            Some(true) => {}
+            Some(false) => {
+                self.call(
+                    "on_read_completion_error",
+                    callbacks.on_read_completion_error(&self.connection, &error),
+                )
+                .await;
+                self.life.end(ClosureReason::ReadError);
+            }
+        }
+    }
+
+    async fn announce_reset(&mut self, error: &io::Error) {
+        let callbacks = self.context.invoker.callbacks();
+        self.call(
+            "on_connection_reset",
+            callbacks.on_connection_reset(&self.connection, error),
+        )
+        .await;
+    }
+
+    /// `sent` bytes of the queue went to the kernel: the buffers sent in full complete.
+    async fn written(&mut self, sent: usize) {
+        let completed = self.writes.advance(sent);
+        let now = self.now();
+        self.life.on_written(sent, now);
+        self.shared.mailbox.publish_sent(sent);
+        let counters = &self.shared.counters;
+        ConnectionCounters::add(&counters.bytes_written, sent as u64);
+        ConnectionCounters::add(&counters.writes, completed as u64);
+        let callbacks = self.context.invoker.callbacks();
+        for _ in 0..completed {
+            let data = self.writes.pop_sent();
+            if !self
+                .call(
+                    "on_write_completed",
+                    callbacks.on_write_completed(&self.connection, data),
+                )
+                .await
+            {
+                return self.life.end(ClosureReason::CallbackPanic);
+            }
+        }
+    }
+
+    async fn write_failed(&mut self, error: io::Error) {
+        if self.transport.is_tls() && tls::is_tls_failure(&error) {
+            let reason = self.tls_failed(error).await;
+            return self.life.end(reason);
+        }
+        if self.is_peer_reset(&error) {
+            if self.life.on_write_reset() {
+                self.announce_reset(&error).await;
+            }
+            return;
+        }
+        let callbacks = self.context.invoker.callbacks();
+        let keep = self
+            .context
+            .invoker
+            .call(
+                "on_write_error_may_not_be_fatal",
+                Some(self.shared.id),
+                callbacks.on_write_error_may_not_be_fatal(&self.connection, &error),
+            )
+            .await;
+        match keep {
+            None => self.life.end(ClosureReason::CallbackPanic),
+            Some(true) => {
+                // The unsent data is dropped; the connection goes on.
+                let unsent = self.writes.clear();
+                self.life.on_dropped(unsent);
+                self.shared.mailbox.publish_sent(unsent);
+            }
+            Some(false) => {
+                self.call(
+                    "on_write_completion_error",
+                    callbacks.on_write_completion_error(&self.connection, &error),
+                )
+                .await;
+                self.life.end(ClosureReason::WriteError);
+            }
+        }
+    }
+
+    /// Whether a failed read or write means the peer reset the connection. Besides ECONNRESET:
+    /// once the peer's FIN was read, Linux reports its later RST to a write as EPIPE, which then
+    /// means a reset as long as our own FIN has not been sent (after it, EPIPE is our doing).
+    fn is_peer_reset(&self, error: &io::Error) -> bool {
+        is_reset(error)
+            || (error.kind() == io::ErrorKind::BrokenPipe
+                && self.life.read_closed()
+                && !self.life.fin_sent())
+    }
+
+    /// Reports a TLS failure (the TLS library's error) to the callback for its side (a peer's
+    /// alert, or ours) and gives the closure reason.
+    async fn tls_failed(
+        &mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> ClosureReason {
+        let callbacks = self.context.invoker.callbacks();
+        let from_peer = tls::is_peer_alert(&source);
+        let error = Error::Tls {
+            from_peer,
+            source: Box::new(source),
+        };
+        tracing::debug!(connection = %self.shared.id, %error, "TLS failure");
+        if from_peer {
+            self.call(
+                "on_remote_fatal_error",
+                callbacks.on_remote_fatal_error(&self.connection, &error),
+            )
+            .await;
+            ClosureReason::TlsAlert
+        } else {
+            self.call(
+                "on_fatal_error",
+                callbacks.on_fatal_error(&self.connection, &error),
+            )
+            .await;
+            ClosureReason::TlsError
+        }
+    }
+
+    /// Sends FIN once TLS `close_notify` went out (or at once on plain TCP). Errors mean the peer
+    /// is gone already; the read side will tell how.
+    fn fin_sent(&mut self, close_notify: io::Result<()>) {
+        if let Err(error) = close_notify {
+            tracing::debug!(connection = %self.shared.id, %error, "close_notify not sent");
+        }
+        if let Some(tcp) = self.transport.tcp() {
+            let _ = SockRef::from(tcp).shutdown(Shutdown::Write);
+        }
+        self.life.on_fin_sent();
+    }
+
+    /// The urgent-data watcher woke: deliver the byte, or end a failed socket, or stop watching.
+    /// Either way the same readiness is never waited on again without a change (guarantee 11).
+    async fn urgent_watched(&mut self, watched: Watched) {
+        let Some(tcp) = self.transport.tcp() else {
+            return self.urgent.finish();
+        };
+        match urgent::recv_urgent_byte(tcp) {
+            Ok(Some(byte)) => {
+                self.life.on_urgent_delivered();
+                let callbacks = self.context.invoker.callbacks();
+                let data = BytesMut::from(&[byte][..]);
+                if !self
+                    .call(
+                        "on_read_oob_completed",
+                        callbacks.on_read_oob_completed(&self.connection, data),
+                    )
+                    .await
+                {
+                    self.life.end(ClosureReason::CallbackPanic);
+                }
+            }
+            Ok(None) if watched == Watched::Urgent => {}
+            result => {
+                // The socket closed or failed: no urgent byte can follow. A pending error is the
+                // peer's reset, whatever the application asked for.
+                self.urgent.finish();
+                let error = match result {
+                    Err(error) => Some(error),
+                    Ok(_) => tcp.take_error().ok().flatten(),
+                };
+                if let Some(error) = error {
+                    if self.life.on_read(ReadOutcome::Reset, self.now())
+                        == ReadVerdict::AnnounceReset
+                    {
+                        self.announce_reset(&error).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the socket and runs the closing events: closure, closed, released, in that order.
+    async fn finish(self, reason: ClosureReason) {
+        let Driver {
+            context,
+            shared,
+            connection,
+            transport,
+            mut registration,
+            ..
+        } = self;
+        // An abort counted by abort-all before this connection decided how it ends wins.
+        let reason = shared.mailbox.publish_ended(reason);
+        if !reason.is_graceful() {
+            if let Some(tcp) = transport.tcp() {
+                // SO_LINGER 0 makes close() send RST and drop unsent data: the meaning of an
+                // abort.
+                let _ = SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+            }
+        }
+        drop(transport);
+        if matches!(
+            reason,
+            ClosureReason::AbortAll | ClosureReason::ShutdownForced
+        ) {
+            // `on_all_connections_aborted` comes before the closing events of what it aborted.
+            registration.aborts_announced().await;
+        }
+        registration.ended(reason);
+        let invoker = &context.invoker;
+        let callbacks = invoker.callbacks();
+        let id = Some(shared.id);
+        invoker
+            .call(
+                "on_connection_closure",
+                id,
+                callbacks.on_connection_closure(&connection, reason),
+            )
+            .await;
+        invoker
+            .call(
+                "on_connection_closed",
+                id,
+                callbacks.on_connection_closed(&connection),
+            )
+            .await;
+        let user_data = shared.user_data.take_all();
+        invoker
+            .call(
+                "on_socket_released",
+                id,
+                callbacks.on_socket_released(user_data),
+            )
+            .await;
+        if shared.is_tls {
+            invoker
+                .call(
+                    "on_secure_socket_released",
+                    id,
+                    callbacks.on_secure_socket_released(shared.id),
+                )
+                .await;
+        }
+        drop(registration);
+    }
+}
+
+/// The parts of a driver one wait polls, borrowed apart from the urgent-data watcher (which a
+/// `select!` beside it borrows).
+struct Waiting<'a> {
+    shared: &'a Shared,
+    transport: &'a mut Transport,
+    writes: &'a mut WriteQueue,
+    urgent_pending: bool,
+    timer: &'a mut Timer,
+    read_buffer_size: usize,
+    past_urgent: bool,
+}
+
+impl Waiting<'_> {
+    /// In priority order: requests from handles, data, room for the queue (or for
+    /// `close_notify`, or for urgent bytes), the timer.
+    fn poll(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> std::task::Poll<Wake> {
+        use std::task::Poll::Ready;
+        if self.shared.mailbox.poll_posted(cx).is_ready() {
+            return Ready(Wake::Posted);
+        }
+        if interest.read {
+            if let Ready(result) =
+                self.transport
+                    .poll_read(cx, self.read_buffer_size, self.past_urgent)
+            {
+                return Ready(Wake::Read(result));
+            }
+        }
+        if interest.write {
+            if let Ready(result) = self.writes.poll_write(cx, self.transport) {
+                return Ready(Wake::Wrote(result));
+            }
+        } else if interest.fin {
+            if let Ready(result) = self.transport.poll_close_notify(cx) {
+                return Ready(Wake::FinSent(result));
+            }
+        }
+        if self.urgent_pending {
+            if let Some(tcp) = self.transport.tcp() {
+                if tcp.poll_write_ready(cx).is_ready() {
+                    return Ready(Wake::UrgentRoom);
+                }
+            }
+        }
+        if self.timer.poll(cx).is_ready() {
+            return Ready(Wake::Deadline);
+        }
+        std::task::Poll::Pending
+    }
+}
+
+/// Whether an error means the peer reset the connection. `EPIPE` is not counted: after a reset
+/// the first failing call reports `ECONNRESET`; a later `EPIPE` comes from our own shut-down side.
+pub(crate) fn is_reset(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}

@@ -1,0 +1,165 @@
+//! TCP urgent data (`MSG_OOB`): the bytes to send, and the watcher that tells when one arrived.
+//!
+//! tokio's `TcpStream` cannot wait for priority readiness while its reads and writes are
+//! polled, so the watcher is a second descriptor for the socket, registered for priority
+//! readiness only. It exists only while the application asks for urgent data (it costs a
+//! descriptor), and is dropped for good once the socket reports its read side closed or an
+//! error: no urgent byte can follow, and tokio keeps a closed readiness set, so waiting on it
+//! again would return at once, forever (the busy loop this module once had).
+
+use std::io;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+
+/// What the watcher saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watched {
+    /// Priority readiness: an urgent byte may be there.
+    Urgent,
+    /// The socket's read side closed or it failed: the watcher is gone for good.
+    Closed,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub(super) struct Urgent {
+    /// Bytes the application asked to send that the socket did not take yet.
+    to_send: Vec<u8>,
+    /// The application asked for urgent data once: reads go on past urgent marks.
+    pub(super) aware: bool,
+    /// The socket can bring no more urgent data.
+    finished: bool,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    watch: Option<tokio::io::unix::AsyncFd<socket2::Socket>>,
+}
+
+impl Urgent {
+    pub(super) fn has_pending(&self) -> bool {
+        !self.to_send.is_empty()
+    }
+
+    /// Where the mailbox appends newly posted urgent bytes.
+    pub(super) fn tail(&mut self) -> &mut Vec<u8> {
+        &mut self.to_send
+    }
+
+    /// Sends what it can of the urgent bytes; the rest waits for room. A failure drops them: the
+    /// connection is failing, and its reads and writes will say how.
+    pub(super) fn send(&mut self, tcp: Option<&TcpStream>) {
+        let Some(tcp) = tcp else {
+            self.to_send.clear();
+            return;
+        };
+        let socket = SockRef::from(tcp);
+        let mut sent = 0;
+        for byte in &self.to_send {
+            match socket.send_out_of_band(std::slice::from_ref(byte)) {
+                Ok(_) => sent += 1,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    tracing::debug!(%error, "urgent byte not sent");
+                    sent = self.to_send.len();
+                    break;
+                }
+            }
+        }
+        self.to_send.drain(..sent);
+    }
+
+    /// Whether a wait for urgent data would do anything; creates or drops the watcher to match
+    /// `wanted`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn watch(&mut self, wanted: bool, tcp: Option<&TcpStream>) -> bool {
+        if !wanted || self.finished {
+            self.watch = None;
+            return false;
+        }
+        self.aware = true;
+        if self.watch.is_none() {
+            self.watch = tcp
+                .and_then(|tcp| SockRef::from(tcp).try_clone().ok())
+                .and_then(register_priority);
+        }
+        self.watch.is_some()
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(super) fn watch(&mut self, _wanted: bool, _tcp: Option<&TcpStream>) -> bool {
+        false
+    }
+
+    /// Waits for the watcher (never, without one).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) async fn watched(&self) -> Watched {
+        let Some(watch) = &self.watch else {
+            return std::future::pending().await;
+        };
+        match watch.ready(tokio::io::Interest::PRIORITY).await {
+            Ok(mut guard) => {
+                let ready = guard.ready();
+                guard.clear_ready();
+                if ready.is_read_closed() || ready.is_error() {
+                    Watched::Closed
+                } else {
+                    Watched::Urgent
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "urgent data watch failed");
+                Watched::Closed
+            }
+        }
+    }
+
+    /// The watcher saw the socket close: no more watching.
+    pub(super) fn finish(&mut self) {
+        self.finished = true;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            self.watch = None;
+        }
+    }
+}
+
+/// Takes the socket's urgent byte (`recv` with `MSG_OOB`), if there is one.
+#[allow(unsafe_code)]
+pub(super) fn recv_urgent_byte(tcp: &TcpStream) -> io::Result<Option<u8>> {
+    let mut byte = [std::mem::MaybeUninit::new(0_u8)];
+    match SockRef::from(tcp).recv_out_of_band(&mut byte) {
+        // SAFETY: the element was initialized (to 0) when the array was made, and
+        // `recv_out_of_band` (recv(2) with MSG_OOB) only ever stores initialized bytes into the
+        // buffer, so it is initialized whether or not the call wrote to it.
+        Ok(1) => Ok(Some(unsafe { byte[0].assume_init() })),
+        Ok(_) => Ok(None),
+        // EINVAL: no urgent byte is pending; EAGAIN: it has not arrived yet.
+        Err(error)
+            if error.kind() == io::ErrorKind::WouldBlock
+                || error.kind() == io::ErrorKind::InvalidInput =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Registers `socket` with tokio's reactor for priority (urgent data) readiness only.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+fn register_priority(socket: socket2::Socket) -> Option<tokio::io::unix::AsyncFd<socket2::Socket>> {
+    // SAFETY: `register_with_interest` requires that the descriptor `socket.as_raw_fd()` stays
+    // open, refers to the same open file description and is what `as_raw_fd` returns for as long
+    // as the `AsyncFd` owns it. A `socket2::Socket` owns its descriptor (it closes it only when
+    // dropped) and always returns that same one; it moves into the `AsyncFd`, which never hands
+    // it out mutably and is never `into_inner`ed or forgotten here.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(socket, tokio::io::Interest::PRIORITY)
+    };
+    match registered {
+        Ok(watch) => Some(watch),
+        Err(error) => {
+            tracing::debug!(%error, "cannot watch for urgent data");
+            None
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! What a connection's handles post to its driver, what the driver publishes back, and the
+//! wake-up between them.
+//!
+//! One writer per fact:
+//! - handles write the [`Inbox`] (requests: read, writes, close, abort…); the driver only takes
+//!   from it;
+//! - the driver writes what handles read back: the bytes it has taken off the queue
+//!   ([`Mailbox::sent`]), whether the queue is high, whether the connection is closing, and
+//!   whether it has ended (after which an abort is refused, so abort-all counts exactly what it
+//!   aborted).
+//!
+//! The queue level is `posted - sent`: `posted` grows under the inbox lock (handles), `sent`
+//! grows only in the driver, so neither side ever subtracts what the other added.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use tokio::sync::Notify;
+
+use crate::lifecycle::{Requests, WriteLimits};
+use crate::{ClosureReason, Error, Timeouts};
+
+/// Requests posted by handles since the driver last took them.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    read: bool,
+    writes: VecDeque<Bytes>,
+    urgent: Vec<u8>,
+    urgent_wanted: bool,
+    shutdown_write: bool,
+    close: bool,
+    abort: Option<ClosureReason>,
+    shutdown_notice: bool,
+    /// The timeouts as the application last set them, and whether the driver has seen them.
+    timeouts: Timeouts,
+    timeouts_changed: bool,
+    /// Written by the driver: it has decided how the connection ends; nothing is taken any more.
+    ended: bool,
+    /// Written by the driver: the connection is closing (a handle's own `close` also refuses
+    /// writes at once, through `close`).
+    closing: bool,
+}
+
+impl Inbox {
+    /// Why a write would be refused whatever the queue holds, if it would.
+    fn write_refusal(&self) -> Option<Error> {
+        if self.closing || self.close || self.abort.is_some() || self.ended {
+            Some(Error::ConnectionClosed)
+        } else if self.shutdown_write {
+            Some(Error::WriteShutdown)
+        } else {
+            None
+        }
+    }
+}
+
+/// The wake-up from handles to the driver.
+///
+/// Invariant: a request posted before [`Signal::notify`] is seen by the driver's next
+/// [`Mailbox::take`] after `notify` returns. The driver takes the inbox at the top of every turn,
+/// so while it runs (`PARKED` clear) a notify only sets `PENDING`, and costs no task wake-up; once
+/// it has registered its waker and set `PARKED` (in [`Signal::poll`], with `PENDING` clear), the
+/// first notify wakes it. `PENDING` is cleared when the driver acts on it, before it takes the
+/// inbox, so a request posted meanwhile sets it again.
+#[derive(Debug, Default)]
+struct Signal {
+    state: AtomicU8,
+    waker: AtomicWaker,
+}
+
+const PENDING: u8 = 1;
+const PARKED: u8 = 2;
+
+impl Signal {
+    fn notify(&self) {
+        let before = self.state.fetch_or(PENDING, Ordering::AcqRel);
+        if before == PARKED {
+            self.waker.wake();
+        }
+    }
+
+    /// Ready (and clear) once something was posted; otherwise parks until then.
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state.load(Ordering::Acquire) & PENDING != 0 {
+            self.state.store(0, Ordering::Release);
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        match self
+            .state
+            .compare_exchange(0, PARKED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Poll::Pending,
+            // Parked already (a second poll of the same wait), or a post came in between.
+            Err(PARKED) => Poll::Pending,
+            Err(_) => {
+                self.state.store(0, Ordering::Release);
+                Poll::Ready(())
+            }
+        }
+    }
+
+    /// The driver runs again (whatever woke it): posts need not wake it until it parks again.
+    fn unpark(&self) {
+        self.state.fetch_and(!PARKED, Ordering::AcqRel);
+    }
+}
+
+/// A connection's mailbox; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    inbox: Mutex<Inbox>,
+    signal: Signal,
+    /// Total bytes ever queued; written by handles, only under the inbox lock.
+    posted: AtomicUsize,
+    /// Bytes the driver has taken off the queue (written or dropped); written only by it.
+    sent: AtomicUsize,
+    /// The queue is high (announced, not yet drained to the low mark); written only by the driver.
+    high: AtomicBool,
+    /// Counted handles held by the application.
+    handles: AtomicUsize,
+    /// Writers waiting for room: signalled when the queue drains to the low mark or below the
+    /// limit, and when the connection closes.
+    pub(crate) room: Notify,
+    limits: WriteLimits,
+}
+
+impl Mailbox {
+    pub(crate) fn new(limits: WriteLimits, timeouts: Timeouts) -> Self {
+        Mailbox {
+            inbox: Mutex::new(Inbox {
+                timeouts,
+                ..Inbox::default()
+            }),
+            signal: Signal::default(),
+            posted: AtomicUsize::new(0),
+            sent: AtomicUsize::new(0),
+            high: AtomicBool::new(false),
+            handles: AtomicUsize::new(0),
+            room: Notify::new(),
+            limits,
+        }
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        // Nothing panics while this lock is held, but a poisoned lock must not turn one
+        // connection's trouble into a panic in every handle, so the guard is recovered.
+        self.inbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies `change` to the inbox and wakes the driver.
+    fn post<T>(&self, change: impl FnOnce(&mut Inbox) -> T) -> T {
+        let result = change(&mut self.inbox());
+        self.signal.notify();
+        result
+    }
+
+    /// Bytes queued and not yet written. Under the inbox lock `posted` cannot move, and `sent`
+    /// only grows, so the level read there can only be too high, never too low.
+    fn level(&self, _locked: &Inbox) -> usize {
+        let sent = self.sent.load(Ordering::SeqCst);
+        self.posted.load(Ordering::SeqCst) - sent
+    }
+
+    pub(crate) fn request_read(&self) {
+        self.post(|inbox| inbox.read = true);
+    }
+
+    /// Queues `data`, or gives it back with the reason it was refused.
+    pub(crate) fn write(&self, data: Bytes) -> Result<(), (Error, Bytes)> {
+        let mut inbox = self.inbox();
+        if let Some(refused) = inbox.write_refusal() {
+            return Err((refused, data));
+        }
+        let queued = self.level(&inbox);
+        if queued >= self.limits.limit {
+            return Err((
+                Error::WriteQueueFull {
+                    queued,
+                    limit: self.limits.limit,
+                },
+                data,
+            ));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.posted.fetch_add(data.len(), Ordering::SeqCst);
+        inbox.writes.push_back(data);
+        drop(inbox);
+        self.signal.notify();
+        Ok(())
+    }
+
+    pub(crate) fn send_urgent(&self, byte: u8) -> Result<(), Error> {
+        self.post(|inbox| match inbox.write_refusal() {
+            Some(refused) => Err(refused),
+            None => {
+                inbox.urgent.push(byte);
+                Ok(())
+            }
+        })
+    }
+
+    pub(crate) fn request_urgent(&self) {
+        self.post(|inbox| inbox.urgent_wanted = true);
+    }
+
+    pub(crate) fn shutdown_write(&self) {
+        self.post(|inbox| inbox.shutdown_write = true);
+        self.room.notify_waiters();
+    }
+
+    pub(crate) fn close(&self) {
+        self.post(|inbox| inbox.close = true);
+        self.room.notify_waiters();
+    }
+
+    /// Asks the driver to abort with `reason`; `true` unless the connection already decided how
+    /// it ends (or an abort was asked before), so a caller counts only what it really aborted.
+    pub(crate) fn abort(&self, reason: ClosureReason) -> bool {
+        let requested = self.post(|inbox| {
+            let take = !inbox.ended && inbox.abort.is_none();
+            if take {
+                inbox.abort = Some(reason);
+            }
+            take
+        });
+        // Writers waiting for room learn at once that none will come.
+        self.room.notify_waiters();
+        requested
+    }
+
+    pub(crate) fn notify_shutdown(&self) {
+        self.post(|inbox| inbox.shutdown_notice = true);
+    }
+
+    pub(crate) fn set_timeouts(&self, timeouts: Timeouts) {
+        self.post(|inbox| {
+            inbox.timeouts = timeouts;
+            inbox.timeouts_changed = true;
+        });
+    }
+
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        self.inbox().timeouts
+    }
+
+    pub(crate) fn queued_bytes(&self) -> usize {
+        let inbox = self.inbox();
+        self.level(&inbox)
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        let inbox = self.inbox();
+        inbox.closing || inbox.close || inbox.abort.is_some() || inbox.ended
+    }
+
+    /// `Ok(true)` if a writer may go on, `Ok(false)` if it must wait for room, or why it never
+    /// will.
+    pub(crate) fn has_room(&self) -> Result<bool, Error> {
+        let inbox = self.inbox();
+        if let Some(refused) = inbox.write_refusal() {
+            return Err(refused);
+        }
+        let queued = self.level(&inbox);
+        let high = queued >= self.limits.high
+            || (self.high.load(Ordering::Acquire) && queued > self.limits.low);
+        Ok(!high && queued < self.limits.limit)
+    }
+
+    pub(crate) fn limits(&self) -> WriteLimits {
+        self.limits
+    }
+
+    pub(crate) fn add_handle(&self) {
+        self.handles.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn drop_handle(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last handle is gone: the driver re-checks the lifetime rule.
+            self.signal.notify();
+        }
+    }
+
+    // The driver's side.
+
+    /// Takes every request posted so far, appending the writes and urgent bytes to the driver's
+    /// own queues (the inbox keeps its buffers' capacity for the next posts).
+    pub(crate) fn take(&self, writes: &mut VecDeque<Bytes>, urgent: &mut Vec<u8>) -> Requests {
+        let mut inbox = self.inbox();
+        let timeouts = std::mem::take(&mut inbox.timeouts_changed).then_some(inbox.timeouts);
+        let queued = inbox.writes.iter().map(Bytes::len).sum();
+        writes.append(&mut inbox.writes);
+        urgent.append(&mut inbox.urgent);
+        Requests {
+            read: std::mem::take(&mut inbox.read),
+            queued,
+            urgent_pending: false,
+            urgent_wanted: std::mem::take(&mut inbox.urgent_wanted),
+            shutdown_write: inbox.shutdown_write,
+            close: inbox.close,
+            abort: inbox.abort,
+            shutdown_notice: std::mem::take(&mut inbox.shutdown_notice),
+            timeouts,
+            handles: self.handles.load(Ordering::Acquire),
+        }
+    }
+
+    /// The abort asked for, if any (the handshake's check, before the lifecycle runs).
+    pub(crate) fn pending_abort(&self) -> Option<ClosureReason> {
+        self.inbox().abort
+    }
+
+    /// Whether a request arrived since the last take; registers the driver's waker if not.
+    pub(crate) fn poll_posted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.signal.poll(cx)
+    }
+
+    /// The driver runs again after a wait.
+    pub(crate) fn unpark(&self) {
+        self.signal.unpark();
+    }
+
+    /// `bytes` of the queue were written or dropped; wakes writers waiting for room when the
+    /// queue drains below the limit.
+    pub(crate) fn publish_sent(&self, bytes: usize) {
+        let sent = self.sent.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        // `posted` is read after `sent` moved: a writer refused before saw a level no higher than
+        // `before`, so a crossing below the limit that it waits for is never missed.
+        let after = self.posted.load(Ordering::SeqCst) - sent;
+        if after < self.limits.limit && after + bytes >= self.limits.limit {
+            self.room.notify_waiters();
+        }
+    }
+
+    pub(crate) fn publish_high(&self, high: bool) {
+        self.high.store(high, Ordering::Release);
+        if !high {
+            self.room.notify_waiters();
+        }
+    }
+
+    pub(crate) fn publish_closing(&self) {
+        self.inbox().closing = true;
+        self.room.notify_waiters();
+    }
+
+    /// The driver has decided how the connection ends: from now on nothing is taken. Returns the
+    /// abort that came in before, which then wins over `reason` (it was counted as aborted).
+    pub(crate) fn publish_ended(&self, reason: ClosureReason) -> ClosureReason {
+        let mut inbox = self.inbox();
+        inbox.ended = true;
+        inbox.closing = true;
+        inbox.read = false;
+        inbox.writes.clear();
+        // The untaken writes and the driver's own queue are dropped: nothing is queued any more.
+        self.posted
+            .store(self.sent.load(Ordering::SeqCst), Ordering::SeqCst);
+        let reason = match inbox.abort {
+            Some(abort) if reason.is_graceful() => abort,
+            _ => reason,
+        };
+        drop(inbox);
+        self.high.store(false, Ordering::Release);
+        self.room.notify_waiters();
+        reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    const LIMITS: WriteLimits = WriteLimits {
+        limit: 100,
+        high: 80,
+        low: 40,
+    };
+
+    #[test]
+    fn posts_while_running_do_not_wake_and_a_parked_driver_is_woken_once() {
+        let mailbox = Mailbox::new(LIMITS, Timeouts::default());
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Running: a post sets PENDING only.
+        mailbox.request_read();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert!(mailbox.poll_posted(&mut cx).is_ready());
+        assert!(mailbox.take(&mut VecDeque::new(), &mut Vec::new()).read);
+        // Parked: the first post wakes, the second does not wake again.
+        assert!(mailbox.poll_posted(&mut cx).is_pending());
+        mailbox.request_read();
+        mailbox.request_read();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        mailbox.unpark();
+        assert!(mailbox.poll_posted(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_refused_write_gives_its_bytes_back() {
+        let mailbox = Mailbox::new(LIMITS, Timeouts::default());
+        mailbox.write(Bytes::from(vec![0; 100])).unwrap();
+        let (error, data) = mailbox.write(Bytes::from_static(b"more")).unwrap_err();
+        assert!(matches!(error, Error::WriteQueueFull { queued: 100, .. }));
+        assert_eq!(&data[..], b"more");
+        mailbox.close();
+        let (error, _) = mailbox.write(Bytes::from_static(b"x")).unwrap_err();
+        assert!(matches!(error, Error::ConnectionClosed));
+    }
+
+    #[test]
+    fn the_level_is_posted_minus_sent() {
+        let mailbox = Mailbox::new(LIMITS, Timeouts::default());
+        mailbox.write(Bytes::from(vec![0; 90])).unwrap();
+        let mut writes = VecDeque::new();
+        assert_eq!(mailbox.take(&mut writes, &mut Vec::new()).queued, 90);
+        assert_eq!(writes.len(), 1);
+        assert!(!mailbox.has_room().unwrap(), "at or above high");
+        mailbox.publish_high(true);
+        mailbox.publish_sent(45);
+        assert_eq!(mailbox.queued_bytes(), 45);
+        assert!(!mailbox.has_room().unwrap(), "high until it drains to low");
+        mailbox.publish_sent(5);
+        mailbox.publish_high(false);
+        assert!(mailbox.has_room().unwrap());
+    }
+
+    #[test]
+    fn an_abort_after_the_end_is_not_counted_and_one_before_wins() {
+        let mailbox = Mailbox::new(LIMITS, Timeouts::default());
+        assert!(mailbox.abort(ClosureReason::AbortAll));
+        assert!(!mailbox.abort(ClosureReason::LocalAbort), "asked before");
+        assert_eq!(
+            mailbox.publish_ended(ClosureReason::PeerClosed),
+            ClosureReason::AbortAll
+        );
+        let mailbox = Mailbox::new(LIMITS, Timeouts::default());
+        assert_eq!(
+            mailbox.publish_ended(ClosureReason::PeerClosed),
+            ClosureReason::PeerClosed
+        );
+        assert!(!mailbox.abort(ClosureReason::AbortAll));
+    }
+}

@@ -1,0 +1,259 @@
+//! The live connections of a server: registration, abort-all, and the count a shutdown drains.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{watch, Notify};
+
+use crate::connection::Shared;
+use crate::invoke::Invoker;
+use crate::limit::Permit;
+use crate::shutdown::ShutdownReport;
+use crate::stats::{ConnectionStats, Counters};
+use crate::{ClosureReason, ConnectionId, Error};
+
+#[derive(Debug, Default)]
+struct Inner {
+    connections: HashMap<ConnectionId, Arc<Shared>>,
+    /// Connections plus outgoing connects in progress: what a shutdown waits for.
+    live: usize,
+    /// A shutdown has begun: no new connection or connect is taken, and every connection that
+    /// ends from now on was live when it began.
+    closed: bool,
+}
+
+/// How the connections live at a shutdown's start ended, counted as they end.
+#[derive(Debug, Default)]
+struct Ends {
+    graceful: AtomicUsize,
+    forced: AtomicUsize,
+    other: AtomicUsize,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+    /// Signalled whenever `live` drops to zero.
+    drained: Notify,
+    next_id: AtomicU64,
+    ends: Ends,
+    /// Abort-alls (explicit or the shutdown's) whose `on_all_connections_aborted` has not returned
+    /// yet; the connections they aborted hold their closing events until it is back to zero.
+    announcing_aborts: watch::Sender<usize>,
+    counters: Arc<Counters>,
+}
+
+/// Keeps a connection or a connect attempt counted as live until dropped.
+#[derive(Debug)]
+pub(crate) struct Live {
+    registry: Arc<Registry>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut inner = self.registry.inner();
+        inner.live -= 1;
+        if inner.live == 0 {
+            self.registry.drained.notify_waiters();
+        }
+    }
+}
+
+/// A registered connection. Dropped when its driver is done: it deregisters the connection,
+/// counts how it ended for a shutdown's report, then frees its limiter slot and its live count,
+/// in that order.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    shared: Arc<Shared>,
+    reason: Option<ClosureReason>,
+    // Dropped after the deregistration, in this order: the slot frees after the release events,
+    // then the shutdown learns this one is gone.
+    permit: Option<Permit>,
+    live: Option<Live>,
+}
+
+impl Registration {
+    /// Records how the connection ended, for the counters and a shutdown's report.
+    pub(crate) fn ended(&mut self, reason: ClosureReason) {
+        self.reason = Some(reason);
+        self.live
+            .as_ref()
+            .expect("live until dropped")
+            .registry
+            .counters
+            .record_closure(reason);
+    }
+
+    /// Waits until no `on_all_connections_aborted` is running: a connection aborted by an
+    /// abort-all calls this before its closing events.
+    pub(crate) async fn aborts_announced(&self) {
+        let registry = &self.live.as_ref().expect("live until dropped").registry;
+        let mut announcing = registry.announcing_aborts.subscribe();
+        // The sender lives in the registry, which this registration keeps alive.
+        let _ = announcing.wait_for(|count| *count == 0).await;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let live = self.live.take().expect("live until dropped");
+        let registry = &live.registry;
+        {
+            let mut inner = registry.inner();
+            inner.connections.remove(&self.shared.id);
+            registry
+                .counters
+                .record_bytes(&self.shared.counters.snapshot());
+            if inner.closed {
+                if let Some(reason) = self.reason {
+                    let ends = &registry.ends;
+                    let counter = match reason {
+                        ClosureReason::ShutdownForced => &ends.forced,
+                        reason if reason.is_graceful() => &ends.graceful,
+                        _ => &ends.other,
+                    };
+                    counter.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+        drop(self.permit.take());
+        drop(live);
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        Registry {
+            inner: Mutex::default(),
+            drained: Notify::new(),
+            next_id: AtomicU64::new(1),
+            ends: Ends::default(),
+            announcing_aborts: watch::Sender::new(0),
+            counters,
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // Only changed by short, non-panicking sections; recover from poison.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn next_id(&self) -> ConnectionId {
+        ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Counts a new connection or connect attempt as live, unless a shutdown has begun.
+    pub(crate) fn begin(self: &Arc<Self>) -> Result<Live, Error> {
+        let mut inner = self.inner();
+        if inner.closed {
+            return Err(Error::ShuttingDown);
+        }
+        inner.live += 1;
+        Ok(Live {
+            registry: self.clone(),
+        })
+    }
+
+    /// Registers a connection; refused once a shutdown has begun.
+    pub(crate) fn register(
+        &self,
+        shared: &Arc<Shared>,
+        permit: Permit,
+        live: Live,
+    ) -> Result<Registration, Error> {
+        let mut inner = self.inner();
+        if inner.closed {
+            return Err(Error::ShuttingDown);
+        }
+        inner.connections.insert(shared.id, shared.clone());
+        Ok(Registration {
+            shared: shared.clone(),
+            reason: None,
+            permit: Some(permit),
+            live: Some(live),
+        })
+    }
+
+    /// Live connections of this server.
+    pub(crate) fn active(&self) -> usize {
+        self.inner().connections.len()
+    }
+
+    /// The byte counts of the live connections, summed.
+    pub(crate) fn live_bytes(&self) -> (usize, ConnectionStats) {
+        let inner = self.inner();
+        let mut live = ConnectionStats::default();
+        for shared in inner.connections.values() {
+            let connection = shared.counters.snapshot();
+            live.bytes_read += connection.bytes_read;
+            live.bytes_written += connection.bytes_written;
+        }
+        (inner.connections.len(), live)
+    }
+
+    /// Aborts every live connection with `reason` and runs `on_all_connections_aborted` with the
+    /// count; the aborted connections' closing events wait
+    /// until it has returned (guarantee 7's order). Counts only connections that had not yet
+    /// decided how they end.
+    pub(crate) async fn abort_all(&self, reason: ClosureReason, invoker: &Invoker) -> usize {
+        /// Ends the announcement even if the caller stops waiting or the callback panics.
+        struct Announcing<'a>(&'a watch::Sender<usize>);
+        impl Drop for Announcing<'_> {
+            fn drop(&mut self) {
+                self.0.send_modify(|count| *count -= 1);
+            }
+        }
+        self.announcing_aborts.send_modify(|count| *count += 1);
+        let _announcing = Announcing(&self.announcing_aborts);
+        let count = self
+            .inner()
+            .connections
+            .values()
+            .filter(|shared| shared.mailbox.abort(reason))
+            .count();
+        let announce = invoker.callbacks().on_all_connections_aborted(count);
+        invoker
+            .call("on_all_connections_aborted", None, announce)
+            .await;
+        count
+    }
+
+    /// Takes no more connections, and tells every live one that a shutdown has begun.
+    pub(crate) fn close(&self) {
+        let live: Vec<Arc<Shared>> = {
+            let mut inner = self.inner();
+            inner.closed = true;
+            inner.connections.values().cloned().collect()
+        };
+        for shared in live {
+            shared.mailbox.notify_shutdown();
+        }
+    }
+
+    /// Waits until nothing is live.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner().live == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// How the connections live at the shutdown's start ended.
+    pub(crate) fn report(&self) -> ShutdownReport {
+        let ends = &self.ends;
+        ShutdownReport {
+            graceful: ends.graceful.load(Ordering::Acquire),
+            forced: ends.forced.load(Ordering::Acquire),
+            other: ends.other.load(Ordering::Acquire),
+        }
+    }
+}
