@@ -49,7 +49,7 @@ pub const DEFAULT_READ_BUFFER_SIZE: usize = 8 * 1024;
 pub const DEFAULT_WRITE_QUEUE_LIMIT: usize = 64 * 1024;
 /// Write queue high watermark: Netty's default (64 KiB). At or above it a connection's queue is
 /// "high": [`Callbacks::on_write_buffer_high`], and
-/// [`Connection::writable`] waits.
+/// [`Connection::writable`](crate::Connection::writable) waits.
 pub const DEFAULT_WRITE_HIGH_WATERMARK: usize = 64 * 1024;
 /// Write queue low watermark: Netty's default (32 KiB). A high queue that drains to it is no
 /// longer high: [`Callbacks::on_write_buffer_low`].
@@ -247,7 +247,7 @@ impl ServerBuilder {
     /// [`on_connection_closed`](Callbacks::on_connection_closed),
     /// [`on_socket_released`](Callbacks::on_socket_released) (and
     /// [`on_secure_socket_released`](Callbacks::on_secure_socket_released) on a TLS listener).
-    /// It is counted in [`Stats::refused_per_ip`] and holds a slot of the connection limit until
+    /// It is counted in [`Stats::refused_per_ip`](crate::Stats::refused_per_ip) and holds a slot of the connection limit until
     /// those events are done. A connection counts against its address from its accept until just
     /// after its `on_socket_released` returns, whichever way it ends; see
     /// [`Server::connections_from_ip`].
@@ -300,7 +300,7 @@ impl ServerBuilder {
         self
     }
 
-    /// Bytes a connection's write queue may hold: [`Connection::write`] is refused once the
+    /// Bytes a connection's write queue may hold: [`Connection::write`](crate::Connection::write) is refused once the
     /// queue holds this much, and reads pause (so a peer that does not read our replies is held
     /// back by TCP flow control) until the queue drains below it. Default:
     /// [`DEFAULT_WRITE_QUEUE_LIMIT`] (64 KiB). Must be above zero.
@@ -311,7 +311,7 @@ impl ServerBuilder {
 
     /// The write queue's watermarks: a queue that reaches `high` bytes is high
     /// ([`Callbacks::on_write_buffer_high`];
-    /// [`Connection::writable`] waits) until it drains to `low`
+    /// [`Connection::writable`](crate::Connection::writable) waits) until it drains to `low`
     /// ([`Callbacks::on_write_buffer_low`]). Defaults:
     /// [`DEFAULT_WRITE_HIGH_WATERMARK`] (64 KiB) and [`DEFAULT_WRITE_LOW_WATERMARK`] (32 KiB).
     /// `low` must be below `high`. The hard bound stays the

@@ -77,7 +77,7 @@ pub enum ClosureReason {
 }
 
 impl ClosureReason {
-    /// Every reason, in the order of [`ClosureReason::index`].
+    /// Every reason. New reasons may be added in a minor release (the enum is `#[non_exhaustive]`).
     pub const ALL: &'static [ClosureReason] = &[
         ClosureReason::PeerClosed,
         ClosureReason::PeerReset,
