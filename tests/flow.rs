@@ -327,17 +327,18 @@ impl Callbacks for Flow {
     async fn on_connection_established(&self, connection: &Connection, address: &SocketAddr) {
         let id = connection.id();
         connection.user_data().set(self.inner.id_slot, id);
-        self.record(Ev::Established(id, *address));
         let setup = &self.inner.setup;
-        if let Some(hook) = &setup.established {
-            hook(connection);
-        }
         if setup.keep {
+            // Kept before the event is recorded: a test that saw the event finds the handle.
             self.inner
                 .handles
                 .lock()
                 .unwrap()
                 .insert(id, connection.clone());
+        }
+        self.record(Ev::Established(id, *address));
+        if let Some(hook) = &setup.established {
+            hook(connection);
         }
         if setup.probe_oob {
             let read = outcome(connection.read_oob());
