@@ -35,12 +35,13 @@ use tokio_native_tls::TlsAcceptor;
 
 use tokio::sync::mpsc;
 
-use crate::driver::{self, Secure};
+use crate::driver;
 use crate::limit::Permit;
 use crate::manager::{AcceptTasks, Manager};
 use crate::reserve::{is_out_of_descriptors, Reserve};
 use crate::shutdown::Phase;
 use crate::stats::Counters;
+use crate::tls::Secure;
 use crate::{AtLimit, ClosureReason, Direction, UserData};
 
 /// First pause after a resource-shortage accept error (the design's default, after libuv and

@@ -116,6 +116,7 @@ pub enum AtLimit {
 /// server.shutdown().await;
 /// # Ok(()) }
 /// ```
+#[must_use = "a builder does nothing until `start`"]
 pub struct ServerBuilder {
     binds: Vec<Bind>,
     /// The acceptor for listeners added with `bind`.

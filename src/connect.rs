@@ -6,11 +6,11 @@ use std::sync::Arc;
 use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::driver::Secure;
 use crate::limit::Permit;
 use crate::manager::Manager;
 use crate::registry::Live;
 use crate::stats::Counters;
+use crate::tls::Secure;
 use crate::{ConnectArgument, Connection, Direction, Error, TlsConnect, UserData};
 
 /// An outgoing connect, from the pre-connect event to an established connection or a failure.

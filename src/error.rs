@@ -171,3 +171,53 @@ impl From<io::Error> for Error {
         Error::Io(error)
     }
 }
+
+/// For code that speaks `io::Result`: an [`Error::Io`] gives its own error back; any other error
+/// becomes an `io::Error` of the closest kind, with the switchboard error as its inner error.
+///
+/// ```
+/// use std::io;
+/// let error: io::Error = switchboard::Error::ConnectionClosed.into();
+/// assert_eq!(error.kind(), io::ErrorKind::NotConnected);
+/// ```
+impl From<Error> for io::Error {
+    fn from(error: Error) -> Self {
+        if let Error::Io(source) = error {
+            return source;
+        }
+        let kind = match &error {
+            Error::Io(source) | Error::Bind { source, .. } | Error::Connect { source, .. } => {
+                source.kind()
+            }
+            Error::InvalidSetting { .. } => io::ErrorKind::InvalidInput,
+            Error::ConnectTimedOut { .. } => io::ErrorKind::TimedOut,
+            Error::ConnectionClosed => io::ErrorKind::NotConnected,
+            Error::WriteShutdown => io::ErrorKind::BrokenPipe,
+            Error::WriteQueueFull { .. } => io::ErrorKind::WouldBlock,
+            Error::Unsupported(_) => io::ErrorKind::Unsupported,
+            Error::ConnectionLimitReached { .. }
+            | Error::ShuttingDown
+            | Error::CallbackPanic { .. }
+            | Error::Tls { .. } => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_comes_back_as_itself_and_others_keep_their_kind_and_source() {
+        let io = io::Error::from(Error::Io(io::Error::from_raw_os_error(104)));
+        assert_eq!(io.raw_os_error(), Some(104));
+        let closed = io::Error::from(Error::ConnectionClosed);
+        assert_eq!(closed.kind(), io::ErrorKind::NotConnected);
+        let inner = closed.into_inner().expect("the switchboard error inside");
+        assert!(matches!(
+            inner.downcast_ref::<Error>(),
+            Some(Error::ConnectionClosed)
+        ));
+    }
+}

@@ -11,13 +11,14 @@ use tokio::task::JoinHandle;
 
 use crate::builder::Config;
 use crate::connection::Shared;
-use crate::driver::{Context, Driver, Secure};
+use crate::driver::{Context, Driver};
 use crate::limit::Permit;
 use crate::mailbox::Mailbox;
 use crate::per_ip::PerIpLimit;
 use crate::registry::{Live, Registry};
 use crate::shutdown::Shutdown;
 use crate::stats::{ConnectionCounters, Counters};
+use crate::tls::Secure;
 use crate::user_data::UserDataLayout;
 use crate::{ClosureReason, Connection, ConnectionLimiter, Direction, Error, Stats, UserData};
 

@@ -29,6 +29,9 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use crate::{Direction, Error};
 
@@ -258,6 +261,18 @@ pub(crate) fn is_tls_failure(error: &io::Error) -> bool {
             error.kind(),
             io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
         )
+}
+
+/// The TLS side a connection takes in its handshake.
+#[derive(Debug)]
+pub(crate) enum Secure {
+    /// An accepted connection: the listener's acceptor, and the server's slots for handshakes in
+    /// progress.
+    Accept {
+        acceptor: tokio_native_tls::TlsAcceptor,
+        slots: Arc<Semaphore>,
+    },
+    Connect(TlsConnect),
 }
 
 #[cfg(test)]

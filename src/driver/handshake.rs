@@ -2,28 +2,14 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::sync::Semaphore;
 
 use super::transport::Transport;
 use super::Driver;
-use crate::tls::{self, TlsConnect, TlsInfo};
+use crate::tls::{self, Secure, TlsInfo};
 use crate::{ClosureReason, Direction};
-
-/// The TLS side a connection takes in its handshake.
-#[derive(Debug)]
-pub(crate) enum Secure {
-    /// An accepted connection: the listener's acceptor, and the server's slots for handshakes in
-    /// progress.
-    Accept {
-        acceptor: tokio_native_tls::TlsAcceptor,
-        slots: Arc<Semaphore>,
-    },
-    Connect(TlsConnect),
-}
 
 impl Driver {
     /// Runs the TLS handshake, bounded by the handshake timeout and cut short by an abort, then

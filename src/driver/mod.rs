@@ -33,10 +33,9 @@ use crate::lifecycle::{
 };
 use crate::registry::Registration;
 use crate::stats::ConnectionCounters;
-use crate::tls;
+use crate::tls::{self, Secure};
 use crate::{ClosureReason, Connection, Error};
 
-pub(crate) use handshake::Secure;
 use timer::Timer;
 use transport::Transport;
 use urgent::{Urgent, Watched};
