@@ -1,0 +1,633 @@
+//! The lifecycle's rules, without a socket: every path of guarantee 1, the lifetime rule, the
+//! watermarks and the timeouts.
+use super::*;
+
+const LIMITS: WriteLimits = WriteLimits {
+    limit: 100,
+    high: 80,
+    low: 40,
+};
+const CLOSE: Duration = Duration::from_secs(5);
+
+fn config(timeouts: Timeouts) -> LifecycleConfig {
+    LifecycleConfig {
+        limits: LIMITS,
+        timeouts,
+        close_timeout: CLOSE,
+        slow_consumer_timeout: None,
+    }
+}
+
+/// A connection whose application holds a handle and asked for a read, as an echo server's
+/// does after `on_connection_established`.
+fn open(t0: Instant) -> Lifecycle {
+    let mut life = Lifecycle::new(config(Timeouts::default()), t0);
+    life.on_requests(
+        Requests {
+            read: true,
+            ..Requests::default()
+        },
+        t0,
+    );
+    life
+}
+
+fn wait(life: &mut Lifecycle, now: Instant) -> Interest {
+    match life.next(now) {
+        Action::Wait(interest) => interest,
+        other => panic!("expected a wait, got {other:?}"),
+    }
+}
+
+/// Performs the actions a driver would until a wait or the end; returns the events announced
+/// and FINs sent, in order, and the last action.
+fn run(life: &mut Lifecycle, now: Instant) -> (Vec<Action>, Action) {
+    let mut done = Vec::new();
+    for _ in 0..16 {
+        match life.next(now) {
+            Action::SendFin => {
+                done.push(Action::SendFin);
+                life.on_fin_sent();
+            }
+            Action::Announce(event) => done.push(Action::Announce(event)),
+            last => return (done, last),
+        }
+    }
+    panic!("no wait or end after 16 actions: {done:?}");
+}
+
+fn requests(change: impl FnOnce(&mut Requests)) -> Requests {
+    let mut requests = Requests::default();
+    change(&mut requests);
+    requests
+}
+
+#[test]
+fn a_pending_read_keeps_the_connection_open_and_is_used_up_by_data() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    assert!(wait(&mut life, t0).read);
+    assert_eq!(
+        life.on_read(ReadOutcome::Data(10), t0),
+        ReadVerdict::Deliver
+    );
+    // No read, no write, no handle: the lifetime rule closes it gracefully.
+    let (done, last) = run(&mut life, t0);
+    assert_eq!(done, vec![Action::SendFin]);
+    let Action::Wait(interest) = last else {
+        panic!("closing waits for the peer's FIN")
+    };
+    assert!(interest.read, "closing drains what the peer still sends");
+    assert_eq!(interest.deadline, Some(t0 + CLOSE));
+    assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::Discard);
+    assert_eq!(
+        life.next(t0),
+        Action::End(ClosureReason::Unreferenced),
+        "ends once both FINs are through"
+    );
+}
+
+#[test]
+fn each_thing_pending_keeps_it_open_by_itself() {
+    let t0 = Instant::now();
+    for keep in 0..4 {
+        let mut life = Lifecycle::new(config(Timeouts::default()), t0);
+        life.on_requests(
+            requests(|r| match keep {
+                0 => r.read = true,
+                1 => r.queued = 5,
+                2 => r.urgent_pending = true,
+                _ => r.handles = 1,
+            }),
+            t0,
+        );
+        assert!(
+            matches!(life.next(t0), Action::Wait(_)),
+            "case {keep} closed"
+        );
+        assert_eq!(life.phase(), Phase::Open);
+    }
+    // Asking for urgent data alone does not keep a connection open.
+    let mut life = Lifecycle::new(config(Timeouts::default()), t0);
+    life.on_requests(requests(|r| r.urgent_wanted = true), t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+}
+
+#[test]
+fn the_last_handle_dropped_closes_it() {
+    let t0 = Instant::now();
+    let mut life = Lifecycle::new(config(Timeouts::default()), t0);
+    life.on_requests(requests(|r| r.handles = 2), t0);
+    wait(&mut life, t0);
+    life.on_requests(requests(|r| r.handles = 1), t0);
+    wait(&mut life, t0);
+    life.on_requests(requests(|r| r.handles = 0), t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+    assert!(matches!(
+        life.phase(),
+        Phase::Closing {
+            reason: ClosureReason::Unreferenced,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn peer_fin_then_writes_still_go_out_then_closes_as_peer_closed() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    wait(&mut life, t0);
+    assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::ClientClose);
+    // Half-close: the application writes after the FIN (guarantee 3).
+    life.on_requests(requests(|r| r.queued = 30), t0);
+    let interest = wait(&mut life, t0);
+    assert!(interest.write && !interest.read);
+    life.on_written(30, t0);
+    let (done, last) = run(&mut life, t0);
+    assert_eq!(done, vec![Action::SendFin]);
+    assert_eq!(last, Action::End(ClosureReason::PeerClosed));
+}
+
+#[test]
+fn both_fins_end_it_even_with_a_handle_held() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(
+        requests(|r| {
+            r.handles = 1;
+            r.shutdown_write = true;
+        }),
+        t0,
+    );
+    assert_eq!(life.next(t0), Action::SendFin);
+    life.on_fin_sent();
+    wait(&mut life, t0);
+    assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::ClientClose);
+    let (_, last) = run(&mut life, t0);
+    assert_eq!(last, Action::End(ClosureReason::PeerClosed));
+}
+
+#[test]
+fn close_flushes_the_queue_before_fin_and_refuses_reads() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(
+        requests(|r| {
+            r.queued = 50;
+            r.close = true;
+            r.read = true;
+            r.handles = 1;
+        }),
+        t0,
+    );
+    assert!(life.is_closing());
+    let interest = wait(&mut life, t0);
+    assert!(
+        interest.write && !interest.fin,
+        "no FIN before the queue is sent"
+    );
+    life.on_written(20, t0);
+    wait(&mut life, t0);
+    life.on_written(30, t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+    life.on_fin_sent();
+    assert_eq!(life.on_read(ReadOutcome::Data(7), t0), ReadVerdict::Discard);
+    wait(&mut life, t0);
+    life.on_read(ReadOutcome::Eof, t0);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::LocalClose));
+}
+
+#[test]
+fn a_close_that_does_not_finish_times_out() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.close = true), t0);
+    let (_, last) = run(&mut life, t0);
+    let Action::Wait(interest) = last else {
+        panic!()
+    };
+    assert_eq!(interest.deadline, Some(t0 + CLOSE));
+    life.on_deadline(t0 + CLOSE - Duration::from_millis(1));
+    assert!(!life.is_ended(), "an early timer changes nothing");
+    life.on_deadline(t0 + CLOSE);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::CloseTimedOut));
+}
+
+#[test]
+fn abort_wins_over_a_close_in_progress_and_over_everything_after() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(
+        requests(|r| {
+            r.queued = 10;
+            r.close = true;
+        }),
+        t0,
+    );
+    life.on_requests(requests(|r| r.abort = Some(ClosureReason::AbortAll)), t0);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::AbortAll));
+    // Nothing moves an ended connection.
+    life.on_requests(requests(|r| r.abort = Some(ClosureReason::LocalAbort)), t0);
+    life.end(ClosureReason::CallbackPanic);
+    assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::Ended);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::AbortAll));
+}
+
+#[test]
+fn a_reset_is_announced_while_open_and_silent_while_closing() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    wait(&mut life, t0);
+    assert_eq!(
+        life.on_read(ReadOutcome::Reset, t0),
+        ReadVerdict::AnnounceReset
+    );
+    assert_eq!(life.next(t0), Action::End(ClosureReason::PeerReset));
+
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.close = true), t0);
+    run(&mut life, t0);
+    assert_eq!(life.on_read(ReadOutcome::Reset, t0), ReadVerdict::Ended);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::PeerReset));
+
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.queued = 10), t0);
+    assert!(
+        life.on_write_reset(),
+        "a write's reset is announced while open"
+    );
+    assert_eq!(life.next(t0), Action::End(ClosureReason::PeerReset));
+}
+
+#[test]
+fn at_most_one_client_close() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.handles = 1), t0);
+    assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::ClientClose);
+    life.on_requests(
+        requests(|r| {
+            r.read = true;
+            r.handles = 1;
+        }),
+        t0,
+    );
+    assert!(
+        !wait(&mut life, t0).read,
+        "a read after the FIN is not polled"
+    );
+}
+
+#[test]
+fn shutdown_notice_is_announced_once_and_not_while_closing() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.shutdown_notice = true), t0);
+    assert_eq!(life.next(t0), Action::Announce(Event::ShutdownRequested));
+    life.on_requests(requests(|r| r.shutdown_notice = true), t0);
+    assert!(matches!(life.next(t0), Action::Wait(_)));
+
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.close = true), t0);
+    life.on_requests(requests(|r| r.shutdown_notice = true), t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+}
+
+#[test]
+fn the_notice_is_told_before_the_lifetime_rule_closes() {
+    // The shutdown notice and the last handle's drop arrive together: the application hears
+    // of the shutdown first.
+    let t0 = Instant::now();
+    let mut life = Lifecycle::new(config(Timeouts::default()), t0);
+    life.on_requests(requests(|r| r.shutdown_notice = true), t0);
+    assert_eq!(life.next(t0), Action::Announce(Event::ShutdownRequested));
+    assert_eq!(life.next(t0), Action::SendFin);
+}
+
+#[test]
+fn watermarks_announce_high_then_low_with_hysteresis() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.queued = 80), t0);
+    assert_eq!(life.next(t0), Action::Announce(Event::WriteBufferHigh));
+    assert!(life.is_high());
+    life.on_written(30, t0); // 50: between the marks, still high
+    assert!(matches!(life.next(t0), Action::Wait(_)));
+    assert!(life.is_high());
+    life.on_written(10, t0); // 40: at the low mark
+    assert_eq!(life.next(t0), Action::Announce(Event::WriteBufferLow));
+    assert!(!life.is_high());
+    life.on_requests(requests(|r| r.queued = 39), t0); // 79: below high
+    assert!(matches!(life.next(t0), Action::Wait(_)));
+}
+
+#[test]
+fn a_full_queue_pauses_reads_until_it_drains_below_the_limit() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.queued = 100), t0);
+    assert_eq!(life.next(t0), Action::Announce(Event::WriteBufferHigh));
+    let interest = wait(&mut life, t0);
+    assert!(!interest.read && interest.write);
+    life.on_written(1, t0);
+    assert!(wait(&mut life, t0).read);
+}
+
+#[test]
+fn a_slow_consumer_is_cut_off_after_its_timeout() {
+    let t0 = Instant::now();
+    let mut life = Lifecycle::new(
+        LifecycleConfig {
+            slow_consumer_timeout: Some(Duration::from_secs(3)),
+            ..config(Timeouts::default())
+        },
+        t0,
+    );
+    life.on_requests(requests(|r| r.queued = 90), t0);
+    assert_eq!(life.next(t0), Action::Announce(Event::WriteBufferHigh));
+    let interest = wait(&mut life, t0);
+    assert_eq!(interest.deadline, Some(t0 + Duration::from_secs(3)));
+    life.on_deadline(t0 + Duration::from_secs(3));
+    assert_eq!(life.next(t0), Action::End(ClosureReason::SlowConsumer));
+}
+
+#[test]
+fn each_timeout_ends_with_its_own_reason() {
+    let t0 = Instant::now();
+    let second = Duration::from_secs(1);
+    let cases: [(Timeouts, ClosureReason); 4] = [
+        (
+            Timeouts {
+                idle: Some(second),
+                ..Timeouts::default()
+            },
+            ClosureReason::IdleTimedOut,
+        ),
+        (
+            Timeouts {
+                read: Some(second),
+                ..Timeouts::default()
+            },
+            ClosureReason::ReadTimedOut,
+        ),
+        (
+            Timeouts {
+                first_byte: Some(second),
+                ..Timeouts::default()
+            },
+            ClosureReason::FirstByteTimedOut,
+        ),
+        (
+            Timeouts {
+                half_closed: Some(second),
+                ..Timeouts::default()
+            },
+            ClosureReason::HalfClosedTimedOut,
+        ),
+    ];
+    for (timeouts, reason) in cases {
+        let mut life = Lifecycle::new(config(timeouts), t0);
+        life.on_requests(
+            requests(|r| {
+                r.read = true;
+                r.handles = 1;
+            }),
+            t0,
+        );
+        if reason == ClosureReason::HalfClosedTimedOut {
+            wait(&mut life, t0);
+            life.on_read(ReadOutcome::Eof, t0);
+        }
+        let interest = wait(&mut life, t0);
+        assert_eq!(interest.deadline, Some(t0 + second), "{reason}");
+        life.on_deadline(t0 + second);
+        assert_eq!(life.next(t0), Action::End(reason));
+    }
+}
+
+#[test]
+fn traffic_moves_the_idle_and_first_byte_deadlines() {
+    let t0 = Instant::now();
+    let second = Duration::from_secs(1);
+    let mut life = Lifecycle::new(
+        config(Timeouts {
+            idle: Some(second),
+            first_byte: Some(second),
+            ..Timeouts::default()
+        }),
+        t0,
+    );
+    life.on_requests(requests(|r| r.read = true), t0);
+    wait(&mut life, t0);
+    let t1 = t0 + second / 2;
+    life.on_read(ReadOutcome::Data(1), t1);
+    life.on_requests(requests(|r| r.read = true), t1);
+    assert_eq!(wait(&mut life, t1).deadline, Some(t1 + second));
+    life.on_deadline(t0 + second);
+    assert!(
+        !life.is_ended(),
+        "the first byte came, the idle clock moved"
+    );
+}
+
+#[test]
+fn each_read_request_gets_the_whole_read_timeout() {
+    let t0 = Instant::now();
+    let second = Duration::from_secs(1);
+    let mut life = Lifecycle::new(
+        config(Timeouts {
+            read: Some(second),
+            ..Timeouts::default()
+        }),
+        t0,
+    );
+    life.on_requests(requests(|r| r.read = true), t0);
+    assert_eq!(wait(&mut life, t0).deadline, Some(t0 + second));
+    let t1 = t0 + second / 2;
+    life.on_read(ReadOutcome::Data(1), t1);
+    life.on_requests(requests(|r| r.read = true), t1);
+    assert_eq!(wait(&mut life, t1).deadline, Some(t1 + second));
+}
+
+#[test]
+fn a_read_paused_by_a_full_queue_does_not_count_toward_the_read_timeout() {
+    let t0 = Instant::now();
+    let second = Duration::from_secs(1);
+    let mut life = Lifecycle::new(
+        config(Timeouts {
+            read: Some(second),
+            ..Timeouts::default()
+        }),
+        t0,
+    );
+    life.on_requests(requests(|r| r.read = true), t0);
+    assert_eq!(wait(&mut life, t0).deadline, Some(t0 + second));
+    life.on_requests(requests(|r| r.queued = 100), t0);
+    let _ = life.next(t0); // high
+    let interest = wait(&mut life, t0);
+    assert!(!interest.read);
+    assert_eq!(interest.deadline, None);
+    let t1 = t0 + 2 * second;
+    life.on_written(100, t1);
+    let _ = life.next(t1); // low
+    assert_eq!(wait(&mut life, t1).deadline, Some(t1 + second));
+}
+
+#[test]
+fn turning_the_idle_timeout_on_counts_from_then() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    let t1 = t0 + Duration::from_secs(10);
+    life.on_requests(
+        requests(|r| {
+            r.timeouts = Some(Timeouts {
+                idle: Some(Duration::from_secs(1)),
+                ..Timeouts::default()
+            })
+        }),
+        t1,
+    );
+    assert_eq!(
+        wait(&mut life, t1).deadline,
+        Some(t1 + Duration::from_secs(1))
+    );
+}
+
+#[test]
+fn urgent_interest_follows_the_request_and_ends_with_the_open_phase() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.urgent_wanted = true), t0);
+    assert!(wait(&mut life, t0).urgent);
+    life.on_urgent_delivered();
+    assert!(!wait(&mut life, t0).urgent, "one request, one byte");
+    life.on_requests(requests(|r| r.urgent_wanted = true), t0);
+    life.on_requests(requests(|r| r.close = true), t0);
+    assert!(!life.urgent_wanted());
+}
+
+#[test]
+fn tls_close_notify_that_blocks_is_polled() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.close = true), t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+    life.on_fin_blocked();
+    let interest = wait(&mut life, t0);
+    assert!(interest.fin);
+    life.on_fin_sent();
+    assert!(!wait(&mut life, t0).fin);
+    assert!(life.fin_sent());
+}
+
+/// Every order of a set of inputs ends in exactly one `End`, after which the lifecycle never
+/// acts again, and a connection that nothing keeps open never waits forever.
+#[test]
+fn every_order_of_inputs_ends_once() {
+    #[derive(Debug, Clone, Copy)]
+    enum Input {
+        Data,
+        Eof,
+        Reset,
+        Close,
+        Abort,
+        Notice,
+        Queue,
+        Written,
+        DropHandle,
+        Deadline,
+    }
+    use Input::*;
+    let inputs = [
+        Data, Eof, Reset, Close, Abort, Notice, Queue, Written, DropHandle, Deadline,
+    ];
+    let t0 = Instant::now();
+    let late = t0 + Duration::from_secs(3600);
+    // Every sequence of four inputs (10^4 orders), each driven to its end.
+    for n in 0..10_000_usize {
+        let sequence: Vec<Input> = (0..4).map(|i| inputs[(n / 10_usize.pow(i)) % 10]).collect();
+        let mut life = open(t0);
+        let mut handles = 1;
+        life.on_requests(requests(|r| r.handles = 1), t0);
+        let mut queued = 0;
+        let mut ends = 0;
+        for input in &sequence {
+            match input {
+                Data | Eof | Reset => {
+                    let outcome = match input {
+                        Data => ReadOutcome::Data(1),
+                        Eof => ReadOutcome::Eof,
+                        _ => ReadOutcome::Reset,
+                    };
+                    if let Action::Wait(Interest { read: true, .. }) = life.next(t0) {
+                        life.on_read(outcome, t0);
+                    }
+                }
+                Close => life.on_requests(
+                    requests(|r| {
+                        r.close = true;
+                        r.handles = handles;
+                    }),
+                    t0,
+                ),
+                Abort => life.on_requests(
+                    requests(|r| {
+                        r.abort = Some(ClosureReason::LocalAbort);
+                        r.handles = handles;
+                    }),
+                    t0,
+                ),
+                Notice => life.on_requests(
+                    requests(|r| {
+                        r.shutdown_notice = true;
+                        r.handles = handles;
+                    }),
+                    t0,
+                ),
+                Queue => {
+                    if !life.is_closing() {
+                        queued += 10;
+                        life.on_requests(
+                            requests(|r| {
+                                r.queued = 10;
+                                r.handles = handles;
+                            }),
+                            t0,
+                        );
+                    }
+                }
+                Written => {
+                    life.on_written(queued, t0);
+                    queued = 0;
+                }
+                DropHandle => {
+                    handles = 0;
+                    life.on_requests(requests(|r| r.handles = 0), t0);
+                }
+                Deadline => life.on_deadline(late),
+            }
+            if let (_, Action::End(_)) = run(&mut life, t0) {
+                ends += 1;
+            }
+        }
+        // Let the peer finish and everything drain: the connection must end.
+        life.on_written(queued, t0);
+        handles = 0;
+        life.on_requests(requests(|r| r.handles = handles), t0);
+        let _ = life.on_read(ReadOutcome::Eof, t0);
+        let (_, last) = run(&mut life, t0);
+        let last = match last {
+            Action::Wait(_) => {
+                life.on_deadline(late);
+                run(&mut life, t0).1
+            }
+            last => last,
+        };
+        let Action::End(reason) = last else {
+            panic!("{sequence:?} never ended: {last:?}");
+        };
+        assert!(life.is_ended());
+        assert_eq!(life.next(late), Action::End(reason), "{sequence:?}");
+        let _ = ends;
+    }
+}
