@@ -61,11 +61,11 @@ impl Inbox {
 /// The wake-up from handles to the driver.
 ///
 /// Invariant: a request posted before [`Signal::notify`] is seen by the driver's next
-/// [`Mailbox::take`] after `notify` returns. The driver takes the inbox at the top of every turn,
-/// so while it runs (`PARKED` clear) a notify only sets `PENDING`, and costs no task wake-up; once
-/// it has registered its waker and set `PARKED` (in [`Signal::poll`], with `PENDING` clear), the
-/// first notify wakes it. `PENDING` is cleared when the driver acts on it, before it takes the
-/// inbox, so a request posted meanwhile sets it again.
+/// [`Mailbox::take_posted`] after `notify` returns. The driver takes the inbox at the top of every
+/// turn, clearing `PENDING` first ([`Signal::consume`]), so a request posted after the take sets
+/// it again. While the driver runs (`PARKED` clear) a notify only sets `PENDING` and costs no task
+/// wake-up; once it has registered its waker and set `PARKED` (in [`Signal::poll`], which only
+/// parks with `PENDING` clear), the first notify wakes it.
 #[derive(Debug, Default)]
 struct Signal {
     state: AtomicU8,
@@ -102,6 +102,12 @@ impl Signal {
                 Poll::Ready(())
             }
         }
+    }
+
+    /// Whether something was posted since the last call; clears the mark, so a post made after
+    /// this call sets it again (and wakes a parked driver).
+    fn consume(&self) -> bool {
+        self.state.fetch_and(!PENDING, Ordering::AcqRel) & PENDING != 0
     }
 
     /// The driver runs again (whatever woke it): posts need not wake it until it parks again.
@@ -291,6 +297,20 @@ impl Mailbox {
     }
 
     // The driver's side.
+
+    /// Takes what was posted since the last take, if anything was (one atomic operation when
+    /// nothing was).
+    pub(crate) fn take_posted(
+        &self,
+        writes: &mut VecDeque<Bytes>,
+        urgent: &mut Vec<u8>,
+    ) -> Option<Requests> {
+        self.signal.consume().then(|| self.take(writes, urgent))
+    }
+
+    pub(crate) fn handles(&self) -> usize {
+        self.handles.load(Ordering::Acquire)
+    }
 
     /// Takes every request posted so far, appending the writes and urgent bytes to the driver's
     /// own queues (the inbox keeps its buffers' capacity for the next posts).

@@ -29,7 +29,8 @@ use tokio::time::Instant;
 use crate::connection::Shared;
 use crate::invoke::Invoker;
 use crate::lifecycle::{
-    Action, Event, Interest, Lifecycle, LifecycleConfig, Phase, ReadOutcome, ReadVerdict,
+    Action, Event, Interest, LazyNow, Lifecycle, LifecycleConfig, Phase, ReadOutcome, ReadVerdict,
+    Requests,
 };
 use crate::registry::Registration;
 use crate::stats::ConnectionCounters;
@@ -151,14 +152,12 @@ impl Driver {
             .is_some()
     }
 
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
     async fn pump(&mut self) -> ClosureReason {
         loop {
-            self.take_posted();
-            let action = self.life.next(self.now());
+            // The time of this turn, read only if a rule needs it.
+            let now = LazyNow::default();
+            self.take_posted(&now);
+            let action = self.life.next(&now);
             if !self.published_closing && self.life.is_closing() {
                 self.published_closing = true;
                 self.shared.mailbox.publish_closing();
@@ -182,16 +181,20 @@ impl Driver {
     }
 
     /// Takes what handles posted into the lifecycle, the write queue and the urgent bytes.
-    fn take_posted(&mut self) {
-        let mut requests = self
-            .shared
-            .mailbox
-            .take(self.writes.tail(), self.urgent.tail());
+    fn take_posted(&mut self, now: &LazyNow) {
+        let mailbox = &self.shared.mailbox;
+        let mut requests = match mailbox.take_posted(self.writes.tail(), self.urgent.tail()) {
+            Some(requests) => requests,
+            // Nothing posted since the last take: only the handle count can have moved.
+            None => Requests {
+                handles: mailbox.handles(),
+                ..Requests::default()
+            },
+        };
         if self.urgent.has_pending() {
             self.urgent.send(self.transport.tcp());
         }
         requests.urgent_pending = self.urgent.has_pending();
-        let now = self.now();
         self.life.on_requests(requests, now);
     }
 
@@ -321,7 +324,7 @@ impl Driver {
             ReadOutcome::Data(data.len())
         };
         let callbacks = self.context.invoker.callbacks();
-        let survived = match self.life.on_read(outcome, self.now()) {
+        let survived = match self.life.on_read(outcome, &LazyNow::default()) {
             ReadVerdict::Deliver => {
                 let counters = &self.shared.counters;
                 ConnectionCounters::add(&counters.bytes_read, data.len() as u64);
@@ -359,7 +362,9 @@ impl Driver {
             return self.read_completed(BytesMut::new()).await;
         }
         if self.is_peer_reset(&error) {
-            if self.life.on_read(ReadOutcome::Reset, self.now()) == ReadVerdict::AnnounceReset {
+            if self.life.on_read(ReadOutcome::Reset, &LazyNow::default())
+                == ReadVerdict::AnnounceReset
+            {
                 self.announce_reset(&error).await;
             }
             return;
@@ -409,7 +414,7 @@ impl Driver {
     /// `sent` bytes of the queue went to the kernel: the buffers sent in full complete.
     async fn written(&mut self, sent: usize) {
         let completed = self.writes.advance(sent);
-        let now = self.now();
+        let now = &LazyNow::default();
         self.life.on_written(sent, now);
         self.shared.mailbox.publish_sent(sent);
         let counters = &self.shared.counters;
@@ -553,7 +558,7 @@ impl Driver {
                     Ok(_) => tcp.take_error().ok().flatten(),
                 };
                 if let Some(error) = error {
-                    if self.life.on_read(ReadOutcome::Reset, self.now())
+                    if self.life.on_read(ReadOutcome::Reset, &LazyNow::default())
                         == ReadVerdict::AnnounceReset
                     {
                         self.announce_reset(&error).await;

@@ -5,18 +5,24 @@
 //! until the socket is readable); TLS goes through `tokio-native-tls`, which drives OpenSSL over
 //! the same socket.
 
-use std::future::Future;
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The largest TLS record's plaintext: small buffers are gathered up to this much per write, so
 /// that many small writes do not each become a record of their own.
 const TLS_RECORD: usize = 16 * 1024;
+
+thread_local! {
+    /// Where plain reads land before their bytes are copied out; one per runtime thread, grown to
+    /// the largest read buffer size asked for.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 #[derive(Debug)]
 pub(crate) enum Transport {
@@ -65,30 +71,37 @@ impl Transport {
         past_urgent: bool,
     ) -> Poll<io::Result<BytesMut>> {
         match self {
-            Transport::Plain(stream) => {
-                // Wait for readiness before allocating: an idle connection with a read
-                // requested holds no buffer.
-                ready!(stream.poll_read_ready(cx))?;
-                let mut buffer = BytesMut::with_capacity(size);
+            Transport::Plain(stream) => SCRATCH.with(|scratch| {
+                // Read into this thread's scratch buffer, then copy out exactly what arrived: an
+                // idle connection holds no buffer, and a small message costs a small allocation
+                // (served from the allocator's thread cache) instead of a full-size one.
+                let mut scratch = scratch.borrow_mut();
+                if scratch.len() < size {
+                    scratch.resize(size, 0);
+                }
+                let scratch = &mut scratch[..size];
                 if !past_urgent {
                     // `poll_read` (unlike `try_read`) clears the readiness after a short read,
                     // so the next poll parks without a `recv` that would return EAGAIN.
-                    ready!(pin!(stream.read_buf(&mut buffer)).poll(cx))?;
-                    return Poll::Ready(Ok(buffer));
+                    let mut filled = ReadBuf::new(scratch);
+                    ready!(Pin::new(stream).poll_read(cx, &mut filled))?;
+                    return Poll::Ready(Ok(BytesMut::from(filled.filled())));
                 }
                 // Linux ends a read at the urgent-data mark with more data queued behind it
                 // and no new readiness to come, so on a connection that takes urgent data a
-                // short read must not clear the readiness: `try_read_buf` clears it only on
+                // short read must not clear the readiness: `try_read` clears it only on
                 // EAGAIN, at the price of that one extra `recv` per drained socket.
                 loop {
-                    match stream.try_read_buf(&mut buffer) {
+                    match stream.try_read(scratch) {
                         Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                             ready!(stream.poll_read_ready(cx))?;
                         }
-                        result => return Poll::Ready(result.map(|_| buffer)),
+                        result => {
+                            return Poll::Ready(result.map(|n| BytesMut::from(&scratch[..n])))
+                        }
                     }
                 }
-            }
+            }),
             Transport::Tls {
                 stream,
                 read_buffer,

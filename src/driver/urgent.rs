@@ -70,7 +70,16 @@ impl Urgent {
     /// Whether a wait for urgent data would do anything; creates or drops the watcher to match
     /// `wanted`.
     #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[inline]
     pub(super) fn watch(&mut self, wanted: bool, tcp: Option<&TcpStream>) -> bool {
+        if !wanted && self.watch.is_none() {
+            return false;
+        }
+        self.watch_slow(wanted, tcp)
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn watch_slow(&mut self, wanted: bool, tcp: Option<&TcpStream>) -> bool {
         if !wanted || self.finished {
             self.watch = None;
             return false;

@@ -10,11 +10,42 @@
 //! Phases: `Open` → `Closing { reason, deadline }` (queued data flushed, FIN sent, the peer's FIN
 //! awaited) → `Ended(reason)`. An abort, an error, a reset or a timeout goes straight to `Ended`.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::{ClosureReason, Timeouts};
+
+/// Where the lifecycle reads the time from: an `Instant` given outright, or the driver's
+/// [`LazyNow`], which reads the clock only if a rule needs it (most turns of a connection without
+/// timeouts need none).
+pub(crate) trait Clock: Copy {
+    fn now(self) -> Instant;
+}
+
+impl Clock for Instant {
+    fn now(self) -> Instant {
+        self
+    }
+}
+
+/// The time of one turn of the driver, read at most once and only when asked for.
+#[derive(Debug, Default)]
+pub(crate) struct LazyNow(Cell<Option<Instant>>);
+
+impl Clock for &LazyNow {
+    fn now(self) -> Instant {
+        match self.0.get() {
+            Some(now) => now,
+            None => {
+                let now = Instant::now();
+                self.0.set(Some(now));
+                now
+            }
+        }
+    }
+}
 
 /// Write queue bounds of one connection, fixed when it is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +176,7 @@ enum Fin {
 
 /// When the things the timeouts measure last happened.
 #[derive(Debug, Clone, Copy)]
-struct Clock {
+struct Times {
     established: Instant,
     first_byte_seen: bool,
     /// Last byte read or written (kept only while an idle timeout is on).
@@ -163,6 +194,8 @@ struct Clock {
 pub(crate) struct Lifecycle {
     config: LifecycleConfig,
     timeouts: Timeouts,
+    /// Some timeout of the open phase is on: only then are its deadlines computed.
+    timed: bool,
     phase: Phase,
     read_requested: bool,
     /// The peer's FIN was read.
@@ -179,7 +212,7 @@ pub(crate) struct Lifecycle {
     /// Whether a shutdown notice has arrived and whether it was announced.
     shutdown_notice: bool,
     told_shutdown: bool,
-    clock: Clock,
+    clock: Times,
 }
 
 impl Lifecycle {
@@ -187,6 +220,7 @@ impl Lifecycle {
     pub(crate) fn new(config: LifecycleConfig, now: Instant) -> Self {
         Lifecycle {
             timeouts: config.timeouts,
+            timed: timed(&config, &config.timeouts),
             config,
             phase: Phase::Open,
             read_requested: false,
@@ -200,7 +234,7 @@ impl Lifecycle {
             high: false,
             shutdown_notice: false,
             told_shutdown: false,
-            clock: Clock {
+            clock: Times {
                 established: now,
                 first_byte_seen: false,
                 last_activity: now,
@@ -221,7 +255,7 @@ impl Lifecycle {
     }
 
     /// Takes what handles posted.
-    pub(crate) fn on_requests(&mut self, requests: Requests, now: Instant) {
+    pub(crate) fn on_requests(&mut self, requests: Requests, now: impl Clock) {
         self.handles = requests.handles;
         self.queued += requests.queued;
         self.urgent_pending = requests.urgent_pending;
@@ -235,9 +269,10 @@ impl Lifecycle {
         if let Some(timeouts) = requests.timeouts {
             if self.timeouts.idle.is_none() && timeouts.idle.is_some() {
                 // The last byte is not tracked while the idle timeout is off: count from now.
-                self.clock.last_activity = now;
+                self.clock.last_activity = now.now();
             }
             self.timeouts = timeouts;
+            self.timed = timed(&self.config, &timeouts);
         }
         self.shutdown_notice |= requests.shutdown_notice;
         self.shutdown_write |= requests.shutdown_write;
@@ -251,7 +286,7 @@ impl Lifecycle {
     }
 
     /// The next thing to do. Call again after doing it (and after taking new requests).
-    pub(crate) fn next(&mut self, now: Instant) -> Action {
+    pub(crate) fn next(&mut self, now: impl Clock) -> Action {
         if let Phase::Ended(reason) = self.phase {
             return Action::End(reason);
         }
@@ -262,7 +297,8 @@ impl Lifecycle {
         };
         if high != self.high {
             self.high = high;
-            self.clock.high_since = high.then_some(now);
+            self.clock.high_since =
+                (high && self.config.slow_consumer_timeout.is_some()).then(|| now.now());
             return Action::Announce(if high {
                 Event::WriteBufferHigh
             } else {
@@ -310,7 +346,7 @@ impl Lifecycle {
             self.read_requested && self.queued < self.config.limits.limit
         };
         if self.timeouts.read.is_some() && read && !closing {
-            self.clock.read_since.get_or_insert(now);
+            self.clock.read_since.get_or_insert_with(|| now.now());
         } else {
             self.clock.read_since = None;
         }
@@ -324,7 +360,7 @@ impl Lifecycle {
     }
 
     /// The outcome of a read polled because [`Interest::read`] asked for it.
-    pub(crate) fn on_read(&mut self, outcome: ReadOutcome, now: Instant) -> ReadVerdict {
+    pub(crate) fn on_read(&mut self, outcome: ReadOutcome, now: impl Clock) -> ReadVerdict {
         match (self.phase, outcome) {
             (Phase::Ended(_), _) => ReadVerdict::Ended,
             (Phase::Closing { .. }, ReadOutcome::Reset) => {
@@ -345,7 +381,7 @@ impl Lifecycle {
                 self.read_closed = true;
                 self.read_requested = false;
                 self.clock.read_since = None;
-                self.clock.read_closed_at = Some(now);
+                self.clock.read_closed_at = Some(now.now());
                 ReadVerdict::ClientClose
             }
             (Phase::Open, ReadOutcome::Data(_)) => {
@@ -373,7 +409,7 @@ impl Lifecycle {
     }
 
     /// `bytes` of the queue were handed to the kernel.
-    pub(crate) fn on_written(&mut self, bytes: usize, now: Instant) {
+    pub(crate) fn on_written(&mut self, bytes: usize, now: impl Clock) {
         self.queued -= bytes;
         if bytes > 0 {
             self.activity(now);
@@ -439,18 +475,18 @@ impl Lifecycle {
         self.high
     }
 
-    fn begin_close(&mut self, reason: ClosureReason, now: Instant) {
+    fn begin_close(&mut self, reason: ClosureReason, now: impl Clock) {
         self.phase = Phase::Closing {
             reason,
-            deadline: now + self.config.close_timeout,
+            deadline: now.now() + self.config.close_timeout,
         };
         self.read_requested = false;
         self.urgent_wanted = false;
     }
 
-    fn activity(&mut self, now: Instant) {
+    fn activity(&mut self, now: impl Clock) {
         if self.timeouts.idle.is_some() {
-            self.clock.last_activity = now;
+            self.clock.last_activity = now.now();
         }
     }
 
@@ -462,6 +498,7 @@ impl Lifecycle {
             Phase::Closing { deadline, .. } => {
                 return Some((deadline, ClosureReason::CloseTimedOut))
             }
+            Phase::Open if !self.timed => return None,
             Phase::Open => {}
         }
         let clock = &self.clock;
@@ -496,6 +533,11 @@ impl Lifecycle {
         .filter_map(|(at, reason)| Some((at?, reason)))
         .min_by_key(|(at, _)| *at)
     }
+}
+
+/// Whether any deadline of the open phase can be in force.
+fn timed(config: &LifecycleConfig, timeouts: &Timeouts) -> bool {
+    config.slow_consumer_timeout.is_some() || *timeouts != Timeouts::default()
 }
 
 #[cfg(test)]
