@@ -28,7 +28,9 @@ use crate::{ClosureReason, Error, Timeouts};
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
     read: bool,
-    writes: VecDeque<Bytes>,
+    writes: Vec<Bytes>,
+    /// Bytes in `writes`.
+    writes_len: usize,
     urgent: Vec<u8>,
     urgent_wanted: bool,
     shutdown_write: bool,
@@ -83,10 +85,10 @@ impl Signal {
         }
     }
 
-    /// Ready (and clear) once something was posted; otherwise parks until then.
+    /// Ready once something was posted (the mark stays until [`Signal::consume`]); otherwise
+    /// parks until then.
     fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.state.load(Ordering::Acquire) & PENDING != 0 {
-            self.state.store(0, Ordering::Release);
             return Poll::Ready(());
         }
         self.waker.register(cx.waker());
@@ -94,13 +96,10 @@ impl Signal {
             .state
             .compare_exchange(0, PARKED, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => Poll::Pending,
-            // Parked already (a second poll of the same wait), or a post came in between.
-            Err(PARKED) => Poll::Pending,
-            Err(_) => {
-                self.state.store(0, Ordering::Release);
-                Poll::Ready(())
-            }
+            // Parked now, or already (a second poll of the same wait).
+            Ok(_) | Err(PARKED) => Poll::Pending,
+            // A post came in between.
+            Err(_) => Poll::Ready(()),
         }
     }
 
@@ -198,7 +197,8 @@ impl Mailbox {
             return Ok(());
         }
         self.posted.fetch_add(data.len(), Ordering::SeqCst);
-        inbox.writes.push_back(data);
+        inbox.writes_len += data.len();
+        inbox.writes.push(data);
         drop(inbox);
         self.signal.notify();
         Ok(())
@@ -317,9 +317,13 @@ impl Mailbox {
     pub(crate) fn take(&self, writes: &mut VecDeque<Bytes>, urgent: &mut Vec<u8>) -> Requests {
         let mut inbox = self.inbox();
         let timeouts = std::mem::take(&mut inbox.timeouts_changed).then_some(inbox.timeouts);
-        let queued = inbox.writes.iter().map(Bytes::len).sum();
-        writes.append(&mut inbox.writes);
-        urgent.append(&mut inbox.urgent);
+        let queued = std::mem::take(&mut inbox.writes_len);
+        if queued > 0 {
+            writes.extend(inbox.writes.drain(..));
+        }
+        if !inbox.urgent.is_empty() {
+            urgent.append(&mut inbox.urgent);
+        }
         Requests {
             read: std::mem::take(&mut inbox.read),
             queued,
@@ -334,8 +338,10 @@ impl Mailbox {
         }
     }
 
-    /// The abort asked for, if any (the handshake's check, before the lifecycle runs).
+    /// The abort asked for, if any (the handshake's check, before the lifecycle runs). Marks
+    /// what was posted as seen; the rest stays in the inbox for the lifecycle.
     pub(crate) fn pending_abort(&self) -> Option<ClosureReason> {
+        self.signal.consume();
         self.inbox().abort
     }
 
@@ -381,6 +387,7 @@ impl Mailbox {
         inbox.closing = true;
         inbox.read = false;
         inbox.writes.clear();
+        inbox.writes_len = 0;
         // The untaken writes and the driver's own queue are dropped: nothing is queued any more.
         self.posted
             .store(self.sent.load(Ordering::SeqCst), Ordering::SeqCst);
@@ -424,14 +431,24 @@ mod tests {
         mailbox.request_read();
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
         assert!(mailbox.poll_posted(&mut cx).is_ready());
-        assert!(mailbox.take(&mut VecDeque::new(), &mut Vec::new()).read);
+        let taken = mailbox.take_posted(&mut VecDeque::new(), &mut Vec::new());
+        assert!(taken.expect("a post").read);
+        assert!(mailbox
+            .take_posted(&mut VecDeque::new(), &mut Vec::new())
+            .is_none());
         // Parked: the first post wakes, the second does not wake again.
         assert!(mailbox.poll_posted(&mut cx).is_pending());
         mailbox.request_read();
         mailbox.request_read();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         mailbox.unpark();
-        assert!(mailbox.poll_posted(&mut cx).is_ready());
+        assert!(
+            mailbox.poll_posted(&mut cx).is_ready(),
+            "the mark stays until the take"
+        );
+        assert!(mailbox
+            .take_posted(&mut VecDeque::new(), &mut Vec::new())
+            .is_some());
     }
 
     #[test]

@@ -548,15 +548,20 @@ impl Driver {
                     self.life.end(ClosureReason::CallbackPanic);
                 }
             }
-            Ok(None) if watched == Watched::Urgent => {}
             result => {
-                // The socket closed or failed: no urgent byte can follow. A pending error is the
-                // peer's reset, whatever the application asked for.
-                self.urgent.finish();
+                // No urgent byte. A pending socket error is the peer's reset (on a reset socket
+                // `recv(MSG_OOB)` only says EINVAL), whatever the application asked for; a
+                // closed read side brings no more urgent data. Either way the watcher is dropped
+                // for good, so its readiness is never waited on again.
                 let error = match result {
                     Err(error) => Some(error),
                     Ok(_) => tcp.take_error().ok().flatten(),
                 };
+                if error.is_none() && watched == Watched::Urgent {
+                    // Taken already, or not there yet: the readiness was cleared.
+                    return;
+                }
+                self.urgent.finish();
                 if let Some(error) = error {
                     if self.life.on_read(ReadOutcome::Reset, &LazyNow::default())
                         == ReadVerdict::AnnounceReset
