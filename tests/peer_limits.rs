@@ -9,19 +9,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use switchboard::native_tls;
 use switchboard::tls::acceptor_from_pem;
 use switchboard::{
-    async_trait, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Direction, Error,
-    Server, ServerBuilder, UserData,
+    Callbacks, ClosureReason, ConnectionId, Direction, Error, Server, ServerBuilder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -636,155 +633,18 @@ async fn on_a_tls_listener_a_refused_connection_gets_no_handshake_and_failures_f
 
 // ---------------------------------------------------------------------------------------------
 // Out of descriptors: the spare descriptor refuses pending clients at once (src/reserve.rs).
-// The server runs in a child process (this test binary, re-executed under `ulimit -n`), which
-// prints its events on stdout, as in tests/faults.rs.
+// The server runs in a child process (tests/common/child.rs), as in tests/faults.rs.
 // ---------------------------------------------------------------------------------------------
 
-const RESERVE_CHILD_ENV: &str = "SWITCHBOARD_RESERVE_CHILD";
-/// The child's descriptor limit.
-const CHILD_NOFILE: usize = 64;
 /// Clients the parent opens at once: more than the child has descriptors.
 const RESERVE_CLIENTS: usize = 80;
-
-/// Echoes and prints one line per event of interest.
-struct Printer;
-
-#[async_trait]
-impl Callbacks for Printer {
-    async fn on_accept_error(&self, error: &std::io::Error) {
-        println!("accept_error {}", error.raw_os_error().unwrap_or(-1));
-    }
-    async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
-        println!("established");
-        connection.read();
-    }
-    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
-        if connection.write(data.freeze()).is_ok() {
-            connection.read();
-        }
-    }
-    async fn on_socket_released(&self, _: UserData) {
-        println!("released");
-    }
-}
 
 /// The server half of `out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers`;
 /// runs only when re-executed by it.
 #[tokio::test]
 #[ignore = "runs only as the child of out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers"]
 async fn reserve_child() {
-    if std::env::var_os(RESERVE_CHILD_ENV).is_none() {
-        return;
-    }
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .start(Printer)
-        .await
-        .unwrap();
-    // The test harness has printed "test reserve_child ... " without a newline.
-    println!("\nport {}", server.local_addr().unwrap().port());
-    let reporter = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            loop {
-                let stats = server.stats();
-                println!(
-                    "stats {} {} {}",
-                    stats.accept_errors, stats.refused_no_descriptors, stats.accepted
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
-    // The parent kills this process; the bound only guards against an orphan.
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    reporter.abort();
-}
-
-/// The child's counters, from its last `stats` line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct ChildStats {
-    accept_errors: u64,
-    refused_no_descriptors: u64,
-    accepted: u64,
-}
-
-/// The child's stdout, collected by a thread.
-#[derive(Clone, Default)]
-struct ChildLog(Arc<(Mutex<Vec<String>>, Condvar)>);
-
-impl ChildLog {
-    fn push(&self, line: String) {
-        self.0 .0.lock().unwrap().push(line);
-        self.0 .1.notify_all();
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.0 .0.lock().unwrap().clone()
-    }
-
-    fn count(&self, exact: &str) -> usize {
-        self.lines().iter().filter(|l| *l == exact).count()
-    }
-
-    fn stats(&self) -> ChildStats {
-        self.lines()
-            .iter()
-            .rev()
-            .find_map(|line| {
-                let mut fields = line
-                    .strip_prefix("stats ")?
-                    .split(' ')
-                    .map(|n| n.parse::<u64>().ok());
-                Some(ChildStats {
-                    accept_errors: fields.next()??,
-                    refused_no_descriptors: fields.next()??,
-                    accepted: fields.next()??,
-                })
-            })
-            .unwrap_or_default()
-    }
-
-    /// Waits (at most [`WAIT`]) for `done`; panics with the log if it never holds.
-    fn wait(&self, what: &str, done: impl Fn(&ChildLog) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !done(self) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {what}; child said: {:?}, last {:?}",
-                self.lines()
-                    .iter()
-                    .filter(|l| !l.starts_with("stats "))
-                    .collect::<Vec<_>>(),
-                self.stats()
-            );
-            let lines = self.0 .0.lock().unwrap();
-            let _ = self
-                .0
-                 .1
-                .wait_timeout(lines, left.min(Duration::from_millis(50)))
-                .unwrap();
-        }
-    }
-}
-
-/// Kills and reaps the child however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// CPU time (user + system, in clock ticks) a process has used, from /proc/<pid>/stat.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    run_child_server(Descriptors::Leave).await;
 }
 
 /// How a client that wrote one byte was answered.
@@ -826,49 +686,10 @@ fn answer(stream: &mut Option<std::net::TcpStream>) -> Answer {
 
 #[test]
 fn out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers() {
-    let exe = std::env::current_exe().unwrap();
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {CHILD_NOFILE} && exec \"$0\" \"$@\""))
-        .arg(&exe)
-        .args([
-            "--exact",
-            "reserve_child",
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env(RESERVE_CHILD_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("cannot start the child");
-    let child = KillOnDrop(child);
-    let pid = child.0.id();
-    let log = ChildLog::default();
-    let mut child = child;
-    {
-        let stdout = child.0.stdout.take().unwrap();
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                match line {
-                    Ok(line) => log.push(line),
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-    log.wait("the child's port", |log| {
-        log.lines().iter().any(|l| l.starts_with("port "))
-    });
-    let port: u16 = log
-        .lines()
-        .iter()
-        .find_map(|l| l.strip_prefix("port ")?.parse().ok())
-        .unwrap();
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let child = ChildServer::start("reserve_child");
+    let pid = child.pid();
+    let log = child.log.clone();
+    let address = child.address;
 
     // More clients than the child has descriptors: the kernel completes every handshake (the
     // backlog is 1024); the child accepts until it runs out, then refuses the rest.
@@ -906,7 +727,7 @@ fn out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers()
     let window = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     let ticks = cpu_ticks(pid) - ticks_before;
-    let core_share = ticks as f64 / 100.0 / window.elapsed().as_secs_f64();
+    let core_share = core_share(ticks, window.elapsed());
     assert!(
         core_share < 0.3,
         "the child used {core_share:.2} of a core while out of descriptors"

@@ -1,6 +1,13 @@
 //! Shared test helpers: a callback implementation that records every event, and bounded waits.
 #![allow(dead_code)]
 
+mod child;
+mod cpu;
+
+// Re-exported for `use common::*`; a binary that needs none of a part would warn otherwise.
+#[allow(unused_imports)]
+pub use {child::*, cpu::*};
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
