@@ -11,12 +11,9 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use switchboard::native_tls;
-use switchboard::tls::acceptor_from_pem;
 use switchboard::{
     Callbacks, ClosureReason, ConnectionId, Direction, Error, Server, ServerBuilder,
 };
@@ -28,18 +25,6 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// The loopback address 127.0.0.`n`.
 fn loopback(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
-}
-
-/// Polls `done` until it holds, at most [`WAIT`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// A plain client connecting to `address` from `source` (any free port); `Err` if the connect
@@ -86,40 +71,24 @@ async fn start(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> (Serve
     (server, recorder)
 }
 
-/// Ids of the connections that ended with `reason`.
-fn ended_with(recorder: &Recorder, reason: ClosureReason) -> Vec<ConnectionId> {
-    recorder
-        .events()
-        .into_iter()
-        .filter_map(|event| match event {
-            Event::Closure(id, r) if r == reason => Some(id),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Checks a refused connection's events: closure with [`ClosureReason::PerIpLimit`], closed, then
 /// a release without the id (it was never established, so the recorder never stored one), and
-/// nothing else.
-fn assert_refused(recorder: &Recorder, id: ConnectionId) {
-    assert_eq!(
-        recorder.events_of(id),
-        vec![
-            Event::Closure(id, ClosureReason::PerIpLimit),
-            Event::Closed(id)
-        ]
-    );
+/// nothing else but, on a TLS listener, the secure release.
+fn assert_refused(recorder: &Recorder, id: ConnectionId, tls: bool) {
+    let mut expected = vec![
+        Event::Closure(id, ClosureReason::PerIpLimit),
+        Event::Closed(id),
+    ];
+    if tls {
+        expected.push(Event::SecureReleased(id));
+    }
+    assert_eq!(recorder.events_of(id), expected);
     let all = recorder.events();
     let closed = all.iter().position(|e| *e == Event::Closed(id)).unwrap();
     assert!(
         all[closed + 1..].contains(&Event::Released(None, None)),
         "a release follows the refused connection's closed event: {all:#?}"
     );
-}
-
-/// The number of events matching `matches`.
-fn count(recorder: &Recorder, matches: impl Fn(&Event) -> bool) -> usize {
-    recorder.count(matches)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,12 +110,11 @@ async fn a_connection_over_the_cap_is_refused_with_its_own_reason_until_a_slot_f
             *e == Event::Released(None, None)
         })
         .await;
-    let refused = ended_with(&recorder, ClosureReason::PerIpLimit);
+    let refused = recorder.ended_with(ClosureReason::PerIpLimit);
     assert_eq!(refused.len(), 1, "{:#?}", recorder.events());
-    assert_refused(&recorder, refused[0]);
+    assert_refused(&recorder, refused[0], false);
     assert_eq!(
-        count(&recorder, |e| *e
-            == Event::SocketCreated(Direction::Inbound)),
+        recorder.count(|e| *e == Event::SocketCreated(Direction::Inbound)),
         3,
         "the refused socket was created like any other"
     );
@@ -358,7 +326,7 @@ async fn counts_stay_exact_under_concurrent_churn() {
         stats.refused_per_ip
     );
     assert_eq!(
-        ended_with(&recorder, ClosureReason::PerIpLimit).len(),
+        recorder.ended_with(ClosureReason::PerIpLimit).len(),
         refused_by_clients
     );
     assert_eq!(stats.accepted, total as u64);
@@ -370,7 +338,7 @@ async fn counts_stay_exact_under_concurrent_churn() {
     let mut live: HashMap<IpAddr, usize> = HashMap::new();
     for event in recorder.events() {
         match event {
-            Event::Established(id, peer) => {
+            Event::Established(id, peer, _) => {
                 address_of.insert(id, peer.ip());
                 let count = live.entry(peer.ip()).or_default();
                 *count += 1;
@@ -468,10 +436,7 @@ async fn abort_all_and_a_forced_shutdown_free_every_slot() {
     for n in 1..=2 {
         assert_eq!(server.connections_from_ip(loopback(n)), Some(0));
     }
-    assert_eq!(
-        ended_with(&recorder, ClosureReason::ShutdownForced).len(),
-        4
-    );
+    assert_eq!(recorder.ended_with(ClosureReason::ShutdownForced).len(), 4);
     assert_eq!(server.stats().refused_per_ip, 0);
 }
 
@@ -538,33 +503,15 @@ impl Callbacks for NoCallbacks {}
 // The cap on a TLS listener
 // ---------------------------------------------------------------------------------------------
 
-fn cert_file(name: &str) -> Vec<u8> {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "certs", name]
-        .iter()
-        .collect();
-    std::fs::read(path).unwrap()
-}
-
-fn connector() -> tokio_native_tls::TlsConnector {
-    let ca = native_tls::Certificate::from_pem(&cert_file("ca.pem")).unwrap();
-    native_tls::TlsConnector::builder()
-        .add_root_certificate(ca)
-        .disable_built_in_roots(true)
-        .build()
-        .unwrap()
-        .into()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_tls_listener_a_refused_connection_gets_no_handshake_and_failures_free_slots() {
-    let acceptor = acceptor_from_pem(&cert_file("server.pem"), &cert_file("server.key")).unwrap();
     let mut builder = Server::builder()
-        .bind_tls("127.0.0.1:0", acceptor)
+        .bind_tls("127.0.0.1:0", server_acceptor())
         .max_connections_per_ip(1);
     let recorder = Recorder::new(&mut builder);
     let server = builder.start(recorder.clone()).await.unwrap();
     let address = server.local_addr().unwrap();
-    let connector = connector();
+    let connector = tls_connector();
 
     let tcp = client(address).await;
     let mut served = tokio::time::timeout(WAIT, connector.connect("localhost", tcp))
@@ -587,9 +534,9 @@ async fn on_a_tls_listener_a_refused_connection_gets_no_handshake_and_failures_f
     recorder
         .wait_count("the refusal", 1, |e| *e == Event::Released(None, None))
         .await;
-    let ids = ended_with(&recorder, ClosureReason::PerIpLimit);
+    let ids = recorder.ended_with(ClosureReason::PerIpLimit);
     assert_eq!(ids.len(), 1);
-    assert_refused(&recorder, ids[0]);
+    assert_refused(&recorder, ids[0], true);
     assert_eq!(server.stats().closures(ClosureReason::TlsError), 0);
 
     // A failed handshake frees its slot too: garbage instead of a ClientHello.
