@@ -31,6 +31,10 @@ pub(crate) struct Inbox {
     writes: Vec<Bytes>,
     /// Bytes in `writes`.
     writes_len: usize,
+    /// A write took the queue to the high mark: the driver announces it even if it has sent
+    /// enough to be below the mark by the time it looks, so a writer waiting in `writable()`
+    /// always gets the low mark's wake-up.
+    crossed_high: bool,
     urgent: Vec<u8>,
     urgent_wanted: bool,
     shutdown_write: bool,
@@ -197,6 +201,9 @@ impl Mailbox {
             return Ok(());
         }
         self.posted.fetch_add(data.len(), Ordering::SeqCst);
+        if queued < self.limits.high && queued + data.len() >= self.limits.high {
+            inbox.crossed_high = true;
+        }
         inbox.writes_len += data.len();
         inbox.writes.push(data);
         drop(inbox);
@@ -327,6 +334,7 @@ impl Mailbox {
         Requests {
             read: std::mem::take(&mut inbox.read),
             queued,
+            crossed_high: std::mem::take(&mut inbox.crossed_high),
             urgent_pending: false,
             urgent_wanted: std::mem::take(&mut inbox.urgent_wanted),
             shutdown_write: inbox.shutdown_write,

@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,18 +17,6 @@ use switchboard::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-/// Polls `done` until it holds, bounded by [`WAIT`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 fn errors(recorder: &Recorder) -> Vec<String> {
     recorder
@@ -730,203 +717,30 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
 // spare descriptor (src/reserve.rs) and cannot refuse pending clients either: this test sees the
 // backoff path. tests/peer_limits.rs has the spare's prompt refusals.
 
-const EMFILE_CHILD_ENV: &str = "SWITCHBOARD_EMFILE_CHILD";
-/// The child's descriptor limit.
-const CHILD_NOFILE: usize = 64;
 /// Clients the parent opens while the child has no descriptor to accept them into.
 const EMFILE_CLIENTS: usize = 20;
-
-/// Echoes and prints one line per event of interest.
-struct Printer;
-
-#[async_trait]
-impl Callbacks for Printer {
-    async fn on_accept_error(&self, error: &std::io::Error) {
-        println!("accept_error {}", error.raw_os_error().unwrap_or(-1));
-    }
-    async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
-        println!("established");
-        connection.read();
-    }
-    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
-        if connection.write(data.freeze()).is_ok() {
-            connection.read();
-        }
-    }
-    async fn on_socket_released(&self, _: UserData) {
-        println!("released");
-    }
-}
 
 /// The server half of `accept_errors_back_off_without_spinning_and_recover`; runs only when
 /// re-executed by it.
 #[tokio::test]
 #[ignore = "runs only as the child of accept_errors_back_off_without_spinning_and_recover"]
 async fn emfile_child() {
-    if std::env::var_os(EMFILE_CHILD_ENV).is_none() {
-        return;
-    }
-    // Every free descriptor but one, which the listener takes: the accept loop finds none for
-    // its spare, nor for any connection. Given back when the parent writes a line.
-    let mut hoard = Vec::new();
-    let exhausted = loop {
-        match std::fs::File::open("/") {
-            Ok(file) => hoard.push(file),
-            Err(error) => break error,
-        }
-    };
-    assert_eq!(exhausted.raw_os_error(), Some(24), "EMFILE expected");
-    hoard.pop();
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .start(Printer)
-        .await
-        .unwrap();
-    let (free, freed) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let _ = std::io::stdin().read_line(&mut String::new());
-        let _ = free.send(());
-    });
-    // The test harness has printed "test emfile_child ... " without a newline.
-    println!("\nport {}", server.local_addr().unwrap().port());
-    let reporter = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            loop {
-                println!("accept_errors {}", server.stats().accept_errors);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-    // The parent kills this process; the bounds only guard against an orphan.
-    tokio::select! {
-        _ = freed => {
-            drop(hoard);
-            println!("freed");
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        }
-        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-    }
-    reporter.abort();
-}
-
-/// The child's stdout, collected by a thread.
-#[derive(Clone, Default)]
-struct ChildLog(Arc<(Mutex<Vec<String>>, Condvar)>);
-
-impl ChildLog {
-    fn push(&self, line: String) {
-        self.0 .0.lock().unwrap().push(line);
-        self.0 .1.notify_all();
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.0 .0.lock().unwrap().clone()
-    }
-
-    fn count(&self, exact: &str) -> usize {
-        self.lines().iter().filter(|l| *l == exact).count()
-    }
-
-    /// The last `accept_errors N` the child reported.
-    fn accept_errors(&self) -> u64 {
-        self.lines()
-            .iter()
-            .rev()
-            .find_map(|l| l.strip_prefix("accept_errors ")?.parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// Waits (at most [`WAIT`]) for `done`; panics with the log if it never holds.
-    fn wait(&self, what: &str, done: impl Fn(&[String]) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        let mut lines = self.0 .0.lock().unwrap();
-        while !done(&lines) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {what}; child said: {:?}",
-                lines
-                    .iter()
-                    .filter(|l| !l.starts_with("accept_errors "))
-                    .collect::<Vec<_>>()
-            );
-            lines = self.0 .1.wait_timeout(lines, left).unwrap().0;
-        }
-    }
-}
-
-/// Kills and reaps the child however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// CPU time (user + system, in clock ticks) a process has used, from /proc/<pid>/stat.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after "pid (comm)".
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    run_child_server(Descriptors::Hoard).await;
 }
 
 #[test]
 fn accept_errors_back_off_without_spinning_and_recover() {
-    let exe = std::env::current_exe().unwrap();
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {CHILD_NOFILE} && exec \"$0\" \"$@\""))
-        .arg(&exe)
-        .args([
-            "--exact",
-            "emfile_child",
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env(EMFILE_CHILD_ENV, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("cannot start the child");
-    let mut child = KillOnDrop(child);
-    let pid = child.0.id();
-    let log = ChildLog::default();
-    {
-        let stdout = child.0.stdout.take().unwrap();
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                match line {
-                    Ok(line) => log.push(line),
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-    log.wait("the child's port", |lines| {
-        lines.iter().any(|l| l.starts_with("port "))
-    });
-    let port: u16 = log
-        .lines()
-        .iter()
-        .find_map(|l| l.strip_prefix("port ")?.parse().ok())
-        .unwrap();
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = ChildServer::start("emfile_child");
+    let pid = child.pid();
+    let log = child.log.clone();
+    let address = child.address;
 
     // The kernel completes every handshake (the backlog is 1024); the child cannot accept any.
     let mut clients: Vec<std::net::TcpStream> = (0..EMFILE_CLIENTS)
         .map(|_| std::net::TcpStream::connect_timeout(&address, WAIT).expect("connect"))
         .collect();
-    log.wait("an accept error", |lines| {
-        lines.iter().any(|l| l.starts_with("accept_error "))
+    log.wait("an accept error", |log| {
+        log.lines().iter().any(|l| l.starts_with("accept_error "))
     });
     for line in log.lines() {
         if let Some(errno) = line.strip_prefix("accept_error ") {
@@ -936,13 +750,13 @@ fn accept_errors_back_off_without_spinning_and_recover() {
 
     // Out of descriptors, the child backs off instead of spinning.
     std::thread::sleep(Duration::from_millis(300));
-    let errors_before = log.accept_errors();
+    let errors_before = log.stats().accept_errors;
     let ticks_before = cpu_ticks(pid);
     let window = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     let ticks = cpu_ticks(pid) - ticks_before;
     let elapsed = window.elapsed();
-    let errors = log.accept_errors() - errors_before;
+    let errors = log.stats().accept_errors - errors_before;
     let reports = log
         .lines()
         .iter()
@@ -952,9 +766,8 @@ fn accept_errors_back_off_without_spinning_and_recover() {
         "out of descriptors for {elapsed:?}: {ticks} CPU ticks, {errors} failed accepts, \
          {reports} reported so far"
     );
-    // 100 ticks a second is one full core; a spinning accept loop would be near it.
-    let ticks_per_second = 100.0;
-    let core_share = ticks as f64 / ticks_per_second / elapsed.as_secs_f64();
+    // A spinning accept loop would be near one full core.
+    let core_share = core_share(ticks, elapsed);
     assert!(
         core_share < 0.3,
         "the child used {core_share:.2} of a core while out of descriptors"
@@ -986,11 +799,9 @@ fn accept_errors_back_off_without_spinning_and_recover() {
     }
 
     // Free the descriptors: every waiting client is accepted and echoed; the server recovered.
-    let mut stdin = child.0.stdin.take().unwrap();
-    stdin.write_all(b"free\n").unwrap();
-    stdin.flush().unwrap();
-    log.wait("the descriptors freed", |lines| {
-        lines.iter().any(|l| l == "freed")
+    child.free_descriptors();
+    log.wait("the descriptors freed", |log| {
+        log.lines().iter().any(|l| l == "freed")
     });
     for stream in &mut clients {
         stream.set_nonblocking(false).unwrap();
@@ -1010,6 +821,5 @@ fn accept_errors_back_off_without_spinning_and_recover() {
         let _ = stream.shutdown(Shutdown::Both);
     }
     drop(clients);
-    drop(stdin);
     drop(child);
 }

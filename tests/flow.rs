@@ -27,15 +27,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{reset, WAIT};
+use common::*;
 use switchboard::socket2::SockRef;
 use switchboard::{
     async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
-    Error, Server, ServerBuilder, Slot, Timeouts, UserData,
+    Error, Server, ServerBuilder, Timeouts, UserData,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -53,406 +52,25 @@ const QUIET: Duration = Duration::from_millis(1200);
 const SMALL_BUFFER: u32 = 4 * KIB as u32;
 
 // ---------------------------------------------------------------------------------------------
-// Recording callbacks
-// ---------------------------------------------------------------------------------------------
-
-/// What a call made inside a callback (or by a producer) returned.
-#[derive(Debug, Clone, PartialEq)]
-enum Outcome {
-    Ok,
-    QueueFull {
-        queued: usize,
-        limit: usize,
-    },
-    Closed,
-    WriteShutdown,
-    Unsupported,
-    /// Still waiting after [`WAIT`]: what `writable()` must never do inside a callback.
-    Hung,
-    Other(String),
-}
-
-fn outcome(result: Result<(), Error>) -> Outcome {
-    match result {
-        Ok(()) => Outcome::Ok,
-        Err(Error::WriteQueueFull { queued, limit }) => Outcome::QueueFull { queued, limit },
-        Err(Error::ConnectionClosed) => Outcome::Closed,
-        Err(Error::WriteShutdown) => Outcome::WriteShutdown,
-        Err(Error::Unsupported(_)) => Outcome::Unsupported,
-        Err(other) => Outcome::Other(other.to_string()),
-    }
-}
-
-/// One recorded callback (or a probe made inside one).
-#[derive(Debug, Clone, PartialEq)]
-enum Ev {
-    Established(ConnectionId, SocketAddr),
-    Read(ConnectionId, usize),
-    /// `on_write_buffer_high`, with the queued bytes then.
-    High(ConnectionId, usize),
-    /// `on_write_buffer_low`, with the queued bytes then.
-    Low(ConnectionId, usize),
-    Oob(ConnectionId, Vec<u8>),
-    ClientClose(ConnectionId),
-    Reset(ConnectionId),
-    Closure(ConnectionId, ClosureReason),
-    Released(Option<ConnectionId>),
-    /// `Setup::fill`: bytes `write` took before refusing, the queue then, and the refusal.
-    Filled {
-        id: ConnectionId,
-        accepted: usize,
-        queued: usize,
-        refusal: Outcome,
-    },
-    /// What `writable()` returned inside the named callback.
-    WritableIn(ConnectionId, &'static str, Outcome),
-    /// What `read_oob()` and `send_urgent()` returned in `on_connection_established`.
-    OobCalls(ConnectionId, Outcome, Outcome),
-    Error(String),
-}
-
-type Hook = Box<dyn Fn(&Connection) + Send + Sync>;
-
-/// What the callbacks do besides recording.
-#[derive(Default)]
-struct Setup {
-    /// Request a read when established and after every read (keeping what arrives).
-    read: bool,
-    /// With `read`, leave the first request to the test (through a kept handle).
-    first_read_later: bool,
-    /// Write back what is read.
-    echo: bool,
-    /// Keep a clone of every established connection's handle (see [`Flow::handle`]).
-    keep: bool,
-    /// Request urgent data when established and after every urgent byte.
-    oob: bool,
-    /// Call `read_oob()` and `send_urgent()` when established and record what they return.
-    probe_oob: bool,
-    /// When established, `write` buffers of this size until refused, then call `writable()`.
-    fill: Option<usize>,
-    /// Call `writable()` in `on_write_buffer_high`.
-    probe_writable_when_high: bool,
-    /// Runs first in `on_connection_established`.
-    established: Option<Hook>,
-    /// `SO_SNDBUF` and `SO_RCVBUF` of the server's sockets, set in `on_socket_created`.
-    server_buffers: Option<usize>,
-}
-
-struct Inner {
-    setup: Setup,
-    events: Mutex<Vec<(Instant, Ev)>>,
-    changed: Notify,
-    handles: Mutex<HashMap<ConnectionId, Connection>>,
-    received: Mutex<HashMap<ConnectionId, Vec<u8>>>,
-    id_slot: Slot<ConnectionId>,
-}
-
-/// Records every callback with the time it ran.
-#[derive(Clone)]
-struct Flow {
-    inner: Arc<Inner>,
-}
-
-impl Flow {
-    fn new(builder: &mut ServerBuilder, setup: Setup) -> Self {
-        Flow {
-            inner: Arc::new(Inner {
-                setup,
-                events: Mutex::new(Vec::new()),
-                changed: Notify::new(),
-                handles: Mutex::new(HashMap::new()),
-                received: Mutex::new(HashMap::new()),
-                id_slot: builder.request_user_data_slot(),
-            }),
-        }
-    }
-
-    fn record(&self, event: Ev) {
-        self.inner
-            .events
-            .lock()
-            .unwrap()
-            .push((Instant::now(), event));
-        self.inner.changed.notify_waiters();
-    }
-
-    fn events(&self) -> Vec<Ev> {
-        let events = self.inner.events.lock().unwrap();
-        events.iter().map(|(_, event)| event.clone()).collect()
-    }
-
-    /// When the first event matching `matches` was recorded.
-    fn time_of(&self, matches: impl Fn(&Ev) -> bool) -> Option<Instant> {
-        let events = self.inner.events.lock().unwrap();
-        events
-            .iter()
-            .find(|(_, event)| matches(event))
-            .map(|(at, _)| *at)
-    }
-
-    fn has(&self, matches: impl Fn(&Ev) -> bool) -> bool {
-        self.time_of(matches).is_some()
-    }
-
-    /// Waits (at most [`WAIT`]) until an event matches; panics with the events if none does.
-    async fn wait_for(&self, what: &str, matches: impl Fn(&Ev) -> bool) -> Instant {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let notified = self.inner.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(at) = self.time_of(&matches) {
-                return at;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("timed out waiting for {what}; events: {:#?}", self.events());
-            }
-        }
-    }
-
-    /// The id of the server's side of `client`.
-    async fn id_of(&self, client: &TcpStream) -> ConnectionId {
-        self.id_of_address(client.local_addr().unwrap()).await
-    }
-
-    /// The id of the connection whose peer is `address`.
-    async fn id_of_address(&self, address: SocketAddr) -> ConnectionId {
-        self.wait_for(
-            "the connection to be established",
-            |event| matches!(event, Ev::Established(_, peer) if *peer == address),
-        )
-        .await;
-        self.events()
-            .iter()
-            .find_map(|event| match event {
-                Ev::Established(id, peer) if *peer == address => Some(*id),
-                _ => None,
-            })
-            .unwrap()
-    }
-
-    fn closure(&self, id: ConnectionId) -> Option<ClosureReason> {
-        self.events().iter().find_map(|event| match event {
-            Ev::Closure(of, reason) if *of == id => Some(*reason),
-            _ => None,
-        })
-    }
-
-    /// Waits for the connection's closure; returns its reason and when it ran.
-    async fn wait_closure(&self, id: ConnectionId) -> (ClosureReason, Instant) {
-        let at = self
-            .wait_for(
-                "the closure",
-                |event| matches!(event, Ev::Closure(of, _) if *of == id),
-            )
-            .await;
-        (self.closure(id).unwrap(), at)
-    }
-
-    /// Waits until `id` has been released (its last event).
-    async fn wait_released(&self, id: ConnectionId) {
-        self.wait_for("the release", |event| *event == Ev::Released(Some(id)))
-            .await;
-    }
-
-    /// A clone of the handle kept with `Setup::keep`.
-    fn handle(&self, id: ConnectionId) -> Connection {
-        self.inner.handles.lock().unwrap()[&id].clone()
-    }
-
-    /// Drops the handle kept with `Setup::keep`.
-    fn release_handle(&self, id: ConnectionId) {
-        self.inner.handles.lock().unwrap().remove(&id);
-    }
-
-    fn received(&self, id: ConnectionId) -> Vec<u8> {
-        self.inner
-            .received
-            .lock()
-            .unwrap()
-            .get(&id)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Asserts that `id` is still open and nothing went wrong.
-    fn assert_open(&self, id: ConnectionId, after: &str) {
-        assert_eq!(
-            self.closure(id),
-            None,
-            "connection closed {after}: {:#?}",
-            self.events()
-        );
-    }
-
-    fn count(&self, matches: impl Fn(&Ev) -> bool) -> usize {
-        self.events().iter().filter(|event| matches(event)).count()
-    }
-
-    /// Asserts that `id`'s watermark events alternate high, low, high… starting with high.
-    fn assert_watermarks_alternate(&self, id: ConnectionId) {
-        let marks: Vec<bool> = self
-            .events()
-            .iter()
-            .filter_map(|event| match event {
-                Ev::High(of, _) if *of == id => Some(true),
-                Ev::Low(of, _) if *of == id => Some(false),
-                _ => None,
-            })
-            .collect();
-        for (i, high) in marks.iter().enumerate() {
-            assert_eq!(*high, i % 2 == 0, "watermark events out of turn: {marks:?}");
-        }
-    }
-
-    fn assert_no_errors(&self) {
-        let errors: Vec<_> = self
-            .events()
-            .into_iter()
-            .filter(|event| matches!(event, Ev::Error(_)))
-            .collect();
-        assert!(errors.is_empty(), "errors reported: {errors:#?}");
-    }
-}
-
-#[async_trait]
-impl Callbacks for Flow {
-    fn on_socket_created(&self, socket: SockRef<'_>, _direction: switchboard::Direction) {
-        if let Some(size) = self.inner.setup.server_buffers {
-            socket.set_send_buffer_size(size).expect("SO_SNDBUF");
-            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
-        }
-    }
-
-    async fn on_connection_established(&self, connection: &Connection, address: &SocketAddr) {
-        let id = connection.id();
-        connection.user_data().set(self.inner.id_slot, id);
-        let setup = &self.inner.setup;
-        if setup.keep {
-            // Kept before the event is recorded: a test that saw the event finds the handle.
-            self.inner
-                .handles
-                .lock()
-                .unwrap()
-                .insert(id, connection.clone());
-        }
-        self.record(Ev::Established(id, *address));
-        if let Some(hook) = &setup.established {
-            hook(connection);
-        }
-        if setup.probe_oob {
-            let read = outcome(connection.read_oob());
-            let send = outcome(connection.send_urgent(b'!'));
-            self.record(Ev::OobCalls(id, read, send));
-        }
-        if setup.oob {
-            connection.read_oob().expect("read_oob");
-        }
-        if let Some(size) = setup.fill {
-            let chunk = Bytes::from(vec![b'f'; size]);
-            let mut accepted = 0;
-            let refusal = loop {
-                match connection.write(chunk.clone()) {
-                    Ok(()) => accepted += size,
-                    Err(error) => break outcome(Err(error.into())),
-                }
-            };
-            self.record(Ev::Filled {
-                id,
-                accepted,
-                queued: connection.queued_write_bytes(),
-                refusal,
-            });
-            let waited = match timeout(WAIT, connection.writable()).await {
-                Ok(result) => outcome(result),
-                Err(_) => Outcome::Hung,
-            };
-            self.record(Ev::WritableIn(id, "on_connection_established", waited));
-        }
-        if setup.read && !setup.first_read_later {
-            connection.read();
-        }
-    }
-
-    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
-        let id = connection.id();
-        self.inner
-            .received
-            .lock()
-            .unwrap()
-            .entry(id)
-            .or_default()
-            .extend_from_slice(&data);
-        self.record(Ev::Read(id, data.len()));
-        let setup = &self.inner.setup;
-        if setup.echo && connection.write(data.freeze()).is_err() {
-            return;
-        }
-        if setup.read {
-            connection.read();
-        }
-    }
-
-    async fn on_write_buffer_high(&self, connection: &Connection) {
-        let id = connection.id();
-        self.record(Ev::High(id, connection.queued_write_bytes()));
-        if self.inner.setup.probe_writable_when_high {
-            let waited = match timeout(WAIT, connection.writable()).await {
-                Ok(result) => outcome(result),
-                Err(_) => Outcome::Hung,
-            };
-            self.record(Ev::WritableIn(id, "on_write_buffer_high", waited));
-        }
-    }
-
-    async fn on_write_buffer_low(&self, connection: &Connection) {
-        self.record(Ev::Low(connection.id(), connection.queued_write_bytes()));
-    }
-
-    async fn on_read_oob_completed(&self, connection: &Connection, data: BytesMut) {
-        self.record(Ev::Oob(connection.id(), data.to_vec()));
-        if self.inner.setup.oob {
-            connection.read_oob().expect("read_oob again");
-        }
-    }
-
-    async fn on_connection_client_close(&self, connection: &Connection) {
-        self.record(Ev::ClientClose(connection.id()));
-    }
-
-    async fn on_connection_reset(&self, connection: &Connection, _error: &io::Error) {
-        self.record(Ev::Reset(connection.id()));
-    }
-
-    async fn on_connection_closure(&self, connection: &Connection, reason: ClosureReason) {
-        self.record(Ev::Closure(connection.id(), reason));
-    }
-
-    async fn on_socket_released(&self, user_data: UserData) {
-        let id = user_data.take(self.inner.id_slot);
-        if let Some(id) = id {
-            // A kept handle must not outlive the test's interest in it.
-            self.inner.handles.lock().unwrap().remove(&id);
-        }
-        self.record(Ev::Released(id));
-    }
-
-    async fn on_error(&self, error: &Error) {
-        self.record(Ev::Error(error.to_string()));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Starts a plain server on loopback with `setup`; `configure` sets the rest.
+/// Starts a plain server on loopback recording with `behavior`; `configure` sets the rest.
 async fn start(
-    setup: Setup,
+    behavior: Behavior,
     configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
-) -> (Server, Flow, SocketAddr) {
+) -> (Server, Recorder, SocketAddr) {
+    start_with_hooks(behavior, Hooks::default(), configure).await
+}
+
+/// [`start`], with `hooks`.
+async fn start_with_hooks(
+    behavior: Behavior,
+    hooks: Hooks,
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (Server, Recorder, SocketAddr) {
     let mut builder = Server::builder();
-    let flow = Flow::new(&mut builder, setup);
+    let flow = Recorder::with_hooks(&mut builder, behavior, hooks);
     let server = configure(builder.bind(LOCAL))
         .start(flow.clone())
         .await
@@ -461,27 +79,20 @@ async fn start(
     (server, flow, address)
 }
 
-/// Awaits `future`, at most [`WAIT`].
-async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
-    timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-/// Polls `done` every 5 ms until it holds, at most [`WAIT`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    bounded(what, async {
-        while !done() {
-            sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
-
-async fn connect(address: SocketAddr) -> TcpStream {
-    bounded("connect", TcpStream::connect(address))
-        .await
-        .expect("connect")
+/// Asserts that `id`'s watermark events alternate high, low, high… starting with high.
+fn assert_watermarks_alternate(flow: &Recorder, id: ConnectionId) {
+    let marks: Vec<bool> = flow
+        .events()
+        .iter()
+        .filter_map(|event| match event {
+            Event::WriteBufferHigh(of, _) if *of == id => Some(true),
+            Event::WriteBufferLow(of, _) if *of == id => Some(false),
+            _ => None,
+        })
+        .collect();
+    for (i, high) in marks.iter().enumerate() {
+        assert_eq!(*high, i % 2 == 0, "watermark events out of turn: {marks:?}");
+    }
 }
 
 /// A client whose buffers are set small before it connects (so the window it advertises is
@@ -512,23 +123,11 @@ async fn expect_reset<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> usize 
     }
 }
 
-/// Writes `message` and reads back as many bytes; asserts they are the same.
-async fn echo(stream: &mut TcpStream, message: &[u8]) {
-    bounded("client write", stream.write_all(message))
-        .await
-        .expect("client write");
-    let mut reply = vec![0; message.len()];
-    bounded("echo", stream.read_exact(&mut reply))
-        .await
-        .expect("client read");
-    assert_eq!(reply, message);
-}
-
 /// The stream the backpressure tests send: byte `i` is `i % PERIOD`, so any lost, repeated or
 /// reordered range shows (251 is prime, so no power-of-two chunking hides a slip).
 const PERIOD: usize = 251;
 
-fn pattern(len: usize) -> Vec<u8> {
+fn periodic_pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % PERIOD) as u8).collect()
 }
 
@@ -557,7 +156,7 @@ async fn produce(
     chunk: usize,
     produced: Arc<AtomicUsize>,
 ) -> Result<usize, Error> {
-    let source = Bytes::from(pattern(chunk + PERIOD));
+    let source = Bytes::from(periodic_pattern(chunk + PERIOD));
     let mut offset = 0;
     let mut largest = 0;
     while offset < total {
@@ -599,11 +198,11 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
     const HIGH: usize = 96 * KIB;
     const LOW: usize = 32 * KIB;
     const CHUNK: usize = 24 * KIB;
-    let setup = Setup {
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| {
+    let (server, flow, address) = start(behavior, |builder| {
         builder.write_queue_limit(LIMIT).write_watermarks(HIGH, LOW)
     })
     .await;
@@ -619,7 +218,7 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
 
     flow.wait_for(
         "on_write_buffer_high",
-        |event| matches!(event, Ev::High(of, _) if *of == id),
+        |event| matches!(event, Event::WriteBufferHigh(of, _) if *of == id),
     )
     .await;
     // The peer reads nothing: the kernel's buffers fill and the producer stalls well short of
@@ -643,10 +242,11 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
         "while the peer was not reading, with no slow-consumer timeout",
     );
     assert_eq!(produced.load(Ordering::SeqCst), stalled_at);
-    let lows_while_stalled = flow.count(|event| matches!(event, Ev::Low(of, _) if *of == id));
+    let lows_while_stalled =
+        flow.count(|event| matches!(event, Event::WriteBufferLow(of, _) if *of == id));
 
     // The peer reads: everything arrives, byte-exact, and the queue drains to low.
-    let reference = pattern(256 * KIB + PERIOD);
+    let reference = periodic_pattern(256 * KIB + PERIOD);
     let mut buffer = vec![0; 256 * KIB];
     let mut received = 0;
     let reading = async {
@@ -685,12 +285,15 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
     }
     // Reading drained the queue to the low watermark at least once more; the watermark events
     // alternate, starting with high.
-    assert!(flow.count(|event| matches!(event, Ev::Low(of, _) if *of == id)) > lows_while_stalled);
-    flow.assert_watermarks_alternate(id);
+    assert!(
+        flow.count(|event| matches!(event, Event::WriteBufferLow(of, _) if *of == id))
+            > lows_while_stalled
+    );
+    assert_watermarks_alternate(&flow, id);
     let (reason, _) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::LocalClose);
     drop(connection);
-    flow.wait_released(id).await;
+    flow.wait_release_of(id).await;
     assert_eq!(server.stats().bytes_written, TOTAL as u64);
     flow.assert_no_errors();
     server.shutdown().await;
@@ -704,18 +307,18 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
 async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_deadlock() {
     const CHUNK: usize = 10_000;
     let limit = switchboard::DEFAULT_WRITE_QUEUE_LIMIT;
-    let setup = Setup {
-        keep: true,
+    let behavior = Behavior {
+        keep_handles: true,
         fill: Some(CHUNK),
         probe_writable_when_high: true,
-        ..Setup::default()
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
     let client = connect_small(address).await;
     let id = flow.id_of(&client).await;
     flow.wait_for(
         "writable() in on_write_buffer_high",
-        |event| matches!(event, Ev::WritableIn(of, "on_write_buffer_high", _) if *of == id),
+        |event| matches!(event, Event::WritableIn(of, "on_write_buffer_high", _) if *of == id),
     )
     .await;
 
@@ -725,11 +328,11 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
     let events = flow.events();
     let filled = events
         .iter()
-        .find(|event| matches!(event, Ev::Filled { id: of, .. } if *of == id))
+        .find(|event| matches!(event, Event::Filled { id: of, .. } if *of == id))
         .unwrap();
     assert_eq!(
         *filled,
-        Ev::Filled {
+        Event::Filled {
             id,
             accepted: expected,
             queued: expected,
@@ -739,10 +342,9 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
             },
         }
     );
-    assert!(expected < limit + CHUNK);
     for callback in ["on_connection_established", "on_write_buffer_high"] {
         let waited = events.iter().find_map(|event| match event {
-            Ev::WritableIn(of, name, result) if *of == id && *name == callback => Some(result),
+            Event::WritableIn(of, name, result) if *of == id && *name == callback => Some(result),
             _ => None,
         });
         assert!(
@@ -751,7 +353,7 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
         );
     }
     // High was announced with the whole burst still queued (before any of it was written).
-    assert!(flow.has(|event| *event == Ev::High(id, expected)));
+    assert!(flow.has(|event| *event == Event::WriteBufferHigh(id, expected)));
 
     // (What the kernel then takes of the queue depends on its buffers; the peer never reads.)
     let connection = flow.handle(id);
@@ -771,7 +373,7 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
         Err(Error::ConnectionClosed)
     ));
     drop(connection);
-    flow.wait_released(id).await;
+    flow.wait_release_of(id).await;
     flow.assert_no_errors();
     server.shutdown().await;
 }
@@ -780,11 +382,11 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
 /// that the connection ended: the peer resets and the wait ends with `ConnectionClosed`.
 #[tokio::test]
 async fn writable_returns_connection_closed_when_the_connection_ends_while_waiting() {
-    let setup = Setup {
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
     let client = connect_small(address).await;
     let id = flow.id_of(&client).await;
     let connection = flow.handle(id);
@@ -822,7 +424,7 @@ async fn writable_returns_connection_closed_when_the_connection_ends_while_waiti
         .unwrap();
     assert!(matches!(waited, Err(Error::ConnectionClosed)), "{waited:?}");
     drop(connection);
-    flow.wait_released(id).await;
+    flow.wait_release_of(id).await;
     server.shutdown().await;
 }
 
@@ -831,12 +433,12 @@ async fn writable_returns_connection_closed_when_the_connection_ends_while_waiti
 /// (also while waiting)"), not only when the close has flushed or timed out.
 #[tokio::test]
 async fn writable_returns_connection_closed_when_close_is_called_while_waiting() {
-    let setup = Setup {
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        keep_handles: true,
+        ..Behavior::quiet()
     };
     // A close timeout longer than the bounded wait, so a writer woken only at its end fails.
-    let (server, flow, address) = start(setup, |builder| {
+    let (server, flow, address) = start(behavior, |builder| {
         builder.close_timeout(WAIT + Duration::from_secs(10))
     })
     .await;
@@ -862,7 +464,7 @@ async fn writable_returns_connection_closed_when_close_is_called_while_waiting()
     assert!(matches!(result, Err(Error::ConnectionClosed)), "{result:?}");
     reset(client);
     drop(connection);
-    flow.wait_released(id).await;
+    flow.wait_release_of(id).await;
     server.shutdown().await;
 }
 
@@ -872,18 +474,18 @@ async fn writable_returns_connection_closed_when_close_is_called_while_waiting()
 /// is `PeerReset`, as for a reset at any other time.
 #[tokio::test]
 async fn a_reset_after_the_peers_fin_is_a_peer_reset() {
-    let setup = Setup {
-        read: true,
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        collect: true,
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
     let mut client = connect_small(address).await;
     let id = flow.id_of(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
     client.shutdown().await.expect("client shutdown");
-    flow.wait_for("the client's FIN", |event| *event == Ev::ClientClose(id))
+    flow.wait_for("the client's FIN", |event| *event == Event::ClientClose(id))
         .await;
     let produced = Arc::new(AtomicUsize::new(0));
     let producer = tokio::spawn(produce(connection, usize::MAX, 16 * KIB, produced.clone()));
@@ -898,7 +500,7 @@ async fn a_reset_after_the_peers_fin_is_a_peer_reset() {
         "events: {:#?}",
         flow.events()
     );
-    assert!(flow.has(|event| *event == Ev::Reset(id)));
+    assert!(flow.has(|event| *event == Event::Reset(id)));
     server.shutdown().await;
 }
 
@@ -910,12 +512,14 @@ async fn a_reset_after_the_peers_fin_is_a_peer_reset() {
 /// queue has been high that long; the producer learns of it.
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_never_reads_is_reset_as_a_slow_consumer() {
-    let setup = Setup {
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) =
-        start(setup, |builder| builder.slow_consumer_timeout(Some(SHORT))).await;
+    let (server, flow, address) = start(behavior, |builder| {
+        builder.slow_consumer_timeout(Some(SHORT))
+    })
+    .await;
     let connected = Instant::now();
     let mut client = connect_small(address).await;
     let id = flow.id_of(&client).await;
@@ -929,7 +533,7 @@ async fn a_peer_that_never_reads_is_reset_as_a_slow_consumer() {
     ));
     flow.wait_for(
         "on_write_buffer_high",
-        |event| matches!(event, Ev::High(of, _) if *of == id),
+        |event| matches!(event, Event::WriteBufferHigh(of, _) if *of == id),
     )
     .await;
     let (reason, at) = flow.wait_closure(id).await;
@@ -938,7 +542,7 @@ async fn a_peer_that_never_reads_is_reset_as_a_slow_consumer() {
     let result = bounded("the producer", producer).await.unwrap();
     assert!(matches!(result, Err(Error::ConnectionClosed)), "{result:?}");
     expect_reset(&mut client).await;
-    flow.wait_released(id).await;
+    flow.wait_release_of(id).await;
     assert_eq!(server.stats().closures(ClosureReason::SlowConsumer), 1);
     flow.assert_no_errors();
     server.shutdown().await;
@@ -949,11 +553,11 @@ async fn a_peer_that_never_reads_is_reset_as_a_slow_consumer() {
 #[tokio::test]
 async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
     const TOTAL: usize = 16 * MIB;
-    let setup = Setup {
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
     let mut client = connect_small(address).await;
     let id = flow.id_of(&client).await;
     let connection = flow.handle(id);
@@ -962,14 +566,15 @@ async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
     let producer = tokio::spawn(produce(connection, TOTAL, 16 * KIB, produced.clone()));
     flow.wait_for(
         "on_write_buffer_high",
-        |event| matches!(event, Ev::High(of, _) if *of == id),
+        |event| matches!(event, Event::WriteBufferHigh(of, _) if *of == id),
     )
     .await;
     settled("the producer to stall", &produced).await;
     sleep(QUIET).await;
     flow.assert_open(id, "with no slow-consumer timeout");
     assert!(!producer.is_finished());
-    let lows_while_stalled = flow.count(|event| matches!(event, Ev::Low(of, _) if *of == id));
+    let lows_while_stalled =
+        flow.count(|event| matches!(event, Event::WriteBufferLow(of, _) if *of == id));
 
     let mut data = Vec::new();
     bounded("the whole stream", client.read_to_end(&mut data))
@@ -977,7 +582,7 @@ async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
         .expect("client read");
     assert_eq!(data.len(), TOTAL);
     assert!(
-        data == pattern(TOTAL),
+        data == periodic_pattern(TOTAL),
         "the stream differs from the pattern"
     );
     drop(client);
@@ -985,8 +590,11 @@ async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
         .await
         .unwrap()
         .expect("the producer writes everything");
-    assert!(flow.count(|event| matches!(event, Ev::Low(of, _) if *of == id)) > lows_while_stalled);
-    flow.assert_watermarks_alternate(id);
+    assert!(
+        flow.count(|event| matches!(event, Event::WriteBufferLow(of, _) if *of == id))
+            > lows_while_stalled
+    );
+    assert_watermarks_alternate(&flow, id);
     let (reason, _) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::LocalClose);
     flow.assert_no_errors();
@@ -998,13 +606,13 @@ async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
 /// flow control, not timed out. Once it stops sending (and reads), the read timeout applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_paused_by_a_full_queue_do_not_count_against_the_read_timeout() {
-    let setup = Setup {
-        read: true,
+    let behavior = Behavior {
         echo: true,
         server_buffers: Some(16 * KIB),
-        ..Setup::default()
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder.read_timeout(Some(SHORT))).await;
+    let (server, flow, address) =
+        start(behavior, |builder| builder.read_timeout(Some(SHORT))).await;
     let client = connect_small(address).await;
     let id = flow.id_of(&client).await;
     let (mut reader, mut writer) = client.into_split();
@@ -1024,7 +632,7 @@ async fn reads_paused_by_a_full_queue_do_not_count_against_the_read_timeout() {
     };
     flow.wait_for(
         "on_write_buffer_high",
-        |event| matches!(event, Ev::High(of, _) if *of == id),
+        |event| matches!(event, Event::WriteBufferHigh(of, _) if *of == id),
     )
     .await;
     let stalled_at = settled("the client's writes to stall", &sent).await;
@@ -1063,21 +671,15 @@ async fn reads_paused_by_a_full_queue_do_not_count_against_the_read_timeout() {
 // 3. Timeouts
 // ---------------------------------------------------------------------------------------------
 
-fn echo_setup() -> Setup {
-    Setup {
-        read: true,
-        echo: true,
-        ..Setup::default()
-    }
-}
-
 /// No byte either way for the idle timeout: reset with `IdleTimedOut`.
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_is_reset() {
-    let (server, flow, address) =
-        start(echo_setup(), |builder| builder.idle_timeout(Some(SHORT))).await;
+    let (server, flow, address) = start(Behavior::echo(), |builder| {
+        builder.idle_timeout(Some(SHORT))
+    })
+    .await;
     let connected = Instant::now();
-    let mut client = connect(address).await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     echo(&mut client, b"hello").await;
     let last_activity = Instant::now();
@@ -1086,7 +688,7 @@ async fn an_idle_connection_is_reset() {
     assert!(at - connected >= SHORT);
     assert!(at >= last_activity, "observed after the last exchange");
     expect_reset(&mut client).await;
-    flow.wait_released(id).await;
+    flow.wait_release_of(id).await;
     assert_eq!(server.stats().closures(ClosureReason::IdleTimedOut), 1);
     flow.assert_no_errors();
     server.shutdown().await;
@@ -1097,19 +699,19 @@ async fn an_idle_connection_is_reset() {
 /// each is reset only once it has gone quiet.
 #[tokio::test(start_paused = true)]
 async fn traffic_either_way_postpones_the_idle_timeout() {
-    let setup = Setup {
-        read: true,
+    let behavior = Behavior {
         echo: true,
-        keep: true,
-        ..Setup::default()
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder.idle_timeout(Some(SHORT))).await;
+    let (server, flow, address) =
+        start(behavior, |builder| builder.idle_timeout(Some(SHORT))).await;
 
     // Bytes read by the server.
-    let mut sender = connect(address).await;
+    let mut sender = client(address).await;
     let sender_id = flow.id_of(&sender).await;
     // Bytes written by the server (the client sends nothing).
-    let mut receiver = connect(address).await;
+    let mut receiver = client(address).await;
     let receiver_id = flow.id_of(&receiver).await;
     let to_receiver = flow.handle(receiver_id);
 
@@ -1144,12 +746,13 @@ async fn traffic_either_way_postpones_the_idle_timeout() {
 /// read requested there is no read timeout, however long the silence; it counts from the request.
 #[tokio::test(start_paused = true)]
 async fn the_read_timeout_counts_only_while_a_read_is_requested() {
-    let setup = Setup {
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder.read_timeout(Some(SHORT))).await;
-    let mut client = connect(address).await;
+    let (server, flow, address) =
+        start(behavior, |builder| builder.read_timeout(Some(SHORT))).await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     sleep(QUIET).await;
     flow.assert_open(id, "with no read requested");
@@ -1163,7 +766,7 @@ async fn the_read_timeout_counts_only_while_a_read_is_requested() {
     assert!(at - requested >= SHORT, "reset before the timeout");
     expect_reset(&mut client).await;
     drop(connection);
-    flow.wait_released(id).await;
+    flow.wait_release_of(id).await;
     flow.assert_no_errors();
     server.shutdown().await;
 }
@@ -1171,9 +774,11 @@ async fn the_read_timeout_counts_only_while_a_read_is_requested() {
 /// A read that gets its data in time is not timed out; each new request starts a new wait.
 #[tokio::test(start_paused = true)]
 async fn reads_that_complete_in_time_are_not_timed_out() {
-    let (server, flow, address) =
-        start(echo_setup(), |builder| builder.read_timeout(Some(SHORT))).await;
-    let mut client = connect(address).await;
+    let (server, flow, address) = start(Behavior::echo(), |builder| {
+        builder.read_timeout(Some(SHORT))
+    })
+    .await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     let busy_until = Instant::now() + QUIET;
     while Instant::now() < busy_until {
@@ -1191,20 +796,19 @@ async fn reads_that_complete_in_time_are_not_timed_out() {
 /// is reset with `HalfClosedTimedOut` once the half-closed timeout has passed since the FIN.
 #[tokio::test(start_paused = true)]
 async fn a_half_closed_connection_is_reset_after_the_half_closed_timeout() {
-    let setup = Setup {
-        read: true,
+    let behavior = Behavior {
         echo: true,
-        keep: true,
-        ..Setup::default()
+        keep_handles: true,
+        ..Behavior::quiet()
     };
     let (server, flow, address) =
-        start(setup, |builder| builder.half_closed_timeout(Some(SHORT))).await;
-    let mut client = connect(address).await;
+        start(behavior, |builder| builder.half_closed_timeout(Some(SHORT))).await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     echo(&mut client, b"before").await;
     let fin_sent = Instant::now();
     client.shutdown().await.expect("client shutdown");
-    flow.wait_for("the client's FIN", |event| *event == Ev::ClientClose(id))
+    flow.wait_for("the client's FIN", |event| *event == Event::ClientClose(id))
         .await;
     // Writes still work after the peer's FIN.
     flow.handle(id)
@@ -1219,7 +823,7 @@ async fn a_half_closed_connection_is_reset_after_the_half_closed_timeout() {
     assert_eq!(reason, ClosureReason::HalfClosedTimedOut);
     assert!(at - fin_sent >= SHORT, "reset before the timeout");
     expect_reset(&mut client).await;
-    flow.wait_released(id).await;
+    flow.wait_release_of(id).await;
     flow.assert_no_errors();
     server.shutdown().await;
 }
@@ -1228,13 +832,13 @@ async fn a_half_closed_connection_is_reset_after_the_half_closed_timeout() {
 /// is not affected afterwards, however quiet it then is.
 #[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_reset_after_the_first_byte_timeout() {
-    let (server, flow, address) = start(echo_setup(), |builder| {
+    let (server, flow, address) = start(Behavior::echo(), |builder| {
         builder.first_byte_timeout(Some(SHORT))
     })
     .await;
     let connected = Instant::now();
-    let mut silent = connect(address).await;
-    let mut talker = connect(address).await;
+    let mut silent = client(address).await;
+    let mut talker = client(address).await;
     let silent_id = flow.id_of(&silent).await;
     let talker_id = flow.id_of(&talker).await;
     sleep(Duration::from_millis(100)).await;
@@ -1264,9 +868,7 @@ async fn a_silent_connection_is_reset_after_the_first_byte_timeout() {
 async fn set_timeouts_changes_one_connection() {
     let exempt_next = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let setup = Setup {
-        read: true,
-        echo: true,
+    let hooks = Hooks {
         established: Some(Box::new({
             let exempt_next = exempt_next.clone();
             let seen = seen.clone();
@@ -1280,19 +882,19 @@ async fn set_timeouts_changes_one_connection() {
                 }
             }
         })),
-        ..Setup::default()
+        ..Hooks::default()
     };
-    let (server, flow, address) = start(setup, |builder| {
+    let (server, flow, address) = start_with_hooks(Behavior::echo(), hooks, |builder| {
         builder
             .idle_timeout(Some(SHORT))
             .read_timeout(Some(Duration::from_secs(3600)))
     })
     .await;
     exempt_next.store(true, Ordering::SeqCst);
-    let mut exempt = connect(address).await;
+    let mut exempt = client(address).await;
     let exempt_id = flow.id_of(&exempt).await;
     let connected = Instant::now();
-    let mut ordinary = connect(address).await;
+    let mut ordinary = client(address).await;
     let ordinary_id = flow.id_of(&ordinary).await;
 
     let (reason, _) = flow.wait_closure(ordinary_id).await;
@@ -1319,13 +921,13 @@ async fn set_timeouts_changes_one_connection() {
 /// timeout on for a connection with a read pending ends it.
 #[tokio::test(start_paused = true)]
 async fn set_timeouts_from_another_task_takes_effect_on_a_parked_connection() {
-    let setup = Setup {
-        read: true,
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        collect: true,
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
-    let mut client = connect(address).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
@@ -1348,14 +950,13 @@ async fn set_timeouts_from_another_task_takes_effect_on_a_parked_connection() {
 /// connection is not reset at once.
 #[tokio::test(start_paused = true)]
 async fn turning_the_idle_timeout_on_counts_from_the_last_byte() {
-    let setup = Setup {
-        read: true,
+    let behavior = Behavior {
         echo: true,
-        keep: true,
-        ..Setup::default()
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
-    let mut client = connect(address).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
@@ -1387,12 +988,12 @@ async fn turning_the_idle_timeout_on_counts_from_the_last_byte() {
 /// after the call, not 100 ms.
 #[tokio::test(start_paused = true)]
 async fn turning_the_read_timeout_on_counts_from_the_change() {
-    let setup = Setup {
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
-    let mut client = connect(address).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
@@ -1423,34 +1024,14 @@ async fn turning_the_read_timeout_on_counts_from_the_change() {
 // TLS: the first-byte timeout counts from after the handshake
 // ---------------------------------------------------------------------------------------------
 
-fn cert_file(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/certs")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-fn tls_connector() -> tokio_native_tls::TlsConnector {
-    let ca = switchboard::native_tls::Certificate::from_pem(&cert_file("ca.pem")).unwrap();
-    let connector = switchboard::native_tls::TlsConnector::builder()
-        .disable_built_in_roots(true)
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
-    tokio_native_tls::TlsConnector::from(connector)
-}
-
-/// A TLS server with `setup`; `configure` sets the rest.
+/// A TLS server recording with `behavior`; `configure` sets the rest.
 async fn start_tls(
-    setup: Setup,
+    behavior: Behavior,
     configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
-) -> (Server, Flow, SocketAddr) {
-    let acceptor =
-        switchboard::tls::acceptor_from_pem(&cert_file("server.pem"), &cert_file("server.key"))
-            .unwrap();
+) -> (Server, Recorder, SocketAddr) {
     let mut builder = Server::builder();
-    let flow = Flow::new(&mut builder, setup);
-    let server = configure(builder.bind_tls(LOCAL, acceptor))
+    let flow = Recorder::with_behavior(&mut builder, behavior);
+    let server = configure(builder.bind_tls(LOCAL, server_acceptor()))
         .start(flow.clone())
         .await
         .unwrap();
@@ -1463,7 +1044,7 @@ async fn start_tls(
 /// says nothing after its handshake is reset with `FirstByteTimedOut`.
 #[tokio::test(start_paused = true)]
 async fn tls_first_byte_timeout_counts_from_after_the_handshake() {
-    let (server, flow, address) = start_tls(echo_setup(), |builder| {
+    let (server, flow, address) = start_tls(Behavior::echo(), |builder| {
         builder
             .first_byte_timeout(Some(SHORT))
             .handshake_timeout(Duration::from_secs(30))
@@ -1472,7 +1053,7 @@ async fn tls_first_byte_timeout_counts_from_after_the_handshake() {
     let connector = tls_connector();
 
     // Slow to start its handshake, prompt after it.
-    let tcp = connect(address).await;
+    let tcp = client(address).await;
     let local = tcp.local_addr().unwrap();
     sleep(SHORT * 2).await;
     let mut slow_start = bounded("handshake", connector.connect("localhost", tcp))
@@ -1487,7 +1068,7 @@ async fn tls_first_byte_timeout_counts_from_after_the_handshake() {
     assert_eq!(&reply, b"hi");
 
     // Silent after its handshake.
-    let tcp = connect(address).await;
+    let tcp = client(address).await;
     let local = tcp.local_addr().unwrap();
     let mut silent = bounded("handshake", connector.connect("localhost", tcp))
         .await
@@ -1497,10 +1078,10 @@ async fn tls_first_byte_timeout_counts_from_after_the_handshake() {
     let (reason, _) = flow.wait_closure(silent_id).await;
     assert_eq!(reason, ClosureReason::FirstByteTimedOut);
     let established = flow
-        .time_of(|event| matches!(event, Ev::Established(id, _) if *id == silent_id))
+        .time_of(|event| matches!(event, Event::Established(id, ..) if *id == silent_id))
         .unwrap();
     let closed = flow
-        .time_of(|event| matches!(event, Ev::Closure(id, _) if *id == silent_id))
+        .time_of(|event| matches!(event, Event::Closure(id, _) if *id == silent_id))
         .unwrap();
     assert!(closed - established >= SHORT, "reset before the timeout");
     assert!(closed >= handshake_done);
@@ -1536,13 +1117,13 @@ fn recv_urgent(stream: &TcpStream) -> io::Result<u8> {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn an_urgent_byte_from_the_peer_reaches_on_read_oob_completed() {
-    let setup = Setup {
-        read: true,
+    let behavior = Behavior {
+        collect: true,
         oob: true,
-        ..Setup::default()
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
-    let mut client = connect(address).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     client.write_all(b"before-").await.unwrap();
     eventually("the first part", || flow.received(id) == b"before-").await;
@@ -1550,7 +1131,7 @@ async fn an_urgent_byte_from_the_peer_reaches_on_read_oob_completed() {
     assert_eq!(sent, 1);
     flow.wait_for(
         "on_read_oob_completed",
-        |event| matches!(event, Ev::Oob(of, _) if *of == id),
+        |event| matches!(event, Event::ReadOob(of, _) if *of == id),
     )
     .await;
     client.write_all(b"-after").await.unwrap();
@@ -1562,9 +1143,9 @@ async fn an_urgent_byte_from_the_peer_reaches_on_read_oob_completed() {
     let urgent: Vec<_> = flow
         .events()
         .into_iter()
-        .filter(|event| matches!(event, Ev::Oob(..)))
+        .filter(|event| matches!(event, Event::ReadOob(..)))
         .collect();
-    assert_eq!(urgent, vec![Ev::Oob(id, vec![b'!'])]);
+    assert_eq!(urgent, vec![Event::ReadOob(id, vec![b'!'])]);
 
     // A second urgent byte, for the request renewed in the callback. (Each part is sent once the
     // previous one has arrived: see `the_stream_past_an_urgent_byte_is_read_without_new_data`.)
@@ -1572,7 +1153,7 @@ async fn an_urgent_byte_from_the_peer_reaches_on_read_oob_completed() {
     eventually("x", || flow.received(id).ends_with(b"x")).await;
     SockRef::from(&client).send_out_of_band(b"?").unwrap();
     flow.wait_for("the second urgent byte", |event| {
-        *event == Ev::Oob(id, vec![b'?'])
+        *event == Event::ReadOob(id, vec![b'?'])
     })
     .await;
     client.write_all(b"y").await.unwrap();
@@ -1593,12 +1174,12 @@ async fn an_urgent_byte_from_the_peer_reaches_on_read_oob_completed() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn no_urgent_callback_without_read_oob() {
-    let setup = Setup {
-        read: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        collect: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
-    let mut client = connect(address).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     client.write_all(b"ab").await.unwrap();
     eventually("the first part", || flow.received(id) == b"ab").await;
@@ -1608,7 +1189,7 @@ async fn no_urgent_callback_without_read_oob() {
     sleep(SHORT).await;
     assert_eq!(flow.received(id), b"abcd");
     assert!(
-        !flow.has(|event| matches!(event, Ev::Oob(..))),
+        !flow.has(|event| matches!(event, Event::ReadOob(..))),
         "{:#?}",
         flow.events()
     );
@@ -1630,16 +1211,15 @@ async fn no_urgent_callback_without_read_oob() {
 #[tokio::test]
 async fn the_stream_past_an_urgent_byte_is_read_without_new_data() {
     for oob in [true] {
-        let setup = Setup {
-            read: true,
+        let behavior = Behavior {
             first_read_later: true,
             echo: true,
-            keep: true,
+            keep_handles: true,
             oob,
-            ..Setup::default()
+            ..Behavior::quiet()
         };
-        let (server, flow, address) = start(setup, |builder| builder).await;
-        let mut client = connect(address).await;
+        let (server, flow, address) = start(behavior, |builder| builder).await;
+        let mut client = client(address).await;
         let id = flow.id_of(&client).await;
         client.write_all(b"ab").await.unwrap();
         SockRef::from(&client).send_out_of_band(b"!").unwrap();
@@ -1671,24 +1251,24 @@ async fn the_stream_past_an_urgent_byte_is_read_without_new_data() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn an_urgent_byte_that_arrived_before_read_oob_is_delivered_on_request() {
-    let setup = Setup {
-        read: true,
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        collect: true,
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
-    let mut client = connect(address).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     client.write_all(b"a").await.unwrap();
     eventually("the first byte", || flow.received(id) == b"a").await;
     SockRef::from(&client).send_out_of_band(b"!").unwrap();
     sleep(Duration::from_millis(100)).await;
-    assert!(!flow.has(|event| matches!(event, Ev::Oob(..))));
+    assert!(!flow.has(|event| matches!(event, Event::ReadOob(..))));
     let connection = flow.handle(id);
     flow.release_handle(id);
     connection.read_oob().unwrap();
     flow.wait_for("on_read_oob_completed", |event| {
-        *event == Ev::Oob(id, vec![b'!'])
+        *event == Event::ReadOob(id, vec![b'!'])
     })
     .await;
     client.write_all(b"b").await.unwrap();
@@ -1705,12 +1285,12 @@ async fn an_urgent_byte_that_arrived_before_read_oob_is_delivered_on_request() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn send_urgent_reaches_the_peer() {
-    let setup = Setup {
-        keep: true,
-        ..Setup::default()
+    let behavior = Behavior {
+        keep_handles: true,
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start(setup, |builder| builder).await;
-    let mut client = connect(address).await;
+    let (server, flow, address) = start(behavior, |builder| builder).await;
+    let mut client = client(address).await;
     let id = flow.id_of(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
@@ -1753,21 +1333,20 @@ async fn send_urgent_reaches_the_peer() {
 /// Urgent data bypasses TLS, so a TLS connection refuses both calls with `Unsupported`.
 #[tokio::test]
 async fn urgent_data_is_unsupported_on_tls_connections() {
-    let setup = Setup {
-        read: true,
+    let behavior = Behavior {
         echo: true,
         probe_oob: true,
-        ..Setup::default()
+        ..Behavior::quiet()
     };
-    let (server, flow, address) = start_tls(setup, |builder| builder).await;
-    let tcp = connect(address).await;
+    let (server, flow, address) = start_tls(behavior, |builder| builder).await;
+    let tcp = client(address).await;
     let local = tcp.local_addr().unwrap();
     let mut client = bounded("handshake", tls_connector().connect("localhost", tcp))
         .await
         .expect("handshake");
     let id = flow.id_of_address(local).await;
     assert!(
-        flow.has(|event| *event == Ev::OobCalls(id, Outcome::Unsupported, Outcome::Unsupported))
+        flow.has(|event| *event == Event::OobCalls(id, Outcome::Unsupported, Outcome::Unsupported))
     );
     // The connection is otherwise fine.
     bounded("write", client.write_all(b"tls")).await.unwrap();
@@ -1795,7 +1374,7 @@ async fn slowloris_connections_cannot_lock_real_clients_out() {
     const MAX: usize = 20;
     const SERVED_WITHIN: Duration = Duration::from_secs(10);
     let first_byte = Duration::from_millis(500);
-    let (server, flow, address) = start(echo_setup(), |builder| {
+    let (server, flow, address) = start(Behavior::echo(), |builder| {
         builder
             .max_connections(MAX)
             .at_limit(AtLimit::StopAccepting)

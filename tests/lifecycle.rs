@@ -8,16 +8,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use switchboard::socket2::{SockRef, TcpKeepalive};
-use switchboard::{
-    async_trait, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Direction,
-    Error, Server, ServerBuilder, ShutdownReport, UserData,
-};
+use switchboard::socket2::TcpKeepalive;
+use switchboard::{Bytes, ClosureReason, Connection, ConnectionId, Direction, Error, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -31,224 +27,13 @@ const MIB: usize = 1024 * 1024;
 const QUIET: Duration = Duration::from_millis(300);
 
 // ---------------------------------------------------------------------------------------------
-// Harness: the shared `Recorder`, plus per-test hooks and a copy of every byte read.
-
-type ConnectionHook = Box<dyn Fn(&Connection) + Send + Sync>;
-type CreatedHook = Box<dyn Fn(SockRef<'_>, Direction) + Send + Sync>;
-type WrittenHook = Box<dyn Fn(&Connection, &Bytes) + Send + Sync>;
-type ReleasedHook = Box<dyn Fn(&UserData) + Send + Sync>;
-
-/// What a test adds to the recorder's behaviour. Each hook runs *before* the recorder records the
-/// event, so a test that has seen the event also sees what the hook did.
-#[derive(Default)]
-struct Hooks {
-    created: Option<CreatedHook>,
-    established: Option<ConnectionHook>,
-    read: Option<ConnectionHook>,
-    written: Option<WrittenHook>,
-    client_close: Option<ConnectionHook>,
-    released: Option<ReleasedHook>,
-}
-
-/// A [`Recorder`] with test hooks, keeping a copy of the bytes each connection read and the error
-/// kind of each reset.
-#[derive(Clone)]
-struct Scripted {
-    recorder: Recorder,
-    hooks: Arc<Hooks>,
-    received: Arc<Mutex<HashMap<ConnectionId, Vec<u8>>>>,
-    resets: Arc<Mutex<Vec<(ConnectionId, io::ErrorKind)>>>,
-}
-
-impl Scripted {
-    fn new(builder: &mut ServerBuilder, behavior: Behavior, hooks: Hooks) -> Self {
-        Scripted {
-            recorder: Recorder::with_behavior(builder, behavior),
-            hooks: Arc::new(hooks),
-            received: Arc::default(),
-            resets: Arc::default(),
-        }
-    }
-
-    fn received(&self, id: ConnectionId) -> Vec<u8> {
-        self.received
-            .lock()
-            .unwrap()
-            .get(&id)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn resets(&self) -> Vec<(ConnectionId, io::ErrorKind)> {
-        self.resets.lock().unwrap().clone()
-    }
-}
-
-#[async_trait]
-impl Callbacks for Scripted {
-    async fn on_start_accepting_connections(&self) {
-        self.recorder.on_start_accepting_connections().await;
-    }
-
-    async fn on_stop_accepting_connections(&self) {
-        self.recorder.on_stop_accepting_connections().await;
-    }
-
-    async fn on_accept_error(&self, error: &io::Error) {
-        self.recorder.on_accept_error(error).await;
-    }
-
-    fn on_socket_created(&self, socket: SockRef<'_>, direction: Direction) {
-        if let Some(hook) = &self.hooks.created {
-            hook(SockRef::from(&*socket), direction);
-        }
-        self.recorder.on_socket_created(socket, direction);
-    }
-
-    async fn on_connection_established(&self, connection: &Connection, address: &SocketAddr) {
-        if let Some(hook) = &self.hooks.established {
-            hook(connection);
-        }
-        self.recorder
-            .on_connection_established(connection, address)
-            .await;
-    }
-
-    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
-        self.received
-            .lock()
-            .unwrap()
-            .entry(connection.id())
-            .or_default()
-            .extend_from_slice(&data);
-        if let Some(hook) = &self.hooks.read {
-            hook(connection);
-        }
-        self.recorder.on_read_completed(connection, data).await;
-    }
-
-    async fn on_read_error_may_not_be_fatal(
-        &self,
-        connection: &Connection,
-        error: &io::Error,
-    ) -> bool {
-        self.recorder
-            .on_read_error_may_not_be_fatal(connection, error)
-            .await
-    }
-
-    async fn on_read_completion_error(&self, connection: &Connection, error: &io::Error) {
-        self.recorder
-            .on_read_completion_error(connection, error)
-            .await;
-    }
-
-    async fn on_write_completed(&self, connection: &Connection, data: Bytes) {
-        if let Some(hook) = &self.hooks.written {
-            hook(connection, &data);
-        }
-        self.recorder.on_write_completed(connection, data).await;
-    }
-
-    async fn on_write_error_may_not_be_fatal(
-        &self,
-        connection: &Connection,
-        error: &io::Error,
-    ) -> bool {
-        self.recorder
-            .on_write_error_may_not_be_fatal(connection, error)
-            .await
-    }
-
-    async fn on_write_completion_error(&self, connection: &Connection, error: &io::Error) {
-        self.recorder
-            .on_write_completion_error(connection, error)
-            .await;
-    }
-
-    async fn on_maximum_connections(&self) {
-        self.recorder.on_maximum_connections().await;
-    }
-
-    async fn on_all_connections_aborted(&self, count: usize) {
-        self.recorder.on_all_connections_aborted(count).await;
-    }
-
-    async fn on_shutdown_initiated(&self) {
-        self.recorder.on_shutdown_initiated().await;
-    }
-
-    async fn on_shutdown_requested(&self, connection: &Connection) {
-        self.recorder.on_shutdown_requested(connection).await;
-    }
-
-    async fn on_shutdown_complete(&self, report: ShutdownReport) {
-        self.recorder.on_shutdown_complete(report).await;
-    }
-
-    async fn on_connection_client_close(&self, connection: &Connection) {
-        if let Some(hook) = &self.hooks.client_close {
-            hook(connection);
-        }
-        self.recorder.on_connection_client_close(connection).await;
-    }
-
-    async fn on_connection_reset(&self, connection: &Connection, error: &io::Error) {
-        self.resets
-            .lock()
-            .unwrap()
-            .push((connection.id(), error.kind()));
-        self.recorder.on_connection_reset(connection, error).await;
-    }
-
-    async fn on_connection_closure(&self, connection: &Connection, reason: ClosureReason) {
-        self.recorder
-            .on_connection_closure(connection, reason)
-            .await;
-    }
-
-    async fn on_connection_closed(&self, connection: &Connection) {
-        self.recorder.on_connection_closed(connection).await;
-    }
-
-    async fn on_socket_released(&self, user_data: UserData) {
-        if let Some(hook) = &self.hooks.released {
-            hook(&user_data);
-        }
-        self.recorder.on_socket_released(user_data).await;
-    }
-
-    async fn on_error(&self, error: &Error) {
-        self.recorder.on_error(error).await;
-    }
-}
-
-/// A recorder that neither reads nor keeps handles: the application does nothing by itself.
-fn idle() -> Behavior {
-    Behavior {
-        echo: false,
-        ..Behavior::default()
-    }
-}
+// Harness: the shared `Recorder` (with `Hooks` where a test needs them).
 
 /// A recorder that does not read but keeps every connection's handle for the test.
 fn held() -> Behavior {
     Behavior {
-        echo: false,
         keep_handles: true,
-        ..Behavior::default()
-    }
-}
-
-/// Polls `done` every few milliseconds until it holds, at most [`WAIT`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        ..Behavior::quiet()
     }
 }
 
@@ -266,26 +51,6 @@ async fn kept_handle(recorder: &Recorder) -> Connection {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-/// `len` bytes that differ with `seed` and with position, so that a lost, repeated or reordered
-/// chunk shows.
-fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i / 251 + i * 7 + seed * 131) % 256) as u8)
-        .collect()
-}
-
-/// Asserts nothing of `id`'s ending has happened yet.
-fn assert_open(recorder: &Recorder, id: ConnectionId) {
-    let events = recorder.events_of(id);
-    assert!(
-        !events.iter().any(|e| matches!(
-            e,
-            Event::Closure(..) | Event::Closed(_) | Event::Released(..)
-        )),
-        "the connection closed: {events:#?}"
-    );
 }
 
 fn lengths_written(events: &[Event]) -> Vec<usize> {
@@ -380,9 +145,8 @@ async fn echo_then_peer_close_runs_every_event_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_reset_reports_the_error_then_closes_with_peer_reset() {
     let mut builder = Server::builder().bind(LOCAL);
-    let scripted = Scripted::new(&mut builder, Behavior::default(), Hooks::default());
-    let recorder = scripted.recorder.clone();
-    let server = builder.start(scripted.clone()).await.unwrap();
+    let recorder = Recorder::new(&mut builder);
+    let server = builder.start(recorder.clone()).await.unwrap();
     let mut stream = client(server.local_addr().unwrap()).await;
     assert_eq!(echo_round_trip(&mut stream, b"before").await, b"before");
     let id = recorder.established()[0];
@@ -407,10 +171,9 @@ async fn peer_reset_reports_the_error_then_closes_with_peer_reset() {
     assert!(reset_at < closure_at, "{events:#?}");
     // The error handed to on_connection_reset is the reset itself.
     assert_eq!(
-        scripted.resets(),
+        recorder.resets(),
         vec![(id, io::ErrorKind::ConnectionReset)]
     );
-    assert!(!ClosureReason::PeerReset.is_graceful());
     let stats = server.stats();
     assert_eq!(stats.closures(ClosureReason::PeerReset), 1);
     assert_eq!(stats.total_closures(), 1);
@@ -420,9 +183,8 @@ async fn peer_reset_reports_the_error_then_closes_with_peer_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_reset_seen_by_a_pending_write_closes_with_peer_reset() {
     let mut builder = Server::builder().bind(LOCAL).write_queue_limit(64 * MIB);
-    let scripted = Scripted::new(&mut builder, held(), Hooks::default());
-    let recorder = scripted.recorder.clone();
-    let server = builder.start(scripted.clone()).await.unwrap();
+    let recorder = Recorder::with_behavior(&mut builder, held());
+    let server = builder.start(recorder.clone()).await.unwrap();
     let stream = client(server.local_addr().unwrap()).await;
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
@@ -446,7 +208,7 @@ async fn peer_reset_seen_by_a_pending_write_closes_with_peer_reset() {
         "a reset is not a write error and the unsent buffer is not completed: {events:#?}"
     );
     assert_eq!(
-        scripted.resets(),
+        recorder.resets(),
         vec![(id, io::ErrorKind::ConnectionReset)]
     );
     assert_eq!(handle.queued_write_bytes(), 0, "the queue is dropped");
@@ -573,7 +335,7 @@ async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
     handle.close();
     eventually("the close to begin", || handle.is_closing()).await;
     tokio::time::sleep(QUIET).await;
-    assert_open(&recorder, id);
+    recorder.assert_open(id, "while its close waits for the peer to read");
 
     handle.abort();
     handle.abort();
@@ -596,7 +358,7 @@ async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
 #[tokio::test]
 async fn a_connection_nothing_keeps_closes_by_itself_gracefully() {
     let mut builder = Server::builder().bind(LOCAL);
-    let recorder = Recorder::with_behavior(&mut builder, idle());
+    let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
     let server = builder.start(recorder.clone()).await.unwrap();
     let mut stream = client(server.local_addr().unwrap()).await;
 
@@ -611,7 +373,6 @@ async fn a_connection_nothing_keeps_closes_by_itself_gracefully() {
     let events = recorder.events_of(id);
     assert_lifecycle(&events);
     assert_eq!(closure_reason(&events), Some(ClosureReason::Unreferenced));
-    assert!(ClosureReason::Unreferenced.is_graceful());
     assert!(!has_client_close_or_reset(&events), "{events:#?}");
     assert_eq!(server.stats().closures(ClosureReason::Unreferenced), 1);
     server.shutdown().await;
@@ -629,7 +390,7 @@ async fn a_pending_read_keeps_an_idle_connection_open() {
     let id = recorder.established()[0];
 
     tokio::time::sleep(QUIET).await;
-    assert_open(&recorder, id);
+    recorder.assert_open(id, "with a read pending");
     assert_eq!(
         echo_round_trip(&mut stream, b"still there").await,
         b"still there"
@@ -646,16 +407,15 @@ async fn a_pending_read_keeps_an_idle_connection_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_handle_keeps_a_connection_open_and_dropping_it_closes() {
     let mut builder = Server::builder().bind(LOCAL);
-    let scripted = Scripted::new(&mut builder, held(), Hooks::default());
-    let recorder = scripted.recorder.clone();
-    let server = builder.start(scripted.clone()).await.unwrap();
+    let recorder = Recorder::with_behavior(&mut builder, held());
+    let server = builder.start(recorder.clone()).await.unwrap();
     let mut stream = client(server.local_addr().unwrap()).await;
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
     // No read and no write: only the handle keeps it open.
     tokio::time::sleep(QUIET).await;
-    assert_open(&recorder, id);
+    recorder.assert_open(id, "while only a handle held it");
     assert!(!handle.is_closing());
     let mut probe = [0u8; 1];
     assert!(
@@ -671,7 +431,7 @@ async fn a_held_handle_keeps_a_connection_open_and_dropping_it_closes() {
     recorder
         .wait_count("the read", 1, |e| matches!(e, Event::Read(..)))
         .await;
-    assert_eq!(scripted.received(id), b"ping");
+    assert_eq!(recorder.received(id), b"ping");
     handle.write(&b"pong"[..]).unwrap();
     let mut reply = [0u8; 4];
     tokio::time::timeout(WAIT, stream.read_exact(&mut reply))
@@ -683,13 +443,13 @@ async fn a_held_handle_keeps_a_connection_open_and_dropping_it_closes() {
         .wait_count("the write", 1, |e| matches!(e, Event::Written(..)))
         .await;
     tokio::time::sleep(QUIET).await;
-    assert_open(&recorder, id);
+    recorder.assert_open(id, "while only a handle held it, after a write");
 
     // A clone of the clone counts the same; dropping every clone closes.
     let second = handle.clone();
     drop(handle);
     tokio::time::sleep(QUIET).await;
-    assert_open(&recorder, id);
+    recorder.assert_open(id, "with a clone of the handle left");
     drop(second);
     let (rest, end) = read_to_end(&mut stream).await;
     end.expect("graceful close");
@@ -728,9 +488,8 @@ async fn a_pending_write_keeps_the_connection_open_until_delivered() {
         })),
         ..Hooks::default()
     };
-    let scripted = Scripted::new(&mut builder, idle(), hooks);
-    let recorder = scripted.recorder.clone();
-    let server = builder.start(scripted.clone()).await.unwrap();
+    let recorder = Recorder::with_hooks(&mut builder, Behavior::quiet(), hooks);
+    let server = builder.start(recorder.clone()).await.unwrap();
     let mut stream = client(server.local_addr().unwrap()).await;
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
@@ -739,7 +498,7 @@ async fn a_pending_write_keeps_the_connection_open_until_delivered() {
 
     // The client does not read: the write stays in flight and the connection open.
     tokio::time::sleep(QUIET).await;
-    assert_open(&recorder, id);
+    recorder.assert_open(id, "with a write in flight");
     assert!(server.stats().bytes_written < TOTAL as u64);
     assert_eq!(server.active_connections(), 1);
 
@@ -787,9 +546,8 @@ async fn after_the_peers_fin_writes_are_still_delivered() {
         keep_handles: true,
         ..Behavior::default()
     };
-    let scripted = Scripted::new(&mut builder, behavior, hooks);
-    let recorder = scripted.recorder.clone();
-    let server = builder.start(scripted.clone()).await.unwrap();
+    let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
+    let server = builder.start(recorder.clone()).await.unwrap();
     let mut stream = client(server.local_addr().unwrap()).await;
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
@@ -839,9 +597,8 @@ async fn after_the_peers_fin_writes_are_still_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_write_sends_fin_and_reading_goes_on() {
     let mut builder = Server::builder().bind(LOCAL);
-    let scripted = Scripted::new(&mut builder, held(), Hooks::default());
-    let recorder = scripted.recorder.clone();
-    let server = builder.start(scripted.clone()).await.unwrap();
+    let recorder = Recorder::with_behavior(&mut builder, held());
+    let server = builder.start(recorder.clone()).await.unwrap();
     let mut stream = client(server.local_addr().unwrap()).await;
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
@@ -864,7 +621,7 @@ async fn shutdown_write_sends_fin_and_reading_goes_on() {
     // reads.
     let message = pattern(6, 40 * KIB);
     stream.write_all(&message).await.unwrap();
-    while scripted.received(id).len() < message.len() {
+    while recorder.received(id).len() < message.len() {
         let reads = recorder.count(|e| matches!(e, Event::Read(i, _) if *i == id));
         handle.read();
         recorder
@@ -875,8 +632,8 @@ async fn shutdown_write_sends_fin_and_reading_goes_on() {
             )
             .await;
     }
-    assert!(scripted.received(id) == message, "the data arrived altered");
-    assert_open(&recorder, id);
+    assert!(recorder.received(id) == message, "the data arrived altered");
+    recorder.assert_open(id, "after shutdown_write, with reads pending");
 
     // Then the client's FIN: with both directions shut, the connection ends although the handle
     // is still held.
@@ -1072,9 +829,8 @@ async fn user_data_reaches_on_socket_released_by_value() {
         keep_handles: true,
         ..Behavior::default()
     };
-    let scripted = Scripted::new(&mut builder, behavior, hooks);
-    let recorder = scripted.recorder.clone();
-    let server = builder.start(scripted.clone()).await.unwrap();
+    let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
+    let server = builder.start(recorder.clone()).await.unwrap();
     let address = server.local_addr().unwrap();
 
     let mut one = client(address).await;
@@ -1221,10 +977,9 @@ async fn options_set_in_on_socket_created_are_applied() {
         })),
         ..Hooks::default()
     };
-    let scripted = Scripted::new(&mut builder, Behavior::default(), hooks);
-    let recorder = scripted.recorder.clone();
+    let recorder = Recorder::with_hooks(&mut builder, Behavior::default(), hooks);
     recorder.keep_sockets();
-    let server = builder.start(scripted.clone()).await.unwrap();
+    let server = builder.start(recorder.clone()).await.unwrap();
     let mut stream = client(server.local_addr().unwrap()).await;
     assert_eq!(echo_round_trip(&mut stream, b"opts").await, b"opts");
 
@@ -1257,9 +1012,8 @@ fn errors_free(recorder: &Recorder) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_completed_reports_each_buffer_and_stats_add_up() {
     let mut builder = Server::builder().bind(LOCAL).write_queue_limit(MIB);
-    let scripted = Scripted::new(&mut builder, held(), Hooks::default());
-    let recorder = scripted.recorder.clone();
-    let server = builder.start(scripted.clone()).await.unwrap();
+    let recorder = Recorder::with_behavior(&mut builder, held());
+    let server = builder.start(recorder.clone()).await.unwrap();
     let address = server.local_addr().unwrap();
 
     // Connection 1: writes of assorted sizes through a handle, and reads of what the client sends.
@@ -1298,7 +1052,7 @@ async fn write_completed_reports_each_buffer_and_stats_add_up() {
 
     let upload = pattern(9, 3_000);
     stream.write_all(&upload).await.unwrap();
-    while scripted.received(id).len() < upload.len() {
+    while recorder.received(id).len() < upload.len() {
         let reads = recorder.count(|e| matches!(e, Event::Read(i, _) if *i == id));
         handle.read();
         recorder
@@ -1309,7 +1063,7 @@ async fn write_completed_reports_each_buffer_and_stats_add_up() {
             )
             .await;
     }
-    assert!(scripted.received(id) == upload);
+    assert!(recorder.received(id) == upload);
     assert_eq!(handle.stats().bytes_read, upload.len() as u64);
     assert_eq!(
         handle.stats().reads,
@@ -1420,7 +1174,7 @@ async fn a_thousand_echo_connections_return_every_byte() {
 
     let run = |i: usize| async move {
         let mut stream = client(address).await;
-        let mut message = pattern(i, SIZE);
+        let mut message = pattern(i as u64, SIZE);
         message[..8].copy_from_slice(&(i as u64).to_be_bytes());
         let reply = echo_round_trip(&mut stream, &message).await;
         assert!(reply == message, "client {i} got other bytes back");

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::*;
 use switchboard::{
-    async_trait, AtLimit, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
-    ConnectionLimiter, Direction, Error, Server, UserData,
+    async_trait, AtLimit, BytesMut, Callbacks, ClosureReason, Connection, ConnectionLimiter,
+    Direction, Error, Server, UserData,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,18 +24,6 @@ use tokio::net::{TcpListener, TcpStream};
 /// How long a client that must not be served is watched for a reply. Only ever used to show
 /// that something does *not* happen, so a loaded machine cannot make it fail spuriously.
 const QUIET: Duration = Duration::from_millis(300);
-
-/// Polls `done` every few milliseconds until it holds, at most [`WAIT`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 /// Asserts that nothing arrives on `stream` for [`QUIET`]: the server has not served it.
 async fn assert_not_served(stream: &mut TcpStream) {
@@ -68,26 +56,6 @@ fn assert_alternating(events: &[Event]) {
             "start/stop accepting must alternate, starting with start: {accepting:?}\n{events:#?}"
         );
     }
-}
-
-/// The id of the connection the server made for client `stream`, found by its address.
-fn id_of(recorder: &Recorder, stream: &TcpStream) -> ConnectionId {
-    let address = stream.local_addr().unwrap();
-    recorder
-        .events()
-        .iter()
-        .find_map(|event| match event {
-            Event::Established(id, peer) if *peer == address => Some(*id),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no connection from {address}"))
-}
-
-fn position(events: &[Event], wanted: &Event) -> usize {
-    events
-        .iter()
-        .position(|event| event == wanted)
-        .unwrap_or_else(|| panic!("no {wanted:?} in {events:#?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,12 +91,13 @@ async fn stop_accepting_at_limit_holds_the_next_client_until_a_slot_frees() {
     assert_eq!(server.limiter().active(), 2);
     let events = recorder.events();
     assert!(
-        position(&events, &Event::MaximumConnections) < position(&events, &Event::StopAccepting),
+        position(&events, |e| *e == Event::MaximumConnections)
+            < position(&events, |e| *e == Event::StopAccepting),
         "on_maximum_connections precedes on_stop_accepting_connections: {events:#?}"
     );
 
     // One of the two ends: the waiting client is taken and its early bytes are echoed.
-    let first_id = id_of(&recorder, &first);
+    let first_id = recorder.id_of(&first).await;
     drop(first);
     let mut reply = [0_u8; 5];
     tokio::time::timeout(WAIT, third.read_exact(&mut reply))

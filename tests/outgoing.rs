@@ -29,25 +29,6 @@ async fn accept(listener: &TcpListener) -> TcpStream {
         .0
 }
 
-/// Polls `done` until it holds, bounded by [`WAIT`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn position(events: &[Event], wanted: impl Fn(&Event) -> bool) -> usize {
-    events
-        .iter()
-        .position(wanted)
-        .unwrap_or_else(|| panic!("event missing: {events:#?}"))
-}
-
 fn no_accepting_events(events: &[Event]) -> bool {
     !events
         .iter()
@@ -97,7 +78,7 @@ async fn connect_runs_every_event_in_order_and_hands_the_argument_to_release() {
         Event::PreOutgoingConnect(address, Some("session-7".to_string()))
     );
     assert_eq!(events[1], Event::SocketCreated(Direction::Outbound));
-    assert_eq!(events[2], Event::Established(id, address));
+    assert_eq!(events[2], Event::Established(id, address, None));
     assert_lifecycle(&events[2..]);
     assert!(events.contains(&Event::Read(id, 5)));
     assert!(events.contains(&Event::Written(id, 5)));
@@ -270,7 +251,7 @@ async fn spawn_connect_to_a_live_switchboard_server_establishes() {
         Event::PreOutgoingConnect(address, Some("spawned".to_string()))
     );
     assert_eq!(events[1], Event::SocketCreated(Direction::Outbound));
-    assert!(matches!(events[2], Event::Established(_, a) if a == address));
+    assert!(matches!(events[2], Event::Established(_, a, None) if a == address));
     assert_eq!(
         recorder.count(|e| matches!(e, Event::OutgoingFailed(..))),
         0
@@ -416,7 +397,7 @@ async fn outgoing_and_accepted_connections_share_one_manager() {
     let (_, end) = plain_end.await.unwrap();
     end.unwrap();
     let events = recorder.events();
-    assert_eq!(events.last(), Some(&Event::ShutdownComplete));
+    assert_eq!(events.last(), Some(&Event::ShutdownComplete(report)));
     for id in recorder.established() {
         let of = recorder.events_of(id);
         assert_lifecycle(&of);
@@ -509,7 +490,7 @@ async fn shutdown_forces_outgoing_connections_in_order() {
     );
     assert!(initiated < requested && requested < aborted && aborted < closure);
     assert!(closure < released);
-    assert_eq!(events.last(), Some(&Event::ShutdownComplete));
+    assert_eq!(events.last(), Some(&Event::ShutdownComplete(report)));
     assert_lifecycle(&recorder.events_of(id));
     assert!(no_accepting_events(&events), "{events:#?}");
     let (_, end) = read_to_end(&mut peer).await;
@@ -554,5 +535,8 @@ async fn shutdown_closes_outgoing_connections_gracefully_when_the_peer_cooperate
     let of = recorder.events_of(id);
     assert_lifecycle(&of);
     assert_eq!(closure_reason(&of), Some(ClosureReason::LocalClose));
-    assert_eq!(recorder.events().last(), Some(&Event::ShutdownComplete));
+    assert_eq!(
+        recorder.events().last(),
+        Some(&Event::ShutdownComplete(report))
+    );
 }

@@ -9,19 +9,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use switchboard::native_tls;
-use switchboard::tls::acceptor_from_pem;
 use switchboard::{
-    async_trait, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Direction, Error,
-    Server, ServerBuilder, UserData,
+    Callbacks, ClosureReason, ConnectionId, Direction, Error, Server, ServerBuilder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -31,18 +25,6 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// The loopback address 127.0.0.`n`.
 fn loopback(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
-}
-
-/// Polls `done` until it holds, at most [`WAIT`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// A plain client connecting to `address` from `source` (any free port); `Err` if the connect
@@ -89,40 +71,24 @@ async fn start(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> (Serve
     (server, recorder)
 }
 
-/// Ids of the connections that ended with `reason`.
-fn ended_with(recorder: &Recorder, reason: ClosureReason) -> Vec<ConnectionId> {
-    recorder
-        .events()
-        .into_iter()
-        .filter_map(|event| match event {
-            Event::Closure(id, r) if r == reason => Some(id),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Checks a refused connection's events: closure with [`ClosureReason::PerIpLimit`], closed, then
 /// a release without the id (it was never established, so the recorder never stored one), and
-/// nothing else.
-fn assert_refused(recorder: &Recorder, id: ConnectionId) {
-    assert_eq!(
-        recorder.events_of(id),
-        vec![
-            Event::Closure(id, ClosureReason::PerIpLimit),
-            Event::Closed(id)
-        ]
-    );
+/// nothing else but, on a TLS listener, the secure release.
+fn assert_refused(recorder: &Recorder, id: ConnectionId, tls: bool) {
+    let mut expected = vec![
+        Event::Closure(id, ClosureReason::PerIpLimit),
+        Event::Closed(id),
+    ];
+    if tls {
+        expected.push(Event::SecureReleased(id));
+    }
+    assert_eq!(recorder.events_of(id), expected);
     let all = recorder.events();
     let closed = all.iter().position(|e| *e == Event::Closed(id)).unwrap();
     assert!(
         all[closed + 1..].contains(&Event::Released(None, None)),
         "a release follows the refused connection's closed event: {all:#?}"
     );
-}
-
-/// The number of events matching `matches`.
-fn count(recorder: &Recorder, matches: impl Fn(&Event) -> bool) -> usize {
-    recorder.count(matches)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,12 +110,11 @@ async fn a_connection_over_the_cap_is_refused_with_its_own_reason_until_a_slot_f
             *e == Event::Released(None, None)
         })
         .await;
-    let refused = ended_with(&recorder, ClosureReason::PerIpLimit);
+    let refused = recorder.ended_with(ClosureReason::PerIpLimit);
     assert_eq!(refused.len(), 1, "{:#?}", recorder.events());
-    assert_refused(&recorder, refused[0]);
+    assert_refused(&recorder, refused[0], false);
     assert_eq!(
-        count(&recorder, |e| *e
-            == Event::SocketCreated(Direction::Inbound)),
+        recorder.count(|e| *e == Event::SocketCreated(Direction::Inbound)),
         3,
         "the refused socket was created like any other"
     );
@@ -361,7 +326,7 @@ async fn counts_stay_exact_under_concurrent_churn() {
         stats.refused_per_ip
     );
     assert_eq!(
-        ended_with(&recorder, ClosureReason::PerIpLimit).len(),
+        recorder.ended_with(ClosureReason::PerIpLimit).len(),
         refused_by_clients
     );
     assert_eq!(stats.accepted, total as u64);
@@ -373,7 +338,7 @@ async fn counts_stay_exact_under_concurrent_churn() {
     let mut live: HashMap<IpAddr, usize> = HashMap::new();
     for event in recorder.events() {
         match event {
-            Event::Established(id, peer) => {
+            Event::Established(id, peer, _) => {
                 address_of.insert(id, peer.ip());
                 let count = live.entry(peer.ip()).or_default();
                 *count += 1;
@@ -471,10 +436,7 @@ async fn abort_all_and_a_forced_shutdown_free_every_slot() {
     for n in 1..=2 {
         assert_eq!(server.connections_from_ip(loopback(n)), Some(0));
     }
-    assert_eq!(
-        ended_with(&recorder, ClosureReason::ShutdownForced).len(),
-        4
-    );
+    assert_eq!(recorder.ended_with(ClosureReason::ShutdownForced).len(), 4);
     assert_eq!(server.stats().refused_per_ip, 0);
 }
 
@@ -541,33 +503,15 @@ impl Callbacks for NoCallbacks {}
 // The cap on a TLS listener
 // ---------------------------------------------------------------------------------------------
 
-fn cert_file(name: &str) -> Vec<u8> {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "certs", name]
-        .iter()
-        .collect();
-    std::fs::read(path).unwrap()
-}
-
-fn connector() -> tokio_native_tls::TlsConnector {
-    let ca = native_tls::Certificate::from_pem(&cert_file("ca.pem")).unwrap();
-    native_tls::TlsConnector::builder()
-        .add_root_certificate(ca)
-        .disable_built_in_roots(true)
-        .build()
-        .unwrap()
-        .into()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_tls_listener_a_refused_connection_gets_no_handshake_and_failures_free_slots() {
-    let acceptor = acceptor_from_pem(&cert_file("server.pem"), &cert_file("server.key")).unwrap();
     let mut builder = Server::builder()
-        .bind_tls("127.0.0.1:0", acceptor)
+        .bind_tls("127.0.0.1:0", server_acceptor())
         .max_connections_per_ip(1);
     let recorder = Recorder::new(&mut builder);
     let server = builder.start(recorder.clone()).await.unwrap();
     let address = server.local_addr().unwrap();
-    let connector = connector();
+    let connector = tls_connector();
 
     let tcp = client(address).await;
     let mut served = tokio::time::timeout(WAIT, connector.connect("localhost", tcp))
@@ -590,9 +534,9 @@ async fn on_a_tls_listener_a_refused_connection_gets_no_handshake_and_failures_f
     recorder
         .wait_count("the refusal", 1, |e| *e == Event::Released(None, None))
         .await;
-    let ids = ended_with(&recorder, ClosureReason::PerIpLimit);
+    let ids = recorder.ended_with(ClosureReason::PerIpLimit);
     assert_eq!(ids.len(), 1);
-    assert_refused(&recorder, ids[0]);
+    assert_refused(&recorder, ids[0], true);
     assert_eq!(server.stats().closures(ClosureReason::TlsError), 0);
 
     // A failed handshake frees its slot too: garbage instead of a ClientHello.
@@ -636,155 +580,18 @@ async fn on_a_tls_listener_a_refused_connection_gets_no_handshake_and_failures_f
 
 // ---------------------------------------------------------------------------------------------
 // Out of descriptors: the spare descriptor refuses pending clients at once (src/reserve.rs).
-// The server runs in a child process (this test binary, re-executed under `ulimit -n`), which
-// prints its events on stdout, as in tests/faults.rs.
+// The server runs in a child process (tests/common/child.rs), as in tests/faults.rs.
 // ---------------------------------------------------------------------------------------------
 
-const RESERVE_CHILD_ENV: &str = "SWITCHBOARD_RESERVE_CHILD";
-/// The child's descriptor limit.
-const CHILD_NOFILE: usize = 64;
 /// Clients the parent opens at once: more than the child has descriptors.
 const RESERVE_CLIENTS: usize = 80;
-
-/// Echoes and prints one line per event of interest.
-struct Printer;
-
-#[async_trait]
-impl Callbacks for Printer {
-    async fn on_accept_error(&self, error: &std::io::Error) {
-        println!("accept_error {}", error.raw_os_error().unwrap_or(-1));
-    }
-    async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
-        println!("established");
-        connection.read();
-    }
-    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
-        if connection.write(data.freeze()).is_ok() {
-            connection.read();
-        }
-    }
-    async fn on_socket_released(&self, _: UserData) {
-        println!("released");
-    }
-}
 
 /// The server half of `out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers`;
 /// runs only when re-executed by it.
 #[tokio::test]
 #[ignore = "runs only as the child of out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers"]
 async fn reserve_child() {
-    if std::env::var_os(RESERVE_CHILD_ENV).is_none() {
-        return;
-    }
-    let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .start(Printer)
-        .await
-        .unwrap();
-    // The test harness has printed "test reserve_child ... " without a newline.
-    println!("\nport {}", server.local_addr().unwrap().port());
-    let reporter = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            loop {
-                let stats = server.stats();
-                println!(
-                    "stats {} {} {}",
-                    stats.accept_errors, stats.refused_no_descriptors, stats.accepted
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
-    // The parent kills this process; the bound only guards against an orphan.
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    reporter.abort();
-}
-
-/// The child's counters, from its last `stats` line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct ChildStats {
-    accept_errors: u64,
-    refused_no_descriptors: u64,
-    accepted: u64,
-}
-
-/// The child's stdout, collected by a thread.
-#[derive(Clone, Default)]
-struct ChildLog(Arc<(Mutex<Vec<String>>, Condvar)>);
-
-impl ChildLog {
-    fn push(&self, line: String) {
-        self.0 .0.lock().unwrap().push(line);
-        self.0 .1.notify_all();
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.0 .0.lock().unwrap().clone()
-    }
-
-    fn count(&self, exact: &str) -> usize {
-        self.lines().iter().filter(|l| *l == exact).count()
-    }
-
-    fn stats(&self) -> ChildStats {
-        self.lines()
-            .iter()
-            .rev()
-            .find_map(|line| {
-                let mut fields = line
-                    .strip_prefix("stats ")?
-                    .split(' ')
-                    .map(|n| n.parse::<u64>().ok());
-                Some(ChildStats {
-                    accept_errors: fields.next()??,
-                    refused_no_descriptors: fields.next()??,
-                    accepted: fields.next()??,
-                })
-            })
-            .unwrap_or_default()
-    }
-
-    /// Waits (at most [`WAIT`]) for `done`; panics with the log if it never holds.
-    fn wait(&self, what: &str, done: impl Fn(&ChildLog) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !done(self) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {what}; child said: {:?}, last {:?}",
-                self.lines()
-                    .iter()
-                    .filter(|l| !l.starts_with("stats "))
-                    .collect::<Vec<_>>(),
-                self.stats()
-            );
-            let lines = self.0 .0.lock().unwrap();
-            let _ = self
-                .0
-                 .1
-                .wait_timeout(lines, left.min(Duration::from_millis(50)))
-                .unwrap();
-        }
-    }
-}
-
-/// Kills and reaps the child however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// CPU time (user + system, in clock ticks) a process has used, from /proc/<pid>/stat.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    run_child_server(Descriptors::Leave).await;
 }
 
 /// How a client that wrote one byte was answered.
@@ -826,49 +633,10 @@ fn answer(stream: &mut Option<std::net::TcpStream>) -> Answer {
 
 #[test]
 fn out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers() {
-    let exe = std::env::current_exe().unwrap();
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {CHILD_NOFILE} && exec \"$0\" \"$@\""))
-        .arg(&exe)
-        .args([
-            "--exact",
-            "reserve_child",
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env(RESERVE_CHILD_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("cannot start the child");
-    let child = KillOnDrop(child);
-    let pid = child.0.id();
-    let log = ChildLog::default();
-    let mut child = child;
-    {
-        let stdout = child.0.stdout.take().unwrap();
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                match line {
-                    Ok(line) => log.push(line),
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-    log.wait("the child's port", |log| {
-        log.lines().iter().any(|l| l.starts_with("port "))
-    });
-    let port: u16 = log
-        .lines()
-        .iter()
-        .find_map(|l| l.strip_prefix("port ")?.parse().ok())
-        .unwrap();
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let child = ChildServer::start("reserve_child");
+    let pid = child.pid();
+    let log = child.log.clone();
+    let address = child.address;
 
     // More clients than the child has descriptors: the kernel completes every handshake (the
     // backlog is 1024); the child accepts until it runs out, then refuses the rest.
@@ -906,7 +674,7 @@ fn out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers()
     let window = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     let ticks = cpu_ticks(pid) - ticks_before;
-    let core_share = ticks as f64 / 100.0 / window.elapsed().as_secs_f64();
+    let core_share = core_share(ticks, window.elapsed());
     assert!(
         core_share < 0.3,
         "the child used {core_share:.2} of a core while out of descriptors"

@@ -22,18 +22,6 @@ use tokio::task::JoinHandle;
 /// does *not* happen, so a loaded machine cannot make it fail spuriously.
 const QUIET: Duration = Duration::from_millis(200);
 
-/// Polls `done` every few milliseconds until it holds, at most [`WAIT`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Connects `n` clients and makes one echo round trip on each, so all are established.
 async fn echoing_clients(address: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut clients = Vec::with_capacity(n);
@@ -82,10 +70,6 @@ fn assert_reset(ending: &io::Result<Vec<u8>>) {
     }
 }
 
-fn position(events: &[Event], wanted: impl Fn(&Event) -> bool) -> Option<usize> {
-    events.iter().position(wanted)
-}
-
 /// Positions of every event matching `wanted`.
 fn positions(events: &[Event], wanted: impl Fn(&Event) -> bool) -> Vec<usize> {
     events
@@ -97,7 +81,7 @@ fn positions(events: &[Event], wanted: impl Fn(&Event) -> bool) -> Vec<usize> {
 }
 
 /// Connecting to `address` is refused: the listener is closed.
-async fn assert_refused(address: SocketAddr) {
+async fn assert_connect_refused(address: SocketAddr) {
     let result = tokio::time::timeout(WAIT, TcpStream::connect(address))
         .await
         .expect("connect after shutdown timed out");
@@ -111,13 +95,12 @@ async fn assert_refused(address: SocketAddr) {
 async fn assert_nothing_after_complete(recorder: &Recorder) {
     tokio::time::sleep(QUIET).await;
     let events = recorder.events();
-    assert_eq!(
-        events.last(),
-        Some(&Event::ShutdownComplete),
+    assert!(
+        matches!(events.last(), Some(Event::ShutdownComplete(_))),
         "on_shutdown_complete must be the last event: {events:#?}"
     );
     assert_eq!(
-        recorder.count(|e| matches!(e, Event::ShutdownComplete)),
+        recorder.count(|e| matches!(e, Event::ShutdownComplete(_))),
         1,
         "{events:#?}"
     );
@@ -156,7 +139,7 @@ async fn abort_all_resets_every_live_connection_and_reports_the_count() {
     }
     recorder.wait_released(K).await;
     let events = recorder.events();
-    let announced = position(&events, |e| *e == Event::AllConnectionsAborted(K)).unwrap();
+    let announced = position(&events, |e| *e == Event::AllConnectionsAborted(K));
     assert!(
         positions(&events, |e| matches!(e, Event::Closure(..)))
             .iter()
@@ -218,7 +201,7 @@ async fn graceful_shutdown_runs_in_order_and_reports_every_connection_graceful()
     let events = recorder.events();
     // on_shutdown_initiated comes first: before it, only the echoes' own events (a write
     // completion may still be reported after the client saw its echo).
-    let initiated = position(&events, |e| *e == Event::ShutdownInitiated).unwrap();
+    let initiated = position(&events, |e| *e == Event::ShutdownInitiated);
     assert!(
         events[..initiated].iter().all(|e| matches!(
             e,
@@ -230,8 +213,7 @@ async fn graceful_shutdown_runs_in_order_and_reports_every_connection_graceful()
         )),
         "on_shutdown_initiated comes first: {events:#?}"
     );
-    let stop = position(&events, |e| matches!(e, Event::StopAccepting))
-        .expect("accepting stops during shutdown");
+    let stop = position(&events, |e| matches!(e, Event::StopAccepting));
     assert!(initiated < stop, "{events:#?}");
     let requested = positions(&events, |e| matches!(e, Event::ShutdownRequested(_)));
     assert_eq!(requested.len(), K, "{events:#?}");
@@ -242,14 +224,14 @@ async fn graceful_shutdown_runs_in_order_and_reports_every_connection_graceful()
     assert!(!events
         .iter()
         .any(|e| matches!(e, Event::AllConnectionsAborted(_))));
-    let complete = position(&events, |e| matches!(e, Event::ShutdownComplete)).unwrap();
+    let complete = position(&events, |e| matches!(e, Event::ShutdownComplete(_)));
     assert_eq!(complete, events.len() - 1, "{events:#?}");
     for id in recorder.established() {
         let own = recorder.events_of(id);
         assert_lifecycle(&own);
         assert_eq!(closure_reason(&own), Some(ClosureReason::LocalClose));
-        let told = position(&own, |e| *e == Event::ShutdownRequested(id)).unwrap();
-        let closure = position(&own, |e| matches!(e, Event::Closure(..))).unwrap();
+        let told = position(&own, |e| *e == Event::ShutdownRequested(id));
+        let closure = position(&own, |e| matches!(e, Event::Closure(..)));
         assert!(told < closure, "told before it closes: {own:#?}");
     }
     let stats = server.stats();
@@ -258,7 +240,7 @@ async fn graceful_shutdown_runs_in_order_and_reports_every_connection_graceful()
     assert_eq!(server.limiter().active(), 0);
 
     assert_nothing_after_complete(&recorder).await;
-    assert_refused(address).await;
+    assert_connect_refused(address).await;
     assert_nothing_after_complete(&recorder).await;
 }
 
@@ -286,7 +268,7 @@ async fn shutdown_resets_connections_that_outlive_the_drain_time() {
     }
 
     let events = recorder.events();
-    let initiated = position(&events, |e| *e == Event::ShutdownInitiated).unwrap();
+    let initiated = position(&events, |e| *e == Event::ShutdownInitiated);
     let aborted = positions(&events, |e| matches!(e, Event::AllConnectionsAborted(_)));
     assert_eq!(aborted.len(), 1, "{events:#?}");
     assert_eq!(events[aborted[0]], Event::AllConnectionsAborted(K));
@@ -305,7 +287,10 @@ async fn shutdown_resets_connections_that_outlive_the_drain_time() {
         closing.iter().all(|&c| c > aborted[0]),
         "the aborted connections' closing events follow on_all_connections_aborted: {events:#?}"
     );
-    assert_eq!(events.last(), Some(&Event::ShutdownComplete), "{events:#?}");
+    assert!(
+        matches!(events.last(), Some(Event::ShutdownComplete(_))),
+        "{events:#?}"
+    );
     for id in recorder.established() {
         let own = recorder.events_of(id);
         assert_lifecycle(&own);
@@ -316,7 +301,7 @@ async fn shutdown_resets_connections_that_outlive_the_drain_time() {
         K as u64
     );
     assert_nothing_after_complete(&recorder).await;
-    assert_refused(address).await;
+    assert_connect_refused(address).await;
 }
 
 /// The strict order, repeated on a multi-threaded runtime where the connections' tasks run in
@@ -342,13 +327,13 @@ async fn all_connections_aborted_precedes_the_closures_it_caused() {
         assert_eq!((report.graceful, report.forced), (0, K));
         endings(tasks).await.iter().for_each(assert_reset);
         let events = recorder.events();
-        let aborted = position(&events, |e| *e == Event::AllConnectionsAborted(K)).unwrap();
-        let first_closure = position(&events, |e| matches!(e, Event::Closure(..))).unwrap();
+        let aborted = position(&events, |e| *e == Event::AllConnectionsAborted(K));
+        let first_closure = position(&events, |e| matches!(e, Event::Closure(..)));
         assert!(
             aborted < first_closure,
             "shutdown, round {round}: {events:#?}"
         );
-        assert_eq!(events.last(), Some(&Event::ShutdownComplete));
+        assert_eq!(events.last(), Some(&Event::ShutdownComplete(report)));
 
         let mut builder = Server::builder().bind("127.0.0.1:0");
         let recorder = Recorder::new(&mut builder);
@@ -358,8 +343,8 @@ async fn all_connections_aborted_precedes_the_closures_it_caused() {
         endings(tasks).await.iter().for_each(assert_reset);
         recorder.wait_released(K).await;
         let events = recorder.events();
-        let aborted = position(&events, |e| *e == Event::AllConnectionsAborted(K)).unwrap();
-        let first_closure = position(&events, |e| matches!(e, Event::Closure(..))).unwrap();
+        let aborted = position(&events, |e| *e == Event::AllConnectionsAborted(K));
+        let first_closure = position(&events, |e| matches!(e, Event::Closure(..)));
         assert!(
             aborted < first_closure,
             "abort-all, round {round}: {events:#?}"
@@ -524,11 +509,11 @@ async fn shutdown_with_no_connections() {
             Event::StartAccepting,
             Event::ShutdownInitiated,
             Event::StopAccepting,
-            Event::ShutdownComplete,
+            Event::ShutdownComplete(report),
         ]
     );
     assert_nothing_after_complete(&recorder).await;
-    assert_refused(address).await;
+    assert_connect_refused(address).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,7 +527,7 @@ async fn shutdown_of_a_server_without_listeners() {
     // No listeners: no accepting events, just the shutdown's first and last.
     assert_eq!(
         recorder.events(),
-        vec![Event::ShutdownInitiated, Event::ShutdownComplete]
+        vec![Event::ShutdownInitiated, Event::ShutdownComplete(report)]
     );
     assert_nothing_after_complete(&recorder).await;
 }

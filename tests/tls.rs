@@ -7,479 +7,23 @@
 //! The certificates are in `tests/certs` (see `make.sh` there): `ca.pem` is the test CA,
 //! `server.pem` a leaf for localhost and 127.0.0.1 signed by it; `other.pem` a leaf from a CA
 //! that nothing trusts.
-//!
-//! This file has its own recorder (rather than `tests/common`) because it records the TLS events.
 
-use std::collections::HashMap;
-use std::future::Future;
+mod common;
+
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::*;
 use switchboard::native_tls;
 use switchboard::socket2::SockRef;
 use switchboard::tls::{acceptor_from_pem, TlsConnect};
 use switchboard::{
-    async_trait, Bytes, BytesMut, Callbacks, ClosureReason, ConnectArgument, Connection,
-    ConnectionId, Direction, Error, Server, ServerBuilder, ShutdownReport, Slot, TlsInfo, UserData,
+    Bytes, ClosureReason, ConnectionId, Direction, Error, Server, ServerBuilder, TlsInfo,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio_native_tls::TlsStream;
-
-/// Upper bound for any wait: generous for a loaded 2-core machine, short enough that a broken
-/// guarantee fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(20);
-
-// ---------------------------------------------------------------------------------------------
-// Recording callbacks
-// ---------------------------------------------------------------------------------------------
-
-/// One recorded callback.
-#[derive(Debug, Clone, PartialEq)]
-enum Ev {
-    SocketCreated(Direction),
-    PreConnect(SocketAddr, Option<String>),
-    /// `on_negotiation_complete`: side, ALPN protocol, the peer certificate's DER.
-    Negotiated {
-        id: ConnectionId,
-        side: Direction,
-        alpn: Option<Vec<u8>>,
-        peer_cert: Option<Vec<u8>>,
-    },
-    Secure(ConnectionId, SocketAddr),
-    /// `on_connection_established`, with the side `Connection::tls_info` reports then.
-    Established(ConnectionId, Option<Direction>),
-    OutgoingFailed(SocketAddr),
-    Read(ConnectionId, usize),
-    Written(ConnectionId, usize),
-    ReadError(ConnectionId),
-    WriteError(ConnectionId),
-    ClientClose(ConnectionId),
-    Reset(ConnectionId),
-    /// `on_fatal_error`: `tls` is `Some(from_peer)` for an `Error::Tls`, `None` for any other
-    /// error; `tls_info` whether the connection had TLS info then.
-    Fatal {
-        id: ConnectionId,
-        tls: Option<bool>,
-        tls_info: bool,
-    },
-    /// `on_remote_fatal_error`, as for `Fatal`.
-    RemoteFatal {
-        id: ConnectionId,
-        tls: Option<bool>,
-    },
-    Closure(ConnectionId, ClosureReason),
-    Closed(ConnectionId),
-    /// `on_socket_released`: the id kept in user data and the connect argument, if any.
-    Released(Option<ConnectionId>, Option<String>),
-    SecureReleased(ConnectionId),
-    AllAborted(usize),
-    ShutdownInitiated,
-    ShutdownRequested(ConnectionId),
-    ShutdownComplete(ShutdownReport),
-    Error(String),
-}
-
-impl Ev {
-    fn connection(&self) -> Option<ConnectionId> {
-        match self {
-            Ev::Negotiated { id, .. }
-            | Ev::Secure(id, _)
-            | Ev::Established(id, _)
-            | Ev::Read(id, _)
-            | Ev::Written(id, _)
-            | Ev::ReadError(id)
-            | Ev::WriteError(id)
-            | Ev::ClientClose(id)
-            | Ev::Reset(id)
-            | Ev::Fatal { id, .. }
-            | Ev::RemoteFatal { id, .. }
-            | Ev::Closure(id, _)
-            | Ev::Closed(id)
-            | Ev::SecureReleased(id)
-            | Ev::ShutdownRequested(id) => Some(*id),
-            Ev::Released(id, _) => *id,
-            _ => None,
-        }
-    }
-}
-
-/// What the recorder does besides recording.
-#[derive(Debug, Clone, Default)]
-struct Behavior {
-    /// Read in `on_connection_established` and echo every read back, reading again.
-    echo: bool,
-    /// Read and keep what arrives (see [`Recorder::received`]), reading again; no echo.
-    collect: bool,
-    /// Written in `on_connection_established`.
-    greeting: Option<Bytes>,
-    /// `close()` right after the greeting.
-    close_after_greeting: bool,
-    /// Written in `on_connection_client_close` (half-close).
-    reply_on_client_close: Option<Bytes>,
-    /// Panic in the named callback.
-    panic_in: Option<&'static str>,
-    /// Ignore `on_shutdown_requested` instead of closing.
-    ignore_shutdown: bool,
-    /// `shutdown_write()` right after the greeting (and read on).
-    shutdown_write_after_greeting: bool,
-}
-
-impl Behavior {
-    fn echo() -> Self {
-        Behavior {
-            echo: true,
-            ..Behavior::default()
-        }
-    }
-
-    fn collect() -> Self {
-        Behavior {
-            collect: true,
-            ..Behavior::default()
-        }
-    }
-}
-
-struct Inner {
-    events: Mutex<Vec<Ev>>,
-    changed: Notify,
-    behavior: Mutex<Behavior>,
-    received: Mutex<HashMap<ConnectionId, Vec<u8>>>,
-    /// Texts of the errors given to the TLS failure callbacks, for assertions and diagnostics.
-    messages: Mutex<Vec<String>>,
-    id_slot: Slot<ConnectionId>,
-    argument_slot: Slot<String>,
-}
-
-#[derive(Clone)]
-struct Recorder {
-    inner: Arc<Inner>,
-}
-
-impl Recorder {
-    fn new(builder: &mut ServerBuilder, behavior: Behavior) -> Self {
-        Recorder {
-            inner: Arc::new(Inner {
-                events: Mutex::new(Vec::new()),
-                changed: Notify::new(),
-                behavior: Mutex::new(behavior),
-                received: Mutex::new(HashMap::new()),
-                messages: Mutex::new(Vec::new()),
-                id_slot: builder.request_user_data_slot(),
-                argument_slot: builder.request_user_data_slot(),
-            }),
-        }
-    }
-
-    fn behavior(&self) -> Behavior {
-        self.inner.behavior.lock().unwrap().clone()
-    }
-
-    fn set_behavior(&self, change: impl FnOnce(&mut Behavior)) {
-        change(&mut self.inner.behavior.lock().unwrap());
-    }
-
-    fn events(&self) -> Vec<Ev> {
-        self.inner.events.lock().unwrap().clone()
-    }
-
-    fn events_of(&self, id: ConnectionId) -> Vec<Ev> {
-        self.events()
-            .into_iter()
-            .filter(|event| event.connection() == Some(id))
-            .collect()
-    }
-
-    fn messages(&self) -> Vec<String> {
-        self.inner.messages.lock().unwrap().clone()
-    }
-
-    fn received(&self, id: ConnectionId) -> Vec<u8> {
-        self.inner
-            .received
-            .lock()
-            .unwrap()
-            .get(&id)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Ids of the connections that ended (had a closure), in closure order.
-    fn ended(&self) -> Vec<ConnectionId> {
-        self.events()
-            .iter()
-            .filter_map(|event| match event {
-                Ev::Closure(id, _) => Some(*id),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn established(&self) -> Vec<ConnectionId> {
-        self.events()
-            .iter()
-            .filter_map(|event| match event {
-                Ev::Established(id, _) => Some(*id),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn count(&self, matches: impl Fn(&Ev) -> bool) -> usize {
-        self.events().iter().filter(|event| matches(event)).count()
-    }
-
-    fn record(&self, event: Ev) {
-        self.inner.events.lock().unwrap().push(event);
-        self.inner.changed.notify_waiters();
-    }
-
-    /// Keeps the connection's id in its user data, so that `on_socket_released` can name it.
-    fn remember(&self, connection: &Connection) {
-        connection
-            .user_data()
-            .set(self.inner.id_slot, connection.id());
-    }
-
-    fn panics(&self, callback: &'static str) {
-        if self.behavior().panic_in == Some(callback) {
-            panic!("test panic in {callback}");
-        }
-    }
-
-    /// Waits (at most [`WAIT`]) until `done` holds for the events; panics with them if not.
-    async fn wait_until(&self, what: &str, done: impl Fn(&[Ev]) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let notified = self.inner.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if done(&self.inner.events.lock().unwrap()) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "timed out waiting for {what}; events: {:#?}; messages: {:#?}",
-                    self.events(),
-                    self.messages()
-                );
-            }
-        }
-    }
-
-    async fn wait_count(&self, what: &str, n: usize, matches: impl Fn(&Ev) -> bool) {
-        self.wait_until(what, |events| {
-            events.iter().filter(|e| matches(e)).count() >= n
-        })
-        .await
-    }
-
-    /// Waits until `n` connections have had their last event.
-    async fn wait_secure_released(&self, n: usize) {
-        self.wait_count("secure socket releases", n, |e| {
-            matches!(e, Ev::SecureReleased(..))
-        })
-        .await
-    }
-}
-
-fn tls_flag(error: &Error) -> Option<bool> {
-    match error {
-        Error::Tls { from_peer, .. } => Some(*from_peer),
-        _ => None,
-    }
-}
-
-#[async_trait]
-impl Callbacks for Recorder {
-    fn on_socket_created(&self, _socket: SockRef<'_>, direction: Direction) {
-        self.record(Ev::SocketCreated(direction));
-    }
-
-    async fn on_pre_outgoing_connect(
-        &self,
-        user_data: &UserData,
-        address: &SocketAddr,
-        mut argument: ConnectArgument,
-    ) {
-        let text = argument.take::<String>();
-        if let Some(text) = &text {
-            user_data.set(self.inner.argument_slot, text.clone());
-        }
-        self.record(Ev::PreConnect(*address, text));
-    }
-
-    async fn on_negotiation_complete(&self, connection: &Connection, info: &TlsInfo) {
-        self.remember(connection);
-        self.record(Ev::Negotiated {
-            id: connection.id(),
-            side: info.side(),
-            alpn: info.alpn_protocol().map(<[u8]>::to_vec),
-            peer_cert: info
-                .peer_certificate()
-                .map(|certificate| certificate.to_der().unwrap()),
-        });
-        self.panics("on_negotiation_complete");
-    }
-
-    async fn on_secure_connection_established(
-        &self,
-        connection: &Connection,
-        address: &SocketAddr,
-    ) {
-        self.record(Ev::Secure(connection.id(), *address));
-        self.panics("on_secure_connection_established");
-    }
-
-    async fn on_connection_established(&self, connection: &Connection, _address: &SocketAddr) {
-        self.remember(connection);
-        self.record(Ev::Established(
-            connection.id(),
-            connection.tls_info().map(TlsInfo::side),
-        ));
-        let behavior = self.behavior();
-        if let Some(greeting) = behavior.greeting {
-            connection.write(greeting).expect("greeting");
-        }
-        if behavior.shutdown_write_after_greeting {
-            connection.shutdown_write();
-        }
-        if behavior.close_after_greeting {
-            connection.close();
-        } else if behavior.echo || behavior.collect {
-            connection.read();
-        }
-        self.panics("on_connection_established");
-    }
-
-    async fn on_outgoing_connection_failed(
-        &self,
-        _user_data: &UserData,
-        address: &SocketAddr,
-        _error: &Error,
-    ) {
-        self.record(Ev::OutgoingFailed(*address));
-    }
-
-    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
-        let behavior = self.behavior();
-        if behavior.collect {
-            self.inner
-                .received
-                .lock()
-                .unwrap()
-                .entry(connection.id())
-                .or_default()
-                .extend_from_slice(&data);
-        }
-        self.record(Ev::Read(connection.id(), data.len()));
-        if behavior.echo {
-            if connection.write(data.freeze()).is_ok() {
-                connection.read();
-            }
-        } else if behavior.collect {
-            connection.read();
-        }
-    }
-
-    async fn on_read_error_may_not_be_fatal(&self, connection: &Connection, _: &io::Error) -> bool {
-        self.record(Ev::ReadError(connection.id()));
-        false
-    }
-
-    async fn on_write_completed(&self, connection: &Connection, data: Bytes) {
-        self.record(Ev::Written(connection.id(), data.len()));
-    }
-
-    async fn on_write_error_may_not_be_fatal(
-        &self,
-        connection: &Connection,
-        _: &io::Error,
-    ) -> bool {
-        self.record(Ev::WriteError(connection.id()));
-        false
-    }
-
-    async fn on_all_connections_aborted(&self, count: usize) {
-        self.record(Ev::AllAborted(count));
-    }
-
-    async fn on_shutdown_initiated(&self) {
-        self.record(Ev::ShutdownInitiated);
-    }
-
-    async fn on_shutdown_requested(&self, connection: &Connection) {
-        self.record(Ev::ShutdownRequested(connection.id()));
-        if !self.behavior().ignore_shutdown {
-            connection.close();
-        }
-    }
-
-    async fn on_shutdown_complete(&self, report: ShutdownReport) {
-        self.record(Ev::ShutdownComplete(report));
-    }
-
-    async fn on_connection_client_close(&self, connection: &Connection) {
-        self.record(Ev::ClientClose(connection.id()));
-        if let Some(reply) = self.behavior().reply_on_client_close {
-            connection
-                .write(reply)
-                .expect("write after the peer's close");
-        }
-    }
-
-    async fn on_connection_reset(&self, connection: &Connection, _: &io::Error) {
-        self.record(Ev::Reset(connection.id()));
-    }
-
-    async fn on_connection_closure(&self, connection: &Connection, reason: ClosureReason) {
-        self.remember(connection);
-        self.record(Ev::Closure(connection.id(), reason));
-    }
-
-    async fn on_connection_closed(&self, connection: &Connection) {
-        self.record(Ev::Closed(connection.id()));
-    }
-
-    async fn on_socket_released(&self, user_data: UserData) {
-        self.record(Ev::Released(
-            user_data.take(self.inner.id_slot),
-            user_data.take(self.inner.argument_slot),
-        ));
-    }
-
-    async fn on_fatal_error(&self, connection: &Connection, error: &Error) {
-        self.remember(connection);
-        self.inner.messages.lock().unwrap().push(error.to_string());
-        self.record(Ev::Fatal {
-            id: connection.id(),
-            tls: tls_flag(error),
-            tls_info: connection.tls_info().is_some(),
-        });
-    }
-
-    async fn on_remote_fatal_error(&self, connection: &Connection, error: &Error) {
-        self.remember(connection);
-        self.inner.messages.lock().unwrap().push(error.to_string());
-        self.record(Ev::RemoteFatal {
-            id: connection.id(),
-            tls: tls_flag(error),
-        });
-    }
-
-    async fn on_secure_socket_released(&self, id: ConnectionId) {
-        self.record(Ev::SecureReleased(id));
-    }
-
-    async fn on_error(&self, error: &Error) {
-        self.record(Ev::Error(error.to_string()));
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Event-order checks
@@ -487,56 +31,60 @@ impl Callbacks for Recorder {
 
 /// The closing events of one TLS connection: exactly one closure (with `reason`), closed,
 /// released (with its id) and secure-released, as the last four events, in that order.
-fn assert_tls_ending(events: &[Ev], id: ConnectionId, reason: ClosureReason) {
+fn assert_tls_ending(events: &[Event], id: ConnectionId, reason: ClosureReason) {
     let n = events.len();
     assert!(n >= 4, "too few events for {id}: {events:#?}");
     assert_eq!(
         events[n - 4],
-        Ev::Closure(id, reason),
+        Event::Closure(id, reason),
         "closure: {events:#?}"
     );
-    assert_eq!(events[n - 3], Ev::Closed(id), "closed: {events:#?}");
+    assert_eq!(events[n - 3], Event::Closed(id), "closed: {events:#?}");
     assert!(
-        matches!(events[n - 2], Ev::Released(Some(released), _) if released == id),
+        matches!(events[n - 2], Event::Released(Some(released), _) if released == id),
         "released before secure-released: {events:#?}"
     );
     assert_eq!(
         events[n - 1],
-        Ev::SecureReleased(id),
+        Event::SecureReleased(id),
         "secure-released last: {events:#?}"
     );
     let closures = events
         .iter()
-        .filter(|e| matches!(e, Ev::Closure(..)))
+        .filter(|e| matches!(e, Event::Closure(..)))
         .count();
     assert_eq!(closures, 1, "exactly one closure: {events:#?}");
     let ends = events
         .iter()
-        .filter(|e| matches!(e, Ev::ClientClose(..) | Ev::Reset(..)))
+        .filter(|e| matches!(e, Event::ClientClose(..) | Event::Reset(..)))
         .count();
     assert!(ends <= 1, "at most one client close or reset: {events:#?}");
 }
 
 /// One established TLS connection: negotiation, secure, established first; no TLS failure; then
 /// its ending with `reason`.
-fn assert_established_tls(events: &[Ev], id: ConnectionId, side: Direction, reason: ClosureReason) {
+fn assert_established_tls(
+    events: &[Event],
+    id: ConnectionId,
+    side: Direction,
+    reason: ClosureReason,
+) {
     assert!(
-        matches!(&events[0], Ev::Negotiated { id: got, side: s, .. } if *got == id && *s == side),
+        matches!(&events[0], Event::Negotiated { id: got, side: s, .. } if *got == id && *s == side),
         "negotiation first: {events:#?}"
     );
     assert!(
-        matches!(events[1], Ev::Secure(got, _) if got == id),
+        matches!(events[1], Event::Secure(got, _) if got == id),
         "secure second: {events:#?}"
     );
-    assert_eq!(
-        events[2],
-        Ev::Established(id, Some(side)),
+    assert!(
+        matches!(events[2], Event::Established(got, _, Some(s)) if got == id && s == side),
         "established third: {events:#?}"
     );
     assert!(
         !events
             .iter()
-            .any(|e| matches!(e, Ev::Fatal { .. } | Ev::RemoteFatal { .. })),
+            .any(|e| matches!(e, Event::Fatal { .. } | Event::RemoteFatal { .. })),
         "no TLS failure: {events:#?}"
     );
     assert_tls_ending(events, id, reason);
@@ -544,7 +92,12 @@ fn assert_established_tls(events: &[Ev], id: ConnectionId, side: Direction, reas
 
 /// A TLS connection that never got established: only `prefix` (its failure callback, if any)
 /// then the closing events with `reason`.
-fn assert_not_established(events: &[Ev], id: ConnectionId, prefix: &[Ev], reason: ClosureReason) {
+fn assert_not_established(
+    events: &[Event],
+    id: ConnectionId,
+    prefix: &[Event],
+    reason: ClosureReason,
+) {
     assert_eq!(
         events.len(),
         prefix.len() + 4,
@@ -558,27 +111,20 @@ fn assert_not_established(events: &[Ev], id: ConnectionId, prefix: &[Ev], reason
     assert_tls_ending(events, id, reason);
 }
 
-fn position(events: &[Ev], wanted: impl Fn(&Ev) -> bool) -> usize {
-    events
-        .iter()
-        .position(wanted)
-        .unwrap_or_else(|| panic!("event missing: {events:#?}"))
-}
-
-fn sum_of(events: &[Ev], pick: impl Fn(&Ev) -> Option<usize>) -> usize {
+fn sum_of(events: &[Event], pick: impl Fn(&Event) -> Option<usize>) -> usize {
     events.iter().filter_map(pick).sum()
 }
 
-fn bytes_read(events: &[Ev]) -> usize {
+fn bytes_read(events: &[Event]) -> usize {
     sum_of(events, |e| match e {
-        Ev::Read(_, n) => Some(*n),
+        Event::Read(_, n) => Some(*n),
         _ => None,
     })
 }
 
-fn bytes_written(events: &[Ev]) -> usize {
+fn bytes_written(events: &[Event]) -> usize {
     sum_of(events, |e| match e {
-        Ev::Written(_, n) => Some(*n),
+        Event::Written(_, n) => Some(*n),
         _ => None,
     })
 }
@@ -586,16 +132,6 @@ fn bytes_written(events: &[Ev]) -> usize {
 // ---------------------------------------------------------------------------------------------
 // Certificates, servers and clients
 // ---------------------------------------------------------------------------------------------
-
-fn cert_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/certs")
-        .join(name)
-}
-
-fn cert_file(name: &str) -> Vec<u8> {
-    std::fs::read(cert_path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
-}
 
 /// The DER of a PEM certificate file, to compare with `TlsInfo::peer_certificate`.
 fn der_of(name: &str) -> Vec<u8> {
@@ -605,42 +141,26 @@ fn der_of(name: &str) -> Vec<u8> {
         .unwrap()
 }
 
-/// The acceptor with the CA-signed localhost leaf.
-fn server_acceptor() -> native_tls::TlsAcceptor {
-    acceptor_from_pem(&cert_file("server.pem"), &cert_file("server.key")).unwrap()
-}
-
 /// The acceptor with the leaf from the CA nobody trusts.
 fn untrusted_acceptor() -> native_tls::TlsAcceptor {
     acceptor_from_pem(&cert_file("other.pem"), &cert_file("other.key")).unwrap()
 }
 
-/// A connector that trusts only the CA in `ca_file` (not the system's roots). Built once per
-/// file: building one loads the system's default verify paths, which takes OpenSSL 3 tens of
-/// milliseconds of CPU.
-fn connector_trusting(ca_file: &str) -> native_tls::TlsConnector {
-    static CONNECTORS: Mutex<Vec<(String, native_tls::TlsConnector)>> = Mutex::new(Vec::new());
-    let mut connectors = CONNECTORS.lock().unwrap();
-    if let Some((_, connector)) = connectors.iter().find(|(file, _)| file == ca_file) {
-        return connector.clone();
-    }
-    let connector = connector_builder(ca_file).build().unwrap();
-    connectors.push((ca_file.to_string(), connector.clone()));
-    connector
-}
-
-fn connector_builder(ca_file: &str) -> native_tls::TlsConnectorBuilder {
-    let ca = native_tls::Certificate::from_pem(&cert_file(ca_file)).unwrap();
-    let mut builder = native_tls::TlsConnector::builder();
-    builder
-        .disable_built_in_roots(true)
-        .add_root_certificate(ca);
-    builder
-}
-
 /// switchboard's outgoing TLS settings: trusts the test CA only, verifies `domain`.
 fn tls_connect(domain: &str) -> TlsConnect {
     TlsConnect::with_connector(connector_trusting("ca.pem"), domain)
+}
+
+/// A recorder with `behavior` that names every connection in its release, also those that never
+/// got established (failed or refused handshakes).
+fn tls_recorder(builder: &mut ServerBuilder, behavior: Behavior) -> Recorder {
+    Recorder::with_behavior(
+        builder,
+        Behavior {
+            name_every_release: true,
+            ..behavior
+        },
+    )
 }
 
 /// Starts a server with a TLS listener on loopback for `acceptor` (none if `None`: a server that
@@ -651,7 +171,7 @@ async fn start(
     configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
 ) -> (Server, Recorder, SocketAddr) {
     let mut builder = Server::builder();
-    let recorder = Recorder::new(&mut builder, behavior);
+    let recorder = tls_recorder(&mut builder, behavior);
     if let Some(acceptor) = acceptor {
         builder = builder.bind_tls("127.0.0.1:0", acceptor);
     }
@@ -662,35 +182,12 @@ async fn start(
     (server, recorder, address)
 }
 
-/// Awaits `future`, at most [`WAIT`].
-async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-/// Polls `done` until it holds, at most [`WAIT`].
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    bounded(what, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
-
 /// Waits until the server has deregistered every connection (just after its last event).
 async fn no_live_connections(server: &Server) {
     eventually("no live connections", || server.active_connections() == 0).await;
 }
 
 type Client = TlsStream<TcpStream>;
-
-async fn tcp_client(address: SocketAddr) -> TcpStream {
-    bounded("tcp connect", TcpStream::connect(address))
-        .await
-        .expect("tcp connect")
-}
 
 /// A raw tokio-native-tls client handshake with `connector` for `domain`. Fails if either the
 /// TCP connect (a server that resets at once can beat it) or the handshake does.
@@ -711,28 +208,6 @@ async fn tls_client(address: SocketAddr) -> Client {
         .expect("client handshake")
 }
 
-/// Writes `message` and reads back exactly as many bytes; asserts they are the same.
-async fn echo(client: &mut Client, message: &[u8]) {
-    bounded("client write", client.write_all(message))
-        .await
-        .expect("client write");
-    let mut reply = vec![0; message.len()];
-    bounded("echo", client.read_exact(&mut reply))
-        .await
-        .expect("client read");
-    assert!(reply == message, "echo differs");
-}
-
-/// Reads until the end of the stream; returns the bytes and how it ended (`Ok` only for a clean
-/// TLS end: OpenSSL reports TCP closed without close_notify as an "unexpected eof" error).
-async fn read_to_end<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (Vec<u8>, io::Result<()>) {
-    let mut data = Vec::new();
-    let result = bounded("read to end", stream.read_to_end(&mut data))
-        .await
-        .map(|_| ());
-    (data, result)
-}
-
 /// The TCP socket under a client's TLS stream.
 fn tcp_of(client: &Client) -> &TcpStream {
     client.get_ref().get_ref().get_ref()
@@ -749,19 +224,6 @@ async fn finish(mut client: Client) {
     let (rest, end) = read_to_end(&mut client).await;
     assert!(rest.is_empty(), "unexpected data at the end");
     end.expect("the server ends the session with close_notify");
-}
-
-/// Distinct, reproducible bytes for `seed`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 /// Whether a raw TCP read ended with a reset.
@@ -784,14 +246,27 @@ async fn inbound_tls_events_come_in_order_around_an_echo() {
     finish(client).await;
     recorder.wait_secure_released(1).await;
 
+    // Besides the connection's own events, only the listener's start (on the accept loop's
+    // event task, so in no fixed order with the connection's) and the socket's creation.
     let events = recorder.events();
-    assert_eq!(events[0], Ev::SocketCreated(Direction::Inbound));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|event| **event == Event::StartAccepting)
+            .count(),
+        1
+    );
+    let events: Vec<Event> = events
+        .into_iter()
+        .filter(|event| *event != Event::StartAccepting)
+        .collect();
+    assert_eq!(events[0], Event::SocketCreated(Direction::Inbound));
     let id = recorder.established()[0];
     let own = recorder.events_of(id);
     assert_eq!(events.len(), own.len() + 1, "{events:#?}");
     assert_eq!(
         own[0],
-        Ev::Negotiated {
+        Event::Negotiated {
             id,
             side: Direction::Inbound,
             alpn: None,
@@ -799,18 +274,21 @@ async fn inbound_tls_events_come_in_order_around_an_echo() {
             peer_cert: None,
         }
     );
-    assert_eq!(own[1], Ev::Secure(id, client_address));
-    assert_eq!(own[2], Ev::Established(id, Some(Direction::Inbound)));
+    assert_eq!(own[1], Event::Secure(id, client_address));
+    assert_eq!(
+        own[2],
+        Event::Established(id, client_address, Some(Direction::Inbound))
+    );
     assert_established_tls(&own, id, Direction::Inbound, ClosureReason::PeerClosed);
     let total = message.len() + b"second message".len();
     assert_eq!(bytes_read(&own), total);
     assert_eq!(bytes_written(&own), total);
     // Reads and writes sit between established and the client's close.
-    let client_close = position(&own, |e| *e == Ev::ClientClose(id));
+    let client_close = position(&own, |e| *e == Event::ClientClose(id));
     assert_eq!(client_close, own.len() - 5, "{own:#?}");
     assert!(own[3..client_close]
         .iter()
-        .all(|e| matches!(e, Ev::Read(..) | Ev::Written(..))));
+        .all(|e| matches!(e, Event::Read(..) | Event::Written(..))));
 
     let stats = server.stats();
     assert_eq!(stats.accepted, 1);
@@ -858,34 +336,34 @@ async fn connect_tls_negotiates_as_the_outbound_side_and_sees_the_server_certifi
     let events = b_recorder.events();
     assert_eq!(
         events[0],
-        Ev::PreConnect(address, Some("outbound-1".to_string()))
+        Event::PreOutgoingConnect(address, Some("outbound-1".to_string()))
     );
-    assert_eq!(events[1], Ev::SocketCreated(Direction::Outbound));
+    assert_eq!(events[1], Event::SocketCreated(Direction::Outbound));
     let own = b_recorder.events_of(id);
     assert_eq!(events.len(), own.len() + 2, "{events:#?}");
     assert_eq!(
         own[0],
-        Ev::Negotiated {
+        Event::Negotiated {
             id,
             side: Direction::Outbound,
             alpn: None,
             peer_cert: Some(der_of("server.pem")),
         }
     );
-    assert_eq!(own[1], Ev::Secure(id, address));
+    assert_eq!(own[1], Event::Secure(id, address));
     assert_established_tls(&own, id, Direction::Outbound, ClosureReason::LocalClose);
     assert_eq!(
         own.last(),
-        Some(&Ev::SecureReleased(id)),
+        Some(&Event::SecureReleased(id)),
         "secure release last"
     );
-    assert!(own.contains(&Ev::Released(Some(id), Some("outbound-1".to_string()))));
+    assert!(own.contains(&Event::Released(Some(id), Some("outbound-1".to_string()))));
     assert_eq!(bytes_written(&own), 11);
 
     let a_id = a_recorder.established()[0];
     let a_own = a_recorder.events_of(a_id);
     assert_established_tls(&a_own, a_id, Direction::Inbound, ClosureReason::PeerClosed);
-    assert!(a_own.contains(&Ev::ClientClose(a_id)));
+    assert!(a_own.contains(&Event::ClientClose(a_id)));
     assert_eq!(b.stats().connected, 1);
     no_live_connections(&b).await;
     no_live_connections(&a).await;
@@ -927,7 +405,7 @@ async fn spawn_connect_tls_to_a_raw_tls_server_negotiates_alpn_in_order() {
         Behavior {
             collect: true,
             greeting: Some(Bytes::from(greeting.clone())),
-            ..Behavior::default()
+            ..Behavior::quiet()
         },
         |b| b,
     )
@@ -951,15 +429,15 @@ async fn spawn_connect_tls_to_a_raw_tls_server_negotiates_alpn_in_order() {
     let events = recorder.events();
     assert_eq!(
         events[0],
-        Ev::PreConnect(address, Some("spawned".to_string()))
+        Event::PreOutgoingConnect(address, Some("spawned".to_string()))
     );
-    assert_eq!(events[1], Ev::SocketCreated(Direction::Outbound));
+    assert_eq!(events[1], Event::SocketCreated(Direction::Outbound));
     let id = recorder.established()[0];
     let own = recorder.events_of(id);
     assert_eq!(events.len(), own.len() + 2, "{events:#?}");
     assert_eq!(
         own[0],
-        Ev::Negotiated {
+        Event::Negotiated {
             id,
             side: Direction::Outbound,
             alpn: Some(b"h2".to_vec()),
@@ -967,11 +445,14 @@ async fn spawn_connect_tls_to_a_raw_tls_server_negotiates_alpn_in_order() {
         }
     );
     assert_established_tls(&own, id, Direction::Outbound, ClosureReason::PeerClosed);
-    assert!(own.contains(&Ev::Released(Some(id), Some("spawned".to_string()))));
-    assert!(own.contains(&Ev::ClientClose(id)));
+    assert!(own.contains(&Event::Released(Some(id), Some("spawned".to_string()))));
+    assert!(own.contains(&Event::ClientClose(id)));
     assert_eq!(bytes_written(&own), greeting_len);
     assert_eq!(recorder.received(id), b"reply from the raw server");
-    assert_eq!(recorder.count(|e| matches!(e, Ev::OutgoingFailed(..))), 0);
+    assert_eq!(
+        recorder.count(|e| matches!(e, Event::OutgoingFailed(..))),
+        0
+    );
     no_live_connections(&b).await;
     bounded("shutdown", b.shutdown()).await;
 }
@@ -1018,29 +499,32 @@ async fn an_untrusted_server_certificate_is_a_fatal_error_and_the_server_gets_th
         assert_not_established(
             &own,
             *id,
-            &[Ev::Fatal {
+            &[Event::Fatal {
                 id: *id,
                 tls: Some(false),
                 tls_info: false,
             }],
             ClosureReason::TlsError,
         );
-        assert_eq!(own[3], Ev::Released(Some(*id), Some(argument.to_string())));
+        assert_eq!(
+            own[3],
+            Event::Released(Some(*id), Some(argument.to_string()))
+        );
     }
     let events = b_recorder.events();
     assert_eq!(
         events[0],
-        Ev::PreConnect(address, Some("untrusted".to_string()))
+        Event::PreOutgoingConnect(address, Some("untrusted".to_string()))
     );
-    assert_eq!(events[1], Ev::SocketCreated(Direction::Outbound));
+    assert_eq!(events[1], Event::SocketCreated(Direction::Outbound));
     assert!(!events.iter().any(|e| matches!(
         e,
-        Ev::Negotiated { .. }
-            | Ev::Secure(..)
-            | Ev::Established(..)
-            | Ev::OutgoingFailed(..)
-            | Ev::RemoteFatal { .. }
-            | Ev::Error(..)
+        Event::Negotiated { .. }
+            | Event::Secure(..)
+            | Event::Established(..)
+            | Event::OutgoingFailed(..)
+            | Event::RemoteFatal { .. }
+            | Event::Error(..)
     )));
     for message in b_recorder.messages() {
         assert!(
@@ -1055,7 +539,7 @@ async fn an_untrusted_server_certificate_is_a_fatal_error_and_the_server_gets_th
         assert_not_established(
             &own,
             id,
-            &[Ev::RemoteFatal {
+            &[Event::RemoteFatal {
                 id,
                 tls: Some(true),
             }],
@@ -1091,7 +575,7 @@ async fn a_wrong_host_name_is_a_fatal_error() {
     assert_not_established(
         &b_recorder.events_of(id),
         id,
-        &[Ev::Fatal {
+        &[Event::Fatal {
             id,
             tls: Some(false),
             tls_info: false,
@@ -1107,7 +591,7 @@ async fn a_wrong_host_name_is_a_fatal_error() {
     assert_not_established(
         &a_recorder.events_of(a_id),
         a_id,
-        &[Ev::RemoteFatal {
+        &[Event::RemoteFatal {
             id: a_id,
             tls: Some(true),
         }],
@@ -1134,7 +618,7 @@ async fn a_raw_client_that_rejects_the_certificate_is_a_remote_fatal_error() {
     assert_not_established(
         &recorder.events_of(id),
         id,
-        &[Ev::RemoteFatal {
+        &[Event::RemoteFatal {
             id,
             tls: Some(true),
         }],
@@ -1177,7 +661,7 @@ async fn plain_text_and_garbage_on_a_tls_port_are_fatal_errors_and_the_server_go
         ("a handshake record of junk", bogus_handshake),
     ];
     for (i, (name, bytes)) in cases.iter().enumerate() {
-        let mut tcp = tcp_client(address).await;
+        let mut tcp = client(address).await;
         // The server may have given up before everything is written.
         let _ = bounded("bad client write", tcp.write_all(bytes)).await;
         // The server ends the connection by itself (with an alert, FIN or RST): no hang.
@@ -1187,7 +671,7 @@ async fn plain_text_and_garbage_on_a_tls_port_are_fatal_errors_and_the_server_go
         assert_not_established(
             &recorder.events_of(id),
             id,
-            &[Ev::Fatal {
+            &[Event::Fatal {
                 id,
                 tls: Some(false),
                 tls_info: false,
@@ -1209,7 +693,7 @@ async fn plain_text_and_garbage_on_a_tls_port_are_fatal_errors_and_the_server_go
             ClosureReason::PeerClosed,
         );
     }
-    assert_eq!(recorder.count(|e| matches!(e, Ev::Error(..))), 0);
+    assert_eq!(recorder.count(|e| matches!(e, Event::Error(..))), 0);
     let stats = server.stats();
     assert_eq!(stats.closures(ClosureReason::TlsError), cases.len() as u64);
     assert_eq!(
@@ -1241,7 +725,7 @@ async fn a_record_that_does_not_decrypt_is_a_fatal_error() {
     let own = recorder.events_of(id);
     assert_eq!(
         own[own.len() - 5],
-        Ev::Fatal {
+        Event::Fatal {
             id,
             tls: Some(false),
             tls_info: true,
@@ -1249,8 +733,11 @@ async fn a_record_that_does_not_decrypt_is_a_fatal_error() {
         "{own:#?}"
     );
     assert_tls_ending(&own, id, ClosureReason::TlsError);
-    assert!(matches!(own[0], Ev::Negotiated { .. }));
-    assert_eq!(own[2], Ev::Established(id, Some(Direction::Inbound)));
+    assert!(matches!(own[0], Event::Negotiated { .. }));
+    assert!(matches!(
+        own[2],
+        Event::Established(got, _, Some(Direction::Inbound)) if got == id
+    ));
     assert!(
         recorder.messages()[0].contains("bad record mac"),
         "{:?}",
@@ -1264,18 +751,6 @@ async fn a_record_that_does_not_decrypt_is_a_fatal_error() {
 // 6, 7. Handshake timeout and cap
 // ---------------------------------------------------------------------------------------------
 
-/// The connections that ended for `reason`, in closure order.
-fn ended_with(recorder: &Recorder, reason: ClosureReason) -> Vec<ConnectionId> {
-    recorder
-        .events()
-        .iter()
-        .filter_map(|event| match event {
-            Ev::Closure(id, r) if *r == reason => Some(*id),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_handshake_times_out_without_holding_up_others() {
     // Short, yet long enough for a few handshakes on a loaded machine.
@@ -1284,10 +759,10 @@ async fn a_stalled_handshake_times_out_without_holding_up_others() {
     })
     .await;
     // Connects and sends nothing.
-    let mut stalled = tcp_client(address).await;
+    let mut stalled = client(address).await;
     recorder
         .wait_count("the stalled socket", 1, |e| {
-            matches!(e, Ev::SocketCreated(_))
+            matches!(e, Event::SocketCreated(_))
         })
         .await;
     // Meanwhile other clients are accepted and negotiate: the handshake is not on the accept
@@ -1306,7 +781,9 @@ async fn a_stalled_handshake_times_out_without_holding_up_others() {
         served.push(bounded("client", client).await.unwrap());
     }
     assert!(
-        ended_with(&recorder, ClosureReason::HandshakeTimedOut).is_empty(),
+        recorder
+            .ended_with(ClosureReason::HandshakeTimedOut)
+            .is_empty(),
         "the others were served while the stalled handshake waited"
     );
     for client in served {
@@ -1317,7 +794,7 @@ async fn a_stalled_handshake_times_out_without_holding_up_others() {
     assert!(is_reset(&end), "the stalled client sees a reset: {end:?}");
     recorder.wait_secure_released(4).await;
 
-    let timed_out = ended_with(&recorder, ClosureReason::HandshakeTimedOut);
+    let timed_out = recorder.ended_with(ClosureReason::HandshakeTimedOut);
     assert_eq!(timed_out.len(), 1);
     let stalled_id = timed_out[0];
     assert_not_established(
@@ -1379,10 +856,10 @@ async fn the_handshake_cap_refuses_at_once_and_frees_when_stalled_handshakes_end
             .handshake_timeout(Duration::from_secs(2))
     })
     .await;
-    let mut stalled = vec![tcp_client(address).await, tcp_client(address).await];
+    let mut stalled = vec![client(address).await, client(address).await];
     recorder
         .wait_count("the stalled sockets", 2, |e| {
-            matches!(e, Ev::SocketCreated(_))
+            matches!(e, Event::SocketCreated(_))
         })
         .await;
     // Let both connections' tasks start their handshakes (a settling pause, not a timing
@@ -1392,9 +869,9 @@ async fn the_handshake_cap_refuses_at_once_and_frees_when_stalled_handshakes_end
     let refused = try_tls_client(address, connector_trusting("ca.pem"), "localhost").await;
     assert!(refused.is_err(), "a third handshake is refused");
     recorder
-        .wait_count("the refusal", 1, |e| matches!(e, Ev::SecureReleased(_)))
+        .wait_count("the refusal", 1, |e| matches!(e, Event::SecureReleased(_)))
         .await;
-    let refused_ids = ended_with(&recorder, ClosureReason::HandshakeLimit);
+    let refused_ids = recorder.ended_with(ClosureReason::HandshakeLimit);
     assert_eq!(refused_ids.len(), 1, "{:#?}", recorder.events());
     let refused_id = refused_ids[0];
     assert_not_established(
@@ -1404,14 +881,16 @@ async fn the_handshake_cap_refuses_at_once_and_frees_when_stalled_handshakes_end
         ClosureReason::HandshakeLimit,
     );
     // At once: while the two stalled handshakes still hold the slots.
-    assert!(ended_with(&recorder, ClosureReason::HandshakeTimedOut).is_empty());
+    assert!(recorder
+        .ended_with(ClosureReason::HandshakeTimedOut)
+        .is_empty());
 
     for stream in &mut stalled {
         let (_, end) = read_to_end(stream).await;
         assert!(is_reset(&end), "{end:?}");
     }
     recorder.wait_secure_released(3).await;
-    let timed_out = ended_with(&recorder, ClosureReason::HandshakeTimedOut);
+    let timed_out = recorder.ended_with(ClosureReason::HandshakeTimedOut);
     assert_eq!(timed_out.len(), 2);
     for id in timed_out {
         assert_not_established(
@@ -1446,7 +925,7 @@ async fn close_flushes_then_sends_close_notify() {
         Behavior {
             greeting: Some(Bytes::from(payload.clone())),
             close_after_greeting: true,
-            ..Behavior::default()
+            ..Behavior::quiet()
         },
         |b| b,
     )
@@ -1462,7 +941,7 @@ async fn close_flushes_then_sends_close_notify() {
     let id = recorder.established()[0];
     let own = recorder.events_of(id);
     assert_established_tls(&own, id, Direction::Inbound, ClosureReason::LocalClose);
-    assert!(own.contains(&Ev::Written(id, payload.len())));
+    assert!(own.contains(&Event::Written(id, payload.len())));
     no_live_connections(&server).await;
     bounded("shutdown", server.shutdown()).await;
 }
@@ -1477,7 +956,7 @@ async fn abort_all_resets_connections_during_and_after_the_handshake() {
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_address = silent.local_addr().unwrap();
 
-    let mut stalled = tcp_client(address).await;
+    let mut stalled = client(address).await;
     let mut clients = Vec::new();
     for i in 0..2u64 {
         let mut client = tls_client(address).await;
@@ -1513,11 +992,13 @@ async fn abort_all_resets_connections_during_and_after_the_handshake() {
     ));
 
     let events = recorder.events();
-    let announced = position(&events, |e| *e == Ev::AllAborted(4));
+    let announced = position(&events, |e| *e == Event::AllConnectionsAborted(4));
     let ended = recorder.ended();
     assert_eq!(ended.len(), 4);
     for id in &ended {
-        let closure = position(&events, |e| *e == Ev::Closure(*id, ClosureReason::AbortAll));
+        let closure = position(&events, |e| {
+            *e == Event::Closure(*id, ClosureReason::AbortAll)
+        });
         assert!(
             announced < closure,
             "announced before the closures: {events:#?}"
@@ -1533,9 +1014,10 @@ async fn abort_all_resets_connections_during_and_after_the_handshake() {
             assert_not_established(&own, *id, &[], ClosureReason::AbortAll);
         }
     }
-    assert!(recorder
-        .events_of(outgoing.id())
-        .contains(&Ev::Released(Some(outgoing.id()), Some("out".to_string()))));
+    assert!(recorder.events_of(outgoing.id()).contains(&Event::Released(
+        Some(outgoing.id()),
+        Some("out".to_string())
+    )));
     assert_eq!(server.stats().closures(ClosureReason::AbortAll), 4);
     no_live_connections(&server).await;
     drop(outgoing);
@@ -1569,12 +1051,12 @@ async fn shutdown_closes_a_cooperating_tls_connection_gracefully() {
     let id = recorder.established()[0];
     assert_eq!(
         events.last(),
-        Some(&Ev::ShutdownComplete(report)),
+        Some(&Event::ShutdownComplete(report)),
         "{events:#?}"
     );
     assert!(
-        position(&events, |e| *e == Ev::ShutdownInitiated)
-            < position(&events, |e| *e == Ev::ShutdownRequested(id))
+        position(&events, |e| *e == Event::ShutdownInitiated)
+            < position(&events, |e| *e == Event::ShutdownRequested(id))
     );
     let own = recorder.events_of(id);
     assert_established_tls(&own, id, Direction::Inbound, ClosureReason::LocalClose);
@@ -1586,15 +1068,15 @@ async fn shutdown_forces_tls_connections_that_do_not_end() {
         Some(server_acceptor()),
         Behavior {
             echo: true,
-            ignore_shutdown: true,
-            ..Behavior::default()
+            close_on_shutdown_request: false,
+            ..Behavior::quiet()
         },
         |b| b.shutdown_timeout(Duration::from_millis(300)),
     )
     .await;
     let mut client = tls_client(address).await;
     echo(&mut client, b"stays open").await;
-    let mut stalled = tcp_client(address).await;
+    let mut stalled = common::client(address).await;
     eventually("two live connections", || server.active_connections() == 2).await;
 
     let report = bounded("shutdown", server.shutdown()).await;
@@ -1605,17 +1087,17 @@ async fn shutdown_forces_tls_connections_that_do_not_end() {
     assert!(is_reset(&end), "{end:?}");
 
     let events = recorder.events();
-    assert_eq!(events.last(), Some(&Ev::ShutdownComplete(report)));
-    let announced = position(&events, |e| *e == Ev::AllAborted(2));
+    assert_eq!(events.last(), Some(&Event::ShutdownComplete(report)));
+    let announced = position(&events, |e| *e == Event::AllConnectionsAborted(2));
     let id = recorder.established()[0];
     for ended in recorder.ended() {
         let closure = position(&events, |e| {
-            *e == Ev::Closure(ended, ClosureReason::ShutdownForced)
+            *e == Event::Closure(ended, ClosureReason::ShutdownForced)
         });
         assert!(announced < closure);
         let own = recorder.events_of(ended);
         if ended == id {
-            assert!(own.contains(&Ev::ShutdownRequested(id)));
+            assert!(own.contains(&Event::ShutdownRequested(id)));
             assert_established_tls(&own, id, Direction::Inbound, ClosureReason::ShutdownForced);
         } else {
             // Still negotiating: not established, so not asked to finish its work.
@@ -1636,7 +1118,7 @@ async fn a_panic_in_a_negotiation_callback_is_caught_and_the_connection_still_re
             Behavior {
                 echo: true,
                 panic_in: Some(callback),
-                ..Behavior::default()
+                ..Behavior::quiet()
             },
             |b| b,
         )
@@ -1648,22 +1130,22 @@ async fn a_panic_in_a_negotiation_callback_is_caught_and_the_connection_still_re
 
         let id = recorder.ended()[0];
         let own = recorder.events_of(id);
-        let mut expected = vec![Ev::Negotiated {
+        let mut expected = vec![Event::Negotiated {
             id,
             side: Direction::Inbound,
             alpn: None,
             peer_cert: None,
         }];
         if callback == "on_secure_connection_established" {
-            expected.push(Ev::Secure(id, tcp_of(&client).local_addr().unwrap()));
+            expected.push(Event::Secure(id, tcp_of(&client).local_addr().unwrap()));
         }
         assert_not_established(&own, id, &expected, ClosureReason::CallbackPanic);
         let events = recorder.events();
         let error = position(
             &events,
-            |e| matches!(e, Ev::Error(message) if message.contains(callback)),
+            |e| matches!(e, Event::Error(message) if message.contains(callback)),
         );
-        assert!(error < position(&events, |e| matches!(e, Ev::Closure(..))));
+        assert!(error < position(&events, |e| matches!(e, Event::Closure(..))));
         assert_eq!(server.stats().callback_panics, 1);
         assert_eq!(server.stats().closures(ClosureReason::CallbackPanic), 1);
         drop(client);
@@ -1687,7 +1169,7 @@ async fn after_the_peer_closes_its_side_the_server_can_still_write() {
         Behavior {
             echo: true,
             reply_on_client_close: Some(Bytes::from_static(reply)),
-            ..Behavior::default()
+            ..Behavior::quiet()
         },
         |b| b,
     )
@@ -1708,8 +1190,8 @@ async fn after_the_peer_closes_its_side_the_server_can_still_write() {
     let id = recorder.established()[0];
     let own = recorder.events_of(id);
     assert_established_tls(&own, id, Direction::Inbound, ClosureReason::PeerClosed);
-    let client_close = position(&own, |e| *e == Ev::ClientClose(id));
-    let reply_written = position(&own, |e| *e == Ev::Written(id, reply.len()));
+    let client_close = position(&own, |e| *e == Event::ClientClose(id));
+    let reply_written = position(&own, |e| *e == Event::Written(id, reply.len()));
     assert!(client_close < reply_written, "{own:#?}");
     no_live_connections(&server).await;
     bounded("shutdown", server.shutdown()).await;
@@ -1718,7 +1200,7 @@ async fn after_the_peer_closes_its_side_the_server_can_still_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreferenced_tls_connection_closes_by_itself_with_close_notify() {
     let (server, recorder, address) =
-        start(Some(server_acceptor()), Behavior::default(), |b| b).await;
+        start(Some(server_acceptor()), Behavior::quiet(), |b| b).await;
     let mut client = tls_client(address).await;
     let (rest, end) = read_to_end(&mut client).await;
     assert!(rest.is_empty());
@@ -1865,7 +1347,7 @@ async fn a_bare_fin_without_close_notify_counts_as_the_peer_closing() {
     let id = recorder.established()[0];
     let own = recorder.events_of(id);
     assert_established_tls(&own, id, Direction::Inbound, ClosureReason::PeerClosed);
-    assert!(own.contains(&Ev::ClientClose(id)));
+    assert!(own.contains(&Event::ClientClose(id)));
     no_live_connections(&server).await;
     bounded("shutdown", server.shutdown()).await;
 }
@@ -1884,7 +1366,7 @@ async fn a_peer_reset_on_an_established_tls_connection_is_a_reset() {
     let id = recorder.established()[0];
     let own = recorder.events_of(id);
     assert_established_tls(&own, id, Direction::Inbound, ClosureReason::PeerReset);
-    assert_eq!(own[own.len() - 5], Ev::Reset(id), "{own:#?}");
+    assert_eq!(own[own.len() - 5], Event::Reset(id), "{own:#?}");
     no_live_connections(&server).await;
     bounded("shutdown", server.shutdown()).await;
 }
@@ -1916,7 +1398,7 @@ async fn an_alert_from_the_server_is_a_remote_fatal_error_on_the_outgoing_side()
     assert_not_established(
         &b_recorder.events_of(id),
         id,
-        &[Ev::RemoteFatal {
+        &[Event::RemoteFatal {
             id,
             tls: Some(true),
         }],
@@ -1931,7 +1413,7 @@ async fn an_alert_from_the_server_is_a_remote_fatal_error_on_the_outgoing_side()
     assert_not_established(
         &a_recorder.events_of(a_id),
         a_id,
-        &[Ev::Fatal {
+        &[Event::Fatal {
             id: a_id,
             tls: Some(false),
             tls_info: false,
@@ -1962,7 +1444,7 @@ async fn alpn_is_reported_on_both_sides() {
     connection.write(Bytes::from_static(b"GET /")).unwrap();
     let id = connection.id();
     b_recorder
-        .wait_count("the echo", 1, |e| matches!(e, Ev::Read(..)))
+        .wait_count("the echo", 1, |e| matches!(e, Event::Read(..)))
         .await;
     assert_eq!(
         connection
@@ -1977,12 +1459,12 @@ async fn alpn_is_reported_on_both_sides() {
     a_recorder.wait_secure_released(1).await;
     assert!(matches!(
         &b_recorder.events_of(id)[0],
-        Ev::Negotiated { side: Direction::Outbound, alpn: Some(alpn), .. } if alpn == b"http/1.1"
+        Event::Negotiated { side: Direction::Outbound, alpn: Some(alpn), .. } if alpn == b"http/1.1"
     ));
     let a_id = a_recorder.established()[0];
     assert!(matches!(
         &a_recorder.events_of(a_id)[0],
-        Ev::Negotiated { side: Direction::Inbound, alpn: Some(alpn), peer_cert: None, .. }
+        Event::Negotiated { side: Direction::Inbound, alpn: Some(alpn), peer_cert: None, .. }
             if alpn == b"http/1.1"
     ));
     bounded("shutdown", b.shutdown()).await;
@@ -1997,7 +1479,7 @@ async fn a_tls_1_2_client_gets_the_same_events_and_half_close() {
         Behavior {
             echo: true,
             reply_on_client_close: Some(Bytes::from_static(reply)),
-            ..Behavior::default()
+            ..Behavior::quiet()
         },
         |b| b,
     )
@@ -2032,7 +1514,7 @@ async fn shutdown_write_sends_close_notify_and_reading_goes_on() {
             collect: true,
             greeting: Some(Bytes::from_static(b"greeting, then close_notify")),
             shutdown_write_after_greeting: true,
-            ..Behavior::default()
+            ..Behavior::quiet()
         },
         |b| b,
     )
@@ -2072,7 +1554,7 @@ async fn close_and_abort_asked_for_during_an_outgoing_handshake() {
         Some(server_acceptor()),
         Behavior {
             collect: true,
-            ..Behavior::default()
+            ..Behavior::quiet()
         },
         |b| b,
     )
@@ -2212,19 +1694,27 @@ async fn a_failed_tcp_connect_for_tls_ends_with_on_socket_released() {
     b.spawn_connect_tls(closed, tls_connect("localhost"), "spawned".to_string())
         .unwrap();
     recorder
-        .wait_count("two releases", 2, |e| matches!(e, Ev::Released(..)))
+        .wait_count("two releases", 2, |e| matches!(e, Event::Released(..)))
         .await;
+    let events = recorder.events();
+    assert_eq!(events.len(), 7, "{events:#?}");
     assert_eq!(
-        recorder.events(),
-        vec![
-            Ev::PreConnect(closed, Some("refused".to_string())),
-            Ev::SocketCreated(Direction::Outbound),
-            Ev::Released(None, Some("refused".to_string())),
-            Ev::PreConnect(closed, Some("spawned".to_string())),
-            Ev::SocketCreated(Direction::Outbound),
-            Ev::OutgoingFailed(closed),
-            Ev::Released(None, Some("spawned".to_string())),
+        events[..5],
+        [
+            Event::PreOutgoingConnect(closed, Some("refused".to_string())),
+            Event::SocketCreated(Direction::Outbound),
+            Event::Released(None, Some("refused".to_string())),
+            Event::PreOutgoingConnect(closed, Some("spawned".to_string())),
+            Event::SocketCreated(Direction::Outbound),
         ]
+    );
+    assert!(
+        matches!(&events[5], Event::OutgoingFailed(address, _, _) if *address == closed),
+        "{events:#?}"
+    );
+    assert_eq!(
+        events[6],
+        Event::Released(None, Some("spawned".to_string()))
     );
     assert_eq!(b.stats().connect_failures, 2);
     bounded("shutdown", b.shutdown()).await;
@@ -2234,7 +1724,7 @@ async fn a_failed_tcp_connect_for_tls_ends_with_on_socket_released() {
 async fn plain_and_tls_listeners_side_by_side() {
     // `tls` applies to listeners added with `bind` before it too.
     let mut builder = Server::builder();
-    let recorder = Recorder::new(&mut builder, Behavior::echo());
+    let recorder = tls_recorder(&mut builder, Behavior::echo());
     let server = builder
         .bind("127.0.0.1:0")
         .tls(server_acceptor())
@@ -2249,7 +1739,7 @@ async fn plain_and_tls_listeners_side_by_side() {
 
     // A plain listener beside a TLS one: only the TLS connection has TLS events.
     let mut builder = Server::builder();
-    let recorder = Recorder::new(&mut builder, Behavior::echo());
+    let recorder = tls_recorder(&mut builder, Behavior::echo());
     let server = builder
         .bind("127.0.0.1:0")
         .bind_tls("127.0.0.1:0", server_acceptor())
@@ -2259,7 +1749,7 @@ async fn plain_and_tls_listeners_side_by_side() {
     let [plain_address, tls_address] = server.local_addrs() else {
         panic!("two listeners");
     };
-    let mut plain = tcp_client(*plain_address).await;
+    let mut plain = common::client(*plain_address).await;
     bounded("plain write", plain.write_all(b"plain"))
         .await
         .unwrap();
@@ -2273,15 +1763,18 @@ async fn plain_and_tls_listeners_side_by_side() {
     assert!(rest.is_empty());
     end.unwrap();
     recorder
-        .wait_count("the plain release", 1, |e| matches!(e, Ev::Released(..)))
+        .wait_count("the plain release", 1, |e| matches!(e, Event::Released(..)))
         .await;
     let plain_id = recorder.established()[0];
     let own = recorder.events_of(plain_id);
-    assert_eq!(own[0], Ev::Established(plain_id, None), "{own:#?}");
-    assert!(matches!(own.last(), Some(Ev::Released(Some(id), _)) if *id == plain_id));
+    assert!(
+        matches!(own[0], Event::Established(id, _, None) if id == plain_id),
+        "{own:#?}"
+    );
+    assert!(matches!(own.last(), Some(Event::Released(Some(id), _)) if *id == plain_id));
     assert!(!own.iter().any(|e| matches!(
         e,
-        Ev::Negotiated { .. } | Ev::Secure(..) | Ev::SecureReleased(..)
+        Event::Negotiated { .. } | Event::Secure(..) | Event::SecureReleased(..)
     )));
 
     let mut client = tls_client(*tls_address).await;
@@ -2303,23 +1796,23 @@ async fn plain_and_tls_listeners_side_by_side() {
 async fn a_peer_that_closes_or_resets_during_the_handshake_is_no_tls_failure() {
     let (server, recorder, address) = start(Some(server_acceptor()), Behavior::echo(), |b| b).await;
     // Connects and closes (a port scanner, a health check): the peer closed.
-    let closing = tcp_client(address).await;
+    let closing = client(address).await;
     recorder
         .wait_count("the closing socket", 1, |e| {
-            matches!(e, Ev::SocketCreated(_))
+            matches!(e, Event::SocketCreated(_))
         })
         .await;
     drop(closing);
     recorder.wait_secure_released(1).await;
     // Sends half a ClientHello, then resets: the peer reset.
-    let mut resetting = tcp_client(address).await;
+    let mut resetting = client(address).await;
     resetting
         .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
         .await
         .unwrap();
     recorder
         .wait_count("the resetting socket", 2, |e| {
-            matches!(e, Ev::SocketCreated(_))
+            matches!(e, Event::SocketCreated(_))
         })
         .await;
     SockRef::from(&resetting)
@@ -2328,8 +1821,8 @@ async fn a_peer_that_closes_or_resets_during_the_handshake_is_no_tls_failure() {
     drop(resetting);
     recorder.wait_secure_released(2).await;
 
-    let closed = ended_with(&recorder, ClosureReason::PeerClosed);
-    let reset = ended_with(&recorder, ClosureReason::PeerReset);
+    let closed = recorder.ended_with(ClosureReason::PeerClosed);
+    let reset = recorder.ended_with(ClosureReason::PeerReset);
     assert_eq!(closed.len(), 1, "{:#?}", recorder.events());
     assert_eq!(reset.len(), 1, "{:#?}", recorder.events());
     for (id, reason) in [

@@ -126,6 +126,8 @@ pub(crate) struct Requests {
     pub(crate) read: bool,
     /// Bytes newly queued for writing.
     pub(crate) queued: usize,
+    /// A write took the queue to the high mark (as handles saw it).
+    pub(crate) crossed_high: bool,
     /// Urgent bytes are waiting to be sent.
     pub(crate) urgent_pending: bool,
     /// The application wants the next urgent byte.
@@ -209,6 +211,8 @@ pub(crate) struct Lifecycle {
     handles: usize,
     /// The queue is high, as last announced.
     high: bool,
+    /// A handle saw the queue reach the high mark since the last announcement.
+    crossed_high: bool,
     /// Whether a shutdown notice has arrived and whether it was announced.
     shutdown_notice: bool,
     told_shutdown: bool,
@@ -232,6 +236,7 @@ impl Lifecycle {
             urgent_wanted: false,
             handles: 0,
             high: false,
+            crossed_high: false,
             shutdown_notice: false,
             told_shutdown: false,
             clock: Times {
@@ -258,6 +263,7 @@ impl Lifecycle {
     pub(crate) fn on_requests(&mut self, requests: Requests, now: impl Clock) {
         self.handles = requests.handles;
         self.queued += requests.queued;
+        self.crossed_high |= requests.crossed_high;
         self.urgent_pending = requests.urgent_pending;
         if let Some(reason) = requests.abort {
             // An abort cuts a graceful close short too: the connection is still live.
@@ -293,8 +299,9 @@ impl Lifecycle {
         let high = if self.high {
             self.queued > self.config.limits.low
         } else {
-            self.queued >= self.config.limits.high
+            self.queued >= self.config.limits.high || self.crossed_high
         };
+        self.crossed_high = false;
         if high != self.high {
             self.high = high;
             self.clock.high_since =

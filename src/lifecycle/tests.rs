@@ -322,6 +322,25 @@ fn watermarks_announce_high_then_low_with_hysteresis() {
 }
 
 #[test]
+fn a_crossing_seen_by_a_handle_is_announced_even_if_already_sent() {
+    // A writer saw the queue reach the high mark and waits for the low one; by the time the
+    // driver looks, it has sent enough to be below high. High and low are still announced, so
+    // the writer is woken.
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(
+        requests(|r| {
+            r.queued = 10;
+            r.crossed_high = true;
+        }),
+        t0,
+    );
+    assert_eq!(life.next(t0), Action::Announce(Event::WriteBufferHigh));
+    assert_eq!(life.next(t0), Action::Announce(Event::WriteBufferLow));
+    assert!(matches!(life.next(t0), Action::Wait(_)));
+}
+
+#[test]
 fn a_full_queue_pauses_reads_until_it_drains_below_the_limit() {
     let t0 = Instant::now();
     let mut life = open(t0);

@@ -1,0 +1,51 @@
+//! The test certificates in `tests/certs` (see `make.sh` there) and TLS ends built from them:
+//! `ca.pem` is the test CA, `server.pem` a leaf for localhost and 127.0.0.1 signed by it.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use switchboard::native_tls;
+use switchboard::tls::acceptor_from_pem;
+
+pub fn cert_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/certs")
+        .join(name)
+}
+
+pub fn cert_file(name: &str) -> Vec<u8> {
+    std::fs::read(cert_path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
+}
+
+/// The acceptor with the CA-signed localhost leaf.
+pub fn server_acceptor() -> native_tls::TlsAcceptor {
+    acceptor_from_pem(&cert_file("server.pem"), &cert_file("server.key")).unwrap()
+}
+
+/// A connector builder that trusts only the CA in `ca_file` (not the system's roots).
+pub fn connector_builder(ca_file: &str) -> native_tls::TlsConnectorBuilder {
+    let ca = native_tls::Certificate::from_pem(&cert_file(ca_file)).unwrap();
+    let mut builder = native_tls::TlsConnector::builder();
+    builder
+        .disable_built_in_roots(true)
+        .add_root_certificate(ca);
+    builder
+}
+
+/// A connector that trusts only the CA in `ca_file`. Built once per file: building one loads the
+/// system's default verify paths, which takes OpenSSL 3 tens of milliseconds of CPU.
+pub fn connector_trusting(ca_file: &str) -> native_tls::TlsConnector {
+    static CONNECTORS: Mutex<Vec<(String, native_tls::TlsConnector)>> = Mutex::new(Vec::new());
+    let mut connectors = CONNECTORS.lock().unwrap();
+    if let Some((_, connector)) = connectors.iter().find(|(file, _)| file == ca_file) {
+        return connector.clone();
+    }
+    let connector = connector_builder(ca_file).build().unwrap();
+    connectors.push((ca_file.to_string(), connector.clone()));
+    connector
+}
+
+/// A tokio-native-tls connector that trusts the test CA only.
+pub fn tls_connector() -> tokio_native_tls::TlsConnector {
+    tokio_native_tls::TlsConnector::from(connector_trusting("ca.pem"))
+}
