@@ -59,9 +59,9 @@
 //!    pages touched, so an allocated but never written buffer may show up there only in part. If
 //!    the soft `ulimit -n` is below the count plus 64, the count is scaled down (and said so).
 //!
-//! For 1., 2. and 3. the bench also reports the CPU time the server runtime's threads used per
-//! message or connection (user + system, from `/proc/self/task/*/stat`, 10 ms ticks). On a
-//! shared machine this is steadier than the rates, which move with whatever else runs.
+//! For 1., 2. and 3. the bench also reports the CPU time the server threads used per message or
+//! connection (user + system, from `/proc/self/task/*/stat`, 10 ms ticks). On a shared machine
+//! this is steadier than the rates, which move with whatever else runs: trust it over them.
 //!
 //! # Soak
 //! Not a benchmark but run beside it, by hand (never by CI): `tests/flow.rs`'s `soak` holds
@@ -75,9 +75,10 @@
 //! ```
 //!
 //! # Fairness and noise
-//! The servers run in one multi-thread tokio runtime with 2 workers and the load generator in
-//! another with 2 workers (the machine this was written for has 2 cores), the same for both
-//! servers. Measurements alternate between the two servers (raw first in even rounds, switchboard
+//! Every server runs on one thread of its own: a current-thread tokio runtime (I/O driver,
+//! timers and every task on that thread), so server CPU per operation is one core's work for
+//! each, and a server that needs a second thread would show it. The load generator runs in a
+//! multi-thread runtime with 2 workers (the machine this was written for has 2 cores). Measurements alternate between the two servers (raw first in even rounds, switchboard
 //! first in odd rounds), 5 rounds each (2 with `--quick`), and the median of each side is compared,
 //! so slow drifts of a shared machine hit both sides alike. Each measurement is preceded by a
 //! warm-up on the same connections (0.5 s; 0.2 s with `--quick`), and waits for the server to
@@ -101,7 +102,7 @@ use switchboard::socket2::SockRef;
 use switchboard::{async_trait, native_tls, BytesMut, Callbacks, Connection, Server};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
+use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinSet;
 use tokio_native_tls::{TlsAcceptor, TlsConnector, TlsStream};
 
@@ -316,16 +317,19 @@ async fn raw_tls_accept_loop(listener: TcpListener, acceptor: TlsAcceptor, live:
     }
 }
 
-/// One running server of either kind.
+/// One running server of either kind, on a thread of its own.
 struct Running {
     address: SocketAddr,
+    /// The runtime of the server's thread.
+    runtime: Handle,
     switchboard: Option<Server>,
     raw_live: Arc<AtomicUsize>,
 }
 
 impl Running {
-    /// Starts a server of `kind` on the runtime `runtime`, a TLS one if given an acceptor.
-    fn start(runtime: &Runtime, kind: Kind, tls: Option<&native_tls::TlsAcceptor>) -> Running {
+    /// Starts a server of `kind` on a new [`server_thread`], a TLS one if given an acceptor.
+    fn start(kind: Kind, tls: Option<&native_tls::TlsAcceptor>) -> Running {
+        let runtime = server_thread();
         match kind {
             Kind::Switchboard => {
                 let mut builder = Server::builder().bind("127.0.0.1:0");
@@ -337,6 +341,7 @@ impl Running {
                     .expect("start the switchboard server");
                 Running {
                     address: server.local_addr().expect("switchboard listens"),
+                    runtime,
                     switchboard: Some(server),
                     raw_live: Arc::new(AtomicUsize::new(0)),
                 }
@@ -357,6 +362,7 @@ impl Running {
                 };
                 Running {
                     address,
+                    runtime,
                     switchboard: None,
                     raw_live: live,
                 }
@@ -385,6 +391,33 @@ impl Running {
     }
 }
 
+/// Name of every server thread: [`server_cpu_seconds`] counts the CPU time of these.
+const SERVER_THREAD: &str = "server";
+
+/// A new thread named [`SERVER_THREAD`] that drives a current-thread tokio runtime for good, and
+/// that runtime's handle: one server's whole runtime (I/O driver, timers, every task) on one
+/// thread, like the mio server, so server CPU per operation compares one core's work each.
+/// Futures given to [`Handle::block_on`] from other threads run there, while the tasks they
+/// spawn run on the server thread.
+fn server_thread() -> Handle {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(SERVER_THREAD.into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build a server runtime");
+            sender
+                .send(runtime.handle().clone())
+                .expect("hand over the runtime");
+            runtime.block_on(std::future::pending::<()>());
+        })
+        .expect("spawn a server thread");
+    receiver.recv().expect("the server thread's runtime")
+}
+
+/// The load generator's runtime.
 fn runtime(name: &str) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -516,7 +549,7 @@ fn server_cpu_seconds() -> f64 {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        if &stat[open + 1..close] != "server" {
+        if &stat[open + 1..close] != SERVER_THREAD {
             continue;
         }
         // After the name: state is field 3, utime field 14, stime field 15.
@@ -716,8 +749,7 @@ fn open_files_limit() -> Option<usize> {
 /// `n` connections; prints `RESULT rss_delta heap_delta`; exits when stdin closes.
 fn memory_server(kind: Kind) {
     COUNTING.store(true, Ordering::Relaxed);
-    let runtime = runtime("server");
-    let server = Running::start(&runtime, kind, None);
+    let server = Running::start(kind, None);
     std::thread::sleep(Duration::from_millis(100));
     let base_rss = rss_bytes();
     let base_heap = LIVE_HEAP.load(Ordering::Relaxed);
@@ -1061,18 +1093,17 @@ fn main() {
         settings.warmup,
     );
 
-    let server_runtime = runtime("server");
     let client_runtime = runtime("client");
     let acceptor = switchboard::tls::acceptor_from_pem(SERVER_PEM, SERVER_KEY)
         .expect("build the TLS acceptor from tests/certs");
     let plain = Pair {
-        switchboard: Running::start(&server_runtime, Kind::Switchboard, None),
-        raw: Running::start(&server_runtime, Kind::Raw, None),
+        switchboard: Running::start(Kind::Switchboard, None),
+        raw: Running::start(Kind::Raw, None),
         client: Client::Plain,
     };
     let tls = Pair {
-        switchboard: Running::start(&server_runtime, Kind::Switchboard, Some(&acceptor)),
-        raw: Running::start(&server_runtime, Kind::Raw, Some(&acceptor)),
+        switchboard: Running::start(Kind::Switchboard, Some(&acceptor)),
+        raw: Running::start(Kind::Raw, Some(&acceptor)),
         client: Client::Tls(tls_connector()),
     };
 
@@ -1185,9 +1216,8 @@ fn main() {
 
     for running in [&plain.switchboard, &tls.switchboard] {
         if let Some(switchboard) = &running.switchboard {
-            server_runtime.block_on(switchboard.shutdown());
+            running.runtime.block_on(switchboard.shutdown());
         }
     }
-    server_runtime.shutdown_background();
     client_runtime.shutdown_background();
 }
