@@ -1,4 +1,5 @@
-//! Echo benchmark: switchboard beside a minimal raw tokio echo server, in the same run.
+//! Echo benchmark: switchboard beside a minimal raw tokio echo server and a bare mio (epoll) loop,
+//! in the same run.
 //!
 //! Run the full benchmark (about 3 minutes) or the short one (about 30 s, numbers only
 //! indicative; CI only needs the bench to build):
@@ -9,12 +10,18 @@
 //! ```
 //!
 //! # What is measured
-//! Four echo servers, each on `127.0.0.1:0`, two plain and two TLS:
+//! Five echo servers, each on `127.0.0.1:0` and each on one thread of its own, three plain and
+//! two TLS:
 //! - **switchboard**: a [`Callbacks`] impl that requests a read when the connection is established
 //!   and, in `on_read_completed`, writes the very buffer it was given (`data.freeze()`, zero copy)
 //!   and reads again. Server defaults otherwise (8 KiB read buffer, `TCP_NODELAY` on).
 //! - **raw tokio**: an accept loop and one task per connection holding `vec![0; 8192]`, reading
 //!   then `write_all`-ing what it read, with `TCP_NODELAY` on like switchboard's default.
+//! - **mio**: the floor, what the kernel work of an echo costs with next to nothing on top: mio
+//!   used directly, one `epoll` loop, connections in a slab indexed by their tokens, each with a
+//!   fixed 8 KiB buffer. Edge-triggered: on readiness it writes back any unsent tail, then reads
+//!   and writes back until a read would block; a tail the kernel does not take waits, reading
+//!   paused, for a WRITABLE event (registered only then). `TCP_NODELAY` on. Plain TCP only.
 //! - **switchboard TLS**: the same callbacks on a listener made TLS with
 //!   [`ServerBuilder::tls`](switchboard::ServerBuilder::tls) (handshake on the connection's task,
 //!   `close_notify` before its FIN).
@@ -27,8 +34,9 @@
 //! with AES-GCM on Linux). The TLS clients are `tokio-native-tls` connectors that trust the test
 //! CA and verify `localhost`; they keep no session cache, so every handshake is a full one.
 //!
-//! Scenarios, each reported as the switchboard/raw ratio of the medians (higher is better for
-//! throughput and churn, lower is better for memory):
+//! Scenarios, each reported as the switchboard/raw ratio of the medians and, for the plain ones,
+//! the switchboard/mio ratio too (higher is better for throughput and churn, lower is better for
+//! memory and CPU):
 //! 1. **Throughput** — 64 B × 50 connections, 4 KiB × 50 connections, 64 B × 1000 connections.
 //!    Every client connection runs a closed loop: write one message, `read_exact` the reply,
 //!    repeat. Connections are opened first, warmed up, then messages completed during the
@@ -53,9 +61,10 @@
 //!    and after the last one is established, divided by the count. Connections are idle and
 //!    waiting for data: switchboard with a read requested (its buffer is allocated only when data
 //!    is readable), raw tokio with its 8 KiB buffer allocated before its first read, as typical
-//!    code does. The client side lives in this (parent) process, so the numbers are the server's
-//!    own cost; this also keeps both processes within the `ulimit -n` (a single process would
-//!    need two descriptors per connection). Heap bytes are exact; the resident set counts only
+//!    code does, and mio with its fixed buffer allocated at accept. The client side lives in
+//!    this (parent) process, so the numbers are the server's own cost; this also keeps both
+//!    processes within the `ulimit -n` (a single process would need two descriptors per
+//!    connection). Heap bytes are exact; the resident set counts only
 //!    pages touched, so an allocated but never written buffer may show up there only in part. If
 //!    the soft `ulimit -n` is below the count plus 64, the count is scaled down (and said so).
 //!
@@ -78,26 +87,30 @@
 //! Every server runs on one thread of its own: a current-thread tokio runtime (I/O driver,
 //! timers and every task on that thread), so server CPU per operation is one core's work for
 //! each, and a server that needs a second thread would show it. The load generator runs in a
-//! multi-thread runtime with 2 workers (the machine this was written for has 2 cores). Measurements alternate between the two servers (raw first in even rounds, switchboard
-//! first in odd rounds), 5 rounds each (2 with `--quick`), and the median of each side is compared,
-//! so slow drifts of a shared machine hit both sides alike. Each measurement is preceded by a
+//! multi-thread runtime with 2 workers (the machine this was written for has 2 cores).
+//! Measurements alternate between the servers (the order rotates by one each round, raw tokio
+//! first in round 0), 5 rounds each (2 with `--quick`), and the median of each side is compared,
+//! so slow drifts of a shared machine hit all sides alike. Each measurement is preceded by a
 //! warm-up on the same connections (0.5 s; 0.2 s with `--quick`), and waits for the server to
 //! have closed every connection of the previous one. Idle memory is measured 3 times per server
 //! (once with `--quick`); it hardly varies.
 //!
-//! The output is a table per kind of measure, then one line per scenario such as
-//! `ratio echo 64B x50: 0.97` or `ratio tls churn x50: 0.95` (and `cpu ratio …` for the CPU
-//! measure).
+//! The output is a table per kind of measure (columns switchboard, raw tokio, mio, sb/raw,
+//! sb/mio), then one line per scenario such as `ratio echo 64B x50: 0.97` or
+//! `ratio tls churn x50: 0.95` (switchboard / raw tokio), `ratio vs mio echo 64B x50: 0.80`
+//! (switchboard / mio, plain scenarios), and the same with `cpu ratio` for the CPU measure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
-use std::io::{self, BufRead, BufReader, Write as _};
+use std::io::{self, BufRead, BufReader, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::{Events, Interest, Poll, Registry, Token};
+use slab::Slab;
 use switchboard::socket2::SockRef;
 use switchboard::{async_trait, native_tls, BytesMut, Callbacks, Connection, Server};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -223,13 +236,21 @@ const CONNECT_CONCURRENCY: usize = 128;
 enum Kind {
     Switchboard,
     Raw,
+    /// The bare mio loop: plain TCP only.
+    Mio,
 }
+
+/// The kinds that serve plain TCP, in the order of a round that starts with the baseline.
+const PLAIN_KINDS: [Kind; 3] = [Kind::Raw, Kind::Switchboard, Kind::Mio];
+/// The kinds that serve TLS.
+const TLS_KINDS: [Kind; 2] = [Kind::Raw, Kind::Switchboard];
 
 impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Switchboard => "switchboard",
             Kind::Raw => "raw",
+            Kind::Mio => "mio",
         }
     }
 
@@ -237,8 +258,14 @@ impl Kind {
         match name {
             "switchboard" => Some(Kind::Switchboard),
             "raw" => Some(Kind::Raw),
+            "mio" => Some(Kind::Mio),
             _ => None,
         }
+    }
+
+    /// The kind's column in a [`Row`].
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -317,18 +344,204 @@ async fn raw_tls_accept_loop(listener: TcpListener, acceptor: TlsAcceptor, live:
     }
 }
 
-/// One running server of either kind, on a thread of its own.
+// ---------------------------------------------------------------------------------------------
+// The bare mio echo server (the floor)
+// ---------------------------------------------------------------------------------------------
+
+/// The listener's token; connections use their slab keys, which stay far below it.
+const MIO_LISTENER: Token = Token(usize::MAX);
+/// Each mio connection's buffer: the size of switchboard's default read buffer and of raw tokio's.
+const MIO_BUFFER: usize = 8192;
+/// Readiness events taken per `epoll_wait`: as many as tokio's I/O driver takes.
+const MIO_EVENTS: usize = 1024;
+/// The pause before accepting again after a resource error (EMFILE, ENFILE, ENOBUFS): the first
+/// step of switchboard's accept backoff.
+const MIO_ACCEPT_RETRY: Duration = Duration::from_millis(5);
+
+/// One connection of the mio server: its socket, its fixed buffer, and the part of the buffer
+/// read but not yet written back.
+struct MioConnection {
+    stream: mio::net::TcpStream,
+    buffer: Box<[u8]>,
+    /// `buffer[sent..filled]` is still to be written back.
+    sent: usize,
+    filled: usize,
+    /// Whether the registration includes WRITABLE: only while an unsent tail waits for room.
+    wants_writable: bool,
+}
+
+impl MioConnection {
+    fn new(stream: mio::net::TcpStream) -> MioConnection {
+        MioConnection {
+            stream,
+            buffer: vec![0; MIO_BUFFER].into_boxed_slice(),
+            sent: 0,
+            filled: 0,
+            wants_writable: false,
+        }
+    }
+
+    /// Echoes until the socket would block; false when the connection is over (end of stream or
+    /// an error). mio is edge-triggered: a readiness is reported once, so reads go on until
+    /// `WouldBlock`, and a tail the kernel would not take waits, with reading paused, for a
+    /// WRITABLE event. The buffer is read into again only once all of it went back.
+    fn echo(&mut self, registry: &Registry, token: Token) -> bool {
+        loop {
+            while self.sent < self.filled {
+                match self.stream.write(&self.buffer[self.sent..self.filled]) {
+                    Ok(0) => return false,
+                    Ok(written) => self.sent += written,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        if self.wants_writable {
+                            return true;
+                        }
+                        // Re-registering reports a readiness that is already there, so no
+                        // edge is lost between the failed write and this call.
+                        self.wants_writable = true;
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        return registry
+                            .reregister(&mut self.stream, token, interest)
+                            .is_ok();
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            }
+            if self.wants_writable {
+                self.wants_writable = false;
+                if registry
+                    .reregister(&mut self.stream, token, Interest::READABLE)
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            match self.stream.read(&mut self.buffer) {
+                Ok(0) => return false,
+                Ok(read) => {
+                    self.sent = 0;
+                    self.filled = read;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The mio echo server: one thread, one `epoll` (through [`mio::Poll`]), the connections in a
+/// slab indexed by their tokens, each with a fixed [`MIO_BUFFER`]. Runs on the calling thread for
+/// good; `live` counts its connections.
+fn mio_serve(mut listener: mio::net::TcpListener, live: Arc<AtomicUsize>) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, MIO_LISTENER, Interest::READABLE)?;
+    let mut events = Events::with_capacity(MIO_EVENTS);
+    let mut connections = Slab::<MioConnection>::new();
+    let mut accept_blocked = false;
+    loop {
+        if let Err(error) = poll.poll(&mut events, accept_blocked.then_some(MIO_ACCEPT_RETRY)) {
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        // Accepting comes after the batch, so a key freed in it is not reused for a new
+        // connection while the batch may still name it.
+        let mut accept = accept_blocked;
+        for event in events.iter() {
+            let token = event.token();
+            if token == MIO_LISTENER {
+                accept = true;
+                continue;
+            }
+            let Some(connection) = connections.get_mut(token.0) else {
+                continue;
+            };
+            if !connection.echo(poll.registry(), token) {
+                // Closing the only descriptor of the socket takes it out of the epoll set, so
+                // no deregister call is needed (the FIN goes out with the close).
+                drop(connections.remove(token.0));
+                live.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if accept {
+            accept_blocked = mio_accept(&listener, poll.registry(), &mut connections, &live);
+        }
+    }
+}
+
+/// Accepts every pending connection (mio's listener is edge-triggered too). Returns true if a
+/// resource error (EMFILE and the like) stopped it, so the caller tries again after
+/// [`MIO_ACCEPT_RETRY`]; per-connection errors just skip that connection.
+fn mio_accept(
+    listener: &mio::net::TcpListener,
+    registry: &Registry,
+    connections: &mut Slab<MioConnection>,
+    live: &AtomicUsize,
+) -> bool {
+    loop {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let entry = connections.vacant_entry();
+                let token = Token(entry.key());
+                // A connection readable already is reported at once after registering.
+                if registry
+                    .register(&mut stream, token, Interest::READABLE)
+                    .is_ok()
+                {
+                    entry.insert(MioConnection::new(stream));
+                    live.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(error) => match error.kind() {
+                io::ErrorKind::WouldBlock => return false,
+                io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::Interrupted => {}
+                _ => return true,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running servers
+// ---------------------------------------------------------------------------------------------
+
+/// One running server of any kind, on a thread of its own.
 struct Running {
     address: SocketAddr,
-    /// The runtime of the server's thread.
-    runtime: Handle,
+    /// The runtime of the server's thread (none for the mio server, which has no runtime).
+    runtime: Option<Handle>,
     switchboard: Option<Server>,
-    raw_live: Arc<AtomicUsize>,
+    /// Connections held by a raw tokio or mio server.
+    live: Arc<AtomicUsize>,
 }
 
 impl Running {
-    /// Starts a server of `kind` on a new [`server_thread`], a TLS one if given an acceptor.
+    /// Starts a server of `kind` on a new thread, a TLS one if given an acceptor (not for mio).
     fn start(kind: Kind, tls: Option<&native_tls::TlsAcceptor>) -> Running {
+        if kind == Kind::Mio {
+            assert!(tls.is_none(), "the mio server speaks plain TCP only");
+            let listener = mio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .expect("bind the mio server");
+            let address = listener.local_addr().expect("mio listens");
+            let live = Arc::new(AtomicUsize::new(0));
+            let counter = live.clone();
+            std::thread::Builder::new()
+                .name(SERVER_THREAD.into())
+                .spawn(move || mio_serve(listener, counter).expect("the mio server's poll"))
+                .expect("spawn the mio server thread");
+            return Running {
+                address,
+                runtime: None,
+                switchboard: None,
+                live,
+            };
+        }
         let runtime = server_thread();
         match kind {
             Kind::Switchboard => {
@@ -341,9 +554,9 @@ impl Running {
                     .expect("start the switchboard server");
                 Running {
                     address: server.local_addr().expect("switchboard listens"),
-                    runtime,
+                    runtime: Some(runtime),
                     switchboard: Some(server),
-                    raw_live: Arc::new(AtomicUsize::new(0)),
+                    live: Arc::new(AtomicUsize::new(0)),
                 }
             }
             Kind::Raw => {
@@ -362,11 +575,12 @@ impl Running {
                 };
                 Running {
                     address,
-                    runtime,
+                    runtime: Some(runtime),
                     switchboard: None,
-                    raw_live: live,
+                    live,
                 }
             }
+            Kind::Mio => unreachable!("started above"),
         }
     }
 
@@ -374,7 +588,7 @@ impl Running {
     fn live(&self) -> usize {
         match &self.switchboard {
             Some(server) => server.active_connections(),
-            None => self.raw_live.load(Ordering::Relaxed),
+            None => self.live.load(Ordering::Relaxed),
         }
     }
 
@@ -847,12 +1061,11 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// One scenario's results, per round, for both servers.
+/// One scenario's results, per round, for each server kind (indexed by [`Kind::index`]).
 struct Row {
     name: String,
     unit: &'static str,
-    switchboard: Vec<f64>,
-    raw: Vec<f64>,
+    values: [Vec<f64>; 3],
     /// Decimals shown: 0 prints thousands separators instead.
     decimals: usize,
     note: String,
@@ -863,8 +1076,7 @@ impl Row {
         Row {
             name: name.into(),
             unit,
-            switchboard: Vec::new(),
-            raw: Vec::new(),
+            values: Default::default(),
             decimals: 0,
             note: String::new(),
         }
@@ -884,17 +1096,20 @@ impl Row {
     }
 
     fn push(&mut self, kind: Kind, value: f64) {
-        match kind {
-            Kind::Switchboard => self.switchboard.push(value),
-            Kind::Raw => self.raw.push(value),
-        }
+        self.values[kind.index()].push(value);
     }
 
-    fn ratio(&self) -> f64 {
-        if self.switchboard.is_empty() || self.raw.is_empty() {
-            return f64::NAN;
+    fn median(&self, kind: Kind) -> Option<f64> {
+        let values = &self.values[kind.index()];
+        (!values.is_empty()).then(|| median(values))
+    }
+
+    /// median(switchboard) / median(`baseline`); NaN where either is missing.
+    fn ratio(&self, baseline: Kind) -> f64 {
+        match (self.median(Kind::Switchboard), self.median(baseline)) {
+            (Some(switchboard), Some(baseline)) => switchboard / baseline,
+            _ => f64::NAN,
         }
-        median(&self.switchboard) / median(&self.raw)
     }
 }
 
@@ -922,59 +1137,85 @@ fn rounds_list(row: &Row, values: &[f64]) -> String {
         .join(" ")
 }
 
+/// A ratio as printed: `-` where a side is missing.
+fn format_ratio(ratio: f64) -> String {
+    if ratio.is_nan() {
+        "-".to_string()
+    } else {
+        format!("{ratio:.3}")
+    }
+}
+
 fn print_table(title: &str, rows: &[Row]) {
     println!();
     println!("{title}");
     println!(
-        "{:<22} {:>13} {:>13} {:>7}  {:<14} rounds: switchboard | raw",
-        "scenario", "switchboard", "raw tokio", "ratio", "unit"
+        "{:<22} {:>13} {:>13} {:>13} {:>7} {:>7}  {:<14} rounds: switchboard | raw | mio",
+        "scenario", "switchboard", "raw tokio", "mio", "sb/raw", "sb/mio", "unit"
     );
-    println!("{}", "-".repeat(110));
+    println!("{}", "-".repeat(130));
     for row in rows {
-        let (sb, raw) = if row.switchboard.is_empty() || row.raw.is_empty() {
-            ("n/a".to_string(), "n/a".to_string())
-        } else {
-            (
-                row.format(median(&row.switchboard)),
-                row.format(median(&row.raw)),
-            )
+        let median = |kind| {
+            row.median(kind)
+                .map_or("n/a".to_string(), |v| row.format(v))
+        };
+        let rounds = |kind: Kind| match &row.values[kind.index()] {
+            values if values.is_empty() => "-".to_string(),
+            values => rounds_list(row, values),
         };
         println!(
-            "{:<22} {:>13} {:>13} {:>7.3}  {:<14} {} | {}{}",
+            "{:<22} {:>13} {:>13} {:>13} {:>7} {:>7}  {:<14} {} | {} | {}{}",
             row.name,
-            sb,
-            raw,
-            row.ratio(),
+            median(Kind::Switchboard),
+            median(Kind::Raw),
+            median(Kind::Mio),
+            format_ratio(row.ratio(Kind::Raw)),
+            format_ratio(row.ratio(Kind::Mio)),
             row.unit,
-            rounds_list(row, &row.switchboard),
-            rounds_list(row, &row.raw),
+            rounds(Kind::Switchboard),
+            rounds(Kind::Raw),
+            rounds(Kind::Mio),
             row.note
         );
     }
 }
 
-/// The order of the two servers in round `round`: alternating which goes first.
-fn order(round: usize) -> [Kind; 2] {
-    if round % 2 == 0 {
-        [Kind::Raw, Kind::Switchboard]
-    } else {
-        [Kind::Switchboard, Kind::Raw]
-    }
+/// The order of `kinds` in round `round`: rotated by one each round, so each kind takes each
+/// place in turn (with two kinds, they alternate which goes first).
+fn order(round: usize, kinds: &[Kind]) -> Vec<Kind> {
+    let mut kinds = kinds.to_vec();
+    let len = kinds.len();
+    kinds.rotate_left(round % len);
+    kinds
 }
 
-/// The two servers of one protocol, and how clients reach them.
-struct Pair {
-    switchboard: Running,
-    raw: Running,
+/// The servers of one protocol, and how clients reach them.
+struct Servers {
+    running: Vec<(Kind, Running)>,
     client: Client,
 }
 
-impl Pair {
-    fn get(&self, kind: Kind) -> &Running {
-        match kind {
-            Kind::Switchboard => &self.switchboard,
-            Kind::Raw => &self.raw,
+impl Servers {
+    /// One server of each of `kinds`, TLS ones if given an acceptor.
+    fn start(kinds: &[Kind], tls: Option<&native_tls::TlsAcceptor>, client: Client) -> Servers {
+        Servers {
+            running: kinds
+                .iter()
+                .map(|&kind| (kind, Running::start(kind, tls)))
+                .collect(),
+            client,
         }
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        self.running.iter().map(|(kind, _)| *kind).collect()
+    }
+
+    fn get(&self, kind: Kind) -> &Running {
+        self.running
+            .iter()
+            .find_map(|(k, running)| (*k == kind).then_some(running))
+            .expect("a server of each kind asked for")
     }
 }
 
@@ -989,11 +1230,11 @@ fn settle(running: &Running, kind: Kind) {
     }
 }
 
-/// The throughput scenario `name` against both servers of `pair`, in interleaved rounds: rows
-/// of msgs/s and of server µs/msg.
+/// The throughput scenario `name` against every server of `servers`, in interleaved rounds:
+/// rows of msgs/s and of server µs/msg.
 fn throughput(
     client_runtime: &Runtime,
-    pair: &Pair,
+    servers: &Servers,
     name: &str,
     size: usize,
     connections: usize,
@@ -1002,10 +1243,10 @@ fn throughput(
     let mut row = Row::new(name, "msgs/s");
     let mut cpu_row = Row::new(name, "server µs/msg").with_decimals(2);
     for round in 0..settings.rounds {
-        for kind in order(round) {
-            let running = pair.get(kind);
+        for kind in order(round, &servers.kinds()) {
+            let running = servers.get(kind);
             let result = client_runtime.block_on(echo_load(
-                &pair.client,
+                &servers.client,
                 running.address,
                 connections,
                 size,
@@ -1036,33 +1277,40 @@ fn throughput(
     (row, cpu_row)
 }
 
-/// The churn scenario `name` against both servers of `pair`, in interleaved rounds: rows of
+/// The churn scenario `name` against every server of `servers`, in interleaved rounds: rows of
 /// conns/s and of server µs/conn.
-fn churn(client_runtime: &Runtime, pair: &Pair, name: &str, settings: &Settings) -> (Row, Row) {
+fn churn(
+    client_runtime: &Runtime,
+    servers: &Servers,
+    name: &str,
+    settings: &Settings,
+) -> (Row, Row) {
     let mut row = Row::new(name, "conns/s");
     let mut cpu_row = Row::new(name, "server µs/conn").with_decimals(2);
-    let mut failures = [0_u64; 2];
+    let mut failures = [0_u64; 3];
     for round in 0..settings.rounds {
-        for kind in order(round) {
-            let running = pair.get(kind);
+        for kind in order(round, &servers.kinds()) {
+            let running = servers.get(kind);
             let (rate, failed) =
-                client_runtime.block_on(churn_load(&pair.client, running.address, settings));
+                client_runtime.block_on(churn_load(&servers.client, running.address, settings));
             eprintln!(
                 "  {name:<18} round {round} {:<11} {:>12} conns/s {:>6.2} server µs/conn ({failed} failed)",
                 kind.name(),
                 thousands(rate.per_second),
                 rate.cpu_micros
             );
-            failures[(kind == Kind::Raw) as usize] += failed;
+            failures[kind.index()] += failed;
             row.push(kind, rate.per_second);
             cpu_row.push(kind, rate.cpu_micros);
             settle(running, kind);
         }
     }
-    if failures != [0, 0] {
+    if failures.iter().any(|&failed| failed > 0) {
         row.note = format!(
-            "  (failed connects: switchboard {}, raw {})",
-            failures[0], failures[1]
+            "  (failed connects: switchboard {}, raw {}, mio {})",
+            failures[Kind::Switchboard.index()],
+            failures[Kind::Raw.index()],
+            failures[Kind::Mio.index()]
         );
     }
     (row, cpu_row)
@@ -1074,7 +1322,7 @@ fn main() {
         let kind = args
             .get(position + 1)
             .and_then(|name| Kind::parse(name))
-            .expect("--memory-server switchboard|raw");
+            .expect("--memory-server switchboard|raw|mio");
         memory_server(kind);
         return;
     }
@@ -1096,16 +1344,8 @@ fn main() {
     let client_runtime = runtime("client");
     let acceptor = switchboard::tls::acceptor_from_pem(SERVER_PEM, SERVER_KEY)
         .expect("build the TLS acceptor from tests/certs");
-    let plain = Pair {
-        switchboard: Running::start(Kind::Switchboard, None),
-        raw: Running::start(Kind::Raw, None),
-        client: Client::Plain,
-    };
-    let tls = Pair {
-        switchboard: Running::start(Kind::Switchboard, Some(&acceptor)),
-        raw: Running::start(Kind::Raw, Some(&acceptor)),
-        client: Client::Tls(tls_connector()),
-    };
+    let plain = Servers::start(&PLAIN_KINDS, None, Client::Plain);
+    let tls = Servers::start(&TLS_KINDS, Some(&acceptor), Client::Tls(tls_connector()));
 
     let mut rows = Vec::new();
     let mut cpu_rows = Vec::new();
@@ -1170,7 +1410,7 @@ fn main() {
     let mut rss_row = Row::new(format!("idle RSS x{connections}"), "bytes/conn");
     let mut heap_row = Row::new(format!("idle heap x{connections}"), "bytes/conn");
     for round in 0..settings.memory_rounds {
-        for kind in order(round) {
+        for kind in order(round, &PLAIN_KINDS) {
             match memory_round(&client_runtime, kind, connections) {
                 Ok((rss, heap)) => {
                     eprintln!(
@@ -1202,21 +1442,38 @@ fn main() {
     );
     println!();
     println!(
-        "ratio = median(switchboard) / median(raw tokio). Higher is better for msgs/s and conns/s"
+        "sb/raw = median(switchboard) / median(raw tokio), sb/mio = median(switchboard) / median(mio)."
     );
-    println!("(target >= 0.90); lower is better for bytes/conn (target <= 1.00) and for server CPU per op.");
+    println!(
+        "Higher is better for msgs/s and conns/s (target >= 0.90 of raw tokio); lower is better for"
+    );
+    println!(
+        "bytes/conn (target <= 1.00) and for server CPU per op (target <= 1.00 of raw tokio). mio is"
+    );
+    println!("the floor: what the kernel work alone costs on one thread.");
     println!();
     for row in &rows {
-        println!("ratio {}: {:.2}", row.name, row.ratio());
+        println!("ratio {}: {:.2}", row.name, row.ratio(Kind::Raw));
+    }
+    for row in &rows {
+        if row.median(Kind::Mio).is_some() {
+            println!("ratio vs mio {}: {:.2}", row.name, row.ratio(Kind::Mio));
+        }
     }
     for row in &cpu_rows {
-        println!("cpu ratio {}: {:.2}", row.name, row.ratio());
+        println!("cpu ratio {}: {:.2}", row.name, row.ratio(Kind::Raw));
+    }
+    for row in &cpu_rows {
+        if row.median(Kind::Mio).is_some() {
+            println!("cpu ratio vs mio {}: {:.2}", row.name, row.ratio(Kind::Mio));
+        }
     }
     eprintln!("\nfinished in {:.1} s", began.elapsed().as_secs_f64());
 
-    for running in [&plain.switchboard, &tls.switchboard] {
-        if let Some(switchboard) = &running.switchboard {
-            running.runtime.block_on(switchboard.shutdown());
+    for servers in [&plain, &tls] {
+        let running = servers.get(Kind::Switchboard);
+        if let (Some(switchboard), Some(runtime)) = (&running.switchboard, &running.runtime) {
+            runtime.block_on(switchboard.shutdown());
         }
     }
     client_runtime.shutdown_background();
