@@ -72,6 +72,33 @@
 //! connection (user + system, from `/proc/self/task/*/stat`, 10 ms ticks). On a shared machine
 //! this is steadier than the rates, which move with whatever else runs: trust it over them.
 //!
+//! # Instructions per message
+//! `benches/instructions.sh` counts the user-space instructions each plain server runs per
+//! echoed 64 B message, with valgrind's cachegrind (valgrind must be installed; a few minutes):
+//!
+//! ```text
+//! benches/instructions.sh
+//! MESSAGES=20000 RUNS=2 CONNECTIONS="50 1000" KINDS="raw switchboard mio" benches/instructions.sh
+//! ```
+//!
+//! It builds this bench in release, then for each kind and for 50 and 1,000 connections runs the
+//! server alone under `valgrind --tool=cachegrind --cache-sim=no`, on one thread
+//! (`echo --echo-server KIND --connections C`: the server exits by itself once C connections
+//! have come and gone, so cachegrind writes its total), and drives it from this executable
+//! outside valgrind (`echo --echo-client ADDRESS --connections C --messages M`: C connections
+//! opened first, then M messages of 64 B in closed loops, then each half-closed). Each count is
+//! taken with M messages (200,000 by default) and with none, and the difference divided by M is
+//! the cost per message, so start-up, accepting and closing cancel out. It prints instructions
+//! per message for each kind and their ratio to raw tokio (`instructions ratio switchboard/raw
+//! x50: …`). Kernel work is not counted (the server CPU per message above includes it).
+//!
+//! Under valgrind the tokio-based servers are the slow side, so every `epoll_wait` finds all
+//! connections ready, as on a saturated server, and their counts repeat to within 0.1–2%. The
+//! mio server keeps pace with the client even there, so how many connections each wait finds
+//! ready varies, and with it the share of the wait in each message: its count moves by up to
+//! about 8% between runs (`RUNS=3` gives a median). That is a few instructions per message,
+//! against the thousands that separate the others.
+//!
 //! # Soak
 //! Not a benchmark but run beside it, by hand (never by CI): `tests/flow.rs`'s `soak` holds
 //! 10,000 concurrent connections (scaled to `ulimit -n`) for 60 s with random resets,
@@ -103,7 +130,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::io::{self, BufRead, BufReader, Read as _, Write as _};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -112,10 +139,11 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 use switchboard::socket2::SockRef;
-use switchboard::{async_trait, native_tls, BytesMut, Callbacks, Connection, Server};
+use switchboard::{async_trait, native_tls, BytesMut, Callbacks, Connection, Server, UserData};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::{Handle, Runtime};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_native_tls::{TlsAcceptor, TlsConnector, TlsStream};
 
@@ -254,23 +282,73 @@ impl Kind {
         }
     }
 
-    fn parse(name: &str) -> Option<Kind> {
-        match name {
-            "switchboard" => Some(Kind::Switchboard),
-            "raw" => Some(Kind::Raw),
-            "mio" => Some(Kind::Mio),
-            _ => None,
-        }
-    }
-
     /// The kind's column in a [`Row`].
     fn index(self) -> usize {
         self as usize
     }
 }
 
+impl std::str::FromStr for Kind {
+    type Err = ();
+
+    fn from_str(name: &str) -> Result<Kind, ()> {
+        match name {
+            "switchboard" => Ok(Kind::Switchboard),
+            "raw" => Ok(Kind::Raw),
+            "mio" => Ok(Kind::Mio),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A server's connection counts, and when a foreground server (`--echo-server`) is done.
+struct Tally {
+    /// Connections held now, by a raw tokio or mio server (switchboard counts its own).
+    live: AtomicUsize,
+    /// Connections that have ended so far, on any kind of server.
+    ended: AtomicUsize,
+    /// The number of ended connections after which the server stops; 0 for never.
+    stop_after: usize,
+    /// Woken once `stop_after` connections have ended.
+    done: Notify,
+}
+
+impl Tally {
+    fn new(stop_after: usize) -> Arc<Tally> {
+        Arc::new(Tally {
+            live: AtomicUsize::new(0),
+            ended: AtomicUsize::new(0),
+            stop_after,
+            done: Notify::new(),
+        })
+    }
+
+    fn opened(&self) {
+        self.live.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.ended();
+    }
+
+    fn ended(&self) {
+        if self.ended.fetch_add(1, Ordering::Relaxed) + 1 == self.stop_after {
+            // Stores a permit if nobody waits yet.
+            self.done.notify_one();
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.stop_after != 0 && self.ended.load(Ordering::Relaxed) >= self.stop_after
+    }
+}
+
 /// The switchboard echo server: read, write the same buffer back, read again.
-struct Echo;
+struct Echo {
+    /// Told of every released connection, for a foreground server's end.
+    tally: Arc<Tally>,
+}
 
 #[async_trait]
 impl Callbacks for Echo {
@@ -282,6 +360,10 @@ impl Callbacks for Echo {
         if connection.write(data.freeze()).is_ok() {
             connection.read();
         }
+    }
+
+    async fn on_socket_released(&self, _user_data: UserData) {
+        self.tally.ended();
     }
 }
 
@@ -312,34 +394,35 @@ async fn raw_echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, buffer: &mu
     }
 }
 
-/// The raw tokio echo server's accept loop. `live` counts connection tasks that hold their buffer.
-async fn raw_accept_loop(listener: TcpListener, live: Arc<AtomicUsize>) {
+/// The raw tokio echo server's accept loop. `tally` counts connection tasks that hold their
+/// buffer.
+async fn raw_accept_loop(listener: TcpListener, tally: Arc<Tally>) {
     loop {
         let mut stream = raw_accept(&listener).await;
-        let live = live.clone();
+        let tally = tally.clone();
         tokio::spawn(async move {
             let mut buffer = vec![0_u8; 8192];
-            live.fetch_add(1, Ordering::Relaxed);
+            tally.opened();
             raw_echo(&mut stream, &mut buffer).await;
-            live.fetch_sub(1, Ordering::Relaxed);
+            tally.closed();
         });
     }
 }
 
 /// The raw tokio-native-tls echo server's accept loop: the handshake on the connection's task,
-/// then the raw echo loop. `live` counts connection tasks, handshaking ones included.
-async fn raw_tls_accept_loop(listener: TcpListener, acceptor: TlsAcceptor, live: Arc<AtomicUsize>) {
+/// then the raw echo loop. `tally` counts connection tasks, handshaking ones included.
+async fn raw_tls_accept_loop(listener: TcpListener, acceptor: TlsAcceptor, tally: Arc<Tally>) {
     loop {
         let stream = raw_accept(&listener).await;
         let acceptor = acceptor.clone();
-        let live = live.clone();
-        live.fetch_add(1, Ordering::Relaxed);
+        let tally = tally.clone();
+        tally.opened();
         tokio::spawn(async move {
             if let Ok(mut stream) = acceptor.accept(stream).await {
                 let mut buffer = vec![0_u8; 8192];
                 raw_echo(&mut stream, &mut buffer).await;
             }
-            live.fetch_sub(1, Ordering::Relaxed);
+            tally.closed();
         });
     }
 }
@@ -431,9 +514,9 @@ impl MioConnection {
 }
 
 /// The mio echo server: one thread, one `epoll` (through [`mio::Poll`]), the connections in a
-/// slab indexed by their tokens, each with a fixed [`MIO_BUFFER`]. Runs on the calling thread for
-/// good; `live` counts its connections.
-fn mio_serve(mut listener: mio::net::TcpListener, live: Arc<AtomicUsize>) -> io::Result<()> {
+/// slab indexed by their tokens, each with a fixed [`MIO_BUFFER`]. Runs on the calling thread
+/// until `tally` says to stop (for good in the bench); `tally` counts its connections.
+fn mio_serve(mut listener: mio::net::TcpListener, tally: &Tally) -> io::Result<()> {
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut listener, MIO_LISTENER, Interest::READABLE)?;
@@ -463,11 +546,14 @@ fn mio_serve(mut listener: mio::net::TcpListener, live: Arc<AtomicUsize>) -> io:
                 // Closing the only descriptor of the socket takes it out of the epoll set, so
                 // no deregister call is needed (the FIN goes out with the close).
                 drop(connections.remove(token.0));
-                live.fetch_sub(1, Ordering::Relaxed);
+                tally.closed();
             }
         }
+        if tally.finished() {
+            return Ok(());
+        }
         if accept {
-            accept_blocked = mio_accept(&listener, poll.registry(), &mut connections, &live);
+            accept_blocked = mio_accept(&listener, poll.registry(), &mut connections, tally);
         }
     }
 }
@@ -479,7 +565,7 @@ fn mio_accept(
     listener: &mio::net::TcpListener,
     registry: &Registry,
     connections: &mut Slab<MioConnection>,
-    live: &AtomicUsize,
+    tally: &Tally,
 ) -> bool {
     loop {
         match listener.accept() {
@@ -493,7 +579,7 @@ fn mio_accept(
                     .is_ok()
                 {
                     entry.insert(MioConnection::new(stream));
-                    live.fetch_add(1, Ordering::Relaxed);
+                    tally.opened();
                 }
             }
             Err(error) => match error.kind() {
@@ -517,8 +603,7 @@ struct Running {
     /// The runtime of the server's thread (none for the mio server, which has no runtime).
     runtime: Option<Handle>,
     switchboard: Option<Server>,
-    /// Connections held by a raw tokio or mio server.
-    live: Arc<AtomicUsize>,
+    tally: Arc<Tally>,
 }
 
 impl Running {
@@ -526,58 +611,53 @@ impl Running {
     fn start(kind: Kind, tls: Option<&native_tls::TlsAcceptor>) -> Running {
         if kind == Kind::Mio {
             assert!(tls.is_none(), "the mio server speaks plain TCP only");
-            let listener = mio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-                .expect("bind the mio server");
+            let listener = mio_listener();
             let address = listener.local_addr().expect("mio listens");
-            let live = Arc::new(AtomicUsize::new(0));
-            let counter = live.clone();
+            let tally = Tally::new(0);
+            let counts = tally.clone();
             std::thread::Builder::new()
                 .name(SERVER_THREAD.into())
-                .spawn(move || mio_serve(listener, counter).expect("the mio server's poll"))
+                .spawn(move || mio_serve(listener, &counts).expect("the mio server's poll"))
                 .expect("spawn the mio server thread");
             return Running {
                 address,
                 runtime: None,
                 switchboard: None,
-                live,
+                tally,
             };
         }
         let runtime = server_thread();
+        let tally = Tally::new(0);
         match kind {
             Kind::Switchboard => {
-                let mut builder = Server::builder().bind("127.0.0.1:0");
-                if let Some(acceptor) = tls {
-                    builder = builder.tls(acceptor.clone());
-                }
                 let server = runtime
-                    .block_on(builder.start(Echo))
+                    .block_on(start_switchboard(tls, tally.clone()))
                     .expect("start the switchboard server");
                 Running {
                     address: server.local_addr().expect("switchboard listens"),
                     runtime: Some(runtime),
                     switchboard: Some(server),
-                    live: Arc::new(AtomicUsize::new(0)),
+                    tally,
                 }
             }
             Kind::Raw => {
                 let listener = runtime
-                    .block_on(TcpListener::bind("127.0.0.1:0"))
+                    .block_on(TcpListener::bind(LOCALHOST))
                     .expect("bind the raw tokio server");
                 let address = listener.local_addr().expect("raw tokio listens");
-                let live = Arc::new(AtomicUsize::new(0));
                 match tls {
                     Some(acceptor) => runtime.spawn(raw_tls_accept_loop(
                         listener,
                         acceptor.clone().into(),
-                        live.clone(),
+                        tally.clone(),
                     )),
-                    None => runtime.spawn(raw_accept_loop(listener, live.clone())),
+                    None => runtime.spawn(raw_accept_loop(listener, tally.clone())),
                 };
                 Running {
                     address,
                     runtime: Some(runtime),
                     switchboard: None,
-                    live,
+                    tally,
                 }
             }
             Kind::Mio => unreachable!("started above"),
@@ -588,7 +668,7 @@ impl Running {
     fn live(&self) -> usize {
         match &self.switchboard {
             Some(server) => server.active_connections(),
-            None => self.live.load(Ordering::Relaxed),
+            None => self.tally.live.load(Ordering::Relaxed),
         }
     }
 
@@ -603,6 +683,26 @@ impl Running {
         }
         true
     }
+}
+
+/// Where every server listens (on a port of its choosing).
+const LOCALHOST: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+/// A switchboard echo server with default settings, TLS if given an acceptor.
+async fn start_switchboard(
+    tls: Option<&native_tls::TlsAcceptor>,
+    tally: Arc<Tally>,
+) -> Result<Server, switchboard::Error> {
+    let mut builder = Server::builder().bind(LOCALHOST);
+    if let Some(acceptor) = tls {
+        builder = builder.tls(acceptor.clone());
+    }
+    builder.start(Echo { tally }).await
+}
+
+/// The mio server's listener (mio's backlog is 1024, as tokio's and switchboard's).
+fn mio_listener() -> mio::net::TcpListener {
+    mio::net::TcpListener::bind(LOCALHOST).expect("bind the mio server")
 }
 
 /// Name of every server thread: [`server_cpu_seconds`] counts the CPU time of these.
@@ -1047,6 +1147,131 @@ fn memory_round(client: &Runtime, kind: Kind, connections: usize) -> Result<(f64
 }
 
 // ---------------------------------------------------------------------------------------------
+// Instruction counts: one server in the foreground, driven by a client process
+// ---------------------------------------------------------------------------------------------
+
+/// `--echo-server KIND --connections C`: one plain server of `kind` on this (main) thread alone,
+/// announced on stdout as `listening on ADDRESS`, until `connections` connections have come and
+/// gone. Then it returns, so the process exits normally and a tool it runs under (cachegrind)
+/// writes its totals; no signal handling is needed, and the end comes at the same point of the
+/// work in every run.
+fn foreground_server(kind: Kind, connections: usize) {
+    let tally = Tally::new(connections);
+    let announce = |address: SocketAddr| {
+        let mut stdout = io::stdout().lock();
+        writeln!(stdout, "listening on {address}").expect("write to stdout");
+        stdout.flush().expect("flush stdout");
+    };
+    if kind == Kind::Mio {
+        let listener = mio_listener();
+        announce(listener.local_addr().expect("mio listens"));
+        mio_serve(listener, &tally).expect("the mio server's poll");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build the server runtime");
+    runtime.block_on(async {
+        match kind {
+            Kind::Switchboard => {
+                let server = start_switchboard(None, tally.clone())
+                    .await
+                    .expect("start the switchboard server");
+                announce(server.local_addr().expect("switchboard listens"));
+                tally.done.notified().await;
+                server.shutdown().await;
+            }
+            Kind::Raw => {
+                let listener = TcpListener::bind(LOCALHOST)
+                    .await
+                    .expect("bind the raw tokio server");
+                announce(listener.local_addr().expect("raw tokio listens"));
+                let accept = tokio::spawn(raw_accept_loop(listener, tally.clone()));
+                tally.done.notified().await;
+                accept.abort();
+            }
+            Kind::Mio => unreachable!("served above"),
+        }
+    });
+}
+
+/// `--echo-client ADDRESS --connections C --messages M [--size BYTES]`: opens C connections,
+/// then echoes M messages in all over them (each a closed loop: write one, read the reply; the
+/// messages spread evenly), then half-closes each and waits for the server's FIN, so the server
+/// is done with every connection when this returns.
+fn foreground_client(
+    address: SocketAddr,
+    connections: usize,
+    messages: u64,
+    size: usize,
+) -> io::Result<()> {
+    let runtime = runtime("client");
+    runtime.block_on(async {
+        let streams = connect_many(connections, || connect(address)).await?;
+        let began = Instant::now();
+        let mut clients = JoinSet::new();
+        let (each, rest) = (messages / connections as u64, messages % connections as u64);
+        for (index, mut stream) in streams.into_iter().enumerate() {
+            let share = each + u64::from((index as u64) < rest);
+            clients.spawn(async move {
+                let message = vec![0xA5_u8; size];
+                let mut reply = vec![0_u8; size];
+                for _ in 0..share {
+                    stream.write_all(&message).await?;
+                    stream.read_exact(&mut reply).await?;
+                }
+                stream.shutdown().await?;
+                let mut after = [0_u8; 16];
+                match stream.read(&mut after).await? {
+                    0 => Ok(()),
+                    _ => Err(data_after_the_echo()),
+                }
+            });
+        }
+        while let Some(joined) = clients.join_next().await {
+            joined.expect("client task")?;
+        }
+        eprintln!(
+            "echoed {messages} messages of {size} B on {connections} connections in {:.2} s",
+            began.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------------
+
+const USAGE: &str = "\
+usage: echo [--quick]                       the benchmark (cargo bench --bench echo -- ...)
+       echo --echo-server switchboard|raw|mio --connections C
+       echo --echo-client ADDRESS --connections C --messages M [--size BYTES]
+       echo --memory-server switchboard|raw|mio     (started by the benchmark itself)";
+
+/// Ends the process with `message` and the usage.
+fn usage_error(message: &str) -> ! {
+    eprintln!("echo: {message}\n{USAGE}");
+    std::process::exit(2)
+}
+
+/// The value after `flag` in `args`, parsed; `None` if the flag is absent. A missing or
+/// malformed value ends the process with the usage.
+fn option<T: std::str::FromStr>(args: &[String], flag: &str) -> Option<T> {
+    let position = args.iter().position(|arg| arg == flag)?;
+    match args.get(position + 1).map(|value| value.parse()) {
+        Some(Ok(value)) => Some(value),
+        _ => usage_error(&format!("{flag} needs a valid value")),
+    }
+}
+
+/// The value of `flag`, which `mode` needs.
+fn required<T: std::str::FromStr>(args: &[String], flag: &str, mode: &str) -> T {
+    option(args, flag).unwrap_or_else(|| usage_error(&format!("{mode} needs {flag}")))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reporting
 // ---------------------------------------------------------------------------------------------
 
@@ -1318,12 +1543,33 @@ fn churn(
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(position) = args.iter().position(|arg| arg == "--memory-server") {
-        let kind = args
-            .get(position + 1)
-            .and_then(|name| Kind::parse(name))
-            .expect("--memory-server switchboard|raw|mio");
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        println!("{USAGE}");
+        return;
+    }
+    if let Some(kind) = option(&args, "--memory-server") {
         memory_server(kind);
+        return;
+    }
+    if let Some(kind) = option(&args, "--echo-server") {
+        let connections: usize = required(&args, "--connections", "--echo-server");
+        if connections == 0 {
+            usage_error("--connections must be at least 1");
+        }
+        foreground_server(kind, connections);
+        return;
+    }
+    if let Some(address) = option(&args, "--echo-client") {
+        let connections: usize = required(&args, "--connections", "--echo-client");
+        if connections == 0 {
+            usage_error("--connections must be at least 1");
+        }
+        let messages = required(&args, "--messages", "--echo-client");
+        let size = option(&args, "--size").unwrap_or(64);
+        if let Err(error) = foreground_client(address, connections, messages, size) {
+            eprintln!("echo client: {error}");
+            std::process::exit(1);
+        }
         return;
     }
     let settings = Settings::new(args.iter().any(|arg| arg == "--quick"));
