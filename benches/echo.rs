@@ -138,7 +138,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
-use switchboard::socket2::SockRef;
+use switchboard::socket2::{Domain, SockRef, Socket, Type};
 use switchboard::{async_trait, native_tls, BytesMut, Callbacks, Connection, Server, UserData};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -252,9 +252,13 @@ const SERVER_PEM: &[u8] = include_bytes!("../tests/certs/server.pem");
 const SERVER_KEY: &[u8] = include_bytes!("../tests/certs/server.key");
 /// The name the clients verify the server's certificate against (and send as SNI).
 const TLS_DOMAIN: &str = "localhost";
-/// Connects in flight at once while opening many connections: well under both backlogs (1024),
-/// so no SYN is dropped and retransmitted a second later.
+/// Connects in flight at once while opening many connections: well under every server's
+/// backlog ([`LISTEN_BACKLOG`]), so no SYN is dropped and retransmitted a second later.
 const CONNECT_CONCURRENCY: usize = 128;
+/// Every server's listen backlog: switchboard's default. The raw tokio and mio servers set it
+/// themselves, as `TcpListener::bind` of tokio and of mio (since 1.0) asks for the standard
+/// library's 128, which a burst of connects overflows (SYNs dropped, retried a second later).
+const LISTEN_BACKLOG: i32 = 1024;
 
 // ---------------------------------------------------------------------------------------------
 // The two servers
@@ -641,9 +645,10 @@ impl Running {
                 }
             }
             Kind::Raw => {
-                let listener = runtime
-                    .block_on(TcpListener::bind(LOCALHOST))
-                    .expect("bind the raw tokio server");
+                let listener = {
+                    let _context = runtime.enter();
+                    TcpListener::from_std(std_listener()).expect("the raw tokio listener")
+                };
                 let address = listener.local_addr().expect("raw tokio listens");
                 match tls {
                     Some(acceptor) => runtime.spawn(raw_tls_accept_loop(
@@ -700,9 +705,26 @@ async fn start_switchboard(
     builder.start(Echo { tally }).await
 }
 
-/// The mio server's listener (mio's backlog is 1024, as tokio's and switchboard's).
+/// A non-blocking listener on [`LOCALHOST`] with switchboard's backlog ([`LISTEN_BACKLOG`]),
+/// for the raw tokio and mio servers.
+fn std_listener() -> std::net::TcpListener {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a listening socket");
+    socket
+        .set_reuse_address(true)
+        .expect("SO_REUSEADDR on the listener");
+    socket
+        .bind(&LOCALHOST.into())
+        .expect("bind a raw tokio or mio server");
+    socket.listen(LISTEN_BACKLOG).expect("listen");
+    socket
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    socket.into()
+}
+
+/// The mio server's listener.
 fn mio_listener() -> mio::net::TcpListener {
-    mio::net::TcpListener::bind(LOCALHOST).expect("bind the mio server")
+    mio::net::TcpListener::from_std(std_listener())
 }
 
 /// Name of every server thread: [`server_cpu_seconds`] counts the CPU time of these.
@@ -1183,9 +1205,8 @@ fn foreground_server(kind: Kind, connections: usize) {
                 server.shutdown().await;
             }
             Kind::Raw => {
-                let listener = TcpListener::bind(LOCALHOST)
-                    .await
-                    .expect("bind the raw tokio server");
+                let listener =
+                    TcpListener::from_std(std_listener()).expect("the raw tokio listener");
                 announce(listener.local_addr().expect("raw tokio listens"));
                 let accept = tokio::spawn(raw_accept_loop(listener, tally.clone()));
                 tally.done.notified().await;
