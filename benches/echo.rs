@@ -1,12 +1,14 @@
 //! Echo benchmark: switchboard beside a minimal raw tokio echo server and a bare mio (epoll) loop,
 //! in the same run.
 //!
-//! Run the full benchmark (about 3 minutes) or the short one (about 30 s, numbers only
-//! indicative; CI only needs the bench to build):
+//! Run the full benchmark (about 5 minutes) or the short one (about 50 s, numbers only
+//! indicative; CI only needs the bench to build), or only some scenarios:
 //!
 //! ```text
 //! cargo bench --bench echo
 //! cargo bench --bench echo -- --quick
+//! cargo bench --bench echo -- --only echo,churn,tls,idle,max-connections
+//! cargo bench --bench echo -- --only max-connections --max-connections 100000
 //! ```
 //!
 //! # What is measured
@@ -64,9 +66,27 @@
 //!    code does, and mio with its fixed buffer allocated at accept. The client side lives in
 //!    this (parent) process, so the numbers are the server's own cost; this also keeps both
 //!    processes within the `ulimit -n` (a single process would need two descriptors per
-//!    connection). Heap bytes are exact; the resident set counts only
-//!    pages touched, so an allocated but never written buffer may show up there only in part. If
-//!    the soft `ulimit -n` is below the count plus 64, the count is scaled down (and said so).
+//!    connection). Heap bytes are exact; the resident set counts only pages touched, so an
+//!    allocated but never written buffer may show up there only in part.
+//! 5. **Max connections** — as many idle plain connections as the descriptor limits allow, once
+//!    per server kind, measured as in 4. (the same child process and code): connections held,
+//!    resident set and heap bytes per connection held, and the time from the first connect to
+//!    the server holding the last one. The count is `--max-connections N` (2,000 with `--quick`),
+//!    or by default as many as the limits allow; the soft `ulimit -n` is raised toward the hard
+//!    one if that helps (the child inherits it), and a count beyond the limits is scaled down to
+//!    them, with a message (4. is scaled the same way). Each process needs one descriptor per
+//!    connection plus 64, so with the hard limit of 20,000 of the machine this was written for,
+//!    that is 19,936 connections.
+//!
+//! In 4. and 5. the client binds each socket to its own source address before connecting,
+//! cycling through 127.0.0.1 to 127.0.255.254 (Linux routes all of 127.0.0.0/8 to loopback),
+//! so the count is not bounded by one source address's ~28,000 ephemeral ports: with a higher
+//! hard limit (and `fs.nr_open`) the same scenario holds 100,000 connections and more. The
+//! client connects from one thread, at most 128 connects in flight and at most 512 ahead of
+//! what the server has accepted (the child reports its count as it grows), so a server that
+//! falls behind for a moment never overflows its backlog: the time to accept them all is the
+//! server's, not the SYN retransmission timeout's. Every server listens with switchboard's
+//! backlog, 1024 (tokio's and mio's own `bind` ask for 128).
 //!
 //! For 1., 2. and 3. the bench also reports the CPU time the server threads used per message or
 //! connection (user + system, from `/proc/self/task/*/stat`, 10 ms ticks). On a shared machine
@@ -141,7 +161,7 @@ use slab::Slab;
 use switchboard::socket2::{Domain, SockRef, Socket, Type};
 use switchboard::{async_trait, native_tls, BytesMut, Callbacks, Connection, Server, UserData};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -214,10 +234,31 @@ struct Settings {
     measure: Duration,
     idle_connections: usize,
     memory_rounds: usize,
+    /// Connections asked for in the max-connections scenario, before the limits scale it down;
+    /// `None` for as many as the limits allow.
+    max_connections: Option<usize>,
+    /// The scenarios to run ([`SCENARIOS`]); all of them if empty.
+    only: Vec<String>,
 }
 
+/// The scenario groups `--only` can pick.
+const SCENARIOS: [&str; 5] = ["echo", "churn", "tls", "idle", "max-connections"];
+
+/// Connections the max-connections scenario holds with `--quick` when no count is given.
+const QUICK_MAX_CONNECTIONS: usize = 2_000;
+
 impl Settings {
-    fn new(quick: bool) -> Self {
+    /// The settings from the command line (`--quick`, `--only`, `--max-connections`).
+    fn from_args(args: &[String]) -> Self {
+        let quick = args.iter().any(|arg| arg == "--quick");
+        let only: Vec<String> = option::<String>(args, "--only")
+            .map(|list| list.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        if let Some(unknown) = only.iter().find(|name| !SCENARIOS.contains(&name.as_str())) {
+            usage_error(&format!("unknown scenario {unknown}"));
+        }
+        let max_connections =
+            option(args, "--max-connections").or(quick.then_some(QUICK_MAX_CONNECTIONS));
         if quick {
             Settings {
                 quick,
@@ -226,6 +267,8 @@ impl Settings {
                 measure: Duration::from_millis(800),
                 idle_connections: 2_000,
                 memory_rounds: 1,
+                max_connections,
+                only,
             }
         } else {
             Settings {
@@ -235,8 +278,15 @@ impl Settings {
                 measure: Duration::from_secs(2),
                 idle_connections: 10_000,
                 memory_rounds: 3,
+                max_connections,
+                only,
             }
         }
+    }
+
+    /// Whether scenario group `name` runs.
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|only| only == name)
     }
 }
 
@@ -255,6 +305,9 @@ const TLS_DOMAIN: &str = "localhost";
 /// Connects in flight at once while opening many connections: well under every server's
 /// backlog ([`LISTEN_BACKLOG`]), so no SYN is dropped and retransmitted a second later.
 const CONNECT_CONCURRENCY: usize = 128;
+/// Connects the idle scenarios' client may be ahead of the server's accepts: with
+/// [`CONNECT_CONCURRENCY`] more in flight, still well under [`LISTEN_BACKLOG`].
+const ACCEPT_WINDOW: usize = 512;
 /// Every server's listen backlog: switchboard's default. The raw tokio and mio servers set it
 /// themselves, as `TcpListener::bind` of tokio and of mio (since 1.0) asks for the standard
 /// library's 128, which a burst of connects overflows (SYNs dropped, retried a second later).
@@ -810,23 +863,77 @@ fn is_eof_without_close_notify(error: &io::Error) -> bool {
             .contains("unexpected eof")
 }
 
-/// Opens `count` connections with `open`, at most [`CONNECT_CONCURRENCY`] at a time.
+/// The client source address of connection `index` in the idle scenarios: `127.0.y.z`, cycling
+/// through 127.0.0.1 to 127.0.255.254. Linux routes all of 127.0.0.0/8 to the loopback
+/// interface, and each source address has its own ephemeral ports (about 28,000 in the default
+/// `ip_local_port_range`), so the connection count is not bounded by one address's ports.
+fn source_address(index: usize) -> SocketAddr {
+    const HOSTS: usize = 254;
+    let host = index % (256 * HOSTS);
+    let (y, z) = ((host / HOSTS) as u8, (host % HOSTS + 1) as u8);
+    SocketAddr::from(([127, 0, y, z], 0))
+}
+
+/// Connects to `address` from [`source_address`]`(index)`.
+async fn connect_from(address: SocketAddr, index: usize) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(source_address(index))?;
+    let stream = socket.connect(address).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens `count` connections with `open(index)`, at most [`CONNECT_CONCURRENCY`] at a time.
 async fn connect_many<S, F, O>(count: usize, open: F) -> io::Result<Vec<S>>
 where
     S: Send + 'static,
-    F: Fn() -> O,
+    F: Fn(usize) -> O,
+    O: Future<Output = io::Result<S>> + Send + 'static,
+{
+    connect_paced(count, open, None).await
+}
+
+/// [`connect_many`], and if given `accepted` (the connections the server has taken so far),
+/// never more than [`ACCEPT_WINDOW`] connects ahead of the server. A connect completes in the
+/// kernel whether or not the server has called `accept`, so without this a server that falls
+/// behind for a moment (on a busy machine) has its backlog overflow, and SYNs dropped then come
+/// back only after a second. Stops early, with the connections made so far, once the server has
+/// taken none for [`ACCEPT_STALL`] while the window is full (say at its descriptor limit).
+async fn connect_paced<S, F, O>(
+    count: usize,
+    open: F,
+    accepted: Option<&AtomicUsize>,
+) -> io::Result<Vec<S>>
+where
+    S: Send + 'static,
+    F: Fn(usize) -> O,
     O: Future<Output = io::Result<S>> + Send + 'static,
 {
     let mut streams = Vec::with_capacity(count);
     let mut pending = JoinSet::new();
     let mut started = 0;
+    let mut window_full_since = None;
     while streams.len() < count {
-        while started < count && pending.len() < CONNECT_CONCURRENCY {
-            pending.spawn(open());
+        let allowed = accepted.map_or(count, |accepted| {
+            (accepted.load(Ordering::Relaxed) + ACCEPT_WINDOW).min(count)
+        });
+        while started < allowed && pending.len() < CONNECT_CONCURRENCY {
+            pending.spawn(open(started));
             started += 1;
         }
-        let joined = pending.join_next().await.expect("a connect is pending");
-        streams.push(joined.expect("connect task")?);
+        match pending.join_next().await {
+            Some(joined) => {
+                streams.push(joined.expect("connect task")?);
+                window_full_since = None;
+            }
+            None => {
+                let since = *window_full_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > ACCEPT_STALL {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
     }
     Ok(streams)
 }
@@ -913,11 +1020,11 @@ async fn echo_load(
 ) -> io::Result<Rate> {
     match client {
         Client::Plain => {
-            let streams = connect_many(connections, || connect(address)).await?;
+            let streams = connect_many(connections, |_| connect(address)).await?;
             echo_streams(streams, size, settings).await
         }
         Client::Tls(connector) => {
-            let streams = connect_many(connections, || {
+            let streams = connect_many(connections, |_| {
                 let connector = connector.clone();
                 async move { connect_tls(address, &connector).await }
             })
@@ -1066,23 +1173,119 @@ fn rss_bytes() -> u64 {
         .expect("VmRSS in /proc/self/status")
 }
 
-/// The soft limit on open descriptors, from `/proc/self/limits`.
-fn open_files_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// Descriptors each process keeps beside its connections: runtimes, listeners, pipes, and in
+/// the parent the in-process servers.
+const DESCRIPTOR_RESERVE: usize = 64;
+
+/// This process's (soft, hard) limits on open descriptors (`ulimit -Sn`, `ulimit -Hn`).
+#[cfg(unix)]
+fn descriptor_limits() -> Option<(usize, usize)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    let size = |value: libc::rlim_t| usize::try_from(value).unwrap_or(usize::MAX);
+    Some((size(limit.rlim_cur), size(limit.rlim_max)))
 }
+
+#[cfg(not(unix))]
+fn descriptor_limits() -> Option<(usize, usize)> {
+    None
+}
+
+/// Raises this process's soft descriptor limit to `soft` (at most the hard limit); the memory
+/// children inherit it.
+#[cfg(unix)]
+fn raise_descriptor_limit(soft: usize) -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as in `descriptor_limits`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    limit.rlim_cur = libc::rlim_t::try_from(soft)
+        .unwrap_or(libc::rlim_t::MAX)
+        .min(limit.rlim_max);
+    // SAFETY: setrlimit only reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn raise_descriptor_limit(_soft: usize) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// The most descriptors a process may have on Linux whatever its hard limit (`fs.nr_open`).
+fn system_descriptor_ceiling() -> usize {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// How many idle connections `scenario` can hold when it wants `wanted` (`None`: as many as
+/// possible). The server child and this process each hold one descriptor per connection plus
+/// [`DESCRIPTOR_RESERVE`]; the soft limit is raised toward the hard one if that helps (the child
+/// inherits it), and the count is scaled down to what the limits allow, with a message.
+fn connections_within_limits(scenario: &str, wanted: Option<usize>) -> usize {
+    let Some((soft, hard)) = descriptor_limits() else {
+        return wanted.unwrap_or(QUICK_MAX_CONNECTIONS);
+    };
+    let needed = wanted.map_or(usize::MAX, |n| n.saturating_add(DESCRIPTOR_RESERVE));
+    let mut soft = soft;
+    if soft < needed && soft < hard {
+        let raised = needed.min(hard).min(system_descriptor_ceiling());
+        match raise_descriptor_limit(raised) {
+            Ok(()) => {
+                eprintln!("  {scenario}: raised the soft open files limit from {soft} to {raised}");
+                soft = raised;
+            }
+            Err(error) => eprintln!("  {scenario}: could not raise the open files limit: {error}"),
+        }
+    }
+    let room = soft.saturating_sub(DESCRIPTOR_RESERVE);
+    match wanted {
+        Some(wanted) if wanted <= room => wanted,
+        Some(wanted) => {
+            eprintln!(
+                "  {scenario}: open files limit {soft} (hard {hard}): scaling {} connections \
+                 down to {} (the server and the client process each need one descriptor per \
+                 connection; more needs a higher hard limit)",
+                thousands(wanted as f64),
+                thousands(room as f64)
+            );
+            room
+        }
+        None => {
+            eprintln!(
+                "  {scenario}: open files limit {soft} (hard {hard}): as many connections as it allows, {}",
+                thousands(room as f64)
+            );
+            room
+        }
+    }
+}
+
+/// How long the memory child waits, once the count it holds stops growing, before it reports
+/// fewer connections than asked for.
+const ACCEPT_STALL: Duration = Duration::from_secs(5);
 
 /// The memory child: runs one server, reports its growth over `MEASURE n` connections.
 ///
-/// Protocol on stdin/stdout: prints `READY port`; reads `MEASURE n`; waits until the server holds
-/// `n` connections; prints `RESULT rss_delta heap_delta`; exits when stdin closes.
+/// Protocol on stdin/stdout: prints `READY port`; reads `MEASURE n` (sent before the parent starts
+/// connecting); waits until the server holds `n` connections, or until the count has not grown
+/// for [`ACCEPT_STALL`], printing `HELD count` as it grows (the parent paces its connects by it);
+/// prints `RESULT held rss_delta heap_delta accept_micros`, where `accept_micros` runs from
+/// `MEASURE` to the last connection taken; exits when stdin closes.
 fn memory_server(kind: Kind) {
     COUNTING.store(true, Ordering::Relaxed);
     let server = Running::start(kind, None);
@@ -1100,15 +1303,23 @@ fn memory_server(kind: Kind) {
         .strip_prefix("MEASURE ")
         .and_then(|n| n.trim().parse().ok())
         .expect("MEASURE n from the parent");
-    if !server.wait_for_live(count, Duration::from_secs(60)) {
-        writeln!(stdout, "FAILED {} of {count} connections", server.live()).ok();
-        std::process::exit(1);
+    let began = Instant::now();
+    let (mut held, mut last_change) = (server.live(), began);
+    while held != count && last_change.elapsed() < ACCEPT_STALL {
+        std::thread::sleep(Duration::from_millis(1));
+        let now = server.live();
+        if now != held {
+            (held, last_change) = (now, Instant::now());
+            writeln!(stdout, "HELD {held}").expect("write to the parent");
+            stdout.flush().expect("flush to the parent");
+        }
     }
-    // Let the last callbacks run and the workers go idle.
+    let accept_micros = (last_change - began).as_micros();
+    // Let the last callbacks run and the server thread go idle.
     std::thread::sleep(Duration::from_millis(200));
     let rss = rss_bytes() as i64 - base_rss as i64;
     let heap = LIVE_HEAP.load(Ordering::Relaxed) - base_heap;
-    writeln!(stdout, "RESULT {rss} {heap}").expect("write to the parent");
+    writeln!(stdout, "RESULT {held} {rss} {heap} {accept_micros}").expect("write to the parent");
     stdout.flush().expect("flush to the parent");
     line.clear();
     while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
@@ -1118,8 +1329,30 @@ fn memory_server(kind: Kind) {
     std::process::exit(0);
 }
 
-/// Bytes per idle connection of one fresh server process: (resident set, live heap).
-fn memory_round(client: &Runtime, kind: Kind, connections: usize) -> Result<(f64, f64), String> {
+/// What one fresh server process showed for its idle connections.
+struct Idle {
+    /// Connections the server held.
+    held: usize,
+    /// Growth of the resident set per connection held, in bytes.
+    rss: f64,
+    /// Growth of the live heap per connection held, in bytes.
+    heap: f64,
+    /// From the first connect to the server holding the last connection it took.
+    accept: Duration,
+}
+
+/// `connections` idle connections to one fresh server process of `kind`, from
+/// [`source_address`]es: what the server held and what that cost it.
+///
+/// The connects run on a current-thread runtime, one core's worth, and are paced by the
+/// server's accepts ([`connect_paced`]): on loopback a connect does the whole handshake in the
+/// client's system call, so a client on both cores of a 2-core machine outruns a server's accept
+/// loop, and the time to accept them all would be SYN retransmission timeouts.
+fn memory_round(kind: Kind, connections: usize) -> Result<Idle, String> {
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("client runtime: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut child = Command::new(exe)
         .args(["--memory-server", kind.name()])
@@ -1138,28 +1371,58 @@ fn memory_round(client: &Runtime, kind: Kind, connections: usize) -> Result<(f64
             .and_then(|port| port.trim().parse().ok())
             .ok_or_else(|| format!("unexpected from the memory server: {line:?}"))?;
         let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let streams = client
-            .block_on(connect_many(connections, || connect(address)))
-            .map_err(|e| format!("opening {connections} connections: {e}"))?;
+        // From here on the child's lines are read by a thread: `HELD` ones update `held`, which
+        // paces the connects, and the first other one is the result.
+        let held = Arc::new(AtomicUsize::new(0));
+        let (result_sender, result) = std::sync::mpsc::channel();
+        let progress = held.clone();
+        std::thread::spawn(move || {
+            for line in from_child.lines().map_while(Result::ok) {
+                match line.strip_prefix("HELD ").and_then(|n| n.parse().ok()) {
+                    Some(count) => progress.store(count, Ordering::Relaxed),
+                    None => {
+                        let _ = result_sender.send(line);
+                        break;
+                    }
+                }
+            }
+        });
+        // The child's clock for accepting starts here.
         writeln!(to_child, "MEASURE {connections}").map_err(|e| e.to_string())?;
         to_child.flush().map_err(|e| e.to_string())?;
-        line.clear();
-        from_child.read_line(&mut line).map_err(|e| e.to_string())?;
-        let mut fields = line.split_whitespace();
-        let parsed = match (fields.next(), fields.next(), fields.next()) {
-            (Some("RESULT"), Some(rss), Some(heap)) => {
-                rss.parse::<f64>().ok().zip(heap.parse::<f64>().ok())
-            }
-            _ => None,
+        let streams = client
+            .block_on(connect_paced(
+                connections,
+                |index| connect_from(address, index),
+                Some(&held),
+            ))
+            .map_err(|e| format!("opening {connections} connections: {e}"))?;
+        let line = result
+            .recv()
+            .map_err(|_| "the memory server ended without a result".to_string())?;
+        let fields: Vec<f64> = line
+            .strip_prefix("RESULT ")
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|f| f.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let &[held, rss, heap, accept_micros] = fields.as_slice() else {
+            return Err(format!("unexpected from the memory server: {line:?}"));
         };
-        let (rss, heap) =
-            parsed.ok_or_else(|| format!("unexpected from the memory server: {line:?}"))?;
         {
             let _context = client.enter();
             drop(streams);
         }
         drop(to_child);
-        Ok((rss / connections as f64, heap / connections as f64))
+        let per_connection = held.max(1.0);
+        Ok(Idle {
+            held: held as usize,
+            rss: rss / per_connection,
+            heap: heap / per_connection,
+            accept: Duration::from_micros(accept_micros as u64),
+        })
     })();
     if result.is_err() {
         let _ = child.kill();
@@ -1229,7 +1492,7 @@ fn foreground_client(
 ) -> io::Result<()> {
     let runtime = runtime("client");
     runtime.block_on(async {
-        let streams = connect_many(connections, || connect(address)).await?;
+        let streams = connect_many(connections, |_| connect(address)).await?;
         let began = Instant::now();
         let mut clients = JoinSet::new();
         let (each, rest) = (messages / connections as u64, messages % connections as u64);
@@ -1266,7 +1529,9 @@ fn foreground_client(
 // ---------------------------------------------------------------------------------------------
 
 const USAGE: &str = "\
-usage: echo [--quick]                       the benchmark (cargo bench --bench echo -- ...)
+usage: echo [--quick] [--only SCENARIO,...] [--max-connections N]
+                the benchmark (cargo bench --bench echo -- ...); scenarios: echo, churn, tls,
+                idle, max-connections (all by default)
        echo --echo-server switchboard|raw|mio --connections C
        echo --echo-client ADDRESS --connections C --messages M [--size BYTES]
        echo --memory-server switchboard|raw|mio     (started by the benchmark itself)";
@@ -1562,6 +1827,82 @@ fn churn(
     (row, cpu_row)
 }
 
+/// Scenario 4: idle memory per connection, [`Settings::idle_connections`] to a fresh server
+/// process per round and kind: rows of resident set and heap bytes per connection.
+fn idle_memory(settings: &Settings) -> [Row; 2] {
+    let connections = connections_within_limits("idle", Some(settings.idle_connections));
+    let mut rss_row = Row::new(format!("idle RSS x{connections}"), "bytes/conn");
+    let mut heap_row = Row::new(format!("idle heap x{connections}"), "bytes/conn");
+    for round in 0..settings.memory_rounds {
+        for kind in order(round, &PLAIN_KINDS) {
+            match memory_round(kind, connections) {
+                Ok(idle) if idle.held == connections => {
+                    eprintln!(
+                        "  idle x{connections:<10} round {round} {:<11} {:>8} B/conn RSS, {:>8} B/conn heap",
+                        kind.name(),
+                        thousands(idle.rss),
+                        thousands(idle.heap)
+                    );
+                    rss_row.push(kind, idle.rss);
+                    heap_row.push(kind, idle.heap);
+                }
+                outcome => {
+                    let error = match outcome {
+                        Ok(idle) => format!("held {} of {connections}", idle.held),
+                        Err(error) => error,
+                    };
+                    eprintln!("  idle round {round} {} FAILED: {error}", kind.name());
+                    rss_row.note = format!("  ({} failed: {error})", kind.name());
+                }
+            }
+        }
+    }
+    [rss_row, heap_row]
+}
+
+/// Scenario 5: as many idle connections as the limits allow (or `--max-connections`), once per
+/// kind, each to a fresh server process: rows of connections held, resident set and heap bytes
+/// per connection held, and the time to accept them all.
+fn max_connections(settings: &Settings) -> [Row; 4] {
+    let connections = connections_within_limits("max-connections", settings.max_connections);
+    let label = thousands(connections as f64);
+    let mut held_row = Row::new(format!("max held x{label}"), "connections");
+    let mut rss_row = Row::new(format!("max RSS x{label}"), "bytes/conn");
+    let mut heap_row = Row::new(format!("max heap x{label}"), "bytes/conn");
+    let mut accept_row =
+        Row::new(format!("max accept x{label}"), "s to accept all").with_decimals(2);
+    for kind in PLAIN_KINDS {
+        match memory_round(kind, connections) {
+            Ok(idle) => {
+                eprintln!(
+                    "  max x{label:<11} {:<11} held {:>7}, {:>6} B/conn RSS, {:>6} B/conn heap, all accepted in {:.2} s",
+                    kind.name(),
+                    thousands(idle.held as f64),
+                    thousands(idle.rss),
+                    thousands(idle.heap),
+                    idle.accept.as_secs_f64()
+                );
+                if idle.held < connections {
+                    held_row.note = format!(
+                        "  ({} held {} of {label})",
+                        kind.name(),
+                        thousands(idle.held as f64)
+                    );
+                }
+                held_row.push(kind, idle.held as f64);
+                rss_row.push(kind, idle.rss);
+                heap_row.push(kind, idle.heap);
+                accept_row.push(kind, idle.accept.as_secs_f64());
+            }
+            Err(error) => {
+                eprintln!("  max x{label} {} FAILED: {error}", kind.name());
+                held_row.note = format!("  ({} failed: {error})", kind.name());
+            }
+        }
+    }
+    [held_row, rss_row, heap_row, accept_row]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|arg| arg == "--help" || arg == "-h") {
@@ -1593,120 +1934,99 @@ fn main() {
         }
         return;
     }
-    let settings = Settings::new(args.iter().any(|arg| arg == "--quick"));
+    let settings = Settings::from_args(&args);
     let began = Instant::now();
 
-    let fd_limit = open_files_limit();
+    let limits = descriptor_limits();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     eprintln!(
         "echo bench{}: {} cores, open files limit {}, {} rounds of {:?} (+{:?} warm-up)",
         if settings.quick { " (--quick)" } else { "" },
         cores,
-        fd_limit.map_or("unknown".to_string(), |n| n.to_string()),
+        limits.map_or("unknown".to_string(), |(soft, hard)| format!(
+            "{soft} (hard {hard})"
+        )),
         settings.rounds,
         settings.measure,
         settings.warmup,
     );
 
     let client_runtime = runtime("client");
-    let acceptor = switchboard::tls::acceptor_from_pem(SERVER_PEM, SERVER_KEY)
-        .expect("build the TLS acceptor from tests/certs");
-    let plain = Servers::start(&PLAIN_KINDS, None, Client::Plain);
-    let tls = Servers::start(&TLS_KINDS, Some(&acceptor), Client::Tls(tls_connector()));
+    let plain = (settings.runs("echo") || settings.runs("churn"))
+        .then(|| Servers::start(&PLAIN_KINDS, None, Client::Plain));
+    let tls = settings.runs("tls").then(|| {
+        let acceptor = switchboard::tls::acceptor_from_pem(SERVER_PEM, SERVER_KEY)
+            .expect("build the TLS acceptor from tests/certs");
+        Servers::start(&TLS_KINDS, Some(&acceptor), Client::Tls(tls_connector()))
+    });
 
     let mut rows = Vec::new();
     let mut cpu_rows = Vec::new();
 
-    // 1. Throughput.
-    let scenarios = [
-        ("echo 64B x50", 64, 50),
-        ("echo 4KiB x50", 4096, 50),
-        ("echo 64B x1000", 64, 1000),
-    ];
-    for (name, size, connections) in scenarios {
-        let (row, cpu_row) =
-            throughput(&client_runtime, &plain, name, size, connections, &settings);
+    if let Some(plain) = &plain {
+        // 1. Throughput.
+        if settings.runs("echo") {
+            let scenarios = [
+                ("echo 64B x50", 64, 50),
+                ("echo 4KiB x50", 4096, 50),
+                ("echo 64B x1000", 64, 1000),
+            ];
+            for (name, size, connections) in scenarios {
+                let (row, cpu_row) =
+                    throughput(&client_runtime, plain, name, size, connections, &settings);
+                rows.push(row);
+                cpu_rows.push(cpu_row);
+            }
+        }
+
+        // 2. Connection churn.
+        if settings.runs("churn") {
+            let name = format!("churn x{CHURNERS}");
+            let (row, cpu_row) = churn(&client_runtime, plain, &name, &settings);
+            rows.push(row);
+            cpu_rows.push(cpu_row);
+        }
+    }
+
+    // 3. TLS: echo, then churn.
+    if let Some(tls) = &tls {
+        let name = format!(
+            "tls echo {}KiB x{TLS_ECHO_CONNECTIONS}",
+            TLS_ECHO_SIZE / 1024
+        );
+        let (row, cpu_row) = throughput(
+            &client_runtime,
+            tls,
+            &name,
+            TLS_ECHO_SIZE,
+            TLS_ECHO_CONNECTIONS,
+            &settings,
+        );
+        rows.push(row);
+        cpu_rows.push(cpu_row);
+        let name = format!("tls churn x{CHURNERS}");
+        let (row, cpu_row) = churn(&client_runtime, tls, &name, &settings);
         rows.push(row);
         cpu_rows.push(cpu_row);
     }
 
-    // 2. Connection churn.
-    let (row, cpu_row) = churn(
-        &client_runtime,
-        &plain,
-        &format!("churn x{CHURNERS}"),
-        &settings,
-    );
-    rows.push(row);
-    cpu_rows.push(cpu_row);
-
-    // 3. TLS: echo, then churn.
-    let name = format!(
-        "tls echo {}KiB x{TLS_ECHO_CONNECTIONS}",
-        TLS_ECHO_SIZE / 1024
-    );
-    let (row, cpu_row) = throughput(
-        &client_runtime,
-        &tls,
-        &name,
-        TLS_ECHO_SIZE,
-        TLS_ECHO_CONNECTIONS,
-        &settings,
-    );
-    rows.push(row);
-    cpu_rows.push(cpu_row);
-    let (row, cpu_row) = churn(
-        &client_runtime,
-        &tls,
-        &format!("tls churn x{CHURNERS}"),
-        &settings,
-    );
-    rows.push(row);
-    cpu_rows.push(cpu_row);
-
     // 4. Idle memory, in child processes.
-    let mut connections = settings.idle_connections;
-    if let Some(limit) = fd_limit {
-        // Each process holds one descriptor per connection plus a few of its own.
-        let room = limit.saturating_sub(64);
-        if room < connections {
-            eprintln!("  open files limit {limit}: scaling idle connections down to {room}");
-            connections = room;
-        }
+    if settings.runs("idle") {
+        rows.extend(idle_memory(&settings));
     }
-    let mut rss_row = Row::new(format!("idle RSS x{connections}"), "bytes/conn");
-    let mut heap_row = Row::new(format!("idle heap x{connections}"), "bytes/conn");
-    for round in 0..settings.memory_rounds {
-        for kind in order(round, &PLAIN_KINDS) {
-            match memory_round(&client_runtime, kind, connections) {
-                Ok((rss, heap)) => {
-                    eprintln!(
-                        "  idle x{connections:<10} round {round} {:<11} {:>8} B/conn RSS, {:>8} B/conn heap",
-                        kind.name(),
-                        thousands(rss),
-                        thousands(heap)
-                    );
-                    rss_row.push(kind, rss);
-                    heap_row.push(kind, heap);
-                }
-                Err(error) => {
-                    eprintln!("  idle round {round} {} FAILED: {error}", kind.name());
-                    rss_row.note = format!("  ({} failed: {error})", kind.name());
-                }
-            }
-        }
-    }
-    rows.push(rss_row);
-    rows.push(heap_row);
 
-    print_table(
-        "Throughput, churn and idle memory (median of each side):",
-        &rows,
-    );
-    print_table(
-        "Server CPU per operation (server runtime threads, /proc; less sensitive to a noisy neighbour):",
-        &cpu_rows,
-    );
+    // 5. As many idle connections as the limits allow, in child processes.
+    if settings.runs("max-connections") {
+        rows.extend(max_connections(&settings));
+    }
+
+    print_table("Throughput, churn and memory (median of each side):", &rows);
+    if !cpu_rows.is_empty() {
+        print_table(
+            "Server CPU per operation (server threads, /proc; less sensitive to a noisy neighbour):",
+            &cpu_rows,
+        );
+    }
     println!();
     println!(
         "sb/raw = median(switchboard) / median(raw tokio), sb/mio = median(switchboard) / median(mio)."
@@ -1737,7 +2057,7 @@ fn main() {
     }
     eprintln!("\nfinished in {:.1} s", began.elapsed().as_secs_f64());
 
-    for servers in [&plain, &tls] {
+    for servers in plain.iter().chain(&tls) {
         let running = servers.get(Kind::Switchboard);
         if let (Some(switchboard), Some(runtime)) = (&running.switchboard, &running.runtime) {
             runtime.block_on(switchboard.shutdown());
