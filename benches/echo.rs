@@ -1,20 +1,29 @@
-//! Echo benchmark: switchboard beside a minimal raw tokio echo server, in the same run.
+//! Echo benchmark: switchboard beside a minimal raw tokio echo server and a bare mio (epoll) loop,
+//! in the same run.
 //!
-//! Run the full benchmark (about 3 minutes) or the short one (about 30 s, numbers only
-//! indicative; CI only needs the bench to build):
+//! Run the full benchmark (about 5 minutes) or the short one (about 50 s, numbers only
+//! indicative; CI only needs the bench to build), or only some scenarios:
 //!
 //! ```text
 //! cargo bench --bench echo
 //! cargo bench --bench echo -- --quick
+//! cargo bench --bench echo -- --only echo,churn,tls,idle,max-connections
+//! cargo bench --bench echo -- --only max-connections --max-connections 100000
 //! ```
 //!
 //! # What is measured
-//! Four echo servers, each on `127.0.0.1:0`, two plain and two TLS:
+//! Five echo servers, each on `127.0.0.1:0` and each on one thread of its own, three plain and
+//! two TLS:
 //! - **switchboard**: a [`Callbacks`] impl that requests a read when the connection is established
 //!   and, in `on_read_completed`, writes the very buffer it was given (`data.freeze()`, zero copy)
 //!   and reads again. Server defaults otherwise (8 KiB read buffer, `TCP_NODELAY` on).
 //! - **raw tokio**: an accept loop and one task per connection holding `vec![0; 8192]`, reading
 //!   then `write_all`-ing what it read, with `TCP_NODELAY` on like switchboard's default.
+//! - **mio**: the floor, what the kernel work of an echo costs with next to nothing on top: mio
+//!   used directly, one `epoll` loop, connections in a slab indexed by their tokens, each with a
+//!   fixed 8 KiB buffer. Edge-triggered: on readiness it writes back any unsent tail, then reads
+//!   and writes back until a read would block; a tail the kernel does not take waits, reading
+//!   paused, for a WRITABLE event (registered only then). `TCP_NODELAY` on. Plain TCP only.
 //! - **switchboard TLS**: the same callbacks on a listener made TLS with
 //!   [`ServerBuilder::tls`](switchboard::ServerBuilder::tls) (handshake on the connection's task,
 //!   `close_notify` before its FIN).
@@ -27,8 +36,9 @@
 //! with AES-GCM on Linux). The TLS clients are `tokio-native-tls` connectors that trust the test
 //! CA and verify `localhost`; they keep no session cache, so every handshake is a full one.
 //!
-//! Scenarios, each reported as the switchboard/raw ratio of the medians (higher is better for
-//! throughput and churn, lower is better for memory):
+//! Scenarios, each reported as the switchboard/raw ratio of the medians and, for the plain ones,
+//! the switchboard/mio ratio too (higher is better for throughput and churn, lower is better for
+//! memory and CPU):
 //! 1. **Throughput** — 64 B × 50 connections, 4 KiB × 50 connections, 64 B × 1000 connections.
 //!    Every client connection runs a closed loop: write one message, `read_exact` the reply,
 //!    repeat. Connections are opened first, warmed up, then messages completed during the
@@ -53,15 +63,61 @@
 //!    and after the last one is established, divided by the count. Connections are idle and
 //!    waiting for data: switchboard with a read requested (its buffer is allocated only when data
 //!    is readable), raw tokio with its 8 KiB buffer allocated before its first read, as typical
-//!    code does. The client side lives in this (parent) process, so the numbers are the server's
-//!    own cost; this also keeps both processes within the `ulimit -n` (a single process would
-//!    need two descriptors per connection). Heap bytes are exact; the resident set counts only
-//!    pages touched, so an allocated but never written buffer may show up there only in part. If
-//!    the soft `ulimit -n` is below the count plus 64, the count is scaled down (and said so).
+//!    code does, and mio with its fixed buffer allocated at accept. The client side lives in
+//!    this (parent) process, so the numbers are the server's own cost; this also keeps both
+//!    processes within the `ulimit -n` (a single process would need two descriptors per
+//!    connection). Heap bytes are exact; the resident set counts only pages touched, so an
+//!    allocated but never written buffer may show up there only in part.
+//! 5. **Max connections** — as many idle plain connections as the descriptor limits allow, once
+//!    per server kind, measured as in 4. (the same child process and code): connections held,
+//!    resident set and heap bytes per connection held, and the time from the first connect to
+//!    the server holding the last one. The count is `--max-connections N` (2,000 with `--quick`),
+//!    or by default as many as the limits allow; the soft `ulimit -n` is raised toward the hard
+//!    one if that helps (the child inherits it), and a count beyond the limits is scaled down to
+//!    them, with a message (4. is scaled the same way). Each process needs one descriptor per
+//!    connection plus 64, so with the hard limit of 20,000 of the machine this was written for,
+//!    that is 19,936 connections.
 //!
-//! For 1., 2. and 3. the bench also reports the CPU time the server runtime's threads used per
-//! message or connection (user + system, from `/proc/self/task/*/stat`, 10 ms ticks). On a
-//! shared machine this is steadier than the rates, which move with whatever else runs.
+//! In 4. and 5. the client binds each socket to its own source address before connecting,
+//! cycling through 127.0.0.1 to 127.0.255.254 (Linux routes all of 127.0.0.0/8 to loopback),
+//! so the count is not bounded by one source address's ~28,000 ephemeral ports: with a higher
+//! hard limit (and `fs.nr_open`) the same scenario holds 100,000 connections and more. The
+//! client connects from one thread, at most 128 connects in flight and at most 512 ahead of
+//! what the server has accepted (the child reports its count as it grows), so a server that
+//! falls behind for a moment never overflows its backlog: the time to accept them all is the
+//! server's, not the SYN retransmission timeout's. Every server listens with switchboard's
+//! backlog, 1024 (tokio's and mio's own `bind` ask for 128).
+//!
+//! For 1., 2. and 3. the bench also reports the CPU time the server threads used per message or
+//! connection (user + system, from `/proc/self/task/*/stat`, 10 ms ticks). On a shared machine
+//! this is steadier than the rates, which move with whatever else runs: trust it over them.
+//!
+//! # Instructions per message
+//! `benches/instructions.sh` counts the user-space instructions each plain server runs per
+//! echoed 64 B message, with valgrind's cachegrind (valgrind must be installed; a few minutes):
+//!
+//! ```text
+//! benches/instructions.sh
+//! MESSAGES=20000 RUNS=2 CONNECTIONS="50 1000" KINDS="raw switchboard mio" benches/instructions.sh
+//! ```
+//!
+//! It builds this bench in release, then for each kind and for 50 and 1,000 connections runs the
+//! server alone under `valgrind --tool=cachegrind --cache-sim=no`, on one thread
+//! (`echo --echo-server KIND --connections C`: the server exits by itself once C connections
+//! have come and gone, so cachegrind writes its total), and drives it from this executable
+//! outside valgrind (`echo --echo-client ADDRESS --connections C --messages M`: C connections
+//! opened first, then M messages of 64 B in closed loops, then each half-closed). Each count is
+//! taken with M messages (200,000 by default) and with none, and the difference divided by M is
+//! the cost per message, so start-up, accepting and closing cancel out. It prints instructions
+//! per message for each kind and their ratio to raw tokio (`instructions ratio switchboard/raw
+//! x50: …`). Kernel work is not counted (the server CPU per message above includes it).
+//!
+//! Under valgrind the tokio-based servers are the slow side, so every `epoll_wait` finds all
+//! connections ready, as on a saturated server, and their counts repeat to within 0.1–2%. The
+//! mio server keeps pace with the client even there, so how many connections each wait finds
+//! ready varies, and with it the share of the wait in each message: its count moves by up to
+//! about 8% between runs (`RUNS=3` gives a median). That is a few instructions per message,
+//! against the thousands that separate the others.
 //!
 //! # Soak
 //! Not a benchmark but run beside it, by hand (never by CI): `tests/flow.rs`'s `soak` holds
@@ -75,33 +131,39 @@
 //! ```
 //!
 //! # Fairness and noise
-//! The servers run in one multi-thread tokio runtime with 2 workers and the load generator in
-//! another with 2 workers (the machine this was written for has 2 cores), the same for both
-//! servers. Measurements alternate between the two servers (raw first in even rounds, switchboard
-//! first in odd rounds), 5 rounds each (2 with `--quick`), and the median of each side is compared,
-//! so slow drifts of a shared machine hit both sides alike. Each measurement is preceded by a
+//! Every server runs on one thread of its own: a current-thread tokio runtime (I/O driver,
+//! timers and every task on that thread), so server CPU per operation is one core's work for
+//! each, and a server that needs a second thread would show it. The load generator runs in a
+//! multi-thread runtime with 2 workers (the machine this was written for has 2 cores).
+//! Measurements alternate between the servers (the order rotates by one each round, raw tokio
+//! first in round 0), 5 rounds each (2 with `--quick`), and the median of each side is compared,
+//! so slow drifts of a shared machine hit all sides alike. Each measurement is preceded by a
 //! warm-up on the same connections (0.5 s; 0.2 s with `--quick`), and waits for the server to
 //! have closed every connection of the previous one. Idle memory is measured 3 times per server
 //! (once with `--quick`); it hardly varies.
 //!
-//! The output is a table per kind of measure, then one line per scenario such as
-//! `ratio echo 64B x50: 0.97` or `ratio tls churn x50: 0.95` (and `cpu ratio …` for the CPU
-//! measure).
+//! The output is a table per kind of measure (columns switchboard, raw tokio, mio, sb/raw,
+//! sb/mio), then one line per scenario such as `ratio echo 64B x50: 0.97` or
+//! `ratio tls churn x50: 0.95` (switchboard / raw tokio), `ratio vs mio echo 64B x50: 0.80`
+//! (switchboard / mio, plain scenarios), and the same with `cpu ratio` for the CPU measure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
-use std::io::{self, BufRead, BufReader, Write as _};
-use std::net::{Shutdown, SocketAddr};
+use std::io::{self, BufRead, BufReader, Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchboard::socket2::SockRef;
-use switchboard::{async_trait, native_tls, BytesMut, Callbacks, Connection, Server};
+use mio::{Events, Interest, Poll, Registry, Token};
+use slab::Slab;
+use switchboard::socket2::{Domain, SockRef, Socket, Type};
+use switchboard::{async_trait, native_tls, BytesMut, Callbacks, Connection, Server, UserData};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_native_tls::{TlsAcceptor, TlsConnector, TlsStream};
 
@@ -172,10 +234,31 @@ struct Settings {
     measure: Duration,
     idle_connections: usize,
     memory_rounds: usize,
+    /// Connections asked for in the max-connections scenario, before the limits scale it down;
+    /// `None` for as many as the limits allow.
+    max_connections: Option<usize>,
+    /// The scenarios to run ([`SCENARIOS`]); all of them if empty.
+    only: Vec<String>,
 }
 
+/// The scenario groups `--only` can pick.
+const SCENARIOS: [&str; 5] = ["echo", "churn", "tls", "idle", "max-connections"];
+
+/// Connections the max-connections scenario holds with `--quick` when no count is given.
+const QUICK_MAX_CONNECTIONS: usize = 2_000;
+
 impl Settings {
-    fn new(quick: bool) -> Self {
+    /// The settings from the command line (`--quick`, `--only`, `--max-connections`).
+    fn from_args(args: &[String]) -> Self {
+        let quick = args.iter().any(|arg| arg == "--quick");
+        let only: Vec<String> = option::<String>(args, "--only")
+            .map(|list| list.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        if let Some(unknown) = only.iter().find(|name| !SCENARIOS.contains(&name.as_str())) {
+            usage_error(&format!("unknown scenario {unknown}"));
+        }
+        let max_connections =
+            option(args, "--max-connections").or(quick.then_some(QUICK_MAX_CONNECTIONS));
         if quick {
             Settings {
                 quick,
@@ -184,6 +267,8 @@ impl Settings {
                 measure: Duration::from_millis(800),
                 idle_connections: 2_000,
                 memory_rounds: 1,
+                max_connections,
+                only,
             }
         } else {
             Settings {
@@ -193,8 +278,15 @@ impl Settings {
                 measure: Duration::from_secs(2),
                 idle_connections: 10_000,
                 memory_rounds: 3,
+                max_connections,
+                only,
             }
         }
+    }
+
+    /// Whether scenario group `name` runs.
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|only| only == name)
     }
 }
 
@@ -210,9 +302,16 @@ const SERVER_PEM: &[u8] = include_bytes!("../tests/certs/server.pem");
 const SERVER_KEY: &[u8] = include_bytes!("../tests/certs/server.key");
 /// The name the clients verify the server's certificate against (and send as SNI).
 const TLS_DOMAIN: &str = "localhost";
-/// Connects in flight at once while opening many connections: well under both backlogs (1024),
-/// so no SYN is dropped and retransmitted a second later.
+/// Connects in flight at once while opening many connections: well under every server's
+/// backlog ([`LISTEN_BACKLOG`]), so no SYN is dropped and retransmitted a second later.
 const CONNECT_CONCURRENCY: usize = 128;
+/// Connects the idle scenarios' client may be ahead of the server's accepts: with
+/// [`CONNECT_CONCURRENCY`] more in flight, still well under [`LISTEN_BACKLOG`].
+const ACCEPT_WINDOW: usize = 512;
+/// Every server's listen backlog: switchboard's default. The raw tokio and mio servers set it
+/// themselves, as `TcpListener::bind` of tokio and of mio (since 1.0) asks for the standard
+/// library's 128, which a burst of connects overflows (SYNs dropped, retried a second later).
+const LISTEN_BACKLOG: i32 = 1024;
 
 // ---------------------------------------------------------------------------------------------
 // The two servers
@@ -222,27 +321,91 @@ const CONNECT_CONCURRENCY: usize = 128;
 enum Kind {
     Switchboard,
     Raw,
+    /// The bare mio loop: plain TCP only.
+    Mio,
 }
+
+/// The kinds that serve plain TCP, in the order of a round that starts with the baseline.
+const PLAIN_KINDS: [Kind; 3] = [Kind::Raw, Kind::Switchboard, Kind::Mio];
+/// The kinds that serve TLS.
+const TLS_KINDS: [Kind; 2] = [Kind::Raw, Kind::Switchboard];
 
 impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Switchboard => "switchboard",
             Kind::Raw => "raw",
+            Kind::Mio => "mio",
         }
     }
 
-    fn parse(name: &str) -> Option<Kind> {
+    /// The kind's column in a [`Row`].
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = ();
+
+    fn from_str(name: &str) -> Result<Kind, ()> {
         match name {
-            "switchboard" => Some(Kind::Switchboard),
-            "raw" => Some(Kind::Raw),
-            _ => None,
+            "switchboard" => Ok(Kind::Switchboard),
+            "raw" => Ok(Kind::Raw),
+            "mio" => Ok(Kind::Mio),
+            _ => Err(()),
         }
     }
 }
 
+/// A server's connection counts, and when a foreground server (`--echo-server`) is done.
+struct Tally {
+    /// Connections held now, by a raw tokio or mio server (switchboard counts its own).
+    live: AtomicUsize,
+    /// Connections that have ended so far, on any kind of server.
+    ended: AtomicUsize,
+    /// The number of ended connections after which the server stops; 0 for never.
+    stop_after: usize,
+    /// Woken once `stop_after` connections have ended.
+    done: Notify,
+}
+
+impl Tally {
+    fn new(stop_after: usize) -> Arc<Tally> {
+        Arc::new(Tally {
+            live: AtomicUsize::new(0),
+            ended: AtomicUsize::new(0),
+            stop_after,
+            done: Notify::new(),
+        })
+    }
+
+    fn opened(&self) {
+        self.live.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.ended();
+    }
+
+    fn ended(&self) {
+        if self.ended.fetch_add(1, Ordering::Relaxed) + 1 == self.stop_after {
+            // Stores a permit if nobody waits yet.
+            self.done.notify_one();
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.stop_after != 0 && self.ended.load(Ordering::Relaxed) >= self.stop_after
+    }
+}
+
 /// The switchboard echo server: read, write the same buffer back, read again.
-struct Echo;
+struct Echo {
+    /// Told of every released connection, for a foreground server's end.
+    tally: Arc<Tally>,
+}
 
 #[async_trait]
 impl Callbacks for Echo {
@@ -254,6 +417,10 @@ impl Callbacks for Echo {
         if connection.write(data.freeze()).is_ok() {
             connection.read();
         }
+    }
+
+    async fn on_socket_released(&self, _user_data: UserData) {
+        self.tally.ended();
     }
 }
 
@@ -284,83 +451,274 @@ async fn raw_echo<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, buffer: &mu
     }
 }
 
-/// The raw tokio echo server's accept loop. `live` counts connection tasks that hold their buffer.
-async fn raw_accept_loop(listener: TcpListener, live: Arc<AtomicUsize>) {
+/// The raw tokio echo server's accept loop. `tally` counts connection tasks that hold their
+/// buffer.
+async fn raw_accept_loop(listener: TcpListener, tally: Arc<Tally>) {
     loop {
         let mut stream = raw_accept(&listener).await;
-        let live = live.clone();
+        let tally = tally.clone();
         tokio::spawn(async move {
             let mut buffer = vec![0_u8; 8192];
-            live.fetch_add(1, Ordering::Relaxed);
+            tally.opened();
             raw_echo(&mut stream, &mut buffer).await;
-            live.fetch_sub(1, Ordering::Relaxed);
+            tally.closed();
         });
     }
 }
 
 /// The raw tokio-native-tls echo server's accept loop: the handshake on the connection's task,
-/// then the raw echo loop. `live` counts connection tasks, handshaking ones included.
-async fn raw_tls_accept_loop(listener: TcpListener, acceptor: TlsAcceptor, live: Arc<AtomicUsize>) {
+/// then the raw echo loop. `tally` counts connection tasks, handshaking ones included.
+async fn raw_tls_accept_loop(listener: TcpListener, acceptor: TlsAcceptor, tally: Arc<Tally>) {
     loop {
         let stream = raw_accept(&listener).await;
         let acceptor = acceptor.clone();
-        let live = live.clone();
-        live.fetch_add(1, Ordering::Relaxed);
+        let tally = tally.clone();
+        tally.opened();
         tokio::spawn(async move {
             if let Ok(mut stream) = acceptor.accept(stream).await {
                 let mut buffer = vec![0_u8; 8192];
                 raw_echo(&mut stream, &mut buffer).await;
             }
-            live.fetch_sub(1, Ordering::Relaxed);
+            tally.closed();
         });
     }
 }
 
-/// One running server of either kind.
+// ---------------------------------------------------------------------------------------------
+// The bare mio echo server (the floor)
+// ---------------------------------------------------------------------------------------------
+
+/// The listener's token; connections use their slab keys, which stay far below it.
+const MIO_LISTENER: Token = Token(usize::MAX);
+/// Each mio connection's buffer: the size of switchboard's default read buffer and of raw tokio's.
+const MIO_BUFFER: usize = 8192;
+/// Readiness events taken per `epoll_wait`: as many as tokio's I/O driver takes.
+const MIO_EVENTS: usize = 1024;
+/// The pause before accepting again after a resource error (EMFILE, ENFILE, ENOBUFS): the first
+/// step of switchboard's accept backoff.
+const MIO_ACCEPT_RETRY: Duration = Duration::from_millis(5);
+
+/// One connection of the mio server: its socket, its fixed buffer, and the part of the buffer
+/// read but not yet written back.
+struct MioConnection {
+    stream: mio::net::TcpStream,
+    buffer: Box<[u8]>,
+    /// `buffer[sent..filled]` is still to be written back.
+    sent: usize,
+    filled: usize,
+    /// Whether the registration includes WRITABLE: only while an unsent tail waits for room.
+    wants_writable: bool,
+}
+
+impl MioConnection {
+    fn new(stream: mio::net::TcpStream) -> MioConnection {
+        MioConnection {
+            stream,
+            buffer: vec![0; MIO_BUFFER].into_boxed_slice(),
+            sent: 0,
+            filled: 0,
+            wants_writable: false,
+        }
+    }
+
+    /// Echoes until the socket would block; false when the connection is over (end of stream or
+    /// an error). mio is edge-triggered: a readiness is reported once, so reads go on until
+    /// `WouldBlock`, and a tail the kernel would not take waits, with reading paused, for a
+    /// WRITABLE event. The buffer is read into again only once all of it went back.
+    fn echo(&mut self, registry: &Registry, token: Token) -> bool {
+        loop {
+            while self.sent < self.filled {
+                match self.stream.write(&self.buffer[self.sent..self.filled]) {
+                    Ok(0) => return false,
+                    Ok(written) => self.sent += written,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        if self.wants_writable {
+                            return true;
+                        }
+                        // Re-registering reports a readiness that is already there, so no
+                        // edge is lost between the failed write and this call.
+                        self.wants_writable = true;
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        return registry
+                            .reregister(&mut self.stream, token, interest)
+                            .is_ok();
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            }
+            if self.wants_writable {
+                self.wants_writable = false;
+                if registry
+                    .reregister(&mut self.stream, token, Interest::READABLE)
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            match self.stream.read(&mut self.buffer) {
+                Ok(0) => return false,
+                Ok(read) => {
+                    self.sent = 0;
+                    self.filled = read;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The mio echo server: one thread, one `epoll` (through [`mio::Poll`]), the connections in a
+/// slab indexed by their tokens, each with a fixed [`MIO_BUFFER`]. Runs on the calling thread
+/// until `tally` says to stop (for good in the bench); `tally` counts its connections.
+fn mio_serve(mut listener: mio::net::TcpListener, tally: &Tally) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, MIO_LISTENER, Interest::READABLE)?;
+    let mut events = Events::with_capacity(MIO_EVENTS);
+    let mut connections = Slab::<MioConnection>::new();
+    let mut accept_blocked = false;
+    loop {
+        if let Err(error) = poll.poll(&mut events, accept_blocked.then_some(MIO_ACCEPT_RETRY)) {
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        // Accepting comes after the batch, so a key freed in it is not reused for a new
+        // connection while the batch may still name it.
+        let mut accept = accept_blocked;
+        for event in events.iter() {
+            let token = event.token();
+            if token == MIO_LISTENER {
+                accept = true;
+                continue;
+            }
+            let Some(connection) = connections.get_mut(token.0) else {
+                continue;
+            };
+            if !connection.echo(poll.registry(), token) {
+                // Closing the only descriptor of the socket takes it out of the epoll set, so
+                // no deregister call is needed (the FIN goes out with the close).
+                drop(connections.remove(token.0));
+                tally.closed();
+            }
+        }
+        if tally.finished() {
+            return Ok(());
+        }
+        if accept {
+            accept_blocked = mio_accept(&listener, poll.registry(), &mut connections, tally);
+        }
+    }
+}
+
+/// Accepts every pending connection (mio's listener is edge-triggered too). Returns true if a
+/// resource error (EMFILE and the like) stopped it, so the caller tries again after
+/// [`MIO_ACCEPT_RETRY`]; per-connection errors just skip that connection.
+fn mio_accept(
+    listener: &mio::net::TcpListener,
+    registry: &Registry,
+    connections: &mut Slab<MioConnection>,
+    tally: &Tally,
+) -> bool {
+    loop {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let entry = connections.vacant_entry();
+                let token = Token(entry.key());
+                // A connection readable already is reported at once after registering.
+                if registry
+                    .register(&mut stream, token, Interest::READABLE)
+                    .is_ok()
+                {
+                    entry.insert(MioConnection::new(stream));
+                    tally.opened();
+                }
+            }
+            Err(error) => match error.kind() {
+                io::ErrorKind::WouldBlock => return false,
+                io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::Interrupted => {}
+                _ => return true,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running servers
+// ---------------------------------------------------------------------------------------------
+
+/// One running server of any kind, on a thread of its own.
 struct Running {
     address: SocketAddr,
+    /// The runtime of the server's thread (none for the mio server, which has no runtime).
+    runtime: Option<Handle>,
     switchboard: Option<Server>,
-    raw_live: Arc<AtomicUsize>,
+    tally: Arc<Tally>,
 }
 
 impl Running {
-    /// Starts a server of `kind` on the runtime `runtime`, a TLS one if given an acceptor.
-    fn start(runtime: &Runtime, kind: Kind, tls: Option<&native_tls::TlsAcceptor>) -> Running {
+    /// Starts a server of `kind` on a new thread, a TLS one if given an acceptor (not for mio).
+    fn start(kind: Kind, tls: Option<&native_tls::TlsAcceptor>) -> Running {
+        if kind == Kind::Mio {
+            assert!(tls.is_none(), "the mio server speaks plain TCP only");
+            let listener = mio_listener();
+            let address = listener.local_addr().expect("mio listens");
+            let tally = Tally::new(0);
+            let counts = tally.clone();
+            std::thread::Builder::new()
+                .name(SERVER_THREAD.into())
+                .spawn(move || mio_serve(listener, &counts).expect("the mio server's poll"))
+                .expect("spawn the mio server thread");
+            return Running {
+                address,
+                runtime: None,
+                switchboard: None,
+                tally,
+            };
+        }
+        let runtime = server_thread();
+        let tally = Tally::new(0);
         match kind {
             Kind::Switchboard => {
-                let mut builder = Server::builder().bind("127.0.0.1:0");
-                if let Some(acceptor) = tls {
-                    builder = builder.tls(acceptor.clone());
-                }
                 let server = runtime
-                    .block_on(builder.start(Echo))
+                    .block_on(start_switchboard(tls, tally.clone()))
                     .expect("start the switchboard server");
                 Running {
                     address: server.local_addr().expect("switchboard listens"),
+                    runtime: Some(runtime),
                     switchboard: Some(server),
-                    raw_live: Arc::new(AtomicUsize::new(0)),
+                    tally,
                 }
             }
             Kind::Raw => {
-                let listener = runtime
-                    .block_on(TcpListener::bind("127.0.0.1:0"))
-                    .expect("bind the raw tokio server");
+                let listener = {
+                    let _context = runtime.enter();
+                    TcpListener::from_std(std_listener()).expect("the raw tokio listener")
+                };
                 let address = listener.local_addr().expect("raw tokio listens");
-                let live = Arc::new(AtomicUsize::new(0));
                 match tls {
                     Some(acceptor) => runtime.spawn(raw_tls_accept_loop(
                         listener,
                         acceptor.clone().into(),
-                        live.clone(),
+                        tally.clone(),
                     )),
-                    None => runtime.spawn(raw_accept_loop(listener, live.clone())),
+                    None => runtime.spawn(raw_accept_loop(listener, tally.clone())),
                 };
                 Running {
                     address,
+                    runtime: Some(runtime),
                     switchboard: None,
-                    raw_live: live,
+                    tally,
                 }
             }
+            Kind::Mio => unreachable!("started above"),
         }
     }
 
@@ -368,7 +726,7 @@ impl Running {
     fn live(&self) -> usize {
         match &self.switchboard {
             Some(server) => server.active_connections(),
-            None => self.raw_live.load(Ordering::Relaxed),
+            None => self.tally.live.load(Ordering::Relaxed),
         }
     }
 
@@ -385,6 +743,70 @@ impl Running {
     }
 }
 
+/// Where every server listens (on a port of its choosing).
+const LOCALHOST: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+/// A switchboard echo server with default settings, TLS if given an acceptor.
+async fn start_switchboard(
+    tls: Option<&native_tls::TlsAcceptor>,
+    tally: Arc<Tally>,
+) -> Result<Server, switchboard::Error> {
+    let mut builder = Server::builder().bind(LOCALHOST);
+    if let Some(acceptor) = tls {
+        builder = builder.tls(acceptor.clone());
+    }
+    builder.start(Echo { tally }).await
+}
+
+/// A non-blocking listener on [`LOCALHOST`] with switchboard's backlog ([`LISTEN_BACKLOG`]),
+/// for the raw tokio and mio servers.
+fn std_listener() -> std::net::TcpListener {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a listening socket");
+    socket
+        .set_reuse_address(true)
+        .expect("SO_REUSEADDR on the listener");
+    socket
+        .bind(&LOCALHOST.into())
+        .expect("bind a raw tokio or mio server");
+    socket.listen(LISTEN_BACKLOG).expect("listen");
+    socket
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    socket.into()
+}
+
+/// The mio server's listener.
+fn mio_listener() -> mio::net::TcpListener {
+    mio::net::TcpListener::from_std(std_listener())
+}
+
+/// Name of every server thread: [`server_cpu_seconds`] counts the CPU time of these.
+const SERVER_THREAD: &str = "server";
+
+/// A new thread named [`SERVER_THREAD`] that drives a current-thread tokio runtime for good, and
+/// that runtime's handle: one server's whole runtime (I/O driver, timers, every task) on one
+/// thread, like the mio server, so server CPU per operation compares one core's work each.
+/// Futures given to [`Handle::block_on`] from other threads run there, while the tasks they
+/// spawn run on the server thread.
+fn server_thread() -> Handle {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(SERVER_THREAD.into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build a server runtime");
+            sender
+                .send(runtime.handle().clone())
+                .expect("hand over the runtime");
+            runtime.block_on(std::future::pending::<()>());
+        })
+        .expect("spawn a server thread");
+    receiver.recv().expect("the server thread's runtime")
+}
+
+/// The load generator's runtime.
 fn runtime(name: &str) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -441,23 +863,77 @@ fn is_eof_without_close_notify(error: &io::Error) -> bool {
             .contains("unexpected eof")
 }
 
-/// Opens `count` connections with `open`, at most [`CONNECT_CONCURRENCY`] at a time.
+/// The client source address of connection `index` in the idle scenarios: `127.0.y.z`, cycling
+/// through 127.0.0.1 to 127.0.255.254. Linux routes all of 127.0.0.0/8 to the loopback
+/// interface, and each source address has its own ephemeral ports (about 28,000 in the default
+/// `ip_local_port_range`), so the connection count is not bounded by one address's ports.
+fn source_address(index: usize) -> SocketAddr {
+    const HOSTS: usize = 254;
+    let host = index % (256 * HOSTS);
+    let (y, z) = ((host / HOSTS) as u8, (host % HOSTS + 1) as u8);
+    SocketAddr::from(([127, 0, y, z], 0))
+}
+
+/// Connects to `address` from [`source_address`]`(index)`.
+async fn connect_from(address: SocketAddr, index: usize) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(source_address(index))?;
+    let stream = socket.connect(address).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens `count` connections with `open(index)`, at most [`CONNECT_CONCURRENCY`] at a time.
 async fn connect_many<S, F, O>(count: usize, open: F) -> io::Result<Vec<S>>
 where
     S: Send + 'static,
-    F: Fn() -> O,
+    F: Fn(usize) -> O,
+    O: Future<Output = io::Result<S>> + Send + 'static,
+{
+    connect_paced(count, open, None).await
+}
+
+/// [`connect_many`], and if given `accepted` (the connections the server has taken so far),
+/// never more than [`ACCEPT_WINDOW`] connects ahead of the server. A connect completes in the
+/// kernel whether or not the server has called `accept`, so without this a server that falls
+/// behind for a moment (on a busy machine) has its backlog overflow, and SYNs dropped then come
+/// back only after a second. Stops early, with the connections made so far, once the server has
+/// taken none for [`ACCEPT_STALL`] while the window is full (say at its descriptor limit).
+async fn connect_paced<S, F, O>(
+    count: usize,
+    open: F,
+    accepted: Option<&AtomicUsize>,
+) -> io::Result<Vec<S>>
+where
+    S: Send + 'static,
+    F: Fn(usize) -> O,
     O: Future<Output = io::Result<S>> + Send + 'static,
 {
     let mut streams = Vec::with_capacity(count);
     let mut pending = JoinSet::new();
     let mut started = 0;
+    let mut window_full_since = None;
     while streams.len() < count {
-        while started < count && pending.len() < CONNECT_CONCURRENCY {
-            pending.spawn(open());
+        let allowed = accepted.map_or(count, |accepted| {
+            (accepted.load(Ordering::Relaxed) + ACCEPT_WINDOW).min(count)
+        });
+        while started < allowed && pending.len() < CONNECT_CONCURRENCY {
+            pending.spawn(open(started));
             started += 1;
         }
-        let joined = pending.join_next().await.expect("a connect is pending");
-        streams.push(joined.expect("connect task")?);
+        match pending.join_next().await {
+            Some(joined) => {
+                streams.push(joined.expect("connect task")?);
+                window_full_since = None;
+            }
+            None => {
+                let since = *window_full_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > ACCEPT_STALL {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
     }
     Ok(streams)
 }
@@ -516,7 +992,7 @@ fn server_cpu_seconds() -> f64 {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        if &stat[open + 1..close] != "server" {
+        if &stat[open + 1..close] != SERVER_THREAD {
             continue;
         }
         // After the name: state is field 3, utime field 14, stime field 15.
@@ -544,11 +1020,11 @@ async fn echo_load(
 ) -> io::Result<Rate> {
     match client {
         Client::Plain => {
-            let streams = connect_many(connections, || connect(address)).await?;
+            let streams = connect_many(connections, |_| connect(address)).await?;
             echo_streams(streams, size, settings).await
         }
         Client::Tls(connector) => {
-            let streams = connect_many(connections, || {
+            let streams = connect_many(connections, |_| {
                 let connector = connector.clone();
                 async move { connect_tls(address, &connector).await }
             })
@@ -697,27 +1173,122 @@ fn rss_bytes() -> u64 {
         .expect("VmRSS in /proc/self/status")
 }
 
-/// The soft limit on open descriptors, from `/proc/self/limits`.
-fn open_files_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// Descriptors each process keeps beside its connections: runtimes, listeners, pipes, and in
+/// the parent the in-process servers.
+const DESCRIPTOR_RESERVE: usize = 64;
+
+/// This process's (soft, hard) limits on open descriptors (`ulimit -Sn`, `ulimit -Hn`).
+#[cfg(unix)]
+fn descriptor_limits() -> Option<(usize, usize)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    let size = |value: libc::rlim_t| usize::try_from(value).unwrap_or(usize::MAX);
+    Some((size(limit.rlim_cur), size(limit.rlim_max)))
 }
+
+#[cfg(not(unix))]
+fn descriptor_limits() -> Option<(usize, usize)> {
+    None
+}
+
+/// Raises this process's soft descriptor limit to `soft` (at most the hard limit); the memory
+/// children inherit it.
+#[cfg(unix)]
+fn raise_descriptor_limit(soft: usize) -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as in `descriptor_limits`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    limit.rlim_cur = libc::rlim_t::try_from(soft)
+        .unwrap_or(libc::rlim_t::MAX)
+        .min(limit.rlim_max);
+    // SAFETY: setrlimit only reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn raise_descriptor_limit(_soft: usize) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// The most descriptors a process may have on Linux whatever its hard limit (`fs.nr_open`).
+fn system_descriptor_ceiling() -> usize {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// How many idle connections `scenario` can hold when it wants `wanted` (`None`: as many as
+/// possible). The server child and this process each hold one descriptor per connection plus
+/// [`DESCRIPTOR_RESERVE`]; the soft limit is raised toward the hard one if that helps (the child
+/// inherits it), and the count is scaled down to what the limits allow, with a message.
+fn connections_within_limits(scenario: &str, wanted: Option<usize>) -> usize {
+    let Some((soft, hard)) = descriptor_limits() else {
+        return wanted.unwrap_or(QUICK_MAX_CONNECTIONS);
+    };
+    let needed = wanted.map_or(usize::MAX, |n| n.saturating_add(DESCRIPTOR_RESERVE));
+    let mut soft = soft;
+    if soft < needed && soft < hard {
+        let raised = needed.min(hard).min(system_descriptor_ceiling());
+        match raise_descriptor_limit(raised) {
+            Ok(()) => {
+                eprintln!("  {scenario}: raised the soft open files limit from {soft} to {raised}");
+                soft = raised;
+            }
+            Err(error) => eprintln!("  {scenario}: could not raise the open files limit: {error}"),
+        }
+    }
+    let room = soft.saturating_sub(DESCRIPTOR_RESERVE);
+    match wanted {
+        Some(wanted) if wanted <= room => wanted,
+        Some(wanted) => {
+            eprintln!(
+                "  {scenario}: open files limit {soft} (hard {hard}): scaling {} connections \
+                 down to {} (the server and the client process each need one descriptor per \
+                 connection; more needs a higher hard limit)",
+                thousands(wanted as f64),
+                thousands(room as f64)
+            );
+            room
+        }
+        None => {
+            eprintln!(
+                "  {scenario}: open files limit {soft} (hard {hard}): as many connections as it allows, {}",
+                thousands(room as f64)
+            );
+            room
+        }
+    }
+}
+
+/// How long the memory child waits, once the count it holds stops growing, before it reports
+/// fewer connections than asked for.
+const ACCEPT_STALL: Duration = Duration::from_secs(5);
 
 /// The memory child: runs one server, reports its growth over `MEASURE n` connections.
 ///
-/// Protocol on stdin/stdout: prints `READY port`; reads `MEASURE n`; waits until the server holds
-/// `n` connections; prints `RESULT rss_delta heap_delta`; exits when stdin closes.
+/// Protocol on stdin/stdout: prints `READY port`; reads `MEASURE n` (sent before the parent starts
+/// connecting); waits until the server holds `n` connections, or until the count has not grown
+/// for [`ACCEPT_STALL`], printing `HELD count` as it grows (the parent paces its connects by it);
+/// prints `RESULT held rss_delta heap_delta accept_micros`, where `accept_micros` runs from
+/// `MEASURE` to the last connection taken; exits when stdin closes.
 fn memory_server(kind: Kind) {
     COUNTING.store(true, Ordering::Relaxed);
-    let runtime = runtime("server");
-    let server = Running::start(&runtime, kind, None);
+    let server = Running::start(kind, None);
     std::thread::sleep(Duration::from_millis(100));
     let base_rss = rss_bytes();
     let base_heap = LIVE_HEAP.load(Ordering::Relaxed);
@@ -732,15 +1303,23 @@ fn memory_server(kind: Kind) {
         .strip_prefix("MEASURE ")
         .and_then(|n| n.trim().parse().ok())
         .expect("MEASURE n from the parent");
-    if !server.wait_for_live(count, Duration::from_secs(60)) {
-        writeln!(stdout, "FAILED {} of {count} connections", server.live()).ok();
-        std::process::exit(1);
+    let began = Instant::now();
+    let (mut held, mut last_change) = (server.live(), began);
+    while held != count && last_change.elapsed() < ACCEPT_STALL {
+        std::thread::sleep(Duration::from_millis(1));
+        let now = server.live();
+        if now != held {
+            (held, last_change) = (now, Instant::now());
+            writeln!(stdout, "HELD {held}").expect("write to the parent");
+            stdout.flush().expect("flush to the parent");
+        }
     }
-    // Let the last callbacks run and the workers go idle.
+    let accept_micros = (last_change - began).as_micros();
+    // Let the last callbacks run and the server thread go idle.
     std::thread::sleep(Duration::from_millis(200));
     let rss = rss_bytes() as i64 - base_rss as i64;
     let heap = LIVE_HEAP.load(Ordering::Relaxed) - base_heap;
-    writeln!(stdout, "RESULT {rss} {heap}").expect("write to the parent");
+    writeln!(stdout, "RESULT {held} {rss} {heap} {accept_micros}").expect("write to the parent");
     stdout.flush().expect("flush to the parent");
     line.clear();
     while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
@@ -750,8 +1329,30 @@ fn memory_server(kind: Kind) {
     std::process::exit(0);
 }
 
-/// Bytes per idle connection of one fresh server process: (resident set, live heap).
-fn memory_round(client: &Runtime, kind: Kind, connections: usize) -> Result<(f64, f64), String> {
+/// What one fresh server process showed for its idle connections.
+struct Idle {
+    /// Connections the server held.
+    held: usize,
+    /// Growth of the resident set per connection held, in bytes.
+    rss: f64,
+    /// Growth of the live heap per connection held, in bytes.
+    heap: f64,
+    /// From the first connect to the server holding the last connection it took.
+    accept: Duration,
+}
+
+/// `connections` idle connections to one fresh server process of `kind`, from
+/// [`source_address`]es: what the server held and what that cost it.
+///
+/// The connects run on a current-thread runtime, one core's worth, and are paced by the
+/// server's accepts ([`connect_paced`]): on loopback a connect does the whole handshake in the
+/// client's system call, so a client on both cores of a 2-core machine outruns a server's accept
+/// loop, and the time to accept them all would be SYN retransmission timeouts.
+fn memory_round(kind: Kind, connections: usize) -> Result<Idle, String> {
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("client runtime: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut child = Command::new(exe)
         .args(["--memory-server", kind.name()])
@@ -770,34 +1371,190 @@ fn memory_round(client: &Runtime, kind: Kind, connections: usize) -> Result<(f64
             .and_then(|port| port.trim().parse().ok())
             .ok_or_else(|| format!("unexpected from the memory server: {line:?}"))?;
         let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let streams = client
-            .block_on(connect_many(connections, || connect(address)))
-            .map_err(|e| format!("opening {connections} connections: {e}"))?;
+        // From here on the child's lines are read by a thread: `HELD` ones update `held`, which
+        // paces the connects, and the first other one is the result.
+        let held = Arc::new(AtomicUsize::new(0));
+        let (result_sender, result) = std::sync::mpsc::channel();
+        let progress = held.clone();
+        std::thread::spawn(move || {
+            for line in from_child.lines().map_while(Result::ok) {
+                match line.strip_prefix("HELD ").and_then(|n| n.parse().ok()) {
+                    Some(count) => progress.store(count, Ordering::Relaxed),
+                    None => {
+                        let _ = result_sender.send(line);
+                        break;
+                    }
+                }
+            }
+        });
+        // The child's clock for accepting starts here.
         writeln!(to_child, "MEASURE {connections}").map_err(|e| e.to_string())?;
         to_child.flush().map_err(|e| e.to_string())?;
-        line.clear();
-        from_child.read_line(&mut line).map_err(|e| e.to_string())?;
-        let mut fields = line.split_whitespace();
-        let parsed = match (fields.next(), fields.next(), fields.next()) {
-            (Some("RESULT"), Some(rss), Some(heap)) => {
-                rss.parse::<f64>().ok().zip(heap.parse::<f64>().ok())
-            }
-            _ => None,
+        let streams = client
+            .block_on(connect_paced(
+                connections,
+                |index| connect_from(address, index),
+                Some(&held),
+            ))
+            .map_err(|e| format!("opening {connections} connections: {e}"))?;
+        let line = result
+            .recv()
+            .map_err(|_| "the memory server ended without a result".to_string())?;
+        let fields: Vec<f64> = line
+            .strip_prefix("RESULT ")
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|f| f.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let &[held, rss, heap, accept_micros] = fields.as_slice() else {
+            return Err(format!("unexpected from the memory server: {line:?}"));
         };
-        let (rss, heap) =
-            parsed.ok_or_else(|| format!("unexpected from the memory server: {line:?}"))?;
         {
             let _context = client.enter();
             drop(streams);
         }
         drop(to_child);
-        Ok((rss / connections as f64, heap / connections as f64))
+        let per_connection = held.max(1.0);
+        Ok(Idle {
+            held: held as usize,
+            rss: rss / per_connection,
+            heap: heap / per_connection,
+            accept: Duration::from_micros(accept_micros as u64),
+        })
     })();
     if result.is_err() {
         let _ = child.kill();
     }
     let _ = child.wait();
     result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instruction counts: one server in the foreground, driven by a client process
+// ---------------------------------------------------------------------------------------------
+
+/// `--echo-server KIND --connections C`: one plain server of `kind` on this (main) thread alone,
+/// announced on stdout as `listening on ADDRESS`, until `connections` connections have come and
+/// gone. Then it returns, so the process exits normally and a tool it runs under (cachegrind)
+/// writes its totals; no signal handling is needed, and the end comes at the same point of the
+/// work in every run.
+fn foreground_server(kind: Kind, connections: usize) {
+    let tally = Tally::new(connections);
+    let announce = |address: SocketAddr| {
+        let mut stdout = io::stdout().lock();
+        writeln!(stdout, "listening on {address}").expect("write to stdout");
+        stdout.flush().expect("flush stdout");
+    };
+    if kind == Kind::Mio {
+        let listener = mio_listener();
+        announce(listener.local_addr().expect("mio listens"));
+        mio_serve(listener, &tally).expect("the mio server's poll");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build the server runtime");
+    runtime.block_on(async {
+        match kind {
+            Kind::Switchboard => {
+                let server = start_switchboard(None, tally.clone())
+                    .await
+                    .expect("start the switchboard server");
+                announce(server.local_addr().expect("switchboard listens"));
+                tally.done.notified().await;
+                server.shutdown().await;
+            }
+            Kind::Raw => {
+                let listener =
+                    TcpListener::from_std(std_listener()).expect("the raw tokio listener");
+                announce(listener.local_addr().expect("raw tokio listens"));
+                let accept = tokio::spawn(raw_accept_loop(listener, tally.clone()));
+                tally.done.notified().await;
+                accept.abort();
+            }
+            Kind::Mio => unreachable!("served above"),
+        }
+    });
+}
+
+/// `--echo-client ADDRESS --connections C --messages M [--size BYTES]`: opens C connections,
+/// then echoes M messages in all over them (each a closed loop: write one, read the reply; the
+/// messages spread evenly), then half-closes each and waits for the server's FIN, so the server
+/// is done with every connection when this returns.
+fn foreground_client(
+    address: SocketAddr,
+    connections: usize,
+    messages: u64,
+    size: usize,
+) -> io::Result<()> {
+    let runtime = runtime("client");
+    runtime.block_on(async {
+        let streams = connect_many(connections, |_| connect(address)).await?;
+        let began = Instant::now();
+        let mut clients = JoinSet::new();
+        let (each, rest) = (messages / connections as u64, messages % connections as u64);
+        for (index, mut stream) in streams.into_iter().enumerate() {
+            let share = each + u64::from((index as u64) < rest);
+            clients.spawn(async move {
+                let message = vec![0xA5_u8; size];
+                let mut reply = vec![0_u8; size];
+                for _ in 0..share {
+                    stream.write_all(&message).await?;
+                    stream.read_exact(&mut reply).await?;
+                }
+                stream.shutdown().await?;
+                let mut after = [0_u8; 16];
+                match stream.read(&mut after).await? {
+                    0 => Ok(()),
+                    _ => Err(data_after_the_echo()),
+                }
+            });
+        }
+        while let Some(joined) = clients.join_next().await {
+            joined.expect("client task")?;
+        }
+        eprintln!(
+            "echoed {messages} messages of {size} B on {connections} connections in {:.2} s",
+            began.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------------
+
+const USAGE: &str = "\
+usage: echo [--quick] [--only SCENARIO,...] [--max-connections N]
+                the benchmark (cargo bench --bench echo -- ...); scenarios: echo, churn, tls,
+                idle, max-connections (all by default)
+       echo --echo-server switchboard|raw|mio --connections C
+       echo --echo-client ADDRESS --connections C --messages M [--size BYTES]
+       echo --memory-server switchboard|raw|mio     (started by the benchmark itself)";
+
+/// Ends the process with `message` and the usage.
+fn usage_error(message: &str) -> ! {
+    eprintln!("echo: {message}\n{USAGE}");
+    std::process::exit(2)
+}
+
+/// The value after `flag` in `args`, parsed; `None` if the flag is absent. A missing or
+/// malformed value ends the process with the usage.
+fn option<T: std::str::FromStr>(args: &[String], flag: &str) -> Option<T> {
+    let position = args.iter().position(|arg| arg == flag)?;
+    match args.get(position + 1).map(|value| value.parse()) {
+        Some(Ok(value)) => Some(value),
+        _ => usage_error(&format!("{flag} needs a valid value")),
+    }
+}
+
+/// The value of `flag`, which `mode` needs.
+fn required<T: std::str::FromStr>(args: &[String], flag: &str, mode: &str) -> T {
+    option(args, flag).unwrap_or_else(|| usage_error(&format!("{mode} needs {flag}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -815,12 +1572,11 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// One scenario's results, per round, for both servers.
+/// One scenario's results, per round, for each server kind (indexed by [`Kind::index`]).
 struct Row {
     name: String,
     unit: &'static str,
-    switchboard: Vec<f64>,
-    raw: Vec<f64>,
+    values: [Vec<f64>; 3],
     /// Decimals shown: 0 prints thousands separators instead.
     decimals: usize,
     note: String,
@@ -831,8 +1587,7 @@ impl Row {
         Row {
             name: name.into(),
             unit,
-            switchboard: Vec::new(),
-            raw: Vec::new(),
+            values: Default::default(),
             decimals: 0,
             note: String::new(),
         }
@@ -852,17 +1607,20 @@ impl Row {
     }
 
     fn push(&mut self, kind: Kind, value: f64) {
-        match kind {
-            Kind::Switchboard => self.switchboard.push(value),
-            Kind::Raw => self.raw.push(value),
-        }
+        self.values[kind.index()].push(value);
     }
 
-    fn ratio(&self) -> f64 {
-        if self.switchboard.is_empty() || self.raw.is_empty() {
-            return f64::NAN;
+    fn median(&self, kind: Kind) -> Option<f64> {
+        let values = &self.values[kind.index()];
+        (!values.is_empty()).then(|| median(values))
+    }
+
+    /// median(switchboard) / median(`baseline`); NaN where either is missing.
+    fn ratio(&self, baseline: Kind) -> f64 {
+        match (self.median(Kind::Switchboard), self.median(baseline)) {
+            (Some(switchboard), Some(baseline)) => switchboard / baseline,
+            _ => f64::NAN,
         }
-        median(&self.switchboard) / median(&self.raw)
     }
 }
 
@@ -890,59 +1648,85 @@ fn rounds_list(row: &Row, values: &[f64]) -> String {
         .join(" ")
 }
 
+/// A ratio as printed: `-` where a side is missing.
+fn format_ratio(ratio: f64) -> String {
+    if ratio.is_nan() {
+        "-".to_string()
+    } else {
+        format!("{ratio:.3}")
+    }
+}
+
 fn print_table(title: &str, rows: &[Row]) {
     println!();
     println!("{title}");
     println!(
-        "{:<22} {:>13} {:>13} {:>7}  {:<14} rounds: switchboard | raw",
-        "scenario", "switchboard", "raw tokio", "ratio", "unit"
+        "{:<22} {:>13} {:>13} {:>13} {:>7} {:>7}  {:<14} rounds: switchboard | raw | mio",
+        "scenario", "switchboard", "raw tokio", "mio", "sb/raw", "sb/mio", "unit"
     );
-    println!("{}", "-".repeat(110));
+    println!("{}", "-".repeat(130));
     for row in rows {
-        let (sb, raw) = if row.switchboard.is_empty() || row.raw.is_empty() {
-            ("n/a".to_string(), "n/a".to_string())
-        } else {
-            (
-                row.format(median(&row.switchboard)),
-                row.format(median(&row.raw)),
-            )
+        let median = |kind| {
+            row.median(kind)
+                .map_or("n/a".to_string(), |v| row.format(v))
+        };
+        let rounds = |kind: Kind| match &row.values[kind.index()] {
+            values if values.is_empty() => "-".to_string(),
+            values => rounds_list(row, values),
         };
         println!(
-            "{:<22} {:>13} {:>13} {:>7.3}  {:<14} {} | {}{}",
+            "{:<22} {:>13} {:>13} {:>13} {:>7} {:>7}  {:<14} {} | {} | {}{}",
             row.name,
-            sb,
-            raw,
-            row.ratio(),
+            median(Kind::Switchboard),
+            median(Kind::Raw),
+            median(Kind::Mio),
+            format_ratio(row.ratio(Kind::Raw)),
+            format_ratio(row.ratio(Kind::Mio)),
             row.unit,
-            rounds_list(row, &row.switchboard),
-            rounds_list(row, &row.raw),
+            rounds(Kind::Switchboard),
+            rounds(Kind::Raw),
+            rounds(Kind::Mio),
             row.note
         );
     }
 }
 
-/// The order of the two servers in round `round`: alternating which goes first.
-fn order(round: usize) -> [Kind; 2] {
-    if round % 2 == 0 {
-        [Kind::Raw, Kind::Switchboard]
-    } else {
-        [Kind::Switchboard, Kind::Raw]
-    }
+/// The order of `kinds` in round `round`: rotated by one each round, so each kind takes each
+/// place in turn (with two kinds, they alternate which goes first).
+fn order(round: usize, kinds: &[Kind]) -> Vec<Kind> {
+    let mut kinds = kinds.to_vec();
+    let len = kinds.len();
+    kinds.rotate_left(round % len);
+    kinds
 }
 
-/// The two servers of one protocol, and how clients reach them.
-struct Pair {
-    switchboard: Running,
-    raw: Running,
+/// The servers of one protocol, and how clients reach them.
+struct Servers {
+    running: Vec<(Kind, Running)>,
     client: Client,
 }
 
-impl Pair {
-    fn get(&self, kind: Kind) -> &Running {
-        match kind {
-            Kind::Switchboard => &self.switchboard,
-            Kind::Raw => &self.raw,
+impl Servers {
+    /// One server of each of `kinds`, TLS ones if given an acceptor.
+    fn start(kinds: &[Kind], tls: Option<&native_tls::TlsAcceptor>, client: Client) -> Servers {
+        Servers {
+            running: kinds
+                .iter()
+                .map(|&kind| (kind, Running::start(kind, tls)))
+                .collect(),
+            client,
         }
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        self.running.iter().map(|(kind, _)| *kind).collect()
+    }
+
+    fn get(&self, kind: Kind) -> &Running {
+        self.running
+            .iter()
+            .find_map(|(k, running)| (*k == kind).then_some(running))
+            .expect("a server of each kind asked for")
     }
 }
 
@@ -957,11 +1741,11 @@ fn settle(running: &Running, kind: Kind) {
     }
 }
 
-/// The throughput scenario `name` against both servers of `pair`, in interleaved rounds: rows
-/// of msgs/s and of server µs/msg.
+/// The throughput scenario `name` against every server of `servers`, in interleaved rounds:
+/// rows of msgs/s and of server µs/msg.
 fn throughput(
     client_runtime: &Runtime,
-    pair: &Pair,
+    servers: &Servers,
     name: &str,
     size: usize,
     connections: usize,
@@ -970,10 +1754,10 @@ fn throughput(
     let mut row = Row::new(name, "msgs/s");
     let mut cpu_row = Row::new(name, "server µs/msg").with_decimals(2);
     for round in 0..settings.rounds {
-        for kind in order(round) {
-            let running = pair.get(kind);
+        for kind in order(round, &servers.kinds()) {
+            let running = servers.get(kind);
             let result = client_runtime.block_on(echo_load(
-                &pair.client,
+                &servers.client,
                 running.address,
                 connections,
                 size,
@@ -1004,190 +1788,280 @@ fn throughput(
     (row, cpu_row)
 }
 
-/// The churn scenario `name` against both servers of `pair`, in interleaved rounds: rows of
+/// The churn scenario `name` against every server of `servers`, in interleaved rounds: rows of
 /// conns/s and of server µs/conn.
-fn churn(client_runtime: &Runtime, pair: &Pair, name: &str, settings: &Settings) -> (Row, Row) {
+fn churn(
+    client_runtime: &Runtime,
+    servers: &Servers,
+    name: &str,
+    settings: &Settings,
+) -> (Row, Row) {
     let mut row = Row::new(name, "conns/s");
     let mut cpu_row = Row::new(name, "server µs/conn").with_decimals(2);
-    let mut failures = [0_u64; 2];
+    let mut failures = [0_u64; 3];
     for round in 0..settings.rounds {
-        for kind in order(round) {
-            let running = pair.get(kind);
+        for kind in order(round, &servers.kinds()) {
+            let running = servers.get(kind);
             let (rate, failed) =
-                client_runtime.block_on(churn_load(&pair.client, running.address, settings));
+                client_runtime.block_on(churn_load(&servers.client, running.address, settings));
             eprintln!(
                 "  {name:<18} round {round} {:<11} {:>12} conns/s {:>6.2} server µs/conn ({failed} failed)",
                 kind.name(),
                 thousands(rate.per_second),
                 rate.cpu_micros
             );
-            failures[(kind == Kind::Raw) as usize] += failed;
+            failures[kind.index()] += failed;
             row.push(kind, rate.per_second);
             cpu_row.push(kind, rate.cpu_micros);
             settle(running, kind);
         }
     }
-    if failures != [0, 0] {
+    if failures.iter().any(|&failed| failed > 0) {
         row.note = format!(
-            "  (failed connects: switchboard {}, raw {})",
-            failures[0], failures[1]
+            "  (failed connects: switchboard {}, raw {}, mio {})",
+            failures[Kind::Switchboard.index()],
+            failures[Kind::Raw.index()],
+            failures[Kind::Mio.index()]
         );
     }
     (row, cpu_row)
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(position) = args.iter().position(|arg| arg == "--memory-server") {
-        let kind = args
-            .get(position + 1)
-            .and_then(|name| Kind::parse(name))
-            .expect("--memory-server switchboard|raw");
-        memory_server(kind);
-        return;
-    }
-    let settings = Settings::new(args.iter().any(|arg| arg == "--quick"));
-    let began = Instant::now();
-
-    let fd_limit = open_files_limit();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    eprintln!(
-        "echo bench{}: {} cores, open files limit {}, {} rounds of {:?} (+{:?} warm-up)",
-        if settings.quick { " (--quick)" } else { "" },
-        cores,
-        fd_limit.map_or("unknown".to_string(), |n| n.to_string()),
-        settings.rounds,
-        settings.measure,
-        settings.warmup,
-    );
-
-    let server_runtime = runtime("server");
-    let client_runtime = runtime("client");
-    let acceptor = switchboard::tls::acceptor_from_pem(SERVER_PEM, SERVER_KEY)
-        .expect("build the TLS acceptor from tests/certs");
-    let plain = Pair {
-        switchboard: Running::start(&server_runtime, Kind::Switchboard, None),
-        raw: Running::start(&server_runtime, Kind::Raw, None),
-        client: Client::Plain,
-    };
-    let tls = Pair {
-        switchboard: Running::start(&server_runtime, Kind::Switchboard, Some(&acceptor)),
-        raw: Running::start(&server_runtime, Kind::Raw, Some(&acceptor)),
-        client: Client::Tls(tls_connector()),
-    };
-
-    let mut rows = Vec::new();
-    let mut cpu_rows = Vec::new();
-
-    // 1. Throughput.
-    let scenarios = [
-        ("echo 64B x50", 64, 50),
-        ("echo 4KiB x50", 4096, 50),
-        ("echo 64B x1000", 64, 1000),
-    ];
-    for (name, size, connections) in scenarios {
-        let (row, cpu_row) =
-            throughput(&client_runtime, &plain, name, size, connections, &settings);
-        rows.push(row);
-        cpu_rows.push(cpu_row);
-    }
-
-    // 2. Connection churn.
-    let (row, cpu_row) = churn(
-        &client_runtime,
-        &plain,
-        &format!("churn x{CHURNERS}"),
-        &settings,
-    );
-    rows.push(row);
-    cpu_rows.push(cpu_row);
-
-    // 3. TLS: echo, then churn.
-    let name = format!(
-        "tls echo {}KiB x{TLS_ECHO_CONNECTIONS}",
-        TLS_ECHO_SIZE / 1024
-    );
-    let (row, cpu_row) = throughput(
-        &client_runtime,
-        &tls,
-        &name,
-        TLS_ECHO_SIZE,
-        TLS_ECHO_CONNECTIONS,
-        &settings,
-    );
-    rows.push(row);
-    cpu_rows.push(cpu_row);
-    let (row, cpu_row) = churn(
-        &client_runtime,
-        &tls,
-        &format!("tls churn x{CHURNERS}"),
-        &settings,
-    );
-    rows.push(row);
-    cpu_rows.push(cpu_row);
-
-    // 4. Idle memory, in child processes.
-    let mut connections = settings.idle_connections;
-    if let Some(limit) = fd_limit {
-        // Each process holds one descriptor per connection plus a few of its own.
-        let room = limit.saturating_sub(64);
-        if room < connections {
-            eprintln!("  open files limit {limit}: scaling idle connections down to {room}");
-            connections = room;
-        }
-    }
+/// Scenario 4: idle memory per connection, [`Settings::idle_connections`] to a fresh server
+/// process per round and kind: rows of resident set and heap bytes per connection.
+fn idle_memory(settings: &Settings) -> [Row; 2] {
+    let connections = connections_within_limits("idle", Some(settings.idle_connections));
     let mut rss_row = Row::new(format!("idle RSS x{connections}"), "bytes/conn");
     let mut heap_row = Row::new(format!("idle heap x{connections}"), "bytes/conn");
     for round in 0..settings.memory_rounds {
-        for kind in order(round) {
-            match memory_round(&client_runtime, kind, connections) {
-                Ok((rss, heap)) => {
+        for kind in order(round, &PLAIN_KINDS) {
+            match memory_round(kind, connections) {
+                Ok(idle) if idle.held == connections => {
                     eprintln!(
                         "  idle x{connections:<10} round {round} {:<11} {:>8} B/conn RSS, {:>8} B/conn heap",
                         kind.name(),
-                        thousands(rss),
-                        thousands(heap)
+                        thousands(idle.rss),
+                        thousands(idle.heap)
                     );
-                    rss_row.push(kind, rss);
-                    heap_row.push(kind, heap);
+                    rss_row.push(kind, idle.rss);
+                    heap_row.push(kind, idle.heap);
                 }
-                Err(error) => {
+                outcome => {
+                    let error = match outcome {
+                        Ok(idle) => format!("held {} of {connections}", idle.held),
+                        Err(error) => error,
+                    };
                     eprintln!("  idle round {round} {} FAILED: {error}", kind.name());
                     rss_row.note = format!("  ({} failed: {error})", kind.name());
                 }
             }
         }
     }
-    rows.push(rss_row);
-    rows.push(heap_row);
+    [rss_row, heap_row]
+}
 
-    print_table(
-        "Throughput, churn and idle memory (median of each side):",
-        &rows,
+/// Scenario 5: as many idle connections as the limits allow (or `--max-connections`), once per
+/// kind, each to a fresh server process: rows of connections held, resident set and heap bytes
+/// per connection held, and the time to accept them all.
+fn max_connections(settings: &Settings) -> [Row; 4] {
+    let connections = connections_within_limits("max-connections", settings.max_connections);
+    let label = thousands(connections as f64);
+    let mut held_row = Row::new(format!("max held x{label}"), "connections");
+    let mut rss_row = Row::new(format!("max RSS x{label}"), "bytes/conn");
+    let mut heap_row = Row::new(format!("max heap x{label}"), "bytes/conn");
+    let mut accept_row =
+        Row::new(format!("max accept x{label}"), "s to accept all").with_decimals(2);
+    for kind in PLAIN_KINDS {
+        match memory_round(kind, connections) {
+            Ok(idle) => {
+                eprintln!(
+                    "  max x{label:<11} {:<11} held {:>7}, {:>6} B/conn RSS, {:>6} B/conn heap, all accepted in {:.2} s",
+                    kind.name(),
+                    thousands(idle.held as f64),
+                    thousands(idle.rss),
+                    thousands(idle.heap),
+                    idle.accept.as_secs_f64()
+                );
+                if idle.held < connections {
+                    held_row.note = format!(
+                        "  ({} held {} of {label})",
+                        kind.name(),
+                        thousands(idle.held as f64)
+                    );
+                }
+                held_row.push(kind, idle.held as f64);
+                rss_row.push(kind, idle.rss);
+                heap_row.push(kind, idle.heap);
+                accept_row.push(kind, idle.accept.as_secs_f64());
+            }
+            Err(error) => {
+                eprintln!("  max x{label} {} FAILED: {error}", kind.name());
+                held_row.note = format!("  ({} failed: {error})", kind.name());
+            }
+        }
+    }
+    [held_row, rss_row, heap_row, accept_row]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        println!("{USAGE}");
+        return;
+    }
+    if let Some(kind) = option(&args, "--memory-server") {
+        memory_server(kind);
+        return;
+    }
+    if let Some(kind) = option(&args, "--echo-server") {
+        let connections: usize = required(&args, "--connections", "--echo-server");
+        if connections == 0 {
+            usage_error("--connections must be at least 1");
+        }
+        foreground_server(kind, connections);
+        return;
+    }
+    if let Some(address) = option(&args, "--echo-client") {
+        let connections: usize = required(&args, "--connections", "--echo-client");
+        if connections == 0 {
+            usage_error("--connections must be at least 1");
+        }
+        let messages = required(&args, "--messages", "--echo-client");
+        let size = option(&args, "--size").unwrap_or(64);
+        if let Err(error) = foreground_client(address, connections, messages, size) {
+            eprintln!("echo client: {error}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let settings = Settings::from_args(&args);
+    let began = Instant::now();
+
+    let limits = descriptor_limits();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    eprintln!(
+        "echo bench{}: {} cores, open files limit {}, {} rounds of {:?} (+{:?} warm-up)",
+        if settings.quick { " (--quick)" } else { "" },
+        cores,
+        limits.map_or("unknown".to_string(), |(soft, hard)| format!(
+            "{soft} (hard {hard})"
+        )),
+        settings.rounds,
+        settings.measure,
+        settings.warmup,
     );
-    print_table(
-        "Server CPU per operation (server runtime threads, /proc; less sensitive to a noisy neighbour):",
-        &cpu_rows,
-    );
+
+    let client_runtime = runtime("client");
+    let plain = (settings.runs("echo") || settings.runs("churn"))
+        .then(|| Servers::start(&PLAIN_KINDS, None, Client::Plain));
+    let tls = settings.runs("tls").then(|| {
+        let acceptor = switchboard::tls::acceptor_from_pem(SERVER_PEM, SERVER_KEY)
+            .expect("build the TLS acceptor from tests/certs");
+        Servers::start(&TLS_KINDS, Some(&acceptor), Client::Tls(tls_connector()))
+    });
+
+    let mut rows = Vec::new();
+    let mut cpu_rows = Vec::new();
+
+    if let Some(plain) = &plain {
+        // 1. Throughput.
+        if settings.runs("echo") {
+            let scenarios = [
+                ("echo 64B x50", 64, 50),
+                ("echo 4KiB x50", 4096, 50),
+                ("echo 64B x1000", 64, 1000),
+            ];
+            for (name, size, connections) in scenarios {
+                let (row, cpu_row) =
+                    throughput(&client_runtime, plain, name, size, connections, &settings);
+                rows.push(row);
+                cpu_rows.push(cpu_row);
+            }
+        }
+
+        // 2. Connection churn.
+        if settings.runs("churn") {
+            let name = format!("churn x{CHURNERS}");
+            let (row, cpu_row) = churn(&client_runtime, plain, &name, &settings);
+            rows.push(row);
+            cpu_rows.push(cpu_row);
+        }
+    }
+
+    // 3. TLS: echo, then churn.
+    if let Some(tls) = &tls {
+        let name = format!(
+            "tls echo {}KiB x{TLS_ECHO_CONNECTIONS}",
+            TLS_ECHO_SIZE / 1024
+        );
+        let (row, cpu_row) = throughput(
+            &client_runtime,
+            tls,
+            &name,
+            TLS_ECHO_SIZE,
+            TLS_ECHO_CONNECTIONS,
+            &settings,
+        );
+        rows.push(row);
+        cpu_rows.push(cpu_row);
+        let name = format!("tls churn x{CHURNERS}");
+        let (row, cpu_row) = churn(&client_runtime, tls, &name, &settings);
+        rows.push(row);
+        cpu_rows.push(cpu_row);
+    }
+
+    // 4. Idle memory, in child processes.
+    if settings.runs("idle") {
+        rows.extend(idle_memory(&settings));
+    }
+
+    // 5. As many idle connections as the limits allow, in child processes.
+    if settings.runs("max-connections") {
+        rows.extend(max_connections(&settings));
+    }
+
+    print_table("Throughput, churn and memory (median of each side):", &rows);
+    if !cpu_rows.is_empty() {
+        print_table(
+            "Server CPU per operation (server threads, /proc; less sensitive to a noisy neighbour):",
+            &cpu_rows,
+        );
+    }
     println!();
     println!(
-        "ratio = median(switchboard) / median(raw tokio). Higher is better for msgs/s and conns/s"
+        "sb/raw = median(switchboard) / median(raw tokio), sb/mio = median(switchboard) / median(mio)."
     );
-    println!("(target >= 0.90); lower is better for bytes/conn (target <= 1.00) and for server CPU per op.");
+    println!(
+        "Higher is better for msgs/s and conns/s (target >= 0.90 of raw tokio); lower is better for"
+    );
+    println!(
+        "bytes/conn (target <= 1.00) and for server CPU per op (target <= 1.00 of raw tokio). mio is"
+    );
+    println!("the floor: what the kernel work alone costs on one thread.");
     println!();
     for row in &rows {
-        println!("ratio {}: {:.2}", row.name, row.ratio());
+        println!("ratio {}: {:.2}", row.name, row.ratio(Kind::Raw));
+    }
+    for row in &rows {
+        if row.median(Kind::Mio).is_some() {
+            println!("ratio vs mio {}: {:.2}", row.name, row.ratio(Kind::Mio));
+        }
     }
     for row in &cpu_rows {
-        println!("cpu ratio {}: {:.2}", row.name, row.ratio());
+        println!("cpu ratio {}: {:.2}", row.name, row.ratio(Kind::Raw));
+    }
+    for row in &cpu_rows {
+        if row.median(Kind::Mio).is_some() {
+            println!("cpu ratio vs mio {}: {:.2}", row.name, row.ratio(Kind::Mio));
+        }
     }
     eprintln!("\nfinished in {:.1} s", began.elapsed().as_secs_f64());
 
-    for running in [&plain.switchboard, &tls.switchboard] {
-        if let Some(switchboard) = &running.switchboard {
-            server_runtime.block_on(switchboard.shutdown());
+    for servers in plain.iter().chain(&tls) {
+        let running = servers.get(Kind::Switchboard);
+        if let (Some(switchboard), Some(runtime)) = (&running.switchboard, &running.runtime) {
+            runtime.block_on(switchboard.shutdown());
         }
     }
-    server_runtime.shutdown_background();
     client_runtime.shutdown_background();
 }

@@ -5,7 +5,7 @@
 //! cargo run --release --example echo_server -- [--listen ADDR] [--threads N]
 //!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]
 //!     [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] [--first-byte-timeout SECS]
-//!     [--write-limit BYTES] [--max-per-ip N]
+//!     [--write-limit BYTES] [--max-per-ip N] [--urgent]
 //! ```
 //! The first line on stdout is `listening on <address>`. With `--events`, every callback prints
 //! one line `event <callback name without on_> key=value ...`. With `--tls-cert` (a PEM
@@ -13,10 +13,12 @@
 //! README shows how to make a test certificate with `openssl`. `--idle-timeout` and
 //! `--first-byte-timeout` end connections that stay silent; `--write-limit` bounds each
 //! connection's write queue (its watermarks follow: high at the limit, low at half);
-//! `--max-per-ip` caps concurrent connections from one IP address. Every
-//! plain connection asks for TCP urgent data (Linux), so an urgent byte shows as an
-//! `event read_oob_completed` line and is echoed back as urgent data. (Watching for urgent data
-//! costs a second descriptor per connection, so `ulimit -n` must allow two per connection.)
+//! `--max-per-ip` caps concurrent connections from one IP address. With `--urgent` every plain
+//! connection also asks for TCP urgent data (Linux), so an urgent byte shows as an
+//! `event read_oob_completed` line and is echoed back as urgent data. It is off by default because
+//! watching for urgent data costs a second descriptor per connection (`ulimit -n` must then allow
+//! two per connection) and a second wait on every connection's task, which a plain echo server
+//! does not need.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -43,12 +45,14 @@ struct Options {
     first_byte_timeout: Option<Duration>,
     write_limit: Option<usize>,
     max_per_ip: Option<usize>,
+    urgent: bool,
 }
 
 const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
                      [--at-limit stop|reject] [--shutdown-timeout SECS] [--events] \
                      [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] \
-                     [--first-byte-timeout SECS] [--write-limit BYTES] [--max-per-ip N]";
+                     [--first-byte-timeout SECS] [--write-limit BYTES] [--max-per-ip N] \
+                     [--urgent]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -64,6 +68,7 @@ fn parse_options() -> Result<Options, String> {
         first_byte_timeout: None,
         write_limit: None,
         max_per_ip: None,
+        urgent: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -95,6 +100,7 @@ fn parse_options() -> Result<Options, String> {
             "--first-byte-timeout" => options.first_byte_timeout = Some(seconds(&flag, &value()?)?),
             "--write-limit" => options.write_limit = Some(number(&flag, &value()?)?),
             "--max-per-ip" => options.max_per_ip = Some(number(&flag, &value()?)?),
+            "--urgent" => options.urgent = true,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -134,6 +140,8 @@ impl Events {
 struct Echo {
     events: Events,
     id: Slot<ConnectionId>,
+    /// Whether every connection also watches for urgent data (`--urgent`).
+    urgent: bool,
 }
 
 fn direction(direction: Direction) -> &'static str {
@@ -180,8 +188,10 @@ impl Callbacks for Echo {
             connection.id()
         ));
         connection.read();
-        // Urgent data is plain TCP on Linux only; elsewhere the request is refused and skipped.
-        let _ = connection.read_oob();
+        if self.urgent {
+            // Urgent data is plain TCP on Linux only; elsewhere the request is refused and skipped.
+            let _ = connection.read_oob();
+        }
     }
 
     async fn on_read_oob_completed(&self, connection: &Connection, data: BytesMut) {
@@ -415,6 +425,7 @@ async fn run(options: Options) -> Result<(), Error> {
             enabled: options.events,
         },
         id,
+        urgent: options.urgent,
     };
     let server = builder.start(callbacks).await?;
     {
