@@ -511,7 +511,7 @@ impl ServerBuilder {
             invoker: Invoker::new(Box::new(callbacks)),
             read_buffer_size: config.read_buffer_size,
             handshake_timeout: config.handshake_timeout,
-            lifecycle: LifecycleConfig {
+            lifecycle: Arc::new(LifecycleConfig {
                 limits: WriteLimits {
                     limit: config.write_queue_limit,
                     high: config.write_high_watermark,
@@ -520,7 +520,7 @@ impl ServerBuilder {
                 timeouts: config.timeouts,
                 close_timeout: config.close_timeout,
                 slow_consumer_timeout: config.slow_consumer_timeout,
-            },
+            }),
         };
         let counters = Arc::new(Counters::default());
         let manager = Arc::new(Manager {

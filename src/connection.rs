@@ -86,7 +86,7 @@ pub(crate) struct Shared {
     pub(crate) counters: ConnectionCounters,
     pub(crate) mailbox: Mailbox,
     /// What the TLS handshake negotiated, once it has.
-    pub(crate) tls: OnceLock<TlsInfo>,
+    pub(crate) tls: OnceLock<Box<TlsInfo>>,
     /// Whether this is a TLS connection (negotiated or not yet).
     pub(crate) is_tls: bool,
     /// The driver's task, on which waiting for room would never end.
@@ -169,7 +169,7 @@ impl Connection {
     /// before [`on_negotiation_complete`](crate::Callbacks::on_negotiation_complete) (that is,
     /// only in the failure callbacks of a handshake that did not finish).
     pub fn tls_info(&self) -> Option<&TlsInfo> {
-        self.shared.tls.get()
+        self.shared.tls.get().map(|info| &**info)
     }
 
     /// This connection's byte and operation counts so far.

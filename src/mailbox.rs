@@ -307,35 +307,35 @@ impl Mailbox {
 
     /// Takes what was posted since the last take, if anything was (one atomic operation when
     /// nothing was).
-    pub(crate) fn take_posted(
-        &self,
-        writes: &mut VecDeque<Bytes>,
-        urgent: &mut Vec<u8>,
-    ) -> Option<Requests> {
-        self.signal.consume().then(|| self.take(writes, urgent))
+    pub(crate) fn take_posted(&self, writes: &mut VecDeque<Bytes>) -> Option<Requests> {
+        self.signal.consume().then(|| self.take(writes))
+    }
+
+    /// Takes the urgent bytes posted (after a take that said there were some).
+    pub(crate) fn take_urgent(&self, urgent: &mut Vec<u8>) {
+        urgent.append(&mut self.inbox().urgent);
     }
 
     pub(crate) fn handles(&self) -> usize {
         self.handles.load(Ordering::Acquire)
     }
 
-    /// Takes every request posted so far, appending the writes and urgent bytes to the driver's
-    /// own queues (the inbox keeps its buffers' capacity for the next posts).
-    pub(crate) fn take(&self, writes: &mut VecDeque<Bytes>, urgent: &mut Vec<u8>) -> Requests {
+    /// Takes every request posted so far, appending the writes to the driver's queue (the inbox
+    /// keeps its buffer's capacity for the next posts); urgent bytes are left for
+    /// [`Mailbox::take_urgent`].
+    pub(crate) fn take(&self, writes: &mut VecDeque<Bytes>) -> Requests {
         let mut inbox = self.inbox();
         let timeouts = std::mem::take(&mut inbox.timeouts_changed).then_some(inbox.timeouts);
         let queued = std::mem::take(&mut inbox.writes_len);
         if queued > 0 {
             writes.extend(inbox.writes.drain(..));
         }
-        if !inbox.urgent.is_empty() {
-            urgent.append(&mut inbox.urgent);
-        }
         Requests {
             read: std::mem::take(&mut inbox.read),
             queued,
             crossed_high: std::mem::take(&mut inbox.crossed_high),
             urgent_pending: false,
+            urgent_posted: !inbox.urgent.is_empty(),
             urgent_wanted: std::mem::take(&mut inbox.urgent_wanted),
             shutdown_write: inbox.shutdown_write,
             close: inbox.close,
@@ -439,11 +439,9 @@ mod tests {
         mailbox.request_read();
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
         assert!(mailbox.poll_posted(&mut cx).is_ready());
-        let taken = mailbox.take_posted(&mut VecDeque::new(), &mut Vec::new());
+        let taken = mailbox.take_posted(&mut VecDeque::new());
         assert!(taken.expect("a post").read);
-        assert!(mailbox
-            .take_posted(&mut VecDeque::new(), &mut Vec::new())
-            .is_none());
+        assert!(mailbox.take_posted(&mut VecDeque::new()).is_none());
         // Parked: the first post wakes, the second does not wake again.
         assert!(mailbox.poll_posted(&mut cx).is_pending());
         mailbox.request_read();
@@ -454,9 +452,7 @@ mod tests {
             mailbox.poll_posted(&mut cx).is_ready(),
             "the mark stays until the take"
         );
-        assert!(mailbox
-            .take_posted(&mut VecDeque::new(), &mut Vec::new())
-            .is_some());
+        assert!(mailbox.take_posted(&mut VecDeque::new()).is_some());
     }
 
     #[test]
@@ -476,7 +472,7 @@ mod tests {
         let mailbox = Mailbox::new(LIMITS, Timeouts::default());
         mailbox.write(Bytes::from(vec![0; 90])).unwrap();
         let mut writes = VecDeque::new();
-        assert_eq!(mailbox.take(&mut writes, &mut Vec::new()).queued, 90);
+        assert_eq!(mailbox.take(&mut writes).queued, 90);
         assert_eq!(writes.len(), 1);
         assert!(!mailbox.has_room().unwrap(), "at or above high");
         mailbox.publish_high(true);

@@ -84,7 +84,7 @@ impl Driver {
         };
         let info = TlsInfo::from_stream(side, stream.get_ref());
         self.transport = Transport::tls(stream);
-        let info = self.shared.tls.get_or_init(|| info);
+        let info = self.shared.tls.get_or_init(|| Box::new(info));
         let callbacks = self.context.invoker.callbacks();
         if !self
             .call(

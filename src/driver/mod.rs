@@ -48,7 +48,7 @@ pub(crate) struct Context {
     pub(crate) invoker: Invoker,
     pub(crate) read_buffer_size: usize,
     pub(crate) handshake_timeout: Duration,
-    pub(crate) lifecycle: LifecycleConfig,
+    pub(crate) lifecycle: Arc<LifecycleConfig>,
 }
 
 /// What ended a wait.
@@ -70,8 +70,8 @@ pub(crate) struct Driver {
     /// The uncounted handle lent to callbacks.
     connection: Connection,
     transport: Transport,
-    /// The handshake still to run, for a TLS connection.
-    secure: Option<Secure>,
+    /// The handshake still to run, for a TLS connection (boxed: used once, and by few).
+    secure: Option<Box<Secure>>,
     life: Lifecycle,
     writes: WriteQueue,
     urgent: Urgent,
@@ -91,11 +91,11 @@ impl Driver {
     ) -> Self {
         Driver {
             connection: Connection::uncounted(shared.clone()),
-            life: Lifecycle::new(context.lifecycle, Instant::now()),
+            life: Lifecycle::new(context.lifecycle.clone(), Instant::now()),
             context,
             shared,
             transport: Transport::Plain(stream),
-            secure,
+            secure: secure.map(Box::new),
             writes: WriteQueue::default(),
             urgent: Urgent::default(),
             timer: Timer::default(),
@@ -120,7 +120,7 @@ impl Driver {
     /// From the handshake (for TLS) to the end of the I/O loop; returns the closure reason.
     async fn live(&mut self) -> ClosureReason {
         if let Some(secure) = self.secure.take() {
-            if let Err(reason) = Box::pin(self.handshake(secure)).await {
+            if let Err(reason) = Box::pin(self.handshake(*secure)).await {
                 return reason;
             }
         }
@@ -135,7 +135,7 @@ impl Driver {
         {
             return ClosureReason::CallbackPanic;
         }
-        self.life = Lifecycle::new(self.context.lifecycle, Instant::now());
+        self.life = Lifecycle::new(self.context.lifecycle.clone(), Instant::now());
         self.pump().await
     }
 
@@ -183,7 +183,7 @@ impl Driver {
     /// Takes what handles posted into the lifecycle, the write queue and the urgent bytes.
     fn take_posted(&mut self, now: &LazyNow) {
         let mailbox = &self.shared.mailbox;
-        let mut requests = match mailbox.take_posted(self.writes.tail(), self.urgent.tail()) {
+        let mut requests = match mailbox.take_posted(self.writes.tail()) {
             Some(requests) => requests,
             // Nothing posted since the last take: only the handle count can have moved.
             None => Requests {
@@ -191,6 +191,9 @@ impl Driver {
                 ..Requests::default()
             },
         };
+        if requests.urgent_posted {
+            mailbox.take_urgent(self.urgent.queue());
+        }
         if self.urgent.has_pending() {
             self.urgent.send(self.transport.tcp());
         }
@@ -263,7 +266,7 @@ impl Driver {
             urgent_pending: urgent.has_pending(),
             timer,
             read_buffer_size: context.read_buffer_size,
-            past_urgent: urgent.aware,
+            past_urgent: urgent.aware(),
         };
         tokio::select! {
             biased;
@@ -285,7 +288,7 @@ impl Driver {
             urgent_pending: self.urgent.has_pending(),
             timer: &mut self.timer,
             read_buffer_size: self.context.read_buffer_size,
-            past_urgent: self.urgent.aware,
+            past_urgent: self.urgent.aware(),
         }
         .poll(cx, interest)
     }

@@ -27,39 +27,44 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) enum Transport {
     Plain(TcpStream),
-    Tls {
-        stream: Box<tokio_native_tls::TlsStream<TcpStream>>,
-        /// The read buffer (zeroed, its full size), kept while a read is pending: OpenSSL may
-        /// hold decrypted bytes that no socket readiness announces, so a TLS read is always
-        /// polled with a buffer ready.
-        read_buffer: Option<BytesMut>,
-        /// Where small buffers are gathered into one record.
-        gather: Vec<u8>,
-    },
+    /// Boxed: a plain connection's driver should not carry a TLS connection's state.
+    Tls(Box<Tls>),
     /// The socket was handed to a handshake that failed; it is closed.
     Gone,
 }
 
+/// A TLS stream and the buffers its reads and writes go through.
+#[derive(Debug)]
+pub(crate) struct Tls {
+    stream: tokio_native_tls::TlsStream<TcpStream>,
+    /// The read buffer (zeroed, its full size), kept while a read is pending: OpenSSL may hold
+    /// decrypted bytes that no socket readiness announces, so a TLS read is always polled with a
+    /// buffer ready.
+    read_buffer: Option<BytesMut>,
+    /// Where small buffers are gathered into one record.
+    gather: Vec<u8>,
+}
+
 impl Transport {
     pub(crate) fn tls(stream: tokio_native_tls::TlsStream<TcpStream>) -> Self {
-        Transport::Tls {
-            stream: Box::new(stream),
+        Transport::Tls(Box::new(Tls {
+            stream,
             read_buffer: None,
             gather: Vec::new(),
-        }
+        }))
     }
 
     /// The TCP socket, for socket options and `shutdown`.
     pub(crate) fn tcp(&self) -> Option<&TcpStream> {
         match self {
             Transport::Plain(stream) => Some(stream),
-            Transport::Tls { stream, .. } => Some(stream.get_ref().get_ref().get_ref()),
+            Transport::Tls(tls) => Some(tls.stream.get_ref().get_ref().get_ref()),
             Transport::Gone => None,
         }
     }
 
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls { .. })
+        matches!(self, Transport::Tls(_))
     }
 
     /// Polls for data: a buffer of up to `size` bytes, empty at the end of the stream. With
@@ -102,11 +107,12 @@ impl Transport {
                     }
                 }
             }),
-            Transport::Tls {
-                stream,
-                read_buffer,
-                ..
-            } => {
+            Transport::Tls(tls) => {
+                let Tls {
+                    stream,
+                    read_buffer,
+                    ..
+                } = &mut **tls;
                 // An initialized buffer: tokio-native-tls zero-fills the unfilled part of the
                 // buffer it is given on every poll, so a zeroed one is filled once per read, not
                 // once per poll.
@@ -134,7 +140,8 @@ impl Transport {
                 Pin::new(stream).poll_write(cx, &buffers[0])
             }
             Transport::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, buffers),
-            Transport::Tls { stream, gather, .. } => {
+            Transport::Tls(tls) => {
+                let Tls { stream, gather, .. } = &mut **tls;
                 let first = buffers.first().map_or(&[][..], |buffer| &buffer[..]);
                 if buffers.len() == 1 || first.len() >= TLS_RECORD / 2 {
                     return Pin::new(stream).poll_write(cx, first);
@@ -158,7 +165,7 @@ impl Transport {
     /// Polls the sending of TLS `close_notify`; nothing to do on plain TCP.
     pub(crate) fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Transport::Tls { stream, .. } => Pin::new(stream).poll_shutdown(cx),
+            Transport::Tls(tls) => Pin::new(&mut tls.stream).poll_shutdown(cx),
             Transport::Plain(_) | Transport::Gone => Poll::Ready(Ok(())),
         }
     }

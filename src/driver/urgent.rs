@@ -21,13 +21,17 @@ pub(super) enum Watched {
     Closed,
 }
 
-/// See the module docs.
+/// See the module docs. Boxed, and only once the application uses urgent data: most
+/// connections never do, and should not carry its state.
 #[derive(Debug, Default)]
-pub(super) struct Urgent {
+pub(super) struct Urgent(Option<Box<State>>);
+
+#[derive(Debug, Default)]
+struct State {
     /// Bytes the application asked to send that the socket did not take yet.
     to_send: Vec<u8>,
     /// The application asked for urgent data once: reads go on past urgent marks.
-    pub(super) aware: bool,
+    aware: bool,
     /// The socket can bring no more urgent data.
     finished: bool,
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -36,35 +40,45 @@ pub(super) struct Urgent {
 
 impl Urgent {
     pub(super) fn has_pending(&self) -> bool {
-        !self.to_send.is_empty()
+        self.0
+            .as_ref()
+            .is_some_and(|state| !state.to_send.is_empty())
     }
 
-    /// Where the mailbox appends newly posted urgent bytes.
-    pub(super) fn tail(&mut self) -> &mut Vec<u8> {
-        &mut self.to_send
+    /// Whether reads must go on past urgent marks.
+    pub(super) fn aware(&self) -> bool {
+        self.0.as_ref().is_some_and(|state| state.aware)
+    }
+
+    /// Where newly posted urgent bytes go.
+    pub(super) fn queue(&mut self) -> &mut Vec<u8> {
+        &mut self.0.get_or_insert_with(Box::default).to_send
     }
 
     /// Sends what it can of the urgent bytes; the rest waits for room. A failure drops them: the
     /// connection is failing, and its reads and writes will say how.
     pub(super) fn send(&mut self, tcp: Option<&TcpStream>) {
+        let Some(state) = self.0.as_mut() else {
+            return;
+        };
         let Some(tcp) = tcp else {
-            self.to_send.clear();
+            state.to_send.clear();
             return;
         };
         let socket = SockRef::from(tcp);
         let mut sent = 0;
-        for byte in &self.to_send {
+        for byte in &state.to_send {
             match socket.send_out_of_band(std::slice::from_ref(byte)) {
                 Ok(_) => sent += 1,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) => {
                     tracing::debug!(%error, "urgent byte not sent");
-                    sent = self.to_send.len();
+                    sent = state.to_send.len();
                     break;
                 }
             }
         }
-        self.to_send.drain(..sent);
+        state.to_send.drain(..sent);
     }
 
     /// Whether a wait for urgent data would do anything; creates or drops the watcher to match
@@ -72,7 +86,7 @@ impl Urgent {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[inline]
     pub(super) fn watch(&mut self, wanted: bool, tcp: Option<&TcpStream>) -> bool {
-        if !wanted && self.watch.is_none() {
+        if !wanted && self.0.as_ref().map_or(true, |state| state.watch.is_none()) {
             return false;
         }
         self.watch_slow(wanted, tcp)
@@ -80,17 +94,18 @@ impl Urgent {
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn watch_slow(&mut self, wanted: bool, tcp: Option<&TcpStream>) -> bool {
-        if !wanted || self.finished {
-            self.watch = None;
+        let state = self.0.get_or_insert_with(Box::default);
+        if !wanted || state.finished {
+            state.watch = None;
             return false;
         }
-        self.aware = true;
-        if self.watch.is_none() {
-            self.watch = tcp
+        state.aware = true;
+        if state.watch.is_none() {
+            state.watch = tcp
                 .and_then(|tcp| SockRef::from(tcp).try_clone().ok())
                 .and_then(register_priority);
         }
-        self.watch.is_some()
+        state.watch.is_some()
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -101,7 +116,7 @@ impl Urgent {
     /// Waits for the watcher (never, without one).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(super) async fn watched(&self) -> Watched {
-        let Some(watch) = &self.watch else {
+        let Some(watch) = self.0.as_ref().and_then(|state| state.watch.as_ref()) else {
             return std::future::pending().await;
         };
         match watch.ready(tokio::io::Interest::PRIORITY).await {
@@ -123,10 +138,11 @@ impl Urgent {
 
     /// The watcher saw the socket close: no more watching.
     pub(super) fn finish(&mut self) {
-        self.finished = true;
+        let state = self.0.get_or_insert_with(Box::default);
+        state.finished = true;
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
-            self.watch = None;
+            state.watch = None;
         }
     }
 }

@@ -11,6 +11,7 @@
 //! awaited) → `Ended(reason)`. An abort, an error, a reset or a timeout goes straight to `Ended`.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -130,6 +131,8 @@ pub(crate) struct Requests {
     pub(crate) crossed_high: bool,
     /// Urgent bytes are waiting to be sent.
     pub(crate) urgent_pending: bool,
+    /// Urgent bytes were posted (the driver takes them from the mailbox).
+    pub(crate) urgent_posted: bool,
     /// The application wants the next urgent byte.
     pub(crate) urgent_wanted: bool,
     pub(crate) shutdown_write: bool,
@@ -194,7 +197,8 @@ struct Times {
 /// One connection's lifecycle. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Lifecycle {
-    config: LifecycleConfig,
+    /// Shared by every connection of a server.
+    config: Arc<LifecycleConfig>,
     timeouts: Timeouts,
     /// Some timeout of the open phase is on: only then are its deadlines computed.
     timed: bool,
@@ -221,7 +225,8 @@ pub(crate) struct Lifecycle {
 
 impl Lifecycle {
     /// A connection established at `now`.
-    pub(crate) fn new(config: LifecycleConfig, now: Instant) -> Self {
+    pub(crate) fn new(config: impl Into<Arc<LifecycleConfig>>, now: Instant) -> Self {
+        let config = config.into();
         Lifecycle {
             timeouts: config.timeouts,
             timed: timed(&config, &config.timeouts),
