@@ -5,11 +5,33 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use futures::FutureExt;
 
 use crate::{Callbacks, ConnectionId, Error};
+
+/// A callback's future, polled with its panics caught: `Err` carries the panic's payload.
+///
+/// A plain struct rather than an `async fn`, so that a connection's task, which is as large as
+/// its largest await, carries only the callback's boxed future here.
+#[derive(Debug)]
+pub(crate) struct Guarded<F>(pub(crate) F);
+
+impl<F: Future + Unpin> Future for Guarded<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = &mut self.get_mut().0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(future).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
 
 /// The application's callbacks and the one way the engine calls them.
 pub(crate) struct Invoker {

@@ -21,13 +21,14 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::future::BoxFuture;
 use futures::task::noop_waker_ref;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::connection::Shared;
-use crate::invoke::Invoker;
+use crate::invoke::{Guarded, Invoker};
 use crate::lifecycle::{
     Action, Event, Interest, LazyNow, Lifecycle, LifecycleConfig, Phase, ReadOutcome, ReadVerdict,
     Requests,
@@ -106,15 +107,24 @@ impl Driver {
 
     /// Runs the connection from establishment to release. A connection `refuse`d by the accept
     /// loop (the per-address cap) gets only its closing events, with that reason.
-    pub(crate) async fn run(mut self, refuse: Option<ClosureReason>) {
-        let _ = self.shared.task.set(tokio::task::id());
-        let reason = match refuse {
-            Some(reason) => reason,
-            None => self.live().await,
-        };
-        // Boxed, like the handshake: a connection's task is as large as its largest await, and
-        // these run once, so they should not make every idle connection pay for their state.
-        Box::pin(self.finish(reason)).await;
+    ///
+    /// Not an `async fn`: its argument would be stored twice in the task (once as the argument,
+    /// once moved into the body), while an `async move` block uses the driver in place.
+    pub(crate) fn run(
+        mut self,
+        refuse: Option<ClosureReason>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let _ = self.shared.task.set(tokio::task::id());
+            let reason = match refuse {
+                Some(reason) => reason,
+                None => self.live().await,
+            };
+            // Boxed, like the handshake: a connection's task is as large as its largest await,
+            // and these run once, so they should not make every idle connection pay for their
+            // state.
+            Box::pin(self.finish(reason)).await;
+        }
     }
 
     /// From the handshake (for TLS) to the end of the I/O loop; returns the closure reason.
@@ -140,16 +150,18 @@ impl Driver {
     }
 
     /// Invokes a callback of this connection; `false` if it panicked (already reported).
-    async fn call(
-        &self,
-        name: &'static str,
-        callback: impl std::future::Future<Output = ()>,
-    ) -> bool {
-        self.context
-            .invoker
-            .call(name, Some(self.shared.id), callback)
-            .await
-            .is_some()
+    async fn call(&self, name: &'static str, callback: BoxFuture<'_, ()>) -> bool {
+        let mut guarded = Guarded(callback);
+        match (&mut guarded).await {
+            Ok(()) => true,
+            Err(payload) => {
+                // Boxed: the panic path is rare, and its state would otherwise be part of every
+                // connection's task.
+                let invoker = &self.context.invoker;
+                Box::pin(invoker.report_panic(name, Some(self.shared.id), payload)).await;
+                false
+            }
+        }
     }
 
     async fn pump(&mut self) -> ClosureReason {
