@@ -110,6 +110,7 @@ impl Driver {
     ///
     /// Not an `async fn`: its argument would be stored twice in the task (once as the argument,
     /// once moved into the body), while an `async move` block uses the driver in place.
+    #[allow(clippy::manual_async_fn)]
     pub(crate) fn run(
         mut self,
         refuse: Option<ClosureReason>,
