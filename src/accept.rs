@@ -1,7 +1,16 @@
 //! The accept loop and its error policy.
 //!
 //! One task per server accepts from all of its listeners, so the accepting state (and the
-//! start/stop events) belong to the server as a whole. Failed accepts fall in two groups:
+//! start/stop events) belong to the server as a whole. It runs no application `async` code: the
+//! accepting events (`on_start_accepting_connections`, `on_stop_accepting_connections`,
+//! `on_maximum_connections`, `on_accept_error`) go, in order, to a task of their own, so one slow
+//! callback never stalls the listeners. Only `on_socket_created`, which is synchronous, runs here.
+//!
+//! With [`AtLimit::StopAccepting`] the loop accepts no client without a slot: at the limit it
+//! stops (the limiter tells it when another server or a connect took the last shared slot) and
+//! resumes when one frees. Every refusal is an RST.
+//!
+//! Failed accepts fall in two groups:
 //! - per-connection failures: the client went away between SYN and `accept` (ECONNABORTED,
 //!   ECONNRESET), a firewall said no (EPERM), or the network under it hiccuped (ENETDOWN…). The
 //!   next connection is unaffected, so the loop retries at once;

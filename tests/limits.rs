@@ -619,3 +619,45 @@ async fn stop_accepting_while_at_the_limit_keeps_events_alternating() {
         vec![true, false, true, false, true, false]
     );
 }
+
+/// With `StopAccepting`, a client waiting at the limit is never accepted without a slot: a
+/// shutdown then leaves it to the kernel (the listener closes), and the application sees exactly
+/// the sockets it was given, each with all its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_at_the_limit_is_not_accepted_and_dropped_by_a_shutdown() {
+    let mut builder = Server::builder()
+        .bind("127.0.0.1:0")
+        .max_connections(1)
+        .at_limit(AtLimit::StopAccepting)
+        // The served client keeps its side open: the drain ends by the clock.
+        .shutdown_timeout(Duration::from_millis(300));
+    let recorder = Recorder::new(&mut builder);
+    let server = builder.start(recorder.clone()).await.unwrap();
+    let address = server.local_addr().unwrap();
+
+    let mut first = client(address).await;
+    assert_eq!(echo_round_trip(&mut first, b"1").await, b"1");
+    recorder
+        .wait_count("stop at the limit", 1, |e| {
+            matches!(e, Event::StopAccepting)
+        })
+        .await;
+    let mut waiting = client(address).await;
+    waiting.write_all(b"2").await.unwrap();
+    assert_not_served(&mut waiting).await;
+
+    let report = tokio::time::timeout(WAIT, server.shutdown()).await.unwrap();
+    assert_eq!(report.graceful + report.forced + report.other, 1);
+    let events = recorder.events();
+    assert_eq!(
+        recorder.count(|e| matches!(e, Event::SocketCreated(_))),
+        1,
+        "only the served client's socket was ever created: {events:#?}"
+    );
+    assert_eq!(recorder.count(|e| matches!(e, Event::Released(..))), 1);
+    // The waiting client never got an answer: the kernel resets it with the listener.
+    let (data, _) = read_to_end(&mut waiting).await;
+    assert!(data.is_empty());
+    assert_eq!(server.stats().accepted, 1);
+    drop(first);
+}
