@@ -668,20 +668,13 @@ struct Waiting<'a> {
 }
 
 impl Waiting<'_> {
-    /// In priority order: requests from handles, data, room for the queue (or for
-    /// `close_notify`, or for urgent bytes), the timer.
+    /// In priority order: requests from handles, room for the queue (or for `close_notify`),
+    /// data, room for urgent bytes, the timer. Writing first flushes what a callback queued before
+    /// more is read (and saves a read poll per message that would find nothing yet).
     fn poll(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> std::task::Poll<Wake> {
         use std::task::Poll::Ready;
         if self.shared.mailbox.poll_posted(cx).is_ready() {
             return Ready(Wake::Posted);
-        }
-        if interest.read {
-            if let Ready(result) =
-                self.transport
-                    .poll_read(cx, self.read_buffer_size, self.past_urgent)
-            {
-                return Ready(Wake::Read(result));
-            }
         }
         if interest.write {
             if let Ready(result) = self.writes.poll_write(cx, self.transport) {
@@ -690,6 +683,14 @@ impl Waiting<'_> {
         } else if interest.fin {
             if let Ready(result) = self.transport.poll_close_notify(cx) {
                 return Ready(Wake::FinSent(result));
+            }
+        }
+        if interest.read {
+            if let Ready(result) =
+                self.transport
+                    .poll_read(cx, self.read_buffer_size, self.past_urgent)
+            {
+                return Ready(Wake::Read(result));
             }
         }
         if self.urgent_pending {

@@ -367,7 +367,11 @@ impl Lifecycle {
             write: self.queued > 0,
             fin: self.fin == Fin::Sending,
             urgent: self.urgent_wanted(),
-            deadline: self.deadline().map(|(at, _)| at),
+            deadline: if closing || self.timed {
+                self.deadline().map(|(at, _)| at)
+            } else {
+                None
+            },
         })
     }
 
