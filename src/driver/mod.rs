@@ -61,6 +61,8 @@ enum Wake {
     FinSent(io::Result<()>),
     /// The socket has room for urgent bytes that were waiting.
     UrgentRoom,
+    /// The urgent-data watcher woke (only Linux and Android watch).
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     Urgent(Watched),
     Deadline,
 }

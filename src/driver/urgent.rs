@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 /// What the watcher saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 pub(super) enum Watched {
     /// Priority readiness: an urgent byte may be there.
     Urgent,
