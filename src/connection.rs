@@ -89,8 +89,6 @@ pub(crate) struct Shared {
     pub(crate) tls: OnceLock<Box<TlsInfo>>,
     /// Whether this is a TLS connection (negotiated or not yet).
     pub(crate) is_tls: bool,
-    /// The driver's task, on which waiting for room would never end.
-    pub(crate) task: OnceLock<tokio::task::Id>,
 }
 
 /// A handle to one connection: cheap to clone, usable from any task.
@@ -264,15 +262,13 @@ impl Connection {
     pub async fn writable(&self) -> Result<(), Error> {
         let mailbox = &self.shared.mailbox;
         loop {
-            let notified = mailbox.room.notified();
+            let notified = mailbox.room().notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
             if mailbox.has_room()? {
                 return Ok(());
             }
-            if tokio::task::try_id().is_some()
-                && tokio::task::try_id() == self.shared.task.get().copied()
-            {
+            if mailbox.on_own_task() {
                 return Err(Error::WriteQueueFull {
                     queued: mailbox.queued_bytes(),
                     limit: mailbox.limits().limit,

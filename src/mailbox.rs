@@ -14,14 +14,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 use tokio::sync::Notify;
 
-use crate::lifecycle::{Requests, WriteLimits};
+use crate::lifecycle::{LifecycleConfig, Requests, WriteLimits};
 use crate::{ClosureReason, Error, Timeouts};
 
 /// Requests posted by handles since the driver last took them.
@@ -35,14 +35,20 @@ pub(crate) struct Inbox {
     /// enough to be below the mark by the time it looks, so a writer waiting in `writable()`
     /// always gets the low mark's wake-up.
     crossed_high: bool,
-    urgent: Vec<u8>,
+    /// Boxed (a `Vec` is three words inline; this is one): most connections never send urgent
+    /// data.
+    #[allow(clippy::box_collection)]
+    urgent: Option<Box<Vec<u8>>>,
     urgent_wanted: bool,
+    /// The driver's task (see [`Mailbox::set_task`]).
+    task: Option<tokio::task::Id>,
     shutdown_write: bool,
     close: bool,
     abort: Option<ClosureReason>,
     shutdown_notice: bool,
-    /// The timeouts as the application last set them, and whether the driver has seen them.
-    timeouts: Timeouts,
+    /// The timeouts as the application last set them (boxed: most connections keep the
+    /// server's), and whether the driver has seen them.
+    timeouts: Option<Box<Timeouts>>,
     timeouts_changed: bool,
     /// Written by the driver: it has decided how the connection ends; nothing is taken any more.
     ended: bool,
@@ -133,25 +139,24 @@ pub(crate) struct Mailbox {
     /// Counted handles held by the application.
     handles: AtomicUsize,
     /// Writers waiting for room: signalled when the queue drains to the low mark or below the
-    /// limit, and when the connection closes.
-    pub(crate) room: Notify,
-    limits: WriteLimits,
+    /// limit, and when the connection closes. Made by the first writer that waits (most
+    /// connections never have one).
+    room: OnceLock<Box<Notify>>,
+    /// The server's settings: the queue bounds and the default timeouts.
+    config: Arc<LifecycleConfig>,
 }
 
 impl Mailbox {
-    pub(crate) fn new(limits: WriteLimits, timeouts: Timeouts) -> Self {
+    pub(crate) fn new(config: Arc<LifecycleConfig>) -> Self {
         Mailbox {
-            inbox: Mutex::new(Inbox {
-                timeouts,
-                ..Inbox::default()
-            }),
+            inbox: Mutex::default(),
             signal: Signal::default(),
             posted: AtomicUsize::new(0),
             sent: AtomicUsize::new(0),
             high: AtomicBool::new(false),
             handles: AtomicUsize::new(0),
-            room: Notify::new(),
-            limits,
+            room: OnceLock::new(),
+            config,
         }
     }
 
@@ -168,6 +173,29 @@ impl Mailbox {
         let result = change(&mut self.inbox());
         self.signal.notify();
         result
+    }
+
+    /// Wakes writers waiting for room, if any ever waited.
+    fn notify_room(&self) {
+        if let Some(room) = self.room.get() {
+            room.notify_waiters();
+        }
+    }
+
+    /// What a writer waiting for room waits on.
+    pub(crate) fn room(&self) -> &Notify {
+        self.room.get_or_init(Box::default)
+    }
+
+    /// The connection's own task, set once by its driver: waiting for room there would never end.
+    pub(crate) fn set_task(&self, task: tokio::task::Id) {
+        self.inbox().task = Some(task);
+    }
+
+    /// Whether the caller runs on the connection's own task.
+    pub(crate) fn on_own_task(&self) -> bool {
+        let current = tokio::task::try_id();
+        current.is_some() && current == self.inbox().task
     }
 
     /// Bytes queued and not yet written. Under the inbox lock `posted` cannot move, and `sent`
@@ -188,11 +216,11 @@ impl Mailbox {
             return Err((refused, data));
         }
         let queued = self.level(&inbox);
-        if queued >= self.limits.limit {
+        if queued >= self.config.limits.limit {
             return Err((
                 Error::WriteQueueFull {
                     queued,
-                    limit: self.limits.limit,
+                    limit: self.config.limits.limit,
                 },
                 data,
             ));
@@ -201,7 +229,7 @@ impl Mailbox {
             return Ok(());
         }
         self.posted.fetch_add(data.len(), Ordering::SeqCst);
-        if queued < self.limits.high && queued + data.len() >= self.limits.high {
+        if queued < self.config.limits.high && queued + data.len() >= self.config.limits.high {
             inbox.crossed_high = true;
         }
         inbox.writes_len += data.len();
@@ -215,7 +243,7 @@ impl Mailbox {
         self.post(|inbox| match inbox.write_refusal() {
             Some(refused) => Err(refused),
             None => {
-                inbox.urgent.push(byte);
+                inbox.urgent.get_or_insert_with(Box::default).push(byte);
                 Ok(())
             }
         })
@@ -227,12 +255,12 @@ impl Mailbox {
 
     pub(crate) fn shutdown_write(&self) {
         self.post(|inbox| inbox.shutdown_write = true);
-        self.room.notify_waiters();
+        self.notify_room();
     }
 
     pub(crate) fn close(&self) {
         self.post(|inbox| inbox.close = true);
-        self.room.notify_waiters();
+        self.notify_room();
     }
 
     /// Asks the driver to abort with `reason`; `true` unless the connection already decided how
@@ -246,7 +274,7 @@ impl Mailbox {
             take
         });
         // Writers waiting for room learn at once that none will come.
-        self.room.notify_waiters();
+        self.notify_room();
         requested
     }
 
@@ -256,13 +284,16 @@ impl Mailbox {
 
     pub(crate) fn set_timeouts(&self, timeouts: Timeouts) {
         self.post(|inbox| {
-            inbox.timeouts = timeouts;
+            inbox.timeouts = Some(Box::new(timeouts));
             inbox.timeouts_changed = true;
         });
     }
 
     pub(crate) fn timeouts(&self) -> Timeouts {
-        self.inbox().timeouts
+        match &self.inbox().timeouts {
+            Some(timeouts) => **timeouts,
+            None => self.config.timeouts,
+        }
     }
 
     pub(crate) fn queued_bytes(&self) -> usize {
@@ -283,13 +314,13 @@ impl Mailbox {
             return Err(refused);
         }
         let queued = self.level(&inbox);
-        let high = queued >= self.limits.high
-            || (self.high.load(Ordering::Acquire) && queued > self.limits.low);
-        Ok(!high && queued < self.limits.limit)
+        let high = queued >= self.config.limits.high
+            || (self.high.load(Ordering::Acquire) && queued > self.config.limits.low);
+        Ok(!high && queued < self.config.limits.limit)
     }
 
     pub(crate) fn limits(&self) -> WriteLimits {
-        self.limits
+        self.config.limits
     }
 
     pub(crate) fn add_handle(&self) {
@@ -313,7 +344,9 @@ impl Mailbox {
 
     /// Takes the urgent bytes posted (after a take that said there were some).
     pub(crate) fn take_urgent(&self, urgent: &mut Vec<u8>) {
-        urgent.append(&mut self.inbox().urgent);
+        if let Some(posted) = self.inbox().urgent.as_mut() {
+            urgent.append(posted);
+        }
     }
 
     pub(crate) fn handles(&self) -> usize {
@@ -325,7 +358,9 @@ impl Mailbox {
     /// [`Mailbox::take_urgent`].
     pub(crate) fn take(&self, writes: &mut VecDeque<Bytes>) -> Requests {
         let mut inbox = self.inbox();
-        let timeouts = std::mem::take(&mut inbox.timeouts_changed).then_some(inbox.timeouts);
+        let timeouts = std::mem::take(&mut inbox.timeouts_changed)
+            .then(|| inbox.timeouts.as_deref().copied())
+            .flatten();
         let queued = std::mem::take(&mut inbox.writes_len);
         if queued > 0 {
             writes.extend(inbox.writes.drain(..));
@@ -335,7 +370,10 @@ impl Mailbox {
             queued,
             crossed_high: std::mem::take(&mut inbox.crossed_high),
             urgent_pending: false,
-            urgent_posted: !inbox.urgent.is_empty(),
+            urgent_posted: inbox
+                .urgent
+                .as_ref()
+                .is_some_and(|urgent| !urgent.is_empty()),
             urgent_wanted: std::mem::take(&mut inbox.urgent_wanted),
             shutdown_write: inbox.shutdown_write,
             close: inbox.close,
@@ -370,21 +408,21 @@ impl Mailbox {
         // `posted` is read after `sent` moved: a writer refused before saw a level no higher than
         // `before`, so a crossing below the limit that it waits for is never missed.
         let after = self.posted.load(Ordering::SeqCst) - sent;
-        if after < self.limits.limit && after + bytes >= self.limits.limit {
-            self.room.notify_waiters();
+        if after < self.config.limits.limit && after + bytes >= self.config.limits.limit {
+            self.notify_room();
         }
     }
 
     pub(crate) fn publish_high(&self, high: bool) {
         self.high.store(high, Ordering::Release);
         if !high {
-            self.room.notify_waiters();
+            self.notify_room();
         }
     }
 
     pub(crate) fn publish_closing(&self) {
         self.inbox().closing = true;
-        self.room.notify_waiters();
+        self.notify_room();
     }
 
     /// The driver has decided how the connection ends: from now on nothing is taken. Returns the
@@ -405,7 +443,7 @@ impl Mailbox {
         };
         drop(inbox);
         self.high.store(false, Ordering::Release);
-        self.room.notify_waiters();
+        self.notify_room();
         reason
     }
 }
@@ -413,7 +451,6 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::task::Wake;
 
     struct Count(AtomicUsize);
@@ -423,15 +460,22 @@ mod tests {
         }
     }
 
-    const LIMITS: WriteLimits = WriteLimits {
-        limit: 100,
-        high: 80,
-        low: 40,
-    };
+    fn new_mailbox() -> Mailbox {
+        Mailbox::new(Arc::new(LifecycleConfig {
+            limits: WriteLimits {
+                limit: 100,
+                high: 80,
+                low: 40,
+            },
+            timeouts: Timeouts::default(),
+            close_timeout: std::time::Duration::from_secs(5),
+            slow_consumer_timeout: None,
+        }))
+    }
 
     #[test]
     fn posts_while_running_do_not_wake_and_a_parked_driver_is_woken_once() {
-        let mailbox = Mailbox::new(LIMITS, Timeouts::default());
+        let mailbox = new_mailbox();
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
@@ -457,7 +501,7 @@ mod tests {
 
     #[test]
     fn a_refused_write_gives_its_bytes_back() {
-        let mailbox = Mailbox::new(LIMITS, Timeouts::default());
+        let mailbox = new_mailbox();
         mailbox.write(Bytes::from(vec![0; 100])).unwrap();
         let (error, data) = mailbox.write(Bytes::from_static(b"more")).unwrap_err();
         assert!(matches!(error, Error::WriteQueueFull { queued: 100, .. }));
@@ -469,7 +513,7 @@ mod tests {
 
     #[test]
     fn the_level_is_posted_minus_sent() {
-        let mailbox = Mailbox::new(LIMITS, Timeouts::default());
+        let mailbox = new_mailbox();
         mailbox.write(Bytes::from(vec![0; 90])).unwrap();
         let mut writes = VecDeque::new();
         assert_eq!(mailbox.take(&mut writes).queued, 90);
@@ -486,14 +530,14 @@ mod tests {
 
     #[test]
     fn an_abort_after_the_end_is_not_counted_and_one_before_wins() {
-        let mailbox = Mailbox::new(LIMITS, Timeouts::default());
+        let mailbox = new_mailbox();
         assert!(mailbox.abort(ClosureReason::AbortAll));
         assert!(!mailbox.abort(ClosureReason::LocalAbort), "asked before");
         assert_eq!(
             mailbox.publish_ended(ClosureReason::PeerClosed),
             ClosureReason::AbortAll
         );
-        let mailbox = Mailbox::new(LIMITS, Timeouts::default());
+        let mailbox = new_mailbox();
         assert_eq!(
             mailbox.publish_ended(ClosureReason::PeerClosed),
             ClosureReason::PeerClosed

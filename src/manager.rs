@@ -77,10 +77,9 @@ impl Manager {
             direction,
             user_data,
             counters: ConnectionCounters::default(),
-            mailbox: Mailbox::new(lifecycle.limits, lifecycle.timeouts),
+            mailbox: Mailbox::new(lifecycle.clone()),
             tls: std::sync::OnceLock::new(),
             is_tls: secure.is_some(),
-            task: std::sync::OnceLock::new(),
         });
         let registration = match self.registry.register(&shared, permit, live) {
             Ok(registration) => registration,

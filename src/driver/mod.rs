@@ -118,7 +118,7 @@ impl Driver {
         refuse: Option<ClosureReason>,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
-            let _ = self.shared.task.set(tokio::task::id());
+            self.shared.mailbox.set_task(tokio::task::id());
             let reason = match refuse {
                 Some(reason) => reason,
                 None => self.live().await,
@@ -169,10 +169,12 @@ impl Driver {
 
     async fn pump(&mut self) -> ClosureReason {
         loop {
-            // The time of this turn, read only if a rule needs it.
-            let now = LazyNow::default();
-            self.take_posted(&now);
-            let action = self.life.next(&now);
+            let action = {
+                // The time of this turn, read only if a rule needs it.
+                let now = LazyNow::default();
+                self.take_posted(&now);
+                self.life.next(&now)
+            };
             if !self.published_closing && self.life.is_closing() {
                 self.published_closing = true;
                 self.shared.mailbox.publish_closing();
@@ -187,10 +189,29 @@ impl Driver {
                         Poll::Pending => self.life.on_fin_blocked(),
                     }
                 }
-                Action::Wait(interest) => {
-                    let wake = self.wait(interest).await;
-                    self.woken(wake).await;
-                }
+                Action::Wait(interest) => match self.wait(interest).await {
+                    // The two wakes of every message are handled here, so that the task carries
+                    // no future beyond the callback's (it is as large as its largest await).
+                    Wake::Read(Ok(data)) if !data.is_empty() => {
+                        let outcome = ReadOutcome::Data(data.len());
+                        if self.life.on_read(outcome, &LazyNow::default()) == ReadVerdict::Deliver {
+                            let counters = &self.shared.counters;
+                            ConnectionCounters::add(&counters.bytes_read, data.len() as u64);
+                            ConnectionCounters::add(&counters.reads, 1);
+                            let callbacks = self.context.invoker.callbacks();
+                            let callback = callbacks.on_read_completed(&self.connection, data);
+                            if !self.call("on_read_completed", callback).await {
+                                self.life.end(ClosureReason::CallbackPanic);
+                            }
+                        }
+                    }
+                    Wake::Wrote(Ok(sent)) if sent > 0 => self.written(sent).await,
+                    Wake::Posted | Wake::UrgentRoom => {}
+                    Wake::Deadline => self.life.on_deadline(Instant::now()),
+                    Wake::FinSent(sent) => self.fin_sent(sent),
+                    // Boxed: the rest come once per connection (the peer's FIN), or on errors.
+                    wake => Box::pin(self.woken(wake)).await,
+                },
             }
         }
     }
@@ -308,7 +329,8 @@ impl Driver {
         .poll(cx, interest)
     }
 
-    /// Feeds what ended a wait back into the lifecycle, with its callbacks.
+    /// Feeds what ended a wait back into the lifecycle, with its callbacks: the wakes that
+    /// [`Driver::pump`] does not handle itself.
     async fn woken(&mut self, wake: Wake) {
         match wake {
             Wake::Posted | Wake::UrgentRoom => {}

@@ -199,7 +199,9 @@ struct Times {
 pub(crate) struct Lifecycle {
     /// Shared by every connection of a server.
     config: Arc<LifecycleConfig>,
-    timeouts: Timeouts,
+    /// The application's own timeouts for this connection, when it changed them (boxed: most
+    /// connections keep the server's).
+    timeouts: Option<Box<Timeouts>>,
     /// Some timeout of the open phase is on: only then are its deadlines computed.
     timed: bool,
     phase: Phase,
@@ -228,7 +230,7 @@ impl Lifecycle {
     pub(crate) fn new(config: impl Into<Arc<LifecycleConfig>>, now: Instant) -> Self {
         let config = config.into();
         Lifecycle {
-            timeouts: config.timeouts,
+            timeouts: None,
             timed: timed(&config, &config.timeouts),
             config,
             phase: Phase::Open,
@@ -259,6 +261,11 @@ impl Lifecycle {
         self.phase
     }
 
+    /// The timeouts in force.
+    fn timeouts(&self) -> &Timeouts {
+        self.timeouts.as_deref().unwrap_or(&self.config.timeouts)
+    }
+
     /// Whether the application's urgent-data request is still open.
     pub(crate) fn urgent_wanted(&self) -> bool {
         self.urgent_wanted && self.phase == Phase::Open
@@ -278,12 +285,12 @@ impl Lifecycle {
             return;
         }
         if let Some(timeouts) = requests.timeouts {
-            if self.timeouts.idle.is_none() && timeouts.idle.is_some() {
+            if self.timeouts().idle.is_none() && timeouts.idle.is_some() {
                 // The last byte is not tracked while the idle timeout is off: count from now.
                 self.clock.last_activity = now.now();
             }
-            self.timeouts = timeouts;
             self.timed = timed(&self.config, &timeouts);
+            self.timeouts = (timeouts != self.config.timeouts).then(|| Box::new(timeouts));
         }
         self.shutdown_notice |= requests.shutdown_notice;
         self.shutdown_write |= requests.shutdown_write;
@@ -357,7 +364,7 @@ impl Lifecycle {
             // reading our replies is held back by TCP flow control instead of growing the queue.
             self.read_requested && self.queued < self.config.limits.limit
         };
-        if self.timeouts.read.is_some() && read && !closing {
+        if self.timeouts().read.is_some() && read && !closing {
             self.clock.read_since.get_or_insert_with(|| now.now());
         } else {
             self.clock.read_since = None;
@@ -501,7 +508,7 @@ impl Lifecycle {
     }
 
     fn activity(&mut self, now: impl Clock) {
-        if self.timeouts.idle.is_some() {
+        if self.timeouts().idle.is_some() {
             self.clock.last_activity = now.now();
         }
     }
@@ -518,7 +525,7 @@ impl Lifecycle {
             Phase::Open => {}
         }
         let clock = &self.clock;
-        let timeouts = &self.timeouts;
+        let timeouts = self.timeouts();
         let since = |timeout: Option<Duration>, at: Option<Instant>| Some(at? + timeout?);
         [
             (
