@@ -111,17 +111,37 @@ async fn shut_down(server_runtime: &Handle, server: Server) {
 /// runtime is idle afterwards.
 #[test]
 fn a_reset_with_urgent_data_requested_and_no_read_pending_ends_without_spinning() {
-    const WORKERS: &str = "rst-no-read";
-    run(WORKERS, |server_runtime| async move {
-        let (server, recorder) = start(
-            &server_runtime,
-            Behavior {
-                oob: true,
-                keep_handles: true,
-                ..Behavior::quiet()
-            },
-        )
-        .await;
+    reset_ends_without_spinning(
+        "rst-no-read",
+        Behavior {
+            oob: true,
+            keep_handles: true,
+            ..Behavior::quiet()
+        },
+        "no read pending",
+    );
+}
+
+/// The same with a read pending: the read sees the reset.
+#[test]
+fn a_reset_with_urgent_data_requested_and_a_read_pending_ends_without_spinning() {
+    reset_ends_without_spinning(
+        "rst-read",
+        Behavior {
+            oob: true,
+            collect: true,
+            ..Behavior::quiet()
+        },
+        "a read pending",
+    );
+}
+
+/// Starts a server whose connections behave as `behavior`, resets a client, and asserts that
+/// its connection ends with `PeerReset` and that the server's workers (named `workers`) are
+/// idle afterwards.
+fn reset_ends_without_spinning(workers: &'static str, behavior: Behavior, case: &'static str) {
+    run(workers, |server_runtime| async move {
+        let (server, recorder) = start(&server_runtime, behavior).await;
         let client = client(server.local_addr().unwrap()).await;
         let id = recorder.id_of(&client).await;
         // Lets the driver park with its urgent-data watcher (not needed for the bug: a watcher
@@ -130,47 +150,11 @@ fn a_reset_with_urgent_data_requested_and_no_read_pending_ends_without_spinning(
 
         reset(client);
         let ended = timeout(ENDS_WITHIN, recorder.wait_closure(id)).await;
-        let share = busy_share(WORKERS).await;
+        let share = busy_share(workers).await;
         let reason = ended.ok().map(|(reason, _)| reason);
         assert!(
             reason == Some(ClosureReason::PeerReset) && share < IDLE_SHARE,
-            "after the peer's reset, with urgent data requested and no read pending: closure \
-             {reason:?} within {ENDS_WITHIN:?} (PeerReset expected), and the server's workers \
-             then used {share:.2} of a core over {WINDOW:?} (below {IDLE_SHARE} expected); \
-             events: {:#?}",
-            recorder.events_of(id)
-        );
-        recorder.wait_release_of(id).await;
-        assert_lifecycle(&recorder.events_of(id));
-        shut_down(&server_runtime, server).await;
-    });
-}
-
-/// The same with a read pending: the read sees the reset.
-#[test]
-fn a_reset_with_urgent_data_requested_and_a_read_pending_ends_without_spinning() {
-    const WORKERS: &str = "rst-read";
-    run(WORKERS, |server_runtime| async move {
-        let (server, recorder) = start(
-            &server_runtime,
-            Behavior {
-                oob: true,
-                collect: true,
-                ..Behavior::quiet()
-            },
-        )
-        .await;
-        let client = client(server.local_addr().unwrap()).await;
-        let id = recorder.id_of(&client).await;
-        sleep(Duration::from_millis(100)).await;
-
-        reset(client);
-        let ended = timeout(ENDS_WITHIN, recorder.wait_closure(id)).await;
-        let share = busy_share(WORKERS).await;
-        let reason = ended.ok().map(|(reason, _)| reason);
-        assert!(
-            reason == Some(ClosureReason::PeerReset) && share < IDLE_SHARE,
-            "after the peer's reset, with urgent data requested and a read pending: closure \
+            "after the peer's reset, with urgent data requested and {case}: closure \
              {reason:?} within {ENDS_WITHIN:?} (PeerReset expected), and the server's workers \
              then used {share:.2} of a core over {WINDOW:?} (below {IDLE_SHARE} expected); \
              events: {:#?}",
