@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
@@ -27,7 +27,6 @@ use crate::{ClosureReason, Error, Timeouts};
 /// Requests posted by handles since the driver last took them.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    read: bool,
     writes: Vec<Bytes>,
     /// Bytes in `writes`.
     writes_len: usize,
@@ -70,53 +69,83 @@ impl Inbox {
     }
 }
 
-/// The wake-up from handles to the driver.
+/// The wake-up from handles to the driver, and the requests cheap enough to post without the
+/// inbox lock.
 ///
 /// Invariant: a request posted before [`Signal::notify`] is seen by the driver's next
 /// [`Mailbox::take_posted`] after `notify` returns. The driver takes the inbox at the top of every
 /// turn, clearing `PENDING` first ([`Signal::consume`]), so a request posted after the take sets
 /// it again. While the driver runs (`PARKED` clear) a notify only sets `PENDING` and costs no task
-/// wake-up; once it has registered its waker and set `PARKED` (in [`Signal::poll`], which only
-/// parks with `PENDING` clear), the first notify wakes it.
+/// wake-up; once it has a waker registered and has set `PARKED` (in [`Signal::poll`], which only
+/// parks with nothing else set), the first notify wakes it.
+///
+/// The waker stays registered across waits: a notify that takes it to wake the driver says so
+/// (`TAKEN`, set before the waker is taken), and only then, or when the driver's waker changes,
+/// does the next poll register again. A poll that sees `TAKEN` arrive as it parks does not park.
 #[derive(Debug, Default)]
 struct Signal {
     state: AtomicU8,
     waker: AtomicWaker,
 }
 
+/// Something was posted since the driver last took the inbox.
 const PENDING: u8 = 1;
+/// The driver is waiting: a post must wake it.
 const PARKED: u8 = 2;
+/// A read was requested (posted without the inbox lock).
+const READ: u8 = 4;
+/// The inbox has something to take.
+const INBOX: u8 = 8;
+/// A notify took the registered waker to wake the driver.
+const TAKEN: u8 = 16;
 
 impl Signal {
-    fn notify(&self) {
-        let before = self.state.fetch_or(PENDING, Ordering::AcqRel);
-        if before == PARKED {
+    fn notify(&self, post: u8) {
+        let before = self.state.fetch_or(PENDING | post, Ordering::AcqRel);
+        if before & (PARKED | PENDING) == PARKED {
+            self.state.fetch_or(TAKEN, Ordering::AcqRel);
             self.waker.wake();
         }
     }
 
     /// Ready once something was posted (the mark stays until [`Signal::consume`]); otherwise
-    /// parks until then.
-    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.state.load(Ordering::Acquire) & PENDING != 0 {
+    /// parks until then. `registered` is the waker the driver last registered.
+    fn poll(&self, cx: &mut Context<'_>, registered: &mut Option<Waker>) -> Poll<()> {
+        let state = self.state.load(Ordering::Acquire);
+        if state & PENDING != 0 {
             return Poll::Ready(());
         }
-        self.waker.register(cx.waker());
+        let current = registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if state & TAKEN != 0 || !current {
+            self.state.fetch_and(!TAKEN, Ordering::AcqRel);
+            self.waker.register(cx.waker());
+            if !current {
+                *registered = Some(cx.waker().clone());
+            }
+        }
         match self
             .state
             .compare_exchange(0, PARKED, Ordering::AcqRel, Ordering::Acquire)
         {
             // Parked now, or already (a second poll of the same wait).
             Ok(_) | Err(PARKED) => Poll::Pending,
-            // A post came in between.
+            // A post (or a notify taking the waker) came in between: look again.
             Err(_) => Poll::Ready(()),
         }
     }
 
-    /// Whether something was posted since the last call; clears the mark, so a post made after
-    /// this call sets it again (and wakes a parked driver).
-    fn consume(&self) -> bool {
-        self.state.fetch_and(!PENDING, Ordering::AcqRel) & PENDING != 0
+    /// What was posted since the last call (`PENDING` and the request bits); clears those, so
+    /// a post made after this call sets them again (and wakes a parked driver).
+    fn consume(&self) -> u8 {
+        self.state.fetch_and(PARKED | TAKEN, Ordering::AcqRel)
+    }
+
+    /// Clears `PENDING` only: the posts were looked at, and their requests (`READ`, `INBOX`)
+    /// stay for the next [`Signal::consume`].
+    fn acknowledge(&self) {
+        self.state.fetch_and(!PENDING, Ordering::AcqRel);
     }
 
     /// The driver runs again (whatever woke it): posts need not wake it until it parks again.
@@ -171,7 +200,7 @@ impl Mailbox {
     /// Applies `change` to the inbox and wakes the driver.
     fn post<T>(&self, change: impl FnOnce(&mut Inbox) -> T) -> T {
         let result = change(&mut self.inbox());
-        self.signal.notify();
+        self.signal.notify(INBOX);
         result
     }
 
@@ -206,7 +235,7 @@ impl Mailbox {
     }
 
     pub(crate) fn request_read(&self) {
-        self.post(|inbox| inbox.read = true);
+        self.signal.notify(READ);
     }
 
     /// Queues `data`, or gives it back with the reason it was refused.
@@ -235,7 +264,7 @@ impl Mailbox {
         inbox.writes_len += data.len();
         inbox.writes.push(data);
         drop(inbox);
-        self.signal.notify();
+        self.signal.notify(INBOX);
         Ok(())
     }
 
@@ -330,7 +359,7 @@ impl Mailbox {
     pub(crate) fn drop_handle(&self) {
         if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The last handle is gone: the driver re-checks the lifetime rule.
-            self.signal.notify();
+            self.signal.notify(0);
         }
     }
 
@@ -339,7 +368,20 @@ impl Mailbox {
     /// Takes what was posted since the last take, if anything was (one atomic operation when
     /// nothing was).
     pub(crate) fn take_posted(&self, writes: &mut VecDeque<Bytes>) -> Option<Requests> {
-        self.signal.consume().then(|| self.take(writes))
+        let posted = self.signal.consume();
+        if posted & (PENDING | READ | INBOX) == 0 {
+            return None;
+        }
+        let mut requests = if posted & INBOX != 0 {
+            self.take(writes)
+        } else {
+            Requests {
+                handles: self.handles(),
+                ..Requests::default()
+            }
+        };
+        requests.read = posted & READ != 0;
+        Some(requests)
     }
 
     /// Takes the urgent bytes posted (after a take that said there were some).
@@ -366,7 +408,7 @@ impl Mailbox {
             writes.extend(inbox.writes.drain(..));
         }
         Requests {
-            read: std::mem::take(&mut inbox.read),
+            read: false,
             queued,
             crossed_high: std::mem::take(&mut inbox.crossed_high),
             urgent_pending: false,
@@ -387,13 +429,17 @@ impl Mailbox {
     /// The abort asked for, if any (the handshake's check, before the lifecycle runs). Marks
     /// what was posted as seen; the rest stays in the inbox for the lifecycle.
     pub(crate) fn pending_abort(&self) -> Option<ClosureReason> {
-        self.signal.consume();
+        self.signal.acknowledge();
         self.inbox().abort
     }
 
     /// Whether a request arrived since the last take; registers the driver's waker if not.
-    pub(crate) fn poll_posted(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.signal.poll(cx)
+    pub(crate) fn poll_posted(
+        &self,
+        cx: &mut Context<'_>,
+        registered: &mut Option<Waker>,
+    ) -> Poll<()> {
+        self.signal.poll(cx, registered)
     }
 
     /// The driver runs again after a wait.
@@ -431,7 +477,6 @@ impl Mailbox {
         let mut inbox = self.inbox();
         inbox.ended = true;
         inbox.closing = true;
-        inbox.read = false;
         inbox.writes.clear();
         inbox.writes_len = 0;
         // The untaken writes and the driver's own queue are dropped: nothing is queued any more.
@@ -479,24 +524,55 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
+        let mut registered = None;
         // Running: a post sets PENDING only.
         mailbox.request_read();
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
-        assert!(mailbox.poll_posted(&mut cx).is_ready());
+        assert!(mailbox.poll_posted(&mut cx, &mut registered).is_ready());
         let taken = mailbox.take_posted(&mut VecDeque::new());
         assert!(taken.expect("a post").read);
         assert!(mailbox.take_posted(&mut VecDeque::new()).is_none());
         // Parked: the first post wakes, the second does not wake again.
-        assert!(mailbox.poll_posted(&mut cx).is_pending());
+        assert!(mailbox.poll_posted(&mut cx, &mut registered).is_pending());
         mailbox.request_read();
         mailbox.request_read();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         mailbox.unpark();
         assert!(
-            mailbox.poll_posted(&mut cx).is_ready(),
+            mailbox.poll_posted(&mut cx, &mut registered).is_ready(),
             "the mark stays until the take"
         );
         assert!(mailbox.take_posted(&mut VecDeque::new()).is_some());
+        // The wake took the waker: the next park registers it again, and a post wakes again.
+        assert!(mailbox.poll_posted(&mut cx, &mut registered).is_pending());
+        mailbox.write(Bytes::from_static(b"x")).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        // A wake by the socket leaves the waker registered: parking again needs no register,
+        // and a post still wakes.
+        mailbox.unpark();
+        assert_eq!(
+            mailbox.take_posted(&mut VecDeque::new()).map(|r| r.queued),
+            Some(1)
+        );
+        assert!(mailbox.poll_posted(&mut cx, &mut registered).is_pending());
+        mailbox.unpark();
+        assert!(mailbox.poll_posted(&mut cx, &mut registered).is_pending());
+        mailbox.close();
+        assert_eq!(count.0.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn the_handshake_looking_at_posts_leaves_their_requests_for_the_take() {
+        let mailbox = new_mailbox();
+        mailbox.request_read();
+        mailbox.write(Bytes::from_static(b"early")).unwrap();
+        assert_eq!(mailbox.pending_abort(), None);
+        let mut writes = VecDeque::new();
+        let taken = mailbox
+            .take_posted(&mut writes)
+            .expect("the posts are still there");
+        assert!(taken.read);
+        assert_eq!(writes.len(), 1);
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub(crate) struct Driver {
     timer: Timer,
     /// The lifecycle's closing was published to handles.
     published_closing: bool,
+    /// The waker registered with the mailbox (kept across waits; see `mailbox::Signal`).
+    registered: Option<std::task::Waker>,
     registration: Registration,
 }
 
@@ -103,6 +105,7 @@ impl Driver {
             urgent: Urgent::default(),
             timer: Timer::default(),
             published_closing: false,
+            registered: None,
             registration,
         }
     }
@@ -293,10 +296,12 @@ impl Driver {
             urgent,
             timer,
             context,
+            registered,
             ..
         } = self;
         let mut waiting = Waiting {
             shared,
+            registered,
             transport,
             writes,
             urgent_pending: urgent.has_pending(),
@@ -319,6 +324,7 @@ impl Driver {
     fn poll_wake(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> Poll<Wake> {
         Waiting {
             shared: &self.shared,
+            registered: &mut self.registered,
             transport: &mut self.transport,
             writes: &mut self.writes,
             urgent_pending: self.urgent.has_pending(),
@@ -683,6 +689,7 @@ impl Driver {
 /// `select!` beside it borrows).
 struct Waiting<'a> {
     shared: &'a Shared,
+    registered: &'a mut Option<std::task::Waker>,
     transport: &'a mut Transport,
     writes: &'a mut WriteQueue,
     urgent_pending: bool,
@@ -697,7 +704,12 @@ impl Waiting<'_> {
     /// more is read (and saves a read poll per message that would find nothing yet).
     fn poll(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> std::task::Poll<Wake> {
         use std::task::Poll::Ready;
-        if self.shared.mailbox.poll_posted(cx).is_ready() {
+        if self
+            .shared
+            .mailbox
+            .poll_posted(cx, self.registered)
+            .is_ready()
+        {
             return Ready(Wake::Posted);
         }
         if interest.write {
