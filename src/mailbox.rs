@@ -77,11 +77,12 @@ impl Inbox {
 /// turn, clearing `PENDING` first ([`Signal::consume`]), so a request posted after the take sets
 /// it again. While the driver runs (`PARKED` clear) a notify only sets `PENDING` and costs no task
 /// wake-up; once it has a waker registered and has set `PARKED` (in [`Signal::poll`], which only
-/// parks with nothing else set), the first notify wakes it.
+/// parks with `PENDING` clear), the first notify wakes it.
 ///
 /// The waker stays registered across waits: a notify that takes it to wake the driver says so
 /// (`TAKEN`, set before the waker is taken), and only then, or when the driver's waker changes,
-/// does the next poll register again. A poll that sees `TAKEN` arrive as it parks does not park.
+/// does the next poll register again (a notify sets `TAKEN` only with `PENDING`, so a poll never
+/// parks on a taken waker).
 #[derive(Debug, Default)]
 struct Signal {
     state: AtomicU8,
@@ -125,13 +126,15 @@ impl Signal {
                 *registered = Some(cx.waker().clone());
             }
         }
-        match self
+        // Park unless a post came in meanwhile. Requests already taken note of (`READ`,
+        // `INBOX` without `PENDING`, as the handshake leaves them) do not keep the driver awake.
+        let parked = self
             .state
-            .compare_exchange(0, PARKED, Ordering::AcqRel, Ordering::Acquire)
-        {
-            // Parked now, or already (a second poll of the same wait).
-            Ok(_) | Err(PARKED) => Poll::Pending,
-            // A post (or a notify taking the waker) came in between: look again.
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (state & PENDING == 0).then_some(state | PARKED)
+            });
+        match parked {
+            Ok(_) => Poll::Pending,
             Err(_) => Poll::Ready(()),
         }
     }
@@ -567,6 +570,11 @@ mod tests {
         mailbox.request_read();
         mailbox.write(Bytes::from_static(b"early")).unwrap();
         assert_eq!(mailbox.pending_abort(), None);
+        // Requests noted but not taken do not keep the handshake awake.
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(mailbox.poll_posted(&mut cx, &mut None).is_pending());
+        mailbox.unpark();
         let mut writes = VecDeque::new();
         let taken = mailbox
             .take_posted(&mut writes)

@@ -6,7 +6,13 @@
 //! to write, urgent data, a deadline, or a new request) and feed back what happened. It sees the
 //! server only through its [`Context`] (the callbacks and the settings it needs) and its
 //! [`Registration`], whose drop deregisters the connection.
+//!
+//! Files by job: this one pumps; `write` keeps the write queue, `urgent` the urgent data,
+//! `timer` the one timer, `handshake` the TLS negotiation, `failures` what a failed read or
+//! write means, `closing` the closing events, `transport` the plain or TLS byte stream.
 
+mod closing;
+mod failures;
 mod handshake;
 mod timer;
 pub(crate) mod transport;
@@ -30,13 +36,13 @@ use tokio::time::Instant;
 use crate::connection::Shared;
 use crate::invoke::{Guarded, Invoker};
 use crate::lifecycle::{
-    Action, Event, Interest, LazyNow, Lifecycle, LifecycleConfig, Phase, ReadOutcome, ReadVerdict,
+    Action, Event, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
     Requests,
 };
 use crate::registry::Registration;
 use crate::stats::ConnectionCounters;
-use crate::tls::{self, Secure};
-use crate::{ClosureReason, Connection, Error};
+use crate::tls::Secure;
+use crate::{ClosureReason, Connection};
 
 use timer::Timer;
 use transport::Transport;
@@ -395,68 +401,6 @@ impl Driver {
         }
     }
 
-    /// A read failed: reset, a TLS failure, or an error the application may choose to survive.
-    async fn read_failed(&mut self, error: io::Error) {
-        if matches!(
-            error.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        ) {
-            return;
-        }
-        if self.transport.is_tls() && tls::is_unexpected_eof(&error) {
-            // TCP closed without close_notify: taken as the peer's FIN.
-            return self.read_completed(BytesMut::new()).await;
-        }
-        if self.is_peer_reset(&error) {
-            if self.life.on_read(ReadOutcome::Reset, &LazyNow::default())
-                == ReadVerdict::AnnounceReset
-            {
-                self.announce_reset(&error).await;
-            }
-            return;
-        }
-        if let Phase::Closing { reason, .. } = self.life.phase() {
-            // The peer's side failed while we were finishing ours.
-            return self.life.end(reason);
-        }
-        if self.transport.is_tls() && tls::is_tls_failure(&error) {
-            let reason = self.tls_failed(error).await;
-            return self.life.end(reason);
-        }
-        self.life.on_read_failed();
-        let callbacks = self.context.invoker.callbacks();
-        let keep = self
-            .context
-            .invoker
-            .call(
-                "on_read_error_may_not_be_fatal",
-                Some(self.shared.id),
-                callbacks.on_read_error_may_not_be_fatal(&self.connection, &error),
-            )
-            .await;
-        match keep {
-            None => self.life.end(ClosureReason::CallbackPanic),
-            Some(true) => {}
-            Some(false) => {
-                self.call(
-                    "on_read_completion_error",
-                    callbacks.on_read_completion_error(&self.connection, &error),
-                )
-                .await;
-                self.life.end(ClosureReason::ReadError);
-            }
-        }
-    }
-
-    async fn announce_reset(&mut self, error: &io::Error) {
-        let callbacks = self.context.invoker.callbacks();
-        self.call(
-            "on_connection_reset",
-            callbacks.on_connection_reset(&self.connection, error),
-        )
-        .await;
-    }
-
     /// `sent` bytes of the queue went to the kernel: the buffers sent in full complete.
     async fn written(&mut self, sent: usize) {
         let completed = self.writes.advance(sent);
@@ -481,86 +425,6 @@ impl Driver {
         }
     }
 
-    async fn write_failed(&mut self, error: io::Error) {
-        if self.transport.is_tls() && tls::is_tls_failure(&error) {
-            let reason = self.tls_failed(error).await;
-            return self.life.end(reason);
-        }
-        if self.is_peer_reset(&error) {
-            if self.life.on_write_reset() {
-                self.announce_reset(&error).await;
-            }
-            return;
-        }
-        let callbacks = self.context.invoker.callbacks();
-        let keep = self
-            .context
-            .invoker
-            .call(
-                "on_write_error_may_not_be_fatal",
-                Some(self.shared.id),
-                callbacks.on_write_error_may_not_be_fatal(&self.connection, &error),
-            )
-            .await;
-        match keep {
-            None => self.life.end(ClosureReason::CallbackPanic),
-            Some(true) => {
-                // The unsent data is dropped; the connection goes on.
-                let unsent = self.writes.clear();
-                self.life.on_dropped(unsent);
-                self.shared.mailbox.publish_sent(unsent);
-            }
-            Some(false) => {
-                self.call(
-                    "on_write_completion_error",
-                    callbacks.on_write_completion_error(&self.connection, &error),
-                )
-                .await;
-                self.life.end(ClosureReason::WriteError);
-            }
-        }
-    }
-
-    /// Whether a failed read or write means the peer reset the connection. Besides ECONNRESET:
-    /// once the peer's FIN was read, Linux reports its later RST to a write as EPIPE, which then
-    /// means a reset as long as our own FIN has not been sent (after it, EPIPE is our doing).
-    fn is_peer_reset(&self, error: &io::Error) -> bool {
-        is_reset(error)
-            || (error.kind() == io::ErrorKind::BrokenPipe
-                && self.life.read_closed()
-                && !self.life.fin_sent())
-    }
-
-    /// Reports a TLS failure (the TLS library's error) to the callback for its side (a peer's
-    /// alert, or ours) and gives the closure reason.
-    async fn tls_failed(
-        &mut self,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> ClosureReason {
-        let callbacks = self.context.invoker.callbacks();
-        let from_peer = tls::is_peer_alert(&source);
-        let error = Error::Tls {
-            from_peer,
-            source: Box::new(source),
-        };
-        tracing::debug!(connection = %self.shared.id, %error, "TLS failure");
-        if from_peer {
-            self.call(
-                "on_remote_fatal_error",
-                callbacks.on_remote_fatal_error(&self.connection, &error),
-            )
-            .await;
-            ClosureReason::TlsAlert
-        } else {
-            self.call(
-                "on_fatal_error",
-                callbacks.on_fatal_error(&self.connection, &error),
-            )
-            .await;
-            ClosureReason::TlsError
-        }
-    }
-
     /// Sends FIN once TLS `close_notify` went out (or at once on plain TCP). Errors mean the peer
     /// is gone already; the read side will tell how.
     fn fin_sent(&mut self, close_notify: io::Result<()>) {
@@ -571,117 +435,6 @@ impl Driver {
             let _ = SockRef::from(tcp).shutdown(Shutdown::Write);
         }
         self.life.on_fin_sent();
-    }
-
-    /// The urgent-data watcher woke: deliver the byte, or end a failed socket, or stop watching.
-    /// Either way the same readiness is never waited on again without a change (guarantee 11).
-    async fn urgent_watched(&mut self, watched: Watched) {
-        let Some(tcp) = self.transport.tcp() else {
-            return self.urgent.finish();
-        };
-        match urgent::recv_urgent_byte(tcp) {
-            Ok(Some(byte)) => {
-                self.life.on_urgent_delivered();
-                let callbacks = self.context.invoker.callbacks();
-                let data = BytesMut::from(&[byte][..]);
-                if !self
-                    .call(
-                        "on_read_oob_completed",
-                        callbacks.on_read_oob_completed(&self.connection, data),
-                    )
-                    .await
-                {
-                    self.life.end(ClosureReason::CallbackPanic);
-                }
-            }
-            result => {
-                // No urgent byte. A pending socket error is the peer's reset (on a reset socket
-                // `recv(MSG_OOB)` only says EINVAL), whatever the application asked for; a
-                // closed read side brings no more urgent data. Either way the watcher is dropped
-                // for good, so its readiness is never waited on again.
-                let error = match result {
-                    Err(error) => Some(error),
-                    Ok(_) => tcp.take_error().ok().flatten(),
-                };
-                if error.is_none() && watched == Watched::Urgent {
-                    // Taken already, or not there yet: the readiness was cleared.
-                    return;
-                }
-                self.urgent.finish();
-                if let Some(error) = error {
-                    if self.life.on_read(ReadOutcome::Reset, &LazyNow::default())
-                        == ReadVerdict::AnnounceReset
-                    {
-                        self.announce_reset(&error).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Closes the socket and runs the closing events: closure, closed, released, in that order.
-    async fn finish(self, reason: ClosureReason) {
-        let Driver {
-            context,
-            shared,
-            connection,
-            transport,
-            mut registration,
-            ..
-        } = self;
-        // An abort counted by abort-all before this connection decided how it ends wins.
-        let reason = shared.mailbox.publish_ended(reason);
-        if !reason.is_graceful() {
-            if let Some(tcp) = transport.tcp() {
-                // SO_LINGER 0 makes close() send RST and drop unsent data: the meaning of an
-                // abort.
-                let _ = SockRef::from(tcp).set_linger(Some(Duration::ZERO));
-            }
-        }
-        drop(transport);
-        if matches!(
-            reason,
-            ClosureReason::AbortAll | ClosureReason::ShutdownForced
-        ) {
-            // `on_all_connections_aborted` comes before the closing events of what it aborted.
-            registration.aborts_announced().await;
-        }
-        registration.ended(reason);
-        let invoker = &context.invoker;
-        let callbacks = invoker.callbacks();
-        let id = Some(shared.id);
-        invoker
-            .call(
-                "on_connection_closure",
-                id,
-                callbacks.on_connection_closure(&connection, reason),
-            )
-            .await;
-        invoker
-            .call(
-                "on_connection_closed",
-                id,
-                callbacks.on_connection_closed(&connection),
-            )
-            .await;
-        let user_data = shared.user_data.take_all();
-        invoker
-            .call(
-                "on_socket_released",
-                id,
-                callbacks.on_socket_released(user_data),
-            )
-            .await;
-        if shared.is_tls {
-            invoker
-                .call(
-                    "on_secure_socket_released",
-                    id,
-                    callbacks.on_secure_socket_released(shared.id),
-                )
-                .await;
-        }
-        drop(registration);
     }
 }
 

@@ -1,0 +1,76 @@
+//! The end of a connection: the socket closed (RST for an abort), then its closing events in
+//! order, then its registration dropped.
+
+use std::time::Duration;
+
+use socket2::SockRef;
+
+use super::Driver;
+use crate::ClosureReason;
+
+impl Driver {
+    /// Closes the socket and runs the closing events: closure, closed, released, in that order.
+    pub(super) async fn finish(self, reason: ClosureReason) {
+        let Driver {
+            context,
+            shared,
+            connection,
+            transport,
+            mut registration,
+            ..
+        } = self;
+        // An abort counted by abort-all before this connection decided how it ends wins.
+        let reason = shared.mailbox.publish_ended(reason);
+        if !reason.is_graceful() {
+            if let Some(tcp) = transport.tcp() {
+                // SO_LINGER 0 makes close() send RST and drop unsent data: the meaning of an
+                // abort.
+                let _ = SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+            }
+        }
+        drop(transport);
+        if matches!(
+            reason,
+            ClosureReason::AbortAll | ClosureReason::ShutdownForced
+        ) {
+            // `on_all_connections_aborted` comes before the closing events of what it aborted.
+            registration.aborts_announced().await;
+        }
+        registration.ended(reason);
+        let invoker = &context.invoker;
+        let callbacks = invoker.callbacks();
+        let id = Some(shared.id);
+        invoker
+            .call(
+                "on_connection_closure",
+                id,
+                callbacks.on_connection_closure(&connection, reason),
+            )
+            .await;
+        invoker
+            .call(
+                "on_connection_closed",
+                id,
+                callbacks.on_connection_closed(&connection),
+            )
+            .await;
+        let user_data = shared.user_data.take_all();
+        invoker
+            .call(
+                "on_socket_released",
+                id,
+                callbacks.on_socket_released(user_data),
+            )
+            .await;
+        if shared.is_tls {
+            invoker
+                .call(
+                    "on_secure_socket_released",
+                    id,
+                    callbacks.on_secure_socket_released(shared.id),
+                )
+                .await;
+        }
+        drop(registration);
+    }
+}
