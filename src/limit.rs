@@ -131,6 +131,9 @@ impl ConnectionLimiter {
             .acquire_owned()
             .await
             .expect("switchboard never closes a limiter's semaphore");
+        if self.is_full() {
+            self.full.notify_waiters();
+        }
         Permit {
             _permit: permit,
             _peer: None,

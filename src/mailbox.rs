@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
@@ -78,11 +78,7 @@ impl Inbox {
 /// it again. While the driver runs (`PARKED` clear) a notify only sets `PENDING` and costs no task
 /// wake-up; once it has a waker registered and has set `PARKED` (in [`Signal::poll`], which only
 /// parks with `PENDING` clear), the first notify wakes it.
-///
-/// The waker stays registered across waits: a notify that takes it to wake the driver says so
-/// (`TAKEN`, set before the waker is taken), and only then, or when the driver's waker changes,
-/// does the next poll register again (a notify sets `TAKEN` only with `PENDING`, so a poll never
-/// parks on a taken waker).
+
 #[derive(Debug, Default)]
 struct Signal {
     state: AtomicU8,
@@ -97,37 +93,26 @@ const PARKED: u8 = 2;
 const READ: u8 = 4;
 /// The inbox has something to take.
 const INBOX: u8 = 8;
-/// A notify took the registered waker to wake the driver.
-const TAKEN: u8 = 16;
 
 impl Signal {
     fn notify(&self, post: u8) {
         let before = self.state.fetch_or(PENDING | post, Ordering::AcqRel);
         if before & (PARKED | PENDING) == PARKED {
-            self.state.fetch_or(TAKEN, Ordering::AcqRel);
             self.waker.wake();
         }
     }
 
     /// Ready once something was posted (the mark stays until [`Signal::consume`]); otherwise
-    /// parks until then. `registered` is the waker the driver last registered.
-    fn poll(&self, cx: &mut Context<'_>, registered: &mut Option<Waker>) -> Poll<()> {
-        let state = self.state.load(Ordering::Acquire);
-        if state & PENDING != 0 {
+    /// parks until then.
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state.load(Ordering::Acquire) & PENDING != 0 {
             return Poll::Ready(());
         }
-        let current = registered
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()));
-        if state & TAKEN != 0 || !current {
-            self.state.fetch_and(!TAKEN, Ordering::AcqRel);
-            self.waker.register(cx.waker());
-            if !current {
-                *registered = Some(cx.waker().clone());
-            }
-        }
-        // Park unless a post came in meanwhile. Requests already taken note of (`READ`,
-        // `INBOX` without `PENDING`, as the handshake leaves them) do not keep the driver awake.
+        // Registered on every park: a notify's wake takes the waker out, and `AtomicWaker` skips
+        // the clone when the waker is the one it holds.
+        self.waker.register(cx.waker());
+        // Park unless a post came in meanwhile. Requests already noted (`READ`, `INBOX` without
+        // `PENDING`, as the handshake leaves them) do not keep the driver awake.
         let parked = self
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
@@ -142,7 +127,7 @@ impl Signal {
     /// What was posted since the last call (`PENDING` and the request bits); clears those, so
     /// a post made after this call sets them again (and wakes a parked driver).
     fn consume(&self) -> u8 {
-        self.state.fetch_and(PARKED | TAKEN, Ordering::AcqRel)
+        self.state.fetch_and(PARKED, Ordering::AcqRel)
     }
 
     /// Clears `PENDING` only: the posts were looked at, and their requests (`READ`, `INBOX`)
@@ -207,16 +192,21 @@ impl Mailbox {
         result
     }
 
-    /// Wakes writers waiting for room, if any ever waited.
+    /// Wakes writers waiting for room, if any ever waited. The fence pairs with the one in
+    /// [`Mailbox::room`]: either this sees the room a first writer made, or that writer sees the
+    /// state this call publishes (a store-then-load on both sides needs both fences).
     fn notify_room(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
         if let Some(room) = self.room.get() {
             room.notify_waiters();
         }
     }
 
-    /// What a writer waiting for room waits on.
+    /// What a writer waiting for room waits on (see [`Mailbox::notify_room`] for the fence).
     pub(crate) fn room(&self) -> &Notify {
-        self.room.get_or_init(Box::default)
+        let room = self.room.get_or_init(Box::default);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        room
     }
 
     /// The connection's own task, set once by its driver: waiting for room there would never end.
@@ -437,12 +427,8 @@ impl Mailbox {
     }
 
     /// Whether a request arrived since the last take; registers the driver's waker if not.
-    pub(crate) fn poll_posted(
-        &self,
-        cx: &mut Context<'_>,
-        registered: &mut Option<Waker>,
-    ) -> Poll<()> {
-        self.signal.poll(cx, registered)
+    pub(crate) fn poll_posted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.signal.poll(cx)
     }
 
     /// The driver runs again after a wait.
@@ -474,8 +460,15 @@ impl Mailbox {
         self.notify_room();
     }
 
+    /// The driver has decided that the connection ends: aborts from now on are not counted (it
+    /// will not end with them).
+    pub(crate) fn mark_ended(&self) {
+        self.inbox().ended = true;
+    }
+
     /// The driver has decided how the connection ends: from now on nothing is taken. Returns the
-    /// abort that came in before, which then wins over `reason` (it was counted as aborted).
+    /// abort that came in before the decision, which then wins over `reason` (it was counted as
+    /// aborted).
     pub(crate) fn publish_ended(&self, reason: ClosureReason) -> ClosureReason {
         let mut inbox = self.inbox();
         inbox.ended = true;
@@ -485,10 +478,7 @@ impl Mailbox {
         // The untaken writes and the driver's own queue are dropped: nothing is queued any more.
         self.posted
             .store(self.sent.load(Ordering::SeqCst), Ordering::SeqCst);
-        let reason = match inbox.abort {
-            Some(abort) if reason.is_graceful() => abort,
-            _ => reason,
-        };
+        let reason = inbox.abort.unwrap_or(reason);
         drop(inbox);
         self.high.store(false, Ordering::Release);
         self.notify_room();
@@ -527,39 +517,37 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut registered = None;
         // Running: a post sets PENDING only.
         mailbox.request_read();
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
-        assert!(mailbox.poll_posted(&mut cx, &mut registered).is_ready());
+        assert!(mailbox.poll_posted(&mut cx).is_ready());
         let taken = mailbox.take_posted(&mut VecDeque::new());
         assert!(taken.expect("a post").read);
         assert!(mailbox.take_posted(&mut VecDeque::new()).is_none());
         // Parked: the first post wakes, the second does not wake again.
-        assert!(mailbox.poll_posted(&mut cx, &mut registered).is_pending());
+        assert!(mailbox.poll_posted(&mut cx).is_pending());
         mailbox.request_read();
         mailbox.request_read();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         mailbox.unpark();
         assert!(
-            mailbox.poll_posted(&mut cx, &mut registered).is_ready(),
+            mailbox.poll_posted(&mut cx).is_ready(),
             "the mark stays until the take"
         );
         assert!(mailbox.take_posted(&mut VecDeque::new()).is_some());
         // The wake took the waker: the next park registers it again, and a post wakes again.
-        assert!(mailbox.poll_posted(&mut cx, &mut registered).is_pending());
+        assert!(mailbox.poll_posted(&mut cx).is_pending());
         mailbox.write(Bytes::from_static(b"x")).unwrap();
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
-        // A wake by the socket leaves the waker registered: parking again needs no register,
-        // and a post still wakes.
+        // A wake by the socket: parking again, a post still wakes.
         mailbox.unpark();
         assert_eq!(
             mailbox.take_posted(&mut VecDeque::new()).map(|r| r.queued),
             Some(1)
         );
-        assert!(mailbox.poll_posted(&mut cx, &mut registered).is_pending());
+        assert!(mailbox.poll_posted(&mut cx).is_pending());
         mailbox.unpark();
-        assert!(mailbox.poll_posted(&mut cx, &mut registered).is_pending());
+        assert!(mailbox.poll_posted(&mut cx).is_pending());
         mailbox.close();
         assert_eq!(count.0.load(Ordering::SeqCst), 3);
     }
@@ -573,7 +561,7 @@ mod tests {
         // Requests noted but not taken do not keep the handshake awake.
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        assert!(mailbox.poll_posted(&mut cx, &mut None).is_pending());
+        assert!(mailbox.poll_posted(&mut cx).is_pending());
         mailbox.unpark();
         let mut writes = VecDeque::new();
         let taken = mailbox
@@ -627,5 +615,20 @@ mod tests {
             ClosureReason::PeerClosed
         );
         assert!(!mailbox.abort(ClosureReason::AbortAll));
+        // Decided before the abort-all (a reset being announced): not counted, keeps its reason.
+        let mailbox = new_mailbox();
+        mailbox.mark_ended();
+        assert!(!mailbox.abort(ClosureReason::AbortAll));
+        assert_eq!(
+            mailbox.publish_ended(ClosureReason::PeerReset),
+            ClosureReason::PeerReset
+        );
+        // Counted before the decision: the abort wins whatever the decision was.
+        let mailbox = new_mailbox();
+        assert!(mailbox.abort(ClosureReason::AbortAll));
+        assert_eq!(
+            mailbox.publish_ended(ClosureReason::IdleTimedOut),
+            ClosureReason::AbortAll
+        );
     }
 }

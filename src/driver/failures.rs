@@ -54,6 +54,7 @@ impl Driver {
             None => self.life.end(ClosureReason::CallbackPanic),
             Some(true) => {}
             Some(false) => {
+                self.shared.mailbox.mark_ended();
                 self.call(
                     "on_read_completion_error",
                     callbacks.on_read_completion_error(&self.connection, &error),
@@ -65,6 +66,8 @@ impl Driver {
     }
 
     pub(super) async fn announce_reset(&mut self, error: &io::Error) {
+        // Decided: an abort-all from now on does not count this connection.
+        self.shared.mailbox.mark_ended();
         let callbacks = self.context.invoker.callbacks();
         self.call(
             "on_connection_reset",
@@ -103,6 +106,7 @@ impl Driver {
                 self.shared.mailbox.publish_sent(unsent);
             }
             Some(false) => {
+                self.shared.mailbox.mark_ended();
                 self.call(
                     "on_write_completion_error",
                     callbacks.on_write_completion_error(&self.connection, &error),
@@ -129,6 +133,7 @@ impl Driver {
         &mut self,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> ClosureReason {
+        self.shared.mailbox.mark_ended();
         let callbacks = self.context.invoker.callbacks();
         let from_peer = tls::is_peer_alert(&source);
         let error = Error::Tls {

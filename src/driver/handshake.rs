@@ -51,14 +51,13 @@ impl Driver {
         let timeout = tokio::time::sleep(self.context.handshake_timeout);
         tokio::pin!(timeout);
         let mailbox = &self.shared.mailbox;
-        let mut registered = None;
         let outcome = loop {
             if let Some(reason) = mailbox.pending_abort() {
                 return reset(reason);
             }
             let woken = tokio::select! {
                 biased;
-                () = poll_fn(|cx| mailbox.poll_posted(cx, &mut registered)) => None,
+                () = poll_fn(|cx| mailbox.poll_posted(cx)) => None,
                 outcome = &mut negotiation => Some(Some(outcome)),
                 () = &mut timeout => Some(None),
             };

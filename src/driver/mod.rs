@@ -87,8 +87,6 @@ pub(crate) struct Driver {
     timer: Timer,
     /// The lifecycle's closing was published to handles.
     published_closing: bool,
-    /// The waker registered with the mailbox (kept across waits; see `mailbox::Signal`).
-    registered: Option<std::task::Waker>,
     registration: Registration,
 }
 
@@ -111,7 +109,6 @@ impl Driver {
             urgent: Urgent::default(),
             timer: Timer::default(),
             published_closing: false,
-            registered: None,
             registration,
         }
     }
@@ -167,6 +164,8 @@ impl Driver {
         match (&mut guarded).await {
             Ok(()) => true,
             Err(payload) => {
+                // A panic ends the connection: an abort-all from now on does not count it.
+                self.shared.mailbox.mark_ended();
                 // Boxed: the panic path is rare, and its state would otherwise be part of every
                 // connection's task.
                 let invoker = &self.context.invoker;
@@ -302,12 +301,10 @@ impl Driver {
             urgent,
             timer,
             context,
-            registered,
             ..
         } = self;
         let mut waiting = Waiting {
             shared,
-            registered,
             transport,
             writes,
             urgent_pending: urgent.has_pending(),
@@ -330,7 +327,6 @@ impl Driver {
     fn poll_wake(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> Poll<Wake> {
         Waiting {
             shared: &self.shared,
-            registered: &mut self.registered,
             transport: &mut self.transport,
             writes: &mut self.writes,
             urgent_pending: self.urgent.has_pending(),
@@ -442,7 +438,6 @@ impl Driver {
 /// `select!` beside it borrows).
 struct Waiting<'a> {
     shared: &'a Shared,
-    registered: &'a mut Option<std::task::Waker>,
     transport: &'a mut Transport,
     writes: &'a mut WriteQueue,
     urgent_pending: bool,
@@ -457,12 +452,7 @@ impl Waiting<'_> {
     /// more is read (and saves a read poll per message that would find nothing yet).
     fn poll(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> std::task::Poll<Wake> {
         use std::task::Poll::Ready;
-        if self
-            .shared
-            .mailbox
-            .poll_posted(cx, self.registered)
-            .is_ready()
-        {
+        if self.shared.mailbox.poll_posted(cx).is_ready() {
             return Ready(Wake::Posted);
         }
         if interest.write {

@@ -69,7 +69,10 @@ impl Urgent {
         let socket = SockRef::from(tcp);
         let mut sent = 0;
         for byte in &state.to_send {
-            match socket.send_out_of_band(std::slice::from_ref(byte)) {
+            // Through `try_io`, so that a full socket clears tokio's write readiness: the driver
+            // then waits for room instead of retrying at once.
+            let send = || socket.send_out_of_band(std::slice::from_ref(byte));
+            match tcp.try_io(tokio::io::Interest::WRITABLE, send) {
                 Ok(_) => sent += 1,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) => {
