@@ -391,7 +391,7 @@ impl Mailbox {
     /// Takes every request posted so far, appending the writes to the driver's queue (the inbox
     /// keeps its buffer's capacity for the next posts); urgent bytes are left for
     /// [`Mailbox::take_urgent`].
-    pub(crate) fn take(&self, writes: &mut VecDeque<Bytes>) -> Requests {
+    fn take(&self, writes: &mut VecDeque<Bytes>) -> Requests {
         let mut inbox = self.inbox();
         let timeouts = std::mem::take(&mut inbox.timeouts_changed)
             .then(|| inbox.timeouts.as_deref().copied())

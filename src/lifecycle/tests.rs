@@ -32,6 +32,13 @@ fn open(t0: Instant) -> Lifecycle {
     life
 }
 
+/// A connection with these timeouts that asked for a read at `t0`.
+fn reading_with(timeouts: Timeouts, t0: Instant) -> Lifecycle {
+    let mut life = Lifecycle::new(config(timeouts), t0);
+    life.on_requests(requests(|r| r.read = true), t0);
+    life
+}
+
 fn wait(life: &mut Lifecycle, now: Instant) -> Interest {
     match life.next(now) {
         Action::Wait(interest) => interest,
@@ -453,14 +460,13 @@ fn traffic_moves_the_idle_and_first_byte_deadlines() {
 fn each_read_request_gets_the_whole_read_timeout() {
     let t0 = Instant::now();
     let second = Duration::from_secs(1);
-    let mut life = Lifecycle::new(
-        config(Timeouts {
+    let mut life = reading_with(
+        Timeouts {
             read: Some(second),
             ..Timeouts::default()
-        }),
+        },
         t0,
     );
-    life.on_requests(requests(|r| r.read = true), t0);
     assert_eq!(wait(&mut life, t0).deadline, Some(t0 + second));
     let t1 = t0 + second / 2;
     life.on_read(ReadOutcome::Data(1), t1);
@@ -472,14 +478,13 @@ fn each_read_request_gets_the_whole_read_timeout() {
 fn a_read_paused_by_a_full_queue_does_not_count_toward_the_read_timeout() {
     let t0 = Instant::now();
     let second = Duration::from_secs(1);
-    let mut life = Lifecycle::new(
-        config(Timeouts {
+    let mut life = reading_with(
+        Timeouts {
             read: Some(second),
             ..Timeouts::default()
-        }),
+        },
         t0,
     );
-    life.on_requests(requests(|r| r.read = true), t0);
     assert_eq!(wait(&mut life, t0).deadline, Some(t0 + second));
     life.on_requests(requests(|r| r.queued = 100), t0);
     let _ = life.next(t0); // high
