@@ -44,9 +44,10 @@ use tokio_native_tls::TlsAcceptor;
 
 use tokio::sync::mpsc;
 
-use crate::driver;
+use crate::driver::{self, Proxied};
 use crate::limit::Permit;
 use crate::manager::{AcceptTasks, Manager};
+use crate::proxy::ProxyProtocol;
 use crate::reserve::{is_out_of_descriptors, Reserve};
 use crate::shutdown::Phase;
 use crate::stats::Counters;
@@ -123,10 +124,12 @@ impl Reporter {
     }
 }
 
-/// A bound listener and, for a TLS one, the acceptor its connections negotiate with.
+/// A bound listener; for a TLS one, the acceptor its connections negotiate with; for a PROXY
+/// protocol one, its settings.
 pub(crate) struct Listener {
     pub(crate) listener: TcpListener,
     pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) proxy: Option<Arc<ProxyProtocol>>,
 }
 
 /// An accepted socket on its way to becoming a connection.
@@ -134,6 +137,7 @@ struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
+    proxy: Option<Arc<ProxyProtocol>>,
 }
 
 /// Accepts from any listener, starting after the one that accepted last so none is starved.
@@ -149,6 +153,7 @@ async fn accept_any(listeners: &[Listener], next: &mut usize) -> io::Result<Acce
                     stream,
                     peer,
                     tls: listener.tls.clone(),
+                    proxy: listener.proxy.clone(),
                 }));
             }
         }
@@ -436,7 +441,12 @@ fn refuse_on_listeners(cx: &mut Context<'_>, listeners: &[Listener]) -> (u64, Re
 
 /// Turns an accepted socket with a limiter slot into a connection.
 fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
-    let Accepted { stream, peer, tls } = accepted;
+    let Accepted {
+        stream,
+        peer,
+        tls,
+        proxy,
+    } = accepted;
     let Ok(live) = manager.registry.begin() else {
         // A shutdown began after this accept.
         return refuse(&stream);
@@ -466,8 +476,15 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
     // The per-address cap. A connection over it still becomes one, refused from the start: its
     // driver runs only the closing events, so the application sees every accepted socket end
     // with a reason. The address's slot travels with the limiter permit and is freed with it.
+    // Behind the PROXY protocol the client is known only once the driver has read the header,
+    // so the driver counts it then.
+    let proxied = proxy.map(|settings| Proxied {
+        settings,
+        per_ip: manager.per_ip.clone(),
+    });
     let (permit, refused) = match &manager.per_ip {
         None => (permit, None),
+        Some(_) if proxied.is_some() => (permit, None),
         Some(limit) => match limit.try_acquire(peer.ip()) {
             Some(slot) => (permit.with_peer_slot(slot), None),
             None => {
@@ -486,6 +503,7 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
         peer,
         Direction::Inbound,
         user_data,
+        proxied,
         secure,
         permit,
         live,

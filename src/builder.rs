@@ -13,6 +13,7 @@ use crate::accept::{self, Listener};
 use crate::driver::Context;
 use crate::invoke::Invoker;
 use crate::lifecycle::{LifecycleConfig, WriteLimits};
+use crate::listen::Listen;
 use crate::manager::Manager;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
@@ -119,7 +120,7 @@ pub enum AtLimit {
 /// ```
 #[must_use = "a builder does nothing until `start`"]
 pub struct ServerBuilder {
-    binds: Vec<Bind>,
+    binds: Vec<Listen>,
     /// The acceptor for listeners added with `bind`.
     tls: Option<native_tls::TlsAcceptor>,
     backlog: u32,
@@ -128,13 +129,6 @@ pub struct ServerBuilder {
     limiter: ConnectionLimiter,
     accepting: bool,
     layout: UserDataLayout,
-}
-
-/// One listener to open.
-struct Bind {
-    address: Result<SocketAddr, Error>,
-    /// Its own acceptor (from `bind_tls`); otherwise the builder's, if any.
-    tls: Option<native_tls::TlsAcceptor>,
 }
 
 impl ServerBuilder {
@@ -170,24 +164,20 @@ impl ServerBuilder {
     /// [`Server::local_addrs`]). A name is resolved now and the first address it resolves to is
     /// used; call `bind` again for more listeners. Without any `bind` the server only makes
     /// outgoing connections.
-    pub fn bind(mut self, address: impl ToSocketAddrs) -> Self {
-        let address = resolve(address);
-        self.binds.push(Bind { address, tls: None });
-        self
+    pub fn bind(self, address: impl ToSocketAddrs) -> Self {
+        self.listen(Listen::bind(address))
     }
 
     /// Adds a TLS listener on `address` whose connections negotiate with `acceptor`, whatever
     /// [`tls`](ServerBuilder::tls) says. See [`bind`](ServerBuilder::bind) for the address.
-    pub fn bind_tls(
-        mut self,
-        address: impl ToSocketAddrs,
-        acceptor: native_tls::TlsAcceptor,
-    ) -> Self {
-        let address = resolve(address);
-        self.binds.push(Bind {
-            address,
-            tls: Some(acceptor),
-        });
+    pub fn bind_tls(self, address: impl ToSocketAddrs, acceptor: native_tls::TlsAcceptor) -> Self {
+        self.listen(Listen::bind(address).tls(acceptor))
+    }
+
+    /// Adds a listener with settings of its own: TLS, a [PROXY protocol](crate::proxy) header
+    /// before each connection. See [`Listen`].
+    pub fn listen(mut self, listen: Listen) -> Self {
+        self.binds.push(listen);
         self
     }
 
@@ -217,20 +207,6 @@ impl ServerBuilder {
     pub fn max_concurrent_handshakes(mut self, max: usize) -> Self {
         self.config.max_concurrent_handshakes = max;
         self
-    }
-}
-
-/// Resolves a listen address to its first socket address.
-fn resolve(address: impl ToSocketAddrs) -> Result<SocketAddr, Error> {
-    match address.to_socket_addrs() {
-        Ok(mut addresses) => addresses.next().ok_or_else(|| Error::Bind {
-            address: "(name with no addresses)".into(),
-            source: std::io::Error::from(std::io::ErrorKind::AddrNotAvailable),
-        }),
-        Err(source) => Err(Error::Bind {
-            address: "(unresolvable name)".into(),
-            source,
-        }),
     }
 }
 
@@ -451,13 +427,26 @@ impl ServerBuilder {
         if self.config.write_queue_limit == 0 {
             return invalid("write_queue_limit", "must be above zero");
         }
+        for bind in &self.binds {
+            if let Some(proxy) = &bind.proxy {
+                if !proxy.trusts_anyone() {
+                    return invalid(
+                        "proxy_protocol",
+                        "trusts no network, so every connection would be refused",
+                    );
+                }
+                if proxy.timeout().is_zero() {
+                    return invalid("proxy_protocol", "the header timeout must be above zero");
+                }
+            }
+        }
         if self.backlog == 0 || self.backlog > i32::MAX as u32 {
             return invalid("backlog", "must be between 1 and 2^31 - 1");
         }
         Ok(())
     }
 
-    fn listen(&self, address: SocketAddr) -> Result<TcpListener, Error> {
+    fn open_listener(&self, address: SocketAddr) -> Result<TcpListener, Error> {
         let bind_error = |source| Error::Bind {
             address: address.to_string(),
             source,
@@ -499,13 +488,17 @@ impl ServerBuilder {
         ));
         for bind in binds {
             let address = bind.address?;
-            let listener = self.listen(address)?;
+            let listener = self.open_listener(address)?;
             local_addrs.push(listener.local_addr().map_err(|source| Error::Bind {
                 address: address.to_string(),
                 source,
             })?);
             let tls = bind.tls.or_else(|| self.tls.clone()).map(Into::into);
-            listeners.push(Listener { listener, tls });
+            listeners.push(Listener {
+                listener,
+                tls,
+                proxy: bind.proxy,
+            });
         }
         let config = self.config;
         let context = Context {
@@ -559,7 +552,7 @@ impl fmt::Debug for ServerBuilder {
                 &self
                     .binds
                     .iter()
-                    .map(|bind| (&bind.address, bind.tls.is_some()))
+                    .map(|bind| (&bind.address, bind.tls.is_some(), bind.proxy.is_some()))
                     .collect::<Vec<_>>(),
             )
             .field("tls", &self.tls.is_some())

@@ -74,6 +74,11 @@ pub enum ClosureReason {
     /// and was reset at once: after `on_socket_created`, with no TLS handshake and no
     /// `on_connection_established`.
     PerIpLimit,
+    /// The connection came to a [PROXY protocol](crate::proxy) listener and did not begin with a
+    /// valid header in time: it came from outside the trusted networks, or its header was
+    /// malformed, truncated, too long or late. Reset before it was established, after
+    /// `on_socket_created` only.
+    ProxyProtocol,
 }
 
 impl ClosureReason {
@@ -100,6 +105,7 @@ impl ClosureReason {
         ClosureReason::FirstByteTimedOut,
         ClosureReason::SlowConsumer,
         ClosureReason::PerIpLimit,
+        ClosureReason::ProxyProtocol,
     ];
 
     /// The reason's `snake_case` name, as used in logs and the example's event lines.
@@ -130,6 +136,7 @@ impl ClosureReason {
             ClosureReason::FirstByteTimedOut => "first_byte_timed_out",
             ClosureReason::SlowConsumer => "slow_consumer",
             ClosureReason::PerIpLimit => "per_ip_limit",
+            ClosureReason::ProxyProtocol => "proxy_protocol",
         }
     }
 

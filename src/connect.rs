@@ -46,6 +46,7 @@ pub(crate) async fn connect(
                 address,
                 Direction::Outbound,
                 user_data,
+                None,
                 tls.map(Secure::Connect),
                 permit,
                 live,

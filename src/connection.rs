@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::mailbox::Mailbox;
+use crate::proxy::ProxyHeader;
 use crate::stats::{ConnectionCounters, ConnectionStats};
 use crate::{ClosureReason, Error, TlsInfo, UserData};
 
@@ -79,6 +80,7 @@ pub struct Timeouts {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) id: ConnectionId,
+    /// The socket's peer: for a PROXY protocol listener, the balancer.
     pub(crate) peer_addr: SocketAddr,
     pub(crate) local_addr: SocketAddr,
     pub(crate) direction: Direction,
@@ -89,6 +91,19 @@ pub(crate) struct Shared {
     pub(crate) tls: OnceLock<Box<TlsInfo>>,
     /// Whether this is a TLS connection (negotiated or not yet).
     pub(crate) is_tls: bool,
+    /// The PROXY protocol header, once read (boxed: only connections behind a balancer have
+    /// one).
+    pub(crate) proxy: OnceLock<Box<ProxyHeader>>,
+}
+
+impl Shared {
+    /// The client: the source a PROXY header named, or else the socket's peer.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.proxy
+            .get()
+            .and_then(|header| header.source())
+            .unwrap_or(self.peer_addr)
+    }
 }
 
 /// A handle to one connection: cheap to clone, usable from any task.
@@ -143,9 +158,34 @@ impl Connection {
         self.shared.id
     }
 
-    /// The remote address.
+    /// The remote address: the client's. On a [PROXY protocol](crate::proxy) listener that is
+    /// the source the header named (once read: it is, before any callback of the connection
+    /// but [`on_socket_created`](crate::Callbacks::on_socket_created)), and the socket's peer for a
+    /// `LOCAL` or `UNKNOWN` header.
     pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer()
+    }
+
+    /// The socket's own remote address: on a [PROXY protocol](crate::proxy) listener, the load
+    /// balancer's; otherwise the same as [`peer_addr`](Connection::peer_addr).
+    pub fn transport_peer_addr(&self) -> SocketAddr {
         self.shared.peer_addr
+    }
+
+    /// The PROXY protocol header the connection began with, on a listener that
+    /// [requires one](crate::Listen::proxy_protocol): the addresses it relayed, and for version
+    /// 2 its TLVs. `None` on other connections.
+    ///
+    /// ```
+    /// # fn show(connection: &switchboard::Connection) {
+    /// if let Some(header) = connection.proxy_header() {
+    ///     println!("via {}: client {:?}, SNI {:?}", connection.transport_peer_addr(),
+    ///         header.source(), header.authority());
+    /// }
+    /// # }
+    /// ```
+    pub fn proxy_header(&self) -> Option<&ProxyHeader> {
+        self.shared.proxy.get().map(|header| &**header)
     }
 
     /// The local address.
@@ -384,7 +424,7 @@ impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
             .field("id", &self.shared.id)
-            .field("peer_addr", &self.shared.peer_addr)
+            .field("peer_addr", &self.shared.peer())
             .field("local_addr", &self.shared.local_addr)
             .field("direction", &self.shared.direction)
             .finish()

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::builder::Config;
 use crate::connection::Shared;
-use crate::driver::{Context, Driver};
+use crate::driver::{Context, Driver, Proxied};
 use crate::limit::Permit;
 use crate::mailbox::Mailbox;
 use crate::per_ip::PerIpLimit;
@@ -59,6 +59,7 @@ impl Manager {
         peer_addr: SocketAddr,
         direction: Direction,
         user_data: UserData,
+        proxied: Option<Proxied>,
         secure: Option<Secure>,
         permit: Permit,
         live: Live,
@@ -80,6 +81,7 @@ impl Manager {
             mailbox: Mailbox::new(lifecycle.clone()),
             tls: std::sync::OnceLock::new(),
             is_tls: secure.is_some(),
+            proxy: std::sync::OnceLock::new(),
         });
         let registration = match self.registry.register(&shared, permit, live) {
             Ok(registration) => registration,
@@ -90,7 +92,14 @@ impl Manager {
             Direction::Outbound => &self.counters.connected,
         });
         let handle = want_handle.then(|| Connection::uncounted(shared.clone()).clone());
-        let driver = Driver::new(self.context.clone(), shared, stream, secure, registration);
+        let driver = Driver::new(
+            self.context.clone(),
+            shared,
+            stream,
+            proxied,
+            secure,
+            registration,
+        );
         tokio::spawn(driver.run(refuse));
         Ok(handle)
     }

@@ -1,6 +1,7 @@
 //! The live connections of a server: registration, abort-all, and the count a shutdown drains.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -9,6 +10,7 @@ use tokio::sync::{watch, Notify};
 use crate::connection::Shared;
 use crate::invoke::Invoker;
 use crate::limit::Permit;
+use crate::per_ip::PerIpLimit;
 use crate::shutdown::ShutdownReport;
 use crate::stats::{ConnectionStats, Counters};
 use crate::{ClosureReason, ConnectionId, Error};
@@ -84,6 +86,22 @@ impl Registration {
             .registry
             .counters
             .record_closure(reason);
+    }
+
+    /// Counts the connection against its client's address in `limit` (the client a PROXY header
+    /// named, known only now); `false`, counted as a refusal, if the address is at its cap.
+    pub(crate) fn take_peer_slot(&mut self, limit: &Arc<PerIpLimit>, address: IpAddr) -> bool {
+        match limit.try_acquire(address) {
+            Some(slot) => {
+                self.permit = self.permit.take().map(|permit| permit.with_peer_slot(slot));
+                true
+            }
+            None => {
+                let registry = &self.live.as_ref().expect("live until dropped").registry;
+                Counters::count(&registry.counters.refused_per_ip);
+                false
+            }
+        }
     }
 
     /// Waits until no `on_all_connections_aborted` is running: a connection aborted by an

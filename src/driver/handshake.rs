@@ -95,7 +95,7 @@ impl Driver {
         {
             return Err(ClosureReason::CallbackPanic);
         }
-        let peer = self.shared.peer_addr;
+        let peer = self.shared.peer();
         if !self
             .call(
                 "on_secure_connection_established",

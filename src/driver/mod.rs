@@ -14,6 +14,7 @@
 mod closing;
 mod failures;
 mod handshake;
+mod proxy;
 mod timer;
 pub(crate) mod transport;
 mod urgent;
@@ -49,6 +50,8 @@ use transport::Transport;
 use urgent::{Urgent, Watched};
 use write::WriteQueue;
 
+pub(crate) use proxy::Proxied;
+
 /// What a connection's driver needs of its server.
 #[derive(Debug)]
 pub(crate) struct Context {
@@ -79,6 +82,8 @@ pub(crate) struct Driver {
     /// The uncounted handle lent to callbacks.
     connection: Connection,
     transport: Transport,
+    /// The PROXY header still to read, on a listener that requires one (boxed: used once).
+    proxied: Option<Box<Proxied>>,
     /// The handshake still to run, for a TLS connection (boxed: used once, and by few).
     secure: Option<Box<Secure>>,
     life: Lifecycle,
@@ -95,6 +100,7 @@ impl Driver {
         context: Arc<Context>,
         shared: Arc<Shared>,
         stream: TcpStream,
+        proxied: Option<Proxied>,
         secure: Option<Secure>,
         registration: Registration,
     ) -> Self {
@@ -104,6 +110,7 @@ impl Driver {
             context,
             shared,
             transport: Transport::Plain(stream),
+            proxied: proxied.map(Box::new),
             secure: secure.map(Box::new),
             writes: WriteQueue::default(),
             urgent: Urgent::default(),
@@ -136,14 +143,21 @@ impl Driver {
         }
     }
 
-    /// From the handshake (for TLS) to the end of the I/O loop; returns the closure reason.
+    /// From the PROXY header and the handshake (for TLS) to the end of the I/O loop; returns the
+    /// closure reason.
     async fn live(&mut self) -> ClosureReason {
+        if let Some(proxied) = self.proxied.take() {
+            // Boxed, like the handshake: it runs once.
+            if let Err(reason) = Box::pin(self.proxy_header(*proxied)).await {
+                return reason;
+            }
+        }
         if let Some(secure) = self.secure.take() {
             if let Err(reason) = Box::pin(self.handshake(*secure)).await {
                 return reason;
             }
         }
-        let peer = self.shared.peer_addr;
+        let peer = self.shared.peer();
         let callbacks = self.context.invoker.callbacks();
         if !self
             .call(

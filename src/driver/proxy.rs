@@ -1,0 +1,129 @@
+//! The PROXY protocol header, on the connection's own task, before the TLS handshake and
+//! `on_connection_established`.
+
+use std::future::poll_fn;
+use std::io;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use super::transport::Transport;
+use super::Driver;
+use crate::per_ip::PerIpLimit;
+use crate::proxy::{HeaderError, HeaderReader, ProxyHeader, ProxyProtocol, Step, PEEK};
+use crate::ClosureReason;
+
+/// What an accepted connection on a PROXY protocol listener has to go through first.
+#[derive(Debug)]
+pub(crate) struct Proxied {
+    pub(crate) settings: Arc<ProxyProtocol>,
+    /// The per-address cap, which counts the client the header names.
+    pub(crate) per_ip: Option<Arc<PerIpLimit>>,
+}
+
+/// Why no header came.
+enum Failure {
+    Header(HeaderError),
+    /// The peer closed before sending a byte.
+    Closed,
+    Io(io::Error),
+}
+
+impl Driver {
+    /// Reads the header, bounded by the header timeout and cut short by an abort, and makes the
+    /// client it names the connection's peer. `Err` carries the closure reason.
+    pub(super) async fn proxy_header(&mut self, proxied: Proxied) -> Result<(), ClosureReason> {
+        let transport_peer = self.shared.peer_addr;
+        if !proxied.settings.trusts(transport_peer.ip()) {
+            tracing::debug!(
+                peer = %transport_peer,
+                "PROXY protocol: connection from outside the trusted networks refused"
+            );
+            return Err(ClosureReason::ProxyProtocol);
+        }
+        let Transport::Plain(tcp) = &mut self.transport else {
+            unreachable!("the header comes before any TLS");
+        };
+        let read = read_header(tcp);
+        tokio::pin!(read);
+        let timeout = tokio::time::sleep(proxied.settings.timeout());
+        tokio::pin!(timeout);
+        let mailbox = &self.shared.mailbox;
+        let outcome = loop {
+            if let Some(reason) = mailbox.pending_abort() {
+                return Err(reason);
+            }
+            let woken = tokio::select! {
+                biased;
+                () = poll_fn(|cx| mailbox.poll_posted(cx)) => None,
+                outcome = &mut read => Some(Some(outcome)),
+                () = &mut timeout => Some(None),
+            };
+            mailbox.unpark();
+            match woken {
+                None => continue,
+                Some(outcome) => break outcome,
+            }
+        };
+        let header = match outcome {
+            Some(Ok(header)) => header,
+            Some(Err(Failure::Header(error))) => {
+                tracing::debug!(peer = %transport_peer, %error, "PROXY protocol: header refused");
+                return Err(ClosureReason::ProxyProtocol);
+            }
+            Some(Err(Failure::Closed)) => return Err(ClosureReason::PeerClosed),
+            Some(Err(Failure::Io(error))) => {
+                tracing::debug!(peer = %transport_peer, %error, "PROXY protocol: read failed");
+                return Err(match error.kind() {
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
+                        ClosureReason::PeerReset
+                    }
+                    _ => ClosureReason::ReadError,
+                });
+            }
+            None => {
+                tracing::debug!(peer = %transport_peer, "PROXY protocol: no header in time");
+                return Err(ClosureReason::ProxyProtocol);
+            }
+        };
+        let client = header.source().unwrap_or(transport_peer);
+        let _ = self.shared.proxy.set(Box::new(header));
+        if let Some(limit) = &proxied.per_ip {
+            if !self.registration.take_peer_slot(limit, client.ip()) {
+                return Err(ClosureReason::PerIpLimit);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads exactly the header: looks at what is waiting (a peek), takes only header bytes, and
+/// waits for more only once everything waiting was taken, so a header that trickles in is waited
+/// for, not spun on.
+async fn read_header(tcp: &mut TcpStream) -> Result<ProxyHeader, Failure> {
+    let mut reader = HeaderReader::default();
+    let mut waiting = vec![0; PEEK];
+    loop {
+        let count = tcp.peek(&mut waiting).await.map_err(Failure::Io)?;
+        if count == 0 {
+            return Err(if reader.is_empty() {
+                Failure::Closed
+            } else {
+                Failure::Header(HeaderError::Truncated)
+            });
+        }
+        let (take, header) = match reader.step(&waiting[..count]) {
+            Step::More => (count, None),
+            Step::Done { consume, header } => (consume, Some(header)),
+            Step::Refuse(error) => return Err(Failure::Header(error)),
+        };
+        // Already waiting, so this does not block.
+        tcp.read_exact(&mut waiting[..take])
+            .await
+            .map_err(Failure::Io)?;
+        if let Some(header) = header {
+            return Ok(header);
+        }
+    }
+}
