@@ -5,7 +5,7 @@
 //! cargo run --release --example echo_server -- [--listen ADDR] [--threads N]
 //!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]
 //!     [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] [--first-byte-timeout SECS]
-//!     [--write-limit BYTES] [--max-per-ip N] [--urgent]
+//!     [--write-limit BYTES] [--max-per-ip N] [--urgent] [--proxy-protocol]
 //! ```
 //! The first line on stdout is `listening on <address>`. With `--events`, every callback prints
 //! one line `event <callback name without on_> key=value ...`. With `--tls-cert` (a PEM
@@ -18,18 +18,21 @@
 //! `event read_oob_completed` line and is echoed back as urgent data. It is off by default because
 //! watching for urgent data costs a second descriptor per connection (`ulimit -n` must then allow
 //! two per connection) and a second wait on every connection's task, which a plain echo server
-//! does not need.
+//! does not need. With `--proxy-protocol` every connection must begin with a PROXY protocol
+//! header (version 1 or 2, as HAProxy's `send-proxy` / `send-proxy-v2` sends) from 127.0.0.0/8
+//! or ::1, and the addresses printed are the client's from the header.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use switchboard::proxy::ProxyProtocol;
 use switchboard::socket2::SockRef;
 use switchboard::tls;
 use switchboard::{
     async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
-    Direction, Error, Server, ShutdownReport, Slot, TlsInfo, UserData,
+    Direction, Error, Listen, Server, ShutdownReport, Slot, TlsInfo, UserData,
 };
 
 struct Options {
@@ -46,13 +49,14 @@ struct Options {
     write_limit: Option<usize>,
     max_per_ip: Option<usize>,
     urgent: bool,
+    proxy_protocol: bool,
 }
 
 const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
                      [--at-limit stop|reject] [--shutdown-timeout SECS] [--events] \
                      [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] \
                      [--first-byte-timeout SECS] [--write-limit BYTES] [--max-per-ip N] \
-                     [--urgent]";
+                     [--urgent] [--proxy-protocol]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -69,6 +73,7 @@ fn parse_options() -> Result<Options, String> {
         write_limit: None,
         max_per_ip: None,
         urgent: false,
+        proxy_protocol: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -101,6 +106,7 @@ fn parse_options() -> Result<Options, String> {
             "--write-limit" => options.write_limit = Some(number(&flag, &value()?)?),
             "--max-per-ip" => options.max_per_ip = Some(number(&flag, &value()?)?),
             "--urgent" => options.urgent = true,
+            "--proxy-protocol" => options.proxy_protocol = true,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -374,9 +380,13 @@ impl Callbacks for Echo {
 async fn run(options: Options) -> Result<(), Error> {
     let mut builder = Server::builder();
     let id = builder.request_user_data_slot();
-    let mut builder = builder
-        .bind(options.listen.as_str())
-        .at_limit(options.at_limit);
+    let mut listen = Listen::bind(options.listen.as_str());
+    if options.proxy_protocol {
+        // The balancer runs on this host.
+        let loopback = ["127.0.0.0/8", "::1"].map(|network| network.parse().expect("a network"));
+        listen = listen.proxy_protocol(ProxyProtocol::new().trust(loopback[0]).trust(loopback[1]));
+    }
+    let mut builder = builder.listen(listen).at_limit(options.at_limit);
     if let Some(max) = options.max_connections {
         builder = builder.max_connections(max);
     }
