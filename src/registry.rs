@@ -103,6 +103,7 @@ impl Drop for Registration {
         {
             let mut inner = registry.inner();
             inner.connections.remove(&self.shared.id);
+            registry.counters.connection_deregistered();
             registry
                 .counters
                 .record_bytes(&self.shared.counters.snapshot());
@@ -170,6 +171,7 @@ impl Registry {
             return Err(Error::ShuttingDown);
         }
         inner.connections.insert(shared.id, shared.clone());
+        self.counters.connection_registered();
         Ok(Registration {
             shared: shared.clone(),
             reason: None,
