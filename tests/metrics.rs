@@ -100,6 +100,20 @@ async fn client_from(source: [u8; 4], address: SocketAddr) -> TcpStream {
         .expect("connect")
 }
 
+/// A client from `source` that the server refuses: it sees the reset, at its connect (when the
+/// RST came first) or at its first read.
+async fn refused_from(source: [u8; 4], address: SocketAddr) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    match bounded("connect", socket.connect(address)).await {
+        Ok(mut stream) => {
+            let (data, _) = read_to_end(&mut stream).await;
+            assert!(data.is_empty());
+        }
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+}
+
 /// Every series exists from the start, at zero: one per closure reason (named by its `Display`,
 /// so a reason added later is covered), one per refusal cause; with Prometheus units.
 #[tokio::test]
@@ -229,8 +243,7 @@ async fn refusals_are_counted_by_cause() {
 
     let first = client_from([127, 0, 0, 1], address).await;
     recorder.id_of(&first).await;
-    let mut second = client_from([127, 0, 0, 1], address).await;
-    let _ = read_to_end(&mut second).await;
+    refused_from([127, 0, 0, 1], address).await;
     eventually("the refused one deregistered", || {
         let stats = server.stats();
         stats.closures(ClosureReason::PerIpLimit) == 1 && stats.active == 1
@@ -238,8 +251,7 @@ async fn refusals_are_counted_by_cause() {
     .await;
     let third = client_from([127, 0, 0, 2], address).await;
     recorder.id_of(&third).await;
-    let mut fourth = client_from([127, 0, 0, 3], address).await;
-    let _ = read_to_end(&mut fourth).await;
+    refused_from([127, 0, 0, 3], address).await;
     eventually("the refusal at the limit", || {
         server.stats().refused_at_limit == 1
     })
