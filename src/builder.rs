@@ -290,7 +290,8 @@ impl ServerBuilder {
 /// Metrics.
 impl ServerBuilder {
     /// Adds `labels` to every metric this server exports, so that the servers of one process can
-    /// be told apart (for example `[("server", "public")]`). Default: none.
+    /// be told apart (for example `[("server", "public")]`). Default: none; servers with the same
+    /// labels (or none) add up in the same series.
     ///
     /// The server exports its metrics (listed in the [crate docs](crate#metrics)) through the
     /// [`metrics`](https://docs.rs/metrics/0.24) facade, and takes its handles from the recorder
