@@ -5,7 +5,7 @@
 //! cargo run --release --example echo_server -- [--listen ADDR] [--threads N]
 //!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]
 //!     [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] [--first-byte-timeout SECS]
-//!     [--write-limit BYTES] [--max-per-ip N] [--urgent] [--proxy-protocol]
+//!     [--write-limit BYTES] [--max-per-ip N] [--urgent] [--proxy-protocol] [--metrics ADDR]
 //! ```
 //! The first line on stdout is `listening on <address>`. With `--events`, every callback prints
 //! one line `event <callback name without on_> key=value ...`. With `--tls-cert` (a PEM
@@ -21,12 +21,21 @@
 //! does not need. With `--proxy-protocol` every connection must begin with a PROXY protocol
 //! header (version 1 or 2, as HAProxy's `send-proxy` / `send-proxy-v2` sends) from 127.0.0.0/8
 //! or ::1, and the addresses printed are the client's from the header.
+//!
+//! With `--metrics ADDR` the server's metrics (see the crate docs) are served as Prometheus text
+//! at `http://ADDR/metrics`, through `metrics-exporter-prometheus`'s recorder, and the second line
+//! on stdout is `metrics on <address>`. The endpoint is a second switchboard server in this
+//! process: one small HTTP/1.x request per connection (its head read up to the blank line, at
+//! most 8 KiB), `GET /metrics` answered 200, anything else 404, then the connection closes. Each
+//! server labels its series: `server="echo"` for the echo server, `server="metrics"` for the
+//! endpoint itself.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard::proxy::ProxyProtocol;
 use switchboard::socket2::SockRef;
 use switchboard::tls;
@@ -50,13 +59,14 @@ struct Options {
     max_per_ip: Option<usize>,
     urgent: bool,
     proxy_protocol: bool,
+    metrics: Option<String>,
 }
 
 const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
                      [--at-limit stop|reject] [--shutdown-timeout SECS] [--events] \
                      [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] \
                      [--first-byte-timeout SECS] [--write-limit BYTES] [--max-per-ip N] \
-                     [--urgent] [--proxy-protocol]";
+                     [--urgent] [--proxy-protocol] [--metrics ADDR]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -74,6 +84,7 @@ fn parse_options() -> Result<Options, String> {
         max_per_ip: None,
         urgent: false,
         proxy_protocol: false,
+        metrics: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -107,6 +118,7 @@ fn parse_options() -> Result<Options, String> {
             "--max-per-ip" => options.max_per_ip = Some(number(&flag, &value()?)?),
             "--urgent" => options.urgent = true,
             "--proxy-protocol" => options.proxy_protocol = true,
+            "--metrics" => options.metrics = Some(value()?),
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -377,7 +389,129 @@ impl Callbacks for Echo {
     }
 }
 
+/// Longest HTTP request head the metrics endpoint reads; a longer one is answered 431.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Upper bounds of the buckets of the `_seconds` histograms (TLS handshake, PROXY header): from
+/// half a millisecond on loopback to the 10 s of the default handshake timeout.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The `--metrics` endpoint: answers one HTTP/1.x request per connection, then closes.
+struct MetricsEndpoint {
+    prometheus: PrometheusHandle,
+    /// The request head read so far.
+    head: Slot<Vec<u8>>,
+}
+
+/// How far a connection's request has come.
+enum Request {
+    /// The head is not complete yet.
+    Incomplete,
+    /// The head, up to its blank line.
+    Head(Vec<u8>),
+    TooLarge,
+}
+
+impl MetricsEndpoint {
+    /// The response to a complete request head.
+    fn respond(&self, head: &[u8]) -> String {
+        let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+        let mut parts = request_line.split(|&b| b == b' ');
+        let (method, target) = (parts.next(), parts.next());
+        let is_metrics =
+            matches!(target, Some(t) if t == b"/metrics" || t.starts_with(b"/metrics?"));
+        if method == Some(b"GET") && is_metrics {
+            response(
+                "200 OK",
+                "text/plain; version=0.0.4",
+                &self.prometheus.render(),
+            )
+        } else {
+            response("404 Not Found", "text/plain", "not found\n")
+        }
+    }
+}
+
+fn response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[async_trait]
+impl Callbacks for MetricsEndpoint {
+    async fn on_connection_established(&self, connection: &Connection, _address: &SocketAddr) {
+        connection.read();
+    }
+
+    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+        let request = connection.user_data().with(self.head, |head| {
+            let head = head.get_or_insert_with(Vec::new);
+            head.extend_from_slice(&data);
+            match head.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(end) => Request::Head(head[..end].to_vec()),
+                None if head.len() > MAX_REQUEST_HEAD => Request::TooLarge,
+                None => Request::Incomplete,
+            }
+        });
+        let answer = match request {
+            Request::Incomplete => return connection.read(),
+            Request::Head(head) => self.respond(&head),
+            Request::TooLarge => response(
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request head too large\n",
+            ),
+        };
+        // The only write on this connection, so the queue has room.
+        let _ = connection.write(answer);
+        connection.close();
+    }
+}
+
+/// Installs the Prometheus recorder (before the echo server starts, which takes its metric
+/// handles from it) and starts the endpoint that serves it on `address`.
+async fn start_metrics(address: &str) -> Result<Server, Error> {
+    let failed = |error: BuildError| {
+        Error::Io(io::Error::other(format!(
+            "cannot install the metrics recorder: {error}"
+        )))
+    };
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .map_err(failed)?
+        .install_recorder()
+        .map_err(failed)?;
+    // The recorder keeps histogram samples until upkeep folds them in: every few seconds, so
+    // memory stays bounded between scrapes.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let mut builder = Server::builder();
+    let head = builder.request_user_data_slot();
+    builder
+        .bind(address)
+        .metrics_labels([("server", "metrics")])
+        .max_connections(64)
+        // A scraper that connects and says nothing holds its slot this long at most.
+        .read_timeout(Some(Duration::from_secs(10)))
+        .start(MetricsEndpoint { prometheus, head })
+        .await
+}
+
 async fn run(options: Options) -> Result<(), Error> {
+    let metrics = match &options.metrics {
+        Some(address) => Some(start_metrics(address).await?),
+        None => None,
+    };
     let mut builder = Server::builder();
     let id = builder.request_user_data_slot();
     let mut listen = Listen::bind(options.listen.as_str());
@@ -386,7 +520,10 @@ async fn run(options: Options) -> Result<(), Error> {
         let loopback = ["127.0.0.0/8", "::1"].map(|network| network.parse().expect("a network"));
         listen = listen.proxy_protocol(ProxyProtocol::new().trust(loopback[0]).trust(loopback[1]));
     }
-    let mut builder = builder.listen(listen).at_limit(options.at_limit);
+    let mut builder = builder
+        .listen(listen)
+        .at_limit(options.at_limit)
+        .metrics_labels([("server", "echo")]);
     if let Some(max) = options.max_connections {
         builder = builder.max_connections(max);
     }
@@ -445,10 +582,18 @@ async fn run(options: Options) -> Result<(), Error> {
             "listening on {}",
             server.local_addr().expect("one listener")
         );
+        if let Some(metrics) = &metrics {
+            let address = metrics.local_addr().expect("one listener");
+            let _ = writeln!(out, "metrics on {address}");
+        }
         let _ = out.flush();
     }
     wait_for_signal().await?;
     server.shutdown().await;
+    // Last, so that the echo server's drain can be watched.
+    if let Some(metrics) = metrics {
+        metrics.shutdown().await;
+    }
     Ok(())
 }
 

@@ -50,7 +50,7 @@ use crate::manager::{AcceptTasks, Manager};
 use crate::proxy::ProxyProtocol;
 use crate::reserve::{is_out_of_descriptors, Reserve};
 use crate::shutdown::Phase;
-use crate::stats::Counters;
+use crate::stats::Count;
 use crate::tls::Secure;
 use crate::{AtLimit, ClosureReason, Direction, UserData};
 
@@ -320,7 +320,7 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
                     // `AcceptAndClose`; or, with `StopAccepting`, a slot taken elsewhere in the
                     // instant between the check above and this accept.
                     None => {
-                        Counters::count(&manager.counters.refused_at_limit);
+                        manager.counters.count(Count::RefusedAtLimit);
                         refuse(&accepted.stream);
                         if !at_limit {
                             at_limit = true;
@@ -330,7 +330,7 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
                 }
             }
             Err(error) => {
-                Counters::count(&manager.counters.accept_errors);
+                manager.counters.count(Count::AcceptError);
                 let per_connection = is_per_connection(&error);
                 tracing::debug!(%error, per_connection, "accept failed");
                 let refusal = if is_out_of_descriptors(&error) {
@@ -390,10 +390,7 @@ async fn refuse_pending(
     // Polled with the accept task's own waker, so a listener left pending is woken as usual.
     let (refused, outcome) = poll_fn(|cx| Poll::Ready(refuse_on_listeners(cx, listeners))).await;
     if refused > 0 {
-        manager
-            .counters
-            .refused_no_descriptors
-            .fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
+        manager.counters.add(Count::RefusedNoDescriptors, refused);
         tracing::debug!(
             refused,
             "out of file descriptors: pending connections were reset"
@@ -488,7 +485,7 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
         Some(limit) => match limit.try_acquire(peer.ip()) {
             Some(slot) => (permit.with_peer_slot(slot), None),
             None => {
-                Counters::count(&manager.counters.refused_per_ip);
+                manager.counters.count(Count::RefusedPerIp);
                 (permit, Some(ClosureReason::PerIpLimit))
             }
         },

@@ -15,6 +15,7 @@ use crate::invoke::Invoker;
 use crate::lifecycle::{LifecycleConfig, WriteLimits};
 use crate::listen::Listen;
 use crate::manager::Manager;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::stats::Counters;
@@ -129,6 +130,8 @@ pub struct ServerBuilder {
     limiter: ConnectionLimiter,
     accepting: bool,
     layout: UserDataLayout,
+    /// Labels added to every metric of this server.
+    metrics_labels: Vec<(String, String)>,
 }
 
 impl ServerBuilder {
@@ -157,6 +160,7 @@ impl ServerBuilder {
             limiter: ConnectionLimiter::unlimited(),
             accepting: true,
             layout: UserDataLayout::new(),
+            metrics_labels: Vec::new(),
         }
     }
 
@@ -210,6 +214,15 @@ impl ServerBuilder {
     }
 }
 
+/// Whether `name` is a Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, and not one of the names
+/// starting with `__` that Prometheus keeps for itself.
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(first) if first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
+}
+
 /// Per-peer limits.
 impl ServerBuilder {
     /// At most `max` live accepted connections from one peer IP address, across all of this
@@ -246,6 +259,49 @@ impl ServerBuilder {
     /// ```
     pub fn max_connections_per_ip(mut self, max: usize) -> Self {
         self.config.max_connections_per_ip = Some(max);
+        self
+    }
+}
+
+/// Metrics.
+impl ServerBuilder {
+    /// Adds `labels` to every metric this server exports, so that the servers of one process can
+    /// be told apart (for example `[("server", "public")]`). Default: none; servers with the same
+    /// labels (or none) add up in the same series.
+    ///
+    /// The server exports its metrics (listed in the [crate docs](crate#metrics)) through the
+    /// [`metrics`](https://docs.rs/metrics/0.24) facade, and takes its handles from the recorder
+    /// installed when [`start`](ServerBuilder::start) runs: install the recorder (for example
+    /// `metrics-exporter-prometheus`'s) before starting the server. A server started with no
+    /// recorder installed exports nothing, at no cost.
+    ///
+    /// Label names must be Prometheus label names (letters, digits and `_`, not starting with a
+    /// digit or `__`), each given once, and neither `cause` nor `reason`, which the server's own
+    /// labels use; [`start`](ServerBuilder::start) checks them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// struct Nothing;
+    /// impl switchboard::Callbacks for Nothing {}
+    ///
+    /// let server = switchboard::Server::builder()
+    ///     .bind("127.0.0.1:0")
+    ///     .metrics_labels([("server", "public")])
+    ///     .start(Nothing)
+    ///     .await?;
+    /// server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics_labels<K, V>(mut self, labels: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.metrics_labels.extend(
+            labels
+                .into_iter()
+                .map(|(key, value)| (key.into(), value.into())),
+        );
         self
     }
 }
@@ -443,6 +499,26 @@ impl ServerBuilder {
         if self.backlog == 0 || self.backlog > i32::MAX as u32 {
             return invalid("backlog", "must be between 1 and 2^31 - 1");
         }
+        for (i, (name, _)) in self.metrics_labels.iter().enumerate() {
+            if !is_label_name(name) {
+                return invalid(
+                    "metrics_labels",
+                    &format!("{name:?} is not a Prometheus label name"),
+                );
+            }
+            if crate::metrics::RESERVED_LABELS.contains(&name.as_str()) {
+                return invalid(
+                    "metrics_labels",
+                    &format!("{name:?} is one of the server's own labels"),
+                );
+            }
+            if self.metrics_labels[..i]
+                .iter()
+                .any(|(other, _)| other == name)
+            {
+                return invalid("metrics_labels", &format!("{name:?} is given twice"));
+            }
+        }
         Ok(())
     }
 
@@ -501,8 +577,10 @@ impl ServerBuilder {
             });
         }
         let config = self.config;
+        let counters = Arc::new(Counters::new(Metrics::register(&self.metrics_labels)));
         let context = Context {
-            invoker: Invoker::new(Box::new(callbacks)),
+            invoker: Invoker::new(Box::new(callbacks), counters.clone()),
+            counters: counters.clone(),
             read_buffer_size: config.read_buffer_size,
             handshake_timeout: config.handshake_timeout,
             lifecycle: Arc::new(LifecycleConfig {
@@ -516,7 +594,6 @@ impl ServerBuilder {
                 slow_consumer_timeout: config.slow_consumer_timeout,
             }),
         };
-        let counters = Arc::new(Counters::default());
         let manager = Arc::new(Manager {
             context: Arc::new(context),
             registry: Arc::new(Registry::new(counters.clone())),
@@ -561,6 +638,7 @@ impl fmt::Debug for ServerBuilder {
             .field("config", &self.config)
             .field("limiter", &self.limiter)
             .field("accepting", &self.accepting)
+            .field("metrics_labels", &self.metrics_labels)
             .finish()
     }
 }

@@ -9,7 +9,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::limit::Permit;
 use crate::manager::Manager;
 use crate::registry::Live;
-use crate::stats::Counters;
+use crate::stats::Count;
 use crate::tls::Secure;
 use crate::{ConnectArgument, Connection, Direction, Error, TlsConnect, UserData};
 
@@ -59,7 +59,7 @@ pub(crate) async fn connect(
         }
         Err(error) => (user_data, error),
     };
-    Counters::count(&manager.counters.connect_failures);
+    manager.counters.count(Count::ConnectFailure);
     if report {
         invoker
             .call(

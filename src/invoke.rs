@@ -6,11 +6,12 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
 
+use crate::stats::{Count, Counters};
 use crate::{Callbacks, ConnectionId, Error};
 
 /// A callback's future, polled with its panics caught: `Err` carries the panic's payload.
@@ -36,33 +37,27 @@ impl<F: Future + Unpin> Future for Guarded<F> {
 /// The application's callbacks and the one way the engine calls them.
 pub(crate) struct Invoker {
     callbacks: Box<dyn Callbacks>,
-    /// Callbacks that panicked (and `on_error`s that panicked while reporting one).
-    panics: AtomicU64,
+    /// Where panics are counted (and `on_error`s that panicked while reporting one).
+    counters: Arc<Counters>,
 }
 
 impl fmt::Debug for Invoker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Invoker")
-            .field("panics", &self.panics())
-            .finish_non_exhaustive()
+        f.debug_struct("Invoker").finish_non_exhaustive()
     }
 }
 
 impl Invoker {
-    pub(crate) fn new(callbacks: Box<dyn Callbacks>) -> Self {
+    pub(crate) fn new(callbacks: Box<dyn Callbacks>, counters: Arc<Counters>) -> Self {
         Invoker {
             callbacks,
-            panics: AtomicU64::new(0),
+            counters,
         }
     }
 
     /// The callbacks, to build the future of the one to call.
     pub(crate) fn callbacks(&self) -> &dyn Callbacks {
         self.callbacks.as_ref()
-    }
-
-    pub(crate) fn panics(&self) -> u64 {
-        self.panics.load(Ordering::Relaxed)
     }
 
     /// Runs a callback's future, catching a panic and reporting it through `on_error`. `None` if
@@ -107,7 +102,7 @@ impl Invoker {
         connection: Option<ConnectionId>,
         payload: Box<dyn Any + Send>,
     ) {
-        self.panics.fetch_add(1, Ordering::Relaxed);
+        self.counters.count(Count::CallbackPanic);
         let error = Error::CallbackPanic {
             callback,
             connection,
@@ -118,7 +113,7 @@ impl Invoker {
             .catch_unwind()
             .await;
         if reported.is_err() {
-            self.panics.fetch_add(1, Ordering::Relaxed);
+            self.counters.count(Count::CallbackPanic);
             tracing::error!(%error, "on_error panicked while reporting a panic");
         }
     }

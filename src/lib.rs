@@ -39,6 +39,31 @@
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
 //!
+//! ## Metrics
+//! Every server exports its counts through the [`metrics`](https://docs.rs/metrics/0.24) facade,
+//! to whatever recorder the application installs (Prometheus, StatsD, OpenTelemetry…). The
+//! server takes its metric handles when it [starts](ServerBuilder::start), so install the
+//! recorder first; with none installed, they cost nothing. Names follow Prometheus's
+//! conventions (base units, `_total` counters), and each count moves with its twin in
+//! [`Server::stats`]:
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `switchboard_connections_active` | gauge | |
+//! | `switchboard_connections_accepted_total` | counter | |
+//! | `switchboard_connections_connected_total` (outgoing) | counter | |
+//! | `switchboard_connect_failures_total` | counter | |
+//! | `switchboard_connections_refused_total` | counter | `cause`: `at_limit`, `per_ip`, `no_descriptors` |
+//! | `switchboard_connections_closed_total` | counter | `reason`: the [`ClosureReason`]'s `Display` |
+//! | `switchboard_bytes_read_total`, `switchboard_bytes_written_total` | counter | |
+//! | `switchboard_accept_errors_total`, `switchboard_callback_panics_total` | counter | |
+//! | `switchboard_write_queue_high_total` (`on_write_buffer_high`) | counter | |
+//! | `switchboard_tls_handshake_duration_seconds` | histogram | |
+//! | `switchboard_proxy_header_duration_seconds` | histogram | |
+//!
+//! [`ServerBuilder::metrics_labels`] adds labels of the application's to every series, to tell
+//! the servers of one process apart. Every series exists from the start, at zero.
+//!
 //! ## Example: an echo server
 //! ```no_run
 //! use std::net::SocketAddr;
@@ -90,6 +115,7 @@ mod limit;
 mod listen;
 mod mailbox;
 mod manager;
+mod metrics;
 mod per_ip;
 pub mod proxy;
 mod registry;

@@ -17,7 +17,7 @@ use crate::mailbox::Mailbox;
 use crate::per_ip::PerIpLimit;
 use crate::registry::{Live, Registry};
 use crate::shutdown::Shutdown;
-use crate::stats::{ConnectionCounters, Counters};
+use crate::stats::{ConnectionCounters, Count, Counters};
 use crate::tls::Secure;
 use crate::user_data::UserDataLayout;
 use crate::{ClosureReason, Connection, ConnectionLimiter, Direction, Error, Stats, UserData};
@@ -87,9 +87,9 @@ impl Manager {
             Ok(registration) => registration,
             Err(error) => return Err((shared.user_data.take_all(), error)),
         };
-        Counters::count(match direction {
-            Direction::Inbound => &self.counters.accepted,
-            Direction::Outbound => &self.counters.connected,
+        self.counters.count(match direction {
+            Direction::Inbound => Count::Accepted,
+            Direction::Outbound => Count::Connected,
         });
         let handle = want_handle.then(|| Connection::uncounted(shared.clone()).clone());
         let driver = Driver::new(
@@ -121,7 +121,6 @@ impl Manager {
 
     pub(crate) fn stats(&self) -> Stats {
         let (active, live) = self.registry.live_bytes();
-        self.counters
-            .snapshot(active, live, self.context.invoker.panics())
+        self.counters.snapshot(active, live)
     }
 }

@@ -12,7 +12,7 @@ use crate::invoke::Invoker;
 use crate::limit::Permit;
 use crate::per_ip::PerIpLimit;
 use crate::shutdown::ShutdownReport;
-use crate::stats::{ConnectionStats, Counters};
+use crate::stats::{ConnectionStats, Count, Counters};
 use crate::{ClosureReason, ConnectionId, Error};
 
 #[derive(Debug, Default)]
@@ -98,7 +98,7 @@ impl Registration {
             }
             None => {
                 let registry = &self.live.as_ref().expect("live until dropped").registry;
-                Counters::count(&registry.counters.refused_per_ip);
+                registry.counters.count(Count::RefusedPerIp);
                 false
             }
         }
@@ -121,6 +121,7 @@ impl Drop for Registration {
         {
             let mut inner = registry.inner();
             inner.connections.remove(&self.shared.id);
+            registry.counters.connection_deregistered();
             registry
                 .counters
                 .record_bytes(&self.shared.counters.snapshot());
@@ -188,6 +189,7 @@ impl Registry {
             return Err(Error::ShuttingDown);
         }
         inner.connections.insert(shared.id, shared.clone());
+        self.counters.connection_registered();
         Ok(Registration {
             shared: shared.clone(),
             reason: None,

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::metrics::Metrics;
 use crate::ClosureReason;
 
 /// A point-in-time snapshot of a server's counters, from [`Server::stats`](crate::Server::stats).
@@ -34,6 +35,9 @@ pub struct Stats {
     pub accept_errors: u64,
     /// Callbacks that panicked.
     pub callback_panics: u64,
+    /// Times a connection's write queue reached its high watermark
+    /// ([`on_write_buffer_high`](crate::Callbacks::on_write_buffer_high)).
+    pub write_queue_high: u64,
     /// Bytes read from all connections, live and ended.
     pub bytes_read: u64,
     /// Bytes handed to the kernel for all connections, live and ended.
@@ -118,29 +122,119 @@ impl ConnectionCounters {
     }
 }
 
-/// The server-wide counters. Byte counts of ended connections are folded in at release; live
-/// connections are summed when a snapshot is taken, so the hot path touches no shared counter.
-#[derive(Debug, Default)]
+/// What a count is of: each names a counter of [`Stats`] and its metric, which
+/// [`Counters::count`] moves together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    Accepted,
+    Connected,
+    ConnectFailure,
+    RefusedAtLimit,
+    RefusedPerIp,
+    RefusedNoDescriptors,
+    AcceptError,
+    CallbackPanic,
+    WriteQueueHigh,
+}
+
+/// The server-wide counters, and the [metrics](crate::metrics) beside them: every count goes
+/// through here, so [`Server::stats`](crate::Server::stats) and the metrics never disagree.
+///
+/// Byte counts of ended connections are folded in at release; live connections are summed when a
+/// snapshot is taken, so the hot path touches no shared counter (only the byte metrics, which
+/// are no-ops without a recorder).
+#[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) connected: AtomicU64,
-    pub(crate) connect_failures: AtomicU64,
-    pub(crate) refused_at_limit: AtomicU64,
-    pub(crate) refused_per_ip: AtomicU64,
-    pub(crate) refused_no_descriptors: AtomicU64,
-    pub(crate) accept_errors: AtomicU64,
-    pub(crate) ended_bytes_read: AtomicU64,
-    pub(crate) ended_bytes_written: AtomicU64,
-    pub(crate) closures: [AtomicU64; REASONS],
+    accepted: AtomicU64,
+    connected: AtomicU64,
+    connect_failures: AtomicU64,
+    refused_at_limit: AtomicU64,
+    refused_per_ip: AtomicU64,
+    refused_no_descriptors: AtomicU64,
+    accept_errors: AtomicU64,
+    callback_panics: AtomicU64,
+    write_queue_high: AtomicU64,
+    ended_bytes_read: AtomicU64,
+    ended_bytes_written: AtomicU64,
+    closures: [AtomicU64; REASONS],
+    metrics: Metrics,
 }
 
 impl Counters {
-    pub(crate) fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    pub(crate) fn new(metrics: Metrics) -> Self {
+        Counters {
+            accepted: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            refused_at_limit: AtomicU64::new(0),
+            refused_per_ip: AtomicU64::new(0),
+            refused_no_descriptors: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            callback_panics: AtomicU64::new(0),
+            write_queue_high: AtomicU64::new(0),
+            ended_bytes_read: AtomicU64::new(0),
+            ended_bytes_written: AtomicU64::new(0),
+            closures: std::array::from_fn(|_| AtomicU64::new(0)),
+            metrics,
+        }
+    }
+
+    /// Counts one `what`.
+    pub(crate) fn count(&self, what: Count) {
+        self.add(what, 1);
+    }
+
+    /// Counts `amount` of `what`.
+    pub(crate) fn add(&self, what: Count, amount: u64) {
+        let metrics = &self.metrics;
+        let (counter, metric) = match what {
+            Count::Accepted => (&self.accepted, &metrics.accepted),
+            Count::Connected => (&self.connected, &metrics.connected),
+            Count::ConnectFailure => (&self.connect_failures, &metrics.connect_failures),
+            Count::RefusedAtLimit => (&self.refused_at_limit, &metrics.refused_at_limit),
+            Count::RefusedPerIp => (&self.refused_per_ip, &metrics.refused_per_ip),
+            Count::RefusedNoDescriptors => (
+                &self.refused_no_descriptors,
+                &metrics.refused_no_descriptors,
+            ),
+            Count::AcceptError => (&self.accept_errors, &metrics.accept_errors),
+            Count::CallbackPanic => (&self.callback_panics, &metrics.callback_panics),
+            Count::WriteQueueHigh => (&self.write_queue_high, &metrics.write_queue_high),
+        };
+        counter.fetch_add(amount, Relaxed);
+        metric.increment(amount);
     }
 
     pub(crate) fn record_closure(&self, reason: ClosureReason) {
         self.closures[reason.index()].fetch_add(1, Relaxed);
+        self.metrics.closed(reason).increment(1);
+    }
+
+    /// A connection was registered: [`Stats::active`] counts the registry, the gauge follows it.
+    /// Called under the registry lock, as is [`Counters::connection_deregistered`], so the gauge
+    /// moves in the registry's order.
+    pub(crate) fn connection_registered(&self) {
+        self.metrics.active.increment(1.0);
+    }
+
+    pub(crate) fn connection_deregistered(&self) {
+        self.metrics.active.decrement(1.0);
+    }
+
+    /// Bytes read by a connection: its own counters hold them for [`Stats`]; here only the metric.
+    #[inline]
+    pub(crate) fn bytes_read(&self, bytes: u64) {
+        self.metrics.bytes_read.increment(bytes);
+    }
+
+    /// Bytes written by a connection: as [`Counters::bytes_read`].
+    #[inline]
+    pub(crate) fn bytes_written(&self, bytes: u64) {
+        self.metrics.bytes_written.increment(bytes);
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Folds an ended connection's byte counts into the totals; called under the registry lock, so
@@ -152,7 +246,7 @@ impl Counters {
             .fetch_add(connection.bytes_written, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, active: usize, live: ConnectionStats, panics: u64) -> Stats {
+    pub(crate) fn snapshot(&self, active: usize, live: ConnectionStats) -> Stats {
         let mut closures = [0; REASONS];
         for (total, counter) in closures.iter_mut().zip(&self.closures) {
             *total = counter.load(Relaxed);
@@ -166,7 +260,8 @@ impl Counters {
             refused_per_ip: self.refused_per_ip.load(Relaxed),
             refused_no_descriptors: self.refused_no_descriptors.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
-            callback_panics: panics,
+            callback_panics: self.callback_panics.load(Relaxed),
+            write_queue_high: self.write_queue_high.load(Relaxed),
             bytes_read: self.ended_bytes_read.load(Relaxed) + live.bytes_read,
             bytes_written: self.ended_bytes_written.load(Relaxed) + live.bytes_written,
             closures,

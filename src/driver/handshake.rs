@@ -2,7 +2,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 
@@ -25,6 +25,7 @@ impl Driver {
             },
             Secure::Connect(_) => None,
         };
+        let started = Instant::now();
         let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Gone) else {
             unreachable!("a handshake starts on the plain socket");
         };
@@ -82,6 +83,8 @@ impl Driver {
                 return Err(self.tls_failed(error).await);
             }
         };
+        self.context
+            .record_tls_handshake_duration(started.elapsed());
         let info = TlsInfo::from_stream(side, stream.get_ref());
         self.transport = Transport::tls(stream);
         let info = self.shared.tls.get_or_init(|| Box::new(info));

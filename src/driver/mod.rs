@@ -41,7 +41,7 @@ use crate::lifecycle::{
     Requests,
 };
 use crate::registry::Registration;
-use crate::stats::ConnectionCounters;
+use crate::stats::{ConnectionCounters, Count, Counters};
 use crate::tls::Secure;
 use crate::{ClosureReason, Connection};
 
@@ -56,9 +56,27 @@ pub(crate) use proxy::Proxied;
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) invoker: Invoker,
+    /// The server's counters and metrics.
+    pub(crate) counters: Arc<Counters>,
     pub(crate) read_buffer_size: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) lifecycle: Arc<LifecycleConfig>,
+}
+
+impl Context {
+    /// Records a successful TLS handshake's duration, from its start on the connection's task to
+    /// negotiated (`switchboard_tls_handshake_duration_seconds`).
+    pub(crate) fn record_tls_handshake_duration(&self, took: Duration) {
+        self.counters.metrics().tls_handshake(took);
+    }
+
+    /// Records how long a PROXY protocol header took to read
+    /// (`switchboard_proxy_header_duration_seconds`), once per connection whose header was read
+    /// and accepted, from the start of the read to the end of the header. A header that fails
+    /// (timeout, malformed, untrusted) is not recorded here: it is counted by its closure reason.
+    pub(crate) fn record_proxy_header_duration(&self, took: Duration) {
+        self.counters.metrics().proxy_header(took);
+    }
 }
 
 /// What ended a wait.
@@ -217,9 +235,7 @@ impl Driver {
                     Wake::Read(Ok(data)) if !data.is_empty() => {
                         let outcome = ReadOutcome::Data(data.len());
                         if self.life.on_read(outcome, &LazyNow::default()) == ReadVerdict::Deliver {
-                            let counters = &self.shared.counters;
-                            ConnectionCounters::add(&counters.bytes_read, data.len() as u64);
-                            ConnectionCounters::add(&counters.reads, 1);
+                            self.count_read(data.len());
                             let callbacks = self.context.invoker.callbacks();
                             let callback = callbacks.on_read_completed(&self.connection, data);
                             if !self.call("on_read_completed", callback).await {
@@ -265,6 +281,7 @@ impl Driver {
         let survived = match event {
             Event::WriteBufferHigh => {
                 self.shared.mailbox.publish_high(true);
+                self.context.counters.count(Count::WriteQueueHigh);
                 self.call(
                     "on_write_buffer_high",
                     callbacks.on_write_buffer_high(connection),
@@ -388,9 +405,7 @@ impl Driver {
         let callbacks = self.context.invoker.callbacks();
         let survived = match self.life.on_read(outcome, &LazyNow::default()) {
             ReadVerdict::Deliver => {
-                let counters = &self.shared.counters;
-                ConnectionCounters::add(&counters.bytes_read, data.len() as u64);
-                ConnectionCounters::add(&counters.reads, 1);
+                self.count_read(data.len());
                 self.call(
                     "on_read_completed",
                     callbacks.on_read_completed(&self.connection, data),
@@ -411,6 +426,15 @@ impl Driver {
         }
     }
 
+    /// Counts a read of `bytes` about to be delivered: the connection's counters (which
+    /// [`Stats`](crate::Stats) sums) and the server's metric.
+    fn count_read(&self, bytes: usize) {
+        let counters = &self.shared.counters;
+        ConnectionCounters::add(&counters.bytes_read, bytes as u64);
+        ConnectionCounters::add(&counters.reads, 1);
+        self.context.counters.bytes_read(bytes as u64);
+    }
+
     /// `sent` bytes of the queue went to the kernel: the buffers sent in full complete.
     async fn written(&mut self, sent: usize) {
         let completed = self.writes.advance(sent);
@@ -420,6 +444,7 @@ impl Driver {
         let counters = &self.shared.counters;
         ConnectionCounters::add(&counters.bytes_written, sent as u64);
         ConnectionCounters::add(&counters.writes, completed as u64);
+        self.context.counters.bytes_written(sent as u64);
         let callbacks = self.context.invoker.callbacks();
         for _ in 0..completed {
             let data = self.writes.pop_sent();

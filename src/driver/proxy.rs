@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::transport::Transport;
 use super::Driver;
@@ -42,6 +43,7 @@ impl Driver {
             );
             return Err(ClosureReason::ProxyProtocol);
         }
+        let started = Instant::now();
         let Transport::Plain(tcp) = &mut self.transport else {
             unreachable!("the header comes before any TLS");
         };
@@ -87,6 +89,7 @@ impl Driver {
                 return Err(ClosureReason::ProxyProtocol);
             }
         };
+        self.context.record_proxy_header_duration(started.elapsed());
         let client = header.source().unwrap_or(transport_peer);
         let _ = self.shared.proxy.set(Box::new(header));
         if let Some(limit) = &proxied.per_ip {

@@ -2,7 +2,7 @@
 //! itself under `ulimit -n`, running only an ignored test that calls [`run_child_server`]; the
 //! child prints its events on stdout, which the parent reads through [`ChildServer`].
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -117,7 +117,7 @@ pub struct ChildStats {
     pub accepted: u64,
 }
 
-/// The child's stdout, collected by a thread.
+/// A child's stdout, collected by a thread.
 #[derive(Clone, Default)]
 pub struct ChildLog(Arc<(Mutex<Vec<String>>, Condvar)>);
 
@@ -125,6 +125,19 @@ impl ChildLog {
     fn push(&self, line: String) {
         self.0 .0.lock().unwrap().push(line);
         self.0 .1.notify_all();
+    }
+
+    /// Collects the lines of `output` (a child's stdout) on a thread of its own, until it ends.
+    pub fn collect(&self, output: impl Read + Send + 'static) {
+        let log = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines() {
+                match line {
+                    Ok(line) => log.push(line),
+                    Err(_) => return,
+                }
+            }
+        });
     }
 
     pub fn lines(&self) -> Vec<String> {
@@ -216,18 +229,7 @@ impl ChildServer {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         server.stdin = server.child.stdin.take();
-        {
-            let stdout = server.child.stdout.take().unwrap();
-            let log = server.log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    match line {
-                        Ok(line) => log.push(line),
-                        Err(_) => return,
-                    }
-                }
-            });
-        }
+        server.log.collect(server.child.stdout.take().unwrap());
         server.log.wait("the child's port", |log| {
             log.lines().iter().any(|l| l.starts_with("port "))
         });

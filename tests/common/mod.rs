@@ -1,6 +1,7 @@
 //! Shared test helpers, one copy each: the recording callbacks ([`Recorder`]), bounded waits,
 //! client helpers, the test certificates, the child-process server for descriptor exhaustion,
-//! and CPU-time readings.
+//! CPU-time readings, a recorder for the `metrics` facade ([`MetricsRecorder`]), and the
+//! examples run as child processes ([`Example`]).
 //!
 //! Files directly in `tests/` are test binaries, so the parts live under `tests/common/`. Each
 //! binary uses only some of them, hence `dead_code` is allowed here.
@@ -9,11 +10,13 @@
 mod certs;
 mod child;
 mod cpu;
+mod example;
+mod metrics_recorder;
 mod recorder;
 
 // Re-exported for `use common::*`; a binary that needs none of a part would warn otherwise.
 #[allow(unused_imports)]
-pub use {certs::*, child::*, cpu::*, recorder::*};
+pub use {certs::*, child::*, cpu::*, example::*, metrics_recorder::*, recorder::*};
 
 use std::future::Future;
 use std::io;

@@ -1,0 +1,280 @@
+//! The `echo_server` example's `--metrics ADDR`: Prometheus text at `http://ADDR/metrics`,
+//! scraped with a real HTTP client (`curl`) while clients echo through the example and after they
+//! are gone, and checked against what the clients did: connections accepted, refused at the
+//! limit, live, closed by reason, bytes both ways.
+#![cfg(unix)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// `--max-connections` of the example: the clients that stay connected.
+const CONNECTIONS: u64 = 5;
+/// Clients over the limit, refused (`--at-limit reject`).
+const REFUSED: u64 = 3;
+/// Echoes per connection, and their size.
+const MESSAGES: u64 = 20;
+const SIZE: usize = 256;
+
+const ACTIVE: &str = "switchboard_connections_active";
+const ACCEPTED: &str = "switchboard_connections_accepted_total";
+const REFUSED_TOTAL: &str = "switchboard_connections_refused_total";
+const CLOSED: &str = "switchboard_connections_closed_total";
+const BYTES_READ: &str = "switchboard_bytes_read_total";
+const BYTES_WRITTEN: &str = "switchboard_bytes_written_total";
+
+/// The echo server's series carry this label; the endpoint's own, `server="metrics"`.
+const ECHO: (&str, &str) = ("server", "echo");
+
+/// A sample line: the metric's name, its labels and its value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// One scrape: its text and its samples.
+struct Scrape {
+    text: String,
+    samples: Vec<Sample>,
+}
+
+impl Scrape {
+    /// Parses the text format's sample lines (`name{a="1",b="2"} value`); our label values hold
+    /// no commas or quotes.
+    fn parse(text: String) -> Scrape {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("a sample line");
+                let value: f64 = value.parse().expect("a sample value");
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                let labels = labels
+                    .split(',')
+                    .filter(|label| !label.is_empty())
+                    .map(|label| {
+                        let (key, value) = label.split_once('=').expect("key=\"value\"");
+                        (key.to_string(), value.trim_matches('"').to_string())
+                    })
+                    .collect();
+                (name.to_string(), labels, value)
+            })
+            .collect();
+        Scrape { text, samples }
+    }
+
+    /// The sample of `name` with exactly `labels` (in any order).
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find_map(|(sample, sample_labels, value)| {
+                let same = sample == name
+                    && sample_labels.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| sample_labels.iter().any(|(sk, sv)| sk == k && sv == v));
+                same.then_some(*value)
+            })
+    }
+
+    /// The echo server's sample of `name`, with one more label if given; panics if absent.
+    fn echo(&self, name: &str, extra: Option<(&str, &str)>) -> u64 {
+        let labels: Vec<(&str, &str)> = std::iter::once(ECHO).chain(extra).collect();
+        let value = self
+            .value(name, &labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{}", self.text));
+        assert!(value >= 0.0 && value.fract() == 0.0, "{name}: {value}");
+        value as u64
+    }
+
+    fn closed(&self, reason: &str) -> u64 {
+        self.echo(CLOSED, Some(("reason", reason)))
+    }
+
+    /// The echo server's closures, all reasons.
+    fn total_closed(&self) -> u64 {
+        self.samples
+            .iter()
+            .filter(|(name, labels, _)| {
+                name == CLOSED && labels.iter().any(|(k, v)| k == ECHO.0 && v == ECHO.1)
+            })
+            .map(|(_, _, value)| *value as u64)
+            .sum()
+    }
+}
+
+/// GETs `url` with curl (bounded); returns the status code, the content type and the body.
+async fn curl(url: &str) -> (u16, String, String) {
+    let output = bounded(
+        "curl",
+        tokio::process::Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "10"])
+            .args(["--write-out", "\n%{http_code}\n%{content_type}", url])
+            .output(),
+    )
+    .await
+    .expect("curl must be installed (.ci/run installs it)");
+    assert!(output.status.success(), "curl {url}: {output:?}");
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let mut parts = text.rsplitn(3, '\n');
+    let content_type = parts.next().unwrap_or_default().to_string();
+    let status = parts.next().unwrap_or_default().parse().expect("a status");
+    let body = parts.next().unwrap_or_default().to_string();
+    (status, content_type, body)
+}
+
+async fn scrape(url: &str) -> Scrape {
+    let (status, content_type, body) = curl(url).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content_type, "text/plain; version=0.0.4");
+    Scrape::parse(body)
+}
+
+/// Scrapes until `done` holds (counts settle on the server's tasks after the clients see their
+/// ends), at most [`WAIT`]; returns that scrape.
+async fn scrape_until(url: &str, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let scrape = scrape(url).await;
+        if done(&scrape) {
+            return scrape;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last scrape:\n{}",
+            scrape.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One client: connects, echoes its messages (with pauses, so that scrapes fall in between),
+/// and stays connected.
+async fn load(address: SocketAddr, seed: u64) -> TcpStream {
+    let mut stream = client(address).await;
+    for message in 0..MESSAGES {
+        echo(&mut stream, &pattern(seed * 1000 + message, SIZE)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_server_metrics_scraped_with_curl_during_and_after_load_match_the_clients() {
+    let limit = CONNECTIONS.to_string();
+    let mut server = Example::start(
+        "echo_server",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--max-connections",
+            &limit,
+            "--at-limit",
+            "reject",
+        ],
+    );
+    let address: SocketAddr = server.line_value("listening on ").parse().unwrap();
+    let url = format!("http://{}/metrics", server.line_value("metrics on "));
+    assert!(server.log.lines()[0].starts_with("listening on "));
+
+    let idle = scrape(&url).await;
+    assert_eq!(idle.echo(ACCEPTED, None), 0);
+    assert_eq!(idle.echo(ACTIVE, None), 0);
+    assert_eq!(idle.closed("peer_closed"), 0);
+    assert!(idle.text.contains(&format!("# TYPE {ACCEPTED} counter")));
+    assert!(idle.text.contains(&format!("# TYPE {ACTIVE} gauge")));
+
+    // During the load: every scrape stays within what the clients can have done, and no count
+    // goes back.
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|seed| tokio::spawn(load(address, seed)))
+        .collect();
+    let echoed = CONNECTIONS * MESSAGES * SIZE as u64;
+    let mut last = (0, 0, 0);
+    let mut during = 0;
+    while !clients.iter().all(|client| client.is_finished()) {
+        let scrape = scrape(&url).await;
+        let now = (
+            scrape.echo(ACCEPTED, None),
+            scrape.echo(BYTES_READ, None),
+            scrape.echo(BYTES_WRITTEN, None),
+        );
+        assert!(
+            now.0 >= last.0 && now.1 >= last.1 && now.2 >= last.2,
+            "{last:?} -> {now:?}"
+        );
+        assert!(
+            now.0 <= CONNECTIONS && now.1 <= echoed && now.2 <= echoed,
+            "{now:?}"
+        );
+        assert!(scrape.echo(ACTIVE, None) <= CONNECTIONS);
+        last = now;
+        during += 1;
+    }
+    assert!(during > 0, "no scrape fell during the load");
+    let mut streams = Vec::new();
+    for client in clients {
+        streams.push(bounded("a client", client).await.expect("client task"));
+    }
+
+    let loaded = scrape_until(&url, "the load counted", |s| {
+        s.echo(BYTES_READ, None) == echoed && s.echo(BYTES_WRITTEN, None) == echoed
+    })
+    .await;
+    assert_eq!(loaded.echo(ACCEPTED, None), CONNECTIONS);
+    assert_eq!(loaded.echo(ACTIVE, None), CONNECTIONS);
+    assert_eq!(loaded.total_closed(), 0);
+
+    // At the limit: refused at once (the reset may come before the connect has returned).
+    for _ in 0..REFUSED {
+        match bounded("connect", TcpStream::connect(address)).await {
+            Ok(mut refused) => {
+                let (data, _) = read_to_end(&mut refused).await;
+                assert!(data.is_empty());
+            }
+            Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+    }
+    let refused = scrape_until(&url, "the refusals counted", |s| {
+        s.echo(REFUSED_TOTAL, Some(("cause", "at_limit"))) == REFUSED
+    })
+    .await;
+    assert_eq!(refused.echo(ACCEPTED, None), CONNECTIONS);
+    assert_eq!(refused.echo(ACTIVE, None), CONNECTIONS);
+    assert_eq!(refused.echo(REFUSED_TOTAL, Some(("cause", "per_ip"))), 0);
+
+    // The end: one client resets, the others close with FIN and see the server's.
+    reset(streams.pop().expect("a client"));
+    for mut stream in streams {
+        bounded("FIN", stream.shutdown()).await.unwrap();
+        let (rest, ended) = read_to_end(&mut stream).await;
+        assert!(rest.is_empty() && ended.is_ok(), "{ended:?}");
+    }
+    let after = scrape_until(&url, "every connection ended", |s| {
+        s.echo(ACTIVE, None) == 0 && s.total_closed() == CONNECTIONS
+    })
+    .await;
+    assert_eq!(after.closed("peer_closed"), CONNECTIONS - 1);
+    assert_eq!(after.closed("peer_reset"), 1);
+    assert_eq!(after.echo(ACCEPTED, None), CONNECTIONS);
+    assert_eq!(after.echo(BYTES_READ, None), echoed);
+    assert_eq!(after.echo(BYTES_WRITTEN, None), echoed);
+    // The endpoint counts its own connections under its own label.
+    let scrapes = after
+        .value(ACCEPTED, &[("server", "metrics")])
+        .expect("the endpoint's own series");
+    assert!(scrapes >= during as f64, "{scrapes} < {during}");
+
+    let (status, _, _) = curl(&url.replace("/metrics", "/elsewhere")).await;
+    assert_eq!(status, 404);
+
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+}
