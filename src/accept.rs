@@ -125,7 +125,9 @@ impl Reporter {
 
 /// A bound listener and, for a TLS one, the acceptor its connections negotiate with.
 pub(crate) struct Listener {
-    pub(crate) listener: TcpListener,
+    /// Shared only with the weak references of the server's handle, which duplicates it for a
+    /// hand-off: the listener closes when this loop ends.
+    pub(crate) listener: Arc<TcpListener>,
     pub(crate) tls: Option<TlsAcceptor>,
 }
 

@@ -1,18 +1,17 @@
 //! The server's settings, their defaults and validation, and starting the listeners.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::accept::{self, Listener};
 use crate::driver::Context;
 use crate::invoke::Invoker;
 use crate::lifecycle::{LifecycleConfig, WriteLimits};
+use crate::listen::{self, ListenOn, ListenOptions};
 use crate::manager::Manager;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
@@ -124,6 +123,7 @@ pub struct ServerBuilder {
     tls: Option<native_tls::TlsAcceptor>,
     backlog: u32,
     reuse_address: bool,
+    reuse_port: bool,
     config: Config,
     limiter: ConnectionLimiter,
     accepting: bool,
@@ -132,8 +132,9 @@ pub struct ServerBuilder {
 
 /// One listener to open.
 struct Bind {
-    address: Result<SocketAddr, Error>,
-    /// Its own acceptor (from `bind_tls`); otherwise the builder's, if any.
+    on: ListenOn,
+    /// Its own acceptor (from `bind_tls` or `adopt_listener_tls`); otherwise the builder's, if
+    /// any.
     tls: Option<native_tls::TlsAcceptor>,
 }
 
@@ -144,6 +145,7 @@ impl ServerBuilder {
             tls: None,
             backlog: DEFAULT_BACKLOG,
             reuse_address: true,
+            reuse_port: false,
             config: Config {
                 nodelay: true,
                 read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
@@ -171,8 +173,11 @@ impl ServerBuilder {
     /// used; call `bind` again for more listeners. Without any `bind` the server only makes
     /// outgoing connections.
     pub fn bind(mut self, address: impl ToSocketAddrs) -> Self {
-        let address = resolve(address);
-        self.binds.push(Bind { address, tls: None });
+        let address = listen::resolve(address);
+        self.binds.push(Bind {
+            on: ListenOn::Address(address),
+            tls: None,
+        });
         self
     }
 
@@ -183,15 +188,65 @@ impl ServerBuilder {
         address: impl ToSocketAddrs,
         acceptor: native_tls::TlsAcceptor,
     ) -> Self {
-        let address = resolve(address);
+        let address = listen::resolve(address);
         self.binds.push(Bind {
-            address,
+            on: ListenOn::Address(address),
             tls: Some(acceptor),
         });
         self
     }
 
-    /// Makes every listener added with [`bind`](ServerBuilder::bind) (before or after this call)
+    /// Adds a listener created elsewhere: a socket that systemd or another supervisor passed in
+    /// (socket activation; the `listenfd` crate takes it from the environment), or one inherited
+    /// from the process this one replaces (see
+    /// [`Server::listeners`](crate::Server::listeners) for the hand-off). It must already be
+    /// bound and listening; the server sets it non-blocking and accepts from it like a listener
+    /// it bound, plain TCP unless [`tls`](ServerBuilder::tls) says otherwise. Its address is in
+    /// [`Server::local_addrs`], in the order the listeners were added. The builder's socket
+    /// options ([`backlog`](ServerBuilder::backlog),
+    /// [`reuse_address`](ServerBuilder::reuse_address), `reuse_port`) are not applied: whoever
+    /// made the socket chose them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// struct Nothing;
+    /// impl switchboard::Callbacks for Nothing {}
+    ///
+    /// // Here made in place; usually `listenfd::ListenFd::from_env().take_tcp_listener(0)`.
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let address = listener.local_addr()?;
+    /// let server = switchboard::Server::builder()
+    ///     .adopt_listener(listener)
+    ///     .start(Nothing)
+    ///     .await?;
+    /// assert_eq!(server.local_addr(), Some(address));
+    /// server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn adopt_listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.binds.push(Bind {
+            on: ListenOn::Adopted(listener),
+            tls: None,
+        });
+        self
+    }
+
+    /// [`adopt_listener`](ServerBuilder::adopt_listener) for a TLS listener whose connections
+    /// negotiate with `acceptor`, whatever [`tls`](ServerBuilder::tls) says.
+    pub fn adopt_listener_tls(
+        mut self,
+        listener: std::net::TcpListener,
+        acceptor: native_tls::TlsAcceptor,
+    ) -> Self {
+        self.binds.push(Bind {
+            on: ListenOn::Adopted(listener),
+            tls: Some(acceptor),
+        });
+        self
+    }
+
+    /// Makes every listener added with [`bind`](ServerBuilder::bind) or
+    /// [`adopt_listener`](ServerBuilder::adopt_listener) (before or after this call)
     /// speak TLS with `acceptor`; see [`tls`](crate::tls) for the events and
     /// [`tls::acceptor_from_pem`](crate::tls::acceptor_from_pem) for building one. Default: plain
     /// TCP.
@@ -217,20 +272,6 @@ impl ServerBuilder {
     pub fn max_concurrent_handshakes(mut self, max: usize) -> Self {
         self.config.max_concurrent_handshakes = max;
         self
-    }
-}
-
-/// Resolves a listen address to its first socket address.
-fn resolve(address: impl ToSocketAddrs) -> Result<SocketAddr, Error> {
-    match address.to_socket_addrs() {
-        Ok(mut addresses) => addresses.next().ok_or_else(|| Error::Bind {
-            address: "(name with no addresses)".into(),
-            source: std::io::Error::from(std::io::ErrorKind::AddrNotAvailable),
-        }),
-        Err(source) => Err(Error::Bind {
-            address: "(unresolvable name)".into(),
-            source,
-        }),
     }
 }
 
@@ -285,6 +326,26 @@ impl ServerBuilder {
     /// in `TIME_WAIT`. Default: on.
     pub fn reuse_address(mut self, on: bool) -> Self {
         self.reuse_address = on;
+        self
+    }
+
+    /// `SO_REUSEPORT` on the listeners this builder binds, so that several sockets, in this
+    /// process or others, can listen on one address and port; the kernel spreads new
+    /// connections over them (Linux hashes each connection to one socket). Default: off. Unix
+    /// only, where the platform has the option (not Solaris or illumos).
+    ///
+    /// It lets a new instance start listening beside the old one, but it does not make a restart
+    /// lossless on its own: each socket has its own accept queue, and when the old instance
+    /// closes its listener, the connections already queued on it (completed handshakes nobody
+    /// accepted yet) are reset. A restart on one host should hand the listening socket itself
+    /// to the new process instead (see [`Server::listeners`](crate::Server::listeners)), so
+    /// that one queue outlives both processes.
+    #[cfg(all(
+        unix,
+        not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+    ))]
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
         self
     }
 
@@ -457,36 +518,13 @@ impl ServerBuilder {
         Ok(())
     }
 
-    fn listen(&self, address: SocketAddr) -> Result<TcpListener, Error> {
-        let bind_error = |source| Error::Bind {
-            address: address.to_string(),
-            source,
-        };
-        let socket = Socket::new(
-            Domain::for_address(address),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(bind_error)?;
-        if address.is_ipv6() {
-            // One listener per address family, as on every platform's default but Linux's.
-            socket.set_only_v6(true).map_err(bind_error)?;
-        }
-        socket
-            .set_reuse_address(self.reuse_address)
-            .map_err(bind_error)?;
-        socket.set_nonblocking(true).map_err(bind_error)?;
-        socket.bind(&address.into()).map_err(bind_error)?;
-        socket.listen(self.backlog as i32).map_err(bind_error)?;
-        TcpListener::from_std(socket.into()).map_err(bind_error)
-    }
-
-    /// Validates the settings, binds the listeners and starts accepting (unless
-    /// [`accepting(false)`](ServerBuilder::accepting)). Must run inside a tokio runtime.
+    /// Validates the settings, binds the listeners, takes the adopted ones and starts accepting
+    /// (unless [`accepting(false)`](ServerBuilder::accepting)). Must run inside a tokio runtime.
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] naming the setting, or [`Error::Bind`] for an address that could
-    /// not be resolved or bound.
+    /// not be resolved or bound, or an adopted listener that cannot be used (not listening, not
+    /// registered with the runtime).
     pub async fn start(mut self, callbacks: impl Callbacks) -> Result<Server, Error> {
         self.validate()?;
         let binds = std::mem::take(&mut self.binds);
@@ -497,16 +535,26 @@ impl ServerBuilder {
                 .max_concurrent_handshakes
                 .min(Semaphore::MAX_PERMITS),
         ));
+        let options = ListenOptions {
+            backlog: self.backlog,
+            reuse_address: self.reuse_address,
+            reuse_port: self.reuse_port,
+        };
         for bind in binds {
-            let address = bind.address?;
-            let listener = self.listen(address)?;
-            local_addrs.push(listener.local_addr().map_err(|source| Error::Bind {
-                address: address.to_string(),
-                source,
-            })?);
+            let (listener, local_addr) = listen::open(bind.on, &options)?;
+            local_addrs.push(local_addr);
             let tls = bind.tls.or_else(|| self.tls.clone()).map(Into::into);
-            listeners.push(Listener { listener, tls });
+            listeners.push(Listener {
+                listener: Arc::new(listener),
+                tls,
+            });
         }
+        // The server's handle can duplicate the listeners while the accept loop holds them, and
+        // does not keep them open after it (a shutdown closes them).
+        let handed_over = listeners
+            .iter()
+            .map(|listener| Arc::downgrade(&listener.listener))
+            .collect::<Vec<_>>();
         let config = self.config;
         let context = Context {
             invoker: Invoker::new(Box::new(callbacks)),
@@ -547,7 +595,7 @@ impl ServerBuilder {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tasks);
         }
         tracing::info!(addresses = ?local_addrs, "server started");
-        Ok(Server::new(manager, local_addrs.into()))
+        Ok(Server::new(manager, local_addrs.into(), handed_over.into()))
     }
 }
 
@@ -559,12 +607,20 @@ impl fmt::Debug for ServerBuilder {
                 &self
                     .binds
                     .iter()
-                    .map(|bind| (&bind.address, bind.tls.is_some()))
+                    .map(|bind| {
+                        let on = match &bind.on {
+                            ListenOn::Address(Ok(address)) => address.to_string(),
+                            ListenOn::Address(Err(error)) => error.to_string(),
+                            ListenOn::Adopted(listener) => format!("adopted {listener:?}"),
+                        };
+                        (on, bind.tls.is_some())
+                    })
                     .collect::<Vec<_>>(),
             )
             .field("tls", &self.tls.is_some())
             .field("backlog", &self.backlog)
             .field("reuse_address", &self.reuse_address)
+            .field("reuse_port", &self.reuse_port)
             .field("config", &self.config)
             .field("limiter", &self.limiter)
             .field("accepting", &self.accepting)

@@ -87,6 +87,7 @@ mod error;
 mod invoke;
 mod lifecycle;
 mod limit;
+mod listen;
 mod mailbox;
 mod manager;
 mod per_ip;
