@@ -1,14 +1,41 @@
 //! An echo server on switchboard: every byte comes back; after the client's FIN the server
-//! finishes echoing and closes. SIGINT or SIGTERM starts the ordered shutdown.
+//! finishes echoing and closes. SIGINT or SIGTERM starts the ordered shutdown; on unix, SIGUSR2
+//! replaces the process with a fresh copy without losing a connection (below).
 //!
 //! ```text
 //! cargo run --release --example echo_server -- [--listen ADDR] [--threads N]
 //!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]
 //!     [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] [--first-byte-timeout SECS]
-//!     [--write-limit BYTES] [--max-per-ip N] [--urgent]
+//!     [--write-limit BYTES] [--max-per-ip N] [--urgent] [--reuse-port]
+//!     [--upgrade-timeout SECS]
 //! ```
-//! The first line on stdout is `listening on <address>`. With `--events`, every callback prints
-//! one line `event <callback name without on_> key=value ...`. With `--tls-cert` (a PEM
+//! The first line on stdout is `listening on <address>` (one such line per listener). With
+//! `--events`, every callback prints one line `event <callback name without on_> key=value ...`;
+//! the last one, `event shutdown_complete graceful=N forced=N other=N`, is printed at the end of
+//! every shutdown, with or without `--events`.
+//!
+//! **A drain that loses nothing.** On shutdown each connection is told (`shutdown_requested`) and
+//! simply goes on being served: its read stays requested, so every byte its client sends is
+//! echoed, until the client closes (or the drain time, `--shutdown-timeout`, runs out and the
+//! rest are reset). The library's default would `close()` it, which stops reading: a client
+//! whose request had not been read yet would get FIN instead of its echo.
+//!
+//! **Listeners from elsewhere.** When `LISTEN_FDS` is set (systemd socket activation, or the
+//! hand-off below), the server adopts descriptors 3, 4, ... (through the `listenfd` crate) in
+//! place of `--listen`. `--reuse-port` sets `SO_REUSEPORT` on the listener it binds (unix), so
+//! several instances can listen on one port; note that an instance that closes its listener
+//! resets the connections still queued on it.
+//!
+//! **Hand-off restart (unix).** On SIGUSR2 the server starts the same executable (as found at
+//! start-up, so a new build at that path is what starts) with the same arguments, its output
+//! to the same stdout and stderr, and the listening socket inherited as descriptor 3 with
+//! `LISTEN_FDS=1`. It prints `upgrade started pid=N` and keeps accepting until the new process,
+//! which prints `listening on` with the same address, says it is serving; then
+//! `upgrade ready pid=N`, and the old process stops accepting, drains as above, prints
+//! `event shutdown_complete ...` and exits 0. If the new process fails or is not ready within
+//! `--upgrade-timeout` (default 10 s) it is killed, `upgrade failed: ...` is printed and the old
+//! one keeps serving. The listening socket is never closed in between, so no client that
+//! connects meanwhile is refused or lost. With `--tls-cert` (a PEM
 //! certificate chain, leaf first) and `--tls-key` (its PEM PKCS#8 key) the server speaks TLS; the
 //! README shows how to make a test certificate with `openssl`. `--idle-timeout` and
 //! `--first-byte-timeout` end connections that stay silent; `--write-limit` bounds each
@@ -22,6 +49,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -29,7 +57,7 @@ use switchboard::socket2::SockRef;
 use switchboard::tls;
 use switchboard::{
     async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
-    Direction, Error, Server, ShutdownReport, Slot, TlsInfo, UserData,
+    Direction, Error, Server, ServerBuilder, ShutdownReport, Slot, TlsInfo, UserData,
 };
 
 struct Options {
@@ -46,13 +74,19 @@ struct Options {
     write_limit: Option<usize>,
     max_per_ip: Option<usize>,
     urgent: bool,
+    reuse_port: bool,
+    upgrade_timeout: Duration,
 }
+
+/// How long a hand-off waits for the new process to say it serves: far more than a start takes
+/// (tens of milliseconds), short enough that an operator sees a stuck upgrade fail promptly.
+const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
                      [--at-limit stop|reject] [--shutdown-timeout SECS] [--events] \
                      [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] \
                      [--first-byte-timeout SECS] [--write-limit BYTES] [--max-per-ip N] \
-                     [--urgent]";
+                     [--urgent] [--reuse-port] [--upgrade-timeout SECS]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -69,6 +103,8 @@ fn parse_options() -> Result<Options, String> {
         write_limit: None,
         max_per_ip: None,
         urgent: false,
+        reuse_port: false,
+        upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -101,6 +137,8 @@ fn parse_options() -> Result<Options, String> {
             "--write-limit" => options.write_limit = Some(number(&flag, &value()?)?),
             "--max-per-ip" => options.max_per_ip = Some(number(&flag, &value()?)?),
             "--urgent" => options.urgent = true,
+            "--reuse-port" => options.reuse_port = true,
+            "--upgrade-timeout" => options.upgrade_timeout = seconds(&flag, &value()?)?,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -122,6 +160,13 @@ fn number(flag: &str, value: &str) -> Result<usize, String> {
         .map_err(|_| format!("{flag} takes a whole number, not {value}"))
 }
 
+/// Prints one flushed line on stdout.
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// Prints one flushed line per event when enabled.
 struct Events {
     enabled: bool,
@@ -130,9 +175,7 @@ struct Events {
 impl Events {
     fn print(&self, line: std::fmt::Arguments<'_>) {
         if self.enabled {
-            let mut out = io::stdout().lock();
-            let _ = writeln!(out, "event {line}");
-            let _ = out.flush();
+            say(format_args!("event {line}"));
         }
     }
 }
@@ -275,12 +318,15 @@ impl Callbacks for Echo {
     async fn on_shutdown_requested(&self, connection: &Connection) {
         self.events
             .print(format_args!("shutdown_requested conn={}", connection.id()));
-        connection.close();
+        // Not `close()` (the library's default), which stops reading and would leave a request
+        // already sent unanswered: the read stays requested, so the connection is served until
+        // its client closes, or until the drain time runs out and it is reset.
     }
 
     async fn on_shutdown_complete(&self, report: ShutdownReport) {
-        self.events.print(format_args!(
-            "shutdown_complete graceful={} forced={} other={}",
+        // Printed with or without `--events`: how the drain went, as the process's last word.
+        say(format_args!(
+            "event shutdown_complete graceful={} forced={} other={}",
             report.graceful, report.forced, report.other
         ));
     }
@@ -371,12 +417,47 @@ impl Callbacks for Echo {
     }
 }
 
-async fn run(options: Options) -> Result<(), Error> {
+/// What `main` found before the runtime started.
+struct Startup {
+    /// Listeners passed in by socket activation (`LISTEN_FDS`), to use in place of `--listen`.
+    adopted: Vec<std::net::TcpListener>,
+    /// This executable as found at start-up, for the hand-off restart.
+    exe: Option<PathBuf>,
+    /// Started by a hand-off: stdin is the channel to the old process.
+    #[cfg(unix)]
+    handed_over: bool,
+}
+
+/// Takes the listeners of socket activation, if `LISTEN_FDS` names any. Runs before any other
+/// thread exists: `listenfd` removes the variables from the environment, so that a process this
+/// one starts does not take them for its own.
+fn activated_listeners() -> Result<Vec<std::net::TcpListener>, String> {
+    let mut passed = listenfd::ListenFd::from_env();
+    let mut listeners = Vec::with_capacity(passed.len());
+    for index in 0..passed.len() {
+        match passed.take_tcp_listener(index) {
+            Ok(Some(listener)) => listeners.push(listener),
+            Ok(None) => {}
+            Err(error) => return Err(format!("LISTEN_FDS: descriptor {}: {error}", 3 + index)),
+        }
+    }
+    Ok(listeners)
+}
+
+async fn run(options: Options, startup: Startup) -> Result<(), Error> {
     let mut builder = Server::builder();
     let id = builder.request_user_data_slot();
-    let mut builder = builder
-        .bind(options.listen.as_str())
-        .at_limit(options.at_limit);
+    let mut builder = builder.at_limit(options.at_limit);
+    if startup.adopted.is_empty() {
+        builder = builder.bind(options.listen.as_str());
+        if options.reuse_port {
+            builder = reuse_port(builder)?;
+        }
+    } else {
+        for listener in startup.adopted {
+            builder = builder.adopt_listener(listener);
+        }
+    }
     if let Some(max) = options.max_connections {
         builder = builder.max_connections(max);
     }
@@ -428,38 +509,101 @@ async fn run(options: Options) -> Result<(), Error> {
         urgent: options.urgent,
     };
     let server = builder.start(callbacks).await?;
-    {
-        let mut out = io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "listening on {}",
-            server.local_addr().expect("one listener")
-        );
-        let _ = out.flush();
+    for address in server.local_addrs() {
+        say(format_args!("listening on {address}"));
     }
-    wait_for_signal().await?;
+    #[cfg(unix)]
+    if startup.handed_over {
+        if let Err(error) = handoff::tell_old_process_ready() {
+            // The old process gives up on this one and kills it after its timeout.
+            eprintln!("echo_server: cannot tell the old process we serve: {error}");
+        }
+    }
+    serve_until_stopped(&server, &options, startup.exe).await?;
     server.shutdown().await;
     Ok(())
 }
 
+#[cfg(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+))]
+fn reuse_port(builder: ServerBuilder) -> Result<ServerBuilder, Error> {
+    Ok(builder.reuse_port(true))
+}
+
+#[cfg(not(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+)))]
+fn reuse_port(_: ServerBuilder) -> Result<ServerBuilder, Error> {
+    Err(Error::Unsupported(
+        "--reuse-port: no SO_REUSEPORT on this platform",
+    ))
+}
+
+/// Serves until SIGINT or SIGTERM, or until a SIGUSR2 hand-off to a new process succeeded.
 #[cfg(unix)]
-async fn wait_for_signal() -> io::Result<()> {
+async fn serve_until_stopped(
+    server: &Server,
+    options: &Options,
+    exe: Option<PathBuf>,
+) -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+    let mut upgrade = signal(SignalKind::user_defined2())?;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = upgrade.recv() => {}
+        }
+        let Some(exe) = &exe else {
+            say(format_args!(
+                "upgrade failed: this executable's path is unknown"
+            ));
+            continue;
+        };
+        // A stop signal during the hand-off wins: dropping it kills the new process.
+        let handing_off = handoff::hand_off(server, exe, options.upgrade_timeout);
+        tokio::select! {
+            handed = handing_off => match handed {
+                Ok(pid) => {
+                    say(format_args!("upgrade ready pid={pid}"));
+                    return Ok(());
+                }
+                Err(error) => say(format_args!("upgrade failed: {error}; still serving")),
+            },
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> io::Result<()> {
+async fn serve_until_stopped(_: &Server, _: &Options, _: Option<PathBuf>) -> io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 
+#[cfg(unix)]
+#[path = "echo_server/handoff.rs"]
+mod handoff;
+
 fn main() -> ExitCode {
+    let adopted = match activated_listeners() {
+        Ok(adopted) => adopted,
+        Err(message) => {
+            eprintln!("echo_server: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let startup = Startup {
+        adopted,
+        exe: std::env::current_exe().ok(),
+        #[cfg(unix)]
+        handed_over: std::env::var_os(handoff::HANDOFF_ENV).is_some(),
+    };
     let options = match parse_options() {
         Ok(options) => options,
         Err(message) => {
@@ -479,7 +623,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(options)) {
+    match runtime.block_on(run(options, startup)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("echo_server: {error}");
