@@ -2,7 +2,7 @@
 //! itself under `ulimit -n`, running only an ignored test that calls [`run_child_server`]; the
 //! child prints its events on stdout, which the parent reads through [`ChildServer`].
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -122,6 +122,21 @@ pub struct ChildStats {
 pub struct ChildLog(Arc<(Mutex<Vec<String>>, Condvar)>);
 
 impl ChildLog {
+    /// Collects the lines of `output` on a thread of its own until it ends.
+    pub fn collect(output: impl Read + Send + 'static) -> ChildLog {
+        let log = ChildLog::default();
+        let collector = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines() {
+                match line {
+                    Ok(line) => collector.push(line),
+                    Err(_) => return,
+                }
+            }
+        });
+        log
+    }
+
     fn push(&self, line: String) {
         self.0 .0.lock().unwrap().push(line);
         self.0 .1.notify_all();
@@ -129,6 +144,14 @@ impl ChildLog {
 
     pub fn lines(&self) -> Vec<String> {
         self.0 .0.lock().unwrap().clone()
+    }
+
+    /// The rest of every line that starts with `prefix`, in order.
+    pub fn after(&self, prefix: &str) -> Vec<String> {
+        self.lines()
+            .iter()
+            .filter_map(|line| line.strip_prefix(prefix).map(str::to_string))
+            .collect()
     }
 
     /// How many lines are exactly `exact`.
@@ -216,18 +239,7 @@ impl ChildServer {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         server.stdin = server.child.stdin.take();
-        {
-            let stdout = server.child.stdout.take().unwrap();
-            let log = server.log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    match line {
-                        Ok(line) => log.push(line),
-                        Err(_) => return,
-                    }
-                }
-            });
-        }
+        server.log = ChildLog::collect(server.child.stdout.take().unwrap());
         server.log.wait("the child's port", |log| {
             log.lines().iter().any(|l| l.starts_with("port "))
         });
