@@ -38,6 +38,11 @@
 //!   connection, each with its own [`ClosureReason`].
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
+//! - **Restarts that lose no connection**: [`ServerBuilder::adopt_listener`] starts from a
+//!   listening socket made elsewhere (systemd's socket activation, or the process being
+//!   replaced), and [`Server::listeners`] duplicates a running server's listening sockets for the
+//!   process that replaces it; `on_shutdown_requested` says how to drain without dropping a
+//!   request.
 //!
 //! ## Example: an echo server
 //! ```no_run
