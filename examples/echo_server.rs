@@ -508,6 +508,9 @@ async fn run(options: Options, startup: Startup) -> Result<(), Error> {
         id,
         urgent: options.urgent,
     };
+    // Before the server starts, so that no signal meets a process without its handler (whose
+    // default would end it).
+    let signals = Signals::register()?;
     let server = builder.start(callbacks).await?;
     for address in server.local_addrs() {
         say(format_args!("listening on {address}"));
@@ -519,7 +522,7 @@ async fn run(options: Options, startup: Startup) -> Result<(), Error> {
             eprintln!("echo_server: cannot tell the old process we serve: {error}");
         }
     }
-    serve_until_stopped(&server, &options, startup.exe).await?;
+    serve_until_stopped(&server, &options, startup.exe, signals).await?;
     server.shutdown().await;
     Ok(())
 }
@@ -542,17 +545,50 @@ fn reuse_port(_: ServerBuilder) -> Result<ServerBuilder, Error> {
     ))
 }
 
+/// The signals that stop the server (SIGINT, SIGTERM) or hand it over (SIGUSR2).
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    upgrade: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn register() -> io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            upgrade: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
+/// Ctrl-C, which stops the server.
+#[cfg(not(unix))]
+struct Signals(tokio::signal::windows::CtrlC);
+
+#[cfg(not(unix))]
+impl Signals {
+    fn register() -> io::Result<Signals> {
+        tokio::signal::windows::ctrl_c().map(Signals)
+    }
+}
+
 /// Serves until SIGINT or SIGTERM, or until a SIGUSR2 hand-off to a new process succeeded.
 #[cfg(unix)]
 async fn serve_until_stopped(
     server: &Server,
     options: &Options,
     exe: Option<PathBuf>,
+    signals: Signals,
 ) -> io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut upgrade = signal(SignalKind::user_defined2())?;
+    let Signals {
+        mut interrupt,
+        mut terminate,
+        mut upgrade,
+    } = signals;
     loop {
         tokio::select! {
             _ = interrupt.recv() => return Ok(()),
@@ -582,8 +618,14 @@ async fn serve_until_stopped(
 }
 
 #[cfg(not(unix))]
-async fn serve_until_stopped(_: &Server, _: &Options, _: Option<PathBuf>) -> io::Result<()> {
-    tokio::signal::ctrl_c().await
+async fn serve_until_stopped(
+    _: &Server,
+    _: &Options,
+    _: Option<PathBuf>,
+    mut signals: Signals,
+) -> io::Result<()> {
+    signals.0.recv().await;
+    Ok(())
 }
 
 #[cfg(unix)]
