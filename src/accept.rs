@@ -127,7 +127,9 @@ impl Reporter {
 /// A bound listener; for a TLS one, the acceptor its connections negotiate with; for a PROXY
 /// protocol one, its settings.
 pub(crate) struct Listener {
-    pub(crate) listener: TcpListener,
+    /// Shared only with the weak references of the server's handle, which duplicates it for a
+    /// hand-off: the listener closes when this loop ends.
+    pub(crate) listener: Arc<TcpListener>,
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) proxy: Option<Arc<ProxyProtocol>>,
 }

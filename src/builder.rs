@@ -1,12 +1,10 @@
 //! The server's settings, their defaults and validation, and starting the listeners.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::accept::{self, Listener};
@@ -16,6 +14,7 @@ use crate::lifecycle::{LifecycleConfig, WriteLimits};
 use crate::listen::Listen;
 use crate::manager::Manager;
 use crate::metrics::Metrics;
+use crate::open::{self, ListenOptions};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::stats::Counters;
@@ -126,6 +125,7 @@ pub struct ServerBuilder {
     tls: Option<native_tls::TlsAcceptor>,
     backlog: u32,
     reuse_address: bool,
+    reuse_port: bool,
     config: Config,
     limiter: ConnectionLimiter,
     accepting: bool,
@@ -141,6 +141,7 @@ impl ServerBuilder {
             tls: None,
             backlog: DEFAULT_BACKLOG,
             reuse_address: true,
+            reuse_port: false,
             config: Config {
                 nodelay: true,
                 read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
@@ -178,6 +179,47 @@ impl ServerBuilder {
         self.listen(Listen::bind(address).tls(acceptor))
     }
 
+    /// Adds a listener created elsewhere: a socket that systemd or another supervisor passed in
+    /// (socket activation; the `listenfd` crate takes it from the environment), or one inherited
+    /// from the process this one replaces (see
+    /// [`Server::listeners`](crate::Server::listeners) for the hand-off). It must already be
+    /// bound and listening; the server sets it non-blocking and accepts from it like a listener
+    /// it bound, plain TCP unless [`tls`](ServerBuilder::tls) says otherwise. Its address is in
+    /// [`Server::local_addrs`], in the order the listeners were added. The builder's socket
+    /// options ([`backlog`](ServerBuilder::backlog),
+    /// [`reuse_address`](ServerBuilder::reuse_address), `reuse_port`) are not applied: whoever
+    /// made the socket chose them. [`Listen::adopt`] does the same with settings of its own.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// struct Nothing;
+    /// impl switchboard::Callbacks for Nothing {}
+    ///
+    /// // Here made in place; usually `listenfd::ListenFd::from_env().take_tcp_listener(0)`.
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let address = listener.local_addr()?;
+    /// let server = switchboard::Server::builder()
+    ///     .adopt_listener(listener)
+    ///     .start(Nothing)
+    ///     .await?;
+    /// assert_eq!(server.local_addr(), Some(address));
+    /// server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn adopt_listener(self, listener: std::net::TcpListener) -> Self {
+        self.listen(Listen::adopt(listener))
+    }
+
+    /// [`adopt_listener`](ServerBuilder::adopt_listener) for a TLS listener whose connections
+    /// negotiate with `acceptor`, whatever [`tls`](ServerBuilder::tls) says.
+    pub fn adopt_listener_tls(
+        self,
+        listener: std::net::TcpListener,
+        acceptor: native_tls::TlsAcceptor,
+    ) -> Self {
+        self.listen(Listen::adopt(listener).tls(acceptor))
+    }
+
     /// Adds a listener with settings of its own: TLS, a [PROXY protocol](crate::proxy) header
     /// before each connection. See [`Listen`].
     pub fn listen(mut self, listen: Listen) -> Self {
@@ -185,7 +227,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Makes every listener added with [`bind`](ServerBuilder::bind) (before or after this call)
+    /// Makes every listener added with [`bind`](ServerBuilder::bind) or
+    /// [`adopt_listener`](ServerBuilder::adopt_listener) (before or after this call), and every
+    /// [`Listen`] without an acceptor of its own,
     /// speak TLS with `acceptor`; see [`tls`](crate::tls) for the events and
     /// [`tls::acceptor_from_pem`](crate::tls::acceptor_from_pem) for building one. Default: plain
     /// TCP.
@@ -317,6 +361,26 @@ impl ServerBuilder {
     /// in `TIME_WAIT`. Default: on.
     pub fn reuse_address(mut self, on: bool) -> Self {
         self.reuse_address = on;
+        self
+    }
+
+    /// `SO_REUSEPORT` on the listeners this builder binds, so that several sockets, in this
+    /// process or others, can listen on one address and port; the kernel spreads new
+    /// connections over them (Linux hashes each connection to one socket). Default: off. Unix
+    /// only, where the platform has the option (not Solaris or illumos).
+    ///
+    /// It lets a new instance start listening beside the old one, but it does not make a restart
+    /// lossless on its own: each socket has its own accept queue, and when the old instance
+    /// closes its listener, the connections already queued on it (completed handshakes nobody
+    /// accepted yet) are reset. A restart on one host should hand the listening socket itself
+    /// to the new process instead (see [`Server::listeners`](crate::Server::listeners)), so
+    /// that one queue outlives both processes.
+    #[cfg(all(
+        unix,
+        not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+    ))]
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
         self
     }
 
@@ -522,36 +586,13 @@ impl ServerBuilder {
         Ok(())
     }
 
-    fn open_listener(&self, address: SocketAddr) -> Result<TcpListener, Error> {
-        let bind_error = |source| Error::Bind {
-            address: address.to_string(),
-            source,
-        };
-        let socket = Socket::new(
-            Domain::for_address(address),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(bind_error)?;
-        if address.is_ipv6() {
-            // One listener per address family, as on every platform's default but Linux's.
-            socket.set_only_v6(true).map_err(bind_error)?;
-        }
-        socket
-            .set_reuse_address(self.reuse_address)
-            .map_err(bind_error)?;
-        socket.set_nonblocking(true).map_err(bind_error)?;
-        socket.bind(&address.into()).map_err(bind_error)?;
-        socket.listen(self.backlog as i32).map_err(bind_error)?;
-        TcpListener::from_std(socket.into()).map_err(bind_error)
-    }
-
-    /// Validates the settings, binds the listeners and starts accepting (unless
-    /// [`accepting(false)`](ServerBuilder::accepting)). Must run inside a tokio runtime.
+    /// Validates the settings, binds the listeners, takes the adopted ones and starts accepting
+    /// (unless [`accepting(false)`](ServerBuilder::accepting)). Must run inside a tokio runtime.
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] naming the setting, or [`Error::Bind`] for an address that could
-    /// not be resolved or bound.
+    /// not be resolved or bound, or an adopted listener that cannot be used (not listening, not
+    /// registered with the runtime).
     pub async fn start(mut self, callbacks: impl Callbacks) -> Result<Server, Error> {
         self.validate()?;
         let binds = std::mem::take(&mut self.binds);
@@ -562,20 +603,27 @@ impl ServerBuilder {
                 .max_concurrent_handshakes
                 .min(Semaphore::MAX_PERMITS),
         ));
+        let options = ListenOptions {
+            backlog: self.backlog,
+            reuse_address: self.reuse_address,
+            reuse_port: self.reuse_port,
+        };
         for bind in binds {
-            let address = bind.address?;
-            let listener = self.open_listener(address)?;
-            local_addrs.push(listener.local_addr().map_err(|source| Error::Bind {
-                address: address.to_string(),
-                source,
-            })?);
+            let (listener, local_addr) = open::open(bind.on, &options)?;
+            local_addrs.push(local_addr);
             let tls = bind.tls.or_else(|| self.tls.clone()).map(Into::into);
             listeners.push(Listener {
-                listener,
+                listener: Arc::new(listener),
                 tls,
                 proxy: bind.proxy,
             });
         }
+        // The server's handle can duplicate the listeners while the accept loop holds them, and
+        // does not keep them open after it (a shutdown closes them).
+        let handed_over = listeners
+            .iter()
+            .map(|listener| Arc::downgrade(&listener.listener))
+            .collect::<Vec<_>>();
         let config = self.config;
         let counters = Arc::new(Counters::new(Metrics::register(&self.metrics_labels)));
         let context = Context {
@@ -617,7 +665,7 @@ impl ServerBuilder {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tasks);
         }
         tracing::info!(addresses = ?local_addrs, "server started");
-        Ok(Server::new(manager, local_addrs.into()))
+        Ok(Server::new(manager, local_addrs.into(), handed_over.into()))
     }
 }
 
@@ -629,12 +677,13 @@ impl fmt::Debug for ServerBuilder {
                 &self
                     .binds
                     .iter()
-                    .map(|bind| (&bind.address, bind.tls.is_some(), bind.proxy.is_some()))
+                    .map(|bind| (&bind.on, bind.tls.is_some(), bind.proxy.is_some()))
                     .collect::<Vec<_>>(),
             )
             .field("tls", &self.tls.is_some())
             .field("backlog", &self.backlog)
             .field("reuse_address", &self.reuse_address)
+            .field("reuse_port", &self.reuse_port)
             .field("config", &self.config)
             .field("limiter", &self.limiter)
             .field("accepting", &self.accepting)

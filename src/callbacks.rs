@@ -246,7 +246,43 @@ pub trait Callbacks: Send + Sync + 'static {
     /// where connections are told through the framework; it is how a switchboard application
     /// finishes its work in hand.)
     ///
-    /// Default: [`Connection::close`], which sends what is queued and closes gracefully.
+    /// Default: [`Connection::close`], which sends what is queued and closes gracefully. It also
+    /// stops reading: whatever the peer has sent that the application has not read yet (a
+    /// request in flight, still in the socket's buffer) is discarded, and the peer gets FIN
+    /// without an answer. That is right for a protocol whose peer retries on a closed
+    /// connection, and loses requests otherwise.
+    ///
+    /// A drain that loses nothing (DESIGN.md guarantee 14) keeps reading and answering instead,
+    /// and closes only where nothing the peer sent is left unanswered: for a request/response
+    /// protocol, after the reply to the request in hand (and, if the protocol can say so, with
+    /// a "closing" mark in it, as HTTP's `Connection: close`); for a stream like an echo,
+    /// when the peer closes. The [drain time](crate::ServerBuilder::shutdown_timeout) bounds
+    /// it: connections still open then are reset. An echo server that serves each connection
+    /// until its client closes:
+    ///
+    /// ```
+    /// # use switchboard::{async_trait, BytesMut, Callbacks, Connection};
+    /// # use std::net::SocketAddr;
+    /// struct Echo;
+    ///
+    /// #[async_trait]
+    /// impl Callbacks for Echo {
+    ///     async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+    ///         connection.read();
+    ///     }
+    ///
+    ///     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+    ///         if connection.write(data.freeze()).is_ok() {
+    ///             connection.read();
+    ///         }
+    ///     }
+    ///
+    ///     async fn on_shutdown_requested(&self, _connection: &Connection) {
+    ///         // Not `close()`: the read in progress stays requested, so every byte the client
+    ///         // sends is echoed until it closes (or the drain time runs out).
+    ///     }
+    /// }
+    /// ```
     async fn on_shutdown_requested(&self, connection: &Connection) {
         connection.close();
     }

@@ -21,10 +21,11 @@ pub enum Error {
         /// Why the value was refused.
         reason: String,
     },
-    /// Resolving or binding a listen address failed.
+    /// Resolving or binding a listen address failed, or an adopted listener could not be used.
     Bind {
-        /// The address as given to [`ServerBuilder::bind`](crate::ServerBuilder::bind), or the
-        /// resolved address that failed.
+        /// The address as given to [`ServerBuilder::bind`](crate::ServerBuilder::bind), the
+        /// resolved address that failed, or `adopted listener ADDRESS` for one given to
+        /// [`ServerBuilder::adopt_listener`](crate::ServerBuilder::adopt_listener).
         address: String,
         /// The operating system's error.
         source: io::Error,

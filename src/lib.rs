@@ -38,6 +38,11 @@
 //!   connection, each with its own [`ClosureReason`].
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
+//! - **Restarts that lose no connection**: [`ServerBuilder::adopt_listener`] starts from a
+//!   listening socket made elsewhere (systemd's socket activation, or the process being
+//!   replaced), and [`Server::listeners`] duplicates a running server's listening sockets for the
+//!   process that replaces it; `on_shutdown_requested` says how to drain without dropping a
+//!   request.
 //!
 //! ## Metrics
 //! Every server exports its counts through the [`metrics`](https://docs.rs/metrics/0.24) facade,
@@ -116,6 +121,7 @@ mod listen;
 mod mailbox;
 mod manager;
 mod metrics;
+mod open;
 mod per_ip;
 pub mod proxy;
 mod registry;

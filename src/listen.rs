@@ -1,16 +1,18 @@
 //! One listener's settings: where it listens and how its connections begin.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::sync::Arc;
 
+use crate::open::{self, ListenOn};
 use crate::proxy::ProxyProtocol;
-use crate::Error;
 
 /// A listener to open, for [`ServerBuilder::listen`](crate::ServerBuilder::listen): its address,
-/// and whether its connections speak TLS or begin with a [PROXY protocol](crate::proxy) header.
-/// [`ServerBuilder::bind`](crate::ServerBuilder::bind) and
-/// [`bind_tls`](crate::ServerBuilder::bind_tls) are shorthands for the usual cases.
+/// (or the socket it adopts), and whether its connections speak TLS or begin with a [PROXY protocol](crate::proxy) header.
+/// [`ServerBuilder::bind`](crate::ServerBuilder::bind), [`bind_tls`](crate::ServerBuilder::bind_tls),
+/// [`adopt_listener`](crate::ServerBuilder::adopt_listener) and
+/// [`adopt_listener_tls`](crate::ServerBuilder::adopt_listener_tls) are shorthands for the usual
+/// cases.
 ///
 /// ```
 /// use switchboard::proxy::ProxyProtocol;
@@ -36,7 +38,7 @@ use crate::Error;
 /// ```
 #[must_use = "a listener is opened only once given to `ServerBuilder::listen`"]
 pub struct Listen {
-    pub(crate) address: Result<SocketAddr, Error>,
+    pub(crate) on: ListenOn,
     /// Its own acceptor; otherwise the builder's, if any.
     pub(crate) tls: Option<native_tls::TlsAcceptor>,
     pub(crate) proxy: Option<Arc<ProxyProtocol>>,
@@ -47,8 +49,20 @@ impl Listen {
     /// [`Server::local_addrs`](crate::Server::local_addrs)). A name is resolved now and the first
     /// address it resolves to is used.
     pub fn bind(address: impl ToSocketAddrs) -> Self {
+        Listen::on(ListenOn::Address(open::resolve(address)))
+    }
+
+    /// A listener created elsewhere: a socket systemd or another supervisor passed in (socket
+    /// activation; the `listenfd` crate takes it from the environment), or one inherited from the
+    /// process this one replaces (see [`Server::listeners`](crate::Server::listeners) for the
+    /// hand-off). See [`ServerBuilder::adopt_listener`](crate::ServerBuilder::adopt_listener).
+    pub fn adopt(listener: std::net::TcpListener) -> Self {
+        Listen::on(ListenOn::Adopted(listener))
+    }
+
+    fn on(on: ListenOn) -> Self {
         Listen {
-            address: resolve(address),
+            on,
             tls: None,
             proxy: None,
         }
@@ -73,23 +87,9 @@ impl Listen {
 impl fmt::Debug for Listen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Listen")
-            .field("address", &self.address)
+            .field("on", &self.on)
             .field("tls", &self.tls.is_some())
             .field("proxy", &self.proxy)
             .finish()
-    }
-}
-
-/// Resolves a listen address to its first socket address.
-fn resolve(address: impl ToSocketAddrs) -> Result<SocketAddr, Error> {
-    match address.to_socket_addrs() {
-        Ok(mut addresses) => addresses.next().ok_or_else(|| Error::Bind {
-            address: "(name with no addresses)".into(),
-            source: std::io::Error::from(std::io::ErrorKind::AddrNotAvailable),
-        }),
-        Err(source) => Err(Error::Bind {
-            address: "(unresolvable name)".into(),
-            source,
-        }),
     }
 }

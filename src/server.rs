@@ -2,8 +2,12 @@
 
 use std::any::Any;
 use std::fmt;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use socket2::SockRef;
+use tokio::net::TcpListener;
 
 use crate::builder::ServerBuilder;
 use crate::manager::Manager;
@@ -22,6 +26,8 @@ use crate::{
 pub struct Server {
     manager: Arc<Manager>,
     local_addrs: Arc<[SocketAddr]>,
+    /// The accept loop's listeners, in `local_addrs` order; gone once it has ended.
+    listeners: Arc<[Weak<TcpListener>]>,
 }
 
 impl Server {
@@ -30,10 +36,15 @@ impl Server {
         ServerBuilder::new()
     }
 
-    pub(crate) fn new(manager: Arc<Manager>, local_addrs: Arc<[SocketAddr]>) -> Self {
+    pub(crate) fn new(
+        manager: Arc<Manager>,
+        local_addrs: Arc<[SocketAddr]>,
+        listeners: Arc<[Weak<TcpListener>]>,
+    ) -> Self {
         Server {
             manager,
             local_addrs,
+            listeners,
         }
     }
 
@@ -45,6 +56,64 @@ impl Server {
     /// The bound address of the first listener, if there is one.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addrs.first().copied()
+    }
+
+    /// Duplicates of every listening socket (`dup` on unix, `WSADuplicateSocket` on Windows), in
+    /// [`local_addrs`](Server::local_addrs) order, for handing them to another process or
+    /// server. A duplicate is a second descriptor of the same socket: the same accept queue,
+    /// open until the last descriptor closes. This server keeps accepting from its own (call it
+    /// at any time before a shutdown closes the listeners); the duplicates are non-blocking, as
+    /// the originals, whose mode they share, so do not make them blocking while this server
+    /// runs. On unix they are close-on-exec: a child process inherits one only where it is
+    /// placed on purpose (e.g. `dup2` onto descriptor 3 for socket activation, which clears the
+    /// flag).
+    ///
+    /// This is how a restart on one host loses no connection, as nginx's binary upgrade and
+    /// Cloudflare's `shellflip` do it: the old process starts the new one with the listening
+    /// socket inherited (in the [socket activation](ServerBuilder::adopt_listener) convention,
+    /// `LISTEN_FDS`), and keeps accepting until the new one says it is ready; only then does it
+    /// stop accepting and [shut down](Server::shutdown), draining its own connections. The
+    /// listening socket is never closed, so nothing queued in its backlog is lost: clients that
+    /// connect in between wait there for whichever process accepts first. (Binding a fresh socket
+    /// with [`reuse_port`](ServerBuilder::reuse_port) instead resets what was queued on the old
+    /// one when it closes.) The `echo_server` example does this on `SIGUSR2`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// struct Nothing;
+    /// impl switchboard::Callbacks for Nothing {}
+    ///
+    /// let old = switchboard::Server::builder().bind("127.0.0.1:0").start(Nothing).await?;
+    /// let sockets = old.listeners()?;
+    /// // (In a real hand-off the new process inherits `sockets` and starts from them.)
+    /// let mut builder = switchboard::Server::builder();
+    /// for socket in sockets {
+    ///     builder = builder.adopt_listener(socket);
+    /// }
+    /// let new = builder.start(Nothing).await?;
+    /// assert_eq!(new.local_addrs(), old.local_addrs());
+    /// old.shutdown().await; // the socket stays open: `new` still holds it
+    /// # new.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The duplication's error (e.g. out of descriptors), or [`io::ErrorKind::NotConnected`] once
+    /// the listeners are closed: a shutdown has stopped the accept loop.
+    pub fn listeners(&self) -> io::Result<Vec<std::net::TcpListener>> {
+        self.listeners
+            .iter()
+            .map(|listener| {
+                let listener = listener.upgrade().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "the listeners are closed: the server has shut down",
+                    )
+                })?;
+                let duplicate = SockRef::from(&*listener).try_clone()?;
+                Ok(duplicate.into())
+            })
+            .collect()
     }
 
     /// Resumes accepting after [`Server::stop_accepting`];
@@ -84,7 +153,7 @@ impl Server {
     /// tasks) waits for the same shutdown and returns the same report.
     ///
     /// The order: [`on_shutdown_initiated`](crate::Callbacks::on_shutdown_initiated) → accepting stops and
-    /// the listeners close → each live connection gets
+    /// the listeners close (duplicates from [`listeners`](Server::listeners) stay open) → each live connection gets
     /// [`on_shutdown_requested`](crate::Callbacks::on_shutdown_requested) and the
     /// [drain time](ServerBuilder::shutdown_timeout) to end → those left are reset
     /// ([`on_all_connections_aborted`](crate::Callbacks::on_all_connections_aborted)) → every connection's

@@ -2,7 +2,7 @@
 //! scraped with a real HTTP client (`curl`) while clients echo through the example and after they
 //! are gone, and checked against what the clients did: connections accepted, refused at the
 //! limit, live, closed by reason, bytes both ways.
-#![cfg(unix)]
+#![cfg(target_os = "linux")]
 
 mod common;
 
@@ -167,21 +167,21 @@ async fn load(address: SocketAddr, seed: u64) -> TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_server_metrics_scraped_with_curl_during_and_after_load_match_the_clients() {
     let limit = CONNECTIONS.to_string();
-    let mut server = Example::start(
-        "echo_server",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-            "--max-connections",
-            &limit,
-            "--at-limit",
-            "reject",
-        ],
-    );
-    let address: SocketAddr = server.line_value("listening on ").parse().unwrap();
-    let url = format!("http://{}/metrics", server.line_value("metrics on "));
+    let mut server = EchoServer::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--max-connections",
+        &limit,
+        "--at-limit",
+        "reject",
+    ]);
+    let address = server.address;
+    server.log.wait("the metrics line", |log| {
+        !log.after("metrics on ").is_empty()
+    });
+    let url = format!("http://{}/metrics", server.log.after("metrics on ")[0]);
     assert!(server.log.lines()[0].starts_with("listening on "));
 
     let idle = scrape(&url).await;
@@ -275,6 +275,6 @@ async fn echo_server_metrics_scraped_with_curl_during_and_after_load_match_the_c
     let (status, _, _) = curl(&url.replace("/metrics", "/elsewhere")).await;
     assert_eq!(status, 404);
 
-    let status = server.terminate();
+    let status = server.stop();
     assert!(status.success(), "{status:?}");
 }

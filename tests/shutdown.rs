@@ -15,6 +15,7 @@ use switchboard::{
     async_trait, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Error, Server,
     ShutdownReport, UserData,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -628,4 +629,73 @@ async fn shutdown_report_counts_connections_that_ended_otherwise_during_the_drai
         stats.closures(ClosureReason::ShutdownForced),
         (K - 1) as u64
     );
+}
+
+/// Guarantee 14: a connection told of the shutdown that keeps reading (the application's choice
+/// in `on_shutdown_requested`, instead of the default `close()`) answers everything its peer
+/// sends, before and after the notice, and ends gracefully when the peer closes. The default,
+/// for contrast, discards what arrives after the notice: the peer gets FIN and no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_keeps_reading_loses_nothing_the_peer_sent() {
+    for keep_reading in [true, false] {
+        let mut builder = Server::builder().bind("127.0.0.1:0").shutdown_timeout(WAIT);
+        let recorder = Recorder::with_behavior(
+            &mut builder,
+            Behavior {
+                close_on_shutdown_request: !keep_reading,
+                ..Behavior::echo()
+            },
+        );
+        let server = builder.start(recorder.clone()).await.unwrap();
+        let address = server.local_addr().unwrap();
+        let mut stream = client(address).await;
+        echo(&mut stream, &pattern(1, 1024)).await;
+        // A request on its way while the shutdown begins, and one sent after the notice.
+        let in_flight = pattern(2, 1024);
+        bounded("write", stream.write_all(&in_flight))
+            .await
+            .unwrap();
+        let shutdown = {
+            let server = server.clone();
+            tokio::spawn(async move { server.shutdown().await })
+        };
+        recorder
+            .wait_for("the notice", |e| matches!(e, Event::ShutdownRequested(_)))
+            .await;
+        let after_notice = pattern(3, 1024);
+        bounded("write", stream.write_all(&after_notice))
+            .await
+            .unwrap();
+        if keep_reading {
+            let mut echoed = vec![0; 2048];
+            bounded("both echoes", stream.read_exact(&mut echoed))
+                .await
+                .expect("both requests answered");
+            assert!(
+                echoed[..1024] == in_flight[..],
+                "the in-flight request's echo"
+            );
+            assert!(
+                echoed[1024..] == after_notice[..],
+                "the later request's echo"
+            );
+            // Our FIN ends it: no more to read, then the server's FIN.
+            stream.shutdown().await.unwrap();
+            let (rest, end) = read_to_end(&mut stream).await;
+            assert!(rest.is_empty() && end.is_ok(), "a clean end: {end:?}");
+        } else {
+            // Whatever of the in-flight request was read before the notice is echoed; what
+            // came after it is not.
+            let (answered, end) = read_to_end(&mut stream).await;
+            assert!(end.is_ok(), "closed with FIN, not reset: {end:?}");
+            assert!(
+                answered.len() < 2048 && answered[..] == in_flight[..answered.len()],
+                "close() answers nothing that arrived after the notice ({} bytes came back)",
+                answered.len()
+            );
+        }
+        drop(stream);
+        let report = bounded("shutdown", shutdown).await.unwrap();
+        assert_eq!((report.graceful, report.forced, report.other), (1, 0, 0));
+    }
 }

@@ -122,26 +122,36 @@ pub struct ChildStats {
 pub struct ChildLog(Arc<(Mutex<Vec<String>>, Condvar)>);
 
 impl ChildLog {
+    /// Collects the lines of `output` on a thread of its own until it ends.
+    pub fn collect(output: impl Read + Send + 'static) -> ChildLog {
+        let log = ChildLog::default();
+        let collector = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines() {
+                match line {
+                    Ok(line) => collector.push(line),
+                    Err(_) => return,
+                }
+            }
+        });
+        log
+    }
+
     fn push(&self, line: String) {
         self.0 .0.lock().unwrap().push(line);
         self.0 .1.notify_all();
     }
 
-    /// Collects the lines of `output` (a child's stdout) on a thread of its own, until it ends.
-    pub fn collect(&self, output: impl Read + Send + 'static) {
-        let log = self.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(output).lines() {
-                match line {
-                    Ok(line) => log.push(line),
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-
     pub fn lines(&self) -> Vec<String> {
         self.0 .0.lock().unwrap().clone()
+    }
+
+    /// The rest of every line that starts with `prefix`, in order.
+    pub fn after(&self, prefix: &str) -> Vec<String> {
+        self.lines()
+            .iter()
+            .filter_map(|line| line.strip_prefix(prefix).map(str::to_string))
+            .collect()
     }
 
     /// How many lines are exactly `exact`.
@@ -229,7 +239,7 @@ impl ChildServer {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         server.stdin = server.child.stdin.take();
-        server.log.collect(server.child.stdout.take().unwrap());
+        server.log = ChildLog::collect(server.child.stdout.take().unwrap());
         server.log.wait("the child's port", |log| {
             log.lines().iter().any(|l| l.starts_with("port "))
         });

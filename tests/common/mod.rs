@@ -1,7 +1,8 @@
 //! Shared test helpers, one copy each: the recording callbacks ([`Recorder`]), bounded waits,
 //! client helpers, the test certificates, the child-process server for descriptor exhaustion,
-//! CPU-time readings, a recorder for the `metrics` facade ([`MetricsRecorder`]), and the
-//! examples run as child processes ([`Example`]).
+//! CPU-time readings, a recorder for the `metrics` facade ([`MetricsRecorder`]), the
+//! `echo_server` example as a child process ([`EchoServer`]: spawn, its stdout lines, signals,
+//! hand-off restarts) and echo load against it ([`EchoLoad`]).
 //!
 //! Files directly in `tests/` are test binaries, so the parts live under `tests/common/`. Each
 //! binary uses only some of them, hence `dead_code` is allowed here.
@@ -10,13 +11,18 @@
 mod certs;
 mod child;
 mod cpu;
+#[cfg(target_os = "linux")]
 mod example;
+mod load;
 mod metrics_recorder;
 mod recorder;
 
 // Re-exported for `use common::*`; a binary that needs none of a part would warn otherwise.
+#[cfg(target_os = "linux")]
 #[allow(unused_imports)]
-pub use {certs::*, child::*, cpu::*, example::*, metrics_recorder::*, recorder::*};
+pub use example::*;
+#[allow(unused_imports)]
+pub use {certs::*, child::*, cpu::*, load::*, metrics_recorder::*, recorder::*};
 
 use std::future::Future;
 use std::io;

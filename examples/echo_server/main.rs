@@ -1,14 +1,41 @@
 //! An echo server on switchboard: every byte comes back; after the client's FIN the server
-//! finishes echoing and closes. SIGINT or SIGTERM starts the ordered shutdown.
+//! finishes echoing and closes. SIGINT or SIGTERM starts the ordered shutdown; on unix, SIGUSR2
+//! replaces the process with a fresh copy without losing a connection (below).
 //!
 //! ```text
 //! cargo run --release --example echo_server -- [--listen ADDR] [--threads N]
 //!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]
 //!     [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] [--first-byte-timeout SECS]
 //!     [--write-limit BYTES] [--max-per-ip N] [--urgent] [--proxy-protocol] [--metrics ADDR]
+//!     [--reuse-port] [--upgrade-timeout SECS]
 //! ```
-//! The first line on stdout is `listening on <address>`. With `--events`, every callback prints
-//! one line `event <callback name without on_> key=value ...`. With `--tls-cert` (a PEM
+//! The first line on stdout is `listening on <address>` (one such line per listener). With
+//! `--events`, every callback prints one line `event <callback name without on_> key=value ...`;
+//! the last one, `event shutdown_complete graceful=N forced=N other=N`, is printed at the end of
+//! every shutdown, with or without `--events`.
+//!
+//! **A drain that loses nothing.** On shutdown each connection is told (`shutdown_requested`) and
+//! simply goes on being served: its read stays requested, so every byte its client sends is
+//! echoed, until the client closes (or the drain time, `--shutdown-timeout`, runs out and the
+//! rest are reset). The library's default would `close()` it, which stops reading: a client
+//! whose request had not been read yet would get FIN instead of its echo.
+//!
+//! **Listeners from elsewhere.** When `LISTEN_FDS` is set (systemd socket activation, or the
+//! hand-off below), the server adopts descriptors 3, 4, ... (through the `listenfd` crate) in
+//! place of `--listen`. `--reuse-port` sets `SO_REUSEPORT` on the listener it binds (unix), so
+//! several instances can listen on one port; note that an instance that closes its listener
+//! resets the connections still queued on it.
+//!
+//! **Hand-off restart (unix).** On SIGUSR2 the server starts the same executable (as found at
+//! start-up, so a new build at that path is what starts) with the same arguments, its output
+//! to the same stdout and stderr, and the listening socket inherited as descriptor 3 with
+//! `LISTEN_FDS=1`. It prints `upgrade started pid=N` and keeps accepting until the new process,
+//! which prints `listening on` with the same address, says it is serving; then
+//! `upgrade ready pid=N`, and the old process stops accepting, drains as above, prints
+//! `event shutdown_complete ...` and exits 0. If the new process fails or is not ready within
+//! `--upgrade-timeout` (default 10 s) it is killed, `upgrade failed: ...` is printed and the old
+//! one keeps serving. The listening socket is never closed in between, so no client that
+//! connects meanwhile is refused or lost. With `--tls-cert` (a PEM
 //! certificate chain, leaf first) and `--tls-key` (its PEM PKCS#8 key) the server speaks TLS; the
 //! README shows how to make a test certificate with `openssl`. `--idle-timeout` and
 //! `--first-byte-timeout` end connections that stay silent; `--write-limit` bounds each
@@ -24,7 +51,7 @@
 //!
 //! With `--metrics ADDR` the server's metrics (see the crate docs) are served as Prometheus text
 //! at `http://ADDR/metrics`, through `metrics-exporter-prometheus`'s recorder, and the second line
-//! on stdout is `metrics on <address>`. The endpoint is a second switchboard server in this
+//! on stdout, after the `listening on` lines, is `metrics on <address>`. The endpoint is a second switchboard server in this
 //! process: one small HTTP/1.x request per connection (its head read up to the blank line, at
 //! most 8 KiB), `GET /metrics` answered 200, anything else 404, then the connection closes. Each
 //! server labels its series: `server="echo"` for the echo server, `server="metrics"` for the
@@ -32,112 +59,28 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard::proxy::ProxyProtocol;
 use switchboard::socket2::SockRef;
 use switchboard::tls;
 use switchboard::{
-    async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
-    Direction, Error, Listen, Server, ShutdownReport, Slot, TlsInfo, UserData,
+    async_trait, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Direction,
+    Error, Listen, Server, ServerBuilder, ShutdownReport, Slot, TlsInfo, UserData,
 };
 
-struct Options {
-    listen: String,
-    threads: Option<usize>,
-    max_connections: Option<usize>,
-    at_limit: AtLimit,
-    shutdown_timeout: Option<Duration>,
-    events: bool,
-    tls_cert: Option<String>,
-    tls_key: Option<String>,
-    idle_timeout: Option<Duration>,
-    first_byte_timeout: Option<Duration>,
-    write_limit: Option<usize>,
-    max_per_ip: Option<usize>,
-    urgent: bool,
-    proxy_protocol: bool,
-    metrics: Option<String>,
-}
+mod metrics;
+mod options;
 
-const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
-                     [--at-limit stop|reject] [--shutdown-timeout SECS] [--events] \
-                     [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] \
-                     [--first-byte-timeout SECS] [--write-limit BYTES] [--max-per-ip N] \
-                     [--urgent] [--proxy-protocol] [--metrics ADDR]";
+use metrics::start_metrics;
+use options::{parse_options, Options};
 
-fn parse_options() -> Result<Options, String> {
-    let mut options = Options {
-        listen: "127.0.0.1:5050".into(),
-        threads: None,
-        max_connections: None,
-        at_limit: AtLimit::StopAccepting,
-        shutdown_timeout: None,
-        events: false,
-        tls_cert: None,
-        tls_key: None,
-        idle_timeout: None,
-        first_byte_timeout: None,
-        write_limit: None,
-        max_per_ip: None,
-        urgent: false,
-        proxy_protocol: false,
-        metrics: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--listen" => options.listen = value()?,
-            "--threads" => options.threads = Some(number(&flag, &value()?)?),
-            "--max-connections" => options.max_connections = Some(number(&flag, &value()?)?),
-            "--at-limit" => {
-                options.at_limit = match value()?.as_str() {
-                    "stop" => AtLimit::StopAccepting,
-                    "reject" => AtLimit::AcceptAndClose,
-                    other => return Err(format!("--at-limit takes stop or reject, not {other}")),
-                }
-            }
-            "--shutdown-timeout" => {
-                let seconds: f64 = value()?
-                    .parse()
-                    .map_err(|_| "--shutdown-timeout takes seconds".to_string())?;
-                options.shutdown_timeout = Some(
-                    Duration::try_from_secs_f64(seconds)
-                        .map_err(|_| "--shutdown-timeout takes non-negative seconds")?,
-                );
-            }
-            "--events" => options.events = true,
-            "--tls-cert" => options.tls_cert = Some(value()?),
-            "--tls-key" => options.tls_key = Some(value()?),
-            "--idle-timeout" => options.idle_timeout = Some(seconds(&flag, &value()?)?),
-            "--first-byte-timeout" => options.first_byte_timeout = Some(seconds(&flag, &value()?)?),
-            "--write-limit" => options.write_limit = Some(number(&flag, &value()?)?),
-            "--max-per-ip" => options.max_per_ip = Some(number(&flag, &value()?)?),
-            "--urgent" => options.urgent = true,
-            "--proxy-protocol" => options.proxy_protocol = true,
-            "--metrics" => options.metrics = Some(value()?),
-            "--help" | "-h" => return Err(USAGE.into()),
-            other => return Err(format!("unknown option {other}\n{USAGE}")),
-        }
-    }
-    Ok(options)
-}
-
-fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
-    value
-        .parse::<f64>()
-        .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| format!("{flag} takes non-negative seconds, not {value}"))
-}
-
-fn number(flag: &str, value: &str) -> Result<usize, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{flag} takes a whole number, not {value}"))
+/// Prints one flushed line on stdout.
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Prints one flushed line per event when enabled.
@@ -148,9 +91,7 @@ struct Events {
 impl Events {
     fn print(&self, line: std::fmt::Arguments<'_>) {
         if self.enabled {
-            let mut out = io::stdout().lock();
-            let _ = writeln!(out, "event {line}");
-            let _ = out.flush();
+            say(format_args!("event {line}"));
         }
     }
 }
@@ -293,12 +234,15 @@ impl Callbacks for Echo {
     async fn on_shutdown_requested(&self, connection: &Connection) {
         self.events
             .print(format_args!("shutdown_requested conn={}", connection.id()));
-        connection.close();
+        // Not `close()` (the library's default), which stops reading and would leave a request
+        // already sent unanswered: the read stays requested, so the connection is served until
+        // its client closes, or until the drain time runs out and it is reset.
     }
 
     async fn on_shutdown_complete(&self, report: ShutdownReport) {
-        self.events.print(format_args!(
-            "shutdown_complete graceful={} forced={} other={}",
+        // Printed with or without `--events`: how the drain went, as the process's last word.
+        say(format_args!(
+            "event shutdown_complete graceful={} forced={} other={}",
             report.graceful, report.forced, report.other
         ));
     }
@@ -389,141 +333,61 @@ impl Callbacks for Echo {
     }
 }
 
-/// Longest HTTP request head the metrics endpoint reads; a longer one is answered 431.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-
-/// Upper bounds of the buckets of the `_seconds` histograms (TLS handshake, PROXY header): from
-/// half a millisecond on loopback to the 10 s of the default handshake timeout.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// The `--metrics` endpoint: answers one HTTP/1.x request per connection, then closes.
-struct MetricsEndpoint {
-    prometheus: PrometheusHandle,
-    /// The request head read so far.
-    head: Slot<Vec<u8>>,
+/// What `main` found before the runtime started.
+struct Startup {
+    /// Listeners passed in by socket activation (`LISTEN_FDS`), to use in place of `--listen`.
+    adopted: Vec<std::net::TcpListener>,
+    /// This executable as found at start-up, for the hand-off restart.
+    exe: Option<PathBuf>,
+    /// Started by a hand-off: stdin is the channel to the old process.
+    #[cfg(unix)]
+    handed_over: bool,
 }
 
-/// How far a connection's request has come.
-enum Request {
-    /// The head is not complete yet.
-    Incomplete,
-    /// The head, up to its blank line.
-    Head(Vec<u8>),
-    TooLarge,
-}
-
-impl MetricsEndpoint {
-    /// The response to a complete request head.
-    fn respond(&self, head: &[u8]) -> String {
-        let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-        let mut parts = request_line.split(|&b| b == b' ');
-        let (method, target) = (parts.next(), parts.next());
-        let is_metrics =
-            matches!(target, Some(t) if t == b"/metrics" || t.starts_with(b"/metrics?"));
-        if method == Some(b"GET") && is_metrics {
-            response(
-                "200 OK",
-                "text/plain; version=0.0.4",
-                &self.prometheus.render(),
-            )
-        } else {
-            response("404 Not Found", "text/plain", "not found\n")
+/// Takes the listeners of socket activation, if `LISTEN_FDS` names any. Runs before any other
+/// thread exists: `listenfd` removes the variables from the environment, so that a process this
+/// one starts does not take them for its own.
+fn activated_listeners() -> Result<Vec<std::net::TcpListener>, String> {
+    let mut passed = listenfd::ListenFd::from_env();
+    let mut listeners = Vec::with_capacity(passed.len());
+    for index in 0..passed.len() {
+        match passed.take_tcp_listener(index) {
+            Ok(Some(listener)) => listeners.push(listener),
+            Ok(None) => {}
+            Err(error) => return Err(format!("LISTEN_FDS: descriptor {}: {error}", 3 + index)),
         }
     }
+    Ok(listeners)
 }
 
-fn response(status: &str, content_type: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-#[async_trait]
-impl Callbacks for MetricsEndpoint {
-    async fn on_connection_established(&self, connection: &Connection, _address: &SocketAddr) {
-        connection.read();
-    }
-
-    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
-        let request = connection.user_data().with(self.head, |head| {
-            let head = head.get_or_insert_with(Vec::new);
-            head.extend_from_slice(&data);
-            match head.windows(4).position(|w| w == b"\r\n\r\n") {
-                Some(end) => Request::Head(head[..end].to_vec()),
-                None if head.len() > MAX_REQUEST_HEAD => Request::TooLarge,
-                None => Request::Incomplete,
-            }
-        });
-        let answer = match request {
-            Request::Incomplete => return connection.read(),
-            Request::Head(head) => self.respond(&head),
-            Request::TooLarge => response(
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "request head too large\n",
-            ),
-        };
-        // The only write on this connection, so the queue has room.
-        let _ = connection.write(answer);
-        connection.close();
-    }
-}
-
-/// Installs the Prometheus recorder (before the echo server starts, which takes its metric
-/// handles from it) and starts the endpoint that serves it on `address`.
-async fn start_metrics(address: &str) -> Result<Server, Error> {
-    let failed = |error: BuildError| {
-        Error::Io(io::Error::other(format!(
-            "cannot install the metrics recorder: {error}"
-        )))
-    };
-    let prometheus = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-        .map_err(failed)?
-        .install_recorder()
-        .map_err(failed)?;
-    // The recorder keeps histogram samples until upkeep folds them in: every few seconds, so
-    // memory stays bounded between scrapes.
-    let upkeep = prometheus.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
-        }
-    });
-    let mut builder = Server::builder();
-    let head = builder.request_user_data_slot();
-    builder
-        .bind(address)
-        .metrics_labels([("server", "metrics")])
-        .max_connections(64)
-        // A scraper that connects and says nothing holds its slot this long at most.
-        .read_timeout(Some(Duration::from_secs(10)))
-        .start(MetricsEndpoint { prometheus, head })
-        .await
-}
-
-async fn run(options: Options) -> Result<(), Error> {
+async fn run(options: Options, startup: Startup) -> Result<(), Error> {
     let metrics = match &options.metrics {
         Some(address) => Some(start_metrics(address).await?),
         None => None,
     };
     let mut builder = Server::builder();
     let id = builder.request_user_data_slot();
-    let mut listen = Listen::bind(options.listen.as_str());
-    if options.proxy_protocol {
-        // The balancer runs on this host.
-        let loopback = ["127.0.0.0/8", "::1"].map(|network| network.parse().expect("a network"));
-        listen = listen.proxy_protocol(ProxyProtocol::new().trust(loopback[0]).trust(loopback[1]));
-    }
     let mut builder = builder
-        .listen(listen)
         .at_limit(options.at_limit)
         .metrics_labels([("server", "echo")]);
+    let listens: Vec<Listen> = if startup.adopted.is_empty() {
+        if options.reuse_port {
+            builder = reuse_port(builder)?;
+        }
+        vec![Listen::bind(options.listen.as_str())]
+    } else {
+        startup.adopted.into_iter().map(Listen::adopt).collect()
+    };
+    for mut listen in listens {
+        if options.proxy_protocol {
+            // The balancer runs on this host.
+            let trusted = ProxyProtocol::new()
+                .trust("127.0.0.0/8".parse().expect("a network"))
+                .trust("::1".parse().expect("a network"));
+            listen = listen.proxy_protocol(trusted);
+        }
+        builder = builder.listen(listen);
+    }
     if let Some(max) = options.max_connections {
         builder = builder.max_connections(max);
     }
@@ -574,21 +438,25 @@ async fn run(options: Options) -> Result<(), Error> {
         id,
         urgent: options.urgent,
     };
+    // Before the server starts, so that no signal meets a process without its handler (whose
+    // default would end it).
+    let signals = Signals::register()?;
     let server = builder.start(callbacks).await?;
-    {
-        let mut out = io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "listening on {}",
-            server.local_addr().expect("one listener")
-        );
-        if let Some(metrics) = &metrics {
-            let address = metrics.local_addr().expect("one listener");
-            let _ = writeln!(out, "metrics on {address}");
-        }
-        let _ = out.flush();
+    for address in server.local_addrs() {
+        say(format_args!("listening on {address}"));
     }
-    wait_for_signal().await?;
+    if let Some(metrics) = &metrics {
+        let address = metrics.local_addr().expect("one listener");
+        say(format_args!("metrics on {address}"));
+    }
+    #[cfg(unix)]
+    if startup.handed_over {
+        if let Err(error) = handoff::tell_old_process_ready() {
+            // The old process gives up on this one and kills it after its timeout.
+            eprintln!("echo_server: cannot tell the old process we serve: {error}");
+        }
+    }
+    serve_until_stopped(&server, &options, startup.exe, signals).await?;
     server.shutdown().await;
     // Last, so that the echo server's drain can be watched.
     if let Some(metrics) = metrics {
@@ -597,24 +465,124 @@ async fn run(options: Options) -> Result<(), Error> {
     Ok(())
 }
 
+#[cfg(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+))]
+fn reuse_port(builder: ServerBuilder) -> Result<ServerBuilder, Error> {
+    Ok(builder.reuse_port(true))
+}
+
+#[cfg(not(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+)))]
+fn reuse_port(_: ServerBuilder) -> Result<ServerBuilder, Error> {
+    Err(Error::Unsupported(
+        "--reuse-port: no SO_REUSEPORT on this platform",
+    ))
+}
+
+/// The signals that stop the server (SIGINT, SIGTERM) or hand it over (SIGUSR2).
 #[cfg(unix)]
-async fn wait_for_signal() -> io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    upgrade: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn register() -> io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            upgrade: signal(SignalKind::user_defined2())?,
+        })
     }
-    Ok(())
+}
+
+/// Ctrl-C, which stops the server.
+#[cfg(not(unix))]
+struct Signals(tokio::signal::windows::CtrlC);
+
+#[cfg(not(unix))]
+impl Signals {
+    fn register() -> io::Result<Signals> {
+        tokio::signal::windows::ctrl_c().map(Signals)
+    }
+}
+
+/// Serves until SIGINT or SIGTERM, or until a SIGUSR2 hand-off to a new process succeeded.
+#[cfg(unix)]
+async fn serve_until_stopped(
+    server: &Server,
+    options: &Options,
+    exe: Option<PathBuf>,
+    signals: Signals,
+) -> io::Result<()> {
+    let Signals {
+        mut interrupt,
+        mut terminate,
+        mut upgrade,
+    } = signals;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = upgrade.recv() => {}
+        }
+        let Some(exe) = &exe else {
+            say(format_args!(
+                "upgrade failed: this executable's path is unknown"
+            ));
+            continue;
+        };
+        // A stop signal during the hand-off wins: dropping it kills the new process.
+        let handing_off = handoff::hand_off(server, exe, options.upgrade_timeout);
+        tokio::select! {
+            handed = handing_off => match handed {
+                Ok(pid) => {
+                    say(format_args!("upgrade ready pid={pid}"));
+                    return Ok(());
+                }
+                Err(error) => say(format_args!("upgrade failed: {error}; still serving")),
+            },
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+        }
+    }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> io::Result<()> {
-    tokio::signal::ctrl_c().await
+async fn serve_until_stopped(
+    _: &Server,
+    _: &Options,
+    _: Option<PathBuf>,
+    mut signals: Signals,
+) -> io::Result<()> {
+    signals.0.recv().await;
+    Ok(())
 }
 
+#[cfg(unix)]
+mod handoff;
+
 fn main() -> ExitCode {
+    let adopted = match activated_listeners() {
+        Ok(adopted) => adopted,
+        Err(message) => {
+            eprintln!("echo_server: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let startup = Startup {
+        adopted,
+        exe: std::env::current_exe().ok(),
+        #[cfg(unix)]
+        handed_over: std::env::var_os(handoff::HANDOFF_ENV).is_some(),
+    };
     let options = match parse_options() {
         Ok(options) => options,
         Err(message) => {
@@ -634,7 +602,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(options)) {
+    match runtime.block_on(run(options, startup)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("echo_server: {error}");

@@ -1,0 +1,264 @@
+//! Listeners made elsewhere and handed over: adopting a `std` listener (plain and TLS),
+//! `SO_REUSEPORT`, and `Server::listeners` duplicates that keep the accept queue, and every
+//! connection waiting in it, alive while the server that made them shuts down.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use switchboard::socket2::{Domain, SockRef, Socket, Type};
+use switchboard::{Error, Server, ServerBuilder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Starts an echoing server with the listeners (and settings) `configure` adds.
+async fn echo_server(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> (Server, Recorder) {
+    let mut builder = Server::builder();
+    let recorder = Recorder::new(&mut builder);
+    let server = configure(builder)
+        .start(recorder.clone())
+        .await
+        .expect("server start");
+    (server, recorder)
+}
+
+/// Connects, echoes a message and closes.
+async fn echo_once(address: SocketAddr, seed: u64) {
+    let mut stream = client(address).await;
+    echo(&mut stream, &pattern(seed, 1024)).await;
+}
+
+#[tokio::test]
+async fn an_adopted_listener_serves_and_is_made_non_blocking() {
+    // A blocking listener, as `std` makes it (and as a parent process may pass one).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (server, recorder) = echo_server(|b| b.adopt_listener(listener)).await;
+    assert_eq!(server.local_addrs(), [address]);
+    let duplicate = server.listeners().unwrap().remove(0);
+    assert!(
+        SockRef::from(&duplicate).nonblocking().unwrap(),
+        "the adopted socket must have been set non-blocking"
+    );
+    drop(duplicate);
+    echo_once(address, 1).await;
+    recorder.wait_released(1).await;
+    shut_down(&server).await;
+    // The server owned the adopted socket: it is closed now.
+    let refused = TcpStream::connect(address).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
+async fn adopted_listeners_keep_their_order_beside_bound_ones() {
+    let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let third = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (first_address, third_address) = (first.local_addr().unwrap(), third.local_addr().unwrap());
+    let (server, recorder) = echo_server(|b| {
+        b.adopt_listener(first)
+            .bind("127.0.0.1:0")
+            .adopt_listener(third)
+    })
+    .await;
+    let addresses = server.local_addrs().to_vec();
+    assert_eq!(addresses.len(), 3);
+    assert_eq!(addresses[0], first_address);
+    assert_eq!(addresses[2], third_address);
+    for (seed, address) in addresses.iter().enumerate() {
+        echo_once(*address, seed as u64).await;
+    }
+    recorder.wait_released(3).await;
+    shut_down(&server).await;
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[tokio::test]
+async fn adopting_a_socket_that_does_not_listen_fails_at_start() {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let bound_only: std::net::TcpListener = socket.into();
+    let address = bound_only.local_addr().unwrap();
+    let started = Server::builder()
+        .adopt_listener(bound_only)
+        .start(switchboard_nothing())
+        .await;
+    match started {
+        Err(Error::Bind {
+            address: described,
+            source,
+        }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(
+                described.contains(&address.to_string()),
+                "the error names the socket: {described}"
+            );
+        }
+        other => panic!("expected Error::Bind, got {other:?}"),
+    }
+}
+
+/// Callbacks that do nothing.
+fn switchboard_nothing() -> impl switchboard::Callbacks {
+    struct Nothing;
+    impl switchboard::Callbacks for Nothing {}
+    Nothing
+}
+
+#[tokio::test]
+async fn adopted_tls_listeners_negotiate() {
+    // One with its own acceptor, one through the builder's `tls`.
+    let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let through_builder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (server, recorder) = echo_server(|b| {
+        b.adopt_listener_tls(own, server_acceptor())
+            .adopt_listener(through_builder)
+            .tls(server_acceptor())
+    })
+    .await;
+    for (seed, address) in server.local_addrs().iter().enumerate() {
+        let tcp = client(*address).await;
+        let mut tls = bounded("TLS handshake", tls_connector().connect("localhost", tcp))
+            .await
+            .expect("TLS handshake");
+        echo(&mut tls, &pattern(seed as u64, 1024)).await;
+        let _ = bounded("TLS shutdown", tls.shutdown()).await;
+    }
+    recorder.wait_secure_released(2).await;
+    assert_eq!(
+        recorder.count(|event| matches!(event, Event::Negotiated { .. })),
+        2
+    );
+    shut_down(&server).await;
+}
+
+#[cfg(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+))]
+#[tokio::test]
+async fn reuse_port_lets_two_servers_listen_on_one_port() {
+    let (first, first_recorder) = echo_server(|b| b.bind("127.0.0.1:0").reuse_port(true)).await;
+    let address = first.local_addr().unwrap();
+    // Without the option on the newcomer, the port is taken.
+    match Server::builder()
+        .bind(address)
+        .start(switchboard_nothing())
+        .await
+    {
+        Err(Error::Bind { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse)
+        }
+        other => panic!("expected AddrInUse, got {other:?}"),
+    }
+    let (second, second_recorder) = echo_server(|b| b.bind(address).reuse_port(true)).await;
+    assert_eq!(second.local_addr(), Some(address));
+    // The kernel spreads connections over both sockets (by a hash of each connection's
+    // addresses): keep connecting until each server has served one. The chance that 200
+    // connections all land on one side is 2^-199.
+    let mut seed = 0;
+    while first_recorder.established().is_empty() || second_recorder.established().is_empty() {
+        assert!(seed < 200, "one of the servers never got a connection");
+        echo_once(address, seed).await;
+        seed += 1;
+    }
+    shut_down(&first).await;
+    shut_down(&second).await;
+}
+
+#[tokio::test]
+async fn a_duplicate_keeps_every_queued_connection_when_the_original_shuts_down() {
+    // The hand-off, in one process: the old server stops accepting, clients keep connecting
+    // (and sending) into the accept queue, the old server shuts down, and the new one, started
+    // from the duplicates, serves every one of them.
+    const QUEUED: usize = 50;
+    let (old, old_recorder) = echo_server(|b| b.bind("127.0.0.1:0")).await;
+    let address = old.local_addr().unwrap();
+    let duplicates = old.listeners().unwrap();
+    assert_eq!(duplicates.len(), 1);
+    assert_eq!(duplicates[0].local_addr().unwrap(), address);
+    old_recorder
+        .wait_for("start accepting", |event| *event == Event::StartAccepting)
+        .await;
+    old.stop_accepting();
+    old_recorder
+        .wait_for("stop accepting", |event| *event == Event::StopAccepting)
+        .await;
+    let mut clients = Vec::with_capacity(QUEUED);
+    for seed in 0..QUEUED {
+        // The kernel completes the handshake and takes the request with nobody accepting.
+        let mut stream = client(address).await;
+        let message = pattern(seed as u64, 1024);
+        bounded("queued write", stream.write_all(&message))
+            .await
+            .unwrap();
+        clients.push((stream, message));
+    }
+    let report = shut_down(&old).await;
+    assert_eq!(report.graceful + report.forced + report.other, 0);
+    assert!(old_recorder.established().is_empty());
+    let closed = old.listeners().unwrap_err();
+    assert_eq!(closed.kind(), std::io::ErrorKind::NotConnected);
+
+    let (new, new_recorder) = echo_server(|mut b| {
+        for listener in duplicates {
+            b = b.adopt_listener(listener);
+        }
+        b
+    })
+    .await;
+    assert_eq!(new.local_addr(), Some(address));
+    let mut verified = 0;
+    for (mut stream, message) in clients {
+        let mut echoed = vec![0; message.len()];
+        bounded("echo of a queued request", stream.read_exact(&mut echoed))
+            .await
+            .expect("the queued connection was served");
+        assert!(echoed == message, "the echo differs");
+        verified += echoed.len();
+    }
+    assert_eq!(verified, QUEUED * 1024);
+    new_recorder.wait_released(QUEUED).await;
+    assert_eq!(new_recorder.established().len(), QUEUED);
+    shut_down(&new).await;
+}
+
+#[tokio::test]
+async fn the_original_accepts_on_while_its_duplicate_serves_elsewhere() {
+    // Duplicates taken while the old server accepts leave it serving; a new server starts from
+    // them, both accept from the one queue, and then the old one shuts down. Not a connection
+    // is lost on the way.
+    let (old, old_recorder) = echo_server(|b| b.bind("127.0.0.1:0")).await;
+    let address = old.local_addr().unwrap();
+    let duplicates = old.listeners().unwrap();
+    echo_once(address, 0).await;
+    old_recorder.wait_released(1).await;
+    let (new, new_recorder) = echo_server(|mut b| {
+        for listener in duplicates {
+            b = b.adopt_listener(listener);
+        }
+        b
+    })
+    .await;
+    // Which of the two accepts each one is up to the scheduler; every one is served.
+    for seed in 1..=20 {
+        echo_once(address, seed).await;
+    }
+    eventually("21 connections served by the two servers", || {
+        old_recorder.established().len() + new_recorder.established().len() == 21
+    })
+    .await;
+    shut_down(&old).await;
+    let served_before = new_recorder.established().len();
+    for seed in 21..=40 {
+        echo_once(address, seed).await;
+    }
+    new_recorder.wait_released(served_before + 20).await;
+    shut_down(&new).await;
+}
+
+async fn shut_down(server: &Server) -> switchboard::ShutdownReport {
+    bounded("shutdown", server.shutdown()).await
+}
