@@ -28,8 +28,7 @@ pub(crate) struct Options {
 /// (tens of milliseconds), short enough that an operator sees a stuck upgrade fail promptly.
 pub(crate) const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
-const USAGE: &str =
-    "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
+const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
                      [--at-limit stop|reject] [--shutdown-timeout SECS] [--events] \
                      [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] \
                      [--first-byte-timeout SECS] [--write-limit BYTES] [--max-per-ip N] \

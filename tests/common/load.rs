@@ -36,6 +36,9 @@ pub struct LoadReport {
     pub bytes_verified: u64,
     /// The first failures, described.
     pub failures: Vec<String>,
+    /// The client address (source address and port) of every completed connection, as the
+    /// server should see it: through a PROXY protocol balancer too.
+    pub sources: Vec<SocketAddr>,
 }
 
 #[derive(Default)]
@@ -48,6 +51,8 @@ struct Counters {
     other: AtomicU64,
     bytes_verified: AtomicU64,
     failures: Mutex<Vec<String>>,
+    /// The client address (source address and port) of every completed connection.
+    sources: Mutex<Vec<SocketAddr>>,
 }
 
 /// Clients running against one address until [`EchoLoad::stop`].
@@ -84,7 +89,8 @@ impl EchoLoad {
                         let message = pattern(((client as u64) << 32) | round, size);
                         round += 1;
                         match one_connection(source, address, &message).await {
-                            Ok(()) => {
+                            Ok(local) => {
+                                counters.sources.lock().unwrap().push(local);
                                 counters.completed.fetch_add(1, Ordering::Relaxed);
                                 counters
                                     .bytes_verified
@@ -137,6 +143,7 @@ impl EchoLoad {
             timed_out: load(&c.timed_out),
             bytes_verified: load(&c.bytes_verified),
             failures: c.failures.lock().unwrap().clone(),
+            sources: c.sources.lock().unwrap().clone(),
             failed: 0,
         };
         LoadReport {
@@ -161,12 +168,13 @@ impl EchoLoad {
     }
 }
 
-/// Connect, echo `message`, verify, close (our FIN, then the server's): one connection.
+/// Connect, echo `message`, verify, close (our FIN, then the server's): one connection. Returns
+/// the client's own address.
 async fn one_connection(
     source: Ipv4Addr,
     address: SocketAddr,
     message: &[u8],
-) -> Result<(), (Failure, String)> {
+) -> Result<SocketAddr, (Failure, String)> {
     let io_failure = |step: &str, error: std::io::Error| {
         use std::io::ErrorKind::*;
         let failure = match error.kind() {
@@ -191,6 +199,9 @@ async fn one_connection(
         .await
         .map_err(|_| timed_out("connect"))?
         .map_err(|e| io_failure("connect", e))?;
+    let local = stream
+        .local_addr()
+        .map_err(|e| io_failure("local address", e))?;
     tokio::time::timeout(STEP, stream.write_all(message))
         .await
         .map_err(|_| timed_out("write"))?
@@ -218,5 +229,5 @@ async fn one_connection(
             format!("{} bytes more than sent", rest.len()),
         ));
     }
-    Ok(())
+    Ok(local)
 }
