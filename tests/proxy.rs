@@ -87,11 +87,7 @@ async fn expect_reset(stream: &mut TcpStream) {
 
 /// Checks that the only connection so far ended with `reason` before it was established.
 async fn expect_refused(recorder: &Recorder, reason: ClosureReason) {
-    recorder
-        .wait_count("the refusal's release", 1, |e| {
-            matches!(e, Event::Released(..))
-        })
-        .await;
+    recorder.wait_released(1).await;
     assert_eq!(
         recorder.ended_with(reason).len(),
         1,
@@ -281,11 +277,7 @@ async fn garbage_malformed_and_oversized_headers_are_refused_at_once() {
         let mut stream = client(address).await;
         send(&mut stream, input).await;
         expect_reset(&mut stream).await;
-        recorder
-            .wait_count("the refusal's release", i + 1, |e| {
-                matches!(e, Event::Released(..))
-            })
-            .await;
+        recorder.wait_released(i + 1).await;
     }
     assert_eq!(
         recorder.ended_with(ClosureReason::ProxyProtocol).len(),
@@ -317,21 +309,13 @@ async fn a_header_that_trickles_in_is_waited_for_and_a_truncated_or_late_one_is_
     let mut late = client(address).await;
     send(&mut late, b"PROXY TCP4 192.0.2.7").await;
     expect_reset(&mut late).await;
-    recorder
-        .wait_count("the late header's release", 2, |e| {
-            matches!(e, Event::Released(..))
-        })
-        .await;
+    recorder.wait_released(2).await;
     assert_eq!(recorder.ended_with(ClosureReason::ProxyProtocol).len(), 2);
 
     // A client that closes before sending anything (a TCP health check) is a peer close.
     let silent = client(address).await;
     drop(silent);
-    recorder
-        .wait_count("the silent client's release", 3, |e| {
-            matches!(e, Event::Released(..))
-        })
-        .await;
+    recorder.wait_released(3).await;
     assert_eq!(recorder.ended_with(ClosureReason::PeerClosed).len(), 1);
 
     // A header sent a few bytes at a time is read in full, not a byte past it.
@@ -392,11 +376,7 @@ async fn the_per_address_cap_counts_the_client_the_header_names() {
     let mut second = client(address).await;
     send(&mut second, &from("192.0.2.7")).await;
     expect_reset(&mut second).await;
-    recorder
-        .wait_count("the refusal's release", 1, |e| {
-            matches!(e, Event::Released(..))
-        })
-        .await;
+    recorder.wait_released(1).await;
     assert_eq!(recorder.ended_with(ClosureReason::PerIpLimit).len(), 1);
 
     let mut third = client(address).await;

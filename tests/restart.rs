@@ -32,14 +32,6 @@ fn report_fields(line: &str) -> (u64, u64, u64) {
     (field("graceful"), field("forced"), field("other"))
 }
 
-/// Runs a blocking step of the harness (waits on the child's lines and exit) off the runtime's
-/// worker threads, which the load's clients need.
-async fn blocking<T: Send + 'static>(step: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(step)
-        .await
-        .expect("harness step")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hand_offs_under_load_lose_no_connection() {
     let mut server = EchoServer::start(&["--listen", "127.0.0.1:0", "--shutdown-timeout", "10"]);
@@ -87,28 +79,8 @@ async fn three_hand_offs_under_load_lose_no_connection() {
     tokio::time::sleep(BETWEEN).await;
     let report = load.stop().await;
     let status = blocking(move || server.stop()).await;
-    println!(
-        "{CLIENTS} clients, 3 hand-offs: {} connections made, {} completed, {} failed \
-         (refused {}, reset {}, truncated or wrong {}, timed out {}), {} bytes verified",
-        report.completed + report.failed,
-        report.completed,
-        report.failed,
-        report.refused,
-        report.reset,
-        report.truncated_or_wrong,
-        report.timed_out,
-        report.bytes_verified
-    );
-    assert_eq!(
-        report.failed, 0,
-        "no connection may fail: {:#?}",
-        report.failures
-    );
-    assert_eq!(report.bytes_verified, report.completed * 1024);
-    assert!(
-        report.completed >= CLIENTS as u64,
-        "every client completed connections: {report:?}"
-    );
+    println!("{CLIENTS} clients, 3 hand-offs: {report}");
+    report.assert_lossless(CLIENTS, 1024, &"three hand-offs");
     assert_eq!(
         status.code(),
         Some(0),

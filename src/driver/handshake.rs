@@ -1,13 +1,13 @@
 //! The TLS handshake, on the connection's own task, before `on_connection_established`.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 
 use super::transport::Transport;
-use super::Driver;
+use super::{before_established, Before, Driver};
 use crate::tls::{self, Secure, TlsInfo};
 use crate::{ClosureReason, Direction};
 
@@ -39,7 +39,7 @@ impl Driver {
             }
             Err(reason)
         };
-        let (side, mut negotiation): (_, Pin<Box<dyn Future<Output = _> + Send>>) = match secure {
+        let (side, negotiation): (_, Pin<Box<dyn Future<Output = _> + Send>>) = match secure {
             Secure::Accept { acceptor, .. } => (
                 Direction::Inbound,
                 Box::pin(async move { acceptor.accept(tcp).await }),
@@ -49,25 +49,16 @@ impl Driver {
                 Box::pin(async move { tls.connector.connect(&tls.domain, tcp).await }),
             ),
         };
-        let timeout = tokio::time::sleep(self.context.handshake_timeout);
-        tokio::pin!(timeout);
-        let mailbox = &self.shared.mailbox;
-        let outcome = loop {
-            if let Some(reason) = mailbox.pending_abort() {
-                return reset(reason);
-            }
-            let woken = tokio::select! {
-                biased;
-                () = poll_fn(|cx| mailbox.poll_posted(cx)) => None,
-                outcome = &mut negotiation => Some(Some(outcome)),
-                () = &mut timeout => Some(None),
-            };
-            mailbox.unpark();
-            match woken {
-                None => continue,
-                Some(None) => return reset(ClosureReason::HandshakeTimedOut),
-                Some(Some(outcome)) => break outcome,
-            }
+        let outcome = match before_established(
+            &self.shared.mailbox,
+            negotiation,
+            self.context.handshake_timeout,
+        )
+        .await
+        {
+            Before::Done(outcome) => outcome,
+            Before::TimedOut => return reset(ClosureReason::HandshakeTimedOut),
+            Before::Aborted(reason) => return reset(reason),
         };
         drop(socket);
         let stream = match outcome {

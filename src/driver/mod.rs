@@ -94,6 +94,43 @@ enum Wake {
     Deadline,
 }
 
+/// How a wait before establishment ended.
+enum Before<T> {
+    Done(T),
+    /// The time allowed ran out.
+    TimedOut,
+    /// An abort was posted (abort-all, a shutdown's end): its reason.
+    Aborted(ClosureReason),
+}
+
+/// Drives `future` (the PROXY header read, the TLS handshake) until it completes, `limit` passes
+/// or an abort is posted: before a connection is established, an abort is all its handles can
+/// post, and nothing else may cut the wait short.
+async fn before_established<F: std::future::Future>(
+    mailbox: &crate::mailbox::Mailbox,
+    future: F,
+    limit: Duration,
+) -> Before<F::Output> {
+    tokio::pin!(future);
+    let timeout = tokio::time::sleep(limit);
+    tokio::pin!(timeout);
+    loop {
+        if let Some(reason) = mailbox.pending_abort() {
+            return Before::Aborted(reason);
+        }
+        let woken = tokio::select! {
+            biased;
+            () = poll_fn(|cx| mailbox.poll_posted(cx)) => None,
+            output = &mut future => Some(Before::Done(output)),
+            () = &mut timeout => Some(Before::TimedOut),
+        };
+        mailbox.unpark();
+        if let Some(ended) = woken {
+            return ended;
+        }
+    }
+}
+
 pub(crate) struct Driver {
     context: Arc<Context>,
     shared: Arc<Shared>,

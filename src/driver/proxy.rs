@@ -1,7 +1,6 @@
 //! The PROXY protocol header, on the connection's own task, before the TLS handshake and
 //! `on_connection_established`.
 
-use std::future::poll_fn;
 use std::io;
 use std::sync::Arc;
 
@@ -10,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::transport::Transport;
-use super::Driver;
+use super::{before_established, Before, Driver};
 use crate::per_ip::PerIpLimit;
 use crate::proxy::{HeaderError, HeaderReader, ProxyHeader, ProxyProtocol, Step, PEEK};
 use crate::ClosureReason;
@@ -47,35 +46,21 @@ impl Driver {
         let Transport::Plain(tcp) = &mut self.transport else {
             unreachable!("the header comes before any TLS");
         };
-        let read = read_header(tcp);
-        tokio::pin!(read);
-        let timeout = tokio::time::sleep(proxied.settings.timeout());
-        tokio::pin!(timeout);
-        let mailbox = &self.shared.mailbox;
-        let outcome = loop {
-            if let Some(reason) = mailbox.pending_abort() {
-                return Err(reason);
-            }
-            let woken = tokio::select! {
-                biased;
-                () = poll_fn(|cx| mailbox.poll_posted(cx)) => None,
-                outcome = &mut read => Some(Some(outcome)),
-                () = &mut timeout => Some(None),
-            };
-            mailbox.unpark();
-            match woken {
-                None => continue,
-                Some(outcome) => break outcome,
-            }
-        };
+        let outcome = before_established(
+            &self.shared.mailbox,
+            read_header(tcp),
+            proxied.settings.timeout(),
+        )
+        .await;
         let header = match outcome {
-            Some(Ok(header)) => header,
-            Some(Err(Failure::Header(error))) => {
+            Before::Aborted(reason) => return Err(reason),
+            Before::Done(Ok(header)) => header,
+            Before::Done(Err(Failure::Header(error))) => {
                 tracing::debug!(peer = %transport_peer, %error, "PROXY protocol: header refused");
                 return Err(ClosureReason::ProxyProtocol);
             }
-            Some(Err(Failure::Closed)) => return Err(ClosureReason::PeerClosed),
-            Some(Err(Failure::Io(error))) => {
+            Before::Done(Err(Failure::Closed)) => return Err(ClosureReason::PeerClosed),
+            Before::Done(Err(Failure::Io(error))) => {
                 tracing::debug!(peer = %transport_peer, %error, "PROXY protocol: read failed");
                 return Err(match error.kind() {
                     io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
@@ -84,7 +69,7 @@ impl Driver {
                     _ => ClosureReason::ReadError,
                 });
             }
-            None => {
+            Before::TimedOut => {
                 tracing::debug!(peer = %transport_peer, "PROXY protocol: no header in time");
                 return Err(ClosureReason::ProxyProtocol);
             }

@@ -41,6 +41,51 @@ pub struct LoadReport {
     pub sources: Vec<SocketAddr>,
 }
 
+impl std::fmt::Display for LoadReport {
+    /// The figures a closing note quotes: connections made, completed, failed by kind, bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} connections made, {} completed, {} failed (refused {}, reset {}, truncated or \
+             wrong {}, timed out {}), {} bytes verified",
+            self.completed + self.failed,
+            self.completed,
+            self.failed,
+            self.refused,
+            self.reset,
+            self.truncated_or_wrong,
+            self.timed_out,
+            self.bytes_verified
+        )
+    }
+}
+
+impl LoadReport {
+    /// Asserts that no connection failed, every echoed byte was verified (`size` per
+    /// connection) and each of `clients` completed at least one connection; `context` is shown
+    /// with a failure.
+    pub fn assert_lossless(&self, clients: usize, size: usize, context: &dyn std::fmt::Debug) {
+        assert_eq!(
+            self.failed, 0,
+            "no connection may fail: {:#?}\n{context:#?}",
+            self.failures
+        );
+        assert_eq!(self.bytes_verified, self.completed * size as u64);
+        assert!(
+            self.completed >= clients as u64,
+            "every client completed connections: {self}"
+        );
+    }
+}
+
+/// Runs a blocking step of a harness (waits on a child's lines and exit) off the runtime's
+/// worker threads, which the load's clients need.
+pub async fn blocking<T: Send + 'static>(step: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(step)
+        .await
+        .expect("harness step")
+}
+
 #[derive(Default)]
 struct Counters {
     completed: AtomicU64,
