@@ -323,7 +323,7 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
                     // instant between the check above and this accept.
                     None => {
                         manager.counters.count(Count::RefusedAtLimit);
-                        refuse(&accepted.stream);
+                        refuse_at_limit(&accepted.stream, manager.config.refusal_message.as_ref());
                         if !at_limit {
                             at_limit = true;
                             events.send(AcceptEvent::MaximumConnections);
@@ -362,6 +362,24 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
 /// `TIME_WAIT` is left behind.
 fn refuse(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Refuses a client at the connection limit: with the application's
+/// [refusal message](crate::ServerBuilder::refusal_message), writes it and closes with FIN;
+/// without one, resets like every other refusal. The write does not wait: a socket just accepted
+/// has its whole send buffer free, which the builder made sure the message fits in.
+fn refuse_at_limit(stream: &TcpStream, message: Option<&bytes::Bytes>) {
+    let Some(message) = message else {
+        return refuse(stream);
+    };
+    match stream.try_write(message) {
+        Ok(written) if written == message.len() => {
+            let _ = SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+        }
+        // Not all of it went (the peer is already gone, or a tiny send buffer): a reset says the
+        // refusal plainly rather than a message cut short.
+        _ => refuse(stream),
+    }
 }
 
 /// What refusing the pending connections achieved.

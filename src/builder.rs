@@ -8,9 +8,11 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
 use crate::accept::{self, Listener};
+use crate::defaults::*;
 use crate::driver::Context;
 use crate::invoke::Invoker;
 use crate::lifecycle::{LifecycleConfig, WriteLimits};
+use crate::limit::AtLimit;
 use crate::listen::Listen;
 use crate::manager::Manager;
 use crate::metrics::Metrics;
@@ -34,67 +36,14 @@ pub(crate) struct Config {
     pub(crate) at_limit: AtLimit,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) close_timeout: Duration,
+    pub(crate) close_discard_limit: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_concurrent_handshakes: usize,
+    /// Written to clients refused at the connection limit, before FIN; `None`: they are reset.
+    pub(crate) refusal_message: Option<bytes::Bytes>,
     /// Live accepted connections allowed per peer address; `None`: no cap.
     pub(crate) max_connections_per_ip: Option<usize>,
-}
-
-/// Listen backlog: Linux's `somaxconn` default since 5.4 and what nginx and Go ask for on Linux.
-pub const DEFAULT_BACKLOG: u32 = 1024;
-/// Read buffer size: tokio's and most echo servers' usual 8 KiB. A plain read lands in a buffer of
-/// this size kept per runtime thread and is handed over in one of exactly the size read, so an
-/// idle connection holds no read buffer.
-pub const DEFAULT_READ_BUFFER_SIZE: usize = 8 * 1024;
-/// Write queue limit: Netty's default high watermark (64 KiB).
-pub const DEFAULT_WRITE_QUEUE_LIMIT: usize = 64 * 1024;
-/// Write queue high watermark: Netty's default (64 KiB). At or above it a connection's queue is
-/// "high": [`Callbacks::on_write_buffer_high`], and
-/// [`Connection::writable`](crate::Connection::writable) waits.
-pub const DEFAULT_WRITE_HIGH_WATERMARK: usize = 64 * 1024;
-/// Write queue low watermark: Netty's default (32 KiB). A high queue that drains to it is no
-/// longer high: [`Callbacks::on_write_buffer_low`].
-pub const DEFAULT_WRITE_LOW_WATERMARK: usize = 32 * 1024;
-/// Drain time at shutdown before the remaining connections are reset: Kubernetes' default
-/// termination grace period.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a graceful close waits for the flush and the peer's FIN: nginx's `lingering_timeout`.
-pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Outgoing connect timeout: long enough for a retransmitted SYN (1 s, then 3 s), short enough
-/// that a dead host is reported promptly.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a TLS handshake may take, from accept (or connect) to negotiated: the design's
-/// default, as in Netty's `SslHandler` (10 s).
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TLS handshakes of accepted connections in progress at once. A busy 2-core server completes a
-/// few thousand handshakes a second, so 512 in progress is far more than honest clients need,
-/// while a flood of clients that connect and stall holds at most this many connection slots
-/// (until the handshake timeout ends them).
-pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 512;
-
-/// What a server does with new connections when its [`ConnectionLimiter`] is full.
-///
-/// Every refusal, here and elsewhere (the [per-address cap](ServerBuilder::max_connections_per_ip),
-/// a process out of descriptors), resets the client (RST, not FIN): it learns at once that it was
-/// refused rather than served, and no `TIME_WAIT` is left on the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum AtLimit {
-    /// Stop accepting as soon as the limit is reached (by this server, another one sharing the
-    /// limiter, or an outgoing connect): [`Callbacks::on_maximum_connections`], then
-    /// [`Callbacks::on_stop_accepting_connections`]; new clients wait in the listen backlog (the
-    /// C++ framework's behaviour) until a slot frees, then
-    /// [`Callbacks::on_start_accepting_connections`]. No client is accepted without a slot; one
-    /// accepted in the very instant another server or a connect took the last shared slot is
-    /// refused, and counted in [`Stats::refused_at_limit`](crate::Stats::refused_at_limit). The
-    /// default.
-    #[default]
-    StopAccepting,
-    /// Keep accepting, and refuse each connection over the limit at once (RST, no callback but
-    /// [`Callbacks::on_maximum_connections`] on the first refusal after a connection was taken),
-    /// so clients learn promptly instead of waiting.
-    AcceptAndClose,
 }
 
 /// Configures and starts a [`Server`]. Every setting has a documented default.
@@ -153,10 +102,12 @@ impl ServerBuilder {
                 at_limit: AtLimit::StopAccepting,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 close_timeout: DEFAULT_CLOSE_TIMEOUT,
+                close_discard_limit: DEFAULT_CLOSE_DISCARD_LIMIT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
                 max_connections_per_ip: None,
+                refusal_message: None,
             },
             limiter: ConnectionLimiter::unlimited(),
             accepting: true,
@@ -256,15 +207,6 @@ impl ServerBuilder {
         self.config.max_concurrent_handshakes = max;
         self
     }
-}
-
-/// Whether `name` is a Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, and not one of the names
-/// starting with `__` that Prometheus keeps for itself.
-fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(first) if first.is_ascii_alphabetic() || first == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with("__")
 }
 
 /// Per-peer limits.
@@ -483,6 +425,40 @@ impl ServerBuilder {
         self
     }
 
+    /// A last message for clients refused at the connection limit (with
+    /// [`AtLimit::AcceptAndClose`], or accepted with [`AtLimit::StopAccepting`] in the instant
+    /// another server took the last shared slot), e.g. `"server full\r\n"` or a protocol's own
+    /// busy reply. Such a client gets the message and FIN instead of a reset. It never becomes a
+    /// connection: no callback runs for it (only
+    /// [`on_maximum_connections`](Callbacks::on_maximum_connections), on the first refusal after
+    /// a connection was taken), it is counted in
+    /// [`Stats::refused_at_limit`](crate::Stats::refused_at_limit), and it leaves the server's
+    /// side in `TIME_WAIT` like any connection the server closes first. The message is written
+    /// without waiting, so it must fit in a new socket's send buffer: at most
+    /// [`MAX_REFUSAL_MESSAGE`] bytes. A client that had already sent data may see the message
+    /// followed by a reset (the kernel resets a socket closed with unread data). Default: none,
+    /// refused clients are reset.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// # struct Nothing;
+    /// # impl switchboard::Callbacks for Nothing {}
+    /// use switchboard::{AtLimit, Server};
+    /// let server = Server::builder()
+    ///     .bind("127.0.0.1:0")
+    ///     .max_connections(1_000)
+    ///     .at_limit(AtLimit::AcceptAndClose)
+    ///     .refusal_message("server full\r\n")
+    ///     .start(Nothing)
+    ///     .await?;
+    /// # server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn refusal_message(mut self, message: impl Into<bytes::Bytes>) -> Self {
+        self.config.refusal_message = Some(message.into());
+        self
+    }
+
     /// Drain time: how long a shutdown waits for live connections to end by themselves before it
     /// resets the rest. Default: [`DEFAULT_SHUTDOWN_TIMEOUT`] (30 s).
     pub fn shutdown_timeout(mut self, drain: Duration) -> Self {
@@ -495,6 +471,16 @@ impl ServerBuilder {
     /// Default: [`DEFAULT_CLOSE_TIMEOUT`] (5 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
+        self
+    }
+
+    /// How much of what the peer still sends a graceful close reads and drops (while it waits for
+    /// the peer's FIN) before it resets the connection instead, with
+    /// [`ClosureReason::DiscardLimit`](crate::ClosureReason::DiscardLimit): a client streaming into
+    /// a connection the server has closed is cut off after this much, not after the close
+    /// timeout's worth. Default: [`DEFAULT_CLOSE_DISCARD_LIMIT`] (64 KiB).
+    pub fn close_discard_limit(mut self, bytes: usize) -> Self {
+        self.config.close_discard_limit = bytes;
         self
     }
 
@@ -541,6 +527,14 @@ impl ServerBuilder {
         if self.config.write_low_watermark >= self.config.write_high_watermark {
             return invalid("write_watermarks", "low must be below high");
         }
+        if let Some(message) = &self.config.refusal_message {
+            if message.len() > MAX_REFUSAL_MESSAGE {
+                return invalid(
+                    "refusal_message",
+                    "longer than MAX_REFUSAL_MESSAGE: it must fit in a new socket's send buffer",
+                );
+            }
+        }
         if self.config.max_connections_per_ip == Some(0) {
             return invalid("max_connections_per_ip", "must be above zero");
         }
@@ -564,7 +558,7 @@ impl ServerBuilder {
             return invalid("backlog", "must be between 1 and 2^31 - 1");
         }
         for (i, (name, _)) in self.metrics_labels.iter().enumerate() {
-            if !is_label_name(name) {
+            if !crate::metrics::is_label_name(name) {
                 return invalid(
                     "metrics_labels",
                     &format!("{name:?} is not a Prometheus label name"),
@@ -639,6 +633,7 @@ impl ServerBuilder {
                 },
                 timeouts: config.timeouts,
                 close_timeout: config.close_timeout,
+                close_discard_limit: config.close_discard_limit,
                 slow_consumer_timeout: config.slow_consumer_timeout,
             }),
         };
@@ -657,6 +652,15 @@ impl ServerBuilder {
             accept_tasks: Mutex::new(None),
             handshakes,
         });
+        let server = Server::new(manager.clone(), local_addrs.into(), handed_over.into());
+        let invoker = &manager.context.invoker;
+        invoker
+            .call(
+                "on_server_started",
+                None,
+                invoker.callbacks().on_server_started(&server),
+            )
+            .await;
         if !listeners.is_empty() {
             let tasks = accept::start(manager.clone(), listeners);
             *manager
@@ -664,8 +668,8 @@ impl ServerBuilder {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tasks);
         }
-        tracing::info!(addresses = ?local_addrs, "server started");
-        Ok(Server::new(manager, local_addrs.into(), handed_over.into()))
+        tracing::info!(addresses = ?server.local_addrs(), "server started");
+        Ok(server)
     }
 }
 

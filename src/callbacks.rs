@@ -8,8 +8,8 @@ use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 
 use crate::{
-    ClosureReason, ConnectArgument, Connection, ConnectionId, Direction, Error, ShutdownReport,
-    TlsInfo, UserData,
+    ClosureReason, ConnectArgument, Connection, ConnectionId, Direction, Error, Server,
+    ShutdownReport, TlsInfo, UserData,
 };
 
 /// The events of a server, one method each, after the C++ framework's
@@ -83,6 +83,46 @@ use crate::{
 /// ```
 #[async_trait]
 pub trait Callbacks: Send + Sync + 'static {
+    /// The server has started: its listeners are bound, and this runs before anything else of
+    /// it (before [`on_start_accepting_connections`](Callbacks::on_start_accepting_connections)
+    /// and before any connection), once, inside [`ServerBuilder::start`](crate::ServerBuilder::start).
+    /// (Not in the C++ interface.) It is how callbacks reach their server, to connect out, read
+    /// its stats or start its shutdown: keep a [`WeakServer`](crate::WeakServer)
+    /// ([`Server::downgrade`]), not a `Server`, since a `Server` kept in its own callbacks is a
+    /// cycle that is never freed.
+    ///
+    /// Default: does nothing.
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    /// use switchboard::{async_trait, Callbacks, Connection, Server, WeakServer};
+    ///
+    /// #[derive(Default)]
+    /// struct App {
+    ///     server: OnceLock<WeakServer>,
+    /// }
+    ///
+    /// #[async_trait]
+    /// impl Callbacks for App {
+    ///     async fn on_server_started(&self, server: &Server) {
+    ///         let _ = self.server.set(server.downgrade());
+    ///     }
+    ///
+    ///     async fn on_read_completed(&self, connection: &Connection, data: switchboard::BytesMut) {
+    ///         if &data[..] == b"shutdown\n" {
+    ///             if let Some(server) = self.server.get().and_then(WeakServer::upgrade) {
+    ///                 // On a task of its own: a callback must not wait for the shutdown it starts.
+    ///                 tokio::spawn(async move { server.shutdown().await });
+    ///             }
+    ///         }
+    ///         connection.read();
+    ///     }
+    /// }
+    /// ```
+    async fn on_server_started(&self, server: &Server) {
+        let _ = server;
+    }
+
     /// The listeners started accepting: at start-up, after an explicit
     /// [`Server::start_accepting`](crate::Server::start_accepting), and when a slot frees after the
     /// limit stopped them. Always alternates with

@@ -79,10 +79,23 @@ pub enum ClosureReason {
     /// malformed, truncated, too long or late. Reset before it was established, after
     /// `on_socket_created` only.
     ProxyProtocol,
+    /// The application closed it with a code of its own,
+    /// [`Connection::close_with`](crate::Connection::close_with) (a protocol error, a kick, a
+    /// goodbye): queued writes were flushed, then FIN was sent, as for
+    /// [`LocalClose`](ClosureReason::LocalClose). Every code counts as one reason in
+    /// [`Stats::closures`](crate::Stats::closures) and the metrics (`application`); the code is
+    /// in the value, and in its `Debug`.
+    Application(u32),
+    /// A graceful close read and dropped more than the
+    /// [close discard limit](crate::ServerBuilder::close_discard_limit) of what the peer went on
+    /// sending, and was reset: a closing connection does not read on without bound.
+    DiscardLimit,
 }
 
 impl ClosureReason {
-    /// Every reason. New reasons may be added in a minor release (the enum is `#[non_exhaustive]`).
+    /// Every reason, [`Application`](ClosureReason::Application) standing for all its codes (as
+    /// `Application(0)`). New reasons may be added in a minor release (the enum is
+    /// `#[non_exhaustive]`).
     pub const ALL: &'static [ClosureReason] = &[
         ClosureReason::PeerClosed,
         ClosureReason::PeerReset,
@@ -106,6 +119,8 @@ impl ClosureReason {
         ClosureReason::SlowConsumer,
         ClosureReason::PerIpLimit,
         ClosureReason::ProxyProtocol,
+        ClosureReason::Application(0),
+        ClosureReason::DiscardLimit,
     ];
 
     /// The reason's `snake_case` name, as used in logs and the example's event lines.
@@ -137,12 +152,53 @@ impl ClosureReason {
             ClosureReason::SlowConsumer => "slow_consumer",
             ClosureReason::PerIpLimit => "per_ip_limit",
             ClosureReason::ProxyProtocol => "proxy_protocol",
+            ClosureReason::Application(_) => "application",
+            ClosureReason::DiscardLimit => "discard_limit",
         }
     }
 
-    /// Position of this reason in [`ClosureReason::ALL`].
+    /// Position of this reason in [`ClosureReason::ALL`] (every application code at one).
     pub(crate) fn index(self) -> usize {
-        self as usize
+        match self {
+            ClosureReason::PeerClosed => 0,
+            ClosureReason::PeerReset => 1,
+            ClosureReason::LocalClose => 2,
+            ClosureReason::LocalAbort => 3,
+            ClosureReason::Unreferenced => 4,
+            ClosureReason::ReadError => 5,
+            ClosureReason::WriteError => 6,
+            ClosureReason::CloseTimedOut => 7,
+            ClosureReason::CallbackPanic => 8,
+            ClosureReason::AbortAll => 9,
+            ClosureReason::ShutdownForced => 10,
+            ClosureReason::TlsError => 11,
+            ClosureReason::TlsAlert => 12,
+            ClosureReason::HandshakeTimedOut => 13,
+            ClosureReason::HandshakeLimit => 14,
+            ClosureReason::IdleTimedOut => 15,
+            ClosureReason::ReadTimedOut => 16,
+            ClosureReason::HalfClosedTimedOut => 17,
+            ClosureReason::FirstByteTimedOut => 18,
+            ClosureReason::SlowConsumer => 19,
+            ClosureReason::PerIpLimit => 20,
+            ClosureReason::ProxyProtocol => 21,
+            ClosureReason::Application(_) => 22,
+            ClosureReason::DiscardLimit => 23,
+        }
+    }
+
+    /// The application's code, for [`Application`](ClosureReason::Application).
+    ///
+    /// ```
+    /// use switchboard::ClosureReason;
+    /// assert_eq!(ClosureReason::Application(4000).application_code(), Some(4000));
+    /// assert_eq!(ClosureReason::LocalClose.application_code(), None);
+    /// ```
+    pub fn application_code(self) -> Option<u32> {
+        match self {
+            ClosureReason::Application(code) => Some(code),
+            _ => None,
+        }
     }
 
     /// Whether the connection ended with FIN (all queued data delivered) rather than RST.
@@ -155,7 +211,10 @@ impl ClosureReason {
     pub fn is_graceful(self) -> bool {
         matches!(
             self,
-            ClosureReason::PeerClosed | ClosureReason::LocalClose | ClosureReason::Unreferenced
+            ClosureReason::PeerClosed
+                | ClosureReason::LocalClose
+                | ClosureReason::Unreferenced
+                | ClosureReason::Application(_)
         )
     }
 }
@@ -175,6 +234,10 @@ mod tests {
         for (i, reason) in ClosureReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);
         }
+        assert_eq!(
+            ClosureReason::Application(7).index(),
+            ClosureReason::Application(0).index()
+        );
         let mut names: Vec<_> = ClosureReason::ALL.iter().map(|r| r.as_str()).collect();
         names.sort_unstable();
         names.dedup();

@@ -270,12 +270,61 @@ impl Connection {
         self.shared.mailbox.shutdown_write();
     }
 
-    /// Graceful close: stops reading, sends every queued write, sends FIN, then waits (up to the
-    /// [close timeout](crate::ServerBuilder::close_timeout)) for the peer's FIN so that no data of
-    /// ours is lost to a reset. Ends with [`ClosureReason::LocalClose`]. Writes are refused from
-    /// this call on.
+    /// Graceful close: stops delivering reads, sends every queued write, sends FIN, then waits
+    /// (up to the [close timeout](crate::ServerBuilder::close_timeout)) for the peer's FIN so that
+    /// no data of ours is lost to a reset. Ends with [`ClosureReason::LocalClose`]. Writes are
+    /// refused from this call on.
+    ///
+    /// Data the peer sent that was not read yet, and whatever it still sends, is read and
+    /// dropped (reading it is what keeps the kernel from answering our FIN with a reset), but
+    /// only up to the [close discard limit](crate::ServerBuilder::close_discard_limit): a peer
+    /// that goes on sending past it is reset with [`ClosureReason::DiscardLimit`]. To answer
+    /// what the peer already sent before closing (a drain that loses nothing), keep reading
+    /// until the protocol is at a point where nothing is left unanswered, then close.
     pub fn close(&self) {
-        self.shared.mailbox.close();
+        self.shared.mailbox.close(ClosureReason::LocalClose);
+    }
+
+    /// [`close`](Connection::close), reported with the application's own `code`:
+    /// [`ClosureReason::Application`]`(code)` (a protocol error, a kick, an idle client the
+    /// application dropped). If a close was asked for already, the first one's reason stands.
+    ///
+    /// ```
+    /// # fn kick(connection: &switchboard::Connection) {
+    /// const KICKED: u32 = 4001;
+    /// connection.close_with(KICKED);
+    /// # }
+    /// ```
+    pub fn close_with(&self, code: u32) {
+        self.shared.mailbox.close(ClosureReason::Application(code));
+    }
+
+    /// The last word: queues `data` even if the write queue is at its
+    /// [limit](crate::ServerBuilder::write_queue_limit), then closes gracefully (as
+    /// [`close`](Connection::close)), so `data` goes out after everything queued before it and
+    /// before FIN. For the goodbye at shutdown (in
+    /// [`on_shutdown_requested`](crate::Callbacks::on_shutdown_requested)), a "server full", an
+    /// error reply before hanging up. Ends with [`ClosureReason::LocalClose`] (call
+    /// [`close_with`](Connection::close_with) first to report a code of your own instead).
+    ///
+    /// The close timeout still bounds how long the delivery may take: a peer that reads nothing
+    /// is reset with [`ClosureReason::CloseTimedOut`] and the goodbye is lost with it.
+    ///
+    /// # Errors
+    /// [`Error::ConnectionClosed`] if the connection is closing or closed (the goodbye comes
+    /// back in the [`WriteError`]), [`Error::WriteShutdown`] after
+    /// [`shutdown_write`](Connection::shutdown_write).
+    ///
+    /// ```
+    /// # fn at_shutdown(connection: &switchboard::Connection) {
+    /// let _ = connection.goodbye("server shutting down\n");
+    /// # }
+    /// ```
+    pub fn goodbye(&self, data: impl Into<Bytes>) -> Result<(), WriteError> {
+        self.shared
+            .mailbox
+            .goodbye(data.into(), ClosureReason::LocalClose)
+            .map_err(|(error, data)| WriteError { error, data })
     }
 
     /// Hard close: drops the queued writes and resets the connection (RST, through `SO_LINGER` 0).

@@ -112,6 +112,7 @@ mod callbacks;
 mod closure;
 mod connect;
 mod connection;
+mod defaults;
 mod driver;
 mod error;
 mod invoke;
@@ -137,19 +138,20 @@ pub use bytes::{Bytes, BytesMut};
 pub use native_tls;
 pub use socket2;
 
-pub use builder::{
-    AtLimit, ServerBuilder, DEFAULT_BACKLOG, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES, DEFAULT_READ_BUFFER_SIZE,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_HIGH_WATERMARK, DEFAULT_WRITE_LOW_WATERMARK,
-    DEFAULT_WRITE_QUEUE_LIMIT,
-};
+pub use builder::ServerBuilder;
 pub use callbacks::Callbacks;
 pub use closure::ClosureReason;
 pub use connection::{Connection, ConnectionId, Direction, Timeouts, WriteError};
+pub use defaults::{
+    DEFAULT_BACKLOG, DEFAULT_CLOSE_DISCARD_LIMIT, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES, DEFAULT_READ_BUFFER_SIZE,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_HIGH_WATERMARK, DEFAULT_WRITE_LOW_WATERMARK,
+    DEFAULT_WRITE_QUEUE_LIMIT, MAX_REFUSAL_MESSAGE,
+};
 pub use error::Error;
-pub use limit::ConnectionLimiter;
+pub use limit::{AtLimit, ConnectionLimiter};
 pub use listen::Listen;
-pub use server::Server;
+pub use server::{Server, WeakServer};
 pub use shutdown::ShutdownReport;
 pub use stats::{ConnectionStats, Stats};
 pub use tls::{TlsConnect, TlsInfo};

@@ -183,3 +183,31 @@ mod tests {
         assert_eq!(unlimited.active(), 1);
     }
 }
+
+/// What a server does with new connections when its [`ConnectionLimiter`] is full.
+///
+/// Every refusal, here and elsewhere (the [per-address cap](crate::ServerBuilder::max_connections_per_ip),
+/// a process out of descriptors), resets the client (RST, not FIN): it learns at once that it was
+/// refused rather than served, and no `TIME_WAIT` is left on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AtLimit {
+    /// Stop accepting as soon as the limit is reached (by this server, another one sharing the
+    /// limiter, or an outgoing connect): [`Callbacks::on_maximum_connections`](crate::Callbacks::on_maximum_connections), then
+    /// [`Callbacks::on_stop_accepting_connections`](crate::Callbacks::on_stop_accepting_connections); new clients wait in the listen backlog (the
+    /// C++ framework's behaviour) until a slot frees, then
+    /// [`Callbacks::on_start_accepting_connections`](crate::Callbacks::on_start_accepting_connections). No client is accepted without a slot; one
+    /// accepted in the very instant another server or a connect took the last shared slot is
+    /// refused, and counted in [`Stats::refused_at_limit`](crate::Stats::refused_at_limit). The
+    /// default.
+    #[default]
+    StopAccepting,
+    /// Keep accepting, and refuse each connection over the limit at once, so clients learn
+    /// promptly instead of waiting: a reset, or the
+    /// [refusal message](crate::ServerBuilder::refusal_message) and FIN. A refused client never
+    /// becomes a connection: no callback runs for it, not even `on_socket_created`; only
+    /// [`Callbacks::on_maximum_connections`](crate::Callbacks::on_maximum_connections) runs, on
+    /// the first refusal after a connection was taken. Each is counted in
+    /// [`Stats::refused_at_limit`](crate::Stats::refused_at_limit).
+    AcceptAndClose,
+}

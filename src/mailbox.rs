@@ -42,7 +42,8 @@ pub(crate) struct Inbox {
     /// The driver's task (see [`Mailbox::set_task`]).
     task: Option<tokio::task::Id>,
     shutdown_write: bool,
-    close: bool,
+    /// A graceful close was asked for, with the reason to report.
+    close: Option<ClosureReason>,
     abort: Option<ClosureReason>,
     shutdown_notice: bool,
     /// The timeouts as the application last set them (boxed: most connections keep the
@@ -59,7 +60,7 @@ pub(crate) struct Inbox {
 impl Inbox {
     /// Why a write would be refused whatever the queue holds, if it would.
     fn write_refusal(&self) -> Option<Error> {
-        if self.closing || self.close || self.abort.is_some() || self.ended {
+        if self.closing || self.close.is_some() || self.abort.is_some() || self.ended {
             Some(Error::ConnectionClosed)
         } else if self.shutdown_write {
             Some(Error::WriteShutdown)
@@ -233,12 +234,29 @@ impl Mailbox {
 
     /// Queues `data`, or gives it back with the reason it was refused.
     pub(crate) fn write(&self, data: Bytes) -> Result<(), (Error, Bytes)> {
+        self.queue(data, None)
+    }
+
+    /// Queues `data` whatever the queue holds and asks for a graceful close with `reason`, or
+    /// gives `data` back if the connection takes no more writes: the last word, delivered before
+    /// FIN.
+    pub(crate) fn goodbye(&self, data: Bytes, reason: ClosureReason) -> Result<(), (Error, Bytes)> {
+        let result = self.queue(data, Some(reason));
+        self.notify_room();
+        result
+    }
+
+    /// Queues `data`; with a close `reason`, past the limit too, and the close is asked for in
+    /// the same step.
+    fn queue(&self, data: Bytes, close: Option<ClosureReason>) -> Result<(), (Error, Bytes)> {
         let mut inbox = self.inbox();
         if let Some(refused) = inbox.write_refusal() {
             return Err((refused, data));
         }
         let queued = self.level(&inbox);
-        if queued >= self.config.limits.limit {
+        if close.is_some() {
+            inbox.close = close;
+        } else if queued >= self.config.limits.limit {
             return Err((
                 Error::WriteQueueFull {
                     queued,
@@ -248,6 +266,10 @@ impl Mailbox {
             ));
         }
         if data.is_empty() {
+            if close.is_some() {
+                drop(inbox);
+                self.signal.notify(INBOX);
+            }
             return Ok(());
         }
         self.posted.fetch_add(data.len(), Ordering::SeqCst);
@@ -280,8 +302,11 @@ impl Mailbox {
         self.notify_room();
     }
 
-    pub(crate) fn close(&self) {
-        self.post(|inbox| inbox.close = true);
+    /// Asks for a graceful close reported with `reason` (the first close asked for wins).
+    pub(crate) fn close(&self, reason: ClosureReason) {
+        self.post(|inbox| {
+            inbox.close.get_or_insert(reason);
+        });
         self.notify_room();
     }
 
@@ -325,7 +350,7 @@ impl Mailbox {
 
     pub(crate) fn is_closing(&self) -> bool {
         let inbox = self.inbox();
-        inbox.closing || inbox.close || inbox.abort.is_some() || inbox.ended
+        inbox.closing || inbox.close.is_some() || inbox.abort.is_some() || inbox.ended
     }
 
     /// `Ok(true)` if a writer may go on, `Ok(false)` if it must wait for room, or why it never
@@ -507,6 +532,7 @@ mod tests {
             },
             timeouts: Timeouts::default(),
             close_timeout: std::time::Duration::from_secs(5),
+            close_discard_limit: 1000,
             slow_consumer_timeout: None,
         }))
     }
@@ -548,7 +574,7 @@ mod tests {
         assert!(mailbox.poll_posted(&mut cx).is_pending());
         mailbox.unpark();
         assert!(mailbox.poll_posted(&mut cx).is_pending());
-        mailbox.close();
+        mailbox.close(ClosureReason::LocalClose);
         assert_eq!(count.0.load(Ordering::SeqCst), 3);
     }
 
@@ -578,9 +604,45 @@ mod tests {
         let (error, data) = mailbox.write(Bytes::from_static(b"more")).unwrap_err();
         assert!(matches!(error, Error::WriteQueueFull { queued: 100, .. }));
         assert_eq!(&data[..], b"more");
-        mailbox.close();
+        mailbox.close(ClosureReason::LocalClose);
         let (error, _) = mailbox.write(Bytes::from_static(b"x")).unwrap_err();
         assert!(matches!(error, Error::ConnectionClosed));
+    }
+
+    #[test]
+    fn a_goodbye_goes_past_the_limit_and_closes_with_it() {
+        let mailbox = new_mailbox();
+        mailbox.write(Bytes::from(vec![0; 100])).unwrap();
+        assert!(mailbox.write(Bytes::from_static(b"more")).is_err());
+        mailbox
+            .goodbye(Bytes::from_static(b"bye"), ClosureReason::LocalClose)
+            .unwrap();
+        let (error, data) = mailbox
+            .goodbye(Bytes::from_static(b"again"), ClosureReason::LocalClose)
+            .unwrap_err();
+        assert!(matches!(error, Error::ConnectionClosed), "one last word");
+        assert_eq!(&data[..], b"again");
+        assert!(mailbox.write(Bytes::from_static(b"x")).is_err());
+        let mut writes = VecDeque::new();
+        let taken = mailbox.take(&mut writes);
+        assert_eq!(taken.queued, 103);
+        assert_eq!(taken.close, Some(ClosureReason::LocalClose));
+        assert_eq!(
+            &writes.back().unwrap()[..],
+            b"bye",
+            "after what was queued before"
+        );
+    }
+
+    #[test]
+    fn the_first_close_asked_for_keeps_its_reason() {
+        let mailbox = new_mailbox();
+        mailbox.close(ClosureReason::Application(9));
+        mailbox.close(ClosureReason::LocalClose);
+        assert_eq!(
+            mailbox.take(&mut VecDeque::new()).close,
+            Some(ClosureReason::Application(9))
+        );
     }
 
     #[test]

@@ -161,3 +161,12 @@ fn describe() {
         "Time to read each valid PROXY protocol header, from the connection's start."
     );
 }
+
+/// Whether `name` is a Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, and not one of the names
+/// starting with `__` that Prometheus keeps for itself.
+pub(crate) fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(first) if first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
+}

@@ -30,6 +30,62 @@ pub struct Server {
     listeners: Arc<[Weak<TcpListener>]>,
 }
 
+/// A [`Server`] handle that does not keep the server's state alive: what callbacks keep of their
+/// own server. From [`Server::downgrade`].
+#[derive(Clone)]
+pub struct WeakServer {
+    manager: Weak<Manager>,
+    local_addrs: Arc<[SocketAddr]>,
+    listeners: Arc<[Weak<TcpListener>]>,
+}
+
+impl WeakServer {
+    /// The server, unless every [`Server`] handle is gone (its state is then freed).
+    pub fn upgrade(&self) -> Option<Server> {
+        Some(Server {
+            manager: self.manager.upgrade()?,
+            local_addrs: self.local_addrs.clone(),
+            listeners: self.listeners.clone(),
+        })
+    }
+}
+
+impl fmt::Debug for WeakServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakServer")
+            .field("local_addrs", &self.local_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves when the process is told to stop; the handlers are registered before it returns.
+#[cfg(unix)]
+fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// Resolves when the process is told to stop; the handlers are registered before it returns.
+#[cfg(windows)]
+fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::windows::{ctrl_break, ctrl_c};
+    let mut interrupt = ctrl_c()?;
+    let mut brk = ctrl_break()?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = brk.recv() => {}
+        }
+    })
+}
+
 impl Server {
     /// A builder with every setting at its default.
     pub fn builder() -> ServerBuilder {
@@ -170,6 +226,47 @@ impl Server {
             tokio::spawn(async move { crate::shutdown::run(&manager).await });
         }
         shutdown.complete().await
+    }
+
+    /// Waits for the process to be told to stop (SIGINT or SIGTERM on unix; Ctrl-C or
+    /// Ctrl-Break on Windows), or for a shutdown begun elsewhere, then [shuts down](Server::shutdown)
+    /// and returns the report: the `select!` every server's `main` would otherwise write. The
+    /// signal handlers are registered when this is called; from then on those signals no longer
+    /// end the process by themselves.
+    ///
+    /// # Errors
+    /// A signal handler could not be registered (the shutdown has not begun then).
+    ///
+    /// ```no_run
+    /// # struct App;
+    /// # impl switchboard::Callbacks for App {}
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let server = switchboard::Server::builder().bind("0.0.0.0:5050").start(App).await?;
+    ///     let report = server.shutdown_on_signal().await?;
+    ///     println!("{} connections ended by themselves, {} were reset", report.graceful, report.forced);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn shutdown_on_signal(&self) -> io::Result<ShutdownReport> {
+        let stop = stop_signal()?;
+        let mut phase = self.manager.shutdown.watch();
+        tokio::select! {
+            () = stop => {}
+            // The sender lives as long as the manager this handle holds.
+            _ = phase.wait_for(|phase| *phase != crate::shutdown::Phase::Running) => {}
+        }
+        Ok(self.shutdown().await)
+    }
+
+    /// A handle that does not keep the server's state alive, for keeping in its own callbacks
+    /// (see [`Callbacks::on_server_started`](crate::Callbacks::on_server_started)).
+    pub fn downgrade(&self) -> WeakServer {
+        WeakServer {
+            manager: Arc::downgrade(&self.manager),
+            local_addrs: self.local_addrs.clone(),
+            listeners: self.listeners.clone(),
+        }
     }
 
     /// Whether a shutdown has begun.

@@ -65,6 +65,8 @@ pub(crate) struct LifecycleConfig {
     pub(crate) limits: WriteLimits,
     pub(crate) timeouts: Timeouts,
     pub(crate) close_timeout: Duration,
+    /// Most bytes a closing connection reads and drops before it is reset instead.
+    pub(crate) close_discard_limit: usize,
     pub(crate) slow_consumer_timeout: Option<Duration>,
 }
 
@@ -136,7 +138,8 @@ pub(crate) struct Requests {
     /// The application wants the next urgent byte.
     pub(crate) urgent_wanted: bool,
     pub(crate) shutdown_write: bool,
-    pub(crate) close: bool,
+    /// A graceful close, with the reason to report.
+    pub(crate) close: Option<ClosureReason>,
     pub(crate) abort: Option<ClosureReason>,
     pub(crate) shutdown_notice: bool,
     /// The application changed the timeouts.
@@ -212,6 +215,8 @@ pub(crate) struct Lifecycle {
     shutdown_write: bool,
     /// Bytes the driver holds that are not yet handed to the kernel.
     queued: usize,
+    /// Bytes read and dropped while closing.
+    discarded: usize,
     urgent_pending: bool,
     urgent_wanted: bool,
     handles: usize,
@@ -239,6 +244,7 @@ impl Lifecycle {
             fin: Fin::NotSent,
             shutdown_write: false,
             queued: 0,
+            discarded: 0,
             urgent_pending: false,
             urgent_wanted: false,
             handles: 0,
@@ -297,8 +303,8 @@ impl Lifecycle {
         if self.phase == Phase::Open {
             self.read_requested |= requests.read && !self.read_closed;
             self.urgent_wanted |= requests.urgent_wanted;
-            if requests.close {
-                self.begin_close(ClosureReason::LocalClose, now);
+            if let Some(reason) = requests.close {
+                self.begin_close(reason, now);
             }
         }
     }
@@ -356,8 +362,9 @@ impl Lifecycle {
             }
         }
         let read = if closing {
-            // Reading on while closing drains what the peer still sends, so that closing the
-            // socket with unread data does not turn our FIN into a reset.
+            // Reading on while closing drains what the peer still sends (up to the discard
+            // limit), so that closing the socket with unread data does not turn our FIN into a
+            // reset.
             !self.read_closed
         } else {
             // Reads pause while the write queue is at its limit: a peer that sends without
@@ -390,9 +397,15 @@ impl Lifecycle {
                 self.end(ClosureReason::PeerReset);
                 ReadVerdict::Ended
             }
-            (Phase::Closing { .. }, outcome) => {
-                if outcome == ReadOutcome::Eof {
-                    self.read_closed = true;
+            (Phase::Closing { .. }, ReadOutcome::Eof) => {
+                self.read_closed = true;
+                ReadVerdict::Discard
+            }
+            (Phase::Closing { .. }, ReadOutcome::Data(len)) => {
+                self.discarded = self.discarded.saturating_add(len);
+                if self.discarded > self.config.close_discard_limit {
+                    self.end(ClosureReason::DiscardLimit);
+                    return ReadVerdict::Ended;
                 }
                 ReadVerdict::Discard
             }

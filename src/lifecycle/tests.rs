@@ -8,12 +8,14 @@ const LIMITS: WriteLimits = WriteLimits {
     low: 40,
 };
 const CLOSE: Duration = Duration::from_secs(5);
+const DISCARD: usize = 1000;
 
 fn config(timeouts: Timeouts) -> LifecycleConfig {
     LifecycleConfig {
         limits: LIMITS,
         timeouts,
         close_timeout: CLOSE,
+        close_discard_limit: DISCARD,
         slow_consumer_timeout: None,
     }
 }
@@ -181,7 +183,7 @@ fn close_flushes_the_queue_before_fin_and_refuses_reads() {
     life.on_requests(
         requests(|r| {
             r.queued = 50;
-            r.close = true;
+            r.close = Some(ClosureReason::LocalClose);
             r.read = true;
             r.handles = 1;
         }),
@@ -205,10 +207,50 @@ fn close_flushes_the_queue_before_fin_and_refuses_reads() {
 }
 
 #[test]
+fn a_close_with_the_applications_code_ends_with_it() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(
+        requests(|r| r.close = Some(ClosureReason::Application(4001))),
+        t0,
+    );
+    // A later close asked for changes nothing: the first close's reason stands.
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+    life.on_fin_sent();
+    wait(&mut life, t0);
+    life.on_read(ReadOutcome::Eof, t0);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::Application(4001)));
+}
+
+#[test]
+fn a_closing_connection_drops_at_most_the_discard_limit_then_resets() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+    life.on_fin_sent();
+    let Action::Wait(interest) = life.next(t0) else {
+        panic!("a closing connection waits")
+    };
+    assert!(interest.read, "it reads on, to drain what the peer sends");
+    assert_eq!(
+        life.on_read(ReadOutcome::Data(DISCARD), t0),
+        ReadVerdict::Discard
+    );
+    assert_eq!(life.on_read(ReadOutcome::Data(1), t0), ReadVerdict::Ended);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::DiscardLimit));
+    assert!(
+        !ClosureReason::DiscardLimit.is_graceful(),
+        "it ends with a reset"
+    );
+}
+
+#[test]
 fn a_close_that_does_not_finish_times_out() {
     let t0 = Instant::now();
     let mut life = open(t0);
-    life.on_requests(requests(|r| r.close = true), t0);
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
     let (_, last) = run(&mut life, t0);
     let Action::Wait(interest) = last else {
         panic!()
@@ -227,7 +269,7 @@ fn abort_wins_over_a_close_in_progress_and_over_everything_after() {
     life.on_requests(
         requests(|r| {
             r.queued = 10;
-            r.close = true;
+            r.close = Some(ClosureReason::LocalClose);
         }),
         t0,
     );
@@ -252,7 +294,7 @@ fn a_reset_is_announced_while_open_and_silent_while_closing() {
     assert_eq!(life.next(t0), Action::End(ClosureReason::PeerReset));
 
     let mut life = open(t0);
-    life.on_requests(requests(|r| r.close = true), t0);
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
     run(&mut life, t0);
     assert_eq!(life.on_read(ReadOutcome::Reset, t0), ReadVerdict::Ended);
     assert_eq!(life.next(t0), Action::End(ClosureReason::PeerReset));
@@ -295,7 +337,7 @@ fn shutdown_notice_is_announced_once_and_not_while_closing() {
     assert!(matches!(life.next(t0), Action::Wait(_)));
 
     let mut life = open(t0);
-    life.on_requests(requests(|r| r.close = true), t0);
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
     life.on_requests(requests(|r| r.shutdown_notice = true), t0);
     assert_eq!(life.next(t0), Action::SendFin);
 }
@@ -526,7 +568,7 @@ fn urgent_interest_follows_the_request_and_ends_with_the_open_phase() {
     life.on_urgent_delivered();
     assert!(!wait(&mut life, t0).urgent, "one request, one byte");
     life.on_requests(requests(|r| r.urgent_wanted = true), t0);
-    life.on_requests(requests(|r| r.close = true), t0);
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
     assert!(!life.urgent_wanted());
 }
 
@@ -534,7 +576,7 @@ fn urgent_interest_follows_the_request_and_ends_with_the_open_phase() {
 fn tls_close_notify_that_blocks_is_polled() {
     let t0 = Instant::now();
     let mut life = open(t0);
-    life.on_requests(requests(|r| r.close = true), t0);
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
     assert_eq!(life.next(t0), Action::SendFin);
     life.on_fin_blocked();
     let interest = wait(&mut life, t0);
@@ -589,7 +631,7 @@ fn every_order_of_inputs_ends_once() {
                 }
                 Close => life.on_requests(
                     requests(|r| {
-                        r.close = true;
+                        r.close = Some(ClosureReason::LocalClose);
                         r.handles = handles;
                     }),
                     t0,

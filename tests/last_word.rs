@@ -1,0 +1,273 @@
+//! How a connection ends when the application decides: closing with a code of its own, a goodbye
+//! delivered past a full write queue before FIN, a close that reads and drops only so much of
+//! what the peer goes on sending, the message a client refused at the limit gets, and the server
+//! handle callbacks get at start. Over real loopback TCP; waits bounded by [`WAIT`].
+
+mod common;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use switchboard::{
+    async_trait, AtLimit, Callbacks, ClosureReason, Connection, Server, ServerBuilder, WeakServer,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn start(
+    behavior: Behavior,
+    hooks: Hooks,
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (Server, Recorder) {
+    let mut builder = Server::builder().bind("127.0.0.1:0");
+    let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
+    let server = configure(builder).start(recorder.clone()).await.unwrap();
+    (server, recorder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_with_reports_the_applications_code_and_closes_gracefully() {
+    let hooks = Hooks {
+        read: Some(Box::new(|connection: &Connection| {
+            connection.write("bye").unwrap();
+            connection.close_with(4001);
+            // The first close asked for keeps its reason.
+            connection.close();
+        })),
+        ..Hooks::default()
+    };
+    let (server, recorder) = start(Behavior::collect(), hooks, |b| b).await;
+    let mut stream = client(server.local_addr().unwrap()).await;
+    // What was written before the close still arrives, then FIN.
+    let (reply, end) = {
+        stream.write_all(b"last").await.unwrap();
+        read_to_end(&mut stream).await
+    };
+    assert_eq!(reply, b"bye");
+    end.expect("a graceful close: FIN, not a reset");
+    drop(stream);
+    recorder.wait_released(1).await;
+    let id = recorder.established()[0];
+    assert_eq!(recorder.closure(id), Some(ClosureReason::Application(4001)));
+    assert_lifecycle(&recorder.events_of(id));
+    let stats = server.stats();
+    assert_eq!(stats.closures(ClosureReason::Application(0)), 1);
+    assert_eq!(ClosureReason::Application(4001).to_string(), "application");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goodbye_goes_out_past_a_full_queue_after_what_was_queued_and_before_fin() {
+    let filled = Arc::new(Mutex::new(None));
+    let seen = filled.clone();
+    let hooks = Hooks {
+        established: Some(Box::new(move |connection: &Connection| {
+            let mut accepted = 0;
+            let refusal = loop {
+                match connection.write(vec![b'f'; 1024]) {
+                    Ok(()) => accepted += 1024,
+                    Err(refused) => break refused,
+                }
+            };
+            let goodbye = connection.goodbye("bye\n");
+            let again = connection.goodbye("again\n").is_err();
+            *seen.lock().unwrap() = Some((accepted, refusal.to_string(), goodbye.is_ok(), again));
+        })),
+        ..Hooks::default()
+    };
+    let behavior = Behavior {
+        server_buffers: Some(4096),
+        ..Behavior::quiet()
+    };
+    let (server, recorder) = start(behavior, hooks, |b| b.write_queue_limit(8 * 1024)).await;
+    let mut stream = client(server.local_addr().unwrap()).await;
+    let (data, end) = read_to_end(&mut stream).await;
+    end.expect("FIN after the goodbye");
+    // Our FIN in turn, which the graceful close waits for.
+    drop(stream);
+    let (accepted, refusal, goodbye_ok, second_refused) = filled.lock().unwrap().clone().unwrap();
+    assert!(refusal.contains("full"), "{refusal}");
+    assert!(goodbye_ok, "the goodbye is taken past the limit");
+    assert!(second_refused, "one last word only");
+    assert_eq!(data.len(), accepted + 4);
+    assert!(data[..accepted].iter().all(|&b| b == b'f'));
+    assert_eq!(&data[accepted..], b"bye\n");
+    recorder.wait_released(1).await;
+    let id = recorder.established()[0];
+    assert_eq!(recorder.closure(id), Some(ClosureReason::LocalClose));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_drops_at_most_the_discard_limit_of_a_streaming_peer_then_resets() {
+    // The close timeout is long: it is the byte bound that ends the connection.
+    let behavior = Behavior {
+        close_after_greeting: true,
+        ..Behavior::quiet()
+    };
+    let (server, recorder) = start(behavior, Hooks::default(), |b| {
+        b.close_discard_limit(16 * 1024)
+            .close_timeout(Duration::from_secs(3600))
+    })
+    .await;
+    let mut stream = client(server.local_addr().unwrap()).await;
+    let chunk = vec![b's'; 4096];
+    let mut sent = 0usize;
+    let ended = bounded("the server to cut the stream off", async {
+        loop {
+            match stream.write_all(&chunk).await {
+                Ok(()) => sent += chunk.len(),
+                Err(error) => return error,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(
+            ended.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{ended:?}"
+    );
+    recorder.wait_released(1).await;
+    let id = recorder.established()[0];
+    assert_eq!(recorder.closure(id), Some(ClosureReason::DiscardLimit));
+    // Far less than the gigabytes a peer could stream during the close timeout: the discard
+    // limit plus what the socket buffers on both sides hold.
+    assert!(
+        sent < 64 * 1024 * 1024,
+        "{sent} bytes went in before the reset"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refused_at_the_limit_gets_the_message_and_fin_and_no_callback() {
+    let (server, recorder) = start(Behavior::echo(), Hooks::default(), |b| {
+        b.max_connections(1)
+            .at_limit(AtLimit::AcceptAndClose)
+            .refusal_message("server full\r\n")
+    })
+    .await;
+    let address = server.local_addr().unwrap();
+    let mut served = client(address).await;
+    echo(&mut served, b"in").await;
+
+    let mut refused = client(address).await;
+    let (data, end) = read_to_end(&mut refused).await;
+    assert_eq!(data, b"server full\r\n");
+    end.expect("the message, then FIN");
+    recorder
+        .wait_for("on_maximum_connections", |e| {
+            *e == Event::MaximumConnections
+        })
+        .await;
+    let stats = server.stats();
+    assert_eq!((stats.accepted, stats.refused_at_limit), (1, 1));
+    // The refused client never became a connection: the served one's events and the limit's.
+    assert_eq!(
+        recorder.count(|e| matches!(e, Event::SocketCreated(_))),
+        1,
+        "{:#?}",
+        recorder.events()
+    );
+    assert_eq!(recorder.established().len(), 1);
+    drop(served);
+    recorder.wait_released(1).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refusal_message_longer_than_a_socket_buffer_is_refused() {
+    let result = Server::builder()
+        .bind("127.0.0.1:0")
+        .refusal_message(vec![b'x'; switchboard::MAX_REFUSAL_MESSAGE + 1])
+        .start(Recorder::new(&mut Server::builder()))
+        .await;
+    assert!(matches!(
+        result,
+        Err(switchboard::Error::InvalidSetting {
+            setting: "refusal_message",
+            ..
+        })
+    ));
+}
+
+/// Keeps a weak handle to its server, and what it saw of it first.
+#[derive(Default)]
+struct Started {
+    server: OnceLock<WeakServer>,
+    /// The order of the events: "started", then "accepting".
+    order: Mutex<Vec<&'static str>>,
+}
+
+#[async_trait]
+impl Callbacks for Started {
+    async fn on_server_started(&self, server: &Server) {
+        self.order.lock().unwrap().push("started");
+        assert!(server.local_addr().is_some(), "the listeners are bound");
+        let _ = self.server.set(server.downgrade());
+    }
+
+    async fn on_start_accepting_connections(&self) {
+        self.order.lock().unwrap().push("accepting");
+    }
+
+    async fn on_connection_established(
+        &self,
+        connection: &Connection,
+        _peer: &std::net::SocketAddr,
+    ) {
+        // A callback reaches its server: here, its stats.
+        let server = self.server.get().and_then(WeakServer::upgrade).unwrap();
+        let accepted = server.stats().accepted;
+        let _ = connection.write(format!("you are number {accepted}\n"));
+        connection.close();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_get_their_server_first_and_a_weak_handle_does_not_keep_it() {
+    let callbacks = Arc::new(Started::default());
+    struct Shared(Arc<Started>);
+    #[async_trait]
+    impl Callbacks for Shared {
+        async fn on_server_started(&self, server: &Server) {
+            self.0.on_server_started(server).await
+        }
+        async fn on_start_accepting_connections(&self) {
+            self.0.on_start_accepting_connections().await
+        }
+        async fn on_connection_established(
+            &self,
+            connection: &Connection,
+            peer: &std::net::SocketAddr,
+        ) {
+            self.0.on_connection_established(connection, peer).await
+        }
+    }
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .start(Shared(callbacks.clone()))
+        .await
+        .unwrap();
+    let mut stream = client(server.local_addr().unwrap()).await;
+    let mut reply = String::new();
+    bounded("the reply", stream.read_to_string(&mut reply))
+        .await
+        .unwrap();
+    assert_eq!(reply, "you are number 1\n");
+    drop(stream);
+    eventually("accepting to be announced", || {
+        callbacks.order.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(*callbacks.order.lock().unwrap(), ["started", "accepting"]);
+    server.shutdown().await;
+    drop(server);
+    let weak = callbacks.server.get().unwrap().clone();
+    eventually("the server's state to be freed", || {
+        weak.upgrade().is_none()
+    })
+    .await;
+}
