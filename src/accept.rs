@@ -520,8 +520,11 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
         peer,
         Direction::Inbound,
         user_data,
-        proxied,
-        secure,
+        driver::Setup {
+            proxied,
+            secure,
+            client: None,
+        },
         permit,
         live,
         false,

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::client::ClientSink;
+use crate::driver::Setup;
 use crate::limit::Permit;
 use crate::manager::Manager;
 use crate::registry::Live;
@@ -15,7 +17,7 @@ use crate::{ConnectArgument, Connection, Direction, Error, TlsConnect, UserData}
 
 /// An outgoing connect, from the pre-connect event to an established connection or a failure.
 /// With `report`, a failure goes to `on_outgoing_connection_failed`; either way the user data is
-/// released.
+/// released. With `client`, the connection's reads go to that awaiting task.
 pub(crate) async fn connect(
     manager: Arc<Manager>,
     live: Live,
@@ -23,6 +25,7 @@ pub(crate) async fn connect(
     tls: Option<TlsConnect>,
     argument: ConnectArgument,
     report: bool,
+    client: Option<ClientSink>,
 ) -> Result<Connection, Error> {
     let invoker = &manager.context.invoker;
     let user_data = UserData::new(&manager.layout);
@@ -46,8 +49,11 @@ pub(crate) async fn connect(
                 address,
                 Direction::Outbound,
                 user_data,
-                None,
-                tls.map(Secure::Connect),
+                Setup {
+                    proxied: None,
+                    secure: tls.map(Secure::Connect),
+                    client,
+                },
                 permit,
                 live,
                 true,

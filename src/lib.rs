@@ -109,6 +109,7 @@
 mod accept;
 mod builder;
 mod callbacks;
+pub mod client;
 mod closure;
 mod connect;
 mod connection;
@@ -137,9 +138,11 @@ pub use async_trait::async_trait;
 pub use bytes::{Bytes, BytesMut};
 pub use native_tls;
 pub use socket2;
+pub use tokio_util;
 
 pub use builder::ServerBuilder;
 pub use callbacks::Callbacks;
+pub use client::{Client, FramedClient};
 pub use closure::ClosureReason;
 pub use connection::{Connection, ConnectionId, Direction, Timeouts, WriteError};
 pub use defaults::{

@@ -11,14 +11,13 @@ use tokio::task::JoinHandle;
 
 use crate::builder::Config;
 use crate::connection::Shared;
-use crate::driver::{Context, Driver, Proxied};
+use crate::driver::{Context, Driver, Setup};
 use crate::limit::Permit;
 use crate::mailbox::Mailbox;
 use crate::per_ip::PerIpLimit;
 use crate::registry::{Live, Registry};
 use crate::shutdown::Shutdown;
 use crate::stats::{ConnectionCounters, Count, Counters};
-use crate::tls::Secure;
 use crate::user_data::UserDataLayout;
 use crate::{ClosureReason, Connection, ConnectionLimiter, Direction, Error, Stats, UserData};
 
@@ -59,8 +58,7 @@ impl Manager {
         peer_addr: SocketAddr,
         direction: Direction,
         user_data: UserData,
-        proxied: Option<Proxied>,
-        secure: Option<Secure>,
+        setup: Setup,
         permit: Permit,
         live: Live,
         want_handle: bool,
@@ -80,7 +78,7 @@ impl Manager {
             counters: ConnectionCounters::default(),
             mailbox: Mailbox::new(lifecycle.clone()),
             tls: std::sync::OnceLock::new(),
-            is_tls: secure.is_some(),
+            is_tls: setup.secure.is_some(),
             proxy: std::sync::OnceLock::new(),
         });
         let registration = match self.registry.register(&shared, permit, live) {
@@ -92,14 +90,7 @@ impl Manager {
             Direction::Outbound => Count::Connected,
         });
         let handle = want_handle.then(|| Connection::uncounted(shared.clone()).clone());
-        let driver = Driver::new(
-            self.context.clone(),
-            shared,
-            stream,
-            proxied,
-            secure,
-            registration,
-        );
+        let driver = Driver::new(self.context.clone(), shared, stream, setup, registration);
         tokio::spawn(driver.run(refuse));
         Ok(handle)
     }

@@ -205,6 +205,12 @@ impl ConnectArgument {
         ConnectArgument(Some(Box::new(value)))
     }
 
+    /// No argument: what [`Server::connect_client`](crate::Server::connect_client) passes, its
+    /// state being the awaiting task's own.
+    pub fn empty() -> Self {
+        ConnectArgument(None)
+    }
+
     /// Whether the argument is there and of type `T`.
     pub fn is<T: 'static>(&self) -> bool {
         self.0.as_ref().is_some_and(|value| value.is::<T>())

@@ -17,10 +17,15 @@ impl Driver {
             connection,
             transport,
             mut registration,
+            client,
             ..
         } = self;
         // An abort counted by abort-all before this connection decided how it ends wins.
         let reason = shared.mailbox.publish_ended(reason);
+        if let Some(client) = client {
+            // The awaiting task learns how it ended before the closing events run.
+            client.ended(reason);
+        }
         if !reason.is_graceful() {
             if let Some(tcp) = transport.tcp() {
                 // SO_LINGER 0 makes close() send RST and drop unsent data: the meaning of an

@@ -34,6 +34,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::client::ClientSink;
 use crate::connection::Shared;
 use crate::invoke::{Guarded, Invoker};
 use crate::lifecycle::{
@@ -51,6 +52,18 @@ use urgent::{Urgent, Watched};
 use write::WriteQueue;
 
 pub(crate) use proxy::Proxied;
+
+/// How a connection begins and where its reads go, beyond what every connection has.
+#[derive(Debug, Default)]
+pub(crate) struct Setup {
+    /// The PROXY header to read first, on a listener that requires one.
+    pub(crate) proxied: Option<Proxied>,
+    /// The TLS handshake to run.
+    pub(crate) secure: Option<Secure>,
+    /// An awaited client's channel: its reads and the peer's FIN go there instead of to the
+    /// callbacks.
+    pub(crate) client: Option<ClientSink>,
+}
 
 /// What a connection's driver needs of its server.
 #[derive(Debug)]
@@ -141,6 +154,8 @@ pub(crate) struct Driver {
     proxied: Option<Box<Proxied>>,
     /// The handshake still to run, for a TLS connection (boxed: used once, and by few).
     secure: Option<Box<Secure>>,
+    /// Where reads go on an awaited client connection.
+    client: Option<ClientSink>,
     life: Lifecycle,
     writes: WriteQueue,
     urgent: Urgent,
@@ -155,8 +170,7 @@ impl Driver {
         context: Arc<Context>,
         shared: Arc<Shared>,
         stream: TcpStream,
-        proxied: Option<Proxied>,
-        secure: Option<Secure>,
+        setup: Setup,
         registration: Registration,
     ) -> Self {
         Driver {
@@ -165,8 +179,9 @@ impl Driver {
             context,
             shared,
             transport: Transport::Plain(stream),
-            proxied: proxied.map(Box::new),
-            secure: secure.map(Box::new),
+            proxied: setup.proxied.map(Box::new),
+            secure: setup.secure.map(Box::new),
+            client: setup.client,
             writes: WriteQueue::default(),
             urgent: Urgent::default(),
             timer: Timer::default(),
@@ -273,10 +288,14 @@ impl Driver {
                         let outcome = ReadOutcome::Data(data.len());
                         if self.life.on_read(outcome, &LazyNow::default()) == ReadVerdict::Deliver {
                             self.count_read(data.len());
-                            let callbacks = self.context.invoker.callbacks();
-                            let callback = callbacks.on_read_completed(&self.connection, data);
-                            if !self.call("on_read_completed", callback).await {
-                                self.life.end(ClosureReason::CallbackPanic);
+                            if let Some(client) = &self.client {
+                                client.deliver(data);
+                            } else {
+                                let callbacks = self.context.invoker.callbacks();
+                                let callback = callbacks.on_read_completed(&self.connection, data);
+                                if !self.call("on_read_completed", callback).await {
+                                    self.life.end(ClosureReason::CallbackPanic);
+                                }
                             }
                         }
                     }
@@ -443,19 +462,33 @@ impl Driver {
         let survived = match self.life.on_read(outcome, &LazyNow::default()) {
             ReadVerdict::Deliver => {
                 self.count_read(data.len());
-                self.call(
-                    "on_read_completed",
-                    callbacks.on_read_completed(&self.connection, data),
-                )
-                .await
+                match &self.client {
+                    Some(client) => {
+                        client.deliver(data);
+                        true
+                    }
+                    None => {
+                        self.call(
+                            "on_read_completed",
+                            callbacks.on_read_completed(&self.connection, data),
+                        )
+                        .await
+                    }
+                }
             }
-            ReadVerdict::ClientClose => {
-                self.call(
-                    "on_connection_client_close",
-                    callbacks.on_connection_client_close(&self.connection),
-                )
-                .await
-            }
+            ReadVerdict::ClientClose => match &self.client {
+                Some(client) => {
+                    client.peer_closed();
+                    true
+                }
+                None => {
+                    self.call(
+                        "on_connection_client_close",
+                        callbacks.on_connection_client_close(&self.connection),
+                    )
+                    .await
+                }
+            },
             ReadVerdict::Discard | ReadVerdict::Ended | ReadVerdict::AnnounceReset => true,
         };
         if !survived {

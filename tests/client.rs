@@ -1,0 +1,197 @@
+//! Awaitable client connections (`Server::connect_client`, `Client`, `FramedClient`): the task
+//! that opened the connection sends and awaits replies itself, while the server counts, limits,
+//! reports and shuts the connection down. Peers are real loopback sockets: plain tokio listeners
+//! where the test needs to control the peer exactly, switchboard servers elsewhere. Waits are
+//! bounded by [`WAIT`].
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use switchboard::tokio_util::codec::{Framed, LengthDelimitedCodec, LinesCodec};
+use switchboard::{ClosureReason, Direction, Error, Server, TlsConnect};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A server with no listener, recording, to open clients from.
+async fn manager() -> (Server, Recorder) {
+    let mut builder = Server::builder();
+    let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
+    let server = builder.start(recorder.clone()).await.unwrap();
+    (server, recorder)
+}
+
+async fn peer() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    (listener, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sends_awaits_the_reply_and_sees_the_peers_fin() {
+    let (server, recorder) = manager().await;
+    let (listener, address) = peer().await;
+    let peer_side = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = [0; 4];
+        stream.read_exact(&mut request).await.unwrap();
+        assert_eq!(&request, b"PING");
+        stream.write_all(b"PONG").await.unwrap();
+        stream.shutdown().await.unwrap();
+        // The client can still send after our FIN.
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        rest
+    });
+
+    let mut client = bounded("connect", server.connect_client(address))
+        .await
+        .unwrap();
+    assert_eq!(client.connection().direction(), Direction::Outbound);
+    client.send("PING").await.unwrap();
+    let mut reply = Vec::new();
+    while let Some(data) = bounded("recv", client.recv()).await.unwrap() {
+        reply.extend_from_slice(&data);
+    }
+    assert_eq!(reply, b"PONG");
+    assert_eq!(
+        bounded("recv", client.recv()).await.unwrap(),
+        None,
+        "FIN stays"
+    );
+    client.send("bye").await.unwrap();
+    let id = client.connection().id();
+    drop(client);
+    assert_eq!(bounded("the peer", peer_side).await.unwrap(), b"bye");
+
+    recorder.wait_release_of(id).await;
+    let events = recorder.events_of(id);
+    assert_lifecycle(&events);
+    assert_eq!(closure_reason(&events), Some(ClosureReason::PeerClosed));
+    // The reads and the FIN went to the client, not to the callbacks.
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Read(..) | Event::ClientClose(..))),
+        "{events:#?}"
+    );
+    assert_eq!(server.stats().connected, 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_ends_the_client_with_its_reason() {
+    let (server, recorder) = manager().await;
+    let (listener, address) = peer().await;
+    let mut client = bounded("connect", server.connect_client(address))
+        .await
+        .unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    reset(stream);
+    let error = bounded("recv", client.recv()).await.unwrap_err();
+    assert!(matches!(error, Error::ConnectionClosed), "{error:?}");
+    assert_eq!(client.closure(), Some(ClosureReason::PeerReset));
+    assert!(matches!(
+        client.send("late").await,
+        Err(Error::ConnectionClosed)
+    ));
+    let id = client.connection().id();
+    drop(client);
+    recorder.wait_release_of(id).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framed_client_sends_and_awaits_items_and_reports_a_partial_one_at_fin() {
+    let (server, _recorder) = manager().await;
+    let (listener, address) = peer().await;
+    let peer_side = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut frames = Framed::new(stream, LengthDelimitedCodec::new());
+        // Echo every frame back, reversed, then end with half a frame.
+        for _ in 0..100 {
+            let frame = frames.next().await.unwrap().unwrap();
+            let mut reply = frame.to_vec();
+            reply.reverse();
+            frames.send(bytes::Bytes::from(reply)).await.unwrap();
+        }
+        let mut stream = frames.into_inner();
+        stream.write_all(&[0, 0, 0, 9, b'h']).await.unwrap();
+    });
+    let mut client = bounded("connect", server.connect_client(address))
+        .await
+        .unwrap()
+        .framed(LengthDelimitedCodec::new());
+    for i in 0..100u32 {
+        let request = pattern(u64::from(i), 1 + i as usize * 37);
+        client
+            .send(bytes::Bytes::from(request.clone()))
+            .await
+            .unwrap();
+        let reply = bounded("a reply", client.next()).await.unwrap().unwrap();
+        let mut expected = request;
+        expected.reverse();
+        assert_eq!(&reply[..], &expected[..], "reply {i}");
+    }
+    bounded("the peer", peer_side).await.unwrap();
+    let partial = bounded("the end", client.next()).await;
+    assert!(
+        partial.is_err(),
+        "a partial frame at FIN is an error: {partial:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_count_against_the_limit_and_the_shutdown_closes_them() {
+    let mut builder = Server::builder().max_connections(1);
+    let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
+    let server = builder.start(recorder.clone()).await.unwrap();
+    let (listener, address) = peer().await;
+    let mut client = bounded("connect", server.connect_client(address))
+        .await
+        .unwrap();
+    let (mut stream, _) = listener.accept().await.unwrap();
+    let second = bounded("connect", server.connect_client(address)).await;
+    assert!(
+        matches!(second, Err(Error::ConnectionLimitReached { limit: 1 })),
+        "{second:?}"
+    );
+    // The shutdown tells the connection (the recorder closes it): the peer sees FIN, closes in
+    // turn, and the client learns the close was ours.
+    let shutdown = tokio::spawn({
+        let server = server.clone();
+        async move { server.shutdown().await }
+    });
+    let (data, end) = read_to_end(&mut stream).await;
+    assert!(data.is_empty());
+    end.unwrap();
+    drop(stream);
+    let report = bounded("the shutdown", shutdown).await.unwrap();
+    assert_eq!(report.graceful, 1);
+    assert!(bounded("recv", client.recv()).await.is_err());
+    assert_eq!(client.closure(), Some(ClosureReason::LocalClose));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_talks_to_a_tls_server_of_the_same_manager() {
+    let mut builder = Server::builder().bind_tls("127.0.0.1:0", server_acceptor());
+    let recorder = Recorder::new(&mut builder);
+    let server = builder.start(recorder.clone()).await.unwrap();
+    let tls = TlsConnect::with_connector(connector_trusting("ca.pem"), "localhost");
+    let mut client = bounded(
+        "connect",
+        server.connect_client_tls(server.local_addr().unwrap(), tls),
+    )
+    .await
+    .unwrap()
+    .framed(LinesCodec::new());
+    client.send("secret line").await.unwrap();
+    let echoed = bounded("the echo", client.next()).await.unwrap();
+    assert_eq!(echoed.as_deref(), Some("secret line"));
+    drop(client);
+    recorder.wait_secure_released(2).await;
+    server.shutdown().await;
+}
