@@ -36,6 +36,10 @@
 //!   reading can be cut off after a [slow-consumer timeout](ServerBuilder::slow_consumer_timeout).
 //! - **Timeouts** ([`Timeouts`]): idle, read, half-closed and first-byte, per server and per
 //!   connection, each with its own [`ClosureReason`].
+//! - **Groups and weak handles**: a [`WeakConnection`] ([`Connection::downgrade`]) does not keep
+//!   its connection open; a [`ConnectionGroup`] holds such handles, forgets members as they
+//!   close, and [broadcasts](ConnectionGroup::broadcast) without waiting for a slow member.
+//!   [`Server::connection`] and [`Server::connections`] find live connections.
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
 //! - **Restarts that lose no connection**: [`ServerBuilder::adopt_listener`] starts from a
@@ -114,6 +118,7 @@ mod connect;
 mod connection;
 mod driver;
 mod error;
+mod group;
 mod invoke;
 mod lifecycle;
 mod limit;
@@ -131,6 +136,7 @@ mod shutdown;
 mod stats;
 pub mod tls;
 mod user_data;
+mod weak;
 
 pub use async_trait::async_trait;
 pub use bytes::{Bytes, BytesMut};
@@ -147,6 +153,7 @@ pub use callbacks::Callbacks;
 pub use closure::ClosureReason;
 pub use connection::{Connection, ConnectionId, Direction, Timeouts, WriteError};
 pub use error::Error;
+pub use group::{BroadcastReport, ConnectionGroup, Delivery, WhenFull};
 pub use limit::ConnectionLimiter;
 pub use listen::Listen;
 pub use server::Server;
@@ -154,6 +161,7 @@ pub use shutdown::ShutdownReport;
 pub use stats::{ConnectionStats, Stats};
 pub use tls::{TlsConnect, TlsInfo};
 pub use user_data::{ConnectArgument, Slot, UserData};
+pub use weak::WeakConnection;
 
 /// Compiles and runs the README's examples as doc tests.
 #[cfg(doctest)]

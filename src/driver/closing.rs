@@ -21,6 +21,8 @@ impl Driver {
         } = self;
         // An abort counted by abort-all before this connection decided how it ends wins.
         let reason = shared.mailbox.publish_ended(reason);
+        // Already done if it closed after establishment; not if it ended before, or panicked.
+        shared.leave_groups();
         if !reason.is_graceful() {
             if let Some(tcp) = transport.tcp() {
                 // SO_LINGER 0 makes close() send RST and drop unsent data: the meaning of an
