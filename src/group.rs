@@ -113,10 +113,10 @@ impl BroadcastReport {
 /// A set of connections to talk to together (a chat room, the subscribers of a topic), keyed
 /// by [`ConnectionId`]. Cheap to clone (every clone is the same group), `Send + Sync`.
 ///
-/// **Members do not stay open because of the group.** The group holds
-/// [weak handles](WeakConnection), so the lifetime rule goes on as if it did not exist: a
-/// member that half-closes and is no longer read from, or that the application has finished
-/// with, closes by itself.
+/// **Members do not stay open because of the group.** Like a [`WeakConnection`], the group's
+/// hold on a member is not a handle the lifetime rule counts, so the rule goes on as if the
+/// group did not exist: a member that half-closes and is no longer read from, or that the
+/// application has finished with, closes by itself.
 ///
 /// **Members leave by themselves.** A member leaves every group the moment its connection
 /// starts closing, whatever the reason (`close()`, `abort()`, the lifetime rule, the peer's
@@ -168,14 +168,20 @@ pub struct ConnectionGroup {
 }
 
 /// A group's state, shared by its clones and known (weakly) to its members' connections.
+///
+/// Members are held by their shared state, not by a counted handle: the lifetime rule does not
+/// see the group. That the state is held strongly costs nothing after a member closes, as it
+/// leaves then (only a runtime dropped with its connections' tasks unfinished leaves members
+/// behind, until the group is dropped), and spares a broadcast the upgrade of a weak pointer per
+/// member.
 #[derive(Default)]
 pub(crate) struct GroupInner {
-    members: Mutex<HashMap<ConnectionId, WeakConnection>>,
+    members: Mutex<HashMap<ConnectionId, Arc<Shared>>>,
     when_full: WhenFull,
 }
 
 impl GroupInner {
-    fn members(&self) -> MutexGuard<'_, HashMap<ConnectionId, WeakConnection>> {
+    fn members(&self) -> MutexGuard<'_, HashMap<ConnectionId, Arc<Shared>>> {
         // No code that can panic runs under this lock; recover from poison anyway.
         self.members
             .lock()
@@ -188,7 +194,7 @@ impl GroupInner {
         let mut members = self.members();
         if members
             .get(&id)
-            .is_some_and(|member| member.is_shared(shared))
+            .is_some_and(|member| Arc::ptr_eq(member, shared))
         {
             members.remove(&id);
         }
@@ -230,7 +236,7 @@ impl ConnectionGroup {
             if members.contains_key(&shared.id) {
                 return false;
             }
-            members.insert(shared.id, WeakConnection::new(shared));
+            members.insert(shared.id, shared.clone());
         }
         shared.groups.join(&self.inner);
         // The connection's task seals the connection before it leaves its groups, so if the
@@ -258,7 +264,10 @@ impl ConnectionGroup {
     #[must_use = "the handle keeps the connection open only while it is held"]
     pub fn get(&self, id: ConnectionId) -> Option<Connection> {
         let member = self.inner.members().get(&id)?.clone();
-        member.upgrade()
+        member
+            .mailbox
+            .try_upgrade()
+            .then(|| Connection::counted(member))
     }
 
     /// How many members there are.
@@ -273,7 +282,12 @@ impl ConnectionGroup {
 
     /// Weak handles to the members now, in order of their ids.
     pub fn members(&self) -> Vec<WeakConnection> {
-        let mut members: Vec<WeakConnection> = self.inner.members().values().cloned().collect();
+        let mut members: Vec<WeakConnection> = self
+            .inner
+            .members()
+            .values()
+            .map(WeakConnection::new)
+            .collect();
         members.sort_unstable_by_key(WeakConnection::id);
         members
     }
@@ -305,26 +319,39 @@ impl ConnectionGroup {
             if except == Some(id) {
                 continue;
             }
-            let delivery = match member.upgrade() {
-                None => Delivery::Closed,
-                Some(connection) => match connection.write(data.clone()) {
+            // Written to directly, as `Connection::write` does, without counting a handle for
+            // the moment: the group holds the member's state, and a write the connection's task
+            // takes while closing is still sent before its FIN.
+            let delivery = if member.mailbox.is_sealed() {
+                Delivery::Closed
+            } else {
+                match member.mailbox.write(data.clone()) {
                     Ok(()) => Delivery::Sent,
-                    Err(refused) => match refused.error() {
-                        Error::WriteQueueFull { .. } => {
-                            match self.inner.when_full {
-                                WhenFull::Skip => {}
-                                WhenFull::Close => connection.close(),
-                                WhenFull::Abort => connection.abort(),
-                            }
-                            Delivery::QueueFull
-                        }
-                        _ => Delivery::Closed,
-                    },
-                },
+                    Err((Error::WriteQueueFull { .. }, _)) => {
+                        self.treat_full(member);
+                        Delivery::QueueFull
+                    }
+                    Err(_) => Delivery::Closed,
+                }
             };
             report.push(id, delivery);
         }
         report
+    }
+}
+
+impl ConnectionGroup {
+    /// Applies the group's [`WhenFull`] to `member`, whose queue is full.
+    fn treat_full(&self, member: &Arc<Shared>) {
+        let close = match self.inner.when_full {
+            WhenFull::Skip => return,
+            WhenFull::Close => Connection::close,
+            WhenFull::Abort => Connection::abort,
+        };
+        // Through a handle, as the application would: a slow member is rare.
+        if member.mailbox.try_upgrade() {
+            close(&Connection::counted(member.clone()));
+        }
     }
 }
 
