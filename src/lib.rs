@@ -37,8 +37,8 @@
 //! - **Timeouts** ([`Timeouts`]): idle, read, half-closed and first-byte, per server and per
 //!   connection, each with its own [`ClosureReason`].
 //! - **Groups and weak handles**: a [`WeakConnection`] ([`Connection::downgrade`]) does not keep
-//!   its connection open; a [`ConnectionGroup`] holds such handles, forgets members as they
-//!   close, and [broadcasts](ConnectionGroup::broadcast) without waiting for a slow member.
+//!   its connection open; nor does a [`ConnectionGroup`], which forgets members as they close
+//!   and [broadcasts](ConnectionGroup::broadcast) without waiting for a slow member.
 //!   [`Server::connection`] and [`Server::connections`] find live connections.
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
