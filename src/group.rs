@@ -118,14 +118,17 @@ impl BroadcastReport {
 /// group did not exist: a member that half-closes and is no longer read from, or that the
 /// application has finished with, closes by itself.
 ///
-/// **Members leave by themselves.** A member leaves every group the moment its connection
-/// starts closing, whatever the reason (`close()`, `abort()`, the lifetime rule, the peer's
-/// reset, an error, a timeout, a shutdown), on its own task, before its next callback; so by
-/// the time [`on_connection_closure`](crate::Callbacks::on_connection_closure) runs it is no
-/// longer in any group, and [`len`](ConnectionGroup::len) and
-/// [`contains`](ConnectionGroup::contains) say so. No code in the closing callbacks is needed.
-/// (Between a `close()` or `abort()` and that moment, a broadcast reports the member
-/// [`Closed`](Delivery::Closed).)
+/// **Members leave by themselves.** A member leaves every group when its connection starts
+/// closing, whatever the reason (`close()`, `abort()`, the lifetime rule, the peer's reset, an
+/// error, a timeout, a shutdown), on the connection's own task, and always before its
+/// [`on_connection_closure`](crate::Callbacks::on_connection_closure): from that callback on,
+/// [`contains`](ConnectionGroup::contains) is `false` and [`len`](ConnectionGroup::len) no
+/// longer counts it, with no code of the application's. Earlier still, from the moment the
+/// connection is closing or has decided to end (`close()` or `abort()` called, a reset or a
+/// fatal error seen), it takes no more data: a broadcast reports it
+/// [`Closed`](Delivery::Closed) and [`get`](ConnectionGroup::get) returns `None`, even while
+/// it is still counted (in [`on_connection_reset`](crate::Callbacks::on_connection_reset), or
+/// between a `close()` and its task's next turn).
 ///
 /// **A broadcast never waits.** It queues one shared buffer for every member and returns what
 /// happened to each ([`BroadcastReport`]); a member whose queue is full is dealt with as the

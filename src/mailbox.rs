@@ -414,8 +414,9 @@ impl Mailbox {
     }
 
     /// The driver has decided that the connection ends: aborts from now on are not counted (it
-    /// will not end with them).
+    /// will not end with them), and weak handles are not upgraded.
     pub(crate) fn mark_ended(&self) {
+        self.signal.seal();
         self.inbox().ended = true;
     }
 

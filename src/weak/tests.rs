@@ -51,6 +51,14 @@ fn upgrades_are_refused_before_establishment_and_from_a_close_on() {
     mailbox.open_for_upgrades();
     mailbox.abort(ClosureReason::LocalAbort);
     assert!(!mailbox.try_upgrade(), "aborted");
+    let mailbox = Mailbox::new(config());
+    mailbox.open_for_upgrades();
+    mailbox.mark_ended();
+    assert!(!mailbox.try_upgrade(), "a reset or an error seen");
+    let mailbox = Mailbox::new(config());
+    mailbox.open_for_upgrades();
+    mailbox.publish_closing();
+    assert!(!mailbox.try_upgrade(), "closing for any other reason");
 }
 
 /// What the application does with the weak handle once upgraded, before dropping it.
