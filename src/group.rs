@@ -231,20 +231,28 @@ impl ConnectionGroup {
     /// [`on_connection_established`](crate::Callbacks::on_connection_established)).
     pub fn insert(&self, connection: &Connection) -> bool {
         let shared = connection.shared();
-        if shared.mailbox.is_sealed() {
+        if shared.mailbox.is_sealed() || !self.add(shared) {
             return false;
         }
-        {
-            let mut members = self.inner.members();
-            if members.contains_key(&shared.id) {
-                return false;
-            }
-            members.insert(shared.id, shared.clone());
-        }
         shared.groups.join(&self.inner);
-        // The connection's task seals the connection before it leaves its groups, so if the
-        // seal is not visible here, the leave will see this group in the list just joined. If
-        // it is, the leave may have run before the join: undo the insert.
+        self.kept(shared)
+    }
+
+    /// The first step of an insert: into the members, unless there already.
+    fn add(&self, shared: &Arc<Shared>) -> bool {
+        let mut members = self.inner.members();
+        if members.contains_key(&shared.id) {
+            return false;
+        }
+        members.insert(shared.id, shared.clone());
+        true
+    }
+
+    /// The last step of an insert, after the connection noted the group: whether the member
+    /// stays. The connection's task seals the connection before it leaves its groups, so if the
+    /// seal is not visible here, that leave will find this group in the list just joined. If it
+    /// is, the leave may have run before the join: the insert is undone.
+    fn kept(&self, shared: &Arc<Shared>) -> bool {
         if shared.mailbox.is_sealed() {
             self.inner.remove_member(shared.id, shared);
             return false;
@@ -414,3 +422,6 @@ impl fmt::Debug for GroupInner {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;
