@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::group::Memberships;
 use crate::mailbox::Mailbox;
 use crate::proxy::ProxyHeader;
 use crate::stats::{ConnectionCounters, ConnectionStats};
@@ -94,6 +95,8 @@ pub(crate) struct Shared {
     /// The PROXY protocol header, once read (boxed: only connections behind a balancer have
     /// one).
     pub(crate) proxy: OnceLock<Box<ProxyHeader>>,
+    /// The [groups](crate::ConnectionGroup) it joined, which it leaves when it closes.
+    pub(crate) groups: Memberships,
 }
 
 impl Shared {
@@ -112,7 +115,10 @@ impl Shared {
 /// keeps the connection open (the C++ framework's reference count): a connection stays open while
 /// a read is requested, a write is queued or in flight, or the application holds a clone; when
 /// none is left it closes gracefully by itself with [`ClosureReason::Unreferenced`] (or
-/// [`ClosureReason::PeerClosed`] after the peer's FIN).
+/// [`ClosureReason::PeerClosed`] after the peer's FIN). To remember a connection without
+/// keeping it open (in a table of the application's), keep a
+/// [`WeakConnection`](crate::WeakConnection) ([`downgrade`](Connection::downgrade)), or put it
+/// in a [`ConnectionGroup`](crate::ConnectionGroup).
 ///
 /// Requests made through a handle (`read`, `write`, `close`…) are carried out by the connection's
 /// task, in order, after the current callback returns.
@@ -151,6 +157,18 @@ impl Connection {
             shared,
             counted: false,
         }
+    }
+
+    /// A handle made from a weak one, already counted.
+    pub(crate) fn counted(shared: Arc<Shared>) -> Self {
+        Connection {
+            shared,
+            counted: true,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The connection's number.

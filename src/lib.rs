@@ -36,6 +36,10 @@
 //!   reading can be cut off after a [slow-consumer timeout](ServerBuilder::slow_consumer_timeout).
 //! - **Timeouts** ([`Timeouts`]): idle, read, half-closed and first-byte, per server and per
 //!   connection, each with its own [`ClosureReason`].
+//! - **Groups and weak handles**: a [`WeakConnection`] ([`Connection::downgrade`]) does not keep
+//!   its connection open; nor does a [`ConnectionGroup`], which forgets members as they close
+//!   and [broadcasts](ConnectionGroup::broadcast) without waiting for a slow member.
+//!   [`Server::connection`] and [`Server::connections`] find live connections.
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
 //! - **Restarts that lose no connection**: [`ServerBuilder::adopt_listener`] starts from a
@@ -116,6 +120,7 @@ mod connection;
 mod defaults;
 mod driver;
 mod error;
+mod group;
 mod invoke;
 mod lifecycle;
 mod limit;
@@ -133,6 +138,7 @@ mod shutdown;
 mod stats;
 pub mod tls;
 mod user_data;
+mod weak;
 
 pub use async_trait::async_trait;
 pub use bytes::{Bytes, BytesMut};
@@ -152,6 +158,7 @@ pub use defaults::{
     DEFAULT_WRITE_QUEUE_LIMIT, MAX_REFUSAL_MESSAGE,
 };
 pub use error::Error;
+pub use group::{BroadcastReport, ConnectionGroup, Delivery, WhenFull};
 pub use limit::{AtLimit, ConnectionLimiter};
 pub use listen::Listen;
 pub use server::{Server, WeakServer};
@@ -159,6 +166,7 @@ pub use shutdown::ShutdownReport;
 pub use stats::{ConnectionStats, Stats};
 pub use tls::{TlsConnect, TlsInfo};
 pub use user_data::{ConnectArgument, Slot, UserData};
+pub use weak::WeakConnection;
 
 /// Compiles and runs the README's examples as doc tests.
 #[cfg(doctest)]

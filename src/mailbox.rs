@@ -13,16 +13,19 @@
 //! grows only in the driver, so neither side ever subtracts what the other added.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::lifecycle::{LifecycleConfig, Requests, WriteLimits};
 use crate::{ClosureReason, Error, Timeouts};
+
+mod signal;
+
+use signal::{Signal, INBOX, PENDING, READ};
 
 /// Requests posted by handles since the driver last took them.
 #[derive(Debug, Default)]
@@ -70,79 +73,6 @@ impl Inbox {
     }
 }
 
-/// The wake-up from handles to the driver, and the requests cheap enough to post without the
-/// inbox lock.
-///
-/// Invariant: a request posted before [`Signal::notify`] is seen by the driver's next
-/// [`Mailbox::take_posted`] after `notify` returns. The driver takes the inbox at the top of every
-/// turn, clearing `PENDING` first ([`Signal::consume`]), so a request posted after the take sets
-/// it again. While the driver runs (`PARKED` clear) a notify only sets `PENDING` and costs no task
-/// wake-up; once it has a waker registered and has set `PARKED` (in [`Signal::poll`], which only
-/// parks with `PENDING` clear), the first notify wakes it.
-
-#[derive(Debug, Default)]
-struct Signal {
-    state: AtomicU8,
-    waker: AtomicWaker,
-}
-
-/// Something was posted since the driver last took the inbox.
-const PENDING: u8 = 1;
-/// The driver is waiting: a post must wake it.
-const PARKED: u8 = 2;
-/// A read was requested (posted without the inbox lock).
-const READ: u8 = 4;
-/// The inbox has something to take.
-const INBOX: u8 = 8;
-
-impl Signal {
-    fn notify(&self, post: u8) {
-        let before = self.state.fetch_or(PENDING | post, Ordering::AcqRel);
-        if before & (PARKED | PENDING) == PARKED {
-            self.waker.wake();
-        }
-    }
-
-    /// Ready once something was posted (the mark stays until [`Signal::consume`]); otherwise
-    /// parks until then.
-    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.state.load(Ordering::Acquire) & PENDING != 0 {
-            return Poll::Ready(());
-        }
-        // Registered on every park: a notify's wake takes the waker out, and `AtomicWaker` skips
-        // the clone when the waker is the one it holds.
-        self.waker.register(cx.waker());
-        // Park unless a post came in meanwhile. Requests already noted (`READ`, `INBOX` without
-        // `PENDING`, as the handshake leaves them) do not keep the driver awake.
-        let parked = self
-            .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-                (state & PENDING == 0).then_some(state | PARKED)
-            });
-        match parked {
-            Ok(_) => Poll::Pending,
-            Err(_) => Poll::Ready(()),
-        }
-    }
-
-    /// What was posted since the last call (`PENDING` and the request bits); clears those, so
-    /// a post made after this call sets them again (and wakes a parked driver).
-    fn consume(&self) -> u8 {
-        self.state.fetch_and(PARKED, Ordering::AcqRel)
-    }
-
-    /// Clears `PENDING` only: the posts were looked at, and their requests (`READ`, `INBOX`)
-    /// stay for the next [`Signal::consume`].
-    fn acknowledge(&self) {
-        self.state.fetch_and(!PENDING, Ordering::AcqRel);
-    }
-
-    /// The driver runs again (whatever woke it): posts need not wake it until it parks again.
-    fn unpark(&self) {
-        self.state.fetch_and(!PARKED, Ordering::AcqRel);
-    }
-}
-
 /// A connection's mailbox; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Mailbox {
@@ -154,8 +84,6 @@ pub(crate) struct Mailbox {
     sent: AtomicUsize,
     /// The queue is high (announced, not yet drained to the low mark); written only by the driver.
     high: AtomicBool,
-    /// Counted handles held by the application.
-    handles: AtomicUsize,
     /// Writers waiting for room: signalled when the queue drains to the low mark or below the
     /// limit, and when the connection closes. Made by the first writer that waits (most
     /// connections never have one).
@@ -168,11 +96,11 @@ impl Mailbox {
     pub(crate) fn new(config: Arc<LifecycleConfig>) -> Self {
         Mailbox {
             inbox: Mutex::default(),
-            signal: Signal::default(),
+            // Sealed until the connection is established (see `Signal`).
+            signal: Signal::sealed(),
             posted: AtomicUsize::new(0),
             sent: AtomicUsize::new(0),
             high: AtomicBool::new(false),
-            handles: AtomicUsize::new(0),
             room: OnceLock::new(),
             config,
         }
@@ -255,6 +183,8 @@ impl Mailbox {
         }
         let queued = self.level(&inbox);
         if close.is_some() {
+            // A close, as `close` asks it: weak handles are refused from now on.
+            self.signal.seal();
             inbox.close = close;
         } else if queued >= self.config.limits.limit {
             return Err((
@@ -304,6 +234,8 @@ impl Mailbox {
 
     /// Asks for a graceful close reported with `reason` (the first close asked for wins).
     pub(crate) fn close(&self, reason: ClosureReason) {
+        // Weak handles are refused from now on, as they will be once the driver takes this.
+        self.signal.seal();
         self.post(|inbox| {
             inbox.close.get_or_insert(reason);
         });
@@ -313,6 +245,7 @@ impl Mailbox {
     /// Asks the driver to abort with `reason`; `true` unless the connection already decided how
     /// it ends (or an abort was asked before), so a caller counts only what it really aborted.
     pub(crate) fn abort(&self, reason: ClosureReason) -> bool {
+        self.signal.seal();
         let requested = self.post(|inbox| {
             let take = !inbox.ended && inbox.abort.is_none();
             if take {
@@ -371,14 +304,23 @@ impl Mailbox {
     }
 
     pub(crate) fn add_handle(&self) {
-        self.handles.fetch_add(1, Ordering::AcqRel);
+        self.signal.add_handle();
     }
 
     pub(crate) fn drop_handle(&self) {
-        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // The last handle is gone: the driver re-checks the lifetime rule.
-            self.signal.notify(0);
-        }
+        // The last handle gone wakes the driver, to re-check the lifetime rule.
+        self.signal.drop_handle();
+    }
+
+    /// Counts a handle made from a weak one: `false` (nothing counted) before the connection is
+    /// established and once it is closing, including when the lifetime rule closed it.
+    pub(crate) fn try_upgrade(&self) -> bool {
+        self.signal.try_upgrade()
+    }
+
+    /// Whether weak handles can no longer be upgraded.
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.signal.is_sealed()
     }
 
     // The driver's side.
@@ -410,7 +352,19 @@ impl Mailbox {
     }
 
     pub(crate) fn handles(&self) -> usize {
-        self.handles.load(Ordering::Acquire)
+        self.signal.handles()
+    }
+
+    /// The connection is established: weak handles can be upgraded from now until it closes.
+    pub(crate) fn open_for_upgrades(&self) {
+        self.signal.unseal();
+    }
+
+    /// Confirms the lifetime rule's decision that nothing keeps the connection open: `true`, and
+    /// no weak handle can be upgraded any more, if no handle is counted and nothing was posted
+    /// since the last take; `false` if something changed meanwhile (take again).
+    pub(crate) fn seal_unreferenced(&self) -> bool {
+        self.signal.seal_unreferenced()
     }
 
     /// Takes every request posted so far, appending the writes to the driver's queue (the inbox
@@ -440,7 +394,7 @@ impl Mailbox {
             abort: inbox.abort,
             shutdown_notice: std::mem::take(&mut inbox.shutdown_notice),
             timeouts,
-            handles: self.handles.load(Ordering::Acquire),
+            handles: self.handles(),
         }
     }
 
@@ -481,13 +435,15 @@ impl Mailbox {
     }
 
     pub(crate) fn publish_closing(&self) {
+        self.signal.seal();
         self.inbox().closing = true;
         self.notify_room();
     }
 
     /// The driver has decided that the connection ends: aborts from now on are not counted (it
-    /// will not end with them).
+    /// will not end with them), and weak handles are not upgraded.
     pub(crate) fn mark_ended(&self) {
+        self.signal.seal();
         self.inbox().ended = true;
     }
 
@@ -495,6 +451,7 @@ impl Mailbox {
     /// abort that came in before the decision, which then wins over `reason` (it was counted as
     /// aborted).
     pub(crate) fn publish_ended(&self, reason: ClosureReason) -> ClosureReason {
+        self.signal.seal();
         let mut inbox = self.inbox();
         inbox.ended = true;
         inbox.closing = true;

@@ -80,6 +80,7 @@ impl Manager {
             tls: std::sync::OnceLock::new(),
             is_tls: setup.secure.is_some(),
             proxy: std::sync::OnceLock::new(),
+            groups: Default::default(),
         });
         let registration = match self.registry.register(&shared, permit, live) {
             Ok(registration) => registration,

@@ -13,7 +13,7 @@ use crate::limit::Permit;
 use crate::per_ip::PerIpLimit;
 use crate::shutdown::ShutdownReport;
 use crate::stats::{ConnectionStats, Count, Counters};
-use crate::{ClosureReason, ConnectionId, Error};
+use crate::{ClosureReason, ConnectionId, Error, WeakConnection};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -201,6 +201,21 @@ impl Registry {
     /// Live connections of this server.
     pub(crate) fn active(&self) -> usize {
         self.inner().connections.len()
+    }
+
+    /// The live connection numbered `id`.
+    pub(crate) fn find(&self, id: ConnectionId) -> Option<Arc<Shared>> {
+        self.inner().connections.get(&id).cloned()
+    }
+
+    /// Weak handles to the live connections that are open (established and not closing).
+    pub(crate) fn open_connections(&self) -> Vec<WeakConnection> {
+        self.inner()
+            .connections
+            .values()
+            .filter(|shared| !shared.mailbox.is_sealed())
+            .map(WeakConnection::new)
+            .collect()
     }
 
     /// The byte counts of the live connections, summed.

@@ -13,8 +13,8 @@ use crate::builder::ServerBuilder;
 use crate::manager::Manager;
 use crate::shutdown::ShutdownReport;
 use crate::{
-    connect, Client, ClosureReason, ConnectArgument, Connection, ConnectionLimiter, Error, Stats,
-    TlsConnect,
+    connect, Client, ClosureReason, ConnectArgument, Connection, ConnectionId, ConnectionLimiter,
+    Error, Stats, TlsConnect, WeakConnection,
 };
 
 /// A running server: its listeners, its connections and its callbacks. Cheap to clone; every
@@ -462,6 +462,48 @@ impl Server {
     /// Live connections of this server (established and not yet released).
     pub fn active_connections(&self) -> usize {
         self.manager.registry.active()
+    }
+
+    /// A counted handle to live connection `id`, from any task; `None` if there is none by that
+    /// number, or it is not established yet, or it is closing. Like any [`Connection`] clone it
+    /// keeps the connection open while held (and never revives one that the lifetime rule is
+    /// closing: see [`WeakConnection::upgrade`]), so use it and drop it; to remember a
+    /// connection, keep its [`downgrade`](Connection::downgrade).
+    ///
+    /// ```
+    /// # async fn example(server: &switchboard::Server, id: switchboard::ConnectionId) {
+    /// if let Some(connection) = server.connection(id) {
+    ///     let _ = connection.write("a message from the operator\n");
+    /// } // dropped: the connection's own rules decide when it closes
+    /// # }
+    /// ```
+    #[must_use = "the handle keeps the connection open only while it is held"]
+    pub fn connection(&self, id: ConnectionId) -> Option<Connection> {
+        let shared = self.manager.registry.find(id)?;
+        shared
+            .mailbox
+            .try_upgrade()
+            .then(|| Connection::counted(shared))
+    }
+
+    /// Weak handles to every open connection now (established and not closing), in order of
+    /// their ids: a snapshot, which keeps none of them open. Connections established after the
+    /// call are not in it; those that close after it are still listed, and their
+    /// [`upgrade`](WeakConnection::upgrade) returns `None`.
+    ///
+    /// ```
+    /// # fn example(server: &switchboard::Server) {
+    /// for weak in server.connections() {
+    ///     if let Some(connection) = weak.upgrade() {
+    ///         println!("{} from {}: {:?}", connection.id(), weak.peer_addr(), connection.stats());
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn connections(&self) -> Vec<WeakConnection> {
+        let mut connections = self.manager.registry.open_connections();
+        connections.sort_unstable_by_key(WeakConnection::id);
+        connections
     }
 
     /// The limiter this server's connections count against.

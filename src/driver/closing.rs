@@ -22,6 +22,8 @@ impl Driver {
         } = self;
         // An abort counted by abort-all before this connection decided how it ends wins.
         let reason = shared.mailbox.publish_ended(reason);
+        // Already done if it closed after establishment; not if it ended before, or panicked.
+        shared.leave_groups();
         if let Some(client) = client {
             // The awaiting task learns how it ended before the closing events run.
             client.ended(reason);

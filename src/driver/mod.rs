@@ -229,6 +229,8 @@ impl Driver {
         }
         let peer = self.shared.peer();
         let callbacks = self.context.invoker.callbacks();
+        // Weak handles (and groups) can take this connection from now until it closes.
+        self.shared.mailbox.open_for_upgrades();
         if !self
             .call(
                 "on_connection_established",
@@ -270,9 +272,16 @@ impl Driver {
             if !self.published_closing && self.life.is_closing() {
                 self.published_closing = true;
                 self.shared.mailbox.publish_closing();
+                self.shared.leave_groups();
             }
             match action {
                 Action::End(reason) => return reason,
+                Action::ConfirmUnreferenced => {
+                    // Otherwise an upgrade or a post came in since the take: take again.
+                    if self.shared.mailbox.seal_unreferenced() {
+                        self.life.on_unreferenced(&LazyNow::default());
+                    }
+                }
                 Action::Announce(event) => self.announce(event).await,
                 Action::SendFin => {
                     let mut cx = TaskContext::from_waker(noop_waker_ref());

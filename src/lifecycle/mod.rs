@@ -119,6 +119,13 @@ pub(crate) enum Action {
     SendFin,
     /// Wait for any of these, or a request from a handle.
     Wait(Interest),
+    /// The lifetime rule found nothing keeping the connection open but handles, and none
+    /// counted: confirm, atomically with refusing every upgrade of a weak handle from now on,
+    /// that none is left and nothing was posted since the take
+    /// ([`Mailbox::seal_unreferenced`](crate::mailbox::Mailbox::seal_unreferenced)), then
+    /// report with [`Lifecycle::on_unreferenced`]. If the confirmation fails (an upgrade or a
+    /// post came in), take the requests again before asking again.
+    ConfirmUnreferenced,
     /// Leave the I/O loop; the closing events follow with this reason.
     End(ClosureReason),
 }
@@ -341,13 +348,10 @@ impl Lifecycle {
                 && !self.urgent_pending
                 && self.handles == 0;
             let nothing_possible = self.read_closed && self.fin == Fin::Sent;
-            if nothing_pending || nothing_possible {
-                let reason = if self.read_closed {
-                    ClosureReason::PeerClosed
-                } else {
-                    ClosureReason::Unreferenced
-                };
-                self.begin_close(reason, now);
+            if nothing_possible {
+                self.begin_close(ClosureReason::PeerClosed, now);
+            } else if nothing_pending {
+                return Action::ConfirmUnreferenced;
             }
         }
         let closing = matches!(self.phase, Phase::Closing { .. });
@@ -387,6 +391,19 @@ impl Lifecycle {
                 None
             },
         })
+    }
+
+    /// The driver confirmed [`Action::ConfirmUnreferenced`]: no handle is left and none can be
+    /// made, so the connection closes gracefully by itself.
+    pub(crate) fn on_unreferenced(&mut self, now: impl Clock) {
+        if self.phase == Phase::Open {
+            let reason = if self.read_closed {
+                ClosureReason::PeerClosed
+            } else {
+                ClosureReason::Unreferenced
+            };
+            self.begin_close(reason, now);
+        }
     }
 
     /// The outcome of a read polled because [`Interest::read`] asked for it.

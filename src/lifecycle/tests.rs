@@ -49,7 +49,8 @@ fn wait(life: &mut Lifecycle, now: Instant) -> Interest {
 }
 
 /// Performs the actions a driver would until a wait or the end; returns the events announced
-/// and FINs sent, in order, and the last action.
+/// and FINs sent, in order, and the last action. The lifetime rule's decisions are confirmed, as
+/// when no weak handle is upgraded meanwhile.
 fn run(life: &mut Lifecycle, now: Instant) -> (Vec<Action>, Action) {
     let mut done = Vec::new();
     for _ in 0..16 {
@@ -58,6 +59,7 @@ fn run(life: &mut Lifecycle, now: Instant) -> (Vec<Action>, Action) {
                 done.push(Action::SendFin);
                 life.on_fin_sent();
             }
+            Action::ConfirmUnreferenced => life.on_unreferenced(now),
             Action::Announce(event) => done.push(Action::Announce(event)),
             last => return (done, last),
         }
@@ -119,6 +121,8 @@ fn each_thing_pending_keeps_it_open_by_itself() {
     // Asking for urgent data alone does not keep a connection open.
     let mut life = Lifecycle::new(config(Timeouts::default()), t0);
     life.on_requests(requests(|r| r.urgent_wanted = true), t0);
+    assert_eq!(life.next(t0), Action::ConfirmUnreferenced);
+    life.on_unreferenced(t0);
     assert_eq!(life.next(t0), Action::SendFin);
 }
 
@@ -131,6 +135,9 @@ fn the_last_handle_dropped_closes_it() {
     life.on_requests(requests(|r| r.handles = 1), t0);
     wait(&mut life, t0);
     life.on_requests(requests(|r| r.handles = 0), t0);
+    assert_eq!(life.next(t0), Action::ConfirmUnreferenced);
+    assert_eq!(life.phase(), Phase::Open, "not before the driver confirms");
+    life.on_unreferenced(t0);
     assert_eq!(life.next(t0), Action::SendFin);
     assert!(matches!(
         life.phase(),
@@ -139,6 +146,42 @@ fn the_last_handle_dropped_closes_it() {
             ..
         }
     ));
+}
+
+#[test]
+fn an_unconfirmed_lifetime_decision_leaves_it_open() {
+    // The driver could not confirm (a weak handle was upgraded meanwhile): it takes again and
+    // finds the new handle, so the connection stays open; its drop asks again.
+    let t0 = Instant::now();
+    let mut life = Lifecycle::new(config(Timeouts::default()), t0);
+    life.on_requests(requests(|r| r.handles = 0), t0);
+    assert_eq!(life.next(t0), Action::ConfirmUnreferenced);
+    life.on_requests(requests(|r| r.handles = 1), t0);
+    wait(&mut life, t0);
+    assert_eq!(life.phase(), Phase::Open);
+    // What the upgraded handle asked for before it was dropped is taken with the drop.
+    life.on_requests(
+        requests(|r| {
+            r.read = true;
+            r.handles = 0;
+        }),
+        t0,
+    );
+    assert!(wait(&mut life, t0).read);
+    assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::ClientClose);
+    // After the peer's FIN: the rule asks again, and its reason is the peer's close.
+    assert_eq!(life.next(t0), Action::ConfirmUnreferenced);
+    life.on_unreferenced(t0);
+    assert!(matches!(
+        life.phase(),
+        Phase::Closing {
+            reason: ClosureReason::PeerClosed,
+            ..
+        }
+    ));
+    // Confirming again, or late, changes nothing.
+    life.on_unreferenced(t0);
+    assert_eq!(life.next(t0), Action::SendFin);
 }
 
 #[test]
@@ -350,7 +393,7 @@ fn the_notice_is_told_before_the_lifetime_rule_closes() {
     let mut life = Lifecycle::new(config(Timeouts::default()), t0);
     life.on_requests(requests(|r| r.shutdown_notice = true), t0);
     assert_eq!(life.next(t0), Action::Announce(Event::ShutdownRequested));
-    assert_eq!(life.next(t0), Action::SendFin);
+    assert_eq!(life.next(t0), Action::ConfirmUnreferenced);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The `echo_server` example as a child process (Linux): the built binary, its stdout lines
-//! with bounded waits, signals, and its hand-off restarts. After a hand-off the serving process
+//! The `echo_server` example (or another one, [`EchoServer::start_example`]) as a child process
+//! (Linux): the built binary, its stdout lines with bounded waits, signals, and its hand-off
+//! restarts. After a hand-off the serving process
 //! is a descendant, not a child, of the test: [`EchoServer::start`] makes the test process a
 //! child subreaper, so each old process's exit status can still be collected here.
 
@@ -110,7 +111,12 @@ pub struct HandOff {
 impl EchoServer {
     /// A command for the built `echo_server` with `args`.
     pub fn command(args: &[&str]) -> Command {
-        let mut command = Command::new(example_binary("echo_server"));
+        Self::example_command("echo_server", args)
+    }
+
+    /// A command for the built example `name` with `args`.
+    pub fn example_command(name: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(example_binary(name));
         command.args(args);
         command
     }
@@ -118,6 +124,12 @@ impl EchoServer {
     /// Starts `echo_server` with `args` and waits for its `listening on` line.
     pub fn start(args: &[&str]) -> EchoServer {
         Self::spawn(Self::command(args))
+    }
+
+    /// Starts the example `name` (a server that prints `listening on ADDR` first, as
+    /// `echo_server` does) with `args` and waits for that line.
+    pub fn start_example(name: &str, args: &[&str]) -> EchoServer {
+        Self::spawn(Self::example_command(name, args))
     }
 
     /// Starts `echo_server` with `args` as systemd's socket activation would: `listener` at
@@ -144,8 +156,8 @@ impl EchoServer {
         Self::spawn(command)
     }
 
-    /// Starts `command` (an `echo_server`), collecting its stdout, and waits for its
-    /// `listening on` line.
+    /// Starts `command` (an `echo_server`, or another example that prints `listening on`
+    /// first), collecting its stdout, and waits for its `listening on` line.
     pub fn spawn(mut command: Command) -> EchoServer {
         become_subreaper();
         let mut child = command
@@ -153,7 +165,7 @@ impl EchoServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("cannot start echo_server");
+            .expect("cannot start the example");
         let log = ChildLog::collect(child.stdout.take().unwrap());
         let pid = child.id();
         let mut server = EchoServer {
@@ -162,7 +174,7 @@ impl EchoServer {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
             pid,
         };
-        server.log.wait("echo_server's listening line", |log| {
+        server.log.wait("the example's listening line", |log| {
             !log.after("listening on ").is_empty()
         });
         server.address = server.listening_on()[0];

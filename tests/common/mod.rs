@@ -120,6 +120,19 @@ pub async fn client(address: SocketAddr) -> TcpStream {
         .expect("connect failed")
 }
 
+/// Connects a client whose socket buffers are set to `size` before it connects (the window it
+/// advertises is small from the start): one that stops reading holds little of what the server
+/// sends, so the server's write queue fills soon. Linux doubles the value and keeps a floor of
+/// a few KiB.
+pub async fn small_buffer_client(address: SocketAddr, size: u32) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(size).unwrap();
+    socket.set_send_buffer_size(size).unwrap();
+    bounded("connect", socket.connect(address))
+        .await
+        .expect("connect failed")
+}
+
 /// Writes `message` and reads back exactly as many bytes, bounded by [`WAIT`].
 pub async fn echo_round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,

@@ -249,6 +249,7 @@ pub type ConnectionHook = Box<dyn Fn(&Connection) + Send + Sync>;
 pub type CreatedHook = Box<dyn Fn(SockRef<'_>, Direction) + Send + Sync>;
 pub type WrittenHook = Box<dyn Fn(&Connection, &Bytes) + Send + Sync>;
 pub type ReleasedHook = Box<dyn Fn(&UserData) + Send + Sync>;
+pub type ClosureHook = Box<dyn Fn(&Connection, ClosureReason) + Send + Sync>;
 
 /// What a test adds to the recorder's behaviour. Each hook runs *before* the recorder records the
 /// event, so a test that has seen the event also sees what the hook did.
@@ -259,6 +260,7 @@ pub struct Hooks {
     pub read: Option<ConnectionHook>,
     pub written: Option<WrittenHook>,
     pub client_close: Option<ConnectionHook>,
+    pub closure: Option<ClosureHook>,
     pub released: Option<ReleasedHook>,
 }
 
@@ -867,6 +869,9 @@ impl Callbacks for Recorder {
 
     async fn on_connection_closure(&self, connection: &Connection, reason: ClosureReason) {
         self.remember_if_asked(connection);
+        if let Some(hook) = &self.inner.hooks.closure {
+            hook(connection, reason);
+        }
         self.record(Event::Closure(connection.id(), reason));
         self.panics("on_connection_closure");
     }

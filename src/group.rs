@@ -1,0 +1,427 @@
+//! Connection groups: weak members that leave by themselves when they close, and a broadcast
+//! that never waits for a slow member.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use bytes::Bytes;
+
+use crate::connection::Shared;
+use crate::{Connection, ConnectionId, Error, WeakConnection};
+
+/// What a broadcast does to a member whose write queue is full (holds the
+/// [write queue limit](crate::ServerBuilder::write_queue_limit)): a peer that reads more slowly
+/// than the group talks.
+///
+/// Whatever the choice, the broadcast itself never waits: the member gets
+/// [`Delivery::QueueFull`] for that message, and the others are served at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// The member misses this message and stays in the group (it gets the next ones once its
+    /// queue has room). Right when messages may be lost (a status feed, the latest price).
+    #[default]
+    Skip,
+    /// The member is closed gracefully ([`Connection::close`]): what it has queued is still
+    /// sent, then FIN, so it has every message up to a point and nothing after, never one
+    /// missing in between. Right for a conversation (a chat), where a gap would mislead.
+    Close,
+    /// The member is reset at once ([`Connection::abort`]), its queue dropped: the slow peer
+    /// costs no more memory or time.
+    Abort,
+}
+
+/// What happened to one member in a broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// Queued for the member (a [`Bytes`] clone: the data itself is shared, not copied).
+    Sent,
+    /// The member's write queue was full: not queued, and the group's [`WhenFull`] was applied.
+    QueueFull,
+    /// The member is closing or closed (or shut its write side down), so nothing was queued.
+    /// A member that closes leaves its groups by itself; until its connection's task has taken
+    /// the close, a broadcast can still meet it.
+    Closed,
+}
+
+/// What a broadcast did, member by member.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BroadcastReport {
+    deliveries: Vec<(ConnectionId, Delivery)>,
+    sent: usize,
+    queue_full: usize,
+    closed: usize,
+}
+
+impl BroadcastReport {
+    fn with_capacity(members: usize) -> Self {
+        BroadcastReport {
+            deliveries: Vec::with_capacity(members),
+            ..BroadcastReport::default()
+        }
+    }
+
+    fn push(&mut self, id: ConnectionId, delivery: Delivery) {
+        match delivery {
+            Delivery::Sent => self.sent += 1,
+            Delivery::QueueFull => self.queue_full += 1,
+            Delivery::Closed => self.closed += 1,
+        }
+        self.deliveries.push((id, delivery));
+    }
+
+    /// Each member the broadcast was for, with what happened to it (in no particular order).
+    pub fn deliveries(&self) -> &[(ConnectionId, Delivery)] {
+        &self.deliveries
+    }
+
+    /// What happened to member `id`; `None` if the broadcast was not for it (not a member, or
+    /// the one left out by [`broadcast_except`](ConnectionGroup::broadcast_except)).
+    pub fn delivery(&self, id: ConnectionId) -> Option<Delivery> {
+        self.deliveries
+            .iter()
+            .find(|(member, _)| *member == id)
+            .map(|(_, delivery)| *delivery)
+    }
+
+    /// The members that got `delivery`.
+    pub fn with(&self, delivery: Delivery) -> impl Iterator<Item = ConnectionId> + '_ {
+        self.deliveries
+            .iter()
+            .filter(move |(_, got)| *got == delivery)
+            .map(|(id, _)| *id)
+    }
+
+    /// How many members it was queued for.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// How many members had a full queue.
+    pub fn queue_full(&self) -> usize {
+        self.queue_full
+    }
+
+    /// How many members were closing or closed.
+    pub fn closed(&self) -> usize {
+        self.closed
+    }
+}
+
+/// A set of connections to talk to together (a chat room, the subscribers of a topic), keyed
+/// by [`ConnectionId`]. Cheap to clone (every clone is the same group), `Send + Sync`.
+///
+/// **Members do not stay open because of the group.** Like a [`WeakConnection`], the group's
+/// hold on a member is not a handle the lifetime rule counts, so the rule goes on as if the
+/// group did not exist: a member that half-closes and is no longer read from, or that the
+/// application has finished with, closes by itself.
+///
+/// **Members leave by themselves.** A member leaves every group when its connection starts
+/// closing, whatever the reason (`close()`, `abort()`, the lifetime rule, the peer's reset, an
+/// error, a timeout, a shutdown), on the connection's own task, and always before its
+/// [`on_connection_closure`](crate::Callbacks::on_connection_closure): from that callback on,
+/// [`contains`](ConnectionGroup::contains) is `false` and [`len`](ConnectionGroup::len) no
+/// longer counts it, with no code of the application's. Earlier still, from the moment the
+/// connection is closing or has decided to end (`close()` or `abort()` called, a reset or a
+/// fatal error seen), it takes no more data: a broadcast reports it
+/// [`Closed`](Delivery::Closed) and [`get`](ConnectionGroup::get) returns `None`, even while
+/// it is still counted (in [`on_connection_reset`](crate::Callbacks::on_connection_reset), or
+/// between a `close()` and its task's next turn).
+///
+/// **A broadcast never waits.** It queues one shared buffer for every member and returns what
+/// happened to each ([`BroadcastReport`]); a member whose queue is full is dealt with as the
+/// group's [`WhenFull`] says. Broadcasts to one group run one at a time, so every member gets
+/// them in the same order.
+///
+/// Connection ids are unique within one server: keep one server's connections in a group.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use switchboard::{async_trait, BytesMut, Callbacks, Connection, ConnectionGroup, WhenFull};
+///
+/// struct Room {
+///     everyone: ConnectionGroup,
+/// }
+///
+/// #[async_trait]
+/// impl Callbacks for Room {
+///     async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+///         self.everyone.insert(connection);
+///         connection.read();
+///     }
+///
+///     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+///         // Everyone else gets the same bytes: one buffer, no copy per member.
+///         let report = self.everyone.broadcast_except(data.freeze(), connection.id());
+///         if report.queue_full() > 0 {
+///             eprintln!("{} slow members closed", report.queue_full());
+///         }
+///         connection.read();
+///     }
+///     // No `on_connection_closure` needed: members leave by themselves.
+/// }
+///
+/// let room = Room { everyone: ConnectionGroup::with_when_full(WhenFull::Close) };
+/// ```
+#[derive(Clone, Default)]
+pub struct ConnectionGroup {
+    inner: Arc<GroupInner>,
+}
+
+/// A group's state, shared by its clones and known (weakly) to its members' connections.
+///
+/// Members are held by their shared state, not by a counted handle: the lifetime rule does not
+/// see the group. That the state is held strongly costs nothing after a member closes, as it
+/// leaves then (only a runtime dropped with its connections' tasks unfinished leaves members
+/// behind, until the group is dropped), and spares a broadcast the upgrade of a weak pointer per
+/// member.
+#[derive(Default)]
+pub(crate) struct GroupInner {
+    members: Mutex<HashMap<ConnectionId, Arc<Shared>>>,
+    when_full: WhenFull,
+}
+
+impl GroupInner {
+    fn members(&self) -> MutexGuard<'_, HashMap<ConnectionId, Arc<Shared>>> {
+        // No code that can panic runs under this lock; recover from poison anyway.
+        self.members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Removes member `id` if it is the connection `shared` (and not another server's
+    /// connection with the same number).
+    fn remove_member(&self, id: ConnectionId, shared: &Arc<Shared>) {
+        let mut members = self.members();
+        if members
+            .get(&id)
+            .is_some_and(|member| Arc::ptr_eq(member, shared))
+        {
+            members.remove(&id);
+        }
+    }
+}
+
+impl ConnectionGroup {
+    /// An empty group whose broadcasts skip members with a full queue ([`WhenFull::Skip`]).
+    pub fn new() -> Self {
+        ConnectionGroup::default()
+    }
+
+    /// An empty group whose broadcasts treat members with a full queue as `when_full` says.
+    pub fn with_when_full(when_full: WhenFull) -> Self {
+        ConnectionGroup {
+            inner: Arc::new(GroupInner {
+                members: Mutex::default(),
+                when_full,
+            }),
+        }
+    }
+
+    /// What broadcasts do to a member whose queue is full.
+    pub fn when_full(&self) -> WhenFull {
+        self.inner.when_full
+    }
+
+    /// Adds `connection`, without keeping it open; `true` if it was added, `false` if it is a
+    /// member already or it is closing (or not yet established: a handle from
+    /// [`Server::connect`](crate::Server::connect) before its
+    /// [`on_connection_established`](crate::Callbacks::on_connection_established)).
+    pub fn insert(&self, connection: &Connection) -> bool {
+        let shared = connection.shared();
+        if shared.mailbox.is_sealed() || !self.add(shared) {
+            return false;
+        }
+        shared.groups.join(&self.inner);
+        self.kept(shared)
+    }
+
+    /// The first step of an insert: into the members, unless there already.
+    fn add(&self, shared: &Arc<Shared>) -> bool {
+        let mut members = self.inner.members();
+        if members.contains_key(&shared.id) {
+            return false;
+        }
+        members.insert(shared.id, shared.clone());
+        true
+    }
+
+    /// The last step of an insert, after the connection noted the group: whether the member
+    /// stays. The connection's task seals the connection before it leaves its groups, so if the
+    /// seal is not visible here, that leave will find this group in the list just joined. If it
+    /// is, the leave may have run before the join: the insert is undone.
+    fn kept(&self, shared: &Arc<Shared>) -> bool {
+        if shared.mailbox.is_sealed() {
+            self.inner.remove_member(shared.id, shared);
+            return false;
+        }
+        true
+    }
+
+    /// Removes member `id`; `true` if it was one.
+    pub fn remove(&self, id: ConnectionId) -> bool {
+        self.inner.members().remove(&id).is_some()
+    }
+
+    /// Whether `id` is a member.
+    pub fn contains(&self, id: ConnectionId) -> bool {
+        self.inner.members().contains_key(&id)
+    }
+
+    /// A counted handle to member `id` (see [`WeakConnection::upgrade`]); `None` if it is not a
+    /// member or is closing.
+    #[must_use = "the handle keeps the connection open only while it is held"]
+    pub fn get(&self, id: ConnectionId) -> Option<Connection> {
+        let member = self.inner.members().get(&id)?.clone();
+        member
+            .mailbox
+            .try_upgrade()
+            .then(|| Connection::counted(member))
+    }
+
+    /// How many members there are.
+    pub fn len(&self) -> usize {
+        self.inner.members().len()
+    }
+
+    /// Whether there are no members.
+    pub fn is_empty(&self) -> bool {
+        self.inner.members().is_empty()
+    }
+
+    /// Weak handles to the members now, in order of their ids.
+    pub fn members(&self) -> Vec<WeakConnection> {
+        let mut members: Vec<WeakConnection> = self
+            .inner
+            .members()
+            .values()
+            .map(WeakConnection::new)
+            .collect();
+        members.sort_unstable_by_key(WeakConnection::id);
+        members
+    }
+
+    /// Queues `data` for every member, without waiting for any; see [`BroadcastReport`] for
+    /// what happened to each, and [`WhenFull`] for members whose queue is full. Each member
+    /// gets a clone of the same [`Bytes`], which its
+    /// [`on_write_completed`](crate::Callbacks::on_write_completed) gets back when sent.
+    pub fn broadcast(&self, data: impl Into<Bytes>) -> BroadcastReport {
+        self.send(data.into(), None)
+    }
+
+    /// [`broadcast`](ConnectionGroup::broadcast) to every member but `except` (typically the
+    /// sender, so that it does not hear its own message).
+    pub fn broadcast_except(
+        &self,
+        data: impl Into<Bytes>,
+        except: ConnectionId,
+    ) -> BroadcastReport {
+        self.send(data.into(), Some(except))
+    }
+
+    fn send(&self, data: Bytes, except: Option<ConnectionId>) -> BroadcastReport {
+        // Held throughout: broadcasts to one group reach every member in the same order. Only
+        // non-blocking work runs under it (each member's write is a short lock of its inbox).
+        let members = self.inner.members();
+        let mut report = BroadcastReport::with_capacity(members.len());
+        for (&id, member) in members.iter() {
+            if except == Some(id) {
+                continue;
+            }
+            // Written to directly, as `Connection::write` does, without counting a handle for
+            // the moment: the group holds the member's state, and a write the connection's task
+            // takes while closing is still sent before its FIN.
+            let delivery = if member.mailbox.is_sealed() {
+                Delivery::Closed
+            } else {
+                match member.mailbox.write(data.clone()) {
+                    Ok(()) => Delivery::Sent,
+                    Err((Error::WriteQueueFull { .. }, _)) => {
+                        self.treat_full(member);
+                        Delivery::QueueFull
+                    }
+                    Err(_) => Delivery::Closed,
+                }
+            };
+            report.push(id, delivery);
+        }
+        report
+    }
+}
+
+impl ConnectionGroup {
+    /// Applies the group's [`WhenFull`] to `member`, whose queue is full.
+    fn treat_full(&self, member: &Arc<Shared>) {
+        let close = match self.inner.when_full {
+            WhenFull::Skip => return,
+            WhenFull::Close => Connection::close,
+            WhenFull::Abort => Connection::abort,
+        };
+        // Through a handle, as the application would: a slow member is rare.
+        if member.mailbox.try_upgrade() {
+            close(&Connection::counted(member.clone()));
+        }
+    }
+}
+
+impl fmt::Debug for ConnectionGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionGroup")
+            .field("len", &self.len())
+            .field("when_full", &self.inner.when_full)
+            .finish()
+    }
+}
+
+/// The groups a connection joined (made by its first join: most connections join none). Its
+/// task [leaves](Shared::leave_groups) them all when it starts closing.
+#[derive(Debug, Default)]
+pub(crate) struct Memberships(OnceLock<Box<Mutex<Vec<Weak<GroupInner>>>>>);
+
+impl Memberships {
+    fn list(list: &Mutex<Vec<Weak<GroupInner>>>) -> MutexGuard<'_, Vec<Weak<GroupInner>>> {
+        list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Notes `group` (once, however often the connection is inserted and removed again).
+    fn join(&self, group: &Arc<GroupInner>) {
+        let mut list = Self::list(self.0.get_or_init(Box::default));
+        // Groups dropped meanwhile are forgotten here, so the list stays as long as the
+        // number of groups alive.
+        list.retain(|joined| joined.strong_count() > 0);
+        if !list
+            .iter()
+            .any(|joined| std::ptr::eq(joined.as_ptr(), &**group))
+        {
+            list.push(Arc::downgrade(group));
+        }
+    }
+}
+
+impl Shared {
+    /// Leaves every group joined. Called by the connection's task once the connection is
+    /// sealed (closing, or ended before it was established), so that a concurrent
+    /// [`ConnectionGroup::insert`] either is in the list taken here or sees the seal.
+    pub(crate) fn leave_groups(self: &Arc<Self>) {
+        let Some(list) = self.groups.0.get() else {
+            return;
+        };
+        let joined = std::mem::take(&mut *Memberships::list(list));
+        for group in joined.iter().filter_map(Weak::upgrade) {
+            group.remove_member(self.id, self);
+        }
+    }
+}
+
+impl fmt::Debug for GroupInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupInner")
+            .field("when_full", &self.when_full)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! A member joining a group while its connection starts closing, on two threads: whichever
+//! comes first, the group never keeps a member that has left.
+
+use std::sync::{Arc, Barrier};
+
+use super::*;
+use crate::lifecycle::{LifecycleConfig, WriteLimits};
+use crate::mailbox::Mailbox;
+use crate::stats::ConnectionCounters;
+use crate::user_data::UserDataLayout;
+use crate::{Direction, Timeouts, UserData};
+
+/// A connection's shared state, established (open for upgrades), with no task behind it.
+fn established(id: u64) -> Arc<Shared> {
+    let config = LifecycleConfig {
+        limits: WriteLimits {
+            limit: 100,
+            high: 80,
+            low: 40,
+        },
+        timeouts: Timeouts::default(),
+        close_timeout: std::time::Duration::from_secs(5),
+        close_discard_limit: 64 * 1024,
+        slow_consumer_timeout: None,
+    };
+    let address = "127.0.0.1:1".parse().unwrap();
+    let shared = Arc::new(Shared {
+        id: ConnectionId(id),
+        peer_addr: address,
+        local_addr: address,
+        direction: Direction::Inbound,
+        user_data: UserData::new(&UserDataLayout::new()),
+        counters: ConnectionCounters::default(),
+        mailbox: Mailbox::new(Arc::new(config)),
+        tls: OnceLock::new(),
+        is_tls: false,
+        proxy: OnceLock::new(),
+        groups: Memberships::default(),
+    });
+    shared.mailbox.open_for_upgrades();
+    shared
+}
+
+/// What the connection's task does when it starts closing (`Driver::pump`).
+fn start_closing(shared: &Arc<Shared>) {
+    shared.mailbox.publish_closing();
+    shared.leave_groups();
+}
+
+/// Every order of an insert's three steps (into the members, the join, the check of the seal)
+/// and the closing task's two (the seal, the leave): the group never keeps the member, and the
+/// insert says `true` only where the member was in the group until the leave took it out.
+#[test]
+fn every_order_of_a_join_and_a_leave_ends_without_the_member() {
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        Add,
+        Join,
+        Check,
+        Seal,
+        Leave,
+    }
+    use Step::*;
+    let mut orders = 0;
+    for mask in 0_u32..32 {
+        // Positions of the closing task's two steps among five.
+        if mask.count_ones() != 2 {
+            continue;
+        }
+        let (mut insert, mut close) = ([Add, Join, Check].into_iter(), [Seal, Leave].into_iter());
+        let order: Vec<Step> = (0..5)
+            .map(|i| {
+                if mask & (1 << i) != 0 {
+                    close.next().unwrap()
+                } else {
+                    insert.next().unwrap()
+                }
+            })
+            .collect();
+        orders += 1;
+        let group = ConnectionGroup::new();
+        let shared = established(1);
+        let mut kept = None;
+        for step in &order {
+            match step {
+                Add => assert!(group.add(&shared)),
+                Join => shared.groups.join(&group.inner),
+                Check => kept = Some(group.kept(&shared)),
+                Seal => shared.mailbox.publish_closing(),
+                Leave => shared.leave_groups(),
+            }
+        }
+        assert!(
+            !group.contains(ConnectionId(1)),
+            "{order:?}: the member stayed"
+        );
+        let sealed_before_check = order.iter().position(|s| matches!(s, Seal))
+            < order.iter().position(|s| matches!(s, Check));
+        assert_eq!(kept, Some(!sealed_before_check), "{order:?}");
+    }
+    assert_eq!(orders, 10);
+}
+
+#[test]
+fn a_member_that_closes_while_joining_never_stays() {
+    let mut joined = 0;
+    for id in 0..2000 {
+        let group = ConnectionGroup::new();
+        let shared = established(id);
+        let start = Arc::new(Barrier::new(2));
+        let closing = std::thread::spawn({
+            let (shared, start) = (shared.clone(), start.clone());
+            move || {
+                start.wait();
+                start_closing(&shared);
+            }
+        });
+        start.wait();
+        let connection = Connection::uncounted(shared.clone());
+        joined += usize::from(group.insert(&connection));
+        closing.join().unwrap();
+        assert!(
+            !group.contains(ConnectionId(id)),
+            "a member that left is still in the group"
+        );
+        assert!(!group.insert(&connection), "a closing connection joined");
+    }
+    // Both orders happened (on a machine with one core, mostly one of them).
+    let _ = joined;
+}
+
+#[test]
+fn leaving_removes_a_member_from_every_group_and_only_that_connection() {
+    let (one, two) = (ConnectionGroup::new(), ConnectionGroup::new());
+    let shared = established(7);
+    let connection = Connection::uncounted(shared.clone());
+    assert!(one.insert(&connection) && two.insert(&connection));
+    assert!(!one.insert(&connection), "already a member");
+    // Removed and inserted again: listed once in the connection's memberships.
+    assert!(one.remove(ConnectionId(7)));
+    assert!(one.insert(&connection));
+    assert_eq!(
+        shared
+            .groups
+            .0
+            .get()
+            .map(|list| Memberships::list(list).len()),
+        Some(2)
+    );
+    // Another server's connection with the same number, in a third group and in `one`'s place.
+    let other = established(7);
+    let three = ConnectionGroup::new();
+    assert!(three.insert(&Connection::uncounted(other.clone())));
+    start_closing(&shared);
+    assert!(one.is_empty() && two.is_empty());
+    assert_eq!(three.len(), 1, "another connection with the same id stays");
+    assert!(three.get(ConnectionId(7)).is_some());
+    // A dropped group is forgotten at the next join.
+    drop(three);
+    let four = ConnectionGroup::new();
+    let other_connection = Connection::uncounted(other.clone());
+    assert!(four.insert(&other_connection));
+    assert_eq!(
+        other
+            .groups
+            .0
+            .get()
+            .map(|list| Memberships::list(list).len()),
+        Some(1)
+    );
+}

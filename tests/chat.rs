@@ -1,0 +1,269 @@
+//! The `chat` example as a child process, over loopback (Linux): 50 clients join, talk at once
+//! and hear each other exactly once and in order per sender, leaves are announced, a client
+//! over `--max-clients` is told `server full`, and SIGTERM (or SIGINT) gives every client
+//! `server shutting down` then EOF, and the process exits 0. Every wait is bounded.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// A chat client: its lines, and its writing side.
+struct ChatClient {
+    name: String,
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    writer: OwnedWriteHalf,
+}
+
+impl ChatClient {
+    async fn connect(address: SocketAddr, name: &str) -> ChatClient {
+        let (reader, writer) = client(address).await.into_split();
+        ChatClient {
+            name: name.to_owned(),
+            lines: BufReader::new(reader).lines(),
+            writer,
+        }
+    }
+
+    /// Connects and sends `NICK name`.
+    async fn join(address: SocketAddr, name: &str) -> ChatClient {
+        let mut client = ChatClient::connect(address, name).await;
+        client.send(&format!("NICK {name}")).await;
+        client
+    }
+
+    async fn send(&mut self, line: &str) {
+        send_line(&mut self.writer, line).await;
+    }
+
+    /// The next line, or `None` at the end of the stream.
+    async fn line(&mut self) -> Option<String> {
+        read_line(&mut self.lines, &self.name).await
+    }
+
+    async fn expect(&mut self, expected: &str) {
+        assert_eq!(
+            self.line().await.as_deref(),
+            Some(expected),
+            "what {} read",
+            self.name
+        );
+    }
+
+    async fn expect_end(&mut self) {
+        assert_eq!(self.line().await, None, "{} expected the end", self.name);
+    }
+}
+
+async fn send_line(writer: &mut OwnedWriteHalf, line: &str) {
+    bounded(
+        "a client's write",
+        writer.write_all(format!("{line}\n").as_bytes()),
+    )
+    .await
+    .expect("a client's write");
+}
+
+async fn read_line(lines: &mut Lines<BufReader<OwnedReadHalf>>, name: &str) -> Option<String> {
+    bounded("a chat line", lines.next_line())
+        .await
+        .unwrap_or_else(|error| panic!("{name}'s read: {error}"))
+}
+
+/// Two clients that have joined, `first` and `second` (whose `NICK` line ends in `\r\n`, as
+/// telnet's do). Which of the two `NICK`s the server takes first is not known (each connection
+/// has a task of its own), so exactly one of them hears of the other: once it has, both are in
+/// the room.
+async fn joined_pair(address: SocketAddr, first: &str, second: &str) -> Vec<ChatClient> {
+    let mut one = ChatClient::join(address, first).await;
+    let mut two = ChatClient::connect(address, second).await;
+    let nick = format!("NICK {second}\r\n");
+    bounded("a client's write", two.writer.write_all(nick.as_bytes()))
+        .await
+        .unwrap();
+    tokio::select! {
+        heard = one.line() => assert_eq!(heard, Some(format!("* {second} joined"))),
+        heard = two.line() => assert_eq!(heard, Some(format!("* {first} joined"))),
+    }
+    vec![one, two]
+}
+
+const CLIENTS: usize = 50;
+const MESSAGES: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_clients_chat_then_the_server_says_goodbye() {
+    let max = CLIENTS.to_string();
+    let mut server = EchoServer::start_example(
+        "chat",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--max-clients",
+            &max,
+        ],
+    );
+    let address = server.address;
+
+    // They join one after the other; each earlier client hears of each later one, in order.
+    let mut clients = joined_pair(address, "user0", "user1").await;
+    for i in 2..CLIENTS {
+        let name = format!("user{i}");
+        let client = ChatClient::join(address, &name).await;
+        for earlier in &mut clients {
+            earlier.expect(&format!("* {name} joined")).await;
+        }
+        clients.push(client);
+    }
+
+    // One more is one too many.
+    let mut refused = ChatClient::connect(address, "refused").await;
+    refused.expect("server full").await;
+    refused.expect_end().await;
+    drop(refused);
+
+    // Everyone talks at once; each hears every other exactly once, in each sender's order,
+    // and never itself.
+    let mut talking = tokio::task::JoinSet::new();
+    for (index, client) in clients.into_iter().enumerate() {
+        talking.spawn(async move {
+            let ChatClient {
+                name,
+                mut lines,
+                mut writer,
+            } = client;
+            let reading = tokio::spawn({
+                let name = name.clone();
+                async move {
+                    let mut heard = Vec::new();
+                    for _ in 0..(CLIENTS - 1) * MESSAGES {
+                        let line = read_line(&mut lines, &name).await;
+                        heard.push(line.unwrap_or_else(|| panic!("{name}: the end, early")));
+                    }
+                    (lines, heard)
+                }
+            });
+            for k in 0..MESSAGES {
+                send_line(&mut writer, &format!("message {k} from {name}")).await;
+            }
+            let (lines, heard) = bounded("a client's reading", reading).await.unwrap();
+            (
+                index,
+                ChatClient {
+                    name,
+                    lines,
+                    writer,
+                },
+                heard,
+            )
+        });
+    }
+    let mut clients: Vec<Option<ChatClient>> = (0..CLIENTS).map(|_| None).collect();
+    while let Some(done) = bounded("the talking", talking.join_next()).await {
+        let (index, client, heard) = done.expect("a client failed");
+        for sender in (0..CLIENTS).filter(|&sender| sender != index) {
+            let prefix = format!("user{sender}: ");
+            let from_sender: Vec<&str> = heard
+                .iter()
+                .filter_map(|line| line.strip_prefix(&prefix))
+                .collect();
+            let expected: Vec<String> = (0..MESSAGES)
+                .map(|k| format!("message {k} from user{sender}"))
+                .collect();
+            assert_eq!(
+                from_sender, expected,
+                "what user{index} heard from user{sender}"
+            );
+        }
+        clients[index] = Some(client);
+    }
+    let mut clients: Vec<ChatClient> = clients.into_iter().map(Option::unwrap).collect();
+
+    // Two leave, one closing and one resetting: the others hear it, and the room goes on.
+    let mut leaving = clients.pop().unwrap();
+    leaving.writer.shutdown().await.unwrap();
+    leaving.expect_end().await;
+    let resetting = clients.pop().unwrap();
+    let stream = resetting
+        .lines
+        .into_inner()
+        .into_inner()
+        .reunite(resetting.writer)
+        .unwrap();
+    reset(stream);
+    for client in &mut clients {
+        // In either order: each is announced at its own connection's closure.
+        let mut left = [client.line().await, client.line().await];
+        left.sort();
+        let expected = [CLIENTS - 2, CLIENTS - 1].map(|i| Some(format!("* user{i} left")));
+        assert_eq!(left, expected, "what {} read", client.name);
+    }
+    clients[0].send("still here").await;
+    for client in &mut clients[1..] {
+        client.expect("user0: still here").await;
+    }
+
+    // SIGTERM: every client reads the goodbye, then the end, and closes; the server exits 0.
+    let mut ending = tokio::task::JoinSet::new();
+    for mut client in clients {
+        ending.spawn(async move {
+            client.expect("server shutting down").await;
+            client.expect_end().await;
+        });
+    }
+    server.signal(libc::SIGTERM);
+    while let Some(ended) = bounded("the goodbyes", ending.join_next()).await {
+        ended.expect("a client failed");
+    }
+    let status = tokio::task::block_in_place(|| server.stop());
+    assert!(status.success(), "the chat server exited with {status}");
+    let remaining = CLIENTS - 2;
+    assert_eq!(
+        server.log.after("shutdown complete "),
+        [format!("graceful={remaining} forced=0 other=0")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_first_crlf_lines_and_a_line_too_long() {
+    let mut server =
+        EchoServer::start_example("chat", &["--listen", "127.0.0.1:0", "--threads", "1"]);
+    let address = server.address;
+    let mut stranger = ChatClient::connect(address, "stranger").await;
+    for line in ["hello?", "NICK two words", "NICK ", "NICK"] {
+        stranger.send(line).await;
+        stranger.expect("* send NICK name first").await;
+    }
+    drop(stranger); // never named: nobody hears of it
+                    // `\r\n` works as well as `\n` (bob's `NICK`), and a second NICK is just text.
+    let mut pair = joined_pair(address, "ann", "bob").await;
+    let (mut bob, mut ann) = (pair.pop().unwrap(), pair.pop().unwrap());
+    bob.writer
+        .write_all(b"hi ann\r\nNICK robert\n")
+        .await
+        .unwrap();
+    ann.expect("bob: hi ann").await;
+    ann.expect("bob: NICK robert").await;
+    // A line too long closes its sender, who is announced as having left.
+    let long = "x".repeat(5000);
+    bob.send(&long).await;
+    bob.expect("* line too long").await;
+    bob.expect_end().await;
+    drop(bob);
+    ann.expect("* bob left").await;
+    // SIGINT as well as SIGTERM.
+    let goodbye = tokio::spawn(async move {
+        ann.expect("server shutting down").await;
+        ann.expect_end().await;
+    });
+    server.signal(libc::SIGINT);
+    bounded("the goodbye", goodbye).await.unwrap();
+    let status = tokio::task::block_in_place(|| server.stop());
+    assert!(status.success(), "the chat server exited with {status}");
+}
