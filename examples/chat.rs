@@ -26,11 +26,11 @@
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use switchboard::{
-    async_trait, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionGroup, Error,
-    Server, ShutdownReport, Slot, WhenFull,
+    async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionGroup,
+    Error, Server, ShutdownReport, Slot, WhenFull,
 };
 
 /// The longest line taken, without its end: a client that sends more without a `\n` is closed,
@@ -111,8 +111,6 @@ struct Client {
     pending: BytesMut,
     /// Set by `NICK`; from then on the client is in the room.
     name: Option<String>,
-    /// Counted against `--max-clients` (a refused client is not).
-    counted: bool,
 }
 
 /// What a client's line leads to, done once its state is put back.
@@ -130,9 +128,6 @@ enum Said {
 struct Chat {
     room: ConnectionGroup,
     client: Slot<Client>,
-    /// Connected clients, counted against `max_clients`.
-    clients: AtomicUsize,
-    max_clients: usize,
     shutting_down: AtomicBool,
 }
 
@@ -172,18 +167,6 @@ fn valid_name(name: &str) -> bool {
 #[async_trait]
 impl Callbacks for Chat {
     async fn on_connection_established(&self, connection: &Connection, _peer: &SocketAddr) {
-        // Counted here rather than refused at accept, so that the client can be told why.
-        if self.clients.fetch_add(1, Ordering::AcqRel) >= self.max_clients {
-            self.clients.fetch_sub(1, Ordering::AcqRel);
-            let _ = connection.write("server full\n");
-            connection.close();
-            return;
-        }
-        let client = Client {
-            counted: true,
-            ..Client::default()
-        };
-        connection.user_data().set(self.client, client);
         connection.read();
     }
 
@@ -220,9 +203,6 @@ impl Callbacks for Chat {
 
     async fn on_connection_closure(&self, connection: &Connection, _reason: ClosureReason) {
         let client = connection.user_data().take(self.client).unwrap_or_default();
-        if client.counted {
-            self.clients.fetch_sub(1, Ordering::AcqRel);
-        }
         // It has left the room by now (members leave before their closure), so the others
         // hear it. Not during a shutdown: everyone is leaving, and told so.
         if let Some(name) = client.name {
@@ -237,10 +217,8 @@ impl Callbacks for Chat {
     }
 
     async fn on_shutdown_requested(&self, connection: &Connection) {
-        // Refused only if the client's queue is full (it reads too slowly): then it gets FIN
-        // after what is queued, without the goodbye.
-        let _ = connection.write("server shutting down\n");
-        connection.close();
+        // Delivered even to a client whose queue is full, after what is queued, before FIN.
+        let _ = connection.goodbye("server shutting down\n");
     }
 
     async fn on_shutdown_complete(&self, report: ShutdownReport) {
@@ -257,42 +235,23 @@ async fn run(options: Options) -> Result<(), Error> {
     let chat = Chat {
         room: ConnectionGroup::with_when_full(WhenFull::Close),
         client,
-        clients: AtomicUsize::new(0),
-        max_clients: options.max_clients,
         shutting_down: AtomicBool::new(false),
     };
-    // Before the server starts, so that no signal meets a process without its handler.
-    let stop = stop_signals()?;
-    let server = builder.bind(options.listen.as_str()).start(chat).await?;
+    let server = builder
+        .bind(options.listen.as_str())
+        // A client past the limit is told, then closed; it never becomes a connection.
+        .max_connections(options.max_clients)
+        .at_limit(AtLimit::AcceptAndClose)
+        .refusal_message("server full\n")
+        .start(chat)
+        .await?;
+    // Before the listening line, so that no signal meets a process without its handler.
+    let stopped = server.shutdown_on_signal()?;
     for address in server.local_addrs() {
         say(format_args!("listening on {address}"));
     }
-    stop.await;
-    server.shutdown().await;
+    stopped.await;
     Ok(())
-}
-
-/// Completes at the first SIGINT or SIGTERM.
-#[cfg(unix)]
-fn stop_signals() -> io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
-}
-
-/// Completes at the first Ctrl-C.
-#[cfg(not(unix))]
-fn stop_signals() -> io::Result<impl std::future::Future<Output = ()>> {
-    let mut ctrl_c = tokio::signal::windows::ctrl_c()?;
-    Ok(async move {
-        ctrl_c.recv().await;
-    })
 }
 
 fn main() -> ExitCode {

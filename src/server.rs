@@ -60,7 +60,7 @@ impl fmt::Debug for WeakServer {
 
 /// Resolves when the process is told to stop; the handlers are registered before it returns.
 #[cfg(unix)]
-fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+fn stop_signal() -> io::Result<impl std::future::Future<Output = ()> + Send> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -74,7 +74,7 @@ fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
 
 /// Resolves when the process is told to stop; the handlers are registered before it returns.
 #[cfg(windows)]
-fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+fn stop_signal() -> io::Result<impl std::future::Future<Output = ()> + Send> {
     use tokio::signal::windows::{ctrl_break, ctrl_c};
     let mut interrupt = ctrl_c()?;
     let mut brk = ctrl_break()?;
@@ -228,14 +228,14 @@ impl Server {
         shutdown.complete().await
     }
 
-    /// Waits for the process to be told to stop (SIGINT or SIGTERM on unix; Ctrl-C or
-    /// Ctrl-Break on Windows), or for a shutdown begun elsewhere, then [shuts down](Server::shutdown)
-    /// and returns the report: the `select!` every server's `main` would otherwise write. The
-    /// signal handlers are registered when this is called; from then on those signals no longer
-    /// end the process by themselves.
+    /// Registers for the process being told to stop (SIGINT or SIGTERM on unix; Ctrl-C or
+    /// Ctrl-Break on Windows), at once, and returns a future that waits for it, or for a shutdown
+    /// begun elsewhere, then [shuts down](Server::shutdown) and gives the report: the `select!`
+    /// every server's `main` would otherwise write. From this call on those signals no longer
+    /// end the process by themselves, so nothing is lost to a signal that comes early.
     ///
     /// # Errors
-    /// A signal handler could not be registered (the shutdown has not begun then).
+    /// A signal handler could not be registered.
     ///
     /// ```no_run
     /// # struct App;
@@ -243,20 +243,27 @@ impl Server {
     /// #[tokio::main]
     /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ///     let server = switchboard::Server::builder().bind("0.0.0.0:5050").start(App).await?;
-    ///     let report = server.shutdown_on_signal().await?;
+    ///     let stopped = server.shutdown_on_signal()?;
+    ///     println!("listening on {}", server.local_addr().unwrap());
+    ///     let report = stopped.await;
     ///     println!("{} connections ended by themselves, {} were reset", report.graceful, report.forced);
     ///     Ok(())
     /// }
     /// ```
-    pub async fn shutdown_on_signal(&self) -> io::Result<ShutdownReport> {
+    pub fn shutdown_on_signal(
+        &self,
+    ) -> io::Result<impl std::future::Future<Output = ShutdownReport> + Send + 'static> {
         let stop = stop_signal()?;
-        let mut phase = self.manager.shutdown.watch();
-        tokio::select! {
-            () = stop => {}
-            // The sender lives as long as the manager this handle holds.
-            _ = phase.wait_for(|phase| *phase != crate::shutdown::Phase::Running) => {}
-        }
-        Ok(self.shutdown().await)
+        let server = self.clone();
+        Ok(async move {
+            let mut phase = server.manager.shutdown.watch();
+            tokio::select! {
+                () = stop => {}
+                // The sender lives as long as the manager this handle holds.
+                _ = phase.wait_for(|phase| *phase != crate::shutdown::Phase::Running) => {}
+            }
+            server.shutdown().await
+        })
     }
 
     /// A handle that does not keep the server's state alive, for keeping in its own callbacks
