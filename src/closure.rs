@@ -79,6 +79,18 @@ pub enum ClosureReason {
     /// malformed, truncated, too long or late. Reset before it was established, after
     /// `on_socket_created` only.
     ProxyProtocol,
+    /// The connection's [decoder](crate::codec) failed on what the peer sent. The items decoded
+    /// before the error were delivered; then the connection closed gracefully (the replies
+    /// queued so far were sent, then FIN).
+    Decode,
+    /// The peer sent more than the [maximum frame length](crate::codec::Framed::max_frame_length)
+    /// without completing a frame (or the decoder said a frame was too long). Closed as for
+    /// [`Decode`](ClosureReason::Decode).
+    FrameTooLong,
+    /// The peer sent FIN in the middle of a frame: the bytes of an incomplete item were left
+    /// when the stream ended. The items before it were delivered and the replies queued were
+    /// sent before our FIN.
+    PartialFrame,
 }
 
 impl ClosureReason {
@@ -106,6 +118,9 @@ impl ClosureReason {
         ClosureReason::SlowConsumer,
         ClosureReason::PerIpLimit,
         ClosureReason::ProxyProtocol,
+        ClosureReason::Decode,
+        ClosureReason::FrameTooLong,
+        ClosureReason::PartialFrame,
     ];
 
     /// The reason's `snake_case` name, as used in logs and the example's event lines.
@@ -137,6 +152,9 @@ impl ClosureReason {
             ClosureReason::SlowConsumer => "slow_consumer",
             ClosureReason::PerIpLimit => "per_ip_limit",
             ClosureReason::ProxyProtocol => "proxy_protocol",
+            ClosureReason::Decode => "decode_error",
+            ClosureReason::FrameTooLong => "frame_too_long",
+            ClosureReason::PartialFrame => "partial_frame",
         }
     }
 
@@ -155,7 +173,13 @@ impl ClosureReason {
     pub fn is_graceful(self) -> bool {
         matches!(
             self,
-            ClosureReason::PeerClosed | ClosureReason::LocalClose | ClosureReason::Unreferenced
+            ClosureReason::PeerClosed
+                | ClosureReason::LocalClose
+                | ClosureReason::Unreferenced
+                // The frame layer's endings close gracefully too.
+                | ClosureReason::Decode
+                | ClosureReason::FrameTooLong
+                | ClosureReason::PartialFrame
         )
     }
 }

@@ -38,6 +38,9 @@
 //!   connection, each with its own [`ClosureReason`].
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
+//! - **Frames** ([`codec`]): [`ServerBuilder::start_framed`] runs a [`codec::FrameHandler`]
+//!   whose connections are decoded by a tokio-util codec into whole items, delivered in order one
+//!   at a time; items are sent through the codec's encoder.
 //! - **Restarts that lose no connection**: [`ServerBuilder::adopt_listener`] starts from a
 //!   listening socket made elsewhere (systemd's socket activation, or the process being
 //!   replaced), and [`Server::listeners`] duplicates a running server's listening sockets for the
@@ -110,6 +113,7 @@ mod accept;
 mod builder;
 mod callbacks;
 mod closure;
+pub mod codec;
 mod connect;
 mod connection;
 mod driver;
@@ -136,6 +140,7 @@ pub use async_trait::async_trait;
 pub use bytes::{Bytes, BytesMut};
 pub use native_tls;
 pub use socket2;
+pub use tokio_util;
 
 pub use builder::{
     AtLimit, ServerBuilder, DEFAULT_BACKLOG, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,

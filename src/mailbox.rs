@@ -43,6 +43,8 @@ pub(crate) struct Inbox {
     task: Option<tokio::task::Id>,
     shutdown_write: bool,
     close: bool,
+    /// Why the first close asked for was asked for, when not the application's `close()`.
+    close_reason: Option<ClosureReason>,
     abort: Option<ClosureReason>,
     shutdown_notice: bool,
     /// The timeouts as the application last set them (boxed: most connections keep the
@@ -285,6 +287,18 @@ impl Mailbox {
         self.notify_room();
     }
 
+    /// A graceful close, as [`Mailbox::close`], that ends with `reason` (the frame layer's
+    /// endings); a close asked for before keeps its own reason.
+    pub(crate) fn close_because(&self, reason: ClosureReason) {
+        self.post(|inbox| {
+            if !inbox.close {
+                inbox.close = true;
+                inbox.close_reason = Some(reason);
+            }
+        });
+        self.notify_room();
+    }
+
     /// Asks the driver to abort with `reason`; `true` unless the connection already decided how
     /// it ends (or an abort was asked before), so a caller counts only what it really aborted.
     pub(crate) fn abort(&self, reason: ClosureReason) -> bool {
@@ -412,6 +426,7 @@ impl Mailbox {
             urgent_wanted: std::mem::take(&mut inbox.urgent_wanted),
             shutdown_write: inbox.shutdown_write,
             close: inbox.close,
+            close_reason: inbox.close_reason,
             abort: inbox.abort,
             shutdown_notice: std::mem::take(&mut inbox.shutdown_notice),
             timeouts,

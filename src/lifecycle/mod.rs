@@ -137,6 +137,8 @@ pub(crate) struct Requests {
     pub(crate) urgent_wanted: bool,
     pub(crate) shutdown_write: bool,
     pub(crate) close: bool,
+    /// The reason a `close` ends with, when not [`ClosureReason::LocalClose`].
+    pub(crate) close_reason: Option<ClosureReason>,
     pub(crate) abort: Option<ClosureReason>,
     pub(crate) shutdown_notice: bool,
     /// The application changed the timeouts.
@@ -298,7 +300,8 @@ impl Lifecycle {
             self.read_requested |= requests.read && !self.read_closed;
             self.urgent_wanted |= requests.urgent_wanted;
             if requests.close {
-                self.begin_close(ClosureReason::LocalClose, now);
+                let reason = requests.close_reason.unwrap_or(ClosureReason::LocalClose);
+                self.begin_close(reason, now);
             }
         }
     }
