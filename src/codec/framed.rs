@@ -59,8 +59,10 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     /// [`flush`](FramedConnection::flush) or [`send`](FramedConnection::send) queues it, and
     /// so does the frame layer after the items of the current read (when called from
     /// [`on_frame`](super::FrameHandler::on_frame) or
-    /// [`on_decode_error`](super::FrameHandler::on_decode_error)). Elsewhere, flush what was
-    /// fed: the output is not bounded by the write queue's limit.
+    /// [`on_decode_error`](super::FrameHandler::on_decode_error)), and after any other callback
+    /// of the connection returns. On a task of its own, flush what was fed: the output is not
+    /// bounded by the write queue's limit. Before [`Connection::close`], flush, or close through
+    /// [`FramedConnection::close`], which does.
     ///
     /// # Errors
     /// [`SendError::Encode`] if the encoder failed (nothing of the item is kept);
@@ -135,6 +137,14 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     {
         self.feed(item)?;
         self.flush().map_err(SendError::Write)
+    }
+
+    /// [Flushes](FramedConnection::flush), then [closes](Connection::close) gracefully: what
+    /// was fed goes out before the FIN. ([`Connection::close`] itself refuses writes from the
+    /// call on, so what was fed and not flushed before it is dropped.)
+    pub fn close(&self) {
+        let _ = self.flush();
+        self.connection.close();
     }
 
     /// Runs `f` on the connection's frame state; `None` once the connection has been released.
