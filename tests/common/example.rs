@@ -120,6 +120,14 @@ impl EchoServer {
         Self::spawn(Self::command(args))
     }
 
+    /// Starts another example that also prints `listening on ADDR` first and stops on SIGTERM
+    /// (`resp_server`), with `args`.
+    pub fn start_example(name: &str, args: &[&str]) -> EchoServer {
+        let mut command = Command::new(example_binary(name));
+        command.args(args);
+        Self::spawn(command)
+    }
+
     /// Starts `echo_server` with `args` as systemd's socket activation would: `listener` at
     /// descriptor 3, `LISTEN_FDS=1`.
     pub fn start_activated(args: &[&str], listener: &std::net::TcpListener) -> EchoServer {
