@@ -50,10 +50,10 @@ impl FrameHandler for Redis {
     }
 
     async fn on_frame(&self, connection: &FramedConnection<'_, Resp>, command: Command) {
-        if command.args.is_empty() {
+        if command.len() == 0 {
             return;
         }
-        let (reply, after) = self.store.execute(&command.args);
+        let (reply, after) = self.store.execute(&command);
         // `feed`: the replies to one read's requests go out together, after the last of them.
         if connection.feed(reply).is_err() {
             return;

@@ -20,11 +20,60 @@ const INLINE_MAX: usize = 64 * 1024;
 /// Most arguments in one request (redis-server's limit).
 const MAX_ARGUMENTS: i64 = 1024 * 1024;
 
-/// One request: its arguments, the command name first. Empty for a blank inline line or
-/// `*0`, which redis-server ignores.
+/// One request: its arguments, the command name first, as ranges of the request's bytes.
+/// Empty for a blank inline line or `*0`, which redis-server ignores.
 #[derive(Debug)]
 pub(crate) struct Command {
-    pub(crate) args: Vec<Bytes>,
+    request: Bytes,
+    args: Args,
+}
+
+impl Command {
+    pub(crate) fn len(&self) -> usize {
+        self.args.len()
+    }
+
+    pub(crate) fn arg(&self, index: usize) -> &[u8] {
+        let (start, end) = self.args.get(index);
+        &self.request[start..end]
+    }
+
+    /// An argument as `Bytes` of its own (a slice of the request: no copy).
+    pub(crate) fn bytes(&self, index: usize) -> Bytes {
+        let (start, end) = self.args.get(index);
+        self.request.slice(start..end)
+    }
+}
+
+/// Where the arguments lie: the first few inline (most commands have at most four), the rest in
+/// a vector that only long commands allocate.
+#[derive(Debug, Default)]
+struct Args {
+    first: [(usize, usize); 4],
+    count: usize,
+    more: Vec<(usize, usize)>,
+}
+
+impl Args {
+    fn push(&mut self, range: (usize, usize)) {
+        match self.first.get_mut(self.count) {
+            Some(slot) => *slot = range,
+            None => self.more.push(range),
+        }
+        self.count += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn get(&self, index: usize) -> (usize, usize) {
+        assert!(index < self.count, "argument {index} of {}", self.count);
+        match self.first.get(index) {
+            Some(range) => *range,
+            None => self.more[index - self.first.len()],
+        }
+    }
 }
 
 /// A reply.
@@ -81,11 +130,7 @@ impl Resp {
 
     /// The length of the whole multibulk request at the start of `src`, with where each
     /// argument lies in it, or `None` if it is not all there yet.
-    fn multibulk(
-        &self,
-        src: &[u8],
-        args: &mut Vec<(usize, usize)>,
-    ) -> Result<Option<usize>, RespError> {
+    fn multibulk(&self, src: &[u8], args: &mut Args) -> Result<Option<usize>, RespError> {
         let Some((count, mut at)) = header(src, 0, "too big mbulk count string")? else {
             return Ok(None);
         };
@@ -117,25 +162,53 @@ impl Resp {
     }
 }
 
-/// Parses the `*N\r\n` or `$N\r\n` header at `at`: the number and where what follows starts.
+/// Parses the `*N\r\n` or `$N\r\n` header at `at`, in one pass: the number and where what
+/// follows starts.
 fn header(src: &[u8], at: usize, too_big: &'static str) -> Result<Option<(i64, usize)>, RespError> {
-    let line = &src[at..];
-    let Some(newline) = memchr(b'\r', line) else {
-        if line.len() > INLINE_MAX {
-            return Err(RespError::Protocol(too_big));
+    let mut index = at + 1;
+    let negative = src.get(index) == Some(&b'-');
+    if negative {
+        index += 1;
+    }
+    let digits_start = index;
+    let mut value: u64 = 0;
+    let mut valid = true;
+    loop {
+        let Some(&byte) = src.get(index) else {
+            if index - at > INLINE_MAX {
+                return Err(RespError::Protocol(too_big));
+            }
+            return Ok(None);
+        };
+        if byte == b'\r' {
+            break;
         }
-        return Ok(None);
-    };
-    if line.len() < newline + 2 {
+        match (byte as char).to_digit(10) {
+            Some(digit) if valid => match value
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(digit)))
+            {
+                Some(next) => value = next,
+                None => valid = false,
+            },
+            _ => valid = false,
+        }
+        index += 1;
+    }
+    if src.len() < index + 2 {
         return Ok(None);
     }
-    let invalid = if line[0] == b'*' {
-        "invalid multibulk length"
-    } else {
-        "invalid bulk length"
+    let number = i64::try_from(value)
+        .ok()
+        .filter(|_| valid && index > digits_start);
+    let Some(number) = number else {
+        return Err(RespError::Protocol(if src[at] == b'*' {
+            "invalid multibulk length"
+        } else {
+            "invalid bulk length"
+        }));
     };
-    let number = parse_integer(&line[1..newline]).ok_or(RespError::Protocol(invalid))?;
-    Ok(Some((number, at + newline + 2)))
+    Ok(Some((if negative { -number } else { number }, index + 2)))
 }
 
 /// A base-10 `i64` with an optional minus sign, nothing else.
@@ -171,17 +244,15 @@ impl Decoder for Resp {
         if src.is_empty() {
             return Ok(None);
         }
+        let mut args = Args::default();
         if src[0] == b'*' {
-            let mut ranges = Vec::with_capacity(3);
-            let Some(length) = self.multibulk(src, &mut ranges)? else {
+            let Some(length) = self.multibulk(src, &mut args)? else {
                 return Ok(None);
             };
-            let request = src.split_to(length).freeze();
-            let args = ranges
-                .into_iter()
-                .map(|(start, end)| request.slice(start..end))
-                .collect();
-            return Ok(Some(Command { args }));
+            return Ok(Some(Command {
+                request: take_request(src, length),
+                args,
+            }));
         }
         // Inline: one line, arguments separated by spaces.
         let Some(newline) = memchr(b'\n', src) else {
@@ -190,15 +261,36 @@ impl Decoder for Resp {
             }
             return Ok(None);
         };
-        let line = src.split_to(newline + 1).freeze();
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        let args = text
-            .split(|byte| byte.is_ascii_whitespace())
-            .filter(|arg| !arg.is_empty())
-            .map(|arg| line.slice_ref(arg))
-            .collect();
-        Ok(Some(Command { args }))
+        let mut start = None;
+        for (index, &byte) in src[..newline].iter().enumerate() {
+            let space = byte.is_ascii_whitespace();
+            match (start, space) {
+                (None, false) => start = Some(index),
+                (Some(from), true) => {
+                    args.push((from, index));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = start {
+            args.push((from, newline));
+        }
+        Ok(Some(Command {
+            request: take_request(src, newline + 1),
+            args,
+        }))
+    }
+}
+
+/// The first `length` bytes of `src`, as `Bytes`: the whole buffer when the request is all of
+/// it (a request per read, as without pipelining), which costs no allocation; split off
+/// otherwise.
+fn take_request(src: &mut BytesMut, length: usize) -> Bytes {
+    if length == src.len() {
+        std::mem::take(src).freeze()
+    } else {
+        src.split_to(length).freeze()
     }
 }
 

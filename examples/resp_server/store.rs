@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use switchboard::Bytes;
 
-use crate::resp::{parse_integer, Reply};
+use crate::resp::{parse_integer, Command, Reply};
 
 /// What the connection does after the reply.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,96 +29,71 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs one command; `args` is not empty.
-    pub(crate) fn execute(&self, args: &[Bytes]) -> (Reply, After) {
-        let name = &args[0];
-        let is = |command: &str| name.eq_ignore_ascii_case(command.as_bytes());
+    /// Runs one command; it has at least its name.
+    pub(crate) fn execute(&self, command: &Command) -> (Reply, After) {
+        let name = command.arg(0);
+        let count = command.len();
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        let keys = || (1..count).map(|index| command.arg(index));
         let reply = if is("GET") {
-            self.arity(args, 2, |args| {
-                Reply::Bulk(self.map().get(&args[1]).cloned())
+            arity(command, count == 2, || {
+                Reply::Bulk(self.map().get(command.arg(1)).cloned())
             })
         } else if is("SET") {
-            self.set(args)
+            match count {
+                3 => {
+                    let key = Bytes::copy_from_slice(command.arg(1));
+                    let value = Bytes::copy_from_slice(command.arg(2));
+                    self.map().insert(key, value);
+                    Reply::Simple("OK")
+                }
+                0..=2 => wrong_arity(command),
+                // redis-server's options (EX, NX...) are not part of this subset.
+                _ => Reply::Error("ERR syntax error".into()),
+            }
         } else if is("PING") {
-            match args.len() {
+            match count {
                 1 => Reply::Simple("PONG"),
-                2 => Reply::Bulk(Some(args[1].clone())),
-                _ => wrong_arity("ping"),
+                2 => Reply::Bulk(Some(command.bytes(1))),
+                _ => wrong_arity(command),
             }
         } else if is("ECHO") {
-            self.arity(args, 2, |args| Reply::Bulk(Some(args[1].clone())))
+            arity(command, count == 2, || Reply::Bulk(Some(command.bytes(1))))
         } else if is("DEL") {
-            self.at_least(args, 2, |args| {
+            arity(command, count >= 2, || {
                 let mut map = self.map();
-                let removed = args[1..]
-                    .iter()
-                    .filter(|key| map.remove(*key).is_some())
-                    .count();
+                let removed = keys().filter(|key| map.remove(*key).is_some()).count();
                 Reply::Integer(removed as i64)
             })
         } else if is("EXISTS") {
-            self.at_least(args, 2, |args| {
+            arity(command, count >= 2, || {
                 let map = self.map();
-                let found = args[1..]
-                    .iter()
-                    .filter(|key| map.contains_key(*key))
-                    .count();
-                Reply::Integer(found as i64)
+                Reply::Integer(keys().filter(|key| map.contains_key(*key)).count() as i64)
             })
         } else if is("INCR") {
-            self.arity(args, 2, |args| self.incr(&args[1]))
+            arity(command, count == 2, || self.incr(command.arg(1)))
         } else if is("MGET") {
-            self.at_least(args, 2, |args| {
+            arity(command, count >= 2, || {
                 let map = self.map();
                 Reply::Array(
-                    args[1..]
-                        .iter()
+                    keys()
                         .map(|key| Reply::Bulk(map.get(key).cloned()))
                         .collect(),
                 )
             })
         } else if is("DBSIZE") {
-            self.arity(args, 1, |_| Reply::Integer(self.map().len() as i64))
+            arity(command, count == 1, || {
+                Reply::Integer(self.map().len() as i64)
+            })
         } else if is("QUIT") {
             return (Reply::Simple("OK"), After::Close);
         } else {
-            unknown(args)
+            unknown(command)
         };
         (reply, After::Continue)
     }
 
-    /// `f` if the command has exactly `count` arguments (its name included).
-    fn arity(&self, args: &[Bytes], count: usize, f: impl FnOnce(&[Bytes]) -> Reply) -> Reply {
-        if args.len() == count {
-            f(args)
-        } else {
-            wrong_arity(&String::from_utf8_lossy(&args[0]).to_lowercase())
-        }
-    }
-
-    fn at_least(&self, args: &[Bytes], count: usize, f: impl FnOnce(&[Bytes]) -> Reply) -> Reply {
-        if args.len() >= count {
-            f(args)
-        } else {
-            wrong_arity(&String::from_utf8_lossy(&args[0]).to_lowercase())
-        }
-    }
-
-    /// `SET key value`; redis-server's options (EX, NX...) are not part of this subset.
-    fn set(&self, args: &[Bytes]) -> Reply {
-        match args.len() {
-            3 => {
-                let key = Bytes::copy_from_slice(&args[1]);
-                let value = Bytes::copy_from_slice(&args[2]);
-                self.map().insert(key, value);
-                Reply::Simple("OK")
-            }
-            0..=2 => wrong_arity("set"),
-            _ => Reply::Error("ERR syntax error".into()),
-        }
-    }
-
-    fn incr(&self, key: &Bytes) -> Reply {
+    fn incr(&self, key: &[u8]) -> Reply {
         let mut map = self.map();
         let current = match map.get(key) {
             None => 0,
@@ -138,19 +113,29 @@ impl Store {
     }
 }
 
-fn wrong_arity(command: &str) -> Reply {
+/// `reply()` if the command's number of arguments is `right`, else redis-server's error.
+fn arity(command: &Command, right: bool, reply: impl FnOnce() -> Reply) -> Reply {
+    if right {
+        reply()
+    } else {
+        wrong_arity(command)
+    }
+}
+
+fn wrong_arity(command: &Command) -> Reply {
+    let name = String::from_utf8_lossy(command.arg(0)).to_lowercase();
     Reply::Error(format!(
-        "ERR wrong number of arguments for '{command}' command"
+        "ERR wrong number of arguments for '{name}' command"
     ))
 }
 
 /// redis-server's text: the name (at most 128 bytes), then each argument quoted and followed
 /// by a space, while the list is shorter than 128 bytes (each cut to what is left of them).
-fn unknown(args: &[Bytes]) -> Reply {
-    let name = String::from_utf8_lossy(&args[0]);
+fn unknown(command: &Command) -> Reply {
+    let name = String::from_utf8_lossy(command.arg(0));
     let name: String = name.chars().take(128).collect();
     let mut list = String::new();
-    for arg in &args[1..] {
+    for arg in (1..command.len()).map(|index| command.arg(index)) {
         if list.len() >= 128 {
             break;
         }

@@ -36,6 +36,8 @@ pub(crate) struct Adapter<H: FrameHandler> {
 /// What the delivery loop does next.
 enum Next<T, E> {
     Decoded(Step<T, E>),
+    /// Every whole item was delivered and the output flushed: read on.
+    Read,
     /// The write queue is high: stop until it drains.
     Pause,
     /// The connection is closing or released: nothing more is delivered.
@@ -55,20 +57,36 @@ impl<H: FrameHandler> Adapter<H> {
         FramedConnection::new(connection, self.slot)
     }
 
-    /// Delivers the whole items read, one at a time, until none is left (then requests the next
-    /// read), the write queue is high (then waits for it to drain), or decoding fails (then
-    /// closes).
-    async fn deliver(&self, connection: &Connection) {
+    /// Takes `data` (a read, if any) and delivers the whole items read, one at a time, until
+    /// none is left (then flushes and requests the next read), the write queue is high (then
+    /// waits for it to drain), or decoding fails (then closes). One lock of the frame state per
+    /// item, and one more at the end.
+    async fn deliver(&self, connection: &Connection, mut data: Option<BytesMut>) {
         let framed = self.framed(connection);
         let max = self.max_frame_length;
         loop {
             let next = framed.with_state(|state| {
+                if let Some(data) = data.take() {
+                    state.push(data);
+                }
                 if state.output.len() >= FLUSH_AT {
                     flush_keeping(connection, state);
                 }
                 match connection.has_room() {
                     // A half-closed (write-shut) connection may still take requests.
-                    Ok(true) | Err(Error::WriteShutdown) => Next::Decoded(state.next(max)),
+                    Ok(true) | Err(Error::WriteShutdown) => match state.next(max) {
+                        Step::NeedMore => {
+                            flush_keeping(connection, state);
+                            // A flush the full queue refused paused the delivery: the next read
+                            // waits for the queue to drain.
+                            if state.paused {
+                                Next::Pause
+                            } else {
+                                Next::Read
+                            }
+                        }
+                        step => Next::Decoded(step),
+                    },
                     Ok(false) => {
                         state.paused = true;
                         flush_keeping(connection, state);
@@ -79,12 +97,11 @@ impl<H: FrameHandler> Adapter<H> {
             });
             match next.unwrap_or(Next::Stop) {
                 Next::Decoded(Step::Frame(item)) => self.frame(&framed, item).await,
-                Next::Decoded(Step::NeedMore) => break,
+                Next::Decoded(Step::NeedMore) | Next::Read => break,
                 Next::Decoded(Step::Failed(error)) => return self.fail(&framed, error).await,
                 Next::Pause | Next::Stop => return,
             }
         }
-        self.flush(connection);
         connection.read();
     }
 
@@ -116,7 +133,7 @@ impl<H: FrameHandler> Adapter<H> {
             }
         });
         if resume == Some(true) {
-            Box::pin(self.deliver(connection)).await;
+            Box::pin(self.deliver(connection, None)).await;
         }
     }
 
@@ -165,8 +182,7 @@ impl<H: FrameHandler> Callbacks for Adapter<H> {
     }
 
     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
-        self.framed(connection).with_state(|state| state.push(data));
-        self.deliver(connection).await;
+        self.deliver(connection, Some(data)).await;
     }
 
     async fn on_connection_client_close(&self, connection: &Connection) {
