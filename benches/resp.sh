@@ -6,6 +6,7 @@
 #
 #   benches/resp.sh                                   # 5 rounds, 200,000 / 2,000,000 requests
 #   ROUNDS=3 REQUESTS=100000 PIPELINED_REQUESTS=1000000 benches/resp.sh
+#   PIPELINES=1 RAW=1 benches/resp.sh                # without pipelining only; every run shown
 #
 # Pinning (taskset): both servers on core SERVER_CORE (0), redis-benchmark on BENCH_CORE (1):
 # one core each for server and benchmark, as the issue's targets are stated. The servers run side
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-5}
 requests=${REQUESTS:-200000}
 pipelined_requests=${PIPELINED_REQUESTS:-2000000}
+pipelines=${PIPELINES:-"1 16"}
 server_core=${SERVER_CORE:-0}
 bench_core=${BENCH_CORE:-1}
 clients=50
@@ -90,7 +92,7 @@ run() {
 echo "== resp_server on 127.0.0.1:$resp_port, redis-server on 127.0.0.1:$redis_port;" \
   "servers on core $server_core, redis-benchmark on core $bench_core; $rounds rounds" >&2
 for round in $(seq "$rounds"); do
-  for pipeline in 1 16; do
+  for pipeline in $pipelines; do
     count=$requests
     [ "$pipeline" = 1 ] || count=$pipelined_requests
     if [ $((round % 2)) = 1 ]; then
@@ -104,6 +106,7 @@ for round in $(seq "$rounds"); do
   echo "   round $round of $rounds done" >&2
 done
 
+[ -z "${RAW:-}" ] || { echo "server pipeline test requests/s cpu_ticks requests"; cat "$work/results"; }
 ticks=$(getconf CLK_TCK)
 # Medians per (server, pipeline, test): requests per second and CPU microseconds per request.
 awk -v ticks="$ticks" '

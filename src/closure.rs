@@ -83,7 +83,7 @@ pub enum ClosureReason {
     /// before the error were delivered; then the connection closed gracefully (the replies
     /// queued so far were sent, then FIN).
     Decode,
-    /// The peer sent more than the [maximum frame length](crate::codec::Framed::max_frame_length)
+    /// The peer sent more than the [maximum frame length](crate::codec::Framing::max_frame_length)
     /// without completing a frame (or the decoder said a frame was too long). Closed as for
     /// [`Decode`](ClosureReason::Decode).
     FrameTooLong,
