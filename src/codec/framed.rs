@@ -32,8 +32,9 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     }
 
     /// `connection` seen through its codec, if it belongs to a server started with
-    /// [`start_framed`](crate::ServerBuilder::start_framed) whose codec is `C`, and has not been
-    /// released yet.
+    /// [`start_framed`](crate::ServerBuilder::start_framed) whose codec is `C`, from its
+    /// [`on_connection_established`](crate::Callbacks::on_connection_established) until its
+    /// release (`None` before and after, as in the TLS negotiation's callbacks).
     ///
     /// ```
     /// # use switchboard::codec::FramedConnection;
