@@ -81,6 +81,8 @@ use crate::{
 ///     }
 /// }
 /// ```
+// A method added here must also be passed on by the frame layer (src/codec/adapter.rs), or
+// a framed server's handler never sees it.
 #[async_trait]
 pub trait Callbacks: Send + Sync + 'static {
     /// The server has started: its listeners are bound, and this runs before anything else of

@@ -90,6 +90,18 @@ pub enum ClosureReason {
     /// [close discard limit](crate::ServerBuilder::close_discard_limit) of what the peer went on
     /// sending, and was reset: a closing connection does not read on without bound.
     DiscardLimit,
+    /// The connection's [decoder](crate::codec) failed on what the peer sent. The items decoded
+    /// before the error were delivered; then the connection closed gracefully (the replies
+    /// queued so far were sent, then FIN).
+    Decode,
+    /// The peer sent more than the [maximum frame length](crate::codec::Framing::max_frame_length)
+    /// without completing a frame (or the decoder said a frame was too long). Closed as for
+    /// [`Decode`](ClosureReason::Decode).
+    FrameTooLong,
+    /// The peer sent FIN in the middle of a frame: the bytes of an incomplete item were left
+    /// when the stream ended. The items before it were delivered and the replies queued were
+    /// sent before our FIN.
+    PartialFrame,
 }
 
 impl ClosureReason {
@@ -121,6 +133,9 @@ impl ClosureReason {
         ClosureReason::ProxyProtocol,
         ClosureReason::Application(0),
         ClosureReason::DiscardLimit,
+        ClosureReason::Decode,
+        ClosureReason::FrameTooLong,
+        ClosureReason::PartialFrame,
     ];
 
     /// The reason's `snake_case` name, as used in logs and the example's event lines.
@@ -154,6 +169,9 @@ impl ClosureReason {
             ClosureReason::ProxyProtocol => "proxy_protocol",
             ClosureReason::Application(_) => "application",
             ClosureReason::DiscardLimit => "discard_limit",
+            ClosureReason::Decode => "decode_error",
+            ClosureReason::FrameTooLong => "frame_too_long",
+            ClosureReason::PartialFrame => "partial_frame",
         }
     }
 
@@ -184,6 +202,9 @@ impl ClosureReason {
             ClosureReason::ProxyProtocol => 21,
             ClosureReason::Application(_) => 22,
             ClosureReason::DiscardLimit => 23,
+            ClosureReason::Decode => 24,
+            ClosureReason::FrameTooLong => 25,
+            ClosureReason::PartialFrame => 26,
         }
     }
 
@@ -215,6 +236,10 @@ impl ClosureReason {
                 | ClosureReason::LocalClose
                 | ClosureReason::Unreferenced
                 | ClosureReason::Application(_)
+                // The frame layer's endings close gracefully too.
+                | ClosureReason::Decode
+                | ClosureReason::FrameTooLong
+                | ClosureReason::PartialFrame
         )
     }
 }

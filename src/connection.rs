@@ -345,6 +345,19 @@ impl Connection {
             .map_err(|(error, data)| WriteError { error, data })
     }
 
+    /// [`close`](Connection::close), ending with `reason` instead of
+    /// [`ClosureReason::LocalClose`] (the frame layer's decode errors and partial frames).
+    pub(crate) fn close_because(&self, reason: ClosureReason) {
+        self.shared.mailbox.close(reason);
+    }
+
+    /// `Ok(true)` while the write queue has room (below the high watermark and the limit),
+    /// `Ok(false)` while it is high, or why no write will be taken (the frame layer's check
+    /// before delivering an item).
+    pub(crate) fn has_room(&self) -> Result<bool, Error> {
+        self.shared.mailbox.has_room()
+    }
+
     /// Hard close: drops the queued writes and resets the connection (RST, through `SO_LINGER` 0).
     /// Ends with [`ClosureReason::LocalAbort`]. Overrides a `close` in progress.
     pub fn abort(&self) {
@@ -507,6 +520,11 @@ pub struct WriteError {
 }
 
 impl WriteError {
+    /// A refusal of `data` (the frame layer's, for a connection already released).
+    pub(crate) fn new(error: Error, data: Bytes) -> Self {
+        WriteError { error, data }
+    }
+
     /// Why the write was refused.
     pub fn error(&self) -> &Error {
         &self.error

@@ -42,6 +42,9 @@
 //!   [`Server::connection`] and [`Server::connections`] find live connections.
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
+//! - **Frames** ([`codec`]): [`ServerBuilder::start_framed`] runs a [`codec::FrameHandler`]
+//!   whose connections are decoded by a tokio-util codec into whole items, delivered in order one
+//!   at a time; items are sent through the codec's encoder.
 //! - **Restarts that lose no connection**: [`ServerBuilder::adopt_listener`] starts from a
 //!   listening socket made elsewhere (systemd's socket activation, or the process being
 //!   replaced), and [`Server::listeners`] duplicates a running server's listening sockets for the
@@ -115,6 +118,7 @@ mod builder;
 mod callbacks;
 pub mod client;
 mod closure;
+pub mod codec;
 mod connect;
 mod connection;
 mod defaults;

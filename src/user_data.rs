@@ -154,6 +154,33 @@ impl UserData {
         result
     }
 
+    /// Runs `f` on the slot's value in place, without moving it out of its box (the frame layer's
+    /// per-read access: [`with`](UserData::with) re-boxes the value on every call).
+    pub(crate) fn with_value<T: Send + 'static, R>(
+        &self,
+        slot: Slot<T>,
+        f: impl FnOnce(Option<&mut T>) -> R,
+    ) -> R {
+        let mut guard = self.lock(slot);
+        f(guard.as_mut().and_then(|value| value.downcast_mut::<T>()))
+    }
+
+    /// The slot that holds a value of type `T`, if one does (the first, in slot order).
+    pub(crate) fn slot_holding<T: 'static>(&self) -> Option<Slot<T>> {
+        self.slots.iter().enumerate().find_map(|(index, slot)| {
+            let held = slot
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+                .is_some_and(|value| value.is::<T>());
+            held.then_some(Slot {
+                index,
+                layout: self.layout,
+                _type: PhantomData,
+            })
+        })
+    }
+
     /// Moves every value out into a new `UserData`, leaving this one empty.
     pub(crate) fn take_all(&self) -> UserData {
         UserData {
@@ -254,6 +281,21 @@ mod tests {
         assert_eq!(data.get(name), None);
         assert_eq!(moved.take(name), Some("b".to_string()));
         assert_eq!(moved.get(count), Some(6));
+    }
+
+    #[test]
+    fn a_value_is_reached_in_place_and_its_slot_found_by_type() {
+        let mut layout = UserDataLayout::new();
+        let name = layout.request::<String>();
+        let count = layout.request::<u32>();
+        let data = UserData::new(&layout);
+        assert!(data.slot_holding::<u32>().is_none(), "nothing stored yet");
+        data.set(count, 1);
+        data.with_value(count, |n| *n.expect("stored") += 1);
+        assert_eq!(data.get(count), Some(2));
+        assert!(data.with_value(name, |n: Option<&mut String>| n.is_none()));
+        let found = data.slot_holding::<u32>().expect("the slot holding a u32");
+        assert_eq!(data.get(found), Some(2));
     }
 
     #[test]

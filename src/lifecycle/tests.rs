@@ -290,6 +290,25 @@ fn a_closing_connection_drops_at_most_the_discard_limit_then_resets() {
 }
 
 #[test]
+fn a_close_with_a_reason_ends_with_it_and_flushes_as_close_does() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(
+        requests(|r| {
+            r.queued = 10;
+            r.close = Some(ClosureReason::Decode);
+        }),
+        t0,
+    );
+    assert!(wait(&mut life, t0).write, "the queue is sent first");
+    life.on_written(10, t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+    life.on_fin_sent();
+    life.on_read(ReadOutcome::Eof, t0);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::Decode));
+}
+
+#[test]
 fn a_close_that_does_not_finish_times_out() {
     let t0 = Instant::now();
     let mut life = open(t0);

@@ -1,0 +1,200 @@
+//! A Redis-protocol server on switchboard's frame layer: a subset of redis-server's commands
+//! (PING, ECHO, SET, GET, DEL, INCR, EXISTS, MGET, DBSIZE, QUIT; every other one gets
+//! redis-server's `-ERR unknown command ...`), over one in-memory map, for any Redis client
+//! (`redis-cli`, `redis-benchmark`, client libraries). Requests may be arrays of bulk strings
+//! or inline commands; pipelined requests are answered in order, with one write per read.
+//!
+//! ```text
+//! cargo run --release --example resp_server -- [--listen ADDR] [--threads N]
+//! redis-cli -p 6380 SET greeting hello
+//! redis-benchmark -p 6380 -t ping,set,get -n 100000 -c 50 -P 16
+//! ```
+//! `--listen` defaults to 127.0.0.1:6380 (port 0 picks one); `--threads 1` runs on a
+//! current-thread runtime, `--threads N` on N worker threads (default: one per core). The first
+//! line on stdout is `listening on ADDR`. SIGINT or SIGTERM shuts down in order: accepting
+//! stops, each connection is closed once the replies queued for it are sent, and the process
+//! prints `shutdown complete graceful=N forced=N other=N` and exits 0.
+//!
+//! A request that breaks the protocol gets redis-server's error reply (`-ERR Protocol error:
+//! ...`) and the connection is closed, as redis-server does.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use switchboard::codec::{DecodeError, FrameError, FrameHandler, FramedConnection, Framing};
+use switchboard::{async_trait, Callbacks, Connection, Error, Server};
+
+mod resp;
+mod store;
+
+use resp::{Command, Reply, Resp};
+use store::{After, Store};
+
+/// Longest bulk string (redis-server's `proto-max-bulk-len` is 512 MB; a smaller bound suits an
+/// example), and so the longest request the frame layer waits for.
+const MAX_BULK: usize = 64 * 1024 * 1024;
+
+struct Redis {
+    store: Arc<Store>,
+}
+
+impl Callbacks for Redis {}
+
+#[async_trait]
+impl FrameHandler for Redis {
+    type Codec = Resp;
+
+    fn new_codec(&self, _connection: &Connection) -> Resp {
+        Resp::new(MAX_BULK)
+    }
+
+    async fn on_frame(&self, connection: &FramedConnection<'_, Resp>, command: Command) {
+        if command.len() == 0 {
+            return;
+        }
+        let (reply, after) = self.store.execute(&command);
+        // `feed`: the replies to one read's requests go out together, after the last of them.
+        if connection.feed(reply).is_err() {
+            return;
+        }
+        if after == After::Close {
+            connection.close();
+        }
+    }
+
+    async fn on_decode_error(
+        &self,
+        connection: &FramedConnection<'_, Resp>,
+        error: &FrameError<DecodeError<Self>>,
+    ) {
+        // redis-server's last word on a broken request; the frame layer then closes.
+        if let FrameError::Decode(error) = error {
+            let _ = connection.feed(Reply::Error(format!("ERR {error}")));
+        }
+    }
+}
+
+struct Options {
+    listen: String,
+    threads: Option<usize>,
+}
+
+const USAGE: &str = "usage: resp_server [--listen ADDR] [--threads N]";
+
+fn parse_options() -> Result<Options, String> {
+    let mut options = Options {
+        listen: "127.0.0.1:6380".into(),
+        threads: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => options.listen = value()?,
+            "--threads" => {
+                let threads = value()?;
+                options.threads = Some(
+                    threads
+                        .parse()
+                        .ok()
+                        .filter(|&n: &usize| n > 0)
+                        .ok_or_else(|| {
+                            format!("--threads takes a number above 0, not {threads}")
+                        })?,
+                );
+            }
+            "--help" | "-h" => return Err(USAGE.into()),
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    Ok(options)
+}
+
+async fn run(options: Options) -> Result<(), Error> {
+    // Before the server starts, so that no signal meets the process without its handler.
+    let stop = stop_signal()?;
+    let server = Server::builder()
+        .bind(options.listen.as_str())
+        .start_framed(
+            Framing::new(Redis {
+                store: Arc::default(),
+            })
+            .max_frame_length(MAX_BULK + 64 * 1024),
+        )
+        .await?;
+    let address = server.local_addr().expect("one listener");
+    say(format_args!("listening on {address}"));
+    stop.await;
+    let report = server.shutdown().await;
+    say(format_args!(
+        "shutdown complete graceful={} forced={} other={}",
+        report.graceful, report.forced, report.other
+    ));
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
+#[cfg(unix)]
+fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+    let mut ctrl_c = tokio::signal::windows::ctrl_c()?;
+    Ok(async move {
+        ctrl_c.recv().await;
+    })
+}
+
+/// Prints one flushed line on stdout.
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn main() -> ExitCode {
+    let options = match parse_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match options.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(threads) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("resp_server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

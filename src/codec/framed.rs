@@ -1,0 +1,219 @@
+//! Sending items: a connection seen through its codec.
+
+use std::fmt;
+use std::ops::Deref;
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::Encoder;
+
+use super::state::FrameState;
+use crate::{Connection, Error, Slot, WriteError};
+
+/// A [`Connection`] of a framed server, seen through its codec: everything a `Connection` does
+/// (it dereferences to one), and sending items through the codec's
+/// [`Encoder`](tokio_util::codec::Encoder).
+///
+/// [`FrameHandler::on_frame`](super::FrameHandler::on_frame) gets one; any other callback, or a
+/// task of its own holding a `Connection` clone, gets one with [`FramedConnection::of`]. It is
+/// a borrow: it does not keep the connection open (the `Connection` it borrows may).
+///
+/// Encoded items wait in the connection's output until they are flushed, as one write, into
+/// the connection's write queue: [`send`](FramedConnection::send) flushes at once,
+/// [`feed`](FramedConnection::feed) leaves it to [`flush`](FramedConnection::flush) or to the
+/// frame layer, which flushes after delivering each read's items.
+pub struct FramedConnection<'a, C> {
+    connection: &'a Connection,
+    slot: Slot<FrameState<C>>,
+}
+
+impl<'a, C: Send + 'static> FramedConnection<'a, C> {
+    pub(crate) fn new(connection: &'a Connection, slot: Slot<FrameState<C>>) -> Self {
+        FramedConnection { connection, slot }
+    }
+
+    /// `connection` seen through its codec, if it belongs to a server started with
+    /// [`start_framed`](crate::ServerBuilder::start_framed) whose codec is `C`, from its
+    /// [`on_connection_established`](crate::Callbacks::on_connection_established) until its
+    /// release (`None` before and after, as in the TLS negotiation's callbacks).
+    ///
+    /// ```
+    /// # use switchboard::codec::FramedConnection;
+    /// # use switchboard::tokio_util::codec::LinesCodec;
+    /// // In `on_connection_established`, or on a task holding a clone of the connection:
+    /// fn greet(connection: &switchboard::Connection) {
+    ///     if let Some(framed) = FramedConnection::<LinesCodec>::of(connection) {
+    ///         let _ = framed.send("welcome");
+    ///     }
+    /// }
+    /// ```
+    pub fn of(connection: &'a Connection) -> Option<Self> {
+        let slot = connection.user_data().slot_holding::<FrameState<C>>()?;
+        Some(FramedConnection { connection, slot })
+    }
+
+    /// The connection itself.
+    pub fn connection(&self) -> &'a Connection {
+        self.connection
+    }
+
+    /// Encodes `item` into the connection's output, without queueing it: a later
+    /// [`flush`](FramedConnection::flush) or [`send`](FramedConnection::send) queues it, and
+    /// so does the frame layer after the items of the current read (when called from
+    /// [`on_frame`](super::FrameHandler::on_frame) or
+    /// [`on_decode_error`](super::FrameHandler::on_decode_error)), and after any other callback
+    /// of the connection returns. On a task of its own, flush what was fed: the output is not
+    /// bounded by the write queue's limit. Before [`Connection::close`], flush, or close through
+    /// [`FramedConnection::close`], which does.
+    ///
+    /// # Errors
+    /// [`SendError::Encode`] if the encoder failed (nothing of the item is kept);
+    /// [`SendError::Write`] with [`Error::ConnectionClosed`] once the connection has been
+    /// released.
+    pub fn feed<I>(&self, item: I) -> Result<(), SendError<<C as Encoder<I>>::Error>>
+    where
+        C: Encoder<I>,
+    {
+        let encoded = self.with_state(|state| {
+            let before = state.output.len();
+            let encoded = state.codec.encode(item, &mut state.output);
+            if encoded.is_err() {
+                state.output.truncate(before);
+            }
+            encoded
+        });
+        match encoded {
+            Some(Ok(())) => Ok(()),
+            Some(Err(error)) => Err(SendError::Encode(error)),
+            None => Err(SendError::Write(released())),
+        }
+    }
+
+    /// Queues everything [fed](FramedConnection::feed) so far as one write. Nothing fed, nothing
+    /// written.
+    ///
+    /// # Errors
+    /// As for [`Connection::write`] (the queue is at its limit, the write side was shut, the
+    /// connection is closing): the refused bytes are given back and are no longer in the
+    /// output.
+    pub fn flush(&self) -> Result<(), WriteError> {
+        // The write is made under the state's lock, so that what two tasks flush reaches the
+        // queue in the order it was fed.
+        self.with_state(|state| {
+            if state.output.is_empty() {
+                return Ok(());
+            }
+            self.connection.write(take(&mut state.output))
+        })
+        .unwrap_or_else(|| Err(released()))
+    }
+
+    /// Encodes `item` and queues it, with whatever was [fed](FramedConnection::feed) before it,
+    /// as one write.
+    ///
+    /// # Errors
+    /// As for [`feed`](FramedConnection::feed) and [`flush`](FramedConnection::flush). A write
+    /// refused because the queue is full says so ([`Error::WriteQueueFull`]); from a task of
+    /// its own, [`Connection::writable`] waits for room first. (In
+    /// [`on_frame`](super::FrameHandler::on_frame) the queue has room: items are not delivered
+    /// while it is high.)
+    ///
+    /// ```
+    /// # use switchboard::codec::{FramedConnection, SendError};
+    /// # use switchboard::tokio_util::codec::LinesCodec;
+    /// # use switchboard::Error;
+    /// # fn reply(connection: &FramedConnection<'_, LinesCodec>) {
+    /// match connection.send("PONG") {
+    ///     Ok(()) => {}
+    ///     Err(SendError::Write(refused)) if matches!(refused.error(), Error::WriteQueueFull { .. }) => {
+    ///         // The peer does not read: give up on it.
+    ///         connection.abort();
+    ///     }
+    ///     Err(error) => eprintln!("not sent: {error}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn send<I>(&self, item: I) -> Result<(), SendError<<C as Encoder<I>>::Error>>
+    where
+        C: Encoder<I>,
+    {
+        self.feed(item)?;
+        self.flush().map_err(SendError::Write)
+    }
+
+    /// [Flushes](FramedConnection::flush), then [closes](Connection::close) gracefully: what
+    /// was fed goes out before the FIN. ([`Connection::close`] itself refuses writes from the
+    /// call on, so what was fed and not flushed before it is dropped.)
+    pub fn close(&self) {
+        let _ = self.flush();
+        self.connection.close();
+    }
+
+    /// Runs `f` on the connection's frame state; `None` once the connection has been released.
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut FrameState<C>) -> R) -> Option<R> {
+        self.connection
+            .user_data()
+            .with_value(self.slot, |state| state.map(f))
+    }
+}
+
+/// The output as one buffer, leaving it empty (and holding no memory).
+pub(crate) fn take(output: &mut BytesMut) -> Bytes {
+    std::mem::take(output).freeze()
+}
+
+/// The refusal of a connection whose frame state is gone: it has been released.
+fn released() -> WriteError {
+    WriteError::new(Error::ConnectionClosed, Bytes::new())
+}
+
+impl<C> Clone for FramedConnection<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for FramedConnection<'_, C> {}
+
+impl<C> Deref for FramedConnection<'_, C> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.connection
+    }
+}
+
+impl<C> fmt::Debug for FramedConnection<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FramedConnection")
+            .field("connection", self.connection)
+            .field("codec", &std::any::type_name::<C>())
+            .finish()
+    }
+}
+
+/// An item [`FramedConnection::send`] or [`FramedConnection::feed`] did not queue.
+#[derive(Debug)]
+pub enum SendError<E> {
+    /// The encoder failed; nothing of the item was kept.
+    Encode(E),
+    /// The connection refused the write: why, and the encoded bytes it did not take.
+    Write(WriteError),
+}
+
+impl<E: fmt::Display> fmt::Display for SendError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Encode(error) => write!(f, "encode error: {error}"),
+            SendError::Write(refused) => refused.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for SendError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Encode(error) => Some(error),
+            SendError::Write(refused) => Some(refused),
+        }
+    }
+}
