@@ -2,15 +2,17 @@
 //! watermarks and the timeouts.
 use super::*;
 
-const LIMITS: WriteLimits = WriteLimits {
+mod closing;
+
+pub(super) const LIMITS: WriteLimits = WriteLimits {
     limit: 100,
     high: 80,
     low: 40,
 };
-const CLOSE: Duration = Duration::from_secs(5);
-const DISCARD: usize = 1000;
+pub(super) const CLOSE: Duration = Duration::from_secs(5);
+pub(super) const DISCARD: usize = 1000;
 
-fn config(timeouts: Timeouts) -> LifecycleConfig {
+pub(super) fn config(timeouts: Timeouts) -> LifecycleConfig {
     LifecycleConfig {
         limits: LIMITS,
         timeouts,
@@ -22,7 +24,7 @@ fn config(timeouts: Timeouts) -> LifecycleConfig {
 
 /// A connection whose application holds a handle and asked for a read, as an echo server's
 /// does after `on_connection_established`.
-fn open(t0: Instant) -> Lifecycle {
+pub(super) fn open(t0: Instant) -> Lifecycle {
     let mut life = Lifecycle::new(config(Timeouts::default()), t0);
     life.on_requests(
         Requests {
@@ -35,13 +37,13 @@ fn open(t0: Instant) -> Lifecycle {
 }
 
 /// A connection with these timeouts that asked for a read at `t0`.
-fn reading_with(timeouts: Timeouts, t0: Instant) -> Lifecycle {
+pub(super) fn reading_with(timeouts: Timeouts, t0: Instant) -> Lifecycle {
     let mut life = Lifecycle::new(config(timeouts), t0);
     life.on_requests(requests(|r| r.read = true), t0);
     life
 }
 
-fn wait(life: &mut Lifecycle, now: Instant) -> Interest {
+pub(super) fn wait(life: &mut Lifecycle, now: Instant) -> Interest {
     match life.next(now) {
         Action::Wait(interest) => interest,
         other => panic!("expected a wait, got {other:?}"),
@@ -51,7 +53,7 @@ fn wait(life: &mut Lifecycle, now: Instant) -> Interest {
 /// Performs the actions a driver would until a wait or the end; returns the events announced
 /// and FINs sent, in order, and the last action. The lifetime rule's decisions are confirmed, as
 /// when no weak handle is upgraded meanwhile.
-fn run(life: &mut Lifecycle, now: Instant) -> (Vec<Action>, Action) {
+pub(super) fn run(life: &mut Lifecycle, now: Instant) -> (Vec<Action>, Action) {
     let mut done = Vec::new();
     for _ in 0..16 {
         match life.next(now) {
@@ -67,7 +69,7 @@ fn run(life: &mut Lifecycle, now: Instant) -> (Vec<Action>, Action) {
     panic!("no wait or end after 16 actions: {done:?}");
 }
 
-fn requests(change: impl FnOnce(&mut Requests)) -> Requests {
+pub(super) fn requests(change: impl FnOnce(&mut Requests)) -> Requests {
     let mut requests = Requests::default();
     change(&mut requests);
     requests
@@ -217,131 +219,6 @@ fn both_fins_end_it_even_with_a_handle_held() {
     assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::ClientClose);
     let (_, last) = run(&mut life, t0);
     assert_eq!(last, Action::End(ClosureReason::PeerClosed));
-}
-
-#[test]
-fn close_flushes_the_queue_before_fin_and_refuses_reads() {
-    let t0 = Instant::now();
-    let mut life = open(t0);
-    life.on_requests(
-        requests(|r| {
-            r.queued = 50;
-            r.close = Some(ClosureReason::LocalClose);
-            r.read = true;
-            r.handles = 1;
-        }),
-        t0,
-    );
-    assert!(life.is_closing());
-    let interest = wait(&mut life, t0);
-    assert!(
-        interest.write && !interest.fin,
-        "no FIN before the queue is sent"
-    );
-    life.on_written(20, t0);
-    wait(&mut life, t0);
-    life.on_written(30, t0);
-    assert_eq!(life.next(t0), Action::SendFin);
-    life.on_fin_sent();
-    assert_eq!(life.on_read(ReadOutcome::Data(7), t0), ReadVerdict::Discard);
-    wait(&mut life, t0);
-    life.on_read(ReadOutcome::Eof, t0);
-    assert_eq!(life.next(t0), Action::End(ClosureReason::LocalClose));
-}
-
-#[test]
-fn a_close_with_the_applications_code_ends_with_it() {
-    let t0 = Instant::now();
-    let mut life = open(t0);
-    life.on_requests(
-        requests(|r| r.close = Some(ClosureReason::Application(4001))),
-        t0,
-    );
-    // A later close asked for changes nothing: the first close's reason stands.
-    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
-    assert_eq!(life.next(t0), Action::SendFin);
-    life.on_fin_sent();
-    wait(&mut life, t0);
-    life.on_read(ReadOutcome::Eof, t0);
-    assert_eq!(life.next(t0), Action::End(ClosureReason::Application(4001)));
-}
-
-#[test]
-fn a_closing_connection_drops_at_most_the_discard_limit_then_resets() {
-    let t0 = Instant::now();
-    let mut life = open(t0);
-    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
-    assert_eq!(life.next(t0), Action::SendFin);
-    life.on_fin_sent();
-    let Action::Wait(interest) = life.next(t0) else {
-        panic!("a closing connection waits")
-    };
-    assert!(interest.read, "it reads on, to drain what the peer sends");
-    assert_eq!(
-        life.on_read(ReadOutcome::Data(DISCARD), t0),
-        ReadVerdict::Discard
-    );
-    assert_eq!(life.on_read(ReadOutcome::Data(1), t0), ReadVerdict::Ended);
-    assert_eq!(life.next(t0), Action::End(ClosureReason::DiscardLimit));
-    assert!(
-        !ClosureReason::DiscardLimit.is_graceful(),
-        "it ends with a reset"
-    );
-}
-
-#[test]
-fn a_close_with_a_reason_ends_with_it_and_flushes_as_close_does() {
-    let t0 = Instant::now();
-    let mut life = open(t0);
-    life.on_requests(
-        requests(|r| {
-            r.queued = 10;
-            r.close = Some(ClosureReason::Decode);
-        }),
-        t0,
-    );
-    assert!(wait(&mut life, t0).write, "the queue is sent first");
-    life.on_written(10, t0);
-    assert_eq!(life.next(t0), Action::SendFin);
-    life.on_fin_sent();
-    life.on_read(ReadOutcome::Eof, t0);
-    assert_eq!(life.next(t0), Action::End(ClosureReason::Decode));
-}
-
-#[test]
-fn a_close_that_does_not_finish_times_out() {
-    let t0 = Instant::now();
-    let mut life = open(t0);
-    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
-    let (_, last) = run(&mut life, t0);
-    let Action::Wait(interest) = last else {
-        panic!()
-    };
-    assert_eq!(interest.deadline, Some(t0 + CLOSE));
-    life.on_deadline(t0 + CLOSE - Duration::from_millis(1));
-    assert!(!life.is_ended(), "an early timer changes nothing");
-    life.on_deadline(t0 + CLOSE);
-    assert_eq!(life.next(t0), Action::End(ClosureReason::CloseTimedOut));
-}
-
-#[test]
-fn abort_wins_over_a_close_in_progress_and_over_everything_after() {
-    let t0 = Instant::now();
-    let mut life = open(t0);
-    life.on_requests(
-        requests(|r| {
-            r.queued = 10;
-            r.close = Some(ClosureReason::LocalClose);
-        }),
-        t0,
-    );
-    life.on_requests(requests(|r| r.abort = Some(ClosureReason::AbortAll)), t0);
-    assert_eq!(life.next(t0), Action::End(ClosureReason::AbortAll));
-    // Nothing moves an ended connection.
-    life.on_requests(requests(|r| r.abort = Some(ClosureReason::LocalAbort)), t0);
-    life.end(ClosureReason::CallbackPanic);
-    assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::Ended);
-    assert_eq!(life.next(t0), Action::End(ClosureReason::AbortAll));
 }
 
 #[test]
