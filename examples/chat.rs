@@ -23,7 +23,6 @@
 //! comes) is closed gracefully: it gets every message up to that point and then FIN, never a
 //! conversation with a gap in it ([`WhenFull::Close`]).
 
-use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +31,11 @@ use switchboard::{
     async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionGroup,
     Error, Server, ShutdownReport, Slot, WhenFull,
 };
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::say;
 
 /// The longest line taken, without its end: a client that sends more without a `\n` is closed,
 /// so that its unfinished line cannot grow the server's memory.
@@ -69,13 +73,6 @@ fn parse_options() -> Result<Options, String> {
         }
     }
     Ok(options)
-}
-
-/// Prints one flushed line on stdout.
-fn say(line: std::fmt::Arguments<'_>) {
-    let mut stdout = io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
-    let _ = stdout.flush();
 }
 
 /// Cuts the next whole line off the front of `pending`: its text, without the `\n` (or
@@ -262,23 +259,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(threads) = options.threads {
-        runtime.worker_threads(threads.max(1));
-    }
-    let runtime = match runtime.build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("chat: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(options)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("chat: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run("chat", options.threads, run(options))
 }

@@ -17,15 +17,19 @@
 //! The last line is `requests=N verified=N failed=N seconds=S per_second=R`; the exit status is 0
 //! only if every reply was verified.
 
-use std::io::{self, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use switchboard::codec::{FrameHandler, FramedConnection, Framing};
 use switchboard::tokio_util::codec::LengthDelimitedCodec;
 use switchboard::{async_trait, Bytes, BytesMut, Callbacks, Connection, Error, Server};
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::say;
 
 /// Largest frame either side takes.
 const MAX_FRAME: usize = 1024 * 1024;
@@ -186,14 +190,7 @@ async fn serve() -> Result<Server, Error> {
         .await
 }
 
-/// Prints one flushed line on stdout.
-fn say(line: std::fmt::Arguments<'_>) {
-    let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-async fn run(options: Options) -> Result<bool, Error> {
+async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let own_server = match &options.connect {
         Some(_) => None,
         None => {
@@ -210,7 +207,7 @@ async fn run(options: Options) -> Result<bool, Error> {
             "shutdown complete graceful={} forced={} other={}",
             report.graceful, report.forced, report.other
         ));
-        return Ok(true);
+        return Ok(());
     }
     let address = match (&options.connect, &own_server) {
         (Some(address), _) => address.parse().map_err(|_| Error::InvalidSetting {
@@ -256,7 +253,15 @@ async fn run(options: Options) -> Result<bool, Error> {
          per_second={:.0}",
         verified as f64 / seconds
     ));
-    Ok(failed == 0 && verified == requests)
+    if failed == 0 && verified == requests {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {requests} requests were not answered right",
+            requests - verified
+        )
+        .into())
+    }
 }
 
 /// The clients' manager needs no callbacks: the client tasks drive their connections.
@@ -272,27 +277,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(threads) = options.threads {
-        runtime.worker_threads(threads);
-    }
-    let runtime = match runtime.build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("rpc_client: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = runtime.block_on(run(options));
-    // Client tasks that failed may still hold a runtime resource; do not wait for them.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    match outcome {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(error) => {
-            eprintln!("rpc_client: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run("rpc_client", options.threads, run(options))
 }

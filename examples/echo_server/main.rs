@@ -57,7 +57,7 @@
 //! server labels its series: `server="echo"` for the echo server, `server="metrics"` for the
 //! endpoint itself.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,18 +70,14 @@ use switchboard::{
     Error, Listen, Server, ServerBuilder, ShutdownReport, Slot, TlsInfo, UserData,
 };
 
+#[path = "../common/mod.rs"]
+mod common;
 mod metrics;
 mod options;
 
+use common::say;
 use metrics::start_metrics;
 use options::{parse_options, Options};
-
-/// Prints one flushed line on stdout.
-fn say(line: std::fmt::Arguments<'_>) {
-    let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
 
 /// Prints one flushed line per event when enabled.
 struct Events {
@@ -590,23 +586,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(threads) = options.threads {
-        runtime.worker_threads(threads.max(1));
-    }
-    let runtime = match runtime.build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(options, startup)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("echo_server: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run("echo_server", options.threads, run(options, startup))
 }

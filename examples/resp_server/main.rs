@@ -18,12 +18,17 @@
 //! A request that breaks the protocol gets redis-server's error reply (`-ERR Protocol error:
 //! ...`) and the connection is closed, as redis-server does.
 
-use std::io::{self, Write};
+use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use switchboard::codec::{DecodeError, FrameError, FrameHandler, FramedConnection, Framing};
 use switchboard::{async_trait, Callbacks, Connection, Error, Server};
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::say;
 
 mod resp;
 mod store;
@@ -156,13 +161,6 @@ fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Prints one flushed line on stdout.
-fn say(line: std::fmt::Arguments<'_>) {
-    let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
 fn main() -> ExitCode {
     let options = match parse_options() {
         Ok(options) => options,
@@ -171,30 +169,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match options.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(threads) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(options)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("resp_server: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run("resp_server", options.threads, run(options))
 }

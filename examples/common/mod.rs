@@ -1,0 +1,53 @@
+//! What the examples' `main`s do alike: print a line at once, and run the program on a runtime
+//! of the size asked for. Included by each example with `#[path]`; not an example itself.
+// Each example uses only some of it.
+#![allow(dead_code)]
+
+use std::fmt;
+use std::future::Future;
+use std::io::Write;
+use std::process::ExitCode;
+
+/// Prints one line on stdout and flushes it, so that a script or a test reading the output sees
+/// it at once.
+pub(crate) fn say(line: fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Runs `program` on a tokio runtime with `threads` worker threads (one: a current-thread
+/// runtime; `None`: tokio's default), and gives the exit status: 0, or 1 after printing
+/// `name: error` on stderr.
+pub(crate) fn run<E: fmt::Display>(
+    name: &str,
+    threads: Option<usize>,
+    program: impl Future<Output = Result<(), E>>,
+) -> ExitCode {
+    let runtime = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(threads) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(program) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
