@@ -481,17 +481,7 @@ mod tests {
     }
 
     fn new_mailbox() -> Mailbox {
-        Mailbox::new(Arc::new(LifecycleConfig {
-            limits: WriteLimits {
-                limit: 100,
-                high: 80,
-                low: 40,
-            },
-            timeouts: Timeouts::default(),
-            close_timeout: std::time::Duration::from_secs(5),
-            close_discard_limit: 1000,
-            slow_consumer_timeout: None,
-        }))
+        Mailbox::new(Arc::new(LifecycleConfig::for_tests()))
     }
 
     #[test]

@@ -4,25 +4,15 @@
 use std::sync::{Arc, Barrier};
 
 use super::*;
-use crate::lifecycle::{LifecycleConfig, WriteLimits};
+use crate::lifecycle::LifecycleConfig;
 use crate::mailbox::Mailbox;
 use crate::stats::ConnectionCounters;
 use crate::user_data::UserDataLayout;
-use crate::{Direction, Timeouts, UserData};
+use crate::{Direction, UserData};
 
 /// A connection's shared state, established (open for upgrades), with no task behind it.
 fn established(id: u64) -> Arc<Shared> {
-    let config = LifecycleConfig {
-        limits: WriteLimits {
-            limit: 100,
-            high: 80,
-            low: 40,
-        },
-        timeouts: Timeouts::default(),
-        close_timeout: std::time::Duration::from_secs(5),
-        close_discard_limit: 64 * 1024,
-        slow_consumer_timeout: None,
-    };
+    let config = LifecycleConfig::for_tests();
     let address = "127.0.0.1:1".parse().unwrap();
     let shared = Arc::new(Shared {
         id: ConnectionId(id),

@@ -70,6 +70,25 @@ pub(crate) struct LifecycleConfig {
     pub(crate) slow_consumer_timeout: Option<Duration>,
 }
 
+#[cfg(test)]
+impl LifecycleConfig {
+    /// The settings the crate's unit tests use: a 100-byte queue (high at 80, low at 40), no
+    /// timeouts, a 5 s close timeout, a 1000-byte discard limit.
+    pub(crate) fn for_tests() -> Self {
+        LifecycleConfig {
+            limits: WriteLimits {
+                limit: 100,
+                high: 80,
+                low: 40,
+            },
+            timeouts: Timeouts::default(),
+            close_timeout: Duration::from_secs(5),
+            close_discard_limit: 1000,
+            slow_consumer_timeout: None,
+        }
+    }
+}
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {

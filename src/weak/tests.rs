@@ -9,24 +9,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::lifecycle::{
-    Action, Interest, Lifecycle, LifecycleConfig, Phase, Requests, WriteLimits,
-};
+use crate::lifecycle::{Action, Interest, Lifecycle, LifecycleConfig, Phase, Requests};
 use crate::mailbox::Mailbox;
-use crate::{ClosureReason, Timeouts};
+use crate::ClosureReason;
 
 fn config() -> Arc<LifecycleConfig> {
-    Arc::new(LifecycleConfig {
-        limits: WriteLimits {
-            limit: 100,
-            high: 80,
-            low: 40,
-        },
-        timeouts: Timeouts::default(),
-        close_timeout: std::time::Duration::from_secs(5),
-        close_discard_limit: 64 * 1024,
-        slow_consumer_timeout: None,
-    })
+    Arc::new(LifecycleConfig::for_tests())
 }
 
 #[test]
