@@ -9,9 +9,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::accept::{self, Listener};
 use crate::defaults::*;
-use crate::driver::Context;
 use crate::invoke::Invoker;
-use crate::lifecycle::{LifecycleConfig, WriteLimits};
 use crate::limit::AtLimit;
 use crate::listen::Listen;
 use crate::manager::Manager;
@@ -511,7 +509,7 @@ impl ServerBuilder {
         self.layout.request()
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         let invalid = |setting: &'static str, reason: &str| {
             Err(Error::InvalidSetting {
                 setting,
@@ -580,6 +578,33 @@ impl ServerBuilder {
         Ok(())
     }
 
+    /// The server's shared state, from the settings (validated), with no listener.
+    pub(crate) fn into_manager(self, callbacks: Box<dyn Callbacks>) -> Arc<Manager> {
+        let handshakes = Arc::new(Semaphore::new(
+            self.config
+                .max_concurrent_handshakes
+                .min(Semaphore::MAX_PERMITS),
+        ));
+        let config = self.config;
+        let counters = Arc::new(Counters::new(Metrics::register(&self.metrics_labels)));
+        let context = config.context(Invoker::new(callbacks, counters.clone()), &counters);
+        Arc::new(Manager {
+            context: Arc::new(context),
+            registry: Arc::new(Registry::new(counters.clone())),
+            counters,
+            per_ip: config
+                .max_connections_per_ip
+                .map(crate::per_ip::PerIpLimit::new),
+            config,
+            limiter: self.limiter,
+            layout: self.layout,
+            accepting: watch::Sender::new(self.accepting),
+            shutdown: Shutdown::new(),
+            accept_tasks: Mutex::new(None),
+            handshakes,
+        })
+    }
+
     /// Validates the settings, binds the listeners, takes the adopted ones and starts accepting
     /// (unless [`accepting(false)`](ServerBuilder::accepting)). Must run inside a tokio runtime.
     ///
@@ -592,11 +617,6 @@ impl ServerBuilder {
         let binds = std::mem::take(&mut self.binds);
         let mut listeners = Vec::with_capacity(binds.len());
         let mut local_addrs = Vec::with_capacity(binds.len());
-        let handshakes = Arc::new(Semaphore::new(
-            self.config
-                .max_concurrent_handshakes
-                .min(Semaphore::MAX_PERMITS),
-        ));
         let options = ListenOptions {
             backlog: self.backlog,
             reuse_address: self.reuse_address,
@@ -618,40 +638,7 @@ impl ServerBuilder {
             .iter()
             .map(|listener| Arc::downgrade(&listener.listener))
             .collect::<Vec<_>>();
-        let config = self.config;
-        let counters = Arc::new(Counters::new(Metrics::register(&self.metrics_labels)));
-        let context = Context {
-            invoker: Invoker::new(Box::new(callbacks), counters.clone()),
-            counters: counters.clone(),
-            read_buffer_size: config.read_buffer_size,
-            handshake_timeout: config.handshake_timeout,
-            lifecycle: Arc::new(LifecycleConfig {
-                limits: WriteLimits {
-                    limit: config.write_queue_limit,
-                    high: config.write_high_watermark,
-                    low: config.write_low_watermark,
-                },
-                timeouts: config.timeouts,
-                close_timeout: config.close_timeout,
-                close_discard_limit: config.close_discard_limit,
-                slow_consumer_timeout: config.slow_consumer_timeout,
-            }),
-        };
-        let manager = Arc::new(Manager {
-            context: Arc::new(context),
-            registry: Arc::new(Registry::new(counters.clone())),
-            counters,
-            per_ip: config
-                .max_connections_per_ip
-                .map(crate::per_ip::PerIpLimit::new),
-            config,
-            limiter: self.limiter,
-            layout: self.layout,
-            accepting: watch::Sender::new(self.accepting),
-            shutdown: Shutdown::new(),
-            accept_tasks: Mutex::new(None),
-            handshakes,
-        });
+        let manager = self.into_manager(Box::new(callbacks));
         let server = Server::new(manager.clone(), local_addrs.into(), handed_over.into());
         let invoker = &manager.context.invoker;
         invoker

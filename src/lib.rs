@@ -140,6 +140,8 @@ mod reserve;
 mod server;
 mod shutdown;
 mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 mod user_data;
 mod weak;

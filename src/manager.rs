@@ -11,7 +11,10 @@ use tokio::task::JoinHandle;
 
 use crate::builder::Config;
 use crate::connection::Shared;
+use crate::driver::transport::Transport;
 use crate::driver::{Context, Driver, Setup};
+use crate::invoke::Invoker;
+use crate::lifecycle::{LifecycleConfig, WriteLimits};
 use crate::limit::Permit;
 use crate::mailbox::Mailbox;
 use crate::per_ip::PerIpLimit;
@@ -19,7 +22,16 @@ use crate::registry::{Live, Registry};
 use crate::shutdown::Shutdown;
 use crate::stats::{ConnectionCounters, Count, Counters};
 use crate::user_data::UserDataLayout;
-use crate::{ClosureReason, Connection, ConnectionLimiter, Direction, Error, Stats, UserData};
+use crate::{
+    ClosureReason, Connection, ConnectionId, ConnectionLimiter, Direction, Error, Stats, UserData,
+};
+
+/// A connection's two ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Addresses {
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+}
 
 /// The accept loop's task and the task that runs its callbacks, in order.
 #[derive(Debug)]
@@ -46,6 +58,29 @@ pub(crate) struct Manager {
     pub(crate) per_ip: Option<Arc<PerIpLimit>>,
 }
 
+impl Config {
+    /// What the drivers of a server with these settings need of it.
+    pub(crate) fn context(&self, invoker: Invoker, counters: &Arc<Counters>) -> Context {
+        Context {
+            invoker,
+            counters: counters.clone(),
+            read_buffer_size: self.read_buffer_size,
+            handshake_timeout: self.handshake_timeout,
+            lifecycle: Arc::new(LifecycleConfig {
+                limits: WriteLimits {
+                    limit: self.write_queue_limit,
+                    high: self.write_high_watermark,
+                    low: self.write_low_watermark,
+                },
+                timeouts: self.timeouts,
+                close_timeout: self.close_timeout,
+                close_discard_limit: self.close_discard_limit,
+                slow_consumer_timeout: self.slow_consumer_timeout,
+            }),
+        }
+    }
+}
+
 impl Manager {
     /// Registers a connected socket and starts its driver. Returns a counted handle when asked
     /// for one (it exists before the driver runs, so the lifetime rule cannot close the
@@ -68,6 +103,42 @@ impl Manager {
             Ok(address) => address,
             Err(error) => return Err((user_data, Error::Io(error))),
         };
+        let (_, handle) = self.register(
+            Transport::Plain(stream),
+            Addresses {
+                peer: peer_addr,
+                local: local_addr,
+            },
+            direction,
+            user_data,
+            setup,
+            permit,
+            live,
+            want_handle,
+            refuse,
+        )?;
+        Ok(handle)
+    }
+
+    /// [`establish`](Manager::establish) over any transport, with its addresses; returns the
+    /// connection's id too.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn register(
+        &self,
+        transport: Transport,
+        addresses: Addresses,
+        direction: Direction,
+        user_data: UserData,
+        setup: Setup,
+        permit: Permit,
+        live: Live,
+        want_handle: bool,
+        refuse: Option<ClosureReason>,
+    ) -> Result<(ConnectionId, Option<Connection>), (UserData, Error)> {
+        let Addresses {
+            peer: peer_addr,
+            local: local_addr,
+        } = addresses;
         let lifecycle = &self.context.lifecycle;
         let shared = Arc::new(Shared {
             id: self.registry.next_id(),
@@ -91,9 +162,10 @@ impl Manager {
             Direction::Outbound => Count::Connected,
         });
         let handle = want_handle.then(|| Connection::uncounted(shared.clone()).clone());
-        let driver = Driver::new(self.context.clone(), shared, stream, setup, registration);
+        let id = shared.id;
+        let driver = Driver::new(self.context.clone(), shared, transport, setup, registration);
         tokio::spawn(driver.run(refuse));
-        Ok(handle)
+        Ok((id, handle))
     }
 
     /// Waits until the accept loop has stopped and its callbacks (the last being

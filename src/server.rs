@@ -104,6 +104,12 @@ impl Server {
         }
     }
 
+    /// The server's shared state.
+    #[cfg(feature = "testing")]
+    pub(crate) fn manager(&self) -> &Arc<Manager> {
+        &self.manager
+    }
+
     /// The bound address of each listener, in `bind` order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs

@@ -1,4 +1,5 @@
-//! Guarantees 1–4 and 10 of DESIGN.md §3, per connection, over real loopback TCP: the event order
+//! Guarantees 1–4 and 10 of DESIGN.md §3, per connection, over real loopback TCP (and, where the
+//! socket is not the point, over the embedded connection of `switchboard::testing`): the event order
 //! on every path (peer close, peer reset, local close and abort, the lifetime rule), the lifetime
 //! rule itself, half-close both ways, `close()` losing nothing and `abort()` dropping the queue,
 //! `write()`'s errors, user data, `on_socket_created`, `on_write_completed` and the stats, bounded
@@ -19,6 +20,11 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 const LOCAL: &str = "127.0.0.1:0";
+/// The peer of embedded connections.
+const PEER: std::net::SocketAddr = std::net::SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+    40000,
+);
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
@@ -122,17 +128,19 @@ async fn wait_for_stall(handle: &Connection) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Guarantee 1: event order on every per-connection path.
 
-#[tokio::test]
+// Where the socket is not the point, over the embedded connection (`switchboard::testing`): the
+// same driver and lifecycle, with memory for the socket and tokio's paused clock.
+
+#[tokio::test(start_paused = true)]
 async fn echo_then_peer_close_runs_every_event_in_order() {
-    let mut builder = Server::builder().bind(LOCAL);
+    let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
-    assert_eq!(echo_round_trip(&mut stream, b"hello").await, b"hello");
-    stream.shutdown().await.unwrap();
-    let (rest, end) = read_to_end(&mut stream).await;
-    assert!(rest.is_empty());
-    end.unwrap();
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut peer = server.connect(PEER).await.unwrap();
+    peer.send(b"hello").unwrap();
+    assert_eq!(peer.read_exact(5).await.unwrap(), "hello");
+    peer.shutdown_write();
+    assert!(peer.read_to_end().await.unwrap().is_empty());
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
@@ -355,18 +363,20 @@ async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
 // ---------------------------------------------------------------------------------------------
 // Guarantee 2: the lifetime rule.
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_connection_nothing_keeps_closes_by_itself_gracefully() {
-    let mut builder = Server::builder().bind(LOCAL);
+    let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut peer = server.connect(PEER).await.unwrap();
 
     // No read, no write, no handle: the server sends FIN at once, by itself.
-    let (received, end) = read_to_end(&mut stream).await;
-    end.expect("the lifetime rule closes gracefully (FIN), not with RST");
+    let received = peer
+        .read_to_end()
+        .await
+        .expect("the lifetime rule closes gracefully (FIN), not with RST");
     assert!(received.is_empty());
-    drop(stream);
+    drop(peer);
 
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
@@ -378,12 +388,12 @@ async fn a_connection_nothing_keeps_closes_by_itself_gracefully() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_pending_read_keeps_an_idle_connection_open() {
-    let mut builder = Server::builder().bind(LOCAL);
+    let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut peer = server.connect(PEER).await.unwrap();
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
@@ -391,14 +401,12 @@ async fn a_pending_read_keeps_an_idle_connection_open() {
 
     tokio::time::sleep(QUIET).await;
     recorder.assert_open(id, "with a read pending");
-    assert_eq!(
-        echo_round_trip(&mut stream, b"still there").await,
-        b"still there"
-    );
+    peer.send(b"still there").unwrap();
+    assert_eq!(peer.read_exact(11).await.unwrap(), "still there");
     assert_eq!(server.active_connections(), 1);
 
-    stream.shutdown().await.unwrap();
-    read_to_end(&mut stream).await.1.unwrap();
+    peer.shutdown_write();
+    peer.read_to_end().await.unwrap();
     recorder.wait_released(1).await;
     assert_lifecycle(&recorder.events_of(id));
     server.shutdown().await;
@@ -1137,21 +1145,31 @@ async fn write_completed_reports_each_buffer_and_stats_add_up() {
 // ---------------------------------------------------------------------------------------------
 // Guarantee 10: a read delivers at most the configured buffer size.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn reads_never_exceed_the_read_buffer_size() {
     const BUFFER: usize = 100;
-    let mut builder = Server::builder().bind(LOCAL).read_buffer_size(BUFFER);
+    let mut builder = Server::builder().read_buffer_size(BUFFER);
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut peer = server.connect(PEER).await.unwrap();
     let message = pattern(12, 20 * KIB);
-    assert!(echo_round_trip(&mut stream, &message).await == message);
+    // As a socket might deliver it: in chunks of every size around the buffer's.
+    let mut rest = &message[..];
+    for size in (1..).map(|n| n % (2 * BUFFER) + 1) {
+        let (chunk, after) = rest.split_at(size.min(rest.len()));
+        peer.send(chunk).unwrap();
+        rest = after;
+        if rest.is_empty() {
+            break;
+        }
+    }
+    assert!(peer.read_exact(message.len()).await.unwrap() == message);
     let id = recorder.established()[0];
     let reads = lengths_read(&recorder.events_of(id));
     assert!(reads.iter().all(|&n| n <= BUFFER), "{reads:?}");
     assert_eq!(reads.iter().sum::<usize>(), message.len());
     assert!(reads.len() >= message.len() / BUFFER);
-    drop(stream);
+    drop(peer);
     recorder.wait_released(1).await;
     server.shutdown().await;
 }

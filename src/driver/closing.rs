@@ -1,10 +1,6 @@
 //! The end of a connection: the socket closed (RST for an abort), then its closing events in
 //! order, then its registration dropped.
 
-use std::time::Duration;
-
-use socket2::SockRef;
-
 use super::Driver;
 use crate::ClosureReason;
 
@@ -29,11 +25,7 @@ impl Driver {
             client.ended(reason);
         }
         if !reason.is_graceful() {
-            if let Some(tcp) = transport.tcp() {
-                // SO_LINGER 0 makes close() send RST and drop unsent data: the meaning of an
-                // abort.
-                let _ = SockRef::from(tcp).set_linger(Some(Duration::ZERO));
-            }
+            transport.reset_on_close();
         }
         drop(transport);
         if matches!(

@@ -14,6 +14,8 @@
 mod closing;
 mod failures;
 mod handshake;
+#[cfg(feature = "testing")]
+pub(crate) mod memory;
 mod proxy;
 mod timer;
 pub(crate) mod transport;
@@ -22,7 +24,6 @@ mod write;
 
 use std::future::poll_fn;
 use std::io;
-use std::net::Shutdown;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -30,8 +31,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::task::noop_waker_ref;
-use socket2::SockRef;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::client::ClientSink;
@@ -169,7 +168,7 @@ impl Driver {
     pub(crate) fn new(
         context: Arc<Context>,
         shared: Arc<Shared>,
-        stream: TcpStream,
+        transport: Transport,
         setup: Setup,
         registration: Registration,
     ) -> Self {
@@ -178,7 +177,7 @@ impl Driver {
             life: Lifecycle::new(context.lifecycle.clone(), Instant::now()),
             context,
             shared,
-            transport: Transport::Plain(stream),
+            transport,
             proxied: setup.proxied.map(Box::new),
             secure: setup.secure.map(Box::new),
             client: setup.client,
@@ -545,9 +544,7 @@ impl Driver {
         if let Err(error) = close_notify {
             tracing::debug!(connection = %self.shared.id, %error, "close_notify not sent");
         }
-        if let Some(tcp) = self.transport.tcp() {
-            let _ = SockRef::from(tcp).shutdown(Shutdown::Write);
-        }
+        self.transport.shutdown_write();
         self.life.on_fin_sent();
     }
 }

@@ -1,4 +1,4 @@
-//! The byte stream under a connection: plain TCP or TLS over TCP.
+//! The byte stream under a connection: plain TCP or TLS over TCP (or, for `testing`, memory).
 //!
 //! The driver sees one interface: poll for a read buffer, poll a write of some buffers, poll the
 //! sending of TLS `close_notify`. Plain TCP keeps tokio's readiness model (no read buffer exists
@@ -7,10 +7,13 @@
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
+use std::net::Shutdown;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
+use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -29,6 +32,9 @@ pub(crate) enum Transport {
     Plain(TcpStream),
     /// Boxed: a plain connection's driver should not carry a TLS connection's state.
     Tls(Box<Tls>),
+    /// An in-memory stream whose other end a test drives.
+    #[cfg(feature = "testing")]
+    Memory(super::memory::MemoryStream),
     /// The socket was handed to a handshake that failed; it is closed.
     Gone,
 }
@@ -59,6 +65,8 @@ impl Transport {
         match self {
             Transport::Plain(stream) => Some(stream),
             Transport::Tls(tls) => Some(tls.stream.get_ref().get_ref().get_ref()),
+            #[cfg(feature = "testing")]
+            Transport::Memory(_) => None,
             Transport::Gone => None,
         }
     }
@@ -124,6 +132,8 @@ impl Transport {
                 data.truncate(read);
                 Poll::Ready(Ok(data))
             }
+            #[cfg(feature = "testing")]
+            Transport::Memory(stream) => stream.poll_read(cx, size),
             Transport::Gone => Poll::Ready(Ok(BytesMut::new())),
         }
     }
@@ -158,6 +168,8 @@ impl Transport {
                 }
                 Pin::new(stream).poll_write(cx, gather)
             }
+            #[cfg(feature = "testing")]
+            Transport::Memory(stream) => stream.poll_write(cx, buffers),
             Transport::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -166,7 +178,30 @@ impl Transport {
     pub(crate) fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Transport::Tls(tls) => Pin::new(&mut tls.stream).poll_shutdown(cx),
-            Transport::Plain(_) | Transport::Gone => Poll::Ready(Ok(())),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Sends FIN (after `close_notify`, for TLS). Errors mean the peer is gone already.
+    pub(crate) fn shutdown_write(&self) {
+        #[cfg(feature = "testing")]
+        if let Transport::Memory(stream) = self {
+            return stream.shutdown_write();
+        }
+        if let Some(tcp) = self.tcp() {
+            let _ = SockRef::from(tcp).shutdown(Shutdown::Write);
+        }
+    }
+
+    /// Makes the close that dropping this transport does a reset: `SO_LINGER` 0 makes `close()`
+    /// send RST and drop unsent data, the meaning of an abort.
+    pub(crate) fn reset_on_close(&self) {
+        #[cfg(feature = "testing")]
+        if let Transport::Memory(stream) = self {
+            return stream.reset_on_close();
+        }
+        if let Some(tcp) = self.tcp() {
+            let _ = SockRef::from(tcp).set_linger(Some(Duration::ZERO));
         }
     }
 }

@@ -1,0 +1,347 @@
+//! Testing your callbacks without sockets: an embedded connection (feature `testing`).
+//!
+//! [`ServerBuilder::start_embedded`](crate::ServerBuilder::start_embedded) starts a server with
+//! every setting of the builder (limits, timeouts, queue sizes, user data slots) but no
+//! listener. [`EmbeddedServer::connect`] opens a connection to it over an in-memory stream and
+//! hands the test its other end, an [`EmbeddedPeer`]. The connection runs the same engine a
+//! socket's does (the same driver task, lifecycle rules, registry, limiter and shutdown); only
+//! the bytes travel through memory. From the peer the test sends bytes in the chunks it chooses,
+//! reads what the handler wrote, half-closes, resets, or stops reading so that the write queue
+//! fills. [`Recorded`] wraps the callbacks and logs every event in order in [`Events`].
+//!
+//! Nothing waits on the network, so under tokio's paused clock
+//! (`#[tokio::test(start_paused = true)]`, tokio's `test-util` feature) the timeouts and the
+//! shutdown's drain time pass at once and in a fixed order: a test of a 30 s idle timeout takes
+//! microseconds.
+//!
+//! Enable it for tests only:
+//! ```toml
+//! [dev-dependencies]
+//! switchboard = { version = "0.1", features = ["testing"] }
+//! tokio = { version = "1", features = ["macros", "rt", "test-util"] }
+//! ```
+//!
+//! What it does not model: TLS, the PROXY protocol and urgent data (they need a socket),
+//! [`on_socket_created`](crate::Callbacks::on_socket_created) (there is no socket), the accept
+//! loop's events ([`on_start_accepting_connections`](crate::Callbacks::on_start_accepting_connections)
+//! and its kin: there is no listener), and the kernel's own timing.
+//!
+//! # An echo handler
+//! ```
+//! use std::net::SocketAddr;
+//! use switchboard::testing::{Event, Recorded};
+//! use switchboard::{async_trait, BytesMut, Callbacks, ClosureReason, Connection, Server};
+//!
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl Callbacks for Echo {
+//!     async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+//!         connection.read();
+//!     }
+//!     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+//!         let _ = connection.write(data.freeze());
+//!         connection.read();
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (callbacks, events) = Recorded::new(Echo);
+//! let server = Server::builder().start_embedded(callbacks).await?;
+//! let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
+//! peer.send("hello")?;
+//! assert_eq!(peer.read().await?, "hello");
+//! peer.shutdown_write();
+//! assert_eq!(peer.read().await?, ""); // the server's FIN
+//! assert_eq!(events.wait_for_release(peer.id()).await, ClosureReason::PeerClosed);
+//! assert_eq!(events.of(peer.id())[0], Event::Established(peer.id(), peer.peer_addr()));
+//! # Ok(()) }
+//! ```
+//!
+//! # A line protocol, split across reads
+//! The peer decides where the stream is cut: each `send` is one read on the server.
+//! ```
+//! use std::net::SocketAddr;
+//! use std::sync::Mutex;
+//! use switchboard::testing::Recorded;
+//! use switchboard::{async_trait, BytesMut, Callbacks, Connection, Server};
+//!
+//! /// Answers each line with its length; keeps a partial line until its end comes.
+//! #[derive(Default)]
+//! struct LineLengths {
+//!     partial: Mutex<Vec<u8>>,
+//! }
+//!
+//! #[async_trait]
+//! impl Callbacks for LineLengths {
+//!     async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+//!         connection.read();
+//!     }
+//!     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+//!         let mut partial = self.partial.lock().unwrap();
+//!         for byte in data {
+//!             if byte == b'\n' {
+//!                 let _ = connection.write(format!("{}\n", partial.len()));
+//!                 partial.clear();
+//!             } else {
+//!                 partial.push(byte);
+//!             }
+//!         }
+//!         connection.read();
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (callbacks, _events) = Recorded::new(LineLengths::default());
+//! let server = Server::builder().start_embedded(callbacks).await?;
+//! let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
+//! for chunk in ["he", "llo\nwor", "ld", "!\n"] {
+//!     peer.send(chunk)?;
+//! }
+//! assert_eq!(peer.read_exact(4).await?, "5\n6\n");
+//! # Ok(()) }
+//! ```
+//!
+//! # A handler that must close on a timeout
+//! With the paused clock the 30 s pass as soon as nothing else is left to do.
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use switchboard::testing::Recorded;
+//! use switchboard::{async_trait, Callbacks, ClosureReason, Connection, Server};
+//!
+//! struct Silent;
+//!
+//! #[async_trait]
+//! impl Callbacks for Silent {
+//!     async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+//!         connection.read();
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (callbacks, events) = Recorded::new(Silent);
+//! let server = Server::builder()
+//!     .idle_timeout(Some(Duration::from_secs(30)))
+//!     .start_embedded(callbacks)
+//!     .await?;
+//! let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
+//! let started = tokio::time::Instant::now();
+//! // A timeout aborts: the peer sees a reset.
+//! let error = peer.read().await.unwrap_err();
+//! assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+//! assert_eq!(events.wait_for_release(peer.id()).await, ClosureReason::IdleTimedOut);
+//! assert!(started.elapsed() >= Duration::from_secs(30));
+//! # Ok(()) }
+//! ```
+//!
+//! # A handler that must survive a reset mid-write
+//! The peer stops reading, the handler's reply fills the queue, then the peer resets.
+//! ```
+//! use std::net::SocketAddr;
+//! use switchboard::testing::{Event, Recorded};
+//! use switchboard::{async_trait, Bytes, Callbacks, ClosureReason, Connection, Server};
+//!
+//! struct Flood;
+//!
+//! #[async_trait]
+//! impl Callbacks for Flood {
+//!     async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+//!         let _ = connection.write(Bytes::from(vec![b'x'; 40_000]));
+//!         connection.read();
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (callbacks, events) = Recorded::new(Flood);
+//! let server = Server::builder()
+//!     .write_watermarks(16_000, 8_000)
+//!     .start_embedded(callbacks)
+//!     .await?;
+//! let first = server.connect("192.0.2.7:50000".parse()?).await?;
+//! first.set_receive_window(1000);
+//! events.wait_for(|event| matches!(event, Event::WriteBufferHigh(..))).await;
+//! first.reset();
+//! let reason = events.wait_for_release(first.id()).await;
+//! assert_eq!(reason, ClosureReason::PeerReset);
+//! assert_eq!(events.count(|event| matches!(event, Event::Reset(..))), 1);
+//!
+//! // The server goes on serving.
+//! let mut second = server.connect("192.0.2.8:50000".parse()?).await?;
+//! assert_eq!(second.read_exact(40_000).await?.len(), 40_000);
+//! # Ok(()) }
+//! ```
+
+mod peer;
+mod recorded;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub use peer::EmbeddedPeer;
+pub use recorded::{Event, Events, Recorded, WAIT_LIMIT};
+
+use crate::driver::memory::Pipe;
+use crate::driver::transport::Transport;
+use crate::driver::Setup;
+use crate::manager::{Addresses, Manager};
+use crate::stats::Count;
+use crate::{Callbacks, ClosureReason, Direction, Error, Server, ServerBuilder, UserData};
+
+/// The server's address of embedded connections, unless the test names another.
+const DEFAULT_LOCAL_ADDR: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
+    7000, // any port: nothing listens
+);
+
+impl ServerBuilder {
+    /// Validates the settings and starts the server with no listener, for
+    /// [embedded connections](EmbeddedServer::connect) only (feature `testing`); the builder's
+    /// listeners and socket options are not used. Runs
+    /// [`on_server_started`](crate::Callbacks::on_server_started).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] naming the setting.
+    pub async fn start_embedded(self, callbacks: impl Callbacks) -> Result<EmbeddedServer, Error> {
+        self.validate()?;
+        let manager = self.into_manager(Box::new(callbacks));
+        let server = Server::new(manager.clone(), Arc::new([]), Arc::new([]));
+        let invoker = &manager.context.invoker;
+        invoker
+            .call(
+                "on_server_started",
+                None,
+                invoker.callbacks().on_server_started(&server),
+            )
+            .await;
+        Ok(EmbeddedServer {
+            server,
+            local_addr: DEFAULT_LOCAL_ADDR,
+            at_limit: AtomicBool::new(false),
+        })
+    }
+}
+
+/// A server with no listener whose connections run over memory (feature `testing`): from
+/// [`ServerBuilder::start_embedded`]. It dereferences to its [`Server`] handle, for stats,
+/// abort-all, shutdown and the rest.
+#[derive(Debug)]
+pub struct EmbeddedServer {
+    server: Server,
+    local_addr: SocketAddr,
+    /// The connection limit was reached and reported, and not left since.
+    at_limit: AtomicBool,
+}
+
+impl Deref for EmbeddedServer {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl EmbeddedServer {
+    /// The server's handle.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// The server's address of its connections, 127.0.0.1:7000, unless
+    /// [`connect_to`](Self::connect_to) names another (nothing listens there).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Accepts a connection from `peer_addr`, as the accept loop would a socket: it takes a slot
+    /// of the limiter, counts against the per-address cap, and runs in its own task from
+    /// [`on_connection_established`](crate::Callbacks::on_connection_established) on. Returns the
+    /// test's end of it.
+    ///
+    /// Over the [per-address cap](ServerBuilder::max_connections_per_ip) the connection is
+    /// refused as a socket's would be: it runs only its closing events (reason
+    /// [`ClosureReason::PerIpLimit`]) and the peer sees a reset.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] once a shutdown began; [`Error::ConnectionLimitReached`] at the
+    /// connection limit, after [`on_maximum_connections`](crate::Callbacks::on_maximum_connections)
+    /// (once until a connection is accepted again), where a real client would wait in the backlog
+    /// or be refused.
+    pub async fn connect(&self, peer_addr: SocketAddr) -> Result<EmbeddedPeer, Error> {
+        self.connect_to(peer_addr, self.local_addr).await
+    }
+
+    /// [`connect`](Self::connect), to the server's address `local_addr`.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_to(
+        &self,
+        peer_addr: SocketAddr,
+        local_addr: SocketAddr,
+    ) -> Result<EmbeddedPeer, Error> {
+        let manager = self.server.manager();
+        let live = manager.registry.begin()?;
+        let Some(permit) = manager.limiter.try_acquire() else {
+            manager.counters.count(Count::RefusedAtLimit);
+            if !self.at_limit.swap(true, Ordering::Relaxed) {
+                let invoker = &manager.context.invoker;
+                let future = invoker.callbacks().on_maximum_connections();
+                invoker.call("on_maximum_connections", None, future).await;
+            }
+            return Err(Error::ConnectionLimitReached {
+                limit: manager.limiter.capacity(),
+            });
+        };
+        self.at_limit.store(false, Ordering::Relaxed);
+        let (permit, refused) = match &manager.per_ip {
+            None => (permit, None),
+            Some(limit) => match limit.try_acquire(peer_addr.ip()) {
+                Some(slot) => (permit.with_peer_slot(slot), None),
+                None => {
+                    manager.counters.count(Count::RefusedPerIp);
+                    (permit, Some(ClosureReason::PerIpLimit))
+                }
+            },
+        };
+        let (pipe, stream) = Pipe::new();
+        let transport = Transport::Memory(stream);
+        if refused.is_some() {
+            transport.reset_on_close();
+        }
+        let (id, _) = register(
+            manager, transport, peer_addr, local_addr, permit, live, refused,
+        )?;
+        Ok(EmbeddedPeer::new(id, peer_addr, local_addr, pipe))
+    }
+}
+
+fn register(
+    manager: &Manager,
+    transport: Transport,
+    peer: SocketAddr,
+    local: SocketAddr,
+    permit: crate::limit::Permit,
+    live: crate::registry::Live,
+    refused: Option<ClosureReason>,
+) -> Result<(crate::ConnectionId, Option<crate::Connection>), Error> {
+    manager
+        .register(
+            transport,
+            Addresses { peer, local },
+            Direction::Inbound,
+            UserData::new(&manager.layout),
+            Setup::default(),
+            permit,
+            live,
+            false,
+            refused,
+        )
+        .map_err(|(_, error)| error)
+}

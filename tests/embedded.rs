@@ -1,0 +1,302 @@
+//! The embedded connection (`switchboard::testing`): the real driver over an in-memory stream,
+//! under tokio's paused clock. Each test proves one thing the peer can do or observe; the event
+//! order rules themselves are the lifecycle's unit tests and tests/lifecycle.rs.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard::testing::{EmbeddedServer, Event, Events, Recorded};
+use switchboard::{
+    async_trait, Bytes, BytesMut, Callbacks, ClosureReason, Connection, Server, ServerBuilder,
+    Slot, UserData,
+};
+use tokio::time::Instant;
+
+/// Reads and echoes; writes `greeting` first, closes on "close", aborts on "abort".
+#[derive(Default)]
+struct Echo {
+    greeting: Option<Bytes>,
+}
+
+#[async_trait]
+impl Callbacks for Echo {
+    async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+        if let Some(greeting) = &self.greeting {
+            let _ = connection.write(greeting.clone());
+        }
+        connection.read();
+    }
+
+    async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+        match &data[..] {
+            b"close" => connection.close(),
+            b"abort" => connection.abort(),
+            _ => {
+                let _ = connection.write(data.freeze());
+                connection.read();
+            }
+        }
+    }
+
+    async fn on_connection_client_close(&self, connection: &Connection) {
+        // Half-closed: the application may still write.
+        let _ = connection.write("bye");
+        connection.close();
+    }
+}
+
+fn address(n: u8) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, n], 40000))
+}
+
+async fn start(builder: ServerBuilder, echo: Echo) -> (EmbeddedServer, Events) {
+    let (callbacks, events) = Recorded::new(echo);
+    let server = builder.start_embedded(callbacks).await.expect("starts");
+    (server, events)
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunks_arrive_as_sent_and_the_closing_events_come_in_order() {
+    let (server, events) = start(Server::builder(), Echo::default()).await;
+    let mut peer = server.connect(address(1)).await.unwrap();
+    let id = peer.id();
+    for chunk in ["a", "bc", "def"] {
+        peer.send(chunk).unwrap();
+        assert_eq!(peer.read().await.unwrap(), chunk);
+    }
+    peer.shutdown_write();
+    assert_eq!(peer.read_to_end().await.unwrap(), "bye");
+    assert_eq!(events.wait_for_release(id).await, ClosureReason::LocalClose);
+    let of = events.of(id);
+    assert_eq!(of[0], Event::Established(id, address(1)));
+    let reads: Vec<_> = of
+        .iter()
+        .filter_map(|event| match event {
+            Event::Read(_, data) => Some(data.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reads, ["a", "bc", "def"]);
+    let tail = &of[of.len() - 4..];
+    assert_eq!(
+        tail,
+        [
+            Event::Written(id, 3),
+            Event::Closure(id, ClosureReason::LocalClose),
+            Event::Closed(id),
+            Event::Released(Some(id)),
+        ]
+    );
+    assert!(of.contains(&Event::ClientClose(id)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chunk_larger_than_the_read_buffer_is_read_in_pieces() {
+    let (server, events) = start(Server::builder().read_buffer_size(4), Echo::default()).await;
+    let mut peer = server.connect(address(1)).await.unwrap();
+    peer.send("0123456789").unwrap();
+    assert_eq!(peer.read_exact(10).await.unwrap(), "0123456789");
+    let sizes: Vec<_> = events
+        .of(peer.id())
+        .iter()
+        .filter_map(|event| match event {
+            Event::Read(_, data) => Some(data.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, [4, 4, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_delivers_the_queue_and_abort_resets() {
+    let (server, events) = start(Server::builder(), Echo::default()).await;
+    let mut closing = server.connect(address(1)).await.unwrap();
+    closing.send("close").unwrap();
+    assert_eq!(closing.read().await.unwrap(), "");
+    assert!(!closing.was_reset_by_server());
+    let mut aborting = server.connect(address(2)).await.unwrap();
+    aborting.send("abort").unwrap();
+    let error = aborting.read().await.unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    assert!(aborting.was_reset_by_server());
+    assert_eq!(
+        events.wait_for_release(aborting.id()).await,
+        ClosureReason::LocalAbort
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_stops_reading_fills_the_queue_and_a_reset_ends_it() {
+    let echo = Echo {
+        greeting: Some(Bytes::from(vec![b'x'; 30_000])),
+    };
+    let (server, events) = start(Server::builder().write_watermarks(20_000, 5_000), echo).await;
+    let mut peer = server.connect(address(1)).await.unwrap();
+    peer.set_receive_window(0);
+    let id = peer.id();
+    // Nothing can be sent: the whole greeting stays queued, over the high watermark.
+    events
+        .wait_for(|event| *event == Event::WriteBufferHigh(id, 30_000))
+        .await;
+    peer.set_receive_window(1_000);
+    assert_eq!(peer.read_exact(1_000).await.unwrap().len(), 1_000);
+    peer.set_receive_window(usize::MAX);
+    events
+        .wait_for(|event| matches!(event, Event::WriteBufferLow(i, _) if *i == id))
+        .await;
+    assert_eq!(peer.read_exact(29_000).await.unwrap().len(), 29_000);
+
+    // A second connection: reset while its greeting is stuck.
+    let stuck = server.connect(address(2)).await.unwrap();
+    stuck.set_receive_window(100);
+    events
+        .wait_for(|event| *event == Event::WriteBufferHigh(stuck.id(), 30_000))
+        .await;
+    stuck.reset();
+    assert_eq!(
+        events.wait_for_release(stuck.id()).await,
+        ClosureReason::PeerReset
+    );
+    assert!(events
+        .of(stuck.id())
+        .contains(&Event::Reset(stuck.id(), io::ErrorKind::ConnectionReset)));
+    // The greeting never completed.
+    assert!(!events
+        .of(stuck.id())
+        .iter()
+        .any(|event| matches!(event, Event::Written(..))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_fire_on_the_paused_clock() {
+    let builder = Server::builder()
+        .first_byte_timeout(Some(Duration::from_secs(5)))
+        .idle_timeout(Some(Duration::from_secs(30)));
+    let (server, events) = start(builder, Echo::default()).await;
+    let started = Instant::now();
+    let silent = server.connect(address(1)).await.unwrap();
+    assert_eq!(
+        events.wait_for_release(silent.id()).await,
+        ClosureReason::FirstByteTimedOut
+    );
+    assert!(started.elapsed() >= Duration::from_secs(5));
+
+    let mut talker = server.connect(address(2)).await.unwrap();
+    talker.send("hi").unwrap();
+    assert_eq!(talker.read().await.unwrap(), "hi");
+    let spoke = Instant::now();
+    assert_eq!(
+        events.wait_for_release(talker.id()).await,
+        ClosureReason::IdleTimedOut
+    );
+    assert!(spoke.elapsed() >= Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_limit_refuses_and_abort_all_counts_the_live_ones() {
+    let (server, events) = start(Server::builder().max_connections(2), Echo::default()).await;
+    let first = server.connect(address(1)).await.unwrap();
+    let second = server.connect(address(2)).await.unwrap();
+    assert!(matches!(
+        server.connect(address(3)).await,
+        Err(switchboard::Error::ConnectionLimitReached { limit: 2 })
+    ));
+    assert_eq!(events.count(|event| *event == Event::MaximumConnections), 1);
+    assert_eq!(server.stats().refused_at_limit, 1);
+    assert_eq!(server.abort_all_connections().await, 2);
+    for id in [first.id(), second.id()] {
+        assert_eq!(events.wait_for_release(id).await, ClosureReason::AbortAll);
+    }
+    events
+        .wait_for(|event| *event == Event::AllConnectionsAborted(2))
+        .await;
+    // A slot is free again.
+    server.connect(address(3)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_per_address_cap_refuses_with_closing_events_only() {
+    let builder = Server::builder().max_connections_per_ip(1);
+    let (server, events) = start(builder, Echo::default()).await;
+    let _first = server.connect(address(1)).await.unwrap();
+    let mut over = server.connect(address(1)).await.unwrap();
+    assert_eq!(
+        events.wait_for_release(over.id()).await,
+        ClosureReason::PerIpLimit
+    );
+    assert!(!events
+        .of(over.id())
+        .iter()
+        .any(|event| matches!(event, Event::Established(..))));
+    assert!(over.read().await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_then_forces_and_reports() {
+    /// Ignores the shutdown request: the drain time must pass.
+    struct Stubborn;
+    #[async_trait]
+    impl Callbacks for Stubborn {
+        async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+            connection.read();
+        }
+        async fn on_shutdown_requested(&self, _: &Connection) {}
+    }
+    let (callbacks, events) = Recorded::new(Stubborn);
+    let server = Server::builder()
+        .shutdown_timeout(Duration::from_secs(10))
+        .start_embedded(callbacks)
+        .await
+        .unwrap();
+    let peer_one = server.connect(address(1)).await.unwrap();
+    let started = Instant::now();
+    let report = server.shutdown().await;
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    assert_eq!((report.graceful, report.forced, report.other), (0, 1, 0));
+    let all = events.all();
+    assert_eq!(all[1], Event::Established(peer_one.id(), address(1)));
+    assert_eq!(all[2], Event::ShutdownInitiated);
+    assert_eq!(all.last(), Some(&Event::ShutdownComplete(report)));
+    assert!(matches!(
+        server.connect(address(2)).await,
+        Err(switchboard::Error::ShuttingDown)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn user_data_and_stats_are_the_servers() {
+    let mut builder = Server::builder();
+    let slot = builder.request_user_data_slot::<u32>();
+    /// Hands the slot's value back at release.
+    struct Release(Slot<u32>, Arc<std::sync::Mutex<Option<u32>>>);
+    #[async_trait]
+    impl Callbacks for Release {
+        async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+            connection.user_data().set(self.0, 7);
+            connection.read();
+        }
+        async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
+            let _ = connection.write(data.freeze());
+            connection.close();
+        }
+        async fn on_socket_released(&self, user_data: UserData) {
+            *self.1.lock().unwrap() = user_data.take(self.0);
+        }
+    }
+    let released = Arc::new(std::sync::Mutex::new(None));
+    let (callbacks, events) = Recorded::new(Release(slot, released.clone()));
+    let server = builder.start_embedded(callbacks).await.unwrap();
+    let mut peer = server.connect(address(1)).await.unwrap();
+    peer.send("12345").unwrap();
+    assert_eq!(peer.read_to_end().await.unwrap(), "12345");
+    events.wait_for_release(peer.id()).await;
+    assert_eq!(*released.lock().unwrap(), Some(7));
+    let stats = server.stats();
+    assert_eq!(
+        (stats.accepted, stats.bytes_read, stats.bytes_written),
+        (1, 5, 5)
+    );
+    assert_eq!(stats.active, 0);
+}
