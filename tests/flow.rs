@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use common::*;
 use switchboard::socket2::SockRef;
+use switchboard::testing::EmbeddedPeer;
 use switchboard::{
     async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
     Error, Server, ServerBuilder, Timeouts, UserData,
@@ -39,6 +40,11 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
 
 const LOCAL: &str = "127.0.0.1:0";
+/// The peer of embedded connections.
+const PEER: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+    40000,
+);
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
@@ -602,64 +608,44 @@ async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
 }
 
 /// Reads pause while the write queue is full, and that pause does not count against the read
-/// timeout: a client that floods an echo server without reading the echoes is held back by TCP
-/// flow control, not timed out. Once it stops sending (and reads), the read timeout applies.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// timeout: a peer that floods an echo server without reading the echoes is held back (the
+/// server stops reading), not timed out. Once it reads, the read timeout applies. Embedded, on
+/// the paused clock: the peer's receive window stands for its full socket.
+#[tokio::test(start_paused = true)]
 async fn reads_paused_by_a_full_queue_do_not_count_against_the_read_timeout() {
-    let behavior = Behavior {
-        echo: true,
-        server_buffers: Some(16 * KIB),
-        ..Behavior::quiet()
-    };
-    let (server, flow, address) =
-        start(behavior, |builder| builder.read_timeout(Some(SHORT))).await;
-    let client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
-    let (mut reader, mut writer) = client.into_split();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let sending = {
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            let block = vec![b'x'; 16 * KIB];
-            for _ in 0..64 {
-                if writer.write_all(&block).await.is_err() {
-                    break;
-                }
-                sent.fetch_add(block.len(), Ordering::SeqCst);
-            }
-            writer
-        })
-    };
+    let mut builder = Server::builder().read_timeout(Some(SHORT));
+    let flow = Recorder::with_behavior(&mut builder, Behavior::echo());
+    let server = builder.start_embedded(flow.clone()).await.unwrap();
+    let mut peer = server.connect(PEER).await.unwrap();
+    let id = peer.id();
+    peer.set_receive_window(0);
+    let block = vec![b'x'; 16 * KIB];
+    for _ in 0..64 {
+        peer.send(&block).unwrap();
+    }
     flow.wait_for(
         "on_write_buffer_high",
         |event| matches!(event, Event::WriteBufferHigh(of, _) if *of == id),
     )
     .await;
-    let stalled_at = settled("the client's writes to stall", &sent).await;
+    let stalled_at = server.stats().bytes_read;
     assert!(
-        stalled_at < MIB,
-        "the client should be held back: {stalled_at}"
+        stalled_at < MIB as u64,
+        "the peer should be held back: {stalled_at}"
     );
     sleep(QUIET).await;
     flow.assert_open(id, "while reads were paused by a full queue");
+    assert_eq!(server.stats().bytes_read, stalled_at, "reads stayed paused");
 
-    // The client reads everything; once it has sent all and the echoes are back, the server's
-    // requested read waits in vain and times out.
-    let mut echoed = 0;
-    let mut buffer = vec![0; 64 * KIB];
-    let ended = bounded("the echoes and then the reset", async {
-        loop {
-            match reader.read(&mut buffer).await {
-                Ok(0) => break Ok(()),
-                Ok(n) => echoed += n,
-                Err(error) => break Err(error),
-            }
-        }
-    })
-    .await;
-    let _writer = bounded("the client's writes", sending).await.unwrap();
-    assert_eq!(echoed, MIB, "every byte sent is echoed");
-    let error = ended.expect_err("the read timeout resets the connection");
+    // The peer reads everything; once the echoes are back, the server's requested read waits in
+    // vain and times out.
+    peer.set_receive_window(EmbeddedPeer::DEFAULT_RECEIVE_WINDOW);
+    let echoed = peer.read_exact(MIB).await.unwrap();
+    assert_eq!(echoed.len(), MIB, "every byte sent is echoed");
+    let error = peer
+        .read()
+        .await
+        .expect_err("the read timeout resets the connection");
     assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
     let (reason, _) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::ReadTimedOut);
