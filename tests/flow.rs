@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use common::*;
 use switchboard::socket2::SockRef;
-use switchboard::testing::EmbeddedPeer;
+use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
     async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
     Error, Server, ServerBuilder, Timeouts, UserData,
@@ -83,6 +83,20 @@ async fn start_with_hooks(
         .unwrap();
     let address = server.local_addr().unwrap();
     (server, flow, address)
+}
+
+/// [`start`], embedded (`switchboard::testing`): no listener; connect with `server.connect(PEER)`.
+async fn start_embedded(
+    behavior: Behavior,
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (EmbeddedServer, Recorder) {
+    let mut builder = Server::builder();
+    let flow = Recorder::with_behavior(&mut builder, behavior);
+    let server = configure(builder)
+        .start_embedded(flow.clone())
+        .await
+        .unwrap();
+    (server, flow)
 }
 
 /// Asserts that `id`'s watermark events alternate high, low, high… starting with high.
@@ -386,15 +400,21 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
 
 /// A producer waiting in `writable()` (through `write_all`) for a peer that does not read learns
 /// that the connection ended: the peer resets and the wait ends with `ConnectionClosed`.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn writable_returns_connection_closed_when_the_connection_ends_while_waiting() {
     let behavior = Behavior {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let peer = server.connect(PEER).await.unwrap();
+    peer.set_receive_window(0);
+    let id = peer.id();
+    flow.wait_for(
+        "established",
+        |event| matches!(event, Event::Established(of, ..) if *of == id),
+    )
+    .await;
     let connection = flow.handle(id);
     flow.release_handle(id);
     let produced = Arc::new(AtomicUsize::new(0));
@@ -417,7 +437,7 @@ async fn writable_returns_connection_closed_when_the_connection_ends_while_waiti
         "writable() waits while the queue is high"
     );
 
-    reset(client);
+    peer.reset();
     let produced_result = bounded("the producer to learn of the end", producer)
         .await
         .unwrap();
@@ -437,19 +457,25 @@ async fn writable_returns_connection_closed_when_the_connection_ends_while_waiti
 /// `close()` makes a connection "closing": a writer already waiting in `writable()` must get
 /// `ConnectionClosed` then (as its documentation says: "once the connection is closing or closed
 /// (also while waiting)"), not only when the close has flushed or timed out.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn writable_returns_connection_closed_when_close_is_called_while_waiting() {
     let behavior = Behavior {
         keep_handles: true,
         ..Behavior::quiet()
     };
     // A close timeout longer than the bounded wait, so a writer woken only at its end fails.
-    let (server, flow, address) = start(behavior, |builder| {
+    let (server, flow) = start_embedded(behavior, |builder| {
         builder.close_timeout(WAIT + Duration::from_secs(10))
     })
     .await;
-    let client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
+    let peer = server.connect(PEER).await.unwrap();
+    peer.set_receive_window(0);
+    let id = peer.id();
+    flow.wait_for(
+        "established",
+        |event| matches!(event, Event::Established(of, ..) if *of == id),
+    )
+    .await;
     let connection = flow.handle(id);
     flow.release_handle(id);
     let produced = Arc::new(AtomicUsize::new(0));
@@ -468,7 +494,7 @@ async fn writable_returns_connection_closed_when_close_is_called_while_waiting()
         .await
         .unwrap();
     assert!(matches!(result, Err(Error::ConnectionClosed)), "{result:?}");
-    reset(client);
+    peer.reset();
     drop(connection);
     flow.wait_release_of(id).await;
     server.shutdown().await;
@@ -478,25 +504,31 @@ async fn writable_returns_connection_closed_when_close_is_called_while_waiting()
 /// client that sent its request, shut down its side and then gave up on a long response) reset
 /// the connection: the write that meets the reset reports `on_connection_reset` and the closure
 /// is `PeerReset`, as for a reset at any other time.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_reset_after_the_peers_fin_is_a_peer_reset() {
     let behavior = Behavior {
         collect: true,
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let mut client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let peer = server.connect(PEER).await.unwrap();
+    peer.set_receive_window(0);
+    let id = peer.id();
+    flow.wait_for(
+        "established",
+        |event| matches!(event, Event::Established(of, ..) if *of == id),
+    )
+    .await;
     let connection = flow.handle(id);
     flow.release_handle(id);
-    client.shutdown().await.expect("client shutdown");
+    peer.shutdown_write();
     flow.wait_for("the client's FIN", |event| *event == Event::ClientClose(id))
         .await;
     let produced = Arc::new(AtomicUsize::new(0));
     let producer = tokio::spawn(produce(connection, usize::MAX, 16 * KIB, produced.clone()));
     settled("the producer to stall", &produced).await;
-    reset(client);
+    peer.reset();
     let (reason, _) = flow.wait_closure(id).await;
     let result = bounded("the producer", producer).await.unwrap();
     assert!(matches!(result, Err(Error::ConnectionClosed)), "{result:?}");
@@ -556,16 +588,22 @@ async fn a_peer_that_never_reads_is_reset_as_a_slow_consumer() {
 
 /// Without a slow-consumer timeout (the default), a stalled peer is kept as long as it keeps the
 /// connection open; when it reads again the queue drains and `on_write_buffer_low` fires.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
     const TOTAL: usize = 16 * MIB;
     let behavior = Behavior {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let mut client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let mut peer = server.connect(PEER).await.unwrap();
+    peer.set_receive_window(0);
+    let id = peer.id();
+    flow.wait_for(
+        "established",
+        |event| matches!(event, Event::Established(of, ..) if *of == id),
+    )
+    .await;
     let connection = flow.handle(id);
     flow.release_handle(id);
     let produced = Arc::new(AtomicUsize::new(0));
@@ -582,16 +620,15 @@ async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
     let lows_while_stalled =
         flow.count(|event| matches!(event, Event::WriteBufferLow(of, _) if *of == id));
 
-    let mut data = Vec::new();
-    bounded("the whole stream", client.read_to_end(&mut data))
-        .await
-        .expect("client read");
+    peer.set_receive_window(EmbeddedPeer::DEFAULT_RECEIVE_WINDOW);
+    peer.set_wait_limit(WAIT);
+    let data = peer.read_to_end().await.expect("peer read");
     assert_eq!(data.len(), TOTAL);
     assert!(
         data == periodic_pattern(TOTAL),
         "the stream differs from the pattern"
     );
-    drop(client);
+    drop(peer);
     bounded("the producer", producer)
         .await
         .unwrap()
