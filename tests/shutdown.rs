@@ -1,5 +1,7 @@
 //! Guarantees 6 and 7: abort-all and the ordered, idempotent shutdown, over real loopback
-//! connections.
+//! connections where the listener is part of it (accepting stops, connects are refused) and over
+//! the embedded connection of `switchboard::testing` elsewhere (on tokio's paused clock unless
+//! the test is about parallel tasks).
 
 mod common;
 
@@ -11,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
     async_trait, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Error, Server,
     ShutdownReport, UserData,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -36,6 +38,41 @@ async fn echoing_clients(address: SocketAddr, n: usize) -> Vec<TcpStream> {
         clients.push(stream);
     }
     clients
+}
+
+/// The peer address of the `i`th embedded connection.
+fn peer_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, 1], 40000 + i as u16))
+}
+
+/// [`echoing_clients`] over the embedded connection (`switchboard::testing`).
+async fn echoing_peers(server: &EmbeddedServer, n: usize) -> Vec<EmbeddedPeer> {
+    let mut peers = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut peer = server
+            .connect(peer_addr(i))
+            .await
+            .expect("embedded connect");
+        let message = format!("hello {i}");
+        peer.send(&message).unwrap();
+        assert_eq!(peer.read_exact(message.len()).await.unwrap(), message);
+        peers.push(peer);
+    }
+    peers
+}
+
+/// [`until_closed`] for embedded peers.
+fn until_peers_closed(peers: Vec<EmbeddedPeer>) -> Vec<JoinHandle<io::Result<Vec<u8>>>> {
+    peers
+        .into_iter()
+        .map(|mut peer| {
+            tokio::spawn(async move {
+                let end = peer.read_to_end().await.map(|data| data.to_vec());
+                drop(peer);
+                end
+            })
+        })
+        .collect()
 }
 
 /// Lets each client read until the server ends the connection, then drop it (sending our FIN
@@ -113,14 +150,13 @@ async fn shut_down(server: &Server) -> ShutdownReport {
         .expect("shutdown did not complete")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn abort_all_resets_every_live_connection_and_reports_the_count() {
     const K: usize = 3;
-    let mut builder = Server::builder().bind("127.0.0.1:0");
+    let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let address = server.local_addr().unwrap();
-    let clients = echoing_clients(address, K).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let clients = echoing_peers(&server, K).await;
     assert_eq!(server.active_connections(), K);
 
     let aborted = tokio::time::timeout(WAIT, server.abort_all_connections())
@@ -135,7 +171,7 @@ async fn abort_all_resets_every_live_connection_and_reports_the_count() {
         recorder.events()
     );
 
-    for ending in endings(until_closed(clients)).await {
+    for ending in endings(until_peers_closed(clients)).await {
         assert_reset(&ending);
     }
     recorder.wait_released(K).await;
@@ -165,8 +201,9 @@ async fn abort_all_resets_every_live_connection_and_reports_the_count() {
     assert_eq!(stats.accepted, K as u64);
 
     // The server goes on accepting; an abort-all with nothing live reports zero.
-    let mut later = client(address).await;
-    assert_eq!(echo_round_trip(&mut later, b"after").await, b"after");
+    let mut later = server.connect(peer_addr(K)).await.unwrap();
+    later.send(b"after").unwrap();
+    assert_eq!(later.read_exact(5).await.unwrap(), "after");
     assert_eq!(server.stats().accepted, K as u64 + 1);
     drop(later);
     recorder.wait_released(K + 1).await;
@@ -312,9 +349,7 @@ async fn shutdown_resets_connections_that_outlive_the_drain_time() {
 async fn all_connections_aborted_precedes_the_closures_it_caused() {
     const K: usize = 4;
     for round in 0..20 {
-        let mut builder = Server::builder()
-            .bind("127.0.0.1:0")
-            .shutdown_timeout(Duration::from_millis(20));
+        let mut builder = Server::builder().shutdown_timeout(Duration::from_millis(20));
         let recorder = Recorder::with_behavior(
             &mut builder,
             Behavior {
@@ -322,8 +357,8 @@ async fn all_connections_aborted_precedes_the_closures_it_caused() {
                 ..Behavior::default()
             },
         );
-        let server = builder.start(recorder.clone()).await.unwrap();
-        let tasks = until_closed(echoing_clients(server.local_addr().unwrap(), K).await);
+        let server = builder.start_embedded(recorder.clone()).await.unwrap();
+        let tasks = until_peers_closed(echoing_peers(&server, K).await);
         let report = shut_down(&server).await;
         assert_eq!((report.graceful, report.forced), (0, K));
         endings(tasks).await.iter().for_each(assert_reset);
@@ -336,10 +371,10 @@ async fn all_connections_aborted_precedes_the_closures_it_caused() {
         );
         assert_eq!(events.last(), Some(&Event::ShutdownComplete(report)));
 
-        let mut builder = Server::builder().bind("127.0.0.1:0");
+        let mut builder = Server::builder();
         let recorder = Recorder::new(&mut builder);
-        let server = builder.start(recorder.clone()).await.unwrap();
-        let tasks = until_closed(echoing_clients(server.local_addr().unwrap(), K).await);
+        let server = builder.start_embedded(recorder.clone()).await.unwrap();
+        let tasks = until_peers_closed(echoing_peers(&server, K).await);
         assert_eq!(server.abort_all_connections().await, K);
         endings(tasks).await.iter().for_each(assert_reset);
         recorder.wait_released(K).await;
@@ -412,17 +447,16 @@ impl Callbacks for Mixed {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn mixed_shutdown_counts_graceful_and_forced_connections() {
     const K: usize = 5;
     let mixed = Mixed::default();
     let server = Server::builder()
-        .bind("127.0.0.1:0")
         .shutdown_timeout(Duration::from_millis(500))
-        .start(mixed.clone())
+        .start_embedded(mixed.clone())
         .await
         .unwrap();
-    let tasks = until_closed(echoing_clients(server.local_addr().unwrap(), K).await);
+    let tasks = until_peers_closed(echoing_peers(&server, K).await);
     eventually("every connection established", || {
         mixed.0.established.lock().unwrap().len() == K
     })
@@ -592,12 +626,10 @@ async fn connects_after_shutdown_are_refused_with_shutting_down() {
     assert_eq!(server.stats().connected, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_report_counts_connections_that_ended_otherwise_during_the_drain() {
     const K: usize = 3;
-    let mut builder = Server::builder()
-        .bind("127.0.0.1:0")
-        .shutdown_timeout(Duration::from_millis(1500));
+    let mut builder = Server::builder().shutdown_timeout(Duration::from_millis(1500));
     let recorder = Recorder::with_behavior(
         &mut builder,
         Behavior {
@@ -605,10 +637,10 @@ async fn shutdown_report_counts_connections_that_ended_otherwise_during_the_drai
             ..Behavior::default()
         },
     );
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut clients = echoing_clients(server.local_addr().unwrap(), K).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut clients = echoing_peers(&server, K).await;
     let shutdown = tokio::spawn({
-        let server = server.clone();
+        let server = server.server().clone();
         async move { server.shutdown().await }
     });
     recorder
@@ -617,7 +649,7 @@ async fn shutdown_report_counts_connections_that_ended_otherwise_during_the_drai
         })
         .await;
     // One peer resets during the drain: neither graceful nor forced.
-    reset(clients.remove(0));
+    clients.remove(0).reset();
     let report = tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
     assert_eq!(
         (report.graceful, report.forced, report.other),
@@ -635,10 +667,10 @@ async fn shutdown_report_counts_connections_that_ended_otherwise_during_the_drai
 /// in `on_shutdown_requested`, instead of the default `close()`) answers everything its peer
 /// sends, before and after the notice, and ends gracefully when the peer closes. The default,
 /// for contrast, discards what arrives after the notice: the peer gets FIN and no answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_drain_that_keeps_reading_loses_nothing_the_peer_sent() {
     for keep_reading in [true, false] {
-        let mut builder = Server::builder().bind("127.0.0.1:0").shutdown_timeout(WAIT);
+        let mut builder = Server::builder().shutdown_timeout(WAIT);
         let recorder = Recorder::with_behavior(
             &mut builder,
             Behavior {
@@ -646,29 +678,26 @@ async fn a_drain_that_keeps_reading_loses_nothing_the_peer_sent() {
                 ..Behavior::echo()
             },
         );
-        let server = builder.start(recorder.clone()).await.unwrap();
-        let address = server.local_addr().unwrap();
-        let mut stream = client(address).await;
-        echo(&mut stream, &pattern(1, 1024)).await;
+        let server = builder.start_embedded(recorder.clone()).await.unwrap();
+        let mut stream = server.connect(peer_addr(0)).await.unwrap();
+        let greeting = pattern(1, 1024);
+        stream.send(&greeting).unwrap();
+        assert!(stream.read_exact(1024).await.unwrap() == greeting);
         // A request on its way while the shutdown begins, and one sent after the notice.
         let in_flight = pattern(2, 1024);
-        bounded("write", stream.write_all(&in_flight))
-            .await
-            .unwrap();
+        stream.send(&in_flight).unwrap();
         let shutdown = {
-            let server = server.clone();
+            let server = server.server().clone();
             tokio::spawn(async move { server.shutdown().await })
         };
         recorder
             .wait_for("the notice", |e| matches!(e, Event::ShutdownRequested(_)))
             .await;
         let after_notice = pattern(3, 1024);
-        bounded("write", stream.write_all(&after_notice))
-            .await
-            .unwrap();
+        stream.send(&after_notice).unwrap();
         if keep_reading {
-            let mut echoed = vec![0; 2048];
-            bounded("both echoes", stream.read_exact(&mut echoed))
+            let echoed = stream
+                .read_exact(2048)
                 .await
                 .expect("both requests answered");
             assert!(
@@ -680,13 +709,15 @@ async fn a_drain_that_keeps_reading_loses_nothing_the_peer_sent() {
                 "the later request's echo"
             );
             // Our FIN ends it: no more to read, then the server's FIN.
-            stream.shutdown().await.unwrap();
-            let (rest, end) = read_to_end(&mut stream).await;
+            stream.shutdown_write();
+            let end = stream.read_to_end().await;
+            let rest = end.as_ref().map(|rest| rest.to_vec()).unwrap_or_default();
             assert!(rest.is_empty() && end.is_ok(), "a clean end: {end:?}");
         } else {
             // Whatever of the in-flight request was read before the notice is echoed; what
             // came after it is not.
-            let (answered, end) = read_to_end(&mut stream).await;
+            let end = stream.read_to_end().await;
+            let answered = end.as_ref().map(|rest| rest.to_vec()).unwrap_or_default();
             assert!(end.is_ok(), "closed with FIN, not reset: {end:?}");
             assert!(
                 answered.len() < 2048 && answered[..] == in_flight[..answered.len()],
