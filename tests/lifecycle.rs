@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use switchboard::socket2::TcpKeepalive;
+use switchboard::testing::EmbeddedPeer;
 use switchboard::{Bytes, ClosureReason, Connection, ConnectionId, Direction, Error, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -83,6 +84,14 @@ fn has_client_close_or_reset(events: &[Event]) -> bool {
     events
         .iter()
         .any(|e| matches!(e, Event::ClientClose(_) | Event::Reset(_)))
+}
+
+/// [`read_to_end`] for an embedded peer: the bytes, and how the stream ended.
+async fn read_to_end_embedded(peer: &mut EmbeddedPeer) -> (Vec<u8>, io::Result<()>) {
+    match peer.read_to_end().await {
+        Ok(data) => (data.to_vec(), Ok(())),
+        Err(error) => (Vec::new(), Err(error)),
+    }
 }
 
 /// Reads until the stream fails or ends, bounded by [`WAIT`]; returns the bytes and the error
@@ -412,12 +421,12 @@ async fn a_pending_read_keeps_an_idle_connection_open() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_held_handle_keeps_a_connection_open_and_dropping_it_closes() {
-    let mut builder = Server::builder().bind(LOCAL);
+    let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -425,28 +434,24 @@ async fn a_held_handle_keeps_a_connection_open_and_dropping_it_closes() {
     tokio::time::sleep(QUIET).await;
     recorder.assert_open(id, "while only a handle held it");
     assert!(!handle.is_closing());
-    let mut probe = [0u8; 1];
+    stream.set_wait_limit(Duration::from_millis(50));
+    let probe = stream.read().await;
+    stream.set_wait_limit(WAIT);
     assert!(
-        tokio::time::timeout(Duration::from_millis(50), stream.read(&mut probe))
-            .await
-            .is_err(),
+        matches!(&probe, Err(error) if error.kind() == io::ErrorKind::TimedOut),
         "the client saw the connection end while a handle was held"
     );
 
     // A round trip through the handle.
-    stream.write_all(b"ping").await.unwrap();
+    stream.send(b"ping").unwrap();
     handle.read();
     recorder
         .wait_count("the read", 1, |e| matches!(e, Event::Read(..)))
         .await;
     assert_eq!(recorder.received(id), b"ping");
     handle.write(&b"pong"[..]).unwrap();
-    let mut reply = [0u8; 4];
-    tokio::time::timeout(WAIT, stream.read_exact(&mut reply))
-        .await
-        .expect("no reply")
-        .unwrap();
-    assert_eq!(&reply, b"pong");
+    let reply = stream.read_exact(4).await.expect("no reply");
+    assert_eq!(reply, "pong");
     recorder
         .wait_count("the write", 1, |e| matches!(e, Event::Written(..)))
         .await;
@@ -459,7 +464,7 @@ async fn a_held_handle_keeps_a_connection_open_and_dropping_it_closes() {
     tokio::time::sleep(QUIET).await;
     recorder.assert_open(id, "with a clone of the handle left");
     drop(second);
-    let (rest, end) = read_to_end(&mut stream).await;
+    let (rest, end) = read_to_end_embedded(&mut stream).await;
     end.expect("graceful close");
     assert!(rest.is_empty());
     drop(stream);
@@ -470,13 +475,13 @@ async fn a_held_handle_keeps_a_connection_open_and_dropping_it_closes() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_pending_write_keeps_the_connection_open_until_delivered() {
     const TOTAL: usize = 16 * MIB;
     const TRAILER: &[u8] = b"trailer";
     let data = Bytes::from(pattern(3, TOTAL));
     let trailer_written: Arc<Mutex<Option<Result<(), Error>>>> = Arc::default();
-    let mut builder = Server::builder().bind(LOCAL);
+    let mut builder = Server::builder();
     let hooks = Hooks {
         // One write and nothing else: no read, no handle kept.
         established: Some(Box::new({
@@ -497,8 +502,9 @@ async fn a_pending_write_keeps_the_connection_open_until_delivered() {
         ..Hooks::default()
     };
     let recorder = Recorder::with_hooks(&mut builder, Behavior::quiet(), hooks);
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(PEER).await.unwrap();
+    stream.set_receive_window(0);
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
@@ -510,7 +516,8 @@ async fn a_pending_write_keeps_the_connection_open_until_delivered() {
     assert!(server.stats().bytes_written < TOTAL as u64);
     assert_eq!(server.active_connections(), 1);
 
-    let (received, end) = read_to_end(&mut stream).await;
+    stream.set_receive_window(EmbeddedPeer::DEFAULT_RECEIVE_WINDOW);
+    let (received, end) = read_to_end_embedded(&mut stream).await;
     end.expect("graceful close after the write");
     let taken = trailer_written.lock().unwrap().take();
     assert!(
@@ -532,12 +539,12 @@ async fn a_pending_write_keeps_the_connection_open_until_delivered() {
 // ---------------------------------------------------------------------------------------------
 // Guarantee 3: half-close, both ways.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn after_the_peers_fin_writes_are_still_delivered() {
     const PART: usize = 100 * KIB;
     let first = pattern(4, 3 * PART);
     let second = pattern(5, 2 * PART);
-    let mut builder = Server::builder().bind(LOCAL).write_queue_limit(4 * MIB);
+    let mut builder = Server::builder().write_queue_limit(4 * MIB);
     let hooks = Hooks {
         // Written from on_connection_client_close itself, in three writes.
         client_close: Some(Box::new({
@@ -555,13 +562,13 @@ async fn after_the_peers_fin_writes_are_still_delivered() {
         ..Behavior::default()
     };
     let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
-    stream.write_all(b"request").await.unwrap();
-    stream.shutdown().await.unwrap();
+    stream.send(b"request").unwrap();
+    stream.shutdown_write();
     recorder
         .wait_count("client close", 1, |e| *e == Event::ClientClose(id))
         .await;
@@ -571,7 +578,7 @@ async fn after_the_peers_fin_writes_are_still_delivered() {
     }
     drop(handle);
 
-    let (received, end) = read_to_end(&mut stream).await;
+    let (received, end) = read_to_end_embedded(&mut stream).await;
     end.expect("graceful close");
     let mut expected = b"request".to_vec();
     expected.extend_from_slice(&first);
@@ -602,12 +609,12 @@ async fn after_the_peers_fin_writes_are_still_delivered() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn shutdown_write_sends_fin_and_reading_goes_on() {
-    let mut builder = Server::builder().bind(LOCAL);
+    let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -617,18 +624,20 @@ async fn shutdown_write_sends_fin_and_reading_goes_on() {
     assert!(matches!(refused, Err(Error::WriteShutdown)), "{refused:?}");
 
     // The client gets what was queued, then EOF.
-    let mut received = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut received))
+    let received = stream
+        .read_to_end()
         .await
-        .expect("no FIN after shutdown_write")
-        .expect("shutdown_write sends FIN, not RST");
-    assert_eq!(received, b"last words");
+        .expect("a FIN after shutdown_write, not RST");
+    assert_eq!(received, &b"last words"[..]);
     assert!(!handle.is_closing());
 
     // The client's direction is still open: the server reads everything it sends, in several
     // reads.
     let message = pattern(6, 40 * KIB);
-    stream.write_all(&message).await.unwrap();
+    // In pieces, as a socket would deliver them.
+    for piece in message.chunks(8 * KIB) {
+        stream.send(piece).unwrap();
+    }
     while recorder.received(id).len() < message.len() {
         let reads = recorder.count(|e| matches!(e, Event::Read(i, _) if *i == id));
         handle.read();
@@ -645,7 +654,7 @@ async fn shutdown_write_sends_fin_and_reading_goes_on() {
 
     // Then the client's FIN: with both directions shut, the connection ends although the handle
     // is still held.
-    stream.shutdown().await.unwrap();
+    stream.shutdown_write();
     handle.read();
     recorder.wait_released(1).await;
     let events = recorder.events_of(id);
@@ -667,12 +676,12 @@ async fn shutdown_write_sends_fin_and_reading_goes_on() {
 /// `close()` takes effect in the handle at once, like `abort()` and `shutdown_write()`: a write
 /// right after it is refused and not sent, even before the connection's task has run (this
 /// runtime has one thread and the test does not yield in between).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_right_after_close_is_refused_as_closed() {
-    let mut builder = Server::builder().bind(LOCAL);
+    let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -687,7 +696,7 @@ async fn write_right_after_close_is_refused_as_closed() {
         matches!(refused, Err(Error::ConnectionClosed)),
         "a write after close() must be refused, got {refused:?}"
     );
-    let (received, end) = read_to_end(&mut stream).await;
+    let (received, end) = read_to_end_embedded(&mut stream).await;
     end.unwrap();
     assert_eq!(received, b"queued before close");
     drop(stream);
@@ -699,18 +708,18 @@ async fn write_right_after_close_is_refused_as_closed() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn write_after_a_close_took_effect_is_refused_as_closed() {
-    let mut builder = Server::builder().bind(LOCAL);
+    let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
     handle.write(&b"bye"[..]).unwrap();
     handle.close();
-    let (received, end) = read_to_end(&mut stream).await;
+    let (received, end) = read_to_end_embedded(&mut stream).await;
     end.unwrap();
     assert_eq!(received, b"bye");
     // The close is under way (FIN sent, waiting for the client's): writes are refused.
@@ -742,14 +751,14 @@ async fn write_after_a_close_took_effect_is_refused_as_closed() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_beyond_the_queue_limit_is_refused_as_full() {
     const LIMIT: usize = 64 * KIB;
     const CHUNK: usize = 16 * KIB;
-    let mut builder = Server::builder().bind(LOCAL).write_queue_limit(LIMIT);
+    let mut builder = Server::builder().write_queue_limit(LIMIT);
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
 
     // One thread, no yield: the driver cannot drain the queue between these writes.
@@ -779,16 +788,15 @@ async fn write_beyond_the_queue_limit_is_refused_as_full() {
     );
 
     // Only what was taken arrives; once it drains, writes are taken again.
-    let mut received = vec![0u8; LIMIT];
-    tokio::time::timeout(WAIT, stream.read_exact(&mut received))
+    let received = stream
+        .read_exact(LIMIT)
         .await
-        .expect("the queued data did not arrive")
-        .unwrap();
+        .expect("the queued data did not arrive");
     assert!(received == data);
     eventually("the queue to drain", || handle.queued_write_bytes() == 0).await;
     handle.write(&b"again"[..]).unwrap();
     drop(handle);
-    let (rest, end) = read_to_end(&mut stream).await;
+    let (rest, end) = read_to_end_embedded(&mut stream).await;
     end.unwrap();
     assert_eq!(rest, b"again");
     drop(stream);
