@@ -240,12 +240,12 @@ async fn peer_reset_seen_by_a_pending_write_closes_with_peer_reset() {
 // ---------------------------------------------------------------------------------------------
 // Guarantee 4: close() loses no queued data; abort() sends RST and drops the queue.
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn close_delivers_every_queued_byte_before_the_fin() {
-    let mut builder = Server::builder().bind(LOCAL).write_queue_limit(2 * MIB);
+    let mut builder = Server::builder().write_queue_limit(2 * MIB);
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -259,7 +259,7 @@ async fn close_delivers_every_queued_byte_before_the_fin() {
     handle.close();
     drop(handle);
 
-    let (received, end) = read_to_end(&mut stream).await;
+    let (received, end) = read_to_end_embedded(&mut stream).await;
     end.expect("a graceful close ends with FIN, not RST");
     assert_eq!(received.len(), MIB);
     assert!(received == data, "the data arrived altered or out of order");
@@ -1025,15 +1025,14 @@ fn errors_free(recorder: &Recorder) -> bool {
 // ---------------------------------------------------------------------------------------------
 // on_write_completed and the stats.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn write_completed_reports_each_buffer_and_stats_add_up() {
-    let mut builder = Server::builder().bind(LOCAL).write_queue_limit(MIB);
+    let mut builder = Server::builder().write_queue_limit(MIB);
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let address = server.local_addr().unwrap();
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
 
     // Connection 1: writes of assorted sizes through a handle, and reads of what the client sends.
-    let mut stream = client(address).await;
+    let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
     let sizes = [1, 10, 1_000, 4_096, 100_000];
@@ -1046,11 +1045,10 @@ async fn write_completed_reports_each_buffer_and_stats_add_up() {
             .unwrap();
         at += size;
     }
-    let mut received = vec![0u8; total];
-    tokio::time::timeout(WAIT, stream.read_exact(&mut received))
+    let received = stream
+        .read_exact(total)
         .await
-        .expect("the writes did not arrive")
-        .unwrap();
+        .expect("the writes did not arrive");
     assert!(received == data);
     recorder
         .wait_count(
@@ -1067,7 +1065,7 @@ async fn write_completed_reports_each_buffer_and_stats_add_up() {
     assert_eq!(server.stats().bytes_written, total as u64);
 
     let upload = pattern(9, 3_000);
-    stream.write_all(&upload).await.unwrap();
+    stream.send(&upload).unwrap();
     while recorder.received(id).len() < upload.len() {
         let reads = recorder.count(|e| matches!(e, Event::Read(i, _) if *i == id));
         handle.read();
@@ -1090,7 +1088,7 @@ async fn write_completed_reports_each_buffer_and_stats_add_up() {
     assert_eq!(stats.active, 1);
     assert_eq!(stats.total_closures(), 0);
     drop(handle);
-    read_to_end(&mut stream).await.1.unwrap();
+    read_to_end_embedded(&mut stream).await.1.unwrap();
     drop(stream);
     recorder.wait_released(1).await;
 
@@ -1100,15 +1098,18 @@ async fn write_completed_reports_each_buffer_and_stats_add_up() {
         b.echo = true;
         b.keep_handles = false;
     });
-    let mut reset_client = client(address).await;
+    let mut reset_client = server.connect(PEER).await.unwrap();
     let small = pattern(10, 500);
-    assert!(echo_round_trip(&mut reset_client, &small).await == small);
-    let mut closing_client = client(address).await;
+    reset_client.send(&small).unwrap();
+    assert!(reset_client.read_exact(small.len()).await.unwrap() == small);
+    let mut closing_client = server.connect(PEER).await.unwrap();
     let large = pattern(11, 70_000);
-    assert!(echo_round_trip(&mut closing_client, &large).await == large);
-    reset(reset_client);
-    closing_client.shutdown().await.unwrap();
-    read_to_end(&mut closing_client).await.1.unwrap();
+    closing_client.send(&large).unwrap();
+    assert!(closing_client.read_exact(large.len()).await.unwrap() == large);
+    reset_client.reset();
+    drop(reset_client);
+    closing_client.shutdown_write();
+    read_to_end_embedded(&mut closing_client).await.1.unwrap();
     drop(closing_client);
     recorder.wait_released(3).await;
     eventually("every connection to be deregistered", || {
