@@ -48,9 +48,12 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{broadcast, Notify};
 use tokio::task::JoinSet;
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{server_cpu_seconds, server_thread};
+
 const LOCALHOST: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-/// Name of the server threads, whose CPU time is counted.
-const SERVER_THREAD: &str = "server";
 /// The raw room's channel: far more than the window, so that no member lags behind it.
 const CHANNEL_CAPACITY: usize = 1024;
 
@@ -273,47 +276,6 @@ impl Running {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-}
-
-/// A new thread named [`SERVER_THREAD`] running a current-thread runtime for good; its handle.
-fn server_thread() -> Handle {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(SERVER_THREAD.into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a server runtime");
-            sender.send(runtime.handle().clone()).expect("hand over");
-            runtime.block_on(std::future::pending::<()>());
-        })
-        .expect("a server thread");
-    receiver.recv().expect("the server thread's runtime")
-}
-
-/// CPU seconds (user + system) used so far by the threads named [`SERVER_THREAD`].
-fn server_cpu_seconds() -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    let mut ticks = 0_u64;
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if &stat[open + 1..close] != SERVER_THREAD {
-            continue;
-        }
-        // After the name: utime and stime are the 12th and 13th fields.
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let field = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok());
-        ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
-    }
-    ticks as f64 / 100.0
 }
 
 // ---------------------------------------------------------------------------------------------
