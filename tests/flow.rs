@@ -99,6 +99,25 @@ async fn start_embedded(
     (server, flow)
 }
 
+/// A peer of the embedded server that reads nothing (its receive window is zero), once
+/// established, with its id and a handle to its connection that the recorder no longer holds.
+async fn stalled_peer(
+    server: &EmbeddedServer,
+    flow: &Recorder,
+) -> (EmbeddedPeer, ConnectionId, Connection) {
+    let peer = server.connect(PEER).await.unwrap();
+    peer.set_receive_window(0);
+    let id = peer.id();
+    flow.wait_for(
+        "established",
+        |event| matches!(event, Event::Established(of, ..) if *of == id),
+    )
+    .await;
+    let connection = flow.handle(id);
+    flow.release_handle(id);
+    (peer, id, connection)
+}
+
 /// Asserts that `id`'s watermark events alternate high, low, high… starting with high.
 fn assert_watermarks_alternate(flow: &Recorder, id: ConnectionId) {
     let marks: Vec<bool> = flow
@@ -407,16 +426,7 @@ async fn writable_returns_connection_closed_when_the_connection_ends_while_waiti
         ..Behavior::quiet()
     };
     let (server, flow) = start_embedded(behavior, |builder| builder).await;
-    let peer = server.connect(PEER).await.unwrap();
-    peer.set_receive_window(0);
-    let id = peer.id();
-    flow.wait_for(
-        "established",
-        |event| matches!(event, Event::Established(of, ..) if *of == id),
-    )
-    .await;
-    let connection = flow.handle(id);
-    flow.release_handle(id);
+    let (peer, id, connection) = stalled_peer(&server, &flow).await;
     let produced = Arc::new(AtomicUsize::new(0));
     let producer = tokio::spawn(produce(
         connection.clone(),
@@ -468,16 +478,7 @@ async fn writable_returns_connection_closed_when_close_is_called_while_waiting()
         builder.close_timeout(WAIT + Duration::from_secs(10))
     })
     .await;
-    let peer = server.connect(PEER).await.unwrap();
-    peer.set_receive_window(0);
-    let id = peer.id();
-    flow.wait_for(
-        "established",
-        |event| matches!(event, Event::Established(of, ..) if *of == id),
-    )
-    .await;
-    let connection = flow.handle(id);
-    flow.release_handle(id);
+    let (peer, id, connection) = stalled_peer(&server, &flow).await;
     let produced = Arc::new(AtomicUsize::new(0));
     let producer = tokio::spawn(produce(
         connection.clone(),
@@ -512,16 +513,7 @@ async fn a_reset_after_the_peers_fin_is_a_peer_reset() {
         ..Behavior::quiet()
     };
     let (server, flow) = start_embedded(behavior, |builder| builder).await;
-    let peer = server.connect(PEER).await.unwrap();
-    peer.set_receive_window(0);
-    let id = peer.id();
-    flow.wait_for(
-        "established",
-        |event| matches!(event, Event::Established(of, ..) if *of == id),
-    )
-    .await;
-    let connection = flow.handle(id);
-    flow.release_handle(id);
+    let (peer, id, connection) = stalled_peer(&server, &flow).await;
     peer.shutdown_write();
     flow.wait_for("the client's FIN", |event| *event == Event::ClientClose(id))
         .await;
@@ -596,16 +588,7 @@ async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
         ..Behavior::quiet()
     };
     let (server, flow) = start_embedded(behavior, |builder| builder).await;
-    let mut peer = server.connect(PEER).await.unwrap();
-    peer.set_receive_window(0);
-    let id = peer.id();
-    flow.wait_for(
-        "established",
-        |event| matches!(event, Event::Established(of, ..) if *of == id),
-    )
-    .await;
-    let connection = flow.handle(id);
-    flow.release_handle(id);
+    let (mut peer, id, connection) = stalled_peer(&server, &flow).await;
     let produced = Arc::new(AtomicUsize::new(0));
     let producer = tokio::spawn(produce(connection, TOTAL, 16 * KIB, produced.clone()));
     flow.wait_for(
