@@ -1,7 +1,10 @@
 //! The callback trait: one method per event of a connection's life and of the manager's.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -234,8 +237,22 @@ pub trait Callbacks: Send + Sync + 'static {
     /// means: the peer may not have received it yet.
     ///
     /// Default: drops the buffer.
-    async fn on_write_completed(&self, connection: &Connection, data: Bytes) {
+    ///
+    /// (The default is written out as `#[async_trait]` expands an `async fn`, so that it can
+    /// return a future that needs no allocation: this event comes once per buffer written, and
+    /// most applications do not override it. Implement it with `async fn` as any other.)
+    fn on_write_completed<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        connection: &'life1 Connection,
+        data: Bytes,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         let _ = (connection, data);
+        Box::pin(Done)
     }
 
     /// A write failed with something other than a reset. Return `true` to keep the connection (the
@@ -471,5 +488,18 @@ pub trait Callbacks: Send + Sync + 'static {
     /// Default: logs the error with `tracing` at error level.
     async fn on_error(&self, error: &Error) {
         tracing::error!(%error, "switchboard error");
+    }
+}
+
+/// A future that is ready at once and holds nothing, so boxing it allocates nothing (a `Box` of a
+/// zero-sized value is a dangling, never-freed pointer): the default of a callback that comes
+/// once per message.
+struct Done;
+
+impl Future for Done {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
     }
 }
