@@ -405,6 +405,11 @@ impl Mailbox {
         self.inbox().abort
     }
 
+    /// Whether a request arrived since the last take (without registering a waker).
+    pub(crate) fn has_posted(&self) -> bool {
+        self.signal.is_pending()
+    }
+
     /// Whether a request arrived since the last take; registers the driver's waker if not.
     pub(crate) fn poll_posted(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.signal.poll(cx)

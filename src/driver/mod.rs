@@ -46,7 +46,7 @@ use crate::tls::Secure;
 use crate::{ClosureReason, Connection};
 
 use timer::Timer;
-use transport::Transport;
+use transport::{Spare, Transport};
 use urgent::{Urgent, Watched};
 use write::WriteQueue;
 
@@ -157,6 +157,8 @@ pub(crate) struct Driver {
     client: Option<ClientSink>,
     life: Lifecycle,
     writes: WriteQueue,
+    /// Where plain reads are copied to.
+    spare: Spare,
     urgent: Urgent,
     timer: Timer,
     /// The lifecycle's closing was published to handles.
@@ -182,6 +184,7 @@ impl Driver {
             secure: setup.secure.map(Box::new),
             client: setup.client,
             writes: WriteQueue::default(),
+            spare: Spare::default(),
             urgent: Urgent::default(),
             timer: Timer::default(),
             published_closing: false,
@@ -393,6 +396,7 @@ impl Driver {
             shared,
             transport,
             writes,
+            spare,
             urgent,
             timer,
             context,
@@ -402,6 +406,7 @@ impl Driver {
             shared,
             transport,
             writes,
+            spare,
             urgent_pending: urgent.has_pending(),
             timer,
             read_buffer_size: context.read_buffer_size,
@@ -424,6 +429,7 @@ impl Driver {
             shared: &self.shared,
             transport: &mut self.transport,
             writes: &mut self.writes,
+            spare: &mut self.spare,
             urgent_pending: self.urgent.has_pending(),
             timer: &mut self.timer,
             read_buffer_size: self.context.read_buffer_size,
@@ -555,6 +561,7 @@ struct Waiting<'a> {
     shared: &'a Shared,
     transport: &'a mut Transport,
     writes: &'a mut WriteQueue,
+    spare: &'a mut Spare,
     urgent_pending: bool,
     timer: &'a mut Timer,
     read_buffer_size: usize,
@@ -565,9 +572,13 @@ impl Waiting<'_> {
     /// In priority order: requests from handles, room for the queue (or for `close_notify`),
     /// data, room for urgent bytes, the timer. Writing first flushes what a callback queued before
     /// more is read (and saves a read poll per message that would find nothing yet).
+    ///
+    /// The mailbox is looked at first (one atomic load) but its waker is registered last, only
+    /// when nothing else is ready: most polls find data or room and need no wake-up from it.
+    /// Registering last is as safe as first, since parking re-checks for a post atomically.
     fn poll(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> std::task::Poll<Wake> {
         use std::task::Poll::Ready;
-        if self.shared.mailbox.poll_posted(cx).is_ready() {
+        if self.shared.mailbox.has_posted() {
             return Ready(Wake::Posted);
         }
         if interest.write {
@@ -582,7 +593,7 @@ impl Waiting<'_> {
         if interest.read {
             if let Ready(result) =
                 self.transport
-                    .poll_read(cx, self.read_buffer_size, self.past_urgent)
+                    .poll_read(cx, self.read_buffer_size, self.past_urgent, self.spare)
             {
                 return Ready(Wake::Read(result));
             }
@@ -596,6 +607,9 @@ impl Waiting<'_> {
         }
         if self.timer.poll(cx).is_ready() {
             return Ready(Wake::Deadline);
+        }
+        if self.shared.mailbox.poll_posted(cx).is_ready() {
+            return Ready(Wake::Posted);
         }
         std::task::Poll::Pending
     }

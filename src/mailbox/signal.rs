@@ -102,9 +102,18 @@ impl Signal {
         self.state.fetch_and(!PENDING, Ordering::AcqRel);
     }
 
+    /// Whether something was posted since the last [`Signal::consume`].
+    pub(super) fn is_pending(&self) -> bool {
+        self.state.load(Ordering::Acquire) & PENDING != 0
+    }
+
     /// The driver runs again (whatever woke it): posts need not wake it until it parks again.
     pub(super) fn unpark(&self) {
-        self.state.fetch_and(!PARKED, Ordering::AcqRel);
+        // Only the driver sets `PARKED`, so if it reads clear here it is clear: a wait that
+        // ended without parking costs a load, not a read-modify-write.
+        if self.state.load(Ordering::Relaxed) & PARKED != 0 {
+            self.state.fetch_and(!PARKED, Ordering::AcqRel);
+        }
     }
 
     pub(super) fn handles(&self) -> usize {
