@@ -38,7 +38,6 @@ use crate::connection::Shared;
 use crate::invoke::{Guarded, Invoker};
 use crate::lifecycle::{
     Action, Event, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
-    Requests,
 };
 use crate::registry::Registration;
 use crate::stats::{ConnectionCounters, Count, Counters};
@@ -324,22 +323,25 @@ impl Driver {
     /// Takes what handles posted into the lifecycle, the write queue and the urgent bytes.
     fn take_posted(&mut self, now: &LazyNow) {
         let mailbox = &self.shared.mailbox;
-        let mut requests = match mailbox.take_posted(self.writes.tail()) {
-            Some(requests) => requests,
-            // Nothing posted since the last take: only the handle count can have moved.
-            None => Requests {
-                handles: mailbox.handles(),
-                ..Requests::default()
-            },
-        };
-        if requests.urgent_posted {
+        let requests = mailbox.take_posted(self.writes.tail());
+        if requests
+            .as_ref()
+            .is_some_and(|requests| requests.urgent_posted)
+        {
             mailbox.take_urgent(self.urgent.queue());
         }
         if self.urgent.has_pending() {
             self.urgent.send(self.transport.tcp());
         }
-        requests.urgent_pending = self.urgent.has_pending();
-        self.life.on_requests(requests, now);
+        let urgent_pending = self.urgent.has_pending();
+        match requests {
+            Some(mut requests) => {
+                requests.urgent_pending = urgent_pending;
+                self.life.on_requests(requests, now);
+            }
+            // Nothing posted since the last take: only the handle count can have moved.
+            None => self.life.on_quiet(mailbox.handles(), urgent_pending),
+        }
     }
 
     async fn announce(&mut self, event: Event) {

@@ -335,6 +335,13 @@ impl Lifecycle {
         }
     }
 
+    /// What [`Lifecycle::on_requests`] does when nothing was posted: the handle count and the
+    /// urgent bytes still waiting are all that can have changed (the common turn, made cheap).
+    pub(crate) fn on_quiet(&mut self, handles: usize, urgent_pending: bool) {
+        self.handles = handles;
+        self.urgent_pending = urgent_pending;
+    }
+
     /// The next thing to do. Call again after doing it (and after taking new requests).
     pub(crate) fn next(&mut self, now: impl Clock) -> Action {
         if let Phase::Ended(reason) = self.phase {

@@ -607,7 +607,8 @@ fn every_order_of_inputs_ends_once() {
                 }
                 DropHandle => {
                     handles = 0;
-                    life.on_requests(requests(|r| r.handles = 0), t0);
+                    // As the driver reports it: nothing was posted, the count moved.
+                    life.on_quiet(0, false);
                 }
                 Deadline => life.on_deadline(late),
             }
@@ -634,5 +635,39 @@ fn every_order_of_inputs_ends_once() {
         assert!(life.is_ended());
         assert_eq!(life.next(late), Action::End(reason), "{sequence:?}");
         let _ = ends;
+    }
+}
+
+/// A turn with nothing posted (`on_quiet`) changes the lifecycle exactly as taking an empty set
+/// of requests would, whatever state it is in.
+#[test]
+fn a_quiet_turn_is_an_empty_take() {
+    let t0 = Instant::now();
+    let states: [fn(&mut Lifecycle, Instant); 5] = [
+        |_, _| {},
+        |life, t0| life.on_requests(requests(|r| r.queued = 90), t0),
+        |life, t0| life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0),
+        |life, t0| {
+            let _ = life.on_read(ReadOutcome::Eof, t0);
+        },
+        |life, t0| life.on_requests(requests(|r| r.abort = Some(ClosureReason::LocalAbort)), t0),
+    ];
+    for (i, state) in states.iter().enumerate() {
+        for (handles, urgent_pending) in [(0, false), (1, false), (2, true)] {
+            let mut quiet = open(t0);
+            let mut taken = open(t0);
+            state(&mut quiet, t0);
+            state(&mut taken, t0);
+            quiet.on_quiet(handles, urgent_pending);
+            taken.on_requests(
+                requests(|r| {
+                    r.handles = handles;
+                    r.urgent_pending = urgent_pending;
+                }),
+                t0,
+            );
+            assert_eq!(format!("{quiet:?}"), format!("{taken:?}"), "state {i}");
+            assert_eq!(quiet.next(t0), taken.next(t0), "state {i}");
+        }
     }
 }
