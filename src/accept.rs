@@ -132,12 +132,18 @@ pub(crate) struct Listener {
     pub(crate) listener: Arc<TcpListener>,
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) proxy: Option<Arc<ProxyProtocol>>,
+    /// The local address of every connection it accepts, when that is known without asking the
+    /// socket (`getsockname`, a system call per connection): the listener's own, for one bound to
+    /// a specific address.
+    pub(crate) accepts_on: Option<SocketAddr>,
 }
 
 /// An accepted socket on its way to becoming a connection.
 struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
+    /// Its local address, if the listener knows it.
+    local: Option<SocketAddr>,
     tls: Option<TlsAcceptor>,
     proxy: Option<Arc<ProxyProtocol>>,
 }
@@ -154,6 +160,7 @@ async fn accept_any(listeners: &[Listener], next: &mut usize) -> io::Result<Acce
                 return Poll::Ready(result.map(|(stream, peer)| Accepted {
                     stream,
                     peer,
+                    local: listener.accepts_on,
                     tls: listener.tls.clone(),
                     proxy: listener.proxy.clone(),
                 }));
@@ -461,6 +468,7 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
     let Accepted {
         stream,
         peer,
+        local,
         tls,
         proxy,
     } = accepted;
@@ -518,6 +526,7 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
     if let Err((_, error)) = manager.establish(
         stream,
         peer,
+        local,
         Direction::Inbound,
         user_data,
         driver::Setup {

@@ -14,7 +14,7 @@ use crate::limit::AtLimit;
 use crate::listen::Listen;
 use crate::manager::Manager;
 use crate::metrics::Metrics;
-use crate::open::{self, ListenOptions};
+use crate::open::{self, ListenOn, ListenOptions};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::stats::Counters;
@@ -623,6 +623,7 @@ impl ServerBuilder {
             reuse_port: self.reuse_port,
         };
         for bind in binds {
+            let bound_here = matches!(bind.on, ListenOn::Address(_));
             let (listener, local_addr) = open::open(bind.on, &options)?;
             local_addrs.push(local_addr);
             let tls = bind.tls.or_else(|| self.tls.clone()).map(Into::into);
@@ -630,6 +631,10 @@ impl ServerBuilder {
                 listener: Arc::new(listener),
                 tls,
                 proxy: bind.proxy,
+                // A listener bound here to one address accepts connections to that address
+                // only; an adopted one may have options this crate does not know of (such as
+                // `IP_TRANSPARENT`), so its connections are asked.
+                accepts_on: (bound_here && !local_addr.ip().is_unspecified()).then_some(local_addr),
             });
         }
         // The server's handle can duplicate the listeners while the accept loop holds them, and

@@ -47,6 +47,7 @@ pub(crate) async fn connect(
             match manager.establish(
                 stream,
                 address,
+                None,
                 Direction::Outbound,
                 user_data,
                 Setup {

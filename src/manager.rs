@@ -85,12 +85,14 @@ impl Manager {
     /// Registers a connected socket and starts its driver. Returns a counted handle when asked
     /// for one (it exists before the driver runs, so the lifetime rule cannot close the
     /// connection first). A `refuse`d connection is registered and runs only its closing events,
-    /// with that reason. On failure the user data comes back for release.
+    /// with that reason. On failure the user data comes back for release. `local_addr` is the
+    /// socket's, when the caller knows it; otherwise it is asked for.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn establish(
         &self,
         stream: TcpStream,
         peer_addr: SocketAddr,
+        local_addr: Option<SocketAddr>,
         direction: Direction,
         user_data: UserData,
         setup: Setup,
@@ -99,7 +101,7 @@ impl Manager {
         want_handle: bool,
         refuse: Option<ClosureReason>,
     ) -> Result<Option<Connection>, (UserData, Error)> {
-        let local_addr = match stream.local_addr() {
+        let local_addr = match local_addr.map_or_else(|| stream.local_addr(), Ok) {
             Ok(address) => address,
             Err(error) => return Err((user_data, Error::Io(error))),
         };

@@ -259,6 +259,46 @@ async fn the_original_accepts_on_while_its_duplicate_serves_elsewhere() {
     shut_down(&new).await;
 }
 
+/// The local address each connection reports, whether its listener was bound to one address
+/// (known from the listener, no system call), to every address (asked of the socket), or adopted
+/// (asked too: its options are unknown).
+#[tokio::test]
+async fn connections_know_their_local_address_on_every_kind_of_listener() {
+    use std::sync::Mutex;
+    use switchboard::{async_trait, Callbacks, Connection};
+
+    #[derive(Clone)]
+    struct Locals(std::sync::Arc<Mutex<Vec<SocketAddr>>>);
+    #[async_trait]
+    impl Callbacks for Locals {
+        async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+            self.0.lock().unwrap().push(connection.local_addr());
+        }
+    }
+
+    let adopted = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let locals = Locals(Default::default());
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .bind("0.0.0.0:0")
+        .adopt_listener(adopted)
+        .start(locals.clone())
+        .await
+        .expect("server start");
+    let mut expected = Vec::new();
+    for address in server.local_addrs() {
+        let to = SocketAddr::from(([127, 0, 0, 1], address.port()));
+        let _stream = TcpStream::connect(to).await.unwrap();
+        expected.push(to);
+        eventually("the connection is established", || {
+            locals.0.lock().unwrap().len() == expected.len()
+        })
+        .await;
+    }
+    assert_eq!(*locals.0.lock().unwrap(), expected);
+    shut_down(&server).await;
+}
+
 async fn shut_down(server: &Server) -> switchboard::ShutdownReport {
     bounded("shutdown", server.shutdown()).await
 }
