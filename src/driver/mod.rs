@@ -552,7 +552,15 @@ impl Driver {
         if let Err(error) = close_notify {
             tracing::debug!(connection = %self.shared.id, %error, "close_notify not sent");
         }
-        self.transport.shutdown_write();
+        // When the connection ends right after its FIN, on plain TCP the socket's close (done
+        // before any closing event) sends it: one system call less per connection. Not when the
+        // urgent-data watcher holds a second descriptor, which keeps the socket open.
+        let closes_next = self.life.ends_with_fin()
+            && matches!(self.transport, Transport::Plain(_))
+            && self.urgent.is_unused();
+        if !closes_next {
+            self.transport.shutdown_write();
+        }
         self.life.on_fin_sent();
     }
 }

@@ -40,6 +40,12 @@ struct State {
 }
 
 impl Urgent {
+    /// Whether the application never used urgent data on this connection (so no second
+    /// descriptor exists).
+    pub(super) fn is_unused(&self) -> bool {
+        self.0.is_none()
+    }
+
     pub(super) fn has_pending(&self) -> bool {
         self.0
             .as_ref()

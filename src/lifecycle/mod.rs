@@ -509,6 +509,13 @@ impl Lifecycle {
         self.fin = Fin::Sent;
     }
 
+    /// Whether sending FIN now ends the connection at the very next [`Lifecycle::next`]: it is
+    /// closing and the peer's FIN came already (nothing can be announced in between: the queue is
+    /// empty when FIN is sent, and a closing connection takes no writes).
+    pub(crate) fn ends_with_fin(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. }) && self.read_closed
+    }
+
     /// FIN could not be sent yet (TLS `close_notify` waits for room): [`Interest::fin`] polls it.
     pub(crate) fn on_fin_blocked(&mut self) {
         self.fin = Fin::Sending;

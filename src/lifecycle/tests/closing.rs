@@ -126,3 +126,42 @@ fn abort_wins_over_a_close_in_progress_and_over_everything_after() {
     assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::Ended);
     assert_eq!(life.next(t0), Action::End(ClosureReason::AbortAll));
 }
+
+/// `ends_with_fin` (the driver then lets the socket's close send FIN) holds exactly when the next
+/// step after FIN is the end, whatever arrives in between.
+#[test]
+fn a_fin_that_ends_the_connection_is_known_before_it_is_sent() {
+    let t0 = Instant::now();
+    // The peer's FIN first, then the close: the FIN ends it.
+    let mut life = open(t0);
+    life.on_read(ReadOutcome::Eof, t0);
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+    assert!(life.ends_with_fin());
+    life.on_fin_sent();
+    // A shutdown notice or a dropped handle in between changes nothing.
+    life.on_requests(requests(|r| r.shutdown_notice = true), t0);
+    life.on_quiet(0, false);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::LocalClose));
+
+    // A close before the peer's FIN: the connection waits for it after ours.
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+    assert!(!life.ends_with_fin());
+
+    // An open connection whose application shut its side down after the peer's FIN: it could
+    // still announce (a shutdown notice) before it ends, so it sends FIN itself.
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.handles = 1), t0);
+    life.on_read(ReadOutcome::Eof, t0);
+    life.on_requests(
+        requests(|r| {
+            r.shutdown_write = true;
+            r.handles = 1;
+        }),
+        t0,
+    );
+    assert_eq!(life.next(t0), Action::SendFin);
+    assert!(!life.ends_with_fin());
+}
