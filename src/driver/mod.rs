@@ -45,7 +45,7 @@ use crate::tls::Secure;
 use crate::{ClosureReason, Connection};
 
 use timer::Timer;
-use transport::{Spare, Transport};
+use transport::Transport;
 use urgent::{Urgent, Watched};
 use write::WriteQueue;
 
@@ -156,8 +156,6 @@ pub(crate) struct Driver {
     client: Option<ClientSink>,
     life: Lifecycle,
     writes: WriteQueue,
-    /// Where plain reads are copied to.
-    spare: Spare,
     urgent: Urgent,
     timer: Timer,
     /// The lifecycle's closing was published to handles.
@@ -183,7 +181,6 @@ impl Driver {
             secure: setup.secure.map(Box::new),
             client: setup.client,
             writes: WriteQueue::default(),
-            spare: Spare::default(),
             urgent: Urgent::default(),
             timer: Timer::default(),
             published_closing: false,
@@ -398,7 +395,6 @@ impl Driver {
             shared,
             transport,
             writes,
-            spare,
             urgent,
             timer,
             context,
@@ -408,7 +404,6 @@ impl Driver {
             shared,
             transport,
             writes,
-            spare,
             urgent_pending: urgent.has_pending(),
             timer,
             read_buffer_size: context.read_buffer_size,
@@ -431,7 +426,6 @@ impl Driver {
             shared: &self.shared,
             transport: &mut self.transport,
             writes: &mut self.writes,
-            spare: &mut self.spare,
             urgent_pending: self.urgent.has_pending(),
             timer: &mut self.timer,
             read_buffer_size: self.context.read_buffer_size,
@@ -571,7 +565,6 @@ struct Waiting<'a> {
     shared: &'a Shared,
     transport: &'a mut Transport,
     writes: &'a mut WriteQueue,
-    spare: &'a mut Spare,
     urgent_pending: bool,
     timer: &'a mut Timer,
     read_buffer_size: usize,
@@ -603,7 +596,7 @@ impl Waiting<'_> {
         if interest.read {
             if let Ready(result) =
                 self.transport
-                    .poll_read(cx, self.read_buffer_size, self.past_urgent, self.spare)
+                    .poll_read(cx, self.read_buffer_size, self.past_urgent)
             {
                 return Ready(Wake::Read(result));
             }

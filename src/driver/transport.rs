@@ -27,36 +27,6 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The allocation a plain connection's reads are copied into, reused once the application has
-/// let go of the last read (the echo of a request usually has by the next one): then a read costs
-/// no allocation. The buffer handed to the application shares the allocation with this one
-/// (`BytesMut::split`); its size is that of the largest read so far. Nothing is allocated before
-/// the first read.
-#[derive(Debug, Default)]
-pub(crate) struct Spare {
-    buffer: BytesMut,
-    /// The size of `buffer`'s allocation (after a split `buffer` itself shows no capacity).
-    size: usize,
-}
-
-impl Spare {
-    /// A buffer holding a copy of `data`.
-    fn copy_out(&mut self, data: &[u8]) -> BytesMut {
-        if !self.buffer.try_reclaim(data.len()) {
-            if data.len() <= self.size {
-                // The application still holds the last read (or part of it): this one gets an
-                // allocation of its own, and the spare is tried again next time.
-                return BytesMut::from(data);
-            }
-            // The first read, or a larger one than the spare holds: a new spare.
-            self.buffer = BytesMut::with_capacity(data.len());
-            self.size = data.len();
-        }
-        self.buffer.extend_from_slice(data);
-        self.buffer.split()
-    }
-}
-
 #[derive(Debug)]
 pub(crate) enum Transport {
     Plain(TcpStream),
@@ -112,13 +82,13 @@ impl Transport {
         cx: &mut Context<'_>,
         size: usize,
         past_urgent: bool,
-        spare: &mut Spare,
     ) -> Poll<io::Result<BytesMut>> {
         match self {
             Transport::Plain(stream) => SCRATCH.with(|scratch| {
-                // Read into this thread's scratch buffer, then copy out exactly what arrived
-                // (into the spare allocation when it is free again): a connection that never
-                // read holds no buffer, and one that did keeps only as much as it last needed.
+                // Read into this thread's scratch buffer, then copy out exactly what arrived: an
+                // idle connection holds no buffer, and a small message costs a small allocation
+                // (served from the allocator's thread cache, and so warm in the processor's
+                // cache) instead of a full-size one.
                 let mut scratch = scratch.borrow_mut();
                 if scratch.len() < size {
                     scratch.resize(size, 0);
@@ -129,7 +99,7 @@ impl Transport {
                     // so the next poll parks without a `recv` that would return EAGAIN.
                     let mut filled = ReadBuf::new(scratch);
                     ready!(Pin::new(stream).poll_read(cx, &mut filled))?;
-                    return Poll::Ready(Ok(spare.copy_out(filled.filled())));
+                    return Poll::Ready(Ok(BytesMut::from(filled.filled())));
                 }
                 // Linux ends a read at the urgent-data mark with more data queued behind it
                 // and no new readiness to come, so on a connection that takes urgent data a
@@ -141,7 +111,7 @@ impl Transport {
                             ready!(stream.poll_read_ready(cx))?;
                         }
                         result => {
-                            return Poll::Ready(result.map(|n| spare.copy_out(&scratch[..n])))
+                            return Poll::Ready(result.map(|n| BytesMut::from(&scratch[..n])))
                         }
                     }
                 }
@@ -234,35 +204,5 @@ impl Transport {
         if let Some(tcp) = self.tcp() {
             let _ = SockRef::from(tcp).set_linger(Some(Duration::ZERO));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_spare_is_reused_only_once_the_application_let_go() {
-        let mut spare = Spare::default();
-        let first = spare.copy_out(b"hello");
-        let address = first.as_ptr();
-        // Held: the next read may not land on top of it.
-        let second = spare.copy_out(b"world");
-        assert_eq!((&first[..], &second[..]), (&b"hello"[..], &b"world"[..]));
-        assert_ne!(second.as_ptr(), address);
-        drop((first, second));
-        // Let go: the next read (of no more than the spare holds) reuses the allocation.
-        let third = spare.copy_out(b"abc");
-        assert_eq!((&third[..], third.as_ptr()), (&b"abc"[..], address));
-        // A frozen, still-queued copy holds it as well.
-        let queued = third.freeze();
-        let fourth = spare.copy_out(b"xyz");
-        assert_eq!((&queued[..], &fourth[..]), (&b"abc"[..], &b"xyz"[..]));
-        drop((queued, fourth));
-        // A larger read than the spare holds gets a larger spare.
-        let big = spare.copy_out(&[7; 100]);
-        assert_eq!(&big[..], &[7; 100][..]);
-        drop(big);
-        assert_eq!(spare.copy_out(&[8; 100])[..], [8; 100][..]);
     }
 }
