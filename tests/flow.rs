@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+#[cfg(target_os = "linux")]
 use switchboard::socket2::SockRef;
 use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{

@@ -1004,6 +1004,8 @@ async fn options_set_in_on_socket_created_are_applied() {
     let socket = recorder.take_sockets().pop().unwrap();
     assert!(!socket.tcp_nodelay().unwrap());
     assert!(socket.keepalive().unwrap());
+    // Windows sets keepalive times through SIO_KEEPALIVE_VALS, which cannot be read back.
+    #[cfg(not(windows))]
     assert_eq!(
         socket.tcp_keepalive_time().unwrap(),
         Duration::from_secs(77)
