@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::*;
 use switchboard::native_tls;
 use switchboard::socket2::SockRef;
-use switchboard::tls::{acceptor_from_pem, TlsConnect};
+use switchboard::tls::TlsConnect;
 use switchboard::{
     Bytes, ClosureReason, ConnectionId, Direction, Error, Server, ServerBuilder, TlsInfo,
 };
@@ -143,7 +143,7 @@ fn der_of(name: &str) -> Vec<u8> {
 
 /// The acceptor with the leaf from the CA nobody trusts.
 fn untrusted_acceptor() -> native_tls::TlsAcceptor {
-    acceptor_from_pem(&cert_file("other.pem"), &cert_file("other.key")).unwrap()
+    acceptor_of("other")
 }
 
 /// switchboard's outgoing TLS settings: trusts the test CA only, verifies `domain`.
@@ -347,7 +347,7 @@ async fn connect_tls_negotiates_as_the_outbound_side_and_sees_the_server_certifi
             id,
             side: Direction::Outbound,
             alpn: None,
-            peer_cert: Some(der_of("server.pem")),
+            peer_cert: Some(der_of(&leaf_certificate("server"))),
         }
     );
     assert_eq!(own[1], Event::Secure(id, address));
@@ -375,9 +375,7 @@ async fn connect_tls_negotiates_as_the_outbound_side_and_sees_the_server_certifi
 async fn spawn_connect_tls_to_a_raw_tls_server_negotiates_alpn_in_order() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let identity =
-        native_tls::Identity::from_pkcs8(&cert_file("server.pem"), &cert_file("server.key"))
-            .unwrap();
+    let identity = identity("server");
     let acceptor = native_tls::TlsAcceptor::builder(identity)
         .accept_alpn(&["h2"])
         .build()
@@ -441,7 +439,7 @@ async fn spawn_connect_tls_to_a_raw_tls_server_negotiates_alpn_in_order() {
             id,
             side: Direction::Outbound,
             alpn: Some(b"h2".to_vec()),
-            peer_cert: Some(der_of("server.pem")),
+            peer_cert: Some(der_of(&leaf_certificate("server"))),
         }
     );
     assert_established_tls(&own, id, Direction::Outbound, ClosureReason::PeerClosed);
@@ -1375,9 +1373,7 @@ async fn a_peer_reset_on_an_established_tls_connection_is_a_reset() {
 async fn an_alert_from_the_server_is_a_remote_fatal_error_on_the_outgoing_side() {
     // The server insists on TLS 1.3, the client offers at most TLS 1.2: the server refuses with
     // a protocol_version alert.
-    let identity =
-        native_tls::Identity::from_pkcs8(&cert_file("server.pem"), &cert_file("server.key"))
-            .unwrap();
+    let identity = identity("server");
     let acceptor = native_tls::TlsAcceptor::builder(identity)
         .min_protocol_version(Some(native_tls::Protocol::Tlsv13))
         .build()
@@ -1426,9 +1422,7 @@ async fn an_alert_from_the_server_is_a_remote_fatal_error_on_the_outgoing_side()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_is_reported_on_both_sides() {
-    let identity =
-        native_tls::Identity::from_pkcs8(&cert_file("server.pem"), &cert_file("server.key"))
-            .unwrap();
+    let identity = identity("server");
     let acceptor = native_tls::TlsAcceptor::builder(identity)
         .accept_alpn(&["h2", "http/1.1"])
         .build()
