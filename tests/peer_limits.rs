@@ -9,9 +9,12 @@
 mod common;
 
 use std::collections::HashMap;
+#[cfg(target_os = "linux")]
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(target_os = "linux")]
+use std::time::Instant;
 
 use common::*;
 use switchboard::{
@@ -581,13 +584,16 @@ async fn on_a_tls_listener_a_refused_connection_gets_no_handshake_and_failures_f
 // ---------------------------------------------------------------------------------------------
 // Out of descriptors: the spare descriptor refuses pending clients at once (src/reserve.rs).
 // The server runs in a child process (tests/common/child.rs), as in tests/faults.rs.
+// Linux only: the child runs under `ulimit -n` and its CPU time is read from /proc.
 // ---------------------------------------------------------------------------------------------
 
 /// Clients the parent opens at once: more than the child has descriptors.
+#[cfg(target_os = "linux")]
 const RESERVE_CLIENTS: usize = 80;
 
 /// The server half of `out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers`;
 /// runs only when re-executed by it.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 #[ignore = "runs only as the child of out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers"]
 async fn reserve_child() {
@@ -595,6 +601,7 @@ async fn reserve_child() {
 }
 
 /// How a client that wrote one byte was answered.
+#[cfg(target_os = "linux")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     Echoed,
@@ -602,6 +609,7 @@ enum Answer {
 }
 
 /// Connects to `address`; `None` if the server's reset beat the connect's completion.
+#[cfg(target_os = "linux")]
 fn connect(address: SocketAddr) -> Option<std::net::TcpStream> {
     match std::net::TcpStream::connect_timeout(&address, WAIT) {
         Ok(stream) => Some(stream),
@@ -612,6 +620,7 @@ fn connect(address: SocketAddr) -> Option<std::net::TcpStream> {
 
 /// Writes a byte and waits (at most [`WAIT`]) for the echo or the end of the stream. A client
 /// left waiting in the backlog fails the test: the read times out.
+#[cfg(target_os = "linux")]
 fn answer(stream: &mut Option<std::net::TcpStream>) -> Answer {
     let Some(stream) = stream else {
         return Answer::Refused;
@@ -631,6 +640,7 @@ fn answer(stream: &mut Option<std::net::TcpStream>) -> Answer {
     }
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers() {
     let child = ChildServer::start("reserve_child");

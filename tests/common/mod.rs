@@ -9,7 +9,10 @@
 #![allow(dead_code, unreachable_pub)]
 
 mod certs;
+// A child under `ulimit -n`, watched through /proc: Linux's descriptor limits and CPU accounting.
+#[cfg(target_os = "linux")]
 mod child;
+#[cfg(target_os = "linux")]
 mod cpu;
 #[cfg(target_os = "linux")]
 mod example;
@@ -22,7 +25,10 @@ mod recorder;
 #[allow(unused_imports)]
 pub use example::*;
 #[allow(unused_imports)]
-pub use {certs::*, child::*, cpu::*, load::*, metrics_recorder::*, recorder::*};
+pub use {certs::*, load::*, metrics_recorder::*, recorder::*};
+#[cfg(target_os = "linux")]
+#[allow(unused_imports)]
+pub use {child::*, cpu::*};
 
 use std::future::Future;
 use std::io;
