@@ -118,6 +118,9 @@ fn switchboard_nothing() -> impl switchboard::Callbacks {
 
 #[tokio::test]
 async fn adopted_tls_listeners_negotiate() {
+    if skip_under_wine(&WINE_NO_TLS_SERVER) {
+        return;
+    }
     // One with its own acceptor, one through the builder's `tls`.
     let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let through_builder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
