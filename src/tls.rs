@@ -167,9 +167,13 @@ impl fmt::Debug for TlsConnect {
 ///     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout key.pem -out cert.pem
 /// ```
 ///
+/// On Windows the key must be RSA: native-tls imports it into SChannel through an RSA-only
+/// provider. [`acceptor_from_pkcs12`] goes through `PFXImportCertStore`, which takes ECDSA keys too.
+///
 /// # Errors
 /// [`Error::Tls`] if the certificate or key cannot be parsed (a key in the older
-/// `BEGIN RSA PRIVATE KEY` form must first be converted with `openssl pkcs8 -topk8 -nocrypt`).
+/// `BEGIN RSA PRIVATE KEY` form must first be converted with `openssl pkcs8 -topk8 -nocrypt`),
+/// or, on Windows, if the key is not RSA.
 pub fn acceptor_from_pem(
     cert_chain_pem: &[u8],
     key_pem: &[u8],

@@ -376,6 +376,9 @@ async fn a_last_line_without_its_newline_is_finished_at_fin() {
 
 #[tokio::test]
 async fn items_over_tls() {
+    if skip_under_wine(&WINE_NO_TLS_SERVER) {
+        return;
+    }
     let builder = Server::builder().tls(server_acceptor()).read_buffer_size(7);
     let (server, seen) = start(builder, LinesCodec::new, echo_line, |_| {}, |f| f).await;
     let tcp = client(server.local_addr().unwrap()).await;

@@ -4,6 +4,7 @@
 
 mod common;
 
+#[cfg(target_os = "linux")]
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,6 +71,9 @@ async fn until_ended(stream: &mut TcpStream) {
 
 #[tokio::test]
 async fn panic_in_on_read_completed_aborts_only_that_connection() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
     let (server, recorder) = panicking_server("on_read_completed").await;
     let mut stream = client(server.local_addr().unwrap()).await;
     stream.write_all(b"boom").await.unwrap();
@@ -716,18 +720,22 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
 // The child holds every descriptor it can get while its server starts, so the accept loop has no
 // spare descriptor (src/reserve.rs) and cannot refuse pending clients either: this test sees the
 // backoff path. tests/peer_limits.rs has the spare's prompt refusals.
+// Linux only: the child runs under `ulimit -n` and its CPU time is read from /proc.
 
 /// Clients the parent opens while the child has no descriptor to accept them into.
+#[cfg(target_os = "linux")]
 const EMFILE_CLIENTS: usize = 20;
 
 /// The server half of `accept_errors_back_off_without_spinning_and_recover`; runs only when
 /// re-executed by it.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 #[ignore = "runs only as the child of accept_errors_back_off_without_spinning_and_recover"]
 async fn emfile_child() {
     run_child_server(Descriptors::Hoard).await;
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn accept_errors_back_off_without_spinning_and_recover() {
     let mut child = ChildServer::start("emfile_child");

@@ -161,6 +161,9 @@ async fn echo_then_peer_close_runs_every_event_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_reset_reports_the_error_then_closes_with_peer_reset() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
     let mut builder = Server::builder().bind(LOCAL);
     let recorder = Recorder::new(&mut builder);
     let server = builder.start(recorder.clone()).await.unwrap();
@@ -279,6 +282,9 @@ async fn close_delivers_every_queued_byte_before_the_fin() {
 
 #[tokio::test]
 async fn abort_resets_the_peer_and_drops_the_queue() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
     let mut builder = Server::builder().bind(LOCAL).write_queue_limit(64 * MIB);
     let recorder = Recorder::with_behavior(&mut builder, held());
     let server = builder.start(recorder.clone()).await.unwrap();
@@ -335,6 +341,9 @@ async fn abort_resets_the_peer_and_drops_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
     let mut builder = Server::builder()
         .bind(LOCAL)
         .write_queue_limit(64 * MIB)
@@ -1004,6 +1013,8 @@ async fn options_set_in_on_socket_created_are_applied() {
     let socket = recorder.take_sockets().pop().unwrap();
     assert!(!socket.tcp_nodelay().unwrap());
     assert!(socket.keepalive().unwrap());
+    // Windows sets keepalive times through SIO_KEEPALIVE_VALS, which cannot be read back.
+    #[cfg(not(windows))]
     assert_eq!(
         socket.tcp_keepalive_time().unwrap(),
         Duration::from_secs(77)

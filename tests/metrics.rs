@@ -145,6 +145,9 @@ async fn every_series_is_registered_at_start_with_its_unit() {
 /// the bytes, the gauge and the closures by reason follow, and equal the stats at every step.
 #[tokio::test]
 async fn connections_bytes_and_closures_are_counted_as_the_stats_count_them() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
     const CLIENTS: u64 = 4;
     const MESSAGES: u64 = 3;
     const SIZE: usize = 100;
@@ -328,6 +331,9 @@ async fn write_queue_highs_and_callback_panics_are_counted() {
 /// client saw from its connect to the first echo.
 #[tokio::test]
 async fn tls_handshakes_are_timed_in_seconds() {
+    if skip_under_wine(&WINE_NO_TLS_SERVER) {
+        return;
+    }
     let metrics = MetricsRecorder::default();
     let mut builder = labelled(Server::builder().bind("127.0.0.1:0").tls(server_acceptor()));
     let recorder = Recorder::new(&mut builder);

@@ -9,9 +9,12 @@
 mod common;
 
 use std::collections::HashMap;
+#[cfg(target_os = "linux")]
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(target_os = "linux")]
+use std::time::Instant;
 
 use common::*;
 use switchboard::{
@@ -93,6 +96,9 @@ fn assert_refused(recorder: &Recorder, id: ConnectionId, tls: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_the_cap_is_refused_with_its_own_reason_until_a_slot_frees() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
     let (server, recorder) = start(|b| b.max_connections_per_ip(2)).await;
     let address = server.local_addr().unwrap();
     assert_eq!(server.connections_from_ip(LOCALHOST), Some(0));
@@ -164,6 +170,9 @@ async fn a_connection_over_the_cap_is_refused_with_its_own_reason_until_a_slot_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_address_has_its_own_count_across_all_listeners() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
     let mut builder = Server::builder()
         .bind("127.0.0.1:0")
         .bind("127.0.0.1:0")
@@ -393,6 +402,9 @@ async fn a_panic_in_a_callback_frees_the_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_all_and_a_forced_shutdown_free_every_slot() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
     let (server, recorder) = start(|b| {
         b.max_connections_per_ip(2)
             .shutdown_timeout(Duration::from_millis(100))
@@ -442,6 +454,9 @@ async fn abort_all_and_a_forced_shutdown_free_every_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_count_against_the_connection_limit_until_released() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
     // A refusal is an accepted connection: it holds a limiter slot for its closing events, so
     // the limit holds, and frees it after.
     let (server, recorder) = start(|b| b.max_connections(2).max_connections_per_ip(1)).await;
@@ -505,6 +520,9 @@ impl Callbacks for NoCallbacks {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_tls_listener_a_refused_connection_gets_no_handshake_and_failures_free_slots() {
+    if skip_under_wine(&WINE_NO_TLS_SERVER) {
+        return;
+    }
     let mut builder = Server::builder()
         .bind_tls("127.0.0.1:0", server_acceptor())
         .max_connections_per_ip(1);
@@ -581,13 +599,16 @@ async fn on_a_tls_listener_a_refused_connection_gets_no_handshake_and_failures_f
 // ---------------------------------------------------------------------------------------------
 // Out of descriptors: the spare descriptor refuses pending clients at once (src/reserve.rs).
 // The server runs in a child process (tests/common/child.rs), as in tests/faults.rs.
+// Linux only: the child runs under `ulimit -n` and its CPU time is read from /proc.
 // ---------------------------------------------------------------------------------------------
 
 /// Clients the parent opens at once: more than the child has descriptors.
+#[cfg(target_os = "linux")]
 const RESERVE_CLIENTS: usize = 80;
 
 /// The server half of `out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers`;
 /// runs only when re-executed by it.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 #[ignore = "runs only as the child of out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers"]
 async fn reserve_child() {
@@ -595,6 +616,7 @@ async fn reserve_child() {
 }
 
 /// How a client that wrote one byte was answered.
+#[cfg(target_os = "linux")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     Echoed,
@@ -602,6 +624,7 @@ enum Answer {
 }
 
 /// Connects to `address`; `None` if the server's reset beat the connect's completion.
+#[cfg(target_os = "linux")]
 fn connect(address: SocketAddr) -> Option<std::net::TcpStream> {
     match std::net::TcpStream::connect_timeout(&address, WAIT) {
         Ok(stream) => Some(stream),
@@ -612,6 +635,7 @@ fn connect(address: SocketAddr) -> Option<std::net::TcpStream> {
 
 /// Writes a byte and waits (at most [`WAIT`]) for the echo or the end of the stream. A client
 /// left waiting in the backlog fails the test: the read times out.
+#[cfg(target_os = "linux")]
 fn answer(stream: &mut Option<std::net::TcpStream>) -> Answer {
     let Some(stream) = stream else {
         return Answer::Refused;
@@ -631,6 +655,7 @@ fn answer(stream: &mut Option<std::net::TcpStream>) -> Answer {
     }
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn out_of_descriptors_pending_clients_are_refused_at_once_and_serving_recovers() {
     let child = ChildServer::start("reserve_child");

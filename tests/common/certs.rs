@@ -1,11 +1,19 @@
 //! The test certificates in `tests/certs` (see `make.sh` there) and TLS ends built from them:
 //! `ca.pem` is the test CA, `server.pem` a leaf for localhost and 127.0.0.1 signed by it.
+//!
+//! On Windows the servers' identities are RSA leaves from the same CAs in PKCS#12
+//! (`server.p12`, `other.p12`): native-tls's SChannel backend imports a PEM key into an RSA-only
+//! CSP, so it cannot take the ECDSA pair; and Wine can import neither the PEM pair nor an ECDSA
+//! key in PKCS#12 (`wine.rs`).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use switchboard::native_tls;
+#[cfg(not(windows))]
 use switchboard::tls::acceptor_from_pem;
+#[cfg(windows)]
+use switchboard::tls::acceptor_from_pkcs12;
 
 pub fn cert_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,9 +25,49 @@ pub fn cert_file(name: &str) -> Vec<u8> {
     std::fs::read(cert_path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
 }
 
+/// The password of the PKCS#12 files (make.sh).
+#[cfg(windows)]
+const PKCS12_PASSWORD: &str = "switchboard";
+
+/// The certificate file (PEM) of `leaf` ("server" or "other") as this platform's servers present
+/// it.
+pub fn leaf_certificate(leaf: &str) -> String {
+    if cfg!(windows) {
+        format!("{leaf}-rsa.pem")
+    } else {
+        format!("{leaf}.pem")
+    }
+}
+
+/// The identity of `leaf` ("server" or "other"), for a native-tls acceptor built by hand.
+pub fn identity(leaf: &str) -> native_tls::Identity {
+    #[cfg(windows)]
+    let identity =
+        native_tls::Identity::from_pkcs12(&cert_file(&format!("{leaf}.p12")), PKCS12_PASSWORD);
+    #[cfg(not(windows))]
+    let identity = native_tls::Identity::from_pkcs8(
+        &cert_file(&format!("{leaf}.pem")),
+        &cert_file(&format!("{leaf}.key")),
+    );
+    identity.unwrap_or_else(|e| panic!("the {leaf} identity: {e}"))
+}
+
+/// The acceptor with the identity of `leaf` ("server" or "other"), through the crate's own
+/// constructor for this platform's files.
+pub fn acceptor_of(leaf: &str) -> native_tls::TlsAcceptor {
+    #[cfg(windows)]
+    let acceptor = acceptor_from_pkcs12(&cert_file(&format!("{leaf}.p12")), PKCS12_PASSWORD);
+    #[cfg(not(windows))]
+    let acceptor = acceptor_from_pem(
+        &cert_file(&format!("{leaf}.pem")),
+        &cert_file(&format!("{leaf}.key")),
+    );
+    acceptor.unwrap_or_else(|e| panic!("the {leaf} acceptor: {e}"))
+}
+
 /// The acceptor with the CA-signed localhost leaf.
 pub fn server_acceptor() -> native_tls::TlsAcceptor {
-    acceptor_from_pem(&cert_file("server.pem"), &cert_file("server.key")).unwrap()
+    acceptor_of("server")
 }
 
 /// A connector builder that trusts only the CA in `ca_file` (not the system's roots).

@@ -2,27 +2,35 @@
 //! client helpers, the test certificates, the child-process server for descriptor exhaustion,
 //! CPU-time readings, a recorder for the `metrics` facade ([`MetricsRecorder`]), the
 //! `echo_server` example as a child process ([`EchoServer`]: spawn, its stdout lines, signals,
-//! hand-off restarts) and echo load against it ([`EchoLoad`]).
+//! hand-off restarts), echo load against it ([`EchoLoad`]), and what Wine lacks
+//! ([`skip_under_wine`]).
 //!
 //! Files directly in `tests/` are test binaries, so the parts live under `tests/common/`. Each
 //! binary uses only some of them, hence `dead_code` is allowed here.
 #![allow(dead_code, unreachable_pub)]
 
 mod certs;
+// A child under `ulimit -n`, watched through /proc: Linux's descriptor limits and CPU accounting.
+#[cfg(target_os = "linux")]
 mod child;
+#[cfg(target_os = "linux")]
 mod cpu;
 #[cfg(target_os = "linux")]
 mod example;
 mod load;
 mod metrics_recorder;
 mod recorder;
+mod wine;
 
 // Re-exported for `use common::*`; a binary that needs none of a part would warn otherwise.
 #[cfg(target_os = "linux")]
 #[allow(unused_imports)]
 pub use example::*;
 #[allow(unused_imports)]
-pub use {certs::*, child::*, cpu::*, load::*, metrics_recorder::*, recorder::*};
+pub use {certs::*, load::*, metrics_recorder::*, recorder::*, wine::*};
+#[cfg(target_os = "linux")]
+#[allow(unused_imports)]
+pub use {child::*, cpu::*};
 
 use std::future::Future;
 use std::io;
