@@ -300,3 +300,73 @@ async fn user_data_and_stats_are_the_servers() {
     );
     assert_eq!(stats.active, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_outgoing_connection_runs_the_outgoing_path_over_memory() {
+    let (server, events) = start(Server::builder().max_connections(1), Echo::default()).await;
+    let remote = address(9);
+    let (connection, mut peer) = server.connect_outgoing(remote, "arg").await.unwrap();
+    let id = connection.id();
+    assert_eq!(peer.id(), id);
+    assert_eq!(connection.direction(), switchboard::Direction::Outbound);
+    assert_eq!(connection.peer_addr(), remote);
+    // The limiter counts it: no inbound connection and no second outgoing one fits.
+    assert!(matches!(
+        server.connect_outgoing(remote, ()).await,
+        Err(switchboard::Error::ConnectionLimitReached { limit: 1 })
+    ));
+    peer.send("ping").unwrap();
+    assert_eq!(peer.read().await.unwrap(), "ping");
+    drop(connection);
+    peer.shutdown_write();
+    assert_eq!(peer.read_to_end().await.unwrap(), "bye");
+    assert_eq!(events.wait_for_release(id).await, ClosureReason::LocalClose);
+    let all = events.all();
+    assert_eq!(all[1], Event::PreOutgoingConnect(remote));
+    assert_eq!(all[2], Event::Established(id, remote));
+    // The failed second attempt: its pre-connect event and its user data's release.
+    assert_eq!(all[3], Event::PreOutgoingConnect(remote));
+    assert_eq!(all[4], Event::Released(None));
+    assert_eq!(events.of(id).last(), Some(&Event::Released(Some(id))));
+    let stats = server.stats();
+    assert_eq!(
+        (stats.connected, stats.accepted, stats.connect_failures),
+        (1, 0, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outgoing_client_reads_what_the_peer_sends() {
+    let (server, events) = start(Server::builder(), Echo::default()).await;
+    let (mut client, mut peer) = server.connect_outgoing_client(address(9)).await.unwrap();
+    client.send("GET\n").await.unwrap();
+    assert_eq!(peer.read().await.unwrap(), "GET\n");
+    peer.send("VALUE\n").unwrap();
+    assert_eq!(&client.recv().await.unwrap().unwrap()[..], b"VALUE\n");
+    peer.shutdown_write();
+    assert_eq!(client.recv().await.unwrap(), None);
+    let id = client.connection().id();
+    drop(client);
+    assert_eq!(events.wait_for_release(id).await, ClosureReason::PeerClosed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_stopped_accepting_accepts_nothing_until_it_starts_again() {
+    let (server, events) = start(Server::builder().accepting(false), Echo::default()).await;
+    let refused = server.connect(address(1)).await.unwrap_err();
+    assert_eq!(
+        refused.io_error().map(io::Error::kind),
+        Some(io::ErrorKind::WouldBlock)
+    );
+    assert_eq!(events.all(), [Event::ServerStarted]);
+    assert_eq!(server.stats().accepted, 0);
+    server.start_accepting();
+    let mut peer = server.connect(address(1)).await.unwrap();
+    server.stop_accepting();
+    assert!(server.connect(address(2)).await.is_err());
+    // A live connection is not affected, and outgoing connects still work.
+    peer.send("still").unwrap();
+    assert_eq!(peer.read().await.unwrap(), "still");
+    server.connect_outgoing(address(9), ()).await.unwrap();
+    assert_eq!(server.stats().accepted, 1);
+}
