@@ -6,12 +6,13 @@
 //! misbehaving clients (`#[ignore]`d; see [`soak`]).
 //!
 //! Every wait is bounded. The timeout tests run on tokio's paused clock (`start_paused`, from the
-//! `test-util` feature of the dev-dependency): the clock moves only when every task is waiting,
-//! and then only after the runtime has polled its sockets, so a 50 ms keep-alive against a 300 ms
-//! idle timeout is deterministic however loaded the machine is, and the tests take no real time.
-//! Loopback delivery normally completes within the sending system call, so the paused clock does
-//! not run ahead of a packet already sent (40 runs of these tests beside other test binaries
-//! showed no flake). The flow-control, urgent-data and slowloris tests move real
+//! `test-util` feature of the dev-dependency) over the embedded connection of
+//! `switchboard::testing` (the same driver, with memory for the socket), except the TLS one: the
+//! clock moves only when every task is waiting, so a 50 ms keep-alive against a 300 ms idle
+//! timeout is deterministic however loaded the machine is, and the tests take no real time. On
+//! loopback (the TLS test) delivery normally completes within the sending system call, so the
+//! paused clock does not run ahead of a packet already sent (40 runs of these tests beside other
+//! test binaries showed no flake). The flow-control, urgent-data and slowloris tests move real
 //! data between threads and run on real time. Timeouts are checked only from below ("not before
 //! the configured time", measured from a moment known to precede the deadline's start); waits
 //! for something that must happen are generous, and quiet periods (something must *not* happen)
@@ -90,8 +91,17 @@ async fn start_embedded(
     behavior: Behavior,
     configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
 ) -> (EmbeddedServer, Recorder) {
+    start_embedded_with_hooks(behavior, Hooks::default(), configure).await
+}
+
+/// [`start_embedded`], with `hooks`.
+async fn start_embedded_with_hooks(
+    behavior: Behavior,
+    hooks: Hooks,
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (EmbeddedServer, Recorder) {
     let mut builder = Server::builder();
-    let flow = Recorder::with_behavior(&mut builder, behavior);
+    let flow = Recorder::with_hooks(&mut builder, behavior, hooks);
     let server = configure(builder)
         .start_embedded(flow.clone())
         .await
@@ -680,20 +690,20 @@ async fn reads_paused_by_a_full_queue_do_not_count_against_the_read_timeout() {
 /// No byte either way for the idle timeout: reset with `IdleTimedOut`.
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_is_reset() {
-    let (server, flow, address) = start(Behavior::echo(), |builder| {
+    let (server, flow) = start_embedded(Behavior::echo(), |builder| {
         builder.idle_timeout(Some(SHORT))
     })
     .await;
     let connected = Instant::now();
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
-    echo(&mut client, b"hello").await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
+    echo_peer(&mut client, b"hello").await;
     let last_activity = Instant::now();
     let (reason, at) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::IdleTimedOut);
     assert!(at - connected >= SHORT);
     assert!(at >= last_activity, "observed after the last exchange");
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     flow.wait_release_of(id).await;
     assert_eq!(server.stats().closures(ClosureReason::IdleTimedOut), 1);
     flow.assert_no_errors();
@@ -710,26 +720,23 @@ async fn traffic_either_way_postpones_the_idle_timeout() {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) =
-        start(behavior, |builder| builder.idle_timeout(Some(SHORT))).await;
+    let (server, flow) =
+        start_embedded(behavior, |builder| builder.idle_timeout(Some(SHORT))).await;
 
     // Bytes read by the server.
-    let mut sender = client(address).await;
-    let sender_id = flow.id_of(&sender).await;
+    let mut sender = server.connect(PEER).await.unwrap();
+    let sender_id = flow.id_of_peer(&sender).await;
     // Bytes written by the server (the client sends nothing).
-    let mut receiver = client(address).await;
-    let receiver_id = flow.id_of(&receiver).await;
+    let mut receiver = server.connect(PEER).await.unwrap();
+    let receiver_id = flow.id_of_peer(&receiver).await;
     let to_receiver = flow.handle(receiver_id);
 
     let busy_until = Instant::now() + QUIET;
     let mut last_sent = Instant::now();
     while Instant::now() < busy_until {
-        echo(&mut sender, b"k").await;
+        echo_peer(&mut sender, b"k").await;
         to_receiver.write(Bytes::from_static(b"w")).expect("write");
-        let mut byte = [0; 1];
-        bounded("the server's byte", receiver.read_exact(&mut byte))
-            .await
-            .expect("receiver read");
+        receiver.read_exact(1).await.expect("receiver read");
         last_sent = Instant::now();
         sleep(Duration::from_millis(50)).await;
     }
@@ -741,7 +748,7 @@ async fn traffic_either_way_postpones_the_idle_timeout() {
         let (reason, at) = flow.wait_closure(id).await;
         assert_eq!(reason, ClosureReason::IdleTimedOut);
         assert!(at >= last_sent, "ended while busy");
-        expect_reset(client).await;
+        expect_peer_reset(client).await;
     }
     assert_eq!(server.stats().closures(ClosureReason::IdleTimedOut), 2);
     flow.assert_no_errors();
@@ -756,10 +763,10 @@ async fn the_read_timeout_counts_only_while_a_read_is_requested() {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) =
-        start(behavior, |builder| builder.read_timeout(Some(SHORT))).await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) =
+        start_embedded(behavior, |builder| builder.read_timeout(Some(SHORT))).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
     sleep(QUIET).await;
     flow.assert_open(id, "with no read requested");
 
@@ -770,7 +777,7 @@ async fn the_read_timeout_counts_only_while_a_read_is_requested() {
     let (reason, at) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::ReadTimedOut);
     assert!(at - requested >= SHORT, "reset before the timeout");
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     drop(connection);
     flow.wait_release_of(id).await;
     flow.assert_no_errors();
@@ -780,21 +787,21 @@ async fn the_read_timeout_counts_only_while_a_read_is_requested() {
 /// A read that gets its data in time is not timed out; each new request starts a new wait.
 #[tokio::test(start_paused = true)]
 async fn reads_that_complete_in_time_are_not_timed_out() {
-    let (server, flow, address) = start(Behavior::echo(), |builder| {
+    let (server, flow) = start_embedded(Behavior::echo(), |builder| {
         builder.read_timeout(Some(SHORT))
     })
     .await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
     let busy_until = Instant::now() + QUIET;
     while Instant::now() < busy_until {
-        echo(&mut client, b"ping").await;
+        echo_peer(&mut client, b"ping").await;
         sleep(Duration::from_millis(100)).await;
     }
     flow.assert_open(id, "while every read got data in time");
     let (reason, _) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::ReadTimedOut);
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     server.shutdown().await;
 }
 
@@ -807,28 +814,25 @@ async fn a_half_closed_connection_is_reset_after_the_half_closed_timeout() {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) =
-        start(behavior, |builder| builder.half_closed_timeout(Some(SHORT))).await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
-    echo(&mut client, b"before").await;
+    let (server, flow) =
+        start_embedded(behavior, |builder| builder.half_closed_timeout(Some(SHORT))).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
+    echo_peer(&mut client, b"before").await;
     let fin_sent = Instant::now();
-    client.shutdown().await.expect("client shutdown");
+    client.shutdown_write();
     flow.wait_for("the client's FIN", |event| *event == Event::ClientClose(id))
         .await;
     // Writes still work after the peer's FIN.
     flow.handle(id)
         .write(Bytes::from_static(b"after"))
         .expect("write after the peer's FIN");
-    let mut after = [0; 5];
-    bounded("the write after FIN", client.read_exact(&mut after))
-        .await
-        .expect("client read");
-    assert_eq!(&after, b"after");
+    let after = client.read_exact(5).await.expect("client read");
+    assert_eq!(after, "after");
     let (reason, at) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::HalfClosedTimedOut);
     assert!(at - fin_sent >= SHORT, "reset before the timeout");
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     flow.wait_release_of(id).await;
     flow.assert_no_errors();
     server.shutdown().await;
@@ -838,26 +842,26 @@ async fn a_half_closed_connection_is_reset_after_the_half_closed_timeout() {
 /// is not affected afterwards, however quiet it then is.
 #[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_reset_after_the_first_byte_timeout() {
-    let (server, flow, address) = start(Behavior::echo(), |builder| {
+    let (server, flow) = start_embedded(Behavior::echo(), |builder| {
         builder.first_byte_timeout(Some(SHORT))
     })
     .await;
     let connected = Instant::now();
-    let mut silent = client(address).await;
-    let mut talker = client(address).await;
-    let silent_id = flow.id_of(&silent).await;
-    let talker_id = flow.id_of(&talker).await;
+    let mut silent = server.connect(PEER).await.unwrap();
+    let mut talker = server.connect(PEER).await.unwrap();
+    let silent_id = flow.id_of_peer(&silent).await;
+    let talker_id = flow.id_of_peer(&talker).await;
     sleep(Duration::from_millis(100)).await;
-    echo(&mut talker, b"x").await;
+    echo_peer(&mut talker, b"x").await;
 
     let (reason, at) = flow.wait_closure(silent_id).await;
     assert_eq!(reason, ClosureReason::FirstByteTimedOut);
     assert!(at - connected >= SHORT, "reset before the timeout");
-    expect_reset(&mut silent).await;
+    expect_peer_reset(&mut silent).await;
 
     sleep(QUIET).await;
     flow.assert_open(talker_id, "after its first byte");
-    echo(&mut talker, b"still here").await;
+    echo_peer(&mut talker, b"still here").await;
     assert_eq!(flow.received(talker_id), b"xstill here");
     drop(talker);
     let (reason, _) = flow.wait_closure(talker_id).await;
@@ -890,27 +894,27 @@ async fn set_timeouts_changes_one_connection() {
         })),
         ..Hooks::default()
     };
-    let (server, flow, address) = start_with_hooks(Behavior::echo(), hooks, |builder| {
+    let (server, flow) = start_embedded_with_hooks(Behavior::echo(), hooks, |builder| {
         builder
             .idle_timeout(Some(SHORT))
             .read_timeout(Some(Duration::from_secs(3600)))
     })
     .await;
     exempt_next.store(true, Ordering::SeqCst);
-    let mut exempt = client(address).await;
-    let exempt_id = flow.id_of(&exempt).await;
+    let mut exempt = server.connect(PEER).await.unwrap();
+    let exempt_id = flow.id_of_peer(&exempt).await;
     let connected = Instant::now();
-    let mut ordinary = client(address).await;
-    let ordinary_id = flow.id_of(&ordinary).await;
+    let mut ordinary = server.connect(PEER).await.unwrap();
+    let ordinary_id = flow.id_of_peer(&ordinary).await;
 
     let (reason, _) = flow.wait_closure(ordinary_id).await;
     assert_eq!(reason, ClosureReason::IdleTimedOut);
-    expect_reset(&mut ordinary).await;
+    expect_peer_reset(&mut ordinary).await;
     // Well past the idle timeout, the exempt connection is still there.
     let quiet_until = connected + QUIET;
     tokio::time::sleep_until(quiet_until).await;
     flow.assert_open(exempt_id, "with its idle timeout turned off");
-    echo(&mut exempt, b"alive").await;
+    echo_peer(&mut exempt, b"alive").await;
 
     let mut expected = Timeouts::default();
     expected.idle = Some(SHORT);
@@ -932,9 +936,9 @@ async fn set_timeouts_from_another_task_takes_effect_on_a_parked_connection() {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
     sleep(Duration::from_millis(100)).await;
@@ -946,7 +950,7 @@ async fn set_timeouts_from_another_task_takes_effect_on_a_parked_connection() {
     let (reason, at) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::ReadTimedOut);
     assert!(at - changed < WAIT);
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     drop(connection);
     server.shutdown().await;
 }
@@ -961,15 +965,15 @@ async fn turning_the_idle_timeout_on_counts_from_the_last_byte() {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
     // Busy for longer than the idle timeout about to be turned on.
     let busy_until = Instant::now() + Duration::from_millis(800);
     while Instant::now() < busy_until {
-        echo(&mut client, b"busy").await;
+        echo_peer(&mut client, b"busy").await;
         sleep(Duration::from_millis(20)).await;
     }
     let idle = Duration::from_millis(500);
@@ -998,9 +1002,9 @@ async fn turning_the_read_timeout_on_counts_from_the_change() {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
     let requested = Instant::now();
@@ -1021,7 +1025,7 @@ async fn turning_the_read_timeout_on_counts_from_the_change() {
         at - changed,
         at - requested
     );
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     drop(connection);
     server.shutdown().await;
 }

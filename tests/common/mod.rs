@@ -11,6 +11,7 @@
 mod certs;
 mod child;
 mod cpu;
+mod embedded;
 #[cfg(target_os = "linux")]
 mod example;
 mod load;
@@ -22,7 +23,7 @@ mod recorder;
 #[allow(unused_imports)]
 pub use example::*;
 #[allow(unused_imports)]
-pub use {certs::*, child::*, cpu::*, load::*, metrics_recorder::*, recorder::*};
+pub use {certs::*, child::*, cpu::*, embedded::*, load::*, metrics_recorder::*, recorder::*};
 
 use std::future::Future;
 use std::io;
