@@ -352,7 +352,7 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
 /// may pass it by less than its own size), and `writable()` called inside a callback while the
 /// queue is high returns `WriteQueueFull` instead of waiting forever for a drain that only
 /// happens after the callback returns.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_deadlock() {
     const CHUNK: usize = 10_000;
     let limit = switchboard::DEFAULT_WRITE_QUEUE_LIMIT;
@@ -362,9 +362,10 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
         probe_writable_when_high: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let client = server.connect(PEER).await.unwrap();
+    client.set_receive_window(0);
+    let id = flow.id_of_peer(&client).await;
     flow.wait_for(
         "writable() in on_write_buffer_high",
         |event| matches!(event, Event::WritableIn(of, "on_write_buffer_high", _) if *of == id),
@@ -404,7 +405,7 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
     // High was announced with the whole burst still queued (before any of it was written).
     assert!(flow.has(|event| *event == Event::WriteBufferHigh(id, expected)));
 
-    // (What the kernel then takes of the queue depends on its buffers; the peer never reads.)
+    // The peer never reads.
     let connection = flow.handle(id);
     connection.abort();
     let (reason, _) = flow.wait_closure(id).await;
@@ -556,15 +557,12 @@ async fn a_peer_that_never_reads_is_reset_as_a_slow_consumer() {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| {
+    let (server, flow) = start_embedded(behavior, |builder| {
         builder.slow_consumer_timeout(Some(SHORT))
     })
     .await;
     let connected = Instant::now();
-    let mut client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
-    let connection = flow.handle(id);
-    flow.release_handle(id);
+    let (mut client, id, connection) = stalled_peer(&server, &flow).await;
     let producer = tokio::spawn(produce(
         connection,
         usize::MAX,
@@ -581,7 +579,7 @@ async fn a_peer_that_never_reads_is_reset_as_a_slow_consumer() {
     assert!(at - connected >= SHORT, "reset before the timeout");
     let result = bounded("the producer", producer).await.unwrap();
     assert!(matches!(result, Err(Error::ConnectionClosed)), "{result:?}");
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     flow.wait_release_of(id).await;
     assert_eq!(server.stats().closures(ClosureReason::SlowConsumer), 1);
     flow.assert_no_errors();
