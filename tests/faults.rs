@@ -1,6 +1,8 @@
 //! Faults: panics in callbacks (guarantee 9), accept errors under descriptor exhaustion
 //! (guarantee 8), write errors, invalid settings and bind failures, and a peer that never reads
-//! (guarantee 10). Everything runs over real loopback TCP.
+//! (guarantee 10). Over real loopback TCP, except where the socket is not the point: the panics
+//! in a connection's callbacks and the pre-connect one, and the queue limit against a peer that
+//! never reads, run on the embedded connection of `switchboard::testing`, on the paused clock.
 
 mod common;
 
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use switchboard::socket2::Socket;
+use switchboard::testing::EmbeddedServer;
 use switchboard::{
     async_trait, BytesMut, Callbacks, ClosureReason, Connection, Direction, Error, Server, UserData,
 };
@@ -43,6 +46,27 @@ async fn panicking_server(callback: &'static str) -> (Server, Recorder) {
     (server, recorder)
 }
 
+/// [`panicking_server`], embedded (`switchboard::testing`): no listener.
+async fn panicking_embedded(callback: &'static str) -> (EmbeddedServer, Recorder) {
+    let mut builder = Server::builder();
+    let recorder = Recorder::with_behavior(
+        &mut builder,
+        Behavior {
+            panic_in: Some(callback),
+            ..Behavior::default()
+        },
+    );
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    (server, recorder)
+}
+
+/// [`assert_still_serving`] for an embedded server.
+async fn assert_still_serving_embedded(server: &EmbeddedServer, recorder: &Recorder) {
+    recorder.set_behavior(|b| b.panic_in = None);
+    let mut peer = server.connect(peer_addr(100)).await.unwrap();
+    echo_peer(&mut peer, b"still here").await;
+}
+
 /// Stops the panics and checks that a new client is served (guarantee 9: the server keeps
 /// serving).
 async fn assert_still_serving(server: &Server, recorder: &Recorder) {
@@ -68,11 +92,11 @@ async fn until_ended(stream: &mut TcpStream) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn panic_in_on_read_completed_aborts_only_that_connection() {
-    let (server, recorder) = panicking_server("on_read_completed").await;
-    let mut stream = client(server.local_addr().unwrap()).await;
-    stream.write_all(b"boom").await.unwrap();
+    let (server, recorder) = panicking_embedded("on_read_completed").await;
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    stream.send(b"boom").unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
@@ -103,10 +127,7 @@ async fn panic_in_on_read_completed_aborts_only_that_connection() {
     assert!(error_at < closure_at);
 
     // The connection was reset.
-    let mut buffer = [0u8; 8];
-    let read = tokio::time::timeout(WAIT, stream.read(&mut buffer))
-        .await
-        .expect("client read timed out");
+    let read = stream.read().await;
     assert_eq!(
         read.expect_err("a panic resets the connection").kind(),
         std::io::ErrorKind::ConnectionReset
@@ -118,12 +139,12 @@ async fn panic_in_on_read_completed_aborts_only_that_connection() {
     eventually("no active connection", || server.active_connections() == 0).await;
     assert_eq!(server.limiter().active(), 0);
 
-    assert_still_serving(&server, &recorder).await;
+    assert_still_serving_embedded(&server, &recorder).await;
     assert_eq!(server.stats().callback_panics, 1);
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn error_reported_for_a_panic_is_a_callback_panic_value() {
     // A custom on_error that checks the variant itself, not only its message.
     #[derive(Default)]
@@ -160,12 +181,11 @@ async fn error_reported_for_a_panic_is_a_callback_panic_value() {
     }
     let checker = Arc::new(Checker::default());
     let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .start(Panicky(checker.clone()))
+        .start_embedded(Panicky(checker.clone()))
         .await
         .unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
-    stream.write_all(b"x").await.unwrap();
+    let stream = server.connect(peer_addr(1)).await.unwrap();
+    stream.send(b"x").unwrap();
     eventually("release", || checker.released.load(Ordering::SeqCst) == 1).await;
     let seen = checker.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
@@ -175,10 +195,10 @@ async fn error_reported_for_a_panic_is_a_callback_panic_value() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn panic_in_on_connection_established_still_runs_the_closing_events() {
-    let (server, recorder) = panicking_server("on_connection_established").await;
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let (server, recorder) = panicking_embedded("on_connection_established").await;
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
@@ -189,10 +209,10 @@ async fn panic_in_on_connection_established_still_runs_the_closing_events() {
     assert_eq!(errors.len(), 1);
     assert!(errors[0].contains("on_connection_established"));
     assert!(errors[0].contains(&format!("connection {id}")));
-    until_ended(&mut stream).await;
+    until_peer_ended(&mut stream).await;
     assert_eq!(server.stats().callback_panics, 1);
     eventually("no active connection", || server.active_connections() == 0).await;
-    assert_still_serving(&server, &recorder).await;
+    assert_still_serving_embedded(&server, &recorder).await;
     server.shutdown().await;
 }
 
@@ -228,13 +248,13 @@ async fn panic_in_on_socket_created_drops_the_socket_and_the_server_goes_on() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn panic_in_on_connection_closure_still_releases() {
-    let (server, recorder) = panicking_server("on_connection_closure").await;
-    let mut stream = client(server.local_addr().unwrap()).await;
-    assert_eq!(echo_round_trip(&mut stream, b"hi").await, b"hi");
-    stream.shutdown().await.unwrap();
-    until_ended(&mut stream).await;
+    let (server, recorder) = panicking_embedded("on_connection_closure").await;
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    echo_peer(&mut stream, b"hi").await;
+    stream.shutdown_write();
+    until_peer_ended(&mut stream).await;
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
@@ -249,31 +269,30 @@ async fn panic_in_on_connection_closure_still_releases() {
     assert!(errors(&recorder)[0].contains("on_connection_closure"));
     assert_eq!(server.stats().callback_panics, 1);
     eventually("no active connection", || server.active_connections() == 0).await;
-    assert_still_serving(&server, &recorder).await;
+    assert_still_serving_embedded(&server, &recorder).await;
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn panic_in_on_write_completed_aborts_the_connection() {
-    let (server, recorder) = panicking_server("on_write_completed").await;
-    let mut stream = client(server.local_addr().unwrap()).await;
-    stream.write_all(b"data").await.unwrap();
+    let (server, recorder) = panicking_embedded("on_write_completed").await;
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    stream.send(b"data").unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
     assert_lifecycle(&events);
     assert_eq!(closure_reason(&events), Some(ClosureReason::CallbackPanic));
     assert!(errors(&recorder)[0].contains("on_write_completed"));
-    until_ended(&mut stream).await;
+    until_peer_ended(&mut stream).await;
     assert_eq!(server.stats().callback_panics, 1);
-    assert_still_serving(&server, &recorder).await;
+    assert_still_serving_embedded(&server, &recorder).await;
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let address = peer_addr(9);
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(
         &mut builder,
@@ -282,8 +301,8 @@ async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases()
             ..Behavior::default()
         },
     );
-    let server = builder.start(recorder.clone()).await.unwrap();
-    match server.connect(address, "arg".to_string()).await {
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    match server.connect_outgoing(address, "arg".to_string()).await {
         Err(Error::CallbackPanic {
             callback,
             connection,
@@ -311,12 +330,8 @@ async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases()
 
     // The manager goes on connecting.
     recorder.set_behavior(|b| b.panic_in = None);
-    let connection = server.connect(address, ()).await.unwrap();
+    let (connection, peer) = server.connect_outgoing(address, ()).await.unwrap();
     assert_eq!(connection.direction(), Direction::Outbound);
-    let (peer, _) = tokio::time::timeout(WAIT, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
     drop(peer);
     drop(connection);
     recorder.wait_released(2).await;
@@ -531,11 +546,9 @@ async fn small_buffer_client(address: SocketAddr) -> TcpStream {
         .expect("connect failed")
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
-    let mut builder = Server::builder()
-        .bind("127.0.0.1:0")
-        .write_queue_limit(LIMIT);
+    let mut builder = Server::builder().write_queue_limit(LIMIT);
     let recorder = Recorder::with_behavior(
         &mut builder,
         Behavior {
@@ -544,23 +557,22 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
             ..Behavior::default()
         },
     );
-    recorder.keep_sockets();
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = small_buffer_client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    // A small receive window, as a socket's buffers would be.
+    stream.set_receive_window(32 * 1024);
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
     let handle = recorder.take_handles().pop().unwrap();
-    let socket = recorder.take_sockets().pop().unwrap();
-    socket.set_send_buffer_size(16 * 1024).unwrap();
 
     const CHUNK: usize = 16 * 1024;
     let chunk = switchboard::Bytes::from(vec![7u8; CHUNK]);
     let mut accepted = 0usize;
     let mut refusals = 0;
     let deadline = Instant::now() + WAIT;
-    // Write until the queue is full and nothing more moves to the kernel (its buffers are full
-    // too, since the peer does not read).
+    // Write until the queue is full and nothing more moves to the peer (its window is full too,
+    // since it does not read).
     loop {
         assert!(Instant::now() < deadline, "the write queue never filled");
         match handle.write(chunk.clone()).map_err(Error::from) {
@@ -603,16 +615,14 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
     assert!(!handle.is_closing());
 
     // Once the peer reads, everything that was taken arrives and the queue empties.
-    let mut received = vec![0u8; accepted];
-    tokio::time::timeout(WAIT, stream.read_exact(&mut received))
+    let received = stream
+        .read_exact(accepted)
         .await
-        .expect("the queued data did not arrive")
-        .unwrap();
+        .expect("the queued data did not arrive");
     assert!(received.iter().all(|&b| b == 7));
     eventually("queue drained", || handle.queued_write_bytes() == 0).await;
     handle.write(chunk.clone()).expect("writes are taken again");
     drop(handle);
-    drop(socket);
     server.shutdown().await;
 }
 

@@ -68,3 +68,15 @@ impl Recorder {
         id
     }
 }
+
+/// Reads until the stream ends, whether by FIN or by RST; panics if it does not end within the
+/// peer's wait limit.
+pub async fn until_peer_ended(peer: &mut EmbeddedPeer) {
+    if let (_, Err(error)) = peer_read_to_end(peer).await {
+        assert_ne!(
+            error.kind(),
+            io::ErrorKind::TimedOut,
+            "the connection did not end"
+        );
+    }
+}
