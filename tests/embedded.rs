@@ -196,7 +196,10 @@ async fn timeouts_fire_on_the_paused_clock() {
 
 #[tokio::test(start_paused = true)]
 async fn the_limit_refuses_and_abort_all_counts_the_live_ones() {
-    let (server, events) = start(Server::builder().max_connections(2), Echo::default()).await;
+    let builder = Server::builder()
+        .max_connections(2)
+        .at_limit(switchboard::AtLimit::AcceptAndClose);
+    let (server, events) = start(builder, Echo::default()).await;
     let first = server.connect(address(1)).await.unwrap();
     let second = server.connect(address(2)).await.unwrap();
     assert!(matches!(
@@ -369,4 +372,22 @@ async fn a_server_that_stopped_accepting_accepts_nothing_until_it_starts_again()
     assert_eq!(peer.read().await.unwrap(), "still");
     server.connect_outgoing(address(9), ()).await.unwrap();
     assert_eq!(server.stats().accepted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_limit_with_stop_accepting_a_client_is_held_back_not_refused() {
+    let (server, events) = start(Server::builder().max_connections(1), Echo::default()).await;
+    let first = server.connect(address(1)).await.unwrap();
+    for _ in 0..2 {
+        assert!(matches!(
+            server.connect(address(2)).await,
+            Err(switchboard::Error::ConnectionLimitReached { limit: 1 })
+        ));
+    }
+    assert_eq!(events.count(|event| *event == Event::MaximumConnections), 1);
+    // A real client would wait in the backlog: nothing is refused.
+    assert_eq!(server.stats().refused_at_limit, 0);
+    first.reset();
+    events.wait_for_release(first.id()).await;
+    server.connect(address(2)).await.unwrap();
 }

@@ -197,8 +197,8 @@ use crate::driver::Setup;
 use crate::manager::{Addresses, Manager};
 use crate::stats::Count;
 use crate::{
-    Callbacks, Client, ClosureReason, ConnectArgument, Connection, Direction, Error, Server,
-    ServerBuilder, UserData,
+    AtLimit, Callbacks, Client, ClosureReason, ConnectArgument, Connection, Direction, Error,
+    Server, ServerBuilder, UserData,
 };
 
 /// The server's address of embedded connections, unless the test names another.
@@ -275,10 +275,13 @@ impl EmbeddedServer {
     /// refused as a socket's would be: it runs only its closing events (reason
     /// [`ClosureReason::PerIpLimit`]) and the peer sees a reset.
     ///
-    /// At the connection limit it is refused as the accept loop refuses a client it took with no
-    /// slot free: counted in [`Stats::refused_at_limit`](crate::Stats::refused_at_limit), and
+    /// At the connection limit it is not accepted, and
     /// [`on_maximum_connections`](crate::Callbacks::on_maximum_connections) runs (once, until a
-    /// connection is accepted again); no other callback runs for it. Once the server
+    /// connection is accepted again); no other callback runs for it. As with the accept loop,
+    /// with [`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose) it counts in
+    /// [`Stats::refused_at_limit`](crate::Stats::refused_at_limit); with the default
+    /// [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting) a real client would wait in the
+    /// backlog instead, and nothing is counted. Once the server
     /// [stopped accepting](Server::stop_accepting) (or was started with
     /// [`accepting(false)`](ServerBuilder::accepting)) nothing is accepted and no callback runs:
     /// a real client would wait in the backlog until
@@ -310,7 +313,9 @@ impl EmbeddedServer {
             )));
         }
         let Some(permit) = manager.limiter.try_acquire() else {
-            manager.counters.count(Count::RefusedAtLimit);
+            if manager.config.at_limit == AtLimit::AcceptAndClose {
+                manager.counters.count(Count::RefusedAtLimit);
+            }
             if !self.at_limit.swap(true, Ordering::Relaxed) {
                 let invoker = &manager.context.invoker;
                 let future = invoker.callbacks().on_maximum_connections();
