@@ -489,6 +489,10 @@ async fn refused_connections_count_against_the_connection_limit_until_released()
                 *e == Event::Released(None, None)
             })
             .await;
+        eventually("the refusal's limiter slot to free", || {
+            server.limiter().active() == 1
+        })
+        .await;
     }
     recorder
         .wait_count("the refusals", 5, |e| *e == Event::Released(None, None))
