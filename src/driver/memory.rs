@@ -155,6 +155,15 @@ impl Pipe {
         state.inbound.wake_reader();
     }
 
+    /// The server's end is shut for writing behind the driver's back: the peer reads FIN after
+    /// what was sent, and the server's next write fails with `EPIPE`.
+    pub(crate) fn shutdown_server_write(&self) {
+        let mut state = self.lock();
+        state.outbound.fin = true;
+        state.outbound.wake_reader();
+        state.outbound.wake_writer();
+    }
+
     /// The peer resets the connection: what either side had in flight is dropped.
     pub(crate) fn reset(&self) {
         let mut state = self.lock();

@@ -137,6 +137,15 @@ impl EmbeddedPeer {
         self.pipe.reset();
     }
 
+    /// Shuts the server's end for writing behind its driver's back, as `shutdown(SHUT_WR)` on a
+    /// duplicate of a socket would: this peer reads FIN after what the server already sent, and
+    /// the server's next write fails with `EPIPE` ([`io::ErrorKind::BrokenPipe`]), for a test of
+    /// [`on_write_error_may_not_be_fatal`](crate::Callbacks::on_write_error_may_not_be_fatal)
+    /// and [`on_write_completion_error`](crate::Callbacks::on_write_completion_error).
+    pub fn shutdown_server_write(&self) {
+        self.pipe.shutdown_server_write();
+    }
+
     /// Sets how many bytes the server may have sent that this peer has not read (its receive
     /// window; `0` stops the server's writes). While the window is full the server's write queue
     /// grows, up to its [limit](crate::ServerBuilder::write_queue_limit). The default is 256 KiB.
