@@ -1,8 +1,9 @@
 //! Faults: panics in callbacks (guarantee 9), accept errors under descriptor exhaustion
 //! (guarantee 8), write errors, invalid settings and bind failures, and a peer that never reads
 //! (guarantee 10). Over real loopback TCP, except where the socket is not the point: the panics
-//! in a connection's callbacks and the pre-connect one, and the queue limit against a peer that
-//! never reads, run on the embedded connection of `switchboard::testing`, on the paused clock.
+//! in a connection's callbacks and the pre-connect one, the write errors, and the queue limit
+//! against a peer that never reads run on the embedded connection of `switchboard::testing`, on
+//! the paused clock.
 
 mod common;
 
@@ -13,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use switchboard::socket2::Socket;
-use switchboard::testing::EmbeddedServer;
+use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
     async_trait, BytesMut, Callbacks, ClosureReason, Connection, Direction, Error, Server, UserData,
 };
@@ -428,12 +428,14 @@ async fn bind_failures_are_reported() {
 // ---------------------------------------------------------------------------------------------
 // Write errors.
 
-/// A server whose recorder keeps handles and sockets and does not read; returns the server side's
-/// handle and a duplicate of its socket, and the client.
-async fn held_connection(
+/// A server whose recorder keeps handles and does not read, on the embedded connection
+/// (`switchboard::testing`); returns the server side's handle and the peer, whose
+/// [`EmbeddedPeer::shutdown_server_write`] shuts the server's write side behind the driver's
+/// back (as `shutdown(SHUT_WR)` on a duplicate of its socket would).
+async fn held_embedded(
     errors_not_fatal: bool,
-) -> (Server, Recorder, Connection, Socket, TcpStream) {
-    let mut builder = Server::builder().bind("127.0.0.1:0");
+) -> (EmbeddedServer, Recorder, Connection, EmbeddedPeer) {
+    let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(
         &mut builder,
         Behavior {
@@ -443,23 +445,21 @@ async fn held_connection(
             ..Behavior::default()
         },
     );
-    recorder.keep_sockets();
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let peer = server.connect(peer_addr(1)).await.unwrap();
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
     let handle = recorder.take_handles().pop().unwrap();
-    let socket = recorder.take_sockets().pop().unwrap();
-    (server, recorder, handle, socket, stream)
+    (server, recorder, handle, peer)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_error_ends_the_connection_by_default() {
-    let (server, recorder, handle, socket, mut stream) = held_connection(false).await;
+    let (server, recorder, handle, mut stream) = held_embedded(false).await;
     let id = handle.id();
-    // Shut our own write side behind the driver's back: the next write fails with EPIPE.
-    socket.shutdown(Shutdown::Write).unwrap();
+    // Shut the server's write side behind the driver's back: the next write fails with EPIPE.
+    stream.shutdown_server_write();
     handle.write(&b"doomed"[..]).unwrap();
     recorder.wait_released(1).await;
     let events = recorder.events_of(id);
@@ -480,18 +480,17 @@ async fn write_error_ends_the_connection_by_default() {
         handle.write(&b"more"[..]).map_err(Error::from),
         Err(Error::ConnectionClosed)
     ));
-    until_ended(&mut stream).await;
+    until_peer_ended(&mut stream).await;
     assert_eq!(server.stats().closures(ClosureReason::WriteError), 1);
     drop(handle);
-    drop(socket);
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_error_may_be_survived() {
-    let (server, recorder, handle, socket, mut stream) = held_connection(true).await;
+    let (server, recorder, handle, mut stream) = held_embedded(true).await;
     let id = handle.id();
-    socket.shutdown(Shutdown::Write).unwrap();
+    stream.shutdown_server_write();
     handle.write(&b"lost"[..]).unwrap();
     recorder
         .wait_count("write error", 1, |e| {
@@ -502,7 +501,7 @@ async fn write_error_may_be_survived() {
     assert!(!handle.is_closing());
     // The connection is alive: it still reads.
     handle.read();
-    stream.write_all(b"ping").await.unwrap();
+    stream.send(b"ping").unwrap();
     recorder
         .wait_count("read after the write error", 1, |e| {
             *e == Event::Read(id, 4)
@@ -513,11 +512,8 @@ async fn write_error_may_be_survived() {
         .iter()
         .any(|e| matches!(e, Event::WriteCompletionError(_) | Event::Closure(..))));
     // The client saw our FIN (the shut-down write side) and no data.
-    let mut received = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut received))
-        .await
-        .expect("client read timed out")
-        .unwrap();
+    let (received, end) = peer_read_to_end(&mut stream).await;
+    end.unwrap();
     assert!(received.is_empty());
     drop(stream);
     drop(handle);
@@ -526,7 +522,6 @@ async fn write_error_may_be_survived() {
     assert_lifecycle(&events);
     // No read was pending when the client left, so the lifetime rule closed it.
     assert_eq!(closure_reason(&events), Some(ClosureReason::Unreferenced));
-    drop(socket);
     server.shutdown().await;
 }
 
