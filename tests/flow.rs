@@ -1,9 +1,12 @@
-//! Flow control, timeouts and urgent data (issue 4) over real loopback sockets: write backpressure
+//! Flow control, timeouts and urgent data (issue 4): write backpressure
 //! against a peer that stops reading (100 MiB through a bounded queue, the watermark callbacks,
 //! `write`'s and `writable`'s refusals), the slow-consumer policy, the idle, read, half-closed and
 //! first-byte timeouts (per server, per connection, and after a TLS handshake), TCP urgent data
 //! both ways, a slowloris attack against a connection limit, and a soak test of thousands of
-//! misbehaving clients (`#[ignore]`d; see [`soak`]).
+//! misbehaving clients (`#[ignore]`d; see [`soak`]). Over the embedded connection of
+//! `switchboard::testing` where the socket is not the point (a peer that stops reading is one
+//! whose receive window is full), over real loopback sockets for TLS, urgent data and the
+//! slowloris attack (the accept loop against real clients).
 //!
 //! Every wait is bounded. The timeout tests run on tokio's paused clock (`start_paused`, from the
 //! `test-util` feature of the dev-dependency) over the embedded connection of
@@ -12,8 +15,8 @@
 //! timeout is deterministic however loaded the machine is, and the tests take no real time. On
 //! loopback (the TLS test) delivery normally completes within the sending system call, so the
 //! paused clock does not run ahead of a packet already sent (40 runs of these tests beside other
-//! test binaries showed no flake). The flow-control, urgent-data and slowloris tests move real
-//! data between threads and run on real time. Timeouts are checked only from below ("not before
+//! test binaries showed no flake). The urgent-data and slowloris tests move real data between
+//! threads and run on real time. Timeouts are checked only from below ("not before
 //! the configured time", measured from a moment known to precede the deadline's start); waits
 //! for something that must happen are generous, and quiet periods (something must *not* happen)
 //! are several times the timeout being checked.
@@ -36,7 +39,7 @@ use switchboard::{
     Error, Server, ServerBuilder, Timeouts, UserData,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -54,9 +57,9 @@ const MIB: usize = 1024 * KIB;
 const SHORT: Duration = Duration::from_millis(300);
 /// How long to watch for something that must *not* happen: several times [`SHORT`].
 const QUIET: Duration = Duration::from_millis(1200);
-/// Client socket buffers small enough that the kernel holds little of what the server sends (or
-/// of what the client sends); Linux doubles the value and keeps a floor of a few KiB.
-const SMALL_BUFFER: u32 = 4 * KIB as u32;
+/// A receive window small enough that little of what the server sends is held on the way, as
+/// with small socket buffers.
+const SMALL_WINDOW: usize = 4 * KIB;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -144,17 +147,6 @@ fn assert_watermarks_alternate(flow: &Recorder, id: ConnectionId) {
     }
 }
 
-/// A client whose buffers are set small before it connects (so the window it advertises is
-/// small from the start, and little of what it sends waits in its own kernel).
-async fn connect_small(address: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(SMALL_BUFFER).unwrap();
-    socket.set_send_buffer_size(SMALL_BUFFER).unwrap();
-    bounded("connect", socket.connect(address))
-        .await
-        .expect("connect")
-}
-
 /// Reads (dropping the data) until the stream fails; asserts that it failed with a reset, not a
 /// clean end. Returns the bytes read before.
 async fn expect_reset<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> usize {
@@ -240,7 +232,7 @@ fn sample_queue(connection: Connection, stop: Arc<AtomicBool>) -> tokio::task::J
 /// within the limit plus one write, `on_write_buffer_high` fires, the producer stalls and (with
 /// no slow-consumer timeout, the default) the connection is kept. Once the peer reads,
 /// `on_write_buffer_low` fires and every byte arrives, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100_mib() {
     const TOTAL: usize = 100 * MIB;
     const LIMIT: usize = 128 * KIB;
@@ -251,12 +243,14 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| {
+    let (server, flow) = start_embedded(behavior, |builder| {
         builder.write_queue_limit(LIMIT).write_watermarks(HIGH, LOW)
     })
     .await;
-    let mut client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    // A small window, as small socket buffers would be.
+    client.set_receive_window(SMALL_WINDOW);
+    let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
 
@@ -270,8 +264,8 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
         |event| matches!(event, Event::WriteBufferHigh(of, _) if *of == id),
     )
     .await;
-    // The peer reads nothing: the kernel's buffers fill and the producer stalls well short of
-    // the total, waiting in `writable()`.
+    // The peer reads nothing: its window fills and the producer stalls well short of the total,
+    // waiting in `writable()`.
     let stalled_at = settled("the producer to stall", &produced).await;
     assert!(
         stalled_at < TOTAL / 4,
@@ -294,19 +288,21 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
     let lows_while_stalled =
         flow.count(|event| matches!(event, Event::WriteBufferLow(of, _) if *of == id));
 
-    // The peer reads: everything arrives, byte-exact, and the queue drains to low.
+    // The peer reads (with a window a socket's buffers might grow to): everything arrives,
+    // byte-exact, and the queue drains to low.
+    client.set_receive_window(256 * KIB);
     let reference = periodic_pattern(256 * KIB + PERIOD);
-    let mut buffer = vec![0; 256 * KIB];
     let mut received = 0;
     let reading = async {
         loop {
-            let n = client.read(&mut buffer).await.expect("client read");
+            let data = client.read().await.expect("client read");
+            let n = data.len();
             if n == 0 {
                 break;
             }
             let start = received % PERIOD;
             assert!(
-                buffer[..n] == reference[start..start + n],
+                data[..] == reference[start..start + n],
                 "the stream differs from the pattern within bytes {received}..{}",
                 received + n
             );
