@@ -8,8 +8,9 @@ asserts on recorded callbacks, closure reasons or shutdown reports: it names `Ev
 one of the recorders' event readers (`.events()`, `events_of`, `assert_lifecycle`,
 `closure_reason`, `wait_closure`, `.closure(`, `ended_with`, `wait_for_release`).
 
-It runs embedded if its body calls `start_embedded` (the builder's or a helper of that name), or
-a helper of its file that does (directly or through another helper).
+It runs embedded if its body starts an embedded server (`start_embedded`, the builder's or a
+helper of that name, or `start_framed_embedded`), or calls a helper of its file that does
+(directly or through another helper).
 
 Usage: python3 benches/event_order_tests.py [-v]   (from the crate's root)
 """
@@ -22,6 +23,7 @@ EVENT_ORDER = re.compile(
     r"events_of|assert_lifecycle|closure_reason|wait_closure|\.closure\(|ended_with|"
     r"wait_for_release"
 )
+EMBEDDED = re.compile(r"start_(framed_)?embedded")
 FN = re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?(?:async\s+)?fn\s+(\w+)")
 
 
@@ -59,7 +61,7 @@ def main():
     for path in sorted(glob.glob("tests/*.rs")):
         fns = functions(open(path).read().splitlines())
         helpers = {name: body for name, is_test, body in fns if not is_test}
-        uses = {name for name, body in helpers.items() if "start_embedded" in body}
+        uses = {name for name, body in helpers.items() if EMBEDDED.search(body)}
         changed = True
         while changed:
             changed = False
@@ -72,7 +74,7 @@ def main():
             if not is_test or not EVENT_ORDER.search(body):
                 continue
             file_total += 1
-            runs_embedded = "start_embedded" in body or any(
+            runs_embedded = bool(EMBEDDED.search(body)) or any(
                 re.search(rf"\b{u}\(", body) for u in uses
             )
             file_embedded += runs_embedded
