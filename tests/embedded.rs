@@ -391,3 +391,47 @@ async fn at_the_limit_with_stop_accepting_a_client_is_held_back_not_refused() {
     events.wait_for_release(first.id()).await;
     server.connect(address(2)).await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_send_window_holds_the_peer_up_until_the_server_reads() {
+    /// Keeps each connection's handle and reads only once the test asks it to.
+    struct Deaf(Arc<std::sync::Mutex<Option<Connection>>>);
+    #[async_trait]
+    impl Callbacks for Deaf {
+        async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+            *self.0.lock().unwrap() = Some(connection.clone());
+        }
+        async fn on_read_completed(&self, connection: &Connection, _: BytesMut) {
+            connection.read();
+        }
+    }
+    let kept = Arc::default();
+    let (callbacks, events) = Recorded::new(Deaf(Arc::clone(&kept)));
+    let server = Server::builder().start_embedded(callbacks).await.unwrap();
+    let peer = server.connect(address(1)).await.unwrap();
+    peer.set_send_window(4);
+    let refused = peer.send("12345").unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::WouldBlock);
+    peer.send("1234").unwrap();
+    let sender = peer.sender();
+    let sending = tokio::spawn(async move { sender.send_all("abcdef").await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!sending.is_finished(), "the window is full");
+
+    let connection = kept.lock().unwrap().take().expect("established");
+    connection.read();
+    sending.await.unwrap().unwrap();
+    events
+        .wait_for(|event| matches!(event, Event::Read(_, data) if data.ends_with(b"ef")))
+        .await;
+    let read: Vec<u8> = events
+        .of(peer.id())
+        .iter()
+        .filter_map(|event| match event {
+            Event::Read(_, data) => Some(data.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(read, b"1234abcdef");
+}

@@ -8,7 +8,8 @@
 //! socket's does (the same driver task, lifecycle rules, registry, limiter and shutdown); only
 //! the bytes travel through memory. From the peer the test sends bytes in the chunks it chooses,
 //! reads what the handler wrote, half-closes, resets, or stops reading so that the write queue
-//! fills. [`Recorded`] wraps the callbacks and logs every event in order in [`Events`].
+//! fills; with a [send window](EmbeddedPeer::set_send_window) a server that stops reading holds
+//! the peer's sends up in turn. [`Recorded`] wraps the callbacks and logs every event in order in [`Events`].
 //!
 //! Nothing waits on the network, so under tokio's paused clock
 //! (`#[tokio::test(start_paused = true)]`, tokio's `test-util` feature) the timeouts and the
@@ -187,7 +188,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use peer::EmbeddedPeer;
+pub use peer::{EmbeddedPeer, EmbeddedSender};
 pub use recorded::{Event, Events, Recorded, WAIT_LIMIT};
 
 use crate::connect::{self, Dial};
