@@ -279,9 +279,9 @@ impl EmbeddedServer {
     /// At the connection limit it is not accepted, and
     /// [`on_maximum_connections`](crate::Callbacks::on_maximum_connections) runs (once, until a
     /// connection is accepted again); no other callback runs for it. As with the accept loop,
-    /// with [`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose) it counts in
+    /// with [`AtLimit::AcceptAndClose`] it counts in
     /// [`Stats::refused_at_limit`](crate::Stats::refused_at_limit); with the default
-    /// [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting) a real client would wait in the
+    /// [`AtLimit::StopAccepting`] a real client would wait in the
     /// backlog instead, and nothing is counted. Once the server
     /// [stopped accepting](Server::stop_accepting) (or was started with
     /// [`accepting(false)`](ServerBuilder::accepting)) nothing is accepted and no callback runs:
