@@ -2,8 +2,8 @@
 //! errors after the items before them, over-long and partial frames, TLS, the write queue's
 //! backpressure reaching the decoder, and every other callback still reaching the handler. On
 //! the embedded connection of `switchboard::testing` (`start_framed_embedded`, the paused clock)
-//! where the socket is not the point; TLS, backpressure through TCP flow control, a pipelined
-//! burst and a sending task over real loopback sockets.
+//! where the socket is not the point; TLS, a pipelined burst and a sending task over real
+//! loopback sockets.
 
 mod common;
 
@@ -460,31 +460,28 @@ fn kilobyte(connection: &FramedConnection<'_, LinesCodec>, _: &String) {
     connection.feed("k".repeat(1023)).expect("feed");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_high_write_queue_pauses_delivery_until_it_drains() {
     const LINES: usize = 20_000;
     let builder = Server::builder()
         .write_queue_limit(8 * 1024)
         .write_watermarks(8 * 1024, 4 * 1024);
-    let (server, seen) = start(builder, LinesCodec::new, kilobyte, |_| {}, |f| f).await;
-    // Socket buffers of a fixed size on both sides (no autotuning), so that what the kernel
-    // holds is small beside what is sent: 2 MB of requests, 20 MB of replies. (Not smaller:
-    // with 4 KiB buffers loopback TCP crawls, from delayed acknowledgements of tiny windows.)
-    seen.recorder
-        .set_behavior(|behavior| behavior.server_buffers = Some(65536));
-    let client = client(server.local_addr().unwrap()).await;
-    SockRef::from(&client).set_recv_buffer_size(65536).unwrap();
-    SockRef::from(&client).set_send_buffer_size(65536).unwrap();
-    let (mut reader, mut writer) = client.into_split();
+    let (server, seen) = start_embedded(builder, LinesCodec::new, kilobyte, |_| {}, |f| f).await;
+    // Windows of a socket buffer's size both ways, so that what is held on the way is small
+    // beside what is sent: 2 MB of requests, 20 MB of replies.
+    let mut reader = server.connect(peer_addr(1)).await.unwrap();
+    reader.set_send_window(65536);
+    reader.set_receive_window(65536);
+    let writer = reader.sender();
     // Every request, with no reply read: the server stops taking items once its queue is high,
-    // then the kernel's buffers fill and this write stalls.
+    // then the send window fills and this write stalls.
     let sender = tokio::spawn(async move {
         let line = format!("{}\n", "x".repeat(99));
         writer
-            .write_all(line.repeat(LINES).as_bytes())
+            .send_all(line.repeat(LINES).as_bytes())
             .await
             .unwrap();
-        writer.shutdown().await.unwrap();
+        writer.shutdown_write();
         writer
     });
     eventually("the queue goes high", || {
@@ -528,10 +525,8 @@ async fn a_high_write_queue_pauses_delivery_until_it_drains() {
         .unwrap();
     assert!(most_queued <= (8 + 16 + 1) * 1024, "{most_queued} queued");
     // Then every reply comes, in full, in order, once the client reads.
-    let mut reply = Vec::new();
-    bounded("replies", reader.read_to_end(&mut reply))
-        .await
-        .unwrap();
+    let (reply, end) = peer_read_to_end(&mut reader).await;
+    end.unwrap();
     assert_eq!(reply.len(), LINES * 1024);
     assert!(reply.chunks(1024).all(|chunk| chunk.ends_with(b"kk\n")));
     let _writer = bounded("the requests", sender).await.unwrap();
