@@ -1,9 +1,10 @@
 //! Faults: panics in callbacks (guarantee 9), accept errors under descriptor exhaustion
 //! (guarantee 8), write errors, invalid settings and bind failures, and a peer that never reads
 //! (guarantee 10). Over real loopback TCP, except where the socket is not the point: the panics
-//! in a connection's callbacks and the pre-connect one, the write errors, and the queue limit
-//! against a peer that never reads run on the embedded connection of `switchboard::testing`, on
-//! the paused clock.
+//! in a connection's callbacks and the pre-connect one, the write errors, and the queue limit and
+//! the paused echo against a peer that never reads run on the embedded connection of
+//! `switchboard::testing` (small send and receive windows for small socket buffers), on the
+//! paused clock.
 
 mod common;
 
@@ -18,8 +19,8 @@ use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
     async_trait, BytesMut, Callbacks, ClosureReason, Connection, Direction, Error, Server, UserData,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 fn errors(recorder: &Recorder) -> Vec<String> {
     recorder
@@ -530,17 +531,6 @@ async fn write_error_may_be_survived() {
 
 const LIMIT: usize = 64 * 1024;
 
-/// A client with small socket buffers, so that TCP flow control pushes back quickly.
-async fn small_buffer_client(address: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    socket.set_send_buffer_size(16 * 1024).unwrap();
-    tokio::time::timeout(WAIT, socket.connect(address))
-        .await
-        .expect("connect timed out")
-        .expect("connect failed")
-}
-
 #[tokio::test(start_paused = true)]
 async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
     let mut builder = Server::builder().write_queue_limit(LIMIT);
@@ -621,11 +611,9 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
-    let mut builder = Server::builder()
-        .bind("127.0.0.1:0")
-        .write_queue_limit(LIMIT);
+    let mut builder = Server::builder().write_queue_limit(LIMIT);
     let recorder = Recorder::with_behavior(
         &mut builder,
         Behavior {
@@ -633,19 +621,16 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
             ..Behavior::default()
         },
     );
-    recorder.keep_sockets();
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let stream = small_buffer_client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut reader = server.connect(peer_addr(1)).await.unwrap();
+    // Small windows both ways, as small socket buffers would be, so the stall comes soon.
+    reader.set_receive_window(16 * 1024);
+    reader.set_send_window(16 * 1024);
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
     let handle = recorder.take_handles().pop().unwrap();
-    // Small kernel buffers on the server side too (no autotuning), so the stall comes soon.
-    let socket = recorder.take_sockets().pop().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    socket.set_send_buffer_size(16 * 1024).unwrap();
-    drop(socket);
-    let (mut reader, mut writer) = stream.into_split();
+    let writer = reader.sender();
 
     // The client sends far more than every buffer on the way can hold, and does not read.
     const TOTAL: usize = 16 * 1024 * 1024;
@@ -655,7 +640,7 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
         tokio::spawn(async move {
             let block = vec![0x5au8; 64 * 1024];
             while sent.load(Ordering::SeqCst) < TOTAL {
-                writer.write_all(&block).await.unwrap();
+                writer.send_all(&block).await.unwrap();
                 sent.fetch_add(block.len(), Ordering::SeqCst);
             }
             writer
@@ -687,15 +672,11 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
 
     // The client starts reading: the echo resumes and every byte comes back.
     let mut echoed = 0usize;
-    let mut buffer = vec![0u8; 64 * 1024];
     while echoed < TOTAL {
-        let read = tokio::time::timeout(WAIT, reader.read(&mut buffer))
-            .await
-            .expect("the echo did not resume")
-            .unwrap();
-        assert!(read > 0, "the server closed early");
-        assert!(buffer[..read].iter().all(|&b| b == 0x5a));
-        echoed += read;
+        let data = reader.read().await.expect("the echo did not resume");
+        assert!(!data.is_empty(), "the server closed early");
+        assert!(data.iter().all(|&b| b == 0x5a));
+        echoed += data.len();
     }
     assert_eq!(echoed, TOTAL);
     let writer = tokio::time::timeout(WAIT, sender)
