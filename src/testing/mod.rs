@@ -278,15 +278,13 @@ impl EmbeddedServer {
     ///
     /// At the connection limit it is not accepted, and
     /// [`on_maximum_connections`](crate::Callbacks::on_maximum_connections) runs (once, until a
-    /// connection is accepted again); no other callback runs for it. As with the accept loop,
-    /// with [`AtLimit::AcceptAndClose`] it counts in
+    /// connection is accepted again); no other callback runs for it. As with the accept loop, with
+    /// [`AtLimit::AcceptAndClose`] it counts in
     /// [`Stats::refused_at_limit`](crate::Stats::refused_at_limit); with the default
-    /// [`AtLimit::StopAccepting`] a real client would wait in the
-    /// backlog instead, and nothing is counted. Once the server
-    /// [stopped accepting](Server::stop_accepting) (or was started with
-    /// [`accepting(false)`](ServerBuilder::accepting)) nothing is accepted and no callback runs:
-    /// a real client would wait in the backlog until
-    /// [`start_accepting`](Server::start_accepting).
+    /// [`AtLimit::StopAccepting`] a real client would wait in the backlog instead, and nothing is
+    /// counted. Once the server [stopped accepting](Server::stop_accepting) (or was started with
+    /// [`accepting(false)`](ServerBuilder::accepting)) nothing is accepted and no callback runs: a
+    /// real client would wait in the backlog until [`start_accepting`](Server::start_accepting).
     ///
     /// # Errors
     /// [`Error::ShuttingDown`] once a shutdown began; [`Error::ConnectionLimitReached`] at the

@@ -1,5 +1,5 @@
 //! Shared test helpers, one copy each: the recording callbacks ([`Recorder`]), bounded waits,
-//! client helpers, the test certificates, the child-process server for descriptor exhaustion,
+//! client helpers (and their kin for the embedded connection's peer), the test certificates, the child-process server for descriptor exhaustion,
 //! CPU-time readings, a recorder for the `metrics` facade ([`MetricsRecorder`]), the
 //! `echo_server` example as a child process ([`EchoServer`]: spawn, its stdout lines, signals,
 //! hand-off restarts) and echo load against it ([`EchoLoad`]).
