@@ -565,7 +565,7 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
                 accepted += CHUNK;
                 let queued = handle.queued_write_bytes();
                 assert!(queued <= LIMIT + CHUNK, "queue grew to {queued}");
-                // Let the driver hand what it can to the kernel.
+                // Let the driver hand what it can to the peer.
                 tokio::task::yield_now().await;
                 continue;
             }

@@ -111,8 +111,8 @@ async fn read_until_error(stream: &mut TcpStream) -> (Vec<u8>, Option<io::Error>
     }
 }
 
-/// Waits until the server stops handing data to the kernel (its socket is full because the
-/// client does not read); returns the bytes handed over so far.
+/// Waits until the server stops handing data on (the socket, or an embedded peer's window, is
+/// full because the client does not read); returns the bytes handed over so far.
 async fn wait_for_stall(handle: &Connection) -> u64 {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut last = u64::MAX;
