@@ -7,13 +7,28 @@ use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::client::ClientSink;
+use crate::driver::transport::Transport;
 use crate::driver::Setup;
 use crate::limit::Permit;
-use crate::manager::Manager;
+use crate::manager::{Addresses, Manager};
 use crate::registry::Live;
 use crate::stats::Count;
 use crate::tls::Secure;
 use crate::{ConnectArgument, Connection, Direction, Error, TlsConnect, UserData};
+
+/// How an outgoing connection is opened.
+#[derive(Debug)]
+pub(crate) enum Dial {
+    /// A TCP socket, then TLS if asked for.
+    Socket(Option<TlsConnect>),
+    /// An in-memory stream whose other end a test holds (`testing`): nothing to connect, so only
+    /// the limiter and the pre-connect callback can fail it.
+    #[cfg(feature = "testing")]
+    Memory {
+        stream: crate::driver::memory::MemoryStream,
+        local: SocketAddr,
+    },
+}
 
 /// An outgoing connect, from the pre-connect event to an established connection or a failure.
 /// With `report`, a failure goes to `on_outgoing_connection_failed`; either way the user data is
@@ -22,7 +37,7 @@ pub(crate) async fn connect(
     manager: Arc<Manager>,
     live: Live,
     address: SocketAddr,
-    tls: Option<TlsConnect>,
+    dial: Dial,
     argument: ConnectArgument,
     report: bool,
     client: Option<ClientSink>,
@@ -39,20 +54,27 @@ pub(crate) async fn connect(
         )
         .await;
     let attempt = match prepared {
-        Some(()) => open(&manager, address).await,
+        Some(()) => open(&manager, address, dial).await,
         None => Err(panicked("on_pre_outgoing_connect")),
     };
     let (user_data, error) = match attempt {
-        Ok((stream, permit)) => {
-            match manager.establish(
-                stream,
-                address,
-                None,
+        Ok(Opened {
+            transport,
+            local,
+            secure,
+            permit,
+        }) => {
+            match manager.register(
+                transport,
+                Addresses {
+                    peer: address,
+                    local,
+                },
                 Direction::Outbound,
                 user_data,
                 Setup {
                     proxied: None,
-                    secure: tls.map(Secure::Connect),
+                    secure,
                     client,
                 },
                 permit,
@@ -60,7 +82,7 @@ pub(crate) async fn connect(
                 true,
                 None,
             ) {
-                Ok(handle) => return Ok(handle.expect("establish was asked for a handle")),
+                Ok((_, handle)) => return Ok(handle.expect("register was asked for a handle")),
                 Err(failed) => failed,
             }
         }
@@ -96,14 +118,45 @@ fn panicked(callback: &'static str) -> Error {
     }
 }
 
-/// Takes a limiter slot, creates the socket (running `on_socket_created`) and connects it.
-async fn open(manager: &Manager, address: SocketAddr) -> Result<(TcpStream, Permit), Error> {
+/// A connected stream, ready to become a connection.
+struct Opened {
+    transport: Transport,
+    /// Our end's address.
+    local: SocketAddr,
+    secure: Option<Secure>,
+    permit: Permit,
+}
+
+/// Takes a limiter slot and opens the stream as `dial` says.
+async fn open(manager: &Manager, address: SocketAddr, dial: Dial) -> Result<Opened, Error> {
     let permit = manager
         .limiter
         .try_acquire()
         .ok_or(Error::ConnectionLimitReached {
             limit: manager.limiter.capacity(),
         })?;
+    match dial {
+        Dial::Socket(tls) => {
+            let stream = open_socket(manager, address).await?;
+            Ok(Opened {
+                local: stream.local_addr()?,
+                transport: Transport::Plain(stream),
+                secure: tls.map(Secure::Connect),
+                permit,
+            })
+        }
+        #[cfg(feature = "testing")]
+        Dial::Memory { stream, local } => Ok(Opened {
+            transport: Transport::Memory(stream),
+            local,
+            secure: None,
+            permit,
+        }),
+    }
+}
+
+/// Creates the socket (running `on_socket_created`) and connects it.
+async fn open_socket(manager: &Manager, address: SocketAddr) -> Result<TcpStream, Error> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -129,5 +182,5 @@ async fn open(manager: &Manager, address: SocketAddr) -> Result<(TcpStream, Perm
         },
         () = manager.shutdown.draining() => return Err(Error::ShuttingDown),
     };
-    Ok((stream, permit))
+    Ok(stream)
 }

@@ -10,6 +10,7 @@ use socket2::SockRef;
 use tokio::net::TcpListener;
 
 use crate::builder::ServerBuilder;
+use crate::connect::Dial;
 use crate::manager::Manager;
 use crate::shutdown::ShutdownReport;
 use crate::{
@@ -345,7 +346,7 @@ impl Server {
             self.manager.clone(),
             live,
             address,
-            tls,
+            Dial::Socket(tls),
             argument,
             false,
             None,
@@ -402,7 +403,7 @@ impl Server {
             self.manager.clone(),
             live,
             address,
-            tls,
+            Dial::Socket(tls),
             ConnectArgument::empty(),
             false,
             Some(sink),
@@ -452,7 +453,16 @@ impl Server {
         let manager = self.manager.clone();
         tokio::spawn(async move {
             // The outcome is reported through the callbacks.
-            let _ = connect::connect(manager, live, address, tls, argument, true, None).await;
+            let _ = connect::connect(
+                manager,
+                live,
+                address,
+                Dial::Socket(tls),
+                argument,
+                true,
+                None,
+            )
+            .await;
         });
         Ok(())
     }

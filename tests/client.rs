@@ -1,8 +1,9 @@
 //! Awaitable client connections (`Server::connect_client`, `Client`, `FramedClient`): the task
 //! that opened the connection sends and awaits replies itself, while the server counts, limits,
-//! reports and shuts the connection down. Peers are real loopback sockets: plain tokio listeners
-//! where the test needs to control the peer exactly, switchboard servers elsewhere. Waits are
-//! bounded by [`WAIT`].
+//! reports and shuts the connection down. Peers are the test's end of embedded outgoing
+//! connections (`switchboard::testing`, on the paused clock) where the socket is not the point,
+//! and real loopback sockets elsewhere: a plain tokio listener speaking a framed protocol, a TLS
+//! switchboard server. Waits are bounded by [`WAIT`].
 
 mod common;
 
@@ -10,9 +11,10 @@ use std::net::SocketAddr;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
+use switchboard::testing::EmbeddedServer;
 use switchboard::tokio_util::codec::{Framed, LengthDelimitedCodec, LinesCodec};
 use switchboard::{ClosureReason, Direction, Error, Server, TlsConnect};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// A server with no listener, recording, to open clients from.
@@ -23,34 +25,36 @@ async fn manager() -> (Server, Recorder) {
     (server, recorder)
 }
 
+/// [`manager`], embedded (`switchboard::testing`): its clients connect over memory to a peer the
+/// test plays (`connect_outgoing_client`).
+async fn embedded_manager() -> (EmbeddedServer, Recorder) {
+    let mut builder = Server::builder();
+    let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    (server, recorder)
+}
+
+/// The remote end of embedded clients (TEST-NET-2: nothing is contacted).
+const REMOTE: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1)),
+    6000,
+);
+
 async fn peer() -> (TcpListener, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     (listener, address)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_client_sends_awaits_the_reply_and_sees_the_peers_fin() {
-    let (server, recorder) = manager().await;
-    let (listener, address) = peer().await;
-    let peer_side = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = [0; 4];
-        stream.read_exact(&mut request).await.unwrap();
-        assert_eq!(&request, b"PING");
-        stream.write_all(b"PONG").await.unwrap();
-        stream.shutdown().await.unwrap();
-        // The client can still send after our FIN.
-        let mut rest = Vec::new();
-        stream.read_to_end(&mut rest).await.unwrap();
-        rest
-    });
-
-    let mut client = bounded("connect", server.connect_client(address))
-        .await
-        .unwrap();
+    let (server, recorder) = embedded_manager().await;
+    let (mut client, mut peer) = server.connect_outgoing_client(REMOTE).await.unwrap();
     assert_eq!(client.connection().direction(), Direction::Outbound);
     client.send("PING").await.unwrap();
+    assert_eq!(peer.read_exact(4).await.unwrap(), "PING");
+    peer.send("PONG").unwrap();
+    peer.shutdown_write();
     let mut reply = Vec::new();
     while let Some(data) = bounded("recv", client.recv()).await.unwrap() {
         reply.extend_from_slice(&data);
@@ -61,10 +65,13 @@ async fn a_client_sends_awaits_the_reply_and_sees_the_peers_fin() {
         None,
         "FIN stays"
     );
+    // The client can still send after the peer's FIN.
     client.send("bye").await.unwrap();
     let id = client.connection().id();
     drop(client);
-    assert_eq!(bounded("the peer", peer_side).await.unwrap(), b"bye");
+    let (rest, end) = peer_read_to_end(&mut peer).await;
+    end.unwrap();
+    assert_eq!(rest, b"bye");
 
     recorder.wait_release_of(id).await;
     let events = recorder.events_of(id);
@@ -81,18 +88,11 @@ async fn a_client_sends_awaits_the_reply_and_sees_the_peers_fin() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_reset_ends_the_client_with_its_reason() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
-    let (server, recorder) = manager().await;
-    let (listener, address) = peer().await;
-    let mut client = bounded("connect", server.connect_client(address))
-        .await
-        .unwrap();
-    let (stream, _) = listener.accept().await.unwrap();
-    reset(stream);
+    let (server, recorder) = embedded_manager().await;
+    let (mut client, peer) = server.connect_outgoing_client(REMOTE).await.unwrap();
+    peer.reset();
     let error = bounded("recv", client.recv()).await.unwrap_err();
     assert!(matches!(error, Error::ConnectionClosed), "{error:?}");
     assert_eq!(client.closure(), Some(ClosureReason::PeerReset));
@@ -147,17 +147,13 @@ async fn a_framed_client_sends_and_awaits_items_and_reports_a_partial_one_at_fin
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn clients_count_against_the_limit_and_the_shutdown_closes_them() {
     let mut builder = Server::builder().max_connections(1);
     let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let (listener, address) = peer().await;
-    let mut client = bounded("connect", server.connect_client(address))
-        .await
-        .unwrap();
-    let (mut stream, _) = listener.accept().await.unwrap();
-    let second = bounded("connect", server.connect_client(address)).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let (mut client, mut stream) = server.connect_outgoing_client(REMOTE).await.unwrap();
+    let second = server.connect_outgoing_client(REMOTE).await.map(|_| ());
     assert!(
         matches!(second, Err(Error::ConnectionLimitReached { limit: 1 })),
         "{second:?}"
@@ -165,10 +161,10 @@ async fn clients_count_against_the_limit_and_the_shutdown_closes_them() {
     // The shutdown tells the connection (the recorder closes it): the peer sees FIN, closes in
     // turn, and the client learns the close was ours.
     let shutdown = tokio::spawn({
-        let server = server.clone();
+        let server = server.server().clone();
         async move { server.shutdown().await }
     });
-    let (data, end) = read_to_end(&mut stream).await;
+    let (data, end) = peer_read_to_end(&mut stream).await;
     assert!(data.is_empty());
     end.unwrap();
     drop(stream);

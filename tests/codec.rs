@@ -1,7 +1,9 @@
-//! The frame layer (DESIGN.md guarantee 13) over real loopback sockets: items whole and in
-//! order however the bytes are cut, errors after the items before them, over-long and partial
-//! frames, TLS, the write queue's backpressure reaching the decoder, and every other callback
-//! still reaching the handler.
+//! The frame layer (DESIGN.md guarantee 13): items whole and in order however the bytes are cut,
+//! errors after the items before them, over-long and partial frames, TLS, the write queue's
+//! backpressure reaching the decoder, and every other callback still reaching the handler. On
+//! the embedded connection of `switchboard::testing` (`start_framed_embedded`, the paused clock)
+//! where the socket is not the point; TLS, a pipelined burst and a sending task over real
+//! loopback sockets.
 
 mod common;
 
@@ -14,6 +16,7 @@ use switchboard::codec::{
     DecodeError, FrameError, FrameHandler, FramedConnection, Framing, SendError,
 };
 use switchboard::socket2::SockRef;
+use switchboard::testing::EmbeddedServer;
 use switchboard::tokio_util::codec::{Decoder, LengthDelimitedCodec, LinesCodec};
 use switchboard::{
     async_trait, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Direction,
@@ -75,7 +78,43 @@ where
     Probe<C>: FrameHandler,
     C: Decoder,
 {
-    let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
+    let (probe, seen) = probe(&mut builder, codec, reply, change);
+    let server = builder
+        .bind("127.0.0.1:0")
+        .start_framed(framing(Framing::new(probe)))
+        .await
+        .expect("start");
+    (server, seen)
+}
+
+/// [`start`], embedded (`switchboard::testing`): no listener; connect with `server.connect`.
+async fn start_embedded<C>(
+    mut builder: ServerBuilder,
+    codec: fn() -> C,
+    reply: Reply<C>,
+    change: impl FnOnce(&mut Probe<C>),
+    framing: impl FnOnce(Framing<Probe<C>>) -> Framing<Probe<C>>,
+) -> (EmbeddedServer, Seen)
+where
+    Probe<C>: FrameHandler,
+    C: Decoder,
+{
+    let (probe, seen) = probe(&mut builder, codec, reply, change);
+    let server = builder
+        .start_framed_embedded(framing(Framing::new(probe)))
+        .await
+        .expect("start");
+    (server, seen)
+}
+
+/// A probe whose recorder's slots come from `builder`, and what the test reads of it.
+fn probe<C: Decoder>(
+    builder: &mut ServerBuilder,
+    codec: fn() -> C,
+    reply: Reply<C>,
+    change: impl FnOnce(&mut Probe<C>),
+) -> (Probe<C>, Seen) {
+    let recorder = Recorder::with_behavior(builder, Behavior::quiet());
     let mut probe = Probe {
         recorder: recorder.clone(),
         codec,
@@ -90,12 +129,7 @@ where
         frames: probe.frames.clone(),
         errors: probe.errors.clone(),
     };
-    let server = builder
-        .bind("127.0.0.1:0")
-        .start_framed(framing(Framing::new(probe)))
-        .await
-        .expect("start");
-    (server, seen)
+    (probe, seen)
 }
 
 fn echo_line(connection: &FramedConnection<'_, LinesCodec>, line: &String) {
@@ -222,13 +256,24 @@ async fn exchange(address: SocketAddr, data: &[u8], half_close: bool) -> Vec<u8>
     reply
 }
 
-#[tokio::test]
+/// [`exchange`] with an embedded server: `data` in one chunk.
+async fn exchange_embedded(server: &EmbeddedServer, data: &[u8], half_close: bool) -> Vec<u8> {
+    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    peer.send(data).unwrap();
+    if half_close {
+        peer.shutdown_write();
+    }
+    let (reply, ended) = peer_read_to_end(&mut peer).await;
+    ended.expect("a clean end");
+    reply
+}
+
+#[tokio::test(start_paused = true)]
 async fn items_arrive_whole_and_in_order_with_the_bytes_cut_at_every_byte() {
     // A read buffer of one byte: every read is one byte, so every item is cut at every byte.
     let builder = Server::builder().read_buffer_size(1);
-    let (server, seen) = start(builder, LinesCodec::new, echo_line, |_| {}, |f| f).await;
-    let address = server.local_addr().unwrap();
-    let reply = exchange(address, b"first line\nsecond\r\n\nthird\n", true).await;
+    let (server, seen) = start_embedded(builder, LinesCodec::new, echo_line, |_| {}, |f| f).await;
+    let reply = exchange_embedded(&server, b"first line\nsecond\r\n\nthird\n", true).await;
     assert_eq!(reply, b"<first line>\n<second>\n<>\n<third>\n");
     assert_eq!(seen.frames(), ["first line", "second", "", "third"]);
     seen.recorder.wait_released(1).await;
@@ -254,9 +299,9 @@ async fn a_pipelined_burst_is_answered_in_order() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_decode_error_ends_the_connection_after_the_items_before_it() {
-    let (server, seen) = start(
+    let (server, seen) = start_embedded(
         Server::builder(),
         LinesCodec::new,
         echo_line,
@@ -266,9 +311,8 @@ async fn a_decode_error_ends_the_connection_after_the_items_before_it() {
         |f| f,
     )
     .await;
-    let address = server.local_addr().unwrap();
     // Invalid UTF-8 on the third line: LinesCodec's decode error.
-    let reply = exchange(address, b"one\ntwo\n\xff\xfe\nthree\n", false).await;
+    let reply = exchange_embedded(&server, b"one\ntwo\n\xff\xfe\nthree\n", false).await;
     assert_eq!(reply, b"<one>\n<two>\nERR bad input\n");
     assert_eq!(seen.frames(), ["one", "two"], "nothing after the error");
     let errors = seen.errors();
@@ -282,10 +326,10 @@ async fn a_decode_error_ends_the_connection_after_the_items_before_it() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_decoders_own_limit_and_the_frame_layers_end_it_as_too_long() {
     // LinesCodec's own maximum.
-    let (server, seen) = start(
+    let (server, seen) = start_embedded(
         Server::builder(),
         || LinesCodec::new_with_max_length(8),
         echo_line,
@@ -293,12 +337,8 @@ async fn a_decoders_own_limit_and_the_frame_layers_end_it_as_too_long() {
         |f| f,
     )
     .await;
-    let reply = exchange(
-        server.local_addr().unwrap(),
-        b"short\nthis line is far too long\nnever\n",
-        false,
-    )
-    .await;
+    let reply =
+        exchange_embedded(&server, b"short\nthis line is far too long\nnever\n", false).await;
     assert_eq!(reply, b"<short>\n");
     assert_eq!(seen.frames(), ["short"]);
     assert_eq!(seen.errors()[0].1, ClosureReason::FrameTooLong);
@@ -307,7 +347,7 @@ async fn a_decoders_own_limit_and_the_frame_layers_end_it_as_too_long() {
     server.shutdown().await;
 
     // The frame layer's maximum, with a codec that has none: 100 bytes, then one more.
-    let (server, seen) = start(
+    let (server, seen) = start_embedded(
         Server::builder(),
         LinesCodec::new,
         echo_line,
@@ -317,7 +357,7 @@ async fn a_decoders_own_limit_and_the_frame_layers_end_it_as_too_long() {
     .await;
     let mut request = b"fine\n".to_vec();
     request.extend_from_slice(&[b'x'; 5_000]);
-    let reply = exchange(server.local_addr().unwrap(), &request, false).await;
+    let reply = exchange_embedded(&server, &request, false).await;
     assert_eq!(reply, b"<fine>\n");
     let errors = seen.errors();
     assert!(
@@ -331,9 +371,9 @@ async fn a_decoders_own_limit_and_the_frame_layers_end_it_as_too_long() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_partial_frame_at_the_peers_fin_is_reported() {
-    let (server, seen) = start(
+    let (server, seen) = start_embedded(
         Server::builder(),
         LengthDelimitedCodec::new,
         echo_length,
@@ -343,7 +383,7 @@ async fn a_partial_frame_at_the_peers_fin_is_reported() {
     .await;
     // One whole frame, then 3 of a frame's 10 bytes, then FIN.
     let request = b"\0\0\0\x02hi\0\0\0\x0aabc";
-    let reply = exchange(server.local_addr().unwrap(), request, true).await;
+    let reply = exchange_embedded(&server, request, true).await;
     assert_eq!(reply, b"\0\0\0\x02hi", "the whole frame was answered");
     assert_eq!(seen.frames(), ["hi"]);
     assert_eq!(
@@ -362,10 +402,11 @@ async fn a_partial_frame_at_the_peers_fin_is_reported() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_last_line_without_its_newline_is_finished_at_fin() {
-    let (server, seen) = start(Server::builder(), LinesCodec::new, echo_line, |_| {}, |f| f).await;
-    let reply = exchange(server.local_addr().unwrap(), b"one\nlast", true).await;
+    let (server, seen) =
+        start_embedded(Server::builder(), LinesCodec::new, echo_line, |_| {}, |f| f).await;
+    let reply = exchange_embedded(&server, b"one\nlast", true).await;
     assert_eq!(reply, b"<one>\n<last>\n");
     assert!(seen.errors().is_empty());
     seen.recorder.wait_released(1).await;
@@ -422,31 +463,28 @@ fn kilobyte(connection: &FramedConnection<'_, LinesCodec>, _: &String) {
     connection.feed("k".repeat(1023)).expect("feed");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_high_write_queue_pauses_delivery_until_it_drains() {
     const LINES: usize = 20_000;
     let builder = Server::builder()
         .write_queue_limit(8 * 1024)
         .write_watermarks(8 * 1024, 4 * 1024);
-    let (server, seen) = start(builder, LinesCodec::new, kilobyte, |_| {}, |f| f).await;
-    // Socket buffers of a fixed size on both sides (no autotuning), so that what the kernel
-    // holds is small beside what is sent: 2 MB of requests, 20 MB of replies. (Not smaller:
-    // with 4 KiB buffers loopback TCP crawls, from delayed acknowledgements of tiny windows.)
-    seen.recorder
-        .set_behavior(|behavior| behavior.server_buffers = Some(65536));
-    let client = client(server.local_addr().unwrap()).await;
-    SockRef::from(&client).set_recv_buffer_size(65536).unwrap();
-    SockRef::from(&client).set_send_buffer_size(65536).unwrap();
-    let (mut reader, mut writer) = client.into_split();
+    let (server, seen) = start_embedded(builder, LinesCodec::new, kilobyte, |_| {}, |f| f).await;
+    // Windows of a socket buffer's size both ways, so that what is held on the way is small
+    // beside what is sent: 2 MB of requests, 20 MB of replies.
+    let mut reader = server.connect(peer_addr(1)).await.unwrap();
+    reader.set_send_window(65536);
+    reader.set_receive_window(65536);
+    let writer = reader.sender();
     // Every request, with no reply read: the server stops taking items once its queue is high,
-    // then the kernel's buffers fill and this write stalls.
+    // then the send window fills and this write stalls.
     let sender = tokio::spawn(async move {
         let line = format!("{}\n", "x".repeat(99));
         writer
-            .write_all(line.repeat(LINES).as_bytes())
+            .send_all(line.repeat(LINES).as_bytes())
             .await
             .unwrap();
-        writer.shutdown().await.unwrap();
+        writer.shutdown_write();
         writer
     });
     eventually("the queue goes high", || {
@@ -490,10 +528,8 @@ async fn a_high_write_queue_pauses_delivery_until_it_drains() {
         .unwrap();
     assert!(most_queued <= (8 + 16 + 1) * 1024, "{most_queued} queued");
     // Then every reply comes, in full, in order, once the client reads.
-    let mut reply = Vec::new();
-    bounded("replies", reader.read_to_end(&mut reply))
-        .await
-        .unwrap();
+    let (reply, end) = peer_read_to_end(&mut reader).await;
+    end.unwrap();
     assert_eq!(reply.len(), LINES * 1024);
     assert!(reply.chunks(1024).all(|chunk| chunk.ends_with(b"kk\n")));
     let _writer = bounded("the requests", sender).await.unwrap();
@@ -599,22 +635,22 @@ impl FrameHandler for Greeter {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn what_other_callbacks_feed_is_flushed_when_they_return() {
     let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .start_framed(Framing::new(Greeter))
+        .start_framed_embedded(Framing::new(Greeter))
         .await
         .unwrap();
-    let mut client = client(server.local_addr().unwrap()).await;
-    let mut greeting = [0; 6];
-    bounded("greeting", client.read_exact(&mut greeting))
-        .await
-        .unwrap();
-    assert_eq!(&greeting, b"hello\n");
-    assert_eq!(echo_round_trip(&mut client, b"abc\n").await, b"ABC\n");
-    let shutdown = tokio::spawn(async move { server.shutdown().await });
-    let (rest, ended) = read_to_end(&mut client).await;
+    let mut client = server.connect(peer_addr(1)).await.unwrap();
+    let greeting = client.read_exact(6).await.unwrap();
+    assert_eq!(greeting, "hello\n");
+    client.send(b"abc\n").unwrap();
+    assert_eq!(client.read_exact(4).await.unwrap(), "ABC\n");
+    let shutdown = {
+        let server = server.server().clone();
+        tokio::spawn(async move { server.shutdown().await })
+    };
+    let (rest, ended) = peer_read_to_end(&mut client).await;
     assert_eq!(rest, b"goodbye\n");
     ended.expect("FIN");
     drop(client);

@@ -196,7 +196,10 @@ async fn timeouts_fire_on_the_paused_clock() {
 
 #[tokio::test(start_paused = true)]
 async fn the_limit_refuses_and_abort_all_counts_the_live_ones() {
-    let (server, events) = start(Server::builder().max_connections(2), Echo::default()).await;
+    let builder = Server::builder()
+        .max_connections(2)
+        .at_limit(switchboard::AtLimit::AcceptAndClose);
+    let (server, events) = start(builder, Echo::default()).await;
     let first = server.connect(address(1)).await.unwrap();
     let second = server.connect(address(2)).await.unwrap();
     assert!(matches!(
@@ -299,4 +302,136 @@ async fn user_data_and_stats_are_the_servers() {
         (1, 5, 5)
     );
     assert_eq!(stats.active, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outgoing_connection_runs_the_outgoing_path_over_memory() {
+    let (server, events) = start(Server::builder().max_connections(1), Echo::default()).await;
+    let remote = address(9);
+    let (connection, mut peer) = server.connect_outgoing(remote, "arg").await.unwrap();
+    let id = connection.id();
+    assert_eq!(peer.id(), id);
+    assert_eq!(connection.direction(), switchboard::Direction::Outbound);
+    assert_eq!(connection.peer_addr(), remote);
+    // The limiter counts it: no inbound connection and no second outgoing one fits.
+    assert!(matches!(
+        server.connect_outgoing(remote, ()).await,
+        Err(switchboard::Error::ConnectionLimitReached { limit: 1 })
+    ));
+    peer.send("ping").unwrap();
+    assert_eq!(peer.read().await.unwrap(), "ping");
+    drop(connection);
+    peer.shutdown_write();
+    assert_eq!(peer.read_to_end().await.unwrap(), "bye");
+    assert_eq!(events.wait_for_release(id).await, ClosureReason::LocalClose);
+    let all = events.all();
+    assert_eq!(all[1], Event::PreOutgoingConnect(remote));
+    assert_eq!(all[2], Event::Established(id, remote));
+    // The failed second attempt: its pre-connect event and its user data's release.
+    assert_eq!(all[3], Event::PreOutgoingConnect(remote));
+    assert_eq!(all[4], Event::Released(None));
+    assert_eq!(events.of(id).last(), Some(&Event::Released(Some(id))));
+    let stats = server.stats();
+    assert_eq!(
+        (stats.connected, stats.accepted, stats.connect_failures),
+        (1, 0, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outgoing_client_reads_what_the_peer_sends() {
+    let (server, events) = start(Server::builder(), Echo::default()).await;
+    let (mut client, mut peer) = server.connect_outgoing_client(address(9)).await.unwrap();
+    client.send("GET\n").await.unwrap();
+    assert_eq!(peer.read().await.unwrap(), "GET\n");
+    peer.send("VALUE\n").unwrap();
+    assert_eq!(&client.recv().await.unwrap().unwrap()[..], b"VALUE\n");
+    peer.shutdown_write();
+    assert_eq!(client.recv().await.unwrap(), None);
+    let id = client.connection().id();
+    drop(client);
+    assert_eq!(events.wait_for_release(id).await, ClosureReason::PeerClosed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_stopped_accepting_accepts_nothing_until_it_starts_again() {
+    let (server, events) = start(Server::builder().accepting(false), Echo::default()).await;
+    let refused = server.connect(address(1)).await.unwrap_err();
+    assert_eq!(
+        refused.io_error().map(io::Error::kind),
+        Some(io::ErrorKind::WouldBlock)
+    );
+    assert_eq!(events.all(), [Event::ServerStarted]);
+    assert_eq!(server.stats().accepted, 0);
+    server.start_accepting();
+    let mut peer = server.connect(address(1)).await.unwrap();
+    server.stop_accepting();
+    assert!(server.connect(address(2)).await.is_err());
+    // A live connection is not affected, and outgoing connects still work.
+    peer.send("still").unwrap();
+    assert_eq!(peer.read().await.unwrap(), "still");
+    server.connect_outgoing(address(9), ()).await.unwrap();
+    assert_eq!(server.stats().accepted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_limit_with_stop_accepting_a_client_is_held_back_not_refused() {
+    let (server, events) = start(Server::builder().max_connections(1), Echo::default()).await;
+    let first = server.connect(address(1)).await.unwrap();
+    for _ in 0..2 {
+        assert!(matches!(
+            server.connect(address(2)).await,
+            Err(switchboard::Error::ConnectionLimitReached { limit: 1 })
+        ));
+    }
+    assert_eq!(events.count(|event| *event == Event::MaximumConnections), 1);
+    // A real client would wait in the backlog: nothing is refused.
+    assert_eq!(server.stats().refused_at_limit, 0);
+    first.reset();
+    events.wait_for_release(first.id()).await;
+    server.connect(address(2)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_window_holds_the_peer_up_until_the_server_reads() {
+    /// Keeps each connection's handle and reads only once the test asks it to.
+    struct Deaf(Arc<std::sync::Mutex<Option<Connection>>>);
+    #[async_trait]
+    impl Callbacks for Deaf {
+        async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+            *self.0.lock().unwrap() = Some(connection.clone());
+        }
+        async fn on_read_completed(&self, connection: &Connection, _: BytesMut) {
+            connection.read();
+        }
+    }
+    let kept = Arc::default();
+    let (callbacks, events) = Recorded::new(Deaf(Arc::clone(&kept)));
+    let server = Server::builder().start_embedded(callbacks).await.unwrap();
+    let peer = server.connect(address(1)).await.unwrap();
+    peer.set_send_window(4);
+    let refused = peer.send("12345").unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::WouldBlock);
+    peer.send("1234").unwrap();
+    let sender = peer.sender();
+    let sending = tokio::spawn(async move { sender.send_all("abcdef").await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!sending.is_finished(), "the window is full");
+
+    let connection = kept.lock().unwrap().take().expect("established");
+    connection.read();
+    sending.await.unwrap().unwrap();
+    events
+        .wait_for(|event| matches!(event, Event::Read(_, data) if data.ends_with(b"ef")))
+        .await;
+    let read: Vec<u8> = events
+        .of(peer.id())
+        .iter()
+        .filter_map(|event| match event {
+            Event::Read(_, data) => Some(data.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(read, b"1234abcdef");
 }

@@ -1,23 +1,27 @@
 //! Faults: panics in callbacks (guarantee 9), accept errors under descriptor exhaustion
 //! (guarantee 8), write errors, invalid settings and bind failures, and a peer that never reads
-//! (guarantee 10). Everything runs over real loopback TCP.
+//! (guarantee 10). Over real loopback TCP, except where the socket is not the point: the panics
+//! in a connection's callbacks and the pre-connect one, the write errors, and the queue limit and
+//! the paused echo against a peer that never reads run on the embedded connection of
+//! `switchboard::testing` (small send and receive windows for small socket buffers), on the
+//! paused clock.
 
 mod common;
 
 #[cfg(target_os = "linux")]
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use switchboard::socket2::Socket;
+use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
     async_trait, BytesMut, Callbacks, ClosureReason, Connection, Direction, Error, Server, UserData,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 fn errors(recorder: &Recorder) -> Vec<String> {
     recorder
@@ -42,6 +46,27 @@ async fn panicking_server(callback: &'static str) -> (Server, Recorder) {
     );
     let server = builder.start(recorder.clone()).await.unwrap();
     (server, recorder)
+}
+
+/// [`panicking_server`], embedded (`switchboard::testing`): no listener.
+async fn panicking_embedded(callback: &'static str) -> (EmbeddedServer, Recorder) {
+    let mut builder = Server::builder();
+    let recorder = Recorder::with_behavior(
+        &mut builder,
+        Behavior {
+            panic_in: Some(callback),
+            ..Behavior::default()
+        },
+    );
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    (server, recorder)
+}
+
+/// [`assert_still_serving`] for an embedded server.
+async fn assert_still_serving_embedded(server: &EmbeddedServer, recorder: &Recorder) {
+    recorder.set_behavior(|b| b.panic_in = None);
+    let mut peer = server.connect(peer_addr(100)).await.unwrap();
+    echo_peer(&mut peer, b"still here").await;
 }
 
 /// Stops the panics and checks that a new client is served (guarantee 9: the server keeps
@@ -69,14 +94,11 @@ async fn until_ended(stream: &mut TcpStream) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn panic_in_on_read_completed_aborts_only_that_connection() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
-    let (server, recorder) = panicking_server("on_read_completed").await;
-    let mut stream = client(server.local_addr().unwrap()).await;
-    stream.write_all(b"boom").await.unwrap();
+    let (server, recorder) = panicking_embedded("on_read_completed").await;
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    stream.send(b"boom").unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
@@ -107,10 +129,7 @@ async fn panic_in_on_read_completed_aborts_only_that_connection() {
     assert!(error_at < closure_at);
 
     // The connection was reset.
-    let mut buffer = [0u8; 8];
-    let read = tokio::time::timeout(WAIT, stream.read(&mut buffer))
-        .await
-        .expect("client read timed out");
+    let read = stream.read().await;
     assert_eq!(
         read.expect_err("a panic resets the connection").kind(),
         std::io::ErrorKind::ConnectionReset
@@ -122,12 +141,12 @@ async fn panic_in_on_read_completed_aborts_only_that_connection() {
     eventually("no active connection", || server.active_connections() == 0).await;
     assert_eq!(server.limiter().active(), 0);
 
-    assert_still_serving(&server, &recorder).await;
+    assert_still_serving_embedded(&server, &recorder).await;
     assert_eq!(server.stats().callback_panics, 1);
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn error_reported_for_a_panic_is_a_callback_panic_value() {
     // A custom on_error that checks the variant itself, not only its message.
     #[derive(Default)]
@@ -164,12 +183,11 @@ async fn error_reported_for_a_panic_is_a_callback_panic_value() {
     }
     let checker = Arc::new(Checker::default());
     let server = Server::builder()
-        .bind("127.0.0.1:0")
-        .start(Panicky(checker.clone()))
+        .start_embedded(Panicky(checker.clone()))
         .await
         .unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
-    stream.write_all(b"x").await.unwrap();
+    let stream = server.connect(peer_addr(1)).await.unwrap();
+    stream.send(b"x").unwrap();
     eventually("release", || checker.released.load(Ordering::SeqCst) == 1).await;
     let seen = checker.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
@@ -179,10 +197,10 @@ async fn error_reported_for_a_panic_is_a_callback_panic_value() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn panic_in_on_connection_established_still_runs_the_closing_events() {
-    let (server, recorder) = panicking_server("on_connection_established").await;
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let (server, recorder) = panicking_embedded("on_connection_established").await;
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
@@ -193,10 +211,10 @@ async fn panic_in_on_connection_established_still_runs_the_closing_events() {
     assert_eq!(errors.len(), 1);
     assert!(errors[0].contains("on_connection_established"));
     assert!(errors[0].contains(&format!("connection {id}")));
-    until_ended(&mut stream).await;
+    until_peer_ended(&mut stream).await;
     assert_eq!(server.stats().callback_panics, 1);
     eventually("no active connection", || server.active_connections() == 0).await;
-    assert_still_serving(&server, &recorder).await;
+    assert_still_serving_embedded(&server, &recorder).await;
     server.shutdown().await;
 }
 
@@ -232,13 +250,13 @@ async fn panic_in_on_socket_created_drops_the_socket_and_the_server_goes_on() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn panic_in_on_connection_closure_still_releases() {
-    let (server, recorder) = panicking_server("on_connection_closure").await;
-    let mut stream = client(server.local_addr().unwrap()).await;
-    assert_eq!(echo_round_trip(&mut stream, b"hi").await, b"hi");
-    stream.shutdown().await.unwrap();
-    until_ended(&mut stream).await;
+    let (server, recorder) = panicking_embedded("on_connection_closure").await;
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    echo_peer(&mut stream, b"hi").await;
+    stream.shutdown_write();
+    until_peer_ended(&mut stream).await;
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
@@ -253,31 +271,30 @@ async fn panic_in_on_connection_closure_still_releases() {
     assert!(errors(&recorder)[0].contains("on_connection_closure"));
     assert_eq!(server.stats().callback_panics, 1);
     eventually("no active connection", || server.active_connections() == 0).await;
-    assert_still_serving(&server, &recorder).await;
+    assert_still_serving_embedded(&server, &recorder).await;
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn panic_in_on_write_completed_aborts_the_connection() {
-    let (server, recorder) = panicking_server("on_write_completed").await;
-    let mut stream = client(server.local_addr().unwrap()).await;
-    stream.write_all(b"data").await.unwrap();
+    let (server, recorder) = panicking_embedded("on_write_completed").await;
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    stream.send(b"data").unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
     assert_lifecycle(&events);
     assert_eq!(closure_reason(&events), Some(ClosureReason::CallbackPanic));
     assert!(errors(&recorder)[0].contains("on_write_completed"));
-    until_ended(&mut stream).await;
+    until_peer_ended(&mut stream).await;
     assert_eq!(server.stats().callback_panics, 1);
-    assert_still_serving(&server, &recorder).await;
+    assert_still_serving_embedded(&server, &recorder).await;
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let address = peer_addr(9);
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(
         &mut builder,
@@ -286,8 +303,8 @@ async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases()
             ..Behavior::default()
         },
     );
-    let server = builder.start(recorder.clone()).await.unwrap();
-    match server.connect(address, "arg".to_string()).await {
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    match server.connect_outgoing(address, "arg".to_string()).await {
         Err(Error::CallbackPanic {
             callback,
             connection,
@@ -315,12 +332,8 @@ async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases()
 
     // The manager goes on connecting.
     recorder.set_behavior(|b| b.panic_in = None);
-    let connection = server.connect(address, ()).await.unwrap();
+    let (connection, peer) = server.connect_outgoing(address, ()).await.unwrap();
     assert_eq!(connection.direction(), Direction::Outbound);
-    let (peer, _) = tokio::time::timeout(WAIT, listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
     drop(peer);
     drop(connection);
     recorder.wait_released(2).await;
@@ -417,12 +430,14 @@ async fn bind_failures_are_reported() {
 // ---------------------------------------------------------------------------------------------
 // Write errors.
 
-/// A server whose recorder keeps handles and sockets and does not read; returns the server side's
-/// handle and a duplicate of its socket, and the client.
-async fn held_connection(
+/// A server whose recorder keeps handles and does not read, on the embedded connection
+/// (`switchboard::testing`); returns the server side's handle and the peer, whose
+/// [`EmbeddedPeer::shutdown_server_write`] shuts the server's write side behind the driver's
+/// back (as `shutdown(SHUT_WR)` on a duplicate of its socket would).
+async fn held_embedded(
     errors_not_fatal: bool,
-) -> (Server, Recorder, Connection, Socket, TcpStream) {
-    let mut builder = Server::builder().bind("127.0.0.1:0");
+) -> (EmbeddedServer, Recorder, Connection, EmbeddedPeer) {
+    let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(
         &mut builder,
         Behavior {
@@ -432,23 +447,21 @@ async fn held_connection(
             ..Behavior::default()
         },
     );
-    recorder.keep_sockets();
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let peer = server.connect(peer_addr(1)).await.unwrap();
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
     let handle = recorder.take_handles().pop().unwrap();
-    let socket = recorder.take_sockets().pop().unwrap();
-    (server, recorder, handle, socket, stream)
+    (server, recorder, handle, peer)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_error_ends_the_connection_by_default() {
-    let (server, recorder, handle, socket, mut stream) = held_connection(false).await;
+    let (server, recorder, handle, mut stream) = held_embedded(false).await;
     let id = handle.id();
-    // Shut our own write side behind the driver's back: the next write fails with EPIPE.
-    socket.shutdown(Shutdown::Write).unwrap();
+    // Shut the server's write side behind the driver's back: the next write fails with EPIPE.
+    stream.shutdown_server_write();
     handle.write(&b"doomed"[..]).unwrap();
     recorder.wait_released(1).await;
     let events = recorder.events_of(id);
@@ -469,18 +482,17 @@ async fn write_error_ends_the_connection_by_default() {
         handle.write(&b"more"[..]).map_err(Error::from),
         Err(Error::ConnectionClosed)
     ));
-    until_ended(&mut stream).await;
+    until_peer_ended(&mut stream).await;
     assert_eq!(server.stats().closures(ClosureReason::WriteError), 1);
     drop(handle);
-    drop(socket);
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_error_may_be_survived() {
-    let (server, recorder, handle, socket, mut stream) = held_connection(true).await;
+    let (server, recorder, handle, mut stream) = held_embedded(true).await;
     let id = handle.id();
-    socket.shutdown(Shutdown::Write).unwrap();
+    stream.shutdown_server_write();
     handle.write(&b"lost"[..]).unwrap();
     recorder
         .wait_count("write error", 1, |e| {
@@ -491,7 +503,7 @@ async fn write_error_may_be_survived() {
     assert!(!handle.is_closing());
     // The connection is alive: it still reads.
     handle.read();
-    stream.write_all(b"ping").await.unwrap();
+    stream.send(b"ping").unwrap();
     recorder
         .wait_count("read after the write error", 1, |e| {
             *e == Event::Read(id, 4)
@@ -502,11 +514,8 @@ async fn write_error_may_be_survived() {
         .iter()
         .any(|e| matches!(e, Event::WriteCompletionError(_) | Event::Closure(..))));
     // The client saw our FIN (the shut-down write side) and no data.
-    let mut received = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut received))
-        .await
-        .expect("client read timed out")
-        .unwrap();
+    let (received, end) = peer_read_to_end(&mut stream).await;
+    end.unwrap();
     assert!(received.is_empty());
     drop(stream);
     drop(handle);
@@ -515,7 +524,6 @@ async fn write_error_may_be_survived() {
     assert_lifecycle(&events);
     // No read was pending when the client left, so the lifetime rule closed it.
     assert_eq!(closure_reason(&events), Some(ClosureReason::Unreferenced));
-    drop(socket);
     server.shutdown().await;
 }
 
@@ -524,22 +532,9 @@ async fn write_error_may_be_survived() {
 
 const LIMIT: usize = 64 * 1024;
 
-/// A client with small socket buffers, so that TCP flow control pushes back quickly.
-async fn small_buffer_client(address: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    socket.set_send_buffer_size(16 * 1024).unwrap();
-    tokio::time::timeout(WAIT, socket.connect(address))
-        .await
-        .expect("connect timed out")
-        .expect("connect failed")
-}
-
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
-    let mut builder = Server::builder()
-        .bind("127.0.0.1:0")
-        .write_queue_limit(LIMIT);
+    let mut builder = Server::builder().write_queue_limit(LIMIT);
     let recorder = Recorder::with_behavior(
         &mut builder,
         Behavior {
@@ -548,23 +543,22 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
             ..Behavior::default()
         },
     );
-    recorder.keep_sockets();
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = small_buffer_client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    // A small receive window, as a socket's buffers would be.
+    stream.set_receive_window(32 * 1024);
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
     let handle = recorder.take_handles().pop().unwrap();
-    let socket = recorder.take_sockets().pop().unwrap();
-    socket.set_send_buffer_size(16 * 1024).unwrap();
 
     const CHUNK: usize = 16 * 1024;
     let chunk = switchboard::Bytes::from(vec![7u8; CHUNK]);
     let mut accepted = 0usize;
     let mut refusals = 0;
     let deadline = Instant::now() + WAIT;
-    // Write until the queue is full and nothing more moves to the kernel (its buffers are full
-    // too, since the peer does not read).
+    // Write until the queue is full and nothing more moves to the peer (its window is full too,
+    // since it does not read).
     loop {
         assert!(Instant::now() < deadline, "the write queue never filled");
         match handle.write(chunk.clone()).map_err(Error::from) {
@@ -572,7 +566,7 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
                 accepted += CHUNK;
                 let queued = handle.queued_write_bytes();
                 assert!(queued <= LIMIT + CHUNK, "queue grew to {queued}");
-                // Let the driver hand what it can to the kernel.
+                // Let the driver hand what it can to the peer.
                 tokio::task::yield_now().await;
                 continue;
             }
@@ -607,24 +601,20 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
     assert!(!handle.is_closing());
 
     // Once the peer reads, everything that was taken arrives and the queue empties.
-    let mut received = vec![0u8; accepted];
-    tokio::time::timeout(WAIT, stream.read_exact(&mut received))
+    let received = stream
+        .read_exact(accepted)
         .await
-        .expect("the queued data did not arrive")
-        .unwrap();
+        .expect("the queued data did not arrive");
     assert!(received.iter().all(|&b| b == 7));
     eventually("queue drained", || handle.queued_write_bytes() == 0).await;
     handle.write(chunk.clone()).expect("writes are taken again");
     drop(handle);
-    drop(socket);
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
-    let mut builder = Server::builder()
-        .bind("127.0.0.1:0")
-        .write_queue_limit(LIMIT);
+    let mut builder = Server::builder().write_queue_limit(LIMIT);
     let recorder = Recorder::with_behavior(
         &mut builder,
         Behavior {
@@ -632,19 +622,16 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
             ..Behavior::default()
         },
     );
-    recorder.keep_sockets();
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let stream = small_buffer_client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut reader = server.connect(peer_addr(1)).await.unwrap();
+    // Small windows both ways, as small socket buffers would be, so the stall comes soon.
+    reader.set_receive_window(16 * 1024);
+    reader.set_send_window(16 * 1024);
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
     let handle = recorder.take_handles().pop().unwrap();
-    // Small kernel buffers on the server side too (no autotuning), so the stall comes soon.
-    let socket = recorder.take_sockets().pop().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    socket.set_send_buffer_size(16 * 1024).unwrap();
-    drop(socket);
-    let (mut reader, mut writer) = stream.into_split();
+    let writer = reader.sender();
 
     // The client sends far more than every buffer on the way can hold, and does not read.
     const TOTAL: usize = 16 * 1024 * 1024;
@@ -654,7 +641,7 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
         tokio::spawn(async move {
             let block = vec![0x5au8; 64 * 1024];
             while sent.load(Ordering::SeqCst) < TOTAL {
-                writer.write_all(&block).await.unwrap();
+                writer.send_all(&block).await.unwrap();
                 sent.fetch_add(block.len(), Ordering::SeqCst);
             }
             writer
@@ -686,15 +673,11 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
 
     // The client starts reading: the echo resumes and every byte comes back.
     let mut echoed = 0usize;
-    let mut buffer = vec![0u8; 64 * 1024];
     while echoed < TOTAL {
-        let read = tokio::time::timeout(WAIT, reader.read(&mut buffer))
-            .await
-            .expect("the echo did not resume")
-            .unwrap();
-        assert!(read > 0, "the server closed early");
-        assert!(buffer[..read].iter().all(|&b| b == 0x5a));
-        echoed += read;
+        let data = reader.read().await.expect("the echo did not resume");
+        assert!(!data.is_empty(), "the server closed early");
+        assert!(data.iter().all(|&b| b == 0x5a));
+        echoed += data.len();
     }
     assert_eq!(echoed, TOTAL);
     let writer = tokio::time::timeout(WAIT, sender)
@@ -826,7 +809,7 @@ fn accept_errors_back_off_without_spinning_and_recover() {
     }
     assert_eq!(log.count("established"), EMFILE_CLIENTS);
     for stream in &clients {
-        let _ = stream.shutdown(Shutdown::Both);
+        let _ = stream.shutdown(std::net::Shutdown::Both);
     }
     drop(clients);
     drop(child);

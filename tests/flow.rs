@@ -1,18 +1,22 @@
-//! Flow control, timeouts and urgent data (issue 4) over real loopback sockets: write backpressure
+//! Flow control, timeouts and urgent data (issue 4): write backpressure
 //! against a peer that stops reading (100 MiB through a bounded queue, the watermark callbacks,
 //! `write`'s and `writable`'s refusals), the slow-consumer policy, the idle, read, half-closed and
 //! first-byte timeouts (per server, per connection, and after a TLS handshake), TCP urgent data
 //! both ways, a slowloris attack against a connection limit, and a soak test of thousands of
-//! misbehaving clients (`#[ignore]`d; see [`soak`]).
+//! misbehaving clients (`#[ignore]`d; see [`soak`]). Over the embedded connection of
+//! `switchboard::testing` where the socket is not the point (a peer that stops reading is one
+//! whose receive window is full), over real loopback sockets for TLS, urgent data and the
+//! slowloris attack (the accept loop against real clients).
 //!
 //! Every wait is bounded. The timeout tests run on tokio's paused clock (`start_paused`, from the
-//! `test-util` feature of the dev-dependency): the clock moves only when every task is waiting,
-//! and then only after the runtime has polled its sockets, so a 50 ms keep-alive against a 300 ms
-//! idle timeout is deterministic however loaded the machine is, and the tests take no real time.
-//! Loopback delivery normally completes within the sending system call, so the paused clock does
-//! not run ahead of a packet already sent (40 runs of these tests beside other test binaries
-//! showed no flake). The flow-control, urgent-data and slowloris tests move real
-//! data between threads and run on real time. Timeouts are checked only from below ("not before
+//! `test-util` feature of the dev-dependency) over the embedded connection of
+//! `switchboard::testing` (the same driver, with memory for the socket), except the TLS one: the
+//! clock moves only when every task is waiting, so a 50 ms keep-alive against a 300 ms idle
+//! timeout is deterministic however loaded the machine is, and the tests take no real time. On
+//! loopback (the TLS test) delivery normally completes within the sending system call, so the
+//! paused clock does not run ahead of a packet already sent (40 runs of these tests beside other
+//! test binaries showed no flake). The urgent-data and slowloris tests move real data between
+//! threads and run on real time. Timeouts are checked only from below ("not before
 //! the configured time", measured from a moment known to precede the deadline's start); waits
 //! for something that must happen are generous, and quiet periods (something must *not* happen)
 //! are several times the timeout being checked.
@@ -36,7 +40,7 @@ use switchboard::{
     Error, Server, ServerBuilder, Timeouts, UserData,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -54,9 +58,9 @@ const MIB: usize = 1024 * KIB;
 const SHORT: Duration = Duration::from_millis(300);
 /// How long to watch for something that must *not* happen: several times [`SHORT`].
 const QUIET: Duration = Duration::from_millis(1200);
-/// Client socket buffers small enough that the kernel holds little of what the server sends (or
-/// of what the client sends); Linux doubles the value and keeps a floor of a few KiB.
-const SMALL_BUFFER: u32 = 4 * KIB as u32;
+/// A receive window small enough that little of what the server sends is held on the way, as
+/// with small socket buffers.
+const SMALL_WINDOW: usize = 4 * KIB;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -91,8 +95,17 @@ async fn start_embedded(
     behavior: Behavior,
     configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
 ) -> (EmbeddedServer, Recorder) {
+    start_embedded_with_hooks(behavior, Hooks::default(), configure).await
+}
+
+/// [`start_embedded`], with `hooks`.
+async fn start_embedded_with_hooks(
+    behavior: Behavior,
+    hooks: Hooks,
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (EmbeddedServer, Recorder) {
     let mut builder = Server::builder();
-    let flow = Recorder::with_behavior(&mut builder, behavior);
+    let flow = Recorder::with_hooks(&mut builder, behavior, hooks);
     let server = configure(builder)
         .start_embedded(flow.clone())
         .await
@@ -133,17 +146,6 @@ fn assert_watermarks_alternate(flow: &Recorder, id: ConnectionId) {
     for (i, high) in marks.iter().enumerate() {
         assert_eq!(*high, i % 2 == 0, "watermark events out of turn: {marks:?}");
     }
-}
-
-/// A client whose buffers are set small before it connects (so the window it advertises is
-/// small from the start, and little of what it sends waits in its own kernel).
-async fn connect_small(address: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(SMALL_BUFFER).unwrap();
-    socket.set_send_buffer_size(SMALL_BUFFER).unwrap();
-    bounded("connect", socket.connect(address))
-        .await
-        .expect("connect")
 }
 
 /// Reads (dropping the data) until the stream fails; asserts that it failed with a reset, not a
@@ -231,7 +233,7 @@ fn sample_queue(connection: Connection, stop: Arc<AtomicBool>) -> tokio::task::J
 /// within the limit plus one write, `on_write_buffer_high` fires, the producer stalls and (with
 /// no slow-consumer timeout, the default) the connection is kept. Once the peer reads,
 /// `on_write_buffer_low` fires and every byte arrives, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100_mib() {
     const TOTAL: usize = 100 * MIB;
     const LIMIT: usize = 128 * KIB;
@@ -242,12 +244,14 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| {
+    let (server, flow) = start_embedded(behavior, |builder| {
         builder.write_queue_limit(LIMIT).write_watermarks(HIGH, LOW)
     })
     .await;
-    let mut client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    // A small window, as small socket buffers would be.
+    client.set_receive_window(SMALL_WINDOW);
+    let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
 
@@ -261,8 +265,8 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
         |event| matches!(event, Event::WriteBufferHigh(of, _) if *of == id),
     )
     .await;
-    // The peer reads nothing: the kernel's buffers fill and the producer stalls well short of
-    // the total, waiting in `writable()`.
+    // The peer reads nothing: its window fills and the producer stalls well short of the total,
+    // waiting in `writable()`.
     let stalled_at = settled("the producer to stall", &produced).await;
     assert!(
         stalled_at < TOTAL / 4,
@@ -285,19 +289,21 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
     let lows_while_stalled =
         flow.count(|event| matches!(event, Event::WriteBufferLow(of, _) if *of == id));
 
-    // The peer reads: everything arrives, byte-exact, and the queue drains to low.
+    // The peer reads (with a window a socket's buffers might grow to): everything arrives,
+    // byte-exact, and the queue drains to low.
+    client.set_receive_window(256 * KIB);
     let reference = periodic_pattern(256 * KIB + PERIOD);
-    let mut buffer = vec![0; 256 * KIB];
     let mut received = 0;
     let reading = async {
         loop {
-            let n = client.read(&mut buffer).await.expect("client read");
+            let data = client.read().await.expect("client read");
+            let n = data.len();
             if n == 0 {
                 break;
             }
             let start = received % PERIOD;
             assert!(
-                buffer[..n] == reference[start..start + n],
+                data[..] == reference[start..start + n],
                 "the stream differs from the pattern within bytes {received}..{}",
                 received + n
             );
@@ -343,7 +349,7 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
 /// may pass it by less than its own size), and `writable()` called inside a callback while the
 /// queue is high returns `WriteQueueFull` instead of waiting forever for a drain that only
 /// happens after the callback returns.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_deadlock() {
     const CHUNK: usize = 10_000;
     let limit = switchboard::DEFAULT_WRITE_QUEUE_LIMIT;
@@ -353,9 +359,10 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
         probe_writable_when_high: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let client = server.connect(PEER).await.unwrap();
+    client.set_receive_window(0);
+    let id = flow.id_of_peer(&client).await;
     flow.wait_for(
         "writable() in on_write_buffer_high",
         |event| matches!(event, Event::WritableIn(of, "on_write_buffer_high", _) if *of == id),
@@ -395,7 +402,7 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
     // High was announced with the whole burst still queued (before any of it was written).
     assert!(flow.has(|event| *event == Event::WriteBufferHigh(id, expected)));
 
-    // (What the kernel then takes of the queue depends on its buffers; the peer never reads.)
+    // The peer never reads.
     let connection = flow.handle(id);
     connection.abort();
     let (reason, _) = flow.wait_closure(id).await;
@@ -543,22 +550,16 @@ async fn a_reset_after_the_peers_fin_is_a_peer_reset() {
 /// queue has been high that long; the producer learns of it.
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_never_reads_is_reset_as_a_slow_consumer() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     let behavior = Behavior {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| {
+    let (server, flow) = start_embedded(behavior, |builder| {
         builder.slow_consumer_timeout(Some(SHORT))
     })
     .await;
     let connected = Instant::now();
-    let mut client = connect_small(address).await;
-    let id = flow.id_of(&client).await;
-    let connection = flow.handle(id);
-    flow.release_handle(id);
+    let (mut client, id, connection) = stalled_peer(&server, &flow).await;
     let producer = tokio::spawn(produce(
         connection,
         usize::MAX,
@@ -575,7 +576,7 @@ async fn a_peer_that_never_reads_is_reset_as_a_slow_consumer() {
     assert!(at - connected >= SHORT, "reset before the timeout");
     let result = bounded("the producer", producer).await.unwrap();
     assert!(matches!(result, Err(Error::ConnectionClosed)), "{result:?}");
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     flow.wait_release_of(id).await;
     assert_eq!(server.stats().closures(ClosureReason::SlowConsumer), 1);
     flow.assert_no_errors();
@@ -684,23 +685,20 @@ async fn reads_paused_by_a_full_queue_do_not_count_against_the_read_timeout() {
 /// No byte either way for the idle timeout: reset with `IdleTimedOut`.
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_is_reset() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
-    let (server, flow, address) = start(Behavior::echo(), |builder| {
+    let (server, flow) = start_embedded(Behavior::echo(), |builder| {
         builder.idle_timeout(Some(SHORT))
     })
     .await;
     let connected = Instant::now();
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
-    echo(&mut client, b"hello").await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
+    echo_peer(&mut client, b"hello").await;
     let last_activity = Instant::now();
     let (reason, at) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::IdleTimedOut);
     assert!(at - connected >= SHORT);
     assert!(at >= last_activity, "observed after the last exchange");
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     flow.wait_release_of(id).await;
     assert_eq!(server.stats().closures(ClosureReason::IdleTimedOut), 1);
     flow.assert_no_errors();
@@ -712,34 +710,28 @@ async fn an_idle_connection_is_reset() {
 /// each is reset only once it has gone quiet.
 #[tokio::test(start_paused = true)]
 async fn traffic_either_way_postpones_the_idle_timeout() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     let behavior = Behavior {
         echo: true,
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) =
-        start(behavior, |builder| builder.idle_timeout(Some(SHORT))).await;
+    let (server, flow) =
+        start_embedded(behavior, |builder| builder.idle_timeout(Some(SHORT))).await;
 
     // Bytes read by the server.
-    let mut sender = client(address).await;
-    let sender_id = flow.id_of(&sender).await;
+    let mut sender = server.connect(PEER).await.unwrap();
+    let sender_id = flow.id_of_peer(&sender).await;
     // Bytes written by the server (the client sends nothing).
-    let mut receiver = client(address).await;
-    let receiver_id = flow.id_of(&receiver).await;
+    let mut receiver = server.connect(PEER).await.unwrap();
+    let receiver_id = flow.id_of_peer(&receiver).await;
     let to_receiver = flow.handle(receiver_id);
 
     let busy_until = Instant::now() + QUIET;
     let mut last_sent = Instant::now();
     while Instant::now() < busy_until {
-        echo(&mut sender, b"k").await;
+        echo_peer(&mut sender, b"k").await;
         to_receiver.write(Bytes::from_static(b"w")).expect("write");
-        let mut byte = [0; 1];
-        bounded("the server's byte", receiver.read_exact(&mut byte))
-            .await
-            .expect("receiver read");
+        receiver.read_exact(1).await.expect("receiver read");
         last_sent = Instant::now();
         sleep(Duration::from_millis(50)).await;
     }
@@ -751,7 +743,7 @@ async fn traffic_either_way_postpones_the_idle_timeout() {
         let (reason, at) = flow.wait_closure(id).await;
         assert_eq!(reason, ClosureReason::IdleTimedOut);
         assert!(at >= last_sent, "ended while busy");
-        expect_reset(client).await;
+        expect_peer_reset(client).await;
     }
     assert_eq!(server.stats().closures(ClosureReason::IdleTimedOut), 2);
     flow.assert_no_errors();
@@ -762,17 +754,14 @@ async fn traffic_either_way_postpones_the_idle_timeout() {
 /// read requested there is no read timeout, however long the silence; it counts from the request.
 #[tokio::test(start_paused = true)]
 async fn the_read_timeout_counts_only_while_a_read_is_requested() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     let behavior = Behavior {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) =
-        start(behavior, |builder| builder.read_timeout(Some(SHORT))).await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) =
+        start_embedded(behavior, |builder| builder.read_timeout(Some(SHORT))).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
     sleep(QUIET).await;
     flow.assert_open(id, "with no read requested");
 
@@ -783,7 +772,7 @@ async fn the_read_timeout_counts_only_while_a_read_is_requested() {
     let (reason, at) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::ReadTimedOut);
     assert!(at - requested >= SHORT, "reset before the timeout");
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     drop(connection);
     flow.wait_release_of(id).await;
     flow.assert_no_errors();
@@ -793,24 +782,21 @@ async fn the_read_timeout_counts_only_while_a_read_is_requested() {
 /// A read that gets its data in time is not timed out; each new request starts a new wait.
 #[tokio::test(start_paused = true)]
 async fn reads_that_complete_in_time_are_not_timed_out() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
-    let (server, flow, address) = start(Behavior::echo(), |builder| {
+    let (server, flow) = start_embedded(Behavior::echo(), |builder| {
         builder.read_timeout(Some(SHORT))
     })
     .await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
     let busy_until = Instant::now() + QUIET;
     while Instant::now() < busy_until {
-        echo(&mut client, b"ping").await;
+        echo_peer(&mut client, b"ping").await;
         sleep(Duration::from_millis(100)).await;
     }
     flow.assert_open(id, "while every read got data in time");
     let (reason, _) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::ReadTimedOut);
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     server.shutdown().await;
 }
 
@@ -818,36 +804,30 @@ async fn reads_that_complete_in_time_are_not_timed_out() {
 /// is reset with `HalfClosedTimedOut` once the half-closed timeout has passed since the FIN.
 #[tokio::test(start_paused = true)]
 async fn a_half_closed_connection_is_reset_after_the_half_closed_timeout() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     let behavior = Behavior {
         echo: true,
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) =
-        start(behavior, |builder| builder.half_closed_timeout(Some(SHORT))).await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
-    echo(&mut client, b"before").await;
+    let (server, flow) =
+        start_embedded(behavior, |builder| builder.half_closed_timeout(Some(SHORT))).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
+    echo_peer(&mut client, b"before").await;
     let fin_sent = Instant::now();
-    client.shutdown().await.expect("client shutdown");
+    client.shutdown_write();
     flow.wait_for("the client's FIN", |event| *event == Event::ClientClose(id))
         .await;
     // Writes still work after the peer's FIN.
     flow.handle(id)
         .write(Bytes::from_static(b"after"))
         .expect("write after the peer's FIN");
-    let mut after = [0; 5];
-    bounded("the write after FIN", client.read_exact(&mut after))
-        .await
-        .expect("client read");
-    assert_eq!(&after, b"after");
+    let after = client.read_exact(5).await.expect("client read");
+    assert_eq!(after, "after");
     let (reason, at) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::HalfClosedTimedOut);
     assert!(at - fin_sent >= SHORT, "reset before the timeout");
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     flow.wait_release_of(id).await;
     flow.assert_no_errors();
     server.shutdown().await;
@@ -857,29 +837,26 @@ async fn a_half_closed_connection_is_reset_after_the_half_closed_timeout() {
 /// is not affected afterwards, however quiet it then is.
 #[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_reset_after_the_first_byte_timeout() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
-    let (server, flow, address) = start(Behavior::echo(), |builder| {
+    let (server, flow) = start_embedded(Behavior::echo(), |builder| {
         builder.first_byte_timeout(Some(SHORT))
     })
     .await;
     let connected = Instant::now();
-    let mut silent = client(address).await;
-    let mut talker = client(address).await;
-    let silent_id = flow.id_of(&silent).await;
-    let talker_id = flow.id_of(&talker).await;
+    let mut silent = server.connect(PEER).await.unwrap();
+    let mut talker = server.connect(PEER).await.unwrap();
+    let silent_id = flow.id_of_peer(&silent).await;
+    let talker_id = flow.id_of_peer(&talker).await;
     sleep(Duration::from_millis(100)).await;
-    echo(&mut talker, b"x").await;
+    echo_peer(&mut talker, b"x").await;
 
     let (reason, at) = flow.wait_closure(silent_id).await;
     assert_eq!(reason, ClosureReason::FirstByteTimedOut);
     assert!(at - connected >= SHORT, "reset before the timeout");
-    expect_reset(&mut silent).await;
+    expect_peer_reset(&mut silent).await;
 
     sleep(QUIET).await;
     flow.assert_open(talker_id, "after its first byte");
-    echo(&mut talker, b"still here").await;
+    echo_peer(&mut talker, b"still here").await;
     assert_eq!(flow.received(talker_id), b"xstill here");
     drop(talker);
     let (reason, _) = flow.wait_closure(talker_id).await;
@@ -894,9 +871,6 @@ async fn a_silent_connection_is_reset_after_the_first_byte_timeout() {
 /// outlives its neighbour that keeps the server's.
 #[tokio::test(start_paused = true)]
 async fn set_timeouts_changes_one_connection() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     let exempt_next = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let hooks = Hooks {
@@ -915,27 +889,27 @@ async fn set_timeouts_changes_one_connection() {
         })),
         ..Hooks::default()
     };
-    let (server, flow, address) = start_with_hooks(Behavior::echo(), hooks, |builder| {
+    let (server, flow) = start_embedded_with_hooks(Behavior::echo(), hooks, |builder| {
         builder
             .idle_timeout(Some(SHORT))
             .read_timeout(Some(Duration::from_secs(3600)))
     })
     .await;
     exempt_next.store(true, Ordering::SeqCst);
-    let mut exempt = client(address).await;
-    let exempt_id = flow.id_of(&exempt).await;
+    let mut exempt = server.connect(PEER).await.unwrap();
+    let exempt_id = flow.id_of_peer(&exempt).await;
     let connected = Instant::now();
-    let mut ordinary = client(address).await;
-    let ordinary_id = flow.id_of(&ordinary).await;
+    let mut ordinary = server.connect(PEER).await.unwrap();
+    let ordinary_id = flow.id_of_peer(&ordinary).await;
 
     let (reason, _) = flow.wait_closure(ordinary_id).await;
     assert_eq!(reason, ClosureReason::IdleTimedOut);
-    expect_reset(&mut ordinary).await;
+    expect_peer_reset(&mut ordinary).await;
     // Well past the idle timeout, the exempt connection is still there.
     let quiet_until = connected + QUIET;
     tokio::time::sleep_until(quiet_until).await;
     flow.assert_open(exempt_id, "with its idle timeout turned off");
-    echo(&mut exempt, b"alive").await;
+    echo_peer(&mut exempt, b"alive").await;
 
     let mut expected = Timeouts::default();
     expected.idle = Some(SHORT);
@@ -952,17 +926,14 @@ async fn set_timeouts_changes_one_connection() {
 /// timeout on for a connection with a read pending ends it.
 #[tokio::test(start_paused = true)]
 async fn set_timeouts_from_another_task_takes_effect_on_a_parked_connection() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     let behavior = Behavior {
         collect: true,
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
     sleep(Duration::from_millis(100)).await;
@@ -974,7 +945,7 @@ async fn set_timeouts_from_another_task_takes_effect_on_a_parked_connection() {
     let (reason, at) = flow.wait_closure(id).await;
     assert_eq!(reason, ClosureReason::ReadTimedOut);
     assert!(at - changed < WAIT);
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     drop(connection);
     server.shutdown().await;
 }
@@ -989,15 +960,15 @@ async fn turning_the_idle_timeout_on_counts_from_the_last_byte() {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
     // Busy for longer than the idle timeout about to be turned on.
     let busy_until = Instant::now() + Duration::from_millis(800);
     while Instant::now() < busy_until {
-        echo(&mut client, b"busy").await;
+        echo_peer(&mut client, b"busy").await;
         sleep(Duration::from_millis(20)).await;
     }
     let idle = Duration::from_millis(500);
@@ -1022,16 +993,13 @@ async fn turning_the_idle_timeout_on_counts_from_the_last_byte() {
 /// after the call, not 100 ms.
 #[tokio::test(start_paused = true)]
 async fn turning_the_read_timeout_on_counts_from_the_change() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     let behavior = Behavior {
         keep_handles: true,
         ..Behavior::quiet()
     };
-    let (server, flow, address) = start(behavior, |builder| builder).await;
-    let mut client = client(address).await;
-    let id = flow.id_of(&client).await;
+    let (server, flow) = start_embedded(behavior, |builder| builder).await;
+    let mut client = server.connect(PEER).await.unwrap();
+    let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
     let requested = Instant::now();
@@ -1052,7 +1020,7 @@ async fn turning_the_read_timeout_on_counts_from_the_change() {
         at - changed,
         at - requested
     );
-    expect_reset(&mut client).await;
+    expect_peer_reset(&mut client).await;
     drop(connection);
     server.shutdown().await;
 }

@@ -1,5 +1,6 @@
-//! Weak handles, connection groups, broadcast and finding connections (issue 9), over real
-//! loopback sockets: a weak handle keeps nothing open and upgrades only while its connection
+//! Weak handles, connection groups, broadcast and finding connections (issue 9), on the embedded
+//! connection of `switchboard::testing` under the paused clock (concurrent broadcasts, on
+//! several threads, over real loopback sockets): a weak handle keeps nothing open and upgrades only while its connection
 //! is; members leave their groups by themselves before `on_connection_closure`, whatever ends
 //! them, and a half-closed member closes by itself; a broadcast says per member what happened
 //! (sent, queue full, closed) and applies the group's policy to a member whose queue is full;
@@ -13,19 +14,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
     Bytes, ClosureReason, Connection, ConnectionGroup, ConnectionId, Delivery, Server,
     ServerBuilder, WeakConnection, WhenFull,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 const LOCAL: &str = "127.0.0.1:0";
 const KIB: usize = 1024;
 /// The write queue limit of the broadcast tests: small, so that a member that stops reading
 /// fills it soon.
 const LIMIT: usize = 8 * KIB;
-/// Socket buffers of the server's sockets and of the stalled clients in those tests.
+/// The receive window of the stalled peers in those tests.
 const SMALL_BUFFER: usize = 4 * KIB;
 /// How long to watch for something that must not happen.
 const QUIET: Duration = Duration::from_millis(300);
@@ -45,6 +46,21 @@ async fn start(
     (server, recorder, address)
 }
 
+/// [`start`], embedded (`switchboard::testing`): no listener, no sockets.
+async fn start_embedded(
+    behavior: Behavior,
+    hooks: Hooks,
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (EmbeddedServer, Recorder) {
+    let mut builder = Server::builder();
+    let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
+    let server = configure(builder)
+        .start_embedded(recorder.clone())
+        .await
+        .unwrap();
+    (server, recorder)
+}
+
 /// Hooks that insert every established connection into `group`.
 fn joining(group: &ConnectionGroup) -> Hooks {
     let group = group.clone();
@@ -57,18 +73,31 @@ fn joining(group: &ConnectionGroup) -> Hooks {
 }
 
 /// A server for the broadcast tests: every connection reads (so that only the group's weak
-/// handle and the pending read hold it) and joins `group`; small queues and socket buffers.
-async fn start_broadcasting(group: &ConnectionGroup) -> (Server, Recorder, SocketAddr) {
-    let behavior = Behavior {
-        server_buffers: Some(SMALL_BUFFER),
-        ..Behavior::collect()
-    };
-    start(behavior, joining(group), |builder| {
+/// handle and the pending read hold it) and joins `group`; small queues. A stalled member is a
+/// peer with a small receive window ([`stalled_peer`]).
+async fn start_broadcasting_embedded(group: &ConnectionGroup) -> (EmbeddedServer, Recorder) {
+    start_embedded(Behavior::collect(), joining(group), |builder| {
         builder
             .write_queue_limit(LIMIT)
             .write_watermarks(LIMIT, LIMIT / 2)
     })
     .await
+}
+
+/// A peer that never reads, holding at most a socket buffer's worth of what it is sent.
+async fn stalled_peer(server: &EmbeddedServer, n: u16) -> EmbeddedPeer {
+    let peer = server.connect(peer_addr(n)).await.unwrap();
+    peer.set_receive_window(SMALL_BUFFER);
+    peer
+}
+
+/// A task that reads everything `peer` receives until its end, and returns it.
+fn read_all_peer(mut peer: EmbeddedPeer) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let (data, end) = peer_read_to_end(&mut peer).await;
+        end.expect("a clean end");
+        data
+    })
 }
 
 /// Message `seq` of the policy tests: 1 KiB, numbered in its first four bytes.
@@ -92,15 +121,6 @@ fn assert_gapless(data: &[u8]) -> usize {
     data.len() / KIB
 }
 
-/// A task that reads everything `client` receives until its end, and returns it.
-fn read_all(mut client: TcpStream) -> tokio::task::JoinHandle<Vec<u8>> {
-    tokio::spawn(async move {
-        let (data, end) = read_to_end(&mut client).await;
-        end.expect("a clean end");
-        data
-    })
-}
-
 #[test]
 fn groups_and_weak_handles_are_shared_across_threads() {
     fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
@@ -108,7 +128,7 @@ fn groups_and_weak_handles_are_shared_across_threads() {
     assert_send_sync_clone::<WeakConnection>();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_weak_handle_keeps_nothing_open_and_upgrades_only_while_open() {
     let kept: Arc<Mutex<Option<WeakConnection>>> = Arc::default();
     let hooks = Hooks {
@@ -120,44 +140,41 @@ async fn a_weak_handle_keeps_nothing_open_and_upgrades_only_while_open() {
         })),
         ..Hooks::default()
     };
-    let (server, recorder, address) = start(Behavior::collect(), hooks, |builder| builder).await;
-    let mut client = client(address).await;
-    let id = recorder.id_of(&client).await;
+    let (server, recorder) = start_embedded(Behavior::collect(), hooks, |builder| builder).await;
+    let mut client = server.connect(peer_addr(1)).await.unwrap();
+    let id = recorder.id_of_peer(&client).await;
     let weak = kept.lock().unwrap().clone().expect("downgraded");
     assert_eq!(weak.id(), id);
-    assert_eq!(weak.peer_addr(), client.local_addr().unwrap());
+    assert_eq!(weak.peer_addr(), client.peer_addr());
     assert!(!weak.is_closing());
 
     // Upgraded for a moment, it writes like any handle.
     weak.upgrade().expect("open").write("hello").unwrap();
-    let mut greeting = [0; 5];
-    bounded("the write", client.read_exact(&mut greeting))
-        .await
-        .unwrap();
-    assert_eq!(&greeting, b"hello");
+    let greeting = client.read_exact(5).await.unwrap();
+    assert_eq!(greeting, "hello");
 
     // The client half-closes: its read is used up and no counted handle is left, so the
     // connection closes by itself although the weak handle is still held.
-    client.shutdown().await.unwrap();
+    client.shutdown_write();
     assert_eq!(recorder.wait_closure(id).await.0, ClosureReason::PeerClosed);
     assert!(weak.upgrade().is_none());
     assert!(weak.is_closing());
-    let (rest, end) = read_to_end(&mut client).await;
+    let (rest, end) = peer_read_to_end(&mut client).await;
     assert!(rest.is_empty() && end.is_ok());
     assert_eq!(weak.id(), id, "the cheap reads outlive the connection");
     server.shutdown().await;
     recorder.assert_no_errors();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_server_finds_its_open_connections() {
-    let (server, recorder, address) =
-        start(Behavior::collect(), Hooks::default(), |builder| builder).await;
+    let (server, recorder) =
+        start_embedded(Behavior::collect(), Hooks::default(), |builder| builder).await;
     let mut clients = Vec::new();
     let mut ids = Vec::new();
-    for _ in 0..3 {
-        let client = client(address).await;
-        ids.push(recorder.id_of(&client).await);
+    for n in 0..3 {
+        let client = server.connect(peer_addr(n)).await.unwrap();
+        ids.push(recorder.id_of_peer(&client).await);
         clients.push(client);
     }
     let listed = server.connections();
@@ -167,7 +184,7 @@ async fn the_server_finds_its_open_connections() {
         "every open connection, in order of ids"
     );
     for (client, weak) in clients.iter().zip(&listed) {
-        assert_eq!(weak.peer_addr(), client.local_addr().unwrap());
+        assert_eq!(weak.peer_addr(), client.peer_addr());
     }
 
     // A handle found by id writes...
@@ -176,15 +193,12 @@ async fn the_server_finds_its_open_connections() {
         .expect("open")
         .write("by id")
         .unwrap();
-    let mut reply = [0; 5];
-    bounded("the write", clients[0].read_exact(&mut reply))
-        .await
-        .unwrap();
-    assert_eq!(&reply, b"by id");
+    let reply = clients[0].read_exact(5).await.unwrap();
+    assert_eq!(reply, "by id");
 
     // ...and, being counted, keeps its connection open while held, like any clone.
     let held = server.connection(ids[1]).expect("open");
-    clients[1].shutdown().await.unwrap();
+    clients[1].shutdown_write();
     recorder
         .wait_for("the client's FIN", |event| {
             *event == Event::ClientClose(ids[1])
@@ -215,11 +229,8 @@ async fn the_server_finds_its_open_connections() {
     recorder.assert_no_errors();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn members_leave_their_groups_before_on_connection_closure() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     let group = ConnectionGroup::new();
     // At each closure: the id, whether the group still has it, its size, and whether it could
     // be inserted again.
@@ -241,12 +252,12 @@ async fn members_leave_their_groups_before_on_connection_closure() {
         })),
         ..joining(&group)
     };
-    let (server, recorder, address) = start(Behavior::collect(), hooks, |builder| builder).await;
+    let (server, recorder) = start_embedded(Behavior::collect(), hooks, |builder| builder).await;
     let mut clients = Vec::new();
     let mut ids = Vec::new();
-    for _ in 0..4 {
-        let client = client(address).await;
-        ids.push(recorder.id_of(&client).await);
+    for n in 0..4 {
+        let client = server.connect(peer_addr(n)).await.unwrap();
+        ids.push(recorder.id_of_peer(&client).await);
         clients.push(Some(client));
     }
     assert_eq!(group.len(), 4);
@@ -254,19 +265,19 @@ async fn members_leave_their_groups_before_on_connection_closure() {
     assert_eq!(members, ids);
 
     // Four ways to end, none with code of the application's in the closing callbacks.
-    let mut client = clients[0].take().unwrap();
-    client.shutdown().await.unwrap(); // the client's FIN, then the lifetime rule
+    let client = clients[0].take().unwrap();
+    client.shutdown_write(); // the client's FIN, then the lifetime rule
     assert_eq!(
         recorder.wait_closure(ids[0]).await.0,
         ClosureReason::PeerClosed
     );
-    reset(clients[1].take().unwrap()); // the client's reset
+    clients[1].take().unwrap().reset(); // the client's reset
     assert_eq!(
         recorder.wait_closure(ids[1]).await.0,
         ClosureReason::PeerReset
     );
     group.get(ids[2]).expect("a member").close(); // the server closes
-    let closing = read_all(clients[2].take().unwrap());
+    let closing = read_all_peer(clients[2].take().unwrap());
     assert_eq!(
         recorder.wait_closure(ids[2]).await.0,
         ClosureReason::LocalClose
@@ -297,18 +308,18 @@ async fn members_leave_their_groups_before_on_connection_closure() {
 
 /// The issue's trap: a stored strong clone kept a half-closed client open forever; a group
 /// member closes by itself.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_half_closed_member_closes_by_itself() {
     let group = ConnectionGroup::new();
-    let (server, recorder, address) =
-        start(Behavior::collect(), joining(&group), |builder| builder).await;
-    let mut client = client(address).await;
-    let id = recorder.id_of(&client).await;
+    let (server, recorder) =
+        start_embedded(Behavior::collect(), joining(&group), |builder| builder).await;
+    let mut client = server.connect(peer_addr(1)).await.unwrap();
+    let id = recorder.id_of_peer(&client).await;
     assert!(group.contains(id));
-    client.write_all(b"bye").await.unwrap();
-    client.shutdown().await.unwrap();
+    client.send(b"bye").unwrap();
+    client.shutdown_write();
     // The server reads the rest and the FIN; nothing then keeps the connection open.
-    let (rest, end) = read_to_end(&mut client).await;
+    let (rest, end) = peer_read_to_end(&mut client).await;
     assert!(rest.is_empty() && end.is_ok(), "the server closes: {end:?}");
     assert_eq!(recorder.wait_closure(id).await.0, ClosureReason::PeerClosed);
     assert_eq!(recorder.received(id), b"bye");
@@ -316,18 +327,18 @@ async fn a_half_closed_member_closes_by_itself() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_broadcast_says_per_member_what_happened() {
     let group = ConnectionGroup::new();
     assert_eq!(group.when_full(), WhenFull::Skip);
-    let (server, recorder, address) = start_broadcasting(&group).await;
-    let reader = client(address).await;
-    let reader_id = recorder.id_of(&reader).await;
-    let stalled = small_buffer_client(address, SMALL_BUFFER as u32).await; // never reads
-    let stalled_id = recorder.id_of(&stalled).await;
-    let closing = client(address).await;
-    let closing_id = recorder.id_of(&closing).await;
-    let reading = read_all(reader);
+    let (server, recorder) = start_broadcasting_embedded(&group).await;
+    let reader = server.connect(peer_addr(1)).await.unwrap();
+    let reader_id = recorder.id_of_peer(&reader).await;
+    let stalled = stalled_peer(&server, 2).await; // never reads
+    let stalled_id = recorder.id_of_peer(&stalled).await;
+    let closing = server.connect(peer_addr(3)).await.unwrap();
+    let closing_id = recorder.id_of_peer(&closing).await;
+    let reading = read_all_peer(reader);
     let message = Bytes::from(vec![b'm'; KIB]);
 
     // A member closed just before: its task has not taken the close yet (this test runs on one
@@ -342,7 +353,7 @@ async fn a_broadcast_says_per_member_what_happened() {
         (2, 0, 1)
     );
     let mut to_reader = 1;
-    let closed = read_all(closing);
+    let closed = read_all_peer(closing);
 
     // Until the stalled member's queue is full; the reader gets every one.
     let full = loop {
@@ -379,8 +390,8 @@ async fn a_broadcast_says_per_member_what_happened() {
     tokio::time::sleep(QUIET).await;
     recorder.assert_open(stalled_id, "skipped, not closed");
     assert!(group.contains(stalled_id));
-    // Everyone but the reader (the stalled member may have found room meanwhile: TCP moves
-    // a little more into the client's buffer as it grows).
+    // Everyone but the reader (the stalled member may have found room meanwhile, as TCP moves
+    // a little more into a client's buffer as it grows).
     let report = group.broadcast_except(message.clone(), reader_id);
     assert_eq!(report.delivery(reader_id), None);
     assert_eq!(report.deliveries().len(), 1);
@@ -402,19 +413,16 @@ async fn a_broadcast_says_per_member_what_happened() {
 
 /// `Close` gives a slow member what it has queued, then FIN: messages 0 to n without a gap.
 /// `Abort` resets it at once. Either way it leaves the group and the others go on.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_full_member_policy_closes_or_resets_the_slow_member() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     for policy in [WhenFull::Close, WhenFull::Abort] {
         let group = ConnectionGroup::with_when_full(policy);
-        let (server, recorder, address) = start_broadcasting(&group).await;
-        let reader = client(address).await;
-        let reader_id = recorder.id_of(&reader).await;
-        let mut stalled = small_buffer_client(address, SMALL_BUFFER as u32).await;
-        let stalled_id = recorder.id_of(&stalled).await;
-        let reading = read_all(reader);
+        let (server, recorder) = start_broadcasting_embedded(&group).await;
+        let reader = server.connect(peer_addr(1)).await.unwrap();
+        let reader_id = recorder.id_of_peer(&reader).await;
+        let mut stalled = stalled_peer(&server, 2).await;
+        let stalled_id = recorder.id_of_peer(&stalled).await;
+        let reading = read_all_peer(reader);
 
         let mut seq = 0;
         let mut to_stalled = 0;
@@ -442,8 +450,9 @@ async fn the_full_member_policy_closes_or_resets_the_slow_member() {
         ));
 
         // What the slow client then reads.
-        let mut data = Vec::new();
-        let end = bounded("the slow client's end", stalled.read_to_end(&mut data)).await;
+        // It reads now: its window no longer holds anything back.
+        stalled.set_receive_window(usize::MAX);
+        let (data, end) = peer_read_to_end(&mut stalled).await;
         let whole = assert_gapless(&data);
         let expected = match policy {
             WhenFull::Close => {
@@ -537,14 +546,14 @@ async fn concurrent_broadcasts_reach_every_member_in_one_order() {
     recorder.assert_no_errors();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn clones_of_a_group_are_the_same_group() {
     let group = ConnectionGroup::new();
     let clone = group.clone();
-    let (server, recorder, address) =
-        start(Behavior::collect(), joining(&clone), |builder| builder).await;
-    let client = client(address).await;
-    let id = recorder.id_of(&client).await;
+    let (server, recorder) =
+        start_embedded(Behavior::collect(), joining(&clone), |builder| builder).await;
+    let client = server.connect(peer_addr(1)).await.unwrap();
+    let id = recorder.id_of_peer(&client).await;
     assert!(group.contains(id));
     let member = group.get(id).expect("open");
     assert!(!group.insert(&member), "already a member");

@@ -1,7 +1,9 @@
 //! How a connection ends when the application decides: closing with a code of its own, a goodbye
 //! delivered past a full write queue before FIN, a close that reads and drops only so much of
 //! what the peer goes on sending, the message a client refused at the limit gets, and the server
-//! handle callbacks get at start. Over real loopback TCP; waits bounded by [`WAIT`].
+//! handle callbacks get at start. Over real loopback TCP where the listener is part of it (the
+//! refusal at the limit, the server handle at start), the rest on the embedded connection of
+//! `switchboard::testing` on the paused clock; waits bounded by [`WAIT`].
 
 mod common;
 
@@ -9,10 +11,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
+use switchboard::testing::EmbeddedServer;
 use switchboard::{
     async_trait, AtLimit, Callbacks, ClosureReason, Connection, Server, ServerBuilder, WeakServer,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 async fn start(
     behavior: Behavior,
@@ -25,7 +28,22 @@ async fn start(
     (server, recorder)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// [`start`], embedded (`switchboard::testing`): no listener; connect with `server.connect`.
+async fn start_embedded(
+    behavior: Behavior,
+    hooks: Hooks,
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (EmbeddedServer, Recorder) {
+    let mut builder = Server::builder();
+    let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
+    let server = configure(builder)
+        .start_embedded(recorder.clone())
+        .await
+        .unwrap();
+    (server, recorder)
+}
+
+#[tokio::test(start_paused = true)]
 async fn close_with_reports_the_applications_code_and_closes_gracefully() {
     let hooks = Hooks {
         read: Some(Box::new(|connection: &Connection| {
@@ -36,12 +54,12 @@ async fn close_with_reports_the_applications_code_and_closes_gracefully() {
         })),
         ..Hooks::default()
     };
-    let (server, recorder) = start(Behavior::collect(), hooks, |b| b).await;
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let (server, recorder) = start_embedded(Behavior::collect(), hooks, |b| b).await;
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
     // What was written before the close still arrives, then FIN.
     let (reply, end) = {
-        stream.write_all(b"last").await.unwrap();
-        read_to_end(&mut stream).await
+        stream.send(b"last").unwrap();
+        peer_read_to_end(&mut stream).await
     };
     assert_eq!(reply, b"bye");
     end.expect("a graceful close: FIN, not a reset");
@@ -56,7 +74,7 @@ async fn close_with_reports_the_applications_code_and_closes_gracefully() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_goodbye_goes_out_past_a_full_queue_after_what_was_queued_and_before_fin() {
     let filled = Arc::new(Mutex::new(None));
     let seen = filled.clone();
@@ -75,13 +93,12 @@ async fn a_goodbye_goes_out_past_a_full_queue_after_what_was_queued_and_before_f
         })),
         ..Hooks::default()
     };
-    let behavior = Behavior {
-        server_buffers: Some(4096),
-        ..Behavior::quiet()
-    };
-    let (server, recorder) = start(behavior, hooks, |b| b.write_queue_limit(8 * 1024)).await;
-    let mut stream = client(server.local_addr().unwrap()).await;
-    let (data, end) = read_to_end(&mut stream).await;
+    let (server, recorder) =
+        start_embedded(Behavior::quiet(), hooks, |b| b.write_queue_limit(8 * 1024)).await;
+    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    // A small window, as small socket buffers would be.
+    stream.set_receive_window(4096);
+    let (data, end) = peer_read_to_end(&mut stream).await;
     end.expect("FIN after the goodbye");
     // Our FIN in turn, which the graceful close waits for.
     drop(stream);
@@ -98,27 +115,29 @@ async fn a_goodbye_goes_out_past_a_full_queue_after_what_was_queued_and_before_f
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_close_drops_at_most_the_discard_limit_of_a_streaming_peer_then_resets() {
     // The close timeout is long: it is the byte bound that ends the connection.
     let behavior = Behavior {
         close_after_greeting: true,
         ..Behavior::quiet()
     };
-    let (server, recorder) = start(behavior, Hooks::default(), |b| {
+    let (server, recorder) = start_embedded(behavior, Hooks::default(), |b| {
         b.close_discard_limit(16 * 1024)
             .close_timeout(Duration::from_secs(3600))
     })
     .await;
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let stream = server.connect(peer_addr(1)).await.unwrap();
     let chunk = vec![b's'; 4096];
     let mut sent = 0usize;
     let ended = bounded("the server to cut the stream off", async {
         loop {
-            match stream.write_all(&chunk).await {
+            match stream.send(&chunk) {
                 Ok(()) => sent += chunk.len(),
                 Err(error) => return error,
             }
+            // The server's turn to read (and the paused clock's, so the bound holds).
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     })
     .await;
@@ -133,7 +152,7 @@ async fn a_close_drops_at_most_the_discard_limit_of_a_streaming_peer_then_resets
     let id = recorder.established()[0];
     assert_eq!(recorder.closure(id), Some(ClosureReason::DiscardLimit));
     // Far less than the gigabytes a peer could stream during the close timeout: the discard
-    // limit plus what the socket buffers on both sides hold.
+    // limit plus what was in flight.
     assert!(
         sent < 64 * 1024 * 1024,
         "{sent} bytes went in before the reset"

@@ -111,8 +111,8 @@ async fn read_until_error(stream: &mut TcpStream) -> (Vec<u8>, Option<io::Error>
     }
 }
 
-/// Waits until the server stops handing data to the kernel (its socket is full because the
-/// client does not read); returns the bytes handed over so far.
+/// Waits until the server stops handing data on (the socket, or an embedded peer's window, is
+/// full because the client does not read); returns the bytes handed over so far.
 async fn wait_for_stall(handle: &Connection) -> u64 {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut last = u64::MAX;
@@ -339,18 +339,16 @@ async fn abort_resets_the_peer_and_drops_the_queue() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     let mut builder = Server::builder()
-        .bind(LOCAL)
         .write_queue_limit(64 * MIB)
         .close_timeout(Duration::from_secs(60));
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let mut stream = client(server.local_addr().unwrap()).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let mut stream = server.connect(PEER).await.unwrap();
+    // A small receive window, as a socket's buffers would be.
+    stream.set_receive_window(256 * KIB);
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -366,8 +364,8 @@ async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
     handle.abort();
     handle.abort();
     handle.close();
-    let (_, error) = read_until_error(&mut stream).await;
-    let error = error.expect("the abort must reset the connection");
+    let (_, error) = read_to_end_embedded(&mut stream).await;
+    let error = error.expect_err("the abort must reset the connection");
     assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}");
     recorder.wait_released(1).await;
     let events = recorder.events_of(id);
@@ -823,9 +821,9 @@ struct Session {
     reads: usize,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn user_data_reaches_on_socket_released_by_value() {
-    let mut builder = Server::builder().bind(LOCAL);
+    let mut builder = Server::builder();
     let slot = builder.request_user_data_slot::<Session>();
     let released: Arc<Mutex<Vec<Option<Session>>>> = Arc::default();
     let hooks = Hooks {
@@ -855,21 +853,17 @@ async fn user_data_reaches_on_socket_released_by_value() {
         ..Behavior::default()
     };
     let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let address = server.local_addr().unwrap();
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
 
-    let mut one = client(address).await;
+    let mut one = server.connect(peer_addr(1)).await.unwrap();
     let first = kept_handle(&recorder).await;
-    let mut two = client(address).await;
+    let mut two = server.connect(peer_addr(2)).await.unwrap();
     let second = kept_handle(&recorder).await;
     for round in 0..3 {
         let message = format!("round {round}");
-        assert_eq!(
-            echo_round_trip(&mut one, message.as_bytes()).await,
-            message.as_bytes()
-        );
+        echo_peer(&mut one, message.as_bytes()).await;
     }
-    assert_eq!(echo_round_trip(&mut two, b"once").await, b"once");
+    echo_peer(&mut two, b"once").await;
 
     // Each connection has its own slot value, reachable through the handle while it lives.
     let name_of = |handle: &Connection| {
@@ -881,9 +875,9 @@ async fn user_data_reaches_on_socket_released_by_value() {
     assert_eq!(name_of(&second), Some(format!("session {}", second.id())));
 
     // End both; the handles outlive the connections.
-    one.shutdown().await.unwrap();
+    one.shutdown_write();
     first.close();
-    read_to_end(&mut one).await.1.unwrap();
+    read_to_end_embedded(&mut one).await.1.unwrap();
     second.abort();
     drop(two);
     recorder.wait_released(2).await;

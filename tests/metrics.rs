@@ -1,5 +1,6 @@
 //! The metrics a server exports through the `metrics` facade, read exactly from a recorder of the
-//! test's own ([`MetricsRecorder`]), over real loopback connections: every count moves with its
+//! test's own ([`MetricsRecorder`]), over the embedded connection of `switchboard::testing` (real
+//! loopback connections for outgoing connects, TLS, the PROXY protocol and labels): every count moves with its
 //! twin in `Server::stats()`, every closure reason and refusal cause has its series, the TLS
 //! handshake is timed, the application's labels tell servers apart.
 
@@ -13,7 +14,6 @@ use metrics::Unit;
 use switchboard::proxy::ProxyProtocol;
 use switchboard::{AtLimit, Callbacks, ClosureReason, Error, Listen, Server, ServerBuilder, Stats};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
 
 const ACTIVE: &str = "switchboard_connections_active";
 const ACCEPTED: &str = "switchboard_connections_accepted_total";
@@ -92,37 +92,14 @@ async fn until_idle(server: &Server) {
     eventually("no live connection", || server.stats().active == 0).await;
 }
 
-/// A plain client from `source` (a loopback address of its own, for the per-address cap).
-async fn client_from(source: [u8; 4], address: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from((source, 0))).unwrap();
-    bounded("connect", socket.connect(address))
-        .await
-        .expect("connect")
-}
-
-/// A client from `source` that the server refuses: it sees the reset, at its connect (when the
-/// RST came first) or at its first read.
-async fn refused_from(source: [u8; 4], address: SocketAddr) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from((source, 0))).unwrap();
-    match bounded("connect", socket.connect(address)).await {
-        Ok(mut stream) => {
-            let (data, _) = read_to_end(&mut stream).await;
-            assert!(data.is_empty());
-        }
-        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset),
-    }
-}
-
 /// Every series exists from the start, at zero: one per closure reason (named by its `Display`,
 /// so a reason added later is covered), one per refusal cause; with Prometheus units.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn every_series_is_registered_at_start_with_its_unit() {
     let metrics = MetricsRecorder::default();
-    let mut builder = labelled(Server::builder().bind("127.0.0.1:0"));
+    let mut builder = labelled(Server::builder());
     let recorder = Recorder::new(&mut builder);
-    let server = metrics.start(builder, recorder).await.unwrap();
+    let server = metrics.start_embedded(builder, recorder).await.unwrap();
     assert_metrics_match(&metrics, &server.stats());
     let series = metrics.series();
     assert_eq!(
@@ -143,30 +120,32 @@ async fn every_series_is_registered_at_start_with_its_unit() {
 
 /// Known load: five connections, four of which echo three messages each and close; the counts,
 /// the bytes, the gauge and the closures by reason follow, and equal the stats at every step.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn connections_bytes_and_closures_are_counted_as_the_stats_count_them() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     const CLIENTS: u64 = 4;
     const MESSAGES: u64 = 3;
     const SIZE: usize = 100;
     let metrics = MetricsRecorder::default();
-    let mut builder = labelled(Server::builder().bind("127.0.0.1:0"));
+    let mut builder = labelled(Server::builder());
     let recorder = Recorder::new(&mut builder);
-    let server = metrics.start(builder, recorder.clone()).await.unwrap();
-    let address = server.local_addr().unwrap();
+    let server = metrics
+        .start_embedded(builder, recorder.clone())
+        .await
+        .unwrap();
 
-    let held = client(address).await;
-    recorder.id_of(&held).await;
+    let held = server.connect(peer_addr(0)).await.unwrap();
+    recorder.id_of_peer(&held).await;
     assert_eq!(active(&metrics), 1.0);
     for client_number in 0..CLIENTS {
-        let mut stream = client(address).await;
+        let mut stream = server
+            .connect(peer_addr(1 + client_number as u16))
+            .await
+            .unwrap();
         for message in 0..MESSAGES {
-            echo(&mut stream, &pattern(client_number * 10 + message, SIZE)).await;
+            echo_peer(&mut stream, &pattern(client_number * 10 + message, SIZE)).await;
         }
-        bounded("FIN", stream.shutdown()).await.unwrap();
-        let (rest, ended) = read_to_end(&mut stream).await;
+        stream.shutdown_write();
+        let (rest, ended) = peer_read_to_end(&mut stream).await;
         assert!(rest.is_empty() && ended.is_ok(), "{ended:?}");
     }
     recorder.wait_released(CLIENTS as usize).await;
@@ -186,7 +165,7 @@ async fn connections_bytes_and_closures_are_counted_as_the_stats_count_them() {
     assert_eq!(counter(&metrics, BYTES_READ, None), echoed);
     assert_eq!(active(&metrics), 1.0);
 
-    reset(held);
+    held.reset();
     until_idle(&server).await;
     let stats = server.stats();
     assert_eq!(stats.closures(ClosureReason::PeerReset), 1);
@@ -231,31 +210,38 @@ async fn outgoing_connects_and_their_failures_are_counted() {
 
 /// Refusals by cause: a client over the per-address cap (accepted, then closed with
 /// `per_ip_limit`), and one over the connection limit (reset at once).
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn refusals_are_counted_by_cause() {
     let metrics = MetricsRecorder::default();
     let mut builder = labelled(
         Server::builder()
-            .bind("127.0.0.1:0")
             .max_connections(2)
             .at_limit(AtLimit::AcceptAndClose)
             .max_connections_per_ip(1),
     );
     let recorder = Recorder::new(&mut builder);
-    let server = metrics.start(builder, recorder.clone()).await.unwrap();
-    let address = server.local_addr().unwrap();
+    let server = metrics
+        .start_embedded(builder, recorder.clone())
+        .await
+        .unwrap();
+    let from = |last: u8| SocketAddr::from(([127, 0, 0, last], 40000));
 
-    let first = client_from([127, 0, 0, 1], address).await;
-    recorder.id_of(&first).await;
-    refused_from([127, 0, 0, 1], address).await;
+    let first = server.connect(from(1)).await.unwrap();
+    recorder.id_of_peer(&first).await;
+    let mut over_cap = server.connect(from(1)).await.unwrap();
+    let (data, _) = peer_read_to_end(&mut over_cap).await;
+    assert!(data.is_empty());
     eventually("the refused one deregistered", || {
         let stats = server.stats();
         stats.closures(ClosureReason::PerIpLimit) == 1 && stats.active == 1
     })
     .await;
-    let third = client_from([127, 0, 0, 2], address).await;
-    recorder.id_of(&third).await;
-    refused_from([127, 0, 0, 3], address).await;
+    let third = server.connect(from(2)).await.unwrap();
+    recorder.id_of_peer(&third).await;
+    assert!(matches!(
+        server.connect(from(3)).await,
+        Err(Error::ConnectionLimitReached { limit: 2 })
+    ));
     eventually("the refusal at the limit", || {
         server.stats().refused_at_limit == 1
     })
@@ -279,10 +265,10 @@ async fn refusals_are_counted_by_cause() {
 }
 
 /// A write queue that reaches its high watermark, and a callback that panics.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn write_queue_highs_and_callback_panics_are_counted() {
     let metrics = MetricsRecorder::default();
-    let mut builder = labelled(Server::builder().bind("127.0.0.1:0"));
+    let mut builder = labelled(Server::builder());
     let recorder = Recorder::with_behavior(
         &mut builder,
         Behavior {
@@ -291,11 +277,14 @@ async fn write_queue_highs_and_callback_panics_are_counted() {
             ..Behavior::quiet()
         },
     );
-    let server = metrics.start(builder, recorder.clone()).await.unwrap();
-    let address = server.local_addr().unwrap();
+    let server = metrics
+        .start_embedded(builder, recorder.clone())
+        .await
+        .unwrap();
 
-    let filled = client(address).await;
-    let id = recorder.id_of(&filled).await;
+    let filled = server.connect(peer_addr(1)).await.unwrap();
+    filled.set_receive_window(0);
+    let id = recorder.id_of_peer(&filled).await;
     recorder
         .wait_for(
             "the write queue high",
@@ -312,11 +301,9 @@ async fn write_queue_highs_and_callback_panics_are_counted() {
             ..Behavior::echo()
         }
     });
-    let mut panicking = client(address).await;
-    bounded("write", panicking.write_all(b"boom"))
-        .await
-        .unwrap();
-    let _ = read_to_end(&mut panicking).await;
+    let mut panicking = server.connect(peer_addr(2)).await.unwrap();
+    panicking.send(b"boom").unwrap();
+    let _ = peer_read_to_end(&mut panicking).await;
     until_idle(&server).await;
 
     let stats = server.stats();

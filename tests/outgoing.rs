@@ -1,6 +1,9 @@
 //! Outgoing connections: `Server::connect` and `Server::spawn_connect`, their events, their
 //! failures (refused, timed out), the lifetime rule for the returned handle, and how abort-all and
-//! shutdown end them. Everything runs over real loopback TCP.
+//! shutdown end them. Over real loopback TCP where the socket is part of the point (its creation
+//! event, failed connects, a remote switchboard server); the rest run the outgoing path over
+//! the embedded connection of `switchboard::testing` (`EmbeddedServer::connect_outgoing`), on
+//! the paused clock.
 
 mod common;
 
@@ -10,8 +13,14 @@ use std::time::Duration;
 use common::*;
 use switchboard::socket2::{Domain, Socket, Type};
 use switchboard::{ClosureReason, Direction, Error, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+
+/// The remote end of embedded outgoing connections (TEST-NET-2: nothing is contacted).
+const REMOTE: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1)),
+    6000,
+);
 
 /// A plain tokio listener on loopback, standing in for a remote server.
 async fn peer_listener() -> (TcpListener, SocketAddr) {
@@ -100,9 +109,9 @@ async fn connect_runs_every_event_in_order_and_hands_the_argument_to_release() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn dropping_the_returned_handle_closes_an_idle_outgoing_connection() {
-    let (listener, address) = peer_listener().await;
+    let address = REMOTE;
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(
         &mut builder,
@@ -111,10 +120,9 @@ async fn dropping_the_returned_handle_closes_an_idle_outgoing_connection() {
             ..Behavior::default()
         },
     );
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let connection = server.connect(address, ()).await.unwrap();
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let (connection, mut peer) = server.connect_outgoing(address, ()).await.unwrap();
     let id = connection.id();
-    let mut peer = accept(&listener).await;
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
@@ -129,7 +137,7 @@ async fn dropping_the_returned_handle_closes_an_idle_outgoing_connection() {
         .all(|e| !matches!(e, Event::Closure(..))));
 
     drop(connection);
-    let (rest, end) = read_to_end(&mut peer).await;
+    let (rest, end) = peer_read_to_end(&mut peer).await;
     assert!(rest.is_empty());
     end.expect("the peer sees a graceful FIN, not a reset");
     drop(peer);
@@ -413,19 +421,20 @@ async fn outgoing_and_accepted_connections_share_one_manager() {
     assert_eq!(server.active_connections(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn abort_all_resets_outgoing_connections() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
-    let (listener, address) = peer_listener().await;
+    let address = REMOTE;
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let first = server.connect(address, "a".to_string()).await.unwrap();
-    let mut peer_a = accept(&listener).await;
-    let second = server.connect(address, "b".to_string()).await.unwrap();
-    let mut peer_b = accept(&listener).await;
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let (first, mut peer_a) = server
+        .connect_outgoing(address, "a".to_string())
+        .await
+        .unwrap();
+    let (second, mut peer_b) = server
+        .connect_outgoing(address, "b".to_string())
+        .await
+        .unwrap();
     let ids = [first.id(), second.id()];
     drop(first);
     drop(second);
@@ -446,11 +455,7 @@ async fn abort_all_resets_outgoing_connections() {
         assert!(announced < position(&events, |e| matches!(e, Event::Closure(c, _) if *c == id)));
     }
     for peer in [&mut peer_a, &mut peer_b] {
-        let mut buffer = [0u8; 16];
-        let read = tokio::time::timeout(WAIT, peer.read(&mut buffer))
-            .await
-            .expect("peer read timed out");
-        let error = read.expect_err("the peer sees a reset");
+        let error = peer.read().await.expect_err("the peer sees a reset");
         assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
     }
     assert_eq!(server.stats().closures(ClosureReason::AbortAll), 2);
@@ -458,12 +463,9 @@ async fn abort_all_resets_outgoing_connections() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_forces_outgoing_connections_in_order() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
-    let (listener, address) = peer_listener().await;
+    let address = REMOTE;
     let mut builder = Server::builder().shutdown_timeout(Duration::from_millis(300));
     let recorder = Recorder::with_behavior(
         &mut builder,
@@ -472,11 +474,13 @@ async fn shutdown_forces_outgoing_connections_in_order() {
             ..Behavior::default()
         },
     );
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let connection = server.connect(address, "forced".to_string()).await.unwrap();
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let (connection, mut peer) = server
+        .connect_outgoing(address, "forced".to_string())
+        .await
+        .unwrap();
     let id = connection.id();
     drop(connection);
-    let mut peer = accept(&listener).await;
 
     let report = tokio::time::timeout(WAIT, server.shutdown())
         .await
@@ -499,7 +503,7 @@ async fn shutdown_forces_outgoing_connections_in_order() {
     assert_eq!(events.last(), Some(&Event::ShutdownComplete(report)));
     assert_lifecycle(&recorder.events_of(id));
     assert!(no_accepting_events(&events), "{events:#?}");
-    let (_, end) = read_to_end(&mut peer).await;
+    let (_, end) = peer_read_to_end(&mut peer).await;
     assert_eq!(
         end.expect_err("a forced end is a reset").kind(),
         std::io::ErrorKind::ConnectionReset
@@ -507,7 +511,7 @@ async fn shutdown_forces_outgoing_connections_in_order() {
 
     // No new connects once shut down.
     assert!(matches!(
-        server.connect(address, ()).await,
+        server.server().connect(address, ()).await,
         Err(Error::ShuttingDown)
     ));
     assert!(matches!(
@@ -517,19 +521,18 @@ async fn shutdown_forces_outgoing_connections_in_order() {
     eventually("nothing active", || server.active_connections() == 0).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_closes_outgoing_connections_gracefully_when_the_peer_cooperates() {
-    let (listener, address) = peer_listener().await;
+    let address = REMOTE;
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let connection = server.connect(address, ()).await.unwrap();
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let (connection, mut peer) = server.connect_outgoing(address, ()).await.unwrap();
     let id = connection.id();
     drop(connection);
-    let mut peer = accept(&listener).await;
-    assert_eq!(echo_round_trip(&mut peer, b"before").await, b"before");
+    echo_peer(&mut peer, b"before").await;
     // The peer reads to the end and then closes, as a well-behaved server would.
-    let peer_end = tokio::spawn(async move { read_to_end(&mut peer).await });
+    let peer_end = tokio::spawn(async move { peer_read_to_end(&mut peer).await });
 
     let report = tokio::time::timeout(WAIT, server.shutdown())
         .await

@@ -1,7 +1,9 @@
 //! Peer limits: the per-address connection cap (`ServerBuilder::max_connections_per_ip`) and the
 //! accept loop's spare descriptor, which refuses pending clients promptly when the process runs
-//! out of descriptors. Everything runs over real loopback TCP; waits are bounded by [`WAIT`] and
-//! nothing asserts how long anything took.
+//! out of descriptors. Over real loopback TCP where the accept loop or the socket is part of it;
+//! the slot freed by a panic, by abort-all and a forced shutdown, and refusals holding a limiter
+//! slot run on the embedded connection of `switchboard::testing` on the paused clock. Waits are
+//! bounded by [`WAIT`] and nothing asserts how long anything took.
 //!
 //! Linux's whole 127.0.0.0/8 is loopback, so clients bind 127.0.0.2, 127.0.0.3, … as their source
 //! address to come from different peers.
@@ -17,6 +19,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use common::*;
+use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
     Callbacks, ClosureReason, ConnectionId, Direction, Error, Server, ServerBuilder,
 };
@@ -72,6 +75,39 @@ async fn start(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> (Serve
     let recorder = Recorder::new(&mut builder);
     let server = configure(builder).start(recorder.clone()).await.unwrap();
     (server, recorder)
+}
+
+/// [`start`], embedded (`switchboard::testing`): no listener; connect with `server.connect`.
+async fn start_embedded(
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (EmbeddedServer, Recorder) {
+    let mut builder = Server::builder();
+    let recorder = Recorder::new(&mut builder);
+    let server = configure(builder)
+        .start_embedded(recorder.clone())
+        .await
+        .unwrap();
+    (server, recorder)
+}
+
+/// An embedded peer from `ip` (the server sees each one's own port).
+async fn peer_from(server: &EmbeddedServer, ip: IpAddr) -> EmbeddedPeer {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static PORT: AtomicU16 = AtomicU16::new(40000);
+    let port = PORT.fetch_add(1, Ordering::Relaxed);
+    server
+        .connect(SocketAddr::new(ip, port))
+        .await
+        .expect("embedded connect")
+}
+
+/// [`refused_client_from`] for an embedded peer: the server resets it at once, with no data.
+async fn refused_peer_from(server: &EmbeddedServer, ip: IpAddr) {
+    let mut peer = peer_from(server, ip).await;
+    let (data, end) = peer_read_to_end(&mut peer).await;
+    assert!(data.is_empty(), "a refused client got data");
+    let error = end.expect_err("a refused connection is reset");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
 }
 
 /// Checks a refused connection's events: closure with [`ClosureReason::PerIpLimit`], closed, then
@@ -366,11 +402,9 @@ async fn counts_stay_exact_under_concurrent_churn() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_panic_in_a_callback_frees_the_slot() {
-    let mut builder = Server::builder()
-        .bind("127.0.0.1:0")
-        .max_connections_per_ip(1);
+    let mut builder = Server::builder().max_connections_per_ip(1);
     let recorder = Recorder::with_behavior(
         &mut builder,
         Behavior {
@@ -378,10 +412,9 @@ async fn a_panic_in_a_callback_frees_the_slot() {
             ..Behavior::default()
         },
     );
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let address = server.local_addr().unwrap();
-    let mut stream = client(address).await;
-    stream.write_all(b"boom").await.unwrap();
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let stream = peer_from(&server, LOCALHOST).await;
+    stream.send(b"boom").unwrap();
     recorder.wait_released(1).await;
     assert_eq!(
         closure_reason(&recorder.events_of(recorder.established()[0])),
@@ -392,31 +425,27 @@ async fn a_panic_in_a_callback_frees_the_slot() {
     })
     .await;
     recorder.set_behavior(|b| b.panic_in = None);
-    let mut next = client(address).await;
-    assert_eq!(echo_round_trip(&mut next, b"next").await, b"next");
+    let mut next = peer_from(&server, LOCALHOST).await;
+    echo_peer(&mut next, b"next").await;
     assert_eq!(server.stats().refused_per_ip, 0);
     drop((stream, next));
     server.shutdown().await;
     assert_eq!(server.connections_from_ip(LOCALHOST), Some(0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn abort_all_and_a_forced_shutdown_free_every_slot() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
-    let (server, recorder) = start(|b| {
+    let (server, recorder) = start_embedded(|b| {
         b.max_connections_per_ip(2)
             .shutdown_timeout(Duration::from_millis(100))
     })
     .await;
     recorder.set_behavior(|b| b.close_on_shutdown_request = false);
-    let address = server.local_addr().unwrap();
     let mut clients = Vec::new();
     for n in 1..=2 {
         for _ in 0..2 {
-            let mut stream = client_from(loopback(n), address).await;
-            assert_eq!(echo_round_trip(&mut stream, b"x").await, b"x");
+            let mut stream = peer_from(&server, loopback(n)).await;
+            echo_peer(&mut stream, b"x").await;
             clients.push(stream);
         }
     }
@@ -429,7 +458,7 @@ async fn abort_all_and_a_forced_shutdown_free_every_slot() {
         .await;
     }
     for stream in &mut clients {
-        let (_, end) = read_to_end(stream).await;
+        let (_, end) = peer_read_to_end(stream).await;
         assert!(end.is_err(), "aborted connections are reset");
     }
 
@@ -437,8 +466,8 @@ async fn abort_all_and_a_forced_shutdown_free_every_slot() {
     let mut again = Vec::new();
     for n in 1..=2 {
         for _ in 0..2 {
-            let mut stream = client_from(loopback(n), address).await;
-            assert_eq!(echo_round_trip(&mut stream, b"y").await, b"y");
+            let mut stream = peer_from(&server, loopback(n)).await;
+            echo_peer(&mut stream, b"y").await;
             again.push(stream);
         }
     }
@@ -452,19 +481,27 @@ async fn abort_all_and_a_forced_shutdown_free_every_slot() {
     assert_eq!(server.stats().refused_per_ip, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn refused_connections_count_against_the_connection_limit_until_released() {
-    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
-        return;
-    }
     // A refusal is an accepted connection: it holds a limiter slot for its closing events, so
     // the limit holds, and frees it after.
-    let (server, recorder) = start(|b| b.max_connections(2).max_connections_per_ip(1)).await;
-    let address = server.local_addr().unwrap();
-    let mut first = client(address).await;
-    assert_eq!(echo_round_trip(&mut first, b"a").await, b"a");
-    for _ in 0..5 {
-        refused_client_from(LOCALHOST, address).await;
+    let (server, recorder) =
+        start_embedded(|b| b.max_connections(2).max_connections_per_ip(1)).await;
+    let mut first = peer_from(&server, LOCALHOST).await;
+    echo_peer(&mut first, b"a").await;
+    for refused in 1..=5 {
+        refused_peer_from(&server, LOCALHOST).await;
+        // Its slot is held until its closing events are done: a socket's client would wait in
+        // the backlog until then.
+        recorder
+            .wait_count("the refusal", refused, |e| {
+                *e == Event::Released(None, None)
+            })
+            .await;
+        eventually("the refusal's limiter slot to free", || {
+            server.limiter().active() == 1
+        })
+        .await;
     }
     recorder
         .wait_count("the refusals", 5, |e| *e == Event::Released(None, None))
@@ -473,8 +510,8 @@ async fn refused_connections_count_against_the_connection_limit_until_released()
         server.limiter().active() == 1
     })
     .await;
-    let mut other = client_from(loopback(2), address).await;
-    assert_eq!(echo_round_trip(&mut other, b"b").await, b"b");
+    let mut other = peer_from(&server, loopback(2)).await;
+    echo_peer(&mut other, b"b").await;
     assert_eq!(server.stats().refused_per_ip, 5);
     drop((first, other));
     recorder.wait_released(7).await;

@@ -570,21 +570,14 @@ async fn shutdown_of_a_server_without_listeners() {
     assert_nothing_after_complete(&recorder).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn shutdown_closes_outgoing_connections_too() {
-    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = SocketAddr::from(([198, 51, 100, 1], 6000));
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start(recorder.clone()).await.unwrap();
-    let outgoing = tokio::time::timeout(WAIT, server.connect(target.local_addr().unwrap(), ()))
-        .await
-        .unwrap()
-        .expect("connect");
-    let (peer, _) = tokio::time::timeout(WAIT, target.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let tasks = until_closed(vec![peer]);
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let (outgoing, peer) = server.connect_outgoing(target, ()).await.expect("connect");
+    let tasks = until_peers_closed(vec![peer]);
     // The application still holds the handle: the shutdown notice closes it all the same.
     let report = shut_down(&server).await;
     assert_eq!((report.graceful, report.forced), (1, 0));

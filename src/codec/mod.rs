@@ -311,6 +311,63 @@ impl ServerBuilder {
         mut self,
         framing: Framing<H>,
     ) -> Result<Server, Error> {
+        let callbacks = self.framed(framing)?;
+        self.start(callbacks).await
+    }
+
+    /// [`start_framed`](ServerBuilder::start_framed) with no listener, for
+    /// [embedded connections](crate::testing::EmbeddedServer::connect) (feature `testing`):
+    /// what [`start_embedded`](ServerBuilder::start_embedded) is to
+    /// [`start`](ServerBuilder::start).
+    ///
+    /// ```
+    /// use switchboard::codec::{FrameHandler, FramedConnection, Framing};
+    /// use switchboard::tokio_util::codec::LinesCodec;
+    /// use switchboard::{async_trait, Callbacks, Connection, Server};
+    ///
+    /// /// Answers each line in capitals.
+    /// struct Shout;
+    ///
+    /// impl Callbacks for Shout {}
+    ///
+    /// #[async_trait]
+    /// impl FrameHandler for Shout {
+    ///     type Codec = LinesCodec;
+    ///     fn new_codec(&self, _: &Connection) -> LinesCodec {
+    ///         LinesCodec::new()
+    ///     }
+    ///     async fn on_frame(&self, connection: &FramedConnection<'_, LinesCodec>, line: String) {
+    ///         let _ = connection.send(line.to_uppercase());
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::builder().start_framed_embedded(Framing::new(Shout)).await?;
+    /// let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
+    /// // The line arrives cut in two; the handler sees it whole.
+    /// peer.send("hel")?;
+    /// peer.send("lo\n")?;
+    /// assert_eq!(peer.read_exact(6).await?, "HELLO\n");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`start_framed`](ServerBuilder::start_framed).
+    #[cfg(feature = "testing")]
+    pub async fn start_framed_embedded<H: FrameHandler>(
+        mut self,
+        framing: Framing<H>,
+    ) -> Result<crate::testing::EmbeddedServer, Error> {
+        let callbacks = self.framed(framing)?;
+        self.start_embedded(callbacks).await
+    }
+
+    /// The callbacks that run `framing`'s handler, with their user data slot.
+    fn framed<H: FrameHandler>(
+        &mut self,
+        framing: Framing<H>,
+    ) -> Result<adapter::Adapter<H>, Error> {
         if framing.max_frame_length == 0 {
             return Err(Error::InvalidSetting {
                 setting: "max_frame_length",
@@ -318,11 +375,10 @@ impl ServerBuilder {
             });
         }
         let slot = self.request_user_data_slot();
-        self.start(adapter::Adapter::new(
+        Ok(adapter::Adapter::new(
             framing.handler,
             slot,
             framing.max_frame_length,
         ))
-        .await
     }
 }

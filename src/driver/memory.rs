@@ -3,7 +3,8 @@
 //!
 //! It behaves as a TCP connection does where the driver can tell: each direction holds bytes in
 //! flight up to a limit (the peer's receive window: a peer that stops reading fills it, and then
-//! the server's write queue), either side can send FIN, and either can reset (RST), after which
+//! the server's write queue; and, if the test sets one, the server's receive buffer, which a
+//! server that stops reading fills), either side can send FIN, and either can reset (RST), after which
 //! the other's reads and writes fail with `ECONNRESET`. What the peer sends keeps its chunks: one
 //! `send` is at most one read on the server (split only by the read buffer size), so a test
 //! chooses exactly how the stream is cut.
@@ -70,6 +71,9 @@ struct State {
     outbound: Flow,
     /// Most bytes `outbound` holds: the peer's receive window.
     window: usize,
+    /// Most bytes `inbound` holds: the server's receive buffer (no limit unless the test sets
+    /// one).
+    receive_buffer: usize,
     /// The peer reset the connection.
     peer_reset: bool,
     /// The server reset the connection (an abort).
@@ -90,6 +94,7 @@ impl Pipe {
             inbound: Flow::default(),
             outbound: Flow::default(),
             window: DEFAULT_WINDOW,
+            receive_buffer: usize::MAX,
             peer_reset: false,
             server_reset: false,
             server_closed: false,
@@ -107,18 +112,13 @@ impl Pipe {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The peer sends `data` as one chunk.
+    /// The peer sends `data` as one chunk; `WouldBlock` if the server's receive buffer has no
+    /// room for all of it.
     pub(crate) fn send(&self, data: Bytes) -> io::Result<()> {
         let mut state = self.lock();
-        if state.peer_reset || state.server_reset {
-            return Err(io::ErrorKind::ConnectionReset.into());
-        }
-        if state.inbound.fin {
-            return Err(io::ErrorKind::BrokenPipe.into());
-        }
-        if state.server_closed {
-            // A real stack would answer with RST; the data is lost either way.
-            return Err(io::ErrorKind::ConnectionReset.into());
+        can_send(&state)?;
+        if data.len() > state.receive_buffer.saturating_sub(state.inbound.queued) {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         if !data.is_empty() {
             state.inbound.queued += data.len();
@@ -126,6 +126,35 @@ impl Pipe {
             state.inbound.wake_reader();
         }
         Ok(())
+    }
+
+    /// The peer sends what of `data` the server's receive buffer has room for, in one chunk, and
+    /// takes it off `data`; pending while there is no room and `data` is not empty.
+    pub(crate) fn poll_send(&self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+        let mut state = self.lock();
+        if let Err(error) = can_send(&state) {
+            return Poll::Ready(Err(error));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let room = state.receive_buffer.saturating_sub(state.inbound.queued);
+        if room == 0 {
+            state.inbound.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let piece = data.split_to(room.min(data.len()));
+        state.inbound.queued += piece.len();
+        state.inbound.chunks.push_back(piece);
+        state.inbound.wake_reader();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sets the server's receive buffer: the most bytes sent that the server has not read.
+    pub(crate) fn set_receive_buffer(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.receive_buffer = bytes;
+        state.inbound.wake_writer();
     }
 
     /// The peer's read: what the server sent so far (all of it), empty at the server's FIN.
@@ -153,6 +182,15 @@ impl Pipe {
         let mut state = self.lock();
         state.inbound.fin = true;
         state.inbound.wake_reader();
+    }
+
+    /// The server's end is shut for writing behind the driver's back: the peer reads FIN after
+    /// what was sent, and the server's next write fails with `EPIPE`.
+    pub(crate) fn shutdown_server_write(&self) {
+        let mut state = self.lock();
+        state.outbound.fin = true;
+        state.outbound.wake_reader();
+        state.outbound.wake_writer();
     }
 
     /// The peer resets the connection: what either side had in flight is dropped.
@@ -188,6 +226,21 @@ impl Pipe {
         state.closed_waiter = Some(cx.waker().clone());
         Poll::Pending
     }
+}
+
+/// Whether the peer may send: not after a reset, its own FIN or the server's close.
+fn can_send(state: &State) -> io::Result<()> {
+    if state.peer_reset || state.server_reset {
+        return Err(io::ErrorKind::ConnectionReset.into());
+    }
+    if state.inbound.fin {
+        return Err(io::ErrorKind::BrokenPipe.into());
+    }
+    if state.server_closed {
+        // A real stack would answer with RST; the data is lost either way.
+        return Err(io::ErrorKind::ConnectionReset.into());
+    }
+    Ok(())
 }
 
 fn drop_in_flight(state: &mut State) {

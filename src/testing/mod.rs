@@ -3,11 +3,13 @@
 //! [`ServerBuilder::start_embedded`](crate::ServerBuilder::start_embedded) starts a server with
 //! every setting of the builder (limits, timeouts, queue sizes, user data slots) but no
 //! listener. [`EmbeddedServer::connect`] opens a connection to it over an in-memory stream and
-//! hands the test its other end, an [`EmbeddedPeer`]. The connection runs the same engine a
+//! hands the test its other end, an [`EmbeddedPeer`]; [`EmbeddedServer::connect_outgoing`] opens
+//! an outgoing one, whose peer plays the remote server. The connection runs the same engine a
 //! socket's does (the same driver task, lifecycle rules, registry, limiter and shutdown); only
 //! the bytes travel through memory. From the peer the test sends bytes in the chunks it chooses,
 //! reads what the handler wrote, half-closes, resets, or stops reading so that the write queue
-//! fills. [`Recorded`] wraps the callbacks and logs every event in order in [`Events`].
+//! fills; with a [send window](EmbeddedPeer::set_send_window) a server that stops reading holds
+//! the peer's sends up in turn. [`Recorded`] wraps the callbacks and logs every event in order in [`Events`].
 //!
 //! Nothing waits on the network, so under tokio's paused clock
 //! (`#[tokio::test(start_paused = true)]`, tokio's `test-util` feature) the timeouts and the
@@ -179,20 +181,26 @@
 mod peer;
 mod recorded;
 
+use std::any::Any;
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use peer::EmbeddedPeer;
+pub use peer::{EmbeddedPeer, EmbeddedSender};
 pub use recorded::{Event, Events, Recorded, WAIT_LIMIT};
 
+use crate::connect::{self, Dial};
 use crate::driver::memory::Pipe;
 use crate::driver::transport::Transport;
 use crate::driver::Setup;
 use crate::manager::{Addresses, Manager};
 use crate::stats::Count;
-use crate::{Callbacks, ClosureReason, Direction, Error, Server, ServerBuilder, UserData};
+use crate::{
+    AtLimit, Callbacks, Client, ClosureReason, ConnectArgument, Connection, Direction, Error,
+    Server, ServerBuilder, UserData,
+};
 
 /// The server's address of embedded connections, unless the test names another.
 const DEFAULT_LOCAL_ADDR: SocketAddr = SocketAddr::new(
@@ -268,11 +276,20 @@ impl EmbeddedServer {
     /// refused as a socket's would be: it runs only its closing events (reason
     /// [`ClosureReason::PerIpLimit`]) and the peer sees a reset.
     ///
+    /// At the connection limit it is not accepted, and
+    /// [`on_maximum_connections`](crate::Callbacks::on_maximum_connections) runs (once, until a
+    /// connection is accepted again); no other callback runs for it. As with the accept loop, with
+    /// [`AtLimit::AcceptAndClose`] it counts in
+    /// [`Stats::refused_at_limit`](crate::Stats::refused_at_limit); with the default
+    /// [`AtLimit::StopAccepting`] a real client would wait in the backlog instead, and nothing is
+    /// counted. Once the server [stopped accepting](Server::stop_accepting) (or was started with
+    /// [`accepting(false)`](ServerBuilder::accepting)) nothing is accepted and no callback runs: a
+    /// real client would wait in the backlog until [`start_accepting`](Server::start_accepting).
+    ///
     /// # Errors
     /// [`Error::ShuttingDown`] once a shutdown began; [`Error::ConnectionLimitReached`] at the
-    /// connection limit, after [`on_maximum_connections`](crate::Callbacks::on_maximum_connections)
-    /// (once until a connection is accepted again), where a real client would wait in the backlog
-    /// or be refused.
+    /// connection limit; [`Error::Io`] of kind [`WouldBlock`](std::io::ErrorKind::WouldBlock)
+    /// while the server is not accepting.
     pub async fn connect(&self, peer_addr: SocketAddr) -> Result<EmbeddedPeer, Error> {
         self.connect_to(peer_addr, self.local_addr).await
     }
@@ -288,8 +305,16 @@ impl EmbeddedServer {
     ) -> Result<EmbeddedPeer, Error> {
         let manager = self.server.manager();
         let live = manager.registry.begin()?;
+        if !*manager.accepting.borrow() {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the server is not accepting: a client would wait in the backlog",
+            )));
+        }
         let Some(permit) = manager.limiter.try_acquire() else {
-            manager.counters.count(Count::RefusedAtLimit);
+            if manager.config.at_limit == AtLimit::AcceptAndClose {
+                manager.counters.count(Count::RefusedAtLimit);
+            }
             if !self.at_limit.swap(true, Ordering::Relaxed) {
                 let invoker = &manager.context.invoker;
                 let future = invoker.callbacks().on_maximum_connections();
@@ -319,6 +344,113 @@ impl EmbeddedServer {
             manager, transport, peer_addr, local_addr, permit, live, refused,
         )?;
         Ok(EmbeddedPeer::new(id, peer_addr, local_addr, pipe))
+    }
+}
+
+impl EmbeddedServer {
+    /// [`Server::connect`] over an in-memory stream: an outgoing connection to `remote`, whose
+    /// other end, the remote server, the test plays through the returned [`EmbeddedPeer`]. It
+    /// takes the same path as a socket's connect:
+    /// [`on_pre_outgoing_connect`](crate::Callbacks::on_pre_outgoing_connect) with `argument`, a
+    /// slot of the limiter, then the connection's events on its own task from
+    /// [`on_connection_established`](crate::Callbacks::on_connection_established) on
+    /// ([`Direction::Outbound`], counted in [`Stats::connected`](crate::Stats::connected)). No
+    /// socket is created, so [`on_socket_created`](crate::Callbacks::on_socket_created) does not
+    /// run, and the connect itself cannot fail: use a real address with
+    /// [`Server::connect`] to test a refused or timed-out connect. The returned handle keeps the
+    /// connection open until dropped; the connection's local address is the server's
+    /// [`local_addr`](Self::local_addr).
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use switchboard::testing::{Event, Recorded};
+    /// use switchboard::{async_trait, BytesMut, Callbacks, Connection, Direction, Server};
+    ///
+    /// /// Sends a greeting when it connects and records what comes back.
+    /// struct Greeter;
+    ///
+    /// #[async_trait]
+    /// impl Callbacks for Greeter {
+    ///     async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+    ///         let _ = connection.write("HELLO\r\n");
+    ///         connection.read();
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (callbacks, events) = Recorded::new(Greeter);
+    /// let server = Server::builder().start_embedded(callbacks).await?;
+    /// let remote: SocketAddr = "198.51.100.1:6379".parse()?;
+    /// let (connection, mut peer) = server.connect_outgoing(remote, "session-1").await?;
+    /// assert_eq!(connection.direction(), Direction::Outbound);
+    /// assert_eq!(peer.read().await?, "HELLO\r\n");
+    /// peer.send("+OK\r\n")?;
+    /// events.wait_for(|event| matches!(event, Event::Read(..))).await;
+    /// assert_eq!(events.all()[1], Event::PreOutgoingConnect(remote));
+    /// assert_eq!(events.all()[2], Event::Established(connection.id(), remote));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Server::connect`]'s: [`Error::ShuttingDown`], [`Error::ConnectionLimitReached`], or
+    /// [`Error::CallbackPanic`] if the pre-connect callback panicked; after a failure
+    /// [`on_socket_released`](crate::Callbacks::on_socket_released) has run for the user data.
+    ///
+    /// # Cancel safety
+    /// As [`Server::connect`]'s: the attempt runs on a task of its own.
+    pub async fn connect_outgoing(
+        &self,
+        remote: SocketAddr,
+        argument: impl Any + Send,
+    ) -> Result<(Connection, EmbeddedPeer), Error> {
+        let (pipe, stream) = Pipe::new();
+        let connection = self
+            .dial(remote, stream, ConnectArgument::new(argument), None)
+            .await?;
+        let peer = EmbeddedPeer::new(connection.id(), remote, self.local_addr, pipe);
+        Ok((connection, peer))
+    }
+
+    /// [`Server::connect_client`] over an in-memory stream: a [`Client`] that the calling task
+    /// drives, connected as [`connect_outgoing`](Self::connect_outgoing) connects (with an empty
+    /// [`ConnectArgument`]); the test plays the remote server through the [`EmbeddedPeer`].
+    ///
+    /// # Errors
+    /// As [`connect_outgoing`](Self::connect_outgoing).
+    pub async fn connect_outgoing_client(
+        &self,
+        remote: SocketAddr,
+    ) -> Result<(Client, EmbeddedPeer), Error> {
+        let (pipe, stream) = Pipe::new();
+        let (sink, receiver) = crate::client::channel();
+        let connection = self
+            .dial(remote, stream, ConnectArgument::empty(), Some(sink))
+            .await?;
+        let peer = EmbeddedPeer::new(connection.id(), remote, self.local_addr, pipe);
+        Ok((Client::new(connection, receiver), peer))
+    }
+
+    async fn dial(
+        &self,
+        remote: SocketAddr,
+        stream: crate::driver::memory::MemoryStream,
+        argument: ConnectArgument,
+        client: Option<crate::client::ClientSink>,
+    ) -> Result<Connection, Error> {
+        let manager = self.server.manager();
+        let live = manager.registry.begin()?;
+        let dial = Dial::Memory {
+            stream,
+            local: self.local_addr,
+        };
+        let attempt =
+            connect::connect(manager.clone(), live, remote, dial, argument, false, client);
+        match tokio::spawn(attempt).await {
+            Ok(result) => result,
+            // Callbacks are guarded, so the task only fails when the runtime is shutting down.
+            Err(_) => Err(Error::ShuttingDown),
+        }
     }
 }
 

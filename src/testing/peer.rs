@@ -3,6 +3,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -67,13 +68,46 @@ impl EmbeddedPeer {
     /// Sends `data` to the server as one chunk: the server reads it in one
     /// [`on_read_completed`](crate::Callbacks::on_read_completed), or in pieces of its
     /// [read buffer size](crate::ServerBuilder::read_buffer_size) if it is larger, never merged
-    /// with another chunk. Does not wait: the server's receive buffer has no limit.
+    /// with another chunk. Does not wait: the server's receive buffer has no limit unless
+    /// [`set_send_window`](Self::set_send_window) set one.
     ///
     /// # Errors
     /// [`io::ErrorKind::ConnectionReset`] once either side reset the connection or the server's
-    /// end is closed; [`io::ErrorKind::BrokenPipe`] after [`shutdown_write`](Self::shutdown_write).
+    /// end is closed; [`io::ErrorKind::BrokenPipe`] after [`shutdown_write`](Self::shutdown_write);
+    /// [`io::ErrorKind::WouldBlock`] if a send window is set and `data` does not fit in what is
+    /// left of it (nothing is sent then).
     pub fn send(&self, data: impl AsRef<[u8]>) -> io::Result<()> {
         self.pipe.send(Bytes::copy_from_slice(data.as_ref()))
+    }
+
+    /// Sends all of `data`, waiting while the [send window](Self::set_send_window) is full, as a
+    /// socket's write waits for a server that stops reading. Each wait for room sends what fits
+    /// as one chunk, so the server may read `data` in several.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send) (but never `WouldBlock`); [`io::ErrorKind::TimedOut`] after the
+    /// wait limit, with part of `data` perhaps sent.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: what was sent before the future is dropped stays sent.
+    pub async fn send_all(&self, data: impl AsRef<[u8]>) -> io::Result<()> {
+        send_all(&self.pipe, self.wait_limit, data.as_ref()).await
+    }
+
+    /// Sets how many bytes this peer may have sent that the server has not read (the server's
+    /// receive buffer): a server that stops reading then holds up [`send_all`](Self::send_all).
+    /// No limit by default.
+    pub fn set_send_window(&self, bytes: usize) {
+        self.pipe.set_receive_buffer(bytes);
+    }
+
+    /// A handle that sends on this connection from another task while the test reads here (as a
+    /// socket's write half would).
+    pub fn sender(&self) -> EmbeddedSender {
+        EmbeddedSender {
+            pipe: self.pipe.clone(),
+            wait_limit: self.wait_limit,
+        }
     }
 
     /// Waits for data from the server and returns all that arrived (at least one byte), or an
@@ -137,6 +171,15 @@ impl EmbeddedPeer {
         self.pipe.reset();
     }
 
+    /// Shuts the server's end for writing behind its driver's back, as `shutdown(SHUT_WR)` on a
+    /// duplicate of a socket would: this peer reads FIN after what the server already sent, and
+    /// the server's next write fails with `EPIPE` ([`io::ErrorKind::BrokenPipe`]), for a test of
+    /// [`on_write_error_may_not_be_fatal`](crate::Callbacks::on_write_error_may_not_be_fatal)
+    /// and [`on_write_completion_error`](crate::Callbacks::on_write_completion_error).
+    pub fn shutdown_server_write(&self) {
+        self.pipe.shutdown_server_write();
+    }
+
     /// Sets how many bytes the server may have sent that this peer has not read (its receive
     /// window; `0` stops the server's writes). While the window is full the server's write queue
     /// grows, up to its [limit](crate::ServerBuilder::write_queue_limit). The default is 256 KiB.
@@ -172,6 +215,54 @@ impl EmbeddedPeer {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "embedded peer: wait limit"))
     }
+}
+
+/// Sends on an embedded connection from a task of its own: from [`EmbeddedPeer::sender`]. Its
+/// waits have the peer's wait limit of when it was made. Dropping it does nothing; dropping the
+/// peer sends FIN, after which its sends fail.
+#[derive(Debug, Clone)]
+pub struct EmbeddedSender {
+    pipe: Pipe,
+    wait_limit: Duration,
+}
+
+impl EmbeddedSender {
+    /// [`EmbeddedPeer::send`].
+    ///
+    /// # Errors
+    /// As [`EmbeddedPeer::send`].
+    pub fn send(&self, data: impl AsRef<[u8]>) -> io::Result<()> {
+        self.pipe.send(Bytes::copy_from_slice(data.as_ref()))
+    }
+
+    /// [`EmbeddedPeer::send_all`].
+    ///
+    /// # Errors
+    /// As [`EmbeddedPeer::send_all`].
+    ///
+    /// # Cancel safety
+    /// As [`EmbeddedPeer::send_all`].
+    pub async fn send_all(&self, data: impl AsRef<[u8]>) -> io::Result<()> {
+        send_all(&self.pipe, self.wait_limit, data.as_ref()).await
+    }
+
+    /// [`EmbeddedPeer::shutdown_write`].
+    pub fn shutdown_write(&self) {
+        self.pipe.shutdown_write();
+    }
+}
+
+async fn send_all(pipe: &Pipe, wait_limit: Duration, data: &[u8]) -> io::Result<()> {
+    let mut data = Bytes::copy_from_slice(data);
+    let sending = poll_fn(|cx| loop {
+        match pipe.poll_send(cx, &mut data) {
+            Poll::Ready(Ok(())) if !data.is_empty() => continue,
+            done => return done,
+        }
+    });
+    tokio::time::timeout(wait_limit, sending)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "embedded peer: wait limit"))?
 }
 
 impl Drop for EmbeddedPeer {

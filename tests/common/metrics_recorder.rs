@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use metrics::{
     Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
+use switchboard::testing::EmbeddedServer;
 use switchboard::{Callbacks, Error, Server, ServerBuilder};
 
 /// A series' name and labels, the labels sorted: `name{a="1",b="2"}`.
@@ -58,6 +59,16 @@ impl MetricsRecorder {
         // Held across the await: a current-thread runtime polls the start on this thread.
         let _local = metrics::set_default_local_recorder(self);
         builder.start(callbacks).await
+    }
+
+    /// [`start`](Self::start) for an embedded server (`switchboard::testing`).
+    pub async fn start_embedded(
+        &self,
+        builder: ServerBuilder,
+        callbacks: impl Callbacks,
+    ) -> Result<EmbeddedServer, Error> {
+        let _local = metrics::set_default_local_recorder(self);
+        builder.start_embedded(callbacks).await
     }
 
     /// A counter's value; `None` if it was never registered.

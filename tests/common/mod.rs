@@ -1,6 +1,6 @@
 //! Shared test helpers, one copy each: the recording callbacks ([`Recorder`]), bounded waits,
-//! client helpers, the test certificates, the child-process server for descriptor exhaustion,
-//! CPU-time readings, a recorder for the `metrics` facade ([`MetricsRecorder`]), the
+//! client helpers (and their kin for the embedded connection's peer), the test certificates,
+//! the child-process server for descriptor exhaustion, CPU-time readings, a recorder for the `metrics` facade ([`MetricsRecorder`]), the
 //! `echo_server` example as a child process ([`EchoServer`]: spawn, its stdout lines, signals,
 //! hand-off restarts), echo load against it ([`EchoLoad`]), and what Wine lacks
 //! ([`skip_under_wine`]).
@@ -15,6 +15,7 @@ mod certs;
 mod child;
 #[cfg(target_os = "linux")]
 mod cpu;
+mod embedded;
 #[cfg(target_os = "linux")]
 mod example;
 mod load;
@@ -27,7 +28,7 @@ mod wine;
 #[allow(unused_imports)]
 pub use example::*;
 #[allow(unused_imports)]
-pub use {certs::*, load::*, metrics_recorder::*, recorder::*, wine::*};
+pub use {certs::*, embedded::*, load::*, metrics_recorder::*, recorder::*, wine::*};
 #[cfg(target_os = "linux")]
 #[allow(unused_imports)]
 pub use {child::*, cpu::*};
