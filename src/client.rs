@@ -10,7 +10,8 @@
 //! lives in the task that holds it, typed, instead of in a type-erased connect argument.
 //!
 //! The [`Client`] holds a counted handle, so the connection stays open while it exists; dropping
-//! it lets the lifetime rule close the connection gracefully. A shutdown tells the connection
+//! it lets the lifetime rule close the connection gracefully (a read it left pending, or one the
+//! callbacks asked for, no longer counts once it is gone). A shutdown tells the connection
 //! like any other (`on_shutdown_requested`, whose default closes it), and its drain time bounds
 //! it.
 //!
@@ -52,6 +53,11 @@ impl ClientSink {
     pub(crate) fn ended(self, reason: ClosureReason) {
         let _ = self.0.send(Delivery::Ended(reason));
     }
+
+    /// The client was dropped: nothing reads what arrives any more.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.0.is_closed()
+    }
 }
 
 /// The awaiting task's side, until its connection exists.
@@ -86,6 +92,16 @@ pub struct Client {
     /// The peer's FIN arrived: every later `recv` says so.
     peer_closed: bool,
     ended: Option<ClosureReason>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Before the handle goes (the fields drop after this): when the last handle's drop wakes
+        // the driver, it must already see that no one reads, or a read the client left pending
+        // (a `recv` given up on, or one asked for after the callbacks' read delivered first)
+        // would keep the connection open.
+        self.deliveries.close();
+    }
 }
 
 impl Client {

@@ -88,6 +88,57 @@ async fn a_client_sends_awaits_the_reply_and_sees_the_peers_fin() {
     server.shutdown().await;
 }
 
+/// A client given up on while its read was pending (a `recv` timed out), then dropped: nobody
+/// takes what arrives any more, so the read no longer keeps the connection open and the lifetime
+/// rule closes it.
+#[tokio::test(start_paused = true)]
+async fn a_client_dropped_while_its_read_is_pending_closes_by_itself() {
+    let (server, recorder) = embedded_manager().await;
+    let (mut client, mut peer) = server.connect_outgoing_client(REMOTE).await.unwrap();
+    let id = client.connection().id();
+    let gave_up = tokio::time::timeout(std::time::Duration::from_secs(1), client.recv()).await;
+    assert!(gave_up.is_err(), "nothing was sent: {gave_up:?}");
+    drop(client);
+    let (_, end) = peer_read_to_end(&mut peer).await;
+    end.unwrap();
+    peer.shutdown_write();
+    recorder.wait_release_of(id).await;
+    let events = recorder.events_of(id);
+    assert_lifecycle(&events);
+    assert_eq!(closure_reason(&events), Some(ClosureReason::Unreferenced));
+    server.shutdown().await;
+}
+
+/// The server's callbacks see a client's connection too, and one that reads on every connection
+/// it is told of (as an echo server's `on_connection_established` does) gets the reply delivered
+/// to the client before the client asks; the client's own read request, made after, must not
+/// keep the connection open once the client is dropped.
+#[tokio::test(start_paused = true)]
+async fn reads_asked_for_by_the_callbacks_do_not_keep_a_dropped_client_open() {
+    let mut builder = Server::builder();
+    let recorder = Recorder::with_behavior(&mut builder, Behavior::echo());
+    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let (mut client, mut peer) = server.connect_outgoing_client(REMOTE).await.unwrap();
+    let id = client.connection().id();
+    client.send("PING").await.unwrap();
+    assert_eq!(peer.read_exact(4).await.unwrap(), "PING");
+    peer.send("PONG").unwrap();
+    // The callbacks' read takes the reply to the client's channel before the client asks.
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let reply = bounded("recv", client.recv()).await.unwrap();
+    assert_eq!(reply.as_deref(), Some(&b"PONG"[..]));
+    drop(client);
+    let (_, end) = peer_read_to_end(&mut peer).await;
+    end.unwrap();
+    peer.shutdown_write();
+    recorder.wait_release_of(id).await;
+    assert_eq!(
+        closure_reason(&recorder.events_of(id)),
+        Some(ClosureReason::Unreferenced)
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_reset_ends_the_client_with_its_reason() {
     let (server, recorder) = embedded_manager().await;

@@ -339,6 +339,9 @@ impl Driver {
             // Nothing posted since the last take: only the handle count can have moved.
             None => self.life.on_quiet(mailbox.handles(), urgent_pending),
         }
+        if self.client.as_ref().is_some_and(ClientSink::is_gone) {
+            self.life.cancel_read();
+        }
     }
 
     async fn announce(&mut self, event: Event) {

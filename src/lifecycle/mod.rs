@@ -419,6 +419,12 @@ impl Lifecycle {
         })
     }
 
+    /// Whoever the reads were for is gone (an awaited client was dropped): a read request left
+    /// pending no longer counts, so the lifetime rule can close the connection.
+    pub(crate) fn cancel_read(&mut self) {
+        self.read_requested = false;
+    }
+
     /// The driver confirmed [`Action::ConfirmUnreferenced`]: no handle is left and none can be
     /// made, so the connection closes gracefully by itself.
     pub(crate) fn on_unreferenced(&mut self, now: impl Clock) {

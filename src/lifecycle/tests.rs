@@ -100,6 +100,16 @@ fn a_pending_read_keeps_the_connection_open_and_is_used_up_by_data() {
     );
 }
 
+/// A read whose reader is gone (`cancel_read`: an awaited client was dropped) keeps nothing open.
+#[test]
+fn a_cancelled_read_no_longer_keeps_the_connection_open() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    assert!(wait(&mut life, t0).read, "the read keeps it open");
+    life.cancel_read();
+    assert_eq!(life.next(t0), Action::ConfirmUnreferenced);
+}
+
 #[test]
 fn each_thing_pending_keeps_it_open_by_itself() {
     let t0 = Instant::now();
