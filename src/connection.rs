@@ -88,24 +88,43 @@ pub(crate) struct Shared {
     pub(crate) user_data: UserData,
     pub(crate) counters: ConnectionCounters,
     pub(crate) mailbox: Mailbox,
-    /// What the TLS handshake negotiated, once it has.
-    pub(crate) tls: OnceLock<Box<TlsInfo>>,
+    /// What the PROXY header and the TLS handshake told, once either did (boxed, one pointer for
+    /// both: most connections have neither).
+    pub(crate) told: OnceLock<Box<Told>>,
     /// Whether this is a TLS connection (negotiated or not yet).
     pub(crate) is_tls: bool,
-    /// The PROXY protocol header, once read (boxed: only connections behind a balancer have
-    /// one).
-    pub(crate) proxy: OnceLock<Box<ProxyHeader>>,
     /// The [groups](crate::ConnectionGroup) it joined, which it leaves when it closes.
     pub(crate) groups: Memberships,
+}
+
+/// What a connection learns before it is established, from its driver, each part set once.
+#[derive(Debug, Default)]
+pub(crate) struct Told {
+    /// The PROXY protocol header, once read.
+    pub(crate) proxy: OnceLock<ProxyHeader>,
+    /// What the TLS handshake negotiated, once it has.
+    pub(crate) tls: OnceLock<TlsInfo>,
 }
 
 impl Shared {
     /// The client: the source a PROXY header named, or else the socket's peer.
     pub(crate) fn peer(&self) -> SocketAddr {
-        self.proxy
-            .get()
+        self.proxy_header()
             .and_then(|header| header.source())
             .unwrap_or(self.peer_addr)
+    }
+
+    /// Where the driver records what the PROXY header and the handshake told.
+    pub(crate) fn told(&self) -> &Told {
+        self.told.get_or_init(Box::default)
+    }
+
+    pub(crate) fn proxy_header(&self) -> Option<&ProxyHeader> {
+        self.told.get()?.proxy.get()
+    }
+
+    pub(crate) fn tls_info(&self) -> Option<&TlsInfo> {
+        self.told.get()?.tls.get()
     }
 }
 
@@ -203,7 +222,7 @@ impl Connection {
     /// # }
     /// ```
     pub fn proxy_header(&self) -> Option<&ProxyHeader> {
-        self.shared.proxy.get().map(|header| &**header)
+        self.shared.proxy_header()
     }
 
     /// The local address.
@@ -225,7 +244,7 @@ impl Connection {
     /// before [`on_negotiation_complete`](crate::Callbacks::on_negotiation_complete) (that is,
     /// only in the failure callbacks of a handshake that did not finish).
     pub fn tls_info(&self) -> Option<&TlsInfo> {
-        self.shared.tls.get().map(|info| &**info)
+        self.shared.tls_info()
     }
 
     /// This connection's byte and operation counts so far.

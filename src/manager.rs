@@ -150,9 +150,8 @@ impl Manager {
             user_data,
             counters: ConnectionCounters::default(),
             mailbox: Mailbox::new(lifecycle.clone()),
-            tls: std::sync::OnceLock::new(),
+            told: std::sync::OnceLock::new(),
             is_tls: setup.secure.is_some(),
-            proxy: std::sync::OnceLock::new(),
             groups: Default::default(),
         });
         let registration = match self.registry.register(&shared, permit, live) {

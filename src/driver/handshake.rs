@@ -78,7 +78,7 @@ impl Driver {
             .record_tls_handshake_duration(started.elapsed());
         let info = TlsInfo::from_stream(side, stream.get_ref());
         self.transport = Transport::tls(stream);
-        let info = self.shared.tls.get_or_init(|| Box::new(info));
+        let info = self.shared.told().tls.get_or_init(|| info);
         let callbacks = self.context.invoker.callbacks();
         if !self
             .call(

@@ -76,7 +76,7 @@ impl Driver {
         };
         self.context.record_proxy_header_duration(started.elapsed());
         let client = header.source().unwrap_or(transport_peer);
-        let _ = self.shared.proxy.set(Box::new(header));
+        let _ = self.shared.told().proxy.set(header);
         if let Some(limit) = &proxied.per_ip {
             if !self.registration.take_peer_slot(limit, client.ip()) {
                 return Err(ClosureReason::PerIpLimit);

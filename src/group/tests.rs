@@ -22,9 +22,8 @@ fn established(id: u64) -> Arc<Shared> {
         user_data: UserData::new(&UserDataLayout::new()),
         counters: ConnectionCounters::default(),
         mailbox: Mailbox::new(Arc::new(config)),
-        tls: OnceLock::new(),
+        told: OnceLock::new(),
         is_tls: false,
-        proxy: OnceLock::new(),
         groups: Memberships::default(),
     });
     shared.mailbox.open_for_upgrades();
