@@ -13,7 +13,7 @@
 //! grows only in the driver, so neither side ever subtracts what the other added.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
@@ -82,8 +82,6 @@ pub(crate) struct Mailbox {
     posted: AtomicUsize,
     /// Bytes the driver has taken off the queue (written or dropped); written only by it.
     sent: AtomicUsize,
-    /// The queue is high (announced, not yet drained to the low mark); written only by the driver.
-    high: AtomicBool,
     /// Writers waiting for room: signalled when the queue drains to the low mark or below the
     /// limit, and when the connection closes. Made by the first writer that waits (most
     /// connections never have one).
@@ -100,7 +98,6 @@ impl Mailbox {
             signal: Signal::sealed(),
             posted: AtomicUsize::new(0),
             sent: AtomicUsize::new(0),
-            high: AtomicBool::new(false),
             room: OnceLock::new(),
             config,
         }
@@ -295,7 +292,7 @@ impl Mailbox {
         }
         let queued = self.level(&inbox);
         let high = queued >= self.config.limits.high
-            || (self.high.load(Ordering::Acquire) && queued > self.config.limits.low);
+            || (self.signal.is_high() && queued > self.config.limits.low);
         Ok(!high && queued < self.config.limits.limit)
     }
 
@@ -433,7 +430,7 @@ impl Mailbox {
     }
 
     pub(crate) fn publish_high(&self, high: bool) {
-        self.high.store(high, Ordering::Release);
+        self.signal.set_high(high);
         if !high {
             self.notify_room();
         }
@@ -467,7 +464,7 @@ impl Mailbox {
             .store(self.sent.load(Ordering::SeqCst), Ordering::SeqCst);
         let reason = inbox.abort.unwrap_or(reason);
         drop(inbox);
-        self.high.store(false, Ordering::Release);
+        self.signal.set_high(false);
         self.notify_room();
         reason
     }

@@ -18,7 +18,8 @@ use futures::task::AtomicWaker;
 /// it.
 ///
 /// The same word counts the application's handles (above [`HANDLE_SHIFT`]) and says whether
-/// weak handles may still be upgraded ([`SEALED`]). The lifetime rule closes a connection when no
+/// weak handles may still be upgraded ([`SEALED`]) and whether the write queue is high
+/// ([`HIGH`]). The lifetime rule closes a connection when no
 /// handle is left and nothing is pending; a [`WeakConnection`](crate::WeakConnection) upgraded
 /// at that moment must not get a handle to a connection the rule is closing. So the driver
 /// confirms the rule's decision by sealing the word only if it holds no handle and no untaken
@@ -43,8 +44,12 @@ pub(super) const INBOX: usize = 8;
 /// Weak handles can no longer be upgraded: the connection is not established yet, or it is
 /// closing (for any reason, the lifetime rule included).
 const SEALED: usize = 16;
+/// The write queue is high (announced, not yet drained to the low mark); written only by the
+/// driver, read by writers deciding whether to wait for room. Here rather than in a word of its
+/// own because every connection carries this word anyway.
+const HIGH: usize = 32;
 /// The application's counted handles are `state >> HANDLE_SHIFT`.
-const HANDLE_SHIFT: u32 = 5;
+const HANDLE_SHIFT: u32 = 6;
 /// One counted handle.
 const ONE_HANDLE: usize = 1 << HANDLE_SHIFT;
 /// A request posted and not yet taken.
@@ -157,6 +162,18 @@ impl Signal {
 
     pub(super) fn unseal(&self) {
         self.state.fetch_and(!SEALED, Ordering::AcqRel);
+    }
+
+    pub(super) fn set_high(&self, high: bool) {
+        if high {
+            self.state.fetch_or(HIGH, Ordering::AcqRel);
+        } else {
+            self.state.fetch_and(!HIGH, Ordering::AcqRel);
+        }
+    }
+
+    pub(super) fn is_high(&self) -> bool {
+        self.state.load(Ordering::Acquire) & HIGH != 0
     }
 
     pub(super) fn is_sealed(&self) -> bool {
