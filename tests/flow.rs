@@ -32,6 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+// These tests' embedded server (no listener: connect with `server.connect`).
+use common::start_recorded_embedded as start_embedded_with_hooks;
 #[cfg(target_os = "linux")]
 use switchboard::socket2::SockRef;
 use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
@@ -96,21 +98,6 @@ async fn start_embedded(
     configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
 ) -> (EmbeddedServer, Recorder) {
     start_embedded_with_hooks(behavior, Hooks::default(), configure).await
-}
-
-/// [`start_embedded`], with `hooks`.
-async fn start_embedded_with_hooks(
-    behavior: Behavior,
-    hooks: Hooks,
-    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
-) -> (EmbeddedServer, Recorder) {
-    let mut builder = Server::builder();
-    let flow = Recorder::with_hooks(&mut builder, behavior, hooks);
-    let server = configure(builder)
-        .start_embedded(flow.clone())
-        .await
-        .unwrap();
-    (server, flow)
 }
 
 /// A peer of the embedded server that reads nothing (its receive window is zero), once

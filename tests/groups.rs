@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+// These tests' embedded server (no listener: connect with `server.connect`).
+use common::start_recorded_embedded as start_embedded;
 use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
     Bytes, ClosureReason, Connection, ConnectionGroup, ConnectionId, Delivery, Server,
@@ -44,21 +46,6 @@ async fn start(
         .unwrap();
     let address = server.local_addr().unwrap();
     (server, recorder, address)
-}
-
-/// [`start`], embedded (`switchboard::testing`): no listener, no sockets.
-async fn start_embedded(
-    behavior: Behavior,
-    hooks: Hooks,
-    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
-) -> (EmbeddedServer, Recorder) {
-    let mut builder = Server::builder();
-    let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
-    let server = configure(builder)
-        .start_embedded(recorder.clone())
-        .await
-        .unwrap();
-    (server, recorder)
 }
 
 /// Hooks that insert every established connection into `group`.

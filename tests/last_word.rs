@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
-use switchboard::testing::EmbeddedServer;
+// These tests' embedded server (no listener: connect with `server.connect`).
+use common::start_recorded_embedded as start_embedded;
 use switchboard::{
     async_trait, AtLimit, Callbacks, ClosureReason, Connection, Server, ServerBuilder, WeakServer,
 };
@@ -25,21 +26,6 @@ async fn start(
     let mut builder = Server::builder().bind("127.0.0.1:0");
     let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
     let server = configure(builder).start(recorder.clone()).await.unwrap();
-    (server, recorder)
-}
-
-/// [`start`], embedded (`switchboard::testing`): no listener; connect with `server.connect`.
-async fn start_embedded(
-    behavior: Behavior,
-    hooks: Hooks,
-    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
-) -> (EmbeddedServer, Recorder) {
-    let mut builder = Server::builder();
-    let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
-    let server = configure(builder)
-        .start_embedded(recorder.clone())
-        .await
-        .unwrap();
     (server, recorder)
 }
 

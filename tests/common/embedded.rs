@@ -4,10 +4,27 @@
 use std::io;
 use std::net::SocketAddr;
 
-use switchboard::testing::EmbeddedPeer;
-use switchboard::ConnectionId;
+use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
+use switchboard::{ConnectionId, Server, ServerBuilder};
 
-use super::{Event, Recorder};
+use super::{Behavior, Event, Hooks, Recorder};
+
+/// An embedded server (`switchboard::testing`: no listener, no sockets; connect with
+/// `server.connect`) whose callbacks are a [`Recorder`] with `behavior` and `hooks`, with the
+/// settings `configure` makes.
+pub async fn start_recorded_embedded(
+    behavior: Behavior,
+    hooks: Hooks,
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (EmbeddedServer, Recorder) {
+    let mut builder = Server::builder();
+    let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
+    let server = configure(builder)
+        .start_embedded(recorder.clone())
+        .await
+        .unwrap();
+    (server, recorder)
+}
 
 /// A distinct address for embedded peer `n` (TEST-NET-1, nothing real).
 pub fn peer_addr(n: u16) -> SocketAddr {
