@@ -51,7 +51,7 @@ use tokio::task::JoinSet;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{server_cpu_seconds, server_thread};
+use common::{median, server_cpu_seconds, server_thread, thousands};
 
 const LOCALHOST: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 /// The raw room's channel: far more than the window, so that no member lags behind it.
@@ -364,33 +364,6 @@ async fn measure(address: SocketAddr, settings: &Settings) -> io::Result<Rate> {
     drop(speaker?);
     listeners.shutdown().await;
     Ok(rate)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reporting
-// ---------------------------------------------------------------------------------------------
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
-        (sorted[middle - 1] + sorted[middle]) / 2.0
-    } else {
-        sorted[middle]
-    }
-}
-
-fn thousands(value: f64) -> String {
-    let digits = format!("{value:.0}");
-    let mut out = String::new();
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
 }
 
 fn main() {

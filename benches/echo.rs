@@ -169,7 +169,7 @@ use tokio::task::JoinSet;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{server_cpu_seconds, server_thread, SERVER_THREAD};
+use common::{median, server_cpu_seconds, server_thread, thousands, SERVER_THREAD};
 use tokio_native_tls::{TlsAcceptor, TlsConnector, TlsStream};
 
 // ---------------------------------------------------------------------------------------------
@@ -1512,17 +1512,6 @@ fn required<T: std::str::FromStr>(args: &[String], flag: &str, mode: &str) -> T 
 // Reporting
 // ---------------------------------------------------------------------------------------------
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
-        (sorted[middle - 1] + sorted[middle]) / 2.0
-    } else {
-        sorted[middle]
-    }
-}
-
 /// One scenario's results, per round, for each server kind (indexed by [`Kind::index`]).
 struct Row {
     name: String,
@@ -1573,22 +1562,6 @@ impl Row {
             _ => f64::NAN,
         }
     }
-}
-
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value);
-    let (sign, digits) = match digits.strip_prefix('-') {
-        Some(rest) => ("-", rest),
-        None => ("", digits.as_str()),
-    };
-    let mut out = String::new();
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    format!("{sign}{out}")
 }
 
 fn rounds_list(row: &Row, values: &[f64]) -> String {

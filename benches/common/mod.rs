@@ -1,4 +1,5 @@
-//! What the benchmarks share: the server thread each server runs on, and the CPU time it used.
+//! What the benchmarks share: the server thread each server runs on, the CPU time it used, and
+//! the medians and number formats they report with.
 //! Included by each bench with `#[path]`; not a bench itself.
 
 use tokio::runtime::Handle;
@@ -55,4 +56,33 @@ pub(crate) fn server_cpu_seconds() -> f64 {
         ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
     }
     ticks as f64 / CLOCK_TICKS_PER_SECOND
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 0 {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
+}
+
+/// `value` rounded to a whole number, with thousands separated by commas.
+pub(crate) fn thousands(value: f64) -> String {
+    let digits = format!("{value:.0}");
+    let (sign, digits) = match digits.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", digits.as_str()),
+    };
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    format!("{sign}{out}")
 }
