@@ -644,15 +644,7 @@ impl ServerBuilder {
             .map(|listener| Arc::downgrade(&listener.listener))
             .collect::<Vec<_>>();
         let manager = self.into_manager(Box::new(callbacks));
-        let server = Server::new(manager.clone(), local_addrs.into(), handed_over.into());
-        let invoker = &manager.context.invoker;
-        invoker
-            .call(
-                "on_server_started",
-                None,
-                invoker.callbacks().on_server_started(&server),
-            )
-            .await;
+        let server = Server::started(manager.clone(), local_addrs.into(), handed_over.into()).await;
         if !listeners.is_empty() {
             let tasks = accept::start(manager.clone(), listeners);
             *manager

@@ -93,16 +93,27 @@ impl Server {
         ServerBuilder::new()
     }
 
-    pub(crate) fn new(
+    /// The handle of a server just made, after its
+    /// [`on_server_started`](crate::Callbacks::on_server_started) ran, before anything else of it.
+    pub(crate) async fn started(
         manager: Arc<Manager>,
         local_addrs: Arc<[SocketAddr]>,
         listeners: Arc<[Weak<TcpListener>]>,
     ) -> Self {
-        Server {
+        let server = Server {
             manager,
             local_addrs,
             listeners,
-        }
+        };
+        let invoker = &server.manager.context.invoker;
+        invoker
+            .call(
+                "on_server_started",
+                None,
+                invoker.callbacks().on_server_started(&server),
+            )
+            .await;
+        server
     }
 
     /// The server's shared state.

@@ -219,15 +219,7 @@ impl ServerBuilder {
     pub async fn start_embedded(self, callbacks: impl Callbacks) -> Result<EmbeddedServer, Error> {
         self.validate()?;
         let manager = self.into_manager(Box::new(callbacks));
-        let server = Server::new(manager.clone(), Arc::new([]), Arc::new([]));
-        let invoker = &manager.context.invoker;
-        invoker
-            .call(
-                "on_server_started",
-                None,
-                invoker.callbacks().on_server_started(&server),
-            )
-            .await;
+        let server = Server::started(manager, Arc::new([]), Arc::new([])).await;
         Ok(EmbeddedServer {
             server,
             local_addr: DEFAULT_LOCAL_ADDR,
