@@ -252,12 +252,5 @@ async fn run(options: Options) -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_options() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    common::run("chat", options.threads, run(options))
+    common::main("chat", parse_options, |options| options.threads, run)
 }

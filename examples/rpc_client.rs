@@ -270,12 +270,5 @@ struct Quiet;
 impl Callbacks for Quiet {}
 
 fn main() -> ExitCode {
-    let options = match parse_options() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    common::run("rpc_client", options.threads, run(options))
+    common::main("rpc_client", parse_options, |options| options.threads, run)
 }

@@ -1,5 +1,5 @@
-//! What the examples' `main`s do alike: print a line at once, and run the program on a runtime
-//! of the size asked for. Included by each example with `#[path]`; not an example itself.
+//! What the examples' `main`s do alike: parse the options, print a line at once, and run the
+//! program on a runtime of the size asked for. Included by each example with `#[path]`; not an example itself.
 // Each example uses only some of it.
 #![allow(dead_code)]
 
@@ -14,6 +14,24 @@ pub(crate) fn say(line: fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// A whole `main`: the options `parse` makes of the command line (on a usage error, its message
+/// on stderr and exit status 2), then `program` with them, [`run`] on the runtime size `threads`
+/// reads from them.
+pub(crate) fn main<O, E: fmt::Display, F: Future<Output = Result<(), E>>>(
+    name: &str,
+    parse: impl FnOnce() -> Result<O, String>,
+    threads: impl FnOnce(&O) -> Option<usize>,
+    program: impl FnOnce(O) -> F,
+) -> ExitCode {
+    match parse() {
+        Ok(options) => run(name, threads(&options), program(options)),
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Runs `program` on a tokio runtime with `threads` worker threads (one: a current-thread

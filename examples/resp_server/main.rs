@@ -162,12 +162,5 @@ fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_options() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    common::run("resp_server", options.threads, run(options))
+    common::main("resp_server", parse_options, |options| options.threads, run)
 }
