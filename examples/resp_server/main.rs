@@ -18,7 +18,6 @@
 //! A request that breaks the protocol gets redis-server's error reply (`-ERR Protocol error:
 //! ...`) and the connection is closed, as redis-server does.
 
-use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -117,8 +116,6 @@ fn parse_options() -> Result<Options, String> {
 }
 
 async fn run(options: Options) -> Result<(), Error> {
-    // Before the server starts, so that no signal meets the process without its handler.
-    let stop = stop_signal()?;
     let server = Server::builder()
         .bind(options.listen.as_str())
         .start_framed(
@@ -128,37 +125,16 @@ async fn run(options: Options) -> Result<(), Error> {
             .max_frame_length(MAX_BULK + 64 * 1024),
         )
         .await?;
+    // Before the address is printed, so that no signal meets the process without its handler.
+    let stopped = server.shutdown_on_signal()?;
     let address = server.local_addr().expect("one listener");
     say(format_args!("listening on {address}"));
-    stop.await;
-    let report = server.shutdown().await;
+    let report = stopped.await;
     say(format_args!(
         "shutdown complete graceful={} forced={} other={}",
         report.graceful, report.forced, report.other
     ));
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
-#[cfg(unix)]
-fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
-}
-
-#[cfg(not(unix))]
-fn stop_signal() -> io::Result<impl std::future::Future<Output = ()>> {
-    let mut ctrl_c = tokio::signal::windows::ctrl_c()?;
-    Ok(async move {
-        ctrl_c.recv().await;
-    })
 }
 
 fn main() -> ExitCode {
