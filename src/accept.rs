@@ -44,9 +44,10 @@ use tokio_native_tls::TlsAcceptor;
 
 use tokio::sync::mpsc;
 
+use crate::driver::transport::Transport;
 use crate::driver::{self, Proxied};
 use crate::limit::Permit;
-use crate::manager::{AcceptTasks, Manager};
+use crate::manager::{AcceptTasks, Addresses, Manager};
 use crate::proxy::ProxyProtocol;
 use crate::reserve::{is_out_of_descriptors, Reserve};
 use crate::shutdown::Phase;
@@ -522,11 +523,15 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
         acceptor,
         slots: manager.handshakes.clone(),
     });
+    // The listener knows it when bound to one address; otherwise the socket is asked.
+    let local = match local.map_or_else(|| stream.local_addr(), Ok) {
+        Ok(local) => local,
+        Err(error) => return tracing::debug!(%error, %peer, "accepted connection not taken"),
+    };
     let user_data = UserData::new(&manager.layout);
-    if let Err((_, error)) = manager.establish(
-        stream,
-        peer,
-        local,
+    if let Err((_, error)) = manager.register(
+        Transport::Plain(stream),
+        Addresses { peer, local },
         Direction::Inbound,
         user_data,
         driver::Setup {

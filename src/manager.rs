@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -82,48 +81,11 @@ impl Config {
 }
 
 impl Manager {
-    /// Registers a connected socket and starts its driver. Returns a counted handle when asked
-    /// for one (it exists before the driver runs, so the lifetime rule cannot close the
-    /// connection first). A `refuse`d connection is registered and runs only its closing events,
-    /// with that reason. On failure the user data comes back for release. `local_addr` is the
-    /// socket's, when the caller knows it; otherwise it is asked for.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn establish(
-        &self,
-        stream: TcpStream,
-        peer_addr: SocketAddr,
-        local_addr: Option<SocketAddr>,
-        direction: Direction,
-        user_data: UserData,
-        setup: Setup,
-        permit: Permit,
-        live: Live,
-        want_handle: bool,
-        refuse: Option<ClosureReason>,
-    ) -> Result<Option<Connection>, (UserData, Error)> {
-        let local_addr = match local_addr.map_or_else(|| stream.local_addr(), Ok) {
-            Ok(address) => address,
-            Err(error) => return Err((user_data, Error::Io(error))),
-        };
-        let (_, handle) = self.register(
-            Transport::Plain(stream),
-            Addresses {
-                peer: peer_addr,
-                local: local_addr,
-            },
-            direction,
-            user_data,
-            setup,
-            permit,
-            live,
-            want_handle,
-            refuse,
-        )?;
-        Ok(handle)
-    }
-
-    /// [`establish`](Manager::establish) over any transport, with its addresses; returns the
-    /// connection's id too.
+    /// Registers a connection over `transport` (a socket, TLS over it, or memory) and starts its
+    /// driver; returns its id, and a counted handle when asked for one (it exists before the
+    /// driver runs, so the lifetime rule cannot close the connection first). A `refuse`d
+    /// connection is registered and runs only its closing events, with that reason. On failure
+    /// the user data comes back for release.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn register(
         &self,
