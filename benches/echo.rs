@@ -98,7 +98,7 @@
 //!
 //! ```text
 //! benches/instructions.sh
-//! MESSAGES=20000 RUNS=2 CONNECTIONS="50 1000" KINDS="raw switchboard mio" benches/instructions.sh
+//! MESSAGES=20000 RUNS=2 CONNECTIONS="50 1000" KINDS="raw api switchboard mio" benches/instructions.sh
 //! ```
 //!
 //! It builds this bench in release, then for each kind and for 50 and 1,000 connections runs the
@@ -111,6 +111,12 @@
 //! the cost per message, so start-up, accepting and closing cancel out. It prints instructions
 //! per message for each kind and their ratio to raw tokio (`instructions ratio switchboard/raw
 //! x50: …`). Kernel work is not counted (the server CPU per message above includes it).
+//!
+//! A fourth server runs only there: the API floor (`--echo-server api`, `benches/api_floor`),
+//! raw tokio paying what switchboard's callback API costs by its shape (an owned buffer per read,
+//! a boxed `async-trait` future per callback under `catch_unwind`, a handle's mutex-guarded write
+//! queue) and nothing of its engine. The script prints switchboard's ratio to it as well
+//! (`instructions ratio switchboard/api x50: …`): what the engine costs above the API.
 //!
 //! Under valgrind the tokio-based servers are the slow side, so every `epoll_wait` finds all
 //! connections ready, as on a saturated server, and their counts repeat to within 0.1–2%. The
@@ -166,6 +172,7 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+mod api_floor;
 #[path = "common/mod.rs"]
 mod common;
 
@@ -1386,19 +1393,27 @@ fn memory_round(kind: Kind, connections: usize) -> Result<Idle, String> {
 // Instruction counts: one server in the foreground, driven by a client process
 // ---------------------------------------------------------------------------------------------
 
+/// A server the instruction count can run in the foreground: a kind of the benchmark, or the
+/// API floor (`api`; see `benches/api_floor`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Foreground {
+    Kind(Kind),
+    ApiFloor,
+}
+
 /// `--echo-server KIND --connections C`: one plain server of `kind` on this (main) thread alone,
 /// announced on stdout as `listening on ADDRESS`, until `connections` connections have come and
 /// gone. Then it returns, so the process exits normally and a tool it runs under (cachegrind)
 /// writes its totals; no signal handling is needed, and the end comes at the same point of the
 /// work in every run.
-fn foreground_server(kind: Kind, connections: usize) {
+fn foreground_server(kind: Foreground, connections: usize) {
     let tally = Tally::new(connections);
     let announce = |address: SocketAddr| {
         let mut stdout = io::stdout().lock();
         writeln!(stdout, "listening on {address}").expect("write to stdout");
         stdout.flush().expect("flush stdout");
     };
-    if kind == Kind::Mio {
+    if kind == Foreground::Kind(Kind::Mio) {
         let listener = mio_listener();
         announce(listener.local_addr().expect("mio listens"));
         mio_serve(listener, &tally).expect("the mio server's poll");
@@ -1410,7 +1425,7 @@ fn foreground_server(kind: Kind, connections: usize) {
         .expect("build the server runtime");
     runtime.block_on(async {
         match kind {
-            Kind::Switchboard => {
+            Foreground::Kind(Kind::Switchboard) => {
                 let server = start_switchboard(None, tally.clone())
                     .await
                     .expect("start the switchboard server");
@@ -1418,15 +1433,19 @@ fn foreground_server(kind: Kind, connections: usize) {
                 tally.done.notified().await;
                 server.shutdown().await;
             }
-            Kind::Raw => {
+            Foreground::Kind(Kind::Raw) | Foreground::ApiFloor => {
                 let listener =
                     TcpListener::from_std(std_listener()).expect("the raw tokio listener");
                 announce(listener.local_addr().expect("raw tokio listens"));
-                let accept = tokio::spawn(raw_accept_loop(listener, tally.clone()));
+                let accept = if kind == Foreground::ApiFloor {
+                    tokio::spawn(api_floor::accept_loop(listener, tally.clone()))
+                } else {
+                    tokio::spawn(raw_accept_loop(listener, tally.clone()))
+                };
                 tally.done.notified().await;
                 accept.abort();
             }
-            Kind::Mio => unreachable!("served above"),
+            Foreground::Kind(Kind::Mio) => unreachable!("served above"),
         }
     });
 }
@@ -1483,7 +1502,7 @@ const USAGE: &str = "\
 usage: echo [--quick] [--only SCENARIO,...] [--max-connections N]
                 the benchmark (cargo bench --bench echo -- ...); scenarios: echo, churn, tls,
                 idle, max-connections (all by default)
-       echo --echo-server switchboard|raw|mio --connections C
+       echo --echo-server switchboard|raw|mio|api --connections C
        echo --echo-client ADDRESS --connections C --messages M [--size BYTES]
        echo --memory-server switchboard|raw|mio     (started by the benchmark itself)";
 
@@ -1837,12 +1856,18 @@ fn main() {
         memory_server(kind);
         return;
     }
-    if let Some(kind) = option(&args, "--echo-server") {
+    if let Some(kind) = option::<String>(&args, "--echo-server") {
         let connections: usize = required(&args, "--connections", "--echo-server");
         if connections == 0 {
             usage_error("--connections must be at least 1");
         }
-        foreground_server(kind, connections);
+        match kind.as_str() {
+            "api" => foreground_server(Foreground::ApiFloor, connections),
+            kind => match kind.parse() {
+                Ok(kind) => foreground_server(Foreground::Kind(kind), connections),
+                Err(()) => usage_error(&format!("unknown server kind {kind:?}")),
+            },
+        }
         return;
     }
     if let Some(address) = option(&args, "--echo-client") {

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # User-space instructions per echoed 64 B message, counted by valgrind's cachegrind, for the
-# switchboard, raw tokio and mio echo servers of benches/echo.rs, at 50 and 1,000 connections.
+# switchboard, raw tokio and mio echo servers of benches/echo.rs and the API floor
+# (benches/api_floor: raw tokio paying what switchboard's callback API costs by its shape, the
+# owned read buffer, the boxed callback futures, the handle's write queue), at 50 and 1,000
+# connections. Ratios are to raw tokio, and switchboard's to the API floor too: what its engine
+# costs above what any engine offering the same callbacks must pay.
 #
 #   benches/instructions.sh                      # 200,000 messages per run, one run each
 #   MESSAGES=20000 RUNS=2 benches/instructions.sh
-#   CONNECTIONS="50" KINDS="raw switchboard" benches/instructions.sh
+#   CONNECTIONS="50" KINDS="raw api switchboard" benches/instructions.sh
 #
 # Each server runs alone under `valgrind --tool=cachegrind --cache-sim=no` on one thread
 # (`echo --echo-server KIND --connections C`); the same executable drives it from outside
@@ -26,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 messages=${MESSAGES:-200000}
 connection_counts=${CONNECTIONS:-"50 1000"}
-kinds=${KINDS:-"raw switchboard mio"}
+kinds=${KINDS:-"raw api switchboard mio"}
 runs=${RUNS:-1}
 size=64
 
@@ -114,5 +118,9 @@ for connections in $connection_counts; do
         "$(awk -v a="${median[$kind]}" -v b="${median[raw]}" 'BEGIN { printf "%.2f", a / b }')"
     fi
   done
+  if [ -n "${median[switchboard]:-}" ] && [ -n "${median[api]:-}" ]; then
+    printf 'instructions ratio switchboard/api x%s: %s\n' "$connections" \
+      "$(awk -v a="${median[switchboard]}" -v b="${median[api]}" 'BEGIN { printf "%.2f", a / b }')"
+  fi
   unset median
 done

@@ -1,0 +1,145 @@
+//! The API floor (`echo --echo-server api`): raw tokio paying what switchboard's callback API
+//! costs by its shape, and nothing of its engine.
+//!
+//! Any engine that offers these callbacks pays at least this per message, whatever its rules:
+//! - each read is copied from the connection's buffer into a [`BytesMut`] of its own size, which
+//!   the callback owns (switchboard copies from a per-thread buffer, so an idle connection holds
+//!   none);
+//! - callbacks are `#[async_trait]` methods called through an `Arc<dyn …>`: one boxed future per
+//!   call, polled under `catch_unwind` (a panicking callback must not take the server down);
+//! - `on_write_completed`'s default returns a boxed zero-sized future (no allocation), as
+//!   switchboard's does;
+//! - the handle is an `Arc` shared with the connection's task: writes go to a mutex-guarded
+//!   `Vec<Bytes>` with an atomic queue level, a read request is an atomic flag;
+//! - the task swaps the queued buffers out (keeping both vectors' capacity), `write_all`s each,
+//!   hands it to `on_write_completed`, which drops it.
+//!
+//! It has none of the lifetime rule, closure reasons, timeouts, watermarks, flow control,
+//! counters, abort, shutdown or wake-ups from other tasks. What switchboard costs above this is
+//! its engine; what this costs above raw tokio is the API. Used by the instruction count only
+//! (`benches/instructions.sh`): its server CPU is within this machine's noise of raw tokio's.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt as _;
+use switchboard::{async_trait, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{raw_accept, Tally};
+
+/// What a handle shares with its connection's task.
+struct Shared {
+    writes: Mutex<Vec<Bytes>>,
+    /// Bytes queued and not yet written.
+    queued: AtomicUsize,
+    read_requested: AtomicBool,
+}
+
+/// The handle the callbacks get.
+struct Handle(Arc<Shared>);
+
+impl Handle {
+    fn write(&self, data: Bytes) {
+        self.0.queued.fetch_add(data.len(), Ordering::AcqRel);
+        self.0
+            .writes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(data);
+    }
+
+    fn read(&self) {
+        self.0.read_requested.store(true, Ordering::Release);
+    }
+}
+
+type Callback<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+#[async_trait]
+trait Callbacks: Send + Sync + 'static {
+    async fn on_read_completed(&self, handle: &Handle, data: BytesMut);
+
+    /// Written out as `#[async_trait]` would expand it, returning a zero-sized future:
+    /// switchboard's default does the same.
+    fn on_write_completed<'a, 'b, 'c>(&'a self, _handle: &'b Handle, _data: Bytes) -> Callback<'c>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// The echo of `benches/echo.rs`'s switchboard server: write the buffer back, read again.
+struct Echo;
+
+#[async_trait]
+impl Callbacks for Echo {
+    async fn on_read_completed(&self, handle: &Handle, data: BytesMut) {
+        handle.write(data.freeze());
+        handle.read();
+    }
+}
+
+/// Runs one connection until its end of stream, an error or a callback's panic.
+async fn serve(mut stream: TcpStream, callbacks: &dyn Callbacks) {
+    let handle = Handle(Arc::new(Shared {
+        writes: Mutex::new(Vec::new()),
+        queued: AtomicUsize::new(0),
+        read_requested: AtomicBool::new(true),
+    }));
+    let mut buffer = vec![0_u8; 8192];
+    let mut writing = Vec::new();
+    loop {
+        std::mem::swap(
+            &mut writing,
+            &mut *handle
+                .0
+                .writes
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for data in writing.drain(..) {
+            if stream.write_all(&data).await.is_err() {
+                return;
+            }
+            handle.0.queued.fetch_sub(data.len(), Ordering::AcqRel);
+            let completed = callbacks.on_write_completed(&handle, data);
+            if AssertUnwindSafe(completed).catch_unwind().await.is_err() {
+                return;
+            }
+        }
+        if !handle.0.read_requested.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let read = match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let completed = callbacks.on_read_completed(&handle, BytesMut::from(&buffer[..read]));
+        if AssertUnwindSafe(completed).catch_unwind().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The accept loop, as raw tokio's: a task per connection, counted in `tally`.
+pub(crate) async fn accept_loop(listener: TcpListener, tally: Arc<Tally>) {
+    let callbacks: Arc<dyn Callbacks> = Arc::new(Echo);
+    loop {
+        let stream = raw_accept(&listener).await;
+        let callbacks = callbacks.clone();
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            tally.opened();
+            serve(stream, &*callbacks).await;
+            tally.closed();
+        });
+    }
+}
