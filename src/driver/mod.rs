@@ -288,31 +288,49 @@ impl Driver {
                         Poll::Pending => self.life.on_fin_blocked(),
                     }
                 }
-                Action::Wait(interest) => match self.wait(interest).await {
-                    // The two wakes of every message are handled here, so that the task carries
-                    // no future beyond the callback's (it is as large as its largest await).
-                    Wake::Read(Ok(data)) if !data.is_empty() => {
-                        let outcome = ReadOutcome::Data(data.len());
-                        if self.life.on_read(outcome, &LazyNow::default()) == ReadVerdict::Deliver {
-                            self.count_read(data.len());
-                            if let Some(client) = &self.client {
-                                client.deliver(data);
-                            } else {
-                                let callbacks = self.context.invoker.callbacks();
-                                let callback = callbacks.on_read_completed(&self.connection, data);
-                                if !self.call("on_read_completed", callback).await {
-                                    self.life.end(ClosureReason::CallbackPanic);
+                Action::Wait(interest) => {
+                    // Waited here rather than in an `async fn`: one state machine less per
+                    // wait.
+                    self.timer.arm(interest.deadline);
+                    let wake = if self.urgent.watch(interest.urgent, self.transport.tcp()) {
+                        // Boxed: only connections that asked for urgent data carry this
+                        // wait's state.
+                        Box::pin(self.wait_with_urgent(interest)).await
+                    } else {
+                        poll_fn(|cx| self.poll_wake(cx, interest)).await
+                    };
+                    self.shared.mailbox.unpark();
+                    match wake {
+                        // The two wakes of every message are handled here, so that the task
+                        // carries no future beyond the callback's (it is as large as its
+                        // largest await).
+                        Wake::Read(Ok(data)) if !data.is_empty() => {
+                            let outcome = ReadOutcome::Data(data.len());
+                            if self.life.on_read(outcome, &LazyNow::default())
+                                == ReadVerdict::Deliver
+                            {
+                                self.count_read(data.len());
+                                if let Some(client) = &self.client {
+                                    client.deliver(data);
+                                } else {
+                                    let callbacks = self.context.invoker.callbacks();
+                                    let callback =
+                                        callbacks.on_read_completed(&self.connection, data);
+                                    if !self.call("on_read_completed", callback).await {
+                                        self.life.end(ClosureReason::CallbackPanic);
+                                    }
                                 }
                             }
                         }
+                        Wake::Wrote(Ok(sent)) if sent > 0 => self.written(sent).await,
+                        Wake::Posted | Wake::UrgentRoom => {}
+                        Wake::Deadline => self.life.on_deadline(Instant::now()),
+                        Wake::FinSent(sent) => self.fin_sent(sent),
+                        // Boxed: the rest come once per connection (the peer's FIN), or on
+                        // errors.
+                        wake => Box::pin(self.woken(wake)).await,
                     }
-                    Wake::Wrote(Ok(sent)) if sent > 0 => self.written(sent).await,
-                    Wake::Posted | Wake::UrgentRoom => {}
-                    Wake::Deadline => self.life.on_deadline(Instant::now()),
-                    Wake::FinSent(sent) => self.fin_sent(sent),
-                    // Boxed: the rest come once per connection (the peer's FIN), or on errors.
-                    wake => Box::pin(self.woken(wake)).await,
-                },
+                }
             }
         }
     }
@@ -376,20 +394,6 @@ impl Driver {
         if !survived {
             self.life.end(ClosureReason::CallbackPanic);
         }
-    }
-
-    /// Waits for what `interest` names, or a request from a handle.
-    async fn wait(&mut self, interest: Interest) -> Wake {
-        self.timer.arm(interest.deadline);
-        let watching = self.urgent.watch(interest.urgent, self.transport.tcp());
-        let wake = if watching {
-            // Boxed: only connections that asked for urgent data carry this wait's state.
-            Box::pin(self.wait_with_urgent(interest)).await
-        } else {
-            poll_fn(|cx| self.poll_wake(cx, interest)).await
-        };
-        self.shared.mailbox.unpark();
-        wake
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]

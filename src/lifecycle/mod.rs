@@ -150,7 +150,7 @@ pub(crate) enum Action {
 }
 
 /// What handles posted since the driver last looked (see `mailbox`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Requests {
     pub(crate) read: bool,
     /// Bytes newly queued for writing.
@@ -168,8 +168,9 @@ pub(crate) struct Requests {
     pub(crate) close: Option<ClosureReason>,
     pub(crate) abort: Option<ClosureReason>,
     pub(crate) shutdown_notice: bool,
-    /// The application changed the timeouts.
-    pub(crate) timeouts: Option<Timeouts>,
+    /// The application changed the timeouts (boxed: rare, and it keeps this small, as it is
+    /// taken twice per message).
+    pub(crate) timeouts: Option<Box<Timeouts>>,
     /// Counted [`Connection`](crate::Connection) handles the application holds.
     pub(crate) handles: usize,
 }
@@ -322,7 +323,7 @@ impl Lifecycle {
                 self.clock.last_activity = now.now();
             }
             self.timed = timed(&self.config, &timeouts);
-            self.timeouts = (timeouts != self.config.timeouts).then(|| Box::new(timeouts));
+            self.timeouts = (*timeouts != self.config.timeouts).then_some(timeouts);
         }
         self.shutdown_notice |= requests.shutdown_notice;
         self.shutdown_write |= requests.shutdown_write;

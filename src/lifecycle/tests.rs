@@ -495,10 +495,10 @@ fn turning_the_idle_timeout_on_counts_from_then() {
     let t1 = t0 + Duration::from_secs(10);
     life.on_requests(
         requests(|r| {
-            r.timeouts = Some(Timeouts {
+            r.timeouts = Some(Box::new(Timeouts {
                 idle: Some(Duration::from_secs(1)),
                 ..Timeouts::default()
-            })
+            }))
         }),
         t1,
     );
