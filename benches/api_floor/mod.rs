@@ -72,7 +72,19 @@ trait Callbacks: Send + Sync + 'static {
         'b: 'c,
         Self: 'c,
     {
-        Box::pin(std::future::ready(()))
+        Box::pin(Done)
+    }
+}
+
+/// A future that is ready at once and holds nothing: boxing it allocates nothing (unlike
+/// `std::future::Ready<()>`, which holds an `Option<()>`).
+struct Done;
+
+impl Future for Done {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Ready(())
     }
 }
 
