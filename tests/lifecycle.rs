@@ -1188,6 +1188,36 @@ async fn reads_never_exceed_the_read_buffer_size() {
     server.shutdown().await;
 }
 
+/// The same over a real socket, on both sides of the 8 KiB up to which a plain read lands in a
+/// buffer on the stack (above it, in a per-thread one): every byte comes back, in order, and no
+/// read is larger than the buffer size.
+#[tokio::test]
+async fn socket_reads_never_exceed_the_read_buffer_size_either_side_of_the_stack_buffer() {
+    for buffer in [100, 8 * KIB, 8 * KIB + 1, 64 * KIB] {
+        let mut builder = Server::builder().bind(LOCAL).read_buffer_size(buffer);
+        let recorder = Recorder::new(&mut builder);
+        let server = builder.start(recorder.clone()).await.unwrap();
+        let mut stream = client(server.local_addr().unwrap()).await;
+        let message = pattern(buffer as u64, 256 * KIB);
+        let reply = echo_round_trip(&mut stream, &message).await;
+        assert!(reply == message, "buffer {buffer}: other bytes came back");
+        drop(stream);
+        recorder.wait_released(1).await;
+        let id = recorder.established()[0];
+        let reads = lengths_read(&recorder.events_of(id));
+        assert!(
+            reads.iter().all(|&n| n <= buffer),
+            "buffer {buffer}: {reads:?}"
+        );
+        assert_eq!(
+            reads.iter().sum::<usize>(),
+            message.len(),
+            "buffer {buffer}"
+        );
+        server.shutdown().await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A thousand connections.
 
