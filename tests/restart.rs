@@ -93,10 +93,26 @@ async fn three_hand_offs_under_load_lose_no_connection() {
 
 /// Puts a shell script with `body` at `path` (a new file: the running program's file, if one
 /// was there, stays as it is for the process running it).
-fn install_script(path: &Path, body: &str) {
+/// Puts a new file at `path`, a copy of `source` made by `cp`, so that no process of this test
+/// ever holds the file open for writing. If one did, another test thread forking at that moment
+/// would hand its child that descriptor until the child's `exec`, and executing the file
+/// meanwhile would fail with `ETXTBSY` ("Text file busy", seen in CI).
+fn install_copy(source: &Path, path: &Path) {
     let _ = std::fs::remove_file(path);
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let status = std::process::Command::new("cp")
+        .arg(source)
+        .arg(path)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cp {source:?} {path:?}: {status}");
+}
+
+/// Puts a shell script with `body` at `path` (through [`install_copy`]).
+fn install_script(path: &Path, body: &str) {
+    let staging = path.with_extension("script");
+    std::fs::write(&staging, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).unwrap();
+    install_copy(&staging, path);
 }
 
 #[tokio::test]
@@ -108,7 +124,7 @@ async fn failed_hand_offs_leave_the_old_process_serving() {
         std::env::temp_dir().join(format!("switchboard-restart-{}", std::process::id()));
     std::fs::create_dir_all(&directory).unwrap();
     let binary = directory.join("echo_server");
-    std::fs::copy(example_binary("echo_server"), &binary).unwrap();
+    install_copy(&example_binary("echo_server"), &binary);
     let mut command = std::process::Command::new(&binary);
     command.args(["--listen", "127.0.0.1:0", "--upgrade-timeout", "1"]);
     let mut server = EchoServer::spawn(command);
@@ -146,8 +162,7 @@ async fn failed_hand_offs_leave_the_old_process_serving() {
     assert_eq!(server.pid(), pid);
     assert!(server.log.after("upgrade ready").is_empty());
 
-    let _ = std::fs::remove_file(&binary);
-    std::fs::copy(example_binary("echo_server"), &binary).unwrap();
+    install_copy(&example_binary("echo_server"), &binary);
     let (mut server, hand_off) = blocking(move || {
         let hand_off = server.hand_off();
         (server, hand_off)
