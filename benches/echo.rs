@@ -98,7 +98,7 @@
 //!
 //! ```text
 //! benches/instructions.sh
-//! MESSAGES=20000 RUNS=2 CONNECTIONS="50 1000" KINDS="raw api switchboard mio" benches/instructions.sh
+//! MESSAGES=20000 RUNS=2 CONNECTIONS="50 1000" KINDS="raw api switchboard" benches/instructions.sh
 //! ```
 //!
 //! It builds this bench in release, then for each kind and for 50 and 1,000 connections runs the
@@ -112,11 +112,13 @@
 //! per message for each kind and their ratio to raw tokio (`instructions ratio switchboard/raw
 //! x50: …`). Kernel work is not counted (the server CPU per message above includes it).
 //!
-//! A fourth server runs only there: the API floor (`--echo-server api`, `benches/api_floor`),
+//! Two more servers run only there: the API floor (`--echo-server api`, `benches/api_floor`),
 //! raw tokio paying what switchboard's callback API costs by its shape (an owned buffer per read,
 //! a boxed `async-trait` future per callback under `catch_unwind`, a handle's mutex-guarded write
-//! queue) and nothing of its engine. The script prints switchboard's ratio to it as well
-//! (`instructions ratio switchboard/api x50: …`): what the engine costs above the API.
+//! queue) and nothing of its engine; and the same with the callbacks as native `async fn`s in a
+//! trait called with static dispatch (`api-static`: no boxed futures, which is not switchboard's
+//! API). The script prints switchboard's ratio to the floor as well (`instructions ratio
+//! switchboard/api x50: …`): what the engine costs above the API.
 //!
 //! Under valgrind the tokio-based servers are the slow side, so every `epoll_wait` finds all
 //! connections ready, as on a saturated server, and their counts repeat to within 0.1–2%. The
@@ -1394,11 +1396,11 @@ fn memory_round(kind: Kind, connections: usize) -> Result<Idle, String> {
 // ---------------------------------------------------------------------------------------------
 
 /// A server the instruction count can run in the foreground: a kind of the benchmark, or the
-/// API floor (`api`; see `benches/api_floor`).
+/// API floor (`api`, or `api-static` without boxed callback futures; see `benches/api_floor`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Foreground {
     Kind(Kind),
-    ApiFloor,
+    ApiFloor { boxed: bool },
 }
 
 /// `--echo-server KIND --connections C`: one plain server of `kind` on this (main) thread alone,
@@ -1433,14 +1435,15 @@ fn foreground_server(kind: Foreground, connections: usize) {
                 tally.done.notified().await;
                 server.shutdown().await;
             }
-            Foreground::Kind(Kind::Raw) | Foreground::ApiFloor => {
+            Foreground::Kind(Kind::Raw) | Foreground::ApiFloor { .. } => {
                 let listener =
                     TcpListener::from_std(std_listener()).expect("the raw tokio listener");
                 announce(listener.local_addr().expect("raw tokio listens"));
-                let accept = if kind == Foreground::ApiFloor {
-                    tokio::spawn(api_floor::accept_loop(listener, tally.clone()))
-                } else {
-                    tokio::spawn(raw_accept_loop(listener, tally.clone()))
+                let accept = match kind {
+                    Foreground::ApiFloor { boxed } => {
+                        tokio::spawn(api_floor::accept_loop(listener, tally.clone(), boxed))
+                    }
+                    _ => tokio::spawn(raw_accept_loop(listener, tally.clone())),
                 };
                 tally.done.notified().await;
                 accept.abort();
@@ -1502,7 +1505,7 @@ const USAGE: &str = "\
 usage: echo [--quick] [--only SCENARIO,...] [--max-connections N]
                 the benchmark (cargo bench --bench echo -- ...); scenarios: echo, churn, tls,
                 idle, max-connections (all by default)
-       echo --echo-server switchboard|raw|mio|api --connections C
+       echo --echo-server switchboard|raw|mio|api|api-static --connections C
        echo --echo-client ADDRESS --connections C --messages M [--size BYTES]
        echo --memory-server switchboard|raw|mio     (started by the benchmark itself)";
 
@@ -1862,7 +1865,8 @@ fn main() {
             usage_error("--connections must be at least 1");
         }
         match kind.as_str() {
-            "api" => foreground_server(Foreground::ApiFloor, connections),
+            "api" => foreground_server(Foreground::ApiFloor { boxed: true }, connections),
+            "api-static" => foreground_server(Foreground::ApiFloor { boxed: false }, connections),
             kind => match kind.parse() {
                 Ok(kind) => foreground_server(Foreground::Kind(kind), connections),
                 Err(()) => usage_error(&format!("unknown server kind {kind:?}")),

@@ -2,9 +2,10 @@
 # User-space instructions per echoed 64 B message, counted by valgrind's cachegrind, for the
 # switchboard, raw tokio and mio echo servers of benches/echo.rs and the API floor
 # (benches/api_floor: raw tokio paying what switchboard's callback API costs by its shape, the
-# owned read buffer, the boxed callback futures, the handle's write queue), at 50 and 1,000
-# connections. Ratios are to raw tokio, and switchboard's to the API floor too: what its engine
-# costs above what any engine offering the same callbacks must pay.
+# owned read buffer, the boxed callback futures, the handle's write queue; and api-static, the
+# same without boxed futures), at 50 and 1,000 connections. Ratios are to raw tokio, and
+# switchboard's to the API floor too: what its engine costs above what any engine offering the
+# same callbacks must pay.
 #
 #   benches/instructions.sh                      # 200,000 messages per run, one run each
 #   MESSAGES=20000 RUNS=2 benches/instructions.sh
@@ -30,7 +31,7 @@ cd "$(dirname "$0")/.."
 
 messages=${MESSAGES:-200000}
 connection_counts=${CONNECTIONS:-"50 1000"}
-kinds=${KINDS:-"raw api switchboard mio"}
+kinds=${KINDS:-"raw api api-static switchboard mio"}
 runs=${RUNS:-1}
 size=64
 

@@ -14,6 +14,10 @@
 //! - the task swaps the queued buffers out (keeping both vectors' capacity), `write_all`s each,
 //!   hands it to `on_write_completed`, which drops it.
 //!
+//! `--echo-server api-static` runs the same loop with the callbacks as native `async fn`s in a
+//! trait, called with static dispatch (no boxed future): what the API would cost without
+//! `async-trait`'s boxing, which switchboard's design card fixes.
+//!
 //! It has none of the lifetime rule, closure reasons, timeouts, watermarks, flow control,
 //! counters, abort, shutdown or wake-ups from other tasks. What switchboard costs above this is
 //! its engine; what this costs above raw tokio is the API. Used by the instruction count only
@@ -88,19 +92,72 @@ impl Future for Done {
     }
 }
 
+/// The same callbacks as native `async fn`s in a trait, called with static dispatch: no boxed
+/// future (`--echo-server api-static`). Not switchboard's API (its design card has
+/// `async-trait` and one `dyn` trait); measured to show what that choice costs.
+trait StaticCallbacks: Send + Sync + 'static {
+    fn on_read_completed<'a>(
+        &'a self,
+        handle: &'a Handle,
+        data: BytesMut,
+    ) -> impl Future<Output = ()> + Send + 'a;
+
+    fn on_write_completed<'a>(
+        &'a self,
+        _handle: &'a Handle,
+        _data: Bytes,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        async {}
+    }
+}
+
+/// The `async-trait` callbacks behind the static interface: each call returns the boxed
+/// future, as switchboard's engine gets it.
+struct Boxed(Arc<dyn Callbacks>);
+
+impl StaticCallbacks for Boxed {
+    fn on_read_completed<'a>(
+        &'a self,
+        handle: &'a Handle,
+        data: BytesMut,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        self.0.on_read_completed(handle, data)
+    }
+
+    fn on_write_completed<'a>(
+        &'a self,
+        handle: &'a Handle,
+        data: Bytes,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        self.0.on_write_completed(handle, data)
+    }
+}
+
 /// The echo of `benches/echo.rs`'s switchboard server: write the buffer back, read again.
 struct Echo;
 
-#[async_trait]
-impl Callbacks for Echo {
-    async fn on_read_completed(&self, handle: &Handle, data: BytesMut) {
+impl Echo {
+    fn echo(handle: &Handle, data: BytesMut) {
         handle.write(data.freeze());
         handle.read();
     }
 }
 
+#[async_trait]
+impl Callbacks for Echo {
+    async fn on_read_completed(&self, handle: &Handle, data: BytesMut) {
+        Echo::echo(handle, data);
+    }
+}
+
+impl StaticCallbacks for Echo {
+    async fn on_read_completed(&self, handle: &Handle, data: BytesMut) {
+        Echo::echo(handle, data);
+    }
+}
+
 /// Runs one connection until its end of stream, an error or a callback's panic.
-async fn serve(mut stream: TcpStream, callbacks: &dyn Callbacks) {
+async fn serve<C: StaticCallbacks>(mut stream: TcpStream, callbacks: &C) {
     let handle = Handle(Arc::new(Shared {
         writes: Mutex::new(Vec::new()),
         queued: AtomicUsize::new(0),
@@ -141,16 +198,21 @@ async fn serve(mut stream: TcpStream, callbacks: &dyn Callbacks) {
     }
 }
 
-/// The accept loop, as raw tokio's: a task per connection, counted in `tally`.
-pub(crate) async fn accept_loop(listener: TcpListener, tally: Arc<Tally>) {
+/// The accept loop, as raw tokio's: a task per connection, counted in `tally`. The callbacks are
+/// `async-trait`'s boxed ones, or with `boxed` false the static ones.
+pub(crate) async fn accept_loop(listener: TcpListener, tally: Arc<Tally>, boxed: bool) {
     let callbacks: Arc<dyn Callbacks> = Arc::new(Echo);
     loop {
         let stream = raw_accept(&listener).await;
-        let callbacks = callbacks.clone();
+        let callbacks = Boxed(callbacks.clone());
         let tally = tally.clone();
         tokio::spawn(async move {
             tally.opened();
-            serve(stream, &*callbacks).await;
+            if boxed {
+                serve(stream, &callbacks).await;
+            } else {
+                serve(stream, &Echo).await;
+            }
             tally.closed();
         });
     }
