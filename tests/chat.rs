@@ -75,9 +75,14 @@ async fn read_line(lines: &mut Lines<BufReader<OwnedReadHalf>>, name: &str) -> O
 }
 
 /// Two clients that have joined, `first` and `second` (whose `NICK` line ends in `\r\n`, as
-/// telnet's do). Which of the two `NICK`s the server takes first is not known (each connection
-/// has a task of its own), so exactly one of them hears of the other: once it has, both are in
-/// the room.
+/// telnet's do), with nothing left unread.
+///
+/// Which of the two `NICK`s the server takes first is not known: each connection has a task of
+/// its own, on either of the server's threads. So one of the two hears of the other, or both do
+/// when their joins overlap (each enters the room before the other announces itself). Once
+/// either has heard, both are in the room; each then says `ready`, which reaches the other after
+/// its own join line if that was sent (a client's lines go out in order), so reading up to it
+/// drains what the first wait did not.
 async fn joined_pair(address: SocketAddr, first: &str, second: &str) -> Vec<ChatClient> {
     let mut one = ChatClient::join(address, first).await;
     let mut two = ChatClient::connect(address, second).await;
@@ -88,6 +93,20 @@ async fn joined_pair(address: SocketAddr, first: &str, second: &str) -> Vec<Chat
     tokio::select! {
         heard = one.line() => assert_eq!(heard, Some(format!("* {second} joined"))),
         heard = two.line() => assert_eq!(heard, Some(format!("* {first} joined"))),
+    }
+    one.send("ready").await;
+    two.send("ready").await;
+    for (client, other) in [(&mut one, second), (&mut two, first)] {
+        let mut line = client.line().await;
+        if line == Some(format!("* {other} joined")) {
+            line = client.line().await;
+        }
+        assert_eq!(
+            line,
+            Some(format!("{other}: ready")),
+            "what {} read",
+            client.name
+        );
     }
     vec![one, two]
 }
