@@ -158,6 +158,26 @@ impl Driver {
         }
     }
 
+    /// An urgent byte was taken from the socket: delivered if the application asked for one,
+    /// held until it does otherwise (TCP keeps one urgent byte: a newer one replaces it).
+    pub(super) async fn urgent_received(&mut self, byte: u8) {
+        if !self.life.urgent_wanted() {
+            return self.urgent.hold(byte);
+        }
+        self.life.on_urgent_delivered();
+        let callbacks = self.context.invoker.callbacks();
+        let data = BytesMut::from(&[byte][..]);
+        if !self
+            .call(
+                "on_read_oob_completed",
+                callbacks.on_read_oob_completed(&self.connection, data),
+            )
+            .await
+        {
+            self.life.end(ClosureReason::CallbackPanic);
+        }
+    }
+
     /// The urgent-data watcher woke: deliver the byte, or end a failed socket, or stop watching.
     /// Either way the same readiness is never waited on again without a change (guarantee 11).
     pub(super) async fn urgent_watched(&mut self, watched: Watched) {
@@ -165,20 +185,7 @@ impl Driver {
             return self.urgent.finish();
         };
         match urgent::recv_urgent_byte(tcp) {
-            Ok(Some(byte)) => {
-                self.life.on_urgent_delivered();
-                let callbacks = self.context.invoker.callbacks();
-                let data = BytesMut::from(&[byte][..]);
-                if !self
-                    .call(
-                        "on_read_oob_completed",
-                        callbacks.on_read_oob_completed(&self.connection, data),
-                    )
-                    .await
-                {
-                    self.life.end(ClosureReason::CallbackPanic);
-                }
-            }
+            Ok(Some(byte)) => self.urgent_received(byte).await,
             result => {
                 // No urgent byte. A pending socket error is the peer's reset (on a reset socket
                 // `recv(MSG_OOB)` only says EINVAL), whatever the application asked for; a

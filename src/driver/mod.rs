@@ -45,7 +45,7 @@ use crate::tls::Secure;
 use crate::{ClosureReason, Connection};
 
 use timer::Timer;
-use transport::Transport;
+use transport::{Received, Transport};
 use urgent::{Urgent, Watched};
 use write::WriteQueue;
 
@@ -102,6 +102,8 @@ enum Wake {
     /// The urgent-data watcher woke (only Linux and Android watch).
     #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     Urgent(Watched),
+    /// A read of a connection that takes urgent data found the urgent byte first.
+    UrgentByte(u8),
     Deadline,
 }
 
@@ -293,9 +295,13 @@ impl Driver {
                     // wait.
                     self.timer.arm(interest.deadline);
                     let wake = if self.urgent.watch(interest.urgent, self.transport.tcp()) {
-                        // Boxed: only connections that asked for urgent data carry this
-                        // wait's state.
-                        Box::pin(self.wait_with_urgent(interest)).await
+                        match self.urgent.take_held() {
+                            // Taken by a read before it was asked for: delivered now.
+                            Some(byte) => Wake::UrgentByte(byte),
+                            // Boxed: only connections that asked for urgent data carry this
+                            // wait's state.
+                            None => Box::pin(self.wait_with_urgent(interest)).await,
+                        }
                     } else {
                         poll_fn(|cx| self.poll_wake(cx, interest)).await
                     };
@@ -465,6 +471,7 @@ impl Driver {
             }
             Wake::FinSent(sent) => self.fin_sent(sent),
             Wake::Urgent(watched) => Box::pin(self.urgent_watched(watched)).await,
+            Wake::UrgentByte(byte) => Box::pin(self.urgent_received(byte)).await,
         }
     }
 
@@ -601,10 +608,18 @@ impl Waiting<'_> {
             }
         }
         if interest.read {
-            if let Ready(result) =
-                self.transport
-                    .poll_read(cx, self.read_buffer_size, self.past_urgent)
-            {
+            if self.past_urgent {
+                if let Ready(result) = self
+                    .transport
+                    .poll_read_taking_urgent(cx, self.read_buffer_size)
+                {
+                    return Ready(match result {
+                        Ok(Received::Urgent(byte)) => Wake::UrgentByte(byte),
+                        Ok(Received::Data(data)) => Wake::Read(Ok(data)),
+                        Err(error) => Wake::Read(Err(error)),
+                    });
+                }
+            } else if let Ready(result) = self.transport.poll_read(cx, self.read_buffer_size) {
                 return Ready(Wake::Read(result));
             }
         }

@@ -79,13 +79,11 @@ impl Transport {
         matches!(self, Transport::Tls(_))
     }
 
-    /// Polls for data: a buffer of up to `size` bytes, empty at the end of the stream. With
-    /// `past_urgent`, a plain read goes on past TCP urgent-data marks (see below).
+    /// Polls for data: a buffer of up to `size` bytes, empty at the end of the stream.
     pub(crate) fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
         size: usize,
-        past_urgent: bool,
     ) -> Poll<io::Result<BytesMut>> {
         match self {
             // Read into a buffer on the stack, then copy out exactly what arrived: an idle
@@ -94,39 +92,18 @@ impl Transport {
             // of a full-size one. The stack buffer is left uninitialized (tokio's read only
             // writes to it); a thread-local one costs more to reach, about 100 instructions per
             // message.
-            Transport::Plain(stream) if !past_urgent && size <= STACK_READ => {
+            Transport::Plain(stream) if size <= STACK_READ => {
                 let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); STACK_READ];
                 let mut filled = ReadBuf::uninit(&mut buffer[..size]);
                 ready!(Pin::new(stream).poll_read(cx, &mut filled))?;
                 Poll::Ready(Ok(BytesMut::from(filled.filled())))
             }
-            Transport::Plain(stream) => SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                if scratch.len() < size {
-                    scratch.resize(size, 0);
-                }
-                let scratch = &mut scratch[..size];
-                if !past_urgent {
-                    // `poll_read` (unlike `try_read`) clears the readiness after a short read,
-                    // so the next poll parks without a `recv` that would return EAGAIN.
-                    let mut filled = ReadBuf::new(scratch);
-                    ready!(Pin::new(stream).poll_read(cx, &mut filled))?;
-                    return Poll::Ready(Ok(BytesMut::from(filled.filled())));
-                }
-                // Linux ends a read at the urgent-data mark with more data queued behind it
-                // and no new readiness to come, so on a connection that takes urgent data a
-                // short read must not clear the readiness: `try_read` clears it only on
-                // EAGAIN, at the price of that one extra `recv` per drained socket.
-                loop {
-                    match stream.try_read(scratch) {
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                            ready!(stream.poll_read_ready(cx))?;
-                        }
-                        result => {
-                            return Poll::Ready(result.map(|n| BytesMut::from(&scratch[..n])))
-                        }
-                    }
-                }
+            // `poll_read` (unlike `try_read`) clears the readiness after a short read, so the
+            // next poll parks without a `recv` that would return EAGAIN.
+            Transport::Plain(stream) => with_scratch(size, |scratch| {
+                let mut filled = ReadBuf::new(scratch);
+                ready!(Pin::new(stream).poll_read(cx, &mut filled))?;
+                Poll::Ready(Ok(BytesMut::from(filled.filled())))
             }),
             Transport::Tls(tls) => {
                 let Tls {
@@ -149,6 +126,42 @@ impl Transport {
             Transport::Memory(stream) => stream.poll_read(cx, size),
             Transport::Gone => Poll::Ready(Ok(BytesMut::new())),
         }
+    }
+
+    /// [`Transport::poll_read`] for a connection that takes urgent data: the urgent byte
+    /// waiting at the mark, if any, comes first, and reads go on past urgent marks.
+    ///
+    /// Linux forgets an urgent byte that an ordinary read steps over before `recv(MSG_OOB)` took
+    /// it, so each ordinary read is preceded by a `recv(MSG_OOB)` (one more system call per read,
+    /// on such connections only). What the kernel still allows to be lost is a byte that arrives
+    /// between the two calls, and then only if no ordinary data came before it.
+    pub(crate) fn poll_read_taking_urgent(
+        &mut self,
+        cx: &mut Context<'_>,
+        size: usize,
+    ) -> Poll<io::Result<Received>> {
+        let Transport::Plain(stream) = self else {
+            return self.poll_read(cx, size).map_ok(Received::Data);
+        };
+        with_scratch(size, |scratch| loop {
+            if let Ok(Some(byte)) = super::urgent::recv_urgent_byte(stream) {
+                return Poll::Ready(Ok(Received::Urgent(byte)));
+            }
+            // Linux ends a read at the urgent-data mark with more data queued behind it and no
+            // new readiness to come, so on a connection that takes urgent data a short read must
+            // not clear the readiness: `try_read` clears it only on EAGAIN, at the price of that
+            // one extra `recv` per drained socket.
+            match stream.try_read(scratch) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(stream.poll_read_ready(cx))?;
+                }
+                result => {
+                    return Poll::Ready(
+                        result.map(|n| Received::Data(BytesMut::from(&scratch[..n]))),
+                    )
+                }
+            }
+        })
     }
 
     /// Polls a write of the front of `buffers`; returns how many bytes were taken.
@@ -217,4 +230,24 @@ impl Transport {
             let _ = SockRef::from(tcp).set_linger(Some(Duration::ZERO));
         }
     }
+}
+
+/// What a read of a connection that takes urgent data brought.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// Ordinary data, empty at the end of the stream.
+    Data(BytesMut),
+    /// The urgent byte.
+    Urgent(u8),
+}
+
+/// Runs `read` on the first `size` bytes of this thread's [`SCRATCH`] buffer.
+fn with_scratch<T>(size: usize, read: impl FnOnce(&mut [u8]) -> T) -> T {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        if scratch.len() < size {
+            scratch.resize(size, 0);
+        }
+        read(&mut scratch[..size])
+    })
 }

@@ -35,6 +35,8 @@ struct State {
     aware: bool,
     /// The socket can bring no more urgent data.
     finished: bool,
+    /// An urgent byte a read took before the application asked for it.
+    held: Option<u8>,
     #[cfg(any(target_os = "linux", target_os = "android"))]
     watch: Option<tokio::io::unix::AsyncFd<socket2::Socket>>,
 }
@@ -107,7 +109,7 @@ impl Urgent {
         let state = self.0.get_or_insert_with(Box::default);
         if !wanted || state.finished {
             state.watch = None;
-            return false;
+            return wanted && state.held.is_some();
         }
         state.aware = true;
         if state.watch.is_none() {
@@ -115,12 +117,22 @@ impl Urgent {
                 .and_then(|tcp| SockRef::from(tcp).try_clone().ok())
                 .and_then(register_priority);
         }
-        state.watch.is_some()
+        state.watch.is_some() || state.held.is_some()
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     pub(super) fn watch(&mut self, _wanted: bool, _tcp: Option<&TcpStream>) -> bool {
         false
+    }
+
+    /// Keeps `byte` until the application asks for urgent data.
+    pub(super) fn hold(&mut self, byte: u8) {
+        self.0.get_or_insert_with(Box::default).held = Some(byte);
+    }
+
+    /// The byte [held](Urgent::hold), if any.
+    pub(super) fn take_held(&mut self) -> Option<u8> {
+        self.0.as_mut().and_then(|state| state.held.take())
     }
 
     /// Waits for the watcher (never, without one).
