@@ -311,13 +311,13 @@ pub trait Callbacks: Send + Sync + 'static {
     /// without an answer. That is right for a protocol whose peer retries on a closed
     /// connection, and loses requests otherwise.
     ///
-    /// A drain that loses nothing (DESIGN.md guarantee 14) keeps reading and answering instead,
-    /// and closes only where nothing the peer sent is left unanswered: for a request/response
-    /// protocol, after the reply to the request in hand (and, if the protocol can say so, with
-    /// a "closing" mark in it, as HTTP's `Connection: close`); for a stream like an echo,
-    /// when the peer closes. The [drain time](crate::ServerBuilder::shutdown_timeout) bounds
-    /// it: connections still open then are reset. An echo server that serves each connection
-    /// until its client closes:
+    /// A drain that loses nothing (guarantee 14 in the repository's `docs/guarantees.md`) keeps
+    /// reading and answering instead, and closes only where nothing the peer sent is left
+    /// unanswered: for a request/response protocol, after the reply to the request in hand
+    /// (and, if the protocol can say so, with a "closing" mark in it, as HTTP's
+    /// `Connection: close`); for a stream like an echo, when the peer closes. The
+    /// [drain time](crate::ServerBuilder::shutdown_timeout) bounds it: connections still open
+    /// then are reset. An echo server that serves each connection until its client closes:
     ///
     /// ```
     /// # use switchboard::{async_trait, BytesMut, Callbacks, Connection};

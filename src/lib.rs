@@ -26,6 +26,8 @@
 //! The lifetime rule is the C++ framework's: a connection stays open while a read is requested, a
 //! write is queued or in flight, or the application holds a [`Connection`] clone. When none is left
 //! it closes gracefully by itself.
+//! Every guarantee the crate makes is numbered, with the tests that show it, in the repository's
+//! `docs/guarantees.md`.
 //!
 //! ## Beyond plain TCP
 //! - **TLS** ([`tls`]): a listener or an outgoing connection negotiates on the connection's own

@@ -231,9 +231,9 @@ impl Registry {
     }
 
     /// Aborts every live connection with `reason` and runs `on_all_connections_aborted` with the
-    /// count; the aborted connections' closing events wait
-    /// until it has returned (guarantee 7's order). Counts only connections that had not yet
-    /// decided how they end.
+    /// count; the aborted connections' closing events wait until it has returned (the order of
+    /// guarantee 7, docs/guarantees.md). Counts only connections that had not yet decided how
+    /// they end.
     pub(crate) async fn abort_all(&self, reason: ClosureReason, invoker: &Invoker) -> usize {
         /// Ends the announcement even if the caller stops waiting or the callback panics.
         struct Announcing<'a>(&'a watch::Sender<usize>);

@@ -91,7 +91,7 @@ impl Shutdown {
     }
 }
 
-/// The whole sequence (guarantee 7), run once on a task of its own.
+/// The whole sequence (guarantee 7, docs/guarantees.md), run once on a task of its own.
 pub(crate) async fn run(manager: &Manager) {
     let invoker = &manager.context.invoker;
     invoker

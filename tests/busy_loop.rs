@@ -1,9 +1,9 @@
-//! Guarantee 11 of DESIGN.md §7 for the urgent-data watcher (issue 7): a connection that asked
-//! for urgent data (`Connection::read_oob`, Linux) watches its socket through a second
-//! descriptor registered for priority readiness. When the peer resets the connection and no read
-//! is pending, that watcher wakes on the socket's error, finds no urgent byte, and the driver
-//! must not go back to the same wait: it has to end the connection (the reset is what a read
-//! would report) instead of spinning a worker at 100% CPU forever.
+//! Guarantee 11 (docs/guarantees.md) for the urgent-data watcher (issue 7): a connection that asked
+//! for urgent data (`Connection::read_oob`, Linux) watches its socket through a second descriptor
+//! registered for priority readiness. When the peer resets the connection and no read is pending,
+//! that watcher wakes on the socket's error, finds no urgent byte, and the driver must not go back
+//! to the same wait: it has to end the connection (the reset is what a read would report) instead
+//! of spinning a worker at 100% CPU forever.
 //!
 //! The server of each test runs on a runtime of its own whose two worker threads carry a name of
 //! their own, so the CPU time of exactly the threads that run the server can be read from

@@ -1,9 +1,9 @@
-//! The frame layer (DESIGN.md guarantee 13): items whole and in order however the bytes are cut,
-//! errors after the items before them, over-long and partial frames, TLS, the write queue's
-//! backpressure reaching the decoder, and every other callback still reaching the handler. On
-//! the embedded connection of `switchboard::testing` (`start_framed_embedded`, the paused clock)
-//! where the socket is not the point; TLS, a pipelined burst and a sending task over real
-//! loopback sockets.
+//! The frame layer (guarantee 13, docs/guarantees.md): items whole and in order however the bytes
+//! are cut, errors after the items before them, over-long and partial frames, TLS, the write
+//! queue's backpressure reaching the decoder, and every other callback still reaching the handler.
+//! On the embedded connection of `switchboard::testing` (`start_framed_embedded`, the paused clock)
+//! where the socket is not the point; TLS, a pipelined burst and a sending task over real loopback
+//! sockets.
 
 mod common;
 

@@ -1,10 +1,10 @@
-//! Faults: panics in callbacks (guarantee 9), accept errors under descriptor exhaustion
-//! (guarantee 8), write errors, invalid settings and bind failures, and a peer that never reads
-//! (guarantee 10). Over real loopback TCP, except where the socket is not the point: the panics
-//! in a connection's callbacks and the pre-connect one, the write errors, and the queue limit and
-//! the paused echo against a peer that never reads run on the embedded connection of
-//! `switchboard::testing` (small send and receive windows for small socket buffers), on the
-//! paused clock.
+//! Faults (guarantees in docs/guarantees.md): panics in callbacks (guarantee 9), accept errors
+//! under descriptor exhaustion (guarantee 8), write errors, invalid settings and bind failures, and
+//! a peer that never reads (guarantee 10). Over real loopback TCP, except where the socket is not
+//! the point: the panics in a connection's callbacks and the pre-connect one, the write errors, and
+//! the queue limit and the paused echo against a peer that never reads run on the embedded
+//! connection of `switchboard::testing` (small send and receive windows for small socket buffers),
+//! on the paused clock.
 
 mod common;
 
@@ -69,8 +69,8 @@ async fn assert_still_serving_embedded(server: &EmbeddedServer, recorder: &Recor
     echo_peer(&mut peer, b"still here").await;
 }
 
-/// Stops the panics and checks that a new client is served (guarantee 9: the server keeps
-/// serving).
+/// Stops the panics and checks that a new client is served (guarantee 9, docs/guarantees.md:
+/// the server keeps serving).
 async fn assert_still_serving(server: &Server, recorder: &Recorder) {
     recorder.set_behavior(|b| b.panic_in = None);
     let mut stream = client(server.local_addr().unwrap()).await;
@@ -528,7 +528,7 @@ async fn write_error_may_be_survived() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Guarantee 10: bounded memory against a peer that does not read.
+// Guarantee 10 (docs/guarantees.md): bounded memory against a peer that does not read.
 
 const LIMIT: usize = 64 * 1024;
 
@@ -697,8 +697,9 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Guarantee 8: accept errors under descriptor exhaustion. The server runs in a child process
-// (this test binary, re-executed under `ulimit -n`), which prints its events on stdout.
+// Guarantee 8 (docs/guarantees.md): accept errors under descriptor exhaustion. The server runs
+// in a child process (this test binary, re-executed under `ulimit -n`), which prints its events
+// on stdout.
 //
 // The child holds every descriptor it can get while its server starts, so the accept loop has no
 // spare descriptor (src/reserve.rs) and cannot refuse pending clients either: this test sees the

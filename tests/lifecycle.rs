@@ -1,9 +1,9 @@
-//! Guarantees 1–4 and 10 of DESIGN.md §3, per connection, over real loopback TCP (and, where the
-//! socket is not the point, over the embedded connection of `switchboard::testing`): the event order
-//! on every path (peer close, peer reset, local close and abort, the lifetime rule), the lifetime
-//! rule itself, half-close both ways, `close()` losing nothing and `abort()` dropping the queue,
-//! `write()`'s errors, user data, `on_socket_created`, `on_write_completed` and the stats, bounded
-//! reads, and a thousand echo connections with every byte checked.
+//! Guarantees 1–4 and 10 (docs/guarantees.md), per connection, over real loopback TCP (and, where
+//! the socket is not the point, over the embedded connection of `switchboard::testing`): the event
+//! order on every path (peer close, peer reset, local close and abort, the lifetime rule), the
+//! lifetime rule itself, half-close both ways, `close()` losing nothing and `abort()` dropping the
+//! queue, `write()`'s errors, user data, `on_socket_created`, `on_write_completed` and the stats,
+//! bounded reads, and a thousand echo connections with every byte checked.
 
 mod common;
 
@@ -135,7 +135,7 @@ async fn wait_for_stall(handle: &Connection) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Guarantee 1: event order on every per-connection path.
+// Guarantee 1 (docs/guarantees.md): event order on every per-connection path.
 
 // Where the socket is not the point, over the embedded connection (`switchboard::testing`): the
 // same driver and lifecycle, with memory for the socket and tokio's paused clock.
@@ -241,7 +241,8 @@ async fn peer_reset_seen_by_a_pending_write_closes_with_peer_reset() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Guarantee 4: close() loses no queued data; abort() sends RST and drops the queue.
+// Guarantee 4 (docs/guarantees.md): close() loses no queued data; abort() sends RST and drops
+// the queue.
 
 #[tokio::test(start_paused = true)]
 async fn close_delivers_every_queued_byte_before_the_fin() {
@@ -377,7 +378,7 @@ async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Guarantee 2: the lifetime rule.
+// Guarantee 2 (docs/guarantees.md): the lifetime rule.
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_nothing_keeps_closes_by_itself_gracefully() {
@@ -544,7 +545,7 @@ async fn a_pending_write_keeps_the_connection_open_until_delivered() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Guarantee 3: half-close, both ways.
+// Guarantee 3 (docs/guarantees.md): half-close, both ways.
 
 #[tokio::test(start_paused = true)]
 async fn after_the_peers_fin_writes_are_still_delivered() {
@@ -1157,7 +1158,7 @@ async fn write_completed_reports_each_buffer_and_stats_add_up() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Guarantee 10: a read delivers at most the configured buffer size.
+// Guarantee 10 (docs/guarantees.md): a read delivers at most the configured buffer size.
 
 #[tokio::test(start_paused = true)]
 async fn reads_never_exceed_the_read_buffer_size() {

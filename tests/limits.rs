@@ -1,4 +1,4 @@
-//! Guarantee 5: the connection limit, over real loopback connections.
+//! Guarantee 5 (docs/guarantees.md): the connection limit, over real loopback connections.
 //!
 //! The limit is never exceeded, also under concurrent connects; at the limit the server either
 //! stops accepting (clients wait) or accepts and closes at once; `on_maximum_connections` fires;

@@ -1,7 +1,7 @@
-//! Guarantees 6 and 7: abort-all and the ordered, idempotent shutdown, over real loopback
-//! connections where the listener is part of it (accepting stops, connects are refused) and over
-//! the embedded connection of `switchboard::testing` elsewhere (on tokio's paused clock unless
-//! the test is about parallel tasks).
+//! Guarantees 6 and 7 (docs/guarantees.md): abort-all and the ordered, idempotent shutdown, over
+//! real loopback connections where the listener is part of it (accepting stops, connects are
+//! refused) and over the embedded connection of `switchboard::testing` elsewhere (on tokio's paused
+//! clock unless the test is about parallel tasks).
 
 mod common;
 
@@ -659,10 +659,11 @@ async fn shutdown_report_counts_connections_that_ended_otherwise_during_the_drai
     );
 }
 
-/// Guarantee 14: a connection told of the shutdown that keeps reading (the application's choice
-/// in `on_shutdown_requested`, instead of the default `close()`) answers everything its peer
-/// sends, before and after the notice, and ends gracefully when the peer closes. The default,
-/// for contrast, discards what arrives after the notice: the peer gets FIN and no answer.
+/// Guarantee 14 (docs/guarantees.md): a connection told of the shutdown that keeps reading (the
+/// application's choice in `on_shutdown_requested`, instead of the default `close()`) answers
+/// everything its peer sends, before and after the notice, and ends gracefully when the peer
+/// closes. The default, for contrast, discards what arrives after the notice: the peer gets FIN and
+/// no answer.
 #[tokio::test(start_paused = true)]
 async fn a_drain_that_keeps_reading_loses_nothing_the_peer_sent() {
     for keep_reading in [true, false] {

@@ -14,8 +14,9 @@
 //!   the peer's FIN or a close. The application does not call [`Connection::read`] and gets no
 //!   [`on_read_completed`](Callbacks::on_read_completed); every other callback of [`Callbacks`]
 //!   reaches it as usual.
-//! - **Items arrive whole, in order, one at a time** (DESIGN.md guarantee 13): `on_frame` runs on
-//!   the connection's task, and the next item is decoded only once it has returned.
+//! - **Items arrive whole, in order, one at a time** (guarantee 13 in docs/guarantees.md):
+//!   `on_frame` runs on the connection's task, and the next item is decoded only once it has
+//!   returned.
 //! - **Write backpressure reaches the decoder.** While the connection's write queue is
 //!   [high](crate::ServerBuilder::write_watermarks), no item is delivered and nothing more is
 //!   read; delivery resumes once the queue drains. A client that pipelines requests faster than

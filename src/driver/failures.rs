@@ -179,7 +179,8 @@ impl Driver {
     }
 
     /// The urgent-data watcher woke: deliver the byte, or end a failed socket, or stop watching.
-    /// Either way the same readiness is never waited on again without a change (guarantee 11).
+    /// Either way the same readiness is never waited on again without a change (guarantee 11,
+    /// docs/guarantees.md).
     pub(super) async fn urgent_watched(&mut self, watched: Watched) {
         let Some(tcp) = self.transport.tcp() else {
             return self.urgent.finish();

@@ -1,5 +1,5 @@
-//! The lifecycle's rules, without a socket: every path of guarantee 1, the lifetime rule, the
-//! watermarks and the timeouts.
+//! The lifecycle's rules, without a socket: every path of guarantee 1 (docs/guarantees.md),
+//! the lifetime rule, the watermarks and the timeouts.
 use super::*;
 
 mod closing;
@@ -202,7 +202,7 @@ fn peer_fin_then_writes_still_go_out_then_closes_as_peer_closed() {
     let mut life = open(t0);
     wait(&mut life, t0);
     assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::ClientClose);
-    // Half-close: the application writes after the FIN (guarantee 3).
+    // Half-close: the application writes after the FIN (guarantee 3, docs/guarantees.md).
     life.on_requests(requests(|r| r.queued = 30), t0);
     let interest = wait(&mut life, t0);
     assert!(interest.write && !interest.read);

@@ -1,6 +1,7 @@
-//! A server in a child process short of descriptors (guarantee 8): the test binary re-executes
-//! itself under `ulimit -n`, running only an ignored test that calls [`run_child_server`]; the
-//! child prints its events on stdout, which the parent reads through [`ChildServer`].
+//! A server in a child process short of descriptors (guarantee 8, docs/guarantees.md): the test
+//! binary re-executes itself under `ulimit -n`, running only an ignored test that calls
+//! [`run_child_server`]; the child prints its events on stdout, which the parent reads through
+//! [`ChildServer`].
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;

@@ -72,9 +72,9 @@ pub fn position(events: &[Event], wanted: impl Fn(&Event) -> bool) -> usize {
         .unwrap_or_else(|| panic!("event missing: {events:#?}"))
 }
 
-/// Checks DESIGN.md guarantee 1 for one established connection's events: established first, at
-/// most one client close or reset, then exactly one closure, closed, released, in that order,
-/// and nothing after the release.
+/// Checks guarantee 1 (docs/guarantees.md) for one established connection's events: established
+/// first, at most one client close or reset, then exactly one closure, closed, released, in that
+/// order, and nothing after the release.
 pub fn assert_lifecycle(events: &[Event]) {
     assert!(
         matches!(events.first(), Some(Event::Established(..))),
