@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::group::Memberships;
 use crate::mailbox::Mailbox;
@@ -368,6 +368,31 @@ impl Connection {
     /// [`ClosureReason::LocalClose`] (the frame layer's decode errors and partial frames).
     pub(crate) fn close_because(&self, reason: ClosureReason) {
         self.shared.mailbox.close(reason);
+    }
+
+    /// Stages the bytes in `encoded` (leaving it empty): they go out ahead of the next write of
+    /// any path, or with [`Connection::flush_staged`], as one write, in the connection's one
+    /// order of bytes. The frame layer's `feed` stages each encoded item. Refused once the
+    /// connection takes no more writes (the bytes are left in `encoded`).
+    pub(crate) fn stage(&self, encoded: &mut BytesMut) -> Result<(), Error> {
+        self.shared.mailbox.stage(|staged| {
+            if staged.is_empty() {
+                // The first item of a batch: the buffer itself, without a copy.
+                std::mem::swap(staged, encoded);
+            } else {
+                staged.extend_from_slice(encoded);
+                encoded.clear();
+            }
+        })
+    }
+
+    /// Queues the staged bytes as one write. At the queue's limit they stay staged if `keep`,
+    /// and are taken back (and returned in the refusal) otherwise.
+    pub(crate) fn flush_staged(&self, keep: bool) -> Result<(), WriteError> {
+        self.shared
+            .mailbox
+            .flush_staged(keep)
+            .map_err(|(error, data)| WriteError { error, data })
     }
 
     /// `Ok(true)` while the write queue has room (below the high watermark and the limit),

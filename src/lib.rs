@@ -72,6 +72,7 @@
 //! | `switchboard_bytes_read_total`, `switchboard_bytes_written_total` | counter | |
 //! | `switchboard_accept_errors_total`, `switchboard_callback_panics_total` | counter | |
 //! | `switchboard_write_queue_high_total` (`on_write_buffer_high`) | counter | |
+//! | `switchboard_lingering_peers_total` (peers that kept their end open past the close timeout) | counter | |
 //! | `switchboard_tls_handshake_duration_seconds` | histogram | |
 //! | `switchboard_proxy_header_duration_seconds` | histogram | |
 //!

@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
-use crate::lifecycle::{LifecycleConfig, Requests, WriteLimits};
+use crate::lifecycle::{Fate, LifecycleConfig, Requests, Snapshot, WriteLimits};
 use crate::{ClosureReason, Error, Timeouts};
 
 mod signal;
@@ -30,6 +30,11 @@ use signal::{Signal, INBOX, PENDING, READ};
 /// Requests posted by handles since the driver last took them.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
+    /// Bytes staged for the connection (a frame layer's encoded items, see
+    /// [`Mailbox::stage`]): queued as one write ahead of the next write of any path, or by
+    /// [`Mailbox::flush_staged`]. They are part of the connection's one order of bytes from the
+    /// moment they are staged.
+    staged: BytesMut,
     writes: Vec<Bytes>,
     /// Bytes in `writes`.
     writes_len: usize,
@@ -171,8 +176,8 @@ impl Mailbox {
         result
     }
 
-    /// Queues `data`; with a close `reason`, past the limit too, and the close is asked for in
-    /// the same step.
+    /// Queues `data`, after the staged bytes; with a close `reason`, past the limit too, and the
+    /// close is asked for in the same step.
     fn queue(&self, data: Bytes, close: Option<ClosureReason>) -> Result<(), (Error, Bytes)> {
         let mut inbox = self.inbox();
         if let Some(refused) = inbox.write_refusal() {
@@ -192,19 +197,82 @@ impl Mailbox {
                 data,
             ));
         }
+        let level = self.push_staged(&mut inbox, queued);
         if data.is_empty() {
-            if close.is_some() {
+            if close.is_some() || level != queued {
                 drop(inbox);
                 self.signal.notify(INBOX);
             }
             return Ok(());
         }
+        self.push(&mut inbox, level, data);
+        drop(inbox);
+        self.signal.notify(INBOX);
+        Ok(())
+    }
+
+    /// Appends `data` to the untaken writes of a queue that holds `queued` bytes; returns what
+    /// it holds then.
+    fn push(&self, inbox: &mut Inbox, queued: usize, data: Bytes) -> usize {
+        let after = queued + data.len();
         self.posted.fetch_add(data.len(), Ordering::SeqCst);
-        if queued < self.config.limits.high && queued + data.len() >= self.config.limits.high {
+        if queued < self.config.limits.high && after >= self.config.limits.high {
             inbox.crossed_high = true;
         }
         inbox.writes_len += data.len();
         inbox.writes.push(data);
+        after
+    }
+
+    /// Moves the staged bytes, if any, into the untaken writes of a queue that holds `queued`
+    /// bytes, as one buffer; returns what the queue holds then.
+    fn push_staged(&self, inbox: &mut Inbox, queued: usize) -> usize {
+        if inbox.staged.is_empty() {
+            return queued;
+        }
+        let staged = std::mem::take(&mut inbox.staged).freeze();
+        self.push(inbox, queued, staged)
+    }
+
+    /// Runs `stage` on the connection's staged bytes: what it appends goes out ahead of the
+    /// next write of any path (or with [`Mailbox::flush_staged`]), as part of one write. Refused
+    /// (and `stage` not run) once the connection takes no more writes. Staged bytes are not
+    /// counted in the queue until they are queued, as bytes a writer holds are not.
+    pub(crate) fn stage<T>(&self, stage: impl FnOnce(&mut BytesMut) -> T) -> Result<T, Error> {
+        let mut inbox = self.inbox();
+        match inbox.write_refusal() {
+            Some(refused) => Err(refused),
+            None => Ok(stage(&mut inbox.staged)),
+        }
+    }
+
+    /// Queues the staged bytes as one write. If the queue is at its limit, they stay staged if
+    /// `keep` (the refusal then carries no bytes), and are given back otherwise; a connection
+    /// that takes no more writes gives them back.
+    pub(crate) fn flush_staged(&self, keep: bool) -> Result<(), (Error, Bytes)> {
+        let mut inbox = self.inbox();
+        if inbox.staged.is_empty() {
+            return Ok(());
+        }
+        if let Some(refused) = inbox.write_refusal() {
+            return Err((refused, std::mem::take(&mut inbox.staged).freeze()));
+        }
+        let queued = self.level(&inbox);
+        if queued >= self.config.limits.limit {
+            let refused = if keep {
+                Bytes::new()
+            } else {
+                std::mem::take(&mut inbox.staged).freeze()
+            };
+            return Err((
+                Error::WriteQueueFull {
+                    queued,
+                    limit: self.config.limits.limit,
+                },
+                refused,
+            ));
+        }
+        self.push_staged(&mut inbox, queued);
         drop(inbox);
         self.signal.notify(INBOX);
         Ok(())
@@ -224,16 +292,29 @@ impl Mailbox {
         self.post(|inbox| inbox.urgent_wanted = true);
     }
 
+    /// Half-closes: the staged bytes are queued (past the limit, as the last word is), then
+    /// writes are refused.
     pub(crate) fn shutdown_write(&self) {
-        self.post(|inbox| inbox.shutdown_write = true);
+        self.post(|inbox| {
+            if inbox.write_refusal().is_none() {
+                let queued = self.level(inbox);
+                self.push_staged(inbox, queued);
+            }
+            inbox.shutdown_write = true;
+        });
         self.notify_room();
     }
 
-    /// Asks for a graceful close reported with `reason` (the first close asked for wins).
+    /// Asks for a graceful close reported with `reason` (the first close asked for wins). The
+    /// staged bytes are queued first (past the limit, as a goodbye is): they were posted before.
     pub(crate) fn close(&self, reason: ClosureReason) {
         // Weak handles are refused from now on, as they will be once the driver takes this.
         self.signal.seal();
         self.post(|inbox| {
+            if inbox.write_refusal().is_none() {
+                let queued = self.level(inbox);
+                self.push_staged(inbox, queued);
+            }
             inbox.close.get_or_insert(reason);
         });
         self.notify_room();
@@ -291,9 +372,8 @@ impl Mailbox {
             return Err(refused);
         }
         let queued = self.level(&inbox);
-        let high = queued >= self.config.limits.high
-            || (self.signal.is_high() && queued > self.config.limits.low);
-        Ok(!high && queued < self.config.limits.limit)
+        let limits = &self.config.limits;
+        Ok(!limits.is_high(queued, self.signal.is_high()) && queued < limits.limit)
     }
 
     pub(crate) fn limits(&self) -> WriteLimits {
@@ -433,44 +513,61 @@ impl Mailbox {
         }
     }
 
-    pub(crate) fn publish_high(&self, high: bool) {
+    /// Publishes what handles may know of the connection's fate: closing (writes refused, weak
+    /// handles not upgraded), ended (nothing is taken any more, an abort is no longer counted,
+    /// and the queue is dropped), and whether the queue is high. Only the driver calls this,
+    /// from one place, whenever the lifecycle's [`Snapshot`] changes.
+    ///
+    /// Returns the abort counted before the end was published, if there was one: the lifecycle
+    /// lets it win over the reason it decided (abort-all counted it as aborted).
+    pub(crate) fn publish(&self, snapshot: Snapshot) -> Option<ClosureReason> {
+        let mut counted_abort = None;
+        match snapshot.fate {
+            Fate::Open => {}
+            Fate::Closing => {
+                self.signal.seal();
+                self.inbox().closing = true;
+            }
+            Fate::Ended => {
+                self.signal.seal();
+                let mut inbox = self.inbox();
+                inbox.ended = true;
+                inbox.closing = true;
+                inbox.writes.clear();
+                inbox.writes_len = 0;
+                inbox.staged = BytesMut::new();
+                // The untaken writes and the driver's own queue are dropped: nothing is queued
+                // any more.
+                self.posted
+                    .store(self.sent.load(Ordering::SeqCst), Ordering::SeqCst);
+                counted_abort = inbox.abort;
+            }
+        }
+        let high = snapshot.high && snapshot.fate != Fate::Ended;
         self.signal.set_high(high);
-        if !high {
+        if !high || snapshot.fate != Fate::Open {
             self.notify_room();
         }
+        counted_abort
     }
 
+    /// Publishes the connection as closing, as the driver does (for the tests of what relies on
+    /// it).
+    #[cfg(test)]
     pub(crate) fn publish_closing(&self) {
-        self.signal.seal();
-        self.inbox().closing = true;
-        self.notify_room();
+        self.publish(Snapshot {
+            fate: Fate::Closing,
+            high: false,
+        });
     }
 
-    /// The driver has decided that the connection ends: aborts from now on are not counted (it
-    /// will not end with them), and weak handles are not upgraded.
+    /// Publishes the connection's end, as the driver does.
+    #[cfg(test)]
     pub(crate) fn mark_ended(&self) {
-        self.signal.seal();
-        self.inbox().ended = true;
-    }
-
-    /// The driver has decided how the connection ends: from now on nothing is taken. Returns the
-    /// abort that came in before the decision, which then wins over `reason` (it was counted as
-    /// aborted).
-    pub(crate) fn publish_ended(&self, reason: ClosureReason) -> ClosureReason {
-        self.signal.seal();
-        let mut inbox = self.inbox();
-        inbox.ended = true;
-        inbox.closing = true;
-        inbox.writes.clear();
-        inbox.writes_len = 0;
-        // The untaken writes and the driver's own queue are dropped: nothing is queued any more.
-        self.posted
-            .store(self.sent.load(Ordering::SeqCst), Ordering::SeqCst);
-        let reason = inbox.abort.unwrap_or(reason);
-        drop(inbox);
-        self.signal.set_high(false);
-        self.notify_room();
-        reason
+        self.publish(Snapshot {
+            fate: Fate::Ended,
+            high: false,
+        });
     }
 }
 
@@ -606,44 +703,49 @@ mod tests {
         assert_eq!(mailbox.take(&mut writes).queued, 90);
         assert_eq!(writes.len(), 1);
         assert!(!mailbox.has_room().unwrap(), "at or above high");
-        mailbox.publish_high(true);
+        mailbox.publish(Snapshot {
+            fate: Fate::Open,
+            high: true,
+        });
         mailbox.publish_sent(45);
         assert_eq!(mailbox.queued_bytes(), 45);
         assert!(!mailbox.has_room().unwrap(), "high until it drains to low");
         mailbox.publish_sent(5);
-        mailbox.publish_high(false);
+        mailbox.publish(Snapshot {
+            fate: Fate::Open,
+            high: false,
+        });
         assert!(mailbox.has_room().unwrap());
     }
 
+    fn ended() -> Snapshot {
+        Snapshot {
+            fate: Fate::Ended,
+            high: false,
+        }
+    }
+
     #[test]
-    fn an_abort_after_the_end_is_not_counted_and_one_before_wins() {
+    fn an_abort_after_the_end_is_not_counted_and_one_before_is_handed_back() {
         let mailbox = new_mailbox();
         assert!(mailbox.abort(ClosureReason::AbortAll));
         assert!(!mailbox.abort(ClosureReason::LocalAbort), "asked before");
-        assert_eq!(
-            mailbox.publish_ended(ClosureReason::PeerClosed),
-            ClosureReason::AbortAll
-        );
+        assert_eq!(mailbox.publish(ended()), Some(ClosureReason::AbortAll));
         let mailbox = new_mailbox();
-        assert_eq!(
-            mailbox.publish_ended(ClosureReason::PeerClosed),
-            ClosureReason::PeerClosed
-        );
+        assert_eq!(mailbox.publish(ended()), None);
         assert!(!mailbox.abort(ClosureReason::AbortAll));
-        // Decided before the abort-all (a reset being announced): not counted, keeps its reason.
+        // Published as ended before the abort-all (a reset being announced): not counted.
         let mailbox = new_mailbox();
-        mailbox.mark_ended();
+        assert_eq!(mailbox.publish(ended()), None);
         assert!(!mailbox.abort(ClosureReason::AbortAll));
-        assert_eq!(
-            mailbox.publish_ended(ClosureReason::PeerReset),
-            ClosureReason::PeerReset
-        );
-        // Counted before the decision: the abort wins whatever the decision was.
+        assert_eq!(mailbox.publish(ended()), None);
+        // Closing is not ended: an abort is still counted.
         let mailbox = new_mailbox();
+        mailbox.publish(Snapshot {
+            fate: Fate::Closing,
+            high: false,
+        });
         assert!(mailbox.abort(ClosureReason::AbortAll));
-        assert_eq!(
-            mailbox.publish_ended(ClosureReason::IdleTimedOut),
-            ClosureReason::AbortAll
-        );
+        assert_eq!(mailbox.publish(ended()), Some(ClosureReason::AbortAll));
     }
 }

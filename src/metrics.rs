@@ -23,6 +23,7 @@ const BYTES_WRITTEN: &str = "switchboard_bytes_written_total";
 const ACCEPT_ERRORS: &str = "switchboard_accept_errors_total";
 const CALLBACK_PANICS: &str = "switchboard_callback_panics_total";
 const WRITE_QUEUE_HIGH: &str = "switchboard_write_queue_high_total";
+const LINGERING_PEERS: &str = "switchboard_lingering_peers_total";
 const TLS_HANDSHAKE: &str = "switchboard_tls_handshake_duration_seconds";
 const PROXY_HEADER: &str = "switchboard_proxy_header_duration_seconds";
 
@@ -47,6 +48,7 @@ pub(crate) struct Metrics {
     pub(crate) accept_errors: Counter,
     pub(crate) callback_panics: Counter,
     pub(crate) write_queue_high: Counter,
+    pub(crate) lingering_peers: Counter,
     tls_handshake: Histogram,
     proxy_header: Histogram,
 }
@@ -84,6 +86,7 @@ impl Metrics {
             accept_errors: metrics::counter!(ACCEPT_ERRORS, labels.iter()),
             callback_panics: metrics::counter!(CALLBACK_PANICS, labels.iter()),
             write_queue_high: metrics::counter!(WRITE_QUEUE_HIGH, labels.iter()),
+            lingering_peers: metrics::counter!(LINGERING_PEERS, labels.iter()),
             tls_handshake: metrics::histogram!(TLS_HANDSHAKE, labels.iter()),
             proxy_header: metrics::histogram!(PROXY_HEADER, labels.iter()),
         }
@@ -149,6 +152,11 @@ fn describe() {
         WRITE_QUEUE_HIGH,
         Unit::Count,
         "Times a connection's write queue reached its high watermark (on_write_buffer_high)."
+    );
+    describe_counter!(
+        LINGERING_PEERS,
+        Unit::Count,
+        "Connections whose peer kept its end open past the close timeout after our FIN."
     );
     describe_histogram!(
         TLS_HANDSHAKE,

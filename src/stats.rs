@@ -38,6 +38,10 @@ pub struct Stats {
     /// Times a connection's write queue reached its high watermark
     /// ([`on_write_buffer_high`](crate::Callbacks::on_write_buffer_high)).
     pub write_queue_high: u64,
+    /// Connections whose peer read everything and our FIN but kept its end open past the close
+    /// timeout. Their closure reason is the one decided before (a lingering peer does not change
+    /// how a connection ended); this counts them beside it.
+    pub lingering_peers: u64,
     /// Bytes read from all connections, live and ended.
     pub bytes_read: u64,
     /// Bytes handed to the kernel for all connections, live and ended.
@@ -135,6 +139,7 @@ pub(crate) enum Count {
     AcceptError,
     CallbackPanic,
     WriteQueueHigh,
+    LingeringPeer,
 }
 
 /// The server-wide counters, and the [metrics](crate::metrics) beside them: every count goes
@@ -154,6 +159,7 @@ pub(crate) struct Counters {
     accept_errors: AtomicU64,
     callback_panics: AtomicU64,
     write_queue_high: AtomicU64,
+    lingering_peers: AtomicU64,
     ended_bytes_read: AtomicU64,
     ended_bytes_written: AtomicU64,
     closures: [AtomicU64; REASONS],
@@ -172,6 +178,7 @@ impl Counters {
             accept_errors: AtomicU64::new(0),
             callback_panics: AtomicU64::new(0),
             write_queue_high: AtomicU64::new(0),
+            lingering_peers: AtomicU64::new(0),
             ended_bytes_read: AtomicU64::new(0),
             ended_bytes_written: AtomicU64::new(0),
             closures: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -200,6 +207,7 @@ impl Counters {
             Count::AcceptError => (&self.accept_errors, &metrics.accept_errors),
             Count::CallbackPanic => (&self.callback_panics, &metrics.callback_panics),
             Count::WriteQueueHigh => (&self.write_queue_high, &metrics.write_queue_high),
+            Count::LingeringPeer => (&self.lingering_peers, &metrics.lingering_peers),
         };
         counter.fetch_add(amount, Relaxed);
         metric.increment(amount);
@@ -262,6 +270,7 @@ impl Counters {
             accept_errors: self.accept_errors.load(Relaxed),
             callback_panics: self.callback_panics.load(Relaxed),
             write_queue_high: self.write_queue_high.load(Relaxed),
+            lingering_peers: self.lingering_peers.load(Relaxed),
             bytes_read: self.ended_bytes_read.load(Relaxed) + live.bytes_read,
             bytes_written: self.ended_bytes_written.load(Relaxed) + live.bytes_written,
             closures,

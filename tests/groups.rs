@@ -554,3 +554,60 @@ async fn clones_of_a_group_are_the_same_group() {
     recorder.wait_closure(id).await;
     server.shutdown().await;
 }
+
+/// A framed pub/sub handler: `join` inserts the connection into the group and feeds a reply;
+/// any other line is broadcast to the group.
+struct PubSub {
+    group: ConnectionGroup,
+}
+
+#[switchboard::async_trait]
+impl switchboard::Callbacks for PubSub {}
+
+#[switchboard::async_trait]
+impl switchboard::codec::FrameHandler for PubSub {
+    type Codec = switchboard::tokio_util::codec::LinesCodec;
+
+    fn new_codec(&self, _connection: &Connection) -> Self::Codec {
+        switchboard::tokio_util::codec::LinesCodec::new()
+    }
+
+    async fn on_frame(
+        &self,
+        connection: &switchboard::codec::FramedConnection<'_, Self::Codec>,
+        line: String,
+    ) {
+        if line == "join" {
+            self.group.insert(connection);
+            let _ = connection.feed("joined");
+        } else {
+            self.group.broadcast(format!("{line}\n"));
+        }
+    }
+}
+
+/// Guarantee 15 (docs/guarantees.md): a reply the frame layer was fed before a broadcast reaches
+/// the same member is received before it. Both lines arrive in one read, so the fed reply is
+/// still unflushed when the second line's broadcast is posted.
+#[tokio::test(start_paused = true)]
+async fn a_broadcast_comes_after_the_members_fed_reply() {
+    let group = ConnectionGroup::new();
+    let server = Server::builder()
+        .start_framed_embedded(switchboard::codec::Framing::new(PubSub {
+            group: group.clone(),
+        }))
+        .await
+        .unwrap();
+    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    peer.send(b"join\nhello\n").unwrap();
+    let received = bounded("both lines", peer.read_exact(b"joined\nhello\n".len()))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&received),
+        "joined\nhello\n",
+        "the fed reply first, then the broadcast posted after it"
+    );
+    drop(peer);
+    server.shutdown().await;
+}

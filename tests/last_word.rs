@@ -276,3 +276,100 @@ async fn callbacks_get_their_server_first_and_a_weak_handle_does_not_keep_it() {
     })
     .await;
 }
+
+/// Guarantee 16 (docs/guarantees.md): the application's reason stays when the peer reads our
+/// data and our FIN but keeps its own end open past the close timeout. What the peer did after
+/// is reported beside the reason, not instead of it.
+#[tokio::test(start_paused = true)]
+async fn a_lingering_peer_keeps_the_applications_reason() {
+    let hooks = Hooks {
+        read: Some(Box::new(|connection: &Connection| {
+            let _ = connection.write("ERR go away\n");
+            connection.close_with(4001);
+        })),
+        ..Hooks::default()
+    };
+    let close_timeout = Duration::from_secs(5);
+    let (server, recorder) = start_embedded(Behavior::collect(), hooks, |b| {
+        b.close_timeout(close_timeout)
+    })
+    .await;
+    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    peer.send(b"hello").unwrap();
+    let (reply, end) = peer_read_to_end(&mut peer).await;
+    assert_eq!(reply, b"ERR go away\n");
+    end.expect("our FIN after the data");
+    // The peer keeps its end open past the close timeout.
+    tokio::time::sleep(close_timeout * 2).await;
+    recorder.wait_released(1).await;
+    let id = recorder.established()[0];
+    assert_eq!(recorder.closure(id), Some(ClosureReason::Application(4001)));
+    assert_lifecycle(&recorder.events_of(id));
+    let stats = server.stats();
+    assert_eq!(stats.closures(ClosureReason::CloseTimedOut), 0);
+    assert_eq!(
+        stats.lingering_peers, 1,
+        "the lingering peer, counted beside the reason"
+    );
+    assert!(
+        !peer.was_reset_by_server(),
+        "all was delivered: the socket is closed, not reset"
+    );
+    drop(peer);
+    server.shutdown().await;
+}
+
+/// A framed handler that answers `go` through every path that posts bytes, in this order: a
+/// fed item, a plain write, another fed item, a broadcast to a group the connection is in, a
+/// sent item, and a goodbye.
+struct EveryPath {
+    group: switchboard::ConnectionGroup,
+}
+
+#[async_trait]
+impl Callbacks for EveryPath {}
+
+#[async_trait]
+impl switchboard::codec::FrameHandler for EveryPath {
+    type Codec = switchboard::tokio_util::codec::LinesCodec;
+
+    fn new_codec(&self, connection: &Connection) -> Self::Codec {
+        self.group.insert(connection);
+        switchboard::tokio_util::codec::LinesCodec::new()
+    }
+
+    async fn on_frame(
+        &self,
+        connection: &switchboard::codec::FramedConnection<'_, Self::Codec>,
+        _line: String,
+    ) {
+        connection.feed("1 fed").unwrap();
+        connection.write("2 written\n").unwrap();
+        connection.feed("3 fed").unwrap();
+        self.group.broadcast("4 broadcast\n");
+        connection.send("5 sent").unwrap();
+        connection.goodbye("6 goodbye\n").unwrap();
+    }
+}
+
+/// Guarantee 15 (docs/guarantees.md): whatever path posts bytes to a connection, the peer
+/// receives them in the order they were posted, then FIN.
+#[tokio::test(start_paused = true)]
+async fn writes_feeds_and_goodbyes_arrive_in_posting_order() {
+    let server = Server::builder()
+        .start_framed_embedded(switchboard::codec::Framing::new(EveryPath {
+            group: switchboard::ConnectionGroup::new(),
+        }))
+        .await
+        .unwrap();
+    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    peer.send(b"go\n").unwrap();
+    let (reply, end) = peer_read_to_end(&mut peer).await;
+    end.expect("FIN after the goodbye");
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "1 fed\n2 written\n3 fed\n4 broadcast\n5 sent\n6 goodbye\n"
+    );
+    drop(peer);
+    server.shutdown().await;
+}

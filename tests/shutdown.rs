@@ -727,3 +727,42 @@ async fn a_drain_that_keeps_reading_loses_nothing_the_peer_sent() {
         assert_eq!((report.graceful, report.forced, report.other), (1, 0, 0));
     }
 }
+
+/// Says goodbye when told of the shutdown, as a server that tells its clients why it closes.
+struct Goodbye;
+
+#[async_trait]
+impl Callbacks for Goodbye {
+    async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+        connection.read();
+    }
+
+    async fn on_shutdown_requested(&self, connection: &Connection) {
+        let _ = connection.goodbye("bye\n");
+    }
+}
+
+/// Guarantee 16 (docs/guarantees.md): a client that read the shutdown's goodbye and our FIN but
+/// keeps its end open (as `nc` does) ended gracefully: everything was delivered. The report
+/// counts it so, whatever the close timeout saw afterwards.
+#[tokio::test(start_paused = true)]
+async fn a_goodbye_to_a_lingering_peer_counts_as_graceful() {
+    let server = Server::builder()
+        .close_timeout(Duration::from_secs(5))
+        .shutdown_timeout(Duration::from_secs(60))
+        .start_embedded(Goodbye)
+        .await
+        .unwrap();
+    let mut peer = server.connect(peer_addr(0)).await.unwrap();
+    let shutdown = {
+        let server = server.server().clone();
+        tokio::spawn(async move { server.shutdown().await })
+    };
+    let (said, end) = peer_read_to_end(&mut peer).await;
+    assert_eq!(said, b"bye\n");
+    end.expect("FIN after the goodbye");
+    // The peer never closes its end.
+    let report = bounded("shutdown", shutdown).await.unwrap();
+    assert_eq!((report.graceful, report.forced, report.other), (1, 0, 0));
+    drop(peer);
+}

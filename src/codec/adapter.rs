@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 
-use super::framed::{take, FramedConnection};
+use super::framed::{flush, FramedConnection};
 use super::state::{FrameState, Step};
 use super::{FrameError, FrameHandler, Item};
 use crate::{
@@ -69,7 +69,7 @@ impl<H: FrameHandler> Adapter<H> {
                 if let Some(data) = data.take() {
                     state.push(data);
                 }
-                if state.output.len() >= FLUSH_AT {
+                if state.unflushed >= FLUSH_AT {
                     flush_keeping(connection, state);
                 }
                 match connection.has_room() {
@@ -116,7 +116,7 @@ impl<H: FrameHandler> Adapter<H> {
         error: FrameError<super::DecodeError<H>>,
     ) {
         self.handler.on_decode_error(framed, &error).await;
-        let _ = framed.flush();
+        // What was fed goes out before the FIN: a close queues it.
         framed.close_because(error.closure_reason());
     }
 
@@ -144,22 +144,12 @@ impl<H: FrameHandler> Adapter<H> {
     }
 }
 
-/// Queues the output; if the queue is full, keeps it and marks the delivery paused, so that the
-/// queue's next drain flushes it (nothing the application fed is lost to a full queue). Output
-/// the connection will never take (closing, write side shut) is dropped.
-fn flush_keeping<C: tokio_util::codec::Decoder>(connection: &Connection, state: &mut FrameState<C>)
-where
-    C::Error: 'static,
-{
-    if state.output.is_empty() {
-        return;
-    }
-    if let Err(refused) = connection.write(take(&mut state.output)) {
-        let (error, data) = refused.into_parts();
-        if matches!(error, Error::WriteQueueFull { .. }) {
-            state.output = data
-                .try_into_mut()
-                .unwrap_or_else(|shared: Bytes| BytesMut::from(&shared[..]));
+/// Queues what was fed; if the queue is full, keeps it staged and marks the delivery paused, so
+/// that the queue's next drain flushes it (nothing the application fed is lost to a full
+/// queue). What the connection will never take (closing, write side shut) is dropped.
+fn flush_keeping<C>(connection: &Connection, state: &mut FrameState<C>) {
+    if let Err(refused) = flush(connection, state, true) {
+        if matches!(refused.error(), Error::WriteQueueFull { .. }) {
             state.paused = true;
         }
     }

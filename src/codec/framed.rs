@@ -3,7 +3,7 @@
 use std::fmt;
 use std::ops::Deref;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio_util::codec::Encoder;
 
 use super::state::FrameState;
@@ -17,10 +17,12 @@ use crate::{Connection, Error, Slot, WriteError};
 /// task of its own holding a `Connection` clone, gets one with [`FramedConnection::of`]. It is
 /// a borrow: it does not keep the connection open (the `Connection` it borrows may).
 ///
-/// Encoded items wait in the connection's output until they are flushed, as one write, into
-/// the connection's write queue: [`send`](FramedConnection::send) flushes at once,
+/// Encoded items are staged on the connection until they are flushed, as one write, into its
+/// write queue: [`send`](FramedConnection::send) flushes at once,
 /// [`feed`](FramedConnection::feed) leaves it to [`flush`](FramedConnection::flush) or to the
-/// frame layer, which flushes after delivering each read's items.
+/// frame layer, which flushes after delivering each read's items. A fed item is in the
+/// connection's one order of bytes from the moment it is fed: a write, a goodbye, a close or a
+/// group's broadcast posted after it goes out after it.
 pub struct FramedConnection<'a, C> {
     connection: &'a Connection,
     slot: Slot<FrameState<C>>,
@@ -56,36 +58,42 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
         self.connection
     }
 
-    /// Encodes `item` into the connection's output, without queueing it: a later
+    /// Encodes `item` and stages it on the connection, without queueing it: a later
     /// [`flush`](FramedConnection::flush) or [`send`](FramedConnection::send) queues it, and
     /// so does the frame layer after the items of the current read (when called from
     /// [`on_frame`](super::FrameHandler::on_frame) or
     /// [`on_decode_error`](super::FrameHandler::on_decode_error)), and after any other callback
-    /// of the connection returns. On a task of its own, flush what was fed: the output is not
-    /// bounded by the write queue's limit. Before [`Connection::close`], flush, or close through
-    /// [`FramedConnection::close`], which does.
+    /// of the connection returns. Whatever is posted to the connection after it (a write, a
+    /// goodbye, a close, a broadcast) goes out after it. On a task of its own, flush what was
+    /// fed: what is staged is not bounded by the write queue's limit.
     ///
     /// # Errors
     /// [`SendError::Encode`] if the encoder failed (nothing of the item is kept);
-    /// [`SendError::Write`] with [`Error::ConnectionClosed`] once the connection has been
-    /// released.
+    /// [`SendError::Write`] with the encoded bytes once the connection takes no more writes
+    /// ([`Error::ConnectionClosed`], [`Error::WriteShutdown`]).
     pub fn feed<I>(&self, item: I) -> Result<(), SendError<<C as Encoder<I>>::Error>>
     where
         C: Encoder<I>,
     {
-        let encoded = self.with_state(|state| {
-            let before = state.output.len();
-            let encoded = state.codec.encode(item, &mut state.output);
-            if encoded.is_err() {
-                state.output.truncate(before);
+        let fed = self.with_state(|state| {
+            state.scratch.clear();
+            if let Err(error) = state.codec.encode(item, &mut state.scratch) {
+                state.scratch.clear();
+                return Err(SendError::Encode(error));
             }
-            encoded
+            let encoded = state.scratch.len();
+            match self.connection.stage(&mut state.scratch) {
+                Ok(()) => {
+                    state.unflushed += encoded;
+                    Ok(())
+                }
+                Err(error) => Err(SendError::Write(WriteError::new(
+                    error,
+                    std::mem::take(&mut state.scratch).freeze(),
+                ))),
+            }
         });
-        match encoded {
-            Some(Ok(())) => Ok(()),
-            Some(Err(error)) => Err(SendError::Encode(error)),
-            None => Err(SendError::Write(released())),
-        }
+        fed.unwrap_or_else(|| Err(SendError::Write(released())))
     }
 
     /// Queues everything [fed](FramedConnection::feed) so far as one write. Nothing fed, nothing
@@ -93,18 +101,10 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     ///
     /// # Errors
     /// As for [`Connection::write`] (the queue is at its limit, the write side was shut, the
-    /// connection is closing): the refused bytes are given back and are no longer in the
-    /// output.
+    /// connection is closing): the refused bytes are given back and are no longer staged.
     pub fn flush(&self) -> Result<(), WriteError> {
-        // The write is made under the state's lock, so that what two tasks flush reaches the
-        // queue in the order it was fed.
-        self.with_state(|state| {
-            if state.output.is_empty() {
-                return Ok(());
-            }
-            self.connection.write(take(&mut state.output))
-        })
-        .unwrap_or_else(|| Err(released()))
+        self.with_state(|state| flush(self.connection, state, false))
+            .unwrap_or_else(|| Err(released()))
     }
 
     /// Encodes `item` and queues it, with whatever was [fed](FramedConnection::feed) before it,
@@ -140,11 +140,9 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
         self.flush().map_err(SendError::Write)
     }
 
-    /// [Flushes](FramedConnection::flush), then [closes](Connection::close) gracefully: what
-    /// was fed goes out before the FIN. ([`Connection::close`] itself refuses writes from the
-    /// call on, so what was fed and not flushed before it is dropped.)
+    /// [Closes](Connection::close) gracefully: what was fed goes out before the FIN, past the
+    /// queue's limit, as everything posted before a close does.
     pub fn close(&self) {
-        let _ = self.flush();
         self.connection.close();
     }
 
@@ -156,9 +154,23 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     }
 }
 
-/// The output as one buffer, leaving it empty (and holding no memory).
-pub(crate) fn take(output: &mut BytesMut) -> Bytes {
-    std::mem::take(output).freeze()
+/// Queues what was fed on `connection` as one write (see [`Connection::flush_staged`]): at the
+/// queue's limit it stays staged if `keep`.
+pub(crate) fn flush<C>(
+    connection: &Connection,
+    state: &mut FrameState<C>,
+    keep: bool,
+) -> Result<(), WriteError> {
+    if state.unflushed == 0 {
+        return Ok(());
+    }
+    let flushed = connection.flush_staged(keep);
+    let kept = keep
+        && matches!(&flushed, Err(refused) if matches!(refused.error(), Error::WriteQueueFull { .. }));
+    if !kept {
+        state.unflushed = 0;
+    }
+    flushed
 }
 
 /// The refusal of a connection whose frame state is gone: it has been released.

@@ -34,8 +34,12 @@ pub(crate) struct FrameState<C> {
     pub(crate) codec: C,
     /// Bytes read and not decoded yet.
     input: BytesMut,
-    /// Items encoded and not written yet.
-    pub(crate) output: BytesMut,
+    /// Where an item is encoded before it is staged on the connection (see
+    /// [`Connection::stage`](crate::Connection::stage)).
+    pub(crate) scratch: BytesMut,
+    /// Bytes staged since the last flush (an upper bound: a write of another path queues them
+    /// too), so that a flush with nothing fed takes no lock.
+    pub(crate) unflushed: usize,
     /// Delivery stopped because the write queue was high; it resumes when the queue drains.
     pub(crate) paused: bool,
     /// Decoding ended (an error, or the end of the stream): nothing more is delivered.
@@ -52,7 +56,8 @@ where
         FrameState {
             codec,
             input: BytesMut::new(),
-            output: BytesMut::new(),
+            scratch: BytesMut::new(),
+            unflushed: 0,
             paused: false,
             done: false,
             eaten: 0,

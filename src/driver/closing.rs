@@ -2,11 +2,19 @@
 //! order, then its registration dropped.
 
 use super::Driver;
+use crate::stats::Count;
 use crate::ClosureReason;
 
 impl Driver {
-    /// Closes the socket and runs the closing events: closure, closed, released, in that order.
-    pub(super) async fn finish(self, reason: ClosureReason) {
+    /// Closes the socket and runs the closing events: closure, closed, released, in that order,
+    /// with the reason the lifecycle decided.
+    pub(super) async fn finish(mut self) {
+        // The end is published (if it was not yet): an abort counted before it takes its place.
+        self.publish();
+        let Some(reason) = self.life.ended_with() else {
+            unreachable!("the driver finishes once the lifecycle has ended");
+        };
+        let lingered = self.life.peer_lingered();
         let Driver {
             context,
             shared,
@@ -16,10 +24,6 @@ impl Driver {
             client,
             ..
         } = self;
-        // An abort counted by abort-all before this connection decided how it ends wins.
-        let reason = shared.mailbox.publish_ended(reason);
-        // Already done if it closed after establishment; not if it ended before, or panicked.
-        shared.leave_groups();
         if let Some(client) = client {
             // The awaiting task learns how it ended before the closing events run.
             client.ended(reason);
@@ -36,6 +40,9 @@ impl Driver {
             registration.aborts_announced().await;
         }
         registration.ended(reason);
+        if lingered {
+            context.counters.count(Count::LingeringPeer);
+        }
         let invoker = &context.invoker;
         let callbacks = invoker.callbacks();
         let id = Some(shared.id);

@@ -6,155 +6,113 @@ use std::io;
 use bytes::BytesMut;
 
 use super::urgent::{self, Watched};
-use super::{is_reset, Driver};
-use crate::lifecycle::{LazyNow, Phase, ReadOutcome, ReadVerdict};
-use crate::{tls, ClosureReason, Error};
+use super::{callback, Driver};
+use crate::lifecycle::{IoError, IoVerdict, Op};
+use crate::{tls, Error};
 
 impl Driver {
-    /// A read failed: reset, a TLS failure, or an error the application may choose to survive.
+    /// What `error`, from a read or write of this connection's transport, is to the lifecycle;
+    /// `None` for the errors that are no failure (`WouldBlock`, `Interrupted`).
+    pub(super) fn classify(&self, error: &io::Error) -> Option<IoError> {
+        Some(match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => return None,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => IoError::Reset,
+            io::ErrorKind::BrokenPipe => IoError::BrokenPipe,
+            _ if self.transport.is_tls() && tls::is_tls_failure(error) => IoError::Tls {
+                from_peer: tls::is_peer_alert(error),
+            },
+            _ => IoError::Other,
+        })
+    }
+
+    /// A read failed: the lifecycle decides what it means, and the driver runs the callbacks
+    /// that go with its verdict.
     pub(super) async fn read_failed(&mut self, error: io::Error) {
-        if matches!(
-            error.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        ) {
-            return;
-        }
         if self.transport.is_tls() && tls::is_unexpected_eof(&error) {
             // TCP closed without close_notify: taken as the peer's FIN.
             return self.read_completed(BytesMut::new()).await;
         }
-        if self.is_peer_reset(&error) {
-            if self.life.on_read(ReadOutcome::Reset, &LazyNow::default())
-                == ReadVerdict::AnnounceReset
-            {
-                self.announce_reset(&error).await;
-            }
+        self.io_failed(Op::Read, error).await;
+    }
+
+    pub(super) async fn write_failed(&mut self, error: io::Error) {
+        self.io_failed(Op::Write, error).await;
+    }
+
+    /// Feeds a failed `op` to the lifecycle and carries out its verdict.
+    async fn io_failed(&mut self, op: Op, error: io::Error) {
+        let Some(class) = self.classify(&error) else {
             return;
-        }
-        if let Phase::Closing { reason, .. } = self.life.phase() {
-            // The peer's side failed while we were finishing ours.
-            return self.life.end(reason);
-        }
-        if self.transport.is_tls() && tls::is_tls_failure(&error) {
-            let reason = self.tls_failed(error).await;
-            return self.life.end(reason);
-        }
-        self.life.on_read_failed();
-        let callbacks = self.context.invoker.callbacks();
-        let keep = self
-            .context
-            .invoker
-            .call(
-                "on_read_error_may_not_be_fatal",
-                Some(self.shared.id),
-                callbacks.on_read_error_may_not_be_fatal(&self.connection, &error),
-            )
-            .await;
-        match keep {
-            None => self.life.end(ClosureReason::CallbackPanic),
-            Some(true) => {}
-            Some(false) => {
-                self.shared.mailbox.mark_ended();
-                self.call(
-                    "on_read_completion_error",
-                    callbacks.on_read_completion_error(&self.connection, &error),
-                )
-                .await;
-                self.life.end(ClosureReason::ReadError);
+        };
+        match self.life.on_io_error(op, class) {
+            IoVerdict::Ended => {}
+            IoVerdict::AnnounceReset => self.announce_reset(&error).await,
+            IoVerdict::AnnounceTls { from_peer } => {
+                self.announce_tls_failure(from_peer, error).await
+            }
+            IoVerdict::Ask => {
+                let keep = match op {
+                    Op::Read => callback!(
+                        self,
+                        "on_read_error_may_not_be_fatal",
+                        on_read_error_may_not_be_fatal(&error)
+                    ),
+                    Op::Write => callback!(
+                        self,
+                        "on_write_error_may_not_be_fatal",
+                        on_write_error_may_not_be_fatal(&error)
+                    ),
+                };
+                // A panic has ended the connection already.
+                let Some(keep) = keep else { return };
+                self.life.on_error_answer(op, keep);
+                match (op, keep) {
+                    (Op::Write, true) => {
+                        // The unsent data is dropped; the connection goes on.
+                        let unsent = self.writes.clear();
+                        self.life.on_dropped(unsent);
+                        self.shared.mailbox.publish_sent(unsent);
+                    }
+                    (Op::Read, true) => {}
+                    (Op::Read, false) => {
+                        callback!(
+                            self,
+                            "on_read_completion_error",
+                            on_read_completion_error(&error)
+                        );
+                    }
+                    (Op::Write, false) => {
+                        callback!(
+                            self,
+                            "on_write_completion_error",
+                            on_write_completion_error(&error)
+                        );
+                    }
+                }
             }
         }
     }
 
     pub(super) async fn announce_reset(&mut self, error: &io::Error) {
-        // Decided: an abort-all from now on does not count this connection.
-        self.shared.mailbox.mark_ended();
-        let callbacks = self.context.invoker.callbacks();
-        self.call(
-            "on_connection_reset",
-            callbacks.on_connection_reset(&self.connection, error),
-        )
-        .await;
+        callback!(self, "on_connection_reset", on_connection_reset(error));
     }
 
-    pub(super) async fn write_failed(&mut self, error: io::Error) {
-        if self.transport.is_tls() && tls::is_tls_failure(&error) {
-            let reason = self.tls_failed(error).await;
-            return self.life.end(reason);
-        }
-        if self.is_peer_reset(&error) {
-            if self.life.on_write_reset() {
-                self.announce_reset(&error).await;
-            }
-            return;
-        }
-        let callbacks = self.context.invoker.callbacks();
-        let keep = self
-            .context
-            .invoker
-            .call(
-                "on_write_error_may_not_be_fatal",
-                Some(self.shared.id),
-                callbacks.on_write_error_may_not_be_fatal(&self.connection, &error),
-            )
-            .await;
-        match keep {
-            None => self.life.end(ClosureReason::CallbackPanic),
-            Some(true) => {
-                // The unsent data is dropped; the connection goes on.
-                let unsent = self.writes.clear();
-                self.life.on_dropped(unsent);
-                self.shared.mailbox.publish_sent(unsent);
-            }
-            Some(false) => {
-                self.shared.mailbox.mark_ended();
-                self.call(
-                    "on_write_completion_error",
-                    callbacks.on_write_completion_error(&self.connection, &error),
-                )
-                .await;
-                self.life.end(ClosureReason::WriteError);
-            }
-        }
-    }
-
-    /// Whether a failed read or write means the peer reset the connection. Besides ECONNRESET:
-    /// once the peer's FIN was read, Linux reports its later RST to a write as EPIPE, which then
-    /// means a reset as long as our own FIN has not been sent (after it, EPIPE is our doing).
-    pub(super) fn is_peer_reset(&self, error: &io::Error) -> bool {
-        is_reset(error)
-            || (error.kind() == io::ErrorKind::BrokenPipe
-                && self.life.read_closed()
-                && !self.life.fin_sent())
-    }
-
-    /// Reports a TLS failure (the TLS library's error) to the callback for its side (a peer's
-    /// alert, or ours) and gives the closure reason.
-    pub(super) async fn tls_failed(
+    /// Reports a TLS failure (the TLS library's error, ending the connection as the lifecycle
+    /// decided) to the callback for its side: a peer's alert, or ours.
+    pub(super) async fn announce_tls_failure(
         &mut self,
+        from_peer: bool,
         source: impl std::error::Error + Send + Sync + 'static,
-    ) -> ClosureReason {
-        self.shared.mailbox.mark_ended();
-        let callbacks = self.context.invoker.callbacks();
-        let from_peer = tls::is_peer_alert(&source);
+    ) {
         let error = Error::Tls {
             from_peer,
             source: Box::new(source),
         };
         tracing::debug!(connection = %self.shared.id, %error, "TLS failure");
         if from_peer {
-            self.call(
-                "on_remote_fatal_error",
-                callbacks.on_remote_fatal_error(&self.connection, &error),
-            )
-            .await;
-            ClosureReason::TlsAlert
+            callback!(self, "on_remote_fatal_error", on_remote_fatal_error(&error));
         } else {
-            self.call(
-                "on_fatal_error",
-                callbacks.on_fatal_error(&self.connection, &error),
-            )
-            .await;
-            ClosureReason::TlsError
+            callback!(self, "on_fatal_error", on_fatal_error(&error));
         }
     }
 
@@ -165,17 +123,8 @@ impl Driver {
             return self.urgent.hold(byte);
         }
         self.life.on_urgent_delivered();
-        let callbacks = self.context.invoker.callbacks();
         let data = BytesMut::from(&[byte][..]);
-        if !self
-            .call(
-                "on_read_oob_completed",
-                callbacks.on_read_oob_completed(&self.connection, data),
-            )
-            .await
-        {
-            self.life.end(ClosureReason::CallbackPanic);
-        }
+        callback!(self, "on_read_oob_completed", on_read_oob_completed(data));
     }
 
     /// The urgent-data watcher woke: deliver the byte, or end a failed socket, or stop watching.
@@ -202,9 +151,7 @@ impl Driver {
                 }
                 self.urgent.finish();
                 if let Some(error) = error {
-                    if self.life.on_read(ReadOutcome::Reset, &LazyNow::default())
-                        == ReadVerdict::AnnounceReset
-                    {
+                    if self.life.on_io_error(Op::Read, IoError::Reset) == IoVerdict::AnnounceReset {
                         self.announce_reset(&error).await;
                     }
                 }

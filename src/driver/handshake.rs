@@ -2,30 +2,38 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::SockRef;
 
 use super::transport::Transport;
-use super::{before_established, Before, Driver};
+use tokio::time::Instant;
+
+use super::{before_established, callback, Before, Driver};
+use crate::lifecycle::{IoError, Op, StartFailure, Step};
 use crate::tls::{self, Secure, TlsInfo};
-use crate::{ClosureReason, Direction};
+use crate::Direction;
 
 impl Driver {
     /// Runs the TLS handshake, bounded by the handshake timeout and cut short by an abort, then
-    /// the negotiation events. `Err` carries the closure reason of a failure, after its
-    /// `on_fatal_error` / `on_remote_fatal_error`.
-    pub(super) async fn handshake(&mut self, secure: Secure) -> Result<(), ClosureReason> {
+    /// the negotiation events. How it fails is the lifecycle's to decide: this feeds it what
+    /// happened (and runs `on_fatal_error` / `on_remote_fatal_error` for a TLS failure).
+    pub(super) async fn handshake(&mut self, secure: Secure) {
         // Only accepted connections count against the cap: it guards against floods from
         // outside, and an outgoing connect is the application's own doing.
         let _slot = match &secure {
             Secure::Accept { slots, .. } => match slots.clone().try_acquire_owned() {
                 Ok(slot) => Some(slot),
-                Err(_) => return Err(ClosureReason::HandshakeLimit),
+                Err(_) => return self.life.on_start_failed(StartFailure::NoHandshakeSlot),
             },
             Secure::Connect(_) => None,
         };
-        let started = Instant::now();
+        let started = std::time::Instant::now();
+        self.life.begin_step(
+            Step::Handshake,
+            self.context.handshake_timeout,
+            Instant::now(),
+        );
         let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Gone) else {
             unreachable!("a handshake starts on the plain socket");
         };
@@ -33,12 +41,6 @@ impl Driver {
         // (abort, timeout) end with RST like any abort, while a failed one closes with FIN so
         // that the alert OpenSSL wrote still reaches the peer.
         let socket = SockRef::from(&tcp).try_clone().ok();
-        let reset = |reason| {
-            if let Some(socket) = &socket {
-                let _ = socket.set_linger(Some(Duration::ZERO));
-            }
-            Err(reason)
-        };
         let (side, negotiation): (_, Pin<Box<dyn Future<Output = _> + Send>>) = match secure {
             Secure::Accept { acceptor, .. } => (
                 Direction::Inbound,
@@ -49,16 +51,19 @@ impl Driver {
                 Box::pin(async move { tls.connector.connect(&tls.domain, tcp).await }),
             ),
         };
-        let outcome = match before_established(
-            &self.shared.mailbox,
-            negotiation,
-            self.context.handshake_timeout,
-        )
-        .await
-        {
+        let deadline = self.life.step_deadline().unwrap_or_else(Instant::now);
+        let outcome = match before_established(&self.shared.mailbox, negotiation, deadline).await {
             Before::Done(outcome) => outcome,
-            Before::TimedOut => return reset(ClosureReason::HandshakeTimedOut),
-            Before::Aborted(reason) => return reset(reason),
+            cut_short => {
+                match cut_short {
+                    Before::Aborted(reason) => self.life.on_abort(reason),
+                    _ => self.life.on_deadline(Instant::now()),
+                }
+                if let Some(socket) = &socket {
+                    let _ = socket.set_linger(Some(Duration::ZERO));
+                }
+                return;
+            }
         };
         drop(socket);
         let stream = match outcome {
@@ -67,38 +72,42 @@ impl Driver {
                 // A peer that resets or just closes during the handshake (a port scanner, a
                 // client that gave up) ended the connection; that is not a TLS failure.
                 match tls::handshake_ended_by_peer(&error) {
-                    Some(true) => return Err(ClosureReason::PeerReset),
-                    Some(false) => return Err(ClosureReason::PeerClosed),
-                    None => {}
+                    Some(true) => {
+                        self.life.on_io_error(Op::Read, IoError::Reset);
+                    }
+                    Some(false) => self.life.on_start_failed(StartFailure::PeerClosed),
+                    None => {
+                        let from_peer = tls::is_peer_alert(&error);
+                        self.life.on_io_error(Op::Read, IoError::Tls { from_peer });
+                        self.announce_tls_failure(from_peer, error).await;
+                    }
                 }
-                return Err(self.tls_failed(error).await);
+                return;
             }
         };
+        self.life.on_step_done();
         self.context
             .record_tls_handshake_duration(started.elapsed());
         let info = TlsInfo::from_stream(side, stream.get_ref());
         self.transport = Transport::tls(stream);
-        let info = self.shared.told().tls.get_or_init(|| info);
-        let callbacks = self.context.invoker.callbacks();
-        if !self
-            .call(
-                "on_negotiation_complete",
-                callbacks.on_negotiation_complete(&self.connection, info),
-            )
-            .await
+        // Through a clone of the shared state, which the callback borrows from while the driver
+        // publishes.
+        let shared = self.shared.clone();
+        let info = shared.told().tls.get_or_init(|| info);
+        if callback!(
+            self,
+            "on_negotiation_complete",
+            on_negotiation_complete(info)
+        )
+        .is_none()
         {
-            return Err(ClosureReason::CallbackPanic);
+            return;
         }
         let peer = self.shared.peer();
-        if !self
-            .call(
-                "on_secure_connection_established",
-                callbacks.on_secure_connection_established(&self.connection, &peer),
-            )
-            .await
-        {
-            return Err(ClosureReason::CallbackPanic);
-        }
-        Ok(())
+        callback!(
+            self,
+            "on_secure_connection_established",
+            on_secure_connection_established(&peer)
+        );
     }
 }

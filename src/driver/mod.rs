@@ -29,15 +29,15 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::future::BoxFuture;
 use futures::task::noop_waker_ref;
 use tokio::time::Instant;
 
 use crate::client::ClientSink;
 use crate::connection::Shared;
-use crate::invoke::{Guarded, Invoker};
+use crate::invoke::Invoker;
 use crate::lifecycle::{
-    Action, Event, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
+    Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
+    Snapshot,
 };
 use crate::registry::Registration;
 use crate::stats::{ConnectionCounters, Count, Counters};
@@ -116,16 +116,37 @@ enum Before<T> {
     Aborted(ClosureReason),
 }
 
-/// Drives `future` (the PROXY header read, the TLS handshake) until it completes, `limit` passes
-/// or an abort is posted: before a connection is established, an abort is all its handles can
-/// post, and nothing else may cut the wait short.
+/// Runs one of the connection's callbacks, `$method` of [`Callbacks`](crate::Callbacks) with the
+/// connection's handle and `$arg`s: publishes the lifecycle's snapshot first, so that the
+/// callback's handles see the connection as it is, and catches a panic, which ends the
+/// connection ([`Driver::panicked`]). `Some` with the callback's value if it returned.
+macro_rules! callback {
+    ($driver:ident, $name:literal, $method:ident($($arg:expr),* $(,)?)) => {{
+        $driver.publish();
+        let callbacks = $driver.context.invoker.callbacks();
+        match (crate::invoke::Guarded(callbacks.$method(&$driver.connection $(, $arg)*))).await {
+            Ok(value) => Some(value),
+            Err(payload) => {
+                // Boxed: the panic path is rare, and its state would otherwise be part of every
+                // connection's task.
+                Box::pin($driver.panicked($name, payload)).await;
+                None
+            }
+        }
+    }};
+}
+pub(crate) use callback;
+
+/// Drives `future` (the PROXY header read, the TLS handshake) until it completes, `deadline`
+/// passes or an abort is posted: before a connection is established, an abort is all its handles
+/// can post, and nothing else may cut the wait short.
 async fn before_established<F: std::future::Future>(
     mailbox: &crate::mailbox::Mailbox,
     future: F,
-    limit: Duration,
+    deadline: Instant,
 ) -> Before<F::Output> {
     tokio::pin!(future);
-    let timeout = tokio::time::sleep(limit);
+    let timeout = tokio::time::sleep_until(deadline);
     tokio::pin!(timeout);
     loop {
         if let Some(reason) = mailbox.pending_abort() {
@@ -160,8 +181,8 @@ pub(crate) struct Driver {
     writes: WriteQueue,
     urgent: Urgent,
     timer: Timer,
-    /// The lifecycle's closing was published to handles.
-    published_closing: bool,
+    /// What handles were last told of the connection's fate ([`Driver::publish`]).
+    published: Snapshot,
     registration: Registration,
 }
 
@@ -175,7 +196,7 @@ impl Driver {
     ) -> Self {
         Driver {
             connection: Connection::uncounted(shared.clone()),
-            life: Lifecycle::new(context.lifecycle.clone(), Instant::now()),
+            life: Lifecycle::starting(context.lifecycle.clone(), Instant::now()),
             context,
             shared,
             transport,
@@ -185,7 +206,10 @@ impl Driver {
             writes: WriteQueue::default(),
             urgent: Urgent::default(),
             timer: Timer::default(),
-            published_closing: false,
+            published: Snapshot {
+                fate: Fate::Open,
+                high: false,
+            },
             registration,
         }
     }
@@ -202,66 +226,78 @@ impl Driver {
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
             self.shared.mailbox.set_task(tokio::task::id());
-            let reason = match refuse {
-                Some(reason) => reason,
+            match refuse {
+                Some(reason) => self.life.on_refused(reason),
                 None => self.live().await,
-            };
+            }
             // Boxed, like the handshake: a connection's task is as large as its largest await,
             // and these run once, so they should not make every idle connection pay for their
             // state.
-            Box::pin(self.finish(reason)).await;
+            Box::pin(self.finish()).await;
         }
     }
 
-    /// From the PROXY header and the handshake (for TLS) to the end of the I/O loop; returns the
-    /// closure reason.
-    async fn live(&mut self) -> ClosureReason {
+    /// From the PROXY header and the handshake (for TLS) to the end of the I/O loop, when the
+    /// lifecycle has decided how the connection ends.
+    async fn live(&mut self) {
         if let Some(proxied) = self.proxied.take() {
             // Boxed, like the handshake: it runs once.
-            if let Err(reason) = Box::pin(self.proxy_header(*proxied)).await {
-                return reason;
-            }
+            Box::pin(self.proxy_header(*proxied)).await;
         }
         if let Some(secure) = self.secure.take() {
-            if let Err(reason) = Box::pin(self.handshake(*secure)).await {
-                return reason;
+            if !self.life.is_ended() {
+                Box::pin(self.handshake(*secure)).await;
             }
+        }
+        if self.life.is_ended() {
+            return;
         }
         let peer = self.shared.peer();
-        let callbacks = self.context.invoker.callbacks();
         // Weak handles (and groups) can take this connection from now until it closes.
         self.shared.mailbox.open_for_upgrades();
-        if !self
-            .call(
-                "on_connection_established",
-                callbacks.on_connection_established(&self.connection, &peer),
-            )
-            .await
-        {
-            return ClosureReason::CallbackPanic;
-        }
-        self.life = Lifecycle::new(self.context.lifecycle.clone(), Instant::now());
-        self.pump().await
+        callback!(
+            self,
+            "on_connection_established",
+            on_connection_established(&peer)
+        );
+        self.life.on_established(Instant::now());
+        self.pump().await;
     }
 
-    /// Invokes a callback of this connection; `false` if it panicked (already reported).
-    async fn call(&self, name: &'static str, callback: BoxFuture<'_, ()>) -> bool {
-        let mut guarded = Guarded(callback);
-        match (&mut guarded).await {
-            Ok(()) => true,
-            Err(payload) => {
-                // A panic ends the connection: an abort-all from now on does not count it.
-                self.shared.mailbox.mark_ended();
-                // Boxed: the panic path is rare, and its state would otherwise be part of every
-                // connection's task.
-                let invoker = &self.context.invoker;
-                Box::pin(invoker.report_panic(name, Some(self.shared.id), payload)).await;
-                false
-            }
+    /// A callback of this connection panicked: the lifecycle ends the connection, handles learn
+    /// it (an abort-all from now on does not count it), and the panic is reported.
+    async fn panicked(&mut self, name: &'static str, payload: Box<dyn std::any::Any + Send>) {
+        self.life.on_callback_panic();
+        self.publish();
+        let invoker = &self.context.invoker;
+        invoker
+            .report_panic(name, Some(self.shared.id), payload)
+            .await;
+    }
+
+    /// Publishes the lifecycle's [`Snapshot`] to the connection's handles if it changed since
+    /// the last time: the one place that tells handles a connection's fate. A connection that
+    /// starts closing leaves its groups; one whose end is published takes an abort counted
+    /// before it as its reason.
+    #[inline]
+    fn publish(&mut self) {
+        let snapshot = self.life.snapshot();
+        if snapshot != self.published {
+            self.publish_changed(snapshot);
         }
     }
 
-    async fn pump(&mut self) -> ClosureReason {
+    fn publish_changed(&mut self, snapshot: Snapshot) {
+        self.published = snapshot;
+        if let Some(abort) = self.shared.mailbox.publish(snapshot) {
+            self.life.on_abort(abort);
+        }
+        if snapshot.fate != Fate::Open {
+            self.shared.leave_groups();
+        }
+    }
+
+    async fn pump(&mut self) {
         loop {
             let action = {
                 // The time of this turn, read only if a rule needs it.
@@ -269,13 +305,9 @@ impl Driver {
                 self.take_posted(&now);
                 self.life.next(&now)
             };
-            if !self.published_closing && self.life.is_closing() {
-                self.published_closing = true;
-                self.shared.mailbox.publish_closing();
-                self.shared.leave_groups();
-            }
+            self.publish();
             match action {
-                Action::End(reason) => return reason,
+                Action::End(_) => return,
                 Action::ConfirmUnreferenced => {
                     // Otherwise an upgrade or a post came in since the take: take again.
                     if self.shared.mailbox.seal_unreferenced() {
@@ -319,12 +351,7 @@ impl Driver {
                                 if let Some(client) = &self.client {
                                     client.deliver(data);
                                 } else {
-                                    let callbacks = self.context.invoker.callbacks();
-                                    let callback =
-                                        callbacks.on_read_completed(&self.connection, data);
-                                    if !self.call("on_read_completed", callback).await {
-                                        self.life.end(ClosureReason::CallbackPanic);
-                                    }
+                                    callback!(self, "on_read_completed", on_read_completed(data));
                                 }
                             }
                         }
@@ -369,36 +396,17 @@ impl Driver {
     }
 
     async fn announce(&mut self, event: Event) {
-        let callbacks = self.context.invoker.callbacks();
-        let connection = &self.connection;
-        let survived = match event {
+        match event {
             Event::WriteBufferHigh => {
-                self.shared.mailbox.publish_high(true);
                 self.context.counters.count(Count::WriteQueueHigh);
-                self.call(
-                    "on_write_buffer_high",
-                    callbacks.on_write_buffer_high(connection),
-                )
-                .await
+                callback!(self, "on_write_buffer_high", on_write_buffer_high());
             }
             Event::WriteBufferLow => {
-                self.shared.mailbox.publish_high(false);
-                self.call(
-                    "on_write_buffer_low",
-                    callbacks.on_write_buffer_low(connection),
-                )
-                .await
+                callback!(self, "on_write_buffer_low", on_write_buffer_low());
             }
             Event::ShutdownRequested => {
-                self.call(
-                    "on_shutdown_requested",
-                    callbacks.on_shutdown_requested(connection),
-                )
-                .await
+                callback!(self, "on_shutdown_requested", on_shutdown_requested());
             }
-        };
-        if !survived {
-            self.life.end(ClosureReason::CallbackPanic);
         }
     }
 
@@ -482,41 +490,27 @@ impl Driver {
         } else {
             ReadOutcome::Data(data.len())
         };
-        let callbacks = self.context.invoker.callbacks();
-        let survived = match self.life.on_read(outcome, &LazyNow::default()) {
+        match self.life.on_read(outcome, &LazyNow::default()) {
             ReadVerdict::Deliver => {
                 self.count_read(data.len());
                 match &self.client {
-                    Some(client) => {
-                        client.deliver(data);
-                        true
-                    }
+                    Some(client) => client.deliver(data),
                     None => {
-                        self.call(
-                            "on_read_completed",
-                            callbacks.on_read_completed(&self.connection, data),
-                        )
-                        .await
+                        callback!(self, "on_read_completed", on_read_completed(data));
                     }
                 }
             }
             ReadVerdict::ClientClose => match &self.client {
-                Some(client) => {
-                    client.peer_closed();
-                    true
-                }
+                Some(client) => client.peer_closed(),
                 None => {
-                    self.call(
+                    callback!(
+                        self,
                         "on_connection_client_close",
-                        callbacks.on_connection_client_close(&self.connection),
-                    )
-                    .await
+                        on_connection_client_close()
+                    );
                 }
             },
-            ReadVerdict::Discard | ReadVerdict::Ended | ReadVerdict::AnnounceReset => true,
-        };
-        if !survived {
-            self.life.end(ClosureReason::CallbackPanic);
+            ReadVerdict::Discard | ReadVerdict::Ended => {}
         }
     }
 
@@ -539,17 +533,10 @@ impl Driver {
         ConnectionCounters::add(&counters.bytes_written, sent as u64);
         ConnectionCounters::add(&counters.writes, completed as u64);
         self.context.counters.bytes_written(sent as u64);
-        let callbacks = self.context.invoker.callbacks();
         for _ in 0..completed {
             let data = self.writes.pop_sent();
-            if !self
-                .call(
-                    "on_write_completed",
-                    callbacks.on_write_completed(&self.connection, data),
-                )
-                .await
-            {
-                return self.life.end(ClosureReason::CallbackPanic);
+            if callback!(self, "on_write_completed", on_write_completed(data)).is_none() {
+                return;
             }
         }
     }
@@ -638,13 +625,4 @@ impl Waiting<'_> {
         }
         std::task::Poll::Pending
     }
-}
-
-/// Whether an error means the peer reset the connection. `EPIPE` is not counted: after a reset
-/// the first failing call reports `ECONNRESET`; a later `EPIPE` comes from our own shut-down side.
-pub(crate) fn is_reset(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-    )
 }

@@ -10,9 +10,9 @@ use tokio::time::Instant;
 
 use super::transport::Transport;
 use super::{before_established, Before, Driver};
+use crate::lifecycle::{IoError, Op, StartFailure, Step};
 use crate::per_ip::PerIpLimit;
-use crate::proxy::{HeaderError, HeaderReader, ProxyHeader, ProxyProtocol, Step, PEEK};
-use crate::ClosureReason;
+use crate::proxy::{self, HeaderError, HeaderReader, ProxyHeader, ProxyProtocol, PEEK};
 
 /// What an accepted connection on a PROXY protocol listener has to go through first.
 #[derive(Debug)]
@@ -32,57 +32,54 @@ enum Failure {
 
 impl Driver {
     /// Reads the header, bounded by the header timeout and cut short by an abort, and makes the
-    /// client it names the connection's peer. `Err` carries the closure reason.
-    pub(super) async fn proxy_header(&mut self, proxied: Proxied) -> Result<(), ClosureReason> {
+    /// client it names the connection's peer. How it fails is the lifecycle's to decide.
+    pub(super) async fn proxy_header(&mut self, proxied: Proxied) {
         let transport_peer = self.shared.peer_addr;
         if !proxied.settings.trusts(transport_peer.ip()) {
             tracing::debug!(
                 peer = %transport_peer,
                 "PROXY protocol: connection from outside the trusted networks refused"
             );
-            return Err(ClosureReason::ProxyProtocol);
+            return self.life.on_start_failed(StartFailure::HeaderRefused);
         }
         let started = Instant::now();
+        self.life
+            .begin_step(Step::ProxyHeader, proxied.settings.timeout(), started);
+        let deadline = self.life.step_deadline().unwrap_or(started);
         let Transport::Plain(tcp) = &mut self.transport else {
             unreachable!("the header comes before any TLS");
         };
-        let outcome = before_established(
-            &self.shared.mailbox,
-            read_header(tcp),
-            proxied.settings.timeout(),
-        )
-        .await;
+        let outcome = before_established(&self.shared.mailbox, read_header(tcp), deadline).await;
         let header = match outcome {
-            Before::Aborted(reason) => return Err(reason),
+            Before::Aborted(reason) => return self.life.on_abort(reason),
             Before::Done(Ok(header)) => header,
             Before::Done(Err(Failure::Header(error))) => {
                 tracing::debug!(peer = %transport_peer, %error, "PROXY protocol: header refused");
-                return Err(ClosureReason::ProxyProtocol);
+                return self.life.on_start_failed(StartFailure::HeaderRefused);
             }
-            Before::Done(Err(Failure::Closed)) => return Err(ClosureReason::PeerClosed),
+            Before::Done(Err(Failure::Closed)) => {
+                return self.life.on_start_failed(StartFailure::PeerClosed)
+            }
             Before::Done(Err(Failure::Io(error))) => {
                 tracing::debug!(peer = %transport_peer, %error, "PROXY protocol: read failed");
-                return Err(match error.kind() {
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
-                        ClosureReason::PeerReset
-                    }
-                    _ => ClosureReason::ReadError,
-                });
+                let class = self.classify(&error).unwrap_or(IoError::Other);
+                self.life.on_io_error(Op::Read, class);
+                return;
             }
             Before::TimedOut => {
                 tracing::debug!(peer = %transport_peer, "PROXY protocol: no header in time");
-                return Err(ClosureReason::ProxyProtocol);
+                return self.life.on_deadline(Instant::now());
             }
         };
+        self.life.on_step_done();
         self.context.record_proxy_header_duration(started.elapsed());
         let client = header.source().unwrap_or(transport_peer);
         let _ = self.shared.told().proxy.set(header);
         if let Some(limit) = &proxied.per_ip {
             if !self.registration.take_peer_slot(limit, client.ip()) {
-                return Err(ClosureReason::PerIpLimit);
+                self.life.on_start_failed(StartFailure::PerIpLimit);
             }
         }
-        Ok(())
     }
 }
 
@@ -102,9 +99,9 @@ async fn read_header(tcp: &mut TcpStream) -> Result<ProxyHeader, Failure> {
             });
         }
         let (take, header) = match reader.step(&waiting[..count]) {
-            Step::More => (count, None),
-            Step::Done { consume, header } => (consume, Some(header)),
-            Step::Refuse(error) => return Err(Failure::Header(error)),
+            proxy::Step::More => (count, None),
+            proxy::Step::Done { consume, header } => (consume, Some(header)),
+            proxy::Step::Refuse(error) => return Err(Failure::Header(error)),
         };
         // Already waiting, so this does not block.
         tcp.read_exact(&mut waiting[..take])

@@ -7,8 +7,43 @@
 //! its events, the read pause of a full write queue, the watermarks and the timeouts. The driver
 //! only performs what it is told, so these rules are unit-tested below without a socket.
 //!
-//! Phases: `Open` → `Closing { reason, deadline }` (queued data flushed, FIN sent, the peer's FIN
-//! awaited) → `Ended(reason)`. An abort, an error, a reset or a timeout goes straight to `Ended`.
+//! Phases: `Starting { step, deadline }` (the PROXY header, the TLS handshake) → `Open` →
+//! `Closing { reason, deadline }` (queued data flushed, FIN sent, the peer's FIN awaited) →
+//! `Ended(reason)`. An abort, an error, a reset or a timeout goes straight to `Ended`.
+//!
+//! ## How a connection ends
+//! The lifecycle alone decides a connection's [`ClosureReason`], once, from its inputs; the
+//! driver publishes the decision to handles from one place (its `publish`, with the lifecycle's
+//! [`Snapshot`]) and no other code writes a reason. Each row is a unit test in
+//! `tests/reasons.rs`.
+//!
+//! | reason | inputs that produce it |
+//! |---|---|
+//! | `PeerClosed` | the peer's FIN read ([`ReadOutcome::Eof`]) and nothing left to send, or the peer closed before a step was done ([`StartFailure::PeerClosed`]) |
+//! | `PeerReset` | [`IoError::Reset`] on a read, a write or a step; [`IoError::BrokenPipe`] after the peer's FIN and before ours |
+//! | `LocalClose`, `Application(code)`, `Decode`, `FrameTooLong`, `PartialFrame` | a close asked for with that reason ([`Requests::close`]; the frame layer asks for the last three), then both FINs |
+//! | `LocalAbort`, `AbortAll`, `ShutdownForced` | an abort asked for with that reason ([`Requests::abort`], [`Lifecycle::on_abort`]) |
+//! | `Unreferenced` | the lifetime rule: nothing pending and no handle ([`Lifecycle::on_unreferenced`]), then both FINs |
+//! | `ReadError`, `WriteError` | [`IoError::Other`] and the application's answer "not fatal: no" ([`Lifecycle::on_error_answer`]); a read error before establishment |
+//! | `CloseTimedOut` | the close timeout, with queued data or the FIN not sent |
+//! | `CallbackPanic` | [`Lifecycle::on_callback_panic`] before anything else ended it |
+//! | `TlsError`, `TlsAlert` | [`IoError::Tls`] (ours, the peer's alert), in the handshake or after |
+//! | `HandshakeTimedOut` | the handshake's deadline ([`Step::Handshake`]) |
+//! | `HandshakeLimit` | no handshake slot ([`StartFailure::NoHandshakeSlot`]) |
+//! | `ProxyProtocol` | a refused header ([`StartFailure::HeaderRefused`]) or the header's deadline ([`Step::ProxyHeader`]) |
+//! | `PerIpLimit` | refused at admission ([`Lifecycle::on_refused`]) or the header's client at its cap ([`StartFailure::PerIpLimit`]) |
+//! | `IdleTimedOut`, `ReadTimedOut`, `FirstByteTimedOut`, `HalfClosedTimedOut`, `SlowConsumer` | the open phase's deadlines ([`Lifecycle::on_deadline`]) |
+//! | `DiscardLimit` | more than the discard limit read while closing |
+//!
+//! Two rules sit on top of the table:
+//! - **The lingering close keeps its reason.** A close that sent everything and its FIN, whose
+//!   peer keeps its end open past the close timeout, ends with the reason decided before; the
+//!   peer is reported beside it ([`Lifecycle::peer_lingered`]: a counter in the stats and
+//!   metrics), never instead of it.
+//! - **Abort wins until the end is published.** The mailbox counts an abort (for abort-all's
+//!   report) only until the driver has published the end; an abort counted before that
+//!   replaces the reason decided, so that what abort-all counted and what the connection reports
+//!   agree. Between aborts, the first wins; after the end nothing changes it.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -59,6 +94,19 @@ pub(crate) struct WriteLimits {
     pub(crate) low: usize,
 }
 
+impl WriteLimits {
+    /// The queue's high/low rule, for the lifecycle and for handles alike: a queue of `queued`
+    /// bytes is high from the high mark up, and stays high, once it `was_high`, until it drains
+    /// to the low mark.
+    pub(crate) fn is_high(&self, queued: usize, was_high: bool) -> bool {
+        if was_high {
+            queued > self.low
+        } else {
+            queued >= self.high
+        }
+    }
+}
+
 /// The settings the lifecycle needs, fixed for a server.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LifecycleConfig {
@@ -92,6 +140,11 @@ impl LifecycleConfig {
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
+    /// Not yet established: the PROXY header and the TLS handshake, each until its deadline.
+    Starting {
+        step: Option<Step>,
+        deadline: Option<Instant>,
+    },
     Open,
     /// Flushing the queue, sending FIN and waiting for the peer's, until `deadline`.
     Closing {
@@ -100,6 +153,83 @@ pub(crate) enum Phase {
     },
     /// Nothing more happens on the socket; the closing events follow.
     Ended(ClosureReason),
+}
+
+/// A step before establishment, each with a deadline of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Reading the PROXY protocol header.
+    ProxyHeader,
+    /// The TLS handshake.
+    Handshake,
+}
+
+/// Why a step before establishment failed, beyond an I/O error ([`Lifecycle::on_io_error`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartFailure {
+    /// The PROXY header came from outside the trusted networks, or was malformed.
+    HeaderRefused,
+    /// The peer closed before the step was done.
+    PeerClosed,
+    /// No handshake slot was free.
+    NoHandshakeSlot,
+    /// The client the PROXY header named is at its address's cap.
+    PerIpLimit,
+}
+
+/// Which way a failed I/O operation went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Read,
+    Write,
+}
+
+/// A failed read or write (or handshake), as far as the lifecycle cares. `WouldBlock` and
+/// `Interrupted` are not failures and never come here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IoError {
+    /// `ECONNRESET` or `ECONNABORTED`: the peer reset the connection.
+    Reset,
+    /// `EPIPE`: the peer's reset once its FIN was read and ours was not sent yet (Linux reports
+    /// it so to a write); our own doing once our FIN was sent.
+    BrokenPipe,
+    /// The TLS layer failed: an alert from the peer, or a failure of ours.
+    Tls { from_peer: bool },
+    /// Anything else: the application may decide (`on_*_error_may_not_be_fatal`).
+    Other,
+}
+
+/// What the driver does after a failed I/O operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IoVerdict {
+    /// The connection has ended (or is ending) without more events.
+    Ended,
+    /// `on_connection_reset`; the connection has ended.
+    AnnounceReset,
+    /// `on_remote_fatal_error` (from the peer) or `on_fatal_error`; the connection has ended.
+    AnnounceTls { from_peer: bool },
+    /// Ask `on_read_error_may_not_be_fatal` / `on_write_error_may_not_be_fatal`, and report
+    /// its answer with [`Lifecycle::on_error_answer`].
+    Ask,
+}
+
+/// What handles may know of a connection's fate, as the driver publishes it to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) fate: Fate,
+    /// The write queue is high (between `on_write_buffer_high` and `on_write_buffer_low`).
+    pub(crate) high: bool,
+}
+
+/// The part of the phase handles see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Starting or open: writes are taken.
+    Open,
+    /// Closing: no more writes; weak handles are not upgraded.
+    Closing,
+    /// Decided: the closing events follow; an abort is no longer counted.
+    Ended,
 }
 
 /// A connection event the lifecycle decides on (the I/O completions are the driver's).
@@ -182,8 +312,6 @@ pub(crate) enum ReadOutcome {
     Data(usize),
     /// The peer's FIN.
     Eof,
-    /// The peer reset the connection.
-    Reset,
 }
 
 /// What the driver does with a read's outcome.
@@ -195,9 +323,7 @@ pub(crate) enum ReadVerdict {
     ClientClose,
     /// Closing: what the peer still sends is dropped.
     Discard,
-    /// `on_connection_reset`, then the connection ends (already decided).
-    AnnounceReset,
-    /// The connection ends without more events (a reset while closing: what we queued is lost).
+    /// The connection ends without more events (it went over the discard limit while closing).
     Ended,
 }
 
@@ -254,6 +380,11 @@ pub(crate) struct Lifecycle {
     /// Whether a shutdown notice has arrived and whether it was announced.
     shutdown_notice: bool,
     told_shutdown: bool,
+    /// The close timeout passed after our FIN was sent, without the peer's FIN: the peer keeps
+    /// its end open. Reported beside the closure reason, never instead of it.
+    lingered: bool,
+    /// An abort ended the connection.
+    aborted: bool,
     clock: Times,
 }
 
@@ -279,6 +410,8 @@ impl Lifecycle {
             crossed_high: false,
             shutdown_notice: false,
             told_shutdown: false,
+            lingered: false,
+            aborted: false,
             clock: Times {
                 established: now,
                 first_byte_seen: false,
@@ -290,8 +423,180 @@ impl Lifecycle {
         }
     }
 
+    /// A connection accepted or connected at `now`, not yet established: the steps before
+    /// establishment run first ([`Lifecycle::begin_step`]), then [`Lifecycle::on_established`].
+    pub(crate) fn starting(config: impl Into<Arc<LifecycleConfig>>, now: Instant) -> Self {
+        let mut life = Lifecycle::new(config, now);
+        life.phase = Phase::Starting {
+            step: None,
+            deadline: None,
+        };
+        life
+    }
+
+    #[cfg(test)]
     pub(crate) fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// What the driver publishes to handles.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            fate: match self.phase {
+                Phase::Starting { .. } | Phase::Open => Fate::Open,
+                Phase::Closing { .. } => Fate::Closing,
+                Phase::Ended(_) => Fate::Ended,
+            },
+            high: self.high,
+        }
+    }
+
+    /// The reason the connection ended with, once it has.
+    pub(crate) fn ended_with(&self) -> Option<ClosureReason> {
+        match self.phase {
+            Phase::Ended(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether the peer kept its end open past the close timeout after our FIN.
+    pub(crate) fn peer_lingered(&self) -> bool {
+        self.lingered
+    }
+
+    /// A step before establishment begins at `now` and may take `timeout`.
+    pub(crate) fn begin_step(&mut self, step: Step, timeout: Duration, now: Instant) {
+        if let Phase::Starting { .. } = self.phase {
+            self.phase = Phase::Starting {
+                step: Some(step),
+                deadline: Some(now + timeout),
+            };
+        }
+    }
+
+    /// When the step in progress times out.
+    pub(crate) fn step_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Starting { deadline, .. } => deadline,
+            _ => None,
+        }
+    }
+
+    /// The step in progress is done.
+    pub(crate) fn on_step_done(&mut self) {
+        if let Phase::Starting { .. } = self.phase {
+            self.phase = Phase::Starting {
+                step: None,
+                deadline: None,
+            };
+        }
+    }
+
+    /// A step before establishment failed.
+    pub(crate) fn on_start_failed(&mut self, failure: StartFailure) {
+        if let Phase::Starting { .. } = self.phase {
+            self.end(match failure {
+                StartFailure::HeaderRefused => ClosureReason::ProxyProtocol,
+                StartFailure::PeerClosed => ClosureReason::PeerClosed,
+                StartFailure::NoHandshakeSlot => ClosureReason::HandshakeLimit,
+                StartFailure::PerIpLimit => ClosureReason::PerIpLimit,
+            });
+        }
+    }
+
+    /// The accept loop refused the connection at admission with `reason` (the per-address cap):
+    /// it gets only its closing events.
+    pub(crate) fn on_refused(&mut self, reason: ClosureReason) {
+        if let Phase::Starting { .. } = self.phase {
+            self.end(reason);
+        }
+    }
+
+    /// The steps are done and `on_connection_established` returned at `now`: the connection is
+    /// open, and its timeouts count from now.
+    pub(crate) fn on_established(&mut self, now: Instant) {
+        if let Phase::Starting { .. } = self.phase {
+            self.phase = Phase::Open;
+            self.clock.established = now;
+            self.clock.last_activity = now;
+        }
+    }
+
+    /// An abort the mailbox counted: ends the connection with its reason. It wins over a reason
+    /// decided before it but not yet published: the mailbox counts no abort once the end is
+    /// published, so an abort that comes here was counted (by abort-all, say) while the
+    /// connection was still live to handles.
+    /// Between aborts, the first wins (the mailbox keeps only the first).
+    pub(crate) fn on_abort(&mut self, reason: ClosureReason) {
+        if !self.aborted {
+            self.aborted = true;
+            self.phase = Phase::Ended(reason);
+        }
+    }
+
+    /// A callback of the connection panicked: it ends with [`ClosureReason::CallbackPanic`],
+    /// unless it has ended already (a panic in `on_connection_reset` keeps the reset).
+    pub(crate) fn on_callback_panic(&mut self) {
+        self.end(ClosureReason::CallbackPanic);
+    }
+
+    /// A read or write (or, before establishment, the handshake) failed with `error`.
+    pub(crate) fn on_io_error(&mut self, op: Op, error: IoError) -> IoVerdict {
+        let error = match error {
+            // Once the peer's FIN was read and before ours was sent, Linux reports the peer's
+            // RST to a write as EPIPE.
+            IoError::BrokenPipe if self.read_closed && self.fin != Fin::Sent => IoError::Reset,
+            IoError::BrokenPipe => IoError::Other,
+            error => error,
+        };
+        match (self.phase, error) {
+            (Phase::Ended(_), _) => IoVerdict::Ended,
+            (_, IoError::Reset) => {
+                let announce = self.phase == Phase::Open;
+                self.end(ClosureReason::PeerReset);
+                if announce {
+                    IoVerdict::AnnounceReset
+                } else {
+                    IoVerdict::Ended
+                }
+            }
+            // The peer's side failed while we were finishing ours: the close keeps its reason.
+            (Phase::Closing { reason, .. }, _) if op == Op::Read => {
+                self.end(reason);
+                IoVerdict::Ended
+            }
+            (_, IoError::Tls { from_peer }) => {
+                self.end(if from_peer {
+                    ClosureReason::TlsAlert
+                } else {
+                    ClosureReason::TlsError
+                });
+                IoVerdict::AnnounceTls { from_peer }
+            }
+            (Phase::Starting { .. }, _) => {
+                self.end(ClosureReason::ReadError);
+                IoVerdict::Ended
+            }
+            (_, _) => {
+                if op == Op::Read {
+                    // The request is used up whatever the application answers.
+                    self.read_requested = false;
+                }
+                IoVerdict::Ask
+            }
+        }
+    }
+
+    /// The application's answer to [`IoVerdict::Ask`]: `keep` the connection, or end it with
+    /// [`ClosureReason::ReadError`] / [`ClosureReason::WriteError`] (whose completion-error
+    /// callback the driver runs next).
+    pub(crate) fn on_error_answer(&mut self, op: Op, keep: bool) {
+        if !keep {
+            self.end(match op {
+                Op::Read => ClosureReason::ReadError,
+                Op::Write => ClosureReason::WriteError,
+            });
+        }
     }
 
     /// The timeouts in force.
@@ -312,7 +617,7 @@ impl Lifecycle {
         self.urgent_pending = requests.urgent_pending;
         if let Some(reason) = requests.abort {
             // An abort cuts a graceful close short too: the connection is still live.
-            self.end(reason);
+            self.on_abort(reason);
         }
         if self.is_ended() {
             return;
@@ -348,11 +653,10 @@ impl Lifecycle {
         if let Phase::Ended(reason) = self.phase {
             return Action::End(reason);
         }
-        let high = if self.high {
-            self.queued > self.config.limits.low
-        } else {
-            self.queued >= self.config.limits.high || self.crossed_high
-        };
+        // A handle that saw the queue cross the high mark gets its announcement even if the
+        // queue drained below it since.
+        let high =
+            self.config.limits.is_high(self.queued, self.high) || (!self.high && self.crossed_high);
         self.crossed_high = false;
         if high != self.high {
             self.high = high;
@@ -442,11 +746,7 @@ impl Lifecycle {
     /// The outcome of a read polled because [`Interest::read`] asked for it.
     pub(crate) fn on_read(&mut self, outcome: ReadOutcome, now: impl Clock) -> ReadVerdict {
         match (self.phase, outcome) {
-            (Phase::Ended(_), _) => ReadVerdict::Ended,
-            (Phase::Closing { .. }, ReadOutcome::Reset) => {
-                self.end(ClosureReason::PeerReset);
-                ReadVerdict::Ended
-            }
+            (Phase::Ended(_) | Phase::Starting { .. }, _) => ReadVerdict::Ended,
             (Phase::Closing { .. }, ReadOutcome::Eof) => {
                 self.read_closed = true;
                 ReadVerdict::Discard
@@ -458,10 +758,6 @@ impl Lifecycle {
                     return ReadVerdict::Ended;
                 }
                 ReadVerdict::Discard
-            }
-            (Phase::Open, ReadOutcome::Reset) => {
-                self.end(ClosureReason::PeerReset);
-                ReadVerdict::AnnounceReset
             }
             (Phase::Open, ReadOutcome::Eof) => {
                 self.read_closed = true;
@@ -478,20 +774,6 @@ impl Lifecycle {
                 ReadVerdict::Deliver
             }
         }
-    }
-
-    /// A read failed in a way the application decides on (`on_read_error_may_not_be_fatal`):
-    /// the request is used up either way.
-    pub(crate) fn on_read_failed(&mut self) {
-        self.read_requested = false;
-    }
-
-    /// A write failed with a reset: `true` if `on_connection_reset` should run (the connection
-    /// was open; while closing a reset just means what we queued is lost).
-    pub(crate) fn on_write_reset(&mut self) -> bool {
-        let announce = self.phase == Phase::Open;
-        self.end(ClosureReason::PeerReset);
-        announce
     }
 
     /// `bytes` of the queue were handed to the kernel.
@@ -528,27 +810,49 @@ impl Lifecycle {
         self.fin = Fin::Sending;
     }
 
-    /// The FIN has been sent, so a later `EPIPE` is our own doing rather than the peer's reset.
+    /// Whether our FIN has been sent.
+    #[cfg(test)]
     pub(crate) fn fin_sent(&self) -> bool {
         self.fin == Fin::Sent
     }
 
-    pub(crate) fn read_closed(&self) -> bool {
-        self.read_closed
-    }
-
-    /// The clock passed [`Interest::deadline`]: ends the connection if a deadline really passed
-    /// (the timer may fire early for a deadline that moved).
+    /// The clock passed [`Interest::deadline`] (or [`Lifecycle::step_deadline`]): ends the
+    /// connection if a deadline really passed (the timer may fire early for a deadline that
+    /// moved).
+    ///
+    /// A close that sent everything and its FIN, and only waits for the peer's FIN, keeps its
+    /// reason: the peer [lingered](Lifecycle::peer_lingered). One that could not send
+    /// everything ends with [`ClosureReason::CloseTimedOut`] (and is reset).
     pub(crate) fn on_deadline(&mut self, now: Instant) {
-        if let Some((at, reason)) = self.deadline() {
-            if at <= now {
-                self.end(reason);
+        match self.phase {
+            Phase::Starting {
+                step: Some(step),
+                deadline: Some(at),
+            } if at <= now => self.end(match step {
+                Step::ProxyHeader => ClosureReason::ProxyProtocol,
+                Step::Handshake => ClosureReason::HandshakeTimedOut,
+            }),
+            Phase::Closing { reason, deadline } if deadline <= now => {
+                if self.fin == Fin::Sent {
+                    self.lingered = true;
+                    self.end(reason);
+                } else {
+                    self.end(ClosureReason::CloseTimedOut);
+                }
             }
+            Phase::Open => {
+                if let Some((at, reason)) = self.deadline() {
+                    if at <= now {
+                        self.end(reason);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
-    /// Ends the connection with `reason` (an error, a panic, an abort), unless it has ended.
-    pub(crate) fn end(&mut self, reason: ClosureReason) {
+    /// Ends the connection with `reason`, unless it has ended.
+    fn end(&mut self, reason: ClosureReason) {
         if !self.is_ended() {
             self.phase = Phase::Ended(reason);
         }
@@ -559,6 +863,7 @@ impl Lifecycle {
     }
 
     /// Whether the connection takes no more reads or writes.
+    #[cfg(test)]
     pub(crate) fn is_closing(&self) -> bool {
         self.phase != Phase::Open
     }
@@ -587,7 +892,7 @@ impl Lifecycle {
     /// the close timeout counts.
     fn deadline(&self) -> Option<(Instant, ClosureReason)> {
         match self.phase {
-            Phase::Ended(_) => return None,
+            Phase::Ended(_) | Phase::Starting { .. } => return None,
             Phase::Closing { deadline, .. } => {
                 return Some((deadline, ClosureReason::CloseTimedOut))
             }

@@ -3,6 +3,7 @@
 use super::*;
 
 mod closing;
+mod reasons;
 
 pub(super) const LIMITS: WriteLimits = WriteLimits {
     limit: 100,
@@ -237,21 +238,22 @@ fn a_reset_is_announced_while_open_and_silent_while_closing() {
     let mut life = open(t0);
     wait(&mut life, t0);
     assert_eq!(
-        life.on_read(ReadOutcome::Reset, t0),
-        ReadVerdict::AnnounceReset
+        life.on_io_error(Op::Read, IoError::Reset),
+        IoVerdict::AnnounceReset
     );
     assert_eq!(life.next(t0), Action::End(ClosureReason::PeerReset));
 
     let mut life = open(t0);
     life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
     run(&mut life, t0);
-    assert_eq!(life.on_read(ReadOutcome::Reset, t0), ReadVerdict::Ended);
+    assert_eq!(life.on_io_error(Op::Read, IoError::Reset), IoVerdict::Ended);
     assert_eq!(life.next(t0), Action::End(ClosureReason::PeerReset));
 
     let mut life = open(t0);
     life.on_requests(requests(|r| r.queued = 10), t0);
-    assert!(
-        life.on_write_reset(),
+    assert_eq!(
+        life.on_io_error(Op::Write, IoError::Reset),
+        IoVerdict::AnnounceReset,
         "a write's reset is announced while open"
     );
     assert_eq!(life.next(t0), Action::End(ClosureReason::PeerReset));
@@ -569,13 +571,12 @@ fn every_order_of_inputs_ends_once() {
         for input in &sequence {
             match input {
                 Data | Eof | Reset => {
-                    let outcome = match input {
-                        Data => ReadOutcome::Data(1),
-                        Eof => ReadOutcome::Eof,
-                        _ => ReadOutcome::Reset,
-                    };
                     if let Action::Wait(Interest { read: true, .. }) = life.next(t0) {
-                        life.on_read(outcome, t0);
+                        match input {
+                            Data => drop(life.on_read(ReadOutcome::Data(1), t0)),
+                            Eof => drop(life.on_read(ReadOutcome::Eof, t0)),
+                            _ => drop(life.on_io_error(Op::Read, IoError::Reset)),
+                        }
                     }
                 }
                 Close => life.on_requests(

@@ -92,7 +92,7 @@ fn a_close_with_a_reason_ends_with_it_and_flushes_as_close_does() {
 }
 
 #[test]
-fn a_close_that_does_not_finish_times_out() {
+fn a_close_whose_peer_never_closes_keeps_its_reason_and_is_marked_lingering() {
     let t0 = Instant::now();
     let mut life = open(t0);
     life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
@@ -100,11 +100,35 @@ fn a_close_that_does_not_finish_times_out() {
     let Action::Wait(interest) = last else {
         panic!()
     };
+    assert!(life.fin_sent(), "everything went out, FIN too");
     assert_eq!(interest.deadline, Some(t0 + CLOSE));
     life.on_deadline(t0 + CLOSE - Duration::from_millis(1));
     assert!(!life.is_ended(), "an early timer changes nothing");
+    assert!(!life.peer_lingered());
+    life.on_deadline(t0 + CLOSE);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::LocalClose));
+    assert!(life.peer_lingered(), "reported beside the reason");
+}
+
+#[test]
+fn a_close_that_cannot_send_everything_times_out() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(
+        requests(|r| {
+            r.queued = 10;
+            r.close = Some(ClosureReason::Application(7));
+        }),
+        t0,
+    );
+    // The peer reads nothing: the queue never drains, FIN is never sent.
+    let Action::Wait(interest) = life.next(t0) else {
+        panic!()
+    };
+    assert!(interest.write && !life.fin_sent());
     life.on_deadline(t0 + CLOSE);
     assert_eq!(life.next(t0), Action::End(ClosureReason::CloseTimedOut));
+    assert!(!life.peer_lingered());
 }
 
 #[test]
@@ -122,7 +146,7 @@ fn abort_wins_over_a_close_in_progress_and_over_everything_after() {
     assert_eq!(life.next(t0), Action::End(ClosureReason::AbortAll));
     // Nothing moves an ended connection.
     life.on_requests(requests(|r| r.abort = Some(ClosureReason::LocalAbort)), t0);
-    life.end(ClosureReason::CallbackPanic);
+    life.on_callback_panic();
     assert_eq!(life.on_read(ReadOutcome::Eof, t0), ReadVerdict::Ended);
     assert_eq!(life.next(t0), Action::End(ClosureReason::AbortAll));
 }
