@@ -1,4 +1,20 @@
-//! The handle that controls a running server.
+//! The handle that controls a running server, and the server's engine beneath it: the builder,
+//! the shared state, the accept loop, outgoing connects, the shutdown and the connections' tasks.
+
+pub(crate) mod accept;
+pub(crate) mod builder;
+pub(crate) mod callbacks;
+pub(crate) mod connect;
+pub(crate) mod driver;
+pub(crate) mod invoke;
+pub(crate) mod limit;
+pub(crate) mod listen;
+pub(crate) mod manager;
+pub(crate) mod open;
+pub(crate) mod per_ip;
+pub(crate) mod registry;
+pub(crate) mod reserve;
+pub(crate) mod shutdown;
 
 use std::any::Any;
 use std::fmt;
@@ -9,14 +25,20 @@ use std::sync::{Arc, Weak};
 use socket2::SockRef;
 use tokio::net::TcpListener;
 
-use crate::builder::ServerBuilder;
-use crate::connect::Dial;
-use crate::manager::Manager;
-use crate::shutdown::ShutdownReport;
-use crate::{
-    connect, Client, ClosureReason, ConnectArgument, Connection, ConnectionId, ConnectionLimiter,
-    Error, Stats, TlsConnect, WeakConnection,
-};
+use crate::client::Client;
+use crate::closure::ClosureReason;
+use crate::connection::user_data::ConnectArgument;
+use crate::connection::weak::WeakConnection;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::ids::ConnectionId;
+use crate::server::builder::ServerBuilder;
+use crate::server::connect::Dial;
+use crate::server::limit::ConnectionLimiter;
+use crate::server::manager::Manager;
+use crate::shutdown_report::ShutdownReport;
+use crate::stats::Stats;
+use crate::tls::TlsConnect;
 
 /// A running server: its listeners, its connections and its callbacks. Cheap to clone; every
 /// clone controls the same server, from any task.
@@ -241,7 +263,7 @@ impl Server {
         let shutdown = &self.manager.shutdown;
         if shutdown.start() {
             let manager = self.manager.clone();
-            tokio::spawn(async move { crate::shutdown::run(&manager).await });
+            tokio::spawn(async move { crate::server::shutdown::run(&manager).await });
         }
         shutdown.complete().await
     }
@@ -278,7 +300,7 @@ impl Server {
             tokio::select! {
                 () = stop => {}
                 // The sender lives as long as the manager this handle holds.
-                _ = phase.wait_for(|phase| *phase != crate::shutdown::Phase::Running) => {}
+                _ = phase.wait_for(|phase| *phase != crate::server::shutdown::Phase::Running) => {}
             }
             server.shutdown().await
         })

@@ -7,14 +7,18 @@ use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::client::ClientSink;
-use crate::driver::transport::Transport;
-use crate::driver::Setup;
-use crate::limit::Permit;
-use crate::manager::{Addresses, Manager};
-use crate::registry::Live;
+use crate::connection::user_data::{ConnectArgument, UserData};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::ids::Direction;
+use crate::server::driver::transport::Transport;
+use crate::server::driver::Setup;
+use crate::server::limit::Permit;
+use crate::server::manager::{Addresses, Manager};
+use crate::server::registry::Live;
 use crate::stats::Count;
 use crate::tls::Secure;
-use crate::{ConnectArgument, Connection, Direction, Error, TlsConnect, UserData};
+use crate::tls::TlsConnect;
 
 /// How an outgoing connection is opened.
 #[derive(Debug)]
@@ -25,7 +29,7 @@ pub(crate) enum Dial {
     /// the limiter and the pre-connect callback can fail it.
     #[cfg(feature = "testing")]
     Memory {
-        stream: crate::driver::memory::MemoryStream,
+        stream: crate::server::driver::memory::MemoryStream,
         local: SocketAddr,
     },
 }

@@ -8,8 +8,9 @@ use socket2::SockRef;
 
 use super::transport::Transport;
 use super::{before_established, Before, Driver};
+use crate::closure::ClosureReason;
+use crate::ids::Direction;
 use crate::tls::{self, Secure, TlsInfo};
-use crate::{ClosureReason, Direction};
 
 impl Driver {
     /// Runs the TLS handshake, bounded by the handshake timeout and cut short by an abort, then

@@ -191,16 +191,22 @@ use std::sync::Arc;
 pub use peer::{EmbeddedPeer, EmbeddedSender};
 pub use recorded::{Event, Events, Recorded, WAIT_LIMIT};
 
-use crate::connect::{self, Dial};
-use crate::driver::memory::Pipe;
-use crate::driver::transport::Transport;
-use crate::driver::Setup;
-use crate::manager::{Addresses, Manager};
+use crate::client::Client;
+use crate::closure::ClosureReason;
+use crate::connection::user_data::{ConnectArgument, UserData};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::ids::Direction;
+use crate::server::builder::ServerBuilder;
+use crate::server::callbacks::Callbacks;
+use crate::server::connect::{self, Dial};
+use crate::server::driver::memory::Pipe;
+use crate::server::driver::transport::Transport;
+use crate::server::driver::Setup;
+use crate::server::limit::AtLimit;
+use crate::server::manager::{Addresses, Manager};
+use crate::server::Server;
 use crate::stats::Count;
-use crate::{
-    AtLimit, Callbacks, Client, ClosureReason, ConnectArgument, Connection, Direction, Error,
-    Server, ServerBuilder, UserData,
-};
 
 /// The server's address of embedded connections, unless the test names another.
 const DEFAULT_LOCAL_ADDR: SocketAddr = SocketAddr::new(
@@ -426,7 +432,7 @@ impl EmbeddedServer {
     async fn dial(
         &self,
         remote: SocketAddr,
-        stream: crate::driver::memory::MemoryStream,
+        stream: crate::server::driver::memory::MemoryStream,
         argument: ConnectArgument,
         client: Option<crate::client::ClientSink>,
     ) -> Result<Connection, Error> {
@@ -451,10 +457,16 @@ fn register(
     transport: Transport,
     peer: SocketAddr,
     local: SocketAddr,
-    permit: crate::limit::Permit,
-    live: crate::registry::Live,
+    permit: crate::server::limit::Permit,
+    live: crate::server::registry::Live,
     refused: Option<ClosureReason>,
-) -> Result<(crate::ConnectionId, Option<crate::Connection>), Error> {
+) -> Result<
+    (
+        crate::ids::ConnectionId,
+        Option<crate::connection::Connection>,
+    ),
+    Error,
+> {
     manager
         .register(
             transport,

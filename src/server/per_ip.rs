@@ -2,7 +2,7 @@
 //!
 //! A server with [`ServerBuilder::max_connections_per_ip`](crate::ServerBuilder::max_connections_per_ip)
 //! keeps one count per peer address. The accept loop takes a [`PeerSlot`] for each accepted
-//! connection; the slot travels with the connection's limiter [`Permit`](crate::limit::Permit) and
+//! connection; the slot travels with the connection's limiter [`Permit`](crate::server::limit::Permit) and
 //! is given back when that is dropped: just after the connection's last release event, or on any
 //! path where the connection never got going (a failed registration, a task dropped at runtime
 //! shutdown). A count can therefore not leak while the permit cannot.

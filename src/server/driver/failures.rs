@@ -7,8 +7,10 @@ use bytes::BytesMut;
 
 use super::urgent::{self, Watched};
 use super::{is_reset, Driver};
-use crate::lifecycle::{LazyNow, Phase, ReadOutcome, ReadVerdict};
-use crate::{tls, ClosureReason, Error};
+use crate::closure::ClosureReason;
+use crate::connection::lifecycle::{LazyNow, Phase, ReadOutcome, ReadVerdict};
+use crate::error::Error;
+use crate::tls;
 
 impl Driver {
     /// A read failed: reset, a TLS failure, or an error the application may choose to survive.

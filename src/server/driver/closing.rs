@@ -2,7 +2,7 @@
 //! order, then its registration dropped.
 
 use super::Driver;
-use crate::ClosureReason;
+use crate::closure::ClosureReason;
 
 impl Driver {
     /// Closes the socket and runs the closing events: closure, closed, released, in that order.

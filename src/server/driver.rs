@@ -34,15 +34,16 @@ use futures::task::noop_waker_ref;
 use tokio::time::Instant;
 
 use crate::client::ClientSink;
-use crate::connection::Shared;
-use crate::invoke::{Guarded, Invoker};
-use crate::lifecycle::{
+use crate::closure::ClosureReason;
+use crate::connection::lifecycle::{
     Action, Event, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
 };
-use crate::registry::Registration;
+use crate::connection::Connection;
+use crate::connection::Shared;
+use crate::server::invoke::{Guarded, Invoker};
+use crate::server::registry::Registration;
 use crate::stats::{ConnectionCounters, Count, Counters};
 use crate::tls::Secure;
-use crate::{ClosureReason, Connection};
 
 use timer::Timer;
 use transport::Transport;
@@ -118,7 +119,7 @@ enum Before<T> {
 /// or an abort is posted: before a connection is established, an abort is all its handles can
 /// post, and nothing else may cut the wait short.
 async fn before_established<F: std::future::Future>(
-    mailbox: &crate::mailbox::Mailbox,
+    mailbox: &crate::connection::mailbox::Mailbox,
     future: F,
     limit: Duration,
 ) -> Before<F::Output> {

@@ -44,16 +44,19 @@ use tokio_native_tls::TlsAcceptor;
 
 use tokio::sync::mpsc;
 
-use crate::driver::transport::Transport;
-use crate::driver::{self, Proxied};
-use crate::limit::Permit;
-use crate::manager::{AcceptTasks, Addresses, Manager};
+use crate::closure::ClosureReason;
+use crate::connection::user_data::UserData;
+use crate::ids::Direction;
 use crate::proxy::ProxyProtocol;
-use crate::reserve::{is_out_of_descriptors, Reserve};
-use crate::shutdown::Phase;
+use crate::server::driver::transport::Transport;
+use crate::server::driver::{self, Proxied};
+use crate::server::limit::AtLimit;
+use crate::server::limit::Permit;
+use crate::server::manager::{AcceptTasks, Addresses, Manager};
+use crate::server::reserve::{is_out_of_descriptors, Reserve};
+use crate::server::shutdown::Phase;
 use crate::stats::Count;
 use crate::tls::Secure;
-use crate::{AtLimit, ClosureReason, Direction, UserData};
 
 /// First pause after a resource-shortage accept error (the design's default, after libuv and
 /// Go's net/http, which both start in the low milliseconds).

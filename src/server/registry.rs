@@ -7,13 +7,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{watch, Notify};
 
+use crate::closure::ClosureReason;
+use crate::connection::weak::WeakConnection;
 use crate::connection::Shared;
-use crate::invoke::Invoker;
-use crate::limit::Permit;
-use crate::per_ip::PerIpLimit;
-use crate::shutdown::ShutdownReport;
+use crate::error::Error;
+use crate::ids::ConnectionId;
+use crate::server::invoke::Invoker;
+use crate::server::limit::Permit;
+use crate::server::per_ip::PerIpLimit;
+use crate::shutdown_report::ShutdownReport;
 use crate::stats::{ConnectionStats, Count, Counters};
-use crate::{ClosureReason, ConnectionId, Error, WeakConnection};
 
 #[derive(Debug, Default)]
 struct Inner {

@@ -7,19 +7,23 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
-use crate::accept::{self, Listener};
+use crate::connection::user_data::{Slot, UserDataLayout};
 use crate::defaults::*;
-use crate::invoke::Invoker;
-use crate::limit::AtLimit;
-use crate::listen::Listen;
-use crate::manager::Manager;
+use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::open::{self, ListenOn, ListenOptions};
-use crate::registry::Registry;
-use crate::shutdown::Shutdown;
+use crate::server::accept::{self, Listener};
+use crate::server::callbacks::Callbacks;
+use crate::server::invoke::Invoker;
+use crate::server::limit::AtLimit;
+use crate::server::limit::ConnectionLimiter;
+use crate::server::listen::Listen;
+use crate::server::manager::Manager;
+use crate::server::open::{self, ListenOn, ListenOptions};
+use crate::server::registry::Registry;
+use crate::server::shutdown::Shutdown;
+use crate::server::Server;
 use crate::stats::Counters;
-use crate::user_data::{Slot, UserDataLayout};
-use crate::{Callbacks, ConnectionLimiter, Error, Server, Timeouts};
+use crate::timeouts::Timeouts;
 
 /// Settings fixed when the server starts.
 #[derive(Debug, Clone)]
@@ -594,7 +598,7 @@ impl ServerBuilder {
             counters,
             per_ip: config
                 .max_connections_per_ip
-                .map(crate::per_ip::PerIpLimit::new),
+                .map(crate::server::per_ip::PerIpLimit::new),
             config,
             limiter: self.limiter,
             layout: self.layout,

@@ -6,23 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::manager::Manager;
-use crate::ClosureReason;
-
-/// How a shutdown went, returned by [`Server::shutdown`](crate::Server::shutdown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct ShutdownReport {
-    /// Connections live when the shutdown began that ended gracefully (FIN, every queued byte
-    /// delivered) within the drain time.
-    pub graceful: usize,
-    /// Connections still open when the drain time ran out, reset with
-    /// [`ClosureReason::ShutdownForced`].
-    pub forced: usize,
-    /// Connections live when the shutdown began that ended otherwise during the drain time: peer
-    /// reset, error, close timeout, callback panic, abort.
-    pub other: usize,
-}
+use crate::closure::ClosureReason;
+use crate::server::manager::Manager;
+use crate::shutdown_report::ShutdownReport;
 
 /// Where a server's shutdown is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

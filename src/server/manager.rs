@@ -8,22 +8,26 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::builder::Config;
+use crate::closure::ClosureReason;
+use crate::connection::lifecycle::{LifecycleConfig, WriteLimits};
+use crate::connection::mailbox::Mailbox;
+use crate::connection::user_data::UserData;
+use crate::connection::user_data::UserDataLayout;
+use crate::connection::Connection;
 use crate::connection::Shared;
-use crate::driver::transport::Transport;
-use crate::driver::{Context, Driver, Setup};
-use crate::invoke::Invoker;
-use crate::lifecycle::{LifecycleConfig, WriteLimits};
-use crate::limit::Permit;
-use crate::mailbox::Mailbox;
-use crate::per_ip::PerIpLimit;
-use crate::registry::{Live, Registry};
-use crate::shutdown::Shutdown;
+use crate::error::Error;
+use crate::ids::{ConnectionId, Direction};
+use crate::server::builder::Config;
+use crate::server::driver::transport::Transport;
+use crate::server::driver::{Context, Driver, Setup};
+use crate::server::invoke::Invoker;
+use crate::server::limit::ConnectionLimiter;
+use crate::server::limit::Permit;
+use crate::server::per_ip::PerIpLimit;
+use crate::server::registry::{Live, Registry};
+use crate::server::shutdown::Shutdown;
+use crate::stats::Stats;
 use crate::stats::{ConnectionCounters, Count, Counters};
-use crate::user_data::UserDataLayout;
-use crate::{
-    ClosureReason, Connection, ConnectionId, ConnectionLimiter, Direction, Error, Stats, UserData,
-};
 
 /// A connection's two ends.
 #[derive(Debug, Clone, Copy)]

@@ -10,9 +10,9 @@ use tokio::time::Instant;
 
 use super::transport::Transport;
 use super::{before_established, Before, Driver};
-use crate::per_ip::PerIpLimit;
+use crate::closure::ClosureReason;
 use crate::proxy::{HeaderError, HeaderReader, ProxyHeader, ProxyProtocol, Step, PEEK};
-use crate::ClosureReason;
+use crate::server::per_ip::PerIpLimit;
 
 /// What an accepted connection on a PROXY protocol listener has to go through first.
 #[derive(Debug)]

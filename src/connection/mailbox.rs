@@ -20,8 +20,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::lifecycle::{LifecycleConfig, Requests, WriteLimits};
-use crate::{ClosureReason, Error, Timeouts};
+use crate::closure::ClosureReason;
+use crate::connection::lifecycle::{LifecycleConfig, Requests, WriteLimits};
+use crate::error::Error;
+use crate::timeouts::Timeouts;
 
 mod signal;
 
