@@ -7,7 +7,7 @@ use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::client::ClientSink;
-use crate::connection::user_data::{ConnectArgument, UserData};
+use crate::connection::user_data::ConnectArgument;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::ids::Direction;
@@ -46,8 +46,8 @@ pub(crate) async fn connect(
     report: bool,
     client: Option<ClientSink>,
 ) -> Result<Connection, Error> {
-    let invoker = &manager.context.invoker;
-    let user_data = UserData::new(&manager.layout);
+    let invoker = manager.invoker();
+    let user_data = manager.new_user_data();
     let prepared = invoker
         .call(
             "on_pre_outgoing_connect",
@@ -92,7 +92,7 @@ pub(crate) async fn connect(
         }
         Err(error) => (user_data, error),
     };
-    manager.counters.count(Count::ConnectFailure);
+    manager.count(Count::ConnectFailure);
     if report {
         invoker
             .call(
@@ -134,10 +134,10 @@ struct Opened {
 /// Takes a limiter slot and opens the stream as `dial` says.
 async fn open(manager: &Manager, address: SocketAddr, dial: Dial) -> Result<Opened, Error> {
     let permit = manager
-        .limiter
+        .limiter()
         .try_acquire()
         .ok_or(Error::ConnectionLimitReached {
-            limit: manager.limiter.capacity(),
+            limit: manager.limiter().capacity(),
         })?;
     match dial {
         Dial::Socket(tls) => {
@@ -166,10 +166,9 @@ async fn open_socket(manager: &Manager, address: SocketAddr) -> Result<TcpStream
     } else {
         TcpSocket::new_v6()?
     };
-    socket.set_nodelay(manager.config.nodelay)?;
+    socket.set_nodelay(manager.config().nodelay)?;
     let created = manager
-        .context
-        .invoker
+        .invoker()
         .call_sync("on_socket_created", None, |callbacks| {
             callbacks.on_socket_created(SockRef::from(&socket), Direction::Outbound)
         })
@@ -177,14 +176,14 @@ async fn open_socket(manager: &Manager, address: SocketAddr) -> Result<TcpStream
     if created.is_none() {
         return Err(panicked("on_socket_created"));
     }
-    let timeout = manager.config.connect_timeout;
+    let timeout = manager.config().connect_timeout;
     let stream = tokio::select! {
         connected = tokio::time::timeout(timeout, socket.connect(address)) => match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => return Err(Error::Connect { address, source }),
             Err(_) => return Err(Error::ConnectTimedOut { address, timeout }),
         },
-        () = manager.shutdown.draining() => return Err(Error::ShuttingDown),
+        () = manager.shutdown().draining() => return Err(Error::ShuttingDown),
     };
     Ok(stream)
 }

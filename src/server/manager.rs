@@ -2,7 +2,7 @@
 //! limiter, the accepting switch and the shutdown phase; and the one place a socket becomes a
 //! connection.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, Semaphore};
@@ -11,23 +11,20 @@ use tokio::task::JoinHandle;
 use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{LifecycleConfig, WriteLimits};
 use crate::connection::mailbox::Mailbox;
-use crate::connection::user_data::UserData;
-use crate::connection::user_data::UserDataLayout;
-use crate::connection::Connection;
-use crate::connection::Shared;
+use crate::connection::user_data::{UserData, UserDataLayout};
+use crate::connection::{Connection, Shared};
 use crate::error::Error;
 use crate::ids::{ConnectionId, Direction};
 use crate::server::builder::Config;
+use crate::server::callbacks::Callbacks;
 use crate::server::driver::transport::Transport;
 use crate::server::driver::{Context, Driver, Setup};
 use crate::server::invoke::Invoker;
-use crate::server::limit::ConnectionLimiter;
-use crate::server::limit::Permit;
+use crate::server::limit::{AtLimit, ConnectionLimiter, Permit};
 use crate::server::per_ip::PerIpLimit;
 use crate::server::registry::{Live, Registry};
 use crate::server::shutdown::Shutdown;
-use crate::stats::Stats;
-use crate::stats::{ConnectionCounters, Count, Counters};
+use crate::stats::{ConnectionCounters, Count, Counters, Stats};
 
 /// A connection's two ends.
 #[derive(Debug, Clone, Copy)]
@@ -43,22 +40,31 @@ pub(crate) struct AcceptTasks {
     pub(crate) events: JoinHandle<()>,
 }
 
+/// A client the admission rule let in: its limiter slot, holding its address's slot when the
+/// address is capped; `refused` when the address is over its cap, for a connection refused from
+/// the start.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub(crate) permit: Permit,
+    pub(crate) refused: Option<ClosureReason>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Manager {
-    pub(crate) context: Arc<Context>,
-    pub(crate) config: Config,
-    pub(crate) registry: Arc<Registry>,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) limiter: ConnectionLimiter,
-    pub(crate) layout: UserDataLayout,
+    context: Arc<Context>,
+    config: Config,
+    registry: Arc<Registry>,
+    counters: Arc<Counters>,
+    limiter: ConnectionLimiter,
+    layout: UserDataLayout,
     /// Whether the listeners should accept (the application's start/stop).
-    pub(crate) accepting: watch::Sender<bool>,
-    pub(crate) shutdown: Shutdown,
-    pub(crate) accept_tasks: Mutex<Option<AcceptTasks>>,
+    accepting: watch::Sender<bool>,
+    shutdown: Shutdown,
+    accept_tasks: Mutex<Option<AcceptTasks>>,
     /// Slots for TLS handshakes of accepted connections in progress.
-    pub(crate) handshakes: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
     /// Live accepted connections per peer address, when they are capped.
-    pub(crate) per_ip: Option<Arc<PerIpLimit>>,
+    per_ip: Option<Arc<PerIpLimit>>,
 }
 
 impl Config {
@@ -85,6 +91,155 @@ impl Config {
 }
 
 impl Manager {
+    /// A server's shared state, with its callbacks, before anything runs.
+    pub(crate) fn new(
+        config: Config,
+        callbacks: Box<dyn Callbacks>,
+        counters: Arc<Counters>,
+        limiter: ConnectionLimiter,
+        layout: UserDataLayout,
+        accepting: bool,
+    ) -> Self {
+        let handshakes = Arc::new(Semaphore::new(
+            config.max_concurrent_handshakes.min(Semaphore::MAX_PERMITS),
+        ));
+        let context = config.context(Invoker::new(callbacks, counters.clone()), &counters);
+        Manager {
+            context: Arc::new(context),
+            registry: Arc::new(Registry::new(counters.clone())),
+            counters,
+            per_ip: config.max_connections_per_ip.map(PerIpLimit::new),
+            config,
+            limiter,
+            layout,
+            accepting: watch::Sender::new(accepting),
+            shutdown: Shutdown::new(),
+            accept_tasks: Mutex::new(None),
+            handshakes,
+        }
+    }
+
+    /// What the server's connection tasks share.
+    pub(crate) fn context(&self) -> &Arc<Context> {
+        &self.context
+    }
+
+    /// The application's callbacks, with their panics caught.
+    pub(crate) fn invoker(&self) -> &Invoker {
+        &self.context.invoker
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The live connections.
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub(crate) fn limiter(&self) -> &ConnectionLimiter {
+        &self.limiter
+    }
+
+    pub(crate) fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Counts an event of the server's in its stats and metrics.
+    pub(crate) fn count(&self, count: Count) {
+        self.counters.count(count);
+    }
+
+    /// Counts `n` events of one kind.
+    pub(crate) fn count_many(&self, count: Count, n: u64) {
+        self.counters.add(count, n);
+    }
+
+    /// Empty user data of this server's layout, for a new connection.
+    pub(crate) fn new_user_data(&self) -> UserData {
+        UserData::new(&self.layout)
+    }
+
+    /// Counts a new connection or connect attempt as live, unless a shutdown has begun.
+    pub(crate) fn begin(&self) -> Result<Live, Error> {
+        self.registry.begin()
+    }
+
+    /// The application's start/stop of accepting.
+    pub(crate) fn set_accepting(&self, accepting: bool) {
+        self.accepting.send_replace(accepting);
+    }
+
+    /// Whether the application has accepting on (the embedded transport's check).
+    #[cfg(feature = "testing")]
+    pub(crate) fn is_accepting(&self) -> bool {
+        *self.accepting.borrow()
+    }
+
+    pub(crate) fn watch_accepting(&self) -> watch::Receiver<bool> {
+        self.accepting.subscribe()
+    }
+
+    /// Slots for the TLS handshakes of accepted connections.
+    pub(crate) fn handshake_slots(&self) -> &Arc<Semaphore> {
+        &self.handshakes
+    }
+
+    /// The per-address cap, if there is one.
+    pub(crate) fn per_ip(&self) -> Option<&Arc<PerIpLimit>> {
+        self.per_ip.as_ref()
+    }
+
+    /// Keeps the accept loop's tasks, for [`accepting_stopped`](Self::accepting_stopped).
+    pub(crate) fn accept_started(&self, tasks: AcceptTasks) {
+        *self
+            .accept_tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tasks);
+    }
+
+    /// Whether a client would wait in the backlog rather than be taken: with
+    /// [`AtLimit::StopAccepting`] at the connection limit, the accept loop accepts no one.
+    pub(crate) fn holds_clients_back(&self) -> bool {
+        self.config.at_limit == AtLimit::StopAccepting && self.limiter.is_full()
+    }
+
+    /// The admission rule, for every client taken in (by the accept loop, the embedded
+    /// transport, and behind the PROXY protocol), in two steps. This first one: a slot of the
+    /// limiter, or `None` at the connection limit, counted as a refusal at the limit. It runs no
+    /// application code: the caller reports the limit (`on_maximum_connections`) its own way.
+    pub(crate) fn admit(&self) -> Option<Permit> {
+        let permit = self.limiter.try_acquire();
+        if permit.is_none() {
+            self.counters.count(Count::RefusedAtLimit);
+        }
+        permit
+    }
+
+    /// The admission rule's second step: the per-address cap, for a client at `address`. Over
+    /// the cap it is counted as a refusal and becomes a connection refused from the start.
+    /// Behind the PROXY protocol the client is known only once the driver has read the header,
+    /// which then takes this step through the same [`PerIpLimit::admit`].
+    pub(crate) fn admit_peer(&self, permit: Permit, address: IpAddr) -> Admitted {
+        let Some(limit) = &self.per_ip else {
+            return Admitted {
+                permit,
+                refused: None,
+            };
+        };
+        match limit.admit(address, &self.counters) {
+            Some(slot) => Admitted {
+                permit: permit.with_peer_slot(slot),
+                refused: None,
+            },
+            None => Admitted {
+                permit,
+                refused: Some(ClosureReason::PerIpLimit),
+            },
+        }
+    }
+
     /// Registers a connection over `transport` (a socket, TLS over it, or memory) and starts its
     /// driver; returns its id, and a counted handle when asked for one (it exists before the
     /// driver runs, so the lifetime rule cannot close the connection first). A `refuse`d

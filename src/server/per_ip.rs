@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::stats::{Count, Counters};
+
 /// Counts the live accepted connections of each peer address against a cap.
 #[derive(Debug)]
 pub(crate) struct PerIpLimit {
@@ -51,6 +53,21 @@ impl PerIpLimit {
         self.counts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The per-address half of the admission rule
+    /// ([`Manager::admit`](crate::server::manager::Manager::admit)): counts one more connection
+    /// from `address`, or, at the cap, counts a refusal in `counters` and gives `None`.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        address: IpAddr,
+        counters: &Counters,
+    ) -> Option<PeerSlot> {
+        let slot = self.try_acquire(address);
+        if slot.is_none() {
+            counters.count(Count::RefusedPerIp);
+        }
+        slot
     }
 
     /// Counts one more connection from `address`, unless that address is at the cap.

@@ -16,7 +16,7 @@ use crate::server::invoke::Invoker;
 use crate::server::limit::Permit;
 use crate::server::per_ip::PerIpLimit;
 use crate::shutdown_report::ShutdownReport;
-use crate::stats::{ConnectionStats, Count, Counters};
+use crate::stats::{ConnectionStats, Counters};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -94,16 +94,13 @@ impl Registration {
     /// Counts the connection against its client's address in `limit` (the client a PROXY header
     /// named, known only now); `false`, counted as a refusal, if the address is at its cap.
     pub(crate) fn take_peer_slot(&mut self, limit: &Arc<PerIpLimit>, address: IpAddr) -> bool {
-        match limit.try_acquire(address) {
+        let registry = &self.live.as_ref().expect("live until dropped").registry;
+        match limit.admit(address, &registry.counters) {
             Some(slot) => {
                 self.permit = self.permit.take().map(|permit| permit.with_peer_slot(slot));
                 true
             }
-            None => {
-                let registry = &self.live.as_ref().expect("live until dropped").registry;
-                registry.counters.count(Count::RefusedPerIp);
-                false
-            }
+            None => false,
         }
     }
 

@@ -79,7 +79,7 @@ impl Shutdown {
 
 /// The whole sequence (guarantee 7), run once on a task of its own.
 pub(crate) async fn run(manager: &Manager) {
-    let invoker = &manager.context.invoker;
+    let invoker = manager.invoker();
     invoker
         .call(
             "on_shutdown_initiated",
@@ -87,13 +87,13 @@ pub(crate) async fn run(manager: &Manager) {
             invoker.callbacks().on_shutdown_initiated(),
         )
         .await;
-    let shutdown = &manager.shutdown;
-    let deadline = Instant::now() + manager.config.shutdown_timeout;
+    let shutdown = manager.shutdown();
+    let deadline = Instant::now() + manager.config().shutdown_timeout;
     shutdown.set(Phase::Draining { deadline });
     // The accept loop stops, and its task of accepting events runs `on_stop_accepting_connections`,
     // before any connection hears of the shutdown.
     manager.accepting_stopped().await;
-    let registry = &manager.registry;
+    let registry = manager.registry();
     registry.close();
     let drained = tokio::time::timeout_at(deadline, registry.drained())
         .await
