@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use bytes::Bytes;
 
 use crate::connection::weak::WeakConnection;
-use crate::connection::Connection;
-use crate::connection::Shared;
+use crate::connection::{Connection, Shared};
 use crate::error::Error;
 use crate::ids::ConnectionId;
 

@@ -4,8 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
-use crate::connection::Connection;
-use crate::connection::Shared;
+use crate::connection::{Connection, Shared};
 use crate::ids::ConnectionId;
 
 /// A handle to a connection that does not keep it open: the lifetime rule ignores it. Made by

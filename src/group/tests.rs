@@ -6,8 +6,7 @@ use std::sync::{Arc, Barrier};
 use super::*;
 use crate::connection::lifecycle::LifecycleConfig;
 use crate::connection::mailbox::Mailbox;
-use crate::connection::user_data::UserData;
-use crate::connection::user_data::UserDataLayout;
+use crate::connection::user_data::{UserData, UserDataLayout};
 use crate::ids::Direction;
 use crate::stats::ConnectionCounters;
 

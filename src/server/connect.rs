@@ -17,8 +17,7 @@ use crate::server::limit::Permit;
 use crate::server::manager::{Addresses, Manager};
 use crate::server::registry::Live;
 use crate::stats::Count;
-use crate::tls::Secure;
-use crate::tls::TlsConnect;
+use crate::tls::{Secure, TlsConnect};
 
 /// How an outgoing connection is opened.
 #[derive(Debug)]

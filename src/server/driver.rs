@@ -38,8 +38,7 @@ use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{
     Action, Event, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
 };
-use crate::connection::Connection;
-use crate::connection::Shared;
+use crate::connection::{Connection, Shared};
 use crate::server::invoke::{Guarded, Invoker};
 use crate::server::registry::Registration;
 use crate::stats::{ConnectionCounters, Count, Counters};
