@@ -51,7 +51,6 @@ use crate::server::driver::{self, Proxied};
 use crate::server::limit::{AtLimit, Permit};
 use crate::server::manager::{AcceptTasks, Addresses, Admitted, Manager};
 use crate::server::reserve::{is_out_of_descriptors, Reserve};
-use crate::server::shutdown::Phase;
 use crate::stats::Count;
 use crate::tls::Secure;
 
@@ -283,7 +282,7 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
         };
     }
     loop {
-        if *phase.borrow_and_update() != Phase::Running {
+        if phase.borrow_and_update().is_draining() {
             announced.set(&events, false);
             return;
         }

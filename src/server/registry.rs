@@ -23,8 +23,10 @@ struct Inner {
     connections: HashMap<ConnectionId, Arc<Shared>>,
     /// Connections plus outgoing connects in progress: what a shutdown waits for.
     live: usize,
-    /// A shutdown has begun: no new connection or connect is taken, and every connection that
-    /// ends from now on was live when it began.
+    /// Closed by the shutdown once the accept loop has stopped (not when the shutdown began:
+    /// that is the shutdown's phase): no new connection or connect is taken, and every
+    /// connection that ends from now on counts in the report. Kept under this lock, so that a
+    /// registration and the close never cross.
     closed: bool,
 }
 

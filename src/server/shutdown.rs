@@ -1,7 +1,7 @@
 //! The shutdown, as one phase value that the accept loop, outgoing connects and the server's
-//! handle watch: running → draining (until a deadline) → forcing → complete, with its report.
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//! handle watch: running → initiating → draining (until a deadline) → forcing → complete, with
+//! its report. Whether a shutdown has begun is this value and nothing else, and only
+//! [`Shutdown`] writes it.
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -14,6 +14,9 @@ use crate::shutdown_report::ShutdownReport;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Running,
+    /// A shutdown was asked for and `on_shutdown_initiated` runs; everything else goes on as
+    /// before.
+    Initiating,
     /// `on_shutdown_initiated` has run: accepting stops, connections are told and may finish
     /// until `deadline`.
     Draining {
@@ -25,18 +28,23 @@ pub(crate) enum Phase {
     Complete(ShutdownReport),
 }
 
-/// The phase and who started it.
+impl Phase {
+    /// Whether accepting has stopped for good: the drain, the forcing and after.
+    pub(crate) fn is_draining(&self) -> bool {
+        !matches!(self, Phase::Running | Phase::Initiating)
+    }
+}
+
+/// The phase, its one writer.
 #[derive(Debug)]
 pub(crate) struct Shutdown {
     phase: watch::Sender<Phase>,
-    started: AtomicBool,
 }
 
 impl Shutdown {
     pub(crate) fn new() -> Self {
         Shutdown {
             phase: watch::Sender::new(Phase::Running),
-            started: AtomicBool::new(false),
         }
     }
 
@@ -45,12 +53,19 @@ impl Shutdown {
     }
 
     pub(crate) fn is_started(&self) -> bool {
-        self.started.load(Ordering::Acquire)
+        *self.phase.borrow() != Phase::Running
     }
 
-    /// `true` for the one caller that starts the shutdown.
+    /// `true` for the one caller that starts the shutdown: the phase moves from running to
+    /// initiating under the channel's lock, so of several callers exactly one sees it move.
     pub(crate) fn start(&self) -> bool {
-        !self.started.swap(true, Ordering::AcqRel)
+        self.phase.send_if_modified(|phase| {
+            let starting = *phase == Phase::Running;
+            if starting {
+                *phase = Phase::Initiating;
+            }
+            starting
+        })
     }
 
     fn set(&self, phase: Phase) {
@@ -73,7 +88,7 @@ impl Shutdown {
     /// Waits until a shutdown has begun draining.
     pub(crate) async fn draining(&self) {
         let mut phase = self.watch();
-        let _ = phase.wait_for(|phase| *phase != Phase::Running).await;
+        let _ = phase.wait_for(Phase::is_draining).await;
     }
 }
 
