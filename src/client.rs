@@ -23,7 +23,9 @@ use bytes::BytesMut;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::{ClosureReason, Connection, Error};
+use crate::closure::ClosureReason;
+use crate::connection::Connection;
+use crate::error::Error;
 
 /// What the driver tells an awaiting client.
 #[derive(Debug)]

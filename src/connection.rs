@@ -1,81 +1,27 @@
-//! The handle users hold: read, write, close, abort, user data.
+//! The handle users hold: read, write, close, abort, user data; and beneath it what a
+//! connection is made of: its mailbox, its lifecycle, its weak handle and its user data.
+
+pub(crate) mod lifecycle;
+pub(crate) mod mailbox;
+pub(crate) mod user_data;
+pub(crate) mod weak;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::closure::ClosureReason;
+use crate::connection::mailbox::Mailbox;
+use crate::connection::user_data::UserData;
+use crate::error::Error;
 use crate::group::Memberships;
-use crate::mailbox::Mailbox;
+use crate::ids::{ConnectionId, Direction};
 use crate::proxy::ProxyHeader;
 use crate::stats::{ConnectionCounters, ConnectionStats};
-use crate::{ClosureReason, Error, TlsInfo, UserData};
-
-/// A connection's number, unique within its server for the server's lifetime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnectionId(pub(crate) u64);
-
-impl ConnectionId {
-    /// The number itself.
-    ///
-    /// ```
-    /// # fn show(connection: &switchboard::Connection) {
-    /// println!("connection {} is number {}", connection.id(), connection.id().get());
-    /// # }
-    /// ```
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// Which side opened a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Accepted by one of the server's listeners.
-    Inbound,
-    /// Opened by [`Server::connect`](crate::Server::connect) or
-    /// [`Server::spawn_connect`](crate::Server::spawn_connect).
-    Outbound,
-}
-
-/// A connection's timeouts; `None` turns one off. Each ends the connection (with a reset) with a
-/// closure reason of its own. The server's settings
-/// ([`ServerBuilder::idle_timeout`](crate::ServerBuilder::idle_timeout) and its neighbours) are
-/// every connection's starting point; [`Connection::set_timeouts`] changes one connection's.
-///
-/// ```
-/// # fn example(connection: &switchboard::Connection) {
-/// use std::time::Duration;
-/// let mut timeouts = connection.timeouts();
-/// timeouts.idle = Some(Duration::from_secs(300)); // a long-poll client may sit quietly
-/// connection.set_timeouts(timeouts);
-/// # }
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Timeouts {
-    /// No byte read or written for this long:
-    /// [`ClosureReason::IdleTimedOut`].
-    pub idle: Option<Duration>,
-    /// A requested read got no data for this long (time spent with reads paused by a full write
-    /// queue does not count): [`ClosureReason::ReadTimedOut`].
-    pub read: Option<Duration>,
-    /// The peer sent FIN and the connection is still open this long after:
-    /// [`ClosureReason::HalfClosedTimedOut`].
-    pub half_closed: Option<Duration>,
-    /// No byte arrived this long after the connection was established (for TLS, after the
-    /// handshake): [`ClosureReason::FirstByteTimedOut`].
-    /// The defence against clients that connect and say nothing (slowloris).
-    pub first_byte: Option<Duration>,
-}
+use crate::timeouts::Timeouts;
+use crate::tls::TlsInfo;
 
 /// The part of a connection shared by its driver, its handles and the server's registry.
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::ConnectionId;
+use crate::ids::ConnectionId;
 
 /// Everything that can go wrong in switchboard.
 ///

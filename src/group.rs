@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
 
-use crate::connection::Shared;
-use crate::{Connection, ConnectionId, Error, WeakConnection};
+use crate::connection::weak::WeakConnection;
+use crate::connection::{Connection, Shared};
+use crate::error::Error;
+use crate::ids::ConnectionId;
 
 /// What a broadcast does to a member whose write queue is full (holds the
 /// [write queue limit](crate::ServerBuilder::write_queue_limit)): a peer that reads more slowly

@@ -112,42 +112,33 @@
 //!     Ok(())
 //! }
 //! ```
-// Two `unsafe` blocks in the crate, both in `driver/urgent.rs` for urgent data (reading the
-// byte, registering the watcher), each with its proof.
+// Two `unsafe` blocks in the crate, both in `server/driver/urgent.rs` for urgent data (reading
+// the byte, registering the watcher), each with its proof.
 #![deny(unsafe_code)]
 
-mod accept;
-mod builder;
-mod callbacks;
-pub mod client;
+// The layers, from the bottom: value types that import nothing of the engine; the connection
+// (its handles, mailbox and lifecycle); the server (its handle, builder, shared state, accept
+// loop, connects, shutdown and the connections' tasks); then the add-ons built on them.
 mod closure;
-pub mod codec;
-mod connect;
-mod connection;
 mod defaults;
-mod driver;
 mod error;
-mod group;
-mod invoke;
-mod lifecycle;
-mod limit;
-mod listen;
-mod mailbox;
-mod manager;
+mod ids;
 mod metrics;
-mod open;
-mod per_ip;
 pub mod proxy;
-mod registry;
-mod reserve;
-mod server;
-mod shutdown;
+mod shutdown_report;
 mod stats;
+mod timeouts;
+pub mod tls;
+
+mod connection;
+
+mod server;
+
+pub mod client;
+pub mod codec;
+mod group;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod tls;
-mod user_data;
-mod weak;
 
 pub use async_trait::async_trait;
 pub use bytes::{Bytes, BytesMut};
@@ -155,11 +146,11 @@ pub use native_tls;
 pub use socket2;
 pub use tokio_util;
 
-pub use builder::ServerBuilder;
-pub use callbacks::Callbacks;
 pub use client::{Client, FramedClient};
 pub use closure::ClosureReason;
-pub use connection::{Connection, ConnectionId, Direction, Timeouts, WriteError};
+pub use connection::user_data::{ConnectArgument, Slot, UserData};
+pub use connection::weak::WeakConnection;
+pub use connection::{Connection, WriteError};
 pub use defaults::{
     DEFAULT_BACKLOG, DEFAULT_CLOSE_DISCARD_LIMIT, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES, DEFAULT_READ_BUFFER_SIZE,
@@ -168,14 +159,16 @@ pub use defaults::{
 };
 pub use error::Error;
 pub use group::{BroadcastReport, ConnectionGroup, Delivery, WhenFull};
-pub use limit::{AtLimit, ConnectionLimiter};
-pub use listen::Listen;
+pub use ids::{ConnectionId, Direction};
+pub use server::builder::ServerBuilder;
+pub use server::callbacks::Callbacks;
+pub use server::limit::{AtLimit, ConnectionLimiter};
+pub use server::listen::Listen;
 pub use server::{Server, WeakServer};
-pub use shutdown::ShutdownReport;
+pub use shutdown_report::ShutdownReport;
 pub use stats::{ConnectionStats, Stats};
+pub use timeouts::Timeouts;
 pub use tls::{TlsConnect, TlsInfo};
-pub use user_data::{ConnectArgument, Slot, UserData};
-pub use weak::WeakConnection;
 
 /// Compiles and runs the README's examples as doc tests.
 #[cfg(doctest)]

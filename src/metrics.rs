@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Label, Unit};
 
-use crate::ClosureReason;
+use crate::closure::ClosureReason;
 
 // The names, as the crate docs list them.
 const ACTIVE: &str = "switchboard_connections_active";

@@ -1,4 +1,20 @@
-//! The handle that controls a running server.
+//! The handle that controls a running server, and the server's engine beneath it: the builder,
+//! the shared state, the accept loop, outgoing connects, the shutdown and the connections' tasks.
+
+pub(crate) mod accept;
+pub(crate) mod builder;
+pub(crate) mod callbacks;
+pub(crate) mod connect;
+pub(crate) mod driver;
+pub(crate) mod invoke;
+pub(crate) mod limit;
+pub(crate) mod listen;
+pub(crate) mod manager;
+pub(crate) mod open;
+pub(crate) mod per_ip;
+pub(crate) mod registry;
+pub(crate) mod reserve;
+pub(crate) mod shutdown;
 
 use std::any::Any;
 use std::fmt;
@@ -9,14 +25,20 @@ use std::sync::{Arc, Weak};
 use socket2::SockRef;
 use tokio::net::TcpListener;
 
-use crate::builder::ServerBuilder;
-use crate::connect::Dial;
-use crate::manager::Manager;
-use crate::shutdown::ShutdownReport;
-use crate::{
-    connect, Client, ClosureReason, ConnectArgument, Connection, ConnectionId, ConnectionLimiter,
-    Error, Stats, TlsConnect, WeakConnection,
-};
+use crate::client::Client;
+use crate::closure::ClosureReason;
+use crate::connection::user_data::ConnectArgument;
+use crate::connection::weak::WeakConnection;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::ids::ConnectionId;
+use crate::server::builder::ServerBuilder;
+use crate::server::connect::Dial;
+use crate::server::limit::ConnectionLimiter;
+use crate::server::manager::Manager;
+use crate::shutdown_report::ShutdownReport;
+use crate::stats::Stats;
+use crate::tls::TlsConnect;
 
 /// A running server: its listeners, its connections and its callbacks. Cheap to clone; every
 /// clone controls the same server, from any task.
@@ -105,7 +127,7 @@ impl Server {
             local_addrs,
             listeners,
         };
-        let invoker = &server.manager.context.invoker;
+        let invoker = server.manager.invoker();
         invoker
             .call(
                 "on_server_started",
@@ -194,14 +216,14 @@ impl Server {
     /// [`on_start_accepting_connections`](crate::Callbacks::on_start_accepting_connections) follows (unless the
     /// connection limit holds accepting off, in which case it follows when a slot frees).
     pub fn start_accepting(&self) {
-        self.manager.accepting.send_replace(true);
+        self.manager.set_accepting(true);
     }
 
     /// Stops accepting; the listeners stay bound, so new clients wait in the backlog.
     /// [`on_stop_accepting_connections`](crate::Callbacks::on_stop_accepting_connections) follows.
     /// Live connections are not affected.
     pub fn stop_accepting(&self) {
-        self.manager.accepting.send_replace(false);
+        self.manager.set_accepting(false);
     }
 
     /// Resets every live connection (RST) and returns how many it aborted;
@@ -216,9 +238,9 @@ impl Server {
     /// returns may skip or cut short `on_all_connections_aborted`, and the aborted connections'
     /// closing events then run at once.
     pub async fn abort_all_connections(&self) -> usize {
-        let invoker = &self.manager.context.invoker;
+        let invoker = self.manager.invoker();
         self.manager
-            .registry
+            .registry()
             .abort_all(ClosureReason::AbortAll, invoker)
             .await
     }
@@ -238,10 +260,10 @@ impl Server {
     /// The shutdown runs on a task of its own: dropping this future stops the waiting, not the
     /// shutdown.
     pub async fn shutdown(&self) -> ShutdownReport {
-        let shutdown = &self.manager.shutdown;
+        let shutdown = self.manager.shutdown();
         if shutdown.start() {
             let manager = self.manager.clone();
-            tokio::spawn(async move { crate::shutdown::run(&manager).await });
+            tokio::spawn(async move { crate::server::shutdown::run(&manager).await });
         }
         shutdown.complete().await
     }
@@ -274,11 +296,11 @@ impl Server {
         let stop = stop_signal()?;
         let server = self.clone();
         Ok(async move {
-            let mut phase = server.manager.shutdown.watch();
+            let mut phase = server.manager.shutdown().watch();
             tokio::select! {
                 () = stop => {}
                 // The sender lives as long as the manager this handle holds.
-                _ = phase.wait_for(|phase| *phase != crate::shutdown::Phase::Running) => {}
+                _ = phase.wait_for(|phase| *phase != crate::server::shutdown::Phase::Running) => {}
             }
             server.shutdown().await
         })
@@ -296,7 +318,7 @@ impl Server {
 
     /// Whether a shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.manager.shutdown.is_started()
+        self.manager.shutdown().is_started()
     }
 
     /// Connects to `address` through this server's manager and limiter, returning a handle once
@@ -352,7 +374,7 @@ impl Server {
         tls: Option<TlsConnect>,
         argument: ConnectArgument,
     ) -> Result<Connection, Error> {
-        let live = self.manager.registry.begin()?;
+        let live = self.manager.begin()?;
         let attempt = connect::connect(
             self.manager.clone(),
             live,
@@ -408,7 +430,7 @@ impl Server {
         address: SocketAddr,
         tls: Option<TlsConnect>,
     ) -> Result<Client, Error> {
-        let live = self.manager.registry.begin()?;
+        let live = self.manager.begin()?;
         let (sink, receiver) = crate::client::channel();
         let attempt = connect::connect(
             self.manager.clone(),
@@ -460,7 +482,7 @@ impl Server {
         tls: Option<TlsConnect>,
         argument: ConnectArgument,
     ) -> Result<(), Error> {
-        let live = self.manager.registry.begin()?;
+        let live = self.manager.begin()?;
         let manager = self.manager.clone();
         tokio::spawn(async move {
             // The outcome is reported through the callbacks.
@@ -490,12 +512,12 @@ impl Server {
     /// its [`on_socket_released`](crate::Callbacks::on_socket_released) returns; refused ones never
     /// count.
     pub fn connections_from_ip(&self, ip: IpAddr) -> Option<usize> {
-        self.manager.per_ip.as_ref().map(|limit| limit.count(ip))
+        self.manager.per_ip().map(|limit| limit.count(ip))
     }
 
     /// Live connections of this server (established and not yet released).
     pub fn active_connections(&self) -> usize {
-        self.manager.registry.active()
+        self.manager.registry().active()
     }
 
     /// A counted handle to live connection `id`, from any task; `None` if there is none by that
@@ -513,7 +535,7 @@ impl Server {
     /// ```
     #[must_use = "the handle keeps the connection open only while it is held"]
     pub fn connection(&self, id: ConnectionId) -> Option<Connection> {
-        let shared = self.manager.registry.find(id)?;
+        let shared = self.manager.registry().find(id)?;
         shared
             .mailbox
             .try_upgrade()
@@ -535,14 +557,14 @@ impl Server {
     /// # }
     /// ```
     pub fn connections(&self) -> Vec<WeakConnection> {
-        let mut connections = self.manager.registry.open_connections();
+        let mut connections = self.manager.registry().open_connections();
         connections.sort_unstable_by_key(WeakConnection::id);
         connections
     }
 
     /// The limiter this server's connections count against.
     pub fn limiter(&self) -> &ConnectionLimiter {
-        &self.manager.limiter
+        self.manager.limiter()
     }
 }
 

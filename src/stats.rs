@@ -2,8 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::closure::ClosureReason;
 use crate::metrics::Metrics;
-use crate::ClosureReason;
 
 /// A point-in-time snapshot of a server's counters, from [`Server::stats`](crate::Server::stats).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -33,7 +33,8 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::{Direction, Error};
+use crate::error::Error;
+use crate::ids::Direction;
 
 /// What a TLS handshake negotiated, passed to
 /// [`Callbacks::on_negotiation_complete`](crate::Callbacks::on_negotiation_complete) and kept by

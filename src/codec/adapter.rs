@@ -13,10 +13,15 @@ use socket2::SockRef;
 use super::framed::{flush, FramedConnection};
 use super::state::{FrameState, Step};
 use super::{FrameError, FrameHandler, Item};
-use crate::{
-    Callbacks, ClosureReason, ConnectArgument, Connection, ConnectionId, Direction, Error, Server,
-    ShutdownReport, Slot, TlsInfo, UserData,
-};
+use crate::closure::ClosureReason;
+use crate::connection::user_data::{ConnectArgument, Slot, UserData};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::ids::{ConnectionId, Direction};
+use crate::server::callbacks::Callbacks;
+use crate::server::Server;
+use crate::shutdown_report::ShutdownReport;
+use crate::tls::TlsInfo;
 
 /// Output fed during one read's items is queued once it reaches this much, before the next item
 /// is delivered, so that the write queue's bounds (and the pause while it is high) see it: a

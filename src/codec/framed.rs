@@ -7,7 +7,9 @@ use bytes::Bytes;
 use tokio_util::codec::Encoder;
 
 use super::state::FrameState;
-use crate::{Connection, Error, Slot, WriteError};
+use crate::connection::user_data::Slot;
+use crate::connection::{Connection, WriteError};
+use crate::error::Error;
 
 /// A [`Connection`] of a framed server, seen through its codec: everything a `Connection` does
 /// (it dereferences to one), and sending items through the codec's

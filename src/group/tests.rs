@@ -4,11 +4,11 @@
 use std::sync::{Arc, Barrier};
 
 use super::*;
-use crate::lifecycle::LifecycleConfig;
-use crate::mailbox::Mailbox;
+use crate::connection::lifecycle::LifecycleConfig;
+use crate::connection::mailbox::Mailbox;
+use crate::connection::user_data::{UserData, UserDataLayout};
+use crate::ids::Direction;
 use crate::stats::ConnectionCounters;
-use crate::user_data::UserDataLayout;
-use crate::{Direction, UserData};
 
 /// A connection's shared state, established (open for upgrades), with no task behind it.
 fn established(id: u64) -> Arc<Shared> {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::WAIT_LIMIT;
-use crate::driver::memory::{Pipe, DEFAULT_WINDOW};
-use crate::ConnectionId;
+use crate::ids::ConnectionId;
+use crate::server::driver::memory::{Pipe, DEFAULT_WINDOW};
 
 /// The peer of an embedded connection: the test acts as the client through it.
 ///

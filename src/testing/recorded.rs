@@ -11,10 +11,15 @@ use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 use tokio::sync::Notify;
 
-use crate::{
-    Callbacks, ClosureReason, ConnectArgument, Connection, ConnectionId, Direction, Error, Server,
-    ShutdownReport, TlsInfo, UserData,
-};
+use crate::closure::ClosureReason;
+use crate::connection::user_data::{ConnectArgument, UserData};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::ids::{ConnectionId, Direction};
+use crate::server::callbacks::Callbacks;
+use crate::server::Server;
+use crate::shutdown_report::ShutdownReport;
+use crate::tls::TlsInfo;
 
 /// How long [`Events::wait_for`] waits before it panics: long for a test on a real clock, and
 /// nothing on tokio's paused clock, which jumps to it as soon as the runtime has nothing to do.

@@ -8,22 +8,27 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::builder::Config;
-use crate::connection::Shared;
-use crate::driver::transport::Transport;
-use crate::driver::{Context, Driver, Setup};
-use crate::invoke::Invoker;
-use crate::lifecycle::{LifecycleConfig, WriteLimits};
-use crate::limit::Permit;
-use crate::mailbox::Mailbox;
-use crate::per_ip::PerIpLimit;
-use crate::registry::{Live, Registry};
-use crate::shutdown::Shutdown;
-use crate::stats::{ConnectionCounters, Count, Counters};
-use crate::user_data::UserDataLayout;
-use crate::{
-    ClosureReason, Connection, ConnectionId, ConnectionLimiter, Direction, Error, Stats, UserData,
-};
+use crate::closure::ClosureReason;
+use crate::connection::lifecycle::{LifecycleConfig, WriteLimits};
+use crate::connection::mailbox::Mailbox;
+use crate::connection::user_data::{UserData, UserDataLayout};
+use crate::connection::{Connection, Shared};
+use crate::error::Error;
+use crate::ids::{ConnectionId, Direction};
+use crate::server::builder::Config;
+use crate::server::callbacks::Callbacks;
+use crate::server::driver::transport::Transport;
+use crate::server::driver::{Context, Driver, Setup};
+use crate::server::invoke::Invoker;
+use crate::server::limit::{ConnectionLimiter, Permit};
+use crate::server::per_ip::PerIpLimit;
+use crate::server::registry::{Live, Registry};
+use crate::server::shutdown::Shutdown;
+use crate::stats::{ConnectionCounters, Count, Counters, Stats};
+
+mod admission;
+
+pub(crate) use admission::Admitted;
 
 /// A connection's two ends.
 #[derive(Debug, Clone, Copy)]
@@ -41,20 +46,20 @@ pub(crate) struct AcceptTasks {
 
 #[derive(Debug)]
 pub(crate) struct Manager {
-    pub(crate) context: Arc<Context>,
-    pub(crate) config: Config,
-    pub(crate) registry: Arc<Registry>,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) limiter: ConnectionLimiter,
-    pub(crate) layout: UserDataLayout,
+    context: Arc<Context>,
+    config: Config,
+    registry: Arc<Registry>,
+    counters: Arc<Counters>,
+    limiter: ConnectionLimiter,
+    layout: UserDataLayout,
     /// Whether the listeners should accept (the application's start/stop).
-    pub(crate) accepting: watch::Sender<bool>,
-    pub(crate) shutdown: Shutdown,
-    pub(crate) accept_tasks: Mutex<Option<AcceptTasks>>,
+    accepting: watch::Sender<bool>,
+    shutdown: Shutdown,
+    accept_tasks: Mutex<Option<AcceptTasks>>,
     /// Slots for TLS handshakes of accepted connections in progress.
-    pub(crate) handshakes: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
     /// Live accepted connections per peer address, when they are capped.
-    pub(crate) per_ip: Option<Arc<PerIpLimit>>,
+    per_ip: Option<Arc<PerIpLimit>>,
 }
 
 impl Config {
@@ -81,6 +86,114 @@ impl Config {
 }
 
 impl Manager {
+    /// A server's shared state, with its callbacks, before anything runs.
+    pub(crate) fn new(
+        config: Config,
+        callbacks: Box<dyn Callbacks>,
+        counters: Arc<Counters>,
+        limiter: ConnectionLimiter,
+        layout: UserDataLayout,
+        accepting: bool,
+    ) -> Self {
+        let handshakes = Arc::new(Semaphore::new(
+            config.max_concurrent_handshakes.min(Semaphore::MAX_PERMITS),
+        ));
+        let context = config.context(Invoker::new(callbacks, counters.clone()), &counters);
+        Manager {
+            context: Arc::new(context),
+            registry: Arc::new(Registry::new(counters.clone())),
+            counters,
+            per_ip: config.max_connections_per_ip.map(PerIpLimit::new),
+            config,
+            limiter,
+            layout,
+            accepting: watch::Sender::new(accepting),
+            shutdown: Shutdown::new(),
+            accept_tasks: Mutex::new(None),
+            handshakes,
+        }
+    }
+
+    /// What the server's connection tasks share.
+    pub(crate) fn context(&self) -> &Arc<Context> {
+        &self.context
+    }
+
+    /// The application's callbacks, with their panics caught.
+    pub(crate) fn invoker(&self) -> &Invoker {
+        &self.context.invoker
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The live connections.
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub(crate) fn limiter(&self) -> &ConnectionLimiter {
+        &self.limiter
+    }
+
+    pub(crate) fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Counts an event of the server's in its stats and metrics.
+    pub(crate) fn count(&self, count: Count) {
+        self.counters.count(count);
+    }
+
+    /// Counts `n` events of one kind.
+    pub(crate) fn count_many(&self, count: Count, n: u64) {
+        self.counters.add(count, n);
+    }
+
+    /// Empty user data of this server's layout, for a new connection.
+    pub(crate) fn new_user_data(&self) -> UserData {
+        UserData::new(&self.layout)
+    }
+
+    /// Counts a new connection or connect attempt as live, unless a shutdown has begun.
+    pub(crate) fn begin(&self) -> Result<Live, Error> {
+        self.registry.begin()
+    }
+
+    /// The application's start/stop of accepting.
+    pub(crate) fn set_accepting(&self, accepting: bool) {
+        self.accepting.send_replace(accepting);
+    }
+
+    /// Whether the application has accepting on (the embedded transport's check).
+    #[cfg(feature = "testing")]
+    pub(crate) fn is_accepting(&self) -> bool {
+        *self.accepting.borrow()
+    }
+
+    pub(crate) fn watch_accepting(&self) -> watch::Receiver<bool> {
+        self.accepting.subscribe()
+    }
+
+    /// Slots for the TLS handshakes of accepted connections.
+    pub(crate) fn handshake_slots(&self) -> &Arc<Semaphore> {
+        &self.handshakes
+    }
+
+    /// The per-address cap, if there is one.
+    pub(crate) fn per_ip(&self) -> Option<&Arc<PerIpLimit>> {
+        self.per_ip.as_ref()
+    }
+
+    /// Keeps the accept loop's tasks, for [`accepting_stopped`](Self::accepting_stopped).
+    pub(crate) fn accept_started(&self, tasks: AcceptTasks) {
+        *self
+            .accept_tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tasks);
+    }
+
     /// Registers a connection over `transport` (a socket, TLS over it, or memory) and starts its
     /// driver; returns its id, and a counted handle when asked for one (it exists before the
     /// driver runs, so the lifetime rule cannot close the connection first). A `refuse`d

@@ -11,8 +11,10 @@ use std::task::{Context, Poll};
 
 use futures::FutureExt;
 
+use crate::error::Error;
+use crate::ids::ConnectionId;
+use crate::server::callbacks::Callbacks;
 use crate::stats::{Count, Counters};
-use crate::{Callbacks, ConnectionId, Error};
 
 /// A callback's future, polled with its panics caught: `Err` carries the panic's payload.
 ///

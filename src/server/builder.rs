@@ -2,24 +2,22 @@
 
 use std::fmt;
 use std::net::ToSocketAddrs;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Semaphore};
-
-use crate::accept::{self, Listener};
+use crate::connection::user_data::{Slot, UserDataLayout};
 use crate::defaults::*;
-use crate::invoke::Invoker;
-use crate::limit::AtLimit;
-use crate::listen::Listen;
-use crate::manager::Manager;
+use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::open::{self, ListenOn, ListenOptions};
-use crate::registry::Registry;
-use crate::shutdown::Shutdown;
+use crate::server::accept::{self, Listener};
+use crate::server::callbacks::Callbacks;
+use crate::server::limit::{AtLimit, ConnectionLimiter};
+use crate::server::listen::Listen;
+use crate::server::manager::Manager;
+use crate::server::open::{self, ListenOn, ListenOptions};
+use crate::server::Server;
 use crate::stats::Counters;
-use crate::user_data::{Slot, UserDataLayout};
-use crate::{Callbacks, ConnectionLimiter, Error, Server, Timeouts};
+use crate::timeouts::Timeouts;
 
 /// Settings fixed when the server starts.
 #[derive(Debug, Clone)]
@@ -580,29 +578,15 @@ impl ServerBuilder {
 
     /// The server's shared state, from the settings (validated), with no listener.
     pub(crate) fn into_manager(self, callbacks: Box<dyn Callbacks>) -> Arc<Manager> {
-        let handshakes = Arc::new(Semaphore::new(
-            self.config
-                .max_concurrent_handshakes
-                .min(Semaphore::MAX_PERMITS),
-        ));
-        let config = self.config;
         let counters = Arc::new(Counters::new(Metrics::register(&self.metrics_labels)));
-        let context = config.context(Invoker::new(callbacks, counters.clone()), &counters);
-        Arc::new(Manager {
-            context: Arc::new(context),
-            registry: Arc::new(Registry::new(counters.clone())),
+        Arc::new(Manager::new(
+            self.config,
+            callbacks,
             counters,
-            per_ip: config
-                .max_connections_per_ip
-                .map(crate::per_ip::PerIpLimit::new),
-            config,
-            limiter: self.limiter,
-            layout: self.layout,
-            accepting: watch::Sender::new(self.accepting),
-            shutdown: Shutdown::new(),
-            accept_tasks: Mutex::new(None),
-            handshakes,
-        })
+            self.limiter,
+            self.layout,
+            self.accepting,
+        ))
     }
 
     /// Validates the settings, binds the listeners, takes the adopted ones and starts accepting
@@ -647,10 +631,7 @@ impl ServerBuilder {
         let server = Server::started(manager.clone(), local_addrs.into(), handed_over.into()).await;
         if !listeners.is_empty() {
             let tasks = accept::start(manager.clone(), listeners);
-            *manager
-                .accept_tasks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(tasks);
+            manager.accept_started(tasks);
         }
         tracing::info!(addresses = ?server.local_addrs(), "server started");
         Ok(server)

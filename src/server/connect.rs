@@ -7,14 +7,17 @@ use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::client::ClientSink;
-use crate::driver::transport::Transport;
-use crate::driver::Setup;
-use crate::limit::Permit;
-use crate::manager::{Addresses, Manager};
-use crate::registry::Live;
+use crate::connection::user_data::ConnectArgument;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::ids::Direction;
+use crate::server::driver::transport::Transport;
+use crate::server::driver::Setup;
+use crate::server::limit::Permit;
+use crate::server::manager::{Addresses, Manager};
+use crate::server::registry::Live;
 use crate::stats::Count;
-use crate::tls::Secure;
-use crate::{ConnectArgument, Connection, Direction, Error, TlsConnect, UserData};
+use crate::tls::{Secure, TlsConnect};
 
 /// How an outgoing connection is opened.
 #[derive(Debug)]
@@ -25,7 +28,7 @@ pub(crate) enum Dial {
     /// the limiter and the pre-connect callback can fail it.
     #[cfg(feature = "testing")]
     Memory {
-        stream: crate::driver::memory::MemoryStream,
+        stream: crate::server::driver::memory::MemoryStream,
         local: SocketAddr,
     },
 }
@@ -42,8 +45,8 @@ pub(crate) async fn connect(
     report: bool,
     client: Option<ClientSink>,
 ) -> Result<Connection, Error> {
-    let invoker = &manager.context.invoker;
-    let user_data = UserData::new(&manager.layout);
+    let invoker = manager.invoker();
+    let user_data = manager.new_user_data();
     let prepared = invoker
         .call(
             "on_pre_outgoing_connect",
@@ -88,7 +91,7 @@ pub(crate) async fn connect(
         }
         Err(error) => (user_data, error),
     };
-    manager.counters.count(Count::ConnectFailure);
+    manager.count(Count::ConnectFailure);
     if report {
         invoker
             .call(
@@ -130,10 +133,10 @@ struct Opened {
 /// Takes a limiter slot and opens the stream as `dial` says.
 async fn open(manager: &Manager, address: SocketAddr, dial: Dial) -> Result<Opened, Error> {
     let permit = manager
-        .limiter
+        .limiter()
         .try_acquire()
         .ok_or(Error::ConnectionLimitReached {
-            limit: manager.limiter.capacity(),
+            limit: manager.limiter().capacity(),
         })?;
     match dial {
         Dial::Socket(tls) => {
@@ -162,10 +165,9 @@ async fn open_socket(manager: &Manager, address: SocketAddr) -> Result<TcpStream
     } else {
         TcpSocket::new_v6()?
     };
-    socket.set_nodelay(manager.config.nodelay)?;
+    socket.set_nodelay(manager.config().nodelay)?;
     let created = manager
-        .context
-        .invoker
+        .invoker()
         .call_sync("on_socket_created", None, |callbacks| {
             callbacks.on_socket_created(SockRef::from(&socket), Direction::Outbound)
         })
@@ -173,14 +175,14 @@ async fn open_socket(manager: &Manager, address: SocketAddr) -> Result<TcpStream
     if created.is_none() {
         return Err(panicked("on_socket_created"));
     }
-    let timeout = manager.config.connect_timeout;
+    let timeout = manager.config().connect_timeout;
     let stream = tokio::select! {
         connected = tokio::time::timeout(timeout, socket.connect(address)) => match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => return Err(Error::Connect { address, source }),
             Err(_) => return Err(Error::ConnectTimedOut { address, timeout }),
         },
-        () = manager.shutdown.draining() => return Err(Error::ShuttingDown),
+        () = manager.shutdown().draining() => return Err(Error::ShuttingDown),
     };
     Ok(stream)
 }

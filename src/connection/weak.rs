@@ -4,8 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
-use crate::connection::Shared;
-use crate::{Connection, ConnectionId};
+use crate::connection::{Connection, Shared};
+use crate::ids::ConnectionId;
 
 /// A handle to a connection that does not keep it open: the lifetime rule ignores it. Made by
 /// [`Connection::downgrade`] (and by [`Server::connections`](crate::Server::connections)); turned

@@ -20,8 +20,10 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
-use crate::lifecycle::{Fate, LifecycleConfig, Requests, Snapshot, WriteLimits};
-use crate::{ClosureReason, Error, Timeouts};
+use crate::closure::ClosureReason;
+use crate::connection::lifecycle::{Fate, LifecycleConfig, Requests, Snapshot, WriteLimits};
+use crate::error::Error;
+use crate::timeouts::Timeouts;
 
 mod signal;
 

@@ -2,8 +2,8 @@
 //! order, then its registration dropped.
 
 use super::Driver;
+use crate::closure::ClosureReason;
 use crate::stats::Count;
-use crate::ClosureReason;
 
 impl Driver {
     /// Closes the socket and runs the closing events: closure, closed, released, in that order,

@@ -10,9 +10,9 @@ use super::transport::Transport;
 use tokio::time::Instant;
 
 use super::{before_established, callback, Before, Driver};
-use crate::lifecycle::{IoError, Op, StartFailure, Step};
+use crate::connection::lifecycle::{IoError, Op, StartFailure, Step};
+use crate::ids::Direction;
 use crate::tls::{self, Secure, TlsInfo};
-use crate::Direction;
 
 impl Driver {
     /// Runs the TLS handshake, bounded by the handshake timeout and cut short by an abort, then

@@ -44,16 +44,15 @@ use tokio_native_tls::TlsAcceptor;
 
 use tokio::sync::mpsc;
 
-use crate::driver::transport::Transport;
-use crate::driver::{self, Proxied};
-use crate::limit::Permit;
-use crate::manager::{AcceptTasks, Addresses, Manager};
+use crate::ids::Direction;
 use crate::proxy::ProxyProtocol;
-use crate::reserve::{is_out_of_descriptors, Reserve};
-use crate::shutdown::Phase;
+use crate::server::driver::transport::Transport;
+use crate::server::driver::{self, Proxied};
+use crate::server::limit::{AtLimit, Permit};
+use crate::server::manager::{AcceptTasks, Addresses, Admitted, Manager};
+use crate::server::reserve::{is_out_of_descriptors, Reserve};
 use crate::stats::Count;
 use crate::tls::Secure;
-use crate::{AtLimit, ClosureReason, Direction, UserData};
 
 /// First pause after a resource-shortage accept error (the design's default, after libuv and
 /// Go's net/http, which both start in the low milliseconds).
@@ -185,7 +184,7 @@ enum AcceptEvent {
 /// Starts the accept loop and the task that runs its callbacks.
 pub(crate) fn start(manager: Arc<Manager>, listeners: Vec<Listener>) -> AcceptTasks {
     let (sender, receiver) = mpsc::unbounded_channel();
-    let events = tokio::spawn(run_events(manager.context.clone(), receiver));
+    let events = tokio::spawn(run_events(manager.context().clone(), receiver));
     let accept = tokio::spawn(accept_loop(manager, listeners, Events { sender }));
     AcceptTasks { accept, events }
 }
@@ -261,8 +260,8 @@ enum Turn<T> {
 }
 
 async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Events) {
-    let mut accepting = manager.accepting.subscribe();
-    let mut phase = manager.shutdown.watch();
+    let mut accepting = manager.watch_accepting();
+    let mut phase = manager.shutdown().watch();
     let mut announced = Announced { accepting: false };
     // The limit was reached and reported, and not left since.
     let mut at_limit = false;
@@ -283,7 +282,7 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
         };
     }
     loop {
-        if *phase.borrow_and_update() != Phase::Running {
+        if phase.borrow_and_update().is_draining() {
             announced.set(&events, false);
             return;
         }
@@ -294,26 +293,26 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
         }
         // With `AtLimit::StopAccepting` no client is accepted without a slot: at the limit the
         // listeners stop, clients wait in the backlog, and accepting resumes when one frees.
-        if manager.config.at_limit == AtLimit::StopAccepting && manager.limiter.is_full() {
+        if manager.holds_clients_back() {
             if !at_limit {
                 at_limit = true;
                 events.send(AcceptEvent::MaximumConnections);
             }
             announced.set(&events, false);
-            if let Turn::Ready(permit) = unless_changed!(manager.limiter.acquire()) {
+            if let Turn::Ready(permit) = unless_changed!(manager.limiter().acquire()) {
                 // Only a sign that a slot is free: the connection takes its own after accept.
                 drop(permit);
             }
             continue;
         }
         announced.set(&events, true);
-        let stop_at_limit = manager.config.at_limit == AtLimit::StopAccepting;
+        let stop_at_limit = manager.config().at_limit == AtLimit::StopAccepting;
         let accepted = tokio::select! {
             biased;
             _ = accepting.changed() => continue,
             _ = phase.changed() => continue,
             // Another server or an outgoing connect took the last shared slot.
-            () = manager.limiter.until_full(), if stop_at_limit => continue,
+            () = manager.limiter().until_full(), if stop_at_limit => continue,
             accepted = accept_any(&listeners, &mut next) => accepted,
         };
         match accepted {
@@ -322,7 +321,7 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
                 // Descriptors are available again: take back a spare spent earlier (a no-op
                 // while it is held).
                 reserve.restore();
-                match manager.limiter.try_acquire() {
+                match manager.admit() {
                     Some(permit) => {
                         at_limit = false;
                         take(&manager, accepted, permit);
@@ -330,8 +329,10 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
                     // `AcceptAndClose`; or, with `StopAccepting`, a slot taken elsewhere in the
                     // instant between the check above and this accept.
                     None => {
-                        manager.counters.count(Count::RefusedAtLimit);
-                        refuse_at_limit(&accepted.stream, manager.config.refusal_message.as_ref());
+                        refuse_at_limit(
+                            &accepted.stream,
+                            manager.config().refusal_message.as_ref(),
+                        );
                         if !at_limit {
                             at_limit = true;
                             events.send(AcceptEvent::MaximumConnections);
@@ -340,7 +341,7 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
                 }
             }
             Err(error) => {
-                manager.counters.count(Count::AcceptError);
+                manager.count(Count::AcceptError);
                 let per_connection = is_per_connection(&error);
                 tracing::debug!(%error, per_connection, "accept failed");
                 let refusal = if is_out_of_descriptors(&error) {
@@ -418,7 +419,7 @@ async fn refuse_pending(
     // Polled with the accept task's own waker, so a listener left pending is woken as usual.
     let (refused, outcome) = poll_fn(|cx| Poll::Ready(refuse_on_listeners(cx, listeners))).await;
     if refused > 0 {
-        manager.counters.add(Count::RefusedNoDescriptors, refused);
+        manager.count_many(Count::RefusedNoDescriptors, refused);
         tracing::debug!(
             refused,
             "out of file descriptors: pending connections were reset"
@@ -473,24 +474,24 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
         tls,
         proxy,
     } = accepted;
-    let Ok(live) = manager.registry.begin() else {
+    let Ok(live) = manager.begin() else {
         // A shutdown began after this accept.
         return refuse(&stream);
     };
-    if manager.config.nodelay {
+    if manager.config().nodelay {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
     }
     let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let callbacks = manager.context.invoker.callbacks();
+        let callbacks = manager.invoker().callbacks();
         callbacks.on_socket_created(SockRef::from(&stream), Direction::Inbound)
     }));
     if let Err(payload) = created {
         // The socket never becomes a connection; the panic is reported on a task of its own, as
         // the accept loop runs no application `async` code.
         refuse(&stream);
-        let context = manager.context.clone();
+        let context = manager.context().clone();
         tokio::spawn(async move {
             let invoker = &context.invoker;
             invoker
@@ -506,29 +507,26 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
     // so the driver counts it then.
     let proxied = proxy.map(|settings| Proxied {
         settings,
-        per_ip: manager.per_ip.clone(),
+        per_ip: manager.per_ip().cloned(),
     });
-    let (permit, refused) = match &manager.per_ip {
-        None => (permit, None),
-        Some(_) if proxied.is_some() => (permit, None),
-        Some(limit) => match limit.try_acquire(peer.ip()) {
-            Some(slot) => (permit.with_peer_slot(slot), None),
-            None => {
-                manager.counters.count(Count::RefusedPerIp);
-                (permit, Some(ClosureReason::PerIpLimit))
-            }
-        },
+    let Admitted { permit, refused } = if proxied.is_some() {
+        Admitted {
+            permit,
+            refused: None,
+        }
+    } else {
+        manager.admit_peer(permit, peer.ip())
     };
     let secure = tls.map(|acceptor| Secure::Accept {
         acceptor,
-        slots: manager.handshakes.clone(),
+        slots: manager.handshake_slots().clone(),
     });
     // The listener knows it when bound to one address; otherwise the socket is asked.
     let local = match local.map_or_else(|| stream.local_addr(), Ok) {
         Ok(local) => local,
         Err(error) => return tracing::debug!(%error, %peer, "accepted connection not taken"),
     };
-    let user_data = UserData::new(&manager.layout);
+    let user_data = manager.new_user_data();
     if let Err((_, error)) = manager.register(
         Transport::Plain(stream),
         Addresses { peer, local },

@@ -2,7 +2,7 @@
 //!
 //! A server with [`ServerBuilder::max_connections_per_ip`](crate::ServerBuilder::max_connections_per_ip)
 //! keeps one count per peer address. The accept loop takes a [`PeerSlot`] for each accepted
-//! connection; the slot travels with the connection's limiter [`Permit`](crate::limit::Permit) and
+//! connection; the slot travels with the connection's limiter [`Permit`](crate::server::limit::Permit) and
 //! is given back when that is dropped: just after the connection's last release event, or on any
 //! path where the connection never got going (a failed registration, a task dropped at runtime
 //! shutdown). A count can therefore not leak while the permit cannot.
@@ -15,6 +15,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::stats::{Count, Counters};
 
 /// Counts the live accepted connections of each peer address against a cap.
 #[derive(Debug)]
@@ -51,6 +53,21 @@ impl PerIpLimit {
         self.counts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The per-address half of the admission rule
+    /// ([`Manager::admit`](crate::server::manager::Manager::admit)): counts one more connection
+    /// from `address`, or, at the cap, counts a refusal in `counters` and gives `None`.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        address: IpAddr,
+        counters: &Counters,
+    ) -> Option<PeerSlot> {
+        let slot = self.try_acquire(address);
+        if slot.is_none() {
+            counters.count(Count::RefusedPerIp);
+        }
+        slot
     }
 
     /// Counts one more connection from `address`, unless that address is at the cap.

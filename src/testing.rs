@@ -191,16 +191,20 @@ use std::sync::Arc;
 pub use peer::{EmbeddedPeer, EmbeddedSender};
 pub use recorded::{Event, Events, Recorded, WAIT_LIMIT};
 
-use crate::connect::{self, Dial};
-use crate::driver::memory::Pipe;
-use crate::driver::transport::Transport;
-use crate::driver::Setup;
-use crate::manager::{Addresses, Manager};
-use crate::stats::Count;
-use crate::{
-    AtLimit, Callbacks, Client, ClosureReason, ConnectArgument, Connection, Direction, Error,
-    Server, ServerBuilder, UserData,
-};
+use crate::client::Client;
+use crate::closure::ClosureReason;
+use crate::connection::user_data::ConnectArgument;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::ids::Direction;
+use crate::server::builder::ServerBuilder;
+use crate::server::callbacks::Callbacks;
+use crate::server::connect::{self, Dial};
+use crate::server::driver::memory::Pipe;
+use crate::server::driver::transport::Transport;
+use crate::server::driver::Setup;
+use crate::server::manager::{Addresses, Admitted, Manager};
+use crate::server::Server;
 
 /// The server's address of embedded connections, unless the test names another.
 const DEFAULT_LOCAL_ADDR: SocketAddr = SocketAddr::new(
@@ -271,10 +275,11 @@ impl EmbeddedServer {
     /// At the connection limit it is not accepted, and
     /// [`on_maximum_connections`](crate::Callbacks::on_maximum_connections) runs (once, until a
     /// connection is accepted again); no other callback runs for it. As with the accept loop, with
-    /// [`AtLimit::AcceptAndClose`] it counts in
+    /// [`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose) it counts in
     /// [`Stats::refused_at_limit`](crate::Stats::refused_at_limit); with the default
-    /// [`AtLimit::StopAccepting`] a real client would wait in the backlog instead, and nothing is
-    /// counted. Once the server [stopped accepting](Server::stop_accepting) (or was started with
+    /// [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting) a real client would wait in the
+    /// backlog instead, and nothing is counted. Once the server
+    /// [stopped accepting](Server::stop_accepting) (or was started with
     /// [`accepting(false)`](ServerBuilder::accepting)) nothing is accepted and no callback runs: a
     /// real client would wait in the backlog until [`start_accepting`](Server::start_accepting).
     ///
@@ -296,37 +301,34 @@ impl EmbeddedServer {
         local_addr: SocketAddr,
     ) -> Result<EmbeddedPeer, Error> {
         let manager = self.server.manager();
-        let live = manager.registry.begin()?;
-        if !*manager.accepting.borrow() {
+        let live = manager.begin()?;
+        if !manager.is_accepting() {
             return Err(Error::Io(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 "the server is not accepting: a client would wait in the backlog",
             )));
         }
-        let Some(permit) = manager.limiter.try_acquire() else {
-            if manager.config.at_limit == AtLimit::AcceptAndClose {
-                manager.counters.count(Count::RefusedAtLimit);
-            }
+        // As the accept loop would: with `AtLimit::StopAccepting` at the limit it accepts no
+        // one (a real client waits in the backlog, and no refusal is counted).
+        let admitted = if manager.holds_clients_back() {
+            None
+        } else {
+            manager.admit()
+        };
+        let Some(permit) = admitted else {
+            // Reported inline: there is no accept loop whose events task would run it, and the
+            // test awaiting this call expects it to have run.
             if !self.at_limit.swap(true, Ordering::Relaxed) {
-                let invoker = &manager.context.invoker;
+                let invoker = manager.invoker();
                 let future = invoker.callbacks().on_maximum_connections();
                 invoker.call("on_maximum_connections", None, future).await;
             }
             return Err(Error::ConnectionLimitReached {
-                limit: manager.limiter.capacity(),
+                limit: manager.limiter().capacity(),
             });
         };
         self.at_limit.store(false, Ordering::Relaxed);
-        let (permit, refused) = match &manager.per_ip {
-            None => (permit, None),
-            Some(limit) => match limit.try_acquire(peer_addr.ip()) {
-                Some(slot) => (permit.with_peer_slot(slot), None),
-                None => {
-                    manager.counters.count(Count::RefusedPerIp);
-                    (permit, Some(ClosureReason::PerIpLimit))
-                }
-            },
-        };
+        let Admitted { permit, refused } = manager.admit_peer(permit, peer_addr.ip());
         let (pipe, stream) = Pipe::new();
         let transport = Transport::Memory(stream);
         if refused.is_some() {
@@ -426,12 +428,12 @@ impl EmbeddedServer {
     async fn dial(
         &self,
         remote: SocketAddr,
-        stream: crate::driver::memory::MemoryStream,
+        stream: crate::server::driver::memory::MemoryStream,
         argument: ConnectArgument,
         client: Option<crate::client::ClientSink>,
     ) -> Result<Connection, Error> {
         let manager = self.server.manager();
-        let live = manager.registry.begin()?;
+        let live = manager.begin()?;
         let dial = Dial::Memory {
             stream,
             local: self.local_addr,
@@ -451,16 +453,22 @@ fn register(
     transport: Transport,
     peer: SocketAddr,
     local: SocketAddr,
-    permit: crate::limit::Permit,
-    live: crate::registry::Live,
+    permit: crate::server::limit::Permit,
+    live: crate::server::registry::Live,
     refused: Option<ClosureReason>,
-) -> Result<(crate::ConnectionId, Option<crate::Connection>), Error> {
+) -> Result<
+    (
+        crate::ids::ConnectionId,
+        Option<crate::connection::Connection>,
+    ),
+    Error,
+> {
     manager
         .register(
             transport,
             Addresses { peer, local },
             Direction::Inbound,
-            UserData::new(&manager.layout),
+            manager.new_user_data(),
             Setup::default(),
             permit,
             live,

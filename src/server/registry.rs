@@ -7,21 +7,26 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{watch, Notify};
 
+use crate::closure::ClosureReason;
+use crate::connection::weak::WeakConnection;
 use crate::connection::Shared;
-use crate::invoke::Invoker;
-use crate::limit::Permit;
-use crate::per_ip::PerIpLimit;
-use crate::shutdown::ShutdownReport;
-use crate::stats::{ConnectionStats, Count, Counters};
-use crate::{ClosureReason, ConnectionId, Error, WeakConnection};
+use crate::error::Error;
+use crate::ids::ConnectionId;
+use crate::server::invoke::Invoker;
+use crate::server::limit::Permit;
+use crate::server::per_ip::PerIpLimit;
+use crate::shutdown_report::ShutdownReport;
+use crate::stats::{ConnectionStats, Counters};
 
 #[derive(Debug, Default)]
 struct Inner {
     connections: HashMap<ConnectionId, Arc<Shared>>,
     /// Connections plus outgoing connects in progress: what a shutdown waits for.
     live: usize,
-    /// A shutdown has begun: no new connection or connect is taken, and every connection that
-    /// ends from now on was live when it began.
+    /// Closed by the shutdown once the accept loop has stopped (not when the shutdown began:
+    /// that is the shutdown's phase): no new connection or connect is taken, and every
+    /// connection that ends from now on counts in the report. Kept under this lock, so that a
+    /// registration and the close never cross.
     closed: bool,
 }
 
@@ -91,16 +96,13 @@ impl Registration {
     /// Counts the connection against its client's address in `limit` (the client a PROXY header
     /// named, known only now); `false`, counted as a refusal, if the address is at its cap.
     pub(crate) fn take_peer_slot(&mut self, limit: &Arc<PerIpLimit>, address: IpAddr) -> bool {
-        match limit.try_acquire(address) {
+        let registry = &self.live.as_ref().expect("live until dropped").registry;
+        match limit.admit(address, &registry.counters) {
             Some(slot) => {
                 self.permit = self.permit.take().map(|permit| permit.with_peer_slot(slot));
                 true
             }
-            None => {
-                let registry = &self.live.as_ref().expect("live until dropped").registry;
-                registry.counters.count(Count::RefusedPerIp);
-                false
-            }
+            None => false,
         }
     }
 

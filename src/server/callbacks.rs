@@ -10,10 +10,14 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 
-use crate::{
-    ClosureReason, ConnectArgument, Connection, ConnectionId, Direction, Error, Server,
-    ShutdownReport, TlsInfo, UserData,
-};
+use crate::closure::ClosureReason;
+use crate::connection::user_data::{ConnectArgument, UserData};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::ids::{ConnectionId, Direction};
+use crate::server::Server;
+use crate::shutdown_report::ShutdownReport;
+use crate::tls::TlsInfo;
 
 /// The events of a server, one method each, after the C++ framework's
 /// `IStreamSocketServerCallback`. Every method has a default, so an implementation overrides only

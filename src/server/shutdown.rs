@@ -1,33 +1,22 @@
 //! The shutdown, as one phase value that the accept loop, outgoing connects and the server's
-//! handle watch: running → draining (until a deadline) → forcing → complete, with its report.
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//! handle watch: running → initiating → draining (until a deadline) → forcing → complete, with
+//! its report. Whether a shutdown has begun is this value and nothing else, and only
+//! [`Shutdown`] writes it.
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::manager::Manager;
-use crate::ClosureReason;
-
-/// How a shutdown went, returned by [`Server::shutdown`](crate::Server::shutdown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct ShutdownReport {
-    /// Connections live when the shutdown began that ended gracefully (FIN, every queued byte
-    /// delivered) within the drain time.
-    pub graceful: usize,
-    /// Connections still open when the drain time ran out, reset with
-    /// [`ClosureReason::ShutdownForced`].
-    pub forced: usize,
-    /// Connections live when the shutdown began that ended otherwise during the drain time: peer
-    /// reset, error, close timeout, callback panic, abort.
-    pub other: usize,
-}
+use crate::closure::ClosureReason;
+use crate::server::manager::Manager;
+use crate::shutdown_report::ShutdownReport;
 
 /// Where a server's shutdown is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Running,
+    /// A shutdown was asked for and `on_shutdown_initiated` runs; everything else goes on as
+    /// before.
+    Initiating,
     /// `on_shutdown_initiated` has run: accepting stops, connections are told and may finish
     /// until `deadline`.
     Draining {
@@ -39,18 +28,23 @@ pub(crate) enum Phase {
     Complete(ShutdownReport),
 }
 
-/// The phase and who started it.
+impl Phase {
+    /// Whether accepting has stopped for good: the drain, the forcing and after.
+    pub(crate) fn is_draining(&self) -> bool {
+        !matches!(self, Phase::Running | Phase::Initiating)
+    }
+}
+
+/// The phase, its one writer.
 #[derive(Debug)]
 pub(crate) struct Shutdown {
     phase: watch::Sender<Phase>,
-    started: AtomicBool,
 }
 
 impl Shutdown {
     pub(crate) fn new() -> Self {
         Shutdown {
             phase: watch::Sender::new(Phase::Running),
-            started: AtomicBool::new(false),
         }
     }
 
@@ -59,12 +53,19 @@ impl Shutdown {
     }
 
     pub(crate) fn is_started(&self) -> bool {
-        self.started.load(Ordering::Acquire)
+        *self.phase.borrow() != Phase::Running
     }
 
-    /// `true` for the one caller that starts the shutdown.
+    /// `true` for the one caller that starts the shutdown: the phase moves from running to
+    /// initiating under the channel's lock, so of several callers exactly one sees it move.
     pub(crate) fn start(&self) -> bool {
-        !self.started.swap(true, Ordering::AcqRel)
+        self.phase.send_if_modified(|phase| {
+            let starting = *phase == Phase::Running;
+            if starting {
+                *phase = Phase::Initiating;
+            }
+            starting
+        })
     }
 
     fn set(&self, phase: Phase) {
@@ -87,13 +88,13 @@ impl Shutdown {
     /// Waits until a shutdown has begun draining.
     pub(crate) async fn draining(&self) {
         let mut phase = self.watch();
-        let _ = phase.wait_for(|phase| *phase != Phase::Running).await;
+        let _ = phase.wait_for(Phase::is_draining).await;
     }
 }
 
 /// The whole sequence (guarantee 7, docs/guarantees.md), run once on a task of its own.
 pub(crate) async fn run(manager: &Manager) {
-    let invoker = &manager.context.invoker;
+    let invoker = manager.invoker();
     invoker
         .call(
             "on_shutdown_initiated",
@@ -101,13 +102,13 @@ pub(crate) async fn run(manager: &Manager) {
             invoker.callbacks().on_shutdown_initiated(),
         )
         .await;
-    let shutdown = &manager.shutdown;
-    let deadline = Instant::now() + manager.config.shutdown_timeout;
+    let shutdown = manager.shutdown();
+    let deadline = Instant::now() + manager.config().shutdown_timeout;
     shutdown.set(Phase::Draining { deadline });
     // The accept loop stops, and its task of accepting events runs `on_stop_accepting_connections`,
     // before any connection hears of the shutdown.
     manager.accepting_stopped().await;
-    let registry = &manager.registry;
+    let registry = manager.registry();
     registry.close();
     let drained = tokio::time::timeout_at(deadline, registry.drained())
         .await

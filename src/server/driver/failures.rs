@@ -7,8 +7,9 @@ use bytes::BytesMut;
 
 use super::urgent::{self, Watched};
 use super::{callback, Driver};
-use crate::lifecycle::{IoError, IoVerdict, Op};
-use crate::{tls, Error};
+use crate::connection::lifecycle::{IoError, IoVerdict, Op};
+use crate::error::Error;
+use crate::tls;
 
 impl Driver {
     /// What `error`, from a read or write of this connection's transport, is to the lifecycle;

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Where a listener comes from.
 #[derive(Debug)]

@@ -51,7 +51,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{ClosureReason, Timeouts};
+use crate::closure::ClosureReason;
+use crate::timeouts::Timeouts;
 
 /// Where the lifecycle reads the time from: an `Instant` given outright, or the driver's
 /// [`LazyNow`], which reads the clock only if a rule needs it (most turns of a connection without
@@ -271,7 +272,7 @@ pub(crate) enum Action {
     /// The lifetime rule found nothing keeping the connection open but handles, and none
     /// counted: confirm, atomically with refusing every upgrade of a weak handle from now on,
     /// that none is left and nothing was posted since the take
-    /// ([`Mailbox::seal_unreferenced`](crate::mailbox::Mailbox::seal_unreferenced)), then
+    /// ([`Mailbox::seal_unreferenced`](crate::connection::mailbox::Mailbox::seal_unreferenced)), then
     /// report with [`Lifecycle::on_unreferenced`]. If the confirmation fails (an upgrade or a
     /// post came in), take the requests again before asking again.
     ConfirmUnreferenced,

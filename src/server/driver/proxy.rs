@@ -10,9 +10,9 @@ use tokio::time::Instant;
 
 use super::transport::Transport;
 use super::{before_established, Before, Driver};
-use crate::lifecycle::{IoError, Op, StartFailure, Step};
-use crate::per_ip::PerIpLimit;
+use crate::connection::lifecycle::{IoError, Op, StartFailure, Step};
 use crate::proxy::{self, HeaderError, HeaderReader, ProxyHeader, ProxyProtocol, PEEK};
+use crate::server::per_ip::PerIpLimit;
 
 /// What an accepted connection on a PROXY protocol listener has to go through first.
 #[derive(Debug)]

@@ -33,16 +33,16 @@ use futures::task::noop_waker_ref;
 use tokio::time::Instant;
 
 use crate::client::ClientSink;
-use crate::connection::Shared;
-use crate::invoke::Invoker;
-use crate::lifecycle::{
+use crate::closure::ClosureReason;
+use crate::connection::lifecycle::{
     Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
     Snapshot,
 };
-use crate::registry::Registration;
+use crate::connection::{Connection, Shared};
+use crate::server::invoke::Invoker;
+use crate::server::registry::Registration;
 use crate::stats::{ConnectionCounters, Count, Counters};
 use crate::tls::Secure;
-use crate::{ClosureReason, Connection};
 
 use timer::Timer;
 use transport::{Received, Transport};
@@ -124,7 +124,7 @@ macro_rules! callback {
     ($driver:ident, $name:literal, $method:ident($($arg:expr),* $(,)?)) => {{
         $driver.publish();
         let callbacks = $driver.context.invoker.callbacks();
-        match (crate::invoke::Guarded(callbacks.$method(&$driver.connection $(, $arg)*))).await {
+        match (crate::server::invoke::Guarded(callbacks.$method(&$driver.connection $(, $arg)*))).await {
             Ok(value) => Some(value),
             Err(payload) => {
                 // Boxed: the panic path is rare, and its state would otherwise be part of every
@@ -141,7 +141,7 @@ pub(crate) use callback;
 /// passes or an abort is posted: before a connection is established, an abort is all its handles
 /// can post, and nothing else may cut the wait short.
 async fn before_established<F: std::future::Future>(
-    mailbox: &crate::mailbox::Mailbox,
+    mailbox: &crate::connection::mailbox::Mailbox,
     future: F,
     deadline: Instant,
 ) -> Before<F::Output> {

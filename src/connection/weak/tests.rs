@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::lifecycle::{Action, Interest, Lifecycle, LifecycleConfig, Phase, Requests};
-use crate::mailbox::Mailbox;
-use crate::ClosureReason;
+use crate::closure::ClosureReason;
+use crate::connection::lifecycle::{Action, Interest, Lifecycle, LifecycleConfig, Phase, Requests};
+use crate::connection::mailbox::Mailbox;
 
 fn config() -> Arc<LifecycleConfig> {
     Arc::new(LifecycleConfig::for_tests())

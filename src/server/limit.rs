@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::per_ip::PeerSlot;
+use crate::server::per_ip::PeerSlot;
 
 /// Caps the number of live connections across every server and outgoing connection that share it.
 ///

@@ -4,8 +4,8 @@ use std::fmt;
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
 
-use crate::open::{self, ListenOn};
 use crate::proxy::ProxyProtocol;
+use crate::server::open::{self, ListenOn};
 
 /// A listener to open, for [`ServerBuilder::listen`](crate::ServerBuilder::listen): its address,
 /// (or the socket it adopts), and whether its connections speak TLS or begin with a [PROXY protocol](crate::proxy) header.

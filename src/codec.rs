@@ -136,7 +136,12 @@ use std::fmt;
 use async_trait::async_trait;
 use tokio_util::codec::Decoder;
 
-use crate::{Callbacks, ClosureReason, Connection, Error, Server, ServerBuilder};
+use crate::closure::ClosureReason;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::server::builder::ServerBuilder;
+use crate::server::callbacks::Callbacks;
+use crate::server::Server;
 
 pub use framed::{FramedConnection, SendError};
 

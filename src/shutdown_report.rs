@@ -1,0 +1,16 @@
+//! How a shutdown went.
+
+/// How a shutdown went, returned by [`Server::shutdown`](crate::Server::shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Connections live when the shutdown began that ended gracefully (FIN, every queued byte
+    /// delivered) within the drain time.
+    pub graceful: usize,
+    /// Connections still open when the drain time ran out, reset with
+    /// [`ClosureReason::ShutdownForced`](crate::ClosureReason::ShutdownForced).
+    pub forced: usize,
+    /// Connections live when the shutdown began that ended otherwise during the drain time: peer
+    /// reset, error, close timeout, callback panic, abort.
+    pub other: usize,
+}

@@ -1,0 +1,34 @@
+//! A connection's timeouts.
+
+use std::time::Duration;
+
+/// A connection's timeouts; `None` turns one off. Each ends the connection (with a reset) with a
+/// closure reason of its own. The server's settings
+/// ([`ServerBuilder::idle_timeout`](crate::ServerBuilder::idle_timeout) and its neighbours) are
+/// every connection's starting point; [`Connection::set_timeouts`](crate::Connection::set_timeouts) changes one connection's.
+///
+/// ```
+/// # fn example(connection: &switchboard::Connection) {
+/// use std::time::Duration;
+/// let mut timeouts = connection.timeouts();
+/// timeouts.idle = Some(Duration::from_secs(300)); // a long-poll client may sit quietly
+/// connection.set_timeouts(timeouts);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// No byte read or written for this long:
+    /// [`ClosureReason::IdleTimedOut`](crate::ClosureReason::IdleTimedOut).
+    pub idle: Option<Duration>,
+    /// A requested read got no data for this long (time spent with reads paused by a full write
+    /// queue does not count): [`ClosureReason::ReadTimedOut`](crate::ClosureReason::ReadTimedOut).
+    pub read: Option<Duration>,
+    /// The peer sent FIN and the connection is still open this long after:
+    /// [`ClosureReason::HalfClosedTimedOut`](crate::ClosureReason::HalfClosedTimedOut).
+    pub half_closed: Option<Duration>,
+    /// No byte arrived this long after the connection was established (for TLS, after the
+    /// handshake): [`ClosureReason::FirstByteTimedOut`](crate::ClosureReason::FirstByteTimedOut).
+    /// The defence against clients that connect and say nothing (slowloris).
+    pub first_byte: Option<Duration>,
+}
