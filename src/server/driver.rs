@@ -46,7 +46,7 @@ use crate::tls::Secure;
 
 use timer::Timer;
 use transport::{Received, Transport};
-use urgent::{Urgent, Watched};
+use urgent::{AtMark, Urgent, Watched};
 use write::WriteQueue;
 
 pub(crate) use proxy::Proxied;
@@ -428,7 +428,7 @@ impl Driver {
             urgent_pending: urgent.has_pending(),
             timer,
             read_buffer_size: context.read_buffer_size,
-            past_urgent: urgent.aware(),
+            at_mark: urgent.at_mark(),
         };
         tokio::select! {
             biased;
@@ -450,7 +450,7 @@ impl Driver {
             urgent_pending: self.urgent.has_pending(),
             timer: &mut self.timer,
             read_buffer_size: self.context.read_buffer_size,
-            past_urgent: self.urgent.aware(),
+            at_mark: self.urgent.at_mark(),
         }
         .poll(cx, interest)
     }
@@ -569,7 +569,8 @@ struct Waiting<'a> {
     urgent_pending: bool,
     timer: &'a mut Timer,
     read_buffer_size: usize,
-    past_urgent: bool,
+    /// Set once the application asked for urgent data: reads then take it first.
+    at_mark: Option<&'a AtMark>,
 }
 
 impl Waiting<'_> {
@@ -595,10 +596,10 @@ impl Waiting<'_> {
             }
         }
         if interest.read {
-            if self.past_urgent {
-                if let Ready(result) = self
-                    .transport
-                    .poll_read_taking_urgent(cx, self.read_buffer_size)
+            if let Some(at_mark) = self.at_mark {
+                if let Ready(result) =
+                    self.transport
+                        .poll_read_taking_urgent(cx, self.read_buffer_size, at_mark)
                 {
                     return Ready(match result {
                         Ok(Received::Urgent(byte)) => Wake::UrgentByte(byte),

@@ -136,7 +136,10 @@ impl Driver {
             return self.urgent.finish();
         };
         match urgent::recv_urgent_byte(tcp) {
-            Ok(Some(byte)) => self.urgent_received(byte).await,
+            Ok(Some(byte)) => {
+                self.urgent.taken();
+                self.urgent_received(byte).await;
+            }
             result => {
                 // No urgent byte. A pending socket error is the peer's reset (on a reset socket
                 // `recv(MSG_OOB)` only says EINVAL), whatever the application asked for; a

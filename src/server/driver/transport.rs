@@ -6,9 +6,10 @@
 //! the same socket.
 
 use std::cell::RefCell;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use bytes::BytesMut;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::urgent::{recv_urgent_byte, AtMark};
 
 /// The largest TLS record's plaintext: small buffers are gathered up to this much per write, so
 /// that many small writes do not each become a record of their own.
@@ -132,35 +135,54 @@ impl Transport {
     /// waiting at the mark, if any, comes first, and reads go on past urgent marks.
     ///
     /// Linux forgets an urgent byte that an ordinary read steps over before `recv(MSG_OOB)` took
-    /// it, so each ordinary read is preceded by a `recv(MSG_OOB)` (one more system call per read,
-    /// on such connections only). What the kernel still allows to be lost is a byte that arrives
-    /// between the two calls, and then only if no ordinary data came before it.
+    /// it: a read that starts at the urgent mark skips the byte and clears it. So:
+    /// - every read is preceded by a `recv(MSG_OOB)` (one more system call per read, on such
+    ///   connections only);
+    /// - a read runs only on fresh readiness (tokio's `poll_read`, which clears the readiness
+    ///   after a short read). Fresh readiness means ordinary data came, and TCP delivers in
+    ///   order: an urgent byte ahead of that data arrived before it, so the `recv(MSG_OOB)` just
+    ///   before the read finds it. (A read on readiness left over from a read that filled the
+    ///   whole buffer is the exception: it reads on while data is there.)
+    /// - a read that ended short may have ended at an urgent mark, with data queued behind it
+    ///   and no new readiness to come: the byte at the mark is taken at once (into
+    ///   `at_mark`), and until the reads have gone past the mark they run without waiting for
+    ///   readiness, until the socket says it is drained.
     pub(crate) fn poll_read_taking_urgent(
         &mut self,
         cx: &mut Context<'_>,
         size: usize,
+        at_mark: &AtMark,
     ) -> Poll<io::Result<Received>> {
         let Transport::Plain(stream) = self else {
             return self.poll_read(cx, size).map_ok(Received::Data);
         };
-        with_scratch(size, |scratch| loop {
-            if let Ok(Some(byte)) = super::urgent::recv_urgent_byte(stream) {
-                return Poll::Ready(Ok(Received::Urgent(byte)));
-            }
-            // Linux ends a read at the urgent-data mark with more data queued behind it and no
-            // new readiness to come, so on a connection that takes urgent data a short read must
-            // not clear the readiness: `try_read` clears it only on EAGAIN, at the price of that
-            // one extra `recv` per drained socket.
-            match stream.try_read(scratch) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(stream.poll_read_ready(cx))?;
+        if let Ok(Some(byte)) = recv_urgent_byte(stream) {
+            at_mark.passing.store(true, Relaxed);
+            return Poll::Ready(Ok(Received::Urgent(byte)));
+        }
+        with_scratch(size, |scratch| {
+            if at_mark.passing.load(Relaxed) {
+                // Past tokio's readiness: the data behind the mark brings none.
+                match (&*SockRef::from(&*stream)).read(scratch) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        at_mark.passing.store(false, Relaxed);
+                    }
+                    result => {
+                        return Poll::Ready(
+                            result.map(|n| Received::Data(BytesMut::from(&scratch[..n]))),
+                        )
+                    }
                 }
-                result => {
-                    return Poll::Ready(
-                        result.map(|n| Received::Data(BytesMut::from(&scratch[..n]))),
-                    )
+            }
+            let mut filled = ReadBuf::new(scratch);
+            ready!(Pin::new(&mut *stream).poll_read(cx, &mut filled))?;
+            let read = filled.filled().len();
+            if 0 < read && read < size {
+                if let Ok(Some(byte)) = recv_urgent_byte(stream) {
+                    at_mark.hold(byte);
                 }
             }
+            Poll::Ready(Ok(Received::Data(BytesMut::from(filled.filled()))))
         })
     }
 

@@ -8,6 +8,8 @@
 //! again would return at once, forever (the busy loop this module once had).
 
 use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU16};
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
@@ -35,8 +37,8 @@ struct State {
     aware: bool,
     /// The socket can bring no more urgent data.
     finished: bool,
-    /// An urgent byte a read took before the application asked for it.
-    held: Option<u8>,
+    /// What reads know of the urgent mark.
+    at_mark: AtMark,
     #[cfg(any(target_os = "linux", target_os = "android"))]
     watch: Option<tokio::io::unix::AsyncFd<socket2::Socket>>,
 }
@@ -54,9 +56,12 @@ impl Urgent {
             .is_some_and(|state| !state.to_send.is_empty())
     }
 
-    /// Whether reads must go on past urgent marks.
-    pub(super) fn aware(&self) -> bool {
-        self.0.as_ref().is_some_and(|state| state.aware)
+    /// What reads need to go on past urgent marks, once the application asked for urgent data.
+    pub(super) fn at_mark(&self) -> Option<&AtMark> {
+        self.0
+            .as_ref()
+            .filter(|state| state.aware)
+            .map(|state| &state.at_mark)
     }
 
     /// Where newly posted urgent bytes go.
@@ -109,7 +114,7 @@ impl Urgent {
         let state = self.0.get_or_insert_with(Box::default);
         if !wanted || state.finished {
             state.watch = None;
-            return wanted && state.held.is_some();
+            return wanted && state.at_mark.is_held();
         }
         state.aware = true;
         if state.watch.is_none() {
@@ -117,7 +122,7 @@ impl Urgent {
                 .and_then(|tcp| SockRef::from(tcp).try_clone().ok())
                 .and_then(register_priority);
         }
-        state.watch.is_some() || state.held.is_some()
+        state.watch.is_some() || state.at_mark.is_held()
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -125,14 +130,23 @@ impl Urgent {
         false
     }
 
-    /// Keeps `byte` until the application asks for urgent data.
+    /// Keeps `byte`, taken by the watcher, until the application asks for urgent data; reads
+    /// go on past its mark.
     pub(super) fn hold(&mut self, byte: u8) {
-        self.0.get_or_insert_with(Box::default).held = Some(byte);
+        let at_mark = &self.0.get_or_insert_with(Box::default).at_mark;
+        at_mark.hold(byte);
     }
 
-    /// The byte [held](Urgent::hold), if any.
+    /// Notes that the watcher took an urgent byte: reads go on past its mark.
+    pub(super) fn taken(&mut self) {
+        let at_mark = &self.0.get_or_insert_with(Box::default).at_mark;
+        at_mark.passing.store(true, Relaxed);
+    }
+
+    /// The byte held for the application, if any.
     pub(super) fn take_held(&mut self) -> Option<u8> {
-        self.0.as_mut().and_then(|state| state.held.take())
+        let held = self.0.as_ref()?.at_mark.held.swap(0, Relaxed);
+        (held != 0).then_some(held as u8)
     }
 
     /// Waits for the watcher (never, without one).
@@ -166,6 +180,31 @@ impl Urgent {
         {
             state.watch = None;
         }
+    }
+}
+
+/// What the reads of a connection that takes urgent data know of the urgent mark (see
+/// [`Transport::poll_read_taking_urgent`](super::transport::Transport::poll_read_taking_urgent)).
+/// Atomics, not cells: a wait holds a shared borrow of it beside the watcher's.
+#[derive(Debug, Default)]
+pub(crate) struct AtMark {
+    /// An urgent byte taken before the application asked for one (`0x100 | byte`), or 0.
+    held: AtomicU16,
+    /// An urgent byte was taken and the reads may not be past its mark yet: they go on without
+    /// waiting for readiness until the socket is drained.
+    pub(super) passing: AtomicBool,
+}
+
+impl AtMark {
+    /// Keeps `byte` for the application (TCP keeps one urgent byte: a newer one replaces it);
+    /// the reads go on past its mark.
+    pub(super) fn hold(&self, byte: u8) {
+        self.held.store(0x100 | u16::from(byte), Relaxed);
+        self.passing.store(true, Relaxed);
+    }
+
+    fn is_held(&self) -> bool {
+        self.held.load(Relaxed) != 0
     }
 }
 
