@@ -1,6 +1,7 @@
 //! The handle users hold: read, write, close, abort, user data; and beneath it what a
 //! connection is made of: its mailbox, its lifecycle, its weak handle and its user data.
 
+pub(crate) mod closing_hooks;
 pub(crate) mod lifecycle;
 pub(crate) mod mailbox;
 pub(crate) mod user_data;
@@ -12,11 +13,11 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 
+use self::closing_hooks::ClosingHooks;
 use crate::closure::ClosureReason;
 use crate::connection::mailbox::Mailbox;
 use crate::connection::user_data::UserData;
 use crate::error::Error;
-use crate::group::Memberships;
 use crate::ids::{ConnectionId, Direction};
 use crate::proxy::ProxyHeader;
 use crate::stats::{ConnectionCounters, ConnectionStats};
@@ -39,8 +40,9 @@ pub(crate) struct Shared {
     pub(crate) told: OnceLock<Box<Told>>,
     /// Whether this is a TLS connection (negotiated or not yet).
     pub(crate) is_tls: bool,
-    /// The [groups](crate::ConnectionGroup) it joined, which it leaves when it closes.
-    pub(crate) groups: Memberships,
+    /// Who is told when it starts closing (the [groups](crate::ConnectionGroup) it joined,
+    /// which it leaves then).
+    pub(crate) closing_hooks: ClosingHooks,
 }
 
 /// What a connection learns before it is established, from its driver, each part set once.

@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 
+use crate::connection::closing_hooks::ClosingHook;
 use crate::connection::weak::WeakConnection;
 use crate::connection::{Connection, Shared};
 use crate::error::Error;
@@ -236,7 +237,8 @@ impl ConnectionGroup {
         if shared.mailbox.is_sealed() || !self.add(shared) {
             return false;
         }
-        shared.groups.join(&self.inner);
+        let hook: Weak<GroupInner> = Arc::downgrade(&self.inner);
+        shared.closing_hooks.register(hook as Weak<dyn ClosingHook>);
         self.kept(shared)
     }
 
@@ -250,10 +252,10 @@ impl ConnectionGroup {
         true
     }
 
-    /// The last step of an insert, after the connection noted the group: whether the member
-    /// stays. The connection's task seals the connection before it leaves its groups, so if the
-    /// seal is not visible here, that leave will find this group in the list just joined. If it
-    /// is, the leave may have run before the join: the insert is undone.
+    /// The last step of an insert, after the group registered its closing hook with the
+    /// connection: whether the member stays. The connection's task seals the connection before
+    /// it runs its closing hooks, so if the seal is not visible here, the hooks it runs include
+    /// this group's. If it is, they may have run before the registration: the insert is undone.
     fn kept(&self, shared: &Arc<Shared>) -> bool {
         if shared.mailbox.is_sealed() {
             self.inner.remove_member(shared.id, shared);
@@ -377,43 +379,10 @@ impl fmt::Debug for ConnectionGroup {
     }
 }
 
-/// The groups a connection joined (made by its first join: most connections join none). Its
-/// task [leaves](Shared::leave_groups) them all when it starts closing.
-#[derive(Debug, Default)]
-pub(crate) struct Memberships(OnceLock<Box<Mutex<Vec<Weak<GroupInner>>>>>);
-
-impl Memberships {
-    fn list(list: &Mutex<Vec<Weak<GroupInner>>>) -> MutexGuard<'_, Vec<Weak<GroupInner>>> {
-        list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Notes `group` (once, however often the connection is inserted and removed again).
-    fn join(&self, group: &Arc<GroupInner>) {
-        let mut list = Self::list(self.0.get_or_init(Box::default));
-        // Groups dropped meanwhile are forgotten here, so the list stays as long as the
-        // number of groups alive.
-        list.retain(|joined| joined.strong_count() > 0);
-        if !list
-            .iter()
-            .any(|joined| std::ptr::eq(joined.as_ptr(), &**group))
-        {
-            list.push(Arc::downgrade(group));
-        }
-    }
-}
-
-impl Shared {
-    /// Leaves every group joined. Called by the connection's task once the connection is
-    /// sealed (closing, or ended before it was established), so that a concurrent
-    /// [`ConnectionGroup::insert`] either is in the list taken here or sees the seal.
-    pub(crate) fn leave_groups(self: &Arc<Self>) {
-        let Some(list) = self.groups.0.get() else {
-            return;
-        };
-        let joined = std::mem::take(&mut *Memberships::list(list));
-        for group in joined.iter().filter_map(Weak::upgrade) {
-            group.remove_member(self.id, self);
-        }
+impl ClosingHook for GroupInner {
+    /// A member leaves when its connection starts closing.
+    fn connection_closing(&self, connection: &Arc<Shared>) {
+        self.remove_member(connection.id, connection);
     }
 }
 

@@ -1,7 +1,7 @@
 //! A member joining a group while its connection starts closing, on two threads: whichever
 //! comes first, the group never keeps a member that has left.
 
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, OnceLock};
 
 use super::*;
 use crate::connection::lifecycle::LifecycleConfig;
@@ -24,7 +24,7 @@ fn established(id: u64) -> Arc<Shared> {
         mailbox: Mailbox::new(Arc::new(config)),
         told: OnceLock::new(),
         is_tls: false,
-        groups: Memberships::default(),
+        closing_hooks: Default::default(),
     });
     shared.mailbox.open_for_upgrades();
     shared
@@ -33,7 +33,7 @@ fn established(id: u64) -> Arc<Shared> {
 /// What the connection's task does when it starts closing (`Driver::pump`).
 fn start_closing(shared: &Arc<Shared>) {
     shared.mailbox.publish_closing();
-    shared.leave_groups();
+    shared.closing_hooks.run(shared);
 }
 
 /// Every order of an insert's three steps (into the members, the join, the check of the seal)
@@ -73,10 +73,11 @@ fn every_order_of_a_join_and_a_leave_ends_without_the_member() {
         for step in &order {
             match step {
                 Add => assert!(group.add(&shared)),
-                Join => shared.groups.join(&group.inner),
+                Join => shared.closing_hooks.register(Arc::downgrade(&group.inner)
+                    as Weak<dyn crate::connection::closing_hooks::ClosingHook>),
                 Check => kept = Some(group.kept(&shared)),
                 Seal => shared.mailbox.publish_closing(),
-                Leave => shared.leave_groups(),
+                Leave => shared.closing_hooks.run(&shared),
             }
         }
         assert!(
@@ -128,14 +129,7 @@ fn leaving_removes_a_member_from_every_group_and_only_that_connection() {
     // Removed and inserted again: listed once in the connection's memberships.
     assert!(one.remove(ConnectionId(7)));
     assert!(one.insert(&connection));
-    assert_eq!(
-        shared
-            .groups
-            .0
-            .get()
-            .map(|list| Memberships::list(list).len()),
-        Some(2)
-    );
+    assert_eq!(shared.closing_hooks.len(), 2);
     // Another server's connection with the same number, in a third group and in `one`'s place.
     let other = established(7);
     let three = ConnectionGroup::new();
@@ -149,12 +143,5 @@ fn leaving_removes_a_member_from_every_group_and_only_that_connection() {
     let four = ConnectionGroup::new();
     let other_connection = Connection::uncounted(other.clone());
     assert!(four.insert(&other_connection));
-    assert_eq!(
-        other
-            .groups
-            .0
-            .get()
-            .map(|list| Memberships::list(list).len()),
-        Some(1)
-    );
+    assert_eq!(other.closing_hooks.len(), 1);
 }

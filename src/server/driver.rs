@@ -277,7 +277,7 @@ impl Driver {
 
     /// Publishes the lifecycle's [`Snapshot`] to the connection's handles if it changed since
     /// the last time: the one place that tells handles a connection's fate. A connection that
-    /// starts closing leaves its groups; one whose end is published takes an abort counted
+    /// starts closing runs its closing hooks (a group it joined forgets it); one whose end is published takes an abort counted
     /// before it as its reason.
     #[inline]
     fn publish(&mut self) {
@@ -293,7 +293,7 @@ impl Driver {
             self.life.on_abort(abort);
         }
         if snapshot.fate != Fate::Open {
-            self.shared.leave_groups();
+            self.shared.closing_hooks.run(&self.shared);
         }
     }
 

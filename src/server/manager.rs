@@ -227,7 +227,7 @@ impl Manager {
             mailbox: Mailbox::new(lifecycle.clone()),
             told: std::sync::OnceLock::new(),
             is_tls: setup.secure.is_some(),
-            groups: Default::default(),
+            closing_hooks: Default::default(),
         });
         let registration = match self.registry.register(&shared, permit, live) {
             Ok(registration) => registration,
