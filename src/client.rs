@@ -18,14 +18,79 @@
 //! [`Client::framed`] puts a tokio-util codec on top: send items, await decoded items.
 
 use std::io;
+use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::closure::ClosureReason;
+use crate::connection::read_sink::ReadSink;
+use crate::connection::user_data::ConnectArgument;
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::server::connect::{self, Dial};
+use crate::server::Server;
+use crate::tls::TlsConnect;
+
+/// The clients of a server: connections whose reads an awaiting task takes.
+impl Server {
+    /// Connects to `address` through this server's manager and limiter and returns a
+    /// [`Client`] that the calling task drives: it sends, then awaits what the peer sends (see
+    /// [`client`](crate::client)). The connection's reads and the peer's FIN go to the client;
+    /// every other event runs as for [`connect`](Server::connect) (with an empty
+    /// [`ConnectArgument`] for `on_pre_outgoing_connect`).
+    ///
+    /// # Errors
+    /// As for [`connect`](Server::connect).
+    ///
+    /// ```no_run
+    /// # async fn example(server: switchboard::Server) -> Result<(), switchboard::Error> {
+    /// let mut client = server.connect_client("127.0.0.1:6379".parse().unwrap()).await?;
+    /// client.send("PING\r\n").await?;
+    /// let reply = client.recv().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_client(&self, address: SocketAddr) -> Result<Client, Error> {
+        self.open_client(address, None).await
+    }
+
+    /// [`connect_client`](Server::connect_client) over TLS, negotiated as
+    /// [`connect_tls`](Server::connect_tls) describes (a failed negotiation ends the connection:
+    /// the client's [`recv`](Client::recv) then fails and [`Client::closure`] says why).
+    ///
+    /// # Errors
+    /// As for [`connect`](Server::connect).
+    pub async fn connect_client_tls(
+        &self,
+        address: SocketAddr,
+        tls: TlsConnect,
+    ) -> Result<Client, Error> {
+        self.open_client(address, Some(tls)).await
+    }
+
+    async fn open_client(
+        &self,
+        address: SocketAddr,
+        tls: Option<TlsConnect>,
+    ) -> Result<Client, Error> {
+        let live = self.manager().begin()?;
+        let (sink, receiver) = channel();
+        let attempt = connect::connect(
+            self.manager().clone(),
+            live,
+            address,
+            Dial::Socket(tls),
+            ConnectArgument::empty(),
+            false,
+            Some(Box::new(sink)),
+        );
+        match tokio::spawn(attempt).await {
+            Ok(result) => result.map(|connection| Client::new(connection, receiver)),
+            Err(_) => Err(Error::ShuttingDown),
+        }
+    }
+}
 
 /// What the driver tells an awaiting client.
 #[derive(Debug)]
@@ -41,23 +106,23 @@ enum Delivery {
 #[derive(Debug)]
 pub(crate) struct ClientSink(mpsc::UnboundedSender<Delivery>);
 
-impl ClientSink {
+impl ReadSink for ClientSink {
     /// A read's data. The channel holds at most what reads the client asked for delivered.
-    pub(crate) fn deliver(&self, data: BytesMut) {
+    fn deliver(&self, data: BytesMut) {
         // A client that is gone wants nothing more; its connection closes by the lifetime rule.
         let _ = self.0.send(Delivery::Data(data));
     }
 
-    pub(crate) fn peer_closed(&self) {
+    fn peer_closed(&self) {
         let _ = self.0.send(Delivery::PeerClosed);
     }
 
-    pub(crate) fn ended(self, reason: ClosureReason) {
+    fn ended(&self, reason: ClosureReason) {
         let _ = self.0.send(Delivery::Ended(reason));
     }
 
     /// The client was dropped: nothing reads what arrives any more.
-    pub(crate) fn is_gone(&self) -> bool {
+    fn is_gone(&self) -> bool {
         self.0.is_closed()
     }
 }

@@ -4,6 +4,7 @@
 pub(crate) mod closing_hooks;
 pub(crate) mod lifecycle;
 pub(crate) mod mailbox;
+pub(crate) mod read_sink;
 pub(crate) mod user_data;
 pub(crate) mod weak;
 
@@ -255,10 +256,12 @@ impl Connection {
         self.shared.mailbox.shutdown_write();
     }
 
-    /// Graceful close: stops delivering reads, sends every queued write, sends FIN, then waits
-    /// (up to the [close timeout](crate::ServerBuilder::close_timeout)) for the peer's FIN so that
-    /// no data of ours is lost to a reset. Ends with [`ClosureReason::LocalClose`]. Writes are
-    /// refused from this call on.
+    /// Graceful close: stops delivering reads, sends every queued write (and what a frame layer
+    /// fed before the call), sends FIN, then waits (up to the
+    /// [close timeout](crate::ServerBuilder::close_timeout)) for the peer's FIN so that no data
+    /// of ours is lost to a reset. Ends with [`ClosureReason::LocalClose`], also when the peer
+    /// keeps its end open past the close timeout after everything was sent. Writes are refused
+    /// from this call on.
     ///
     /// Data the peer sent that was not read yet, and whatever it still sends, is read and
     /// dropped (reading it is what keeps the kernel from answering our FIN with a reset), but

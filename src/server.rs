@@ -25,7 +25,6 @@ use std::sync::{Arc, Weak};
 use socket2::SockRef;
 use tokio::net::TcpListener;
 
-use crate::client::Client;
 use crate::closure::ClosureReason;
 use crate::connection::user_data::ConnectArgument;
 use crate::connection::weak::WeakConnection;
@@ -139,7 +138,6 @@ impl Server {
     }
 
     /// The server's shared state.
-    #[cfg(feature = "testing")]
     pub(crate) fn manager(&self) -> &Arc<Manager> {
         &self.manager
     }
@@ -387,62 +385,6 @@ impl Server {
         match tokio::spawn(attempt).await {
             Ok(result) => result,
             // Callbacks are guarded, so the task only fails when the runtime is shutting down.
-            Err(_) => Err(Error::ShuttingDown),
-        }
-    }
-
-    /// Connects to `address` through this server's manager and limiter and returns a
-    /// [`Client`] that the calling task drives: it sends, then awaits what the peer sends (see
-    /// [`client`](crate::client)). The connection's reads and the peer's FIN go to the client;
-    /// every other event runs as for [`connect`](Server::connect) (with an empty
-    /// [`ConnectArgument`] for `on_pre_outgoing_connect`).
-    ///
-    /// # Errors
-    /// As for [`connect`](Server::connect).
-    ///
-    /// ```no_run
-    /// # async fn example(server: switchboard::Server) -> Result<(), switchboard::Error> {
-    /// let mut client = server.connect_client("127.0.0.1:6379".parse().unwrap()).await?;
-    /// client.send("PING\r\n").await?;
-    /// let reply = client.recv().await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn connect_client(&self, address: SocketAddr) -> Result<Client, Error> {
-        self.open_client(address, None).await
-    }
-
-    /// [`connect_client`](Server::connect_client) over TLS, negotiated as
-    /// [`connect_tls`](Server::connect_tls) describes (a failed negotiation ends the connection:
-    /// the client's [`recv`](Client::recv) then fails and [`Client::closure`] says why).
-    ///
-    /// # Errors
-    /// As for [`connect`](Server::connect).
-    pub async fn connect_client_tls(
-        &self,
-        address: SocketAddr,
-        tls: TlsConnect,
-    ) -> Result<Client, Error> {
-        self.open_client(address, Some(tls)).await
-    }
-
-    async fn open_client(
-        &self,
-        address: SocketAddr,
-        tls: Option<TlsConnect>,
-    ) -> Result<Client, Error> {
-        let live = self.manager.begin()?;
-        let (sink, receiver) = crate::client::channel();
-        let attempt = connect::connect(
-            self.manager.clone(),
-            live,
-            address,
-            Dial::Socket(tls),
-            ConnectArgument::empty(),
-            false,
-            Some(sink),
-        );
-        match tokio::spawn(attempt).await {
-            Ok(result) => result.map(|connection| Client::new(connection, receiver)),
             Err(_) => Err(Error::ShuttingDown),
         }
     }

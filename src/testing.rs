@@ -178,6 +178,7 @@
 //! # Ok(()) }
 //! ```
 
+mod memory;
 mod peer;
 mod recorded;
 
@@ -191,6 +192,7 @@ use std::sync::Arc;
 pub use peer::{EmbeddedPeer, EmbeddedSender};
 pub use recorded::{Event, Events, Recorded, WAIT_LIMIT};
 
+use self::memory::Pipe;
 use crate::client::Client;
 use crate::closure::ClosureReason;
 use crate::connection::user_data::ConnectArgument;
@@ -200,7 +202,6 @@ use crate::ids::Direction;
 use crate::server::builder::ServerBuilder;
 use crate::server::callbacks::Callbacks;
 use crate::server::connect::{self, Dial};
-use crate::server::driver::memory::Pipe;
 use crate::server::driver::transport::Transport;
 use crate::server::driver::Setup;
 use crate::server::manager::{Addresses, Admitted, Manager};
@@ -330,7 +331,7 @@ impl EmbeddedServer {
         self.at_limit.store(false, Ordering::Relaxed);
         let Admitted { permit, refused } = manager.admit_peer(permit, peer_addr.ip());
         let (pipe, stream) = Pipe::new();
-        let transport = Transport::Memory(stream);
+        let transport = Transport::Stream(Box::new(stream));
         if refused.is_some() {
             transport.reset_on_close();
         }
@@ -419,7 +420,12 @@ impl EmbeddedServer {
         let (pipe, stream) = Pipe::new();
         let (sink, receiver) = crate::client::channel();
         let connection = self
-            .dial(remote, stream, ConnectArgument::empty(), Some(sink))
+            .dial(
+                remote,
+                stream,
+                ConnectArgument::empty(),
+                Some(Box::new(sink)),
+            )
             .await?;
         let peer = EmbeddedPeer::new(connection.id(), remote, self.local_addr, pipe);
         Ok((Client::new(connection, receiver), peer))
@@ -428,18 +434,17 @@ impl EmbeddedServer {
     async fn dial(
         &self,
         remote: SocketAddr,
-        stream: crate::server::driver::memory::MemoryStream,
+        stream: memory::MemoryStream,
         argument: ConnectArgument,
-        client: Option<crate::client::ClientSink>,
+        sink: Option<Box<dyn crate::connection::read_sink::ReadSink>>,
     ) -> Result<Connection, Error> {
         let manager = self.server.manager();
         let live = manager.begin()?;
-        let dial = Dial::Memory {
-            stream,
+        let dial = Dial::Stream {
+            stream: Box::new(stream),
             local: self.local_addr,
         };
-        let attempt =
-            connect::connect(manager.clone(), live, remote, dial, argument, false, client);
+        let attempt = connect::connect(manager.clone(), live, remote, dial, argument, false, sink);
         match tokio::spawn(attempt).await {
             Ok(result) => result,
             // Callbacks are guarded, so the task only fails when the runtime is shutting down.

@@ -26,6 +26,7 @@ const BYTES_WRITTEN: &str = "switchboard_bytes_written_total";
 const ACCEPT_ERRORS: &str = "switchboard_accept_errors_total";
 const CALLBACK_PANICS: &str = "switchboard_callback_panics_total";
 const WRITE_QUEUE_HIGH: &str = "switchboard_write_queue_high_total";
+const LINGERING_PEERS: &str = "switchboard_lingering_peers_total";
 const TLS_HANDSHAKE: &str = "switchboard_tls_handshake_duration_seconds";
 const PROXY_HEADER: &str = "switchboard_proxy_header_duration_seconds";
 
@@ -68,6 +69,7 @@ fn assert_metrics_match(metrics: &MetricsRecorder, stats: &Stats) {
         (ACCEPT_ERRORS, None, stats.accept_errors),
         (CALLBACK_PANICS, None, stats.callback_panics),
         (WRITE_QUEUE_HIGH, None, stats.write_queue_high),
+        (LINGERING_PEERS, None, stats.lingering_peers),
     ];
     for (name, extra, expected) in pairs {
         assert_eq!(

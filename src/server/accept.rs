@@ -535,7 +535,7 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
         driver::Setup {
             proxied,
             secure,
-            client: None,
+            sink: None,
         },
         permit,
         live,

@@ -462,8 +462,11 @@ impl ServerBuilder {
         self
     }
 
-    /// How long a graceful close may take to send the queue, send FIN and see the peer's FIN
-    /// before the connection is reset with [`ClosureReason::CloseTimedOut`](crate::ClosureReason::CloseTimedOut).
+    /// How long a graceful close may take to send the queue, send FIN and see the peer's FIN.
+    /// A close that could not send everything by then is reset with
+    /// [`ClosureReason::CloseTimedOut`](crate::ClosureReason::CloseTimedOut). One that sent
+    /// everything and its FIN, whose peer keeps its own end open, is closed and keeps the reason
+    /// it closed with; the peer is counted in [`Stats::lingering_peers`](crate::Stats).
     /// Default: [`DEFAULT_CLOSE_TIMEOUT`] (5 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::client::ClientSink;
+use crate::connection::read_sink::ReadSink;
 use crate::connection::user_data::ConnectArgument;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::ids::Direction;
+#[cfg(feature = "testing")]
+use crate::server::driver::transport::ByteStream;
 use crate::server::driver::transport::Transport;
 use crate::server::driver::Setup;
 use crate::server::limit::Permit;
@@ -24,18 +26,19 @@ use crate::tls::{Secure, TlsConnect};
 pub(crate) enum Dial {
     /// A TCP socket, then TLS if asked for.
     Socket(Option<TlsConnect>),
-    /// An in-memory stream whose other end a test holds (`testing`): nothing to connect, so only
-    /// the limiter and the pre-connect callback can fail it.
+    /// A byte stream that is connected already (the `testing` feature's in-memory stream, whose
+    /// other end a test holds): nothing to connect, so only the limiter and the pre-connect
+    /// callback can fail it.
     #[cfg(feature = "testing")]
-    Memory {
-        stream: crate::server::driver::memory::MemoryStream,
+    Stream {
+        stream: Box<dyn ByteStream>,
         local: SocketAddr,
     },
 }
 
 /// An outgoing connect, from the pre-connect event to an established connection or a failure.
 /// With `report`, a failure goes to `on_outgoing_connection_failed`; either way the user data is
-/// released. With `client`, the connection's reads go to that awaiting task.
+/// released. With a `sink`, the connection's reads go there (an awaiting client's channel).
 pub(crate) async fn connect(
     manager: Arc<Manager>,
     live: Live,
@@ -43,7 +46,7 @@ pub(crate) async fn connect(
     dial: Dial,
     argument: ConnectArgument,
     report: bool,
-    client: Option<ClientSink>,
+    sink: Option<Box<dyn ReadSink>>,
 ) -> Result<Connection, Error> {
     let invoker = manager.invoker();
     let user_data = manager.new_user_data();
@@ -78,7 +81,7 @@ pub(crate) async fn connect(
                 Setup {
                     proxied: None,
                     secure,
-                    client,
+                    sink,
                 },
                 permit,
                 live,
@@ -149,8 +152,8 @@ async fn open(manager: &Manager, address: SocketAddr, dial: Dial) -> Result<Open
             })
         }
         #[cfg(feature = "testing")]
-        Dial::Memory { stream, local } => Ok(Opened {
-            transport: Transport::Memory(stream),
+        Dial::Stream { stream, local } => Ok(Opened {
+            transport: Transport::Stream(stream),
             local,
             secure: None,
             permit,

@@ -14,8 +14,6 @@
 mod closing;
 mod failures;
 mod handshake;
-#[cfg(feature = "testing")]
-pub(crate) mod memory;
 mod proxy;
 mod timer;
 pub(crate) mod transport;
@@ -32,12 +30,12 @@ use bytes::BytesMut;
 use futures::task::noop_waker_ref;
 use tokio::time::Instant;
 
-use crate::client::ClientSink;
 use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{
     Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
     Snapshot,
 };
+use crate::connection::read_sink::ReadSink;
 use crate::connection::{Connection, Shared};
 use crate::server::invoke::Invoker;
 use crate::server::registry::Registration;
@@ -58,9 +56,9 @@ pub(crate) struct Setup {
     pub(crate) proxied: Option<Proxied>,
     /// The TLS handshake to run.
     pub(crate) secure: Option<Secure>,
-    /// An awaited client's channel: its reads and the peer's FIN go there instead of to the
-    /// callbacks.
-    pub(crate) client: Option<ClientSink>,
+    /// Where reads and the peer's FIN go instead of to the callbacks (an awaited client's
+    /// channel).
+    pub(crate) sink: Option<Box<dyn ReadSink>>,
 }
 
 /// What a connection's driver needs of its server.
@@ -175,8 +173,8 @@ pub(crate) struct Driver {
     proxied: Option<Box<Proxied>>,
     /// The handshake still to run, for a TLS connection (boxed: used once, and by few).
     secure: Option<Box<Secure>>,
-    /// Where reads go on an awaited client connection.
-    client: Option<ClientSink>,
+    /// Where reads go instead of to the callbacks, if anywhere.
+    sink: Option<Box<dyn ReadSink>>,
     life: Lifecycle,
     writes: WriteQueue,
     urgent: Urgent,
@@ -202,7 +200,7 @@ impl Driver {
             transport,
             proxied: setup.proxied.map(Box::new),
             secure: setup.secure.map(Box::new),
-            client: setup.client,
+            sink: setup.sink,
             writes: WriteQueue::default(),
             urgent: Urgent::default(),
             timer: Timer::default(),
@@ -348,8 +346,8 @@ impl Driver {
                                 == ReadVerdict::Deliver
                             {
                                 self.count_read(data.len());
-                                if let Some(client) = &self.client {
-                                    client.deliver(data);
+                                if let Some(sink) = &self.sink {
+                                    sink.deliver(data);
                                 } else {
                                     callback!(self, "on_read_completed", on_read_completed(data));
                                 }
@@ -390,7 +388,7 @@ impl Driver {
             // Nothing posted since the last take: only the handle count can have moved.
             None => self.life.on_quiet(mailbox.handles(), urgent_pending),
         }
-        if self.client.as_ref().is_some_and(ClientSink::is_gone) {
+        if self.sink.as_ref().is_some_and(|sink| sink.is_gone()) {
             self.life.cancel_read();
         }
     }
@@ -493,15 +491,15 @@ impl Driver {
         match self.life.on_read(outcome, &LazyNow::default()) {
             ReadVerdict::Deliver => {
                 self.count_read(data.len());
-                match &self.client {
-                    Some(client) => client.deliver(data),
+                match &self.sink {
+                    Some(sink) => sink.deliver(data),
                     None => {
                         callback!(self, "on_read_completed", on_read_completed(data));
                     }
                 }
             }
-            ReadVerdict::ClientClose => match &self.client {
-                Some(client) => client.peer_closed(),
+            ReadVerdict::ClientClose => match &self.sink {
+                Some(sink) => sink.peer_closed(),
                 None => {
                     callback!(
                         self,

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::WAIT_LIMIT;
 use crate::ids::ConnectionId;
-use crate::server::driver::memory::{Pipe, DEFAULT_WINDOW};
+use crate::testing::memory::{Pipe, DEFAULT_WINDOW};
 
 /// The peer of an embedded connection: the test acts as the client through it.
 ///

@@ -21,12 +21,12 @@ impl Driver {
             connection,
             transport,
             mut registration,
-            client,
+            sink,
             ..
         } = self;
-        if let Some(client) = client {
+        if let Some(sink) = sink {
             // The awaiting task learns how it ended before the closing events run.
-            client.ended(reason);
+            sink.ended(reason);
         }
         if !reason.is_graceful() {
             transport.reset_on_close();

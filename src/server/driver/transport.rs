@@ -34,14 +34,36 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A connection's byte stream that is not a socket: what the driver needs of it, as it gets it
+/// from a TCP socket.
+#[cfg(feature = "testing")]
+pub(crate) trait ByteStream: Send + Sync + std::fmt::Debug {
+    /// Polls for data: up to `size` bytes, empty at the end of the stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>, size: usize) -> Poll<io::Result<BytesMut>>;
+
+    /// Polls a write of the front of `buffers`; returns how many bytes were taken.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buffers: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>>;
+
+    /// Sends FIN.
+    fn shutdown_write(&self);
+
+    /// Makes the close that dropping the stream does a reset: unsent data is dropped.
+    fn reset_on_close(&self);
+}
+
 #[derive(Debug)]
 pub(crate) enum Transport {
     Plain(TcpStream),
     /// Boxed: a plain connection's driver should not carry a TLS connection's state.
     Tls(Box<Tls>),
-    /// An in-memory stream whose other end a test drives.
+    /// A byte stream of another kind ([`ByteStream`]): the in-memory stream of the `testing`
+    /// feature, whose other end a test drives.
     #[cfg(feature = "testing")]
-    Memory(super::memory::MemoryStream),
+    Stream(Box<dyn ByteStream>),
     /// The socket was handed to a handshake that failed; it is closed.
     Gone,
 }
@@ -73,7 +95,7 @@ impl Transport {
             Transport::Plain(stream) => Some(stream),
             Transport::Tls(tls) => Some(tls.stream.get_ref().get_ref().get_ref()),
             #[cfg(feature = "testing")]
-            Transport::Memory(_) => None,
+            Transport::Stream(_) => None,
             Transport::Gone => None,
         }
     }
@@ -126,7 +148,7 @@ impl Transport {
                 Poll::Ready(Ok(data))
             }
             #[cfg(feature = "testing")]
-            Transport::Memory(stream) => stream.poll_read(cx, size),
+            Transport::Stream(stream) => stream.poll_read(cx, size),
             Transport::Gone => Poll::Ready(Ok(BytesMut::new())),
         }
     }
@@ -217,7 +239,7 @@ impl Transport {
                 Pin::new(stream).poll_write(cx, gather)
             }
             #[cfg(feature = "testing")]
-            Transport::Memory(stream) => stream.poll_write(cx, buffers),
+            Transport::Stream(stream) => stream.poll_write(cx, buffers),
             Transport::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -233,7 +255,7 @@ impl Transport {
     /// Sends FIN (after `close_notify`, for TLS). Errors mean the peer is gone already.
     pub(crate) fn shutdown_write(&self) {
         #[cfg(feature = "testing")]
-        if let Transport::Memory(stream) = self {
+        if let Transport::Stream(stream) = self {
             return stream.shutdown_write();
         }
         if let Some(tcp) = self.tcp() {
@@ -245,7 +267,7 @@ impl Transport {
     /// send RST and drop unsent data, the meaning of an abort.
     pub(crate) fn reset_on_close(&self) {
         #[cfg(feature = "testing")]
-        if let Transport::Memory(stream) = self {
+        if let Transport::Stream(stream) = self {
             return stream.reset_on_close();
         }
         if let Some(tcp) = self.tcp() {

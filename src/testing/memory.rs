@@ -1,5 +1,5 @@
 //! An in-memory byte stream in place of a socket, for [`testing`](crate::testing): the server's
-//! end is a [`Transport`](super::transport::Transport), the peer's end is driven by the test.
+//! end is a [`ByteStream`] under the connection's driver, the peer's end is driven by the test.
 //!
 //! It behaves as a TCP connection does where the driver can tell: each direction holds bytes in
 //! flight up to a limit (the peer's receive window: a peer that stops reading fills it, and then
@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
+
+use crate::server::driver::transport::ByteStream;
 
 /// Bytes in flight towards the peer before the server's writes block, unless the test sets
 /// another window: in the range of a loopback socket's send buffer, and well above the default
@@ -256,12 +258,8 @@ fn drop_in_flight(state: &mut State) {
 #[derive(Debug)]
 pub(crate) struct MemoryStream(Pipe);
 
-impl MemoryStream {
-    pub(crate) fn poll_read(
-        &mut self,
-        cx: &mut Context<'_>,
-        size: usize,
-    ) -> Poll<io::Result<BytesMut>> {
+impl ByteStream for MemoryStream {
+    fn poll_read(&mut self, cx: &mut Context<'_>, size: usize) -> Poll<io::Result<BytesMut>> {
         let mut state = self.0.lock();
         if state.peer_reset {
             return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
@@ -276,7 +274,7 @@ impl MemoryStream {
         Poll::Pending
     }
 
-    pub(crate) fn poll_write(
+    fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
         buffers: &[IoSlice<'_>],
@@ -311,14 +309,14 @@ impl MemoryStream {
     }
 
     /// FIN.
-    pub(crate) fn shutdown_write(&self) {
+    fn shutdown_write(&self) {
         let mut state = self.0.lock();
         state.outbound.fin = true;
         state.outbound.wake_reader();
     }
 
     /// The close that follows will be a reset (`SO_LINGER` 0): unsent data is dropped.
-    pub(crate) fn reset_on_close(&self) {
+    fn reset_on_close(&self) {
         let mut state = self.0.lock();
         state.server_reset = true;
         drop_in_flight(&mut state);
