@@ -227,6 +227,13 @@ impl Connection {
     /// [`Callbacks::on_write_completed`](crate::Callbacks::on_write_completed) gets the same buffer back.
     /// A queued write keeps the connection open until it is sent.
     ///
+    /// One order: the peer receives what is posted to a connection in the order it was posted,
+    /// whatever the path (a write, a [`goodbye`](Connection::goodbye), a frame layer's
+    /// [`feed`](crate::codec::FramedConnection::feed) or
+    /// [`send`](crate::codec::FramedConnection::send), a group's
+    /// [`broadcast`](crate::ConnectionGroup::broadcast)): what a frame layer fed and did not
+    /// flush yet goes out before this write.
+    ///
     /// # Errors
     /// A refused write gives its buffer back in the [`WriteError`], with the reason:
     /// - [`Error::WriteQueueFull`] if the queue already holds the
@@ -294,9 +301,12 @@ impl Connection {
     /// [`on_shutdown_requested`](crate::Callbacks::on_shutdown_requested)), a "server full", an
     /// error reply before hanging up. Ends with [`ClosureReason::LocalClose`] (call
     /// [`close_with`](Connection::close_with) first to report a code of your own instead).
+    /// Like every path that posts bytes, it keeps the connection's one order (see
+    /// [`write`](Connection::write)).
     ///
     /// The close timeout still bounds how long the delivery may take: a peer that reads nothing
-    /// is reset with [`ClosureReason::CloseTimedOut`] and the goodbye is lost with it.
+    /// is reset with [`ClosureReason::CloseTimedOut`] and the goodbye is lost with it. A peer
+    /// that reads it and our FIN but keeps its own end open does not change the reason.
     ///
     /// # Errors
     /// [`Error::ConnectionClosed`] if the connection is closing or closed (the goodbye comes

@@ -311,6 +311,10 @@ impl ConnectionGroup {
     /// what happened to each, and [`WhenFull`] for members whose queue is full. Each member
     /// gets a clone of the same [`Bytes`], which its
     /// [`on_write_completed`](crate::Callbacks::on_write_completed) gets back when sent.
+    ///
+    /// For each member the broadcast is a write like any other, in its one order (see
+    /// [`Connection::write`]): it reaches the member after everything posted to it before,
+    /// a frame layer's fed and unflushed items included.
     pub fn broadcast(&self, data: impl Into<Bytes>) -> BroadcastReport {
         self.send(data.into(), None)
     }

@@ -194,7 +194,6 @@ pub use recorded::{Event, Events, Recorded, WAIT_LIMIT};
 
 use self::memory::Pipe;
 use crate::client::Client;
-use crate::closure::ClosureReason;
 use crate::connection::user_data::ConnectArgument;
 use crate::connection::Connection;
 use crate::error::Error;
@@ -329,14 +328,23 @@ impl EmbeddedServer {
             });
         };
         self.at_limit.store(false, Ordering::Relaxed);
-        let Admitted { permit, refused } = manager.admit_peer(permit, peer_addr.ip());
+        let Admitted {
+            permit,
+            over_peer_cap,
+        } = manager.admit_peer(permit, peer_addr.ip());
         let (pipe, stream) = Pipe::new();
         let transport = Transport::Stream(Box::new(stream));
-        if refused.is_some() {
+        if over_peer_cap {
             transport.reset_on_close();
         }
         let (id, _) = register(
-            manager, transport, peer_addr, local_addr, permit, live, refused,
+            manager,
+            transport,
+            peer_addr,
+            local_addr,
+            permit,
+            live,
+            over_peer_cap,
         )?;
         Ok(EmbeddedPeer::new(id, peer_addr, local_addr, pipe))
     }
@@ -460,7 +468,7 @@ fn register(
     local: SocketAddr,
     permit: crate::server::limit::Permit,
     live: crate::server::registry::Live,
-    refused: Option<ClosureReason>,
+    over_peer_cap: bool,
 ) -> Result<
     (
         crate::ids::ConnectionId,
@@ -478,7 +486,7 @@ fn register(
             permit,
             live,
             false,
-            refused,
+            over_peer_cap,
         )
         .map_err(|(_, error)| error)
 }

@@ -31,7 +31,7 @@
 //! | `HandshakeTimedOut` | the handshake's deadline ([`Step::Handshake`]) |
 //! | `HandshakeLimit` | no handshake slot ([`StartFailure::NoHandshakeSlot`]) |
 //! | `ProxyProtocol` | a refused header ([`StartFailure::HeaderRefused`]) or the header's deadline ([`Step::ProxyHeader`]) |
-//! | `PerIpLimit` | refused at admission ([`Lifecycle::on_refused`]) or the header's client at its cap ([`StartFailure::PerIpLimit`]) |
+//! | `PerIpLimit` | the client's address at its cap, at admission or once a PROXY header named it ([`StartFailure::PerIpLimit`]) |
 //! | `IdleTimedOut`, `ReadTimedOut`, `FirstByteTimedOut`, `HalfClosedTimedOut`, `SlowConsumer` | the open phase's deadlines ([`Lifecycle::on_deadline`]) |
 //! | `DiscardLimit` | more than the discard limit read while closing |
 //!
@@ -174,7 +174,8 @@ pub(crate) enum StartFailure {
     PeerClosed,
     /// No handshake slot was free.
     NoHandshakeSlot,
-    /// The client the PROXY header named is at its address's cap.
+    /// The client is at its address's cap: refused at admission, or the client a PROXY header
+    /// named.
     PerIpLimit,
 }
 
@@ -502,14 +503,6 @@ impl Lifecycle {
                 StartFailure::NoHandshakeSlot => ClosureReason::HandshakeLimit,
                 StartFailure::PerIpLimit => ClosureReason::PerIpLimit,
             });
-        }
-    }
-
-    /// The accept loop refused the connection at admission with `reason` (the per-address cap):
-    /// it gets only its closing events.
-    pub(crate) fn on_refused(&mut self, reason: ClosureReason) {
-        if let Phase::Starting { .. } = self.phase {
-            self.end(reason);
         }
     }
 

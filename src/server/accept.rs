@@ -509,10 +509,13 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
         settings,
         per_ip: manager.per_ip().cloned(),
     });
-    let Admitted { permit, refused } = if proxied.is_some() {
+    let Admitted {
+        permit,
+        over_peer_cap,
+    } = if proxied.is_some() {
         Admitted {
             permit,
-            refused: None,
+            over_peer_cap: false,
         }
     } else {
         manager.admit_peer(permit, peer.ip())
@@ -540,7 +543,7 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
         permit,
         live,
         false,
-        refused,
+        over_peer_cap,
     ) {
         tracing::debug!(%error, %peer, "accepted connection not taken");
     }

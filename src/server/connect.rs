@@ -86,7 +86,7 @@ pub(crate) async fn connect(
                 permit,
                 live,
                 true,
-                None,
+                false,
             ) {
                 Ok((_, handle)) => return Ok(handle.expect("register was asked for a handle")),
                 Err(failed) => failed,

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{
     Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
-    Snapshot,
+    Snapshot, StartFailure,
 };
 use crate::connection::read_sink::ReadSink;
 use crate::connection::{Connection, Shared};
@@ -220,13 +220,14 @@ impl Driver {
     #[allow(clippy::manual_async_fn)]
     pub(crate) fn run(
         mut self,
-        refuse: Option<ClosureReason>,
+        over_peer_cap: bool,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
             self.shared.mailbox.set_task(tokio::task::id());
-            match refuse {
-                Some(reason) => self.life.on_refused(reason),
-                None => self.live().await,
+            if over_peer_cap {
+                self.life.on_start_failed(StartFailure::PerIpLimit);
+            } else {
+                self.live().await;
             }
             // Boxed, like the handshake: a connection's task is as large as its largest await,
             // and these run once, so they should not make every idle connection pay for their

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{LifecycleConfig, WriteLimits};
 use crate::connection::mailbox::Mailbox;
 use crate::connection::user_data::{UserData, UserDataLayout};
@@ -196,9 +195,9 @@ impl Manager {
 
     /// Registers a connection over `transport` (a socket, TLS over it, or memory) and starts its
     /// driver; returns its id, and a counted handle when asked for one (it exists before the
-    /// driver runs, so the lifetime rule cannot close the connection first). A `refuse`d
-    /// connection is registered and runs only its closing events, with that reason. On failure
-    /// the user data comes back for release.
+    /// driver runs, so the lifetime rule cannot close the connection first). A connection
+    /// `over_peer_cap` (its address at the per-address cap) is registered and runs only its
+    /// closing events. On failure the user data comes back for release.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn register(
         &self,
@@ -210,7 +209,7 @@ impl Manager {
         permit: Permit,
         live: Live,
         want_handle: bool,
-        refuse: Option<ClosureReason>,
+        over_peer_cap: bool,
     ) -> Result<(ConnectionId, Option<Connection>), (UserData, Error)> {
         let Addresses {
             peer: peer_addr,
@@ -240,7 +239,7 @@ impl Manager {
         let handle = want_handle.then(|| Connection::uncounted(shared.clone()).clone());
         let id = shared.id;
         let driver = Driver::new(self.context.clone(), shared, transport, setup, registration);
-        tokio::spawn(driver.run(refuse));
+        tokio::spawn(driver.run(over_peer_cap));
         Ok((id, handle))
     }
 

@@ -4,18 +4,17 @@
 
 use std::net::IpAddr;
 
-use crate::closure::ClosureReason;
 use crate::server::limit::{AtLimit, Permit};
 use crate::server::manager::Manager;
 use crate::stats::Count;
 
 /// A client the admission rule let in: its limiter slot, holding its address's slot when the
-/// address is capped; `refused` when the address is over its cap, for a connection refused from
-/// the start.
+/// address is capped; `over_peer_cap` when the address is over its cap, for a connection
+/// refused from the start.
 #[derive(Debug)]
 pub(crate) struct Admitted {
     pub(crate) permit: Permit,
-    pub(crate) refused: Option<ClosureReason>,
+    pub(crate) over_peer_cap: bool,
 }
 
 impl Manager {
@@ -45,17 +44,17 @@ impl Manager {
         let Some(limit) = &self.per_ip else {
             return Admitted {
                 permit,
-                refused: None,
+                over_peer_cap: false,
             };
         };
         match limit.admit(address, &self.counters) {
             Some(slot) => Admitted {
                 permit: permit.with_peer_slot(slot),
-                refused: None,
+                over_peer_cap: false,
             },
             None => Admitted {
                 permit,
-                refused: Some(ClosureReason::PerIpLimit),
+                over_peer_cap: true,
             },
         }
     }

@@ -275,7 +275,8 @@ fn proxy_protocol_a_refused_or_late_header() {
 #[test]
 fn per_ip_limit_refused_at_admission_or_for_the_client_a_header_named() {
     assert_eq!(
-        starting(None, |life, _| life.on_refused(ClosureReason::PerIpLimit)),
+        starting(None, |life, _| life
+            .on_start_failed(StartFailure::PerIpLimit)),
         Some(ClosureReason::PerIpLimit)
     );
     assert_eq!(
