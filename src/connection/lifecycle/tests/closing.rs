@@ -111,27 +111,6 @@ fn a_close_whose_peer_never_closes_keeps_its_reason_and_is_marked_lingering() {
 }
 
 #[test]
-fn a_close_that_cannot_send_everything_times_out() {
-    let t0 = Instant::now();
-    let mut life = open(t0);
-    life.on_requests(
-        requests(|r| {
-            r.queued = 10;
-            r.close = Some(ClosureReason::Application(7));
-        }),
-        t0,
-    );
-    // The peer reads nothing: the queue never drains, FIN is never sent.
-    let Action::Wait(interest) = life.next(t0) else {
-        panic!()
-    };
-    assert!(interest.write && !life.fin_sent());
-    life.on_deadline(t0 + CLOSE);
-    assert_eq!(life.next(t0), Action::End(ClosureReason::CloseTimedOut));
-    assert!(!life.peer_lingered());
-}
-
-#[test]
 fn abort_wins_over_a_close_in_progress_and_over_everything_after() {
     let t0 = Instant::now();
     let mut life = open(t0);

@@ -362,40 +362,40 @@ fn discard_limit_a_peer_that_streams_on_while_we_close() {
     assert_eq!(life.ended_with(), Some(ClosureReason::DiscardLimit));
 }
 
-/// Every reason has its row above: a new [`ClosureReason`] fails here until it has one.
+/// The row (the test above) of each reason: a new [`ClosureReason`] does not compile here until
+/// it has one.
+fn row(reason: ClosureReason) -> &'static str {
+    use ClosureReason::*;
+    match reason {
+        PeerClosed => "peer_closed_the_peers_fin_then_ours",
+        PeerReset => "peer_reset_a_reset_read_or_written_or_during_a_step",
+        LocalClose | Application(_) | Decode | FrameTooLong | PartialFrame => {
+            "local_close_application_and_the_frame_layers_reasons_a_close_asked_for"
+        }
+        LocalAbort | AbortAll | ShutdownForced => {
+            "local_abort_abort_all_and_shutdown_forced_an_abort_asked_for"
+        }
+        Unreferenced => "unreferenced_nothing_keeps_it_open",
+        ReadError | WriteError => "read_error_and_write_error_the_application_did_not_keep_it",
+        CloseTimedOut => "close_timed_out_a_close_that_could_not_send_everything",
+        CallbackPanic => "callback_panic_ends_it_unless_it_has_ended",
+        TlsError | TlsAlert => "tls_error_and_tls_alert_a_failure_of_ours_or_the_peers_alert",
+        HandshakeTimedOut | HandshakeLimit => "handshake_timed_out_and_handshake_limit",
+        ProxyProtocol => "proxy_protocol_a_refused_or_late_header",
+        PerIpLimit => "per_ip_limit_refused_at_admission_or_for_the_client_a_header_named",
+        IdleTimedOut | ReadTimedOut | HalfClosedTimedOut | FirstByteTimedOut | SlowConsumer => {
+            "the_open_phases_timeouts"
+        }
+        DiscardLimit => "discard_limit_a_peer_that_streams_on_while_we_close",
+    }
+}
+
 #[test]
 fn every_reason_has_a_row() {
-    let covered = [
-        ClosureReason::PeerClosed,
-        ClosureReason::PeerReset,
-        ClosureReason::LocalClose,
-        ClosureReason::LocalAbort,
-        ClosureReason::Unreferenced,
-        ClosureReason::ReadError,
-        ClosureReason::WriteError,
-        ClosureReason::CloseTimedOut,
-        ClosureReason::CallbackPanic,
-        ClosureReason::AbortAll,
-        ClosureReason::ShutdownForced,
-        ClosureReason::TlsError,
-        ClosureReason::TlsAlert,
-        ClosureReason::HandshakeTimedOut,
-        ClosureReason::HandshakeLimit,
-        ClosureReason::IdleTimedOut,
-        ClosureReason::ReadTimedOut,
-        ClosureReason::HalfClosedTimedOut,
-        ClosureReason::FirstByteTimedOut,
-        ClosureReason::SlowConsumer,
-        ClosureReason::PerIpLimit,
-        ClosureReason::ProxyProtocol,
-        ClosureReason::Application(0),
-        ClosureReason::DiscardLimit,
-        ClosureReason::Decode,
-        ClosureReason::FrameTooLong,
-        ClosureReason::PartialFrame,
-    ];
-    for reason in ClosureReason::ALL {
-        assert!(covered.contains(reason), "{reason:?} has no row");
+    let source = include_str!("reasons.rs");
+    for &reason in ClosureReason::ALL {
+        let test = format!("fn {}()", row(reason));
+        assert!(source.contains(&test), "{reason:?}: no test {test}");
     }
 }
 
