@@ -270,7 +270,7 @@ impl EmbeddedServer {
     ///
     /// Over the [per-address cap](ServerBuilder::max_connections_per_ip) the connection is
     /// refused as a socket's would be: it runs only its closing events (reason
-    /// [`ClosureReason::PerIpLimit`]) and the peer sees a reset.
+    /// [`ClosureReason::PerIpLimit`](crate::ClosureReason::PerIpLimit)) and the peer sees a reset.
     ///
     /// At the connection limit it is not accepted, and
     /// [`on_maximum_connections`](crate::Callbacks::on_maximum_connections) runs (once, until a

@@ -3,13 +3,16 @@
 //! The driver owns the socket ([`Transport`]), the lifecycle and the write queue. Each turn it
 //! takes what handles posted to the connection's mailbox, asks the lifecycle for the next
 //! [`Action`] and performs it: run an event's callback, send FIN, or wait for I/O (a read, room
-//! to write, urgent data, a deadline, or a new request) and feed back what happened. It sees the
-//! server only through its [`Context`] (the callbacks and the settings it needs) and its
-//! [`Registration`], whose drop deregisters the connection.
+//! to write, urgent data, a deadline, or a new request) and feed back what happened. It decides
+//! nothing about the connection's fate: the lifecycle does, from what the driver feeds it, and the
+//! driver publishes the lifecycle's [`Snapshot`] to handles from one place
+//! ([`Driver::publish`]). It sees the server only through its [`Context`] (the callbacks and the
+//! settings it needs) and its [`Registration`], whose drop deregisters the connection.
 //!
 //! Files by job: this one pumps; `write` keeps the write queue, `urgent` the urgent data,
-//! `timer` the one timer, `handshake` the TLS negotiation, `failures` what a failed read or
-//! write means, `closing` the closing events, `transport` the plain or TLS byte stream.
+//! `timer` the one timer, `proxy` the PROXY header, `handshake` the TLS negotiation, `failures`
+//! feeds failed reads and writes to the lifecycle and runs the callbacks of its verdict,
+//! `closing` the closing events, `transport` the byte stream (plain, TLS, or another kind).
 
 mod closing;
 mod failures;

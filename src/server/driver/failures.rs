@@ -1,5 +1,6 @@
-//! What a failed read or write, or a woken urgent-data watcher, means for the connection:
-//! the peer's reset, a TLS failure, or an error the application may choose to survive.
+//! A failed read or write, or a woken urgent-data watcher: classified and fed to the lifecycle,
+//! which decides what it means (the peer's reset, a TLS failure, or an error the application
+//! may choose to survive); then the callbacks of its verdict.
 
 use std::io;
 

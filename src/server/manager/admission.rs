@@ -39,7 +39,7 @@ impl Manager {
     /// The admission rule's second step: the per-address cap, for a client at `address`. Over
     /// the cap it is counted as a refusal and becomes a connection refused from the start.
     /// Behind the PROXY protocol the client is known only once the driver has read the header,
-    /// which then takes this step through the same [`PerIpLimit::admit`].
+    /// which then takes this step through the same [`PerIpLimit::admit`](crate::server::per_ip::PerIpLimit::admit).
     pub(crate) fn admit_peer(&self, permit: Permit, address: IpAddr) -> Admitted {
         let Some(limit) = &self.per_ip else {
             return Admitted {
