@@ -155,7 +155,7 @@ where
 
 /// Whether a decoder's error is tokio-util's own "frame too long" (`LinesCodec`,
 /// `AnyDelimiterCodec` and `LengthDelimitedCodec` with their maximum lengths), so that it ends
-/// the connection as [`ClosureReason::FrameTooLong`](crate::ClosureReason::FrameTooLong).
+/// the connection as [`ClosureReason::FrameTooLong`](crate::closure::ClosureReason::FrameTooLong).
 pub(crate) fn says_too_long(error: &dyn Any) -> bool {
     if let Some(error) = error.downcast_ref::<LinesCodecError>() {
         return matches!(error, LinesCodecError::MaxLineLengthExceeded);
@@ -227,7 +227,7 @@ mod tests {
         match state.next(100) {
             Step::Failed(error) => assert_eq!(
                 error.closure_reason(),
-                crate::ClosureReason::FrameTooLong,
+                crate::closure::ClosureReason::FrameTooLong,
                 "LinesCodec's own limit counts as too long"
             ),
             other => panic!("expected the error, got {other:?}"),
@@ -264,7 +264,10 @@ mod tests {
         state.push(read);
         match state.next(100) {
             Step::Failed(error) => {
-                assert_eq!(error.closure_reason(), crate::ClosureReason::FrameTooLong)
+                assert_eq!(
+                    error.closure_reason(),
+                    crate::closure::ClosureReason::FrameTooLong
+                )
             }
             other => panic!("expected too long, got {other:?}"),
         }
