@@ -224,9 +224,10 @@ pub(crate) struct Snapshot {
 }
 
 /// The part of the phase handles see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Fate {
     /// Starting or open: writes are taken.
+    #[default]
     Open,
     /// Closing: no more writes; weak handles are not upgraded.
     Closing,

@@ -60,17 +60,16 @@ pub(crate) struct Inbox {
     /// server's), and whether the driver has seen them.
     timeouts: Option<Box<Timeouts>>,
     timeouts_changed: bool,
-    /// Written by the driver: it has decided how the connection ends; nothing is taken any more.
-    ended: bool,
-    /// Written by the driver: the connection is closing (a handle's own `close` also refuses
-    /// writes at once, through `close`).
-    closing: bool,
+    /// The connection's fate as the driver last published it: closing (a handle's own `close`
+    /// also refuses writes at once, through `close`), or ended (decided; nothing is taken any
+    /// more, and an abort is no longer counted).
+    fate: Fate,
 }
 
 impl Inbox {
     /// Why a write would be refused whatever the queue holds, if it would.
     fn write_refusal(&self) -> Option<Error> {
-        if self.closing || self.close.is_some() || self.abort.is_some() || self.ended {
+        if self.fate != Fate::Open || self.close.is_some() || self.abort.is_some() {
             Some(Error::ConnectionClosed)
         } else if self.shutdown_write {
             Some(Error::WriteShutdown)
@@ -327,7 +326,7 @@ impl Mailbox {
     pub(crate) fn abort(&self, reason: ClosureReason) -> bool {
         self.signal.seal();
         let requested = self.post(|inbox| {
-            let take = !inbox.ended && inbox.abort.is_none();
+            let take = inbox.fate != Fate::Ended && inbox.abort.is_none();
             if take {
                 inbox.abort = Some(reason);
             }
@@ -363,7 +362,7 @@ impl Mailbox {
 
     pub(crate) fn is_closing(&self) -> bool {
         let inbox = self.inbox();
-        inbox.closing || inbox.close.is_some() || inbox.abort.is_some() || inbox.ended
+        inbox.fate != Fate::Open || inbox.close.is_some() || inbox.abort.is_some()
     }
 
     /// `Ok(true)` if a writer may go on, `Ok(false)` if it must wait for room, or why it never
@@ -528,13 +527,12 @@ impl Mailbox {
             Fate::Open => {}
             Fate::Closing => {
                 self.signal.seal();
-                self.inbox().closing = true;
+                self.inbox().fate = Fate::Closing;
             }
             Fate::Ended => {
                 self.signal.seal();
                 let mut inbox = self.inbox();
-                inbox.ended = true;
-                inbox.closing = true;
+                inbox.fate = Fate::Ended;
                 inbox.writes.clear();
                 inbox.writes_len = 0;
                 inbox.staged = BytesMut::new();
