@@ -29,10 +29,11 @@ pub enum ClosureReason {
     ReadError,
     /// A write failed and the application did not keep the connection.
     WriteError,
-    /// A graceful close could not send everything queued, and its FIN, within the
-    /// [close timeout](crate::ServerBuilder::close_timeout); the connection was reset. (A close
-    /// that sent everything keeps its own reason when the peer then keeps its end open: that
-    /// peer is counted in [`Stats::lingering_peers`](crate::Stats), beside the reason.)
+    /// A graceful close could not get everything queued, and its FIN, to the peer (sent and
+    /// acknowledged) within the [close timeout](crate::ServerBuilder::close_timeout); the
+    /// connection was reset. (A close whose peer acknowledged everything keeps its own reason
+    /// when the peer then keeps its end open: that peer is counted in
+    /// [`Stats::lingering_peers`](crate::Stats), beside the reason.)
     CloseTimedOut,
     /// A callback for this connection panicked; the connection was reset.
     CallbackPanic,

@@ -238,7 +238,8 @@ impl Connection {
     /// A refused write gives its buffer back in the [`WriteError`], with the reason:
     /// - [`Error::WriteQueueFull`] if the queue already holds the
     ///   [write queue limit](crate::ServerBuilder::write_queue_limit) or more. A write is taken
-    ///   whenever the queue is below the limit, so the queue never exceeds the limit plus one write.
+    ///   whenever the queue is below the limit, so the queue never exceeds the limit plus one write
+    ///   (and what a frame layer fed before it, which goes out first).
     /// - [`Error::WriteShutdown`] after [`Connection::shutdown_write`].
     /// - [`Error::ConnectionClosed`] once the connection is closing or closed.
     ///
@@ -267,7 +268,7 @@ impl Connection {
     /// fed before the call), sends FIN, then waits (up to the
     /// [close timeout](crate::ServerBuilder::close_timeout)) for the peer's FIN so that no data
     /// of ours is lost to a reset. Ends with [`ClosureReason::LocalClose`], also when the peer
-    /// keeps its end open past the close timeout after everything was sent. Writes are refused
+    /// keeps its end open past the close timeout after it acknowledged everything. Writes are refused
     /// from this call on.
     ///
     /// Data the peer sent that was not read yet, and whatever it still sends, is read and
@@ -306,7 +307,7 @@ impl Connection {
     ///
     /// The close timeout still bounds how long the delivery may take: a peer that reads nothing
     /// is reset with [`ClosureReason::CloseTimedOut`] and the goodbye is lost with it. A peer
-    /// that reads it and our FIN but keeps its own end open does not change the reason.
+    /// that acknowledged it and our FIN but keeps its own end open does not change the reason.
     ///
     /// # Errors
     /// [`Error::ConnectionClosed`] if the connection is closing or closed (the goodbye comes

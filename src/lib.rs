@@ -112,8 +112,9 @@
 //!     Ok(())
 //! }
 //! ```
-// Two `unsafe` blocks in the crate, both in `server/driver/urgent.rs` for urgent data (reading
-// the byte, registering the watcher), each with its proof.
+// Three `unsafe` blocks in the crate, each with its proof: two in `server/driver/urgent.rs` for
+// urgent data (reading the byte, registering the watcher), one in `server/driver/transport.rs`
+// asking the kernel what a closing connection's peer has not acknowledged.
 #![deny(unsafe_code)]
 
 // The layers, from the bottom: value types that import nothing of the engine; the connection

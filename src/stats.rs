@@ -38,8 +38,8 @@ pub struct Stats {
     /// Times a connection's write queue reached its high watermark
     /// ([`on_write_buffer_high`](crate::Callbacks::on_write_buffer_high)).
     pub write_queue_high: u64,
-    /// Connections whose peer read everything and our FIN but kept its end open past the close
-    /// timeout. Their closure reason is the one decided before (a lingering peer does not change
+    /// Connections whose peer acknowledged everything and our FIN but kept its end open past the
+    /// close timeout (counted where the kernel tells: Linux, and the `testing` connection). Their closure reason is the one decided before (a lingering peer does not change
     /// how a connection ended); this counts them beside it.
     pub lingering_peers: u64,
     /// Bytes read from all connections, live and ended.

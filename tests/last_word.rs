@@ -373,3 +373,83 @@ async fn writes_feeds_and_goodbyes_arrive_in_posting_order() {
     drop(peer);
     server.shutdown().await;
 }
+
+/// Hooks that answer a connection's first bytes with `reply` and close with code 7.
+fn answer_and_close(reply: usize) -> Hooks {
+    Hooks {
+        established: Some(Box::new(move |connection: &Connection| {
+            let _ = connection.write(vec![b'r'; reply]);
+            connection.close_with(7);
+        })),
+        ..Hooks::default()
+    }
+}
+
+/// Over real TCP, where the kernel says what the peer acknowledged: a client that reads the
+/// reply and our FIN but keeps its socket open lingers, and the close keeps its reason; one
+/// that reads nothing, so that the reply never gets through, is reset with `CloseTimedOut`
+/// although everything went to the kernel and FIN was sent after it.
+#[tokio::test]
+async fn over_tcp_only_a_peer_that_took_everything_lingers() {
+    let close_timeout = Duration::from_millis(300);
+    for reads in [true, false] {
+        // Far more than the reading-nothing client's window: most of it stays in our kernel.
+        let reply = 512 * 1024;
+        let (server, recorder) = start(Behavior::quiet(), answer_and_close(reply), |b| {
+            b.close_timeout(close_timeout)
+                .write_queue_limit(2 * reply)
+                .write_watermarks(2 * reply, reply)
+        })
+        .await;
+        let address = server.local_addrs()[0];
+        let mut client = if reads {
+            client(address).await
+        } else {
+            small_buffer_client(address, 4096).await
+        };
+        if reads {
+            let mut received = Vec::new();
+            bounded("the reply and FIN", client.read_to_end(&mut received))
+                .await
+                .unwrap();
+            assert_eq!(received.len(), reply);
+        }
+        // The client keeps its socket open past the close timeout.
+        recorder.wait_released(1).await;
+        let id = recorder.established()[0];
+        let stats = server.stats();
+        if reads {
+            assert_eq!(recorder.closure(id), Some(ClosureReason::Application(7)));
+            assert_eq!(stats.lingering_peers, 1);
+        } else {
+            assert_eq!(recorder.closure(id), Some(ClosureReason::CloseTimedOut));
+            assert_eq!(stats.lingering_peers, 0);
+            let mut rest = Vec::new();
+            let end = bounded("the reset", client.read_to_end(&mut rest)).await;
+            assert!(
+                end.is_err(),
+                "reset, not closed: {} bytes then {end:?}",
+                rest.len()
+            );
+        }
+        drop(client);
+        server.shutdown().await;
+    }
+}
+
+/// The embedded connection's peer that reads nothing: the same `CloseTimedOut`.
+#[tokio::test(start_paused = true)]
+async fn a_close_whose_data_the_peer_never_reads_times_out() {
+    let (server, recorder) = start_embedded(Behavior::quiet(), answer_and_close(64 * 1024), |b| {
+        b.close_timeout(Duration::from_secs(5))
+    })
+    .await;
+    let peer = server.connect(peer_addr(1)).await.unwrap();
+    peer.set_receive_window(4096);
+    recorder.wait_released(1).await;
+    let id = recorder.established()[0];
+    assert_eq!(recorder.closure(id), Some(ClosureReason::CloseTimedOut));
+    assert_eq!(server.stats().lingering_peers, 0);
+    assert!(peer.was_reset_by_server());
+    server.shutdown().await;
+}

@@ -19,13 +19,13 @@
 //!
 //! | reason | inputs that produce it |
 //! |---|---|
-//! | `PeerClosed` | the peer's FIN read ([`ReadOutcome::Eof`]) and nothing left to send, or the peer closed before a step was done ([`StartFailure::PeerClosed`]) |
+//! | `PeerClosed` | the peer's FIN read ([`ReadOutcome::Eof`]), then ours sent: the lifetime rule found nothing left to do, or the write side was shut; or the peer closed before a step was done ([`StartFailure::PeerClosed`]) |
 //! | `PeerReset` | [`IoError::Reset`] on a read, a write or a step; [`IoError::BrokenPipe`] after the peer's FIN and before ours |
 //! | `LocalClose`, `Application(code)`, `Decode`, `FrameTooLong`, `PartialFrame` | a close asked for with that reason ([`Requests::close`]; the frame layer asks for the last three), then both FINs |
 //! | `LocalAbort`, `AbortAll`, `ShutdownForced` | an abort asked for with that reason ([`Requests::abort`], [`Lifecycle::on_abort`]) |
 //! | `Unreferenced` | the lifetime rule: nothing pending and no handle ([`Lifecycle::on_unreferenced`]), then both FINs |
-//! | `ReadError`, `WriteError` | [`IoError::Other`] and the application's answer "not fatal: no" ([`Lifecycle::on_error_answer`]); a read error before establishment |
-//! | `CloseTimedOut` | the close timeout, with queued data or the FIN not sent |
+//! | `ReadError`, `WriteError` | [`IoError::Other`] and the application's answer "not fatal: no" ([`Lifecycle::on_error_answer`]); a read error before establishment. (A read error while closing ends the close with its own reason.) |
+//! | `CloseTimedOut` | the close timeout, with queued data or the FIN not sent, or not acknowledged by the peer |
 //! | `CallbackPanic` | [`Lifecycle::on_callback_panic`] before anything else ended it |
 //! | `TlsError`, `TlsAlert` | [`IoError::Tls`] (ours, the peer's alert), in the handshake or after |
 //! | `HandshakeTimedOut` | the handshake's deadline ([`Step::Handshake`]) |
@@ -36,7 +36,8 @@
 //! | `DiscardLimit` | more than the discard limit read while closing |
 //!
 //! Two rules sit on top of the table:
-//! - **The lingering close keeps its reason.** A close that sent everything and its FIN, whose
+//! - **The lingering close keeps its reason.** A close whose data and FIN the peer acknowledged
+//!   (the driver asks the kernel: `SIOCOUTQ` on Linux; elsewhere the answer is no), and whose
 //!   peer keeps its end open past the close timeout, ends with the reason decided before; the
 //!   peer is reported beside it ([`Lifecycle::peer_lingered`]: a counter in the stats and
 //!   metrics), never instead of it.
@@ -485,6 +486,19 @@ impl Lifecycle {
         }
     }
 
+    /// The step in progress ran out of time ([`Lifecycle::step_deadline`]).
+    pub(crate) fn on_step_timed_out(&mut self) {
+        if let Phase::Starting {
+            step: Some(step), ..
+        } = self.phase
+        {
+            self.end(match step {
+                Step::ProxyHeader => ClosureReason::ProxyProtocol,
+                Step::Handshake => ClosureReason::HandshakeTimedOut,
+            });
+        }
+    }
+
     /// The step in progress is done.
     pub(crate) fn on_step_done(&mut self) {
         if let Phase::Starting { .. } = self.phase {
@@ -525,6 +539,8 @@ impl Lifecycle {
     pub(crate) fn on_abort(&mut self, reason: ClosureReason) {
         if !self.aborted {
             self.aborted = true;
+            // Reset: whatever the peer did after a close it no longer waits for.
+            self.lingered = false;
             self.phase = Phase::Ended(reason);
         }
     }
@@ -793,6 +809,11 @@ impl Lifecycle {
         self.fin = Fin::Sent;
     }
 
+    /// Whether bytes are queued and not yet handed to the kernel.
+    pub(crate) fn has_queued(&self) -> bool {
+        self.queued > 0
+    }
+
     /// Whether sending FIN now ends the connection at the very next [`Lifecycle::next`]: it is
     /// closing and the peer's FIN came already (nothing can be announced in between: the queue is
     /// empty when FIN is sent, and a closing connection takes no writes).
@@ -811,24 +832,20 @@ impl Lifecycle {
         self.fin == Fin::Sent
     }
 
-    /// The clock passed [`Interest::deadline`] (or [`Lifecycle::step_deadline`]): ends the
-    /// connection if a deadline really passed (the timer may fire early for a deadline that
-    /// moved).
+    /// The clock passed [`Interest::deadline`]: ends the connection if a deadline really passed
+    /// (the timer may fire early for a deadline that moved).
     ///
-    /// A close that sent everything and its FIN, and only waits for the peer's FIN, keeps its
-    /// reason: the peer [lingered](Lifecycle::peer_lingered). One that could not send
-    /// everything ends with [`ClosureReason::CloseTimedOut`] (and is reset).
-    pub(crate) fn on_deadline(&mut self, now: Instant) {
+    /// A close whose data and FIN the peer `acknowledged` (asked only then: the driver asks the
+    /// kernel), and that only waits for the peer's FIN, keeps its reason: the peer
+    /// [lingered](Lifecycle::peer_lingered). One whose data or FIN did not get through ends
+    /// with [`ClosureReason::CloseTimedOut`] (and is reset).
+    pub(crate) fn on_deadline(&mut self, now: Instant, acknowledged: impl FnOnce() -> bool) {
         match self.phase {
             Phase::Starting {
-                step: Some(step),
-                deadline: Some(at),
-            } if at <= now => self.end(match step {
-                Step::ProxyHeader => ClosureReason::ProxyProtocol,
-                Step::Handshake => ClosureReason::HandshakeTimedOut,
-            }),
+                deadline: Some(at), ..
+            } if at <= now => self.on_step_timed_out(),
             Phase::Closing { reason, deadline } if deadline <= now => {
-                if self.fin == Fin::Sent {
+                if self.fin == Fin::Sent && acknowledged() {
                     self.lingered = true;
                     self.end(reason);
                 } else {

@@ -464,9 +464,11 @@ impl ServerBuilder {
 
     /// How long a graceful close may take to send the queue, send FIN and see the peer's FIN.
     /// A close that could not send everything by then is reset with
-    /// [`ClosureReason::CloseTimedOut`](crate::ClosureReason::CloseTimedOut). One that sent
-    /// everything and its FIN, whose peer keeps its own end open, is closed and keeps the reason
-    /// it closed with; the peer is counted in [`Stats::lingering_peers`](crate::Stats).
+    /// [`ClosureReason::CloseTimedOut`](crate::ClosureReason::CloseTimedOut), and so is one whose
+    /// data or FIN the peer did not acknowledge. One whose data and FIN the peer acknowledged
+    /// (Linux tells), and that only waits for the peer to close its own end, is closed and keeps
+    /// the reason it closed with; the peer is counted in
+    /// [`Stats::lingering_peers`](crate::Stats).
     /// Default: [`DEFAULT_CLOSE_TIMEOUT`] (5 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;

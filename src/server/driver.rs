@@ -281,12 +281,15 @@ impl Driver {
     /// the last time: the one place that tells handles a connection's fate. A connection that
     /// starts closing runs its closing hooks (a group it joined forgets it); one whose end is published takes an abort counted
     /// before it as its reason.
+    /// `true` if it changed.
     #[inline]
-    fn publish(&mut self) {
+    fn publish(&mut self) -> bool {
         let snapshot = self.life.snapshot();
-        if snapshot != self.published {
+        let changed = snapshot != self.published;
+        if changed {
             self.publish_changed(snapshot);
         }
+        changed
     }
 
     fn publish_changed(&mut self, snapshot: Snapshot) {
@@ -307,7 +310,15 @@ impl Driver {
                 self.take_posted(&now);
                 self.life.next(&now)
             };
-            self.publish();
+            if self.publish() && action == Action::SendFin {
+                // A write a handle posted before it could see the close (a broadcast that met
+                // the connection open) goes out before the FIN: it is taken now, and the FIN
+                // waits for it.
+                self.take_posted(&LazyNow::default());
+                if self.life.has_queued() {
+                    continue;
+                }
+            }
             match action {
                 Action::End(_) => return,
                 Action::ConfirmUnreferenced => {
@@ -359,7 +370,7 @@ impl Driver {
                         }
                         Wake::Wrote(Ok(sent)) if sent > 0 => self.written(sent).await,
                         Wake::Posted | Wake::UrgentRoom => {}
-                        Wake::Deadline => self.life.on_deadline(Instant::now()),
+                        Wake::Deadline => self.deadline_passed(),
                         Wake::FinSent(sent) => self.fin_sent(sent),
                         // Boxed: the rest come once per connection (the peer's FIN), or on
                         // errors.
@@ -368,6 +379,16 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// A deadline passed: the lifecycle decides, asking, for a close that waits for the peer's
+    /// FIN, whether the peer acknowledged everything (the kernel tells; where it cannot, the
+    /// answer is no).
+    fn deadline_passed(&mut self) {
+        let transport = &self.transport;
+        self.life.on_deadline(Instant::now(), || {
+            transport.all_acknowledged() == Some(true)
+        });
     }
 
     /// Takes what handles posted into the lifecycle, the write queue and the urgent bytes.
@@ -462,7 +483,7 @@ impl Driver {
     async fn woken(&mut self, wake: Wake) {
         match wake {
             Wake::Posted | Wake::UrgentRoom => {}
-            Wake::Deadline => self.life.on_deadline(Instant::now()),
+            Wake::Deadline => self.deadline_passed(),
             Wake::Read(Ok(data)) => self.read_completed(data).await,
             // Boxed, as error paths are: their state would otherwise be part of every
             // connection's task.

@@ -315,6 +315,11 @@ impl ByteStream for MemoryStream {
         state.outbound.wake_reader();
     }
 
+    /// Everything the server sent was read by the peer (the FIN too, once sent).
+    fn all_acknowledged(&self) -> bool {
+        self.0.lock().outbound.queued == 0
+    }
+
     /// The close that follows will be a reset (`SO_LINGER` 0): unsent data is dropped.
     fn reset_on_close(&self) {
         let mut state = self.0.lock();

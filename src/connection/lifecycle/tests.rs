@@ -366,7 +366,7 @@ fn a_slow_consumer_is_cut_off_after_its_timeout() {
     assert_eq!(life.next(t0), Action::Announce(Event::WriteBufferHigh));
     let interest = wait(&mut life, t0);
     assert_eq!(interest.deadline, Some(t0 + Duration::from_secs(3)));
-    life.on_deadline(t0 + Duration::from_secs(3));
+    life.on_deadline(t0 + Duration::from_secs(3), || true);
     assert_eq!(life.next(t0), Action::End(ClosureReason::SlowConsumer));
 }
 
@@ -419,7 +419,7 @@ fn each_timeout_ends_with_its_own_reason() {
         }
         let interest = wait(&mut life, t0);
         assert_eq!(interest.deadline, Some(t0 + second), "{reason}");
-        life.on_deadline(t0 + second);
+        life.on_deadline(t0 + second, || true);
         assert_eq!(life.next(t0), Action::End(reason));
     }
 }
@@ -442,7 +442,7 @@ fn traffic_moves_the_idle_and_first_byte_deadlines() {
     life.on_read(ReadOutcome::Data(1), t1);
     life.on_requests(requests(|r| r.read = true), t1);
     assert_eq!(wait(&mut life, t1).deadline, Some(t1 + second));
-    life.on_deadline(t0 + second);
+    life.on_deadline(t0 + second, || true);
     assert!(
         !life.is_ended(),
         "the first byte came, the idle clock moved"
@@ -621,7 +621,7 @@ fn every_order_of_inputs_ends_once() {
                     // As the driver reports it: nothing was posted, the count moved.
                     life.on_quiet(0, false);
                 }
-                Deadline => life.on_deadline(late),
+                Deadline => life.on_deadline(late, || true),
             }
             if let (_, Action::End(_)) = run(&mut life, t0) {
                 ends += 1;
@@ -635,7 +635,7 @@ fn every_order_of_inputs_ends_once() {
         let (_, last) = run(&mut life, t0);
         let last = match last {
             Action::Wait(_) => {
-                life.on_deadline(late);
+                life.on_deadline(late, || true);
                 run(&mut life, t0).1
             }
             last => last,

@@ -57,7 +57,7 @@ impl Driver {
             cut_short => {
                 match cut_short {
                     Before::Aborted(reason) => self.life.on_abort(reason),
-                    _ => self.life.on_deadline(Instant::now()),
+                    _ => self.life.on_step_timed_out(),
                 }
                 if let Some(socket) = &socket {
                     let _ = socket.set_linger(Some(Duration::ZERO));

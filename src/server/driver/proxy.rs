@@ -68,7 +68,7 @@ impl Driver {
             }
             Before::TimedOut => {
                 tracing::debug!(peer = %transport_peer, "PROXY protocol: no header in time");
-                return self.life.on_deadline(Instant::now());
+                return self.life.on_step_timed_out();
             }
         };
         self.life.on_step_done();

@@ -51,6 +51,9 @@ pub(crate) trait ByteStream: Send + Sync + std::fmt::Debug {
     /// Sends FIN.
     fn shutdown_write(&self);
 
+    /// Whether the other end has taken everything written and the FIN.
+    fn all_acknowledged(&self) -> bool;
+
     /// Makes the close that dropping the stream does a reset: unsent data is dropped.
     fn reset_on_close(&self);
 }
@@ -252,6 +255,19 @@ impl Transport {
         }
     }
 
+    /// Whether the peer acknowledged everything written, the FIN included: `Some(true)` once the
+    /// kernel holds nothing unacknowledged, `None` where the platform does not tell (only Linux
+    /// and Android do, here).
+    pub(crate) fn all_acknowledged(&self) -> Option<bool> {
+        #[cfg(feature = "testing")]
+        if let Transport::Stream(stream) = self {
+            return Some(stream.all_acknowledged());
+        }
+        self.tcp()
+            .and_then(|tcp| unacknowledged(tcp).ok())
+            .map(|bytes| bytes == 0)
+    }
+
     /// Sends FIN (after `close_notify`, for TLS). Errors mean the peer is gone already.
     pub(crate) fn shutdown_write(&self) {
         #[cfg(feature = "testing")]
@@ -294,4 +310,27 @@ fn with_scratch<T>(size: usize, read: impl FnOnce(&mut [u8]) -> T) -> T {
         }
         read(&mut scratch[..size])
     })
+}
+
+/// The bytes of `tcp`'s send queue the peer has not acknowledged (`SIOCOUTQ`): what was
+/// written and not yet acknowledged, plus one for a FIN not yet acknowledged.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+fn unacknowledged(tcp: &TcpStream) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: `ioctl(SIOCOUTQ)` on a socket reads no memory of ours and writes one `int` through
+    // its third argument, which points to `bytes`, a live, aligned, writable `c_int` for the
+    // whole call. The descriptor is `tcp`'s, open while `tcp` is borrowed.
+    let result = unsafe { libc::ioctl(tcp.as_raw_fd(), libc::TIOCOUTQ, &mut bytes) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(bytes).unwrap_or(0))
+}
+
+/// No way to ask here: treated as not acknowledged.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn unacknowledged(_tcp: &TcpStream) -> io::Result<usize> {
+    Err(io::ErrorKind::Unsupported.into())
 }

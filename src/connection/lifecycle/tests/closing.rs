@@ -102,10 +102,10 @@ fn a_close_whose_peer_never_closes_keeps_its_reason_and_is_marked_lingering() {
     };
     assert!(life.fin_sent(), "everything went out, FIN too");
     assert_eq!(interest.deadline, Some(t0 + CLOSE));
-    life.on_deadline(t0 + CLOSE - Duration::from_millis(1));
+    life.on_deadline(t0 + CLOSE - Duration::from_millis(1), || true);
     assert!(!life.is_ended(), "an early timer changes nothing");
     assert!(!life.peer_lingered());
-    life.on_deadline(t0 + CLOSE);
+    life.on_deadline(t0 + CLOSE, || true);
     assert_eq!(life.next(t0), Action::End(ClosureReason::LocalClose));
     assert!(life.peer_lingered(), "reported beside the reason");
 }
@@ -167,4 +167,24 @@ fn a_fin_that_ends_the_connection_is_known_before_it_is_sent() {
     );
     assert_eq!(life.next(t0), Action::SendFin);
     assert!(!life.ends_with_fin());
+}
+
+/// A write taken after the FIN was asked for and before it went out (a broadcast that met the
+/// connection still open, taken once the driver published the close) is sent before the FIN.
+#[test]
+fn a_write_taken_after_fin_was_asked_for_goes_out_first() {
+    let t0 = Instant::now();
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
+    assert_eq!(life.next(t0), Action::SendFin);
+    life.on_requests(requests(|r| r.queued = 10), t0);
+    assert!(life.has_queued());
+    let interest = wait(&mut life, t0);
+    assert!(interest.write && interest.fin, "the write, then the FIN");
+    life.on_written(10, t0);
+    let interest = wait(&mut life, t0);
+    assert!(!interest.write && interest.fin);
+    life.on_fin_sent();
+    life.on_read(ReadOutcome::Eof, t0);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::LocalClose));
 }

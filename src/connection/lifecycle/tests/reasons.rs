@@ -52,7 +52,7 @@ fn timed_out(
     );
     life.on_requests(requests(|r| r.read = true), t0);
     drive(&mut life, t0);
-    life.on_deadline(t0 + after);
+    life.on_deadline(t0 + after, || true);
     ended(&mut life, t0 + after)
 }
 
@@ -198,7 +198,15 @@ fn close_timed_out_a_close_that_could_not_send_everything() {
         t0,
     );
     wait(&mut life, t0);
-    life.on_deadline(t0 + CLOSE);
+    life.on_deadline(t0 + CLOSE, || true);
+    assert_eq!(ended(&mut life, t0), Some(ClosureReason::CloseTimedOut));
+    assert!(!life.peer_lingered());
+    // Everything sent, FIN too, but the peer acknowledged nothing (it reads nothing).
+    let mut life = open(t0);
+    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
+    run(&mut life, t0);
+    assert!(life.fin_sent());
+    life.on_deadline(t0 + CLOSE, || false);
     assert_eq!(ended(&mut life, t0), Some(ClosureReason::CloseTimedOut));
     assert!(!life.peer_lingered());
 }
@@ -245,9 +253,9 @@ fn tls_error_and_tls_alert_a_failure_of_ours_or_the_peers_alert() {
 fn handshake_timed_out_and_handshake_limit() {
     assert_eq!(
         starting(Some(Step::Handshake), |life, t0| {
-            life.on_deadline(t0 + 10 * SECOND - Duration::from_millis(1));
+            life.on_deadline(t0 + 10 * SECOND - Duration::from_millis(1), || true);
             assert!(!life.is_ended(), "an early timer changes nothing");
-            life.on_deadline(t0 + 10 * SECOND);
+            life.on_deadline(t0 + 10 * SECOND, || true);
         }),
         Some(ClosureReason::HandshakeTimedOut)
     );
@@ -267,7 +275,7 @@ fn proxy_protocol_a_refused_or_late_header() {
     );
     assert_eq!(
         starting(Some(Step::ProxyHeader), |life, t0| life
-            .on_deadline(t0 + 10 * SECOND)),
+            .on_deadline(t0 + 10 * SECOND, || true)),
         Some(ClosureReason::ProxyProtocol)
     );
 }
@@ -421,7 +429,7 @@ fn a_lingering_peer_keeps_the_reason_decided_before() {
         wait(&mut life, t0);
         life.on_written(10, t0);
         assert_eq!(ended(&mut life, t0), None, "FIN sent, the peer's awaited");
-        life.on_deadline(t0 + CLOSE);
+        life.on_deadline(t0 + CLOSE, || true);
         assert_eq!(ended(&mut life, t0), Some(reason));
         assert!(life.peer_lingered());
     }
@@ -434,7 +442,7 @@ fn an_abort_counted_before_publication_wins_and_nothing_moves_the_end_after() {
     let t0 = Instant::now();
     let mut life = open(t0);
     wait(&mut life, t0);
-    life.on_deadline(t0);
+    life.on_deadline(t0, || true);
     life.on_io_error(Op::Read, IoError::Reset);
     assert_eq!(life.ended_with(), Some(ClosureReason::PeerReset));
     // The driver's publication hands back the abort-all the mailbox counted before it.
@@ -443,6 +451,6 @@ fn an_abort_counted_before_publication_wins_and_nothing_moves_the_end_after() {
     life.on_abort(ClosureReason::LocalAbort);
     life.on_callback_panic();
     life.on_io_error(Op::Write, IoError::Tls { from_peer: true });
-    life.on_deadline(t0 + CLOSE);
+    life.on_deadline(t0 + CLOSE, || true);
     assert_eq!(ended(&mut life, t0), Some(ClosureReason::AbortAll));
 }
