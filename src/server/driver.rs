@@ -310,14 +310,8 @@ impl Driver {
                 self.take_posted(&now);
                 self.life.next(&now)
             };
-            if self.publish() && action == Action::SendFin {
-                // A write a handle posted before it could see the close (a broadcast that met
-                // the connection open) goes out before the FIN: it is taken now, and the FIN
-                // waits for it.
-                self.take_posted(&LazyNow::default());
-                if self.life.has_queued() {
-                    continue;
-                }
+            if self.publish() && action == Action::SendFin && self.late_writes() {
+                continue;
             }
             match action {
                 Action::End(_) => return,
@@ -379,6 +373,17 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The close was just published, and the FIN is next: a write a handle posted before it
+    /// could see the close (a broadcast that met the connection open) goes out before the FIN.
+    /// Takes it now; `true` if there is one, which the FIN then waits for. Kept out of line: it
+    /// runs once per connection, and the pump's loop stays as small as it was.
+    #[cold]
+    #[inline(never)]
+    fn late_writes(&mut self) -> bool {
+        self.take_posted(&LazyNow::default());
+        self.life.has_queued()
     }
 
     /// A deadline passed: the lifecycle decides, asking, for a close that waits for the peer's
