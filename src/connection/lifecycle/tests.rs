@@ -70,6 +70,19 @@ pub(super) fn run(life: &mut Lifecycle, now: Instant) -> (Vec<Action>, Action) {
     panic!("no wait or end after 16 actions: {done:?}");
 }
 
+/// An [`open`] connection that asked to close with `reason`, with `queued` bytes still to send.
+pub(super) fn closing_with(queued: usize, reason: ClosureReason, t0: Instant) -> Lifecycle {
+    let mut life = open(t0);
+    life.on_requests(
+        requests(|r| {
+            r.queued = queued;
+            r.close = Some(reason);
+        }),
+        t0,
+    );
+    life
+}
+
 pub(super) fn requests(change: impl FnOnce(&mut Requests)) -> Requests {
     let mut requests = Requests::default();
     change(&mut requests);

@@ -75,14 +75,7 @@ fn a_closing_connection_drops_at_most_the_discard_limit_then_resets() {
 #[test]
 fn a_close_with_a_reason_ends_with_it_and_flushes_as_close_does() {
     let t0 = Instant::now();
-    let mut life = open(t0);
-    life.on_requests(
-        requests(|r| {
-            r.queued = 10;
-            r.close = Some(ClosureReason::Decode);
-        }),
-        t0,
-    );
+    let mut life = closing_with(10, ClosureReason::Decode, t0);
     assert!(wait(&mut life, t0).write, "the queue is sent first");
     life.on_written(10, t0);
     assert_eq!(life.next(t0), Action::SendFin);
@@ -113,14 +106,7 @@ fn a_close_whose_peer_never_closes_keeps_its_reason_and_is_marked_lingering() {
 #[test]
 fn abort_wins_over_a_close_in_progress_and_over_everything_after() {
     let t0 = Instant::now();
-    let mut life = open(t0);
-    life.on_requests(
-        requests(|r| {
-            r.queued = 10;
-            r.close = Some(ClosureReason::LocalClose);
-        }),
-        t0,
-    );
+    let mut life = closing_with(10, ClosureReason::LocalClose, t0);
     life.on_requests(requests(|r| r.abort = Some(ClosureReason::AbortAll)), t0);
     assert_eq!(life.next(t0), Action::End(ClosureReason::AbortAll));
     // Nothing moves an ended connection.

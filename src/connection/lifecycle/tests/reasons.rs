@@ -189,14 +189,7 @@ fn read_error_and_write_error_the_application_did_not_keep_it() {
 #[test]
 fn close_timed_out_a_close_that_could_not_send_everything() {
     let t0 = Instant::now();
-    let mut life = open(t0);
-    life.on_requests(
-        requests(|r| {
-            r.queued = 10;
-            r.close = Some(ClosureReason::LocalClose);
-        }),
-        t0,
-    );
+    let mut life = closing_with(10, ClosureReason::LocalClose, t0);
     wait(&mut life, t0);
     life.on_deadline(t0 + CLOSE, || true);
     assert_eq!(ended(&mut life, t0), Some(ClosureReason::CloseTimedOut));
@@ -418,14 +411,7 @@ fn a_lingering_peer_keeps_the_reason_decided_before() {
         ClosureReason::LocalClose,
     ] {
         let t0 = Instant::now();
-        let mut life = open(t0);
-        life.on_requests(
-            requests(|r| {
-                r.queued = 10;
-                r.close = Some(reason);
-            }),
-            t0,
-        );
+        let mut life = closing_with(10, reason, t0);
         wait(&mut life, t0);
         life.on_written(10, t0);
         assert_eq!(ended(&mut life, t0), None, "FIN sent, the peer's awaited");
