@@ -167,7 +167,8 @@ impl Registry {
         ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Counts a new connection or connect attempt as live, unless a shutdown has begun.
+    /// Counts a new connection or connect attempt as live, unless the registry is closed (by a
+    /// shutdown, once its accept loop has stopped).
     pub(crate) fn begin(self: &Arc<Self>) -> Result<Live, Error> {
         let mut inner = self.inner();
         if inner.closed {
@@ -179,7 +180,7 @@ impl Registry {
         })
     }
 
-    /// Registers a connection; refused once a shutdown has begun.
+    /// Registers a connection; refused once the registry is closed.
     pub(crate) fn register(
         &self,
         shared: &Arc<Shared>,
