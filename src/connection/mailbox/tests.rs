@@ -1,0 +1,177 @@
+//! The mailbox's rules: wake-ups, refusals, the queue level, aborts and the end.
+
+use super::*;
+use std::task::Wake;
+
+struct Count(AtomicUsize);
+impl Wake for Count {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn new_mailbox() -> Mailbox {
+    Mailbox::new(Arc::new(LifecycleConfig::for_tests()))
+}
+
+#[test]
+fn posts_while_running_do_not_wake_and_a_parked_driver_is_woken_once() {
+    let mailbox = new_mailbox();
+    let count = Arc::new(Count(AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(count.clone());
+    let mut cx = Context::from_waker(&waker);
+    // Running: a post sets PENDING only.
+    mailbox.request_read();
+    assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    assert!(mailbox.poll_posted(&mut cx).is_ready());
+    let taken = mailbox.take_posted(&mut VecDeque::new());
+    assert!(taken.expect("a post").read);
+    assert!(mailbox.take_posted(&mut VecDeque::new()).is_none());
+    // Parked: the first post wakes, the second does not wake again.
+    assert!(mailbox.poll_posted(&mut cx).is_pending());
+    mailbox.request_read();
+    mailbox.request_read();
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    mailbox.unpark();
+    assert!(
+        mailbox.poll_posted(&mut cx).is_ready(),
+        "the mark stays until the take"
+    );
+    assert!(mailbox.take_posted(&mut VecDeque::new()).is_some());
+    // The wake took the waker: the next park registers it again, and a post wakes again.
+    assert!(mailbox.poll_posted(&mut cx).is_pending());
+    mailbox.write(Bytes::from_static(b"x")).unwrap();
+    assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    // A wake by the socket: parking again, a post still wakes.
+    mailbox.unpark();
+    assert_eq!(
+        mailbox.take_posted(&mut VecDeque::new()).map(|r| r.queued),
+        Some(1)
+    );
+    assert!(mailbox.poll_posted(&mut cx).is_pending());
+    mailbox.unpark();
+    assert!(mailbox.poll_posted(&mut cx).is_pending());
+    mailbox.close(ClosureReason::LocalClose);
+    assert_eq!(count.0.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn the_handshake_looking_at_posts_leaves_their_requests_for_the_take() {
+    let mailbox = new_mailbox();
+    mailbox.request_read();
+    mailbox.write(Bytes::from_static(b"early")).unwrap();
+    assert_eq!(mailbox.pending_abort(), None);
+    // Requests noted but not taken do not keep the handshake awake.
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    assert!(mailbox.poll_posted(&mut cx).is_pending());
+    mailbox.unpark();
+    let mut writes = VecDeque::new();
+    let taken = mailbox
+        .take_posted(&mut writes)
+        .expect("the posts are still there");
+    assert!(taken.read);
+    assert_eq!(writes.len(), 1);
+}
+
+#[test]
+fn a_refused_write_gives_its_bytes_back() {
+    let mailbox = new_mailbox();
+    mailbox.write(Bytes::from(vec![0; 100])).unwrap();
+    let (error, data) = mailbox.write(Bytes::from_static(b"more")).unwrap_err();
+    assert!(matches!(error, Error::WriteQueueFull { queued: 100, .. }));
+    assert_eq!(&data[..], b"more");
+    mailbox.close(ClosureReason::LocalClose);
+    let (error, _) = mailbox.write(Bytes::from_static(b"x")).unwrap_err();
+    assert!(matches!(error, Error::ConnectionClosed));
+}
+
+#[test]
+fn a_goodbye_goes_past_the_limit_and_closes_with_it() {
+    let mailbox = new_mailbox();
+    mailbox.write(Bytes::from(vec![0; 100])).unwrap();
+    assert!(mailbox.write(Bytes::from_static(b"more")).is_err());
+    mailbox
+        .goodbye(Bytes::from_static(b"bye"), ClosureReason::LocalClose)
+        .unwrap();
+    let (error, data) = mailbox
+        .goodbye(Bytes::from_static(b"again"), ClosureReason::LocalClose)
+        .unwrap_err();
+    assert!(matches!(error, Error::ConnectionClosed), "one last word");
+    assert_eq!(&data[..], b"again");
+    assert!(mailbox.write(Bytes::from_static(b"x")).is_err());
+    let mut writes = VecDeque::new();
+    let taken = mailbox.take(&mut writes);
+    assert_eq!(taken.queued, 103);
+    assert_eq!(taken.close, Some(ClosureReason::LocalClose));
+    assert_eq!(
+        &writes.back().unwrap()[..],
+        b"bye",
+        "after what was queued before"
+    );
+}
+
+#[test]
+fn the_first_close_asked_for_keeps_its_reason() {
+    let mailbox = new_mailbox();
+    mailbox.close(ClosureReason::Application(9));
+    mailbox.close(ClosureReason::LocalClose);
+    assert_eq!(
+        mailbox.take(&mut VecDeque::new()).close,
+        Some(ClosureReason::Application(9))
+    );
+}
+
+#[test]
+fn the_level_is_posted_minus_sent() {
+    let mailbox = new_mailbox();
+    mailbox.write(Bytes::from(vec![0; 90])).unwrap();
+    let mut writes = VecDeque::new();
+    assert_eq!(mailbox.take(&mut writes).queued, 90);
+    assert_eq!(writes.len(), 1);
+    assert!(!mailbox.has_room().unwrap(), "at or above high");
+    mailbox.publish(Snapshot {
+        fate: Fate::Open,
+        high: true,
+    });
+    mailbox.publish_sent(45);
+    assert_eq!(mailbox.queued_bytes(), 45);
+    assert!(!mailbox.has_room().unwrap(), "high until it drains to low");
+    mailbox.publish_sent(5);
+    mailbox.publish(Snapshot {
+        fate: Fate::Open,
+        high: false,
+    });
+    assert!(mailbox.has_room().unwrap());
+}
+
+fn ended() -> Snapshot {
+    Snapshot {
+        fate: Fate::Ended,
+        high: false,
+    }
+}
+
+#[test]
+fn an_abort_after_the_end_is_not_counted_and_one_before_is_handed_back() {
+    let mailbox = new_mailbox();
+    assert!(mailbox.abort(ClosureReason::AbortAll));
+    assert!(!mailbox.abort(ClosureReason::LocalAbort), "asked before");
+    assert_eq!(mailbox.publish(ended()), Some(ClosureReason::AbortAll));
+    let mailbox = new_mailbox();
+    assert_eq!(mailbox.publish(ended()), None);
+    assert!(!mailbox.abort(ClosureReason::AbortAll));
+    // Published as ended before the abort-all (a reset being announced): not counted.
+    let mailbox = new_mailbox();
+    assert_eq!(mailbox.publish(ended()), None);
+    assert!(!mailbox.abort(ClosureReason::AbortAll));
+    assert_eq!(mailbox.publish(ended()), None);
+    // Closing is not ended: an abort is still counted.
+    let mailbox = new_mailbox();
+    mailbox.publish(Snapshot {
+        fate: Fate::Closing,
+        high: false,
+    });
+    assert!(mailbox.abort(ClosureReason::AbortAll));
+    assert_eq!(mailbox.publish(ended()), Some(ClosureReason::AbortAll));
+}
