@@ -278,10 +278,9 @@ impl Driver {
     }
 
     /// Publishes the lifecycle's [`Snapshot`] to the connection's handles if it changed since
-    /// the last time: the one place that tells handles a connection's fate. A connection that
-    /// starts closing runs its closing hooks (a group it joined forgets it); one whose end is published takes an abort counted
-    /// before it as its reason.
-    /// `true` if it changed.
+    /// the last time (`true` then): the one place that tells handles a connection's fate. A
+    /// connection that starts closing runs its closing hooks (a group it joined forgets it); one
+    /// whose end is published takes an abort counted before it as its reason.
     #[inline]
     fn publish(&mut self) -> bool {
         let snapshot = self.life.snapshot();
