@@ -201,7 +201,9 @@ impl Connection {
         self.shared.counters.snapshot()
     }
 
-    /// Bytes written by the application and not yet handed to the kernel.
+    /// What the write queue holds, as it counts against its
+    /// [limit](crate::ServerBuilder::write_queue_limit): the bytes written by the application and
+    /// not yet handed to the kernel, and 64 for each buffer they are in.
     pub fn queued_write_bytes(&self) -> usize {
         self.shared.mailbox.queued_bytes()
     }
@@ -335,7 +337,8 @@ impl Connection {
     /// Stages the bytes in `encoded` (leaving it empty): they go out ahead of the next write of
     /// any path, or with [`Connection::flush_staged`], as one write, in the connection's one
     /// order of bytes. The frame layer's `feed` stages each encoded item. Refused once the
-    /// connection takes no more writes (the bytes are left in `encoded`).
+    /// connection takes no more writes, or while the queue and the staged bytes are at the
+    /// queue's limit (the bytes are left in `encoded`).
     pub(crate) fn stage(&self, encoded: &mut BytesMut) -> Result<(), Error> {
         self.shared.mailbox.stage(|staged| {
             if staged.is_empty() {
@@ -348,6 +351,12 @@ impl Connection {
         })
     }
 
+    /// Whether [`Connection::stage`] would take bytes now: the frame layer asks before it
+    /// encodes, so that an item refused at the limit takes no memory.
+    pub(crate) fn may_stage(&self) -> Result<(), Error> {
+        self.shared.mailbox.stage(|_| ())
+    }
+
     /// Queues the staged bytes as one write. At the queue's limit they stay staged if `keep`,
     /// and are taken back (and returned in the refusal) otherwise.
     pub(crate) fn flush_staged(&self, keep: bool) -> Result<(), WriteError> {
@@ -357,11 +366,11 @@ impl Connection {
             .map_err(|(error, data)| WriteError { error, data })
     }
 
-    /// `Ok(true)` while the write queue has room (below the high watermark and the limit),
-    /// `Ok(false)` while it is high, or why no write will be taken (the frame layer's check
-    /// before delivering an item).
-    pub(crate) fn has_room(&self) -> Result<bool, Error> {
-        self.shared.mailbox.has_room()
+    /// `Ok(true)` while the write queue, counting the staged bytes, has room (below the high
+    /// watermark and the limit), `Ok(false)` while it is high, or why no write will be taken
+    /// (the frame layer's check before delivering an item).
+    pub(crate) fn has_room_to_stage(&self) -> Result<bool, Error> {
+        self.shared.mailbox.has_room_to_stage()
     }
 
     /// Hard close: drops the queued writes and resets the connection (RST, through `SO_LINGER` 0).

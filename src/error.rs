@@ -55,9 +55,11 @@ pub enum Error {
     ConnectionClosed,
     /// [`Connection::shutdown_write`](crate::Connection::shutdown_write) was called: no more writes.
     WriteShutdown,
-    /// The connection's write queue already holds its limit of bytes.
+    /// The connection's write queue already holds its limit (counted as
+    /// [`ServerBuilder::write_queue_limit`](crate::ServerBuilder::write_queue_limit) says: bytes,
+    /// and a fixed overhead per buffer).
     WriteQueueFull {
-        /// Bytes queued and not yet handed to the kernel.
+        /// What the queue holds, counted as the limit is.
         queued: usize,
         /// The configured [write queue limit](crate::ServerBuilder::write_queue_limit).
         limit: usize,

@@ -136,9 +136,10 @@ async fn a_peer_that_stops_reading_fills_the_queue_and_a_reset_ends_it() {
     let mut peer = server.connect(address(1)).await.unwrap();
     peer.set_receive_window(0);
     let id = peer.id();
-    // Nothing can be sent: the whole greeting stays queued, over the high watermark.
+    // Nothing can be sent: the whole greeting stays queued, over the high watermark (its
+    // bytes, and 64 for the buffer).
     events
-        .wait_for(|event| *event == Event::WriteBufferHigh(id, 30_000))
+        .wait_for(|event| *event == Event::WriteBufferHigh(id, 30_000 + 64))
         .await;
     peer.set_receive_window(1_000);
     assert_eq!(peer.read_exact(1_000).await.unwrap().len(), 1_000);
@@ -152,7 +153,7 @@ async fn a_peer_that_stops_reading_fills_the_queue_and_a_reset_ends_it() {
     let stuck = server.connect(address(2)).await.unwrap();
     stuck.set_receive_window(100);
     events
-        .wait_for(|event| *event == Event::WriteBufferHigh(stuck.id(), 30_000))
+        .wait_for(|event| *event == Event::WriteBufferHigh(stuck.id(), 30_000 + 64))
         .await;
     stuck.reset();
     assert_eq!(

@@ -565,7 +565,7 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
             Ok(()) => {
                 accepted += CHUNK;
                 let queued = handle.queued_write_bytes();
-                assert!(queued <= LIMIT + CHUNK, "queue grew to {queued}");
+                assert!(queued <= LIMIT + CHUNK + 64, "queue grew to {queued}");
                 // Let the driver hand what it can to the peer.
                 tokio::task::yield_now().await;
                 continue;
@@ -573,7 +573,7 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
             Err(Error::WriteQueueFull { queued, limit }) => {
                 refusals += 1;
                 assert_eq!(limit, LIMIT);
-                assert!((LIMIT..=LIMIT + CHUNK).contains(&queued), "{queued}");
+                assert!((LIMIT..=LIMIT + CHUNK + 64).contains(&queued), "{queued}");
             }
             Err(other) => panic!("expected WriteQueueFull, got {other:?}"),
         }
@@ -584,15 +584,18 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
         }
     }
     assert!(refusals > 0);
+    // What is queued counts its bytes and 64 for each buffer they are in (whole chunks, and
+    // one partly written).
+    let unsent = accepted - handle.stats().bytes_written as usize;
     assert_eq!(
-        accepted,
-        handle.stats().bytes_written as usize + handle.queued_write_bytes()
+        handle.queued_write_bytes(),
+        unsent + 64 * unsent.div_ceil(CHUNK)
     );
     // The peer still does not read: the queue stays bounded and writes stay refused.
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let queued = handle.queued_write_bytes();
-        assert!(queued <= LIMIT + CHUNK, "queue grew to {queued}");
+        assert!(queued <= LIMIT + CHUNK + 64, "queue grew to {queued}");
         assert!(matches!(
             handle.write(chunk.clone()).map_err(Error::from),
             Err(Error::WriteQueueFull { .. })

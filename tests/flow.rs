@@ -356,9 +356,10 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
     )
     .await;
 
-    // Seven writes of 10,000 bytes are taken (the seventh starts at 60,000, below 65,536), the
-    // eighth is refused.
-    let expected = limit.div_ceil(CHUNK) * CHUNK;
+    // Seven writes of 10,000 bytes are taken (the seventh starts at 60,384, below 65,536: each
+    // buffer counts 64 besides its bytes), the eighth is refused.
+    let writes = limit.div_ceil(CHUNK + 64);
+    let expected = writes * CHUNK;
     let events = flow.events();
     let filled = events
         .iter()
@@ -369,9 +370,9 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
         Event::Filled {
             id,
             accepted: expected,
-            queued: expected,
+            queued: expected + writes * 64,
             refusal: Outcome::QueueFull {
-                queued: expected,
+                queued: expected + writes * 64,
                 limit
             },
         }
@@ -387,7 +388,7 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
         );
     }
     // High was announced with the whole burst still queued (before any of it was written).
-    assert!(flow.has(|event| *event == Event::WriteBufferHigh(id, expected)));
+    assert!(flow.has(|event| *event == Event::WriteBufferHigh(id, expected + writes * 64)));
 
     // The peer never reads.
     let connection = flow.handle(id);

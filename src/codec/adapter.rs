@@ -77,7 +77,7 @@ impl<H: FrameHandler> Adapter<H> {
                 if state.unflushed >= FLUSH_AT {
                     flush_keeping(connection, state);
                 }
-                match connection.has_room() {
+                match connection.has_room_to_stage() {
                     // A half-closed (write-shut) connection may still take requests.
                     Ok(true) | Err(Error::WriteShutdown) => match state.next(max) {
                         Step::NeedMore => {

@@ -66,18 +66,31 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     /// [`on_frame`](super::FrameHandler::on_frame) or
     /// [`on_decode_error`](super::FrameHandler::on_decode_error)), and after any other callback
     /// of the connection returns. Whatever is posted to the connection after it (a write, a
-    /// goodbye, a close, a broadcast) goes out after it. On a task of its own, flush what was
-    /// fed: what is staged is not bounded by the write queue's limit.
+    /// goodbye, a close, a broadcast) goes out after it.
+    ///
+    /// What is fed counts against the write queue's
+    /// [limit](crate::ServerBuilder::write_queue_limit) as if it were queued: once the queue and
+    /// the fed items reach it, the next item is refused before it is encoded, so a reply fed
+    /// item by item never takes more memory than the limit and one item. (The frame layer
+    /// delivers an item only while the queue and what was fed are below the high watermark, so
+    /// a reply of ordinary size fed there is taken.) A reply cut short that way leaves the peer with part of it; a protocol that cannot resume one
+    /// closes the connection.
     ///
     /// # Errors
     /// [`SendError::Encode`] if the encoder failed (nothing of the item is kept);
-    /// [`SendError::Write`] with the encoded bytes once the connection takes no more writes
-    /// ([`Error::ConnectionClosed`], [`Error::WriteShutdown`]).
+    /// [`SendError::Write`] with [`Error::WriteQueueFull`] and no bytes when the queue and what
+    /// was fed are at the limit (the item was not encoded); [`SendError::Write`] with the encoded
+    /// bytes once the connection takes no more writes ([`Error::ConnectionClosed`],
+    /// [`Error::WriteShutdown`]).
     pub fn feed<I>(&self, item: I) -> Result<(), SendError<<C as Encoder<I>>::Error>>
     where
         C: Encoder<I>,
     {
         let fed = self.with_state(|state| {
+            // Refused before it is encoded: an item over the limit takes no memory.
+            if let Err(error) = self.connection.may_stage() {
+                return Err(SendError::Write(WriteError::new(error, Bytes::new())));
+            }
             state.scratch.clear();
             if let Err(error) = state.codec.encode(item, &mut state.scratch) {
                 state.scratch.clear();
@@ -115,9 +128,10 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     /// # Errors
     /// As for [`feed`](FramedConnection::feed) and [`flush`](FramedConnection::flush). A write
     /// refused because the queue is full says so ([`Error::WriteQueueFull`]); from a task of
-    /// its own, [`Connection::writable`] waits for room first. (In
-    /// [`on_frame`](super::FrameHandler::on_frame) the queue has room: items are not delivered
-    /// while it is high.)
+    /// its own, [`Connection::writable`] waits for room first. An item is delivered to
+    /// [`on_frame`](super::FrameHandler::on_frame) only while the queue, with what was fed, is
+    /// below its high watermark; but writes from other tasks (a group's broadcasts) can fill it
+    /// during the callback, so a reply there can be refused too.
     ///
     /// ```
     /// # use switchboard::codec::{FramedConnection, SendError};

@@ -10,7 +10,8 @@
 //!   aborted).
 //!
 //! The queue level is `posted - sent`: `posted` grows under the inbox lock (handles), `sent`
-//! grows only in the driver, so neither side ever subtracts what the other added.
+//! grows only in the driver, so neither side ever subtracts what the other added. Both count
+//! what buffers cost ([`queued_cost`]: their bytes and a fixed overhead each), not only bytes.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +22,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use crate::closure::ClosureReason;
-use crate::connection::lifecycle::{Fate, LifecycleConfig, Requests, Snapshot, WriteLimits};
+use crate::connection::lifecycle::{
+    queued_cost, Fate, LifecycleConfig, Requests, Snapshot, WriteLimits,
+};
 use crate::error::Error;
 use crate::timeouts::Timeouts;
 
@@ -38,7 +41,7 @@ pub(crate) struct Inbox {
     /// moment they are staged.
     staged: BytesMut,
     writes: Vec<Bytes>,
-    /// Bytes in `writes`.
+    /// What `writes` count for in the queue ([`queued_cost`]).
     writes_len: usize,
     /// A write took the queue to the high mark: the driver announces it even if it has sent
     /// enough to be below the mark by the time it looks, so a writer waiting in `writable()`
@@ -64,6 +67,15 @@ pub(crate) struct Inbox {
     /// also refuses writes at once, through `close`), or ended (decided; nothing is taken any
     /// more, and an abort is no longer counted).
     fate: Fate,
+}
+
+/// What the staged bytes will count for once queued (as one buffer).
+fn staged_cost(inbox: &Inbox) -> usize {
+    if inbox.staged.is_empty() {
+        0
+    } else {
+        queued_cost(inbox.staged.len())
+    }
 }
 
 impl Inbox {
@@ -217,12 +229,13 @@ impl Mailbox {
     /// Appends `data` to the untaken writes of a queue that holds `queued` bytes; returns what
     /// it holds then.
     fn push(&self, inbox: &mut Inbox, queued: usize, data: Bytes) -> usize {
-        let after = queued + data.len();
-        self.posted.fetch_add(data.len(), Ordering::SeqCst);
+        let cost = queued_cost(data.len());
+        let after = queued + cost;
+        self.posted.fetch_add(cost, Ordering::SeqCst);
         if queued < self.config.limits.high && after >= self.config.limits.high {
             inbox.crossed_high = true;
         }
-        inbox.writes_len += data.len();
+        inbox.writes_len += cost;
         inbox.writes.push(data);
         after
     }
@@ -239,14 +252,19 @@ impl Mailbox {
 
     /// Runs `stage` on the connection's staged bytes: what it appends goes out ahead of the
     /// next write of any path (or with [`Mailbox::flush_staged`]), as part of one write. Refused
-    /// (and `stage` not run) once the connection takes no more writes. Staged bytes are not
-    /// counted in the queue until they are queued, as bytes a writer holds are not.
+    /// (and `stage` not run) once the connection takes no more writes, and while the queue and
+    /// the staged bytes together are at the queue's limit: what is staged is bounded as the queue
+    /// is, by the limit and the last piece taken below it.
     pub(crate) fn stage<T>(&self, stage: impl FnOnce(&mut BytesMut) -> T) -> Result<T, Error> {
         let mut inbox = self.inbox();
-        match inbox.write_refusal() {
-            Some(refused) => Err(refused),
-            None => Ok(stage(&mut inbox.staged)),
+        if let Some(refused) = inbox.write_refusal() {
+            return Err(refused);
         }
+        let level = self.level(&inbox) + staged_cost(&inbox);
+        if level >= self.config.limits.limit {
+            return Err(self.full(level));
+        }
+        Ok(stage(&mut inbox.staged))
     }
 
     /// Queues the staged bytes as one write. If the queue is at its limit, they stay staged if
@@ -369,6 +387,20 @@ impl Mailbox {
             return Err(refused);
         }
         let queued = self.level(&inbox);
+        let limits = &self.config.limits;
+        Ok(!limits.is_high(queued, self.signal.is_high()) && queued < limits.limit)
+    }
+
+    /// As [`Mailbox::has_room`], counting the staged bytes as queued: whether a frame layer may
+    /// deliver another item, whose reply it would stage. `Ok(false)` while they are staged
+    /// leaves the caller to queue them ([`Mailbox::flush_staged`]), after which the queue's own
+    /// drain announces room.
+    pub(crate) fn has_room_to_stage(&self) -> Result<bool, Error> {
+        let inbox = self.inbox();
+        if let Some(refused) = inbox.write_refusal() {
+            return Err(refused);
+        }
+        let queued = self.level(&inbox) + staged_cost(&inbox);
         let limits = &self.config.limits;
         Ok(!limits.is_high(queued, self.signal.is_high()) && queued < limits.limit)
     }

@@ -336,16 +336,23 @@ impl ServerBuilder {
         self
     }
 
-    /// Bytes a connection's write queue may hold: [`Connection::write`](crate::Connection::write) is refused once the
-    /// queue holds this much, and reads pause (so a peer that does not read our replies is held
-    /// back by TCP flow control) until the queue drains below it. Default:
+    /// What a connection's write queue may hold: [`Connection::write`](crate::Connection::write)
+    /// is refused once the queue holds this much, and reads pause (so a peer that does not read
+    /// our replies is held back by TCP flow control) until the queue drains below it. Default:
     /// [`DEFAULT_WRITE_QUEUE_LIMIT`] (64 KiB). Must be above zero.
+    ///
+    /// The queue counts each buffer as its length plus 64 bytes, what a queued buffer costs in
+    /// memory besides its bytes, so the limit bounds memory whatever the sizes written: a full
+    /// queue holds at most the limit and its last write, and its heap (with the queue's own
+    /// bookkeeping) stays within twice the limit even for buffers of a few bytes. The frame
+    /// layer's unflushed items count too.
     pub fn write_queue_limit(mut self, bytes: usize) -> Self {
         self.config.write_queue_limit = bytes;
         self
     }
 
-    /// The write queue's watermarks: a queue that reaches `high` bytes is high
+    /// The write queue's watermarks, counted as the [limit](ServerBuilder::write_queue_limit) is:
+    /// a queue that reaches `high` is high
     /// ([`Callbacks::on_write_buffer_high`];
     /// [`Connection::writable`](crate::Connection::writable) waits) until it drains to `low`
     /// ([`Callbacks::on_write_buffer_low`]). Defaults:

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{
     Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
-    Snapshot, StartFailure,
+    Snapshot, StartFailure, BUFFER_OVERHEAD,
 };
 use crate::connection::read_sink::ReadSink;
 use crate::connection::{Connection, Shared};
@@ -553,9 +553,12 @@ impl Driver {
     /// `sent` bytes of the queue went to the kernel: the buffers sent in full complete.
     async fn written(&mut self, sent: usize) {
         let completed = self.writes.advance(sent);
+        // The queue counts buffers at their cost: a buffer's overhead leaves it with its last
+        // byte.
+        let cost = sent + completed * BUFFER_OVERHEAD;
         let now = &LazyNow::default();
-        self.life.on_written(sent, now);
-        self.shared.mailbox.publish_sent(sent);
+        self.life.on_written(cost, now);
+        self.shared.mailbox.publish_sent(cost);
         let counters = &self.shared.counters;
         ConnectionCounters::add(&counters.bytes_written, sent as u64);
         ConnectionCounters::add(&counters.writes, completed as u64);

@@ -38,7 +38,20 @@ impl Clock for &LazyNow {
     }
 }
 
-/// Write queue bounds of one connection, fixed when it is created.
+/// What a queued buffer counts for against the write queue's limit and watermarks besides its
+/// bytes: on 64-bit platforms, its `Bytes` handle in the queue (32 bytes), the allocator's
+/// smallest chunk for a small buffer of its own (32 bytes), and room for the queue's growth.
+/// Counting it bounds what a queue of many small buffers holds in memory, not only in payload
+/// (Netty counts a fixed overhead per queued message for the same reason).
+pub(crate) const BUFFER_OVERHEAD: usize = 64;
+
+/// What a buffer of `len` bytes counts for in the write queue.
+pub(crate) const fn queued_cost(len: usize) -> usize {
+    len + BUFFER_OVERHEAD
+}
+
+/// Write queue bounds of one connection, fixed when it is created. The queue's level is what its
+/// buffers count for ([`queued_cost`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WriteLimits {
     /// Writes are refused, and reads pause, while the queue holds this much.

@@ -46,7 +46,7 @@ fn posts_while_running_do_not_wake_and_a_parked_driver_is_woken_once() {
     mailbox.unpark();
     assert_eq!(
         mailbox.take_posted(&mut VecDeque::new()).map(|r| r.queued),
-        Some(1)
+        Some(queued_cost(1))
     );
     assert!(mailbox.poll_posted(&mut cx).is_pending());
     mailbox.unpark();
@@ -79,7 +79,7 @@ fn a_refused_write_gives_its_bytes_back() {
     let mailbox = new_mailbox();
     mailbox.write(Bytes::from(vec![0; 100])).unwrap();
     let (error, data) = mailbox.write(Bytes::from_static(b"more")).unwrap_err();
-    assert!(matches!(error, Error::WriteQueueFull { queued: 100, .. }));
+    assert!(matches!(error, Error::WriteQueueFull { queued, .. } if queued == queued_cost(100)));
     assert_eq!(&data[..], b"more");
     mailbox.close(ClosureReason::LocalClose);
     let (error, _) = mailbox.write(Bytes::from_static(b"x")).unwrap_err();
@@ -102,7 +102,7 @@ fn a_goodbye_goes_past_the_limit_and_closes_with_it() {
     assert!(mailbox.write(Bytes::from_static(b"x")).is_err());
     let mut writes = VecDeque::new();
     let taken = mailbox.take(&mut writes);
-    assert_eq!(taken.queued, 103);
+    assert_eq!(taken.queued, queued_cost(100) + queued_cost(3));
     assert_eq!(taken.close, Some(ClosureReason::LocalClose));
     assert_eq!(
         &writes.back().unwrap()[..],
@@ -125,19 +125,20 @@ fn the_first_close_asked_for_keeps_its_reason() {
 #[test]
 fn the_level_is_posted_minus_sent() {
     let mailbox = new_mailbox();
-    mailbox.write(Bytes::from(vec![0; 90])).unwrap();
+    // 20 bytes count for 84 (with the buffer's overhead): at or above high (80).
+    mailbox.write(Bytes::from(vec![0; 20])).unwrap();
     let mut writes = VecDeque::new();
-    assert_eq!(mailbox.take(&mut writes).queued, 90);
+    assert_eq!(mailbox.take(&mut writes).queued, queued_cost(20));
     assert_eq!(writes.len(), 1);
     assert!(!mailbox.has_room().unwrap(), "at or above high");
     mailbox.publish(Snapshot {
         fate: Fate::Open,
         high: true,
     });
-    mailbox.publish_sent(45);
-    assert_eq!(mailbox.queued_bytes(), 45);
+    mailbox.publish_sent(30);
+    assert_eq!(mailbox.queued_bytes(), 54);
     assert!(!mailbox.has_room().unwrap(), "high until it drains to low");
-    mailbox.publish_sent(5);
+    mailbox.publish_sent(14);
     mailbox.publish(Snapshot {
         fate: Fate::Open,
         high: false,
@@ -174,4 +175,42 @@ fn an_abort_after_the_end_is_not_counted_and_one_before_is_handed_back() {
     });
     assert!(mailbox.abort(ClosureReason::AbortAll));
     assert_eq!(mailbox.publish(ended()), Some(ClosureReason::AbortAll));
+}
+
+#[test]
+fn small_buffers_count_their_overhead_against_the_limit() {
+    // The limit is 100: one byte counts for 65, so a third one-byte write is refused.
+    let mailbox = new_mailbox();
+    mailbox.write(Bytes::from_static(b"a")).unwrap();
+    mailbox.write(Bytes::from_static(b"b")).unwrap();
+    let (error, data) = mailbox.write(Bytes::from_static(b"c")).unwrap_err();
+    assert!(
+        matches!(error, Error::WriteQueueFull { queued, limit: 100 } if queued == 2 * queued_cost(1))
+    );
+    assert_eq!(&data[..], b"c");
+}
+
+#[test]
+fn staging_is_refused_once_queue_and_staged_bytes_reach_the_limit() {
+    let mailbox = new_mailbox();
+    mailbox
+        .stage(|staged| staged.extend_from_slice(&[0; 30]))
+        .unwrap();
+    assert!(mailbox.has_room().unwrap(), "the queue itself is empty");
+    assert!(
+        !mailbox.has_room_to_stage().unwrap(),
+        "30 staged bytes count for 94, above the high mark (80)"
+    );
+    // Below the limit (100), one more piece is taken, and then nothing.
+    mailbox
+        .stage(|staged| staged.extend_from_slice(&[0; 10]))
+        .unwrap();
+    let error = mailbox.stage(|_| unreachable!("not run")).unwrap_err();
+    assert!(
+        matches!(error, Error::WriteQueueFull { queued, limit: 100 } if queued == queued_cost(40))
+    );
+    // Queued, they count as they did staged.
+    mailbox.flush_staged(false).unwrap();
+    assert_eq!(mailbox.queued_bytes(), queued_cost(40));
+    assert!(mailbox.stage(|_| ()).is_err());
 }

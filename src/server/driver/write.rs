@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 use super::transport::Transport;
+use crate::connection::lifecycle::queued_cost;
 
 /// Most buffers handed to one `writev`; Linux's `IOV_MAX` is 1024, but a few dozen already cover
 /// every queue the default 64 KiB limit can hold with ordinary message sizes.
@@ -70,9 +71,15 @@ impl WriteQueue {
             .expect("sent buffers are at the front of the queue")
     }
 
-    /// Drops everything unsent; returns how many bytes that was.
+    /// Drops everything unsent; returns what that counted for in the queue (its bytes, and each
+    /// buffer's overhead: see [`queued_cost`]).
     pub(super) fn clear(&mut self) -> usize {
-        let unsent = self.buffers.iter().map(Bytes::len).sum::<usize>() - self.offset;
+        let unsent = self
+            .buffers
+            .iter()
+            .map(|buffer| queued_cost(buffer.len()))
+            .sum::<usize>()
+            - self.offset;
         self.buffers.clear();
         self.offset = 0;
         unsent
@@ -95,6 +102,10 @@ mod tests {
         assert_eq!(queue.advance(2), 1);
         assert_eq!(&queue.pop_sent()[..], b"abc");
         assert_eq!(queue.offset, 1);
-        assert_eq!(queue.clear(), 2, "'e' and 'f' were unsent");
+        assert_eq!(
+            queue.clear(),
+            queued_cost(1) + queued_cost(1),
+            "'e' and 'f' were unsent"
+        );
     }
 }

@@ -1,0 +1,203 @@
+//! Memory bounded as documented (guarantee 10, docs/guarantees.md): members of a group that never
+//! read, flooded with tiny broadcast lines, hold no more heap than the write queue's limit
+//! allows, counted by this test binary's own allocator over real loopback sockets.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchboard::socket2::SockRef;
+use switchboard::{
+    async_trait, Callbacks, Connection, ConnectionGroup, Direction, Server, WhenFull,
+    DEFAULT_WRITE_QUEUE_LIMIT,
+};
+use tokio::net::TcpStream;
+
+/// The system allocator, counting the bytes it has handed out and not yet taken back.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged, with the caller's layout; the
+// count beside it is only arithmetic on an atomic.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc`, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract for `dealloc`, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract for `realloc`, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const MEMBERS: usize = 100;
+
+/// Taken by each test for its whole run: the count is the binary's, and another test's
+/// allocations must not land in it.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Every connection joins the room; nothing is read.
+struct Room {
+    room: ConnectionGroup,
+    /// A handle on each member keeps it open: no read is pending.
+    held: Arc<Mutex<Vec<Connection>>>,
+}
+
+#[async_trait]
+impl Callbacks for Room {
+    fn on_socket_created(&self, socket: SockRef<'_>, _direction: Direction) {
+        // A small kernel send buffer, so that the queues fill after a few thousand lines.
+        let _ = socket.set_send_buffer_size(4096);
+    }
+
+    async fn on_connection_established(&self, connection: &Connection, _peer: &SocketAddr) {
+        self.room.insert(connection);
+        self.held.lock().unwrap().push(connection.clone());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_never_read_hold_at_most_their_queue_limit_of_tiny_lines() {
+    let _serial = SERIAL.lock().await;
+    let room = ConnectionGroup::with_when_full(WhenFull::Skip);
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .start(Room {
+            room: room.clone(),
+            held: held.clone(),
+        })
+        .await
+        .unwrap();
+    let address = server.local_addr().unwrap();
+    let mut members = Vec::new();
+    for _ in 0..MEMBERS {
+        let member = TcpStream::connect(address).await.unwrap();
+        SockRef::from(&member).set_recv_buffer_size(4096).unwrap();
+        members.push(member);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while held.lock().unwrap().len() < MEMBERS {
+        assert!(tokio::time::Instant::now() < deadline, "members joined");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(room.len(), MEMBERS);
+    let before = LIVE.load(Ordering::SeqCst);
+
+    // Four-byte lines until every member's queue refuses them, and some more.
+    let line = switchboard::Bytes::from_static(b"hi!\n");
+    let mut full_rounds = 0;
+    let mut sent = 0usize;
+    while full_rounds < 100 {
+        assert!(tokio::time::Instant::now() < deadline, "the queues filled");
+        let report = room.broadcast(line.clone());
+        sent += report.sent();
+        if report.queue_full() == MEMBERS {
+            full_rounds += 1;
+        } else if sent % 1024 == 0 {
+            // Lets the drivers hand what they can to the kernel.
+            tokio::task::yield_now().await;
+        }
+    }
+    // The drivers take what was posted before the last refusals.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let grown = LIVE.load(Ordering::SeqCst).saturating_sub(before);
+    let per_member = grown / MEMBERS;
+    println!(
+        "{sent} lines queued, {per_member} bytes of heap per member (limit {DEFAULT_WRITE_QUEUE_LIMIT})"
+    );
+    assert!(
+        per_member <= 2 * DEFAULT_WRITE_QUEUE_LIMIT,
+        "each member holds {per_member} bytes of heap, more than twice its queue's limit"
+    );
+    held.lock().unwrap().clear();
+    drop(members);
+    server.shutdown().await;
+}
+
+/// On `flood`, feeds 10 KiB lines until the frame layer refuses one; records how many it took
+/// and the refusal.
+struct Flooding {
+    outcome: Arc<Mutex<Option<(usize, String, usize)>>>,
+}
+
+#[async_trait]
+impl Callbacks for Flooding {}
+
+#[async_trait]
+impl switchboard::codec::FrameHandler for Flooding {
+    type Codec = switchboard::tokio_util::codec::LinesCodec;
+
+    fn new_codec(&self, _connection: &Connection) -> Self::Codec {
+        Self::Codec::new()
+    }
+
+    async fn on_frame(
+        &self,
+        connection: &switchboard::codec::FramedConnection<'_, Self::Codec>,
+        _line: String,
+    ) {
+        let line = "x".repeat(10 * 1024);
+        let mut fed = 0;
+        let refusal = loop {
+            match connection.feed(line.as_str()) {
+                Ok(()) => fed += 1,
+                Err(switchboard::codec::SendError::Write(refused)) => {
+                    break (refused.error().to_string(), refused.data().len())
+                }
+                Err(other) => break (other.to_string(), 0),
+            }
+            assert!(fed < 1_000, "the feeds were never refused");
+        };
+        *self.outcome.lock().unwrap() = Some((fed, refusal.0, refusal.1));
+    }
+}
+
+#[tokio::test]
+async fn a_reply_fed_past_the_queue_limit_is_refused_before_it_is_encoded() {
+    let _serial = SERIAL.lock().await;
+    let outcome = Arc::new(Mutex::new(None));
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .start_framed(switchboard::codec::Framing::new(Flooding {
+            outcome: outcome.clone(),
+        }))
+        .await
+        .unwrap();
+    let mut client = TcpStream::connect(server.local_addr().unwrap())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut client, b"flood\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (fed, error, refused_bytes) = loop {
+        if let Some(outcome) = outcome.lock().unwrap().take() {
+            break outcome;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "on_frame ran");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Each line is 10 KiB and its newline: the feeds stop at the limit, one line past it at most.
+    assert_eq!(fed, DEFAULT_WRITE_QUEUE_LIMIT.div_ceil(10 * 1024 + 1));
+    assert!(error.contains("write queue"), "refused as full: {error}");
+    assert_eq!(refused_bytes, 0, "the refused line was never encoded");
+    drop(client);
+    server.shutdown().await;
+}
