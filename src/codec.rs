@@ -170,6 +170,12 @@ pub trait FrameHandler: Callbacks {
 
     /// A whole item arrived. Items of a connection arrive in order, one at a time: the next one
     /// is decoded once this returns. Reading goes on by itself.
+    ///
+    /// It runs on the connection's task, which shares a worker thread with other connections:
+    /// the frame layer yields the worker every so often between items, but not inside this
+    /// call. An item that takes long work (thousands of steps) should `.await`
+    /// [`tokio::task::consume_budget`] between steps, or hand CPU-heavy work to
+    /// [`tokio::task::spawn_blocking`].
     async fn on_frame(&self, connection: &FramedConnection<'_, Self::Codec>, frame: Item<Self>);
 
     /// Decoding failed: the connection ends with [`FrameError::closure_reason`] once this

@@ -101,7 +101,13 @@ impl<H: FrameHandler> Adapter<H> {
                 }
             });
             match next.unwrap_or(Next::Stop) {
-                Next::Decoded(Step::Frame(item)) => self.frame(&framed, item).await,
+                Next::Decoded(Step::Frame(item)) => {
+                    self.frame(&framed, item).await;
+                    // One unit of the task's budget per item: a read holding thousands of
+                    // small items yields to the other connections of its worker every so
+                    // often (tokio's budget is 128 units per turn), as its reads and writes do.
+                    tokio::task::consume_budget().await;
+                }
                 Next::Decoded(Step::NeedMore) | Next::Read => break,
                 Next::Decoded(Step::Failed(error)) => return self.fail(&framed, error).await,
                 Next::Pause | Next::Stop => return,
@@ -185,7 +191,10 @@ impl<H: FrameHandler> Callbacks for Adapter<H> {
         let mut failed = None;
         while let Some(step) = framed.with_state(|state| state.next_at_eof()) {
             match step {
-                Step::Frame(item) => self.frame(&framed, item).await,
+                Step::Frame(item) => {
+                    self.frame(&framed, item).await;
+                    tokio::task::consume_budget().await;
+                }
                 Step::NeedMore => break,
                 Step::Failed(error) => {
                     self.handler.on_decode_error(&framed, &error).await;
