@@ -126,6 +126,7 @@ mod error;
 mod ids;
 mod metrics;
 pub mod proxy;
+mod rate;
 mod shutdown_report;
 mod stats;
 mod timeouts;
@@ -161,6 +162,7 @@ pub use defaults::{
 pub use error::Error;
 pub use group::{BroadcastReport, ConnectionGroup, Delivery, WhenFull};
 pub use ids::{ConnectionId, Direction};
+pub use rate::ReadRate;
 pub use server::builder::ServerBuilder;
 pub use server::callbacks::Callbacks;
 pub use server::limit::{AtLimit, ConnectionLimiter};

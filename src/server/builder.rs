@@ -9,6 +9,7 @@ use crate::connection::user_data::{Slot, UserDataLayout};
 use crate::defaults::*;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::rate::ReadRate;
 use crate::server::accept::{self, Listener};
 use crate::server::callbacks::Callbacks;
 use crate::server::limit::{AtLimit, ConnectionLimiter};
@@ -24,6 +25,7 @@ use crate::timeouts::Timeouts;
 pub(crate) struct Config {
     pub(crate) nodelay: bool,
     pub(crate) read_buffer_size: usize,
+    pub(crate) read_rate: Option<ReadRate>,
     pub(crate) write_queue_limit: usize,
     pub(crate) write_high_watermark: usize,
     pub(crate) write_low_watermark: usize,
@@ -90,6 +92,7 @@ impl ServerBuilder {
             config: Config {
                 nodelay: true,
                 read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+                read_rate: None,
                 write_queue_limit: DEFAULT_WRITE_QUEUE_LIMIT,
                 write_high_watermark: DEFAULT_WRITE_HIGH_WATERMARK,
                 write_low_watermark: DEFAULT_WRITE_LOW_WATERMARK,
@@ -336,6 +339,24 @@ impl ServerBuilder {
         self
     }
 
+    /// How fast each connection is read ([`ReadRate`]: an average rate and a burst), so that a
+    /// peer that floods slows only itself: while it is over its rate its data waits in the
+    /// kernel, and TCP's flow control holds the sender back. Applies to every connection of the
+    /// server, accepted or outgoing. Default: `None` (read as fast as the application asks).
+    /// Both numbers must be above zero.
+    ///
+    /// ```
+    /// use switchboard::{ReadRate, Server};
+    ///
+    /// // A chat line server: 4 KiB a second per client, 16 KiB at once.
+    /// let builder = Server::builder().read_rate_limit(Some(ReadRate::new(4096, 16 * 1024)));
+    /// # drop(builder);
+    /// ```
+    pub fn read_rate_limit(mut self, rate: Option<ReadRate>) -> Self {
+        self.config.read_rate = rate;
+        self
+    }
+
     /// What a connection's write queue may hold: [`Connection::write`](crate::Connection::write)
     /// is refused once the queue holds this much, and reads pause (so a peer that does not read
     /// our replies is held back by TCP flow control) until the queue drains below it. Default:
@@ -526,6 +547,13 @@ impl ServerBuilder {
                 reason: reason.into(),
             })
         };
+        if self
+            .config
+            .read_rate
+            .is_some_and(|rate| rate.bytes_per_second() == 0 || rate.burst() == 0)
+        {
+            return invalid("read_rate_limit", "rate and burst must be above zero");
+        }
         if self.config.read_buffer_size == 0 {
             return invalid("read_buffer_size", "must be above zero");
         }

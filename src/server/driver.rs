@@ -40,6 +40,7 @@ use crate::connection::lifecycle::{
 };
 use crate::connection::read_sink::ReadSink;
 use crate::connection::{Connection, Shared};
+use crate::rate::{ReadRate, TokenBucket};
 use crate::server::invoke::Invoker;
 use crate::server::registry::Registration;
 use crate::stats::{ConnectionCounters, Count, Counters};
@@ -71,6 +72,8 @@ pub(crate) struct Context {
     /// The server's counters and metrics.
     pub(crate) counters: Arc<Counters>,
     pub(crate) read_buffer_size: usize,
+    /// How fast each connection is read, if limited.
+    pub(crate) read_rate: Option<ReadRate>,
     pub(crate) handshake_timeout: Duration,
     pub(crate) lifecycle: Arc<LifecycleConfig>,
 }
@@ -182,6 +185,10 @@ pub(crate) struct Driver {
     writes: WriteQueue,
     urgent: Urgent,
     timer: Timer,
+    /// The read rate limit's bucket, on a server that limits it (boxed: most do not).
+    rate: Option<Box<TokenBucket>>,
+    /// The most the next read takes: the read buffer size, or less under a rate limit.
+    read_size: usize,
     /// What handles were last told of the connection's fate ([`Driver::publish`]).
     published: Snapshot,
     registration: Registration,
@@ -198,6 +205,10 @@ impl Driver {
         Driver {
             connection: Connection::uncounted(shared.clone()),
             life: Lifecycle::starting(context.lifecycle.clone(), Instant::now()),
+            rate: context
+                .read_rate
+                .map(|rate| Box::new(TokenBucket::new(rate, Instant::now()))),
+            read_size: context.read_buffer_size,
             context,
             shared,
             transport,
@@ -328,7 +339,10 @@ impl Driver {
                         Poll::Pending => self.life.on_fin_blocked(),
                     }
                 }
-                Action::Wait(interest) => {
+                Action::Wait(mut interest) => {
+                    if self.rate.is_some() && interest.read {
+                        interest = self.throttle(interest);
+                    }
                     // Waited here rather than in an `async fn`: one state machine less per
                     // wait.
                     self.timer.arm(interest.deadline);
@@ -349,6 +363,9 @@ impl Driver {
                         // carries no future beyond the callback's (it is as large as its
                         // largest await).
                         Wake::Read(Ok(data)) if !data.is_empty() => {
+                            if let Some(rate) = self.rate.as_deref_mut() {
+                                rate.take(data.len(), Instant::now());
+                            }
                             let outcome = ReadOutcome::Data(data.len());
                             if self.life.on_read(outcome, &LazyNow::default())
                                 == ReadVerdict::Deliver
@@ -372,6 +389,28 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Under a read rate limit: the most the next read may take, or, with nothing to take yet,
+    /// no read and a wake-up when there is (the timer may fire early for the lifecycle's
+    /// deadlines: it finds none passed). Out of line: only rate-limited connections run it.
+    #[cold]
+    fn throttle(&mut self, mut interest: Interest) -> Interest {
+        let Some(rate) = self.rate.as_deref_mut() else {
+            return interest;
+        };
+        let available = rate.available(Instant::now());
+        if available == 0 {
+            interest.read = false;
+            let refilled = rate.refilled_at();
+            interest.deadline = Some(interest.deadline.map_or(refilled, |at| at.min(refilled)));
+        } else {
+            self.read_size = self
+                .context
+                .read_buffer_size
+                .min(usize::try_from(available).unwrap_or(usize::MAX));
+        }
+        interest
     }
 
     /// The close was just published, and the FIN is next: a write a handle posted before it
@@ -445,7 +484,7 @@ impl Driver {
             writes,
             urgent,
             timer,
-            context,
+            read_size,
             ..
         } = self;
         let mut waiting = Waiting {
@@ -454,7 +493,7 @@ impl Driver {
             writes,
             urgent_pending: urgent.has_pending(),
             timer,
-            read_buffer_size: context.read_buffer_size,
+            read_buffer_size: *read_size,
             at_mark: urgent.at_mark(),
         };
         tokio::select! {
@@ -476,7 +515,7 @@ impl Driver {
             writes: &mut self.writes,
             urgent_pending: self.urgent.has_pending(),
             timer: &mut self.timer,
-            read_buffer_size: self.context.read_buffer_size,
+            read_buffer_size: self.read_size,
             at_mark: self.urgent.at_mark(),
         }
         .poll(cx, interest)

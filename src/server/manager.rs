@@ -68,6 +68,7 @@ impl Config {
             invoker,
             counters: counters.clone(),
             read_buffer_size: self.read_buffer_size,
+            read_rate: self.read_rate,
             handshake_timeout: self.handshake_timeout,
             lifecycle: Arc::new(LifecycleConfig {
                 limits: WriteLimits {
