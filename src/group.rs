@@ -54,6 +54,7 @@ pub enum Delivery {
 pub struct BroadcastReport {
     deliveries: Vec<(ConnectionId, Delivery)>,
     sent: usize,
+    high: usize,
     queue_full: usize,
     closed: usize,
 }
@@ -100,6 +101,13 @@ impl BroadcastReport {
     /// How many members it was queued for.
     pub fn sent(&self) -> usize {
         self.sent
+    }
+
+    /// How many of the members it was queued for had a write queue at or above its high
+    /// watermark after it: a sender that paces itself to its slowest readers waits for
+    /// [`ConnectionGroup::writable`] before it goes on.
+    pub fn high(&self) -> usize {
+        self.high
     }
 
     /// How many members had a full queue.
@@ -307,6 +315,44 @@ impl ConnectionGroup {
         members
     }
 
+    /// Waits until no member's write queue is high (at or above its high watermark, until it
+    /// drains to its low one); members closing or closed do not count. A sender that broadcasts
+    /// faster than members read waits here when a [`BroadcastReport::high`] says so, and so is
+    /// paced by its slowest readers instead of getting them closed as slow consumers. A member
+    /// that never reads keeps this waiting until it is closed: bound the wait (a timeout, or
+    /// the server's [`slow_consumer_timeout`](crate::ServerBuilder::slow_consumer_timeout)).
+    ///
+    /// ```
+    /// # async fn example(room: &switchboard::ConnectionGroup, sender: &switchboard::Connection) {
+    /// use std::time::Duration;
+    ///
+    /// let report = room.broadcast_except("a line\n", sender.id());
+    /// if report.high() > 0 {
+    ///     // Read no more from the sender until the room has caught up (or a second passed).
+    ///     let _ = tokio::time::timeout(Duration::from_secs(1), room.writable()).await;
+    /// }
+    /// sender.read();
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    pub async fn writable(&self) {
+        let members: Vec<Arc<Shared>> = self.inner.members().values().cloned().collect();
+        for member in members {
+            let mailbox = &member.mailbox;
+            loop {
+                let notified = mailbox.room().notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if !matches!(mailbox.has_room(), Ok(false)) {
+                    break;
+                }
+                notified.await;
+            }
+        }
+    }
+
     /// Queues `data` for every member, without waiting for any; see [`BroadcastReport`] for
     /// what happened to each, and [`WhenFull`] for members whose queue is full. Each member
     /// gets a clone of the same [`Bytes`], which its
@@ -344,8 +390,11 @@ impl ConnectionGroup {
             let delivery = if member.mailbox.is_sealed() {
                 Delivery::Closed
             } else {
-                match member.mailbox.write(data.clone()) {
-                    Ok(()) => Delivery::Sent,
+                match member.mailbox.write_is_high(data.clone()) {
+                    Ok(high) => {
+                        report.high += usize::from(high);
+                        Delivery::Sent
+                    }
                     Err((Error::WriteQueueFull { .. }, _)) => {
                         self.treat_full(member);
                         Delivery::QueueFull

@@ -611,3 +611,65 @@ async fn a_broadcast_comes_after_the_members_fed_reply() {
     drop(peer);
     server.shutdown().await;
 }
+
+/// A sender paced by `BroadcastReport::high` and `ConnectionGroup::writable` gets no member
+/// closed as a slow consumer: it waits while a member catches up, then goes on.
+#[tokio::test]
+async fn a_sender_that_waits_for_room_never_fills_a_slow_members_queue() {
+    let group = ConnectionGroup::with_when_full(WhenFull::Close);
+    let (server, recorder) = start_embedded(Behavior::collect(), joining(&group), |builder| {
+        builder
+            .write_queue_limit(LIMIT)
+            .write_watermarks(LIMIT / 2, LIMIT / 4)
+    })
+    .await;
+    let reader = server.connect(peer_addr(1)).await.unwrap();
+    let slow = stalled_peer(&server, 2).await;
+    let slow_id = recorder.id_of_peer(&slow).await;
+    let reading = read_all_peer(reader);
+
+    // Until the slow member is high, with nothing read from it.
+    let mut seq = 0;
+    loop {
+        assert!(seq < 1000, "the slow member's queue never went high");
+        let report = group.broadcast(numbered(seq));
+        seq += 1;
+        assert_eq!(report.queue_full(), 0);
+        if report.high() > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let waiting = tokio::spawn({
+        let group = group.clone();
+        async move { group.writable().await }
+    });
+    tokio::time::sleep(QUIET).await;
+    assert!(!waiting.is_finished(), "the slow member is still high");
+
+    // It reads: the sender may go on, and sends the rest paced the same way.
+    slow.set_receive_window(usize::MAX);
+    let slow_reading = read_all_peer(slow);
+    bounded("room in the group", waiting).await.unwrap();
+    for _ in 0..200 {
+        let report = group.broadcast(numbered(seq));
+        seq += 1;
+        assert_eq!(report.queue_full(), 0, "nobody was ever full");
+        if report.high() > 0 {
+            bounded("room in the group", group.writable()).await;
+        }
+    }
+    assert_eq!(group.len(), 2, "nobody was closed");
+    for member in group.members() {
+        member.upgrade().expect("open").close();
+    }
+    let received = bounded("the reader", reading).await.unwrap();
+    assert_eq!(assert_gapless(&received), seq as usize);
+    let slow_received = bounded("the slow member", slow_reading).await.unwrap();
+    assert_eq!(assert_gapless(&slow_received), seq as usize);
+    assert_eq!(
+        recorder.wait_closure(slow_id).await.0,
+        ClosureReason::LocalClose
+    );
+    server.shutdown().await;
+}

@@ -177,7 +177,13 @@ impl Mailbox {
 
     /// Queues `data`, or gives it back with the reason it was refused.
     pub(crate) fn write(&self, data: Bytes) -> Result<(), (Error, Bytes)> {
+        self.queue(data, None).map(drop)
+    }
+
+    /// As [`Mailbox::write`]; queued, says whether the queue is then at or above its high mark.
+    pub(crate) fn write_is_high(&self, data: Bytes) -> Result<bool, (Error, Bytes)> {
         self.queue(data, None)
+            .map(|level| level >= self.config.limits.high)
     }
 
     /// Queues `data` whatever the queue holds and asks for a graceful close with `reason`, or
@@ -186,12 +192,12 @@ impl Mailbox {
     pub(crate) fn goodbye(&self, data: Bytes, reason: ClosureReason) -> Result<(), (Error, Bytes)> {
         let result = self.queue(data, Some(reason));
         self.notify_room();
-        result
+        result.map(drop)
     }
 
     /// Queues `data`, after the staged bytes; with a close `reason`, past the limit too, and the
-    /// close is asked for in the same step.
-    fn queue(&self, data: Bytes, close: Option<ClosureReason>) -> Result<(), (Error, Bytes)> {
+    /// close is asked for in the same step. Returns what the queue then holds.
+    fn queue(&self, data: Bytes, close: Option<ClosureReason>) -> Result<usize, (Error, Bytes)> {
         let mut inbox = self.inbox();
         if let Some(refused) = inbox.write_refusal() {
             return Err((refused, data));
@@ -210,12 +216,12 @@ impl Mailbox {
                 drop(inbox);
                 self.signal.notify(INBOX);
             }
-            return Ok(());
+            return Ok(level);
         }
-        self.push(&mut inbox, level, data);
+        let level = self.push(&mut inbox, level, data);
         drop(inbox);
         self.signal.notify(INBOX);
-        Ok(())
+        Ok(level)
     }
 
     /// The refusal of a write to a queue that holds `queued` bytes, at or past its limit.
