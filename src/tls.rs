@@ -10,8 +10,18 @@
 //! `openssl::ssl::SslAcceptor` ([`TlsAcceptor`] shows one). An outgoing connection becomes TLS
 //! with [`Server::connect_tls`](crate::Server::connect_tls) and a [`TlsConnect`].
 //!
+//! The handshake runs on the connection's own task, after
+//! [`on_socket_created`](crate::Callbacks::on_socket_created), bounded by the
+//! [handshake timeout](crate::ServerBuilder::handshake_timeout). Its outcome is
+//! [`on_negotiation_complete`](crate::Callbacks::on_negotiation_complete) with a [`TlsInfo`], then
+//! [`on_secure_connection_established`](crate::Callbacks::on_secure_connection_established) and
+//! [`on_connection_established`](crate::Callbacks::on_connection_established); or, if it fails,
+//! [`on_fatal_error`](crate::Callbacks::on_fatal_error) or
+//! [`on_remote_fatal_error`](crate::Callbacks::on_remote_fatal_error) and the closing events.
+//!
 //! # Protocol versions, per platform
-//! TLS 1.3 is negotiated wherever the platform's TLS library has it and native-tls lets it:
+//! TLS 1.3 is negotiated wherever the platform's TLS library has it, except through a
+//! `native_tls::TlsAcceptor` on OpenSSL:
 //!
 //! | platform | accepted, crate's acceptor | accepted, a `native_tls::TlsAcceptor` | outgoing ([`TlsConnect`]) |
 //! |---|---|---|---|
@@ -31,8 +41,9 @@
 //!   from Windows 10 build 17763 on. SChannel itself has TLS 1.3 from Windows 11 and Windows
 //!   Server 2022; older Windows negotiate TLS 1.2.
 //! - **Security.framework**: native-tls uses Secure Transport, which has no TLS 1.3 (native-tls
-//!   caps its connector at 1.2 and leaves the acceptor at Secure Transport's default, 1.2). Its
-//!   acceptor there has no ALPN either: [`TlsAcceptorBuilder::alpn`] is not used.
+//!   documents `Protocol::Tlsv13` as unsupported there, and its connector falls back to 1.2 when
+//!   1.3 is allowed but not required). Its acceptor there takes no ALPN list either:
+//!   [`TlsAcceptorBuilder::alpn`] is not used.
 //!
 //! [`TlsInfo::protocol_version`] tells the version negotiated on connections accepted through
 //! OpenSSL; native-tls does not tell it.
@@ -44,20 +55,14 @@
 //!   ([`on_remote_fatal_error`](crate::Callbacks::on_remote_fatal_error)).
 //! - An OpenSSL server sends session tickets right after the handshake. A client that closes
 //!   without ever reading leaves them unread, and its TCP stack then resets the connection
-//!   rather than closing it: the server sees [`ClosureReason::PeerReset`](crate::ClosureReason::PeerReset).
-//!
-//! The handshake runs on the connection's own task, after
-//! [`on_socket_created`](crate::Callbacks::on_socket_created), bounded by the
-//! [handshake timeout](crate::ServerBuilder::handshake_timeout). Its outcome is
-//! [`on_negotiation_complete`](crate::Callbacks::on_negotiation_complete) with a [`TlsInfo`], then
-//! [`on_secure_connection_established`](crate::Callbacks::on_secure_connection_established) and
-//! [`on_connection_established`](crate::Callbacks::on_connection_established); or, if it fails,
-//! [`on_fatal_error`](crate::Callbacks::on_fatal_error) or
-//! [`on_remote_fatal_error`](crate::Callbacks::on_remote_fatal_error) and the closing events.
+//!   rather than closing it: the server sees
+//!   [`ClosureReason::PeerReset`](crate::ClosureReason::PeerReset). An application that would
+//!   rather send none (and give up session resumption) builds its own `SslAcceptor` with
+//!   `set_num_tickets(0)`.
 //!
 //! # Telling a peer's alert from a local failure
-//! `native-tls` and OpenSSL report both as one error type. switchboard calls a failure the peer's when the
-//! TLS library names a received alert (OpenSSL's `sslv3 alert …`, `tlsv1 alert …`,
+//! `native-tls` and OpenSSL report both as one error type. switchboard calls a failure the peer's
+//! when the TLS library names a received alert (OpenSSL's `sslv3 alert …`, `tlsv1 alert …`,
 //! `tlsv13 alert …` reasons). That is exact with OpenSSL; with SChannel and Security.framework
 //! every failure is reported as local.
 //!

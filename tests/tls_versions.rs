@@ -432,3 +432,29 @@ async fn bad_identities_and_alpn_names_are_refused_when_built() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_3_client_that_closes_without_reading_the_session_tickets_resets() {
+    // OpenSSL's server sends its session tickets right after the handshake. A client that never
+    // reads them closes with data unread, which its TCP stack turns into a reset (what the tls
+    // module's docs say).
+    let echo = Echo::start(pem_acceptor()).await;
+    let tcp = bounded("connect", tokio::net::TcpStream::connect(echo.address))
+        .await
+        .unwrap();
+    let client = bounded("handshake", tls_connector().connect("localhost", tcp))
+        .await
+        .unwrap();
+    // The tickets are in the client's receive queue, unread by TLS.
+    let mut first = [0; 1];
+    let tcp = client.get_ref().get_ref().get_ref();
+    bounded("the session tickets", tcp.peek(&mut first))
+        .await
+        .unwrap();
+    assert_eq!(first[0], 23, "a TLS 1.3 record (application_data) first");
+    drop(client);
+    echo.recorder.wait_secure_released(1).await;
+    let id = echo.recorder.established()[0];
+    assert_eq!(echo.recorder.closure(id), Some(ClosureReason::PeerReset));
+    echo.shutdown().await;
+}
