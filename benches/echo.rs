@@ -31,9 +31,11 @@
 //!   on the connection's task before its read/`write_all` loop; at the end of the stream it drops
 //!   the stream (FIN, no `close_notify`), as minimal code does.
 //!
-//! Both TLS servers share one acceptor built by [`switchboard::tls::acceptor_from_pem`] from the
-//! test certificate in `tests/certs` (ECDSA P-256 for `localhost`; OpenSSL's defaults, so TLS 1.3
-//! with AES-GCM on Linux). The TLS clients are `tokio-native-tls` connectors that trust the test
+//! Both TLS servers share one [`native_tls::TlsAcceptor`] built from the test certificate in
+//! `tests/certs` (ECDSA P-256 for `localhost`), so that both run the same TLS code: native-tls's
+//! acceptor, which on OpenSSL negotiates TLS 1.2 (AES-GCM). switchboard's own acceptor
+//! ([`switchboard::tls::acceptor_from_pem`], TLS 1.3 through tokio-openssl) is not what is
+//! compared here. The TLS clients are `tokio-native-tls` connectors that trust the test
 //! CA and verify `localhost`; they keep no session cache, so every handshake is a full one.
 //!
 //! Scenarios, each reported as the switchboard/raw ratio of the medians and, for the plain ones,
@@ -1908,7 +1910,8 @@ fn main() {
     let plain = (settings.runs("echo") || settings.runs("churn"))
         .then(|| Servers::start(&PLAIN_KINDS, None, Client::Plain));
     let tls = settings.runs("tls").then(|| {
-        let acceptor = switchboard::tls::acceptor_from_pem(SERVER_PEM, SERVER_KEY)
+        let acceptor = native_tls::Identity::from_pkcs8(SERVER_PEM, SERVER_KEY)
+            .and_then(native_tls::TlsAcceptor::new)
             .expect("build the TLS acceptor from tests/certs");
         Servers::start(&TLS_KINDS, Some(&acceptor), Client::Tls(tls_connector()))
     });

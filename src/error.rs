@@ -82,8 +82,10 @@ pub enum Error {
         /// Whether the peer reported the failure with a TLS alert, rather than our side detecting
         /// it.
         from_peer: bool,
-        /// The TLS library's error: a [`native_tls::Error`] or an [`io::Error`] wrapping one,
-        /// which names the OpenSSL (or SChannel, Security.framework) reason.
+        /// The TLS library's error, which names the OpenSSL (or SChannel, Security.framework)
+        /// reason: a [`native_tls::Error`], or, for a handshake accepted through OpenSSL directly
+        /// (see [`tls::TlsAcceptor`](crate::tls::TlsAcceptor)), an `openssl::ssl::Error`; after
+        /// the handshake, an [`io::Error`] wrapping either.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The operation is not available here (the platform or the kind of connection); the text

@@ -145,6 +145,10 @@ pub mod testing;
 pub use async_trait::async_trait;
 pub use bytes::{Bytes, BytesMut};
 pub use native_tls;
+/// The `openssl` crate switchboard accepts TLS connections through where native-tls is OpenSSL,
+/// for an application that builds its own `SslAcceptor` (see [`tls::TlsAcceptor`]).
+#[cfg(not(any(windows, target_vendor = "apple")))]
+pub use openssl;
 pub use socket2;
 pub use tokio_util;
 

@@ -1,11 +1,14 @@
-//! TLS through `native-tls` (OpenSSL on Linux, SChannel on Windows, Security.framework on macOS)
-//! and `tokio-native-tls`.
+//! TLS through `native-tls` (OpenSSL on Linux and other Unix systems, SChannel on Windows,
+//! Security.framework on Apple platforms), and, where native-tls is OpenSSL, OpenSSL directly for
+//! accepted connections.
 //!
-//! A listener becomes TLS with [`ServerBuilder::tls`](crate::ServerBuilder::tls) or
-//! [`ServerBuilder::bind_tls`](crate::ServerBuilder::bind_tls), given a
-//! [`native_tls::TlsAcceptor`] (built by the application, or by [`acceptor_from_pem`] /
-//! [`acceptor_from_pkcs12`]). An outgoing connection becomes TLS with
-//! [`Server::connect_tls`](crate::Server::connect_tls) and a [`TlsConnect`].
+//! A listener becomes TLS with [`ServerBuilder::tls`](crate::ServerBuilder::tls),
+//! [`ServerBuilder::bind_tls`](crate::ServerBuilder::bind_tls) or
+//! [`Listen::tls`](crate::Listen::tls), given a [`TlsAcceptor`]: the crate's own (built by
+//! [`acceptor_from_pem`], [`acceptor_from_pkcs12`] or a [`TlsAcceptorBuilder`]), a
+//! [`native_tls::TlsAcceptor`], or, where native-tls is OpenSSL, an application's own
+//! `openssl::ssl::SslAcceptor` ([`TlsAcceptor`] shows one). An outgoing connection becomes TLS
+//! with [`Server::connect_tls`](crate::Server::connect_tls) and a [`TlsConnect`].
 //!
 //! The handshake runs on the connection's own task, after
 //! [`on_socket_created`](crate::Callbacks::on_socket_created), bounded by the
@@ -16,9 +19,50 @@
 //! [`on_fatal_error`](crate::Callbacks::on_fatal_error) or
 //! [`on_remote_fatal_error`](crate::Callbacks::on_remote_fatal_error) and the closing events.
 //!
+//! # Protocol versions, per platform
+//! TLS 1.3 is negotiated wherever the platform's TLS library has it, except through a
+//! `native_tls::TlsAcceptor` on OpenSSL:
+//!
+//! | platform | accepted, crate's acceptor | accepted, a `native_tls::TlsAcceptor` | outgoing ([`TlsConnect`]) |
+//! |---|---|---|---|
+//! | Linux and other Unix (OpenSSL) | TLS 1.3 and 1.2 | TLS 1.2 only | TLS 1.3 and 1.2 |
+//! | Windows (SChannel) | TLS 1.2, and 1.3 where SChannel has it | the same | the same |
+//! | macOS, iOS (Security.framework) | TLS 1.2 only | TLS 1.2 only | TLS 1.2 only |
+//!
+//! Why, from native-tls's sources (0.2.18):
+//! - **OpenSSL**: native-tls builds its acceptor on OpenSSL's `mozilla_intermediate` settings,
+//!   which set `SSL_OP_NO_TLSv1_3`, and nothing in its API clears that option (its
+//!   `max_protocol_version` does not). So the crate's acceptor is OpenSSL's own, through
+//!   `tokio-openssl`, with Mozilla's "intermediate" settings of version 5: TLS 1.3 and 1.2,
+//!   forward-secret AEAD ciphers. native-tls's connector does not set the option: outgoing
+//!   connections negotiate TLS 1.3.
+//! - **SChannel**: native-tls enables TLS 1.2 and 1.3 (its default minimum 1.2, no maximum), and
+//!   the `schannel` crate asks for them through `SCH_CREDENTIALS`, the interface that has TLS 1.3,
+//!   from Windows 10 build 17763 on. SChannel itself has TLS 1.3 from Windows 11 and Windows
+//!   Server 2022; older Windows negotiate TLS 1.2.
+//! - **Security.framework**: native-tls uses Secure Transport, which has no TLS 1.3 (native-tls
+//!   documents `Protocol::Tlsv13` as unsupported there, and its connector falls back to 1.2 when
+//!   1.3 is allowed but not required). Its acceptor there takes no ALPN list either:
+//!   [`TlsAcceptorBuilder::alpn`] is not used.
+//!
+//! [`TlsInfo::protocol_version`] tells the version negotiated on connections accepted through
+//! OpenSSL; native-tls does not tell it.
+//!
+//! TLS 1.3 moves some events after the handshake, which the callbacks show:
+//! - A server that rejects a client's certificate does so after the client's side of the handshake
+//!   is complete: an outgoing connection with a client certificate the server refuses is
+//!   established, then ends with the server's alert on its first read
+//!   ([`on_remote_fatal_error`](crate::Callbacks::on_remote_fatal_error)).
+//! - An OpenSSL server sends session tickets right after the handshake. A client that closes
+//!   without ever reading leaves them unread, and its TCP stack then resets the connection
+//!   rather than closing it: the server sees
+//!   [`ClosureReason::PeerReset`](crate::ClosureReason::PeerReset). An application that would
+//!   rather send none (and give up session resumption) builds its own `SslAcceptor` with
+//!   `set_num_tickets(0)`.
+//!
 //! # Telling a peer's alert from a local failure
-//! `native-tls` reports both as one error type. switchboard calls a failure the peer's when the
-//! TLS library names a received alert (OpenSSL's `sslv3 alert …`, `tlsv1 alert …`,
+//! `native-tls` and OpenSSL report both as one error type. switchboard calls a failure the peer's
+//! when the TLS library names a received alert (OpenSSL's `sslv3 alert …`, `tlsv1 alert …`,
 //! `tlsv13 alert …` reasons). That is exact with OpenSSL; with SChannel and Security.framework
 //! every failure is reported as local.
 //!
@@ -36,6 +80,12 @@ use tokio::sync::Semaphore;
 use crate::error::Error;
 use crate::ids::Direction;
 
+mod acceptor;
+mod stream;
+
+pub use acceptor::{TlsAcceptor, TlsAcceptorBuilder};
+pub(crate) use stream::TlsStream;
+
 /// What a TLS handshake negotiated, passed to
 /// [`Callbacks::on_negotiation_complete`](crate::Callbacks::on_negotiation_complete) and kept by
 /// the connection ([`Connection::tls_info`](crate::Connection::tls_info)).
@@ -44,10 +94,12 @@ pub struct TlsInfo {
     side: Direction,
     alpn: Option<Vec<u8>>,
     peer_certificate: Option<native_tls::Certificate>,
+    protocol_version: Option<ProtocolVersion>,
 }
 
 impl TlsInfo {
-    pub(crate) fn from_stream<S>(side: Direction, stream: &native_tls::TlsStream<S>) -> Self
+    /// From a stream native-tls negotiated, which does not tell the protocol version.
+    pub(crate) fn from_native<S>(side: Direction, stream: &native_tls::TlsStream<S>) -> Self
     where
         S: io::Read + io::Write,
     {
@@ -55,6 +107,34 @@ impl TlsInfo {
             side,
             alpn: stream.negotiated_alpn().ok().flatten(),
             peer_certificate: stream.peer_certificate().ok().flatten(),
+            protocol_version: None,
+        }
+    }
+
+    /// From a session OpenSSL negotiated directly.
+    #[cfg(not(any(windows, target_vendor = "apple")))]
+    pub(crate) fn from_openssl(side: Direction, ssl: &openssl::ssl::SslRef) -> Self {
+        use openssl::ssl::SslVersion;
+        let protocol_version = ssl.version2().and_then(|version| {
+            Some(match version {
+                SslVersion::TLS1_3 => ProtocolVersion::Tls13,
+                SslVersion::TLS1_2 => ProtocolVersion::Tls12,
+                SslVersion::TLS1_1 => ProtocolVersion::Tls11,
+                SslVersion::TLS1 => ProtocolVersion::Tls10,
+                SslVersion::SSL3 => ProtocolVersion::Ssl3,
+                _ => return None,
+            })
+        });
+        TlsInfo {
+            side,
+            alpn: ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
+            // Through DER, the form both libraries share: native-tls's certificate type is the
+            // one this API has always given.
+            peer_certificate: ssl
+                .peer_certificate()
+                .and_then(|certificate| certificate.to_der().ok())
+                .and_then(|der| native_tls::Certificate::from_der(&der).ok()),
+            protocol_version,
         }
     }
 
@@ -75,6 +155,43 @@ impl TlsInfo {
     pub fn peer_certificate(&self) -> Option<&native_tls::Certificate> {
         self.peer_certificate.as_ref()
     }
+
+    /// The protocol version negotiated, where the TLS library tells it: on connections accepted
+    /// through OpenSSL directly (see [`TlsAcceptor`]). native-tls does not tell it, so it is
+    /// `None` on outgoing connections and on connections accepted with a
+    /// [`native_tls::TlsAcceptor`].
+    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.protocol_version
+    }
+}
+
+/// A TLS protocol version, as [`TlsInfo::protocol_version`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum ProtocolVersion {
+    /// SSL 3.0.
+    Ssl3,
+    /// TLS 1.0.
+    Tls10,
+    /// TLS 1.1.
+    Tls11,
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+impl fmt::Display for ProtocolVersion {
+    /// The names OpenSSL gives: `TLSv1.3`, `TLSv1.2`…
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProtocolVersion::Ssl3 => "SSLv3",
+            ProtocolVersion::Tls10 => "TLSv1",
+            ProtocolVersion::Tls11 => "TLSv1.1",
+            ProtocolVersion::Tls12 => "TLSv1.2",
+            ProtocolVersion::Tls13 => "TLSv1.3",
+        })
+    }
 }
 
 impl fmt::Debug for TlsInfo {
@@ -83,6 +200,7 @@ impl fmt::Debug for TlsInfo {
             .field("side", &self.side)
             .field("alpn", &self.alpn.as_deref().map(String::from_utf8_lossy))
             .field("peer_certificate", &self.peer_certificate.is_some())
+            .field("protocol_version", &self.protocol_version)
             .finish()
     }
 }
@@ -158,15 +276,10 @@ impl fmt::Debug for TlsConnect {
     }
 }
 
-/// Builds an acceptor from a PEM certificate chain (leaf first) and a PEM PKCS#8 private key
-/// (`-----BEGIN PRIVATE KEY-----`), with the TLS library's default protocol versions.
-///
-/// A test certificate for `localhost` can be made with:
-///
-/// ```text
-/// openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=localhost \
-///     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout key.pem -out cert.pem
-/// ```
+/// Builds the crate's acceptor from a PEM certificate chain (leaf first) and a PEM PKCS#8
+/// private key (`-----BEGIN PRIVATE KEY-----`): TLS 1.3 and 1.2 where native-tls is OpenSSL,
+/// what native-tls negotiates elsewhere (see [the module docs](self)). The shorthand of
+/// [`TlsAcceptorBuilder::from_pem`] (which says how to make a test certificate) without ALPN.
 ///
 /// On Windows the key must be RSA: native-tls imports it into SChannel through an RSA-only
 /// provider. [`acceptor_from_pkcs12`] goes through `PFXImportCertStore`, which takes ECDSA keys too.
@@ -174,28 +287,30 @@ impl fmt::Debug for TlsConnect {
 /// # Errors
 /// [`Error::Tls`] if the certificate or key cannot be parsed (a key in the older
 /// `BEGIN RSA PRIVATE KEY` form must first be converted with `openssl pkcs8 -topk8 -nocrypt`),
-/// or, on Windows, if the key is not RSA.
-pub fn acceptor_from_pem(
-    cert_chain_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<native_tls::TlsAcceptor, Error> {
-    let identity = native_tls::Identity::from_pkcs8(cert_chain_pem, key_pem).map_err(local)?;
-    native_tls::TlsAcceptor::new(identity).map_err(local)
+/// if the key does not match the certificate (where OpenSSL checks it), or, on Windows, if the
+/// key is not RSA.
+pub fn acceptor_from_pem(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, Error> {
+    TlsAcceptorBuilder::from_pem(cert_chain_pem, key_pem)?.build()
 }
 
-/// Builds an acceptor from a DER-encoded PKCS#12 archive and its password.
+/// Builds the crate's acceptor from a DER-encoded PKCS#12 archive and its password; the
+/// shorthand of [`TlsAcceptorBuilder::from_pkcs12`] without ALPN.
 ///
 /// # Errors
-/// [`Error::Tls`] if the archive cannot be read with `password`.
-pub fn acceptor_from_pkcs12(der: &[u8], password: &str) -> Result<native_tls::TlsAcceptor, Error> {
-    let identity = native_tls::Identity::from_pkcs12(der, password).map_err(local)?;
-    native_tls::TlsAcceptor::new(identity).map_err(local)
+/// [`Error::Tls`] if the archive cannot be read with `password`, or holds no certificate or no
+/// key.
+pub fn acceptor_from_pkcs12(der: &[u8], password: &str) -> Result<TlsAcceptor, Error> {
+    TlsAcceptorBuilder::from_pkcs12(der, password)?.build()
 }
 
-fn local(error: native_tls::Error) -> Error {
+/// How a handshake failed: the TLS library's error (native-tls's, or OpenSSL's).
+pub(crate) type HandshakeFailure = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failure of our side, in setting TLS up or in a handshake.
+fn local(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::Tls {
         from_peer: false,
-        source: Box::new(error),
+        source: error.into(),
     }
 }
 
@@ -274,7 +389,7 @@ pub(crate) enum Secure {
     /// An accepted connection: the listener's acceptor, and the server's slots for handshakes in
     /// progress.
     Accept {
-        acceptor: tokio_native_tls::TlsAcceptor,
+        acceptor: TlsAcceptor,
         slots: Arc<Semaphore>,
     },
     Connect(TlsConnect),

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::*;
 use switchboard::native_tls;
 use switchboard::socket2::SockRef;
-use switchboard::tls::TlsConnect;
+use switchboard::tls::{TlsAcceptor, TlsConnect};
 use switchboard::{
     Bytes, ClosureReason, ConnectionId, Direction, Error, Server, ServerBuilder, TlsInfo,
 };
@@ -142,7 +142,7 @@ fn der_of(name: &str) -> Vec<u8> {
 }
 
 /// The acceptor with the leaf from the CA nobody trusts.
-fn untrusted_acceptor() -> native_tls::TlsAcceptor {
+fn untrusted_acceptor() -> TlsAcceptor {
     acceptor_of("other")
 }
 
@@ -166,7 +166,7 @@ fn tls_recorder(builder: &mut ServerBuilder, behavior: Behavior) -> Recorder {
 /// Starts a server with a TLS listener on loopback for `acceptor` (none if `None`: a server that
 /// only connects out), recording with `behavior`; `configure` sets the rest.
 async fn start(
-    acceptor: Option<native_tls::TlsAcceptor>,
+    acceptor: Option<TlsAcceptor>,
     behavior: Behavior,
     configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
 ) -> (Server, Recorder, SocketAddr) {
@@ -1447,7 +1447,7 @@ async fn an_alert_from_the_server_is_a_remote_fatal_error_on_the_outgoing_side()
         .min_protocol_version(Some(native_tls::Protocol::Tlsv13))
         .build()
         .unwrap();
-    let (a, a_recorder, address) = start(Some(acceptor), Behavior::echo(), |b| b).await;
+    let (a, a_recorder, address) = start(Some(acceptor.into()), Behavior::echo(), |b| b).await;
     let (b, b_recorder, _) = start(None, Behavior::collect(), |b| b).await;
     let mut connector = connector_builder("ca.pem");
     connector.max_protocol_version(Some(native_tls::Protocol::Tlsv12));
@@ -1499,7 +1499,7 @@ async fn alpn_is_reported_on_both_sides() {
         .accept_alpn(&["h2", "http/1.1"])
         .build()
         .unwrap();
-    let (a, a_recorder, address) = start(Some(acceptor), Behavior::echo(), |b| b).await;
+    let (a, a_recorder, address) = start(Some(acceptor.into()), Behavior::echo(), |b| b).await;
     let (b, b_recorder, _) = start(None, Behavior::collect(), |b| b).await;
     let mut connector = connector_builder("ca.pem");
     connector.request_alpns(&["http/1.1"]);

@@ -40,7 +40,6 @@ use std::time::Duration;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_native_tls::TlsAcceptor;
 
 use tokio::sync::mpsc;
 
@@ -52,7 +51,7 @@ use crate::server::limit::{AtLimit, Permit};
 use crate::server::manager::{AcceptTasks, Addresses, Admitted, Manager};
 use crate::server::reserve::{is_out_of_descriptors, Reserve};
 use crate::stats::Count;
-use crate::tls::Secure;
+use crate::tls::{Secure, TlsAcceptor};
 
 /// First pause after a resource-shortage accept error (the design's default, after libuv and
 /// Go's net/http, which both start in the low milliseconds).

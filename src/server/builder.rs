@@ -19,6 +19,7 @@ use crate::server::open::{self, ListenOn, ListenOptions};
 use crate::server::Server;
 use crate::stats::Counters;
 use crate::timeouts::Timeouts;
+use crate::tls::TlsAcceptor;
 
 /// Settings fixed when the server starts.
 #[derive(Debug, Clone)]
@@ -69,7 +70,7 @@ pub(crate) struct Config {
 pub struct ServerBuilder {
     binds: Vec<Listen>,
     /// The acceptor for listeners added with `bind`.
-    tls: Option<native_tls::TlsAcceptor>,
+    tls: Option<TlsAcceptor>,
     backlog: u32,
     reuse_address: bool,
     reuse_port: bool,
@@ -125,7 +126,7 @@ impl ServerBuilder {
 
     /// Adds a TLS listener on `address` whose connections negotiate with `acceptor`, whatever
     /// [`tls`](ServerBuilder::tls) says. See [`bind`](ServerBuilder::bind) for the address.
-    pub fn bind_tls(self, address: impl ToSocketAddrs, acceptor: native_tls::TlsAcceptor) -> Self {
+    pub fn bind_tls(self, address: impl ToSocketAddrs, acceptor: impl Into<TlsAcceptor>) -> Self {
         self.listen(Listen::bind(address).tls(acceptor))
     }
 
@@ -165,7 +166,7 @@ impl ServerBuilder {
     pub fn adopt_listener_tls(
         self,
         listener: std::net::TcpListener,
-        acceptor: native_tls::TlsAcceptor,
+        acceptor: impl Into<TlsAcceptor>,
     ) -> Self {
         self.listen(Listen::adopt(listener).tls(acceptor))
     }
@@ -180,11 +181,13 @@ impl ServerBuilder {
     /// Makes every listener added with [`bind`](ServerBuilder::bind) or
     /// [`adopt_listener`](ServerBuilder::adopt_listener) (before or after this call), and every
     /// [`Listen`] without an acceptor of its own,
-    /// speak TLS with `acceptor`; see [`tls`](crate::tls) for the events and
-    /// [`tls::acceptor_from_pem`](crate::tls::acceptor_from_pem) for building one. Default: plain
-    /// TCP.
-    pub fn tls(mut self, acceptor: native_tls::TlsAcceptor) -> Self {
-        self.tls = Some(acceptor);
+    /// speak TLS with `acceptor`; see [`tls`](crate::tls) for the events and the protocol
+    /// versions, and [`tls::acceptor_from_pem`](crate::tls::acceptor_from_pem) for building one
+    /// (a [`TlsAcceptor`], which negotiates TLS 1.3 where the platform has it). A
+    /// [`native_tls::TlsAcceptor`] is taken too, and negotiates what native-tls does (TLS 1.2 only
+    /// on OpenSSL). Default: plain TCP.
+    pub fn tls(mut self, acceptor: impl Into<TlsAcceptor>) -> Self {
+        self.tls = Some(acceptor.into());
         self
     }
 
@@ -650,7 +653,7 @@ impl ServerBuilder {
             let bound_here = matches!(bind.on, ListenOn::Address(_));
             let (listener, local_addr) = open::open(bind.on, &options)?;
             local_addrs.push(local_addr);
-            let tls = bind.tls.or_else(|| self.tls.clone()).map(Into::into);
+            let tls = bind.tls.or_else(|| self.tls.clone());
             listeners.push(Listener {
                 listener: Arc::new(listener),
                 tls,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::proxy::ProxyProtocol;
 use crate::server::open::{self, ListenOn};
+use crate::tls::TlsAcceptor;
 
 /// A listener to open, for [`ServerBuilder::listen`](crate::ServerBuilder::listen): its address,
 /// (or the socket it adopts), and whether its connections speak TLS or begin with a [PROXY protocol](crate::proxy) header.
@@ -40,7 +41,7 @@ use crate::server::open::{self, ListenOn};
 pub struct Listen {
     pub(crate) on: ListenOn,
     /// Its own acceptor; otherwise the builder's, if any.
-    pub(crate) tls: Option<native_tls::TlsAcceptor>,
+    pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) proxy: Option<Arc<ProxyProtocol>>,
 }
 
@@ -70,8 +71,8 @@ impl Listen {
 
     /// Its connections negotiate TLS with `acceptor`, whatever
     /// [`ServerBuilder::tls`](crate::ServerBuilder::tls) says.
-    pub fn tls(mut self, acceptor: native_tls::TlsAcceptor) -> Self {
-        self.tls = Some(acceptor);
+    pub fn tls(mut self, acceptor: impl Into<TlsAcceptor>) -> Self {
+        self.tls = Some(acceptor.into());
         self
     }
 

@@ -14,6 +14,7 @@ use switchboard::native_tls;
 use switchboard::tls::acceptor_from_pem;
 #[cfg(windows)]
 use switchboard::tls::acceptor_from_pkcs12;
+use switchboard::tls::TlsAcceptor;
 
 pub fn cert_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -53,8 +54,8 @@ pub fn identity(leaf: &str) -> native_tls::Identity {
 }
 
 /// The acceptor with the identity of `leaf` ("server" or "other"), through the crate's own
-/// constructor for this platform's files.
-pub fn acceptor_of(leaf: &str) -> native_tls::TlsAcceptor {
+/// constructor for this platform's files (TLS 1.3 and 1.2 where native-tls is OpenSSL).
+pub fn acceptor_of(leaf: &str) -> TlsAcceptor {
     #[cfg(windows)]
     let acceptor = acceptor_from_pkcs12(&cert_file(&format!("{leaf}.p12")), PKCS12_PASSWORD);
     #[cfg(not(windows))]
@@ -66,7 +67,7 @@ pub fn acceptor_of(leaf: &str) -> native_tls::TlsAcceptor {
 }
 
 /// The acceptor with the CA-signed localhost leaf.
-pub fn server_acceptor() -> native_tls::TlsAcceptor {
+pub fn server_acceptor() -> TlsAcceptor {
     acceptor_of("server")
 }
 

@@ -104,11 +104,11 @@ impl Driver {
     pub(super) async fn announce_tls_failure(
         &mut self,
         from_peer: bool,
-        source: impl std::error::Error + Send + Sync + 'static,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) {
         let error = Error::Tls {
             from_peer,
-            source: Box::new(source),
+            source: source.into(),
         };
         tracing::debug!(connection = %self.shared.id, %error, "TLS failure");
         if from_peer {

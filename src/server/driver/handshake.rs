@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{before_established, callback, Before, Driver};
 use crate::connection::lifecycle::{IoError, Op, StartFailure, Step};
 use crate::ids::Direction;
-use crate::tls::{self, Secure, TlsInfo};
+use crate::tls::{self, HandshakeFailure, Secure, TlsStream};
 
 impl Driver {
     /// Runs the TLS handshake, bounded by the handshake timeout and cut short by an abort, then
@@ -48,7 +48,12 @@ impl Driver {
             ),
             Secure::Connect(tls) => (
                 Direction::Outbound,
-                Box::pin(async move { tls.connector.connect(&tls.domain, tcp).await }),
+                Box::pin(async move {
+                    match tls.connector.connect(&tls.domain, tcp).await {
+                        Ok(stream) => Ok(TlsStream::Native(stream)),
+                        Err(error) => Err(HandshakeFailure::from(error)),
+                    }
+                }),
             ),
         };
         let deadline = self.life.step_deadline().unwrap_or_else(Instant::now);
@@ -71,13 +76,13 @@ impl Driver {
             Err(error) => {
                 // A peer that resets or just closes during the handshake (a port scanner, a
                 // client that gave up) ended the connection; that is not a TLS failure.
-                match tls::handshake_ended_by_peer(&error) {
+                match tls::handshake_ended_by_peer(&*error) {
                     Some(true) => {
                         self.life.on_io_error(Op::Read, IoError::Reset);
                     }
                     Some(false) => self.life.on_start_failed(StartFailure::PeerClosed),
                     None => {
-                        let from_peer = tls::is_peer_alert(&error);
+                        let from_peer = tls::is_peer_alert(&*error);
                         self.life.on_io_error(Op::Read, IoError::Tls { from_peer });
                         self.announce_tls_failure(from_peer, error).await;
                     }
@@ -88,7 +93,7 @@ impl Driver {
         self.life.on_step_done();
         self.context
             .record_tls_handshake_duration(started.elapsed());
-        let info = TlsInfo::from_stream(side, stream.get_ref());
+        let info = stream.info(side);
         self.transport = Transport::tls(stream);
         // Through a clone of the shared state, which the callback borrows from while the driver
         // publishes.

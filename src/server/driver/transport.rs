@@ -2,8 +2,8 @@
 //!
 //! The driver sees one interface: poll for a read buffer, poll a write of some buffers, poll the
 //! sending of TLS `close_notify`. Plain TCP keeps tokio's readiness model (no read buffer exists
-//! until the socket is readable); TLS goes through `tokio-native-tls`, which drives OpenSSL over
-//! the same socket.
+//! until the socket is readable); TLS goes through `tokio-native-tls` or `tokio-openssl`
+//! ([`TlsStream`]), which drive the TLS library over the same socket.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice, Read};
@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::urgent::{recv_urgent_byte, AtMark};
+use crate::tls::TlsStream;
 
 /// The largest TLS record's plaintext: small buffers are gathered up to this much per write, so
 /// that many small writes do not each become a record of their own.
@@ -74,7 +75,7 @@ pub(crate) enum Transport {
 /// A TLS stream and the buffers its reads and writes go through.
 #[derive(Debug)]
 pub(crate) struct Tls {
-    stream: tokio_native_tls::TlsStream<TcpStream>,
+    stream: TlsStream,
     /// The read buffer (zeroed, its full size), kept while a read is pending: OpenSSL may hold
     /// decrypted bytes that no socket readiness announces, so a TLS read is always polled with a
     /// buffer ready.
@@ -84,7 +85,7 @@ pub(crate) struct Tls {
 }
 
 impl Transport {
-    pub(crate) fn tls(stream: tokio_native_tls::TlsStream<TcpStream>) -> Self {
+    pub(crate) fn tls(stream: TlsStream) -> Self {
         Transport::Tls(Box::new(Tls {
             stream,
             read_buffer: None,
@@ -96,7 +97,7 @@ impl Transport {
     pub(crate) fn tcp(&self) -> Option<&TcpStream> {
         match self {
             Transport::Plain(stream) => Some(stream),
-            Transport::Tls(tls) => Some(tls.stream.get_ref().get_ref().get_ref()),
+            Transport::Tls(tls) => Some(tls.stream.tcp()),
             #[cfg(feature = "testing")]
             Transport::Stream(_) => None,
             Transport::Gone => None,
