@@ -52,7 +52,7 @@
 //! ([`max_connections_per_ip`](switchboard::ServerBuilder::max_connections_per_ip)), which the
 //! tests, all on 127.0.0.1, cannot use.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,11 +63,11 @@ use switchboard::{
     async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionGroup,
     Error, Server, ShutdownReport, Slot, WeakConnection, WhenFull,
 };
-use tokio::time::Instant;
 
 #[path = "common/mod.rs"]
 mod common;
 
+use common::line::{close_the_late, Place, WaitingLine};
 use common::say;
 
 /// The longest line taken, without its end: a client that sends more without a `\n` is closed,
@@ -172,7 +172,7 @@ fn printable(line: &[u8]) -> String {
 /// One client's state, in a user data slot.
 struct Client {
     /// Its place in the line of unnamed connections ([`Lobby::unnamed`]).
-    arrival: u64,
+    place: Place,
     /// What arrived after the last whole line.
     pending: BytesMut,
     /// Set by `NICK`; from then on the client is in the room.
@@ -196,20 +196,11 @@ enum Said {
 
 /// The names in the room and the line of connections without one, under one lock, so that a
 /// name is checked and taken, and its client leaves the line, in one step.
-#[derive(Default)]
 struct Lobby {
     /// The names in use, lower-cased: names are compared without case.
     names: HashSet<String>,
-    /// The connections without a name, by arrival: the first is the oldest.
-    unnamed: BTreeMap<u64, Unnamed>,
-    next_arrival: u64,
-}
-
-/// A connection waiting to name itself.
-struct Unnamed {
-    /// When it is closed if it has no name by then.
-    deadline: Instant,
-    connection: WeakConnection,
+    /// The connections without a name, oldest first.
+    unnamed: WaitingLine,
 }
 
 /// What became of a `NICK`.
@@ -227,31 +218,14 @@ impl Lobby {
     fn arrive(
         &mut self,
         connection: &Connection,
-        limits: Limits,
-    ) -> Option<(u64, Option<WeakConnection>)> {
-        if self.names.len() >= limits.max_clients {
-            return None;
-        }
-        let arrival = self.next_arrival;
-        self.next_arrival += 1;
-        let unnamed = Unnamed {
-            deadline: Instant::now() + limits.nick_timeout,
-            connection: connection.downgrade(),
-        };
-        self.unnamed.insert(arrival, unnamed);
-        let pushed_out = if self.unnamed.len() > limits.max_unnamed {
-            self.unnamed
-                .pop_first()
-                .map(|(_, oldest)| oldest.connection)
-        } else {
-            None
-        };
-        Some((arrival, pushed_out))
+        max_clients: usize,
+    ) -> Option<(Place, Option<WeakConnection>)> {
+        (self.names.len() < max_clients).then(|| self.unnamed.join(connection))
     }
 
-    /// Gives the connection at `arrival` the name `name`, if it is free and the room has space.
-    fn name(&mut self, arrival: u64, name: &str, max_clients: usize) -> Naming {
-        if !self.unnamed.contains_key(&arrival) {
+    /// Gives the connection at `place` the name `name`, if it is free and the room has space.
+    fn name(&mut self, place: Place, name: &str, max_clients: usize) -> Naming {
+        if !self.unnamed.contains(place) {
             return Naming::Gone;
         }
         let key = name.to_lowercase();
@@ -260,24 +234,10 @@ impl Lobby {
         } else if self.names.contains(&key) {
             Naming::Taken
         } else {
-            self.unnamed.remove(&arrival);
+            self.unnamed.leave(place);
             self.names.insert(key);
             Naming::Named
         }
-    }
-
-    /// Takes the connections whose deadline has passed out of the line; returns them, and when
-    /// the next deadline comes, if any connection is left waiting.
-    fn take_late(&mut self, now: Instant) -> (Vec<WeakConnection>, Option<Instant>) {
-        let mut late = Vec::new();
-        // Deadlines come in the line's order: each is set at arrival, by one clock.
-        while let Some(entry) = self.unnamed.first_entry() {
-            if entry.get().deadline > now {
-                return (late, Some(entry.get().deadline));
-            }
-            late.push(entry.remove().connection);
-        }
-        (late, None)
     }
 }
 
@@ -313,9 +273,9 @@ impl Chat {
                 Some(name) => said.push(Said::Message(Bytes::from(format!("{name}: {text}\n")))),
                 None => match text.strip_prefix("NICK ").map(str::trim) {
                     Some(name) if valid_name(name) => {
-                        let naming =
-                            self.lobby()
-                                .name(client.arrival, name, self.limits.max_clients);
+                        let naming = self
+                            .lobby()
+                            .name(client.place, name, self.limits.max_clients);
                         match naming {
                             Naming::Named => {
                                 client.name = Some(name.to_owned());
@@ -344,39 +304,18 @@ fn valid_name(name: &str) -> bool {
         && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Closes each connection of the line whose `NICK` deadline has passed, with a word of why,
-/// until the server stops; one task for the whole line.
-async fn enforce_nick_deadline(lobby: Arc<Mutex<Lobby>>, timeout: Duration) {
-    let told = Bytes::from(format!("* no NICK within {} s\n", timeout.as_secs()));
-    loop {
-        let (late, next) = lobby
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take_late(Instant::now());
-        for connection in late.iter().filter_map(WeakConnection::upgrade) {
-            let _ = connection.goodbye(told.clone());
-        }
-        // A connection that arrives while the line is empty has its deadline a whole timeout
-        // from now or later, so the next look comes in time for it.
-        match next {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => tokio::time::sleep(timeout).await,
-        }
-    }
-}
-
 #[async_trait]
 impl Callbacks for Chat {
     async fn on_connection_established(&self, connection: &Connection, _peer: &SocketAddr) {
-        let arrived = self.lobby().arrive(connection, self.limits);
-        let Some((arrival, pushed_out)) = arrived else {
+        let arrived = self.lobby().arrive(connection, self.limits.max_clients);
+        let Some((place, pushed_out)) = arrived else {
             let _ = connection.goodbye("server full\n");
             return;
         };
         connection.user_data().set(
             self.client,
             Client {
-                arrival,
+                place,
                 pending: BytesMut::new(),
                 name: None,
             },
@@ -427,7 +366,7 @@ impl Callbacks for Chat {
             return;
         };
         let mut lobby = self.lobby();
-        lobby.unnamed.remove(&client.arrival);
+        lobby.unnamed.leave(client.place);
         if let Some(name) = client.name {
             // It has left the room by now (members leave before their closure), so the others
             // hear it. Not during a shutdown: everyone is leaving, and told so. Said before the
@@ -461,7 +400,10 @@ async fn run(options: Options) -> Result<(), Error> {
     let limits = options.limits;
     let mut builder = Server::builder();
     let client = builder.request_user_data_slot();
-    let lobby = Arc::new(Mutex::new(Lobby::default()));
+    let lobby = Arc::new(Mutex::new(Lobby {
+        names: HashSet::new(),
+        unnamed: WaitingLine::new(limits.max_unnamed, limits.nick_timeout),
+    }));
     let chat = Chat {
         room: ConnectionGroup::with_when_full(WhenFull::Close),
         client,
@@ -480,7 +422,17 @@ async fn run(options: Options) -> Result<(), Error> {
         .at_limit(AtLimit::StopAccepting)
         .start(chat)
         .await?;
-    let deadlines = tokio::spawn(enforce_nick_deadline(lobby, limits.nick_timeout));
+    let told = Bytes::from(format!(
+        "* no NICK within {} s\n",
+        limits.nick_timeout.as_secs()
+    ));
+    let deadlines = tokio::spawn(close_the_late(
+        lobby,
+        |lobby| &mut lobby.unnamed,
+        move |late| {
+            let _ = late.goodbye(told.clone());
+        },
+    ));
     // Before the listening line, so that no signal meets a process without its handler.
     let stopped = server.shutdown_on_signal()?;
     for address in server.local_addrs() {
