@@ -1,7 +1,10 @@
 //! The `chat` example as a child process, over loopback (Linux): 50 clients join, talk at once
 //! and hear each other exactly once and in order per sender, leaves are announced, a client
 //! over `--max-clients` is told `server full`, and SIGTERM (or SIGINT) gives every client
-//! `server shutting down` then EOF, and the process exits 0. Every wait is bounded.
+//! `server shutting down` then EOF, and the process exits 0. Against abuse: two clients join and
+//! talk while 1,000 silent connections (reconnecting as they are closed) are held against a server
+//! of 10 clients, a connection without a `NICK` in time is told and closed, a taken name is
+//! refused, and control characters are stripped from lines and names. Every wait is bounded.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -283,6 +286,149 @@ async fn names_first_crlf_lines_and_a_line_too_long() {
     });
     server.signal(libc::SIGINT);
     bounded("the goodbye", goodbye).await.unwrap();
+    let status = tokio::task::block_in_place(|| server.stop());
+    assert!(status.success(), "the chat server exited with {status}");
+}
+
+/// Silent connections held against the server in the flood test: far more than its
+/// `--max-clients`.
+const FLOOD: usize = 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_join_and_talk_while_a_thousand_silent_connections_are_held() {
+    // Before the server starts, so that it inherits the limit too.
+    ensure_descriptors(2 * FLOOD + 256);
+    let mut server = EchoServer::start_example(
+        "chat",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--max-clients",
+            "10",
+        ],
+    );
+    let address = server.address;
+    let flood = SilentFlood::start(address, FLOOD);
+    flood.until_connected().await;
+
+    // Two real clients get in, hear each other join and talk, while the flood goes on.
+    let mut pair = joined_pair(address, "ann", "bob").await;
+    let (mut bob, mut ann) = (pair.pop().unwrap(), pair.pop().unwrap());
+    ann.send("hello bob").await;
+    bob.expect("ann: hello bob").await;
+    bob.send("hello ann").await;
+    ann.expect("bob: hello ann").await;
+    println!(
+        "during the flood: {} silent connections open, {} connects, {} ended by the server",
+        flood.open(),
+        flood.connects(),
+        flood.ended()
+    );
+
+    drop(flood);
+    let goodbyes = tokio::spawn(async move {
+        for client in [&mut ann, &mut bob] {
+            client.expect("server shutting down").await;
+            client.expect_end().await;
+        }
+    });
+    server.signal(libc::SIGTERM);
+    bounded("the goodbyes", goodbyes).await.unwrap();
+    let status = tokio::task::block_in_place(|| server.stop());
+    assert!(status.success(), "the chat server exited with {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_no_nick_in_time_is_told_and_closed() {
+    let mut server = EchoServer::start_example(
+        "chat",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--nick-timeout",
+            "1",
+        ],
+    );
+    let address = server.address;
+    let mut ann = ChatClient::join(address, "ann").await;
+    // Talking is not naming: the deadline stands.
+    let mut stranger = ChatClient::connect(address, "stranger").await;
+    stranger.send("hello?").await;
+    stranger.expect("* send NICK name first").await;
+    stranger.expect("* no NICK within 1 s").await;
+    stranger.expect_end().await;
+    // A silent one is closed the same way.
+    let mut silent = ChatClient::connect(address, "silent").await;
+    silent.expect("* no NICK within 1 s").await;
+    silent.expect_end().await;
+    // Nobody heard of either, and ann, named in time, is still in the room past her deadline.
+    let mut bob = ChatClient::join(address, "bob").await;
+    ann.expect("* bob joined").await;
+    ann.send("still here").await;
+    bob.expect("ann: still here").await;
+    let status = tokio::task::block_in_place(|| server.stop());
+    assert!(status.success(), "the chat server exited with {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_name_is_refused_and_the_client_may_try_another() {
+    let mut server =
+        EchoServer::start_example("chat", &["--listen", "127.0.0.1:0", "--threads", "1"]);
+    let address = server.address;
+    let mut ann = ChatClient::join(address, "ann").await;
+    // Names are compared without case: `ANN` is ann too.
+    let mut other = ChatClient::connect(address, "other").await;
+    bounded(
+        "a client's write",
+        other
+            .writer
+            .write_all(b"NICK ann\nNICK ANN\nhi\nNICK ann2\n"),
+    )
+    .await
+    .unwrap();
+    // The first ann hears of nobody but ann2.
+    ann.expect("* ann2 joined").await;
+    other.expect("* name taken").await;
+    other.expect("* name taken").await;
+    other.expect("* send NICK name first").await;
+    ann.send("hi ann2").await;
+    other.expect("ann: hi ann2").await;
+    // A name is free again once its client has left.
+    ann.writer.shutdown().await.unwrap();
+    ann.expect_end().await;
+    other.expect("* ann left").await;
+    let _again = ChatClient::join(address, "Ann").await;
+    other.expect("* Ann joined").await;
+    let status = tokio::task::block_in_place(|| server.stop());
+    assert!(status.success(), "the chat server exited with {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_are_stripped_from_lines_and_names() {
+    let mut server =
+        EchoServer::start_example("chat", &["--listen", "127.0.0.1:0", "--threads", "1"]);
+    let address = server.address;
+    let mut pair = joined_pair(address, "ann", "bob").await;
+    let (mut bob, mut ann) = (pair.pop().unwrap(), pair.pop().unwrap());
+    // A carriage return that would start the terminal's line again, an escape sequence that
+    // would clear the screen, a bell, the one-byte CSI (C1, as UTF-8), DEL and NUL: all gone.
+    // The tab stays.
+    let spoof = "one\rann: forged\x1b[2J\x07\ttab \u{9b}31m\x7f\0end\r\n";
+    bounded("a client's write", bob.writer.write_all(spoof.as_bytes()))
+        .await
+        .unwrap();
+    ann.expect("bob: oneann: forged[2J\ttab 31mend").await;
+    // In a name too.
+    let mut carol = ChatClient::connect(address, "carol").await;
+    carol.send("NICK \x1bca\rrol\x07").await;
+    ann.expect("* carol joined").await;
+    bob.expect("* carol joined").await;
+    carol.send("hi").await;
+    ann.expect("carol: hi").await;
     let status = tokio::task::block_in_place(|| server.stop());
     assert!(status.success(), "the chat server exited with {status}");
 }

@@ -1,7 +1,9 @@
 //! The `echo_server` example's `--metrics ADDR`: Prometheus text at `http://ADDR/metrics`,
 //! scraped with a real HTTP client (`curl`) while clients echo through the example and after they
 //! are gone, and checked against what the clients did: connections accepted, refused at the
-//! limit, live, closed by reason, bytes both ways.
+//! limit, live, closed by reason, bytes both ways. And against abuse: scrapes get through while
+//! 300 silent connections (reconnecting as they are closed) are held against the endpoint, and a
+//! request trickled in a byte at a time is cut off.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -10,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// `--max-connections` of the example: the clients that stay connected.
@@ -108,12 +110,21 @@ impl Scrape {
     }
 }
 
+/// How long curl may take for a request (a scraper's timeout; Prometheus' default is 10 s).
+const CURL_MAX_TIME: Duration = Duration::from_secs(10);
+
 /// GETs `url` with curl (bounded); returns the status code, the content type and the body.
 async fn curl(url: &str) -> (u16, String, String) {
+    curl_within(url, CURL_MAX_TIME).await
+}
+
+/// [`curl`], failing if it takes longer than `max_time`.
+async fn curl_within(url: &str, max_time: Duration) -> (u16, String, String) {
+    let max_time = max_time.as_secs_f64().to_string();
     let output = bounded(
         "curl",
         tokio::process::Command::new("curl")
-            .args(["--silent", "--show-error", "--max-time", "10"])
+            .args(["--silent", "--show-error", "--max-time", &max_time])
             .args(["--write-out", "\n%{http_code}\n%{content_type}", url])
             .output(),
     )
@@ -129,7 +140,12 @@ async fn curl(url: &str) -> (u16, String, String) {
 }
 
 async fn scrape(url: &str) -> Scrape {
-    let (status, content_type, body) = curl(url).await;
+    scrape_within(url, CURL_MAX_TIME).await
+}
+
+/// [`scrape`], failing if curl takes longer than `max_time`.
+async fn scrape_within(url: &str, max_time: Duration) -> Scrape {
+    let (status, content_type, body) = curl_within(url, max_time).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(content_type, "text/plain; version=0.0.4");
     Scrape::parse(body)
@@ -274,6 +290,74 @@ async fn echo_server_metrics_scraped_with_curl_during_and_after_load_match_the_c
 
     let (status, _, _) = curl(&url.replace("/metrics", "/elsewhere")).await;
     assert_eq!(status, 404);
+
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Silent connections held against the metrics endpoint, reconnecting as they are closed: more
+/// than its whole connection limit (256), so that they push each other out of its line and wait
+/// in its backlog as any larger flood would. 64 used to hold it entirely.
+const SILENT: usize = 300;
+/// Scrapes made while they are held, one after the other.
+const SCRAPES: usize = 12;
+/// What each of those scrapes may take: half the 10 s a silent connection used to hold its slot
+/// for, and far more than the endpoint needs when nothing holds it (milliseconds).
+const SCRAPE_DURING_FLOOD: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_get_through_while_silent_connections_hold_the_endpoint_and_a_trickle_is_cut() {
+    let mut server = EchoServer::start(&["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+    server.log.wait("the metrics line", |log| {
+        !log.after("metrics on ").is_empty()
+    });
+    let endpoint: SocketAddr = server.log.after("metrics on ")[0].parse().unwrap();
+    let url = format!("http://{endpoint}/metrics");
+
+    let flood = SilentFlood::start(endpoint, SILENT);
+    flood.until_connected().await;
+    for _ in 0..SCRAPES {
+        let started = tokio::time::Instant::now();
+        let scrape = scrape_within(&url, SCRAPE_DURING_FLOOD).await;
+        assert!(scrape.text.contains(&format!("# TYPE {ACCEPTED} counter")));
+        println!("a scrape during the flood took {:?}", started.elapsed());
+    }
+    println!(
+        "{SCRAPES} scrapes during the flood: {} silent connections open, {} connects, {} ended \
+         by the endpoint",
+        flood.open(),
+        flood.connects(),
+        flood.ended()
+    );
+    drop(flood);
+
+    // A request that trickles in, a byte at a time and never complete, is cut off: the head must
+    // arrive whole in a few seconds, whatever the pace of its bytes.
+    let (mut reader, mut writer) = client(endpoint).await.into_split();
+    bounded(
+        "a client's write",
+        writer.write_all(b"GET /metrics HTTP/1.1\r\n"),
+    )
+    .await
+    .unwrap();
+    let cut = bounded("the endpoint to cut the trickle off", async {
+        let mut buffer = [0; 256];
+        loop {
+            tokio::select! {
+                read = reader.read(&mut buffer) => match read {
+                    Ok(0) | Err(_) => return "closed",
+                    Ok(_) => return "answered",
+                },
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if writer.write_all(b"X").await.is_err() {
+                        return "closed";
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(cut, "closed", "an incomplete request must not be answered");
 
     let status = server.stop();
     assert!(status.success(), "{status:?}");

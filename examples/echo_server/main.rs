@@ -51,11 +51,14 @@
 //!
 //! With `--metrics ADDR` the server's metrics (see the crate docs) are served as Prometheus text
 //! at `http://ADDR/metrics`, through `metrics-exporter-prometheus`'s recorder, and the second line
-//! on stdout, after the `listening on` lines, is `metrics on <address>`. The endpoint is a second switchboard server in this
-//! process: one small HTTP/1.x request per connection (its head read up to the blank line, at
-//! most 8 KiB), `GET /metrics` answered 200, anything else 404, then the connection closes. Each
-//! server labels its series: `server="echo"` for the echo server, `server="metrics"` for the
-//! endpoint itself.
+//! on stdout, after the `listening on` lines, is `metrics on <address>`. The endpoint is a second
+//! switchboard server in this process: one small HTTP/1.x request per connection (its head read
+//! up to the blank line, at most 8 KiB), `GET /metrics` answered 200, anything else 404, then the
+//! connection closes. Connections that say nothing cannot keep scrapes out: at most 128 wait for
+//! their request at once, one more pushes out (resets) the oldest, and a request head must be
+//! complete 2 s after its connection was accepted (a silent one is reset after 1 s). Each server
+//! labels its series: `server="echo"` for the echo server, `server="metrics"` for the endpoint
+//! itself.
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,15 +1,40 @@
 //! The `--metrics` endpoint: the Prometheus recorder, and a second switchboard server that
 //! answers `GET /metrics` with what it recorded.
+//!
+//! Connections that say nothing cannot keep scrapes out: a connection waits for its request in a
+//! [line](crate::common::line) of at most [`MAX_WAITING`], where one more pushes out (resets) the
+//! oldest, and its request head must be complete within [`REQUEST_TIMEOUT`] of its accept. A
+//! scraper sends its request as soon as it is connected, so it is answered while silent
+//! connections churn through the line.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard::{async_trait, BytesMut, Callbacks, Connection, Error, Server, Slot};
 
+use crate::common::line::{close_the_late, Place, WaitingLine};
+
 /// Longest HTTP request head the metrics endpoint reads; a longer one is answered 431.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Connections waiting for their request at once; one more pushes out the oldest. A handful of
+/// scrapers at a time is what a metrics endpoint sees.
+const MAX_WAITING: usize = 128;
+
+/// How long a connection has, from its accept, to send its whole request head; one that has not
+/// is reset. Far more than a scraper needs (its request follows the handshake at once), and short
+/// enough that a client trickling its request a byte at a time does not hold its place for long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a connection may stay silent after its accept (the server's first-byte timeout).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The endpoint's connection limit: the line, and as many again being answered, closing, or just
+/// pushed out. Past it new connections wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 2 * MAX_WAITING;
 
 /// Upper bounds of the buckets of the `_seconds` histograms (TLS handshake, PROXY header): from
 /// half a millisecond on loopback to the 10 s of the default handshake timeout.
@@ -20,12 +45,22 @@ const SECONDS_BUCKETS: &[f64] = &[
 /// The `--metrics` endpoint: answers one HTTP/1.x request per connection, then closes.
 struct MetricsEndpoint {
     prometheus: PrometheusHandle,
-    /// The request head read so far.
-    head: Slot<Vec<u8>>,
+    /// Each connection's request so far.
+    request: Slot<Request>,
+    /// The connections waiting for their request.
+    waiting: Arc<Mutex<WaitingLine>>,
+}
+
+/// A connection's request, while it comes.
+struct Request {
+    /// Its place in the line.
+    place: Place,
+    /// The head read so far.
+    head: Vec<u8>,
 }
 
 /// How far a connection's request has come.
-enum Request {
+enum Progress {
     /// The head is not complete yet.
     Incomplete,
     /// The head, up to its blank line.
@@ -33,62 +68,123 @@ enum Request {
     TooLarge,
 }
 
-impl MetricsEndpoint {
-    /// The response to a complete request head.
-    fn respond(&self, head: &[u8]) -> String {
-        let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-        let mut parts = request_line.split(|&b| b == b' ');
-        let (method, target) = (parts.next(), parts.next());
-        let is_metrics =
-            matches!(target, Some(t) if t == b"/metrics" || t.starts_with(b"/metrics?"));
-        if method == Some(b"GET") && is_metrics {
-            response(
-                "200 OK",
-                "text/plain; version=0.0.4",
-                &self.prometheus.render(),
-            )
-        } else {
-            response("404 Not Found", "text/plain", "not found\n")
+/// An answer: status line, content type and body.
+struct Response {
+    status: &'static str,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn new(status: &'static str, content_type: &'static str, body: impl Into<String>) -> Self {
+        Response {
+            status,
+            content_type,
+            body: body.into(),
         }
+    }
+
+    fn not_found() -> Self {
+        Response::new("404 Not Found", "text/plain", "not found\n")
+    }
+
+    fn into_text(self) -> String {
+        format!(
+            "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{}",
+            self.status,
+            self.content_type,
+            self.body.len(),
+            self.body
+        )
     }
 }
 
-fn response(status: &str, content_type: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )
+impl MetricsEndpoint {
+    fn waiting(&self) -> MutexGuard<'_, WaitingLine> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The response to a complete request head.
+    fn respond(&self, head: &[u8]) -> Response {
+        let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+        let request_line = String::from_utf8_lossy(request_line);
+        let mut parts = request_line.split(' ');
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let path = target.split('?').next().unwrap_or("");
+        self.route(method, path)
+    }
+
+    /// What each method and path are answered with.
+    fn route(&self, method: &str, path: &str) -> Response {
+        match (method, path) {
+            ("GET", "/metrics") => Response::new(
+                "200 OK",
+                "text/plain; version=0.0.4",
+                self.prometheus.render(),
+            ),
+            _ => Response::not_found(),
+        }
+    }
 }
 
 #[async_trait]
 impl Callbacks for MetricsEndpoint {
     async fn on_connection_established(&self, connection: &Connection, _address: &SocketAddr) {
+        let (place, pushed_out) = self.waiting().join(connection);
+        let request = Request {
+            place,
+            head: Vec::new(),
+        };
+        connection.user_data().set(self.request, request);
+        if let Some(oldest) = pushed_out.and_then(|oldest| oldest.upgrade()) {
+            oldest.abort();
+        }
         connection.read();
     }
 
     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
-        let request = connection.user_data().with(self.head, |head| {
-            let head = head.get_or_insert_with(Vec::new);
-            head.extend_from_slice(&data);
-            match head.windows(4).position(|w| w == b"\r\n\r\n") {
-                Some(end) => Request::Head(head[..end].to_vec()),
-                None if head.len() > MAX_REQUEST_HEAD => Request::TooLarge,
-                None => Request::Incomplete,
-            }
+        let progress = connection.user_data().with(self.request, |request| {
+            let request = request.as_mut()?;
+            request.head.extend_from_slice(&data);
+            let progress = match request.head.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(end) => Progress::Head(request.head[..end].to_vec()),
+                None if request.head.len() > MAX_REQUEST_HEAD => Progress::TooLarge,
+                None => Progress::Incomplete,
+            };
+            Some((request.place, progress))
         });
-        let answer = match request {
-            Request::Incomplete => return connection.read(),
-            Request::Head(head) => self.respond(&head),
-            Request::TooLarge => response(
+        let Some((place, progress)) = progress else {
+            return;
+        };
+        let answer = match progress {
+            Progress::Incomplete => return connection.read(),
+            Progress::Head(head) => self.respond(&head),
+            Progress::TooLarge => Response::new(
                 "431 Request Header Fields Too Large",
                 "text/plain",
                 "request head too large\n",
             ),
         };
+        // Pushed out or late while its last bytes came: it is being reset already.
+        if !self.waiting().leave(place) {
+            return;
+        }
         // The only write on this connection, so the queue has room.
-        let _ = connection.write(answer);
+        let _ = connection.write(answer.into_text());
         connection.close();
+    }
+
+    async fn on_connection_closure(
+        &self,
+        connection: &Connection,
+        _reason: switchboard::ClosureReason,
+    ) {
+        if let Some(request) = connection.user_data().take(self.request) {
+            self.waiting().leave(request.place);
+        }
     }
 }
 
@@ -114,14 +210,23 @@ pub(crate) async fn start_metrics(address: &str) -> Result<Server, Error> {
             upkeep.run_upkeep();
         }
     });
+    let waiting = Arc::new(Mutex::new(WaitingLine::new(MAX_WAITING, REQUEST_TIMEOUT)));
+    tokio::spawn(close_the_late(
+        waiting.clone(),
+        |line| line,
+        |late| late.abort(),
+    ));
     let mut builder = Server::builder();
-    let head = builder.request_user_data_slot();
+    let request = builder.request_user_data_slot();
     builder
         .bind(address)
         .metrics_labels([("server", "metrics")])
-        .max_connections(64)
-        // A scraper that connects and says nothing holds its slot this long at most.
-        .read_timeout(Some(Duration::from_secs(10)))
-        .start(MetricsEndpoint { prometheus, head })
+        .max_connections(MAX_CONNECTIONS)
+        .first_byte_timeout(Some(FIRST_BYTE_TIMEOUT))
+        .start(MetricsEndpoint {
+            prometheus,
+            request,
+            waiting,
+        })
         .await
 }

@@ -2,8 +2,8 @@
 //! client helpers (and their kin for the embedded connection's peer), the test certificates,
 //! the child-process server for descriptor exhaustion, CPU-time readings, a recorder for the `metrics` facade ([`MetricsRecorder`]), the
 //! `echo_server` example as a child process ([`EchoServer`]: spawn, its stdout lines, signals,
-//! hand-off restarts), echo load against it ([`EchoLoad`]), and what Wine lacks
-//! ([`skip_under_wine`]).
+//! hand-off restarts), echo load against it ([`EchoLoad`]), a silent flood
+//! ([`SilentFlood`]), and what Wine lacks ([`skip_under_wine`]).
 //!
 //! Files directly in `tests/` are test binaries, so the parts live under `tests/common/`. Each
 //! binary uses only some of them, hence `dead_code` is allowed here.
@@ -18,6 +18,9 @@ mod cpu;
 mod embedded;
 #[cfg(target_os = "linux")]
 mod example;
+// Silent connections that reconnect, as an attacker holding a server's slots (Linux: rlimits).
+#[cfg(target_os = "linux")]
+mod flood;
 mod load;
 mod metrics_recorder;
 mod recorder;
@@ -31,7 +34,7 @@ pub use example::*;
 pub use {certs::*, embedded::*, load::*, metrics_recorder::*, recorder::*, wine::*};
 #[cfg(target_os = "linux")]
 #[allow(unused_imports)]
-pub use {child::*, cpu::*};
+pub use {child::*, cpu::*, flood::*};
 
 use std::future::Future;
 use std::io;
