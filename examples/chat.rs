@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! cargo run --release --example chat -- [--listen ADDR] [--threads N] [--max-clients N]
-//!     [--max-unnamed N] [--nick-timeout SECS]
+//!     [--max-unnamed N] [--nick-timeout SECS] [--read-rate BYTES]
 //! ```
 //! `--listen` defaults to 127.0.0.1:7070 (port 0 picks one), `--threads` to one per core,
-//! `--max-clients` to 1000, `--max-unnamed` to 256 and `--nick-timeout` to 10 seconds. The first
+//! `--max-clients` to 1000, `--max-unnamed` to 256, `--nick-timeout` to 10 seconds and `--read-rate` (bytes a second read
+//! from each client, after a burst of four times as many) to 16384. The first
 //! line on stdout is `listening on <address>`; the last, after SIGINT or SIGTERM (Ctrl-C on
 //! Windows) and the ordered shutdown, is `shutdown complete graceful=N forced=N other=N`, and the
 //! process exits 0.
@@ -29,9 +30,18 @@
 //! - when the client leaves (closes, resets, or is closed), the others see `* name left`;
 //! - at shutdown every client gets `server shutting down`, then the server's FIN.
 //!
-//! A client that reads too slowly to keep up (its write queue, 64 KiB, is full when a message
-//! comes) is closed gracefully: it gets every message up to that point and then FIN, never a
-//! conversation with a gap in it ([`WhenFull::Close`]).
+//! # Senders and slow readers
+//!
+//! A sender is paced by the room. Each client is read at most at `--read-rate` bytes a second
+//! (after a burst: [`ReadRate`]), so a client that pastes a flood gets it read at that pace, and
+//! TCP holds it back meanwhile. And a line that leaves any member's write queue above 32 KiB
+//! (its high watermark: [`BroadcastReport::high`](switchboard::BroadcastReport::high)) stops
+//! the reading of the sender's next lines until the room has caught up
+//! ([`ConnectionGroup::writable`]): one sender's burst slows that sender, never the others'
+//! reception. A member still above the mark after [`PATIENCE`] (it does not read) is closed
+//! gracefully then, as is one whose queue (64 KiB) is full when a message comes: it gets every
+//! message up to that point and then FIN, never a conversation with a gap in it
+//! ([`WhenFull::Close`]).
 //!
 //! # Connections that never name themselves
 //!
@@ -61,7 +71,7 @@ use std::time::Duration;
 
 use switchboard::{
     async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionGroup,
-    Error, Server, ShutdownReport, Slot, WeakConnection, WhenFull,
+    Error, ReadRate, Server, ShutdownReport, Slot, WeakConnection, WhenFull,
 };
 
 #[path = "common/mod.rs"]
@@ -75,9 +85,15 @@ use common::say;
 const MAX_LINE: usize = 4096;
 /// The longest name.
 const MAX_NAME: usize = 32;
+/// A member's write queue high watermark: a line that leaves a member at or above it holds the
+/// sender's next lines back until the room has caught up. Half the queue's limit (64 KiB), so
+/// that the lines of several senders in flight at once still fit.
+const HIGH_WATERMARK: usize = 32 * 1024;
+/// How long a sender waits for the room to catch up before the members still behind are closed.
+const PATIENCE: Duration = Duration::from_secs(2);
 
 const USAGE: &str = "usage: chat [--listen ADDR] [--threads N] [--max-clients N] \
-                     [--max-unnamed N] [--nick-timeout SECS]";
+                     [--max-unnamed N] [--nick-timeout SECS] [--read-rate BYTES]";
 
 struct Options {
     listen: String,
@@ -94,6 +110,8 @@ struct Limits {
     max_unnamed: usize,
     /// How long a connection may take to name itself.
     nick_timeout: Duration,
+    /// Bytes a second read from each client.
+    read_rate: u64,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -104,6 +122,7 @@ fn parse_options() -> Result<Options, String> {
             max_clients: 1000,
             max_unnamed: 256,
             nick_timeout: Duration::from_secs(10),
+            read_rate: 16 * 1024,
         },
     };
     let mut args = std::env::args().skip(1);
@@ -126,6 +145,7 @@ fn parse_options() -> Result<Options, String> {
                 let seconds = above_zero(number(value()?)?)?;
                 options.limits.nick_timeout = Duration::from_secs(seconds as u64);
             }
+            "--read-rate" => options.limits.read_rate = above_zero(number(value()?)?)? as u64,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -241,7 +261,10 @@ impl Lobby {
     }
 }
 
-struct Chat {
+/// The server's callbacks; its state is shared with the tasks that resume a paced sender.
+struct Chat(Arc<Room>);
+
+struct Room {
     room: ConnectionGroup,
     client: Slot<Client>,
     lobby: Arc<Mutex<Lobby>>,
@@ -249,51 +272,110 @@ struct Chat {
     shutting_down: AtomicBool,
 }
 
-impl Chat {
+impl std::ops::Deref for Chat {
+    type Target = Room;
+
+    fn deref(&self) -> &Room {
+        &self.0
+    }
+}
+
+impl Room {
     fn lobby(&self) -> MutexGuard<'_, Lobby> {
         self.lobby
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// What each whole line in `client`'s buffer says, in order (stopping at a refusal).
-    fn take_lines(&self, client: &mut Client) -> Vec<Said> {
-        let mut said = Vec::new();
-        loop {
-            let line = match next_line(&mut client.pending) {
-                Ok(Some(line)) => line,
-                Ok(None) => return said,
-                Err(LineTooLong) => {
-                    said.push(Said::Refuse("* line too long\n"));
-                    return said;
-                }
-            };
-            let text = printable(&line);
-            match &client.name {
-                Some(name) => said.push(Said::Message(Bytes::from(format!("{name}: {text}\n")))),
-                None => match text.strip_prefix("NICK ").map(str::trim) {
-                    Some(name) if valid_name(name) => {
-                        let naming = self
-                            .lobby()
-                            .name(client.place, name, self.limits.max_clients);
-                        match naming {
-                            Naming::Named => {
-                                client.name = Some(name.to_owned());
-                                said.push(Said::Joined(name.to_owned()));
-                            }
-                            Naming::Taken => said.push(Said::Reply("* name taken\n")),
-                            Naming::Full => {
-                                said.push(Said::Refuse("server full\n"));
-                                return said;
-                            }
-                            Naming::Gone => {
-                                said.push(Said::Gone);
-                                return said;
-                            }
+    /// What the next whole line in `client`'s buffer says; `None` while there is none.
+    fn take_line(&self, client: &mut Client) -> Option<Said> {
+        let line = match next_line(&mut client.pending) {
+            Ok(line) => line?,
+            Err(LineTooLong) => return Some(Said::Refuse("* line too long\n")),
+        };
+        let text = printable(&line);
+        let Some(name) = &client.name else {
+            return Some(match text.strip_prefix("NICK ").map(str::trim) {
+                Some(name) if valid_name(name) => {
+                    let naming = self
+                        .lobby()
+                        .name(client.place, name, self.limits.max_clients);
+                    match naming {
+                        Naming::Named => {
+                            client.name = Some(name.to_owned());
+                            Said::Joined(name.to_owned())
                         }
+                        Naming::Taken => Said::Reply("* name taken\n"),
+                        Naming::Full => Said::Refuse("server full\n"),
+                        Naming::Gone => Said::Gone,
                     }
-                    _ => said.push(Said::Reply("* send NICK name first\n")),
-                },
+                }
+                _ => Said::Reply("* send NICK name first\n"),
+            });
+        };
+        Some(Said::Message(Bytes::from(format!("{name}: {text}\n"))))
+    }
+
+    /// Does what the client's whole lines say, one at a time, then asks for its next read; or,
+    /// when a line left a member behind, hands the rest to a task that waits for the room to
+    /// catch up first (so that the sender's lines wait, and TCP holds it back).
+    fn serve(self: &Arc<Self>, connection: &Connection) {
+        loop {
+            let said = connection.user_data().with(self.client, |client| {
+                client.as_mut().map(|c| self.take_line(c))
+            });
+            // Without a state it was refused at arrival, or has ended: nothing to do.
+            let Some(said) = said else { return };
+            let report = match said {
+                None => break,
+                Some(Said::Joined(name)) => {
+                    // It hears every message from now on; the others hear of it before any
+                    // message of its own (they come later, from this same task).
+                    self.room.insert(connection);
+                    let joined = format!("* {name} joined\n");
+                    self.room.broadcast_except(joined, connection.id())
+                }
+                Some(Said::Message(message)) => {
+                    self.room.broadcast_except(message, connection.id())
+                }
+                Some(Said::Reply(reply)) => {
+                    let _ = connection.write(reply);
+                    continue;
+                }
+                Some(Said::Refuse(reply)) => {
+                    let _ = connection.write(reply);
+                    connection.close();
+                    return;
+                }
+                Some(Said::Gone) => return,
+            };
+            if report.high() > 0 {
+                let room = self.clone();
+                let connection = connection.clone();
+                tokio::spawn(async move {
+                    room.catch_up().await;
+                    room.serve(&connection);
+                });
+                return;
+            }
+        }
+        connection.read();
+    }
+
+    /// Waits for every member to be below the high watermark, for [`PATIENCE`] at most; closes
+    /// the members still behind then.
+    async fn catch_up(&self) {
+        if tokio::time::timeout(PATIENCE, self.room.writable())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        for member in self.room.members() {
+            if let Some(member) = member.upgrade() {
+                if member.queued_write_bytes() >= HIGH_WATERMARK {
+                    member.close();
+                }
             }
         }
     }
@@ -327,38 +409,12 @@ impl Callbacks for Chat {
     }
 
     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
-        let said = connection.user_data().with(self.client, |client| {
-            client.as_mut().map(|client| {
+        connection.user_data().with(self.client, |client| {
+            if let Some(client) = client {
                 client.pending.unsplit(data);
-                self.take_lines(client)
-            })
-        });
-        // Without a state it was refused at arrival, and is closing.
-        let Some(said) = said else { return };
-        for said in said {
-            match said {
-                Said::Joined(name) => {
-                    // It hears every message from now on; the others hear of it before any
-                    // message of its own (they come later, from this same task).
-                    self.room.insert(connection);
-                    let joined = format!("* {name} joined\n");
-                    self.room.broadcast_except(joined, connection.id());
-                }
-                Said::Message(message) => {
-                    self.room.broadcast_except(message, connection.id());
-                }
-                Said::Reply(reply) => {
-                    let _ = connection.write(reply);
-                }
-                Said::Refuse(reply) => {
-                    let _ = connection.write(reply);
-                    connection.close();
-                    return;
-                }
-                Said::Gone => return,
             }
-        }
-        connection.read();
+        });
+        self.0.serve(connection);
     }
 
     async fn on_connection_closure(&self, connection: &Connection, _reason: ClosureReason) {
@@ -404,13 +460,13 @@ async fn run(options: Options) -> Result<(), Error> {
         names: HashSet::new(),
         unnamed: WaitingLine::new(limits.max_unnamed, limits.nick_timeout),
     }));
-    let chat = Chat {
+    let chat = Chat(Arc::new(Room {
         room: ConnectionGroup::with_when_full(WhenFull::Close),
         client,
         lobby: lobby.clone(),
         limits,
         shutting_down: AtomicBool::new(false),
-    };
+    }));
     // Room for the named clients, the line of unnamed ones, and as many again that the line has
     // just closed (see the module docs); past it, clients wait in the backlog.
     let max_connections = limits
@@ -420,6 +476,8 @@ async fn run(options: Options) -> Result<(), Error> {
         .bind(options.listen.as_str())
         .max_connections(max_connections)
         .at_limit(AtLimit::StopAccepting)
+        .write_watermarks(HIGH_WATERMARK, HIGH_WATERMARK / 2)
+        .read_rate_limit(Some(ReadRate::new(limits.read_rate, 4 * limits.read_rate)))
         .start(chat)
         .await?;
     let told = Bytes::from(format!(

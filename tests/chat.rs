@@ -32,6 +32,24 @@ impl ChatClient {
         }
     }
 
+    /// [`join`](ChatClient::join)s with a 4 KiB receive buffer: the kernel holds little of what
+    /// it is sent, as over a slow link, so the server's queue for it is what fills.
+    async fn join_with_small_window(address: SocketAddr, name: &str) -> ChatClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let (reader, writer) = bounded("a connect", socket.connect(address))
+            .await
+            .unwrap()
+            .into_split();
+        let mut client = ChatClient {
+            name: name.to_owned(),
+            lines: BufReader::new(reader).lines(),
+            writer,
+        };
+        client.send(&format!("NICK {name}")).await;
+        client
+    }
+
     /// Connects and sends `NICK name`.
     async fn join(address: SocketAddr, name: &str) -> ChatClient {
         let mut client = ChatClient::connect(address, name).await;
@@ -431,4 +449,85 @@ async fn control_characters_are_stripped_from_lines_and_names() {
     ann.expect("carol: hi").await;
     let status = tokio::task::block_in_place(|| server.stop());
     assert!(status.success(), "the chat server exited with {status}");
+}
+
+/// A member of the flood test: reads every line, at once (`pause` zero) or a bufferful every
+/// `pause` (a person's terminal), until it has seen the flooder's `end`; returns how many lines
+/// it heard from the flooder, or the line where it was closed.
+async fn member(mut client: ChatClient, pause: std::time::Duration) -> Result<usize, String> {
+    let mut heard = 0;
+    loop {
+        if !pause.is_zero() && client.lines.get_ref().buffer().is_empty() {
+            tokio::time::sleep(pause).await;
+        }
+        match client.line().await {
+            Some(line) if line == "flooder: end" => return Ok(heard),
+            Some(line) if line.starts_with("flooder: ") => heard += 1,
+            Some(_) => {}
+            None => return Err(format!("{} was closed after {heard} lines", client.name)),
+        }
+    }
+}
+
+/// The outside test's flood: one client sends 100,000 empty lines at once, while 5 members read
+/// fast and 5 read a bufferful every 100 ms. Before, every fast reader and 4 of the idle
+/// members were closed as slow consumers; now the sender is paced (its read rate, and the room
+/// catching up) and every member hears every line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_burst_closes_none_of_the_other_members() {
+    const LINES: usize = 100_000;
+    let mut server =
+        EchoServer::start_example("chat", &["--listen", "127.0.0.1:0", "--threads", "2"]);
+    let address = server.address;
+    // Each one joins once the one before is known to be in the room (see `joined_pair`).
+    let mut pair = joined_pair(address, "flooder", "member0").await;
+    let mut members = vec![pair.pop().unwrap()];
+    let mut flooder = pair.pop().unwrap();
+    for i in 1..10 {
+        let name = format!("member{i}");
+        let mut client = ChatClient::join_with_small_window(address, &name).await;
+        flooder.expect(&format!("* {name} joined")).await;
+        for earlier in &mut members {
+            let earlier: &mut ChatClient = earlier;
+            earlier.expect(&format!("* {name} joined")).await;
+        }
+        client.send("ready").await;
+        flooder.expect(&format!("{name}: ready")).await;
+        for earlier in &mut members {
+            let earlier: &mut ChatClient = earlier;
+            earlier.expect(&format!("{name}: ready")).await;
+        }
+        members.push(client);
+    }
+    let listening: Vec<_> = members
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let pause = if i < 5 {
+                std::time::Duration::ZERO
+            } else {
+                std::time::Duration::from_millis(100)
+            };
+            tokio::spawn(member(client, pause))
+        })
+        .collect();
+    // The flooder never reads what the others say meanwhile (there is nothing), and sends its
+    // burst and an end in one write.
+    let mut burst = "\n".repeat(LINES);
+    burst.push_str("end\n");
+    let sending = tokio::spawn(async move {
+        flooder.writer.write_all(burst.as_bytes()).await.unwrap();
+        flooder
+    });
+    for (i, listening) in listening.into_iter().enumerate() {
+        let heard = tokio::time::timeout(std::time::Duration::from_secs(60), listening)
+            .await
+            .unwrap_or_else(|_| panic!("member{i} heard the end in time"))
+            .unwrap();
+        assert_eq!(heard, Ok(LINES), "member{i}");
+    }
+    let flooder = bounded("the flooder's write", sending).await.unwrap();
+    drop(flooder);
+    let status = tokio::task::block_in_place(|| server.stop());
+    assert!(status.success(), "{status:?}");
 }
