@@ -1,7 +1,9 @@
 //! `examples/resp_server` driven by clients nobody here wrote: Debian's `redis-cli` (each
 //! command, with redis-server's exact replies) and `redis-benchmark` (PING, SET and GET from 50
-//! clients, with and without pipelining, and exact counts afterwards); inline commands and
-//! protocol errors over a plain socket; and its ordered shutdown on SIGTERM.
+//! clients, with and without pipelining, and exact counts afterwards); inline commands (quoted
+//! ones too), integer edge cases and protocol errors over a plain socket; and its ordered
+//! shutdown on SIGTERM. Then a large command trickled in small reads: the decoder's work, read
+//! from INFO.
 //!
 //! Without `redis-cli` and `redis-benchmark` on the PATH the tests say so and pass, unless
 //! `SWITCHBOARD_REQUIRE_REDIS` is set (as `.ci/run` sets it, after installing `redis-tools`):
@@ -12,9 +14,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Whether the redis tools are installed; panics if they are required and missing.
 fn redis_tools() -> bool {
@@ -157,7 +161,6 @@ async fn raw(address: SocketAddr, request: &[u8]) -> (Vec<u8>, bool) {
     let mut reply = Vec::new();
     let mut chunk = [0; 4096];
     loop {
-        use tokio::io::AsyncReadExt;
         let quiet = std::time::Duration::from_millis(300);
         match tokio::time::timeout(quiet, client.read(&mut chunk)).await {
             Ok(Ok(0)) => return (reply, false),
@@ -225,7 +228,6 @@ async fn inline_commands_and_protocol_errors_as_redis_server() {
         bounded("write", client.write_all(&[*byte])).await.unwrap();
     }
     let mut reply = [0; 5];
-    use tokio::io::AsyncReadExt;
     bounded("reply", client.read_exact(&mut reply))
         .await
         .unwrap();
@@ -363,4 +365,211 @@ async fn sigterm_closes_every_connection_in_order_and_exits_zero() {
     ended.expect("FIN, not a reset");
     let report = log.after("shutdown complete ");
     assert_eq!(report, ["graceful=1 forced=0 other=0"]);
+}
+
+/// Runs each request on a connection of its own and compares the answer, and whether the
+/// connection stayed open, with `expected`.
+async fn each_answers<R: AsRef<[u8]>, A: AsRef<[u8]>>(
+    address: SocketAddr,
+    expected: &[(R, A, bool)],
+) {
+    for (request, reply, open) in expected {
+        let (request, reply) = (request.as_ref(), reply.as_ref());
+        let (got, still_open) = raw(address, request).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(reply),
+            "for {:?}",
+            String::from_utf8_lossy(request)
+        );
+        assert_eq!(
+            still_open,
+            *open,
+            "open after {:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+}
+
+#[tokio::test]
+async fn quoted_inline_arguments_as_redis_server() {
+    let mut server = start_server();
+    // Each request and redis-server 7.0's answer to it (checked side by side).
+    let unbalanced: &[u8] = b"-ERR Protocol error: unbalanced quotes in request\r\n";
+    let cases: &[(&[u8], &[u8], bool)] = &[
+        (b"SET k \"a b\"\r\nGET k\r\n", b"+OK\r\n$3\r\na b\r\n", true),
+        (
+            b"SET k \"a\\x41\\n\\\"q\" \r\nGET k\r\n",
+            b"+OK\r\n$5\r\naA\n\"q\r\n",
+            true,
+        ),
+        (
+            b"SET k 'it\\'s'\r\nGET k\r\n",
+            b"+OK\r\n$4\r\nit's\r\n",
+            true,
+        ),
+        (b"ECHO \"\\z\\\\\"\r\n", b"$2\r\nz\\\r\n", true),
+        (b"ECHO \"\"\r\nECHO ''\r\n", b"$0\r\n\r\n$0\r\n\r\n", true),
+        (
+            b"ECHO \"a\"\tb\r\n",
+            b"-ERR wrong number of arguments for 'echo' command\r\n",
+            true,
+        ),
+        (b"SET k \"ab\"c\r\nPING\r\n", unbalanced, false),
+        (b"SET k \"ab\r\nPING\r\n", unbalanced, false),
+        (b"SET k 'ab\r\n", unbalanced, false),
+        (b"SET k a\"b c\"d\r\n", unbalanced, false),
+    ];
+    each_answers(server.address, cases).await;
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn integers_and_headers_only_in_their_canonical_form_as_redis_server() {
+    let mut server = start_server();
+    // redis-server 7.0's answers (checked side by side): leading zeros, `-0`, `+`, spaces and
+    // more than 20 bytes make no integer; i64's minimum is one.
+    let mut cases: Vec<(Vec<u8>, Vec<u8>, bool)> = [
+        "01",
+        "-0",
+        "\" 1\"",
+        "+1",
+        "123456789012345678901",
+        "9223372036854775808",
+    ]
+    .iter()
+    .map(|text| {
+        (
+            format!("SET n {text}\r\nINCR n\r\n").into_bytes(),
+            b"+OK\r\n-ERR value is not an integer or out of range\r\n".to_vec(),
+            true,
+        )
+    })
+    .collect();
+    let more: &[(&[u8], &[u8], bool)] = &[
+        (
+            b"SET n -9223372036854775808\r\nINCR n\r\nDECR n\r\nDECR n\r\n",
+            b"+OK\r\n:-9223372036854775807\r\n:-9223372036854775808\r\n\
+              -ERR increment or decrement would overflow\r\n",
+            true,
+        ),
+        (
+            b"SET x 9223372036854775807\r\nINCR x\r\nINCR fresh\r\nDECR other\r\n",
+            b"+OK\r\n-ERR increment or decrement would overflow\r\n:1\r\n:-1\r\n",
+            true,
+        ),
+        (
+            b"SET m 5\r\nINCRBY m 01\r\nDECRBY m -9223372036854775808\r\n\
+              INCRBY m 9223372036854775807\r\nINCRBY m -7\r\nDECRBY m -4\r\n",
+            b"+OK\r\n-ERR value is not an integer or out of range\r\n\
+              -ERR decrement would overflow\r\n-ERR increment or decrement would overflow\r\n\
+              :-2\r\n:2\r\n",
+            true,
+        ),
+        (
+            b"*03\r\n$4\r\nPING\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+            false,
+        ),
+        (
+            b"*-0\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+            false,
+        ),
+        (
+            b"*1\r\n$04\r\nPING\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+            false,
+        ),
+        (
+            b"*1\r\n$+4\r\nPING\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+            false,
+        ),
+    ];
+    cases.extend(
+        more.iter()
+            .map(|(request, reply, open)| (request.to_vec(), reply.to_vec(), *open)),
+    );
+    each_answers(server.address, &cases).await;
+    assert!(server.stop().success());
+}
+
+/// `args` as a request: an array of bulk strings.
+fn multibulk(args: &[&[u8]]) -> Vec<u8> {
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        request.extend_from_slice(arg);
+        request.extend_from_slice(b"\r\n");
+    }
+    request
+}
+
+/// Reads one line (through its `\r\n`), at most [`WAIT`].
+async fn read_line(stream: &mut TcpStream) -> Vec<u8> {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        let mut byte = [0];
+        let read = bounded("a reply line", stream.read(&mut byte)).await;
+        match read {
+            Ok(1) => line.push(byte[0]),
+            other => panic!(
+                "the line {:?} ended with {other:?}",
+                String::from_utf8_lossy(&line)
+            ),
+        }
+    }
+    line
+}
+
+/// The server's decoder counters, from INFO: bytes of the requests decoded, and bytes looked at
+/// to decode them.
+async fn decoder_counts(address: SocketAddr) -> (u64, u64) {
+    let (reply, _) = raw(address, b"INFO\r\n").await;
+    let text = String::from_utf8(reply).expect("text");
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("no {name} in INFO's {text:?}"))
+            .parse()
+            .expect("a number")
+    };
+    (field("decoded_bytes"), field("scanned_bytes"))
+}
+
+#[tokio::test]
+async fn a_large_command_trickled_in_small_reads_costs_the_decoder_linear_work() {
+    let mut server = start_server();
+    let address = server.address;
+    let (decoded_before, scanned_before) = decoder_counts(address).await;
+    // DEL of 100,000 keys, 1.3 MB, in 400 writes with a pause after each: the server reads
+    // it in hundreds of pieces, and used to parse it again from its start after each.
+    let keys: Vec<Vec<u8>> = (0..100_000)
+        .map(|index| format!("k{index:06}").into_bytes())
+        .collect();
+    let mut args: Vec<&[u8]> = vec![b"DEL"];
+    args.extend(keys.iter().map(Vec::as_slice));
+    let command = multibulk(&args);
+    let mut client = client(address).await;
+    client.set_nodelay(true).unwrap();
+    for piece in command.chunks(command.len() / 400 + 1) {
+        bounded("write", client.write_all(piece)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(read_line(&mut client).await, b":0\r\n");
+    let (decoded, scanned) = decoder_counts(address).await;
+    let (decoded, scanned) = (decoded - decoded_before, scanned - scanned_before);
+    assert!(
+        decoded >= command.len() as u64,
+        "{decoded} of {}",
+        command.len()
+    );
+    // The headers are looked at (each byte about once); the keys are jumped over.
+    assert!(
+        scanned <= decoded,
+        "{scanned} bytes looked at to decode {decoded}"
+    );
+    drop(client);
+    assert!(server.stop().success());
 }

@@ -1,8 +1,9 @@
 //! A Redis-protocol server on switchboard's frame layer: a subset of redis-server's commands
-//! (PING, ECHO, SET, GET, DEL, INCR, EXISTS, MGET, DBSIZE, QUIT; every other one gets
-//! redis-server's `-ERR unknown command ...`), over one in-memory map, for any Redis client
-//! (`redis-cli`, `redis-benchmark`, client libraries). Requests may be arrays of bulk strings
-//! or inline commands; pipelined requests are answered in order, with one write per read.
+//! (PING, ECHO, SET, GET, DEL, INCR, DECR, INCRBY, DECRBY, EXISTS, MGET, DBSIZE, QUIT, and an
+//! INFO of its own; every other one gets redis-server's `-ERR unknown command ...`), over one
+//! in-memory map, for any Redis client (`redis-cli`, `redis-benchmark`, client libraries).
+//! Requests may be arrays of bulk strings or inline commands (with redis-server's quoting:
+//! `SET k "a b"`); pipelined requests are answered in order, with one write per read.
 //!
 //! ```text
 //! cargo run --release --example resp_server -- [--listen ADDR] [--threads N]
@@ -16,7 +17,8 @@
 //! prints `shutdown complete graceful=N forced=N other=N` and exits 0.
 //!
 //! A request that breaks the protocol gets redis-server's error reply (`-ERR Protocol error:
-//! ...`) and the connection is closed, as redis-server does.
+//! ...`) and the connection is closed, as redis-server does. INFO gives only the decoders'
+//! counters: the bytes of the requests decoded, and the bytes looked at to decode them.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,7 +34,7 @@ use common::say;
 mod resp;
 mod store;
 
-use resp::{Command, Reply, Resp};
+use resp::{Command, DecoderStats, Reply, Resp};
 use store::{After, Store};
 
 /// Longest bulk string (redis-server's `proto-max-bulk-len` is 512 MB; a smaller bound suits an
@@ -41,6 +43,7 @@ const MAX_BULK: usize = 64 * 1024 * 1024;
 
 struct Redis {
     store: Arc<Store>,
+    stats: Arc<DecoderStats>,
 }
 
 impl Callbacks for Redis {}
@@ -50,7 +53,7 @@ impl FrameHandler for Redis {
     type Codec = Resp;
 
     fn new_codec(&self, _connection: &Connection) -> Resp {
-        Resp::new(MAX_BULK)
+        Resp::new(MAX_BULK, self.stats.clone())
     }
 
     async fn on_frame(&self, connection: &FramedConnection<'_, Resp>, command: Command) {
@@ -116,14 +119,14 @@ fn parse_options() -> Result<Options, String> {
 }
 
 async fn run(options: Options) -> Result<(), Error> {
+    let stats = Arc::new(DecoderStats::default());
+    let redis = Redis {
+        store: Arc::new(Store::new(stats.clone())),
+        stats,
+    };
     let server = Server::builder()
         .bind(options.listen.as_str())
-        .start_framed(
-            Framing::new(Redis {
-                store: Arc::default(),
-            })
-            .max_frame_length(MAX_BULK + 64 * 1024),
-        )
+        .start_framed(Framing::new(redis).max_frame_length(MAX_BULK + 64 * 1024))
         .await?;
     // Before the address is printed, so that no signal meets the process without its handler.
     let stopped = server.shutdown_on_signal()?;
