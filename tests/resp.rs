@@ -2,8 +2,10 @@
 //! command, with redis-server's exact replies) and `redis-benchmark` (PING, SET and GET from 50
 //! clients, with and without pipelining, and exact counts afterwards); inline commands (quoted
 //! ones too), integer edge cases and protocol errors over a plain socket; and its ordered
-//! shutdown on SIGTERM. Then a large command trickled in small reads: the decoder's work, read
-//! from INFO.
+//! shutdown on SIGTERM. Then its bounds under abuse: an MGET that would make a reply of any size
+//! out of a short request (under a 1 GiB address-space limit, with clients that never read),
+//! the maximum bulk and reply sizes, and a large command trickled in small reads (the decoder's
+//! work, read from INFO).
 //!
 //! Without `redis-cli` and `redis-benchmark` on the PATH the tests say so and pass, unless
 //! `SWITCHBOARD_REQUIRE_REDIS` is set (as `.ci/run` sets it, after installing `redis-tools`):
@@ -40,10 +42,14 @@ fn redis_tools() -> bool {
 }
 
 fn start_server() -> EchoServer {
-    EchoServer::start_example(
-        "resp_server",
-        &["--listen", "127.0.0.1:0", "--threads", "2"],
-    )
+    start_server_with(&[])
+}
+
+/// The server with `options` besides its address and threads.
+fn start_server_with(options: &[&str]) -> EchoServer {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--threads", "2"];
+    args.extend_from_slice(options);
+    EchoServer::start_example("resp_server", &args)
 }
 
 /// Runs `tool` with `args` against `address`, at most [`WAIT`] (through coreutils' `timeout`).
@@ -523,6 +529,15 @@ async fn read_line(stream: &mut TcpStream) -> Vec<u8> {
     line
 }
 
+/// Reads exactly `len` bytes, at most [`WAIT`].
+async fn read_bytes(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut data = vec![0; len];
+    bounded("a reply", stream.read_exact(&mut data))
+        .await
+        .expect("the reply");
+    data
+}
+
 /// The server's decoder counters, from INFO: bytes of the requests decoded, and bytes looked at
 /// to decode them.
 async fn decoder_counts(address: SocketAddr) -> (u64, u64) {
@@ -536,6 +551,127 @@ async fn decoder_counts(address: SocketAddr) -> (u64, u64) {
             .expect("a number")
     };
     (field("decoded_bytes"), field("scanned_bytes"))
+}
+
+#[tokio::test]
+async fn an_mget_that_would_make_a_huge_reply_gets_an_error_and_the_server_stays_up() {
+    // Under a 1 GiB address space, where the report's 916-byte MGET made the server try to
+    // encode 1.6 GB of reply, fail to allocate it and abort, losing every client.
+    let mut server = EchoServer::spawn(EchoServer::example_command_with_address_space(
+        "resp_server",
+        &["--listen", "127.0.0.1:0", "--threads", "2"],
+        1 << 30,
+    ));
+    let address = server.address;
+    // The default maximum bulk string, so the longest value there may be.
+    let value = vec![b'v'; 16 * 1024 * 1024];
+    let mut reader = client(address).await;
+    bounded(
+        "SET",
+        reader.write_all(&multibulk(&[b"SET", b"big", &value])),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_line(&mut reader).await, b"+OK\r\n");
+
+    let mut keys: Vec<&[u8]> = vec![b"MGET"];
+    keys.extend([&b"big"[..]; 100]);
+    let mget = multibulk(&keys);
+    assert_eq!(mget.len(), 916);
+    // 100 bulk strings of 16 MiB, with their headers.
+    let refusal: &[u8] = b"-ERR reply of 1677722906 bytes is above the maximum of 33554432 \
+                           (--max-reply)\r\n";
+    // Clients that stop reading: each asks for the huge reply (and reads the refusal, so that
+    // it is known to have been handled), then for the largest replies allowed, which it leaves
+    // unread.
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let mut attacker = small_buffer_client(address, 4096).await;
+        bounded("MGET", attacker.write_all(&mget)).await.unwrap();
+        assert_eq!(read_line(&mut attacker).await, refusal);
+        let mut unread = Vec::new();
+        for _ in 0..4 {
+            unread.extend_from_slice(&mget);
+            unread.extend_from_slice(b"GET big\r\nMGET big nope\r\n");
+        }
+        bounded("requests", attacker.write_all(&unread))
+            .await
+            .unwrap();
+        attackers.push(attacker);
+    }
+
+    // A client that reads gets the same refusal, and replies up to the maximum whole.
+    bounded("MGET", reader.write_all(&mget)).await.unwrap();
+    assert_eq!(read_line(&mut reader).await, refusal);
+    bounded("MGET", reader.write_all(b"MGET big nope\r\nPING\r\n"))
+        .await
+        .unwrap();
+    let header = b"*2\r\n$16777216\r\n";
+    assert_eq!(read_bytes(&mut reader, header.len()).await, header);
+    assert!(read_bytes(&mut reader, value.len()).await == value);
+    assert_eq!(read_bytes(&mut reader, 14).await, b"\r\n$-1\r\n+PONG\r\n");
+
+    for attacker in attackers {
+        reset(attacker);
+    }
+    drop(reader);
+    let stopped = server.stop();
+    assert!(stopped.success(), "{stopped}");
+}
+
+#[tokio::test]
+async fn bulk_strings_and_replies_up_to_their_maximum_and_no_further() {
+    let mut server = start_server_with(&["--max-bulk", "1000", "--max-reply", "3000"]);
+    let address = server.address;
+    let value = vec![b'v'; 1000];
+    let mut client = client(address).await;
+    bounded("SET", client.write_all(&multibulk(&[b"SET", b"a", &value])))
+        .await
+        .unwrap();
+    assert_eq!(read_line(&mut client).await, b"+OK\r\n");
+    // Two values: 2 × 1009 bytes and the array's header, 2022 in all.
+    bounded("MGET", client.write_all(b"MGET a a\r\n"))
+        .await
+        .unwrap();
+    let reply = read_bytes(&mut client, 2022).await;
+    assert!(reply.starts_with(b"*2\r\n$1000\r\nvvv") && reply.ends_with(b"vvv\r\n"));
+    // Three: 3031 bytes. Refused, and the connection goes on.
+    bounded("MGET", client.write_all(b"MGET a a a\r\nPING\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_line(&mut client).await,
+        b"-ERR reply of 3031 bytes is above the maximum of 3000 (--max-reply)\r\n"
+    );
+    assert_eq!(read_line(&mut client).await, b"+PONG\r\n");
+    drop(client);
+
+    let mut too_long = b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1001\r\n".to_vec();
+    too_long.extend_from_slice(&[b'v'; 1001]);
+    each_answers(
+        address,
+        &[(
+            too_long,
+            b"-ERR Protocol error: invalid bulk length\r\n".to_vec(),
+            false,
+        )],
+    )
+    .await;
+    assert!(server.stop().success());
+
+    // A maximum reply too small for the longest value is refused at start.
+    let output = Command::new("timeout")
+        .arg(WAIT.as_secs().to_string())
+        .arg(example_binary("resp_server"))
+        .args(["--max-bulk", "1000", "--max-reply", "1008"])
+        .output()
+        .expect("run resp_server");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--max-reply must be at least 1009"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]

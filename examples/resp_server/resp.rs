@@ -96,7 +96,37 @@ pub(crate) enum Reply {
     Integer(i64),
     /// A bulk string, or nil (`$-1`).
     Bulk(Option<Bytes>),
-    Array(Vec<Reply>),
+    /// An array of bulk strings or nils (MGET's). The server feeds it to the frame layer as an
+    /// [`ArrayHeader`] and one [`Reply::Bulk`] per element, so that the frame layer sees (and
+    /// may refuse) each part before it is encoded.
+    Array(Vec<Option<Bytes>>),
+}
+
+/// The header of an array of `.0` elements (`*3\r\n`), encoded alone: the elements follow as
+/// replies of their own.
+#[derive(Debug)]
+pub(crate) struct ArrayHeader(pub(crate) usize);
+
+/// The encoded size of a bulk string reply of `length` bytes (`None`: nil, `$-1\r\n`).
+pub(crate) fn bulk_reply_len(length: Option<usize>) -> usize {
+    match length {
+        None => 5,
+        Some(length) => 1 + decimal_len(length) + 2 + length + 2,
+    }
+}
+
+/// The encoded size of an array's header for `count` elements.
+pub(crate) fn array_header_len(count: usize) -> usize {
+    1 + decimal_len(count) + 2
+}
+
+fn decimal_len(mut value: usize) -> usize {
+    let mut digits = 1;
+    while value >= 10 {
+        value /= 10;
+        digits += 1;
+    }
+    digits
 }
 
 /// A request that breaks the protocol: the text of redis-server's error reply.
@@ -566,12 +596,21 @@ impl Encoder<Reply> for Resp {
     type Error = io::Error;
 
     fn encode(&mut self, reply: Reply, dst: &mut BytesMut) -> Result<(), io::Error> {
-        encode(&reply, dst);
+        encode(reply, dst);
         Ok(())
     }
 }
 
-fn encode(reply: &Reply, dst: &mut BytesMut) {
+impl Encoder<ArrayHeader> for Resp {
+    type Error = io::Error;
+
+    fn encode(&mut self, header: ArrayHeader, dst: &mut BytesMut) -> Result<(), io::Error> {
+        header_line(dst, b'*', header.0 as i64);
+        Ok(())
+    }
+}
+
+fn encode(reply: Reply, dst: &mut BytesMut) {
     match reply {
         Reply::Simple(text) => {
             dst.reserve(text.len() + 3);
@@ -585,19 +624,25 @@ fn encode(reply: &Reply, dst: &mut BytesMut) {
             dst.extend_from_slice(text.as_bytes());
             dst.extend_from_slice(b"\r\n");
         }
-        Reply::Integer(value) => header_line(dst, b':', *value),
-        Reply::Bulk(None) => dst.extend_from_slice(b"$-1\r\n"),
-        Reply::Bulk(Some(value)) => {
-            dst.reserve(value.len() + 16);
-            header_line(dst, b'$', value.len() as i64);
-            dst.extend_from_slice(value);
-            dst.extend_from_slice(b"\r\n");
-        }
+        Reply::Integer(value) => header_line(dst, b':', value),
+        Reply::Bulk(value) => encode_bulk(value.as_deref(), dst),
         Reply::Array(items) => {
             header_line(dst, b'*', items.len() as i64);
             for item in items {
-                encode(item, dst);
+                encode_bulk(item.as_deref(), dst);
             }
+        }
+    }
+}
+
+fn encode_bulk(value: Option<&[u8]>, dst: &mut BytesMut) {
+    match value {
+        None => dst.extend_from_slice(b"$-1\r\n"),
+        Some(value) => {
+            dst.reserve(bulk_reply_len(Some(value.len())));
+            header_line(dst, b'$', value.len() as i64);
+            dst.extend_from_slice(value);
+            dst.extend_from_slice(b"\r\n");
         }
     }
 }
@@ -910,6 +955,33 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(text)
             );
+        }
+    }
+
+    #[test]
+    fn an_array_fed_in_parts_encodes_as_the_whole_and_its_size_is_known_before() {
+        let items = vec![Some(Bytes::from_static(b"v")), None, Some(Bytes::new())];
+        let mut codec = Resp::new(64, Arc::default());
+        let mut whole = BytesMut::new();
+        codec
+            .encode(Reply::Array(items.clone()), &mut whole)
+            .unwrap();
+        assert_eq!(&whole[..], b"*3\r\n$1\r\nv\r\n$-1\r\n$0\r\n\r\n");
+        let mut parts = BytesMut::new();
+        codec.encode(ArrayHeader(items.len()), &mut parts).unwrap();
+        let mut size = array_header_len(items.len());
+        for item in items {
+            size += bulk_reply_len(item.as_ref().map(Bytes::len));
+            codec.encode(Reply::Bulk(item), &mut parts).unwrap();
+        }
+        assert_eq!(parts, whole);
+        assert_eq!(size, whole.len());
+        for length in [0, 9, 10, 99, 100, 123_456] {
+            let mut one = BytesMut::new();
+            codec
+                .encode(Reply::Bulk(Some(Bytes::from(vec![0; length]))), &mut one)
+                .unwrap();
+            assert_eq!(bulk_reply_len(Some(length)), one.len(), "{length}");
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use switchboard::Bytes;
 
-use crate::resp::{parse_integer, Command, DecoderStats, Reply};
+use crate::resp::{array_header_len, bulk_reply_len, parse_integer, Command, DecoderStats, Reply};
 
 /// What the connection does after the reply.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,15 +20,21 @@ pub(crate) enum After {
 #[derive(Debug)]
 pub(crate) struct Store {
     map: Mutex<HashMap<Bytes, Bytes>>,
+    /// The longest reply given (`--max-reply`), in encoded bytes.
+    max_reply: usize,
     /// The decoders' counters, for INFO.
     stats: Arc<DecoderStats>,
 }
 
 impl Store {
-    /// An empty store; `stats` are the decoders' counters, which INFO gives.
-    pub(crate) fn new(stats: Arc<DecoderStats>) -> Self {
+    /// An empty store whose replies are at most `max_reply` bytes, which must hold a bulk string
+    /// of the longest argument a request may carry: then only MGET's reply can be longer (a
+    /// short `MGET big big ...` asks for one of any size), and only MGET checks. `stats` are the
+    /// decoders' counters, which INFO gives.
+    pub(crate) fn new(max_reply: usize, stats: Arc<DecoderStats>) -> Self {
         Store {
             map: Mutex::default(),
+            max_reply,
             stats,
         }
     }
@@ -101,14 +107,7 @@ impl Store {
                 }
             })
         } else if is("MGET") {
-            arity(command, count >= 2, || {
-                let map = self.map();
-                Reply::Array(
-                    keys()
-                        .map(|key| Reply::Bulk(map.get(key).cloned()))
-                        .collect(),
-                )
-            })
+            arity(command, count >= 2, || self.mget(keys()))
         } else if is("INFO") {
             // Any section asked for: this server's own counters, none of redis-server's.
             Reply::Bulk(Some(Bytes::from(format!(
@@ -126,6 +125,25 @@ impl Store {
             unknown(command)
         };
         (reply, After::Continue)
+    }
+
+    /// The values of `keys`, or an error if their reply would be longer than the maximum: its
+    /// size is known from the values' lengths before any of it is encoded.
+    fn mget<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) -> Reply {
+        let map = self.map();
+        let values: Vec<Option<&Bytes>> = keys.map(|key| map.get(key)).collect();
+        let size = values
+            .iter()
+            .fold(array_header_len(values.len()), |size, value| {
+                size.saturating_add(bulk_reply_len(value.map(|value| value.len())))
+            });
+        if size > self.max_reply {
+            return Reply::Error(format!(
+                "ERR reply of {size} bytes is above the maximum of {} (--max-reply)",
+                self.max_reply
+            ));
+        }
+        Reply::Array(values.into_iter().map(Option::<&Bytes>::cloned).collect())
     }
 
     /// INCR, DECR, INCRBY, DECRBY: adds `by` to the integer at `key` (0 if there is none), as
