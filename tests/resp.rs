@@ -4,8 +4,8 @@
 //! ones too), integer edge cases and protocol errors over a plain socket; and its ordered
 //! shutdown on SIGTERM. Then its bounds under abuse: an MGET that would make a reply of any size
 //! out of a short request (under a 1 GiB address-space limit, with clients that never read),
-//! the maximum bulk and reply sizes, and a large command trickled in small reads (the decoder's
-//! work, read from INFO).
+//! the maximum bulk and reply sizes, a large command trickled in small reads (the decoder's
+//! work, read from INFO), the idle timeout and the cap on clients.
 //!
 //! Without `redis-cli` and `redis-benchmark` on the PATH the tests say so and pass, unless
 //! `SWITCHBOARD_REQUIRE_REDIS` is set (as `.ci/run` sets it, after installing `redis-tools`):
@@ -707,5 +707,70 @@ async fn a_large_command_trickled_in_small_reads_costs_the_decoder_linear_work()
         "{scanned} bytes looked at to decode {decoded}"
     );
     drop(client);
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn idle_clients_are_dropped_after_the_idle_timeout() {
+    let mut server = start_server_with(&["--idle-timeout", "1"]);
+    let address = server.address;
+    let mut idle = client(address).await;
+    bounded("PING", idle.write_all(b"PING\r\n")).await.unwrap();
+    assert_eq!(read_line(&mut idle).await, b"+PONG\r\n");
+    // One that holds a partial request, as a client holding memory would.
+    let mut stalled = client(address).await;
+    bounded(
+        "partial SET",
+        stalled.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\nabc"),
+    )
+    .await
+    .unwrap();
+    // Both end (with a reset) once a second has passed with no byte either way.
+    for mut stream in [idle, stalled] {
+        let (rest, _) = read_to_end(&mut stream).await;
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    assert_eq!(raw(address, b"GET k\r\n").await.0, b"$-1\r\n");
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn clients_over_the_cap_get_redis_servers_refusal() {
+    let mut server = start_server_with(&["--max-clients", "2"]);
+    let address = server.address;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = client(address).await;
+        bounded("PING", stream.write_all(b"PING\r\n"))
+            .await
+            .unwrap();
+        assert_eq!(read_line(&mut stream).await, b"+PONG\r\n");
+        held.push(stream);
+    }
+    let mut over = client(address).await;
+    let (refusal, _) = read_to_end(&mut over).await;
+    assert_eq!(refusal, b"-ERR max number of clients reached\r\n");
+    // A slot frees once the server has seen a client go.
+    drop(held.pop());
+    bounded("a free slot", async {
+        loop {
+            let mut stream = client(address).await;
+            // A client over the cap gets the refusal at once; one under it, nothing.
+            let mut first = [0; 64];
+            let quiet = Duration::from_millis(200);
+            match tokio::time::timeout(quiet, stream.read(&mut first)).await {
+                Err(_) => {
+                    stream.write_all(b"PING\r\n").await.unwrap();
+                    assert_eq!(read_line(&mut stream).await, b"+PONG\r\n");
+                    break;
+                }
+                Ok(Ok(read)) => assert!(refusal.starts_with(&first[..read])),
+                Ok(Err(_)) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    drop(held);
     assert!(server.stop().success());
 }

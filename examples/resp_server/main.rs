@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release --example resp_server -- [--listen ADDR] [--threads N]
-//!     [--max-bulk BYTES] [--max-reply BYTES]
+//!     [--max-bulk BYTES] [--max-reply BYTES] [--idle-timeout SECS] [--max-clients N]
 //! redis-cli -p 6380 SET greeting hello
 //! redis-benchmark -p 6380 -t ping,set,get -n 100000 -c 50 -P 16
 //! ```
@@ -21,6 +21,10 @@
 //!   reply. An MGET whose reply would be longer (its size is known from the values' lengths)
 //!   gets `-ERR reply of N bytes is above the maximum of M (--max-reply)` instead, and no memory
 //!   is taken for it.
+//! - `--idle-timeout` (default 300; 0 turns it off): a connection on which no byte moves either
+//!   way for this many seconds is reset (redis-server's `timeout`, off there by default).
+//! - `--max-clients` (default 10000, redis-server's `maxclients`): a client over it gets
+//!   `-ERR max number of clients reached` and is closed, as redis-server does.
 //!
 //! The first line on stdout is `listening on ADDR`. SIGINT or SIGTERM shuts down in order:
 //! accepting stops, each connection is closed once the replies queued for it are sent, and the
@@ -36,15 +40,18 @@
 //! queue is high. An array reply is fed element by element, so a frame layer that refuses a
 //! feed (its write queue full) stops it mid-way: a cut reply cannot be completed, so the
 //! connection is then closed, as redis-server closes a client over its output buffer limit.
+//! A client that holds a partial request or an unread reply gives the memory back within
+//! `--idle-timeout` of its last byte; `--max-clients` bounds how many do at once.
 
 use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchboard::codec::{
     DecodeError, FrameError, FrameHandler, FramedConnection, Framing, SendError,
 };
-use switchboard::{async_trait, Callbacks, Connection, Error, Server};
+use switchboard::{async_trait, AtLimit, Callbacks, Connection, Error, Server};
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -69,6 +76,14 @@ const DEFAULT_MAX_REPLY: usize = 32 * 1024 * 1024;
 /// What a request holds beyond its longest bulk string, for the frame layer's maximum: headers
 /// and the other arguments (redis-server's longest inline request or header line).
 const REQUEST_OVERHEAD: usize = 64 * 1024;
+/// Default idle timeout, in seconds: five minutes. redis-server's `timeout` is off by default;
+/// on here, so that a client holding a partial request or an unread reply gives its memory
+/// back by itself.
+const DEFAULT_IDLE_TIMEOUT: u64 = 300;
+/// Default cap on clients: redis-server's `maxclients`.
+const DEFAULT_MAX_CLIENTS: usize = 10_000;
+/// What a client over the cap gets before FIN: redis-server's text.
+const MAX_CLIENTS_REPLY: &str = "-ERR max number of clients reached\r\n";
 
 struct Redis {
     store: Arc<Store>,
@@ -132,10 +147,13 @@ struct Options {
     threads: Option<usize>,
     max_bulk: usize,
     max_reply: usize,
+    /// `None`: off.
+    idle_timeout: Option<Duration>,
+    max_clients: usize,
 }
 
-const USAGE: &str =
-    "usage: resp_server [--listen ADDR] [--threads N] [--max-bulk BYTES] [--max-reply BYTES]";
+const USAGE: &str = "usage: resp_server [--listen ADDR] [--threads N] [--max-bulk BYTES] \
+                     [--max-reply BYTES] [--idle-timeout SECS] [--max-clients N]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -143,6 +161,8 @@ fn parse_options() -> Result<Options, String> {
         threads: None,
         max_bulk: DEFAULT_MAX_BULK,
         max_reply: DEFAULT_MAX_REPLY,
+        idle_timeout: Some(Duration::from_secs(DEFAULT_IDLE_TIMEOUT)),
+        max_clients: DEFAULT_MAX_CLIENTS,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -160,6 +180,12 @@ fn parse_options() -> Result<Options, String> {
             "--threads" => options.threads = Some(size(number(1)?)?),
             "--max-bulk" => options.max_bulk = size(number(1)?)?,
             "--max-reply" => options.max_reply = size(number(1)?)?,
+            "--idle-timeout" => {
+                options.idle_timeout = Some(number(0)?)
+                    .filter(|&seconds| seconds > 0)
+                    .map(Duration::from_secs);
+            }
+            "--max-clients" => options.max_clients = size(number(1)?)?,
             "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -185,6 +211,10 @@ async fn run(options: Options) -> Result<(), Error> {
     };
     let server = Server::builder()
         .bind(options.listen.as_str())
+        .idle_timeout(options.idle_timeout)
+        .max_connections(options.max_clients)
+        .at_limit(AtLimit::AcceptAndClose)
+        .refusal_message(MAX_CLIENTS_REPLY)
         .start_framed(
             Framing::new(redis).max_frame_length(options.max_bulk.saturating_add(REQUEST_OVERHEAD)),
         )
