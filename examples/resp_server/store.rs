@@ -1,11 +1,11 @@
 //! The in-memory map and the commands on it, with redis-server's replies (texts included).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use switchboard::Bytes;
 
-use crate::resp::{parse_integer, Command, Reply};
+use crate::resp::{array_header_len, bulk_reply_len, parse_integer, Command, DecoderStats, Reply};
 
 /// What the connection does after the reply.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,12 +17,28 @@ pub(crate) enum After {
 
 /// Keys and values, both copied out of the requests (a slice would keep a whole read buffer
 /// alive per key).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Store {
     map: Mutex<HashMap<Bytes, Bytes>>,
+    /// The longest reply given (`--max-reply`), in encoded bytes.
+    max_reply: usize,
+    /// The decoders' counters, for INFO.
+    stats: Arc<DecoderStats>,
 }
 
 impl Store {
+    /// An empty store whose replies are at most `max_reply` bytes, which must hold a bulk string
+    /// of the longest argument a request may carry: then only MGET's reply can be longer (a
+    /// short `MGET big big ...` asks for one of any size), and only MGET checks. `stats` are the
+    /// decoders' counters, which INFO gives.
+    pub(crate) fn new(max_reply: usize, stats: Arc<DecoderStats>) -> Self {
+        Store {
+            map: Mutex::default(),
+            max_reply,
+            stats,
+        }
+    }
+
     fn map(&self) -> MutexGuard<'_, HashMap<Bytes, Bytes>> {
         self.map
             .lock()
@@ -71,16 +87,34 @@ impl Store {
                 Reply::Integer(keys().filter(|key| map.contains_key(*key)).count() as i64)
             })
         } else if is("INCR") {
-            arity(command, count == 2, || self.incr(command.arg(1)))
-        } else if is("MGET") {
-            arity(command, count >= 2, || {
-                let map = self.map();
-                Reply::Array(
-                    keys()
-                        .map(|key| Reply::Bulk(map.get(key).cloned()))
-                        .collect(),
-                )
+            arity(command, count == 2, || self.increment(command.arg(1), 1))
+        } else if is("DECR") {
+            arity(command, count == 2, || self.increment(command.arg(1), -1))
+        } else if is("INCRBY") {
+            arity(command, count == 3, || {
+                match parse_integer(command.arg(2)) {
+                    Some(by) => self.increment(command.arg(1), by),
+                    None => not_an_integer(),
+                }
             })
+        } else if is("DECRBY") {
+            arity(command, count == 3, || {
+                match parse_integer(command.arg(2)) {
+                    // Its negation is no i64.
+                    Some(i64::MIN) => Reply::Error("ERR decrement would overflow".into()),
+                    Some(by) => self.increment(command.arg(1), -by),
+                    None => not_an_integer(),
+                }
+            })
+        } else if is("MGET") {
+            arity(command, count >= 2, || self.mget(keys()))
+        } else if is("INFO") {
+            // Any section asked for: this server's own counters, none of redis-server's.
+            Reply::Bulk(Some(Bytes::from(format!(
+                "# Decoder\r\ndecoded_bytes:{}\r\nscanned_bytes:{}\r\n",
+                self.stats.decoded(),
+                self.stats.scanned()
+            ))))
         } else if is("DBSIZE") {
             arity(command, count == 1, || {
                 Reply::Integer(self.map().len() as i64)
@@ -93,16 +127,37 @@ impl Store {
         (reply, After::Continue)
     }
 
-    fn incr(&self, key: &[u8]) -> Reply {
+    /// The values of `keys`, or an error if their reply would be longer than the maximum: its
+    /// size is known from the values' lengths before any of it is encoded.
+    fn mget<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) -> Reply {
+        let map = self.map();
+        let values: Vec<Option<&Bytes>> = keys.map(|key| map.get(key)).collect();
+        let size = values
+            .iter()
+            .fold(array_header_len(values.len()), |size, value| {
+                size.saturating_add(bulk_reply_len(value.map(|value| value.len())))
+            });
+        if size > self.max_reply {
+            return Reply::Error(format!(
+                "ERR reply of {size} bytes is above the maximum of {} (--max-reply)",
+                self.max_reply
+            ));
+        }
+        Reply::Array(values.into_iter().map(Option::<&Bytes>::cloned).collect())
+    }
+
+    /// INCR, DECR, INCRBY, DECRBY: adds `by` to the integer at `key` (0 if there is none), as
+    /// redis-server does: the value must be an i64 in its canonical form (`string2ll`).
+    fn increment(&self, key: &[u8], by: i64) -> Reply {
         let mut map = self.map();
         let current = match map.get(key) {
             None => 0,
             Some(value) => match parse_integer(value) {
                 Some(number) => number,
-                None => return Reply::Error("ERR value is not an integer or out of range".into()),
+                None => return not_an_integer(),
             },
         };
-        let Some(next) = current.checked_add(1) else {
+        let Some(next) = current.checked_add(by) else {
             return Reply::Error("ERR increment or decrement would overflow".into());
         };
         map.insert(
@@ -111,6 +166,10 @@ impl Store {
         );
         Reply::Integer(next)
     }
+}
+
+fn not_an_integer() -> Reply {
+    Reply::Error("ERR value is not an integer or out of range".into())
 }
 
 /// `reply()` if the command's number of arguments is `right`, else redis-server's error.

@@ -121,6 +121,19 @@ impl EchoServer {
         command
     }
 
+    /// A command for the built example `name` with `args`, run with its address space limited to
+    /// `bytes` (`ulimit -v`): a shell sets the limit and then becomes the example (`exec`), so
+    /// the process started is the example itself, and an allocation past the limit fails in it.
+    pub fn example_command_with_address_space(name: &str, args: &[&str], bytes: u64) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", bytes / 1024))
+            .arg(example_binary(name))
+            .args(args);
+        command
+    }
+
     /// Starts `echo_server` with `args` and waits for its `listening on` line.
     pub fn start(args: &[&str]) -> EchoServer {
         Self::spawn(Self::command(args))
