@@ -37,9 +37,11 @@
 //! What one client can make the server hold is bounded: a request by `--max-bulk` (and the
 //! frame layer's maximum frame length), a reply by `--max-reply`, and a client that does not
 //! read its replies by the write queue: the frame layer delivers no more requests while the
-//! queue is high. An array reply is fed element by element, so a frame layer that refuses a
-//! feed (its write queue full) stops it mid-way: a cut reply cannot be completed, so the
-//! connection is then closed, as redis-server closes a client over its output buffer limit.
+//! queue is high (64 KiB). A reply is fed whole within one request's callback, while the queue
+//! cannot drain, so the queue's limit is `--max-reply` and 64 KiB: what a client that never
+//! reads holds at most. An array reply is fed element by element, so a frame layer that refuses
+//! a feed (its write queue at the limit) stops it mid-way: a cut reply cannot be completed, so
+//! the connection is then closed, as redis-server closes a client over its output buffer limit.
 //! A client that holds a partial request or an unread reply gives the memory back within
 //! `--idle-timeout` of its last byte; `--max-clients` bounds how many do at once.
 
@@ -212,6 +214,9 @@ async fn run(options: Options) -> Result<(), Error> {
     let server = Server::builder()
         .bind(options.listen.as_str())
         .idle_timeout(options.idle_timeout)
+        // A whole reply is fed in the request's callback, above what was queued before it (the
+        // frame layer delivers a request only below the 64 KiB high watermark).
+        .write_queue_limit(options.max_reply.saturating_add(64 * 1024))
         .max_connections(options.max_clients)
         .at_limit(AtLimit::AcceptAndClose)
         .refusal_message(MAX_CLIENTS_REPLY)
