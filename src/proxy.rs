@@ -9,6 +9,10 @@
 //!   balancers); from anywhere else it is reset at once, unread;
 //! - the header must arrive complete within the [header timeout](ProxyProtocol::header_timeout)
 //!   and be well formed (a version 1 line of at most 107 bytes, or a version 2 block);
+//! - a version 2 header that carries a checksum (a `PP2_TYPE_CRC32C` TLV, HAProxy's
+//!   `proxy-v2-options crc32c`) must match it: the CRC-32C of the whole header, computed with
+//!   the checksum's own 4 bytes as zeros. A mismatch, a second checksum or one that is not 4
+//!   bytes makes the header malformed;
 //! - it is read without reading past it, so whatever the client sent after it (in the same
 //!   segment or not) is the first data the application (or the TLS handshake) reads.
 //!
@@ -61,6 +65,8 @@ use ppp::v1;
 use ppp::v2;
 use ppp::PartialResult;
 
+use crate::proxy::crc32c::Crc32c;
+
 /// How long a connection may take to send its whole PROXY header: long enough for a balancer
 /// across a slow link, short enough that connections that say nothing are soon gone (the header
 /// is the balancer's first write, sent with or right after the handshake).
@@ -70,6 +76,9 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const V1_MAX: usize = 107;
 /// The version 1 header's start.
 const V1_PREFIX: &[u8] = b"PROXY ";
+/// The fixed part of a version 2 header: signature, version and command, family and protocol,
+/// length.
+const V2_FIXED: usize = 16;
 /// How much is looked at in one go: every usual header (addresses and a few TLVs) fits; a larger
 /// version 2 header takes more rounds.
 pub(crate) const PEEK: usize = 512;
@@ -237,6 +246,7 @@ pub struct ProxyHeader {
 mod tlv {
     pub(super) const ALPN: u8 = 0x01;
     pub(super) const AUTHORITY: u8 = 0x02;
+    pub(super) const CRC32C: u8 = 0x03;
     pub(super) const UNIQUE_ID: u8 = 0x05;
     pub(super) const SSL: u8 = 0x20;
     pub(super) const SSL_VERSION: u8 = 0x21;
@@ -555,6 +565,16 @@ fn parse_v2(input: &[u8]) -> Step {
             Err(error) => return Step::Refuse(HeaderError::Malformed(error.to_string())),
         }
     }
+    let mut tlvs_start = header.len() - header.tlv_bytes().len();
+    if matches!(header.addresses, v2::Addresses::Unspecified) {
+        if let Some(found) = unspecified_tlvs(&header.as_bytes()[V2_FIXED..]) {
+            tlvs = found;
+            tlvs_start = V2_FIXED;
+        }
+    }
+    if let Err(why) = check_crc32c(header.as_bytes(), tlvs_start, &tlvs) {
+        return Step::Refuse(HeaderError::Malformed(why));
+    }
     let relayed = match (header.command, header.addresses) {
         (v2::Command::Local, _) => None,
         (v2::Command::Proxy, v2::Addresses::IPv4(ip)) => Some((
@@ -579,5 +599,62 @@ fn parse_v2(input: &[u8]) -> Step {
     }
 }
 
+/// The TLVs of a version 2 header whose addresses are unspecified (`AF_UNSPEC`, as in HAProxy's
+/// `LOCAL` health checks): such addresses take no bytes, so TLVs start right after the 16-byte
+/// fixed part, but [`ppp`] counts the whole payload as addresses. `None` if the payload is not a
+/// sequence of whole TLVs: it is then ignored, as the protocol asks of unspecified addresses.
+fn unspecified_tlvs(payload: &[u8]) -> Option<Vec<(u8, Box<[u8]>)>> {
+    let mut tlvs = Vec::new();
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let (kind, value, next) = sub_tlv(rest)?;
+        tlvs.push((kind, Box::from(value)));
+        rest = next;
+    }
+    Some(tlvs)
+}
+
+/// Checks the header's `PP2_TYPE_CRC32C` TLV, if it has one: the CRC-32C of the whole header
+/// (`bytes`, from the signature through the last TLV) computed with the TLV's 4-byte value set
+/// to zero must be that value (big-endian), as the protocol's section 2.2.5 asks of a receiver.
+/// `tlvs` are the header's TLVs in order, starting at `tlvs_start`. A header with more than one
+/// such TLV, or one whose value is not 4 bytes, is refused: which would it be the checksum of?
+fn check_crc32c(bytes: &[u8], tlvs_start: usize, tlvs: &[(u8, Box<[u8]>)]) -> Result<(), String> {
+    let mut found = None;
+    let mut offset = tlvs_start;
+    for (kind, value) in tlvs {
+        // A TLV is its type, a 2-byte length, then the value.
+        let value_start = offset + 3;
+        offset = value_start + value.len();
+        if *kind != tlv::CRC32C {
+            continue;
+        }
+        if found.is_some() {
+            return Err("more than one CRC32C TLV".into());
+        }
+        let Ok(sent) = <[u8; 4]>::try_from(&**value) else {
+            return Err(format!("a CRC32C TLV of {} bytes, not 4", value.len()));
+        };
+        found = Some((value_start, u32::from_be_bytes(sent)));
+    }
+    let Some((at, sent)) = found else {
+        return Ok(());
+    };
+    let computed = Crc32c::new()
+        .update(&bytes[..at])
+        .update(&[0; 4])
+        .update(&bytes[at + 4..])
+        .finish();
+    if computed == sent {
+        Ok(())
+    } else {
+        Err(format!(
+            "the CRC32C checksum does not match (the header says {sent:#010x}, its bytes give \
+             {computed:#010x})"
+        ))
+    }
+}
+
+mod crc32c;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Behind a real HAProxy (Debian's `haproxy`, started here on loopback ports): three
-//! `echo_server --proxy-protocol` instances as its servers, with `send-proxy-v2` and health checks
-//! that send a PROXY `LOCAL` header (`check-send-proxy`). 200 clients connect → 1 KiB echo → close
+//! `echo_server --proxy-protocol` instances as its servers, with `send-proxy-v2` (each header
+//! carrying its CRC32C checksum, which the servers verify) and health checks that send a PROXY
+//! `LOCAL` header (`check-send-proxy`, with its checksum too). 200 clients connect → 1 KiB echo → close
 //! in a loop for about 20 s while each instance in turn is replaced by a restarted one (the
 //! hand-off on SIGUSR2). Required: no refused, reset or truncated client connection, every byte
 //! verified, and every instance's events show the clients' own addresses and ports, not
@@ -80,7 +81,8 @@ backend echo_servers
     );
     for (i, server) in servers.iter().enumerate() {
         text.push_str(&format!(
-            "    server echo{i} {server} send-proxy-v2 check check-send-proxy inter 500ms\n"
+            "    server echo{i} {server} send-proxy-v2 proxy-v2-options crc32c check \
+             check-send-proxy inter 500ms\n"
         ));
     }
     text

@@ -1,6 +1,7 @@
 //! Listeners made elsewhere and handed over: adopting a `std` listener (plain and TLS),
 //! `SO_REUSEPORT`, and `Server::listeners` duplicates that keep the accept queue, and every
-//! connection waiting in it, alive while the server that made them shuts down.
+//! connection waiting in it, alive while the server that made them shuts down. And one listener
+//! per address family: a `[::]` listener takes no IPv4 client, and a server binds both.
 
 mod common;
 
@@ -309,6 +310,56 @@ async fn connections_know_their_local_address_on_every_kind_of_listener() {
     }
     assert_eq!(*locals.0.lock().unwrap(), expected);
     shut_down(&server).await;
+}
+
+/// Whether this machine has an IPv6 loopback to test with; says so when it has not.
+fn has_ipv6_loopback() -> bool {
+    let has = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if !has {
+        eprintln!("skipped: this machine has no IPv6 loopback ([::1] cannot be bound)");
+    }
+    has
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_listener_takes_only_ipv6_clients_and_a_server_binds_both_families_on_one_port() {
+    if !has_ipv6_loopback() {
+        return;
+    }
+    let (six, _) = echo_server(|b| b.bind("[::]:0")).await;
+    let port = six.local_addr().unwrap().port();
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+    echo_once(v6, 1).await;
+    // IPV6_V6ONLY: no IPv4 client reaches it, on Linux as elsewhere.
+    let refused = bounded("connect", TcpStream::connect(v4))
+        .await
+        .expect_err("an IPv4 client must not reach a [::] listener");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    // So the IPv4 side of the port is free for a listener of its own.
+    let (four, _) = echo_server(|b| b.bind(v4)).await;
+    echo_once(v4, 2).await;
+    echo_once(v6, 3).await;
+    shut_down(&four).await;
+    shut_down(&six).await;
+
+    // One server, both families, one port: the way to serve IPv4 and IPv6 clients alike.
+    let (both, recorder) = echo_server(|b| {
+        b.bind(("0.0.0.0", port))
+            .bind((std::net::Ipv6Addr::UNSPECIFIED, port))
+    })
+    .await;
+    assert_eq!(
+        both.local_addrs(),
+        [
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+        ]
+    );
+    echo_once(v4, 4).await;
+    echo_once(v6, 5).await;
+    recorder.wait_released(2).await;
+    shut_down(&both).await;
 }
 
 async fn shut_down(server: &Server) -> switchboard::ShutdownReport {

@@ -297,6 +297,40 @@ async fn garbage_malformed_and_oversized_headers_are_refused_at_once() {
     server.shutdown().await;
 }
 
+/// A version 2 header from 192.0.2.1:1234 to 198.51.100.1:443 whose one TLV is a CRC32C, the
+/// checksum (the last 4 bytes) computed apart from switchboard, by a bit-at-a-time CRC-32C.
+const WITH_CRC32C: &[u8] = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x13\xc0\x00\x02\x01\xc6\x33\x64\x01\
+\x04\xd2\x01\xbb\x03\x00\x04\x6c\xab\x48\xd5";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_header_with_the_right_crc32c_is_taken_and_with_a_wrong_one_refused() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
+    let settings = trusting_loopback().header_timeout(Duration::from_secs(3600));
+    let (server, recorder, seen) = start(settings, |l| l, |b| b).await;
+    let address = server.local_addr().unwrap();
+    let mut right = client(address).await;
+    send(&mut right, WITH_CRC32C).await;
+    echo(&mut right, b"ping").await;
+    let peer = seen.lock().unwrap()[0].peer;
+    assert_eq!(peer, "192.0.2.1:1234".parse().unwrap());
+    drop(right);
+    recorder.wait_released(1).await;
+
+    // The same header with one bit of the checksum changed.
+    let mut wrong = WITH_CRC32C.to_vec();
+    *wrong.last_mut().unwrap() ^= 0x01;
+    let mut stream = client(address).await;
+    send(&mut stream, &wrong).await;
+    expect_reset(&mut stream).await;
+    recorder.wait_released(2).await;
+    assert_eq!(recorder.established().len(), 1, "{:#?}", recorder.events());
+    assert_eq!(recorder.ended_with(ClosureReason::ProxyProtocol).len(), 1);
+    assert_eq!(server.stats().closures(ClosureReason::ProxyProtocol), 1);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_that_trickles_in_is_waited_for_and_a_truncated_or_late_one_is_refused() {
     if skip_under_wine(&WINE_RESET_READ_AS_EOF) {

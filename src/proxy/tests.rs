@@ -219,6 +219,95 @@ fn refusals() {
     );
 }
 
+/// A header HAProxy 2.6 sent (`send-proxy-v2 proxy-v2-options crc32c`, a client on
+/// 127.0.0.1:37690 to 127.0.0.1:57691), followed by the client's `hello`: its CRC32C TLV is the
+/// last 7 bytes of the header.
+const HAPROXY_CRC32C: &[u8] =
+    b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x13\x7f\x00\x00\x01\x7f\x00\x00\x01\
+\x93\x3a\xe1\x5b\x03\x00\x04\x9e\xa9\xd3\x58hello";
+
+/// `header` (whose last TLV is a CRC32C TLV, its value zero) with its checksum filled in.
+fn with_crc32c(mut header: Vec<u8>) -> Vec<u8> {
+    let checksum = crc32c::Crc32c::new().update(&header).finish();
+    let at = header.len() - 4;
+    header[at..].copy_from_slice(&checksum.to_be_bytes());
+    header
+}
+
+#[test]
+fn a_crc32c_tlv_is_checked_against_the_whole_header() {
+    let refuse = |input: &[u8]| simulate(input, &[input.len()]).0.unwrap_err();
+    let malformed = |input: &[u8]| matches!(refuse(input), HeaderError::Malformed(_));
+
+    // HAProxy's own: taken, up to the client's first bytes.
+    let (header, taken) = simulate(HAPROXY_CRC32C, &[HAPROXY_CRC32C.len()]);
+    let header = header.unwrap();
+    assert_eq!(taken, HAPROXY_CRC32C.len() - b"hello".len());
+    assert_eq!(header.source(), Some("127.0.0.1:37690".parse().unwrap()));
+    assert_eq!(header.tlv(0x03), Some(&[0x9e, 0xa9, 0xd3, 0x58][..]));
+    // One bit changed anywhere in the header, the checksum included, and it is refused.
+    let length = taken;
+    for at in [0, 13, 16, 20, 25, length - 5, length - 1] {
+        let mut changed = HAPROXY_CRC32C.to_vec();
+        changed[at] ^= 0x01;
+        assert!(
+            matches!(
+                simulate(&changed, &[changed.len()]).0,
+                Err(HeaderError::Malformed(_) | HeaderError::NotAHeader)
+            ),
+            "a change at byte {at} went unseen"
+        );
+    }
+    // An address changed, with the length fields intact: only the checksum tells.
+    let mut spoofed = HAPROXY_CRC32C.to_vec();
+    spoofed[16] = 10;
+    assert!(malformed(&spoofed));
+
+    // Among other TLVs, before and after it; over IPv6 too.
+    let built = with_crc32c(v2_header(
+        Command::Proxy,
+        addresses("[2001:db8::1]:5", "[2001:db8::2]:6"),
+        &[(0x01, b"h2"), (0x05, b"id-7"), (0x03, &[0; 4])],
+    ));
+    assert!(simulate(&built, &[built.len()]).0.is_ok());
+    let mut wrong = built.clone();
+    let at = wrong.len() - 1;
+    wrong[at] ^= 0x80;
+    assert!(malformed(&wrong));
+
+    // Two checksums, or one of the wrong size: refused.
+    let two = with_crc32c(v2_header(
+        Command::Proxy,
+        addresses("1.2.3.4:1", "5.6.7.8:2"),
+        &[(0x03, &[0; 4]), (0x03, &[0; 4])],
+    ));
+    assert!(malformed(&two));
+    let short = v2_header(
+        Command::Proxy,
+        addresses("1.2.3.4:1", "5.6.7.8:2"),
+        &[(0x03, &[0; 3])],
+    );
+    assert!(malformed(&short));
+    // HAProxy's health check (`check-send-proxy`): LOCAL, no addresses, the checksum its one TLV.
+    let health_check = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x07\x03\x00\x04\xa9\xb8\x7e\x8f";
+    let header = simulate(health_check, &[health_check.len()]).0.unwrap();
+    assert!(header.is_local());
+    assert_eq!(header.tlv(0x03), Some(&[0xa9, 0xb8, 0x7e, 0x8f][..]));
+    let mut wrong = health_check.to_vec();
+    wrong[health_check.len() - 1] ^= 0x01;
+    assert!(malformed(&wrong));
+    // Unspecified addresses followed by bytes that are not TLVs: ignored, as before.
+    let padded = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x02\x03\x00";
+    assert!(simulate(padded, &[padded.len()]).0.unwrap().is_local());
+    // Without one, nothing is checked.
+    let plain = v2_header(
+        Command::Proxy,
+        addresses("1.2.3.4:1", "5.6.7.8:2"),
+        &[(0x05, b"x")],
+    );
+    assert!(simulate(&plain, &[plain.len()]).0.is_ok());
+}
+
 #[test]
 fn every_split_takes_exactly_the_header() {
     let mut v2 = v2_header(

@@ -120,6 +120,24 @@ impl ServerBuilder {
     /// [`Server::local_addrs`]). A name is resolved now and the first address it resolves to is
     /// used; call `bind` again for more listeners. Without any `bind` the server only makes
     /// outgoing connections.
+    ///
+    /// One listener serves one address family. An IPv6 listener, `[::]` included, takes IPv6
+    /// clients only: it is `IPV6_V6ONLY` on every platform, so that it behaves the same
+    /// everywhere (Linux would otherwise also take IPv4 clients on `[::]`, as `::ffff:a.b.c.d`;
+    /// Windows and the BSDs would not). A server for both families binds both, on one port:
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// # struct App;
+    /// # impl switchboard::Callbacks for App {}
+    /// let server = switchboard::Server::builder()
+    ///     .bind("0.0.0.0:7000") // IPv4 clients
+    ///     .bind("[::]:7000") // IPv6 clients
+    ///     .start(App)
+    ///     .await?;
+    /// # server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn bind(self, address: impl ToSocketAddrs) -> Self {
         self.listen(Listen::bind(address))
     }

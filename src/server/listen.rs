@@ -10,6 +10,8 @@ use crate::tls::TlsAcceptor;
 
 /// A listener to open, for [`ServerBuilder::listen`](crate::ServerBuilder::listen): its address,
 /// (or the socket it adopts), and whether its connections speak TLS or begin with a [PROXY protocol](crate::proxy) header.
+/// A listener serves one address family: a listener on `[::]` takes no IPv4 client (see
+/// [`Listen::bind`]).
 /// [`ServerBuilder::bind`](crate::ServerBuilder::bind), [`bind_tls`](crate::ServerBuilder::bind_tls),
 /// [`adopt_listener`](crate::ServerBuilder::adopt_listener) and
 /// [`adopt_listener_tls`](crate::ServerBuilder::adopt_listener_tls) are shorthands for the usual
@@ -49,6 +51,10 @@ impl Listen {
     /// A listener on `address` (port 0 picks a free port; read it back with
     /// [`Server::local_addrs`](crate::Server::local_addrs)). A name is resolved now and the first
     /// address it resolves to is used.
+    ///
+    /// An IPv6 address, `[::]` included, takes IPv6 clients only (`IPV6_V6ONLY`, on every
+    /// platform): for IPv4 clients as well, listen on `0.0.0.0` and `[::]` both, as
+    /// [`ServerBuilder::bind`](crate::ServerBuilder::bind) shows.
     pub fn bind(address: impl ToSocketAddrs) -> Self {
         Listen::on(ListenOn::Address(open::resolve(address)))
     }
