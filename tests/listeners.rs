@@ -343,12 +343,34 @@ async fn an_ipv6_listener_takes_only_ipv6_clients_and_a_server_binds_both_famili
     shut_down(&four).await;
     shut_down(&six).await;
 
-    // One server, both families, one port: the way to serve IPv4 and IPv6 clients alike.
-    let (both, recorder) = echo_server(|b| {
-        b.bind(("0.0.0.0", port))
+    // One server, both families, one port: the way to serve IPv4 and IPv6 clients alike. On a
+    // port found free (the one above may have been taken by another test's connection since):
+    // tried again on another if it is taken in between.
+    let mut attempts = 0;
+    let (both, recorder, port) = loop {
+        attempts += 1;
+        let port = std::net::TcpListener::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut builder = Server::builder();
+        let recorder = Recorder::new(&mut builder);
+        let started = builder
+            .bind(("0.0.0.0", port))
             .bind((std::net::Ipv6Addr::UNSPECIFIED, port))
-    })
-    .await;
+            .start(recorder.clone())
+            .await;
+        match started {
+            Ok(both) => break (both, recorder, port),
+            Err(switchboard::Error::Bind { .. }) if attempts < 20 => continue,
+            Err(error) => panic!("server start: {error}"),
+        }
+    };
+    let (v4, v6) = (
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    );
     assert_eq!(
         both.local_addrs(),
         [
