@@ -59,16 +59,6 @@ async fn start(
     (server, recorder, seen)
 }
 
-fn v2_header(command: Command, source: &str, destination: &str, tlvs: &[(u8, &[u8])]) -> Vec<u8> {
-    let addresses: (SocketAddr, SocketAddr) =
-        (source.parse().unwrap(), destination.parse().unwrap());
-    let mut builder = Builder::with_addresses(Version::Two | command, Protocol::Stream, addresses);
-    for (kind, value) in tlvs {
-        builder = builder.write_tlv(*kind, value).unwrap();
-    }
-    builder.build().unwrap()
-}
-
 async fn send(stream: &mut TcpStream, bytes: &[u8]) {
     bounded("client write", stream.write_all(bytes))
         .await
