@@ -40,3 +40,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// while a flood of clients that connect and stall holds at most this many connection slots
 /// (until the handshake timeout ends them).
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 512;
+/// The IPv6 prefix length whose addresses count as one source: a /64, what one subscriber or one
+/// host is usually given (RFC 6177; SLAAC fills the low 64 bits with addresses of the host's
+/// choosing), so a client can take a fresh address within it for every connection.
+pub const DEFAULT_IPV6_SOURCE_PREFIX: u8 = 64;

@@ -36,6 +36,8 @@ pub(crate) struct Config {
     pub(crate) connect_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_concurrent_handshakes: usize,
+    /// The IPv6 prefix length whose addresses are one source.
+    pub(crate) ipv6_source_prefix: u8,
     /// Written to clients refused at the connection limit, before FIN; `None`: they are reset.
     pub(crate) refusal_message: Option<bytes::Bytes>,
     /// Live accepted connections allowed per peer address; `None`: no cap.
@@ -102,6 +104,7 @@ impl ServerBuilder {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+                ipv6_source_prefix: DEFAULT_IPV6_SOURCE_PREFIX,
                 max_connections_per_ip: None,
                 refusal_message: None,
             },
@@ -207,9 +210,11 @@ impl ServerBuilder {
 
 /// Per-peer limits.
 impl ServerBuilder {
-    /// At most `max` live accepted connections from one peer IP address, across all of this
-    /// server's listeners; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) counts as the IPv4
-    /// address. Outgoing connections are not counted. Default: no cap. Must be above zero.
+    /// At most `max` live accepted connections from one source, across all of this server's
+    /// listeners: one IPv4 address (an IPv4-mapped IPv6 address, `::ffff:a.b.c.d`, counts as the
+    /// IPv4 address), or the IPv6 addresses of one [prefix](ServerBuilder::ipv6_source_prefix),
+    /// a /64 by default. Outgoing connections are not counted. Default: no cap. Must be above
+    /// zero.
     ///
     /// A connection over the cap is still accepted, so its client learns at once instead of
     /// waiting in the backlog: it gets [`on_socket_created`](Callbacks::on_socket_created), then
@@ -241,6 +246,36 @@ impl ServerBuilder {
     /// ```
     pub fn max_connections_per_ip(mut self, max: usize) -> Self {
         self.config.max_connections_per_ip = Some(max);
+        self
+    }
+
+    /// How many leading bits of an IPv6 address name its source, for the
+    /// [per-address cap](ServerBuilder::max_connections_per_ip): the addresses that agree on them
+    /// are one peer. Default: [`DEFAULT_IPV6_SOURCE_PREFIX`] (64), since one subscriber or
+    /// host is usually given a whole /64 and can take a new address within it for every
+    /// connection; counted one by one, its addresses would each get a share of their own. 128
+    /// counts every address on its own; a shorter prefix (a /56 or /48, what some providers give
+    /// a site) groups more. IPv4 addresses, and IPv4-mapped IPv6 ones, are always counted one by
+    /// one. Must be at most 128.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// struct Nothing;
+    /// impl switchboard::Callbacks for Nothing {}
+    ///
+    /// let server = switchboard::Server::builder()
+    ///     .bind("127.0.0.1:0")
+    ///     .max_connections_per_ip(4)
+    ///     .ipv6_source_prefix(56)
+    ///     .start(Nothing)
+    ///     .await?;
+    /// // Any address of a /56 reads its whole /56's count.
+    /// assert_eq!(server.connections_from_ip("2001:db8:0:ff::1".parse().unwrap()), Some(0));
+    /// server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn ipv6_source_prefix(mut self, len: u8) -> Self {
+        self.config.ipv6_source_prefix = len;
         self
     }
 }
@@ -524,6 +559,9 @@ impl ServerBuilder {
         }
         if self.config.max_concurrent_handshakes == 0 {
             return invalid("max_concurrent_handshakes", "must be above zero");
+        }
+        if self.config.ipv6_source_prefix > 128 {
+            return invalid("ipv6_source_prefix", "must be at most 128");
         }
         if self.config.write_low_watermark >= self.config.write_high_watermark {
             return invalid("write_watermarks", "low must be below high");

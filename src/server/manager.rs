@@ -102,7 +102,9 @@ impl Manager {
             context: Arc::new(context),
             registry: Arc::new(Registry::new(counters.clone())),
             counters,
-            per_ip: config.max_connections_per_ip.map(PerIpLimit::new),
+            per_ip: config
+                .max_connections_per_ip
+                .map(|max| PerIpLimit::new(max, config.ipv6_source_prefix)),
             config,
             limiter,
             layout,
