@@ -30,6 +30,7 @@
 //! | `TlsError`, `TlsAlert` | [`IoError::Tls`] (ours, the peer's alert), in the handshake or after |
 //! | `HandshakeTimedOut` | the handshake's deadline ([`Step::Handshake`]) |
 //! | `HandshakeLimit` | no handshake slot ([`StartFailure::NoHandshakeSlot`]) |
+//! | `HandshakeEvicted` | the slot went to a newer connection before the first byte ([`StartFailure::Evicted`]) |
 //! | `ProxyProtocol` | a refused header ([`StartFailure::HeaderRefused`]) or the header's deadline ([`Step::ProxyHeader`]) |
 //! | `PerIpLimit` | the client's address at its cap, at admission or once a PROXY header named it ([`StartFailure::PerIpLimit`]) |
 //! | `IdleTimedOut`, `ReadTimedOut`, `FirstByteTimedOut`, `HalfClosedTimedOut`, `SlowConsumer` | the open phase's deadlines ([`Lifecycle::on_deadline`]) |
@@ -263,6 +264,7 @@ impl Lifecycle {
                 StartFailure::HeaderRefused => ClosureReason::ProxyProtocol,
                 StartFailure::PeerClosed => ClosureReason::PeerClosed,
                 StartFailure::NoHandshakeSlot => ClosureReason::HandshakeLimit,
+                StartFailure::Evicted => ClosureReason::HandshakeEvicted,
                 StartFailure::PerIpLimit => ClosureReason::PerIpLimit,
             });
         }

@@ -40,6 +40,7 @@ use crate::connection::lifecycle::{
 };
 use crate::connection::read_sink::ReadSink;
 use crate::connection::{Connection, Shared};
+use crate::server::handshake_slots::HandshakeSlots;
 use crate::server::invoke::Invoker;
 use crate::server::registry::Registration;
 use crate::stats::{ConnectionCounters, Count, Counters};
@@ -72,6 +73,8 @@ pub(crate) struct Context {
     pub(crate) counters: Arc<Counters>,
     pub(crate) read_buffer_size: usize,
     pub(crate) handshake_timeout: Duration,
+    /// Slots for the TLS handshakes of accepted connections.
+    pub(crate) handshake_slots: Arc<HandshakeSlots>,
     pub(crate) lifecycle: Arc<LifecycleConfig>,
 }
 

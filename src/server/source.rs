@@ -1,5 +1,5 @@
-//! What a peer is counted as: its source. The per-address cap counts peers by source rather
-//! than by exact address.
+//! What a peer is counted as: its source. The per-address cap and the handshake slots count
+//! peers by source rather than by exact address.
 //!
 //! An IPv4 address is a source of its own, and so is an IPv4-mapped IPv6 address
 //! (`::ffff:a.b.c.d`, what a dual-stack listener reports for an IPv4 client): it is the IPv4

@@ -24,6 +24,8 @@ pub(crate) enum StartFailure {
     PeerClosed,
     /// No handshake slot was free.
     NoHandshakeSlot,
+    /// The connection's handshake slot went to a newer connection before its first byte.
+    Evicted,
     /// The client is at its address's cap: refused at admission, or the client a PROXY header
     /// named.
     PerIpLimit,

@@ -260,6 +260,23 @@ fn handshake_timed_out_and_handshake_limit() {
 }
 
 #[test]
+fn handshake_evicted_its_slot_went_to_a_newer_connection_before_its_first_byte() {
+    assert_eq!(
+        starting(Some(Step::Handshake), |life, _| life
+            .on_start_failed(StartFailure::Evicted)),
+        Some(ClosureReason::HandshakeEvicted)
+    );
+    // Nothing but the lifecycle's own inputs end it after that.
+    let t0 = Instant::now();
+    let mut life = Lifecycle::starting(config(Timeouts::default()), t0);
+    life.begin_step(Step::Handshake, 10 * SECOND, t0);
+    life.on_start_failed(StartFailure::Evicted);
+    life.on_deadline(t0 + 10 * SECOND, || true);
+    life.on_io_error(Op::Read, IoError::Reset);
+    assert_eq!(life.ended_with(), Some(ClosureReason::HandshakeEvicted));
+}
+
+#[test]
 fn proxy_protocol_a_refused_or_late_header() {
     assert_eq!(
         starting(None, |life, _| life
@@ -386,6 +403,9 @@ fn row(reason: ClosureReason) -> &'static str {
         PerIpLimit => "per_ip_limit_refused_at_admission_or_for_the_client_a_header_named",
         IdleTimedOut | ReadTimedOut | HalfClosedTimedOut | FirstByteTimedOut | SlowConsumer => {
             "the_open_phases_timeouts"
+        }
+        HandshakeEvicted => {
+            "handshake_evicted_its_slot_went_to_a_newer_connection_before_its_first_byte"
         }
         DiscardLimit => "discard_limit_a_peer_that_streams_on_while_we_close",
     }
