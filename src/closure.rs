@@ -68,7 +68,8 @@ pub enum ClosureReason {
     /// [half-closed timeout](crate::Timeouts::half_closed); reset.
     HalfClosedTimedOut,
     /// No byte arrived within the [first-byte timeout](crate::Timeouts::first_byte) after the
-    /// connection was established; reset.
+    /// connection was established, or, on an accepted TLS connection, after its handshake began;
+    /// reset.
     FirstByteTimedOut,
     /// The write queue stayed above its high watermark for longer than the
     /// [slow-consumer timeout](crate::ServerBuilder::slow_consumer_timeout): the peer does not

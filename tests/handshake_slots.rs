@@ -3,7 +3,8 @@
 //! handshake and stall it, from many loopback addresses (each client binds its own source
 //! address in 127.0.0.0/8) or from many addresses of one IPv6 /64 named by PROXY headers,
 //! reconnecting as soon as they are closed, while real TLS clients handshake in a loop; which
-//! connection gives its slot up; and one source's share. Real sockets and real TLS (OpenSSL on both ends). Waits are bounded by
+//! connection gives its slot up; one source's share; and the first-byte timeout before a TLS
+//! client's first byte. Real sockets and real TLS (OpenSSL on both ends). Waits are bounded by
 //! [`WAIT`]; nothing asserts how long anything took. (The per-address cap over an IPv6 /64 is in
 //! `tests/proxy.rs`.)
 
@@ -439,6 +440,57 @@ async fn one_source_holds_at_most_its_share_of_the_handshakes() {
     echo(&mut again, b"again").await;
     drop((other, again));
     recorder.wait_secure_released(4).await;
+    bounded("shutdown", server.shutdown()).await;
+}
+
+/// The first-byte timeout bounds the wait for a TLS client's first byte (where the handshake
+/// timeout would wait longer), and the wait for its first byte of data once established; a client
+/// that began its handshake has the handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_byte_timeout_bounds_a_silent_tls_client_before_and_after_the_handshake() {
+    if skip_under_wine(&WINE_NO_TLS_SERVER) {
+        return;
+    }
+    // The handshake timeout is long: only the first-byte timeout can end a silent client soon
+    // (the test does not measure it: the reason tells which deadline passed).
+    let (server, recorder) = start_tls(|b| {
+        b.first_byte_timeout(Some(Duration::from_millis(300)))
+            .handshake_timeout(Duration::from_secs(3600))
+    })
+    .await;
+    let address = server.local_addr().unwrap();
+    let mut silent = client(address).await;
+    expect_reset(&mut silent).await;
+    recorder.wait_secure_released(1).await;
+    let timed_out = recorder.ended_with(ClosureReason::FirstByteTimedOut);
+    assert_eq!(timed_out.len(), 1);
+    assert_eq!(recorder.events_of(timed_out[0]).len(), 4, "not established");
+
+    // Established, then silent: the first-byte timeout again, for the first byte of data.
+    let mut quiet = try_tls_from(1, address).await.expect("handshake");
+    let (rest, end) = read_to_end(&mut quiet).await;
+    assert!(rest.is_empty());
+    assert!(end.is_err(), "reset: {end:?}");
+    recorder.wait_secure_released(2).await;
+    let timed_out = recorder.ended_with(ClosureReason::FirstByteTimedOut);
+    assert_eq!(timed_out.len(), 2);
+    assert!(recorder.established().contains(&timed_out[1]));
+    bounded("shutdown", server.shutdown()).await;
+
+    // A client that began its handshake is bounded by the handshake timeout alone.
+    let (server, recorder) = start_tls(|b| {
+        b.first_byte_timeout(Some(Duration::from_millis(100)))
+            .handshake_timeout(Duration::from_millis(500))
+    })
+    .await;
+    let mut stalled = client(server.local_addr().unwrap()).await;
+    stalled.write_all(HELLO_START).await.unwrap();
+    expect_reset(&mut stalled).await;
+    recorder.wait_secure_released(1).await;
+    assert_eq!(
+        recorder.ended_with(ClosureReason::HandshakeTimedOut).len(),
+        1
+    );
     bounded("shutdown", server.shutdown()).await;
 }
 

@@ -202,7 +202,9 @@ impl ServerBuilder {
     /// How long a TLS handshake may take, from accept (or connect; or, on a listener that reads
     /// [PROXY headers](crate::proxy), the end of the header) to negotiated, before the
     /// connection is reset with [`ClosureReason::HandshakeTimedOut`](crate::ClosureReason::HandshakeTimedOut).
-    /// Default: [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    /// Until an accepted client's first byte, a shorter
+    /// [first-byte timeout](ServerBuilder::first_byte_timeout) bounds it too. Default:
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self
@@ -475,8 +477,11 @@ impl ServerBuilder {
 
     /// Every connection's [first-byte timeout](Timeouts::first_byte): a connection that sends
     /// nothing for this long after it was established (after the TLS handshake, for TLS) ends.
-    /// With it, clients that connect and stay silent (slowloris) hold a connection slot for at
-    /// most this long. Default: off.
+    /// On an accepted TLS connection it also bounds the wait for the client's first byte of the
+    /// handshake, from the handshake's start, where it is shorter than the
+    /// [handshake timeout](ServerBuilder::handshake_timeout). With it, clients that connect and
+    /// stay silent (slowloris) hold a connection slot, and a handshake slot, for at most this
+    /// long. Default: off.
     pub fn first_byte_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.timeouts.first_byte = timeout;
         self

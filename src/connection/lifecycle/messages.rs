@@ -11,6 +11,9 @@ use crate::timeouts::Timeouts;
 pub(crate) enum Step {
     /// Reading the PROXY protocol header.
     ProxyHeader,
+    /// An accepted connection's TLS handshake, waiting for the peer's first byte: the
+    /// first-byte timeout bounds it too, when it is the shorter ([`Lifecycle::begin_step`]).
+    FirstByte,
     /// The TLS handshake.
     Handshake,
 }

@@ -17,7 +17,7 @@ impl Driver {
     /// Takes the handshake slot of an accepted connection whose handshake began at `begun`, for
     /// the client's source (the PROXY header's, where there was one). A client that has not sent
     /// a byte yet is then waited for, without taking the byte, bounded by the handshake deadline
-    /// and cut short by an abort or by the slot's eviction. `None` if
+    /// and the first-byte timeout and cut short by an abort or by the slot's eviction. `None` if
     /// the connection ended; how is the lifecycle's to decide.
     pub(super) async fn handshake_slot(&mut self, begun: Instant) -> Option<HandshakeSlot> {
         let Transport::Plain(tcp) = &self.transport else {
@@ -33,7 +33,7 @@ impl Driver {
             return Some(slot);
         }
         self.life
-            .begin_step(Step::Handshake, self.context.handshake_timeout, begun);
+            .begin_step(Step::FirstByte, self.context.handshake_timeout, begun);
         let deadline = self.life.step_deadline().unwrap_or(begun);
         let waited =
             before_established(&self.shared.mailbox, first_byte(tcp, &slot), deadline).await;
