@@ -56,7 +56,9 @@ pub enum ClosureReason {
     HandshakeTimedOut,
     /// The connection was accepted while the
     /// [maximum of concurrent TLS handshakes](crate::ServerBuilder::max_concurrent_handshakes) were
-    /// already running, and was reset without a handshake.
+    /// already running, none of them by a connection that had yet to send a byte, or while its
+    /// source held its [share](crate::ServerBuilder::max_handshakes_per_source) of them; it was
+    /// reset without a handshake.
     HandshakeLimit,
     /// No byte was read or written for the [idle timeout](crate::Timeouts::idle); reset.
     IdleTimedOut,
@@ -66,7 +68,8 @@ pub enum ClosureReason {
     /// [half-closed timeout](crate::Timeouts::half_closed); reset.
     HalfClosedTimedOut,
     /// No byte arrived within the [first-byte timeout](crate::Timeouts::first_byte) after the
-    /// connection was established; reset.
+    /// connection was established, or, on an accepted TLS connection, after its handshake began;
+    /// reset.
     FirstByteTimedOut,
     /// The write queue stayed above its high watermark for longer than the
     /// [slow-consumer timeout](crate::ServerBuilder::slow_consumer_timeout): the peer does not
@@ -105,6 +108,12 @@ pub enum ClosureReason {
     /// when the stream ended. The items before it were delivered and the replies queued were
     /// sent before our FIN.
     PartialFrame,
+    /// An accepted TLS connection had not sent a byte of its handshake when the
+    /// [maximum of concurrent TLS handshakes](crate::ServerBuilder::max_concurrent_handshakes) was
+    /// reached and a newer connection needed a slot: as the oldest such connection, it gave its
+    /// slot up and was reset, before any handshake and after `on_socket_created` only. Many of
+    /// these mean clients that connect and say nothing are holding slots (a flood, or a scan).
+    HandshakeEvicted,
 }
 
 impl ClosureReason {
@@ -139,6 +148,7 @@ impl ClosureReason {
         ClosureReason::Decode,
         ClosureReason::FrameTooLong,
         ClosureReason::PartialFrame,
+        ClosureReason::HandshakeEvicted,
     ];
 
     /// The reason's `snake_case` name, as used in logs and the example's event lines.
@@ -175,6 +185,7 @@ impl ClosureReason {
             ClosureReason::Decode => "decode_error",
             ClosureReason::FrameTooLong => "frame_too_long",
             ClosureReason::PartialFrame => "partial_frame",
+            ClosureReason::HandshakeEvicted => "handshake_evicted",
         }
     }
 
@@ -208,6 +219,7 @@ impl ClosureReason {
             ClosureReason::Decode => 24,
             ClosureReason::FrameTooLong => 25,
             ClosureReason::PartialFrame => 26,
+            ClosureReason::HandshakeEvicted => 27,
         }
     }
 

@@ -38,5 +38,20 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes of accepted connections in progress at once. A busy 2-core server completes a
 /// few thousand handshakes a second, so 512 in progress is far more than honest clients need,
 /// while a flood of clients that connect and stall holds at most this many connection slots
-/// (until the handshake timeout ends them).
+/// (those that say nothing give theirs up to newer connections; those that stall mid-handshake
+/// hold theirs until the handshake timeout).
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 512;
+/// How many sources it takes, by default, to fill the concurrent-handshake cap: each
+/// [source](crate::ServerBuilder::ipv6_source_prefix) may hold this fraction of it
+/// ([`ServerBuilder::max_handshakes_per_source`](crate::ServerBuilder::max_handshakes_per_source)),
+/// 64 of the default 512. Connections that say nothing give their slot up to newer ones, so the
+/// share bounds the clients that start a handshake and stall it: one address (or one IPv6
+/// prefix) alone holds an eighth of the cap at most. It is not smaller because honest clients
+/// share addresses too (a NAT gateway, a carrier-grade NAT, a proxy without the PROXY protocol):
+/// handshakes take milliseconds, so 64 in progress at once still let one address start
+/// thousands a second.
+pub const DEFAULT_SOURCES_TO_FILL_HANDSHAKES: usize = 8;
+/// The IPv6 prefix length whose addresses count as one source: a /64, what one subscriber or one
+/// host is usually given (RFC 6177; SLAAC fills the low 64 bits with addresses of the host's
+/// choosing), so a client can take a fresh address within it for every connection.
+pub const DEFAULT_IPV6_SOURCE_PREFIX: u8 = 64;

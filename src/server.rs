@@ -6,6 +6,7 @@ pub(crate) mod builder;
 pub(crate) mod callbacks;
 pub(crate) mod connect;
 pub(crate) mod driver;
+pub(crate) mod handshake_slots;
 pub(crate) mod invoke;
 pub(crate) mod limit;
 pub(crate) mod listen;
@@ -15,6 +16,7 @@ pub(crate) mod per_ip;
 pub(crate) mod registry;
 pub(crate) mod reserve;
 pub(crate) mod shutdown;
+pub(crate) mod source;
 
 use std::any::Any;
 use std::fmt;
@@ -447,8 +449,9 @@ impl Server {
         self.manager.stats()
     }
 
-    /// Live accepted connections from `ip` (an IPv4-mapped IPv6 address counts as the IPv4
-    /// address), as counted against the
+    /// Live accepted connections from `ip`'s source (an IPv4-mapped IPv6 address counts as the
+    /// IPv4 address; an IPv6 address as its whole
+    /// [prefix](ServerBuilder::ipv6_source_prefix), a /64 by default), as counted against the
     /// [per-address cap](ServerBuilder::max_connections_per_ip); `None` if the server has no
     /// such cap, as nothing is counted then. A connection counts from its accept until just after
     /// its [`on_socket_released`](crate::Callbacks::on_socket_released) returns; refused ones never

@@ -29,6 +29,10 @@ pub struct Timeouts {
     pub half_closed: Option<Duration>,
     /// No byte arrived this long after the connection was established (for TLS, after the
     /// handshake): [`ClosureReason::FirstByteTimedOut`](crate::ClosureReason::FirstByteTimedOut).
-    /// The defence against clients that connect and say nothing (slowloris).
+    /// The defence against clients that connect and say nothing (slowloris). The server's
+    /// setting ([`ServerBuilder::first_byte_timeout`](crate::ServerBuilder::first_byte_timeout))
+    /// also bounds an accepted TLS client's first byte of the handshake, counted from the
+    /// handshake's start, when it is shorter than the handshake timeout: a client that says
+    /// nothing at all is the same slowloris whether the server speaks TLS or not.
     pub first_byte: Option<Duration>,
 }

@@ -73,9 +73,6 @@
 
 use std::fmt;
 use std::io;
-use std::sync::Arc;
-
-use tokio::sync::Semaphore;
 
 use crate::error::Error;
 use crate::ids::Direction;
@@ -386,11 +383,10 @@ pub(crate) fn is_tls_failure(error: &io::Error) -> bool {
 /// The TLS side a connection takes in its handshake.
 #[derive(Debug)]
 pub(crate) enum Secure {
-    /// An accepted connection: the listener's acceptor, and the server's slots for handshakes in
-    /// progress.
+    /// An accepted connection: the listener's acceptor (the server's handshake slots are in the
+    /// driver's context).
     Accept {
         acceptor: TlsAcceptor,
-        slots: Arc<Semaphore>,
     },
     Connect(TlsConnect),
 }

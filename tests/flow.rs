@@ -1032,11 +1032,13 @@ async fn start_tls(
     (server, flow, address)
 }
 
-/// A TLS client that connects, waits longer than the first-byte timeout before its handshake,
-/// then speaks promptly, is served: the timeout counts from the end of the handshake. One that
-/// says nothing after its handshake is reset with `FirstByteTimedOut`.
+/// On a TLS listener the first-byte timeout counts twice: from the start of the handshake to the
+/// client's first byte, and from establishment to its first byte of data. A client that connects
+/// and waits longer than the timeout before its hello is reset before any handshake, one that
+/// says nothing after its handshake after it, both with `FirstByteTimedOut`; one that speaks
+/// promptly both times is served.
 #[tokio::test(start_paused = true)]
-async fn tls_first_byte_timeout_counts_from_after_the_handshake() {
+async fn tls_first_byte_timeout_counts_from_the_handshake_and_again_after_it() {
     if skip_under_wine(&WINE_NO_TLS_SERVER) {
         return;
     }
@@ -1048,17 +1050,25 @@ async fn tls_first_byte_timeout_counts_from_after_the_handshake() {
     .await;
     let connector = tls_connector();
 
-    // Slow to start its handshake, prompt after it.
+    // Slow to start its handshake: reset before it, never established.
+    let tcp = client(address).await;
+    sleep(SHORT * 2).await;
+    let late = bounded("handshake", connector.connect("localhost", tcp)).await;
+    assert!(late.is_err(), "reset before its hello");
+    flow.wait_released(1).await;
+    assert_eq!(flow.ended_with(ClosureReason::FirstByteTimedOut).len(), 1);
+    assert!(flow.established().is_empty());
+
+    // Prompt to start, prompt after: served.
     let tcp = client(address).await;
     let local = tcp.local_addr().unwrap();
-    sleep(SHORT * 2).await;
-    let mut slow_start = bounded("handshake", connector.connect("localhost", tcp))
+    let mut prompt = bounded("handshake", connector.connect("localhost", tcp))
         .await
         .expect("handshake");
-    let slow_start_id = flow.id_of_address(local).await;
-    bounded("write", slow_start.write_all(b"hi")).await.unwrap();
+    let prompt_id = flow.id_of_address(local).await;
+    bounded("write", prompt.write_all(b"hi")).await.unwrap();
     let mut reply = [0; 2];
-    bounded("echo", slow_start.read_exact(&mut reply))
+    bounded("echo", prompt.read_exact(&mut reply))
         .await
         .expect("echo");
     assert_eq!(&reply, b"hi");
@@ -1083,10 +1093,10 @@ async fn tls_first_byte_timeout_counts_from_after_the_handshake() {
     assert!(closed >= handshake_done);
     expect_reset(&mut silent).await;
 
-    flow.assert_open(slow_start_id, "after its first byte");
-    drop(slow_start);
-    flow.wait_closure(slow_start_id).await;
-    assert_eq!(server.stats().closures(ClosureReason::FirstByteTimedOut), 1);
+    flow.assert_open(prompt_id, "after its first byte");
+    drop(prompt);
+    flow.wait_closure(prompt_id).await;
+    assert_eq!(server.stats().closures(ClosureReason::FirstByteTimedOut), 2);
     flow.assert_no_errors();
     server.shutdown().await;
 }

@@ -24,29 +24,9 @@ use switchboard::{
     Callbacks, ClosureReason, ConnectionId, Direction, Error, Server, ServerBuilder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// The loopback address 127.0.0.`n`.
-fn loopback(n: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
-}
-
-/// A plain client connecting to `address` from `source` (any free port); `Err` if the connect
-/// failed, which a server that resets at once can cause: the reset can reach the client before
-/// its connect has completed.
-async fn try_client_from(source: IpAddr, address: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = match source {
-        IpAddr::V4(_) => TcpSocket::new_v4(),
-        IpAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .unwrap();
-    socket.bind(SocketAddr::new(source, 0)).unwrap();
-    tokio::time::timeout(WAIT, socket.connect(address))
-        .await
-        .expect("connect timed out")
-}
 
 /// [`try_client_from`] for a client that is served.
 async fn client_from(source: IpAddr, address: SocketAddr) -> TcpStream {

@@ -1,7 +1,7 @@
 //! The PROXY protocol on a listener (`Listen::proxy_protocol`): headers of both versions over real
 //! loopback TCP, the addresses and TLVs they carry, every way a header is refused, TLS after the
-//! header, and the per-address cap counting the client the header names. Waits are bounded by
-//! [`WAIT`]; nothing asserts how long anything took.
+//! header, and the per-address cap counting the client the header names (an IPv6 client by its
+//! /64). Waits are bounded by [`WAIT`]; nothing asserts how long anything took.
 
 mod common;
 
@@ -57,16 +57,6 @@ async fn start(
     let recorder = Recorder::with_hooks(&mut builder, Behavior::echo(), hooks);
     let server = builder.start(recorder.clone()).await.unwrap();
     (server, recorder, seen)
-}
-
-fn v2_header(command: Command, source: &str, destination: &str, tlvs: &[(u8, &[u8])]) -> Vec<u8> {
-    let addresses: (SocketAddr, SocketAddr) =
-        (source.parse().unwrap(), destination.parse().unwrap());
-    let mut builder = Builder::with_addresses(Version::Two | command, Protocol::Stream, addresses);
-    for (kind, value) in tlvs {
-        builder = builder.write_tlv(*kind, value).unwrap();
-    }
-    builder.build().unwrap()
 }
 
 async fn send(stream: &mut TcpStream, bytes: &[u8]) {
@@ -441,6 +431,76 @@ async fn the_per_address_cap_counts_the_client_the_header_names() {
         server.connections_from_ip(client_ip) == Some(0)
     })
     .await;
+    server.shutdown().await;
+}
+
+/// Connects to `address` with a PROXY v2 header naming `client` (an IPv6 socket address) and
+/// asks for an echo.
+async fn echoed_as(address: SocketAddr, client: &str) -> TcpStream {
+    let mut stream = client_as(address, client).await;
+    echo(&mut stream, client.as_bytes()).await;
+    stream
+}
+
+/// Connects to `address` with a PROXY v2 header naming `client` (an IPv6 socket address).
+async fn client_as(address: SocketAddr, client: &str) -> TcpStream {
+    let mut stream = common::client(address).await;
+    send(
+        &mut stream,
+        &v2_header(Command::Proxy, client, "[2001:db8:ffff::1]:443", &[]),
+    )
+    .await;
+    stream
+}
+
+/// The per-address cap counts the addresses of one IPv6 /64 as one source (the headers name
+/// them: loopback gives a client one IPv6 address); with a /128 prefix, each counts on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_address_cap_holds_across_the_addresses_of_one_ipv6_prefix() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
+    let (server, recorder, _) =
+        start(trusting_loopback(), |l| l, |b| b.max_connections_per_ip(2)).await;
+    let address = server.local_addr().unwrap();
+    let first = echoed_as(address, "[2001:db8::1]:1000").await;
+    let second = echoed_as(address, "[2001:db8::2]:1000").await;
+    let any_of_the_64: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+    assert_eq!(server.connections_from_ip(any_of_the_64), Some(2));
+    let mut third = client_as(address, "[2001:db8::ffff:3]:1000").await;
+    expect_reset(&mut third).await;
+    recorder.wait_released(1).await;
+    assert_eq!(recorder.ended_with(ClosureReason::PerIpLimit).len(), 1);
+    // The next /64 is another source.
+    let other = echoed_as(address, "[2001:db8:0:1::1]:1000").await;
+    assert_eq!(server.stats().refused_per_ip, 1);
+    drop((first, second, other));
+    recorder.wait_released(4).await;
+    eventually("every slot to free", || {
+        server.connections_from_ip(any_of_the_64) == Some(0)
+    })
+    .await;
+    server.shutdown().await;
+
+    // Every address on its own.
+    let (server, recorder, _) = start(
+        trusting_loopback(),
+        |l| l,
+        |b| b.max_connections_per_ip(2).ipv6_source_prefix(128),
+    )
+    .await;
+    let address = server.local_addr().unwrap();
+    let mut clients = Vec::new();
+    for n in 1..=3 {
+        clients.push(echoed_as(address, &format!("[2001:db8::{n}]:1000")).await);
+    }
+    assert_eq!(
+        server.connections_from_ip("2001:db8::1".parse().unwrap()),
+        Some(1)
+    );
+    drop(clients);
+    recorder.wait_released(3).await;
+    assert_eq!(server.stats().refused_per_ip, 0);
     server.shutdown().await;
 }
 

@@ -883,11 +883,18 @@ async fn the_handshake_cap_refuses_at_once_and_frees_when_stalled_handshakes_end
         return;
     }
     let (server, recorder, address) = start(Some(server_acceptor()), Behavior::echo(), |b| {
+        // One source may hold both slots (its default share of a cap of 2 is 1).
         b.max_concurrent_handshakes(2)
+            .max_handshakes_per_source(2)
             .handshake_timeout(Duration::from_secs(2))
     })
     .await;
+    // Both begin a ClientHello and stall: mid-handshake, their slots are not given up to a newer
+    // connection, as those of connections that say nothing are (tests/handshake_slots.rs).
     let mut stalled = vec![client(address).await, client(address).await];
+    for stream in &mut stalled {
+        stream.write_all(b"\x16\x03\x01").await.unwrap();
+    }
     recorder
         .wait_count("the stalled sockets", 2, |e| {
             matches!(e, Event::SocketCreated(_))
@@ -1277,7 +1284,12 @@ async fn two_hundred_concurrent_tls_echoes_are_byte_exact() {
         return;
     }
     const CLIENTS: u64 = 200;
-    let (server, recorder, address) = start(Some(server_acceptor()), Behavior::echo(), |b| b).await;
+    // Every client comes from 127.0.0.1, which would hold one source's share of the handshakes
+    // (64 of 512): the share is tests/handshake_slots.rs's, not this test's.
+    let (server, recorder, address) = start(Some(server_acceptor()), Behavior::echo(), |b| {
+        b.max_handshakes_per_source(CLIENTS as usize)
+    })
+    .await;
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|i| {
             tokio::spawn(async move {

@@ -28,11 +28,13 @@
 //! | `CloseTimedOut` | the close timeout, with queued data or the FIN not sent, or not acknowledged by the peer |
 //! | `CallbackPanic` | [`Lifecycle::on_callback_panic`] before anything else ended it |
 //! | `TlsError`, `TlsAlert` | [`IoError::Tls`] (ours, the peer's alert), in the handshake or after |
-//! | `HandshakeTimedOut` | the handshake's deadline ([`Step::Handshake`]) |
+//! | `HandshakeTimedOut` | the handshake's deadline ([`Step::Handshake`], or [`Step::FirstByte`] when the first-byte timeout is not the shorter) |
 //! | `HandshakeLimit` | no handshake slot ([`StartFailure::NoHandshakeSlot`]) |
+//! | `HandshakeEvicted` | the slot went to a newer connection before the first byte ([`StartFailure::Evicted`]) |
 //! | `ProxyProtocol` | a refused header ([`StartFailure::HeaderRefused`]) or the header's deadline ([`Step::ProxyHeader`]) |
 //! | `PerIpLimit` | the client's address at its cap, at admission or once a PROXY header named it ([`StartFailure::PerIpLimit`]) |
-//! | `IdleTimedOut`, `ReadTimedOut`, `FirstByteTimedOut`, `HalfClosedTimedOut`, `SlowConsumer` | the open phase's deadlines ([`Lifecycle::on_deadline`]) |
+//! | `FirstByteTimedOut` | the open phase's first-byte deadline ([`Lifecycle::on_deadline`]); or [`Step::FirstByte`]'s, when the first-byte timeout is the shorter |
+//! | `IdleTimedOut`, `ReadTimedOut`, `HalfClosedTimedOut`, `SlowConsumer` | the open phase's deadlines ([`Lifecycle::on_deadline`]) |
 //! | `DiscardLimit` | more than the discard limit read while closing |
 //!
 //! Two rules sit on top of the table:
@@ -215,8 +217,17 @@ impl Lifecycle {
         self.lingered
     }
 
-    /// A step before establishment begins at `now` and may take `timeout`.
+    /// A step before establishment begins at `now` and may take `timeout`. The wait for a TLS
+    /// client's first byte ([`Step::FirstByte`]) may take the first-byte timeout instead, if
+    /// that is shorter, and ends with its reason then; otherwise it is the handshake's.
     pub(crate) fn begin_step(&mut self, step: Step, timeout: Duration, now: Instant) {
+        let (step, timeout) = match (step, self.timeouts().first_byte) {
+            (Step::FirstByte, Some(first_byte)) if first_byte < timeout => {
+                (Step::FirstByte, first_byte)
+            }
+            (Step::FirstByte, _) => (Step::Handshake, timeout),
+            (step, _) => (step, timeout),
+        };
         if let Phase::Starting { .. } = self.phase {
             self.phase = Phase::Starting {
                 step: Some(step),
@@ -241,6 +252,7 @@ impl Lifecycle {
         {
             self.end(match step {
                 Step::ProxyHeader => ClosureReason::ProxyProtocol,
+                Step::FirstByte => ClosureReason::FirstByteTimedOut,
                 Step::Handshake => ClosureReason::HandshakeTimedOut,
             });
         }
@@ -263,6 +275,7 @@ impl Lifecycle {
                 StartFailure::HeaderRefused => ClosureReason::ProxyProtocol,
                 StartFailure::PeerClosed => ClosureReason::PeerClosed,
                 StartFailure::NoHandshakeSlot => ClosureReason::HandshakeLimit,
+                StartFailure::Evicted => ClosureReason::HandshakeEvicted,
                 StartFailure::PerIpLimit => ClosureReason::PerIpLimit,
             });
         }

@@ -519,10 +519,7 @@ fn take(manager: &Manager, accepted: Accepted, permit: Permit) {
     } else {
         manager.admit_peer(permit, peer.ip())
     };
-    let secure = tls.map(|acceptor| Secure::Accept {
-        acceptor,
-        slots: manager.handshake_slots().clone(),
-    });
+    let secure = tls.map(|acceptor| Secure::Accept { acceptor });
     // The listener knows it when bound to one address; otherwise the socket is asked.
     let local = match local.map_or_else(|| stream.local_addr(), Ok) {
         Ok(local) => local,

@@ -39,10 +39,22 @@ pub(crate) struct Config {
     pub(crate) connect_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_concurrent_handshakes: usize,
+    /// Handshake slots one source may hold; `None`: the cap's default share.
+    pub(crate) max_handshakes_per_source: Option<usize>,
+    /// The IPv6 prefix length whose addresses are one source.
+    pub(crate) ipv6_source_prefix: u8,
     /// Written to clients refused at the connection limit, before FIN; `None`: they are reset.
     pub(crate) refusal_message: Option<bytes::Bytes>,
     /// Live accepted connections allowed per peer address; `None`: no cap.
     pub(crate) max_connections_per_ip: Option<usize>,
+}
+
+impl Config {
+    /// The handshake slots one source may hold: as set, or the cap's default share.
+    pub(crate) fn handshakes_per_source(&self) -> usize {
+        self.max_handshakes_per_source
+            .unwrap_or((self.max_concurrent_handshakes / DEFAULT_SOURCES_TO_FILL_HANDSHAKES).max(1))
+    }
 }
 
 /// Configures and starts a [`Server`]. Every setting has a documented default.
@@ -106,6 +118,8 @@ impl ServerBuilder {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+                max_handshakes_per_source: None,
+                ipv6_source_prefix: DEFAULT_IPV6_SOURCE_PREFIX,
                 max_connections_per_ip: None,
                 refusal_message: None,
             },
@@ -209,31 +223,70 @@ impl ServerBuilder {
         self
     }
 
-    /// How long a TLS handshake may take, from accept (or connect) to negotiated, before the
+    /// How long a TLS handshake may take, from accept (or connect; or, on a listener that reads
+    /// [PROXY headers](crate::proxy), the end of the header) to negotiated, before the
     /// connection is reset with [`ClosureReason::HandshakeTimedOut`](crate::ClosureReason::HandshakeTimedOut).
-    /// Default: [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    /// Until an accepted client's first byte, a shorter
+    /// [first-byte timeout](ServerBuilder::first_byte_timeout) bounds it too. Default:
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self
     }
 
-    /// At most `max` TLS handshakes of accepted connections in progress at once; a connection
-    /// accepted while that many are running is reset at once with
-    /// [`ClosureReason::HandshakeLimit`](crate::ClosureReason::HandshakeLimit), so stalled
+    /// At most `max` TLS handshakes of accepted connections in progress at once, so stalled
     /// handshakes can never hold more than `max` slots of the connection limit. Outgoing
     /// connections are not counted. Default: [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`] (512). Must be
     /// above zero.
+    ///
+    /// A connection holds its slot from the start of its handshake (after the
+    /// [PROXY header](crate::proxy), on a listener that reads one) to its end. When all `max` are
+    /// taken, a new connection takes the slot of the oldest connection that has not sent a byte
+    /// yet, which is reset with
+    /// [`ClosureReason::HandshakeEvicted`](crate::ClosureReason::HandshakeEvicted): a client
+    /// that connects and says nothing cannot keep one that speaks out, however many addresses
+    /// it comes from. A connection that has begun its handshake is never evicted. Only if every
+    /// slot is held by one that has is the new connection reset at once, with
+    /// [`ClosureReason::HandshakeLimit`](crate::ClosureReason::HandshakeLimit). One source's
+    /// share of the slots is [`max_handshakes_per_source`](ServerBuilder::max_handshakes_per_source).
+    /// Both reasons are counted in [`Stats::closures`](crate::Stats::closures) and the
+    /// `switchboard_connections_closed_total` metric.
     pub fn max_concurrent_handshakes(mut self, max: usize) -> Self {
         self.config.max_concurrent_handshakes = max;
+        self
+    }
+
+    /// At most `max` of the [concurrent handshakes](ServerBuilder::max_concurrent_handshakes)
+    /// from one source: one IPv4 address, or the IPv6 addresses of one
+    /// [prefix](ServerBuilder::ipv6_source_prefix), as the peer's address says, or, on a
+    /// listener that reads [PROXY headers](crate::proxy), the client's address the header names.
+    /// A connection from a source that holds `max` is reset at once with
+    /// [`ClosureReason::HandshakeLimit`](crate::ClosureReason::HandshakeLimit), and takes no
+    /// other connection's slot. Default: the cap divided by
+    /// [`DEFAULT_SOURCES_TO_FILL_HANDSHAKES`], at least 1 (64 of the default 512); see there why.
+    /// A value at or above the cap turns the share off: set it so for a plain listener behind a
+    /// load balancer that does not send PROXY headers, where every client has the balancer's
+    /// address. Must be above zero.
+    ///
+    /// ```
+    /// let builder = switchboard::Server::builder()
+    ///     .max_concurrent_handshakes(1_024)
+    ///     .max_handshakes_per_source(32);
+    /// # let _ = builder;
+    /// ```
+    pub fn max_handshakes_per_source(mut self, max: usize) -> Self {
+        self.config.max_handshakes_per_source = Some(max);
         self
     }
 }
 
 /// Per-peer limits.
 impl ServerBuilder {
-    /// At most `max` live accepted connections from one peer IP address, across all of this
-    /// server's listeners; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) counts as the IPv4
-    /// address. Outgoing connections are not counted. Default: no cap. Must be above zero.
+    /// At most `max` live accepted connections from one source, across all of this server's
+    /// listeners: one IPv4 address (an IPv4-mapped IPv6 address, `::ffff:a.b.c.d`, counts as the
+    /// IPv4 address), or the IPv6 addresses of one [prefix](ServerBuilder::ipv6_source_prefix),
+    /// a /64 by default. Outgoing connections are not counted. Default: no cap. Must be above
+    /// zero.
     ///
     /// A connection over the cap is still accepted, so its client learns at once instead of
     /// waiting in the backlog: it gets [`on_socket_created`](Callbacks::on_socket_created), then
@@ -265,6 +318,37 @@ impl ServerBuilder {
     /// ```
     pub fn max_connections_per_ip(mut self, max: usize) -> Self {
         self.config.max_connections_per_ip = Some(max);
+        self
+    }
+
+    /// How many leading bits of an IPv6 address name its source, for the
+    /// [per-address cap](ServerBuilder::max_connections_per_ip) and the
+    /// [handshake share](ServerBuilder::max_handshakes_per_source): the addresses that agree on
+    /// them are one peer. Default: [`DEFAULT_IPV6_SOURCE_PREFIX`] (64), since one subscriber or
+    /// host is usually given a whole /64 and can take a new address within it for every
+    /// connection; counted one by one, its addresses would each get a share of their own. 128
+    /// counts every address on its own; a shorter prefix (a /56 or /48, what some providers give
+    /// a site) groups more. IPv4 addresses, and IPv4-mapped IPv6 ones, are always counted one by
+    /// one. Must be at most 128.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// struct Nothing;
+    /// impl switchboard::Callbacks for Nothing {}
+    ///
+    /// let server = switchboard::Server::builder()
+    ///     .bind("127.0.0.1:0")
+    ///     .max_connections_per_ip(4)
+    ///     .ipv6_source_prefix(56)
+    ///     .start(Nothing)
+    ///     .await?;
+    /// // Any address of a /56 reads its whole /56's count.
+    /// assert_eq!(server.connections_from_ip("2001:db8:0:ff::1".parse().unwrap()), Some(0));
+    /// server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn ipv6_source_prefix(mut self, len: u8) -> Self {
+        self.config.ipv6_source_prefix = len;
         self
     }
 }
@@ -442,8 +526,11 @@ impl ServerBuilder {
 
     /// Every connection's [first-byte timeout](Timeouts::first_byte): a connection that sends
     /// nothing for this long after it was established (after the TLS handshake, for TLS) ends.
-    /// With it, clients that connect and stay silent (slowloris) hold a connection slot for at
-    /// most this long. Default: off.
+    /// On an accepted TLS connection it also bounds the wait for the client's first byte of the
+    /// handshake, from the handshake's start, where it is shorter than the
+    /// [handshake timeout](ServerBuilder::handshake_timeout). With it, clients that connect and
+    /// stay silent (slowloris) hold a connection slot, and a handshake slot, for at most this
+    /// long. Default: off.
     pub fn first_byte_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.timeouts.first_byte = timeout;
         self
@@ -580,6 +667,12 @@ impl ServerBuilder {
         }
         if self.config.max_concurrent_handshakes == 0 {
             return invalid("max_concurrent_handshakes", "must be above zero");
+        }
+        if self.config.max_handshakes_per_source == Some(0) {
+            return invalid("max_handshakes_per_source", "must be above zero");
+        }
+        if self.config.ipv6_source_prefix > 128 {
+            return invalid("ipv6_source_prefix", "must be at most 128");
         }
         if self.config.write_low_watermark >= self.config.write_high_watermark {
             return invalid("write_watermarks", "low must be below high");

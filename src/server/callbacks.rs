@@ -44,8 +44,9 @@ use crate::tls::TlsInfo;
 ///
 /// A TLS handshake that fails runs [`on_fatal_error`](Callbacks::on_fatal_error) (our side
 /// detected it) or [`on_remote_fatal_error`](Callbacks::on_remote_fatal_error) (the peer sent an
-/// alert), then the closing events; one that times out, is refused at the handshake cap, is
-/// aborted, or that the peer resets or closes goes straight to the closing events. Neither gets `on_connection_established`.
+/// alert), then the closing events; one that times out, is refused at the handshake cap or gives
+/// its slot up there (it had sent nothing), is aborted, or that the peer resets or closes goes
+/// straight to the closing events. Neither gets `on_connection_established`.
 ///
 /// An outgoing connection first runs [`on_pre_outgoing_connect`](Callbacks::on_pre_outgoing_connect);
 /// if its connect fails, [`on_outgoing_connection_failed`](Callbacks::on_outgoing_connection_failed)

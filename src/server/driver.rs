@@ -41,6 +41,7 @@ use crate::connection::lifecycle::{
 use crate::connection::read_sink::ReadSink;
 use crate::connection::{Connection, Shared};
 use crate::rate::{ReadRate, TokenBucket};
+use crate::server::handshake_slots::HandshakeSlots;
 use crate::server::invoke::Invoker;
 use crate::server::registry::Registration;
 use crate::stats::{ConnectionCounters, Count, Counters};
@@ -75,6 +76,8 @@ pub(crate) struct Context {
     /// How fast each connection is read, if limited.
     pub(crate) read_rate: Option<ReadRate>,
     pub(crate) handshake_timeout: Duration,
+    /// Slots for the TLS handshakes of accepted connections.
+    pub(crate) handshake_slots: Arc<HandshakeSlots>,
     pub(crate) lifecycle: Arc<LifecycleConfig>,
 }
 

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::connection::lifecycle::{LifecycleConfig, WriteLimits};
@@ -18,6 +18,7 @@ use crate::server::builder::Config;
 use crate::server::callbacks::Callbacks;
 use crate::server::driver::transport::Transport;
 use crate::server::driver::{Context, Driver, Setup};
+use crate::server::handshake_slots::HandshakeSlots;
 use crate::server::invoke::Invoker;
 use crate::server::limit::{ConnectionLimiter, Permit};
 use crate::server::per_ip::PerIpLimit;
@@ -55,8 +56,6 @@ pub(crate) struct Manager {
     accepting: watch::Sender<bool>,
     shutdown: Shutdown,
     accept_tasks: Mutex<Option<AcceptTasks>>,
-    /// Slots for TLS handshakes of accepted connections in progress.
-    handshakes: Arc<Semaphore>,
     /// Live accepted connections per peer address, when they are capped.
     per_ip: Option<Arc<PerIpLimit>>,
 }
@@ -70,6 +69,11 @@ impl Config {
             read_buffer_size: self.read_buffer_size,
             read_rate: self.read_rate,
             handshake_timeout: self.handshake_timeout,
+            handshake_slots: HandshakeSlots::new(
+                self.max_concurrent_handshakes,
+                self.handshakes_per_source(),
+                self.ipv6_source_prefix,
+            ),
             lifecycle: Arc::new(LifecycleConfig {
                 limits: WriteLimits {
                     limit: self.write_queue_limit,
@@ -95,22 +99,20 @@ impl Manager {
         layout: UserDataLayout,
         accepting: bool,
     ) -> Self {
-        let handshakes = Arc::new(Semaphore::new(
-            config.max_concurrent_handshakes.min(Semaphore::MAX_PERMITS),
-        ));
         let context = config.context(Invoker::new(callbacks, counters.clone()), &counters);
         Manager {
             context: Arc::new(context),
             registry: Arc::new(Registry::new(counters.clone())),
             counters,
-            per_ip: config.max_connections_per_ip.map(PerIpLimit::new),
+            per_ip: config
+                .max_connections_per_ip
+                .map(|max| PerIpLimit::new(max, config.ipv6_source_prefix)),
             config,
             limiter,
             layout,
             accepting: watch::Sender::new(accepting),
             shutdown: Shutdown::new(),
             accept_tasks: Mutex::new(None),
-            handshakes,
         }
     }
 
@@ -174,11 +176,6 @@ impl Manager {
 
     pub(crate) fn watch_accepting(&self) -> watch::Receiver<bool> {
         self.accepting.subscribe()
-    }
-
-    /// Slots for the TLS handshakes of accepted connections.
-    pub(crate) fn handshake_slots(&self) -> &Arc<Semaphore> {
-        &self.handshakes
     }
 
     /// The per-address cap, if there is one.

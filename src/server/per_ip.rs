@@ -1,7 +1,8 @@
 //! The per-address cap: how many accepted connections each peer IP address may hold at once.
 //!
 //! A server with [`ServerBuilder::max_connections_per_ip`](crate::ServerBuilder::max_connections_per_ip)
-//! keeps one count per peer address. The accept loop takes a [`PeerSlot`] for each accepted
+//! keeps one count per peer [source](crate::server::source): per IPv4 address, and per IPv6
+//! prefix ([`ServerBuilder::ipv6_source_prefix`](crate::ServerBuilder::ipv6_source_prefix)). The accept loop takes a [`PeerSlot`] for each accepted
 //! connection; the slot travels with the connection's limiter [`Permit`](crate::server::limit::Permit) and
 //! is given back when that is dropped: just after the connection's last release event, or on any
 //! path where the connection never got going (a failed registration, a task dropped at runtime
@@ -16,36 +17,40 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::server::source::source_of;
 use crate::stats::{Count, Counters};
 
-/// Counts the live accepted connections of each peer address against a cap.
+/// Counts the live accepted connections of each peer source against a cap.
 #[derive(Debug)]
 pub(crate) struct PerIpLimit {
     max: usize,
+    /// The IPv6 prefix length whose addresses are one source.
+    ipv6_prefix: u8,
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One accepted connection's place in its address's count; given back on drop.
+/// One accepted connection's place in its source's count; given back on drop.
 #[derive(Debug)]
 pub(crate) struct PeerSlot {
     limit: Arc<PerIpLimit>,
+    /// The source counted.
     address: IpAddr,
 }
 
-/// The address a peer is counted under: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a
-/// dual-stack listener reports for an IPv4 client) is the IPv4 address it maps, so one client
-/// cannot double its share by coming in over both families.
-fn counted_as(address: IpAddr) -> IpAddr {
-    address.to_canonical()
-}
-
 impl PerIpLimit {
-    /// A table allowing `max` live connections per address.
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    /// A table allowing `max` live connections per source, with IPv6 addresses grouped by their
+    /// first `ipv6_prefix` bits.
+    pub(crate) fn new(max: usize, ipv6_prefix: u8) -> Arc<Self> {
         Arc::new(PerIpLimit {
             max,
+            ipv6_prefix,
             counts: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The source a peer at `address` is counted under.
+    fn counted_as(&self, address: IpAddr) -> IpAddr {
+        source_of(address, self.ipv6_prefix)
     }
 
     fn counts(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
@@ -70,9 +75,9 @@ impl PerIpLimit {
         slot
     }
 
-    /// Counts one more connection from `address`, unless that address is at the cap.
+    /// Counts one more connection from `address`, unless its source is at the cap.
     pub(crate) fn try_acquire(self: &Arc<Self>, address: IpAddr) -> Option<PeerSlot> {
-        let address = counted_as(address);
+        let address = self.counted_as(address);
         let mut counts = self.counts();
         let count = counts.entry(address).or_insert(0);
         if *count >= self.max {
@@ -90,10 +95,10 @@ impl PerIpLimit {
         })
     }
 
-    /// Live connections counted for `address` (or the IPv4 address it maps).
+    /// Live connections counted for `address`'s source.
     pub(crate) fn count(&self, address: IpAddr) -> usize {
         self.counts()
-            .get(&counted_as(address))
+            .get(&self.counted_as(address))
             .copied()
             .unwrap_or(0)
     }
@@ -129,7 +134,7 @@ mod tests {
 
     #[test]
     fn each_address_is_capped_on_its_own_and_slots_free_on_drop() {
-        let limit = PerIpLimit::new(2);
+        let limit = PerIpLimit::new(2, 64);
         let a1 = limit.try_acquire(A).expect("first from A");
         let a2 = limit.try_acquire(A).expect("second from A");
         assert!(
@@ -149,7 +154,8 @@ mod tests {
 
     #[test]
     fn ipv4_mapped_ipv6_counts_as_the_ipv4_address() {
-        let limit = PerIpLimit::new(1);
+        // Every IPv6 address on its own: the grouping of prefixes is the next test's.
+        let limit = PerIpLimit::new(1, 128);
         let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
         let slot = limit.try_acquire(mapped).expect("first");
         assert_eq!(limit.count(A), 1);
@@ -165,8 +171,40 @@ mod tests {
     }
 
     #[test]
+    fn the_addresses_of_one_ipv6_prefix_share_one_count() {
+        let address = |text: &str| text.parse::<IpAddr>().unwrap();
+        let limit = PerIpLimit::new(2, 64);
+        let _a = limit
+            .try_acquire(address("2001:db8::1"))
+            .expect("first of the /64");
+        let _b = limit
+            .try_acquire(address("2001:db8::2"))
+            .expect("second of the /64");
+        assert!(
+            limit.try_acquire(address("2001:db8::ffff:3")).is_none(),
+            "a third address of the /64 is over the cap"
+        );
+        assert_eq!(limit.count(address("2001:db8::99")), 2);
+        let _c = limit
+            .try_acquire(address("2001:db8:0:1::1"))
+            .expect("the next /64 has its own count");
+        assert_eq!(limit.addresses(), 2);
+        // With a /128 prefix every address counts on its own.
+        let exact = PerIpLimit::new(1, 128);
+        let _d = exact.try_acquire(address("2001:db8::1")).unwrap();
+        let _e = exact.try_acquire(address("2001:db8::2")).unwrap();
+        assert!(exact.try_acquire(address("2001:db8::2")).is_none());
+        // A /0 prefix makes every IPv6 client one source; IPv4 clients stay their own.
+        let one = PerIpLimit::new(1, 0);
+        let _f = one.try_acquire(address("2001:db8::1")).unwrap();
+        assert!(one.try_acquire(address("2001:db9::1")).is_none());
+        let _g = one.try_acquire(A).expect("IPv4 is never grouped");
+        let _h = one.try_acquire(B).expect("IPv4 is never grouped");
+    }
+
+    #[test]
     fn refusals_leave_no_entry() {
-        let limit = PerIpLimit::new(1);
+        let limit = PerIpLimit::new(1, 64);
         let slot = limit.try_acquire(A).unwrap();
         for _ in 0..10 {
             assert!(limit.try_acquire(A).is_none());
@@ -181,7 +219,7 @@ mod tests {
         const THREADS: usize = 8;
         const ROUNDS: usize = 2_000;
         const MAX: usize = 3;
-        let limit = PerIpLimit::new(MAX);
+        let limit = PerIpLimit::new(MAX, 64);
         let addresses = [A, B];
         std::thread::scope(|scope| {
             for thread in 0..THREADS {

@@ -132,6 +132,48 @@ pub async fn client(address: SocketAddr) -> TcpStream {
         .expect("connect failed")
 }
 
+/// The loopback address 127.0.0.`n`: Linux's whole 127.0.0.0/8 is loopback, so clients that
+/// bind 127.0.0.2, 127.0.0.3, … as their source address come from different peers.
+pub fn loopback(n: u8) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// A plain client connecting to `address` from `source` (any free port), bounded by [`WAIT`];
+/// `Err` if the connect failed, which a server that resets at once can cause: the reset can
+/// reach the client before its connect has completed.
+pub async fn try_client_from(
+    source: std::net::IpAddr,
+    address: SocketAddr,
+) -> io::Result<TcpStream> {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    tokio::time::timeout(WAIT, socket.connect(address))
+        .await
+        .expect("connect timed out")
+}
+
+/// A PROXY protocol version 2 header (`command`, TCP) from `source` to `destination` (socket
+/// addresses, as text), with `tlvs`.
+pub fn v2_header(
+    command: ppp::v2::Command,
+    source: &str,
+    destination: &str,
+    tlvs: &[(u8, &[u8])],
+) -> Vec<u8> {
+    use ppp::v2::{Builder, Protocol, Version};
+    let addresses: (SocketAddr, SocketAddr) =
+        (source.parse().unwrap(), destination.parse().unwrap());
+    let mut builder = Builder::with_addresses(Version::Two | command, Protocol::Stream, addresses);
+    for (kind, value) in tlvs {
+        builder = builder.write_tlv(*kind, value).unwrap();
+    }
+    builder.build().unwrap()
+}
+
 /// Connects a client whose socket buffers are set to `size` before it connects (the window it
 /// advertises is small from the start): one that stops reading holds little of what the server
 /// sends, so the server's write queue fills soon. Linux doubles the value and keeps a floor of

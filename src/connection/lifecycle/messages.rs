@@ -11,6 +11,9 @@ use crate::timeouts::Timeouts;
 pub(crate) enum Step {
     /// Reading the PROXY protocol header.
     ProxyHeader,
+    /// An accepted connection's TLS handshake, waiting for the peer's first byte: the
+    /// first-byte timeout bounds it too, when it is the shorter ([`Lifecycle::begin_step`]).
+    FirstByte,
     /// The TLS handshake.
     Handshake,
 }
@@ -24,6 +27,8 @@ pub(crate) enum StartFailure {
     PeerClosed,
     /// No handshake slot was free.
     NoHandshakeSlot,
+    /// The connection's handshake slot went to a newer connection before its first byte.
+    Evicted,
     /// The client is at its address's cap: refused at admission, or the client a PROXY header
     /// named.
     PerIpLimit,

@@ -1,4 +1,8 @@
-//! The TLS handshake, on the connection's own task, before `on_connection_established`.
+//! The TLS handshake, on the connection's own task, before `on_connection_established`; first,
+//! for an accepted connection, its handshake slot and the wait for the client's first byte
+//! (`first_byte`).
+
+mod first_byte;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,21 +23,20 @@ impl Driver {
     /// the negotiation events. How it fails is the lifecycle's to decide: this feeds it what
     /// happened (and runs `on_fatal_error` / `on_remote_fatal_error` for a TLS failure).
     pub(super) async fn handshake(&mut self, secure: Secure) {
+        let started = std::time::Instant::now();
+        let begun = Instant::now();
         // Only accepted connections count against the cap: it guards against floods from
         // outside, and an outgoing connect is the application's own doing.
         let _slot = match &secure {
-            Secure::Accept { slots, .. } => match slots.clone().try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                Err(_) => return self.life.on_start_failed(StartFailure::NoHandshakeSlot),
+            Secure::Accept { .. } => match self.handshake_slot(begun).await {
+                Some(slot) => Some(slot),
+                // The lifecycle has ended the connection.
+                None => return,
             },
             Secure::Connect(_) => None,
         };
-        let started = std::time::Instant::now();
-        self.life.begin_step(
-            Step::Handshake,
-            self.context.handshake_timeout,
-            Instant::now(),
-        );
+        self.life
+            .begin_step(Step::Handshake, self.context.handshake_timeout, begun);
         let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Gone) else {
             unreachable!("a handshake starts on the plain socket");
         };

@@ -257,6 +257,86 @@ fn handshake_timed_out_and_handshake_limit() {
             .on_start_failed(StartFailure::NoHandshakeSlot)),
         Some(ClosureReason::HandshakeLimit)
     );
+    // Waiting for the first byte, with no first-byte timeout shorter than the handshake's, the
+    // handshake's deadline is the one.
+    for first_byte in [None, Some(10 * SECOND), Some(20 * SECOND)] {
+        assert_eq!(
+            first_byte_step(first_byte, |life, t0| {
+                assert_eq!(life.step_deadline(), Some(t0 + 10 * SECOND));
+                life.on_deadline(t0 + 10 * SECOND, || true);
+            }),
+            Some(ClosureReason::HandshakeTimedOut),
+            "first-byte timeout {first_byte:?}"
+        );
+    }
+}
+
+/// An accepted TLS connection waiting for its first byte ([`Step::FirstByte`], with a handshake
+/// timeout of 10 s) under a first-byte timeout of `first_byte`, fed `fail`.
+fn first_byte_step(
+    first_byte: Option<Duration>,
+    fail: impl FnOnce(&mut Lifecycle, Instant),
+) -> Option<ClosureReason> {
+    let t0 = Instant::now();
+    let timeouts = Timeouts {
+        first_byte,
+        ..Timeouts::default()
+    };
+    let mut life = Lifecycle::starting(config(timeouts), t0);
+    life.begin_step(Step::FirstByte, 10 * SECOND, t0);
+    fail(&mut life, t0);
+    life.ended_with()
+}
+
+#[test]
+fn handshake_evicted_its_slot_went_to_a_newer_connection_before_its_first_byte() {
+    assert_eq!(
+        first_byte_step(Some(SECOND), |life, _| life
+            .on_start_failed(StartFailure::Evicted)),
+        Some(ClosureReason::HandshakeEvicted)
+    );
+    // Nothing but the lifecycle's own inputs end it after that.
+    let t0 = Instant::now();
+    let mut life = Lifecycle::starting(config(Timeouts::default()), t0);
+    life.begin_step(Step::FirstByte, 10 * SECOND, t0);
+    life.on_start_failed(StartFailure::Evicted);
+    life.on_deadline(t0 + 10 * SECOND, || true);
+    life.on_io_error(Op::Read, IoError::Reset);
+    assert_eq!(life.ended_with(), Some(ClosureReason::HandshakeEvicted));
+}
+
+#[test]
+fn first_byte_timed_out_open_or_waiting_for_the_first_handshake_byte() {
+    let first_byte = Timeouts {
+        first_byte: Some(SECOND),
+        ..Timeouts::default()
+    };
+    assert_eq!(
+        timed_out(first_byte, None, |_, _| {}, SECOND),
+        Some(ClosureReason::FirstByteTimedOut)
+    );
+    // Before a TLS client's first byte: the first-byte timeout, shorter than the handshake's,
+    // bounds the wait.
+    assert_eq!(
+        first_byte_step(Some(SECOND), |life, t0| {
+            assert_eq!(life.step_deadline(), Some(t0 + SECOND));
+            life.on_deadline(t0 + SECOND - Duration::from_millis(1), || true);
+            assert!(!life.is_ended(), "an early timer changes nothing");
+            life.on_deadline(t0 + SECOND, || true);
+        }),
+        Some(ClosureReason::FirstByteTimedOut)
+    );
+    // Once the byte came, the handshake has the rest of its own time, from its start.
+    assert_eq!(
+        first_byte_step(Some(SECOND), |life, t0| {
+            life.on_step_done();
+            life.begin_step(Step::Handshake, 10 * SECOND, t0);
+            life.on_deadline(t0 + 2 * SECOND, || true);
+            assert!(!life.is_ended(), "the first-byte deadline is over");
+            life.on_deadline(t0 + 10 * SECOND, || true);
+        }),
+        Some(ClosureReason::HandshakeTimedOut)
+    );
 }
 
 #[test]
@@ -313,14 +393,6 @@ fn the_open_phases_timeouts() {
             SECOND
         ),
         Some(ClosureReason::ReadTimedOut)
-    );
-    let first_byte = Timeouts {
-        first_byte: Some(SECOND),
-        ..Timeouts::default()
-    };
-    assert_eq!(
-        timed_out(first_byte, None, |_, _| {}, SECOND),
-        Some(ClosureReason::FirstByteTimedOut)
     );
     let half_closed = Timeouts {
         half_closed: Some(SECOND),
@@ -384,8 +456,12 @@ fn row(reason: ClosureReason) -> &'static str {
         HandshakeTimedOut | HandshakeLimit => "handshake_timed_out_and_handshake_limit",
         ProxyProtocol => "proxy_protocol_a_refused_or_late_header",
         PerIpLimit => "per_ip_limit_refused_at_admission_or_for_the_client_a_header_named",
-        IdleTimedOut | ReadTimedOut | HalfClosedTimedOut | FirstByteTimedOut | SlowConsumer => {
+        IdleTimedOut | ReadTimedOut | HalfClosedTimedOut | SlowConsumer => {
             "the_open_phases_timeouts"
+        }
+        FirstByteTimedOut => "first_byte_timed_out_open_or_waiting_for_the_first_handshake_byte",
+        HandshakeEvicted => {
+            "handshake_evicted_its_slot_went_to_a_newer_connection_before_its_first_byte"
         }
         DiscardLimit => "discard_limit_a_peer_that_streams_on_while_we_close",
     }
