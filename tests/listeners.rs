@@ -326,8 +326,11 @@ async fn an_ipv6_listener_takes_only_ipv6_clients_and_a_server_binds_both_famili
     if !has_ipv6_loopback() {
         return;
     }
-    let (six, _) = echo_server(|b| b.bind("[::]:0")).await;
-    let port = six.local_addr().unwrap().port();
+    // A port free on IPv4's side, where the kernel knows of every binding (an IPv6 bind to an
+    // ephemeral port does not look at IPv4's, and an earlier test's thousands of connections
+    // from other loopback addresses leave TIME_WAIT bindings on many ports).
+    let port = free_ipv4_port();
+    let (six, _) = echo_server(|b| b.bind((std::net::Ipv6Addr::UNSPECIFIED, port))).await;
     let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
     let v4 = SocketAddr::from(([127, 0, 0, 1], port));
     echo_once(v6, 1).await;
@@ -344,16 +347,12 @@ async fn an_ipv6_listener_takes_only_ipv6_clients_and_a_server_binds_both_famili
     shut_down(&six).await;
 
     // One server, both families, one port: the way to serve IPv4 and IPv6 clients alike. On a
-    // port found free (the one above may have been taken by another test's connection since):
+    // fresh free port (the one above may have been taken by another test's connection since),
     // tried again on another if it is taken in between.
     let mut attempts = 0;
     let (both, recorder, port) = loop {
         attempts += 1;
-        let port = std::net::TcpListener::bind("[::1]:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_ipv4_port();
         let mut builder = Server::builder();
         let recorder = Recorder::new(&mut builder);
         let started = builder
@@ -382,6 +381,15 @@ async fn an_ipv6_listener_takes_only_ipv6_clients_and_a_server_binds_both_famili
     echo_once(v6, 5).await;
     recorder.wait_released(2).await;
     shut_down(&both).await;
+}
+
+/// A port no IPv4 socket is bound to now, from the kernel.
+fn free_ipv4_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn shut_down(server: &Server) -> switchboard::ShutdownReport {
