@@ -212,21 +212,7 @@ async fn inline_commands_and_protocol_errors_as_redis_server() {
         ),
         (b"PING\r\nQUIT\r\nPING\r\n", b"+PONG\r\n+OK\r\n", false),
     ];
-    for (request, expected, open) in cases {
-        let (reply, still_open) = raw(address, request).await;
-        assert_eq!(
-            String::from_utf8_lossy(&reply),
-            String::from_utf8_lossy(expected),
-            "for {:?}",
-            String::from_utf8_lossy(request)
-        );
-        assert_eq!(
-            still_open,
-            *open,
-            "open after {:?}",
-            String::from_utf8_lossy(request)
-        );
-    }
+    each_answers(address, cases).await;
     // A request cut at every byte is answered once whole.
     let mut client = client(address).await;
     client.set_nodelay(true).unwrap();
