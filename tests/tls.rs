@@ -1285,7 +1285,7 @@ async fn two_hundred_concurrent_tls_echoes_are_byte_exact() {
     }
     const CLIENTS: u64 = 200;
     // Every client comes from 127.0.0.1, which would hold one source's share of the handshakes
-    // (64 of 512): the share is tests/handshake_slots.rs's, not this test's.
+    // (256 of 512): the share is tests/handshake_slots.rs's, not this test's.
     let (server, recorder, address) = start(Some(server_acceptor()), Behavior::echo(), |b| {
         b.max_handshakes_per_source(CLIENTS as usize)
     })

@@ -263,7 +263,7 @@ impl ServerBuilder {
     /// A connection from a source that holds `max` is reset at once with
     /// [`ClosureReason::HandshakeLimit`](crate::ClosureReason::HandshakeLimit), and takes no
     /// other connection's slot. Default: the cap divided by
-    /// [`DEFAULT_SOURCES_TO_FILL_HANDSHAKES`], at least 1 (64 of the default 512); see there why.
+    /// [`DEFAULT_SOURCES_TO_FILL_HANDSHAKES`], at least 1 (256 of the default 512); see there why.
     /// A value at or above the cap turns the share off: set it so for a plain listener behind a
     /// load balancer that does not send PROXY headers, where every client has the balancer's
     /// address. Must be above zero.
