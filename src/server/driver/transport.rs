@@ -144,7 +144,10 @@ impl Transport {
                 // buffer it is given on every poll, so a zeroed one is filled once per read, not
                 // once per poll.
                 let buffer = read_buffer.get_or_insert_with(|| BytesMut::zeroed(size));
-                let mut filled = ReadBuf::new(&mut buffer[..]);
+                // No more than asked for, should the buffer kept from an earlier poll be larger
+                // (a read rate limit asks for less when it has less to give).
+                let asked = size.min(buffer.len());
+                let mut filled = ReadBuf::new(&mut buffer[..asked]);
                 ready!(Pin::new(stream).poll_read(cx, &mut filled))?;
                 let read = filled.filled().len();
                 let mut data = read_buffer.take().unwrap_or_default();
