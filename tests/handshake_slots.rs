@@ -1,4 +1,5 @@
-//! Handshake slots (guarantee 20, docs/guarantees.md; `ServerBuilder::max_concurrent_handshakes`, `max_handshakes_per_source`,
+//! Handshake slots (guarantee 20, docs/guarantees.md;
+//! `ServerBuilder::max_concurrent_handshakes`, `max_handshakes_per_source`,
 //! `ipv6_source_prefix`): floods of connections that connect and say nothing, or start a
 //! handshake and stall it, from many loopback addresses (each client binds its own source
 //! address in 127.0.0.0/8) or from many addresses of one IPv6 /64 named by PROXY headers,
