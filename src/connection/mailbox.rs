@@ -388,13 +388,7 @@ impl Mailbox {
     /// `Ok(true)` if a writer may go on, `Ok(false)` if it must wait for room, or why it never
     /// will.
     pub(crate) fn has_room(&self) -> Result<bool, Error> {
-        let inbox = self.inbox();
-        if let Some(refused) = inbox.write_refusal() {
-            return Err(refused);
-        }
-        let queued = self.level(&inbox);
-        let limits = &self.config.limits;
-        Ok(!limits.is_high(queued, self.signal.is_high()) && queued < limits.limit)
+        self.room_for(false)
     }
 
     /// As [`Mailbox::has_room`], counting the staged bytes as queued: whether a frame layer may
@@ -402,11 +396,18 @@ impl Mailbox {
     /// leaves the caller to queue them ([`Mailbox::flush_staged`]), after which the queue's own
     /// drain announces room.
     pub(crate) fn has_room_to_stage(&self) -> Result<bool, Error> {
+        self.room_for(true)
+    }
+
+    /// The rule of both: below the high mark (or back at the low one) and the limit, counting
+    /// the staged bytes if `with_staged`.
+    fn room_for(&self, with_staged: bool) -> Result<bool, Error> {
         let inbox = self.inbox();
         if let Some(refused) = inbox.write_refusal() {
             return Err(refused);
         }
-        let queued = self.level(&inbox) + staged_cost(&inbox);
+        let staged = if with_staged { staged_cost(&inbox) } else { 0 };
+        let queued = self.level(&inbox) + staged;
         let limits = &self.config.limits;
         Ok(!limits.is_high(queued, self.signal.is_high()) && queued < limits.limit)
     }

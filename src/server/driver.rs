@@ -18,6 +18,7 @@ mod closing;
 mod failures;
 mod handshake;
 mod proxy;
+mod throttle;
 mod timer;
 pub(crate) mod transport;
 mod urgent;
@@ -392,28 +393,6 @@ impl Driver {
                 }
             }
         }
-    }
-
-    /// Under a read rate limit: the most the next read may take, or, with nothing to take yet,
-    /// no read and a wake-up when there is (the timer may fire early for the lifecycle's
-    /// deadlines: it finds none passed). Out of line: only rate-limited connections run it.
-    #[cold]
-    fn throttle(&mut self, mut interest: Interest) -> Interest {
-        let Some(rate) = self.rate.as_deref_mut() else {
-            return interest;
-        };
-        let available = rate.available(Instant::now());
-        if available == 0 {
-            interest.read = false;
-            let refilled = rate.refilled_at();
-            interest.deadline = Some(interest.deadline.map_or(refilled, |at| at.min(refilled)));
-        } else {
-            self.read_size = self
-                .context
-                .read_buffer_size
-                .min(usize::try_from(available).unwrap_or(usize::MAX));
-        }
-        interest
     }
 
     /// The close was just published, and the FIN is next: a write a handle posted before it
