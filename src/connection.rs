@@ -351,10 +351,14 @@ impl Connection {
         })
     }
 
-    /// Whether [`Connection::stage`] would take bytes now: the frame layer asks before it
-    /// encodes, so that an item refused at the limit takes no memory.
+    /// Whether [`Connection::stage`] would refuse bytes now for the queue's limit: the frame
+    /// layer asks before it encodes, so that an item refused at the limit takes no memory. (A
+    /// closing connection is found out by `stage`, which gives the encoded bytes back.)
     pub(crate) fn may_stage(&self) -> Result<(), Error> {
-        self.shared.mailbox.stage(|_| ())
+        match self.shared.mailbox.full_for_staging() {
+            Some(full) => Err(full),
+            None => Ok(()),
+        }
     }
 
     /// Queues the staged bytes as one write. At the queue's limit they stay staged if `keep`,

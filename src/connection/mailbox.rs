@@ -100,6 +100,9 @@ pub(crate) struct Mailbox {
     posted: AtomicUsize,
     /// Bytes the driver has taken off the queue (written or dropped); written only by it.
     sent: AtomicUsize,
+    /// The length of the inbox's staged bytes, mirrored whenever they change (under the inbox
+    /// lock), so that a frame layer can ask before it encodes without taking the lock.
+    staged_len: AtomicUsize,
     /// Writers waiting for room: signalled when the queue drains to the low mark or below the
     /// limit, and when the connection closes. Made by the first writer that waits (most
     /// connections never have one).
@@ -116,6 +119,7 @@ impl Mailbox {
             signal: Signal::sealed(),
             posted: AtomicUsize::new(0),
             sent: AtomicUsize::new(0),
+            staged_len: AtomicUsize::new(0),
             room: OnceLock::new(),
             config,
         }
@@ -253,6 +257,7 @@ impl Mailbox {
             return queued;
         }
         let staged = std::mem::take(&mut inbox.staged).freeze();
+        self.staged_len.store(0, Ordering::Relaxed);
         self.push(inbox, queued, staged)
     }
 
@@ -270,7 +275,24 @@ impl Mailbox {
         if level >= self.config.limits.limit {
             return Err(self.full(level));
         }
-        Ok(stage(&mut inbox.staged))
+        let staged = stage(&mut inbox.staged);
+        self.staged_len.store(inbox.staged.len(), Ordering::Relaxed);
+        Ok(staged)
+    }
+
+    /// Whether the queue and the staged bytes are at the queue's limit, as
+    /// [`Mailbox::stage`] would find: a frame layer's check before it encodes an item, without
+    /// the inbox lock. It can be late by a stage racing it from another task; `stage` itself
+    /// checks again, exactly.
+    pub(crate) fn full_for_staging(&self) -> Option<Error> {
+        // `sent` first: `posted` read after it is at least as large, and only too high.
+        let sent = self.sent.load(Ordering::SeqCst);
+        let level = self.posted.load(Ordering::SeqCst) - sent;
+        let staged = match self.staged_len.load(Ordering::Relaxed) {
+            0 => 0,
+            len => queued_cost(len),
+        };
+        (level + staged >= self.config.limits.limit).then(|| self.full(level + staged))
     }
 
     /// Queues the staged bytes as one write. If the queue is at its limit, they stay staged if
@@ -282,6 +304,7 @@ impl Mailbox {
             return Ok(());
         }
         if let Some(refused) = inbox.write_refusal() {
+            self.staged_len.store(0, Ordering::Relaxed);
             return Err((refused, std::mem::take(&mut inbox.staged).freeze()));
         }
         let queued = self.level(&inbox);
@@ -289,6 +312,7 @@ impl Mailbox {
             let refused = if keep {
                 Bytes::new()
             } else {
+                self.staged_len.store(0, Ordering::Relaxed);
                 std::mem::take(&mut inbox.staged).freeze()
             };
             return Err((self.full(queued), refused));
@@ -571,6 +595,7 @@ impl Mailbox {
                 inbox.writes.clear();
                 inbox.writes_len = 0;
                 inbox.staged = BytesMut::new();
+                self.staged_len.store(0, Ordering::Relaxed);
                 // The untaken writes and the driver's own queue are dropped: nothing is queued
                 // any more.
                 self.posted

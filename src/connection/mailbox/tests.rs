@@ -202,9 +202,14 @@ fn staging_is_refused_once_queue_and_staged_bytes_reach_the_limit() {
         "30 staged bytes count for 94, above the high mark (80)"
     );
     // Below the limit (100), one more piece is taken, and then nothing.
+    assert!(mailbox.full_for_staging().is_none());
     mailbox
         .stage(|staged| staged.extend_from_slice(&[0; 10]))
         .unwrap();
+    assert!(
+        matches!(mailbox.full_for_staging(), Some(Error::WriteQueueFull { queued, .. }) if queued == queued_cost(40)),
+        "the check without the lock finds what the staging would"
+    );
     let error = mailbox.stage(|_| unreachable!("not run")).unwrap_err();
     assert!(
         matches!(error, Error::WriteQueueFull { queued, limit: 100 } if queued == queued_cost(40))
@@ -212,5 +217,9 @@ fn staging_is_refused_once_queue_and_staged_bytes_reach_the_limit() {
     // Queued, they count as they did staged.
     mailbox.flush_staged(false).unwrap();
     assert_eq!(mailbox.queued_bytes(), queued_cost(40));
+    assert!(
+        mailbox.full_for_staging().is_some(),
+        "queued, they count the same"
+    );
     assert!(mailbox.stage(|_| ()).is_err());
 }
