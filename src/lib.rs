@@ -55,29 +55,16 @@
 //!
 //! ## Metrics
 //! Every server exports its counts through the [`metrics`](https://docs.rs/metrics/0.24) facade,
-//! to whatever recorder the application installs (Prometheus, StatsD, OpenTelemetry…). The
-//! server takes its metric handles when it [starts](ServerBuilder::start), so install the
-//! recorder first; with none installed, they cost nothing. Names follow Prometheus's
-//! conventions (base units, `_total` counters), and each count moves with its twin in
-//! [`Server::stats`]:
+//! to whatever recorder the application installs (Prometheus, StatsD, OpenTelemetry…); each
+//! count moves with its twin in [`Server::stats`]. The guide's [metrics](guide::metrics) chapter
+//! lists the series.
 //!
-//! | metric | kind | labels |
-//! |---|---|---|
-//! | `switchboard_connections_active` | gauge | |
-//! | `switchboard_connections_accepted_total` | counter | |
-//! | `switchboard_connections_connected_total` (outgoing) | counter | |
-//! | `switchboard_connect_failures_total` | counter | |
-//! | `switchboard_connections_refused_total` | counter | `cause`: `at_limit`, `per_ip`, `no_descriptors` |
-//! | `switchboard_connections_closed_total` | counter | `reason`: the [`ClosureReason`]'s `Display` |
-//! | `switchboard_bytes_read_total`, `switchboard_bytes_written_total` | counter | |
-//! | `switchboard_accept_errors_total`, `switchboard_callback_panics_total` | counter | |
-//! | `switchboard_write_queue_high_total` (`on_write_buffer_high`) | counter | |
-//! | `switchboard_lingering_peers_total` (peers that kept their end open past the close timeout) | counter | |
-//! | `switchboard_tls_handshake_duration_seconds` | histogram | |
-//! | `switchboard_proxy_header_duration_seconds` | histogram | |
-//!
-//! [`ServerBuilder::metrics_labels`] adds labels of the application's to every series, to tell
-//! the servers of one process apart. Every series exists from the start, at zero.
+//! ## The guide
+//! The [`guide`] is the manual, a module per chapter: [handlers](guide::handlers),
+//! [TLS](guide::tls), [ending on purpose](guide::ending), [clients](guide::clients),
+//! [groups](guide::groups), [hostile peers](guide::hostile_peers), [frames](guide::frames),
+//! [load balancers](guide::load_balancers), [testing](guide::testing),
+//! [metrics](guide::metrics), [defaults](guide::defaults) and [the engine](guide::engine).
 //!
 //! ## Example: an echo server
 //! ```no_run
@@ -141,6 +128,9 @@ pub mod codec;
 mod group;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+// The guide: documentation only, a module per chapter (docs/guide/).
+pub mod guide;
 
 pub use async_trait::async_trait;
 pub use bytes::{Bytes, BytesMut};

@@ -57,7 +57,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The configuration the README shows, for `frontend` and the given servers.
+/// The configuration the guide shows (docs/guide/load_balancers.md), for `frontend` and the given
+/// servers.
 fn configuration(frontend: SocketAddr, servers: &[SocketAddr]) -> String {
     let mut text = format!(
         "global

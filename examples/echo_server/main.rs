@@ -37,7 +37,7 @@
 //! one keeps serving. The listening socket is never closed in between, so no client that
 //! connects meanwhile is refused or lost. With `--tls-cert` (a PEM
 //! certificate chain, leaf first) and `--tls-key` (its PEM PKCS#8 key) the server speaks TLS; the
-//! README shows how to make a test certificate with `openssl`. `--idle-timeout` and
+//! guide's TLS chapter shows how to make a test certificate with `openssl`. `--idle-timeout` and
 //! `--first-byte-timeout` end connections that stay silent; `--write-limit` bounds each
 //! connection's write queue (its watermarks follow: high at the limit, low at half);
 //! `--max-per-ip` caps concurrent connections from one IP address. With `--urgent` every plain
