@@ -129,6 +129,7 @@
 
 mod adapter;
 mod framed;
+mod shared;
 mod state;
 
 use std::fmt;

@@ -19,6 +19,7 @@ use crate::ids::{ConnectionId, Direction};
 use crate::server::callbacks::Callbacks;
 use crate::server::Server;
 use crate::shutdown_report::ShutdownReport;
+use crate::timeouts::IdleAction;
 use crate::tls::TlsInfo;
 
 /// How long [`Events::wait_for`] waits before it panics: long for a test on a real clock, and
@@ -67,6 +68,8 @@ pub enum Event {
     Reset(ConnectionId, io::ErrorKind),
     /// `on_shutdown_requested`.
     ShutdownRequested(ConnectionId),
+    /// `on_idle_timeout`, with what the callbacks answered.
+    IdleTimeout(ConnectionId, IdleAction),
     /// `on_connection_closure`, with the reason.
     Closure(ConnectionId, ClosureReason),
     /// `on_connection_closed`.
@@ -112,6 +115,7 @@ impl Event {
             | Event::ClientClose(id)
             | Event::Reset(id, _)
             | Event::ShutdownRequested(id)
+            | Event::IdleTimeout(id, _)
             | Event::Closure(id, _)
             | Event::Closed(id)
             | Event::SecureEstablished(id)
@@ -376,6 +380,11 @@ impl<C: Callbacks> Callbacks for Recorded<C> {
     async fn on_connection_reset(&self, connection: &Connection, error: &io::Error) {
         self.record(Event::Reset(connection.id(), error.kind()));
         self.inner.on_connection_reset(connection, error).await;
+    }
+    async fn on_idle_timeout(&self, connection: &Connection) -> IdleAction {
+        let action = self.inner.on_idle_timeout(connection).await;
+        self.record(Event::IdleTimeout(connection.id(), action));
+        action
     }
     async fn on_connection_closure(&self, connection: &Connection, reason: ClosureReason) {
         self.record(Event::Closure(connection.id(), reason));
