@@ -129,6 +129,8 @@
 
 mod adapter;
 mod framed;
+#[cfg(feature = "testing")]
+mod recorded;
 mod shared;
 mod state;
 
