@@ -70,8 +70,7 @@ mod shared;
 /// # Example
 /// ```no_run
 /// use std::net::SocketAddr;
-/// use bytes::BytesMut;
-/// use switchboard::{async_trait, Callbacks, ClosureReason, Connection};
+/// use switchboard::{async_trait, BytesMut, Callbacks, ClosureReason, Connection};
 ///
 /// struct Echo;
 ///
