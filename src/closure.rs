@@ -60,7 +60,10 @@ pub enum ClosureReason {
     /// source held its [share](crate::ServerBuilder::max_handshakes_per_source) of them; it was
     /// reset without a handshake.
     HandshakeLimit,
-    /// No byte was read or written for the [idle timeout](crate::Timeouts::idle); reset.
+    /// No byte was read or written for the [idle timeout](crate::Timeouts::idle); reset, or
+    /// closed gracefully (queued data, then FIN) if
+    /// [`on_idle_timeout`](crate::Callbacks::on_idle_timeout) answered
+    /// [`IdleAction::Close`](crate::IdleAction::Close).
     IdleTimedOut,
     /// A requested read got no data within the [read timeout](crate::Timeouts::read); reset.
     ReadTimedOut,
@@ -238,6 +241,9 @@ impl ClosureReason {
     }
 
     /// Whether the connection ended with FIN (all queued data delivered) rather than RST.
+    /// ([`IdleTimedOut`](ClosureReason::IdleTimedOut) ends either way, as
+    /// [`on_idle_timeout`](crate::Callbacks::on_idle_timeout) answers; it counts as not
+    /// graceful here.)
     ///
     /// ```
     /// use switchboard::ClosureReason;

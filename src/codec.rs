@@ -129,6 +129,9 @@
 
 mod adapter;
 mod framed;
+#[cfg(feature = "testing")]
+mod recorded;
+mod shared;
 mod state;
 
 use std::fmt;

@@ -92,8 +92,7 @@ impl Shared {
 /// task, in order, after the current callback returns.
 ///
 /// ```no_run
-/// use switchboard::{async_trait, Callbacks, Connection};
-/// use bytes::BytesMut;
+/// use switchboard::{async_trait, BytesMut, Callbacks, Connection};
 /// use std::net::SocketAddr;
 ///
 /// struct Echo;

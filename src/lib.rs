@@ -165,7 +165,7 @@ pub use server::listen::Listen;
 pub use server::{Server, WeakServer};
 pub use shutdown_report::ShutdownReport;
 pub use stats::{ConnectionStats, Stats};
-pub use timeouts::Timeouts;
+pub use timeouts::{IdleAction, Timeouts};
 pub use tls::{TlsConnect, TlsInfo};
 
 /// Compiles and runs the README's examples as doc tests.

@@ -11,6 +11,12 @@
 //! fills; with a [send window](EmbeddedPeer::set_send_window) a server that stops reading holds
 //! the peer's sends up in turn. [`Recorded`] wraps the callbacks and logs every event in order in [`Events`].
 //!
+//! For a [frame handler](crate::codec::FrameHandler) (started with
+//! [`start_framed_embedded`](crate::ServerBuilder::start_framed_embedded)): [`Recorded`] wraps it
+//! too and logs its items ([`Event::Frame`]); [`EmbeddedPeer::framed`] turns the peer into a
+//! [`FramedPeer`] that sends and receives items through a codec; and a handler in an
+//! [`Arc`] is one too, so the test keeps a clone to look at its state.
+//!
 //! Nothing waits on the network, so under tokio's paused clock
 //! (`#[tokio::test(start_paused = true)]`, tokio's `test-util` feature) the timeouts and the
 //! shutdown's drain time pass at once and in a fixed order: a test of a 30 s idle timeout takes
@@ -178,30 +184,36 @@
 //! # Ok(()) }
 //! ```
 
+mod framed_peer;
 mod memory;
 mod peer;
 mod recorded;
 
 use std::any::Any;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
+pub use framed_peer::FramedPeer;
 pub use peer::{EmbeddedPeer, EmbeddedSender};
 pub use recorded::{Event, Events, Recorded, WAIT_LIMIT};
+
+use bytes::Bytes;
+use futures::task::noop_waker_ref;
 
 use self::memory::Pipe;
 use crate::client::Client;
 use crate::connection::user_data::ConnectArgument;
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::ids::Direction;
+use crate::ids::{ConnectionId, Direction};
 use crate::server::builder::ServerBuilder;
 use crate::server::callbacks::Callbacks;
 use crate::server::connect::{self, Dial};
-use crate::server::driver::transport::Transport;
+use crate::server::driver::transport::{ByteStream, Transport};
 use crate::server::driver::Setup;
 use crate::server::manager::{Addresses, Admitted, Manager};
 use crate::server::Server;
@@ -274,18 +286,24 @@ impl EmbeddedServer {
     ///
     /// At the connection limit it is not accepted, and
     /// [`on_maximum_connections`](crate::Callbacks::on_maximum_connections) runs (once, until a
-    /// connection is accepted again); no other callback runs for it. As with the accept loop, with
-    /// [`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose) it counts in
-    /// [`Stats::refused_at_limit`](crate::Stats::refused_at_limit); with the default
+    /// connection is accepted again); no other callback runs for it. With
+    /// [`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose) it is refused as the accept
+    /// loop refuses a socket: counted in
+    /// [`Stats::refused_at_limit`](crate::Stats::refused_at_limit), and the returned peer reads
+    /// the [refusal message](ServerBuilder::refusal_message) then FIN, or, without a message,
+    /// a reset. Such a peer never became a connection: its [`id`](EmbeddedPeer::id) is 0,
+    /// which no connection has. With the default
     /// [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting) a real client would wait in the
-    /// backlog instead, and nothing is counted. Once the server
+    /// backlog instead: nothing is counted, and this returns
+    /// [`Error::ConnectionLimitReached`]. Once the server
     /// [stopped accepting](Server::stop_accepting) (or was started with
     /// [`accepting(false)`](ServerBuilder::accepting)) nothing is accepted and no callback runs: a
     /// real client would wait in the backlog until [`start_accepting`](Server::start_accepting).
     ///
     /// # Errors
     /// [`Error::ShuttingDown`] once a shutdown began; [`Error::ConnectionLimitReached`] at the
-    /// connection limit; [`Error::Io`] of kind [`WouldBlock`](std::io::ErrorKind::WouldBlock)
+    /// connection limit with [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting);
+    /// [`Error::Io`] of kind [`WouldBlock`](std::io::ErrorKind::WouldBlock)
     /// while the server is not accepting.
     pub async fn connect(&self, peer_addr: SocketAddr) -> Result<EmbeddedPeer, Error> {
         self.connect_to(peer_addr, self.local_addr).await
@@ -310,11 +328,8 @@ impl EmbeddedServer {
         }
         // As the accept loop would: with `AtLimit::StopAccepting` at the limit it accepts no
         // one (a real client waits in the backlog, and no refusal is counted).
-        let admitted = if manager.holds_clients_back() {
-            None
-        } else {
-            manager.admit()
-        };
+        let held_back = manager.holds_clients_back();
+        let admitted = if held_back { None } else { manager.admit() };
         let Some(permit) = admitted else {
             // Reported inline: there is no accept loop whose events task would run it, and the
             // test awaiting this call expects it to have run.
@@ -323,9 +338,18 @@ impl EmbeddedServer {
                 let future = invoker.callbacks().on_maximum_connections();
                 invoker.call("on_maximum_connections", None, future).await;
             }
-            return Err(Error::ConnectionLimitReached {
-                limit: manager.limiter().capacity(),
-            });
+            if held_back {
+                return Err(Error::ConnectionLimitReached {
+                    limit: manager.limiter().capacity(),
+                });
+            }
+            let pipe = refused(manager.config().refusal_message.as_ref());
+            return Ok(EmbeddedPeer::new(
+                ConnectionId(0),
+                peer_addr,
+                local_addr,
+                pipe,
+            ));
         };
         self.at_limit.store(false, Ordering::Relaxed);
         let Admitted {
@@ -459,6 +483,24 @@ impl EmbeddedServer {
             Err(_) => Err(Error::ShuttingDown),
         }
     }
+}
+
+/// The peer of a client refused at the connection limit, as the accept loop refuses a socket:
+/// the refusal message then FIN, or a reset without one (or if the message did not fit, which
+/// the builder's bound on it rules out).
+fn refused(message: Option<&Bytes>) -> memory::Pipe {
+    let (pipe, mut stream) = Pipe::new();
+    let sent = message.is_some_and(|message| {
+        let mut cx = TaskContext::from_waker(noop_waker_ref());
+        let written = stream.poll_write(&mut cx, &[IoSlice::new(message)]);
+        matches!(written, Poll::Ready(Ok(written)) if written == message.len())
+    });
+    if sent {
+        stream.shutdown_write();
+    } else {
+        stream.reset_on_close();
+    }
+    pipe
 }
 
 fn register(

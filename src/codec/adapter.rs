@@ -21,6 +21,7 @@ use crate::ids::{ConnectionId, Direction};
 use crate::server::callbacks::Callbacks;
 use crate::server::Server;
 use crate::shutdown_report::ShutdownReport;
+use crate::timeouts::IdleAction;
 use crate::tls::TlsInfo;
 
 /// Output fed during one read's items is queued once it reaches this much, before the next item
@@ -250,6 +251,13 @@ impl<H: FrameHandler> Callbacks for Adapter<H> {
     async fn on_read_oob_completed(&self, connection: &Connection, data: BytesMut) {
         self.handler.on_read_oob_completed(connection, data).await;
         self.after(connection).await;
+    }
+
+    async fn on_idle_timeout(&self, connection: &Connection) -> IdleAction {
+        let action = self.handler.on_idle_timeout(connection).await;
+        // A last item fed here goes out before the close's FIN.
+        self.flush(connection);
+        action
     }
 
     async fn on_socket_released(&self, user_data: UserData) {

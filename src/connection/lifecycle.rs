@@ -34,7 +34,8 @@
 //! | `ProxyProtocol` | a refused header ([`StartFailure::HeaderRefused`]) or the header's deadline ([`Step::ProxyHeader`]) |
 //! | `PerIpLimit` | the client's address at its cap, at admission or once a PROXY header named it ([`StartFailure::PerIpLimit`]) |
 //! | `FirstByteTimedOut` | the open phase's first-byte deadline ([`Lifecycle::on_deadline`]); or [`Step::FirstByte`]'s, when the first-byte timeout is the shorter |
-//! | `IdleTimedOut`, `ReadTimedOut`, `HalfClosedTimedOut`, `SlowConsumer` | the open phase's deadlines ([`Lifecycle::on_deadline`]) |
+//! | `IdleTimedOut` | the idle deadline ([`Lifecycle::on_deadline`]), announced ([`Event::IdleTimeout`]), then the application's answer ([`Lifecycle::on_idle_answer`]): a reset, or a close followed by both FINs |
+//! | `ReadTimedOut`, `HalfClosedTimedOut`, `SlowConsumer` | the open phase's deadlines ([`Lifecycle::on_deadline`]) |
 //! | `DiscardLimit` | more than the discard limit read while closing |
 //!
 //! Two rules sit on top of the table:
@@ -54,7 +55,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::closure::ClosureReason;
-use crate::timeouts::Timeouts;
+use crate::timeouts::{IdleAction, Timeouts};
 
 mod messages;
 mod settings;
@@ -138,6 +139,12 @@ pub(crate) struct Lifecycle {
     lingered: bool,
     /// An abort ended the connection.
     aborted: bool,
+    /// The idle deadline passed: the application is to be asked what to do
+    /// ([`Event::IdleTimeout`]).
+    idle_expired: bool,
+    /// The reason of the graceful close begun, if one was: a connection that ends with it
+    /// closed with FIN, whatever the reason.
+    closing_with: Option<ClosureReason>,
     clock: Times,
 }
 
@@ -165,6 +172,8 @@ impl Lifecycle {
             told_shutdown: false,
             lingered: false,
             aborted: false,
+            idle_expired: false,
+            closing_with: None,
             clock: Times {
                 established: now,
                 first_byte_seen: false,
@@ -209,6 +218,18 @@ impl Lifecycle {
         match self.phase {
             Phase::Ended(reason) => Some(reason),
             _ => None,
+        }
+    }
+
+    /// Whether the connection, once ended, is reset (RST) when its socket is closed: an abort,
+    /// an error or a timeout that ended it at once; not a graceful close, which ends with the
+    /// reason it began with once both FINs went through (or the peer lingered).
+    pub(crate) fn resets_on_close(&self) -> bool {
+        match self.phase {
+            Phase::Ended(reason) => {
+                !(reason.is_graceful() || (!self.aborted && self.closing_with == Some(reason)))
+            }
+            _ => false,
         }
     }
 
@@ -440,6 +461,10 @@ impl Lifecycle {
             });
         }
         if self.phase == Phase::Open {
+            if self.idle_expired {
+                self.idle_expired = false;
+                return Action::Announce(Event::IdleTimeout);
+            }
             if self.shutdown_notice && !self.told_shutdown {
                 self.told_shutdown = true;
                 return Action::Announce(Event::ShutdownRequested);
@@ -612,14 +637,26 @@ impl Lifecycle {
                     self.end(ClosureReason::CloseTimedOut);
                 }
             }
-            Phase::Open => {
-                if let Some((at, reason)) = self.deadline() {
-                    if at <= now {
-                        self.end(reason);
-                    }
-                }
-            }
+            Phase::Open => match self.deadline() {
+                // The application decides how an idle connection ends: asked next.
+                Some((at, ClosureReason::IdleTimedOut)) if at <= now => self.idle_expired = true,
+                Some((at, reason)) if at <= now => self.end(reason),
+                _ => {}
+            },
             _ => {}
+        }
+    }
+
+    /// The application's answer to [`Event::IdleTimeout`]: reset the connection, or close it
+    /// gracefully (what it queued, then FIN); either way with [`ClosureReason::IdleTimedOut`].
+    /// Anything that ended or closed the connection meanwhile keeps its reason.
+    pub(crate) fn on_idle_answer(&mut self, action: IdleAction, now: impl Clock) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        match action {
+            IdleAction::Close => self.begin_close(ClosureReason::IdleTimedOut, now),
+            IdleAction::Reset => self.end(ClosureReason::IdleTimedOut),
         }
     }
 
@@ -646,6 +683,7 @@ impl Lifecycle {
     }
 
     fn begin_close(&mut self, reason: ClosureReason, now: impl Clock) {
+        self.closing_with = Some(reason);
         self.phase = Phase::Closing {
             reason,
             deadline: now.now() + self.config.close_timeout,

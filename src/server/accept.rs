@@ -8,7 +8,8 @@
 //!
 //! With [`AtLimit::StopAccepting`] the loop accepts no client without a slot: at the limit it
 //! stops (the limiter tells it when another server or a connect took the last shared slot) and
-//! resumes when one frees. Every refusal is an RST.
+//! resumes when one frees. Every refusal is an RST, but at the limit with a refusal message (the
+//! message, then FIN).
 //!
 //! Failed accepts fall in two groups:
 //! - per-connection failures: the client went away between SYN and `accept` (ECONNABORTED,
@@ -365,9 +366,9 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
     }
 }
 
-/// Refuses an accepted client: RST rather than FIN, for every refusal (at the limit, over the
-/// per-address cap, out of descriptors), so the client learns it was refused, not served, and no
-/// `TIME_WAIT` is left behind.
+/// Refuses an accepted client: RST rather than FIN, for every refusal (at the limit without a
+/// refusal message, over the per-address cap, out of descriptors), so the client learns it was
+/// refused, not served, and no `TIME_WAIT` is left behind.
 fn refuse(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }

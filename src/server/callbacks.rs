@@ -17,7 +17,10 @@ use crate::error::Error;
 use crate::ids::{ConnectionId, Direction};
 use crate::server::Server;
 use crate::shutdown_report::ShutdownReport;
+use crate::timeouts::IdleAction;
 use crate::tls::TlsInfo;
+
+mod shared;
 
 /// The events of a server, one method each, after the C++ framework's
 /// `IStreamSocketServerCallback`. Every method has a default, so an implementation overrides only
@@ -67,8 +70,7 @@ use crate::tls::TlsInfo;
 /// # Example
 /// ```no_run
 /// use std::net::SocketAddr;
-/// use bytes::BytesMut;
-/// use switchboard::{async_trait, Callbacks, ClosureReason, Connection};
+/// use switchboard::{async_trait, BytesMut, Callbacks, ClosureReason, Connection};
 ///
 /// struct Echo;
 ///
@@ -89,8 +91,8 @@ use crate::tls::TlsInfo;
 ///     }
 /// }
 /// ```
-// A method added here must also be passed on by the frame layer (src/codec/adapter.rs), or
-// a framed server's handler never sees it.
+// A method added here must also be passed on by the frame layer (src/codec/adapter.rs), by
+// `Arc<C>`'s impl (callbacks/shared.rs) and by `testing::Recorded`, or they swallow it.
 #[async_trait]
 pub trait Callbacks: Send + Sync + 'static {
     /// The server has started: its listeners are bound, and this runs before anything else of
@@ -375,6 +377,33 @@ pub trait Callbacks: Send + Sync + 'static {
     /// Default: does nothing.
     async fn on_connection_reset(&self, connection: &Connection, error: &io::Error) {
         let _ = (connection, error);
+    }
+
+    /// The connection's [idle timeout](crate::Timeouts::idle) passed: no byte was read or
+    /// written for that long. The answer decides how it ends, with
+    /// [`ClosureReason::IdleTimedOut`] either way: [`IdleAction::Reset`] resets it (what is
+    /// queued is dropped); [`IdleAction::Close`] closes it gracefully, so that a last message
+    /// written here reaches the peer before FIN. Runs on the connection's task; the connection
+    /// still takes writes while it runs. (Not in the C++ interface.)
+    ///
+    /// Default: [`IdleAction::Reset`].
+    ///
+    /// ```
+    /// use switchboard::{async_trait, Callbacks, Connection, IdleAction};
+    ///
+    /// struct Lines;
+    ///
+    /// #[async_trait]
+    /// impl Callbacks for Lines {
+    ///     async fn on_idle_timeout(&self, connection: &Connection) -> IdleAction {
+    ///         let _ = connection.write("ERR idle\n");
+    ///         IdleAction::Close
+    ///     }
+    /// }
+    /// ```
+    async fn on_idle_timeout(&self, connection: &Connection) -> IdleAction {
+        let _ = connection;
+        IdleAction::Reset
     }
 
     /// The connection has ended, for `reason`: exactly once per established connection. The socket

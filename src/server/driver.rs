@@ -455,6 +455,12 @@ impl Driver {
             Event::ShutdownRequested => {
                 callback!(self, "on_shutdown_requested", on_shutdown_requested());
             }
+            Event::IdleTimeout => {
+                // A panic ended the connection already: no answer then.
+                if let Some(action) = callback!(self, "on_idle_timeout", on_idle_timeout()) {
+                    self.life.on_idle_answer(action, &LazyNow::default());
+                }
+            }
         }
     }
 

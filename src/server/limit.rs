@@ -186,9 +186,11 @@ mod tests {
 
 /// What a server does with new connections when its [`ConnectionLimiter`] is full.
 ///
-/// Every refusal, here and elsewhere (the [per-address cap](crate::ServerBuilder::max_connections_per_ip),
-/// a process out of descriptors), resets the client (RST, not FIN): it learns at once that it was
-/// refused rather than served, and no `TIME_WAIT` is left on the server.
+/// A client refused at the limit gets the [refusal message](crate::ServerBuilder::refusal_message)
+/// and FIN, if one is set. Without one, and for every other refusal (the
+/// [per-address cap](crate::ServerBuilder::max_connections_per_ip), a process out of
+/// descriptors), the client is reset (RST): it learns at once that it was refused rather than
+/// served, and no `TIME_WAIT` is left on the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum AtLimit {

@@ -22,9 +22,10 @@ pub struct EmbeddedPeer {
     id: ConnectionId,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
-    pipe: Pipe,
-    /// Read from the stream and not yet returned (by [`EmbeddedPeer::read_exact`]).
-    pending: BytesMut,
+    pub(super) pipe: Pipe,
+    /// Read from the stream and not yet returned (by [`EmbeddedPeer::read_exact`], or not yet
+    /// decoded by a [`FramedPeer`](super::FramedPeer)).
+    pub(super) pending: BytesMut,
     wait_limit: Duration,
 }
 
@@ -45,7 +46,8 @@ impl EmbeddedPeer {
         }
     }
 
-    /// The server's id of this connection: the one its callbacks see.
+    /// The server's id of this connection: the one its callbacks see. For a client refused at
+    /// the connection limit, which never became a connection, 0, which no connection has.
     pub fn id(&self) -> ConnectionId {
         self.id
     }
@@ -210,7 +212,17 @@ impl EmbeddedPeer {
         self.pipe.server_reset()
     }
 
-    async fn bounded<T>(&self, wait: impl std::future::Future<Output = T>) -> io::Result<T> {
+    /// This peer seen through `codec`: it sends and receives items instead of bytes, as a
+    /// client on tokio-util's `Framed` would. What was read and not yet returned is decoded
+    /// first.
+    pub fn framed<C>(self, codec: C) -> super::FramedPeer<C> {
+        super::FramedPeer::new(self, codec)
+    }
+
+    pub(super) async fn bounded<T>(
+        &self,
+        wait: impl std::future::Future<Output = T>,
+    ) -> io::Result<T> {
         tokio::time::timeout(self.wait_limit, wait)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "embedded peer: wait limit"))

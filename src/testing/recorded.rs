@@ -1,6 +1,7 @@
 //! [`Recorded`]: callbacks that log every event, in order, before passing it on.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +20,7 @@ use crate::ids::{ConnectionId, Direction};
 use crate::server::callbacks::Callbacks;
 use crate::server::Server;
 use crate::shutdown_report::ShutdownReport;
+use crate::timeouts::IdleAction;
 use crate::tls::TlsInfo;
 
 /// How long [`Events::wait_for`] waits before it panics: long for a test on a real clock, and
@@ -45,6 +47,12 @@ pub enum Event {
     Established(ConnectionId, SocketAddr),
     /// `on_read_completed`, with the data.
     Read(ConnectionId, Bytes),
+    /// [`FrameHandler::on_frame`](crate::codec::FrameHandler::on_frame), with the item's `Debug`
+    /// text ([`Event::frame`] makes one to compare with).
+    Frame(ConnectionId, String),
+    /// [`FrameHandler::on_decode_error`](crate::codec::FrameHandler::on_decode_error), with the
+    /// error's text.
+    DecodeError(ConnectionId, String),
     /// `on_read_error_may_not_be_fatal`, with the error's kind and what the callbacks answered.
     ReadErrorMayNotBeFatal(ConnectionId, io::ErrorKind, bool),
     /// `on_read_completion_error`, with the error's kind.
@@ -67,6 +75,8 @@ pub enum Event {
     Reset(ConnectionId, io::ErrorKind),
     /// `on_shutdown_requested`.
     ShutdownRequested(ConnectionId),
+    /// `on_idle_timeout`, with what the callbacks answered.
+    IdleTimeout(ConnectionId, IdleAction),
     /// `on_connection_closure`, with the reason.
     Closure(ConnectionId, ClosureReason),
     /// `on_connection_closed`.
@@ -96,11 +106,25 @@ pub enum Event {
 }
 
 impl Event {
+    /// The [`Event::Frame`] that the item `item` of connection `id` is recorded as.
+    ///
+    /// ```
+    /// # use switchboard::testing::Event;
+    /// # fn check(events: &[Event], id: switchboard::ConnectionId) {
+    /// assert!(events.contains(&Event::frame(id, &"hello")));
+    /// # }
+    /// ```
+    pub fn frame(id: ConnectionId, item: &impl fmt::Debug) -> Event {
+        Event::Frame(id, format!("{item:?}"))
+    }
+
     /// The connection the event belongs to, for a connection's event.
     pub fn connection(&self) -> Option<ConnectionId> {
         match self {
             Event::Established(id, _)
             | Event::Read(id, _)
+            | Event::Frame(id, _)
+            | Event::DecodeError(id, _)
             | Event::ReadErrorMayNotBeFatal(id, ..)
             | Event::ReadError(id, _)
             | Event::Written(id, _)
@@ -112,6 +136,7 @@ impl Event {
             | Event::ClientClose(id)
             | Event::Reset(id, _)
             | Event::ShutdownRequested(id)
+            | Event::IdleTimeout(id, _)
             | Event::Closure(id, _)
             | Event::Closed(id)
             | Event::SecureEstablished(id)
@@ -215,8 +240,53 @@ impl Events {
 /// Callbacks that record every event in [`Events`], then pass it on to the application's.
 ///
 /// Connection events are recorded before the application's callback runs, in the order the
-/// connection's task runs them; what the callback answers (for the `_may_not_be_fatal` pair) is
-/// part of the event.
+/// connection's task runs them; what the callback answers (for the `_may_not_be_fatal` pair and
+/// `on_idle_timeout`) is part of the event.
+///
+/// It wraps a [`FrameHandler`](crate::codec::FrameHandler) too (whose items are `Debug`): then
+/// it is one, started with [`Framing::new`](crate::codec::Framing::new), and records each item
+/// as [`Event::Frame`] with its `Debug` text and each decoding failure as
+/// [`Event::DecodeError`] (the frame layer reads for the handler, so no [`Event::Read`]).
+///
+/// ```
+/// use switchboard::codec::{FrameHandler, FramedConnection, Framing};
+/// use switchboard::testing::{Event, Recorded};
+/// use switchboard::tokio_util::codec::LinesCodec;
+/// use switchboard::{async_trait, Callbacks, ClosureReason, Connection, Server};
+///
+/// struct Shout;
+///
+/// impl Callbacks for Shout {}
+///
+/// #[async_trait]
+/// impl FrameHandler for Shout {
+///     type Codec = LinesCodec;
+///     fn new_codec(&self, _: &Connection) -> LinesCodec {
+///         LinesCodec::new_with_max_length(16)
+///     }
+///     async fn on_frame(&self, connection: &FramedConnection<'_, LinesCodec>, line: String) {
+///         let _ = connection.send(line.to_uppercase());
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (handler, events) = Recorded::new(Shout);
+/// let server = Server::builder()
+///     .start_framed_embedded(Framing::new(handler))
+///     .await?;
+/// let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
+/// peer.send("hi\n")?;
+/// assert_eq!(peer.read().await?, "HI\n");
+/// peer.send("far too long for the codec\n")?;
+/// assert_eq!(peer.read_to_end().await?, "");
+/// assert_eq!(events.wait_for_release(peer.id()).await, ClosureReason::FrameTooLong);
+/// let id = peer.id();
+/// assert!(events.of(id).contains(&Event::frame(id, &"hi")));
+/// let error = events.wait_for(|event| matches!(event, Event::DecodeError(..))).await;
+/// assert!(matches!(error, Event::DecodeError(_, text) if text.contains("max line length")));
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Recorded<C> {
     inner: C,
@@ -238,7 +308,13 @@ impl<C: Callbacks> Recorded<C> {
         (recorded, events)
     }
 
-    fn record(&self, event: Event) {
+    /// The callbacks it wraps.
+    pub(crate) fn inner(&self) -> &C {
+        &self.inner
+    }
+
+    /// Logs `event` (the frame layer's events are logged from the codec module).
+    pub(crate) fn record(&self, event: Event) {
         self.events.push(event);
     }
 
@@ -376,6 +452,11 @@ impl<C: Callbacks> Callbacks for Recorded<C> {
     async fn on_connection_reset(&self, connection: &Connection, error: &io::Error) {
         self.record(Event::Reset(connection.id(), error.kind()));
         self.inner.on_connection_reset(connection, error).await;
+    }
+    async fn on_idle_timeout(&self, connection: &Connection) -> IdleAction {
+        let action = self.inner.on_idle_timeout(connection).await;
+        self.record(Event::IdleTimeout(connection.id(), action));
+        action
     }
     async fn on_connection_closure(&self, connection: &Connection, reason: ClosureReason) {
         self.record(Event::Closure(connection.id(), reason));

@@ -99,6 +99,8 @@ pub(crate) enum Event {
     WriteBufferLow,
     /// `on_shutdown_requested`.
     ShutdownRequested,
+    /// `on_idle_timeout`, whose answer goes to [`Lifecycle::on_idle_answer`].
+    IdleTimeout,
 }
 
 /// What the driver waits for when there is nothing else to do.

@@ -53,7 +53,8 @@ pub(super) fn wait(life: &mut Lifecycle, now: Instant) -> Interest {
 
 /// Performs the actions a driver would until a wait or the end; returns the events announced
 /// and FINs sent, in order, and the last action. The lifetime rule's decisions are confirmed, as
-/// when no weak handle is upgraded meanwhile.
+/// when no weak handle is upgraded meanwhile, and the idle timeout gets the default callback's
+/// answer (a reset).
 pub(super) fn run(life: &mut Lifecycle, now: Instant) -> (Vec<Action>, Action) {
     let mut done = Vec::new();
     for _ in 0..16 {
@@ -63,7 +64,12 @@ pub(super) fn run(life: &mut Lifecycle, now: Instant) -> (Vec<Action>, Action) {
                 life.on_fin_sent();
             }
             Action::ConfirmUnreferenced => life.on_unreferenced(now),
-            Action::Announce(event) => done.push(Action::Announce(event)),
+            Action::Announce(event) => {
+                if event == Event::IdleTimeout {
+                    life.on_idle_answer(IdleAction::Reset, now);
+                }
+                done.push(Action::Announce(event));
+            }
             last => return (done, last),
         }
     }
@@ -433,8 +439,111 @@ fn each_timeout_ends_with_its_own_reason() {
         let interest = wait(&mut life, t0);
         assert_eq!(interest.deadline, Some(t0 + second), "{reason}");
         life.on_deadline(t0 + second, || true);
-        assert_eq!(life.next(t0), Action::End(reason));
+        assert_eq!(run(&mut life, t0).1, Action::End(reason));
+        assert!(life.resets_on_close(), "{reason}");
     }
+}
+
+/// An idle connection is announced first; the application's answer decides how it ends, with
+/// the idle reason either way.
+#[test]
+fn the_idle_timeout_asks_and_resets_by_default() {
+    let t0 = Instant::now();
+    let second = Duration::from_secs(1);
+    let mut life = reading_with(
+        Timeouts {
+            idle: Some(second),
+            ..Timeouts::default()
+        },
+        t0,
+    );
+    assert_eq!(wait(&mut life, t0).deadline, Some(t0 + second));
+    life.on_deadline(t0 + second, || true);
+    assert!(!life.is_ended(), "not before the application answered");
+    assert_eq!(life.next(t0), Action::Announce(Event::IdleTimeout));
+    life.on_idle_answer(IdleAction::Reset, t0 + second);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::IdleTimedOut));
+    assert!(life.resets_on_close());
+}
+
+#[test]
+fn an_idle_connection_closed_gracefully_sends_its_last_words_then_fin() {
+    let t0 = Instant::now();
+    let second = Duration::from_secs(1);
+    let t1 = t0 + second;
+    let mut life = reading_with(
+        Timeouts {
+            idle: Some(second),
+            ..Timeouts::default()
+        },
+        t0,
+    );
+    wait(&mut life, t0);
+    life.on_deadline(t1, || true);
+    assert_eq!(life.next(t1), Action::Announce(Event::IdleTimeout));
+    // The callback writes a last line before it answers: taken after its answer.
+    life.on_idle_answer(IdleAction::Close, t1);
+    life.on_requests(requests(|r| r.queued = 10), t1);
+    assert_eq!(life.snapshot().fate, Fate::Closing);
+    let interest = wait(&mut life, t1);
+    assert!(interest.write && !interest.fin, "the last words before FIN");
+    assert_eq!(
+        interest.deadline,
+        Some(t1 + CLOSE),
+        "bounded by the close timeout"
+    );
+    life.on_written(10, t1);
+    let (done, last) = run(&mut life, t1);
+    assert_eq!(done, vec![Action::SendFin]);
+    assert!(matches!(last, Action::Wait(_)), "waits for the peer's FIN");
+    assert_eq!(life.on_read(ReadOutcome::Eof, t1), ReadVerdict::Discard);
+    assert_eq!(life.next(t1), Action::End(ClosureReason::IdleTimedOut));
+    assert!(!life.resets_on_close(), "closed with FIN");
+}
+
+#[test]
+fn a_graceful_idle_close_that_times_out_or_is_aborted_resets() {
+    let t0 = Instant::now();
+    let second = Duration::from_secs(1);
+    let idle = Timeouts {
+        idle: Some(second),
+        ..Timeouts::default()
+    };
+    let closing = |t1| {
+        let mut life = reading_with(idle, t0);
+        wait(&mut life, t0);
+        life.on_deadline(t1, || true);
+        assert_eq!(life.next(t1), Action::Announce(Event::IdleTimeout));
+        life.on_idle_answer(IdleAction::Close, t1);
+        life
+    };
+    let t1 = t0 + second;
+    // The peer never reads: the last words stay queued past the close timeout.
+    let mut life = closing(t1);
+    life.on_requests(requests(|r| r.queued = 10), t1);
+    wait(&mut life, t1);
+    life.on_deadline(t1 + CLOSE, || false);
+    assert_eq!(life.next(t1), Action::End(ClosureReason::CloseTimedOut));
+    assert!(life.resets_on_close());
+    // An abort-all meanwhile.
+    let mut life = closing(t1);
+    life.on_abort(ClosureReason::AbortAll);
+    assert_eq!(life.next(t1), Action::End(ClosureReason::AbortAll));
+    assert!(life.resets_on_close());
+}
+
+/// What ended or closed the connection before the answer came keeps its reason.
+#[test]
+fn an_idle_answer_after_the_end_changes_nothing() {
+    let t0 = Instant::now();
+    let mut life = closing_with(0, ClosureReason::LocalClose, t0);
+    life.on_idle_answer(IdleAction::Reset, t0);
+    life.on_idle_answer(IdleAction::Close, t0);
+    assert_eq!(life.snapshot().fate, Fate::Closing);
+    life.on_fin_sent();
+    life.on_read(ReadOutcome::Eof, t0);
+    assert_eq!(life.next(t0), Action::End(ClosureReason::LocalClose));
+    assert!(!life.resets_on_close());
 }
 
 #[test]

@@ -15,6 +15,7 @@ impl Driver {
             unreachable!("the driver finishes once the lifecycle has ended");
         };
         let lingered = self.life.peer_lingered();
+        let reset = self.life.resets_on_close();
         let Driver {
             context,
             shared,
@@ -28,7 +29,7 @@ impl Driver {
             // The awaiting task learns how it ended before the closing events run.
             sink.ended(reason);
         }
-        if !reason.is_graceful() {
+        if reset {
             transport.reset_on_close();
         }
         drop(transport);
