@@ -14,7 +14,8 @@
 //! 8. [Frames](frames): items through a tokio-util codec instead of bytes; a Redis-protocol
 //!    server.
 //! 9. [Load balancers](load_balancers): the PROXY protocol, HAProxy, restarts that hand the
-//!    listening socket over.
+//!    listening socket over, running on Kubernetes (the drain window, readiness), certificate
+//!    renewal.
 //! 10. [Testing](testing): a handler tested without sockets, under tokio's paused clock.
 //! 11. [Metrics](metrics): the series, labels, exporting to Prometheus.
 //! 12. [Defaults](defaults): every default and where it comes from.

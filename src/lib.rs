@@ -52,6 +52,11 @@
 //!   replaced), and [`Server::listeners`] duplicates a running server's listening sockets for the
 //!   process that replaces it; `on_shutdown_requested` says how to drain without dropping a
 //!   request.
+//! - **Balancers that do not retry** (Kubernetes, cloud load balancers): a
+//!   [drain window](ServerBuilder::drain_window) keeps accepting for a while after the shutdown
+//!   begins, with [`Server::is_shutting_down`] as the readiness check;
+//!   [`Server::set_tls_acceptor`] renews a certificate without a restart; a second stop signal
+//!   [forces](Server::force_shutdown) the shutdown.
 //!
 //! ## Metrics
 //! Every server exports its counts through the [`metrics`](https://docs.rs/metrics/0.24) facade,

@@ -39,7 +39,7 @@ use crate::server::limit::ConnectionLimiter;
 use crate::server::manager::Manager;
 use crate::shutdown_report::ShutdownReport;
 use crate::stats::Stats;
-use crate::tls::TlsConnect;
+use crate::tls::{AcceptorCell, TlsAcceptor, TlsConnect};
 
 /// A running server: its listeners, its connections and its callbacks. Cheap to clone; every
 /// clone controls the same server, from any task.
@@ -52,6 +52,8 @@ pub struct Server {
     local_addrs: Arc<[SocketAddr]>,
     /// The accept loop's listeners, in `local_addrs` order; gone once it has ended.
     listeners: Arc<[Weak<TcpListener>]>,
+    /// Each listener's TLS acceptor, in `local_addrs` order (`None` for a plain one).
+    acceptors: Arc<[Option<Arc<AcceptorCell>>]>,
 }
 
 /// A [`Server`] handle that does not keep the server's state alive: what callbacks keep of their
@@ -61,6 +63,7 @@ pub struct WeakServer {
     manager: Weak<Manager>,
     local_addrs: Arc<[SocketAddr]>,
     listeners: Arc<[Weak<TcpListener>]>,
+    acceptors: Arc<[Option<Arc<AcceptorCell>>]>,
 }
 
 impl WeakServer {
@@ -70,6 +73,7 @@ impl WeakServer {
             manager: self.manager.upgrade()?,
             local_addrs: self.local_addrs.clone(),
             listeners: self.listeners.clone(),
+            acceptors: self.acceptors.clone(),
         })
     }
 }
@@ -82,32 +86,58 @@ impl fmt::Debug for WeakServer {
     }
 }
 
-/// Resolves when the process is told to stop; the handlers are registered before it returns.
+/// The signals that tell the process to stop, registered (from then on they no longer end the
+/// process by themselves).
 #[cfg(unix)]
-fn stop_signal() -> io::Result<impl std::future::Future<Output = ()> + Send> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
 }
 
-/// Resolves when the process is told to stop; the handlers are registered before it returns.
-#[cfg(windows)]
-fn stop_signal() -> io::Result<impl std::future::Future<Output = ()> + Send> {
-    use tokio::signal::windows::{ctrl_break, ctrl_c};
-    let mut interrupt = ctrl_c()?;
-    let mut brk = ctrl_break()?;
-    Ok(async move {
+#[cfg(unix)]
+impl StopSignals {
+    fn register() -> io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM.
+    async fn recv(&mut self) {
         tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = brk.recv() => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    })
+    }
+}
+
+/// The signals that tell the process to stop, registered (from then on they no longer end the
+/// process by themselves).
+#[cfg(windows)]
+struct StopSignals {
+    interrupt: tokio::signal::windows::CtrlC,
+    brk: tokio::signal::windows::CtrlBreak,
+}
+
+#[cfg(windows)]
+impl StopSignals {
+    fn register() -> io::Result<Self> {
+        use tokio::signal::windows::{ctrl_break, ctrl_c};
+        Ok(StopSignals {
+            interrupt: ctrl_c()?,
+            brk: ctrl_break()?,
+        })
+    }
+
+    /// Resolves at the next Ctrl-C or Ctrl-Break.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.brk.recv() => {}
+        }
+    }
 }
 
 impl Server {
@@ -122,11 +152,13 @@ impl Server {
         manager: Arc<Manager>,
         local_addrs: Arc<[SocketAddr]>,
         listeners: Arc<[Weak<TcpListener>]>,
+        acceptors: Arc<[Option<Arc<AcceptorCell>>]>,
     ) -> Self {
         let server = Server {
             manager,
             local_addrs,
             listeners,
+            acceptors,
         };
         let invoker = server.manager.invoker();
         invoker
@@ -248,13 +280,17 @@ impl Server {
     /// Shuts the server down and waits until it is done; calling it again (or from several
     /// tasks) waits for the same shutdown and returns the same report.
     ///
-    /// The order: [`on_shutdown_initiated`](crate::Callbacks::on_shutdown_initiated) → accepting stops and
+    /// The order: [`on_shutdown_initiated`](crate::Callbacks::on_shutdown_initiated) → the
+    /// [drain window](ServerBuilder::drain_window), if one is set, during which the server goes on
+    /// accepting and serving as before → accepting stops and
     /// the listeners close (duplicates from [`listeners`](Server::listeners) stay open) → each live connection gets
     /// [`on_shutdown_requested`](crate::Callbacks::on_shutdown_requested) and the
     /// [drain time](ServerBuilder::shutdown_timeout) to end → those left are reset
     /// ([`on_all_connections_aborted`](crate::Callbacks::on_all_connections_aborted)) → every connection's
     /// closing events, up to [`on_socket_released`](crate::Callbacks::on_socket_released) →
     /// [`on_shutdown_complete`](crate::Callbacks::on_shutdown_complete), after which no callback runs.
+    ///
+    /// [`force_shutdown`](Server::force_shutdown) cuts the window and the drain time short.
     ///
     /// # Cancel safety
     /// The shutdown runs on a task of its own: dropping this future stops the waiting, not the
@@ -268,11 +304,38 @@ impl Server {
         shutdown.complete().await
     }
 
+    /// Shuts down at once, as a second Ctrl-C does: begins the [shutdown](Server::shutdown) if
+    /// none has begun, or cuts short the one under way, and waits for it. The
+    /// [drain window](ServerBuilder::drain_window) and the drain time end now: the listeners
+    /// close and every live connection is reset as when the drain time runs out
+    /// ([`on_all_connections_aborted`](crate::Callbacks::on_all_connections_aborted), each ending
+    /// with [`ClosureReason::ShutdownForced`] and counted in the report's `forced`). Connections
+    /// not yet told of the shutdown (it was forced before its drain began, as in the window) are
+    /// reset without [`on_shutdown_requested`](crate::Callbacks::on_shutdown_requested). Every
+    /// connection's closing events still run, then
+    /// [`on_shutdown_complete`](crate::Callbacks::on_shutdown_complete), in the order
+    /// [`shutdown`](Server::shutdown) gives; a connection that already ended keeps its own
+    /// reason, and if none is live the shutdown completes without a reset. A callback still
+    /// running (such as `on_shutdown_initiated`) is waited for, not cut short.
+    ///
+    /// # Cancel safety
+    /// As for [`shutdown`](Server::shutdown): dropping this future stops the waiting; the
+    /// shutdown goes on, forced.
+    pub async fn force_shutdown(&self) -> ShutdownReport {
+        self.manager.shutdown().force();
+        self.shutdown().await
+    }
+
     /// Registers for the process being told to stop (SIGINT or SIGTERM on unix; Ctrl-C or
     /// Ctrl-Break on Windows), at once, and returns a future that waits for it, or for a shutdown
     /// begun elsewhere, then [shuts down](Server::shutdown) and gives the report: the `select!`
     /// every server's `main` would otherwise write. From this call on those signals no longer
     /// end the process by themselves, so nothing is lost to a signal that comes early.
+    ///
+    /// One more such signal while the shutdown runs [forces](Server::force_shutdown) it, as
+    /// most servers do: the drain window and the drain time end at once, the connections left
+    /// are reset (counted as forced), and the future still returns once every closing event
+    /// has run.
     ///
     /// # Errors
     /// A signal handler could not be registered.
@@ -293,16 +356,24 @@ impl Server {
     pub fn shutdown_on_signal(
         &self,
     ) -> io::Result<impl std::future::Future<Output = ShutdownReport> + Send + 'static> {
-        let stop = stop_signal()?;
+        let mut stop = StopSignals::register()?;
         let server = self.clone();
         Ok(async move {
             let mut phase = server.manager.shutdown().watch();
             tokio::select! {
-                () = stop => {}
+                () = stop.recv() => {}
                 // The sender lives as long as the manager this handle holds.
                 _ = phase.wait_for(|phase| *phase != crate::server::shutdown::Phase::Running) => {}
             }
-            server.shutdown().await
+            let shutdown = server.shutdown();
+            tokio::pin!(shutdown);
+            tokio::select! {
+                report = &mut shutdown => report,
+                () = stop.recv() => {
+                    tracing::warn!("stop signal during the shutdown: forcing it");
+                    server.force_shutdown().await
+                }
+            }
         })
     }
 
@@ -313,10 +384,17 @@ impl Server {
             manager: Arc::downgrade(&self.manager),
             local_addrs: self.local_addrs.clone(),
             listeners: self.listeners.clone(),
+            acceptors: self.acceptors.clone(),
         }
     }
 
-    /// Whether a shutdown has begun.
+    /// Whether a shutdown has begun: the readiness check for a health endpoint (ready while
+    /// `false`). It turns `true` the moment [`shutdown`](Server::shutdown) is called (or a
+    /// stop signal reaches [`shutdown_on_signal`](Server::shutdown_on_signal)), before
+    /// [`on_shutdown_initiated`](crate::Callbacks::on_shutdown_initiated) runs, and stays `true`
+    /// through the [drain window](ServerBuilder::drain_window), while the listeners still accept,
+    /// so a balancer that polls it stops sending clients here while those it still sends are
+    /// served.
     pub fn is_shutting_down(&self) -> bool {
         self.manager.shutdown().is_started()
     }
@@ -442,6 +520,84 @@ impl Server {
             .await;
         });
         Ok(())
+    }
+
+    /// Replaces the TLS acceptor (certificate, key, settings) of every TLS listener, while the
+    /// server runs: for a renewed certificate without a restart. Handshakes of connections
+    /// accepted from now on use `acceptor`; a connection accepted before keeps the acceptor it
+    /// was accepted with, during its handshake and after. Each listener switches at once, so a
+    /// new connection negotiates with either the old acceptor or the new one, never with a mix.
+    /// Plain listeners are left alone. For listeners with acceptors of their own
+    /// ([`bind_tls`](ServerBuilder::bind_tls)), replace one at a time with
+    /// [`set_tls_acceptor_at`](Server::set_tls_acceptor_at).
+    ///
+    /// ```
+    /// # #[cfg(not(windows))]
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// # struct App;
+    /// # impl switchboard::Callbacks for App {}
+    /// # let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/certs");
+    /// # let read = |name: &str| std::fs::read(format!("{dir}/{name}"));
+    /// let acceptor = switchboard::tls::acceptor_from_pem(&read("server.pem")?, &read("server.key")?)?;
+    /// let server = switchboard::Server::builder()
+    ///     .bind("127.0.0.1:0")
+    ///     .tls(acceptor)
+    ///     .start(App)
+    ///     .await?;
+    /// // Later, when the certificate has been renewed (on SIGHUP, say):
+    /// let renewed = switchboard::tls::acceptor_from_pem(&read("other.pem")?, &read("other.key")?)?;
+    /// server.set_tls_acceptor(renewed)?;
+    /// # server.shutdown().await;
+    /// # Ok(()) }
+    /// # #[cfg(windows)] fn main() {}
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] if the server has no TLS listener (nothing was replaced).
+    pub fn set_tls_acceptor(&self, acceptor: impl Into<TlsAcceptor>) -> Result<(), Error> {
+        let acceptor = acceptor.into();
+        let mut replaced = false;
+        for cell in self.acceptors.iter().flatten() {
+            cell.replace(acceptor.clone());
+            replaced = true;
+        }
+        if replaced {
+            tracing::info!("TLS acceptor replaced");
+            Ok(())
+        } else {
+            Err(Error::InvalidSetting {
+                setting: "set_tls_acceptor",
+                reason: "the server has no TLS listener".into(),
+            })
+        }
+    }
+
+    /// [`set_tls_acceptor`](Server::set_tls_acceptor) for the one TLS listener bound to
+    /// `address`, as [`local_addrs`](Server::local_addrs) gives it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] if no TLS listener of this server has that address.
+    pub fn set_tls_acceptor_at(
+        &self,
+        address: SocketAddr,
+        acceptor: impl Into<TlsAcceptor>,
+    ) -> Result<(), Error> {
+        let cell = self
+            .local_addrs
+            .iter()
+            .zip(self.acceptors.iter())
+            .find_map(|(local, cell)| cell.as_ref().filter(|_| *local == address));
+        match cell {
+            Some(cell) => {
+                cell.replace(acceptor.into());
+                tracing::info!(%address, "TLS acceptor replaced");
+                Ok(())
+            }
+            None => Err(Error::InvalidSetting {
+                setting: "set_tls_acceptor_at",
+                reason: format!("no TLS listener on {address}"),
+            }),
+        }
     }
 
     /// A snapshot of the server's counters.

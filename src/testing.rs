@@ -235,7 +235,7 @@ impl ServerBuilder {
     pub async fn start_embedded(self, callbacks: impl Callbacks) -> Result<EmbeddedServer, Error> {
         self.validate()?;
         let manager = self.into_manager(Box::new(callbacks));
-        let server = Server::started(manager, Arc::new([]), Arc::new([])).await;
+        let server = Server::started(manager, Arc::new([]), Arc::new([]), Arc::new([])).await;
         Ok(EmbeddedServer {
             server,
             local_addr: DEFAULT_LOCAL_ADDR,

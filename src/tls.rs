@@ -80,6 +80,7 @@ use crate::ids::Direction;
 mod acceptor;
 mod stream;
 
+pub(crate) use acceptor::AcceptorCell;
 pub use acceptor::{TlsAcceptor, TlsAcceptorBuilder};
 pub(crate) use stream::TlsStream;
 

@@ -249,7 +249,8 @@ async fn fifty_clients_chat_then_the_server_says_goodbye() {
         client.expect("user0: still here").await;
     }
 
-    // SIGTERM: every client reads the goodbye, then the end, and closes; the server exits 0.
+    // SIGTERM: every client reads the goodbye, then the end, and closes; the server exits 0. (No
+    // second signal: it would force the shutdown.)
     let mut ending = tokio::task::JoinSet::new();
     for mut client in clients {
         ending.spawn(async move {
@@ -261,7 +262,7 @@ async fn fifty_clients_chat_then_the_server_says_goodbye() {
     while let Some(ended) = bounded("the goodbyes", ending.join_next()).await {
         ended.expect("a client failed");
     }
-    let status = tokio::task::block_in_place(|| server.stop());
+    let status = tokio::task::block_in_place(|| server.wait_for_exit());
     assert!(status.success(), "the chat server exited with {status}");
     let remaining = CLIENTS - 2;
     assert_eq!(
@@ -304,7 +305,7 @@ async fn names_first_crlf_lines_and_a_line_too_long() {
     });
     server.signal(libc::SIGINT);
     bounded("the goodbye", goodbye).await.unwrap();
-    let status = tokio::task::block_in_place(|| server.stop());
+    let status = tokio::task::block_in_place(|| server.wait_for_exit());
     assert!(status.success(), "the chat server exited with {status}");
 }
 
@@ -354,7 +355,7 @@ async fn real_clients_join_and_talk_while_a_thousand_silent_connections_are_held
     });
     server.signal(libc::SIGTERM);
     bounded("the goodbyes", goodbyes).await.unwrap();
-    let status = tokio::task::block_in_place(|| server.stop());
+    let status = tokio::task::block_in_place(|| server.wait_for_exit());
     assert!(status.success(), "the chat server exited with {status}");
 }
 

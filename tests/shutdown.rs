@@ -766,3 +766,167 @@ async fn a_goodbye_to_a_lingering_peer_counts_as_graceful() {
     assert_eq!((report.graceful, report.forced, report.other), (1, 0, 0));
     drop(peer);
 }
+
+/// Guarantee 21 (docs/guarantees.md): with a drain window the server is not ready from the
+/// shutdown's first moment, yet accepts and serves through the window; when it ends, every
+/// connection, those accepted in the window included, is told and drains as without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_window_accepts_and_serves_then_drains_every_connection() {
+    let mut builder = Server::builder()
+        .bind("127.0.0.1:0")
+        .drain_window(Duration::from_secs(2))
+        .shutdown_timeout(WAIT);
+    let recorder = Recorder::new(&mut builder);
+    let server = builder.start(recorder.clone()).await.unwrap();
+    let address = server.local_addr().unwrap();
+    let mut before = echoing_clients(address, 1).await;
+    assert!(!server.is_shutting_down());
+
+    let shutdown = {
+        let server = server.clone();
+        tokio::spawn(async move { server.shutdown().await })
+    };
+    eventually("the shutdown to begin", || server.is_shutting_down()).await;
+    recorder
+        .wait_for("on_shutdown_initiated", |e| *e == Event::ShutdownInitiated)
+        .await;
+    // In the window: a new client is accepted and served, and the one from before still is,
+    // untold.
+    let during = echoing_clients(address, 1).await;
+    echo(&mut before[0], b"still served").await;
+    assert!(
+        !recorder.has(|e| matches!(e, Event::ShutdownRequested(_) | Event::StopAccepting)),
+        "nothing of the drain before the window ends: {:#?}",
+        recorder.events()
+    );
+    assert!(server.is_shutting_down());
+
+    let tasks = until_closed(before.into_iter().chain(during).collect());
+    let report = bounded("the shutdown", shutdown).await.unwrap();
+    assert_eq!((report.graceful, report.forced, report.other), (2, 0, 0));
+    for ending in endings(tasks).await {
+        ending.expect("each client saw the server's FIN");
+    }
+    let events = recorder.events();
+    let stopped = position(&events, |e| *e == Event::StopAccepting);
+    let requested = positions(&events, |e| matches!(e, Event::ShutdownRequested(_)));
+    assert_eq!(requested.len(), 2, "{events:#?}");
+    assert!(
+        requested.iter().all(|&r| r > stopped),
+        "told after the listeners closed: {events:#?}"
+    );
+    for id in recorder.established() {
+        assert_lifecycle(&recorder.events_of(id));
+    }
+    assert_nothing_after_complete(&recorder).await;
+    assert_connect_refused(address).await;
+}
+
+/// Issue 18's forced shutdown: `force_shutdown` during the drain window ends the window and the
+/// drain at once; the connections left are reset as when the drain time runs out, counted as
+/// forced, and every closing event still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_shutdown_cuts_the_drain_window_and_the_drain_time_short() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
+    // Far longer than any wait of the test: only the forcing can end them.
+    let long = Duration::from_secs(3600);
+    let mut builder = Server::builder()
+        .bind("127.0.0.1:0")
+        .drain_window(long)
+        .shutdown_timeout(long);
+    let recorder = Recorder::with_behavior(
+        &mut builder,
+        Behavior {
+            close_on_shutdown_request: false,
+            ..Behavior::default()
+        },
+    );
+    let server = builder.start(recorder.clone()).await.unwrap();
+    let address = server.local_addr().unwrap();
+    let tasks = until_closed(echoing_clients(address, 2).await);
+    let shutdown = {
+        let server = server.clone();
+        tokio::spawn(async move { server.shutdown().await })
+    };
+    recorder
+        .wait_for("on_shutdown_initiated", |e| *e == Event::ShutdownInitiated)
+        .await;
+
+    let report = bounded("the forced shutdown", server.force_shutdown()).await;
+    assert_eq!((report.graceful, report.forced, report.other), (0, 2, 0));
+    assert_eq!(
+        bounded("the first shutdown call", shutdown).await.unwrap(),
+        report
+    );
+    for ending in endings(tasks).await {
+        assert_reset(&ending);
+    }
+    // Forced in the window, before the drain: the listeners close, and the connections, never
+    // told, are reset.
+    let events = recorder.events();
+    let stopped = position(&events, |e| *e == Event::StopAccepting);
+    let aborted = position(&events, |e| *e == Event::AllConnectionsAborted(2));
+    assert!(stopped < aborted, "{events:#?}");
+    assert!(
+        !recorder.has(|e| matches!(e, Event::ShutdownRequested(_))),
+        "{events:#?}"
+    );
+    for id in recorder.established() {
+        let own = recorder.events_of(id);
+        assert_lifecycle(&own);
+        assert_eq!(closure_reason(&own), Some(ClosureReason::ShutdownForced));
+    }
+    assert_nothing_after_complete(&recorder).await;
+    assert_connect_refused(address).await;
+}
+
+/// `force_shutdown` during the drain (no window) resets what is left at once; with nothing
+/// left, or before any shutdown began, it is an ordinary shutdown that forces nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_shutdown_during_the_drain_resets_the_rest_at_once() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
+    let mut builder = Server::builder()
+        .bind("127.0.0.1:0")
+        .shutdown_timeout(Duration::from_secs(3600));
+    let recorder = Recorder::with_behavior(
+        &mut builder,
+        Behavior {
+            close_on_shutdown_request: false,
+            ..Behavior::default()
+        },
+    );
+    let server = builder.start(recorder.clone()).await.unwrap();
+    let tasks = until_closed(echoing_clients(server.local_addr().unwrap(), 1).await);
+    let shutdown = {
+        let server = server.clone();
+        tokio::spawn(async move { server.shutdown().await })
+    };
+    recorder
+        .wait_for("on_shutdown_requested", |e| {
+            matches!(e, Event::ShutdownRequested(_))
+        })
+        .await;
+    let report = bounded("the forced shutdown", server.force_shutdown()).await;
+    assert_eq!((report.graceful, report.forced, report.other), (0, 1, 0));
+    assert_eq!(
+        bounded("the first shutdown call", shutdown).await.unwrap(),
+        report
+    );
+    for ending in endings(tasks).await {
+        assert_reset(&ending);
+    }
+    assert_nothing_after_complete(&recorder).await;
+
+    let idle = Server::builder()
+        .bind("127.0.0.1:0")
+        .drain_window(Duration::from_secs(3600))
+        .start(Recorder::new(&mut Server::builder()))
+        .await
+        .unwrap();
+    let report = bounded("a forced shutdown of an idle server", idle.force_shutdown()).await;
+    assert_eq!((report.graceful, report.forced, report.other), (0, 0, 0));
+}

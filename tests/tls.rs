@@ -1933,3 +1933,87 @@ async fn a_peer_that_closes_or_resets_during_the_handshake_is_no_tls_failure() {
     no_live_connections(&server).await;
     bounded("shutdown", server.shutdown()).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 13. Replacing a listener's acceptor (certificate reload)
+// ---------------------------------------------------------------------------------------------
+
+/// The DER of the certificate a client's server presented.
+fn presented(client: &Client) -> Vec<u8> {
+    client
+        .get_ref()
+        .peer_certificate()
+        .unwrap()
+        .expect("a server certificate")
+        .to_der()
+        .unwrap()
+}
+
+/// Guarantee 22 (docs/guarantees.md): a replaced acceptor serves the handshakes that follow, on
+/// the listeners it was given to; connections established before keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_acceptor_serves_new_handshakes_and_leaves_established_ones_alone() {
+    if skip_under_wine(&WINE_NO_TLS_SERVER) {
+        return;
+    }
+    let (server, _recorder, first) = start(Some(server_acceptor()), Behavior::echo(), |builder| {
+        builder
+            .bind_tls("127.0.0.1:0", server_acceptor())
+            .bind("127.0.0.1:0")
+    })
+    .await;
+    let [_, second, plain] = server.local_addrs() else {
+        panic!("three listeners: {:?}", server.local_addrs());
+    };
+    let (second, plain) = (*second, *plain);
+    let server_der = der_of(&leaf_certificate("server"));
+    let other_der = der_of(&leaf_certificate("other"));
+    let mut established = tls_client(first).await;
+    echo(&mut established, b"before").await;
+    assert_eq!(presented(&established), server_der);
+
+    // One listener.
+    server
+        .set_tls_acceptor_at(second, acceptor_of("other"))
+        .expect("a TLS listener there");
+    let mut client = try_tls_client(second, connector_trusting("other-ca.pem"), "localhost")
+        .await
+        .expect("a handshake with the new certificate");
+    assert_eq!(presented(&client), other_der);
+    echo(&mut client, b"new").await;
+    let client = tls_client(first).await;
+    assert_eq!(
+        presented(&client),
+        server_der,
+        "the other listener kept its own"
+    );
+    drop(client);
+
+    // Every TLS listener.
+    server
+        .set_tls_acceptor(acceptor_of("other"))
+        .expect("TLS listeners");
+    let client = try_tls_client(first, connector_trusting("other-ca.pem"), "localhost")
+        .await
+        .expect("a handshake with the new certificate");
+    assert_eq!(presented(&client), other_der);
+    drop(client);
+    echo(&mut established, b"still served").await;
+    assert_eq!(presented(&established), server_der);
+
+    // Nothing to replace: an error, and nothing changes.
+    let error = server
+        .set_tls_acceptor_at(plain, server_acceptor())
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidSetting { .. }), "{error}");
+    let plain_only = Server::builder()
+        .bind("127.0.0.1:0")
+        .start(Recorder::new(&mut Server::builder()))
+        .await
+        .unwrap();
+    let error = plain_only.set_tls_acceptor(server_acceptor()).unwrap_err();
+    assert!(matches!(error, Error::InvalidSetting { .. }), "{error}");
+    plain_only.shutdown().await;
+    finish(established).await;
+    server.shutdown().await;
+}

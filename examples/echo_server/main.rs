@@ -1,10 +1,12 @@
 //! An echo server on switchboard: every byte comes back; after the client's FIN the server
-//! finishes echoing and closes. SIGINT or SIGTERM starts the ordered shutdown; on unix, SIGUSR2
-//! replaces the process with a fresh copy without losing a connection (below).
+//! finishes echoing and closes. SIGINT or SIGTERM starts the ordered shutdown, and a second one
+//! forces it (the connections left are reset at once); on unix, SIGUSR2 replaces the process
+//! with a fresh copy without losing a connection (below), and SIGHUP reloads the TLS certificate.
 //!
 //! ```text
 //! cargo run --release --example echo_server -- [--listen ADDR] [--threads N]
-//!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS] [--events]
+//!     [--max-connections N] [--at-limit stop|reject] [--shutdown-timeout SECS]
+//!     [--drain-accepting SECS] [--events]
 //!     [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] [--first-byte-timeout SECS]
 //!     [--write-limit BYTES] [--max-per-ip N] [--urgent] [--proxy-protocol] [--metrics ADDR]
 //!     [--reuse-port] [--upgrade-timeout SECS]
@@ -19,6 +21,17 @@
 //! echoed, until the client closes (or the drain time, `--shutdown-timeout`, runs out and the
 //! rest are reset). The library's default would `close()` it, which stops reading: a client
 //! whose request had not been read yet would get FIN instead of its echo.
+//!
+//! **A drain window.** With `--drain-accepting SECS` the server goes on accepting (and serving)
+//! for that long after SIGINT or SIGTERM, then closes its listener and drains as above: for
+//! balancers that do not retry, such as a Kubernetes Service, which go on sending clients for a
+//! few seconds after the stop. With `--metrics`, `GET /ready` answers 503 from the signal on
+//! (the README's "Running on Kubernetes" shows the probe).
+//!
+//! **Certificate reload (unix).** On SIGHUP the server reads `--tls-cert` and `--tls-key` again
+//! and, if they make a valid acceptor, new handshakes use it (connections already established
+//! keep theirs); it prints `tls reloaded`. If not (a missing file, a key that does not match),
+//! it prints `tls reload failed: ...; keeping the old certificate` and serves on with the old one.
 //!
 //! **Listeners from elsewhere.** When `LISTEN_FDS` is set (systemd socket activation, or the
 //! hand-off below), the server adopts descriptors 3, 4, ... (through the `listenfd` crate) in
@@ -53,8 +66,9 @@
 //! at `http://ADDR/metrics`, through `metrics-exporter-prometheus`'s recorder, and the second line
 //! on stdout, after the `listening on` lines, is `metrics on <address>`. The endpoint is a second
 //! switchboard server in this process: one small HTTP/1.x request per connection (its head read
-//! up to the blank line, at most 8 KiB), `GET /metrics` answered 200, anything else 404, then the
-//! connection closes. Connections that say nothing cannot keep scrapes out: at most 128 wait for
+//! up to the blank line, at most 8 KiB), `GET /metrics` answered 200, `GET /ready` 200 while the
+//! echo server serves and 503 once its shutdown has begun (drain window included), anything else
+//! 404, then the connection closes. Connections that say nothing cannot keep scrapes out: at most 128 wait for
 //! their request at once, one more pushes out (resets) the oldest, and a request head must be
 //! complete 2 s after its connection was accepted (a silent one is reset after 1 s). Each server
 //! labels its series: `server="echo"` for the echo server, `server="metrics"` for the endpoint
@@ -79,7 +93,7 @@ mod metrics;
 mod options;
 
 use common::say;
-use metrics::start_metrics;
+use metrics::{start_metrics, Readiness};
 use options::{parse_options, Options};
 
 /// Prints one flushed line per event when enabled.
@@ -360,8 +374,9 @@ fn activated_listeners() -> Result<Vec<std::net::TcpListener>, String> {
 }
 
 async fn run(options: Options, startup: Startup) -> Result<(), Error> {
+    let readiness = Readiness::default();
     let metrics = match &options.metrics {
-        Some(address) => Some(start_metrics(address).await?),
+        Some(address) => Some(start_metrics(address, readiness.clone()).await?),
         None => None,
     };
     let mut builder = Server::builder();
@@ -393,6 +408,9 @@ async fn run(options: Options, startup: Startup) -> Result<(), Error> {
     if let Some(drain) = options.shutdown_timeout {
         builder = builder.shutdown_timeout(drain);
     }
+    if let Some(window) = options.drain_accepting {
+        builder = builder.drain_window(window);
+    }
     builder = builder
         .idle_timeout(options.idle_timeout)
         .first_byte_timeout(options.first_byte_timeout);
@@ -411,17 +429,7 @@ async fn run(options: Options, startup: Startup) -> Result<(), Error> {
             .write_watermarks(limit, limit / 2);
     }
     match (&options.tls_cert, &options.tls_key) {
-        (Some(cert), Some(key)) => {
-            let read = |path: &str| {
-                std::fs::read(path).map_err(|source| {
-                    Error::Io(io::Error::new(
-                        source.kind(),
-                        format!("cannot read {path}: {source}"),
-                    ))
-                })
-            };
-            builder = builder.tls(tls::acceptor_from_pem(&read(cert)?, &read(key)?)?);
-        }
+        (Some(cert), Some(key)) => builder = builder.tls(read_acceptor(cert, key)?),
         (None, None) => {}
         _ => {
             return Err(Error::InvalidSetting {
@@ -439,8 +447,9 @@ async fn run(options: Options, startup: Startup) -> Result<(), Error> {
     };
     // Before the server starts, so that no signal meets a process without its handler (whose
     // default would end it).
-    let signals = Signals::register()?;
+    let mut signals = Signals::register()?;
     let server = builder.start(callbacks).await?;
+    let _ = readiness.set(server.downgrade());
     for address in server.local_addrs() {
         say(format_args!("listening on {address}"));
     }
@@ -455,13 +464,55 @@ async fn run(options: Options, startup: Startup) -> Result<(), Error> {
             eprintln!("echo_server: cannot tell the old process we serve: {error}");
         }
     }
-    serve_until_stopped(&server, &options, startup.exe, signals).await?;
-    server.shutdown().await;
+    serve_until_stopped(&server, &options, startup.exe, &mut signals).await?;
+    // One more stop signal during the shutdown forces it.
+    let shutdown = server.shutdown();
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => {}
+        () = signals.stop() => {
+            say(format_args!("stop signal during the shutdown: forcing it"));
+            server.force_shutdown().await;
+        }
+    }
     // Last, so that the echo server's drain can be watched.
     if let Some(metrics) = metrics {
         metrics.shutdown().await;
     }
     Ok(())
+}
+
+/// The TLS acceptor of the certificate chain and key in these PEM files.
+fn read_acceptor(cert: &str, key: &str) -> Result<tls::TlsAcceptor, Error> {
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|source| {
+            Error::Io(io::Error::new(
+                source.kind(),
+                format!("cannot read {path}: {source}"),
+            ))
+        })
+    };
+    tls::acceptor_from_pem(&read(cert)?, &read(key)?)
+}
+
+/// Reads `--tls-cert` and `--tls-key` again (on SIGHUP) and gives new handshakes the result;
+/// on any failure the old certificate stays.
+#[cfg(unix)]
+fn reload_tls(server: &Server, options: &Options) {
+    let (Some(cert), Some(key)) = (&options.tls_cert, &options.tls_key) else {
+        return say(format_args!(
+            "tls reload failed: no --tls-cert and --tls-key"
+        ));
+    };
+    match read_acceptor(cert, key).and_then(|acceptor| server.set_tls_acceptor(acceptor)) {
+        Ok(()) => say(format_args!("tls reloaded from {cert} and {key}")),
+        Err(error) => {
+            say(format_args!(
+                "tls reload failed: {error}; keeping the old certificate"
+            ));
+            eprintln!("echo_server: tls reload failed: {error}; keeping the old certificate");
+        }
+    }
 }
 
 #[cfg(all(
@@ -482,12 +533,14 @@ fn reuse_port(_: ServerBuilder) -> Result<ServerBuilder, Error> {
     ))
 }
 
-/// The signals that stop the server (SIGINT, SIGTERM) or hand it over (SIGUSR2).
+/// The signals that stop the server (SIGINT, SIGTERM), hand it over (SIGUSR2) or reload its
+/// certificate (SIGHUP).
 #[cfg(unix)]
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     upgrade: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 #[cfg(unix)]
@@ -498,7 +551,16 @@ impl Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
             upgrade: signal(SignalKind::user_defined2())?,
+            hangup: signal(SignalKind::hangup())?,
         })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }
 
@@ -511,25 +573,36 @@ impl Signals {
     fn register() -> io::Result<Signals> {
         tokio::signal::windows::ctrl_c().map(Signals)
     }
+
+    /// The next Ctrl-C.
+    async fn stop(&mut self) {
+        self.0.recv().await;
+    }
 }
 
-/// Serves until SIGINT or SIGTERM, or until a SIGUSR2 hand-off to a new process succeeded.
+/// Serves until SIGINT or SIGTERM, or until a SIGUSR2 hand-off to a new process succeeded;
+/// reloads the certificate on SIGHUP.
 #[cfg(unix)]
 async fn serve_until_stopped(
     server: &Server,
     options: &Options,
     exe: Option<PathBuf>,
-    signals: Signals,
+    signals: &mut Signals,
 ) -> io::Result<()> {
     let Signals {
-        mut interrupt,
-        mut terminate,
-        mut upgrade,
+        interrupt,
+        terminate,
+        upgrade,
+        hangup,
     } = signals;
     loop {
         tokio::select! {
             _ = interrupt.recv() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                reload_tls(server, options);
+                continue;
+            }
             _ = upgrade.recv() => {}
         }
         let Some(exe) = &exe else {
@@ -559,9 +632,9 @@ async fn serve_until_stopped(
     _: &Server,
     _: &Options,
     _: Option<PathBuf>,
-    mut signals: Signals,
+    signals: &mut Signals,
 ) -> io::Result<()> {
-    signals.0.recv().await;
+    signals.stop().await;
     Ok(())
 }
 

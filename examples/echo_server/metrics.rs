@@ -1,5 +1,6 @@
 //! The `--metrics` endpoint: the Prometheus recorder, and a second switchboard server that
-//! answers `GET /metrics` with what it recorded.
+//! answers `GET /metrics` with what it recorded, and `GET /ready` with whether the echo server
+//! serves (200) or is shutting down (503), for a balancer's readiness probe.
 //!
 //! Connections that say nothing cannot keep scrapes out: a connection waits for its request in a
 //! [line](crate::common::line) of at most [`MAX_WAITING`], where one more pushes out (resets) the
@@ -9,11 +10,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use switchboard::{async_trait, BytesMut, Callbacks, Connection, Error, Server, Slot};
+use switchboard::{async_trait, BytesMut, Callbacks, Connection, Error, Server, Slot, WeakServer};
 
 use crate::common::line::{close_the_late, Place, WaitingLine};
 
@@ -49,7 +50,13 @@ struct MetricsEndpoint {
     request: Slot<Request>,
     /// The connections waiting for their request.
     waiting: Arc<Mutex<WaitingLine>>,
+    /// The echo server, once it has started: what `/ready` reports on.
+    echo: Readiness,
 }
+
+/// The echo server whose readiness `/ready` reports, set once it has started (the endpoint starts
+/// first, so that the echo server's metrics go to its recorder).
+pub(crate) type Readiness = Arc<OnceLock<WeakServer>>;
 
 /// A connection's request, while it comes.
 struct Request {
@@ -125,6 +132,19 @@ impl MetricsEndpoint {
                 "text/plain; version=0.0.4",
                 self.prometheus.render(),
             ),
+            ("GET", "/ready") => {
+                // Ready while the echo server runs and no shutdown has begun: from the shutdown's
+                // first moment, through the drain window while it still accepts, the answer is
+                // 503, so that the balancer routes new clients elsewhere.
+                let serving = self.echo.get().and_then(WeakServer::upgrade);
+                match serving {
+                    Some(server) if !server.is_shutting_down() => {
+                        Response::new("200 OK", "text/plain", "ready\n")
+                    }
+                    Some(_) => Response::new("503 Service Unavailable", "text/plain", "draining\n"),
+                    None => Response::new("503 Service Unavailable", "text/plain", "not serving\n"),
+                }
+            }
             _ => Response::not_found(),
         }
     }
@@ -189,8 +209,9 @@ impl Callbacks for MetricsEndpoint {
 }
 
 /// Installs the Prometheus recorder (before the echo server starts, which takes its metric
-/// handles from it) and starts the endpoint that serves it on `address`.
-pub(crate) async fn start_metrics(address: &str) -> Result<Server, Error> {
+/// handles from it) and starts the endpoint that serves it on `address`, with the readiness of
+/// the server `echo` will hold.
+pub(crate) async fn start_metrics(address: &str, echo: Readiness) -> Result<Server, Error> {
     let failed = |error: BuildError| {
         Error::Io(io::Error::other(format!(
             "cannot install the metrics recorder: {error}"
@@ -227,6 +248,7 @@ pub(crate) async fn start_metrics(address: &str) -> Result<Server, Error> {
             prometheus,
             request,
             waiting,
+            echo,
         })
         .await
 }

@@ -10,6 +10,7 @@ pub(crate) struct Options {
     pub(crate) max_connections: Option<usize>,
     pub(crate) at_limit: AtLimit,
     pub(crate) shutdown_timeout: Option<Duration>,
+    pub(crate) drain_accepting: Option<Duration>,
     pub(crate) events: bool,
     pub(crate) tls_cert: Option<String>,
     pub(crate) tls_key: Option<String>,
@@ -29,7 +30,8 @@ pub(crate) struct Options {
 pub(crate) const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const USAGE: &str = "usage: echo_server [--listen ADDR] [--threads N] [--max-connections N] \
-                     [--at-limit stop|reject] [--shutdown-timeout SECS] [--events] \
+                     [--at-limit stop|reject] [--shutdown-timeout SECS] \
+                     [--drain-accepting SECS] [--events] \
                      [--tls-cert PEM --tls-key PEM] [--idle-timeout SECS] \
                      [--first-byte-timeout SECS] [--write-limit BYTES] [--max-per-ip N] \
                      [--urgent] [--proxy-protocol] [--metrics ADDR] [--reuse-port] \
@@ -42,6 +44,7 @@ pub(crate) fn parse_options() -> Result<Options, String> {
         max_connections: None,
         at_limit: AtLimit::StopAccepting,
         shutdown_timeout: None,
+        drain_accepting: None,
         events: false,
         tls_cert: None,
         tls_key: None,
@@ -78,6 +81,7 @@ pub(crate) fn parse_options() -> Result<Options, String> {
                         .map_err(|_| "--shutdown-timeout takes non-negative seconds")?,
                 );
             }
+            "--drain-accepting" => options.drain_accepting = Some(seconds(&flag, &value()?)?),
             "--events" => options.events = true,
             "--tls-cert" => options.tls_cert = Some(value()?),
             "--tls-key" => options.tls_key = Some(value()?),

@@ -11,6 +11,10 @@
 //! resumes when one frees. Every refusal is an RST, but at the limit with a refusal message (the
 //! message, then FIN).
 //!
+//! A shutdown stops the loop, which closes the listeners; with a drain window the loop first
+//! accepts through the window, and at its end takes the clients already queued, so that only
+//! clients arriving after the window are refused.
+//!
 //! Failed accepts fall in two groups:
 //! - per-connection failures: the client went away between SYN and `accept` (ECONNABORTED,
 //!   ECONNRESET), a firewall said no (EPERM), or the network under it hiccuped (ENETDOWN…). The
@@ -51,8 +55,9 @@ use crate::server::driver::{self, Proxied};
 use crate::server::limit::{AtLimit, Permit};
 use crate::server::manager::{AcceptTasks, Addresses, Admitted, Manager};
 use crate::server::reserve::{is_out_of_descriptors, Reserve};
+use crate::server::shutdown::Phase;
 use crate::stats::Count;
-use crate::tls::{Secure, TlsAcceptor};
+use crate::tls::{AcceptorCell, Secure, TlsAcceptor};
 
 /// First pause after a resource-shortage accept error (the design's default, after libuv and
 /// Go's net/http, which both start in the low milliseconds).
@@ -124,13 +129,13 @@ impl Reporter {
     }
 }
 
-/// A bound listener; for a TLS one, the acceptor its connections negotiate with; for a PROXY
-/// protocol one, its settings.
+/// A bound listener; for a TLS one, the acceptor its connections negotiate with (replaceable
+/// while it runs); for a PROXY protocol one, its settings.
 pub(crate) struct Listener {
     /// Shared only with the weak references of the server's handle, which duplicates it for a
     /// hand-off: the listener closes when this loop ends.
     pub(crate) listener: Arc<TcpListener>,
-    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) tls: Option<Arc<AcceptorCell>>,
     pub(crate) proxy: Option<Arc<ProxyProtocol>>,
     /// The local address of every connection it accepts, when that is known without asking the
     /// socket (`getsockname`, a system call per connection): the listener's own, for one bound to
@@ -161,7 +166,7 @@ async fn accept_any(listeners: &[Listener], next: &mut usize) -> io::Result<Acce
                     stream,
                     peer,
                     local: listener.accepts_on,
-                    tls: listener.tls.clone(),
+                    tls: listener.tls.as_deref().map(AcceptorCell::current),
                     proxy: listener.proxy.clone(),
                 }));
             }
@@ -269,6 +274,8 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
     let mut reporter = Reporter::new();
     let mut reserve = Reserve::new();
     let mut next = 0;
+    // The shutdown's drain window was open while accepting was on.
+    let mut in_window = false;
     // Waits for `ready` unless accepting is switched or a shutdown begins first (biased: a stop
     // or shutdown already signalled wins over a client or a slot that came at the same time).
     macro_rules! unless_changed {
@@ -282,10 +289,15 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
         };
     }
     loop {
-        if phase.borrow_and_update().is_draining() {
+        let now = *phase.borrow_and_update();
+        if now.is_draining() {
+            if in_window && *accepting.borrow() {
+                take_queued(&manager, &listeners).await;
+            }
             announced.set(&events, false);
             return;
         }
+        in_window = matches!(now, Phase::Accepting { .. });
         if !*accepting.borrow_and_update() {
             announced.set(&events, false);
             let _ = unless_changed!(std::future::pending::<()>());
@@ -389,6 +401,51 @@ fn refuse_at_limit(stream: &TcpStream, message: Option<&bytes::Bytes>) {
         // refusal plainly rather than a message cut short.
         _ => refuse(stream),
     }
+}
+
+/// At the end of a drain window, takes every client already queued on the listeners (at most a
+/// backlog's worth each), so that closing them resets none that connected while the window was
+/// open: those become connections like any other, and drain with the rest.
+async fn take_queued(manager: &Manager, listeners: &[Listener]) {
+    // Polled with the accept task's own waker, as in `refuse_pending`.
+    let queued = poll_fn(|cx| Poll::Ready(accept_queued(cx, listeners))).await;
+    if !queued.is_empty() {
+        tracing::debug!(
+            queued = queued.len(),
+            "drain window over: queued clients taken"
+        );
+    }
+    for accepted in queued {
+        match manager.admit() {
+            Some(permit) => take(manager, accepted, permit),
+            None => refuse_at_limit(&accepted.stream, manager.config().refusal_message.as_ref()),
+        }
+    }
+}
+
+/// Accepts from every listener until none has a client pending.
+fn accept_queued(cx: &mut Context<'_>, listeners: &[Listener]) -> Vec<Accepted> {
+    let mut queued = Vec::new();
+    for listener in listeners {
+        for _ in 0..REFUSE_BATCH {
+            match listener.listener.poll_accept(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Ok((stream, peer))) => queued.push(Accepted {
+                    stream,
+                    peer,
+                    local: listener.accepts_on,
+                    tls: listener.tls.as_deref().map(AcceptorCell::current),
+                    proxy: listener.proxy.clone(),
+                }),
+                Poll::Ready(Err(error)) if is_per_connection(&error) => {}
+                Poll::Ready(Err(error)) => {
+                    tracing::debug!(%error, "accept failed while taking queued clients");
+                    break;
+                }
+            }
+        }
+    }
+    queued
 }
 
 /// What refusing the pending connections achieved.

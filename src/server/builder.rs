@@ -31,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) timeouts: Timeouts,
     pub(crate) at_limit: AtLimit,
     pub(crate) shutdown_timeout: Duration,
+    /// How long a shutdown keeps accepting before it closes the listeners.
+    pub(crate) drain_window: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) close_discard_limit: usize,
     pub(crate) connect_timeout: Duration,
@@ -110,6 +112,7 @@ impl ServerBuilder {
                 timeouts: Timeouts::default(),
                 at_limit: AtLimit::StopAccepting,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                drain_window: Duration::ZERO,
                 close_timeout: DEFAULT_CLOSE_TIMEOUT,
                 close_discard_limit: DEFAULT_CLOSE_DISCARD_LIMIT,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -592,6 +595,53 @@ impl ServerBuilder {
     /// resets the rest. Default: [`DEFAULT_SHUTDOWN_TIMEOUT`] (30 s).
     pub fn shutdown_timeout(mut self, drain: Duration) -> Self {
         self.config.shutdown_timeout = drain;
+        self
+    }
+
+    /// The drain window: how long a shutdown goes on accepting, after
+    /// [`on_shutdown_initiated`](crate::Callbacks::on_shutdown_initiated), before it closes the
+    /// listeners and starts the [drain time](ServerBuilder::shutdown_timeout). For load balancers
+    /// that do not retry (Kubernetes Services, most cloud balancers): they go on routing to a
+    /// server for a few seconds after it is told to stop, and while the window is open those
+    /// clients are accepted and served instead of refused. The readiness check,
+    /// [`Server::is_shutting_down`], is `true` from the moment the shutdown begins, so a health
+    /// endpoint reports the server as going for the whole window.
+    ///
+    /// During the window the server runs as before; when it ends, every live connection, those
+    /// accepted in the window included, gets
+    /// [`on_shutdown_requested`](crate::Callbacks::on_shutdown_requested) and the drain time, as
+    /// [`Server::shutdown`] describes. A forced shutdown ([`Server::force_shutdown`], or a second
+    /// stop signal to [`Server::shutdown_on_signal`]) ends the window at once.
+    /// Default: zero, no window: the listeners close as soon as `on_shutdown_initiated` returns.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # struct App;
+    /// # impl switchboard::Callbacks for App {}
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// let server = switchboard::Server::builder()
+    ///     .bind("127.0.0.1:0")
+    ///     .drain_window(Duration::from_secs(10))
+    ///     .shutdown_timeout(Duration::from_secs(5))
+    ///     .start(App)
+    ///     .await?;
+    /// let address = server.local_addr().unwrap();
+    /// let shutdown = tokio::spawn({
+    ///     let server = server.clone();
+    ///     async move { server.shutdown().await }
+    /// });
+    /// # tokio::task::yield_now().await;
+    /// // Not ready any more, and still accepting for the rest of the window.
+    /// assert!(server.is_shutting_down());
+    /// let client = tokio::net::TcpStream::connect(address).await?;
+    /// # drop(client);
+    /// // (A test need not wait for the window: this ends it, and the drain, at once.)
+    /// server.force_shutdown().await;
+    /// # shutdown.await.unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn drain_window(mut self, window: Duration) -> Self {
+        self.config.drain_window = window;
         self
     }
 

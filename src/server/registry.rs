@@ -260,11 +260,15 @@ impl Registry {
         count
     }
 
-    /// Takes no more connections, and tells every live one that a shutdown has begun.
-    pub(crate) fn close(&self) {
+    /// Takes no more connections, and, if `tell`, tells every live one that a shutdown has begun
+    /// (not when the shutdown is forced: they are reset at once instead).
+    pub(crate) fn close(&self, tell: bool) {
         let live: Vec<Arc<Shared>> = {
             let mut inner = self.inner();
             inner.closed = true;
+            if !tell {
+                return;
+            }
             inner.connections.values().cloned().collect()
         };
         for shared in live {

@@ -1,7 +1,9 @@
 //! The shutdown, as one phase value that the accept loop, outgoing connects and the server's
-//! handle watch: running → initiating → draining (until a deadline) → forcing → complete, with
-//! its report. Whether a shutdown has begun is this value and nothing else, and only
-//! [`Shutdown`] writes it.
+//! handle watch: running → initiating → accepting (the drain window, if one is set) → draining
+//! (until a deadline) → forcing → complete, with its report. Whether a shutdown has begun is this
+//! value and nothing else, and only [`Shutdown`] writes it. A forced shutdown (a second stop
+//! signal) cuts the window and the drain short: it goes to forcing as soon as the listeners are
+//! closed.
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -17,6 +19,12 @@ pub(crate) enum Phase {
     /// A shutdown was asked for and `on_shutdown_initiated` runs; everything else goes on as
     /// before.
     Initiating,
+    /// `on_shutdown_initiated` has run and the drain window is open: the listeners still accept,
+    /// until `until`, so that a balancer still routing here loses nothing while it learns (from
+    /// the readiness check) that this server is going.
+    Accepting {
+        until: Instant,
+    },
     /// `on_shutdown_initiated` has run: accepting stops, connections are told and may finish
     /// until `deadline`.
     Draining {
@@ -31,7 +39,10 @@ pub(crate) enum Phase {
 impl Phase {
     /// Whether accepting has stopped for good: the drain, the forcing and after.
     pub(crate) fn is_draining(&self) -> bool {
-        !matches!(self, Phase::Running | Phase::Initiating)
+        !matches!(
+            self,
+            Phase::Running | Phase::Initiating | Phase::Accepting { .. }
+        )
     }
 }
 
@@ -39,12 +50,15 @@ impl Phase {
 #[derive(Debug)]
 pub(crate) struct Shutdown {
     phase: watch::Sender<Phase>,
+    /// Set once the shutdown is to be forced: no more drain window or drain time.
+    forced: watch::Sender<bool>,
 }
 
 impl Shutdown {
     pub(crate) fn new() -> Self {
         Shutdown {
             phase: watch::Sender::new(Phase::Running),
+            forced: watch::Sender::new(false),
         }
     }
 
@@ -66,6 +80,22 @@ impl Shutdown {
             }
             starting
         })
+    }
+
+    /// Asks the shutdown (begun or about to be) to cut its drain window and drain time short.
+    pub(crate) fn force(&self) {
+        self.forced.send_replace(true);
+    }
+
+    fn is_forced(&self) -> bool {
+        *self.forced.borrow()
+    }
+
+    /// Waits until the shutdown is to be forced.
+    async fn forced(&self) {
+        let mut forced = self.forced.subscribe();
+        // The sender lives as long as `self`.
+        let _ = forced.wait_for(|forced| *forced).await;
     }
 
     fn set(&self, phase: Phase) {
@@ -103,16 +133,29 @@ pub(crate) async fn run(manager: &Manager) {
         )
         .await;
     let shutdown = manager.shutdown();
+    let window = manager.config().drain_window;
+    if !window.is_zero() {
+        // The drain window (guarantee 21): everything goes on as before, accepting included.
+        let until = Instant::now() + window;
+        shutdown.set(Phase::Accepting { until });
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            () = shutdown.forced() => {}
+        }
+    }
     let deadline = Instant::now() + manager.config().shutdown_timeout;
     shutdown.set(Phase::Draining { deadline });
     // The accept loop stops, and its task of accepting events runs `on_stop_accepting_connections`,
     // before any connection hears of the shutdown.
     manager.accepting_stopped().await;
     let registry = manager.registry();
-    registry.close();
-    let drained = tokio::time::timeout_at(deadline, registry.drained())
-        .await
-        .is_ok();
+    registry.close(!shutdown.is_forced());
+    let drained = tokio::select! {
+        // Biased: a drain already done is not forced.
+        biased;
+        drained = tokio::time::timeout_at(deadline, registry.drained()) => drained.is_ok(),
+        () = shutdown.forced() => false,
+    };
     if !drained {
         shutdown.set(Phase::Forcing);
         registry

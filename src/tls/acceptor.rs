@@ -2,7 +2,7 @@
 //! acceptor of the TLS library's own.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpStream;
 
@@ -94,6 +94,42 @@ impl TlsAcceptor {
                 Ok(TlsStream::OpenSsl(stream))
             }
         }
+    }
+}
+
+/// A TLS listener's acceptor, which [`Server::set_tls_acceptor`](crate::Server::set_tls_acceptor)
+/// can replace while the listener runs. The accept loop takes a clone for each connection it
+/// accepts (one read lock, one reference count), so a replacement is atomic for new handshakes
+/// and never reaches a connection already accepted: it negotiates, and lives, with the acceptor
+/// it was given.
+#[derive(Debug)]
+pub(crate) struct AcceptorCell(RwLock<TlsAcceptor>);
+
+impl AcceptorCell {
+    pub(crate) fn new(acceptor: TlsAcceptor) -> Self {
+        AcceptorCell(RwLock::new(acceptor))
+    }
+
+    /// The acceptor for a connection accepted now.
+    pub(crate) fn current(&self) -> TlsAcceptor {
+        // A clone cannot panic while the lock is held, so a poisoned lock still holds an acceptor.
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Makes `acceptor` the one for connections accepted from now on.
+    pub(crate) fn replace(&self, acceptor: TlsAcceptor) {
+        let old = std::mem::replace(
+            &mut *self
+                .0
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            acceptor,
+        );
+        // Freed (if no connection holds it) outside the lock.
+        drop(old);
     }
 }
 

@@ -272,6 +272,12 @@ impl EchoServer {
         self.signal(libc::SIGTERM);
         self.reap(self.pid)
     }
+
+    /// Waits for the serving process to exit (told to by the test already) and returns how it
+    /// ended.
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        self.reap(self.pid)
+    }
 }
 
 impl Drop for EchoServer {

@@ -13,6 +13,7 @@ use crate::server::manager::Manager;
 use crate::server::open::{self, ListenOn, ListenOptions};
 use crate::server::Server;
 use crate::stats::Counters;
+use crate::tls::AcceptorCell;
 
 impl ServerBuilder {
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -131,7 +132,10 @@ impl ServerBuilder {
             let bound_here = matches!(bind.on, ListenOn::Address(_));
             let (listener, local_addr) = open::open(bind.on, &options)?;
             local_addrs.push(local_addr);
-            let tls = bind.tls.or_else(|| self.tls.clone());
+            let tls = bind
+                .tls
+                .or_else(|| self.tls.clone())
+                .map(|acceptor| Arc::new(AcceptorCell::new(acceptor)));
             listeners.push(Listener {
                 listener: Arc::new(listener),
                 tls,
@@ -148,8 +152,18 @@ impl ServerBuilder {
             .iter()
             .map(|listener| Arc::downgrade(&listener.listener))
             .collect::<Vec<_>>();
+        let acceptors = listeners
+            .iter()
+            .map(|listener| listener.tls.clone())
+            .collect::<Vec<_>>();
         let manager = self.into_manager(Box::new(callbacks));
-        let server = Server::started(manager.clone(), local_addrs.into(), handed_over.into()).await;
+        let server = Server::started(
+            manager.clone(),
+            local_addrs.into(),
+            handed_over.into(),
+            acceptors.into(),
+        )
+        .await;
         if !listeners.is_empty() {
             let tasks = accept::start(manager.clone(), listeners);
             manager.accept_started(tasks);
