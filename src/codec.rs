@@ -143,6 +143,7 @@ use crate::server::builder::ServerBuilder;
 use crate::server::callbacks::Callbacks;
 use crate::server::Server;
 
+pub(crate) use framed::{is_framed_with, queue_item, Queued};
 pub use framed::{FramedConnection, SendError};
 
 /// The default [maximum frame length](Framing::max_frame_length): 8 MiB, tokio-util's

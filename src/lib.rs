@@ -165,7 +165,7 @@ pub use defaults::{
     MAX_REFUSAL_MESSAGE,
 };
 pub use error::Error;
-pub use group::{BroadcastReport, ConnectionGroup, Delivery, WhenFull};
+pub use group::{BroadcastReport, ConnectionGroup, Delivery, GroupMap, WhenFull};
 pub use ids::{ConnectionId, Direction};
 pub use rate::ReadRate;
 pub use server::builder::ServerBuilder;
