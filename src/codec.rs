@@ -37,6 +37,11 @@
 //!   [`feed`](FramedConnection::feed) only encodes it, and [`flush`](FramedConnection::flush)
 //!   queues everything fed as one write. The frame layer flushes after the items of each read,
 //!   so `feed` in `on_frame` answers a pipelined batch with one write.
+//! - **One order**: everything posted to a connection reaches the peer in the order it was
+//!   posted, whatever the path: items fed or sent, [`Connection::write`]s, a goodbye, a group's
+//!   broadcast of bytes or of items ([`ConnectionGroup::broadcast_item`](crate::ConnectionGroup::broadcast_item),
+//!   through each member's codec). An item fed and not flushed yet is in that order from the
+//!   moment it is fed.
 //! - **TLS** is below all this: a framed server with [`tls`](crate::ServerBuilder::tls) decodes
 //!   the decrypted stream.
 //!

@@ -163,6 +163,18 @@ impl BroadcastReport {
 /// group's [`WhenFull`] says. Broadcasts to one group run one at a time, so every member gets
 /// them in the same order.
 ///
+/// **Items too.** On a framed server (see [`codec`](crate::codec)),
+/// [`broadcast_item`](ConnectionGroup::broadcast_item) sends an item through each member's own
+/// codec, and [`broadcast_encoded`](ConnectionGroup::broadcast_encoded) encodes it once for
+/// every member that has the same codec: no encoding by hand. [`GroupMap`](crate::GroupMap)
+/// keeps a group per key (the subscribers of each topic) and drops the groups that empty.
+///
+/// **One order.** For each member, a broadcast is posted like any write: everything posted to
+/// one connection, by any path (its own writes, a frame layer's fed or sent items, a goodbye,
+/// broadcasts of bytes or items, from its callbacks or from other tasks), reaches the peer in
+/// the order it was posted. A reply a member's `on_frame` fed before a broadcast that reaches
+/// it goes out first, even though it was not flushed yet (guarantee 15 in docs/guarantees.md).
+///
 /// Connection ids are unique within one server: keep one server's connections in a group.
 ///
 /// ```

@@ -71,10 +71,12 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     /// What is fed counts against the write queue's
     /// [limit](crate::ServerBuilder::write_queue_limit) as if it were queued: once the queue and
     /// the fed items reach it, the next item is refused before it is encoded, so a reply fed
-    /// item by item never takes more memory than the limit and one item. (The frame layer
-    /// delivers an item only while the queue and what was fed are below the high watermark, so
-    /// a reply of ordinary size fed there is taken.) A reply cut short that way leaves the peer with part of it; a protocol that cannot resume one
-    /// closes the connection.
+    /// item by item never takes more memory than the limit and one item. The frame layer
+    /// delivers an item only while the queue and what was fed are below the high watermark, but
+    /// that does not promise room for the reply: writes from other tasks (a group's broadcasts
+    /// above all) can fill the queue while [`on_frame`](super::FrameHandler::on_frame) runs, so
+    /// a reply fed there can be refused too; handle the error. A reply cut short that way leaves
+    /// the peer with part of it; a protocol that cannot resume one closes the connection.
     ///
     /// # Errors
     /// [`SendError::Encode`] if the encoder failed (nothing of the item is kept);
