@@ -7,6 +7,7 @@
 mod common;
 
 use std::io;
+use std::net::SocketAddr;
 
 use common::*;
 use switchboard::codec::{FrameHandler, FramedConnection, Framing};
@@ -15,7 +16,8 @@ use switchboard::tokio_util::codec::{
     Decoder, Encoder, LengthDelimitedCodec, LinesCodec, LinesCodecError,
 };
 use switchboard::{
-    async_trait, Bytes, BytesMut, Callbacks, Connection, Delivery, GroupMap, Server, WhenFull,
+    async_trait, Bytes, BytesMut, Callbacks, Connection, ConnectionGroup, Delivery, GroupMap,
+    Server, Slot, WhenFull,
 };
 
 /// Lines whose encoder numbers them, per connection: `3 text` is the third line this codec
@@ -312,4 +314,64 @@ async fn a_member_that_does_not_read_is_closed_as_the_maps_policy_says() {
     assert!(full.is_some(), "the queue never filled");
     // Closed gracefully: the member leaves, and with it the key.
     eventually("the slow member's key is dropped", || topics.is_empty()).await;
+}
+
+/// A member's own user data, in use (`UserData::with`) while its callback broadcasts to a group
+/// it is in: the broadcast finds each member's codec without touching the application's slots.
+struct Counting {
+    room: ConnectionGroup,
+    count: Slot<u32>,
+}
+
+#[async_trait]
+impl Callbacks for Counting {
+    async fn on_connection_established(&self, connection: &Connection, _: &SocketAddr) {
+        connection.user_data().set(self.count, 0);
+        self.room.insert(connection);
+    }
+}
+
+#[async_trait]
+impl FrameHandler for Counting {
+    type Codec = LinesCodec;
+
+    fn new_codec(&self, _: &Connection) -> LinesCodec {
+        LinesCodec::new()
+    }
+
+    async fn on_frame(&self, connection: &FramedConnection<'_, LinesCodec>, line: String) {
+        let sent = connection.user_data().with(self.count, |count| {
+            let count = count.get_or_insert(0);
+            *count += 1;
+            let line = format!("{count} {line}");
+            self.room
+                .broadcast_item::<LinesCodec, _>(line.as_str())
+                .sent()
+        });
+        assert_eq!(sent, self.room.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_from_inside_a_members_user_data_does_not_deadlock() {
+    let mut builder = Server::builder();
+    let count = builder.request_user_data_slot();
+    let room = ConnectionGroup::new();
+    let handler = Counting {
+        room: room.clone(),
+        count,
+    };
+    let server = builder
+        .start_framed_embedded(Framing::new(handler))
+        .await
+        .unwrap();
+    let mut one = server.connect(peer_addr(1)).await.unwrap();
+    let mut two = server.connect(peer_addr(2)).await.unwrap();
+    eventually("both joined", || room.len() == 2).await;
+    one.send("hello\n").unwrap();
+    expect(&mut one, "1 hello\n").await;
+    expect(&mut two, "1 hello\n").await;
+    two.send("hi\n").unwrap();
+    expect(&mut one, "1 hi\n").await;
+    expect(&mut two, "1 hi\n").await;
 }

@@ -51,7 +51,7 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     /// }
     /// ```
     pub fn of(connection: &'a Connection) -> Option<Self> {
-        let slot = connection.user_data().slot_holding::<FrameState<C>>()?;
+        let slot = connection.user_data().marked::<FrameState<C>>()?;
         Some(FramedConnection { connection, slot })
     }
 
@@ -195,7 +195,7 @@ pub(crate) fn queue_item<C, I>(shared: &Shared, item: I) -> Queued<<C as Encoder
 where
     C: Encoder<I> + Send + 'static,
 {
-    let Some(slot) = shared.user_data.slot_holding::<FrameState<C>>() else {
+    let Some(slot) = shared.user_data.marked::<FrameState<C>>() else {
         return Queued::NotFramed;
     };
     let queued = shared.user_data.with_value(slot, |state| {
@@ -219,7 +219,7 @@ where
 
 /// Whether the member `shared` is framed with a codec of type `C`.
 pub(crate) fn is_framed_with<C: Send + 'static>(shared: &Shared) -> bool {
-    shared.user_data.slot_holding::<FrameState<C>>().is_some()
+    shared.user_data.marked::<FrameState<C>>().is_some()
 }
 
 fn refused<E>(refusal: Error) -> Queued<E> {
