@@ -1,7 +1,8 @@
 //! `FramedClient` composes: a `Stream` of items and a `Sink` of items, driven with `select!`,
 //! `StreamExt::next`, `SinkExt::send`/`feed`/`close` and `StreamExt::split`, with a read timeout
-//! instead of timeouts by hand. Over real loopback sockets, against a framed line server of the
-//! same manager. Every wait is bounded.
+//! instead of timeouts by hand, and a sink that waits for room in the write queue. Over real
+//! loopback sockets, against a framed line server of the same manager or a slow reading peer.
+//! Every wait is bounded.
 
 mod common;
 
@@ -154,4 +155,64 @@ async fn a_read_timeout_says_timed_out_and_the_client_reads_on() {
     assert_eq!(next_line(&mut lines).await, "last");
     drop(lines);
     bounded("the shutdown", server.shutdown()).await;
+}
+
+/// The connections of the sink test's manager: no callbacks of their own.
+struct Quiet;
+
+impl Callbacks for Quiet {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_waits_for_room_in_the_write_queue_and_loses_nothing() {
+    const LIMIT: usize = 16 * 1024;
+    const LINES: usize = 1500;
+    let manager = Server::builder()
+        .write_queue_limit(LIMIT)
+        .write_watermarks(LIMIT, LIMIT / 2)
+        .start(Quiet)
+        .await
+        .unwrap();
+    // A peer with a small receive window that reads slowly: the client's queue fills.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let address = listener.local_addr().unwrap();
+    let reader = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut lines = switchboard::tokio_util::codec::FramedRead::new(stream, LinesCodec::new());
+        for i in 0..LINES {
+            let line = lines.next().await.expect("a line").unwrap();
+            assert!(
+                line.starts_with(&format!("{i:06} ")),
+                "line {i}: {line:.10}"
+            );
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    let mut lines = bounded("connect", manager.connect_client(address))
+        .await
+        .unwrap()
+        .framed(LinesCodec::new());
+    let filler = "x".repeat(1000);
+    let mut most = 0;
+    bounded("the sends", async {
+        for i in 0..LINES {
+            lines.send(format!("{i:06} {filler}")).await.unwrap();
+            most = most.max(lines.connection().queued_write_bytes());
+        }
+    })
+    .await;
+    bounded("the reader", reader).await.unwrap();
+    // Waited for room rather than failing: the queue reached its high mark and never went past
+    // the limit and one line.
+    assert!(
+        most >= LIMIT,
+        "the queue never reached its high mark: {most}"
+    );
+    assert!(most <= LIMIT + 1100, "{most}");
+    drop(lines);
+    bounded("the shutdown", manager.shutdown()).await;
 }
