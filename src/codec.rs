@@ -39,9 +39,9 @@
 //!   so `feed` in `on_frame` answers a pipelined batch with one write.
 //! - **One order**: everything posted to a connection reaches the peer in the order it was
 //!   posted, whatever the path: items fed or sent, [`Connection::write`]s, a goodbye, a group's
-//!   broadcast of bytes or of items ([`ConnectionGroup::broadcast_item`](crate::ConnectionGroup::broadcast_item),
-//!   through each member's codec). An item fed and not flushed yet is in that order from the
-//!   moment it is fed.
+//!   broadcast of bytes or of items (through each member's codec:
+//!   [`broadcast_item`](crate::ConnectionGroup::broadcast_item)). An item fed and not flushed
+//!   yet is in that order from the moment it is fed.
 //! - **TLS** is below all this: a framed server with [`tls`](crate::ServerBuilder::tls) decodes
 //!   the decrypted stream.
 //!

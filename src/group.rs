@@ -449,13 +449,12 @@ impl ConnectionGroup {
     }
 
     /// Queues `item` for every member framed with codec `C`, each encoding it with its own
-    /// codec (the one its server's [`FrameHandler::new_codec`](crate::codec::FrameHandler::new_codec)
-    /// made for it), so a codec with per-connection state (a sequence number, a compression
-    /// context) encodes it as that connection's next item. Otherwise as
-    /// [`broadcast`](ConnectionGroup::broadcast): it never waits, reports each member
-    /// ([`BroadcastReport`]), applies the group's [`WhenFull`], and keeps each member's one
-    /// order (the item goes out after everything posted to the member before, fed items
-    /// included). A member not framed with `C` is reported [`Delivery::NotFramed`], one whose
+    /// codec (the one [`new_codec`](crate::codec::FrameHandler::new_codec) made for it), so a
+    /// codec with per-connection state (a sequence number, a compression context) encodes it
+    /// as that connection's next item. Otherwise as [`broadcast`](ConnectionGroup::broadcast):
+    /// it never waits, reports each member ([`BroadcastReport`]), applies the group's
+    /// [`WhenFull`], and keeps each member's one order (the item goes out after everything
+    /// posted to the member before, fed items included). A member not framed with `C` is reported [`Delivery::NotFramed`], one whose
     /// encoder fails [`Delivery::EncodeFailed`]; neither gets anything.
     ///
     /// Each member encodes a clone of `item` (borrow it, as `&str` for `LinesCodec`, where the
