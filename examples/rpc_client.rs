@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::{SinkExt, StreamExt};
 use switchboard::codec::{FrameHandler, FramedConnection, Framing};
 use switchboard::tokio_util::codec::LengthDelimitedCodec;
 use switchboard::{async_trait, Bytes, BytesMut, Callbacks, Connection, Error, Server};
@@ -161,7 +162,7 @@ async fn client(
     for number in 0..options.requests {
         let (id, frame) = request(index, number, options.size);
         let outcome = match rpc.send(frame.clone()).await {
-            Ok(()) => rpc.next().await,
+            Ok(()) => rpc.next().await.transpose(),
             Err(error) => Err(error),
         };
         match outcome {

@@ -15,13 +15,20 @@
 //! like any other (`on_shutdown_requested`, whose default closes it), and its drain time bounds
 //! it.
 //!
-//! [`Client::framed`] puts a tokio-util codec on top: send items, await decoded items.
+//! [`Client::framed`] puts a tokio-util codec on top: a [`FramedClient`] is a `Stream` of
+//! decoded items and a `Sink` of items to send, with a read timeout of its own.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::{Sink, Stream};
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::closure::ClosureReason;
@@ -158,6 +165,8 @@ pub struct Client {
     deliveries: mpsc::UnboundedReceiver<Delivery>,
     /// The peer's FIN arrived: every later `recv` says so.
     peer_closed: bool,
+    /// A read was asked for and its data has not arrived yet: a poll asks for no other.
+    reading: bool,
     ended: Option<ClosureReason>,
 }
 
@@ -177,6 +186,7 @@ impl Client {
             connection,
             deliveries: receiver.0,
             peer_closed: false,
+            reading: false,
             ended: None,
         }
     }
@@ -205,15 +215,27 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe: data that arrives after the future is dropped waits for the next call.
     pub async fn recv(&mut self) -> Result<Option<BytesMut>, Error> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`recv`](Client::recv) as a poll: asks for a read if none is pending, and registers
+    /// `cx` to be woken when something arrives.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<BytesMut>, Error>> {
         if self.peer_closed {
-            return Ok(None);
+            return Poll::Ready(Ok(None));
         }
         if self.ended.is_some() {
-            return Err(Error::ConnectionClosed);
+            return Poll::Ready(Err(Error::ConnectionClosed));
         }
-        self.connection.read();
-        match self.deliveries.recv().await {
-            Some(Delivery::Data(data)) => Ok(Some(data)),
+        if !self.reading {
+            self.connection.read();
+            self.reading = true;
+        }
+        Poll::Ready(match ready!(self.deliveries.poll_recv(cx)) {
+            Some(Delivery::Data(data)) => {
+                self.reading = false;
+                Ok(Some(data))
+            }
             Some(Delivery::PeerClosed) => {
                 self.peer_closed = true;
                 Ok(None)
@@ -224,7 +246,7 @@ impl Client {
             }
             // The driver is gone without a word only if the runtime is shutting down.
             None => Err(Error::ConnectionClosed),
-        }
+        })
     }
 
     /// Why the connection ended, once [`recv`](Client::recv) has seen it end.
@@ -232,8 +254,8 @@ impl Client {
         self.ended
     }
 
-    /// Puts `codec` on the connection: [`FramedClient::send`] encodes items,
-    /// [`FramedClient::next`] awaits decoded ones.
+    /// Puts `codec` on the connection: a [`FramedClient`], a [`Stream`] of decoded items and a
+    /// [`Sink`] of items to encode.
     pub fn framed<C>(self, codec: C) -> FramedClient<C> {
         FramedClient {
             client: self,
@@ -241,19 +263,60 @@ impl Client {
             buffer: BytesMut::new(),
             out: BytesMut::new(),
             eof: false,
+            finished: false,
+            read_timeout: None,
+            deadline: None,
+            waiting: None,
         }
     }
 }
 
-/// An awaited client connection with a codec: items in, items out. From [`Client::framed`].
+/// How much a [`FramedClient`] holds encoded before [`Sink::poll_ready`] queues it: items fed
+/// with `SinkExt::feed` go out together up to this size (tokio-util's `FramedWrite` boundary).
+const SINK_BOUNDARY: usize = 8 * 1024;
+
+/// An awaited client connection with a codec: a [`Stream`] of the items decoded from what the
+/// peer sends, and a [`Sink`] of items to encode and send. From [`Client::framed`].
+///
+/// It composes as tokio-util's `Framed` does: `StreamExt::next` and `SinkExt::send` from
+/// `futures`, `tokio::select!` over `next()` and other futures, and
+/// [`StreamExt::split`](futures::StreamExt::split) into a reading half and a writing half for two
+/// tasks. A [read timeout](FramedClient::read_timeout) bounds the wait for each item.
+///
+/// - **The stream** yields `Ok(item)` for each whole item, in order; ends (`None`) after the
+///   peer's FIN once every whole item before it was yielded (what is left then goes to the
+///   codec's `decode_eof`, whose default refuses a partial item with an error); and ends after
+///   an error of the codec, or an [`io::Error`] converted into the codec's error type when the
+///   connection ended otherwise than by the peer's FIN (`ConnectionAborted`, from
+///   [`Error::ConnectionClosed`]; [`Client::closure`] then says why). A read timeout is an
+///   [`io::ErrorKind::TimedOut`] error that does not end it.
+/// - **The sink** encodes each item into a buffer; `poll_flush` queues the buffer as one write
+///   once the connection's write queue has room (as [`Connection::write_all`] waits), and
+///   `poll_close` flushes, then shuts the write side down ([`Connection::shutdown_write`]: FIN
+///   once sent, and reading goes on). `SinkExt::send` flushes each item; `SinkExt::feed` leaves
+///   up to 8 KiB together for one write. An error is the codec's, or an [`io::Error`]
+///   (converted) once the connection takes no more writes.
 ///
 /// ```no_run
+/// use std::time::Duration;
+/// use futures::{SinkExt, StreamExt};
 /// use switchboard::tokio_util::codec::LinesCodec;
 /// # async fn example(server: switchboard::Server, address: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
-/// let mut lines = server.connect_client(address).await?.framed(LinesCodec::new());
+/// let mut lines = server
+///     .connect_client(address)
+///     .await?
+///     .framed(LinesCodec::new())
+///     .read_timeout(Duration::from_secs(5));
 /// lines.send("NICK ada").await?;
-/// if let Some(line) = lines.next().await? {
-///     println!("the server said {line}");
+/// let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// loop {
+///     tokio::select! {
+///         line = lines.next() => match line {
+///             Some(line) => println!("the server said {}", line?),
+///             None => break,
+///         },
+///         _ = tick.tick() => lines.send("PING").await?,
+///     }
 /// }
 /// # Ok(()) }
 /// ```
@@ -263,9 +326,26 @@ pub struct FramedClient<C> {
     codec: C,
     /// Received bytes not decoded yet.
     buffer: BytesMut,
-    /// Encoding space, reused.
+    /// Items encoded and not yet queued.
     out: BytesMut,
     eof: bool,
+    /// The stream has ended: it yields nothing more.
+    finished: bool,
+    read_timeout: Option<Duration>,
+    /// When the wait for the current item times out: set at the first poll that waits, cleared
+    /// when an item (or the timeout) is yielded.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// A flush waiting for room in the write queue.
+    waiting: Option<Writable>,
+}
+
+/// A wait for room in a connection's write queue, holding a handle of its own.
+struct Writable(Pin<Box<dyn Future<Output = Result<(), Error>> + Send + Sync>>);
+
+impl std::fmt::Debug for Writable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writable")
+    }
 }
 
 impl<C> FramedClient<C> {
@@ -279,55 +359,157 @@ impl<C> FramedClient<C> {
         self.client.connection()
     }
 
-    /// The codec, and the bytes received but not decoded yet.
+    /// With a read timeout: the stream yields an [`io::ErrorKind::TimedOut`] error (converted
+    /// into the codec's error type) when no item arrived within `timeout` of the first poll
+    /// that waited for it. The wait is for a whole item: a peer that trickles the bytes of one
+    /// item slowly times out too. The timeout does not end the stream or the connection: poll
+    /// again to wait again, or drop the client (which closes the connection). No timeout by
+    /// default.
+    #[must_use]
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.set_read_timeout(Some(timeout));
+        self
+    }
+
+    /// Sets or clears (`None`) the [read timeout](FramedClient::read_timeout); a wait under way
+    /// starts again with the new one.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+        self.deadline = None;
+    }
+
+    /// The codec, and the bytes received but not decoded yet. Items fed to the sink and not
+    /// flushed are dropped.
     pub fn into_parts(self) -> (Client, C, BytesMut) {
         (self.client, self.codec, self.buffer)
     }
-}
 
-impl<C: Decoder> FramedClient<C> {
-    /// The next decoded item; `None` once the peer has sent FIN and every whole item before it
-    /// was returned (what is left then goes to the codec's `decode_eof`, whose default refuses a
-    /// partial item with an error).
-    ///
-    /// # Errors
-    /// The codec's error for bytes it cannot decode; an [`io::Error`] (converted into the
-    /// codec's error type) when the connection ended otherwise than by the peer's FIN.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: bytes received are kept for the next call.
-    pub async fn next(&mut self) -> Result<Option<C::Item>, C::Error> {
+    /// Queues the encoded items once the write queue has room.
+    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            if self.eof {
-                return self.codec.decode_eof(&mut self.buffer);
+            if self.out.is_empty() {
+                return Poll::Ready(Ok(()));
             }
-            if let Some(item) = self.codec.decode(&mut self.buffer)? {
-                return Ok(Some(item));
+            if let Some(waiting) = &mut self.waiting {
+                let room = ready!(waiting.0.as_mut().poll(cx));
+                self.waiting = None;
+                room?;
             }
-            match self.client.recv().await {
-                Ok(Some(data)) if self.buffer.is_empty() => self.buffer = data,
-                Ok(Some(data)) => self.buffer.extend_from_slice(&data),
-                Ok(None) => self.eof = true,
-                Err(error) => return Err(io::Error::from(error).into()),
+            let connection = self.client.connection();
+            match connection.shared().mailbox.has_room() {
+                Ok(true) => {}
+                Ok(false) => {
+                    let connection = connection.clone();
+                    self.waiting = Some(Writable(Box::pin(
+                        async move { connection.writable().await },
+                    )));
+                    continue;
+                }
+                Err(error) => return Poll::Ready(Err(error.into())),
+            }
+            let data = self.out.split().freeze();
+            match connection.write(data) {
+                Ok(()) => return Poll::Ready(Ok(())),
+                Err(refused) => match refused.into_parts() {
+                    // Another writer took the room first: wait again.
+                    (Error::WriteQueueFull { .. }, data) => {
+                        self.out = data
+                            .try_into_mut()
+                            .unwrap_or_else(|data| BytesMut::from(&data[..]));
+                    }
+                    (error, _) => return Poll::Ready(Err(error.into())),
+                },
             }
         }
     }
 }
 
-impl<C> FramedClient<C> {
-    /// Encodes `item` and queues it once the write queue has room.
-    ///
-    /// # Errors
-    /// The codec's error, or an [`io::Error`] (converted) if the connection takes no more writes.
-    pub async fn send<I>(&mut self, item: I) -> Result<(), <C as Encoder<I>>::Error>
-    where
-        C: Encoder<I>,
-    {
-        self.codec.encode(item, &mut self.out)?;
-        let bytes = self.out.split().freeze();
-        self.client
-            .send(bytes)
-            .await
-            .map_err(|error| io::Error::from(error).into())
+impl<C: Decoder + Unpin> Stream for FramedClient<C> {
+    type Item = Result<C::Item, C::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            let decoded = if this.eof {
+                this.codec.decode_eof(&mut this.buffer)
+            } else {
+                this.codec.decode(&mut this.buffer)
+            };
+            match decoded {
+                Ok(Some(item)) => {
+                    this.deadline = None;
+                    return Poll::Ready(Some(Ok(item)));
+                }
+                Ok(None) if this.eof => {
+                    this.finished = true;
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    this.finished = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+            match this.client.poll_recv(cx) {
+                Poll::Ready(Ok(Some(data))) if this.buffer.is_empty() => this.buffer = data,
+                Poll::Ready(Ok(Some(data))) => this.buffer.extend_from_slice(&data),
+                Poll::Ready(Ok(None)) => this.eof = true,
+                Poll::Ready(Err(error)) => {
+                    this.finished = true;
+                    return Poll::Ready(Some(Err(io::Error::from(error).into())));
+                }
+                Poll::Pending => return this.poll_timeout(cx),
+            }
+        }
+    }
+}
+
+impl<C: Decoder> FramedClient<C> {
+    /// Nothing arrived: pending, or the read timeout's error if it has passed.
+    fn poll_timeout(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<C::Item, C::Error>>> {
+        let Some(timeout) = self.read_timeout else {
+            return Poll::Pending;
+        };
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(deadline.as_mut().poll(cx));
+        self.deadline = None;
+        let timed_out = io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no item within the read timeout of {timeout:?}"),
+        );
+        Poll::Ready(Some(Err(timed_out.into())))
+    }
+}
+
+impl<C: Encoder<I> + Unpin, I> Sink<I> for FramedClient<C> {
+    type Error = C::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        if this.out.len() >= SINK_BOUNDARY {
+            ready!(this.poll_flush_out(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: I) -> Result<(), Self::Error> {
+        let this = self.get_mut();
+        this.codec.encode(item, &mut this.out)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(ready!(self.get_mut().poll_flush_out(cx)).map_err(Into::into))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        ready!(this.poll_flush_out(cx))?;
+        this.client.connection().shutdown_write();
+        Poll::Ready(Ok(()))
     }
 }

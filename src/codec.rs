@@ -37,6 +37,11 @@
 //!   [`feed`](FramedConnection::feed) only encodes it, and [`flush`](FramedConnection::flush)
 //!   queues everything fed as one write. The frame layer flushes after the items of each read,
 //!   so `feed` in `on_frame` answers a pipelined batch with one write.
+//! - **One order**: everything posted to a connection reaches the peer in the order it was
+//!   posted, whatever the path: items fed or sent, [`Connection::write`]s, a goodbye, a group's
+//!   broadcast of bytes or of items (through each member's codec:
+//!   [`broadcast_item`](crate::ConnectionGroup::broadcast_item)). An item fed and not flushed
+//!   yet is in that order from the moment it is fed.
 //! - **TLS** is below all this: a framed server with [`tls`](crate::ServerBuilder::tls) decodes
 //!   the decrypted stream.
 //!
@@ -146,6 +151,7 @@ use crate::server::builder::ServerBuilder;
 use crate::server::callbacks::Callbacks;
 use crate::server::Server;
 
+pub(crate) use framed::{is_framed_with, queue_item, Queued};
 pub use framed::{FramedConnection, SendError};
 
 /// The default [maximum frame length](Framing::max_frame_length): 8 MiB, tokio-util's

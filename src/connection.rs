@@ -232,8 +232,9 @@ impl Connection {
     /// whatever the path (a write, a [`goodbye`](Connection::goodbye), a frame layer's
     /// [`feed`](crate::codec::FramedConnection::feed) or
     /// [`send`](crate::codec::FramedConnection::send), a group's
-    /// [`broadcast`](crate::ConnectionGroup::broadcast)): what a frame layer fed and did not
-    /// flush yet goes out before this write.
+    /// [`broadcast`](crate::ConnectionGroup::broadcast) of bytes or
+    /// [of items](crate::ConnectionGroup::broadcast_item)), from the connection's callbacks or
+    /// from other tasks: what a frame layer fed and did not flush yet goes out before this write.
     ///
     /// # Errors
     /// A refused write gives its buffer back in the [`WriteError`], with the reason:

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::Encoder;
 
+use crate::codec::{self, Queued};
 use crate::connection::closing_hooks::ClosingHook;
 use crate::connection::weak::WeakConnection;
 use crate::connection::{Connection, Shared};
@@ -47,6 +49,13 @@ pub enum Delivery {
     /// A member that closes leaves its groups by itself; until its connection's task has taken
     /// the close, a broadcast can still meet it.
     Closed,
+    /// An item broadcast ([`broadcast_item`](ConnectionGroup::broadcast_item)) met a member that
+    /// is not framed with the codec named (a connection of a server without frames, or with
+    /// another codec): nothing was queued.
+    NotFramed,
+    /// The member's encoder refused the item
+    /// ([`broadcast_item`](ConnectionGroup::broadcast_item)): nothing was queued.
+    EncodeFailed,
 }
 
 /// What a broadcast did, member by member.
@@ -57,6 +66,7 @@ pub struct BroadcastReport {
     high: usize,
     queue_full: usize,
     closed: usize,
+    not_encoded: usize,
 }
 
 impl BroadcastReport {
@@ -72,6 +82,7 @@ impl BroadcastReport {
             Delivery::Sent => self.sent += 1,
             Delivery::QueueFull => self.queue_full += 1,
             Delivery::Closed => self.closed += 1,
+            Delivery::NotFramed | Delivery::EncodeFailed => self.not_encoded += 1,
         }
         self.deliveries.push((id, delivery));
     }
@@ -119,6 +130,12 @@ impl BroadcastReport {
     pub fn closed(&self) -> usize {
         self.closed
     }
+
+    /// How many members an item broadcast could not encode the item for
+    /// ([`Delivery::NotFramed`] and [`Delivery::EncodeFailed`]).
+    pub fn not_encoded(&self) -> usize {
+        self.not_encoded
+    }
 }
 
 /// A set of connections to talk to together (a chat room, the subscribers of a topic), keyed
@@ -145,6 +162,18 @@ impl BroadcastReport {
 /// happened to each ([`BroadcastReport`]); a member whose queue is full is dealt with as the
 /// group's [`WhenFull`] says. Broadcasts to one group run one at a time, so every member gets
 /// them in the same order.
+///
+/// **Items too.** On a framed server (see [`codec`](crate::codec)),
+/// [`broadcast_item`](ConnectionGroup::broadcast_item) sends an item through each member's own
+/// codec, and [`broadcast_encoded`](ConnectionGroup::broadcast_encoded) encodes it once for
+/// every member that has the same codec: no encoding by hand. [`GroupMap`](crate::GroupMap)
+/// keeps a group per key (the subscribers of each topic) and drops the groups that empty.
+///
+/// **One order.** For each member, a broadcast is posted like any write: everything posted to
+/// one connection, by any path (its own writes, a frame layer's fed or sent items, a goodbye,
+/// broadcasts of bytes or items, from its callbacks or from other tasks), reaches the peer in
+/// the order it was posted. A reply a member's `on_frame` fed before a broadcast that reaches
+/// it goes out first, even though it was not flushed yet (guarantee 15 in docs/guarantees.md).
 ///
 /// Connection ids are unique within one server: keep one server's connections in a group.
 ///
@@ -192,7 +221,13 @@ pub struct ConnectionGroup {
 pub(crate) struct GroupInner {
     members: Mutex<HashMap<ConnectionId, Arc<Shared>>>,
     when_full: WhenFull,
+    /// A [`GroupMap`](crate::GroupMap)'s group: told, without the members' lock, when a member's
+    /// leave (its close, or a [`remove`](ConnectionGroup::remove)) leaves the group empty.
+    emptied: Option<Emptied>,
 }
+
+/// What a [`GroupMap`](crate::GroupMap)'s group calls when a leave empties it.
+pub(crate) type Emptied = Box<dyn Fn(&GroupInner) + Send + Sync>;
 
 impl GroupInner {
     fn members(&self) -> MutexGuard<'_, HashMap<ConnectionId, Arc<Shared>>> {
@@ -203,15 +238,29 @@ impl GroupInner {
     }
 
     /// Removes member `id` if it is the connection `shared` (and not another server's
-    /// connection with the same number).
-    fn remove_member(&self, id: ConnectionId, shared: &Arc<Shared>) {
+    /// connection with the same number); `true` if that left the group empty.
+    fn remove_member(&self, id: ConnectionId, shared: &Arc<Shared>) -> bool {
         let mut members = self.members();
         if members
             .get(&id)
             .is_some_and(|member| Arc::ptr_eq(member, shared))
         {
             members.remove(&id);
+            return members.is_empty();
         }
+        false
+    }
+
+    /// Tells the group's map, if it has one, that a leave emptied it.
+    fn emptied(&self) {
+        if let Some(emptied) = &self.emptied {
+            emptied(self);
+        }
+    }
+
+    /// Whether there are no members.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members().is_empty()
     }
 }
 
@@ -227,8 +276,25 @@ impl ConnectionGroup {
             inner: Arc::new(GroupInner {
                 members: Mutex::default(),
                 when_full,
+                emptied: None,
             }),
         }
+    }
+
+    /// A [`GroupMap`](crate::GroupMap)'s group, which tells `emptied` when a leave empties it.
+    pub(crate) fn of_map(when_full: WhenFull, emptied: Emptied) -> Self {
+        ConnectionGroup {
+            inner: Arc::new(GroupInner {
+                members: Mutex::default(),
+                when_full,
+                emptied: Some(emptied),
+            }),
+        }
+    }
+
+    /// Whether `inner` is this group's state.
+    pub(crate) fn is(&self, inner: &GroupInner) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.inner), inner)
     }
 
     /// What broadcasts do to a member whose queue is full.
@@ -274,7 +340,14 @@ impl ConnectionGroup {
 
     /// Removes member `id`; `true` if it was one.
     pub fn remove(&self, id: ConnectionId) -> bool {
-        self.inner.members().remove(&id).is_some()
+        let (removed, empty) = {
+            let mut members = self.inner.members();
+            (members.remove(&id).is_some(), members.is_empty())
+        };
+        if removed && empty {
+            self.inner.emptied();
+        }
+        removed
     }
 
     /// Whether `id` is a member.
@@ -375,9 +448,131 @@ impl ConnectionGroup {
         self.send(data.into(), Some(except))
     }
 
+    /// Queues `item` for every member framed with codec `C`, each encoding it with its own
+    /// codec (the one [`new_codec`](crate::codec::FrameHandler::new_codec) made for it), so a
+    /// codec with per-connection state (a sequence number, a compression context) encodes it
+    /// as that connection's next item. Otherwise as [`broadcast`](ConnectionGroup::broadcast):
+    /// it never waits, reports each member ([`BroadcastReport`]), applies the group's
+    /// [`WhenFull`], and keeps each member's one order (the item goes out after everything
+    /// posted to the member before, fed items included). A member not framed with `C` is reported [`Delivery::NotFramed`], one whose
+    /// encoder fails [`Delivery::EncodeFailed`]; neither gets anything.
+    ///
+    /// Each member encodes a clone of `item` (borrow it, as `&str` for `LinesCodec`, where the
+    /// codec takes references). For a codec whose bytes do not depend on the connection,
+    /// [`broadcast_encoded`](ConnectionGroup::broadcast_encoded) encodes once for all.
+    ///
+    /// ```
+    /// use switchboard::tokio_util::codec::LinesCodec;
+    /// use switchboard::ConnectionGroup;
+    ///
+    /// fn publish(topic: &ConnectionGroup, line: &str) -> usize {
+    ///     topic.broadcast_item::<LinesCodec, _>(line).sent()
+    /// }
+    /// ```
+    pub fn broadcast_item<C, I>(&self, item: I) -> BroadcastReport
+    where
+        C: Encoder<I> + Send + 'static,
+        I: Clone,
+    {
+        self.send_with(None, |member| {
+            codec::queue_item::<C, I>(member, item.clone())
+        })
+    }
+
+    /// [`broadcast_item`](ConnectionGroup::broadcast_item) to every member but `except`.
+    pub fn broadcast_item_except<C, I>(&self, item: I, except: ConnectionId) -> BroadcastReport
+    where
+        C: Encoder<I> + Send + 'static,
+        I: Clone,
+    {
+        self.send_with(Some(except), |member| {
+            codec::queue_item::<C, I>(member, item.clone())
+        })
+    }
+
+    /// Encodes `item` once, with `encoder`, and queues the same [`Bytes`] for every member
+    /// framed with a codec of the same type `C` (others are reported [`Delivery::NotFramed`]);
+    /// otherwise as [`broadcast_item`](ConnectionGroup::broadcast_item). For a codec whose bytes
+    /// do not depend on the connection (tokio-util's `LinesCodec`, `BytesCodec`, or a
+    /// `LengthDelimitedCodec` with the members' settings): one encoding and one buffer for the
+    /// whole group, as [`broadcast`](ConnectionGroup::broadcast) has, without encoding by hand.
+    ///
+    /// ```
+    /// use switchboard::tokio_util::codec::LinesCodec;
+    /// use switchboard::ConnectionGroup;
+    ///
+    /// # fn example(room: &ConnectionGroup) {
+    /// match room.broadcast_encoded(&mut LinesCodec::new(), "the server restarts at noon") {
+    ///     Ok(report) => println!("{} members got it", report.sent()),
+    ///     Err(error) => eprintln!("not sent: {error}"),
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The encoder's error; nothing was queued for anyone.
+    pub fn broadcast_encoded<C, I>(
+        &self,
+        encoder: &mut C,
+        item: I,
+    ) -> Result<BroadcastReport, <C as Encoder<I>>::Error>
+    where
+        C: Encoder<I> + Send + 'static,
+    {
+        self.send_encoded(encoder, item, None)
+    }
+
+    /// [`broadcast_encoded`](ConnectionGroup::broadcast_encoded) to every member but `except`.
+    ///
+    /// # Errors
+    /// As for [`broadcast_encoded`](ConnectionGroup::broadcast_encoded).
+    pub fn broadcast_encoded_except<C, I>(
+        &self,
+        encoder: &mut C,
+        item: I,
+        except: ConnectionId,
+    ) -> Result<BroadcastReport, <C as Encoder<I>>::Error>
+    where
+        C: Encoder<I> + Send + 'static,
+    {
+        self.send_encoded(encoder, item, Some(except))
+    }
+
+    fn send_encoded<C, I>(
+        &self,
+        encoder: &mut C,
+        item: I,
+        except: Option<ConnectionId>,
+    ) -> Result<BroadcastReport, <C as Encoder<I>>::Error>
+    where
+        C: Encoder<I> + Send + 'static,
+    {
+        let mut encoded = BytesMut::new();
+        encoder.encode(item, &mut encoded)?;
+        let data = encoded.freeze();
+        Ok(self.send_with(except, |member| {
+            if codec::is_framed_with::<C>(member) {
+                written::<()>(member, data.clone())
+            } else {
+                Queued::NotFramed
+            }
+        }))
+    }
+
     fn send(&self, data: Bytes, except: Option<ConnectionId>) -> BroadcastReport {
+        self.send_with(except, |member| written::<()>(member, data.clone()))
+    }
+
+    /// Runs `deliver` for every member but `except` that is not closing, and reports what it
+    /// did.
+    fn send_with<E>(
+        &self,
+        except: Option<ConnectionId>,
+        mut deliver: impl FnMut(&Arc<Shared>) -> Queued<E>,
+    ) -> BroadcastReport {
         // Held throughout: broadcasts to one group reach every member in the same order. Only
-        // non-blocking work runs under it (each member's write is a short lock of its inbox).
+        // non-blocking work runs under it (each member's write is a short lock of its inbox, an
+        // item's encoding a short lock of its frame state).
         let members = self.inner.members();
         let mut report = BroadcastReport::with_capacity(members.len());
         for (&id, member) in members.iter() {
@@ -390,21 +585,32 @@ impl ConnectionGroup {
             let delivery = if member.mailbox.is_sealed() {
                 Delivery::Closed
             } else {
-                match member.mailbox.write_is_high(data.clone()) {
-                    Ok(high) => {
+                match deliver(member) {
+                    Queued::Sent { high } => {
                         report.high += usize::from(high);
                         Delivery::Sent
                     }
-                    Err((Error::WriteQueueFull { .. }, _)) => {
+                    Queued::Full => {
                         self.treat_full(member);
                         Delivery::QueueFull
                     }
-                    Err(_) => Delivery::Closed,
+                    Queued::Closed => Delivery::Closed,
+                    Queued::NotFramed => Delivery::NotFramed,
+                    Queued::Encode(_) => Delivery::EncodeFailed,
                 }
             };
             report.push(id, delivery);
         }
         report
+    }
+}
+
+/// Queues `data` for `member`, as [`Connection::write`] does.
+fn written<E>(member: &Shared, data: Bytes) -> Queued<E> {
+    match member.mailbox.write_is_high(data) {
+        Ok(high) => Queued::Sent { high },
+        Err((Error::WriteQueueFull { .. }, _)) => Queued::Full,
+        Err(_) => Queued::Closed,
     }
 }
 
@@ -435,7 +641,9 @@ impl fmt::Debug for ConnectionGroup {
 impl ClosingHook for GroupInner {
     /// A member leaves when its connection starts closing.
     fn connection_closing(&self, connection: &Arc<Shared>) {
-        self.remove_member(connection.id, connection);
+        if self.remove_member(connection.id, connection) {
+            self.emptied();
+        }
     }
 }
 
@@ -446,6 +654,10 @@ impl fmt::Debug for GroupInner {
             .finish_non_exhaustive()
     }
 }
+
+mod map;
+
+pub use map::GroupMap;
 
 #[cfg(test)]
 mod tests;

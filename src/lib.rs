@@ -40,7 +40,9 @@
 //!   connection, each with its own [`ClosureReason`].
 //! - **Groups and weak handles**: a [`WeakConnection`] ([`Connection::downgrade`]) does not keep
 //!   its connection open; nor does a [`ConnectionGroup`], which forgets members as they close
-//!   and [broadcasts](ConnectionGroup::broadcast) without waiting for a slow member.
+//!   and [broadcasts](ConnectionGroup::broadcast) without waiting for a slow member (bytes, or
+//!   [items through each member's codec](ConnectionGroup::broadcast_item)); a [`GroupMap`]
+//!   keeps a group per key and drops the groups that empty.
 //!   [`Server::connection`] and [`Server::connections`] find live connections.
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
@@ -160,7 +162,7 @@ pub use defaults::{
     MAX_REFUSAL_MESSAGE,
 };
 pub use error::Error;
-pub use group::{BroadcastReport, ConnectionGroup, Delivery, WhenFull};
+pub use group::{BroadcastReport, ConnectionGroup, Delivery, GroupMap, WhenFull};
 pub use ids::{ConnectionId, Direction};
 pub use rate::ReadRate;
 pub use server::builder::ServerBuilder;

@@ -171,9 +171,11 @@ fn flush_keeping<C>(connection: &Connection, state: &mut FrameState<C>) {
 impl<H: FrameHandler> Callbacks for Adapter<H> {
     async fn on_connection_established(&self, connection: &Connection, address: &SocketAddr) {
         let codec = self.handler.new_codec(connection);
-        connection
-            .user_data()
-            .set(self.slot, FrameState::new(codec));
+        let user_data = connection.user_data();
+        user_data.set(self.slot, FrameState::new(codec));
+        // Found by `FramedConnection::of` and a group's item broadcasts without locking the
+        // application's slots.
+        user_data.mark(self.slot);
         self.handler
             .on_connection_established(connection, address)
             .await;

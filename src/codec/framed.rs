@@ -8,7 +8,7 @@ use tokio_util::codec::Encoder;
 
 use super::state::FrameState;
 use crate::connection::user_data::Slot;
-use crate::connection::{Connection, WriteError};
+use crate::connection::{Connection, Shared, WriteError};
 use crate::error::Error;
 
 /// A [`Connection`] of a framed server, seen through its codec: everything a `Connection` does
@@ -51,7 +51,7 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     /// }
     /// ```
     pub fn of(connection: &'a Connection) -> Option<Self> {
-        let slot = connection.user_data().slot_holding::<FrameState<C>>()?;
+        let slot = connection.user_data().marked::<FrameState<C>>()?;
         Some(FramedConnection { connection, slot })
     }
 
@@ -71,10 +71,12 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     /// What is fed counts against the write queue's
     /// [limit](crate::ServerBuilder::write_queue_limit) as if it were queued: once the queue and
     /// the fed items reach it, the next item is refused before it is encoded, so a reply fed
-    /// item by item never takes more memory than the limit and one item. (The frame layer
-    /// delivers an item only while the queue and what was fed are below the high watermark, so
-    /// a reply of ordinary size fed there is taken.) A reply cut short that way leaves the peer with part of it; a protocol that cannot resume one
-    /// closes the connection.
+    /// item by item never takes more memory than the limit and one item. The frame layer
+    /// delivers an item only while the queue and what was fed are below the high watermark, but
+    /// that does not promise room for the reply: writes from other tasks (a group's broadcasts
+    /// above all) can fill the queue while [`on_frame`](super::FrameHandler::on_frame) runs, so
+    /// a reply fed there can be refused too; handle the error. A reply cut short that way leaves
+    /// the peer with part of it; a protocol that cannot resume one closes the connection.
     ///
     /// # Errors
     /// [`SendError::Encode`] if the encoder failed (nothing of the item is kept);
@@ -167,6 +169,63 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
         self.connection
             .user_data()
             .with_value(self.slot, |state| state.map(f))
+    }
+}
+
+/// How a group's item broadcast went for one member (see [`queue_item`]).
+#[derive(Debug)]
+pub(crate) enum Queued<E> {
+    /// Queued; whether the queue is then at or above its high watermark.
+    Sent { high: bool },
+    /// The connection's frame state does not hold a codec of this type (another server's
+    /// codec, a server without frames, or a connection released).
+    NotFramed,
+    /// The member's encoder refused the item.
+    Encode(E),
+    /// The write queue, with what was fed, is at its limit: not encoded.
+    Full,
+    /// The connection takes no more writes.
+    Closed,
+}
+
+/// Encodes `item` with the member `shared`'s own codec and queues it as one write, after what
+/// was fed and not flushed: a group's broadcast of an item, for one member. Refused before it is
+/// encoded when the queue is at its limit, as [`FramedConnection::feed`] refuses.
+pub(crate) fn queue_item<C, I>(shared: &Shared, item: I) -> Queued<<C as Encoder<I>>::Error>
+where
+    C: Encoder<I> + Send + 'static,
+{
+    let Some(slot) = shared.user_data.marked::<FrameState<C>>() else {
+        return Queued::NotFramed;
+    };
+    let queued = shared.user_data.with_value(slot, |state| {
+        let state = state?;
+        if let Some(refusal) = shared.mailbox.full_for_staging() {
+            return Some(refused(refusal));
+        }
+        state.scratch.clear();
+        if let Err(error) = state.codec.encode(item, &mut state.scratch) {
+            state.scratch.clear();
+            return Some(Queued::Encode(error));
+        }
+        let encoded = state.scratch.split().freeze();
+        Some(match shared.mailbox.write_is_high(encoded) {
+            Ok(high) => Queued::Sent { high },
+            Err((refusal, _)) => refused(refusal),
+        })
+    });
+    queued.unwrap_or(Queued::NotFramed)
+}
+
+/// Whether the member `shared` is framed with a codec of type `C`.
+pub(crate) fn is_framed_with<C: Send + 'static>(shared: &Shared) -> bool {
+    shared.user_data.marked::<FrameState<C>>().is_some()
+}
+
+fn refused<E>(refusal: Error) -> Queued<E> {
+    match refusal {
+        Error::WriteQueueFull { .. } => Queued::Full,
+        _ => Queued::Closed,
     }
 }
 

@@ -145,3 +145,33 @@ fn leaving_removes_a_member_from_every_group_and_only_that_connection() {
     assert!(four.insert(&other_connection));
     assert_eq!(other.closing_hooks.len(), 1);
 }
+
+/// A map's join racing the close of the key's last member, on two threads: whichever comes
+/// first, the map never keeps a key whose group is empty, and a joined member is in the map's
+/// group.
+#[test]
+fn a_maps_join_racing_the_last_members_close_never_leaves_an_empty_key() {
+    let map = GroupMap::new();
+    for id in 0..2000 {
+        let leaving = established(2 * id);
+        let joining = established(2 * id + 1);
+        assert!(map.join("topic", &Connection::uncounted(leaving.clone())));
+        let start = Arc::new(Barrier::new(2));
+        let closing = std::thread::spawn({
+            let (leaving, start) = (leaving.clone(), start.clone());
+            move || {
+                start.wait();
+                start_closing(&leaving);
+            }
+        });
+        start.wait();
+        let joined = map.join("topic", &Connection::uncounted(joining.clone()));
+        closing.join().unwrap();
+        assert!(joined, "an open connection joins");
+        let group = map.get("topic").expect("the joined member's key stays");
+        assert!(group.contains(ConnectionId(2 * id + 1)));
+        assert!(!group.contains(ConnectionId(2 * id)));
+        start_closing(&joining);
+        assert!(map.is_empty(), "the last member's close drops the key");
+    }
+}
