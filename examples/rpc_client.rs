@@ -186,7 +186,7 @@ async fn client(
 async fn serve() -> Result<Server, Error> {
     Server::builder()
         .bind("127.0.0.1:0")
-        .start_framed(Framing::new(Reverse).max_frame_length(MAX_FRAME))
+        .start(Framing::new(Reverse).max_frame_length(MAX_FRAME))
         .await
 }
 

@@ -44,8 +44,8 @@
 //!   [`Server::connection`] and [`Server::connections`] find live connections.
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
-//! - **Frames** ([`codec`]): [`ServerBuilder::start_framed`] runs a [`codec::FrameHandler`]
-//!   whose connections are decoded by a tokio-util codec into whole items, delivered in order one
+//! - **Frames** ([`codec`]): [`ServerBuilder::start`] with a [`codec::Framing`] runs a
+//!   [`codec::FrameHandler`], whose connections are decoded by a tokio-util codec into whole items, delivered in order one
 //!   at a time; items are sent through the codec's encoder.
 //! - **Restarts that lose no connection**: [`ServerBuilder::adopt_listener`] starts from a
 //!   listening socket made elsewhere (systemd's socket activation, or the process being
@@ -170,6 +170,7 @@ pub use ids::{ConnectionId, Direction};
 pub use rate::ReadRate;
 pub use server::builder::ServerBuilder;
 pub use server::callbacks::Callbacks;
+pub use server::into_callbacks::IntoCallbacks;
 pub use server::limit::{AtLimit, ConnectionLimiter};
 pub use server::listen::Listen;
 pub use server::{Server, WeakServer};

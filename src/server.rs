@@ -7,6 +7,7 @@ pub(crate) mod callbacks;
 pub(crate) mod connect;
 pub(crate) mod driver;
 pub(crate) mod handshake_slots;
+pub(crate) mod into_callbacks;
 pub(crate) mod invoke;
 pub(crate) mod limit;
 pub(crate) mod listen;

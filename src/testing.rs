@@ -1,6 +1,6 @@
 //! Testing your callbacks without sockets: an embedded connection (feature `testing`).
 //!
-//! [`ServerBuilder::start_embedded`](crate::ServerBuilder::start_embedded) starts a server with
+//! [`ServerBuilder::embedded`](crate::ServerBuilder::embedded) makes `start` start a server with
 //! every setting of the builder (limits, timeouts, queue sizes, user data slots) but no
 //! listener. [`EmbeddedServer::connect`] opens a connection to it over an in-memory stream and
 //! hands the test its other end, an [`EmbeddedPeer`]; [`EmbeddedServer::connect_outgoing`] opens
@@ -50,7 +50,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (callbacks, events) = Recorded::new(Echo);
-//! let server = Server::builder().start_embedded(callbacks).await?;
+//! let server = Server::builder().embedded().start(callbacks).await?;
 //! let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
 //! peer.send("hello")?;
 //! assert_eq!(peer.read().await?, "hello");
@@ -97,7 +97,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (callbacks, _events) = Recorded::new(LineLengths::default());
-//! let server = Server::builder().start_embedded(callbacks).await?;
+//! let server = Server::builder().embedded().start(callbacks).await?;
 //! let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
 //! for chunk in ["he", "llo\nwor", "ld", "!\n"] {
 //!     peer.send(chunk)?;
@@ -128,7 +128,7 @@
 //! let (callbacks, events) = Recorded::new(Silent);
 //! let server = Server::builder()
 //!     .idle_timeout(Some(Duration::from_secs(30)))
-//!     .start_embedded(callbacks)
+//!     .embedded().start(callbacks)
 //!     .await?;
 //! let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
 //! let started = tokio::time::Instant::now();
@@ -162,7 +162,7 @@
 //! let (callbacks, events) = Recorded::new(Flood);
 //! let server = Server::builder()
 //!     .write_watermarks(16_000, 8_000)
-//!     .start_embedded(callbacks)
+//!     .embedded().start(callbacks)
 //!     .await?;
 //! let first = server.connect("192.0.2.7:50000".parse()?).await?;
 //! first.set_receive_window(1000);
@@ -199,10 +199,10 @@ use crate::connection::Connection;
 use crate::error::Error;
 use crate::ids::Direction;
 use crate::server::builder::ServerBuilder;
-use crate::server::callbacks::Callbacks;
 use crate::server::connect::{self, Dial};
 use crate::server::driver::transport::Transport;
 use crate::server::driver::Setup;
+use crate::server::into_callbacks::IntoCallbacks;
 use crate::server::manager::{Addresses, Admitted, Manager};
 use crate::server::Server;
 
@@ -212,17 +212,60 @@ const DEFAULT_LOCAL_ADDR: SocketAddr = SocketAddr::new(
     7000, // any port: nothing listens
 );
 
+/// Embedded servers.
 impl ServerBuilder {
-    /// Validates the settings and starts the server with no listener, for
-    /// [embedded connections](EmbeddedServer::connect) only (feature `testing`); the builder's
-    /// listeners and socket options are not used. Runs
+    /// Makes [`start`](ServerBuilder::<EmbeddedServer>::start) start an [`EmbeddedServer`]
+    /// (feature `testing`): a server with every setting of the builder (limits, timeouts, queue
+    /// sizes, user data slots) but no listener, for [embedded connections](EmbeddedServer::connect)
+    /// only. The builder's listeners and socket options are not used.
+    ///
+    /// ```
+    /// use switchboard::codec::{FrameHandler, FramedConnection, Framing};
+    /// use switchboard::tokio_util::codec::LinesCodec;
+    /// use switchboard::{async_trait, Callbacks, Connection, Server};
+    ///
+    /// /// Answers each line in capitals.
+    /// struct Shout;
+    ///
+    /// impl Callbacks for Shout {}
+    ///
+    /// #[async_trait]
+    /// impl FrameHandler for Shout {
+    ///     type Codec = LinesCodec;
+    ///     fn new_codec(&self, _: &Connection) -> LinesCodec {
+    ///         LinesCodec::new()
+    ///     }
+    ///     async fn on_frame(&self, connection: &FramedConnection<'_, LinesCodec>, line: String) {
+    ///         let _ = connection.send(line.to_uppercase());
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = Server::builder().embedded().start(Framing::new(Shout)).await?;
+    /// let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
+    /// // The line arrives cut in two; the handler sees it whole.
+    /// peer.send("hel")?;
+    /// peer.send("lo\n")?;
+    /// assert_eq!(peer.read_exact(6).await?, "HELLO\n");
+    /// # Ok(()) }
+    /// ```
+    pub fn embedded(self) -> ServerBuilder<EmbeddedServer> {
+        self.into_kind()
+    }
+}
+
+/// An embedded server.
+impl ServerBuilder<EmbeddedServer> {
+    /// Validates the settings and starts the server with no listener (see
+    /// [`embedded`](ServerBuilder::embedded)), with `callbacks` running the connections, as
+    /// [`ServerBuilder::start`] for a server on sockets. Runs
     /// [`on_server_started`](crate::Callbacks::on_server_started).
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] naming the setting.
-    pub async fn start_embedded(self, callbacks: impl Callbacks) -> Result<EmbeddedServer, Error> {
-        self.validate()?;
-        let manager = self.into_manager(Box::new(callbacks));
+    pub async fn start(self, callbacks: impl IntoCallbacks) -> Result<EmbeddedServer, Error> {
+        let (manager, _) = self.into_manager(callbacks)?;
         let server = Server::started(manager, Arc::new([]), Arc::new([])).await;
         Ok(EmbeddedServer {
             server,
@@ -233,7 +276,7 @@ impl ServerBuilder {
 }
 
 /// A server with no listener whose connections run over memory (feature `testing`): from
-/// [`ServerBuilder::start_embedded`]. It dereferences to its [`Server`] handle, for stats,
+/// [`ServerBuilder::embedded`]. It dereferences to its [`Server`] handle, for stats,
 /// abort-all, shutdown and the rest.
 #[derive(Debug)]
 pub struct EmbeddedServer {
@@ -383,7 +426,7 @@ impl EmbeddedServer {
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let (callbacks, events) = Recorded::new(Greeter);
-    /// let server = Server::builder().start_embedded(callbacks).await?;
+    /// let server = Server::builder().embedded().start(callbacks).await?;
     /// let remote: SocketAddr = "198.51.100.1:6379".parse()?;
     /// let (connection, mut peer) = server.connect_outgoing(remote, "session-1").await?;
     /// assert_eq!(connection.direction(), Direction::Outbound);

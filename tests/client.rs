@@ -30,7 +30,7 @@ async fn manager() -> (Server, Recorder) {
 async fn embedded_manager() -> (EmbeddedServer, Recorder) {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     (server, recorder)
 }
 
@@ -117,7 +117,7 @@ async fn a_client_dropped_while_its_read_is_pending_closes_by_itself() {
 async fn reads_asked_for_by_the_callbacks_do_not_keep_a_dropped_client_open() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, Behavior::echo());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let (mut client, mut peer) = server.connect_outgoing_client(REMOTE).await.unwrap();
     let id = client.connection().id();
     client.send("PING").await.unwrap();
@@ -202,7 +202,7 @@ async fn a_framed_client_sends_and_awaits_items_and_reports_a_partial_one_at_fin
 async fn clients_count_against_the_limit_and_the_shutdown_closes_them() {
     let mut builder = Server::builder().max_connections(1);
     let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let (mut client, mut stream) = server.connect_outgoing_client(REMOTE).await.unwrap();
     let second = server.connect_outgoing_client(REMOTE).await.map(|_| ());
     assert!(

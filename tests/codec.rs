@@ -81,7 +81,7 @@ where
     let (probe, seen) = probe(&mut builder, codec, reply, change);
     let server = builder
         .bind("127.0.0.1:0")
-        .start_framed(framing(Framing::new(probe)))
+        .start(framing(Framing::new(probe)))
         .await
         .expect("start");
     (server, seen)
@@ -101,7 +101,8 @@ where
 {
     let (probe, seen) = probe(&mut builder, codec, reply, change);
     let server = builder
-        .start_framed_embedded(framing(Framing::new(probe)))
+        .embedded()
+        .start(framing(Framing::new(probe)))
         .await
         .expect("start");
     (server, seen)
@@ -641,7 +642,8 @@ impl FrameHandler for Greeter {
 #[tokio::test(start_paused = true)]
 async fn what_other_callbacks_feed_is_flushed_when_they_return() {
     let server = Server::builder()
-        .start_framed_embedded(Framing::new(Greeter))
+        .embedded()
+        .start(Framing::new(Greeter))
         .await
         .unwrap();
     let mut client = server.connect(peer_addr(1)).await.unwrap();
@@ -665,7 +667,7 @@ async fn what_other_callbacks_feed_is_flushed_when_they_return() {
 async fn a_maximum_frame_length_of_zero_is_refused() {
     let result = Server::builder()
         .bind("127.0.0.1:0")
-        .start_framed(Framing::new(Greeter).max_frame_length(0))
+        .start(Framing::new(Greeter).max_frame_length(0))
         .await;
     assert!(matches!(
         result,

@@ -53,7 +53,7 @@ fn address(n: u8) -> SocketAddr {
 
 async fn start(builder: ServerBuilder, echo: Echo) -> (EmbeddedServer, Events) {
     let (callbacks, events) = Recorded::new(echo);
-    let server = builder.start_embedded(callbacks).await.expect("starts");
+    let server = builder.embedded().start(callbacks).await.expect("starts");
     (server, events)
 }
 
@@ -251,7 +251,8 @@ async fn shutdown_drains_then_forces_and_reports() {
     let (callbacks, events) = Recorded::new(Stubborn);
     let server = Server::builder()
         .shutdown_timeout(Duration::from_secs(10))
-        .start_embedded(callbacks)
+        .embedded()
+        .start(callbacks)
         .await
         .unwrap();
     let peer_one = server.connect(address(1)).await.unwrap();
@@ -291,7 +292,7 @@ async fn user_data_and_stats_are_the_servers() {
     }
     let released = Arc::new(std::sync::Mutex::new(None));
     let (callbacks, events) = Recorded::new(Release(slot, released.clone()));
-    let server = builder.start_embedded(callbacks).await.unwrap();
+    let server = builder.embedded().start(callbacks).await.unwrap();
     let mut peer = server.connect(address(1)).await.unwrap();
     peer.send("12345").unwrap();
     assert_eq!(peer.read_to_end().await.unwrap(), "12345");
@@ -408,7 +409,7 @@ async fn a_send_window_holds_the_peer_up_until_the_server_reads() {
     }
     let kept = Arc::default();
     let (callbacks, events) = Recorded::new(Deaf(Arc::clone(&kept)));
-    let server = Server::builder().start_embedded(callbacks).await.unwrap();
+    let server = Server::builder().embedded().start(callbacks).await.unwrap();
     let peer = server.connect(address(1)).await.unwrap();
     peer.set_send_window(4);
     let refused = peer.send("12345").unwrap_err();

@@ -58,7 +58,7 @@ async fn panicking_embedded(callback: &'static str) -> (EmbeddedServer, Recorder
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     (server, recorder)
 }
 
@@ -183,7 +183,8 @@ async fn error_reported_for_a_panic_is_a_callback_panic_value() {
     }
     let checker = Arc::new(Checker::default());
     let server = Server::builder()
-        .start_embedded(Panicky(checker.clone()))
+        .embedded()
+        .start(Panicky(checker.clone()))
         .await
         .unwrap();
     let stream = server.connect(peer_addr(1)).await.unwrap();
@@ -303,7 +304,7 @@ async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases()
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     match server.connect_outgoing(address, "arg".to_string()).await {
         Err(Error::CallbackPanic {
             callback,
@@ -447,7 +448,7 @@ async fn held_embedded(
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let peer = server.connect(peer_addr(1)).await.unwrap();
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
@@ -543,7 +544,7 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut stream = server.connect(peer_addr(1)).await.unwrap();
     // A small receive window, as a socket's buffers would be.
     stream.set_receive_window(32 * 1024);
@@ -625,7 +626,7 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut reader = server.connect(peer_addr(1)).await.unwrap();
     // Small windows both ways, as small socket buffers would be, so the stall comes soon.
     reader.set_receive_window(16 * 1024);

@@ -628,7 +628,7 @@ async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
 async fn reads_paused_by_a_full_queue_do_not_count_against_the_read_timeout() {
     let mut builder = Server::builder().read_timeout(Some(SHORT));
     let flow = Recorder::with_behavior(&mut builder, Behavior::echo());
-    let server = builder.start_embedded(flow.clone()).await.unwrap();
+    let server = builder.embedded().start(flow.clone()).await.unwrap();
     let mut peer = server.connect(PEER).await.unwrap();
     let id = peer.id();
     peer.set_receive_window(0);

@@ -593,7 +593,8 @@ impl switchboard::codec::FrameHandler for PubSub {
 async fn a_broadcast_comes_after_the_members_fed_reply() {
     let group = ConnectionGroup::new();
     let server = Server::builder()
-        .start_framed_embedded(switchboard::codec::Framing::new(PubSub {
+        .embedded()
+        .start(switchboard::codec::Framing::new(PubSub {
             group: group.clone(),
         }))
         .await

@@ -357,7 +357,8 @@ impl switchboard::codec::FrameHandler for EveryPath {
 #[tokio::test(start_paused = true)]
 async fn writes_feeds_and_goodbyes_arrive_in_posting_order() {
     let server = Server::builder()
-        .start_framed_embedded(switchboard::codec::Framing::new(EveryPath {
+        .embedded()
+        .start(switchboard::codec::Framing::new(EveryPath {
             group: switchboard::ConnectionGroup::new(),
         }))
         .await

@@ -144,7 +144,7 @@ async fn wait_for_stall(handle: &Connection) -> u64 {
 async fn echo_then_peer_close_runs_every_event_in_order() {
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut peer = server.connect(PEER).await.unwrap();
     peer.send(b"hello").unwrap();
     assert_eq!(peer.read_exact(5).await.unwrap(), "hello");
@@ -248,7 +248,7 @@ async fn peer_reset_seen_by_a_pending_write_closes_with_peer_reset() {
 async fn close_delivers_every_queued_byte_before_the_fin() {
     let mut builder = Server::builder().write_queue_limit(2 * MIB);
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
@@ -347,7 +347,7 @@ async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
         .write_queue_limit(64 * MIB)
         .close_timeout(Duration::from_secs(60));
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut stream = server.connect(PEER).await.unwrap();
     // A small receive window, as a socket's buffers would be.
     stream.set_receive_window(256 * KIB);
@@ -385,7 +385,7 @@ async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
 async fn a_connection_nothing_keeps_closes_by_itself_gracefully() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut peer = server.connect(PEER).await.unwrap();
 
     // No read, no write, no handle: the server sends FIN at once, by itself.
@@ -410,7 +410,7 @@ async fn a_connection_nothing_keeps_closes_by_itself_gracefully() {
 async fn a_pending_read_keeps_an_idle_connection_open() {
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut peer = server.connect(PEER).await.unwrap();
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
@@ -434,7 +434,7 @@ async fn a_pending_read_keeps_an_idle_connection_open() {
 async fn a_held_handle_keeps_a_connection_open_and_dropping_it_closes() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
@@ -511,7 +511,7 @@ async fn a_pending_write_keeps_the_connection_open_until_delivered() {
         ..Hooks::default()
     };
     let recorder = Recorder::with_hooks(&mut builder, Behavior::quiet(), hooks);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut stream = server.connect(PEER).await.unwrap();
     stream.set_receive_window(0);
     recorder
@@ -571,7 +571,7 @@ async fn after_the_peers_fin_writes_are_still_delivered() {
         ..Behavior::default()
     };
     let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
@@ -622,7 +622,7 @@ async fn after_the_peers_fin_writes_are_still_delivered() {
 async fn shutdown_write_sends_fin_and_reading_goes_on() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
@@ -689,7 +689,7 @@ async fn shutdown_write_sends_fin_and_reading_goes_on() {
 async fn write_right_after_close_is_refused_as_closed() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
@@ -721,7 +721,7 @@ async fn write_right_after_close_is_refused_as_closed() {
 async fn write_after_a_close_took_effect_is_refused_as_closed() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
@@ -766,7 +766,7 @@ async fn write_beyond_the_queue_limit_is_refused_as_full() {
     const CHUNK: usize = 16 * KIB;
     let mut builder = Server::builder().write_queue_limit(LIMIT);
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut stream = server.connect(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
 
@@ -857,7 +857,7 @@ async fn user_data_reaches_on_socket_released_by_value() {
         ..Behavior::default()
     };
     let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
 
     let mut one = server.connect(peer_addr(1)).await.unwrap();
     let first = kept_handle(&recorder).await;
@@ -1038,7 +1038,7 @@ fn errors_free(recorder: &Recorder) -> bool {
 async fn write_completed_reports_each_buffer_and_stats_add_up() {
     let mut builder = Server::builder().write_queue_limit(MIB);
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
 
     // Connection 1: writes of assorted sizes through a handle, and reads of what the client sends.
     let mut stream = server.connect(PEER).await.unwrap();
@@ -1168,7 +1168,7 @@ async fn reads_never_exceed_the_read_buffer_size() {
     const BUFFER: usize = 100;
     let mut builder = Server::builder().read_buffer_size(BUFFER);
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut peer = server.connect(PEER).await.unwrap();
     let message = pattern(12, 20 * KIB);
     // As a socket might deliver it: in chunks of every size around the buffer's.

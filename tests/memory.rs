@@ -175,7 +175,7 @@ async fn a_reply_fed_past_the_queue_limit_is_refused_before_it_is_encoded() {
     let outcome = Arc::new(Mutex::new(None));
     let server = Server::builder()
         .bind("127.0.0.1:0")
-        .start_framed(switchboard::codec::Framing::new(Flooding {
+        .start(switchboard::codec::Framing::new(Flooding {
             outcome: outcome.clone(),
         }))
         .await

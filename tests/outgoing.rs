@@ -120,7 +120,7 @@ async fn dropping_the_returned_handle_closes_an_idle_outgoing_connection() {
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let (connection, mut peer) = server.connect_outgoing(address, ()).await.unwrap();
     let id = connection.id();
     recorder
@@ -426,7 +426,7 @@ async fn abort_all_resets_outgoing_connections() {
     let address = REMOTE;
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let (first, mut peer_a) = server
         .connect_outgoing(address, "a".to_string())
         .await
@@ -474,7 +474,7 @@ async fn shutdown_forces_outgoing_connections_in_order() {
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let (connection, mut peer) = server
         .connect_outgoing(address, "forced".to_string())
         .await
@@ -526,7 +526,7 @@ async fn shutdown_closes_outgoing_connections_gracefully_when_the_peer_cooperate
     let address = REMOTE;
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let (connection, mut peer) = server.connect_outgoing(address, ()).await.unwrap();
     let id = connection.id();
     drop(connection);

@@ -155,7 +155,7 @@ async fn abort_all_resets_every_live_connection_and_reports_the_count() {
     const K: usize = 3;
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let clients = echoing_peers(&server, K).await;
     assert_eq!(server.active_connections(), K);
 
@@ -360,7 +360,7 @@ async fn all_connections_aborted_precedes_the_closures_it_caused() {
                 ..Behavior::default()
             },
         );
-        let server = builder.start_embedded(recorder.clone()).await.unwrap();
+        let server = builder.embedded().start(recorder.clone()).await.unwrap();
         let tasks = until_peers_closed(echoing_peers(&server, K).await);
         let report = shut_down(&server).await;
         assert_eq!((report.graceful, report.forced), (0, K));
@@ -376,7 +376,7 @@ async fn all_connections_aborted_precedes_the_closures_it_caused() {
 
         let mut builder = Server::builder();
         let recorder = Recorder::new(&mut builder);
-        let server = builder.start_embedded(recorder.clone()).await.unwrap();
+        let server = builder.embedded().start(recorder.clone()).await.unwrap();
         let tasks = until_peers_closed(echoing_peers(&server, K).await);
         assert_eq!(server.abort_all_connections().await, K);
         endings(tasks).await.iter().for_each(assert_reset);
@@ -456,7 +456,8 @@ async fn mixed_shutdown_counts_graceful_and_forced_connections() {
     let mixed = Mixed::default();
     let server = Server::builder()
         .shutdown_timeout(Duration::from_millis(500))
-        .start_embedded(mixed.clone())
+        .embedded()
+        .start(mixed.clone())
         .await
         .unwrap();
     let tasks = until_peers_closed(echoing_peers(&server, K).await);
@@ -575,7 +576,7 @@ async fn shutdown_closes_outgoing_connections_too() {
     let target = SocketAddr::from(([198, 51, 100, 1], 6000));
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let (outgoing, peer) = server.connect_outgoing(target, ()).await.expect("connect");
     let tasks = until_peers_closed(vec![peer]);
     // The application still holds the handle: the shutdown notice closes it all the same.
@@ -633,7 +634,7 @@ async fn shutdown_report_counts_connections_that_ended_otherwise_during_the_drai
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut clients = echoing_peers(&server, K).await;
     let shutdown = tokio::spawn({
         let server = server.server().clone();
@@ -675,7 +676,7 @@ async fn a_drain_that_keeps_reading_loses_nothing_the_peer_sent() {
                 ..Behavior::echo()
             },
         );
-        let server = builder.start_embedded(recorder.clone()).await.unwrap();
+        let server = builder.embedded().start(recorder.clone()).await.unwrap();
         let mut stream = server.connect(peer_addr(0)).await.unwrap();
         let greeting = pattern(1, 1024);
         stream.send(&greeting).unwrap();
@@ -750,7 +751,8 @@ async fn a_goodbye_to_a_lingering_peer_counts_as_graceful() {
     let server = Server::builder()
         .close_timeout(Duration::from_secs(5))
         .shutdown_timeout(Duration::from_secs(60))
-        .start_embedded(Goodbye)
+        .embedded()
+        .start(Goodbye)
         .await
         .unwrap();
     let mut peer = server.connect(peer_addr(0)).await.unwrap();

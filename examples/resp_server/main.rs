@@ -220,7 +220,7 @@ async fn run(options: Options) -> Result<(), Error> {
         .max_connections(options.max_clients)
         .at_limit(AtLimit::AcceptAndClose)
         .refusal_message(MAX_CLIENTS_REPLY)
-        .start_framed(
+        .start(
             Framing::new(redis).max_frame_length(options.max_bulk.saturating_add(REQUEST_OVERHEAD)),
         )
         .await?;

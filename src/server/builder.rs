@@ -1,6 +1,7 @@
 //! The server's settings and their defaults; starting with them is in `start`.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
@@ -12,9 +13,11 @@ use crate::server::listen::Listen;
 use crate::timeouts::Timeouts;
 use crate::tls::TlsAcceptor;
 
+use crate::server::Server;
+
 // Named in the docs' links.
 #[cfg(doc)]
-use crate::server::{callbacks::Callbacks, Server};
+use crate::server::callbacks::Callbacks;
 
 mod start;
 
@@ -56,6 +59,13 @@ impl Config {
 
 /// Configures and starts a [`Server`]. Every setting has a documented default.
 ///
+/// [`start`](ServerBuilder::start) is the one way to start, whatever runs the connections: a
+/// [`Callbacks`] implementation, or a [`codec::FrameHandler`](crate::codec::FrameHandler) in a
+/// [`codec::Framing`](crate::codec::Framing) (both are [`IntoCallbacks`](crate::IntoCallbacks)).
+/// The type parameter `S` is the kind of server `start` returns: [`Server`], listening on
+/// sockets, unless `embedded()` (feature `testing`) made it a `testing::EmbeddedServer`,
+/// whose connections run over memory.
+///
 /// ```
 /// use std::time::Duration;
 /// use switchboard::{AtLimit, Callbacks, Server};
@@ -76,7 +86,7 @@ impl Config {
 /// # Ok(()) }
 /// ```
 #[must_use = "a builder does nothing until `start`"]
-pub struct ServerBuilder {
+pub struct ServerBuilder<S = Server> {
     binds: Vec<Listen>,
     /// The acceptor for listeners added with `bind`.
     tls: Option<TlsAcceptor>,
@@ -89,6 +99,8 @@ pub struct ServerBuilder {
     layout: UserDataLayout,
     /// Labels added to every metric of this server.
     metrics_labels: Vec<(String, String)>,
+    /// What `start` returns; `fn() -> S` so that the builder is `Send` and `Sync` whatever `S`.
+    starts: PhantomData<fn() -> S>,
 }
 
 impl ServerBuilder {
@@ -124,6 +136,27 @@ impl ServerBuilder {
             accepting: true,
             layout: UserDataLayout::new(),
             metrics_labels: Vec::new(),
+            starts: PhantomData,
+        }
+    }
+}
+
+impl<S> ServerBuilder<S> {
+    /// The same settings, for starting a server of another kind.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn into_kind<T>(self) -> ServerBuilder<T> {
+        ServerBuilder {
+            binds: self.binds,
+            tls: self.tls,
+            backlog: self.backlog,
+            reuse_address: self.reuse_address,
+            reuse_port: self.reuse_port,
+            config: self.config,
+            limiter: self.limiter,
+            accepting: self.accepting,
+            layout: self.layout,
+            metrics_labels: self.metrics_labels,
+            starts: PhantomData,
         }
     }
 
@@ -278,7 +311,7 @@ impl ServerBuilder {
 }
 
 /// Per-peer limits.
-impl ServerBuilder {
+impl<S> ServerBuilder<S> {
     /// At most `max` live accepted connections from one source, across all of this server's
     /// listeners: one IPv4 address (an IPv4-mapped IPv6 address, `::ffff:a.b.c.d`, counts as the
     /// IPv4 address), or the IPv6 addresses of one [prefix](ServerBuilder::ipv6_source_prefix),
@@ -351,7 +384,7 @@ impl ServerBuilder {
 }
 
 /// Metrics.
-impl ServerBuilder {
+impl<S> ServerBuilder<S> {
     /// Adds `labels` to every metric this server exports, so that the servers of one process can
     /// be told apart (for example `[("server", "public")]`). Default: none; servers with the same
     /// labels (or none) add up in the same series.
@@ -393,7 +426,7 @@ impl ServerBuilder {
     }
 }
 
-impl ServerBuilder {
+impl<S> ServerBuilder<S> {
     /// Listen backlog. Default: [`DEFAULT_BACKLOG`] (1024); the kernel caps it at `somaxconn`.
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = backlog;
@@ -646,7 +679,7 @@ impl ServerBuilder {
     }
 }
 
-impl fmt::Debug for ServerBuilder {
+impl<S> fmt::Debug for ServerBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerBuilder")
             .field(
