@@ -150,7 +150,7 @@ async fn client(
     options: Arc<Options>,
     tally: Arc<Tally>,
 ) {
-    let mut rpc = match manager.connect_client(address).await {
+    let mut rpc = match manager.connect(address).client().await {
         Ok(client) => client.framed(codec()),
         Err(error) => {
             eprintln!("client {index}: {error}");

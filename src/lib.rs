@@ -170,6 +170,7 @@ pub use ids::{ConnectionId, Direction};
 pub use rate::ReadRate;
 pub use server::builder::ServerBuilder;
 pub use server::callbacks::Callbacks;
+pub use server::connect_builder::ConnectBuilder;
 pub use server::into_callbacks::IntoCallbacks;
 pub use server::limit::{AtLimit, ConnectionLimiter};
 pub use server::listen::Listen;

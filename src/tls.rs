@@ -8,7 +8,7 @@
 //! [`acceptor_from_pem`], [`acceptor_from_pkcs12`] or a [`TlsAcceptorBuilder`]), a
 //! [`native_tls::TlsAcceptor`], or, where native-tls is OpenSSL, an application's own
 //! `openssl::ssl::SslAcceptor` ([`TlsAcceptor`] shows one). An outgoing connection becomes TLS
-//! with [`Server::connect_tls`](crate::Server::connect_tls) and a [`TlsConnect`].
+//! with [`ConnectBuilder::tls`](crate::ConnectBuilder::tls) and a [`TlsConnect`].
 //!
 //! The handshake runs on the connection's own task, after
 //! [`on_socket_created`](crate::Callbacks::on_socket_created), bounded by the

@@ -259,7 +259,7 @@ async fn exchange(address: SocketAddr, data: &[u8], half_close: bool) -> Vec<u8>
 
 /// [`exchange`] with an embedded server: `data` in one chunk.
 async fn exchange_embedded(server: &EmbeddedServer, data: &[u8], half_close: bool) -> Vec<u8> {
-    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    let mut peer = server.accept(peer_addr(1)).await.unwrap();
     peer.send(data).unwrap();
     if half_close {
         peer.shutdown_write();
@@ -473,7 +473,7 @@ async fn a_high_write_queue_pauses_delivery_until_it_drains() {
     let (server, seen) = start_embedded(builder, LinesCodec::new, kilobyte, |_| {}, |f| f).await;
     // Windows of a socket buffer's size both ways, so that what is held on the way is small
     // beside what is sent: 2 MB of requests, 20 MB of replies.
-    let mut reader = server.connect(peer_addr(1)).await.unwrap();
+    let mut reader = server.accept(peer_addr(1)).await.unwrap();
     reader.set_send_window(65536);
     reader.set_receive_window(65536);
     let writer = reader.sender();
@@ -646,7 +646,7 @@ async fn what_other_callbacks_feed_is_flushed_when_they_return() {
         .start(Framing::new(Greeter))
         .await
         .unwrap();
-    let mut client = server.connect(peer_addr(1)).await.unwrap();
+    let mut client = server.accept(peer_addr(1)).await.unwrap();
     let greeting = client.read_exact(6).await.unwrap();
     assert_eq!(greeting, "hello\n");
     client.send(b"abc\n").unwrap();

@@ -65,7 +65,7 @@ async fn panicking_embedded(callback: &'static str) -> (EmbeddedServer, Recorder
 /// [`assert_still_serving`] for an embedded server.
 async fn assert_still_serving_embedded(server: &EmbeddedServer, recorder: &Recorder) {
     recorder.set_behavior(|b| b.panic_in = None);
-    let mut peer = server.connect(peer_addr(100)).await.unwrap();
+    let mut peer = server.accept(peer_addr(100)).await.unwrap();
     echo_peer(&mut peer, b"still here").await;
 }
 
@@ -97,7 +97,7 @@ async fn until_ended(stream: &mut TcpStream) {
 #[tokio::test(start_paused = true)]
 async fn panic_in_on_read_completed_aborts_only_that_connection() {
     let (server, recorder) = panicking_embedded("on_read_completed").await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     stream.send(b"boom").unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
@@ -187,7 +187,7 @@ async fn error_reported_for_a_panic_is_a_callback_panic_value() {
         .start(Panicky(checker.clone()))
         .await
         .unwrap();
-    let stream = server.connect(peer_addr(1)).await.unwrap();
+    let stream = server.accept(peer_addr(1)).await.unwrap();
     stream.send(b"x").unwrap();
     eventually("release", || checker.released.load(Ordering::SeqCst) == 1).await;
     let seen = checker.seen.lock().unwrap().clone();
@@ -201,7 +201,7 @@ async fn error_reported_for_a_panic_is_a_callback_panic_value() {
 #[tokio::test(start_paused = true)]
 async fn panic_in_on_connection_established_still_runs_the_closing_events() {
     let (server, recorder) = panicking_embedded("on_connection_established").await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
@@ -254,7 +254,7 @@ async fn panic_in_on_socket_created_drops_the_socket_and_the_server_goes_on() {
 #[tokio::test(start_paused = true)]
 async fn panic_in_on_connection_closure_still_releases() {
     let (server, recorder) = panicking_embedded("on_connection_closure").await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     echo_peer(&mut stream, b"hi").await;
     stream.shutdown_write();
     until_peer_ended(&mut stream).await;
@@ -279,7 +279,7 @@ async fn panic_in_on_connection_closure_still_releases() {
 #[tokio::test(start_paused = true)]
 async fn panic_in_on_write_completed_aborts_the_connection() {
     let (server, recorder) = panicking_embedded("on_write_completed").await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     stream.send(b"data").unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
@@ -305,7 +305,7 @@ async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases()
         },
     );
     let server = builder.embedded().start(recorder.clone()).await.unwrap();
-    match server.connect_outgoing(address, "arg".to_string()).await {
+    match server.connect(address).argument("arg".to_string()).await {
         Err(Error::CallbackPanic {
             callback,
             connection,
@@ -333,7 +333,7 @@ async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases()
 
     // The manager goes on connecting.
     recorder.set_behavior(|b| b.panic_in = None);
-    let (connection, peer) = server.connect_outgoing(address, ()).await.unwrap();
+    let (connection, peer) = server.connect(address).await.unwrap();
     assert_eq!(connection.direction(), Direction::Outbound);
     drop(peer);
     drop(connection);
@@ -354,7 +354,11 @@ async fn panic_in_outgoing_on_socket_created_fails_the_connect() {
         },
     );
     let server = builder.start(recorder.clone()).await.unwrap();
-    server.spawn_connect(address, "arg".to_string()).unwrap();
+    server
+        .connect(address)
+        .argument("arg".to_string())
+        .spawn()
+        .unwrap();
     recorder.wait_released(1).await;
     let events = recorder.events();
     assert_eq!(events.len(), 5, "{events:#?}");
@@ -449,7 +453,7 @@ async fn held_embedded(
         },
     );
     let server = builder.embedded().start(recorder.clone()).await.unwrap();
-    let peer = server.connect(peer_addr(1)).await.unwrap();
+    let peer = server.accept(peer_addr(1)).await.unwrap();
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
@@ -545,7 +549,7 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
         },
     );
     let server = builder.embedded().start(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     // A small receive window, as a socket's buffers would be.
     stream.set_receive_window(32 * 1024);
     recorder
@@ -627,7 +631,7 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
         },
     );
     let server = builder.embedded().start(recorder.clone()).await.unwrap();
-    let mut reader = server.connect(peer_addr(1)).await.unwrap();
+    let mut reader = server.accept(peer_addr(1)).await.unwrap();
     // Small windows both ways, as small socket buffers would be, so the stall comes soon.
     reader.set_receive_window(16 * 1024);
     reader.set_send_window(16 * 1024);

@@ -41,7 +41,7 @@ async fn close_with_reports_the_applications_code_and_closes_gracefully() {
         ..Hooks::default()
     };
     let (server, recorder) = start_embedded(Behavior::collect(), hooks, |b| b).await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     // What was written before the close still arrives, then FIN.
     let (reply, end) = {
         stream.send(b"last").unwrap();
@@ -81,7 +81,7 @@ async fn a_goodbye_goes_out_past_a_full_queue_after_what_was_queued_and_before_f
     };
     let (server, recorder) =
         start_embedded(Behavior::quiet(), hooks, |b| b.write_queue_limit(8 * 1024)).await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     // A small window, as small socket buffers would be.
     stream.set_receive_window(4096);
     let (data, end) = peer_read_to_end(&mut stream).await;
@@ -113,7 +113,7 @@ async fn a_close_drops_at_most_the_discard_limit_of_a_streaming_peer_then_resets
             .close_timeout(Duration::from_secs(3600))
     })
     .await;
-    let stream = server.connect(peer_addr(1)).await.unwrap();
+    let stream = server.accept(peer_addr(1)).await.unwrap();
     let chunk = vec![b's'; 4096];
     let mut sent = 0usize;
     let ended = bounded("the server to cut the stream off", async {
@@ -294,7 +294,7 @@ async fn a_lingering_peer_keeps_the_applications_reason() {
         b.close_timeout(close_timeout)
     })
     .await;
-    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    let mut peer = server.accept(peer_addr(1)).await.unwrap();
     peer.send(b"hello").unwrap();
     let (reply, end) = peer_read_to_end(&mut peer).await;
     assert_eq!(reply, b"ERR go away\n");
@@ -363,7 +363,7 @@ async fn writes_feeds_and_goodbyes_arrive_in_posting_order() {
         }))
         .await
         .unwrap();
-    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    let mut peer = server.accept(peer_addr(1)).await.unwrap();
     peer.send(b"go\n").unwrap();
     let (reply, end) = peer_read_to_end(&mut peer).await;
     end.expect("FIN after the goodbye");
@@ -447,7 +447,7 @@ async fn a_close_whose_data_the_peer_never_reads_times_out() {
         b.close_timeout(Duration::from_secs(5))
     })
     .await;
-    let peer = server.connect(peer_addr(1)).await.unwrap();
+    let peer = server.accept(peer_addr(1)).await.unwrap();
     peer.set_receive_window(4096);
     recorder.wait_released(1).await;
     let id = recorder.established()[0];

@@ -418,7 +418,7 @@ async fn outgoing_connections_count_against_the_limiter() {
     // An inbound connection holds the only slot: an outgoing connect is refused at once.
     let mut inbound = client(address).await;
     assert_eq!(echo_round_trip(&mut inbound, b"in").await, b"in");
-    let refused = tokio::time::timeout(WAIT, server.connect(target_address, ()))
+    let refused = tokio::time::timeout(WAIT, server.connect(target_address))
         .await
         .expect("connect at the limit did not return");
     match refused {
@@ -448,7 +448,7 @@ async fn outgoing_connections_count_against_the_limiter() {
         })
         .await;
     eventually("the slot to free", || server.limiter().active() == 0).await;
-    let outgoing = tokio::time::timeout(WAIT, server.connect(target_address, ()))
+    let outgoing = tokio::time::timeout(WAIT, server.connect(target_address))
         .await
         .unwrap()
         .expect("connect with a free slot");

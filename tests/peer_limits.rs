@@ -77,7 +77,7 @@ async fn peer_from(server: &EmbeddedServer, ip: IpAddr) -> EmbeddedPeer {
     static PORT: AtomicU16 = AtomicU16::new(40000);
     let port = PORT.fetch_add(1, Ordering::Relaxed);
     server
-        .connect(SocketAddr::new(ip, port))
+        .accept(SocketAddr::new(ip, port))
         .await
         .expect("embedded connect")
 }
