@@ -21,7 +21,7 @@ use crate::ids::ConnectionId;
 /// [`Delivery::QueueFull`] for that message, and the others are served at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
-pub enum WhenFull {
+pub enum FullQueuePolicy {
     /// The member misses this message and stays in the group (it gets the next ones once its
     /// queue has room). Right when messages may be lost (a status feed, the latest price).
     #[default]
@@ -41,7 +41,7 @@ pub enum WhenFull {
 pub enum Delivery {
     /// Queued for the member (a [`Bytes`] clone: the data itself is shared, not copied).
     Sent,
-    /// The member's write queue was full: not queued, and the group's [`WhenFull`] was applied.
+    /// The member's write queue was full: not queued, and the group's [`FullQueuePolicy`] was applied.
     QueueFull,
     /// The member is closing or closed (or shut its write side down), so nothing was queued.
     /// A member that closes leaves its groups by itself; until its connection's task has taken
@@ -143,14 +143,14 @@ impl BroadcastReport {
 ///
 /// **A broadcast never waits.** It queues one shared buffer for every member and returns what
 /// happened to each ([`BroadcastReport`]); a member whose queue is full is dealt with as the
-/// group's [`WhenFull`] says. Broadcasts to one group run one at a time, so every member gets
+/// group's [`FullQueuePolicy`] says. Broadcasts to one group run one at a time, so every member gets
 /// them in the same order.
 ///
 /// Connection ids are unique within one server: keep one server's connections in a group.
 ///
 /// ```
 /// use std::net::SocketAddr;
-/// use switchboard::{async_trait, BytesMut, Callbacks, Connection, ConnectionGroup, WhenFull};
+/// use switchboard::{async_trait, BytesMut, Callbacks, Connection, ConnectionGroup, FullQueuePolicy};
 ///
 /// struct Room {
 ///     everyone: ConnectionGroup,
@@ -174,7 +174,7 @@ impl BroadcastReport {
 ///     // No `on_connection_closure` needed: members leave by themselves.
 /// }
 ///
-/// let room = Room { everyone: ConnectionGroup::with_when_full(WhenFull::Close) };
+/// let room = Room { everyone: ConnectionGroup::with_when_full(FullQueuePolicy::Close) };
 /// ```
 #[derive(Clone, Default)]
 pub struct ConnectionGroup {
@@ -191,7 +191,7 @@ pub struct ConnectionGroup {
 #[derive(Default)]
 pub(crate) struct GroupInner {
     members: Mutex<HashMap<ConnectionId, Arc<Shared>>>,
-    when_full: WhenFull,
+    when_full: FullQueuePolicy,
 }
 
 impl GroupInner {
@@ -216,13 +216,13 @@ impl GroupInner {
 }
 
 impl ConnectionGroup {
-    /// An empty group whose broadcasts skip members with a full queue ([`WhenFull::Skip`]).
+    /// An empty group whose broadcasts skip members with a full queue ([`FullQueuePolicy::Skip`]).
     pub fn new() -> Self {
         ConnectionGroup::default()
     }
 
     /// An empty group whose broadcasts treat members with a full queue as `when_full` says.
-    pub fn with_when_full(when_full: WhenFull) -> Self {
+    pub fn with_when_full(when_full: FullQueuePolicy) -> Self {
         ConnectionGroup {
             inner: Arc::new(GroupInner {
                 members: Mutex::default(),
@@ -232,7 +232,7 @@ impl ConnectionGroup {
     }
 
     /// What broadcasts do to a member whose queue is full.
-    pub fn when_full(&self) -> WhenFull {
+    pub fn when_full(&self) -> FullQueuePolicy {
         self.inner.when_full
     }
 
@@ -354,7 +354,7 @@ impl ConnectionGroup {
     }
 
     /// Queues `data` for every member, without waiting for any; see [`BroadcastReport`] for
-    /// what happened to each, and [`WhenFull`] for members whose queue is full. Each member
+    /// what happened to each, and [`FullQueuePolicy`] for members whose queue is full. Each member
     /// gets a clone of the same [`Bytes`], which its
     /// [`on_write_completed`](crate::Callbacks::on_write_completed) gets back when sent.
     ///
@@ -409,12 +409,12 @@ impl ConnectionGroup {
 }
 
 impl ConnectionGroup {
-    /// Applies the group's [`WhenFull`] to `member`, whose queue is full.
+    /// Applies the group's [`FullQueuePolicy`] to `member`, whose queue is full.
     fn treat_full(&self, member: &Arc<Shared>) {
         let close = match self.inner.when_full {
-            WhenFull::Skip => return,
-            WhenFull::Close => Connection::close,
-            WhenFull::Abort => Connection::abort,
+            FullQueuePolicy::Skip => return,
+            FullQueuePolicy::Close => Connection::close,
+            FullQueuePolicy::Abort => Connection::abort,
         };
         // Through a handle, as the application would: a slow member is rare.
         if member.mailbox.try_upgrade() {

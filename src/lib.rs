@@ -165,15 +165,15 @@ pub use defaults::{
     MAX_REFUSAL_MESSAGE,
 };
 pub use error::Error;
-pub use group::{BroadcastReport, ConnectionGroup, Delivery, WhenFull};
+pub use group::{BroadcastReport, ConnectionGroup, Delivery, FullQueuePolicy};
 pub use ids::{ConnectionId, Direction};
 pub use rate::ReadRate;
 pub use server::builder::ServerBuilder;
 pub use server::callbacks::Callbacks;
 pub use server::connect_builder::ConnectBuilder;
 pub use server::into_callbacks::IntoCallbacks;
-pub use server::limit::{AtLimit, ConnectionLimiter};
-pub use server::listen::Listen;
+pub use server::limit::{ConnectionLimiter, LimitPolicy};
+pub use server::listen::Listener;
 pub use server::{Server, WeakServer};
 pub use shutdown_report::ShutdownReport;
 pub use stats::{ConnectionStats, Stats};

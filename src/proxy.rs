@@ -2,7 +2,7 @@
 //! starts every connection with a header naming the client it relays, so the server sees the
 //! client's address instead of the balancer's.
 //!
-//! A listener opts in with [`Listen::proxy_protocol`](crate::Listen::proxy_protocol). Each of its
+//! A listener opts in with [`Listener::proxy_protocol`](crate::Listener::proxy_protocol). Each of its
 //! connections then reads the header on its own task, before the TLS handshake and before
 //! [`on_connection_established`](crate::Callbacks::on_connection_established):
 //! - the connection must come from one of the [trusted networks](ProxyProtocol::trust) (the
@@ -38,7 +38,7 @@
 //! ```
 //! use std::time::Duration;
 //! use switchboard::proxy::ProxyProtocol;
-//! use switchboard::{Callbacks, Listen, Server};
+//! use switchboard::{Callbacks, Listener, Server};
 //!
 //! struct Nothing;
 //! impl Callbacks for Nothing {}
@@ -49,7 +49,7 @@
 //!     .trust("10.1.0.0/16".parse()?)
 //!     .header_timeout(Duration::from_secs(3));
 //! let server = Server::builder()
-//!     .listen(Listen::bind("127.0.0.1:0").proxy_protocol(balancers))
+//!     .listen(Listener::bind("127.0.0.1:0").proxy_protocol(balancers))
 //!     .start(Nothing)
 //!     .await?;
 //! server.shutdown().await;

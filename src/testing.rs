@@ -391,9 +391,9 @@ impl EmbeddedServer {
     /// At the connection limit it is not accepted, and
     /// [`on_maximum_connections`](crate::Callbacks::on_maximum_connections) runs (once, until a
     /// connection is accepted again); no other callback runs for it. As with the accept loop, with
-    /// [`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose) it counts in
+    /// [`LimitPolicy::AcceptAndClose`](crate::LimitPolicy::AcceptAndClose) it counts in
     /// [`Stats::refused_at_limit`](crate::Stats::refused_at_limit); with the default
-    /// [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting) a real client would wait in the
+    /// [`LimitPolicy::StopAccepting`](crate::LimitPolicy::StopAccepting) a real client would wait in the
     /// backlog instead, and nothing is counted. Once the server
     /// [stopped accepting](Server::stop_accepting) (or was started with
     /// [`accepting(false)`](ServerBuilder::accepting)) nothing is accepted and no callback runs: a
@@ -424,7 +424,7 @@ impl EmbeddedServer {
                 "the server is not accepting: a client would wait in the backlog",
             )));
         }
-        // As the accept loop would: with `AtLimit::StopAccepting` at the limit it accepts no
+        // As the accept loop would: with `LimitPolicy::StopAccepting` at the limit it accepts no
         // one (a real client waits in the backlog, and no refusal is counted).
         let admitted = if manager.holds_clients_back() {
             None

@@ -4,7 +4,7 @@
 //!
 //! A listener becomes TLS with [`ServerBuilder::tls`](crate::ServerBuilder::tls),
 //! [`ServerBuilder::bind_tls`](crate::ServerBuilder::bind_tls) or
-//! [`Listen::tls`](crate::Listen::tls), given a [`TlsAcceptor`]: the crate's own (built by
+//! [`Listener::tls`](crate::Listener::tls), given a [`TlsAcceptor`]: the crate's own (built by
 //! [`acceptor_from_pem`], [`acceptor_from_pkcs12`] or a [`TlsAcceptorBuilder`]), a
 //! [`native_tls::TlsAcceptor`], or, where native-tls is OpenSSL, an application's own
 //! `openssl::ssl::SslAcceptor` ([`TlsAcceptor`] shows one). An outgoing connection becomes TLS

@@ -199,7 +199,7 @@ async fn timeouts_fire_on_the_paused_clock() {
 async fn the_limit_refuses_and_abort_all_counts_the_live_ones() {
     let builder = Server::builder()
         .max_connections(2)
-        .at_limit(switchboard::AtLimit::AcceptAndClose);
+        .at_limit(switchboard::LimitPolicy::AcceptAndClose);
     let (server, events) = start(builder, Echo::default()).await;
     let first = server.accept(address(1)).await.unwrap();
     let second = server.accept(address(2)).await.unwrap();

@@ -38,8 +38,8 @@ use common::start_recorded_embedded as start_embedded_with_hooks;
 use switchboard::socket2::SockRef;
 use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
-    async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
-    Error, Server, ServerBuilder, Timeouts, UserData,
+    async_trait, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Error,
+    LimitPolicy, Server, ServerBuilder, Timeouts, UserData,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -1386,7 +1386,7 @@ async fn slowloris_connections_cannot_lock_real_clients_out() {
     let (server, flow, address) = start(Behavior::echo(), |builder| {
         builder
             .max_connections(MAX)
-            .at_limit(AtLimit::StopAccepting)
+            .at_limit(LimitPolicy::StopAccepting)
             .first_byte_timeout(Some(first_byte))
     })
     .await;

@@ -18,8 +18,8 @@ use common::*;
 use common::start_recorded_embedded as start_embedded;
 use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
-    Bytes, ClosureReason, Connection, ConnectionGroup, ConnectionId, Delivery, Server,
-    ServerBuilder, WeakConnection, WhenFull,
+    Bytes, ClosureReason, Connection, ConnectionGroup, ConnectionId, Delivery, FullQueuePolicy,
+    Server, ServerBuilder, WeakConnection,
 };
 use tokio::io::AsyncReadExt;
 
@@ -317,7 +317,7 @@ async fn a_half_closed_member_closes_by_itself() {
 #[tokio::test(start_paused = true)]
 async fn a_broadcast_says_per_member_what_happened() {
     let group = ConnectionGroup::new();
-    assert_eq!(group.when_full(), WhenFull::Skip);
+    assert_eq!(group.when_full(), FullQueuePolicy::Skip);
     let (server, recorder) = start_broadcasting_embedded(&group).await;
     let reader = server.accept(peer_addr(1)).await.unwrap();
     let reader_id = recorder.id_of_peer(&reader).await;
@@ -402,7 +402,7 @@ async fn a_broadcast_says_per_member_what_happened() {
 /// `Abort` resets it at once. Either way it leaves the group and the others go on.
 #[tokio::test(start_paused = true)]
 async fn the_full_member_policy_closes_or_resets_the_slow_member() {
-    for policy in [WhenFull::Close, WhenFull::Abort] {
+    for policy in [FullQueuePolicy::Close, FullQueuePolicy::Abort] {
         let group = ConnectionGroup::with_when_full(policy);
         let (server, recorder) = start_broadcasting_embedded(&group).await;
         let reader = server.accept(peer_addr(1)).await.unwrap();
@@ -442,7 +442,7 @@ async fn the_full_member_policy_closes_or_resets_the_slow_member() {
         let (data, end) = peer_read_to_end(&mut stalled).await;
         let whole = assert_gapless(&data);
         let expected = match policy {
-            WhenFull::Close => {
+            FullQueuePolicy::Close => {
                 end.expect("a clean end after what was queued");
                 assert_eq!(whole, to_stalled, "every message queued for it, then FIN");
                 assert_eq!(data.len(), to_stalled * KIB);
@@ -617,7 +617,7 @@ async fn a_broadcast_comes_after_the_members_fed_reply() {
 /// closed as a slow consumer: it waits while a member catches up, then goes on.
 #[tokio::test]
 async fn a_sender_that_waits_for_room_never_fills_a_slow_members_queue() {
-    let group = ConnectionGroup::with_when_full(WhenFull::Close);
+    let group = ConnectionGroup::with_when_full(FullQueuePolicy::Close);
     let (server, recorder) = start_embedded(Behavior::collect(), joining(&group), |builder| {
         builder
             .write_queue_limit(LIMIT)

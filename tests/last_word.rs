@@ -14,7 +14,8 @@ use common::*;
 // These tests' embedded server (no listener: connect with `server.connect`).
 use common::start_recorded_embedded as start_embedded;
 use switchboard::{
-    async_trait, AtLimit, Callbacks, ClosureReason, Connection, Server, ServerBuilder, WeakServer,
+    async_trait, Callbacks, ClosureReason, Connection, LimitPolicy, Server, ServerBuilder,
+    WeakServer,
 };
 use tokio::io::AsyncReadExt;
 
@@ -150,7 +151,7 @@ async fn a_close_drops_at_most_the_discard_limit_of_a_streaming_peer_then_resets
 async fn a_client_refused_at_the_limit_gets_the_message_and_fin_and_no_callback() {
     let (server, recorder) = start(Behavior::echo(), Hooks::default(), |b| {
         b.max_connections(1)
-            .at_limit(AtLimit::AcceptAndClose)
+            .at_limit(LimitPolicy::AcceptAndClose)
             .refusal_message("server full\r\n")
     })
     .await;

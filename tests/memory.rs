@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use switchboard::socket2::SockRef;
 use switchboard::{
-    async_trait, Callbacks, Connection, ConnectionGroup, Direction, Server, WhenFull,
+    async_trait, Callbacks, Connection, ConnectionGroup, Direction, FullQueuePolicy, Server,
     DEFAULT_WRITE_QUEUE_LIMIT,
 };
 use tokio::net::TcpStream;
@@ -75,7 +75,7 @@ impl Callbacks for Room {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_that_never_read_hold_at_most_their_queue_limit_of_tiny_lines() {
     let _serial = SERIAL.lock().await;
-    let room = ConnectionGroup::with_when_full(WhenFull::Skip);
+    let room = ConnectionGroup::with_when_full(FullQueuePolicy::Skip);
     let held = Arc::new(Mutex::new(Vec::new()));
     let server = Server::builder()
         .bind("127.0.0.1:0")

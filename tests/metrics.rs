@@ -12,7 +12,9 @@ use std::time::Instant;
 use common::*;
 use metrics::Unit;
 use switchboard::proxy::ProxyProtocol;
-use switchboard::{AtLimit, Callbacks, ClosureReason, Error, Listen, Server, ServerBuilder, Stats};
+use switchboard::{
+    Callbacks, ClosureReason, Error, LimitPolicy, Listener, Server, ServerBuilder, Stats,
+};
 use tokio::io::AsyncWriteExt;
 
 const ACTIVE: &str = "switchboard_connections_active";
@@ -216,7 +218,7 @@ async fn refusals_are_counted_by_cause() {
     let mut builder = labelled(
         Server::builder()
             .max_connections(2)
-            .at_limit(AtLimit::AcceptAndClose)
+            .at_limit(LimitPolicy::AcceptAndClose)
             .max_connections_per_ip(1),
     );
     let recorder = Recorder::new(&mut builder);
@@ -352,7 +354,7 @@ async fn proxy_headers_are_timed_and_refusals_counted() {
     let metrics = MetricsRecorder::default();
     let settings = ProxyProtocol::new().trust("127.0.0.0/8".parse().unwrap());
     let mut builder =
-        labelled(Server::builder().listen(Listen::bind("127.0.0.1:0").proxy_protocol(settings)));
+        labelled(Server::builder().listen(Listener::bind("127.0.0.1:0").proxy_protocol(settings)));
     let recorder = Recorder::new(&mut builder);
     let server = metrics.start(builder, recorder.clone()).await.unwrap();
     let address = server.local_addr().unwrap();

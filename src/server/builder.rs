@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::connection::user_data::{Slot, UserDataLayout};
 use crate::defaults::*;
 use crate::rate::ReadRate;
-use crate::server::limit::{AtLimit, ConnectionLimiter};
-use crate::server::listen::Listen;
+use crate::server::limit::{ConnectionLimiter, LimitPolicy};
+use crate::server::listen::Listener;
 use crate::timeouts::Timeouts;
 use crate::tls::TlsAcceptor;
 
@@ -32,7 +32,7 @@ pub(crate) struct Config {
     pub(crate) write_low_watermark: usize,
     pub(crate) slow_consumer_timeout: Option<Duration>,
     pub(crate) timeouts: Timeouts,
-    pub(crate) at_limit: AtLimit,
+    pub(crate) at_limit: LimitPolicy,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) close_discard_limit: usize,
@@ -68,7 +68,7 @@ impl Config {
 ///
 /// ```
 /// use std::time::Duration;
-/// use switchboard::{AtLimit, Callbacks, Server};
+/// use switchboard::{LimitPolicy, Callbacks, Server};
 ///
 /// struct Nothing;
 /// impl Callbacks for Nothing {}
@@ -77,7 +77,7 @@ impl Config {
 /// let server = Server::builder()
 ///     .bind("127.0.0.1:0")
 ///     .max_connections(10_000)
-///     .at_limit(AtLimit::StopAccepting)
+///     .at_limit(LimitPolicy::StopAccepting)
 ///     .shutdown_timeout(Duration::from_secs(5))
 ///     .start(Nothing)
 ///     .await?;
@@ -87,7 +87,7 @@ impl Config {
 /// ```
 #[must_use = "a builder does nothing until `start`"]
 pub struct ServerBuilder<S = Server> {
-    binds: Vec<Listen>,
+    binds: Vec<Listener>,
     /// The acceptor for listeners added with `bind`.
     tls: Option<TlsAcceptor>,
     backlog: u32,
@@ -120,7 +120,7 @@ impl ServerBuilder {
                 write_low_watermark: DEFAULT_WRITE_LOW_WATERMARK,
                 slow_consumer_timeout: None,
                 timeouts: Timeouts::default(),
-                at_limit: AtLimit::StopAccepting,
+                at_limit: LimitPolicy::StopAccepting,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 close_timeout: DEFAULT_CLOSE_TIMEOUT,
                 close_discard_limit: DEFAULT_CLOSE_DISCARD_LIMIT,
@@ -183,13 +183,13 @@ impl<S> ServerBuilder<S> {
     /// # Ok(()) }
     /// ```
     pub fn bind(self, address: impl ToSocketAddrs) -> Self {
-        self.listen(Listen::bind(address))
+        self.listen(Listener::bind(address))
     }
 
     /// Adds a TLS listener on `address` whose connections negotiate with `acceptor`, whatever
     /// [`tls`](ServerBuilder::tls) says. See [`bind`](ServerBuilder::bind) for the address.
     pub fn bind_tls(self, address: impl ToSocketAddrs, acceptor: impl Into<TlsAcceptor>) -> Self {
-        self.listen(Listen::bind(address).tls(acceptor))
+        self.listen(Listener::bind(address).tls(acceptor))
     }
 
     /// Adds a listener created elsewhere: a socket that systemd or another supervisor passed in
@@ -201,7 +201,7 @@ impl<S> ServerBuilder<S> {
     /// [`Server::local_addrs`], in the order the listeners were added. The builder's socket
     /// options ([`backlog`](ServerBuilder::backlog),
     /// [`reuse_address`](ServerBuilder::reuse_address), `reuse_port`) are not applied: whoever
-    /// made the socket chose them. [`Listen::adopt`] does the same with settings of its own.
+    /// made the socket chose them. [`Listener::adopt`] does the same with settings of its own.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
@@ -220,7 +220,7 @@ impl<S> ServerBuilder<S> {
     /// # Ok(()) }
     /// ```
     pub fn adopt_listener(self, listener: std::net::TcpListener) -> Self {
-        self.listen(Listen::adopt(listener))
+        self.listen(Listener::adopt(listener))
     }
 
     /// [`adopt_listener`](ServerBuilder::adopt_listener) for a TLS listener whose connections
@@ -230,19 +230,19 @@ impl<S> ServerBuilder<S> {
         listener: std::net::TcpListener,
         acceptor: impl Into<TlsAcceptor>,
     ) -> Self {
-        self.listen(Listen::adopt(listener).tls(acceptor))
+        self.listen(Listener::adopt(listener).tls(acceptor))
     }
 
     /// Adds a listener with settings of its own: TLS, a [PROXY protocol](crate::proxy) header
-    /// before each connection. See [`Listen`].
-    pub fn listen(mut self, listen: Listen) -> Self {
+    /// before each connection. See [`Listener`].
+    pub fn listen(mut self, listen: Listener) -> Self {
         self.binds.push(listen);
         self
     }
 
     /// Makes every listener added with [`bind`](ServerBuilder::bind) or
     /// [`adopt_listener`](ServerBuilder::adopt_listener) (before or after this call), and every
-    /// [`Listen`] without an acceptor of its own,
+    /// [`Listener`] without an acceptor of its own,
     /// speak TLS with `acceptor`; see [`tls`](crate::tls) for the events and the protocol
     /// versions, and [`tls::acceptor_from_pem`](crate::tls::acceptor_from_pem) for building one
     /// (a [`TlsAcceptor`], which negotiates TLS 1.3 where the platform has it). A
@@ -581,14 +581,14 @@ impl<S> ServerBuilder<S> {
     }
 
     /// What to do with new connections when the limiter is full. Default:
-    /// [`AtLimit::StopAccepting`].
-    pub fn at_limit(mut self, policy: AtLimit) -> Self {
+    /// [`LimitPolicy::StopAccepting`].
+    pub fn at_limit(mut self, policy: LimitPolicy) -> Self {
         self.config.at_limit = policy;
         self
     }
 
     /// A last message for clients refused at the connection limit (with
-    /// [`AtLimit::AcceptAndClose`], or accepted with [`AtLimit::StopAccepting`] in the instant
+    /// [`LimitPolicy::AcceptAndClose`], or accepted with [`LimitPolicy::StopAccepting`] in the instant
     /// another server took the last shared slot), e.g. `"server full\r\n"` or a protocol's own
     /// busy reply. Such a client gets the message and FIN instead of a reset. It never becomes a
     /// connection: no callback runs for it (only
@@ -605,11 +605,11 @@ impl<S> ServerBuilder<S> {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
     /// # struct Nothing;
     /// # impl switchboard::Callbacks for Nothing {}
-    /// use switchboard::{AtLimit, Server};
+    /// use switchboard::{LimitPolicy, Server};
     /// let server = Server::builder()
     ///     .bind("127.0.0.1:0")
     ///     .max_connections(1_000)
-    ///     .at_limit(AtLimit::AcceptAndClose)
+    ///     .at_limit(LimitPolicy::AcceptAndClose)
     ///     .refusal_message("server full\r\n")
     ///     .start(Nothing)
     ///     .await?;

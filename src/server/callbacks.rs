@@ -143,7 +143,7 @@ pub trait Callbacks: Send + Sync + 'static {
     async fn on_start_accepting_connections(&self) {}
 
     /// The listeners stopped accepting: the connection limit was reached (with
-    /// [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting)), an explicit
+    /// [`LimitPolicy::StopAccepting`](crate::LimitPolicy::StopAccepting)), an explicit
     /// [`Server::stop_accepting`](crate::Server::stop_accepting), or shutdown.
     ///
     /// Default: does nothing.
@@ -282,9 +282,9 @@ pub trait Callbacks: Send + Sync + 'static {
         let _ = (connection, error);
     }
 
-    /// The connection limit was reached. With [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting)
+    /// The connection limit was reached. With [`LimitPolicy::StopAccepting`](crate::LimitPolicy::StopAccepting)
     /// this precedes [`on_stop_accepting_connections`](Callbacks::on_stop_accepting_connections);
-    /// with [`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose) it fires on the first
+    /// with [`LimitPolicy::AcceptAndClose`](crate::LimitPolicy::AcceptAndClose) it fires on the first
     /// refusal after a connection was taken.
     ///
     /// Default: does nothing.

@@ -7,12 +7,12 @@ use super::ServerBuilder;
 use crate::defaults::*;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::server::accept::{self, Listener};
+use crate::server::accept;
 #[cfg(doc)]
 use crate::server::callbacks::Callbacks;
 use crate::server::into_callbacks::sealed::Layout;
 use crate::server::into_callbacks::IntoCallbacks;
-use crate::server::listen::Listen;
+use crate::server::listen::Listener;
 use crate::server::manager::Manager;
 use crate::server::open::{self, ListenOn, ListenOptions};
 use crate::server::Server;
@@ -135,7 +135,7 @@ impl<S> ServerBuilder<S> {
 
 /// The listeners a server opens when it starts, taken from its builder.
 pub(crate) struct Listeners {
-    binds: Vec<Listen>,
+    binds: Vec<Listener>,
     /// The acceptor of listeners without their own.
     tls: Option<TlsAcceptor>,
     options: ListenOptions,
@@ -169,7 +169,7 @@ impl ServerBuilder<Server> {
             let (listener, local_addr) = open::open(bind.on, &options)?;
             local_addrs.push(local_addr);
             let tls = bind.tls.or_else(|| tls.clone());
-            listeners.push(Listener {
+            listeners.push(accept::Listener {
                 listener: Arc::new(listener),
                 tls,
                 proxy: bind.proxy,
