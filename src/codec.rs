@@ -148,7 +148,7 @@ pub use framed::{FramedConnection, SendError};
 
 /// The default [maximum frame length](Framing::max_frame_length): 8 MiB, tokio-util's
 /// `LengthDelimitedCodec` default.
-pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
+const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
 
 /// The decoded item of a handler's codec.
 pub type Item<H> = <<H as FrameHandler>::Codec as Decoder>::Item;
@@ -306,7 +306,8 @@ impl<H: FrameHandler> Framing<H> {
     /// The most bytes of one item the frame layer holds while waiting for its end; one more
     /// ends the connection with [`ClosureReason::FrameTooLong`]. Bytes the decoder took into
     /// its own state count too (a length field); a decoder that buffers items in a buffer of its
-    /// own must bound it itself. Default: [`DEFAULT_MAX_FRAME_LENGTH`]. At least 1.
+    /// own must bound it itself. Default: 8 MiB, tokio-util's `LengthDelimitedCodec` default. At
+    /// least 1.
     pub fn max_frame_length(mut self, bytes: usize) -> Self {
         self.max_frame_length = bytes;
         self

@@ -157,13 +157,7 @@ pub use closure::ClosureReason;
 pub use connection::user_data::{ConnectArgument, Slot, UserData};
 pub use connection::weak::WeakConnection;
 pub use connection::{Connection, WriteError};
-pub use defaults::{
-    DEFAULT_BACKLOG, DEFAULT_CLOSE_DISCARD_LIMIT, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_MAX_CONCURRENT_HANDSHAKES,
-    DEFAULT_READ_BUFFER_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SOURCES_TO_FILL_HANDSHAKES,
-    DEFAULT_WRITE_HIGH_WATERMARK, DEFAULT_WRITE_LOW_WATERMARK, DEFAULT_WRITE_QUEUE_LIMIT,
-    MAX_REFUSAL_MESSAGE,
-};
+pub use defaults::MAX_REFUSAL_MESSAGE;
 pub use error::Error;
 pub use group::{BroadcastReport, ConnectionGroup, Delivery, FullQueuePolicy};
 pub use ids::{ConnectionId, Direction};

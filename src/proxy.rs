@@ -70,7 +70,7 @@ use crate::proxy::crc32c::Crc32c;
 /// How long a connection may take to send its whole PROXY header: long enough for a balancer
 /// across a slow link, short enough that connections that say nothing are soon gone (the header
 /// is the balancer's first write, sent with or right after the handshake).
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest version 1 header, line end included (the protocol's limit).
 const V1_MAX: usize = 107;
@@ -98,7 +98,7 @@ impl Default for ProxyProtocol {
 
 impl ProxyProtocol {
     /// Settings that trust no peer yet (add the balancers with [`trust`](ProxyProtocol::trust))
-    /// and allow [`DEFAULT_HEADER_TIMEOUT`] (5 s) for the header.
+    /// and allow 5 s for the header (see [`header_timeout`](ProxyProtocol::header_timeout)).
     pub fn new() -> Self {
         ProxyProtocol {
             trusted: Vec::new(),
@@ -114,8 +114,10 @@ impl ProxyProtocol {
         self
     }
 
-    /// How long a connection may take to send its whole header, from its accept. Default:
-    /// [`DEFAULT_HEADER_TIMEOUT`].
+    /// How long a connection may take to send its whole header, from its accept. Default: 5 s,
+    /// long enough for a balancer across a slow link, short enough that connections that say
+    /// nothing are soon gone (the header is the balancer's first write, sent with or right after
+    /// the handshake).
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
         self

@@ -339,7 +339,8 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
 #[tokio::test(start_paused = true)]
 async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_deadlock() {
     const CHUNK: usize = 10_000;
-    let limit = switchboard::DEFAULT_WRITE_QUEUE_LIMIT;
+    // The default write queue limit, as `ServerBuilder::write_queue_limit` documents.
+    let limit: usize = 64 * 1024;
     let behavior = Behavior {
         keep_handles: true,
         fill: Some(CHUNK),

@@ -11,9 +11,12 @@ use std::time::Duration;
 use switchboard::socket2::SockRef;
 use switchboard::{
     async_trait, Callbacks, Connection, ConnectionGroup, Direction, FullQueuePolicy, Server,
-    DEFAULT_WRITE_QUEUE_LIMIT,
 };
 use tokio::net::TcpStream;
+
+/// The write queue limit these servers run with: the default (64 KiB, as
+/// `ServerBuilder::write_queue_limit` documents).
+const DEFAULT_WRITE_QUEUE_LIMIT: usize = 64 * 1024;
 
 /// The system allocator, counting the bytes it has handed out and not yet taken back.
 struct Counting;

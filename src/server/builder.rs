@@ -257,8 +257,8 @@ impl<S> ServerBuilder<S> {
     /// [PROXY headers](crate::proxy), the end of the header) to negotiated, before the
     /// connection is reset with [`ClosureReason::HandshakeTimedOut`](crate::ClosureReason::HandshakeTimedOut).
     /// Until an accepted client's first byte, a shorter
-    /// [first-byte timeout](ServerBuilder::first_byte_timeout) bounds it too. Default:
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    /// [first-byte timeout](ServerBuilder::first_byte_timeout) bounds it too. Default: 10 s, as
+    /// Netty's `SslHandler`.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self
@@ -266,8 +266,9 @@ impl<S> ServerBuilder<S> {
 
     /// At most `max` TLS handshakes of accepted connections in progress at once, so stalled
     /// handshakes can never hold more than `max` slots of the connection limit. Outgoing
-    /// connections are not counted. Default: [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`] (512). Must be
-    /// above zero.
+    /// connections are not counted. Default: 512: a busy 2-core server completes a few thousand
+    /// handshakes a second, so 512 in progress is far more than honest clients need, while a
+    /// flood of clients that connect and stall holds at most that many slots. Must be above zero.
     ///
     /// A connection holds its slot from the start of its handshake (after the
     /// [PROXY header](crate::proxy), on a listener that reads one) to its end. When all `max` are
@@ -292,8 +293,12 @@ impl<S> ServerBuilder<S> {
     /// listener that reads [PROXY headers](crate::proxy), the client's address the header names.
     /// A connection from a source that holds `max` is reset at once with
     /// [`ClosureReason::HandshakeLimit`](crate::ClosureReason::HandshakeLimit), and takes no
-    /// other connection's slot. Default: the cap divided by
-    /// [`DEFAULT_SOURCES_TO_FILL_HANDSHAKES`], at least 1 (256 of the default 512); see there why.
+    /// other connection's slot. Default: half the cap, at least 1 (256 of the default 512): one
+    /// source alone holds half the cap at most, and the other half stays for everyone else. It
+    /// is not smaller because honest clients share addresses and open connections in bursts (a
+    /// NAT gateway, a proxy without the PROXY protocol, a connection pool warming up, a load test
+    /// from one host: `echo_client --conns 200 --tls` failed 135 of its 200 handshakes with an
+    /// eighth).
     /// A value at or above the cap turns the share off: set it so for a plain listener behind a
     /// load balancer that does not send PROXY headers, where every client has the balancer's
     /// address. Must be above zero.
@@ -354,7 +359,7 @@ impl<S> ServerBuilder<S> {
     /// How many leading bits of an IPv6 address name its source, for the
     /// [per-address cap](ServerBuilder::max_connections_per_ip) and the
     /// [handshake share](ServerBuilder::max_handshakes_per_source): the addresses that agree on
-    /// them are one peer. Default: [`DEFAULT_IPV6_SOURCE_PREFIX`] (64), since one subscriber or
+    /// them are one peer. Default: 64, since one subscriber or
     /// host is usually given a whole /64 and can take a new address within it for every
     /// connection; counted one by one, its addresses would each get a share of their own. 128
     /// counts every address on its own; a shorter prefix (a /56 or /48, what some providers give
@@ -427,7 +432,8 @@ impl<S> ServerBuilder<S> {
 }
 
 impl<S> ServerBuilder<S> {
-    /// Listen backlog. Default: [`DEFAULT_BACKLOG`] (1024); the kernel caps it at `somaxconn`.
+    /// Listen backlog. Default: 1024, Linux's `somaxconn` default since 5.4 and what nginx and Go
+    /// ask for on Linux; the kernel caps it at `somaxconn`.
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = backlog;
         self
@@ -467,8 +473,10 @@ impl<S> ServerBuilder<S> {
         self
     }
 
-    /// Largest buffer one read delivers. Default: [`DEFAULT_READ_BUFFER_SIZE`] (8 KiB). Must be
-    /// above zero.
+    /// Largest buffer one read delivers. Default: 8 KiB, tokio's and most echo servers' usual
+    /// size. A read lands in a buffer of this size kept per runtime thread and is handed over in
+    /// one of exactly the size read, so an idle connection holds no read buffer. Must be above
+    /// zero.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.config.read_buffer_size = bytes;
         self
@@ -495,7 +503,7 @@ impl<S> ServerBuilder<S> {
     /// What a connection's write queue may hold: [`Connection::write`](crate::Connection::write)
     /// is refused once the queue holds this much, and reads pause (so a peer that does not read
     /// our replies is held back by TCP flow control) until the queue drains below it. Default:
-    /// [`DEFAULT_WRITE_QUEUE_LIMIT`] (64 KiB). Must be above zero.
+    /// 64 KiB, Netty's default high watermark. Must be above zero.
     ///
     /// The queue counts each buffer as its length plus 64 bytes, what a queued buffer costs in
     /// memory besides its bytes, so the limit bounds memory whatever the sizes written: a full
@@ -512,7 +520,7 @@ impl<S> ServerBuilder<S> {
     /// ([`Callbacks::on_write_buffer_high`];
     /// [`Connection::writable`](crate::Connection::writable) waits) until it drains to `low`
     /// ([`Callbacks::on_write_buffer_low`]). Defaults:
-    /// [`DEFAULT_WRITE_HIGH_WATERMARK`] (64 KiB) and [`DEFAULT_WRITE_LOW_WATERMARK`] (32 KiB).
+    /// 64 KiB and 32 KiB, Netty's.
     /// `low` must be below `high`. The hard bound stays the
     /// [write queue limit](ServerBuilder::write_queue_limit).
     pub fn write_watermarks(mut self, high: usize, low: usize) -> Self {
@@ -622,7 +630,7 @@ impl<S> ServerBuilder<S> {
     }
 
     /// Drain time: how long a shutdown waits for live connections to end by themselves before it
-    /// resets the rest. Default: [`DEFAULT_SHUTDOWN_TIMEOUT`] (30 s).
+    /// resets the rest. Default: 30 s, Kubernetes' default termination grace period.
     pub fn shutdown_timeout(mut self, drain: Duration) -> Self {
         self.config.shutdown_timeout = drain;
         self
@@ -635,7 +643,7 @@ impl<S> ServerBuilder<S> {
     /// (Linux tells), and that only waits for the peer to close its own end, is closed and keeps
     /// the reason it closed with; the peer is counted in
     /// [`Stats::lingering_peers`](crate::Stats).
-    /// Default: [`DEFAULT_CLOSE_TIMEOUT`] (5 s).
+    /// Default: 5 s, nginx's `lingering_timeout`.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
         self
@@ -645,13 +653,15 @@ impl<S> ServerBuilder<S> {
     /// the peer's FIN) before it resets the connection instead, with
     /// [`ClosureReason::DiscardLimit`](crate::ClosureReason::DiscardLimit): a client streaming into
     /// a connection the server has closed is cut off after this much, not after the close
-    /// timeout's worth. Default: [`DEFAULT_CLOSE_DISCARD_LIMIT`] (64 KiB).
+    /// timeout's worth. Default: 64 KiB, a few round trips' worth of what a peer may have had in
+    /// flight when the close began (the write queue limit's default).
     pub fn close_discard_limit(mut self, bytes: usize) -> Self {
         self.config.close_discard_limit = bytes;
         self
     }
 
-    /// How long an outgoing connect may take. Default: [`DEFAULT_CONNECT_TIMEOUT`] (10 s).
+    /// How long an outgoing connect may take. Default: 10 s, long enough for a retransmitted SYN
+    /// (1 s, then 3 s), short enough that a dead host is reported promptly.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
