@@ -138,6 +138,7 @@ impl Server {
     }
 
     /// The server's shared state.
+    #[cfg(feature = "testing")]
     pub(crate) fn manager(&self) -> &Arc<Manager> {
         &self.manager
     }
