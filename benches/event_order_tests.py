@@ -8,8 +8,8 @@ asserts on recorded callbacks, closure reasons or shutdown reports: it names `Ev
 one of the recorders' event readers (`.events()`, `events_of`, `assert_lifecycle`,
 `closure_reason`, `wait_closure`, `.closure(`, `ended_with`, `wait_for_release`).
 
-It runs embedded if its body starts an embedded server (`start_embedded`, the builder's or a
-helper of that name, or `start_framed_embedded`), or calls a helper of its file that does
+It runs embedded if its body starts an embedded server (`.embedded()` on the builder, a
+helper named `start_embedded`, or the old `start_framed_embedded`), or calls a helper of its file that does
 (directly or through another helper).
 
 Usage: python3 benches/event_order_tests.py [-v]   (from the crate's root)
@@ -23,7 +23,7 @@ EVENT_ORDER = re.compile(
     r"events_of|assert_lifecycle|closure_reason|wait_closure|\.closure\(|ended_with|"
     r"wait_for_release"
 )
-EMBEDDED = re.compile(r"start_(framed_)?embedded")
+EMBEDDED = re.compile(r"start_(framed_)?embedded|\.embedded\(\)")
 FN = re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?(?:async\s+)?fn\s+(\w+)")
 
 

@@ -41,7 +41,7 @@
 //! reception. A member still above the mark after [`PATIENCE`] (it does not read) is closed
 //! gracefully then, as is one whose queue (64 KiB) is full when a message comes: it gets every
 //! message up to that point and then FIN, never a conversation with a gap in it
-//! ([`WhenFull::Close`]).
+//! ([`FullQueuePolicy::Close`]).
 //!
 //! # Connections that never name themselves
 //!
@@ -54,7 +54,7 @@
 //! before `--max-unnamed` newer connections can push it out. The `NICK` deadline bounds how long
 //! anyone stays in the line when there is no flood to push them.
 //!
-//! The server's own connection limit (with [`AtLimit::StopAccepting`]: clients past it wait in
+//! The server's own connection limit (with [`LimitPolicy::StopAccepting`]: clients past it wait in
 //! the listen backlog, unrefused) is `--max-clients` plus twice `--max-unnamed`, room for the
 //! line and for the connections it has just closed, so that descriptors stay bounded whatever
 //! comes. From many addresses the line is the only defence; a server on the internet would also
@@ -70,8 +70,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use switchboard::{
-    async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionGroup,
-    Error, ReadRate, Server, ShutdownReport, Slot, WeakConnection, WhenFull,
+    async_trait, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionGroup, Error,
+    FullQueuePolicy, LimitPolicy, ReadRate, Server, ShutdownReport, Slot, WeakConnection,
 };
 
 #[path = "common/mod.rs"]
@@ -461,7 +461,7 @@ async fn run(options: Options) -> Result<(), Error> {
         unnamed: WaitingLine::new(limits.max_unnamed, limits.nick_timeout),
     }));
     let chat = Chat(Arc::new(Room {
-        room: ConnectionGroup::with_when_full(WhenFull::Close),
+        room: ConnectionGroup::with_when_full(FullQueuePolicy::Close),
         client,
         lobby: lobby.clone(),
         limits,
@@ -475,7 +475,7 @@ async fn run(options: Options) -> Result<(), Error> {
     let server = builder
         .bind(options.listen.as_str())
         .max_connections(max_connections)
-        .at_limit(AtLimit::StopAccepting)
+        .at_limit(LimitPolicy::StopAccepting)
         .write_watermarks(HIGH_WATERMARK, HIGH_WATERMARK / 2)
         .read_rate_limit(Some(ReadRate::new(limits.read_rate, 4 * limits.read_rate)))
         .start(chat)

@@ -286,8 +286,12 @@ async fn run(options: Options) -> Result<bool, Error> {
     let started = Instant::now();
     for index in 0..options.conns {
         match &tls {
-            Some(tls) => client.spawn_connect_tls(options.connect, tls.clone(), index)?,
-            None => client.spawn_connect(options.connect, index)?,
+            Some(tls) => client
+                .connect(options.connect)
+                .tls(tls.clone())
+                .argument(index)
+                .spawn()?,
+            None => client.connect(options.connect).argument(index).spawn()?,
         }
     }
     if options.conns > 0 {

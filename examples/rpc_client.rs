@@ -151,7 +151,7 @@ async fn client(
     options: Arc<Options>,
     tally: Arc<Tally>,
 ) {
-    let mut rpc = match manager.connect_client(address).await {
+    let mut rpc = match manager.connect(address).client().await {
         Ok(client) => client.framed(codec()),
         Err(error) => {
             eprintln!("client {index}: {error}");
@@ -187,7 +187,7 @@ async fn client(
 async fn serve() -> Result<Server, Error> {
     Server::builder()
         .bind("127.0.0.1:0")
-        .start_framed(Framing::new(Reverse).max_frame_length(MAX_FRAME))
+        .start(Framing::new(Reverse).max_frame_length(MAX_FRAME))
         .await
 }
 

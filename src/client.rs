@@ -2,9 +2,9 @@
 //! itself (send, then await the reply), still counted, limited, reported and shut down by the
 //! server like any other.
 //!
-//! [`Server::connect_client`](crate::Server::connect_client) opens one. Its reads and the peer's
+//! [`server.connect(address).client()`](crate::ConnectBuilder::client) opens one. Its reads and the peer's
 //! FIN go to the [`Client`], not to the callbacks; every other event of the connection runs as
-//! for any outgoing connection: `on_pre_outgoing_connect` (with an empty argument),
+//! for any outgoing connection: `on_pre_outgoing_connect` (with the builder's argument, none unless set),
 //! `on_socket_created`, `on_connection_established`, the TLS events, and at the end
 //! `on_connection_closure`, `on_connection_closed`, `on_socket_released`. The client's own state
 //! lives in the task that holds it, typed, instead of in a type-erased connect argument.
@@ -20,7 +20,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -33,69 +32,37 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::closure::ClosureReason;
 use crate::connection::read_sink::ReadSink;
-use crate::connection::user_data::ConnectArgument;
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::server::connect::{self, Dial};
-use crate::server::Server;
-use crate::tls::TlsConnect;
+use crate::server::connect_builder::ConnectBuilder;
 
-/// The clients of a server: connections whose reads an awaiting task takes.
-impl Server {
-    /// Connects to `address` through this server's manager and limiter and returns a
-    /// [`Client`] that the calling task drives: it sends, then awaits what the peer sends (see
-    /// [`client`](crate::client)). The connection's reads and the peer's FIN go to the client;
-    /// every other event runs as for [`connect`](Server::connect) (with an empty
-    /// [`ConnectArgument`] for `on_pre_outgoing_connect`).
+/// Clients: connections whose reads an awaiting task takes.
+impl ConnectBuilder {
+    /// Connects and returns a [`Client`] that the calling task drives: it sends, then awaits
+    /// what the peer sends (see [`client`](crate::client)). The connection's reads and the
+    /// peer's FIN go to the client; every other event runs as for a connect that is awaited
+    /// (with the builder's [`argument`](ConnectBuilder::argument), none unless set, for
+    /// `on_pre_outgoing_connect`).
     ///
     /// # Errors
-    /// As for [`connect`](Server::connect).
+    /// As for a connect that is awaited: [`Error::Connect`], [`Error::ConnectTimedOut`],
+    /// [`Error::ConnectionLimitReached`], [`Error::ShuttingDown`], or [`Error::CallbackPanic`]
+    /// if a pre-connect callback panicked.
+    ///
+    /// # Cancel safety
+    /// As for a connect that is awaited: the attempt runs on a task of its own.
     ///
     /// ```no_run
     /// # async fn example(server: switchboard::Server) -> Result<(), switchboard::Error> {
-    /// let mut client = server.connect_client("127.0.0.1:6379".parse().unwrap()).await?;
+    /// let mut client = server.connect("127.0.0.1:6379".parse().unwrap()).client().await?;
     /// client.send("PING\r\n").await?;
     /// let reply = client.recv().await?;
     /// # Ok(()) }
     /// ```
-    pub async fn connect_client(&self, address: SocketAddr) -> Result<Client, Error> {
-        self.open_client(address, None).await
-    }
-
-    /// [`connect_client`](Server::connect_client) over TLS, negotiated as
-    /// [`connect_tls`](Server::connect_tls) describes (a failed negotiation ends the connection:
-    /// the client's [`recv`](Client::recv) then fails and [`Client::closure`] says why).
-    ///
-    /// # Errors
-    /// As for [`connect`](Server::connect).
-    pub async fn connect_client_tls(
-        &self,
-        address: SocketAddr,
-        tls: TlsConnect,
-    ) -> Result<Client, Error> {
-        self.open_client(address, Some(tls)).await
-    }
-
-    async fn open_client(
-        &self,
-        address: SocketAddr,
-        tls: Option<TlsConnect>,
-    ) -> Result<Client, Error> {
-        let live = self.manager().begin()?;
+    pub async fn client(self) -> Result<Client, Error> {
         let (sink, receiver) = channel();
-        let attempt = connect::connect(
-            self.manager().clone(),
-            live,
-            address,
-            Dial::Socket(tls),
-            ConnectArgument::empty(),
-            false,
-            Some(Box::new(sink)),
-        );
-        match tokio::spawn(attempt).await {
-            Ok(result) => result.map(|connection| Client::new(connection, receiver)),
-            Err(_) => Err(Error::ShuttingDown),
-        }
+        let connection = self.attempt(Some(Box::new(sink))).await?;
+        Ok(Client::new(connection, receiver))
     }
 }
 
@@ -146,11 +113,11 @@ pub(crate) fn channel() -> (ClientSink, ClientReceiver) {
 
 /// An outgoing connection driven by the task that holds it: write to it, then
 /// [`recv`](Client::recv) what the peer sends. From
-/// [`Server::connect_client`](crate::Server::connect_client).
+/// [`ConnectBuilder::client`](crate::ConnectBuilder::client).
 ///
 /// ```no_run
 /// # async fn example(server: switchboard::Server, address: std::net::SocketAddr) -> Result<(), switchboard::Error> {
-/// let mut client = server.connect_client(address).await?;
+/// let mut client = server.connect(address).client().await?;
 /// client.send("PING\r\n").await?;
 /// while let Some(data) = client.recv().await? {
 ///     if data.ends_with(b"\r\n") {
@@ -303,7 +270,8 @@ const SINK_BOUNDARY: usize = 8 * 1024;
 /// use switchboard::tokio_util::codec::LinesCodec;
 /// # async fn example(server: switchboard::Server, address: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 /// let mut lines = server
-///     .connect_client(address)
+///     .connect(address)
+///     .client()
 ///     .await?
 ///     .framed(LinesCodec::new())
 ///     .read_timeout(Duration::from_secs(5));

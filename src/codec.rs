@@ -6,7 +6,8 @@
 //! A [`FrameHandler`] is a [`Callbacks`] implementation with one more event,
 //! [`on_frame`](FrameHandler::on_frame), and a codec: [`new_codec`](FrameHandler::new_codec)
 //! makes one for each connection (accepted or outgoing), so a codec may keep per-connection
-//! state. [`ServerBuilder::start_framed`] starts a server with it:
+//! state. [`ServerBuilder::start`](crate::ServerBuilder::start) starts a server with it, in a
+//! [`Framing`] (which also holds the frame layer's settings):
 //!
 //! - **Reading is the frame layer's.** It requests a read as soon as a connection is
 //!   established, decodes each read and requests the next one once every whole item of it was
@@ -84,7 +85,7 @@
 //! # async fn run() -> Result<(), switchboard::Error> {
 //! let server = Server::builder()
 //!     .bind("127.0.0.1:0")
-//!     .start_framed(Framing::new(Echo))
+//!     .start(Framing::new(Echo))
 //!     .await?;
 //! # Ok(()) }
 //! ```
@@ -120,7 +121,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let server = Server::builder()
 //!     .bind("127.0.0.1:0")
-//!     .start_framed(Framing::new(Reverse).max_frame_length(64 * 1024))
+//!     .start(Framing::new(Reverse).max_frame_length(64 * 1024))
 //!     .await?;
 //! let mut client = tokio::net::TcpStream::connect(server.local_addr().unwrap()).await?;
 //! client.write_all(b"\0\0\0\x03abc\0\0\0\x02xy").await?;
@@ -147,16 +148,16 @@ use tokio_util::codec::Decoder;
 use crate::closure::ClosureReason;
 use crate::connection::Connection;
 use crate::error::Error;
-use crate::server::builder::ServerBuilder;
 use crate::server::callbacks::Callbacks;
-use crate::server::Server;
+use crate::server::into_callbacks::sealed::{Layout, Sealed};
+use crate::server::into_callbacks::IntoCallbacks;
 
 pub(crate) use framed::{is_framed_with, queue_item, Queued};
 pub use framed::{FramedConnection, SendError};
 
 /// The default [maximum frame length](Framing::max_frame_length): 8 MiB, tokio-util's
 /// `LengthDelimitedCodec` default.
-pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
+const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
 
 /// The decoded item of a handler's codec.
 pub type Item<H> = <<H as FrameHandler>::Codec as Decoder>::Item;
@@ -165,7 +166,7 @@ pub type Item<H> = <<H as FrameHandler>::Codec as Decoder>::Item;
 pub type DecodeError<H> = <<H as FrameHandler>::Codec as Decoder>::Error;
 
 /// A [`Callbacks`] implementation that takes whole items instead of bytes; see the
-/// [module docs](self). Started with [`ServerBuilder::start_framed`].
+/// [module docs](self). Started with [`ServerBuilder::start`](crate::ServerBuilder::start).
 #[async_trait]
 pub trait FrameHandler: Callbacks {
     /// The connections' codec: its [`Decoder`] cuts what is read into items, its
@@ -274,7 +275,7 @@ impl<E: std::error::Error + 'static> std::error::Error for FrameError<E> {
     }
 }
 
-/// A [`FrameHandler`] and the frame layer's settings, for [`ServerBuilder::start_framed`].
+/// A [`FrameHandler`] and the frame layer's settings, for [`ServerBuilder::start`](crate::ServerBuilder::start).
 ///
 /// ```no_run
 /// # use switchboard::codec::{FrameHandler, FramedConnection, Framing};
@@ -291,7 +292,7 @@ impl<E: std::error::Error + 'static> std::error::Error for FrameError<E> {
 /// # async fn run() -> Result<(), switchboard::Error> {
 /// let server = Server::builder()
 ///     .bind("127.0.0.1:0")
-///     .start_framed(Framing::new(Handler).max_frame_length(1024 * 1024))
+///     .start(Framing::new(Handler).max_frame_length(1024 * 1024))
 ///     .await?;
 /// # Ok(()) }
 /// ```
@@ -314,92 +315,30 @@ impl<H: FrameHandler> Framing<H> {
     /// The most bytes of one item the frame layer holds while waiting for its end; one more
     /// ends the connection with [`ClosureReason::FrameTooLong`]. Bytes the decoder took into
     /// its own state count too (a length field); a decoder that buffers items in a buffer of its
-    /// own must bound it itself. Default: [`DEFAULT_MAX_FRAME_LENGTH`]. At least 1.
+    /// own must bound it itself. Default: 8 MiB, tokio-util's `LengthDelimitedCodec` default. At
+    /// least 1.
     pub fn max_frame_length(mut self, bytes: usize) -> Self {
         self.max_frame_length = bytes;
         self
     }
 }
 
-impl ServerBuilder {
-    /// Starts the server with a [`FrameHandler`]: its connections' reads are decoded into items
-    /// (see the [`codec`](crate::codec) module). Otherwise as [`start`](ServerBuilder::start).
-    ///
-    /// # Errors
-    /// As for [`start`](ServerBuilder::start), and [`Error::InvalidSetting`] for a maximum
-    /// frame length of 0.
-    pub async fn start_framed<H: FrameHandler>(
-        mut self,
-        framing: Framing<H>,
-    ) -> Result<Server, Error> {
-        let callbacks = self.framed(framing)?;
-        self.start(callbacks).await
-    }
+impl<H: FrameHandler> IntoCallbacks for Framing<H> {}
 
-    /// [`start_framed`](ServerBuilder::start_framed) with no listener, for
-    /// [embedded connections](crate::testing::EmbeddedServer::connect) (feature `testing`):
-    /// what [`start_embedded`](ServerBuilder::start_embedded) is to
-    /// [`start`](ServerBuilder::start).
-    ///
-    /// ```
-    /// use switchboard::codec::{FrameHandler, FramedConnection, Framing};
-    /// use switchboard::tokio_util::codec::LinesCodec;
-    /// use switchboard::{async_trait, Callbacks, Connection, Server};
-    ///
-    /// /// Answers each line in capitals.
-    /// struct Shout;
-    ///
-    /// impl Callbacks for Shout {}
-    ///
-    /// #[async_trait]
-    /// impl FrameHandler for Shout {
-    ///     type Codec = LinesCodec;
-    ///     fn new_codec(&self, _: &Connection) -> LinesCodec {
-    ///         LinesCodec::new()
-    ///     }
-    ///     async fn on_frame(&self, connection: &FramedConnection<'_, LinesCodec>, line: String) {
-    ///         let _ = connection.send(line.to_uppercase());
-    ///     }
-    /// }
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let server = Server::builder().start_framed_embedded(Framing::new(Shout)).await?;
-    /// let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
-    /// // The line arrives cut in two; the handler sees it whole.
-    /// peer.send("hel")?;
-    /// peer.send("lo\n")?;
-    /// assert_eq!(peer.read_exact(6).await?, "HELLO\n");
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// As for [`start_framed`](ServerBuilder::start_framed).
-    #[cfg(feature = "testing")]
-    pub async fn start_framed_embedded<H: FrameHandler>(
-        mut self,
-        framing: Framing<H>,
-    ) -> Result<crate::testing::EmbeddedServer, Error> {
-        let callbacks = self.framed(framing)?;
-        self.start_embedded(callbacks).await
-    }
-
-    /// The callbacks that run `framing`'s handler, with their user data slot.
-    fn framed<H: FrameHandler>(
-        &mut self,
-        framing: Framing<H>,
-    ) -> Result<adapter::Adapter<H>, Error> {
-        if framing.max_frame_length == 0 {
+impl<H: FrameHandler> Sealed for Framing<H> {
+    /// The callbacks that run the handler, with their user data slot.
+    fn into_callbacks(self, layout: Layout<'_>) -> Result<Box<dyn Callbacks>, Error> {
+        if self.max_frame_length == 0 {
             return Err(Error::InvalidSetting {
                 setting: "max_frame_length",
                 reason: "must be at least 1".into(),
             });
         }
-        let slot = self.request_user_data_slot();
-        Ok(adapter::Adapter::new(
-            framing.handler,
+        let slot = layout.0.request();
+        Ok(Box::new(adapter::Adapter::new(
+            self.handler,
             slot,
-            framing.max_frame_length,
-        ))
+            self.max_frame_length,
+        )))
     }
 }

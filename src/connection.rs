@@ -158,7 +158,7 @@ impl Connection {
     }
 
     /// The PROXY protocol header the connection began with, on a listener that
-    /// [requires one](crate::Listen::proxy_protocol): the addresses it relayed, and for version
+    /// [requires one](crate::Listener::proxy_protocol): the addresses it relayed, and for version
     /// 2 its TLVs. `None` on other connections.
     ///
     /// ```

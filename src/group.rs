@@ -23,7 +23,7 @@ use crate::ids::ConnectionId;
 /// [`Delivery::QueueFull`] for that message, and the others are served at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
-pub enum WhenFull {
+pub enum FullQueuePolicy {
     /// The member misses this message and stays in the group (it gets the next ones once its
     /// queue has room). Right when messages may be lost (a status feed, the latest price).
     #[default]
@@ -43,7 +43,7 @@ pub enum WhenFull {
 pub enum Delivery {
     /// Queued for the member (a [`Bytes`] clone: the data itself is shared, not copied).
     Sent,
-    /// The member's write queue was full: not queued, and the group's [`WhenFull`] was applied.
+    /// The member's write queue was full: not queued, and the group's [`FullQueuePolicy`] was applied.
     QueueFull,
     /// The member is closing or closed (or shut its write side down), so nothing was queued.
     /// A member that closes leaves its groups by itself; until its connection's task has taken
@@ -160,7 +160,7 @@ impl BroadcastReport {
 ///
 /// **A broadcast never waits.** It queues one shared buffer for every member and returns what
 /// happened to each ([`BroadcastReport`]); a member whose queue is full is dealt with as the
-/// group's [`WhenFull`] says. Broadcasts to one group run one at a time, so every member gets
+/// group's [`FullQueuePolicy`] says. Broadcasts to one group run one at a time, so every member gets
 /// them in the same order.
 ///
 /// **Items too.** On a framed server (see [`codec`](crate::codec)),
@@ -179,7 +179,7 @@ impl BroadcastReport {
 ///
 /// ```
 /// use std::net::SocketAddr;
-/// use switchboard::{async_trait, BytesMut, Callbacks, Connection, ConnectionGroup, WhenFull};
+/// use switchboard::{async_trait, BytesMut, Callbacks, Connection, ConnectionGroup, FullQueuePolicy};
 ///
 /// struct Room {
 ///     everyone: ConnectionGroup,
@@ -203,7 +203,7 @@ impl BroadcastReport {
 ///     // No `on_connection_closure` needed: members leave by themselves.
 /// }
 ///
-/// let room = Room { everyone: ConnectionGroup::with_when_full(WhenFull::Close) };
+/// let room = Room { everyone: ConnectionGroup::with_when_full(FullQueuePolicy::Close) };
 /// ```
 #[derive(Clone, Default)]
 pub struct ConnectionGroup {
@@ -220,7 +220,7 @@ pub struct ConnectionGroup {
 #[derive(Default)]
 pub(crate) struct GroupInner {
     members: Mutex<HashMap<ConnectionId, Arc<Shared>>>,
-    when_full: WhenFull,
+    when_full: FullQueuePolicy,
     /// A [`GroupMap`](crate::GroupMap)'s group: told, without the members' lock, when a member's
     /// leave (its close, or a [`remove`](ConnectionGroup::remove)) leaves the group empty.
     emptied: Option<Emptied>,
@@ -265,13 +265,13 @@ impl GroupInner {
 }
 
 impl ConnectionGroup {
-    /// An empty group whose broadcasts skip members with a full queue ([`WhenFull::Skip`]).
+    /// An empty group whose broadcasts skip members with a full queue ([`FullQueuePolicy::Skip`]).
     pub fn new() -> Self {
         ConnectionGroup::default()
     }
 
     /// An empty group whose broadcasts treat members with a full queue as `when_full` says.
-    pub fn with_when_full(when_full: WhenFull) -> Self {
+    pub fn with_when_full(when_full: FullQueuePolicy) -> Self {
         ConnectionGroup {
             inner: Arc::new(GroupInner {
                 members: Mutex::default(),
@@ -282,7 +282,7 @@ impl ConnectionGroup {
     }
 
     /// A [`GroupMap`](crate::GroupMap)'s group, which tells `emptied` when a leave empties it.
-    pub(crate) fn of_map(when_full: WhenFull, emptied: Emptied) -> Self {
+    pub(crate) fn of_map(when_full: FullQueuePolicy, emptied: Emptied) -> Self {
         ConnectionGroup {
             inner: Arc::new(GroupInner {
                 members: Mutex::default(),
@@ -298,7 +298,7 @@ impl ConnectionGroup {
     }
 
     /// What broadcasts do to a member whose queue is full.
-    pub fn when_full(&self) -> WhenFull {
+    pub fn when_full(&self) -> FullQueuePolicy {
         self.inner.when_full
     }
 
@@ -427,7 +427,7 @@ impl ConnectionGroup {
     }
 
     /// Queues `data` for every member, without waiting for any; see [`BroadcastReport`] for
-    /// what happened to each, and [`WhenFull`] for members whose queue is full. Each member
+    /// what happened to each, and [`FullQueuePolicy`] for members whose queue is full. Each member
     /// gets a clone of the same [`Bytes`], which its
     /// [`on_write_completed`](crate::Callbacks::on_write_completed) gets back when sent.
     ///
@@ -453,7 +453,7 @@ impl ConnectionGroup {
     /// codec with per-connection state (a sequence number, a compression context) encodes it
     /// as that connection's next item. Otherwise as [`broadcast`](ConnectionGroup::broadcast):
     /// it never waits, reports each member ([`BroadcastReport`]), applies the group's
-    /// [`WhenFull`], and keeps each member's one order (the item goes out after everything
+    /// [`FullQueuePolicy`], and keeps each member's one order (the item goes out after everything
     /// posted to the member before, fed items included). A member not framed with `C` is reported [`Delivery::NotFramed`], one whose
     /// encoder fails [`Delivery::EncodeFailed`]; neither gets anything.
     ///
@@ -615,12 +615,12 @@ fn written<E>(member: &Shared, data: Bytes) -> Queued<E> {
 }
 
 impl ConnectionGroup {
-    /// Applies the group's [`WhenFull`] to `member`, whose queue is full.
+    /// Applies the group's [`FullQueuePolicy`] to `member`, whose queue is full.
     fn treat_full(&self, member: &Arc<Shared>) {
         let close = match self.inner.when_full {
-            WhenFull::Skip => return,
-            WhenFull::Close => Connection::close,
-            WhenFull::Abort => Connection::abort,
+            FullQueuePolicy::Skip => return,
+            FullQueuePolicy::Close => Connection::close,
+            FullQueuePolicy::Abort => Connection::abort,
         };
         // Through a handle, as the application would: a slow member is rare.
         if member.mailbox.try_upgrade() {

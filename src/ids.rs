@@ -30,7 +30,6 @@ impl fmt::Display for ConnectionId {
 pub enum Direction {
     /// Accepted by one of the server's listeners.
     Inbound,
-    /// Opened by [`Server::connect`](crate::Server::connect) or
-    /// [`Server::spawn_connect`](crate::Server::spawn_connect).
+    /// Opened by [`Server::connect`](crate::Server::connect).
     Outbound,
 }

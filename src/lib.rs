@@ -46,8 +46,8 @@
 //!   [`Server::connection`] and [`Server::connections`] find live connections.
 //! - **Urgent data** (Linux): [`Connection::read_oob`], [`Connection::send_urgent`] and
 //!   `on_read_oob_completed`.
-//! - **Frames** ([`codec`]): [`ServerBuilder::start_framed`] runs a [`codec::FrameHandler`]
-//!   whose connections are decoded by a tokio-util codec into whole items, delivered in order one
+//! - **Frames** ([`codec`]): [`ServerBuilder::start`] with a [`codec::Framing`] runs a
+//!   [`codec::FrameHandler`], whose connections are decoded by a tokio-util codec into whole items, delivered in order one
 //!   at a time; items are sent through the codec's encoder.
 //! - **Restarts that lose no connection**: [`ServerBuilder::adopt_listener`] starts from a
 //!   listening socket made elsewhere (systemd's socket activation, or the process being
@@ -154,21 +154,17 @@ pub use closure::ClosureReason;
 pub use connection::user_data::{ConnectArgument, Slot, UserData};
 pub use connection::weak::WeakConnection;
 pub use connection::{Connection, WriteError};
-pub use defaults::{
-    DEFAULT_BACKLOG, DEFAULT_CLOSE_DISCARD_LIMIT, DEFAULT_CLOSE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IPV6_SOURCE_PREFIX, DEFAULT_MAX_CONCURRENT_HANDSHAKES,
-    DEFAULT_READ_BUFFER_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SOURCES_TO_FILL_HANDSHAKES,
-    DEFAULT_WRITE_HIGH_WATERMARK, DEFAULT_WRITE_LOW_WATERMARK, DEFAULT_WRITE_QUEUE_LIMIT,
-    MAX_REFUSAL_MESSAGE,
-};
+pub use defaults::MAX_REFUSAL_MESSAGE;
 pub use error::Error;
-pub use group::{BroadcastReport, ConnectionGroup, Delivery, GroupMap, WhenFull};
+pub use group::{BroadcastReport, ConnectionGroup, Delivery, FullQueuePolicy, GroupMap};
 pub use ids::{ConnectionId, Direction};
 pub use rate::ReadRate;
 pub use server::builder::ServerBuilder;
 pub use server::callbacks::Callbacks;
-pub use server::limit::{AtLimit, ConnectionLimiter};
-pub use server::listen::Listen;
+pub use server::connect_builder::ConnectBuilder;
+pub use server::into_callbacks::IntoCallbacks;
+pub use server::limit::{ConnectionLimiter, LimitPolicy};
+pub use server::listen::Listener;
 pub use server::{Server, WeakServer};
 pub use shutdown_report::ShutdownReport;
 pub use stats::{ConnectionStats, Stats};

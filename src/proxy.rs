@@ -2,7 +2,7 @@
 //! starts every connection with a header naming the client it relays, so the server sees the
 //! client's address instead of the balancer's.
 //!
-//! A listener opts in with [`Listen::proxy_protocol`](crate::Listen::proxy_protocol). Each of its
+//! A listener opts in with [`Listener::proxy_protocol`](crate::Listener::proxy_protocol). Each of its
 //! connections then reads the header on its own task, before the TLS handshake and before
 //! [`on_connection_established`](crate::Callbacks::on_connection_established):
 //! - the connection must come from one of the [trusted networks](ProxyProtocol::trust) (the
@@ -38,7 +38,7 @@
 //! ```
 //! use std::time::Duration;
 //! use switchboard::proxy::ProxyProtocol;
-//! use switchboard::{Callbacks, Listen, Server};
+//! use switchboard::{Callbacks, Listener, Server};
 //!
 //! struct Nothing;
 //! impl Callbacks for Nothing {}
@@ -49,7 +49,7 @@
 //!     .trust("10.1.0.0/16".parse()?)
 //!     .header_timeout(Duration::from_secs(3));
 //! let server = Server::builder()
-//!     .listen(Listen::bind("127.0.0.1:0").proxy_protocol(balancers))
+//!     .listen(Listener::bind("127.0.0.1:0").proxy_protocol(balancers))
 //!     .start(Nothing)
 //!     .await?;
 //! server.shutdown().await;
@@ -70,7 +70,7 @@ use crate::proxy::crc32c::Crc32c;
 /// How long a connection may take to send its whole PROXY header: long enough for a balancer
 /// across a slow link, short enough that connections that say nothing are soon gone (the header
 /// is the balancer's first write, sent with or right after the handshake).
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest version 1 header, line end included (the protocol's limit).
 const V1_MAX: usize = 107;
@@ -98,7 +98,7 @@ impl Default for ProxyProtocol {
 
 impl ProxyProtocol {
     /// Settings that trust no peer yet (add the balancers with [`trust`](ProxyProtocol::trust))
-    /// and allow [`DEFAULT_HEADER_TIMEOUT`] (5 s) for the header.
+    /// and allow 5 s for the header (see [`header_timeout`](ProxyProtocol::header_timeout)).
     pub fn new() -> Self {
         ProxyProtocol {
             trusted: Vec::new(),
@@ -114,8 +114,10 @@ impl ProxyProtocol {
         self
     }
 
-    /// How long a connection may take to send its whole header, from its accept. Default:
-    /// [`DEFAULT_HEADER_TIMEOUT`].
+    /// How long a connection may take to send its whole header, from its accept. Default: 5 s,
+    /// long enough for a balancer across a slow link, short enough that connections that say
+    /// nothing are soon gone (the header is the balancer's first write, sent with or right after
+    /// the handshake).
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
         self

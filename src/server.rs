@@ -5,8 +5,10 @@ pub(crate) mod accept;
 pub(crate) mod builder;
 pub(crate) mod callbacks;
 pub(crate) mod connect;
+pub(crate) mod connect_builder;
 pub(crate) mod driver;
 pub(crate) mod handshake_slots;
+pub(crate) mod into_callbacks;
 pub(crate) mod invoke;
 pub(crate) mod limit;
 pub(crate) mod listen;
@@ -18,7 +20,6 @@ pub(crate) mod reserve;
 pub(crate) mod shutdown;
 pub(crate) mod source;
 
-use std::any::Any;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -28,18 +29,17 @@ use socket2::SockRef;
 use tokio::net::TcpListener;
 
 use crate::closure::ClosureReason;
-use crate::connection::user_data::ConnectArgument;
 use crate::connection::weak::WeakConnection;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::ids::ConnectionId;
 use crate::server::builder::ServerBuilder;
-use crate::server::connect::Dial;
+use crate::server::connect_builder::ConnectBuilder;
 use crate::server::limit::ConnectionLimiter;
 use crate::server::manager::Manager;
 use crate::shutdown_report::ShutdownReport;
 use crate::stats::Stats;
-use crate::tls::{AcceptorCell, TlsAcceptor, TlsConnect};
+use crate::tls::{AcceptorCell, TlsAcceptor};
 
 /// A running server: its listeners, its connections and its callbacks. Cheap to clone; every
 /// clone controls the same server, from any task.
@@ -172,6 +172,7 @@ impl Server {
     }
 
     /// The server's shared state.
+    #[cfg(feature = "testing")]
     pub(crate) fn manager(&self) -> &Arc<Manager> {
         &self.manager
     }
@@ -399,127 +400,20 @@ impl Server {
         self.manager.shutdown().is_started()
     }
 
-    /// Connects to `address` through this server's manager and limiter, returning a handle once
-    /// connected; the connection then has the lifecycle of an accepted one, starting with
-    /// [`on_connection_established`](crate::Callbacks::on_connection_established) on its own task. The
-    /// returned handle keeps the connection open until dropped.
+    /// An outgoing connection to `address`, through this server's manager and limiter: set its
+    /// [`tls`](ConnectBuilder::tls) and [`argument`](ConnectBuilder::argument), then `.await` it
+    /// for a [`Connection`] handle, or end it with [`client`](ConnectBuilder::client) for an
+    /// awaitable [`Client`](crate::Client) or [`spawn`](ConnectBuilder::spawn) for a connect
+    /// whose outcome goes to the callbacks. See [`ConnectBuilder`].
     ///
-    /// `argument` goes to [`on_pre_outgoing_connect`](crate::Callbacks::on_pre_outgoing_connect). Like the
-    /// C++ framework's throwing `Connect`, a failure is returned rather than reported through
-    /// [`on_outgoing_connection_failed`](crate::Callbacks::on_outgoing_connection_failed);
-    /// [`on_socket_released`](crate::Callbacks::on_socket_released) still runs for the user data.
-    ///
-    /// # Errors
-    /// [`Error::Connect`], [`Error::ConnectTimedOut`], [`Error::ConnectionLimitReached`],
-    /// [`Error::ShuttingDown`], or [`Error::CallbackPanic`] if a pre-connect callback panicked.
-    ///
-    /// # Cancel safety
-    /// The attempt runs on a task of its own: dropping this future stops the waiting, not the
-    /// attempt, whose events (up to the release) still run; a connection it establishes then
-    /// closes by itself unless a callback keeps it.
-    pub async fn connect(
-        &self,
-        address: SocketAddr,
-        argument: impl Any + Send,
-    ) -> Result<Connection, Error> {
-        self.connect_with(address, None, ConnectArgument::new(argument))
-            .await
-    }
-
-    /// [`connect`](Server::connect) for a TLS connection: once the TCP connect succeeds the
-    /// connection is returned and negotiates on its own task, verifying the server's
-    /// certificate as `tls` says; writes made meanwhile are sent once it is secure. A failed
-    /// negotiation is not this call's error: it runs
-    /// [`on_fatal_error`](crate::Callbacks::on_fatal_error) (or
-    /// [`on_remote_fatal_error`](crate::Callbacks::on_remote_fatal_error)) and the closing events, as the
-    /// C++ framework does.
-    ///
-    /// # Errors
-    /// As for [`connect`](Server::connect).
-    pub async fn connect_tls(
-        &self,
-        address: SocketAddr,
-        tls: TlsConnect,
-        argument: impl Any + Send,
-    ) -> Result<Connection, Error> {
-        self.connect_with(address, Some(tls), ConnectArgument::new(argument))
-            .await
-    }
-
-    async fn connect_with(
-        &self,
-        address: SocketAddr,
-        tls: Option<TlsConnect>,
-        argument: ConnectArgument,
-    ) -> Result<Connection, Error> {
-        let live = self.manager.begin()?;
-        let attempt = connect::connect(
-            self.manager.clone(),
-            live,
-            address,
-            Dial::Socket(tls),
-            argument,
-            false,
-            None,
-        );
-        match tokio::spawn(attempt).await {
-            Ok(result) => result,
-            // Callbacks are guarded, so the task only fails when the runtime is shutting down.
-            Err(_) => Err(Error::ShuttingDown),
-        }
-    }
-
-    /// Starts a connect to `address` on a task of its own, like the C++ framework's
-    /// `AsyncConnect`: success is [`on_connection_established`](crate::Callbacks::on_connection_established),
-    /// failure is [`on_outgoing_connection_failed`](crate::Callbacks::on_outgoing_connection_failed), then
-    /// [`on_socket_released`](crate::Callbacks::on_socket_released). A shutdown waits for the attempt.
-    ///
-    /// # Errors
-    /// [`Error::ShuttingDown`] at once, with no callback, if a shutdown has begun.
-    pub fn spawn_connect(
-        &self,
-        address: SocketAddr,
-        argument: impl Any + Send,
-    ) -> Result<(), Error> {
-        self.spawn_connect_with(address, None, ConnectArgument::new(argument))
-    }
-
-    /// [`spawn_connect`](Server::spawn_connect) for a TLS connection, negotiated as
-    /// [`connect_tls`](Server::connect_tls) describes.
-    ///
-    /// # Errors
-    /// [`Error::ShuttingDown`] at once, with no callback, if a shutdown has begun.
-    pub fn spawn_connect_tls(
-        &self,
-        address: SocketAddr,
-        tls: TlsConnect,
-        argument: impl Any + Send,
-    ) -> Result<(), Error> {
-        self.spawn_connect_with(address, Some(tls), ConnectArgument::new(argument))
-    }
-
-    fn spawn_connect_with(
-        &self,
-        address: SocketAddr,
-        tls: Option<TlsConnect>,
-        argument: ConnectArgument,
-    ) -> Result<(), Error> {
-        let live = self.manager.begin()?;
-        let manager = self.manager.clone();
-        tokio::spawn(async move {
-            // The outcome is reported through the callbacks.
-            let _ = connect::connect(
-                manager,
-                live,
-                address,
-                Dial::Socket(tls),
-                argument,
-                true,
-                None,
-            )
-            .await;
-        });
-        Ok(())
+    /// ```no_run
+    /// # async fn example(server: switchboard::Server) -> Result<(), switchboard::Error> {
+    /// let connection = server.connect("127.0.0.1:6379".parse().unwrap()).await?;
+    /// let _ = connection.write("PING\r\n");
+    /// # Ok(()) }
+    /// ```
+    pub fn connect(&self, address: SocketAddr) -> ConnectBuilder {
+        ConnectBuilder::new(self.manager.clone(), address)
     }
 
     /// Replaces the TLS acceptor (certificate, key, settings) of every TLS listener, while the

@@ -18,7 +18,7 @@ pub struct Stats {
     /// Outgoing connects that failed (refused, timed out, limit, shutdown).
     pub connect_failures: u64,
     /// Connections accepted and reset at once because the limit was reached (see
-    /// [`AtLimit`](crate::AtLimit)).
+    /// [`LimitPolicy`](crate::LimitPolicy)).
     pub refused_at_limit: u64,
     /// Accepted connections refused because their peer address already had the
     /// [maximum per address](crate::ServerBuilder::max_connections_per_ip). Each also ends with

@@ -4,11 +4,11 @@
 //!
 //! A listener becomes TLS with [`ServerBuilder::tls`](crate::ServerBuilder::tls),
 //! [`ServerBuilder::bind_tls`](crate::ServerBuilder::bind_tls) or
-//! [`Listen::tls`](crate::Listen::tls), given a [`TlsAcceptor`]: the crate's own (built by
+//! [`Listener::tls`](crate::Listener::tls), given a [`TlsAcceptor`]: the crate's own (built by
 //! [`acceptor_from_pem`], [`acceptor_from_pkcs12`] or a [`TlsAcceptorBuilder`]), a
 //! [`native_tls::TlsAcceptor`], or, where native-tls is OpenSSL, an application's own
 //! `openssl::ssl::SslAcceptor` ([`TlsAcceptor`] shows one). An outgoing connection becomes TLS
-//! with [`Server::connect_tls`](crate::Server::connect_tls) and a [`TlsConnect`].
+//! with [`ConnectBuilder::tls`](crate::ConnectBuilder::tls) and a [`TlsConnect`].
 //!
 //! The handshake runs on the connection's own task, after
 //! [`on_socket_created`](crate::Callbacks::on_socket_created), bounded by the

@@ -1,4 +1,4 @@
-//! Awaitable client connections (`Server::connect_client`, `Client`, `FramedClient`): the task
+//! Awaitable client connections (`server.connect(addr).client()`, `Client`, `FramedClient`): the task
 //! that opened the connection sends and awaits replies itself, while the server counts, limits,
 //! reports and shuts the connection down. Peers are the test's end of embedded outgoing
 //! connections (`switchboard::testing`, on the paused clock) where the socket is not the point,
@@ -26,11 +26,11 @@ async fn manager() -> (Server, Recorder) {
 }
 
 /// [`manager`], embedded (`switchboard::testing`): its clients connect over memory to a peer the
-/// test plays (`connect_outgoing_client`).
+/// test plays (`EmbeddedServer::connect(..).client()`).
 async fn embedded_manager() -> (EmbeddedServer, Recorder) {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     (server, recorder)
 }
 
@@ -49,7 +49,7 @@ async fn peer() -> (TcpListener, SocketAddr) {
 #[tokio::test(start_paused = true)]
 async fn a_client_sends_awaits_the_reply_and_sees_the_peers_fin() {
     let (server, recorder) = embedded_manager().await;
-    let (mut client, mut peer) = server.connect_outgoing_client(REMOTE).await.unwrap();
+    let (mut client, mut peer) = server.connect(REMOTE).client().await.unwrap();
     assert_eq!(client.connection().direction(), Direction::Outbound);
     client.send("PING").await.unwrap();
     assert_eq!(peer.read_exact(4).await.unwrap(), "PING");
@@ -94,7 +94,7 @@ async fn a_client_sends_awaits_the_reply_and_sees_the_peers_fin() {
 #[tokio::test(start_paused = true)]
 async fn a_client_dropped_while_its_read_is_pending_closes_by_itself() {
     let (server, recorder) = embedded_manager().await;
-    let (mut client, mut peer) = server.connect_outgoing_client(REMOTE).await.unwrap();
+    let (mut client, mut peer) = server.connect(REMOTE).client().await.unwrap();
     let id = client.connection().id();
     let gave_up = tokio::time::timeout(std::time::Duration::from_secs(1), client.recv()).await;
     assert!(gave_up.is_err(), "nothing was sent: {gave_up:?}");
@@ -117,8 +117,8 @@ async fn a_client_dropped_while_its_read_is_pending_closes_by_itself() {
 async fn reads_asked_for_by_the_callbacks_do_not_keep_a_dropped_client_open() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, Behavior::echo());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let (mut client, mut peer) = server.connect_outgoing_client(REMOTE).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let (mut client, mut peer) = server.connect(REMOTE).client().await.unwrap();
     let id = client.connection().id();
     client.send("PING").await.unwrap();
     assert_eq!(peer.read_exact(4).await.unwrap(), "PING");
@@ -142,7 +142,7 @@ async fn reads_asked_for_by_the_callbacks_do_not_keep_a_dropped_client_open() {
 #[tokio::test(start_paused = true)]
 async fn a_reset_ends_the_client_with_its_reason() {
     let (server, recorder) = embedded_manager().await;
-    let (mut client, peer) = server.connect_outgoing_client(REMOTE).await.unwrap();
+    let (mut client, peer) = server.connect(REMOTE).client().await.unwrap();
     peer.reset();
     let error = bounded("recv", client.recv()).await.unwrap_err();
     assert!(matches!(error, Error::ConnectionClosed), "{error:?}");
@@ -174,7 +174,7 @@ async fn a_framed_client_sends_and_awaits_items_and_reports_a_partial_one_at_fin
         let mut stream = frames.into_inner();
         stream.write_all(&[0, 0, 0, 9, b'h']).await.unwrap();
     });
-    let mut client = bounded("connect", server.connect_client(address))
+    let mut client = bounded("connect", server.connect(address).client())
         .await
         .unwrap()
         .framed(LengthDelimitedCodec::new());
@@ -202,9 +202,9 @@ async fn a_framed_client_sends_and_awaits_items_and_reports_a_partial_one_at_fin
 async fn clients_count_against_the_limit_and_the_shutdown_closes_them() {
     let mut builder = Server::builder().max_connections(1);
     let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let (mut client, mut stream) = server.connect_outgoing_client(REMOTE).await.unwrap();
-    let second = server.connect_outgoing_client(REMOTE).await.map(|_| ());
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let (mut client, mut stream) = server.connect(REMOTE).client().await.unwrap();
+    let second = server.connect(REMOTE).client().await.map(|_| ());
     assert!(
         matches!(second, Err(Error::ConnectionLimitReached { limit: 1 })),
         "{second:?}"
@@ -236,7 +236,10 @@ async fn a_tls_client_talks_to_a_tls_server_of_the_same_manager() {
     let tls = TlsConnect::with_connector(connector_trusting("ca.pem"), "localhost");
     let mut client = bounded(
         "connect",
-        server.connect_client_tls(server.local_addr().unwrap(), tls),
+        server
+            .connect(server.local_addr().unwrap())
+            .tls(tls)
+            .client(),
     )
     .await
     .unwrap()

@@ -1,7 +1,7 @@
 //! The frame layer (guarantee 13, docs/guarantees.md): items whole and in order however the bytes
 //! are cut, errors after the items before them, over-long and partial frames, TLS, the write
 //! queue's backpressure reaching the decoder, and every other callback still reaching the handler.
-//! On the embedded connection of `switchboard::testing` (`start_framed_embedded`, the paused clock)
+//! On the embedded connection of `switchboard::testing` (`embedded().start(Framing::new(..))`, the paused clock)
 //! where the socket is not the point; TLS, a pipelined burst and a sending task over real loopback
 //! sockets.
 
@@ -81,7 +81,7 @@ where
     let (probe, seen) = probe(&mut builder, codec, reply, change);
     let server = builder
         .bind("127.0.0.1:0")
-        .start_framed(framing(Framing::new(probe)))
+        .start(framing(Framing::new(probe)))
         .await
         .expect("start");
     (server, seen)
@@ -101,7 +101,8 @@ where
 {
     let (probe, seen) = probe(&mut builder, codec, reply, change);
     let server = builder
-        .start_framed_embedded(framing(Framing::new(probe)))
+        .embedded()
+        .start(framing(Framing::new(probe)))
         .await
         .expect("start");
     (server, seen)
@@ -258,7 +259,7 @@ async fn exchange(address: SocketAddr, data: &[u8], half_close: bool) -> Vec<u8>
 
 /// [`exchange`] with an embedded server: `data` in one chunk.
 async fn exchange_embedded(server: &EmbeddedServer, data: &[u8], half_close: bool) -> Vec<u8> {
-    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    let mut peer = server.accept(peer_addr(1)).await.unwrap();
     peer.send(data).unwrap();
     if half_close {
         peer.shutdown_write();
@@ -472,7 +473,7 @@ async fn a_high_write_queue_pauses_delivery_until_it_drains() {
     let (server, seen) = start_embedded(builder, LinesCodec::new, kilobyte, |_| {}, |f| f).await;
     // Windows of a socket buffer's size both ways, so that what is held on the way is small
     // beside what is sent: 2 MB of requests, 20 MB of replies.
-    let mut reader = server.connect(peer_addr(1)).await.unwrap();
+    let mut reader = server.accept(peer_addr(1)).await.unwrap();
     reader.set_send_window(65536);
     reader.set_receive_window(65536);
     let writer = reader.sender();
@@ -641,10 +642,11 @@ impl FrameHandler for Greeter {
 #[tokio::test(start_paused = true)]
 async fn what_other_callbacks_feed_is_flushed_when_they_return() {
     let server = Server::builder()
-        .start_framed_embedded(Framing::new(Greeter))
+        .embedded()
+        .start(Framing::new(Greeter))
         .await
         .unwrap();
-    let mut client = server.connect(peer_addr(1)).await.unwrap();
+    let mut client = server.accept(peer_addr(1)).await.unwrap();
     let greeting = client.read_exact(6).await.unwrap();
     assert_eq!(greeting, "hello\n");
     client.send(b"abc\n").unwrap();
@@ -665,7 +667,7 @@ async fn what_other_callbacks_feed_is_flushed_when_they_return() {
 async fn a_maximum_frame_length_of_zero_is_refused() {
     let result = Server::builder()
         .bind("127.0.0.1:0")
-        .start_framed(Framing::new(Greeter).max_frame_length(0))
+        .start(Framing::new(Greeter).max_frame_length(0))
         .await;
     assert!(matches!(
         result,

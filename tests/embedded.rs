@@ -53,14 +53,14 @@ fn address(n: u8) -> SocketAddr {
 
 async fn start(builder: ServerBuilder, echo: Echo) -> (EmbeddedServer, Events) {
     let (callbacks, events) = Recorded::new(echo);
-    let server = builder.start_embedded(callbacks).await.expect("starts");
+    let server = builder.embedded().start(callbacks).await.expect("starts");
     (server, events)
 }
 
 #[tokio::test(start_paused = true)]
 async fn chunks_arrive_as_sent_and_the_closing_events_come_in_order() {
     let (server, events) = start(Server::builder(), Echo::default()).await;
-    let mut peer = server.connect(address(1)).await.unwrap();
+    let mut peer = server.accept(address(1)).await.unwrap();
     let id = peer.id();
     for chunk in ["a", "bc", "def"] {
         peer.send(chunk).unwrap();
@@ -95,7 +95,7 @@ async fn chunks_arrive_as_sent_and_the_closing_events_come_in_order() {
 #[tokio::test(start_paused = true)]
 async fn a_chunk_larger_than_the_read_buffer_is_read_in_pieces() {
     let (server, events) = start(Server::builder().read_buffer_size(4), Echo::default()).await;
-    let mut peer = server.connect(address(1)).await.unwrap();
+    let mut peer = server.accept(address(1)).await.unwrap();
     peer.send("0123456789").unwrap();
     assert_eq!(peer.read_exact(10).await.unwrap(), "0123456789");
     let sizes: Vec<_> = events
@@ -112,11 +112,11 @@ async fn a_chunk_larger_than_the_read_buffer_is_read_in_pieces() {
 #[tokio::test(start_paused = true)]
 async fn close_delivers_the_queue_and_abort_resets() {
     let (server, events) = start(Server::builder(), Echo::default()).await;
-    let mut closing = server.connect(address(1)).await.unwrap();
+    let mut closing = server.accept(address(1)).await.unwrap();
     closing.send("close").unwrap();
     assert_eq!(closing.read().await.unwrap(), "");
     assert!(!closing.was_reset_by_server());
-    let mut aborting = server.connect(address(2)).await.unwrap();
+    let mut aborting = server.accept(address(2)).await.unwrap();
     aborting.send("abort").unwrap();
     let error = aborting.read().await.unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
@@ -133,7 +133,7 @@ async fn a_peer_that_stops_reading_fills_the_queue_and_a_reset_ends_it() {
         greeting: Some(Bytes::from(vec![b'x'; 30_000])),
     };
     let (server, events) = start(Server::builder().write_watermarks(20_000, 5_000), echo).await;
-    let mut peer = server.connect(address(1)).await.unwrap();
+    let mut peer = server.accept(address(1)).await.unwrap();
     peer.set_receive_window(0);
     let id = peer.id();
     // Nothing can be sent: the whole greeting stays queued, over the high watermark (its
@@ -150,7 +150,7 @@ async fn a_peer_that_stops_reading_fills_the_queue_and_a_reset_ends_it() {
     assert_eq!(peer.read_exact(29_000).await.unwrap().len(), 29_000);
 
     // A second connection: reset while its greeting is stuck.
-    let stuck = server.connect(address(2)).await.unwrap();
+    let stuck = server.accept(address(2)).await.unwrap();
     stuck.set_receive_window(100);
     events
         .wait_for(|event| *event == Event::WriteBufferHigh(stuck.id(), 30_000 + 64))
@@ -177,14 +177,14 @@ async fn timeouts_fire_on_the_paused_clock() {
         .idle_timeout(Some(Duration::from_secs(30)));
     let (server, events) = start(builder, Echo::default()).await;
     let started = Instant::now();
-    let silent = server.connect(address(1)).await.unwrap();
+    let silent = server.accept(address(1)).await.unwrap();
     assert_eq!(
         events.wait_for_release(silent.id()).await,
         ClosureReason::FirstByteTimedOut
     );
     assert!(started.elapsed() >= Duration::from_secs(5));
 
-    let mut talker = server.connect(address(2)).await.unwrap();
+    let mut talker = server.accept(address(2)).await.unwrap();
     talker.send("hi").unwrap();
     assert_eq!(talker.read().await.unwrap(), "hi");
     let spoke = Instant::now();
@@ -199,12 +199,12 @@ async fn timeouts_fire_on_the_paused_clock() {
 async fn the_limit_refuses_and_abort_all_counts_the_live_ones() {
     let builder = Server::builder()
         .max_connections(2)
-        .at_limit(switchboard::AtLimit::AcceptAndClose);
+        .at_limit(switchboard::LimitPolicy::AcceptAndClose);
     let (server, events) = start(builder, Echo::default()).await;
-    let first = server.connect(address(1)).await.unwrap();
-    let second = server.connect(address(2)).await.unwrap();
+    let first = server.accept(address(1)).await.unwrap();
+    let second = server.accept(address(2)).await.unwrap();
     // Refused as a socket is: without a refusal message, a reset.
-    let mut refused = server.connect(address(3)).await.unwrap();
+    let mut refused = server.accept(address(3)).await.unwrap();
     assert_eq!(
         refused.read().await.unwrap_err().kind(),
         std::io::ErrorKind::ConnectionReset
@@ -219,15 +219,15 @@ async fn the_limit_refuses_and_abort_all_counts_the_live_ones() {
         .wait_for(|event| *event == Event::AllConnectionsAborted(2))
         .await;
     // A slot is free again.
-    server.connect(address(3)).await.unwrap();
+    server.accept(address(3)).await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_per_address_cap_refuses_with_closing_events_only() {
     let builder = Server::builder().max_connections_per_ip(1);
     let (server, events) = start(builder, Echo::default()).await;
-    let _first = server.connect(address(1)).await.unwrap();
-    let mut over = server.connect(address(1)).await.unwrap();
+    let _first = server.accept(address(1)).await.unwrap();
+    let mut over = server.accept(address(1)).await.unwrap();
     assert_eq!(
         events.wait_for_release(over.id()).await,
         ClosureReason::PerIpLimit
@@ -253,10 +253,11 @@ async fn shutdown_drains_then_forces_and_reports() {
     let (callbacks, events) = Recorded::new(Stubborn);
     let server = Server::builder()
         .shutdown_timeout(Duration::from_secs(10))
-        .start_embedded(callbacks)
+        .embedded()
+        .start(callbacks)
         .await
         .unwrap();
-    let peer_one = server.connect(address(1)).await.unwrap();
+    let peer_one = server.accept(address(1)).await.unwrap();
     let started = Instant::now();
     let report = server.shutdown().await;
     assert!(started.elapsed() >= Duration::from_secs(10));
@@ -266,7 +267,7 @@ async fn shutdown_drains_then_forces_and_reports() {
     assert_eq!(all[2], Event::ShutdownInitiated);
     assert_eq!(all.last(), Some(&Event::ShutdownComplete(report)));
     assert!(matches!(
-        server.connect(address(2)).await,
+        server.accept(address(2)).await,
         Err(switchboard::Error::ShuttingDown)
     ));
 }
@@ -293,8 +294,8 @@ async fn user_data_and_stats_are_the_servers() {
     }
     let released = Arc::new(std::sync::Mutex::new(None));
     let (callbacks, events) = Recorded::new(Release(slot, released.clone()));
-    let server = builder.start_embedded(callbacks).await.unwrap();
-    let mut peer = server.connect(address(1)).await.unwrap();
+    let server = builder.embedded().start(callbacks).await.unwrap();
+    let mut peer = server.accept(address(1)).await.unwrap();
     peer.send("12345").unwrap();
     assert_eq!(peer.read_to_end().await.unwrap(), "12345");
     events.wait_for_release(peer.id()).await;
@@ -311,14 +312,14 @@ async fn user_data_and_stats_are_the_servers() {
 async fn an_outgoing_connection_runs_the_outgoing_path_over_memory() {
     let (server, events) = start(Server::builder().max_connections(1), Echo::default()).await;
     let remote = address(9);
-    let (connection, mut peer) = server.connect_outgoing(remote, "arg").await.unwrap();
+    let (connection, mut peer) = server.connect(remote).argument("arg").await.unwrap();
     let id = connection.id();
     assert_eq!(peer.id(), id);
     assert_eq!(connection.direction(), switchboard::Direction::Outbound);
     assert_eq!(connection.peer_addr(), remote);
     // The limiter counts it: no inbound connection and no second outgoing one fits.
     assert!(matches!(
-        server.connect_outgoing(remote, ()).await,
+        server.connect(remote).await,
         Err(switchboard::Error::ConnectionLimitReached { limit: 1 })
     ));
     peer.send("ping").unwrap();
@@ -344,7 +345,7 @@ async fn an_outgoing_connection_runs_the_outgoing_path_over_memory() {
 #[tokio::test(start_paused = true)]
 async fn an_outgoing_client_reads_what_the_peer_sends() {
     let (server, events) = start(Server::builder(), Echo::default()).await;
-    let (mut client, mut peer) = server.connect_outgoing_client(address(9)).await.unwrap();
+    let (mut client, mut peer) = server.connect(address(9)).client().await.unwrap();
     client.send("GET\n").await.unwrap();
     assert_eq!(peer.read().await.unwrap(), "GET\n");
     peer.send("VALUE\n").unwrap();
@@ -359,7 +360,7 @@ async fn an_outgoing_client_reads_what_the_peer_sends() {
 #[tokio::test(start_paused = true)]
 async fn a_server_that_stopped_accepting_accepts_nothing_until_it_starts_again() {
     let (server, events) = start(Server::builder().accepting(false), Echo::default()).await;
-    let refused = server.connect(address(1)).await.unwrap_err();
+    let refused = server.accept(address(1)).await.unwrap_err();
     assert_eq!(
         refused.io_error().map(io::Error::kind),
         Some(io::ErrorKind::WouldBlock)
@@ -367,23 +368,23 @@ async fn a_server_that_stopped_accepting_accepts_nothing_until_it_starts_again()
     assert_eq!(events.all(), [Event::ServerStarted]);
     assert_eq!(server.stats().accepted, 0);
     server.start_accepting();
-    let mut peer = server.connect(address(1)).await.unwrap();
+    let mut peer = server.accept(address(1)).await.unwrap();
     server.stop_accepting();
-    assert!(server.connect(address(2)).await.is_err());
+    assert!(server.accept(address(2)).await.is_err());
     // A live connection is not affected, and outgoing connects still work.
     peer.send("still").unwrap();
     assert_eq!(peer.read().await.unwrap(), "still");
-    server.connect_outgoing(address(9), ()).await.unwrap();
+    server.connect(address(9)).await.unwrap();
     assert_eq!(server.stats().accepted, 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn at_the_limit_with_stop_accepting_a_client_is_held_back_not_refused() {
     let (server, events) = start(Server::builder().max_connections(1), Echo::default()).await;
-    let first = server.connect(address(1)).await.unwrap();
+    let first = server.accept(address(1)).await.unwrap();
     for _ in 0..2 {
         assert!(matches!(
-            server.connect(address(2)).await,
+            server.accept(address(2)).await,
             Err(switchboard::Error::ConnectionLimitReached { limit: 1 })
         ));
     }
@@ -392,7 +393,7 @@ async fn at_the_limit_with_stop_accepting_a_client_is_held_back_not_refused() {
     assert_eq!(server.stats().refused_at_limit, 0);
     first.reset();
     events.wait_for_release(first.id()).await;
-    server.connect(address(2)).await.unwrap();
+    server.accept(address(2)).await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -410,8 +411,8 @@ async fn a_send_window_holds_the_peer_up_until_the_server_reads() {
     }
     let kept = Arc::default();
     let (callbacks, events) = Recorded::new(Deaf(Arc::clone(&kept)));
-    let server = Server::builder().start_embedded(callbacks).await.unwrap();
-    let peer = server.connect(address(1)).await.unwrap();
+    let server = Server::builder().embedded().start(callbacks).await.unwrap();
+    let peer = server.accept(address(1)).await.unwrap();
     peer.set_send_window(4);
     let refused = peer.send("12345").unwrap_err();
     assert_eq!(refused.kind(), io::ErrorKind::WouldBlock);

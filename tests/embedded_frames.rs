@@ -12,7 +12,7 @@ use switchboard::codec::{FrameHandler, FramedConnection, Framing};
 use switchboard::testing::{Event, Recorded};
 use switchboard::tokio_util::codec::{LinesCodec, LinesCodecError};
 use switchboard::{
-    async_trait, AtLimit, BytesMut, Callbacks, ClosureReason, Connection, Error, Server,
+    async_trait, BytesMut, Callbacks, ClosureReason, Connection, Error, LimitPolicy, Server,
 };
 
 fn address(last: u8) -> SocketAddr {
@@ -46,10 +46,11 @@ impl FrameHandler for Pinger {
 async fn recorded_logs_a_frame_handlers_items_and_its_decode_error_in_order() {
     let (handler, events) = Recorded::new(Pinger::default());
     let server = Server::builder()
-        .start_framed_embedded(Framing::new(handler))
+        .embedded()
+        .start(Framing::new(handler))
         .await
         .unwrap();
-    let peer = server.connect(address(1)).await.unwrap();
+    let peer = server.accept(address(1)).await.unwrap();
     let id = peer.id();
     let mut peer = peer.framed(LinesCodec::new());
     peer.send("PING").unwrap();
@@ -83,11 +84,12 @@ async fn a_handler_in_an_arc_stays_in_the_tests_hands() {
     let handler = Arc::new(Pinger::default());
     let (recorded, events) = Recorded::new(handler.clone());
     let server = Server::builder()
-        .start_framed_embedded(Framing::new(recorded))
+        .embedded()
+        .start(Framing::new(recorded))
         .await
         .unwrap();
     let mut peer = server
-        .connect(address(1))
+        .accept(address(1))
         .await
         .unwrap()
         .framed(LinesCodec::new());
@@ -125,8 +127,8 @@ async fn plain_callbacks_in_an_arc_get_every_event() {
 
     let echo = Arc::new(Echo::default());
     let (callbacks, events) = Recorded::new(echo.clone());
-    let server = Server::builder().start_embedded(callbacks).await.unwrap();
-    let mut peer = server.connect(address(1)).await.unwrap();
+    let server = Server::builder().embedded().start(callbacks).await.unwrap();
+    let mut peer = server.accept(address(1)).await.unwrap();
     peer.send("hello").unwrap();
     assert_eq!(peer.read().await.unwrap(), "hello");
     peer.shutdown_write();
@@ -159,11 +161,12 @@ async fn a_framed_peer_finishes_a_last_item_at_fin_and_reports_a_reset() {
     }
 
     let server = Server::builder()
-        .start_framed_embedded(Framing::new(Two))
+        .embedded()
+        .start(Framing::new(Two))
         .await
         .unwrap();
     let mut peer = server
-        .connect(address(1))
+        .accept(address(1))
         .await
         .unwrap()
         .framed(LinesCodec::new());
@@ -174,7 +177,7 @@ async fn a_framed_peer_finishes_a_last_item_at_fin_and_reports_a_reset() {
     assert!(peer.next().await.is_none(), "and stays ended");
 
     let mut peer = server
-        .connect(address(2))
+        .accept(address(2))
         .await
         .unwrap()
         .framed(LinesCodec::new());
@@ -187,7 +190,7 @@ async fn a_framed_peer_finishes_a_last_item_at_fin_and_reports_a_reset() {
     }
 }
 
-/// With `AtLimit::AcceptAndClose` and a refusal message, a refused embedded client reads the
+/// With `LimitPolicy::AcceptAndClose` and a refusal message, a refused embedded client reads the
 /// message and FIN, as a socket client does; no callback but `on_maximum_connections` runs for
 /// it.
 #[tokio::test(start_paused = true)]
@@ -195,13 +198,14 @@ async fn a_client_refused_at_the_limit_reads_the_refusal_message_then_fin() {
     let (handler, events) = Recorded::new(Pinger::default());
     let server = Server::builder()
         .max_connections(1)
-        .at_limit(AtLimit::AcceptAndClose)
+        .at_limit(LimitPolicy::AcceptAndClose)
         .refusal_message("ERR server full\n")
-        .start_framed_embedded(Framing::new(handler))
+        .embedded()
+        .start(Framing::new(handler))
         .await
         .unwrap();
     let mut served = server
-        .connect(address(1))
+        .accept(address(1))
         .await
         .unwrap()
         .framed(LinesCodec::new());
@@ -209,7 +213,7 @@ async fn a_client_refused_at_the_limit_reads_the_refusal_message_then_fin() {
     assert_eq!(served.next().await.unwrap().unwrap(), "PONG");
 
     let mut refused = server
-        .connect(address(2))
+        .accept(address(2))
         .await
         .unwrap()
         .framed(LinesCodec::new());
@@ -218,7 +222,7 @@ async fn a_client_refused_at_the_limit_reads_the_refusal_message_then_fin() {
     assert!(!refused.peer().was_reset_by_server());
     assert_eq!(refused.id().get(), 0, "never a connection");
     // Again: counted each time, reported once.
-    let mut again = server.connect(address(3)).await.unwrap();
+    let mut again = server.accept(address(3)).await.unwrap();
     assert_eq!(again.read_to_end().await.unwrap(), "ERR server full\n");
     assert_eq!(events.count(|event| *event == Event::MaximumConnections), 1);
     assert_eq!(
@@ -233,7 +237,7 @@ async fn a_client_refused_at_the_limit_reads_the_refusal_message_then_fin() {
     drop(served);
     events.wait_for_release(id).await;
     let mut next = server
-        .connect(address(4))
+        .accept(address(4))
         .await
         .unwrap()
         .framed(LinesCodec::new());
@@ -245,12 +249,13 @@ async fn a_client_refused_at_the_limit_reads_the_refusal_message_then_fin() {
 async fn without_a_message_a_refused_client_is_reset_and_with_stop_accepting_held_back() {
     let server = Server::builder()
         .max_connections(1)
-        .at_limit(AtLimit::AcceptAndClose)
-        .start_framed_embedded(Framing::new(Pinger::default()))
+        .at_limit(LimitPolicy::AcceptAndClose)
+        .embedded()
+        .start(Framing::new(Pinger::default()))
         .await
         .unwrap();
-    let _served = server.connect(address(1)).await.unwrap();
-    let mut refused = server.connect(address(2)).await.unwrap();
+    let _served = server.accept(address(1)).await.unwrap();
+    let mut refused = server.accept(address(2)).await.unwrap();
     assert_eq!(
         refused.read().await.unwrap_err().kind(),
         io::ErrorKind::ConnectionReset
@@ -260,12 +265,13 @@ async fn without_a_message_a_refused_client_is_reset_and_with_stop_accepting_hel
     let server = Server::builder()
         .max_connections(1)
         .refusal_message("ERR server full\n")
-        .start_framed_embedded(Framing::new(Pinger::default()))
+        .embedded()
+        .start(Framing::new(Pinger::default()))
         .await
         .unwrap();
-    let _served = server.connect(address(1)).await.unwrap();
+    let _served = server.accept(address(1)).await.unwrap();
     assert!(matches!(
-        server.connect(address(2)).await,
+        server.accept(address(2)).await,
         Err(Error::ConnectionLimitReached { limit: 1 })
     ));
     assert_eq!(server.stats().refused_at_limit, 0);

@@ -74,7 +74,7 @@ fn a_read_of_thousands_of_items_lets_another_connection_in() {
             let server = Server::builder()
                 .bind("127.0.0.1:0")
                 .read_buffer_size(256 * 1024)
-                .start_framed(Framing::new(handler))
+                .start(Framing::new(handler))
                 .await
                 .unwrap();
             address_tx.send(server.local_addr().unwrap()).unwrap();

@@ -58,14 +58,14 @@ async fn panicking_embedded(callback: &'static str) -> (EmbeddedServer, Recorder
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     (server, recorder)
 }
 
 /// [`assert_still_serving`] for an embedded server.
 async fn assert_still_serving_embedded(server: &EmbeddedServer, recorder: &Recorder) {
     recorder.set_behavior(|b| b.panic_in = None);
-    let mut peer = server.connect(peer_addr(100)).await.unwrap();
+    let mut peer = server.accept(peer_addr(100)).await.unwrap();
     echo_peer(&mut peer, b"still here").await;
 }
 
@@ -97,7 +97,7 @@ async fn until_ended(stream: &mut TcpStream) {
 #[tokio::test(start_paused = true)]
 async fn panic_in_on_read_completed_aborts_only_that_connection() {
     let (server, recorder) = panicking_embedded("on_read_completed").await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     stream.send(b"boom").unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
@@ -183,10 +183,11 @@ async fn error_reported_for_a_panic_is_a_callback_panic_value() {
     }
     let checker = Arc::new(Checker::default());
     let server = Server::builder()
-        .start_embedded(Panicky(checker.clone()))
+        .embedded()
+        .start(Panicky(checker.clone()))
         .await
         .unwrap();
-    let stream = server.connect(peer_addr(1)).await.unwrap();
+    let stream = server.accept(peer_addr(1)).await.unwrap();
     stream.send(b"x").unwrap();
     eventually("release", || checker.released.load(Ordering::SeqCst) == 1).await;
     let seen = checker.seen.lock().unwrap().clone();
@@ -200,7 +201,7 @@ async fn error_reported_for_a_panic_is_a_callback_panic_value() {
 #[tokio::test(start_paused = true)]
 async fn panic_in_on_connection_established_still_runs_the_closing_events() {
     let (server, recorder) = panicking_embedded("on_connection_established").await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
     let events = recorder.events_of(id);
@@ -253,7 +254,7 @@ async fn panic_in_on_socket_created_drops_the_socket_and_the_server_goes_on() {
 #[tokio::test(start_paused = true)]
 async fn panic_in_on_connection_closure_still_releases() {
     let (server, recorder) = panicking_embedded("on_connection_closure").await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     echo_peer(&mut stream, b"hi").await;
     stream.shutdown_write();
     until_peer_ended(&mut stream).await;
@@ -278,7 +279,7 @@ async fn panic_in_on_connection_closure_still_releases() {
 #[tokio::test(start_paused = true)]
 async fn panic_in_on_write_completed_aborts_the_connection() {
     let (server, recorder) = panicking_embedded("on_write_completed").await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     stream.send(b"data").unwrap();
     recorder.wait_released(1).await;
     let id = recorder.established()[0];
@@ -303,8 +304,8 @@ async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases()
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    match server.connect_outgoing(address, "arg".to_string()).await {
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    match server.connect(address).argument("arg".to_string()).await {
         Err(Error::CallbackPanic {
             callback,
             connection,
@@ -332,7 +333,7 @@ async fn panic_in_on_pre_outgoing_connect_fails_the_connect_and_still_releases()
 
     // The manager goes on connecting.
     recorder.set_behavior(|b| b.panic_in = None);
-    let (connection, peer) = server.connect_outgoing(address, ()).await.unwrap();
+    let (connection, peer) = server.connect(address).await.unwrap();
     assert_eq!(connection.direction(), Direction::Outbound);
     drop(peer);
     drop(connection);
@@ -353,7 +354,11 @@ async fn panic_in_outgoing_on_socket_created_fails_the_connect() {
         },
     );
     let server = builder.start(recorder.clone()).await.unwrap();
-    server.spawn_connect(address, "arg".to_string()).unwrap();
+    server
+        .connect(address)
+        .argument("arg".to_string())
+        .spawn()
+        .unwrap();
     recorder.wait_released(1).await;
     let events = recorder.events();
     assert_eq!(events.len(), 5, "{events:#?}");
@@ -447,8 +452,8 @@ async fn held_embedded(
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let peer = server.connect(peer_addr(1)).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let peer = server.accept(peer_addr(1)).await.unwrap();
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
@@ -543,8 +548,8 @@ async fn writes_to_a_peer_that_never_reads_stop_at_the_queue_limit() {
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     // A small receive window, as a socket's buffers would be.
     stream.set_receive_window(32 * 1024);
     recorder
@@ -625,8 +630,8 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut reader = server.connect(peer_addr(1)).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut reader = server.accept(peer_addr(1)).await.unwrap();
     // Small windows both ways, as small socket buffers would be, so the stall comes soon.
     reader.set_receive_window(16 * 1024);
     reader.set_send_window(16 * 1024);
@@ -664,7 +669,8 @@ async fn echo_to_a_peer_that_never_reads_pauses_reading_and_resumes() {
     }
     assert!(last < TOTAL, "everything was sent without the peer reading");
     // Server memory for the connection is bounded by the queue limit plus one read buffer.
-    let bound = LIMIT + switchboard::DEFAULT_READ_BUFFER_SIZE;
+    // The default read buffer size, as `ServerBuilder::read_buffer_size` documents.
+    let bound = LIMIT + 8 * 1024;
     for _ in 0..10 {
         let queued = handle.queued_write_bytes();
         assert!(queued <= bound, "queue grew to {queued}");

@@ -38,8 +38,8 @@ use common::start_recorded_embedded as start_embedded_with_hooks;
 use switchboard::socket2::SockRef;
 use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
-    async_trait, AtLimit, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId,
-    Error, Server, ServerBuilder, Timeouts, UserData,
+    async_trait, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Error,
+    LimitPolicy, Server, ServerBuilder, Timeouts, UserData,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -92,7 +92,7 @@ async fn start_with_hooks(
     (server, flow, address)
 }
 
-/// [`start`], embedded (`switchboard::testing`): no listener; connect with `server.connect(PEER)`.
+/// [`start`], embedded (`switchboard::testing`): no listener; connect with `server.accept(PEER)`.
 async fn start_embedded(
     behavior: Behavior,
     configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
@@ -106,7 +106,7 @@ async fn stalled_peer(
     server: &EmbeddedServer,
     flow: &Recorder,
 ) -> (EmbeddedPeer, ConnectionId, Connection) {
-    let peer = server.connect(PEER).await.unwrap();
+    let peer = server.accept(PEER).await.unwrap();
     peer.set_receive_window(0);
     let id = peer.id();
     flow.wait_for(
@@ -235,7 +235,7 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
         builder.write_queue_limit(LIMIT).write_watermarks(HIGH, LOW)
     })
     .await;
-    let mut client = server.connect(PEER).await.unwrap();
+    let mut client = server.accept(PEER).await.unwrap();
     // A small window, as small socket buffers would be.
     client.set_receive_window(SMALL_WINDOW);
     let id = flow.id_of_peer(&client).await;
@@ -339,7 +339,8 @@ async fn a_peer_that_stops_reading_holds_the_queue_at_its_limit_and_gets_all_100
 #[tokio::test(start_paused = true)]
 async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_deadlock() {
     const CHUNK: usize = 10_000;
-    let limit = switchboard::DEFAULT_WRITE_QUEUE_LIMIT;
+    // The default write queue limit, as `ServerBuilder::write_queue_limit` documents.
+    let limit: usize = 64 * 1024;
     let behavior = Behavior {
         keep_handles: true,
         fill: Some(CHUNK),
@@ -347,7 +348,7 @@ async fn write_is_refused_at_the_limit_and_writable_inside_a_callback_does_not_d
         ..Behavior::quiet()
     };
     let (server, flow) = start_embedded(behavior, |builder| builder).await;
-    let client = server.connect(PEER).await.unwrap();
+    let client = server.accept(PEER).await.unwrap();
     client.set_receive_window(0);
     let id = flow.id_of_peer(&client).await;
     flow.wait_for(
@@ -628,8 +629,8 @@ async fn without_a_slow_consumer_timeout_a_stalled_peer_is_kept() {
 async fn reads_paused_by_a_full_queue_do_not_count_against_the_read_timeout() {
     let mut builder = Server::builder().read_timeout(Some(SHORT));
     let flow = Recorder::with_behavior(&mut builder, Behavior::echo());
-    let server = builder.start_embedded(flow.clone()).await.unwrap();
-    let mut peer = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(flow.clone()).await.unwrap();
+    let mut peer = server.accept(PEER).await.unwrap();
     let id = peer.id();
     peer.set_receive_window(0);
     let block = vec![b'x'; 16 * KIB];
@@ -678,7 +679,7 @@ async fn an_idle_connection_is_reset() {
     })
     .await;
     let connected = Instant::now();
-    let mut client = server.connect(PEER).await.unwrap();
+    let mut client = server.accept(PEER).await.unwrap();
     let id = flow.id_of_peer(&client).await;
     echo_peer(&mut client, b"hello").await;
     let last_activity = Instant::now();
@@ -707,10 +708,10 @@ async fn traffic_either_way_postpones_the_idle_timeout() {
         start_embedded(behavior, |builder| builder.idle_timeout(Some(SHORT))).await;
 
     // Bytes read by the server.
-    let mut sender = server.connect(PEER).await.unwrap();
+    let mut sender = server.accept(PEER).await.unwrap();
     let sender_id = flow.id_of_peer(&sender).await;
     // Bytes written by the server (the client sends nothing).
-    let mut receiver = server.connect(PEER).await.unwrap();
+    let mut receiver = server.accept(PEER).await.unwrap();
     let receiver_id = flow.id_of_peer(&receiver).await;
     let to_receiver = flow.handle(receiver_id);
 
@@ -748,7 +749,7 @@ async fn the_read_timeout_counts_only_while_a_read_is_requested() {
     };
     let (server, flow) =
         start_embedded(behavior, |builder| builder.read_timeout(Some(SHORT))).await;
-    let mut client = server.connect(PEER).await.unwrap();
+    let mut client = server.accept(PEER).await.unwrap();
     let id = flow.id_of_peer(&client).await;
     sleep(QUIET).await;
     flow.assert_open(id, "with no read requested");
@@ -774,7 +775,7 @@ async fn reads_that_complete_in_time_are_not_timed_out() {
         builder.read_timeout(Some(SHORT))
     })
     .await;
-    let mut client = server.connect(PEER).await.unwrap();
+    let mut client = server.accept(PEER).await.unwrap();
     let id = flow.id_of_peer(&client).await;
     let busy_until = Instant::now() + QUIET;
     while Instant::now() < busy_until {
@@ -799,7 +800,7 @@ async fn a_half_closed_connection_is_reset_after_the_half_closed_timeout() {
     };
     let (server, flow) =
         start_embedded(behavior, |builder| builder.half_closed_timeout(Some(SHORT))).await;
-    let mut client = server.connect(PEER).await.unwrap();
+    let mut client = server.accept(PEER).await.unwrap();
     let id = flow.id_of_peer(&client).await;
     echo_peer(&mut client, b"before").await;
     let fin_sent = Instant::now();
@@ -830,8 +831,8 @@ async fn a_silent_connection_is_reset_after_the_first_byte_timeout() {
     })
     .await;
     let connected = Instant::now();
-    let mut silent = server.connect(PEER).await.unwrap();
-    let mut talker = server.connect(PEER).await.unwrap();
+    let mut silent = server.accept(PEER).await.unwrap();
+    let mut talker = server.accept(PEER).await.unwrap();
     let silent_id = flow.id_of_peer(&silent).await;
     let talker_id = flow.id_of_peer(&talker).await;
     sleep(Duration::from_millis(100)).await;
@@ -884,10 +885,10 @@ async fn set_timeouts_changes_one_connection() {
     })
     .await;
     exempt_next.store(true, Ordering::SeqCst);
-    let mut exempt = server.connect(PEER).await.unwrap();
+    let mut exempt = server.accept(PEER).await.unwrap();
     let exempt_id = flow.id_of_peer(&exempt).await;
     let connected = Instant::now();
-    let mut ordinary = server.connect(PEER).await.unwrap();
+    let mut ordinary = server.accept(PEER).await.unwrap();
     let ordinary_id = flow.id_of_peer(&ordinary).await;
 
     let (reason, _) = flow.wait_closure(ordinary_id).await;
@@ -920,7 +921,7 @@ async fn set_timeouts_from_another_task_takes_effect_on_a_parked_connection() {
         ..Behavior::quiet()
     };
     let (server, flow) = start_embedded(behavior, |builder| builder).await;
-    let mut client = server.connect(PEER).await.unwrap();
+    let mut client = server.accept(PEER).await.unwrap();
     let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
@@ -949,7 +950,7 @@ async fn turning_the_idle_timeout_on_counts_from_the_last_byte() {
         ..Behavior::quiet()
     };
     let (server, flow) = start_embedded(behavior, |builder| builder).await;
-    let mut client = server.connect(PEER).await.unwrap();
+    let mut client = server.accept(PEER).await.unwrap();
     let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
@@ -986,7 +987,7 @@ async fn turning_the_read_timeout_on_counts_from_the_change() {
         ..Behavior::quiet()
     };
     let (server, flow) = start_embedded(behavior, |builder| builder).await;
-    let mut client = server.connect(PEER).await.unwrap();
+    let mut client = server.accept(PEER).await.unwrap();
     let id = flow.id_of_peer(&client).await;
     let connection = flow.handle(id);
     flow.release_handle(id);
@@ -1386,7 +1387,7 @@ async fn slowloris_connections_cannot_lock_real_clients_out() {
     let (server, flow, address) = start(Behavior::echo(), |builder| {
         builder
             .max_connections(MAX)
-            .at_limit(AtLimit::StopAccepting)
+            .at_limit(LimitPolicy::StopAccepting)
             .first_byte_timeout(Some(first_byte))
     })
     .await;

@@ -16,8 +16,8 @@ use switchboard::tokio_util::codec::{
     Decoder, Encoder, LengthDelimitedCodec, LinesCodec, LinesCodecError,
 };
 use switchboard::{
-    async_trait, Bytes, BytesMut, Callbacks, Connection, ConnectionGroup, Delivery, GroupMap,
-    Server, Slot, WhenFull,
+    async_trait, Bytes, BytesMut, Callbacks, Connection, ConnectionGroup, Delivery,
+    FullQueuePolicy, GroupMap, Server, Slot,
 };
 
 /// Lines whose encoder numbers them, per connection: `3 text` is the third line this codec
@@ -135,7 +135,8 @@ async fn start<C: Lines>(
         codec,
     };
     configure(Server::builder())
-        .start_framed_embedded(Framing::new(handler))
+        .embedded()
+        .start(Framing::new(handler))
         .await
         .unwrap()
 }
@@ -157,8 +158,8 @@ fn sorted(mut keys: Vec<String>) -> Vec<String> {
 async fn a_broadcast_item_goes_through_each_members_codec_in_its_one_order() {
     let topics = GroupMap::new();
     let server = start(Numbered::new, &topics, |builder| builder).await;
-    let mut one = server.connect(peer_addr(1)).await.unwrap();
-    let mut two = server.connect(peer_addr(2)).await.unwrap();
+    let mut one = server.accept(peer_addr(1)).await.unwrap();
+    let mut two = server.accept(peer_addr(2)).await.unwrap();
     // In one write: the reply to SUB is fed, the broadcast posted after it, then the reply to
     // PUB. They arrive in that order, numbered by this member's codec.
     one.send("SUB a\nPUB a x\n").unwrap();
@@ -202,7 +203,7 @@ async fn an_item_encoded_once_reaches_every_member_with_that_codec() {
     let server = start(LinesCodec::new, &topics, |builder| builder).await;
     let mut peers = Vec::new();
     for n in 0..3 {
-        let mut peer = server.connect(peer_addr(n)).await.unwrap();
+        let mut peer = server.accept(peer_addr(n)).await.unwrap();
         peer.send("SUB news\n").unwrap();
         expect(&mut peer, "OK SUB news\n").await;
         peers.push(peer);
@@ -235,8 +236,8 @@ async fn an_item_encoded_once_reaches_every_member_with_that_codec() {
 async fn a_maps_key_goes_when_its_last_member_leaves_or_closes() {
     let topics = GroupMap::new();
     let server = start(LinesCodec::new, &topics, |builder| builder).await;
-    let mut one = server.connect(peer_addr(1)).await.unwrap();
-    let mut two = server.connect(peer_addr(2)).await.unwrap();
+    let mut one = server.accept(peer_addr(1)).await.unwrap();
+    let mut two = server.accept(peer_addr(2)).await.unwrap();
     one.send("SUB a\nSUB b\nSUB c\n").unwrap();
     expect(&mut one, "OK SUB a\nOK SUB b\nOK SUB c\n").await;
     two.send("SUB b\n").unwrap();
@@ -262,11 +263,11 @@ async fn a_maps_key_goes_when_its_last_member_leaves_or_closes() {
 async fn the_map_does_not_grow_under_join_and_close_churn() {
     let topics = GroupMap::new();
     let server = start(LinesCodec::new, &topics, |builder| builder).await;
-    let mut steady = server.connect(peer_addr(0)).await.unwrap();
+    let mut steady = server.accept(peer_addr(0)).await.unwrap();
     steady.send("SUB shared\n").unwrap();
     expect(&mut steady, "OK SUB shared\n").await;
     for n in 1..=300u16 {
-        let mut peer = server.connect(peer_addr(n)).await.unwrap();
+        let mut peer = server.accept(peer_addr(n)).await.unwrap();
         peer.send(format!("SUB t{n}\nSUB shared\n")).unwrap();
         expect(&mut peer, &format!("OK SUB t{n}\nOK SUB shared\n")).await;
         assert_eq!(topics.len(), 2, "the shared key and this peer's own");
@@ -287,15 +288,15 @@ async fn the_map_does_not_grow_under_join_and_close_churn() {
 #[tokio::test(start_paused = true)]
 async fn a_member_that_does_not_read_is_closed_as_the_maps_policy_says() {
     const LIMIT: usize = 8 * 1024;
-    let topics = GroupMap::with_when_full(WhenFull::Close);
-    assert_eq!(topics.when_full(), WhenFull::Close);
+    let topics = GroupMap::with_when_full(FullQueuePolicy::Close);
+    assert_eq!(topics.when_full(), FullQueuePolicy::Close);
     let server = start(LinesCodec::new, &topics, |builder| {
         builder
             .write_queue_limit(LIMIT)
             .write_watermarks(LIMIT, LIMIT / 2)
     })
     .await;
-    let mut slow = server.connect(peer_addr(1)).await.unwrap();
+    let mut slow = server.accept(peer_addr(1)).await.unwrap();
     slow.send("SUB feed\n").unwrap();
     expect(&mut slow, "OK SUB feed\n").await;
     slow.set_receive_window(1024);
@@ -362,11 +363,12 @@ async fn a_broadcast_from_inside_a_members_user_data_does_not_deadlock() {
         count,
     };
     let server = builder
-        .start_framed_embedded(Framing::new(handler))
+        .embedded()
+        .start(Framing::new(handler))
         .await
         .unwrap();
-    let mut one = server.connect(peer_addr(1)).await.unwrap();
-    let mut two = server.connect(peer_addr(2)).await.unwrap();
+    let mut one = server.accept(peer_addr(1)).await.unwrap();
+    let mut two = server.accept(peer_addr(2)).await.unwrap();
     eventually("both joined", || room.len() == 2).await;
     one.send("hello\n").unwrap();
     expect(&mut one, "1 hello\n").await;

@@ -48,12 +48,12 @@ impl FrameHandler for Lines {
 async fn start() -> (Server, FramedClient<LinesCodec>) {
     let server = Server::builder()
         .bind("127.0.0.1:0")
-        .start_framed(Framing::new(Lines))
+        .start(Framing::new(Lines))
         .await
         .unwrap();
     let client = bounded(
         "connect",
-        server.connect_client(server.local_addr().unwrap()),
+        server.connect(server.local_addr().unwrap()).client(),
     )
     .await
     .unwrap()
@@ -192,7 +192,7 @@ async fn the_sink_waits_for_room_in_the_write_queue_and_loses_nothing() {
             }
         }
     });
-    let mut lines = bounded("connect", manager.connect_client(address))
+    let mut lines = bounded("connect", manager.connect(address).client())
         .await
         .unwrap()
         .framed(LinesCodec::new());

@@ -18,8 +18,8 @@ use common::*;
 use common::start_recorded_embedded as start_embedded;
 use switchboard::testing::{EmbeddedPeer, EmbeddedServer};
 use switchboard::{
-    Bytes, ClosureReason, Connection, ConnectionGroup, ConnectionId, Delivery, Server,
-    ServerBuilder, WeakConnection, WhenFull,
+    Bytes, ClosureReason, Connection, ConnectionGroup, ConnectionId, Delivery, FullQueuePolicy,
+    Server, ServerBuilder, WeakConnection,
 };
 use tokio::io::AsyncReadExt;
 
@@ -73,7 +73,7 @@ async fn start_broadcasting_embedded(group: &ConnectionGroup) -> (EmbeddedServer
 
 /// A peer that never reads, holding at most a socket buffer's worth of what it is sent.
 async fn stalled_peer(server: &EmbeddedServer, n: u16) -> EmbeddedPeer {
-    let peer = server.connect(peer_addr(n)).await.unwrap();
+    let peer = server.accept(peer_addr(n)).await.unwrap();
     peer.set_receive_window(SMALL_BUFFER);
     peer
 }
@@ -128,7 +128,7 @@ async fn a_weak_handle_keeps_nothing_open_and_upgrades_only_while_open() {
         ..Hooks::default()
     };
     let (server, recorder) = start_embedded(Behavior::collect(), hooks, |builder| builder).await;
-    let mut client = server.connect(peer_addr(1)).await.unwrap();
+    let mut client = server.accept(peer_addr(1)).await.unwrap();
     let id = recorder.id_of_peer(&client).await;
     let weak = kept.lock().unwrap().clone().expect("downgraded");
     assert_eq!(weak.id(), id);
@@ -160,7 +160,7 @@ async fn the_server_finds_its_open_connections() {
     let mut clients = Vec::new();
     let mut ids = Vec::new();
     for n in 0..3 {
-        let client = server.connect(peer_addr(n)).await.unwrap();
+        let client = server.accept(peer_addr(n)).await.unwrap();
         ids.push(recorder.id_of_peer(&client).await);
         clients.push(client);
     }
@@ -243,7 +243,7 @@ async fn members_leave_their_groups_before_on_connection_closure() {
     let mut clients = Vec::new();
     let mut ids = Vec::new();
     for n in 0..4 {
-        let client = server.connect(peer_addr(n)).await.unwrap();
+        let client = server.accept(peer_addr(n)).await.unwrap();
         ids.push(recorder.id_of_peer(&client).await);
         clients.push(Some(client));
     }
@@ -300,7 +300,7 @@ async fn a_half_closed_member_closes_by_itself() {
     let group = ConnectionGroup::new();
     let (server, recorder) =
         start_embedded(Behavior::collect(), joining(&group), |builder| builder).await;
-    let mut client = server.connect(peer_addr(1)).await.unwrap();
+    let mut client = server.accept(peer_addr(1)).await.unwrap();
     let id = recorder.id_of_peer(&client).await;
     assert!(group.contains(id));
     client.send(b"bye").unwrap();
@@ -317,13 +317,13 @@ async fn a_half_closed_member_closes_by_itself() {
 #[tokio::test(start_paused = true)]
 async fn a_broadcast_says_per_member_what_happened() {
     let group = ConnectionGroup::new();
-    assert_eq!(group.when_full(), WhenFull::Skip);
+    assert_eq!(group.when_full(), FullQueuePolicy::Skip);
     let (server, recorder) = start_broadcasting_embedded(&group).await;
-    let reader = server.connect(peer_addr(1)).await.unwrap();
+    let reader = server.accept(peer_addr(1)).await.unwrap();
     let reader_id = recorder.id_of_peer(&reader).await;
     let stalled = stalled_peer(&server, 2).await; // never reads
     let stalled_id = recorder.id_of_peer(&stalled).await;
-    let closing = server.connect(peer_addr(3)).await.unwrap();
+    let closing = server.accept(peer_addr(3)).await.unwrap();
     let closing_id = recorder.id_of_peer(&closing).await;
     let reading = read_all_peer(reader);
     let message = Bytes::from(vec![b'm'; KIB]);
@@ -402,10 +402,10 @@ async fn a_broadcast_says_per_member_what_happened() {
 /// `Abort` resets it at once. Either way it leaves the group and the others go on.
 #[tokio::test(start_paused = true)]
 async fn the_full_member_policy_closes_or_resets_the_slow_member() {
-    for policy in [WhenFull::Close, WhenFull::Abort] {
+    for policy in [FullQueuePolicy::Close, FullQueuePolicy::Abort] {
         let group = ConnectionGroup::with_when_full(policy);
         let (server, recorder) = start_broadcasting_embedded(&group).await;
-        let reader = server.connect(peer_addr(1)).await.unwrap();
+        let reader = server.accept(peer_addr(1)).await.unwrap();
         let reader_id = recorder.id_of_peer(&reader).await;
         let mut stalled = stalled_peer(&server, 2).await;
         let stalled_id = recorder.id_of_peer(&stalled).await;
@@ -442,7 +442,7 @@ async fn the_full_member_policy_closes_or_resets_the_slow_member() {
         let (data, end) = peer_read_to_end(&mut stalled).await;
         let whole = assert_gapless(&data);
         let expected = match policy {
-            WhenFull::Close => {
+            FullQueuePolicy::Close => {
                 end.expect("a clean end after what was queued");
                 assert_eq!(whole, to_stalled, "every message queued for it, then FIN");
                 assert_eq!(data.len(), to_stalled * KIB);
@@ -539,7 +539,7 @@ async fn clones_of_a_group_are_the_same_group() {
     let clone = group.clone();
     let (server, recorder) =
         start_embedded(Behavior::collect(), joining(&clone), |builder| builder).await;
-    let client = server.connect(peer_addr(1)).await.unwrap();
+    let client = server.accept(peer_addr(1)).await.unwrap();
     let id = recorder.id_of_peer(&client).await;
     assert!(group.contains(id));
     let member = group.get(id).expect("open");
@@ -593,12 +593,13 @@ impl switchboard::codec::FrameHandler for PubSub {
 async fn a_broadcast_comes_after_the_members_fed_reply() {
     let group = ConnectionGroup::new();
     let server = Server::builder()
-        .start_framed_embedded(switchboard::codec::Framing::new(PubSub {
+        .embedded()
+        .start(switchboard::codec::Framing::new(PubSub {
             group: group.clone(),
         }))
         .await
         .unwrap();
-    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    let mut peer = server.accept(peer_addr(1)).await.unwrap();
     peer.send(b"join\nhello\n").unwrap();
     let received = bounded("both lines", peer.read_exact(b"joined\nhello\n".len()))
         .await
@@ -616,14 +617,14 @@ async fn a_broadcast_comes_after_the_members_fed_reply() {
 /// closed as a slow consumer: it waits while a member catches up, then goes on.
 #[tokio::test]
 async fn a_sender_that_waits_for_room_never_fills_a_slow_members_queue() {
-    let group = ConnectionGroup::with_when_full(WhenFull::Close);
+    let group = ConnectionGroup::with_when_full(FullQueuePolicy::Close);
     let (server, recorder) = start_embedded(Behavior::collect(), joining(&group), |builder| {
         builder
             .write_queue_limit(LIMIT)
             .write_watermarks(LIMIT / 2, LIMIT / 4)
     })
     .await;
-    let reader = server.connect(peer_addr(1)).await.unwrap();
+    let reader = server.accept(peer_addr(1)).await.unwrap();
     let slow = stalled_peer(&server, 2).await;
     let slow_id = recorder.id_of_peer(&slow).await;
     let reading = read_all_peer(reader);

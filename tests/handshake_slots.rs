@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::*;
 use ppp::v2::Command;
 use switchboard::proxy::ProxyProtocol;
-use switchboard::{ClosureReason, Listen, Server, ServerBuilder};
+use switchboard::{ClosureReason, Listener, Server, ServerBuilder};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -35,7 +35,7 @@ const HELLO_START: &[u8] = b"\x16\x03\x01";
 /// Starts a recording echo server with one TLS listener on 127.0.0.1, configured by `configure`.
 async fn start_tls(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> (Server, Recorder) {
     start_with(
-        Listen::bind("127.0.0.1:0").tls(server_acceptor()),
+        Listener::bind("127.0.0.1:0").tls(server_acceptor()),
         configure,
     )
     .await
@@ -43,7 +43,7 @@ async fn start_tls(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> (S
 
 /// Starts a recording echo server with `listen`, configured by `configure`.
 async fn start_with(
-    listen: Listen,
+    listen: Listener,
     configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
 ) -> (Server, Recorder) {
     let mut builder = Server::builder();
@@ -62,8 +62,8 @@ async fn start_with(
 }
 
 /// A PROXY protocol listener on 127.0.0.1 that trusts loopback.
-fn proxied() -> Listen {
-    Listen::bind("127.0.0.1:0")
+fn proxied() -> Listener {
+    Listener::bind("127.0.0.1:0")
         .proxy_protocol(ProxyProtocol::new().trust("127.0.0.0/8".parse().unwrap()))
 }
 

@@ -55,10 +55,11 @@ async fn an_idle_connection_can_get_a_last_line_and_fin() {
     let (callbacks, events) = Recorded::new(Echo { graceful: true });
     let server = Server::builder()
         .idle_timeout(Some(IDLE))
-        .start_embedded(callbacks)
+        .embedded()
+        .start(callbacks)
         .await
         .unwrap();
-    let mut peer = server.connect(PEER).await.unwrap();
+    let mut peer = server.accept(PEER).await.unwrap();
     peer.send("hi").unwrap();
     assert_eq!(peer.read().await.unwrap(), "hi");
     let quiet = tokio::time::Instant::now();
@@ -83,10 +84,11 @@ async fn by_default_an_idle_connection_is_reset() {
     let (callbacks, events) = Recorded::new(Echo { graceful: false });
     let server = Server::builder()
         .idle_timeout(Some(IDLE))
-        .start_embedded(callbacks)
+        .embedded()
+        .start(callbacks)
         .await
         .unwrap();
-    let mut peer = server.connect(PEER).await.unwrap();
+    let mut peer = server.accept(PEER).await.unwrap();
     let error = peer.read().await.unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
     assert_eq!(
@@ -113,10 +115,11 @@ async fn a_graceful_idle_close_to_a_peer_that_never_reads_is_bounded() {
     let server = Server::builder()
         .idle_timeout(Some(IDLE))
         .close_timeout(Duration::from_secs(5))
-        .start_embedded(callbacks)
+        .embedded()
+        .start(callbacks)
         .await
         .unwrap();
-    let peer = server.connect(PEER).await.unwrap();
+    let peer = server.accept(PEER).await.unwrap();
     peer.set_receive_window(0);
     assert_eq!(
         events.wait_for_release(peer.id()).await,
@@ -169,10 +172,11 @@ impl FrameHandler for IdleLines {
 async fn a_framed_handler_sends_its_last_item_through_the_codec() {
     let server = Server::builder()
         .idle_timeout(Some(IDLE))
-        .start_framed_embedded(Framing::new(Arc::new(IdleLines)))
+        .embedded()
+        .start(Framing::new(Arc::new(IdleLines)))
         .await
         .unwrap();
-    let mut peer = server.connect(PEER).await.unwrap();
+    let mut peer = server.accept(PEER).await.unwrap();
     peer.send("a\n").unwrap();
     assert_eq!(peer.read_to_end().await.unwrap(), "OK a\nERR idle\n");
 }

@@ -14,7 +14,8 @@ use common::*;
 // These tests' embedded server (no listener: connect with `server.connect`).
 use common::start_recorded_embedded as start_embedded;
 use switchboard::{
-    async_trait, AtLimit, Callbacks, ClosureReason, Connection, Server, ServerBuilder, WeakServer,
+    async_trait, Callbacks, ClosureReason, Connection, LimitPolicy, Server, ServerBuilder,
+    WeakServer,
 };
 use tokio::io::AsyncReadExt;
 
@@ -41,7 +42,7 @@ async fn close_with_reports_the_applications_code_and_closes_gracefully() {
         ..Hooks::default()
     };
     let (server, recorder) = start_embedded(Behavior::collect(), hooks, |b| b).await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     // What was written before the close still arrives, then FIN.
     let (reply, end) = {
         stream.send(b"last").unwrap();
@@ -81,7 +82,7 @@ async fn a_goodbye_goes_out_past_a_full_queue_after_what_was_queued_and_before_f
     };
     let (server, recorder) =
         start_embedded(Behavior::quiet(), hooks, |b| b.write_queue_limit(8 * 1024)).await;
-    let mut stream = server.connect(peer_addr(1)).await.unwrap();
+    let mut stream = server.accept(peer_addr(1)).await.unwrap();
     // A small window, as small socket buffers would be.
     stream.set_receive_window(4096);
     let (data, end) = peer_read_to_end(&mut stream).await;
@@ -113,7 +114,7 @@ async fn a_close_drops_at_most_the_discard_limit_of_a_streaming_peer_then_resets
             .close_timeout(Duration::from_secs(3600))
     })
     .await;
-    let stream = server.connect(peer_addr(1)).await.unwrap();
+    let stream = server.accept(peer_addr(1)).await.unwrap();
     let chunk = vec![b's'; 4096];
     let mut sent = 0usize;
     let ended = bounded("the server to cut the stream off", async {
@@ -150,7 +151,7 @@ async fn a_close_drops_at_most_the_discard_limit_of_a_streaming_peer_then_resets
 async fn a_client_refused_at_the_limit_gets_the_message_and_fin_and_no_callback() {
     let (server, recorder) = start(Behavior::echo(), Hooks::default(), |b| {
         b.max_connections(1)
-            .at_limit(AtLimit::AcceptAndClose)
+            .at_limit(LimitPolicy::AcceptAndClose)
             .refusal_message("server full\r\n")
     })
     .await;
@@ -294,7 +295,7 @@ async fn a_lingering_peer_keeps_the_applications_reason() {
         b.close_timeout(close_timeout)
     })
     .await;
-    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    let mut peer = server.accept(peer_addr(1)).await.unwrap();
     peer.send(b"hello").unwrap();
     let (reply, end) = peer_read_to_end(&mut peer).await;
     assert_eq!(reply, b"ERR go away\n");
@@ -357,12 +358,13 @@ impl switchboard::codec::FrameHandler for EveryPath {
 #[tokio::test(start_paused = true)]
 async fn writes_feeds_and_goodbyes_arrive_in_posting_order() {
     let server = Server::builder()
-        .start_framed_embedded(switchboard::codec::Framing::new(EveryPath {
+        .embedded()
+        .start(switchboard::codec::Framing::new(EveryPath {
             group: switchboard::ConnectionGroup::new(),
         }))
         .await
         .unwrap();
-    let mut peer = server.connect(peer_addr(1)).await.unwrap();
+    let mut peer = server.accept(peer_addr(1)).await.unwrap();
     peer.send(b"go\n").unwrap();
     let (reply, end) = peer_read_to_end(&mut peer).await;
     end.expect("FIN after the goodbye");
@@ -446,7 +448,7 @@ async fn a_close_whose_data_the_peer_never_reads_times_out() {
         b.close_timeout(Duration::from_secs(5))
     })
     .await;
-    let peer = server.connect(peer_addr(1)).await.unwrap();
+    let peer = server.accept(peer_addr(1)).await.unwrap();
     peer.set_receive_window(4096);
     recorder.wait_released(1).await;
     let id = recorder.established()[0];

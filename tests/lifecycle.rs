@@ -144,8 +144,8 @@ async fn wait_for_stall(handle: &Connection) -> u64 {
 async fn echo_then_peer_close_runs_every_event_in_order() {
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut peer = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut peer = server.accept(PEER).await.unwrap();
     peer.send(b"hello").unwrap();
     assert_eq!(peer.read_exact(5).await.unwrap(), "hello");
     peer.shutdown_write();
@@ -248,8 +248,8 @@ async fn peer_reset_seen_by_a_pending_write_closes_with_peer_reset() {
 async fn close_delivers_every_queued_byte_before_the_fin() {
     let mut builder = Server::builder().write_queue_limit(2 * MIB);
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut stream = server.accept(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -347,8 +347,8 @@ async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
         .write_queue_limit(64 * MIB)
         .close_timeout(Duration::from_secs(60));
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut stream = server.accept(PEER).await.unwrap();
     // A small receive window, as a socket's buffers would be.
     stream.set_receive_window(256 * KIB);
     let handle = kept_handle(&recorder).await;
@@ -385,8 +385,8 @@ async fn abort_cuts_short_a_close_in_progress_and_ends_once() {
 async fn a_connection_nothing_keeps_closes_by_itself_gracefully() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, Behavior::quiet());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut peer = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut peer = server.accept(PEER).await.unwrap();
 
     // No read, no write, no handle: the server sends FIN at once, by itself.
     let received = peer
@@ -410,8 +410,8 @@ async fn a_connection_nothing_keeps_closes_by_itself_gracefully() {
 async fn a_pending_read_keeps_an_idle_connection_open() {
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut peer = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut peer = server.accept(PEER).await.unwrap();
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
         .await;
@@ -434,8 +434,8 @@ async fn a_pending_read_keeps_an_idle_connection_open() {
 async fn a_held_handle_keeps_a_connection_open_and_dropping_it_closes() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut stream = server.accept(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -511,8 +511,8 @@ async fn a_pending_write_keeps_the_connection_open_until_delivered() {
         ..Hooks::default()
     };
     let recorder = Recorder::with_hooks(&mut builder, Behavior::quiet(), hooks);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut stream = server.accept(PEER).await.unwrap();
     stream.set_receive_window(0);
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
@@ -571,8 +571,8 @@ async fn after_the_peers_fin_writes_are_still_delivered() {
         ..Behavior::default()
     };
     let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut stream = server.accept(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -622,8 +622,8 @@ async fn after_the_peers_fin_writes_are_still_delivered() {
 async fn shutdown_write_sends_fin_and_reading_goes_on() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut stream = server.accept(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -689,8 +689,8 @@ async fn shutdown_write_sends_fin_and_reading_goes_on() {
 async fn write_right_after_close_is_refused_as_closed() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut stream = server.accept(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -721,8 +721,8 @@ async fn write_right_after_close_is_refused_as_closed() {
 async fn write_after_a_close_took_effect_is_refused_as_closed() {
     let mut builder = Server::builder();
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut stream = server.accept(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
 
@@ -766,8 +766,8 @@ async fn write_beyond_the_queue_limit_is_refused_as_full() {
     const CHUNK: usize = 16 * KIB;
     let mut builder = Server::builder().write_queue_limit(LIMIT);
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut stream = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut stream = server.accept(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
 
     // One thread, no yield: the driver cannot drain the queue between these writes.
@@ -857,11 +857,11 @@ async fn user_data_reaches_on_socket_released_by_value() {
         ..Behavior::default()
     };
     let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
 
-    let mut one = server.connect(peer_addr(1)).await.unwrap();
+    let mut one = server.accept(peer_addr(1)).await.unwrap();
     let first = kept_handle(&recorder).await;
-    let mut two = server.connect(peer_addr(2)).await.unwrap();
+    let mut two = server.accept(peer_addr(2)).await.unwrap();
     let second = kept_handle(&recorder).await;
     for round in 0..3 {
         let message = format!("round {round}");
@@ -1038,10 +1038,10 @@ fn errors_free(recorder: &Recorder) -> bool {
 async fn write_completed_reports_each_buffer_and_stats_add_up() {
     let mut builder = Server::builder().write_queue_limit(MIB);
     let recorder = Recorder::with_behavior(&mut builder, held());
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
 
     // Connection 1: writes of assorted sizes through a handle, and reads of what the client sends.
-    let mut stream = server.connect(PEER).await.unwrap();
+    let mut stream = server.accept(PEER).await.unwrap();
     let handle = kept_handle(&recorder).await;
     let id = handle.id();
     let sizes = [1, 10, 1_000, 4_096, 100_000];
@@ -1107,11 +1107,11 @@ async fn write_completed_reports_each_buffer_and_stats_add_up() {
         b.echo = true;
         b.keep_handles = false;
     });
-    let mut reset_client = server.connect(PEER).await.unwrap();
+    let mut reset_client = server.accept(PEER).await.unwrap();
     let small = pattern(10, 500);
     reset_client.send(&small).unwrap();
     assert!(reset_client.read_exact(small.len()).await.unwrap() == small);
-    let mut closing_client = server.connect(PEER).await.unwrap();
+    let mut closing_client = server.accept(PEER).await.unwrap();
     let large = pattern(11, 70_000);
     closing_client.send(&large).unwrap();
     assert!(closing_client.read_exact(large.len()).await.unwrap() == large);
@@ -1168,8 +1168,8 @@ async fn reads_never_exceed_the_read_buffer_size() {
     const BUFFER: usize = 100;
     let mut builder = Server::builder().read_buffer_size(BUFFER);
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let mut peer = server.connect(PEER).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let mut peer = server.accept(PEER).await.unwrap();
     let message = pattern(12, 20 * KIB);
     // As a socket might deliver it: in chunks of every size around the buffer's.
     let mut rest = &message[..];

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::*;
 use switchboard::{
-    async_trait, AtLimit, BytesMut, Callbacks, ClosureReason, Connection, ConnectionLimiter,
-    Direction, Error, Server, UserData,
+    async_trait, BytesMut, Callbacks, ClosureReason, Connection, ConnectionLimiter, Direction,
+    Error, LimitPolicy, Server, UserData,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -63,7 +63,7 @@ async fn stop_accepting_at_limit_holds_the_next_client_until_a_slot_frees() {
     let mut builder = Server::builder()
         .bind("127.0.0.1:0")
         .max_connections(2)
-        .at_limit(AtLimit::StopAccepting);
+        .at_limit(LimitPolicy::StopAccepting);
     let recorder = Recorder::new(&mut builder);
     let server = builder.start(recorder.clone()).await.unwrap();
     let address = server.local_addr().unwrap();
@@ -146,7 +146,7 @@ async fn accept_and_close_refuses_over_limit_clients_at_once() {
     let mut builder = Server::builder()
         .bind("127.0.0.1:0")
         .max_connections(1)
-        .at_limit(AtLimit::AcceptAndClose);
+        .at_limit(LimitPolicy::AcceptAndClose);
     let recorder = Recorder::new(&mut builder);
     let server = builder.start(recorder.clone()).await.unwrap();
     let address = server.local_addr().unwrap();
@@ -251,7 +251,7 @@ async fn limit_is_never_exceeded_under_concurrent_connects() {
     let server = Server::builder()
         .bind("127.0.0.1:0")
         .max_connections(LIMIT)
-        .at_limit(AtLimit::StopAccepting)
+        .at_limit(LimitPolicy::StopAccepting)
         .start(counting.clone())
         .await
         .unwrap();
@@ -418,7 +418,7 @@ async fn outgoing_connections_count_against_the_limiter() {
     // An inbound connection holds the only slot: an outgoing connect is refused at once.
     let mut inbound = client(address).await;
     assert_eq!(echo_round_trip(&mut inbound, b"in").await, b"in");
-    let refused = tokio::time::timeout(WAIT, server.connect(target_address, ()))
+    let refused = tokio::time::timeout(WAIT, server.connect(target_address))
         .await
         .expect("connect at the limit did not return");
     match refused {
@@ -448,7 +448,7 @@ async fn outgoing_connections_count_against_the_limiter() {
         })
         .await;
     eventually("the slot to free", || server.limiter().active() == 0).await;
-    let outgoing = tokio::time::timeout(WAIT, server.connect(target_address, ()))
+    let outgoing = tokio::time::timeout(WAIT, server.connect(target_address))
         .await
         .unwrap()
         .expect("connect with a free slot");
@@ -631,7 +631,7 @@ async fn a_client_waiting_at_the_limit_is_not_accepted_and_dropped_by_a_shutdown
     let mut builder = Server::builder()
         .bind("127.0.0.1:0")
         .max_connections(1)
-        .at_limit(AtLimit::StopAccepting)
+        .at_limit(LimitPolicy::StopAccepting)
         // The served client keeps its side open: the drain ends by the clock.
         .shutdown_timeout(Duration::from_millis(300));
     let recorder = Recorder::new(&mut builder);

@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use switchboard::socket2::SockRef;
 use switchboard::{
-    async_trait, Callbacks, Connection, ConnectionGroup, Direction, Server, WhenFull,
-    DEFAULT_WRITE_QUEUE_LIMIT,
+    async_trait, Callbacks, Connection, ConnectionGroup, Direction, FullQueuePolicy, Server,
 };
 use tokio::net::TcpStream;
+
+/// The write queue limit these servers run with: the default (64 KiB, as
+/// `ServerBuilder::write_queue_limit` documents).
+const DEFAULT_WRITE_QUEUE_LIMIT: usize = 64 * 1024;
 
 /// The system allocator, counting the bytes it has handed out and not yet taken back.
 struct Counting;
@@ -75,7 +78,7 @@ impl Callbacks for Room {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_that_never_read_hold_at_most_their_queue_limit_of_tiny_lines() {
     let _serial = SERIAL.lock().await;
-    let room = ConnectionGroup::with_when_full(WhenFull::Skip);
+    let room = ConnectionGroup::with_when_full(FullQueuePolicy::Skip);
     let held = Arc::new(Mutex::new(Vec::new()));
     let server = Server::builder()
         .bind("127.0.0.1:0")
@@ -175,7 +178,7 @@ async fn a_reply_fed_past_the_queue_limit_is_refused_before_it_is_encoded() {
     let outcome = Arc::new(Mutex::new(None));
     let server = Server::builder()
         .bind("127.0.0.1:0")
-        .start_framed(switchboard::codec::Framing::new(Flooding {
+        .start(switchboard::codec::Framing::new(Flooding {
             outcome: outcome.clone(),
         }))
         .await

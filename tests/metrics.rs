@@ -12,7 +12,9 @@ use std::time::Instant;
 use common::*;
 use metrics::Unit;
 use switchboard::proxy::ProxyProtocol;
-use switchboard::{AtLimit, Callbacks, ClosureReason, Error, Listen, Server, ServerBuilder, Stats};
+use switchboard::{
+    Callbacks, ClosureReason, Error, LimitPolicy, Listener, Server, ServerBuilder, Stats,
+};
 use tokio::io::AsyncWriteExt;
 
 const ACTIVE: &str = "switchboard_connections_active";
@@ -135,12 +137,12 @@ async fn connections_bytes_and_closures_are_counted_as_the_stats_count_them() {
         .await
         .unwrap();
 
-    let held = server.connect(peer_addr(0)).await.unwrap();
+    let held = server.accept(peer_addr(0)).await.unwrap();
     recorder.id_of_peer(&held).await;
     assert_eq!(active(&metrics), 1.0);
     for client_number in 0..CLIENTS {
         let mut stream = server
-            .connect(peer_addr(1 + client_number as u16))
+            .accept(peer_addr(1 + client_number as u16))
             .await
             .unwrap();
         for message in 0..MESSAGES {
@@ -168,7 +170,7 @@ async fn connections_bytes_and_closures_are_counted_as_the_stats_count_them() {
     assert_eq!(active(&metrics), 1.0);
 
     held.reset();
-    until_idle(&server).await;
+    until_idle(server.server()).await;
     let stats = server.stats();
     assert_eq!(stats.closures(ClosureReason::PeerReset), 1);
     assert_metrics_match(&metrics, &stats);
@@ -187,15 +189,13 @@ async fn outgoing_connects_and_their_failures_are_counted() {
     let server = metrics.start(builder, recorder.clone()).await.unwrap();
     let address = server.local_addr().unwrap();
 
-    let connection = bounded("connect", server.connect(address, ()))
-        .await
-        .unwrap();
+    let connection = bounded("connect", server.connect(address)).await.unwrap();
     recorder
         .wait_count("both ends established", 2, |e| {
             matches!(e, Event::Established(..))
         })
         .await;
-    let failed = bounded("failed connect", server.connect(closed_port(), ())).await;
+    let failed = bounded("failed connect", server.connect(closed_port())).await;
     assert!(matches!(failed, Err(Error::Connect { .. })), "{failed:?}");
     let stats = server.stats();
     assert_eq!((stats.connected, stats.accepted), (1, 1));
@@ -218,7 +218,7 @@ async fn refusals_are_counted_by_cause() {
     let mut builder = labelled(
         Server::builder()
             .max_connections(2)
-            .at_limit(AtLimit::AcceptAndClose)
+            .at_limit(LimitPolicy::AcceptAndClose)
             .max_connections_per_ip(1),
     );
     let recorder = Recorder::new(&mut builder);
@@ -228,9 +228,9 @@ async fn refusals_are_counted_by_cause() {
         .unwrap();
     let from = |last: u8| SocketAddr::from(([127, 0, 0, last], 40000));
 
-    let first = server.connect(from(1)).await.unwrap();
+    let first = server.accept(from(1)).await.unwrap();
     recorder.id_of_peer(&first).await;
-    let mut over_cap = server.connect(from(1)).await.unwrap();
+    let mut over_cap = server.accept(from(1)).await.unwrap();
     let (data, _) = peer_read_to_end(&mut over_cap).await;
     assert!(data.is_empty());
     eventually("the refused one deregistered", || {
@@ -238,10 +238,10 @@ async fn refusals_are_counted_by_cause() {
         stats.closures(ClosureReason::PerIpLimit) == 1 && stats.active == 1
     })
     .await;
-    let third = server.connect(from(2)).await.unwrap();
+    let third = server.accept(from(2)).await.unwrap();
     recorder.id_of_peer(&third).await;
     // Refused as a socket is: a reset, without a refusal message.
-    let mut at_limit = server.connect(from(3)).await.unwrap();
+    let mut at_limit = server.accept(from(3)).await.unwrap();
     let (data, end) = peer_read_to_end(&mut at_limit).await;
     assert!(data.is_empty());
     assert_eq!(end.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
@@ -262,7 +262,7 @@ async fn refusals_are_counted_by_cause() {
         1
     );
     drop((first, third));
-    until_idle(&server).await;
+    until_idle(server.server()).await;
     assert_metrics_match(&metrics, &server.stats());
     server.shutdown().await;
 }
@@ -285,7 +285,7 @@ async fn write_queue_highs_and_callback_panics_are_counted() {
         .await
         .unwrap();
 
-    let filled = server.connect(peer_addr(1)).await.unwrap();
+    let filled = server.accept(peer_addr(1)).await.unwrap();
     filled.set_receive_window(0);
     let id = recorder.id_of_peer(&filled).await;
     recorder
@@ -304,10 +304,10 @@ async fn write_queue_highs_and_callback_panics_are_counted() {
             ..Behavior::echo()
         }
     });
-    let mut panicking = server.connect(peer_addr(2)).await.unwrap();
+    let mut panicking = server.accept(peer_addr(2)).await.unwrap();
     panicking.send(b"boom").unwrap();
     let _ = peer_read_to_end(&mut panicking).await;
-    until_idle(&server).await;
+    until_idle(server.server()).await;
 
     let stats = server.stats();
     assert!(stats.write_queue_high >= 1, "{stats:?}");
@@ -355,7 +355,7 @@ async fn proxy_headers_are_timed_and_refusals_counted() {
     let metrics = MetricsRecorder::default();
     let settings = ProxyProtocol::new().trust("127.0.0.0/8".parse().unwrap());
     let mut builder =
-        labelled(Server::builder().listen(Listen::bind("127.0.0.1:0").proxy_protocol(settings)));
+        labelled(Server::builder().listen(Listener::bind("127.0.0.1:0").proxy_protocol(settings)));
     let recorder = Recorder::new(&mut builder);
     let server = metrics.start(builder, recorder.clone()).await.unwrap();
     let address = server.local_addr().unwrap();

@@ -1,8 +1,8 @@
-//! Outgoing connections: `Server::connect` and `Server::spawn_connect`, their events, their
+//! Outgoing connections: `Server::connect`, awaited and spawned, their events, their
 //! failures (refused, timed out), the lifetime rule for the returned handle, and how abort-all and
 //! shutdown end them. Over real loopback TCP where the socket is part of the point (its creation
 //! event, failed connects, a remote switchboard server); the rest run the outgoing path over
-//! the embedded connection of `switchboard::testing` (`EmbeddedServer::connect_outgoing`), on
+//! the embedded connection of `switchboard::testing` (`EmbeddedServer::connect`), on
 //! the paused clock.
 
 mod common;
@@ -54,7 +54,8 @@ async fn connect_runs_every_event_in_order_and_hands_the_argument_to_release() {
     assert_eq!(server.local_addr(), None);
 
     let connection = server
-        .connect(address, "session-7".to_string())
+        .connect(address)
+        .argument("session-7".to_string())
         .await
         .unwrap();
     assert_eq!(connection.direction(), Direction::Outbound);
@@ -120,8 +121,8 @@ async fn dropping_the_returned_handle_closes_an_idle_outgoing_connection() {
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let (connection, mut peer) = server.connect_outgoing(address, ()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let (connection, mut peer) = server.connect(address).await.unwrap();
     let id = connection.id();
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
@@ -158,7 +159,10 @@ async fn connect_to_a_closed_port_returns_refused_and_still_releases() {
     let server = builder.start(recorder.clone()).await.unwrap();
     let address = closed_port();
 
-    let result = server.connect(address, "refused-arg".to_string()).await;
+    let result = server
+        .connect(address)
+        .argument("refused-arg".to_string())
+        .await;
     match result {
         Err(Error::Connect {
             address: failed,
@@ -198,7 +202,9 @@ async fn spawn_connect_failure_is_reported_with_the_argument_then_released() {
     let address = closed_port();
 
     server
-        .spawn_connect(address, "async-arg".to_string())
+        .connect(address)
+        .argument("async-arg".to_string())
+        .spawn()
         .unwrap();
     recorder.wait_released(1).await;
     let events = recorder.events();
@@ -243,7 +249,9 @@ async fn spawn_connect_to_a_live_switchboard_server_establishes() {
     );
     let server = builder.start(recorder.clone()).await.unwrap();
     server
-        .spawn_connect(address, "spawned".to_string())
+        .connect(address)
+        .argument("spawned".to_string())
+        .spawn()
         .unwrap();
     recorder
         .wait_count("established", 1, |e| matches!(e, Event::Established(..)))
@@ -318,7 +326,7 @@ async fn connect_to_an_address_that_never_answers_times_out() {
     let server = builder.start(recorder.clone()).await.unwrap();
 
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(WAIT, server.connect(address, "slow".to_string()))
+    let result = tokio::time::timeout(WAIT, server.connect(address).argument("slow".to_string()))
         .await
         .expect("connect must end by its own timeout");
     match result {
@@ -343,7 +351,11 @@ async fn connect_to_an_address_that_never_answers_times_out() {
     assert_eq!(server.stats().connect_failures, 1);
 
     // The reporting variant says the same through on_outgoing_connection_failed.
-    server.spawn_connect(address, "slow-2".to_string()).unwrap();
+    server
+        .connect(address)
+        .argument("slow-2".to_string())
+        .spawn()
+        .unwrap();
     recorder.wait_released(2).await;
     let failed: Vec<Event> = recorder
         .events()
@@ -373,7 +385,11 @@ async fn outgoing_and_accepted_connections_share_one_manager() {
     // A plain client, and a connection from the server to itself: one outbound, one inbound.
     let mut plain = client(address).await;
     assert_eq!(echo_round_trip(&mut plain, b"plain").await, b"plain");
-    let outgoing = server.connect(address, "self".to_string()).await.unwrap();
+    let outgoing = server
+        .connect(address)
+        .argument("self".to_string())
+        .await
+        .unwrap();
     assert_eq!(outgoing.direction(), Direction::Outbound);
     recorder
         .wait_count("three established", 3, |e| {
@@ -426,13 +442,15 @@ async fn abort_all_resets_outgoing_connections() {
     let address = REMOTE;
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let (first, mut peer_a) = server
-        .connect_outgoing(address, "a".to_string())
+        .connect(address)
+        .argument("a".to_string())
         .await
         .unwrap();
     let (second, mut peer_b) = server
-        .connect_outgoing(address, "b".to_string())
+        .connect(address)
+        .argument("b".to_string())
         .await
         .unwrap();
     let ids = [first.id(), second.id()];
@@ -474,9 +492,10 @@ async fn shutdown_forces_outgoing_connections_in_order() {
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let (connection, mut peer) = server
-        .connect_outgoing(address, "forced".to_string())
+        .connect(address)
+        .argument("forced".to_string())
         .await
         .unwrap();
     let id = connection.id();
@@ -511,11 +530,11 @@ async fn shutdown_forces_outgoing_connections_in_order() {
 
     // No new connects once shut down.
     assert!(matches!(
-        server.server().connect(address, ()).await,
+        server.server().connect(address).await,
         Err(Error::ShuttingDown)
     ));
     assert!(matches!(
-        server.spawn_connect(address, ()),
+        server.server().connect(address).spawn(),
         Err(Error::ShuttingDown)
     ));
     eventually("nothing active", || server.active_connections() == 0).await;
@@ -526,8 +545,8 @@ async fn shutdown_closes_outgoing_connections_gracefully_when_the_peer_cooperate
     let address = REMOTE;
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let (connection, mut peer) = server.connect_outgoing(address, ()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let (connection, mut peer) = server.connect(address).await.unwrap();
     let id = connection.id();
     drop(connection);
     echo_peer(&mut peer, b"before").await;

@@ -64,7 +64,8 @@ async fn start_embedded(
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
     let server = configure(builder)
-        .start_embedded(recorder.clone())
+        .embedded()
+        .start(recorder.clone())
         .await
         .unwrap();
     (server, recorder)
@@ -76,7 +77,7 @@ async fn peer_from(server: &EmbeddedServer, ip: IpAddr) -> EmbeddedPeer {
     static PORT: AtomicU16 = AtomicU16::new(40000);
     let port = PORT.fetch_add(1, Ordering::Relaxed);
     server
-        .connect(SocketAddr::new(ip, port))
+        .accept(SocketAddr::new(ip, port))
         .await
         .expect("embedded connect")
 }
@@ -392,7 +393,7 @@ async fn a_panic_in_a_callback_frees_the_slot() {
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let stream = peer_from(&server, LOCALHOST).await;
     stream.send(b"boom").unwrap();
     recorder.wait_released(1).await;

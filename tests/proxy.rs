@@ -1,4 +1,4 @@
-//! The PROXY protocol on a listener (`Listen::proxy_protocol`): headers of both versions over real
+//! The PROXY protocol on a listener (`Listener::proxy_protocol`): headers of both versions over real
 //! loopback TCP, the addresses and TLVs they carry, every way a header is refused, TLS after the
 //! header, and the per-address cap counting the client the header names (an IPv6 client by its
 //! /64). Waits are bounded by [`WAIT`]; nothing asserts how long anything took.
@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use ppp::v2::{self, Builder, Command, Protocol, Version};
 use switchboard::proxy::{ProxyHeader, ProxyProtocol};
-use switchboard::{ClosureReason, Connection, Error, Listen, Server};
+use switchboard::{ClosureReason, Connection, Error, Listener, Server};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -35,7 +35,7 @@ fn trusting_loopback() -> ProxyProtocol {
 /// changed by `configure`.
 async fn start(
     settings: ProxyProtocol,
-    configure: impl FnOnce(Listen) -> Listen,
+    configure: impl FnOnce(Listener) -> Listener,
     builder: impl FnOnce(switchboard::ServerBuilder) -> switchboard::ServerBuilder,
 ) -> (Server, Recorder, SeenLog) {
     let seen = SeenLog::default();
@@ -52,7 +52,7 @@ async fn start(
         ..Hooks::default()
     };
     let mut builder = builder(Server::builder().listen(configure(
-        Listen::bind("127.0.0.1:0").proxy_protocol(settings),
+        Listener::bind("127.0.0.1:0").proxy_protocol(settings),
     )));
     let recorder = Recorder::with_hooks(&mut builder, Behavior::echo(), hooks);
     let server = builder.start(recorder.clone()).await.unwrap();
@@ -528,7 +528,7 @@ async fn a_shutdown_does_not_wait_for_a_header_that_never_comes() {
 #[tokio::test]
 async fn a_listener_that_trusts_nobody_is_refused() {
     let result = Server::builder()
-        .listen(Listen::bind("127.0.0.1:0").proxy_protocol(ProxyProtocol::new()))
+        .listen(Listener::bind("127.0.0.1:0").proxy_protocol(ProxyProtocol::new()))
         .start(Recorder::new(&mut Server::builder()))
         .await;
     assert!(matches!(

@@ -49,10 +49,7 @@ fn peer_addr(i: usize) -> SocketAddr {
 async fn echoing_peers(server: &EmbeddedServer, n: usize) -> Vec<EmbeddedPeer> {
     let mut peers = Vec::with_capacity(n);
     for i in 0..n {
-        let mut peer = server
-            .connect(peer_addr(i))
-            .await
-            .expect("embedded connect");
+        let mut peer = server.accept(peer_addr(i)).await.expect("embedded connect");
         let message = format!("hello {i}");
         peer.send(&message).unwrap();
         assert_eq!(peer.read_exact(message.len()).await.unwrap(), message);
@@ -155,7 +152,7 @@ async fn abort_all_resets_every_live_connection_and_reports_the_count() {
     const K: usize = 3;
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let clients = echoing_peers(&server, K).await;
     assert_eq!(server.active_connections(), K);
 
@@ -201,7 +198,7 @@ async fn abort_all_resets_every_live_connection_and_reports_the_count() {
     assert_eq!(stats.accepted, K as u64);
 
     // The server goes on accepting; an abort-all with nothing live reports zero.
-    let mut later = server.connect(peer_addr(K)).await.unwrap();
+    let mut later = server.accept(peer_addr(K)).await.unwrap();
     later.send(b"after").unwrap();
     assert_eq!(later.read_exact(5).await.unwrap(), "after");
     assert_eq!(server.stats().accepted, K as u64 + 1);
@@ -213,7 +210,7 @@ async fn abort_all_resets_every_live_connection_and_reports_the_count() {
     .await;
     assert_eq!(server.abort_all_connections().await, 0);
     assert_eq!(recorder.count(|e| *e == Event::AllConnectionsAborted(0)), 1);
-    let report = shut_down(&server).await;
+    let report = shut_down(server.server()).await;
     assert_eq!((report.graceful, report.forced), (0, 0));
 }
 
@@ -360,9 +357,9 @@ async fn all_connections_aborted_precedes_the_closures_it_caused() {
                 ..Behavior::default()
             },
         );
-        let server = builder.start_embedded(recorder.clone()).await.unwrap();
+        let server = builder.embedded().start(recorder.clone()).await.unwrap();
         let tasks = until_peers_closed(echoing_peers(&server, K).await);
-        let report = shut_down(&server).await;
+        let report = shut_down(server.server()).await;
         assert_eq!((report.graceful, report.forced), (0, K));
         endings(tasks).await.iter().for_each(assert_reset);
         let events = recorder.events();
@@ -376,7 +373,7 @@ async fn all_connections_aborted_precedes_the_closures_it_caused() {
 
         let mut builder = Server::builder();
         let recorder = Recorder::new(&mut builder);
-        let server = builder.start_embedded(recorder.clone()).await.unwrap();
+        let server = builder.embedded().start(recorder.clone()).await.unwrap();
         let tasks = until_peers_closed(echoing_peers(&server, K).await);
         assert_eq!(server.abort_all_connections().await, K);
         endings(tasks).await.iter().for_each(assert_reset);
@@ -388,7 +385,7 @@ async fn all_connections_aborted_precedes_the_closures_it_caused() {
             aborted < first_closure,
             "abort-all, round {round}: {events:#?}"
         );
-        shut_down(&server).await;
+        shut_down(server.server()).await;
     }
 }
 
@@ -456,7 +453,8 @@ async fn mixed_shutdown_counts_graceful_and_forced_connections() {
     let mixed = Mixed::default();
     let server = Server::builder()
         .shutdown_timeout(Duration::from_millis(500))
-        .start_embedded(mixed.clone())
+        .embedded()
+        .start(mixed.clone())
         .await
         .unwrap();
     let tasks = until_peers_closed(echoing_peers(&server, K).await);
@@ -468,7 +466,7 @@ async fn mixed_shutdown_counts_graceful_and_forced_connections() {
     let graceful = closers.len();
     assert_eq!(graceful, K.div_ceil(2));
 
-    let report = shut_down(&server).await;
+    let report = shut_down(server.server()).await;
     assert_eq!((report.graceful, report.forced), (graceful, K - graceful));
     assert_eq!(*mixed.0.complete.lock().unwrap(), vec![report]);
     assert_eq!(mixed.0.told.lock().unwrap().len(), K);
@@ -575,11 +573,11 @@ async fn shutdown_closes_outgoing_connections_too() {
     let target = SocketAddr::from(([198, 51, 100, 1], 6000));
     let mut builder = Server::builder();
     let recorder = Recorder::new(&mut builder);
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
-    let (outgoing, peer) = server.connect_outgoing(target, ()).await.expect("connect");
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
+    let (outgoing, peer) = server.connect(target).await.expect("connect");
     let tasks = until_peers_closed(vec![peer]);
     // The application still holds the handle: the shutdown notice closes it all the same.
-    let report = shut_down(&server).await;
+    let report = shut_down(server.server()).await;
     assert_eq!((report.graceful, report.forced), (1, 0));
     assert_eq!(endings(tasks).await[0].as_ref().unwrap(), b"");
     let id = outgoing.id();
@@ -601,14 +599,14 @@ async fn connects_after_shutdown_are_refused_with_shutting_down() {
     shut_down(&server).await;
     let before = recorder.events();
 
-    let connected = tokio::time::timeout(WAIT, server.connect(target_address, ()))
+    let connected = tokio::time::timeout(WAIT, server.connect(target_address))
         .await
         .expect("connect after shutdown did not return");
     assert!(
         matches!(connected, Err(Error::ShuttingDown)),
         "expected ShuttingDown, got {connected:?}"
     );
-    let spawned = server.spawn_connect(target_address, ());
+    let spawned = server.connect(target_address).spawn();
     assert!(
         matches!(spawned, Err(Error::ShuttingDown)),
         "expected ShuttingDown, got {spawned:?}"
@@ -633,7 +631,7 @@ async fn shutdown_report_counts_connections_that_ended_otherwise_during_the_drai
             ..Behavior::default()
         },
     );
-    let server = builder.start_embedded(recorder.clone()).await.unwrap();
+    let server = builder.embedded().start(recorder.clone()).await.unwrap();
     let mut clients = echoing_peers(&server, K).await;
     let shutdown = tokio::spawn({
         let server = server.server().clone();
@@ -675,8 +673,8 @@ async fn a_drain_that_keeps_reading_loses_nothing_the_peer_sent() {
                 ..Behavior::echo()
             },
         );
-        let server = builder.start_embedded(recorder.clone()).await.unwrap();
-        let mut stream = server.connect(peer_addr(0)).await.unwrap();
+        let server = builder.embedded().start(recorder.clone()).await.unwrap();
+        let mut stream = server.accept(peer_addr(0)).await.unwrap();
         let greeting = pattern(1, 1024);
         stream.send(&greeting).unwrap();
         assert!(stream.read_exact(1024).await.unwrap() == greeting);
@@ -750,10 +748,11 @@ async fn a_goodbye_to_a_lingering_peer_counts_as_graceful() {
     let server = Server::builder()
         .close_timeout(Duration::from_secs(5))
         .shutdown_timeout(Duration::from_secs(60))
-        .start_embedded(Goodbye)
+        .embedded()
+        .start(Goodbye)
         .await
         .unwrap();
-    let mut peer = server.connect(peer_addr(0)).await.unwrap();
+    let mut peer = server.accept(peer_addr(0)).await.unwrap();
     let shutdown = {
         let server = server.server().clone();
         tokio::spawn(async move { server.shutdown().await })

@@ -316,7 +316,9 @@ async fn connect_tls_negotiates_as_the_outbound_side_and_sees_the_server_certifi
 
     let connection = bounded(
         "connect_tls",
-        b.connect_tls(address, tls_connect("localhost"), "outbound-1".to_string()),
+        b.connect(address)
+            .tls(tls_connect("localhost"))
+            .argument("outbound-1".to_string()),
     )
     .await
     .expect("connect_tls");
@@ -419,12 +421,14 @@ async fn spawn_connect_tls_to_a_raw_tls_server_negotiates_alpn_in_order() {
     .await;
     let mut connector = connector_builder("ca.pem");
     connector.request_alpns(&["h2", "http/1.1"]);
-    b.spawn_connect_tls(
-        address,
-        TlsConnect::with_connector(connector.build().unwrap(), "localhost"),
-        "spawned".to_string(),
-    )
-    .unwrap();
+    b.connect(address)
+        .tls(TlsConnect::with_connector(
+            connector.build().unwrap(),
+            "localhost",
+        ))
+        .argument("spawned".to_string())
+        .spawn()
+        .unwrap();
 
     let (alpn, got, rest, end) = bounded("raw server", raw_server).await.unwrap();
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
@@ -479,7 +483,9 @@ async fn an_untrusted_server_certificate_is_a_fatal_error_and_the_server_gets_th
     // connect_tls returns once TCP is connected; the handshake fails on the connection's task.
     let connection = bounded(
         "connect_tls",
-        b.connect_tls(address, tls_connect("localhost"), "untrusted".to_string()),
+        b.connect(address)
+            .tls(tls_connect("localhost"))
+            .argument("untrusted".to_string()),
     )
     .await
     .expect("the TCP connect succeeds");
@@ -496,7 +502,10 @@ async fn an_untrusted_server_certificate_is_a_fatal_error_and_the_server_gets_th
     drop(connection);
 
     // The same through spawn_connect_tls: a failed handshake is no failed connect.
-    b.spawn_connect_tls(address, tls_connect("localhost"), "spawned".to_string())
+    b.connect(address)
+        .tls(tls_connect("localhost"))
+        .argument("spawned".to_string())
+        .spawn()
         .unwrap();
     b_recorder.wait_secure_released(2).await;
     a_recorder.wait_secure_released(2).await;
@@ -576,7 +585,7 @@ async fn a_wrong_host_name_is_a_fatal_error() {
     let (b, b_recorder, _) = start(None, Behavior::collect(), |b| b).await;
     let connection = bounded(
         "connect_tls",
-        b.connect_tls(address, tls_connect("wrong.example"), ()),
+        b.connect(address).tls(tls_connect("wrong.example")),
     )
     .await
     .expect("the TCP connect succeeds");
@@ -856,7 +865,7 @@ async fn an_outgoing_handshake_that_stalls_times_out() {
     .await;
     let connection = bounded(
         "connect_tls",
-        b.connect_tls(address, tls_connect("localhost"), ()),
+        b.connect(address).tls(tls_connect("localhost")),
     )
     .await
     .unwrap();
@@ -1009,7 +1018,10 @@ async fn abort_all_resets_connections_during_and_after_the_handshake() {
     }
     let outgoing = bounded(
         "connect_tls",
-        server.connect_tls(silent_address, tls_connect("localhost"), "out".to_string()),
+        server
+            .connect(silent_address)
+            .tls(tls_connect("localhost"))
+            .argument("out".to_string()),
     )
     .await
     .unwrap();
@@ -1464,7 +1476,7 @@ async fn an_alert_from_the_server_is_a_remote_fatal_error_on_the_outgoing_side()
     let mut connector = connector_builder("ca.pem");
     connector.max_protocol_version(Some(native_tls::Protocol::Tlsv12));
     let tls = TlsConnect::with_connector(connector.build().unwrap(), "localhost");
-    let connection = bounded("connect_tls", b.connect_tls(address, tls, ()))
+    let connection = bounded("connect_tls", b.connect(address).tls(tls))
         .await
         .unwrap();
     let id = connection.id();
@@ -1516,7 +1528,7 @@ async fn alpn_is_reported_on_both_sides() {
     let mut connector = connector_builder("ca.pem");
     connector.request_alpns(&["http/1.1"]);
     let tls = TlsConnect::with_connector(connector.build().unwrap(), "localhost");
-    let connection = bounded("connect_tls", b.connect_tls(address, tls, ()))
+    let connection = bounded("connect_tls", b.connect(address).tls(tls))
         .await
         .unwrap();
     connection.write(Bytes::from_static(b"GET /")).unwrap();
@@ -1649,7 +1661,7 @@ async fn close_and_abort_asked_for_during_an_outgoing_handshake() {
     let (b, b_recorder, _) = start(None, Behavior::collect(), |b| b).await;
     let connection = bounded(
         "connect_tls",
-        b.connect_tls(address, tls_connect("localhost"), ()),
+        b.connect(address).tls(tls_connect("localhost")),
     )
     .await
     .unwrap();
@@ -1685,7 +1697,8 @@ async fn close_and_abort_asked_for_during_an_outgoing_handshake() {
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let connection = bounded(
         "connect_tls",
-        b.connect_tls(silent.local_addr().unwrap(), tls_connect("localhost"), ()),
+        b.connect(silent.local_addr().unwrap())
+            .tls(tls_connect("localhost")),
     )
     .await
     .unwrap();
@@ -1781,10 +1794,15 @@ async fn a_failed_tcp_connect_for_tls_ends_with_on_socket_released() {
     };
     let (b, recorder, _) = start(None, Behavior::collect(), |b| b).await;
     let result = b
-        .connect_tls(closed, tls_connect("localhost"), "refused".to_string())
+        .connect(closed)
+        .tls(tls_connect("localhost"))
+        .argument("refused".to_string())
         .await;
     assert!(matches!(result, Err(Error::Connect { .. })), "{result:?}");
-    b.spawn_connect_tls(closed, tls_connect("localhost"), "spawned".to_string())
+    b.connect(closed)
+        .tls(tls_connect("localhost"))
+        .argument("spawned".to_string())
+        .spawn()
         .unwrap();
     recorder
         .wait_count("two releases", 2, |e| matches!(e, Event::Released(..)))

@@ -293,7 +293,7 @@ async fn an_application_openssl_acceptor_reports_the_client_certificate() {
     let client = builder.start(recorder.clone()).await.unwrap();
     let connection = bounded(
         "connect_tls",
-        client.connect_tls(echo.address, tls_connect_as("server"), ()),
+        client.connect(echo.address).tls(tls_connect_as("server")),
     )
     .await
     .unwrap();
@@ -349,7 +349,7 @@ async fn a_rejected_client_certificate_ends_the_established_outgoing_connection_
     let client = builder.start(recorder.clone()).await.unwrap();
     let connection = bounded(
         "connect_tls",
-        client.connect_tls(echo.address, tls_connect_as("other"), ()),
+        client.connect(echo.address).tls(tls_connect_as("other")),
     )
     .await
     .unwrap();

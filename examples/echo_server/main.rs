@@ -84,7 +84,7 @@ use switchboard::socket2::SockRef;
 use switchboard::tls;
 use switchboard::{
     async_trait, Bytes, BytesMut, Callbacks, ClosureReason, Connection, ConnectionId, Direction,
-    Error, Listen, Server, ServerBuilder, ShutdownReport, Slot, TlsInfo, UserData,
+    Error, Listener, Server, ServerBuilder, ShutdownReport, Slot, TlsInfo, UserData,
 };
 
 #[path = "../common/mod.rs"]
@@ -384,13 +384,13 @@ async fn run(options: Options, startup: Startup) -> Result<(), Error> {
     let mut builder = builder
         .at_limit(options.at_limit)
         .metrics_labels([("server", "echo")]);
-    let listens: Vec<Listen> = if startup.adopted.is_empty() {
+    let listens: Vec<Listener> = if startup.adopted.is_empty() {
         if options.reuse_port {
             builder = reuse_port(builder)?;
         }
-        vec![Listen::bind(options.listen.as_str())]
+        vec![Listener::bind(options.listen.as_str())]
     } else {
-        startup.adopted.into_iter().map(Listen::adopt).collect()
+        startup.adopted.into_iter().map(Listener::adopt).collect()
     };
     for mut listen in listens {
         if options.proxy_protocol {

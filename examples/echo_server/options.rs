@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use switchboard::AtLimit;
+use switchboard::LimitPolicy;
 
 pub(crate) struct Options {
     pub(crate) listen: String,
     pub(crate) threads: Option<usize>,
     pub(crate) max_connections: Option<usize>,
-    pub(crate) at_limit: AtLimit,
+    pub(crate) at_limit: LimitPolicy,
     pub(crate) shutdown_timeout: Option<Duration>,
     pub(crate) drain_accepting: Option<Duration>,
     pub(crate) events: bool,
@@ -42,7 +42,7 @@ pub(crate) fn parse_options() -> Result<Options, String> {
         listen: "127.0.0.1:5050".into(),
         threads: None,
         max_connections: None,
-        at_limit: AtLimit::StopAccepting,
+        at_limit: LimitPolicy::StopAccepting,
         shutdown_timeout: None,
         drain_accepting: None,
         events: false,
@@ -67,8 +67,8 @@ pub(crate) fn parse_options() -> Result<Options, String> {
             "--max-connections" => options.max_connections = Some(number(&flag, &value()?)?),
             "--at-limit" => {
                 options.at_limit = match value()?.as_str() {
-                    "stop" => AtLimit::StopAccepting,
-                    "reject" => AtLimit::AcceptAndClose,
+                    "stop" => LimitPolicy::StopAccepting,
+                    "reject" => LimitPolicy::AcceptAndClose,
                     other => return Err(format!("--at-limit takes stop or reject, not {other}")),
                 }
             }

@@ -53,7 +53,7 @@ use std::time::Duration;
 use switchboard::codec::{
     DecodeError, FrameError, FrameHandler, FramedConnection, Framing, SendError,
 };
-use switchboard::{async_trait, AtLimit, Callbacks, Connection, Error, Server};
+use switchboard::{async_trait, Callbacks, Connection, Error, LimitPolicy, Server};
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -218,9 +218,9 @@ async fn run(options: Options) -> Result<(), Error> {
         // frame layer delivers a request only below the 64 KiB high watermark).
         .write_queue_limit(options.max_reply.saturating_add(64 * 1024))
         .max_connections(options.max_clients)
-        .at_limit(AtLimit::AcceptAndClose)
+        .at_limit(LimitPolicy::AcceptAndClose)
         .refusal_message(MAX_CLIENTS_REPLY)
-        .start_framed(
+        .start(
             Framing::new(redis).max_frame_length(options.max_bulk.saturating_add(REQUEST_OVERHEAD)),
         )
         .await?;

@@ -36,7 +36,7 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     }
 
     /// `connection` seen through its codec, if it belongs to a server started with
-    /// [`start_framed`](crate::ServerBuilder::start_framed) whose codec is `C`, from its
+    /// [`start`](crate::ServerBuilder::start)ed with a [`Framing`](crate::codec::Framing) whose codec is `C`, from its
     /// [`on_connection_established`](crate::Callbacks::on_connection_established) until its
     /// release (`None` before and after, as in the TLS negotiation's callbacks).
     ///

@@ -42,7 +42,7 @@ use crate::connection::Connection;
 /// let handler = Arc::new(CountLines::default());
 /// let server = Server::builder()
 ///     .bind("127.0.0.1:0")
-///     .start_framed(Framing::new(handler.clone()))
+///     .start(Framing::new(handler.clone()))
 ///     .await?;
 /// assert_eq!(handler.lines.load(Ordering::Relaxed), 0);
 /// # server.shutdown().await;

@@ -246,8 +246,8 @@ impl ConnectArgument {
         ConnectArgument(Some(Box::new(value)))
     }
 
-    /// No argument: what [`Server::connect_client`](crate::Server::connect_client) passes, its
-    /// state being the awaiting task's own.
+    /// No argument: what a connect passes unless given one with
+    /// [`ConnectBuilder::argument`](crate::ConnectBuilder::argument).
     pub fn empty() -> Self {
         ConnectArgument(None)
     }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::{ConnectionGroup, GroupInner, WhenFull};
+use super::{ConnectionGroup, FullQueuePolicy, GroupInner};
 use crate::connection::Connection;
 use crate::ids::ConnectionId;
 
@@ -22,7 +22,7 @@ use crate::ids::ConnectionId;
 /// does not grow with keys that were used once, and the application needs no cleanup of its
 /// own.
 ///
-/// Each group is a [`ConnectionGroup`] with the map's [`WhenFull`]: broadcast to a key's group
+/// Each group is a [`ConnectionGroup`] with the map's [`FullQueuePolicy`]: broadcast to a key's group
 /// with [`get`](GroupMap::get) and the group's methods (bytes, or items through each member's
 /// codec with [`broadcast_item`](ConnectionGroup::broadcast_item)). Join through the map: a
 /// group taken with `get` and kept is dropped from the map when it empties, and a member
@@ -50,7 +50,7 @@ pub struct GroupMap<K> {
 
 struct MapInner<K> {
     groups: Mutex<HashMap<K, ConnectionGroup>>,
-    when_full: WhenFull,
+    when_full: FullQueuePolicy,
 }
 
 impl<K> MapInner<K> {
@@ -78,13 +78,13 @@ impl<K: Eq + Hash> MapInner<K> {
 }
 
 impl<K: Eq + Hash + Clone + Send + Sync + 'static> GroupMap<K> {
-    /// An empty map whose groups skip members with a full queue ([`WhenFull::Skip`]).
+    /// An empty map whose groups skip members with a full queue ([`FullQueuePolicy::Skip`]).
     pub fn new() -> Self {
-        GroupMap::with_when_full(WhenFull::default())
+        GroupMap::with_when_full(FullQueuePolicy::default())
     }
 
     /// An empty map whose groups treat members with a full queue as `when_full` says.
-    pub fn with_when_full(when_full: WhenFull) -> Self {
+    pub fn with_when_full(when_full: FullQueuePolicy) -> Self {
         GroupMap {
             inner: Arc::new(MapInner {
                 groups: Mutex::default(),
@@ -94,7 +94,7 @@ impl<K: Eq + Hash + Clone + Send + Sync + 'static> GroupMap<K> {
     }
 
     /// What the groups' broadcasts do to a member whose queue is full.
-    pub fn when_full(&self) -> WhenFull {
+    pub fn when_full(&self) -> FullQueuePolicy {
         self.inner.when_full
     }
 

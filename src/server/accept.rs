@@ -6,7 +6,7 @@
 //! `on_maximum_connections`, `on_accept_error`) go, in order, to a task of their own, so one slow
 //! callback never stalls the listeners. Only `on_socket_created`, which is synchronous, runs here.
 //!
-//! With [`AtLimit::StopAccepting`] the loop accepts no client without a slot: at the limit it
+//! With [`LimitPolicy::StopAccepting`] the loop accepts no client without a slot: at the limit it
 //! stops (the limiter tells it when another server or a connect took the last shared slot) and
 //! resumes when one frees. Every refusal is an RST, but at the limit with a refusal message (the
 //! message, then FIN).
@@ -52,7 +52,7 @@ use crate::ids::Direction;
 use crate::proxy::ProxyProtocol;
 use crate::server::driver::transport::Transport;
 use crate::server::driver::{self, Proxied};
-use crate::server::limit::{AtLimit, Permit};
+use crate::server::limit::{LimitPolicy, Permit};
 use crate::server::manager::{AcceptTasks, Addresses, Admitted, Manager};
 use crate::server::reserve::{is_out_of_descriptors, Reserve};
 use crate::server::shutdown::Phase;
@@ -303,7 +303,7 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
             let _ = unless_changed!(std::future::pending::<()>());
             continue;
         }
-        // With `AtLimit::StopAccepting` no client is accepted without a slot: at the limit the
+        // With `LimitPolicy::StopAccepting` no client is accepted without a slot: at the limit the
         // listeners stop, clients wait in the backlog, and accepting resumes when one frees.
         if manager.holds_clients_back() {
             if !at_limit {
@@ -318,7 +318,7 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
             continue;
         }
         announced.set(&events, true);
-        let stop_at_limit = manager.config().at_limit == AtLimit::StopAccepting;
+        let stop_at_limit = manager.config().at_limit == LimitPolicy::StopAccepting;
         let accepted = tokio::select! {
             biased;
             _ = accepting.changed() => continue,

@@ -1,20 +1,23 @@
 //! The server's settings and their defaults; starting with them is in `start`.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use crate::connection::user_data::{Slot, UserDataLayout};
 use crate::defaults::*;
 use crate::rate::ReadRate;
-use crate::server::limit::{AtLimit, ConnectionLimiter};
-use crate::server::listen::Listen;
+use crate::server::limit::{ConnectionLimiter, LimitPolicy};
+use crate::server::listen::Listener;
 use crate::timeouts::Timeouts;
 use crate::tls::TlsAcceptor;
 
+use crate::server::Server;
+
 // Named in the docs' links.
 #[cfg(doc)]
-use crate::server::{callbacks::Callbacks, Server};
+use crate::server::callbacks::Callbacks;
 
 mod start;
 
@@ -29,7 +32,7 @@ pub(crate) struct Config {
     pub(crate) write_low_watermark: usize,
     pub(crate) slow_consumer_timeout: Option<Duration>,
     pub(crate) timeouts: Timeouts,
-    pub(crate) at_limit: AtLimit,
+    pub(crate) at_limit: LimitPolicy,
     pub(crate) shutdown_timeout: Duration,
     /// How long a shutdown keeps accepting before it closes the listeners.
     pub(crate) drain_window: Duration,
@@ -58,9 +61,16 @@ impl Config {
 
 /// Configures and starts a [`Server`]. Every setting has a documented default.
 ///
+/// [`start`](ServerBuilder::start) is the one way to start, whatever runs the connections: a
+/// [`Callbacks`] implementation, or a [`codec::FrameHandler`](crate::codec::FrameHandler) in a
+/// [`codec::Framing`](crate::codec::Framing) (both are [`IntoCallbacks`](crate::IntoCallbacks)).
+/// The type parameter `S` is the kind of server `start` returns: [`Server`], listening on
+/// sockets, unless `embedded()` (feature `testing`) made it a `testing::EmbeddedServer`,
+/// whose connections run over memory.
+///
 /// ```
 /// use std::time::Duration;
-/// use switchboard::{AtLimit, Callbacks, Server};
+/// use switchboard::{LimitPolicy, Callbacks, Server};
 ///
 /// struct Nothing;
 /// impl Callbacks for Nothing {}
@@ -69,7 +79,7 @@ impl Config {
 /// let server = Server::builder()
 ///     .bind("127.0.0.1:0")
 ///     .max_connections(10_000)
-///     .at_limit(AtLimit::StopAccepting)
+///     .at_limit(LimitPolicy::StopAccepting)
 ///     .shutdown_timeout(Duration::from_secs(5))
 ///     .start(Nothing)
 ///     .await?;
@@ -78,8 +88,8 @@ impl Config {
 /// # Ok(()) }
 /// ```
 #[must_use = "a builder does nothing until `start`"]
-pub struct ServerBuilder {
-    binds: Vec<Listen>,
+pub struct ServerBuilder<S = Server> {
+    binds: Vec<Listener>,
     /// The acceptor for listeners added with `bind`.
     tls: Option<TlsAcceptor>,
     backlog: u32,
@@ -91,6 +101,8 @@ pub struct ServerBuilder {
     layout: UserDataLayout,
     /// Labels added to every metric of this server.
     metrics_labels: Vec<(String, String)>,
+    /// What `start` returns; `fn() -> S` so that the builder is `Send` and `Sync` whatever `S`.
+    starts: PhantomData<fn() -> S>,
 }
 
 impl ServerBuilder {
@@ -110,7 +122,7 @@ impl ServerBuilder {
                 write_low_watermark: DEFAULT_WRITE_LOW_WATERMARK,
                 slow_consumer_timeout: None,
                 timeouts: Timeouts::default(),
-                at_limit: AtLimit::StopAccepting,
+                at_limit: LimitPolicy::StopAccepting,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 drain_window: Duration::ZERO,
                 close_timeout: DEFAULT_CLOSE_TIMEOUT,
@@ -127,6 +139,27 @@ impl ServerBuilder {
             accepting: true,
             layout: UserDataLayout::new(),
             metrics_labels: Vec::new(),
+            starts: PhantomData,
+        }
+    }
+}
+
+impl<S> ServerBuilder<S> {
+    /// The same settings, for starting a server of another kind.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn into_kind<T>(self) -> ServerBuilder<T> {
+        ServerBuilder {
+            binds: self.binds,
+            tls: self.tls,
+            backlog: self.backlog,
+            reuse_address: self.reuse_address,
+            reuse_port: self.reuse_port,
+            config: self.config,
+            limiter: self.limiter,
+            accepting: self.accepting,
+            layout: self.layout,
+            metrics_labels: self.metrics_labels,
+            starts: PhantomData,
         }
     }
 
@@ -153,13 +186,13 @@ impl ServerBuilder {
     /// # Ok(()) }
     /// ```
     pub fn bind(self, address: impl ToSocketAddrs) -> Self {
-        self.listen(Listen::bind(address))
+        self.listen(Listener::bind(address))
     }
 
     /// Adds a TLS listener on `address` whose connections negotiate with `acceptor`, whatever
     /// [`tls`](ServerBuilder::tls) says. See [`bind`](ServerBuilder::bind) for the address.
     pub fn bind_tls(self, address: impl ToSocketAddrs, acceptor: impl Into<TlsAcceptor>) -> Self {
-        self.listen(Listen::bind(address).tls(acceptor))
+        self.listen(Listener::bind(address).tls(acceptor))
     }
 
     /// Adds a listener created elsewhere: a socket that systemd or another supervisor passed in
@@ -171,7 +204,7 @@ impl ServerBuilder {
     /// [`Server::local_addrs`], in the order the listeners were added. The builder's socket
     /// options ([`backlog`](ServerBuilder::backlog),
     /// [`reuse_address`](ServerBuilder::reuse_address), `reuse_port`) are not applied: whoever
-    /// made the socket chose them. [`Listen::adopt`] does the same with settings of its own.
+    /// made the socket chose them. [`Listener::adopt`] does the same with settings of its own.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
@@ -190,7 +223,7 @@ impl ServerBuilder {
     /// # Ok(()) }
     /// ```
     pub fn adopt_listener(self, listener: std::net::TcpListener) -> Self {
-        self.listen(Listen::adopt(listener))
+        self.listen(Listener::adopt(listener))
     }
 
     /// [`adopt_listener`](ServerBuilder::adopt_listener) for a TLS listener whose connections
@@ -200,19 +233,19 @@ impl ServerBuilder {
         listener: std::net::TcpListener,
         acceptor: impl Into<TlsAcceptor>,
     ) -> Self {
-        self.listen(Listen::adopt(listener).tls(acceptor))
+        self.listen(Listener::adopt(listener).tls(acceptor))
     }
 
     /// Adds a listener with settings of its own: TLS, a [PROXY protocol](crate::proxy) header
-    /// before each connection. See [`Listen`].
-    pub fn listen(mut self, listen: Listen) -> Self {
+    /// before each connection. See [`Listener`].
+    pub fn listen(mut self, listen: Listener) -> Self {
         self.binds.push(listen);
         self
     }
 
     /// Makes every listener added with [`bind`](ServerBuilder::bind) or
     /// [`adopt_listener`](ServerBuilder::adopt_listener) (before or after this call), and every
-    /// [`Listen`] without an acceptor of its own,
+    /// [`Listener`] without an acceptor of its own,
     /// speak TLS with `acceptor`; see [`tls`](crate::tls) for the events and the protocol
     /// versions, and [`tls::acceptor_from_pem`](crate::tls::acceptor_from_pem) for building one
     /// (a [`TlsAcceptor`], which negotiates TLS 1.3 where the platform has it). A
@@ -227,8 +260,8 @@ impl ServerBuilder {
     /// [PROXY headers](crate::proxy), the end of the header) to negotiated, before the
     /// connection is reset with [`ClosureReason::HandshakeTimedOut`](crate::ClosureReason::HandshakeTimedOut).
     /// Until an accepted client's first byte, a shorter
-    /// [first-byte timeout](ServerBuilder::first_byte_timeout) bounds it too. Default:
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    /// [first-byte timeout](ServerBuilder::first_byte_timeout) bounds it too. Default: 10 s, as
+    /// Netty's `SslHandler`.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self
@@ -236,8 +269,9 @@ impl ServerBuilder {
 
     /// At most `max` TLS handshakes of accepted connections in progress at once, so stalled
     /// handshakes can never hold more than `max` slots of the connection limit. Outgoing
-    /// connections are not counted. Default: [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`] (512). Must be
-    /// above zero.
+    /// connections are not counted. Default: 512: a busy 2-core server completes a few thousand
+    /// handshakes a second, so 512 in progress is far more than honest clients need, while a
+    /// flood of clients that connect and stall holds at most that many slots. Must be above zero.
     ///
     /// A connection holds its slot from the start of its handshake (after the
     /// [PROXY header](crate::proxy), on a listener that reads one) to its end. When all `max` are
@@ -262,8 +296,12 @@ impl ServerBuilder {
     /// listener that reads [PROXY headers](crate::proxy), the client's address the header names.
     /// A connection from a source that holds `max` is reset at once with
     /// [`ClosureReason::HandshakeLimit`](crate::ClosureReason::HandshakeLimit), and takes no
-    /// other connection's slot. Default: the cap divided by
-    /// [`DEFAULT_SOURCES_TO_FILL_HANDSHAKES`], at least 1 (256 of the default 512); see there why.
+    /// other connection's slot. Default: half the cap, at least 1 (256 of the default 512): one
+    /// source alone holds half the cap at most, and the other half stays for everyone else. It
+    /// is not smaller because honest clients share addresses and open connections in bursts (a
+    /// NAT gateway, a proxy without the PROXY protocol, a connection pool warming up, a load test
+    /// from one host: `echo_client --conns 200 --tls` failed 135 of its 200 handshakes with an
+    /// eighth).
     /// A value at or above the cap turns the share off: set it so for a plain listener behind a
     /// load balancer that does not send PROXY headers, where every client has the balancer's
     /// address. Must be above zero.
@@ -281,7 +319,7 @@ impl ServerBuilder {
 }
 
 /// Per-peer limits.
-impl ServerBuilder {
+impl<S> ServerBuilder<S> {
     /// At most `max` live accepted connections from one source, across all of this server's
     /// listeners: one IPv4 address (an IPv4-mapped IPv6 address, `::ffff:a.b.c.d`, counts as the
     /// IPv4 address), or the IPv6 addresses of one [prefix](ServerBuilder::ipv6_source_prefix),
@@ -324,7 +362,7 @@ impl ServerBuilder {
     /// How many leading bits of an IPv6 address name its source, for the
     /// [per-address cap](ServerBuilder::max_connections_per_ip) and the
     /// [handshake share](ServerBuilder::max_handshakes_per_source): the addresses that agree on
-    /// them are one peer. Default: [`DEFAULT_IPV6_SOURCE_PREFIX`] (64), since one subscriber or
+    /// them are one peer. Default: 64, since one subscriber or
     /// host is usually given a whole /64 and can take a new address within it for every
     /// connection; counted one by one, its addresses would each get a share of their own. 128
     /// counts every address on its own; a shorter prefix (a /56 or /48, what some providers give
@@ -354,7 +392,7 @@ impl ServerBuilder {
 }
 
 /// Metrics.
-impl ServerBuilder {
+impl<S> ServerBuilder<S> {
     /// Adds `labels` to every metric this server exports, so that the servers of one process can
     /// be told apart (for example `[("server", "public")]`). Default: none; servers with the same
     /// labels (or none) add up in the same series.
@@ -396,8 +434,9 @@ impl ServerBuilder {
     }
 }
 
-impl ServerBuilder {
-    /// Listen backlog. Default: [`DEFAULT_BACKLOG`] (1024); the kernel caps it at `somaxconn`.
+impl<S> ServerBuilder<S> {
+    /// Listen backlog. Default: 1024, Linux's `somaxconn` default since 5.4 and what nginx and Go
+    /// ask for on Linux; the kernel caps it at `somaxconn`.
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = backlog;
         self
@@ -437,8 +476,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Largest buffer one read delivers. Default: [`DEFAULT_READ_BUFFER_SIZE`] (8 KiB). Must be
-    /// above zero.
+    /// Largest buffer one read delivers. Default: 8 KiB, tokio's and most echo servers' usual
+    /// size. A read lands in a buffer of this size kept per runtime thread and is handed over in
+    /// one of exactly the size read, so an idle connection holds no read buffer. Must be above
+    /// zero.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.config.read_buffer_size = bytes;
         self
@@ -465,7 +506,7 @@ impl ServerBuilder {
     /// What a connection's write queue may hold: [`Connection::write`](crate::Connection::write)
     /// is refused once the queue holds this much, and reads pause (so a peer that does not read
     /// our replies is held back by TCP flow control) until the queue drains below it. Default:
-    /// [`DEFAULT_WRITE_QUEUE_LIMIT`] (64 KiB). Must be above zero.
+    /// 64 KiB, Netty's default high watermark. Must be above zero.
     ///
     /// The queue counts each buffer as its length plus 64 bytes, what a queued buffer costs in
     /// memory besides its bytes, so the limit bounds memory whatever the sizes written: a full
@@ -482,7 +523,7 @@ impl ServerBuilder {
     /// ([`Callbacks::on_write_buffer_high`];
     /// [`Connection::writable`](crate::Connection::writable) waits) until it drains to `low`
     /// ([`Callbacks::on_write_buffer_low`]). Defaults:
-    /// [`DEFAULT_WRITE_HIGH_WATERMARK`] (64 KiB) and [`DEFAULT_WRITE_LOW_WATERMARK`] (32 KiB).
+    /// 64 KiB and 32 KiB, Netty's.
     /// `low` must be below `high`. The hard bound stays the
     /// [write queue limit](ServerBuilder::write_queue_limit).
     pub fn write_watermarks(mut self, high: usize, low: usize) -> Self {
@@ -551,14 +592,14 @@ impl ServerBuilder {
     }
 
     /// What to do with new connections when the limiter is full. Default:
-    /// [`AtLimit::StopAccepting`].
-    pub fn at_limit(mut self, policy: AtLimit) -> Self {
+    /// [`LimitPolicy::StopAccepting`].
+    pub fn at_limit(mut self, policy: LimitPolicy) -> Self {
         self.config.at_limit = policy;
         self
     }
 
     /// A last message for clients refused at the connection limit (with
-    /// [`AtLimit::AcceptAndClose`], or accepted with [`AtLimit::StopAccepting`] in the instant
+    /// [`LimitPolicy::AcceptAndClose`], or accepted with [`LimitPolicy::StopAccepting`] in the instant
     /// another server took the last shared slot), e.g. `"server full\r\n"` or a protocol's own
     /// busy reply. Such a client gets the message and FIN instead of a reset. It never becomes a
     /// connection: no callback runs for it (only
@@ -575,11 +616,11 @@ impl ServerBuilder {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
     /// # struct Nothing;
     /// # impl switchboard::Callbacks for Nothing {}
-    /// use switchboard::{AtLimit, Server};
+    /// use switchboard::{LimitPolicy, Server};
     /// let server = Server::builder()
     ///     .bind("127.0.0.1:0")
     ///     .max_connections(1_000)
-    ///     .at_limit(AtLimit::AcceptAndClose)
+    ///     .at_limit(LimitPolicy::AcceptAndClose)
     ///     .refusal_message("server full\r\n")
     ///     .start(Nothing)
     ///     .await?;
@@ -592,7 +633,7 @@ impl ServerBuilder {
     }
 
     /// Drain time: how long a shutdown waits for live connections to end by themselves before it
-    /// resets the rest. Default: [`DEFAULT_SHUTDOWN_TIMEOUT`] (30 s).
+    /// resets the rest. Default: 30 s, Kubernetes' default termination grace period.
     pub fn shutdown_timeout(mut self, drain: Duration) -> Self {
         self.config.shutdown_timeout = drain;
         self
@@ -652,7 +693,7 @@ impl ServerBuilder {
     /// (Linux tells), and that only waits for the peer to close its own end, is closed and keeps
     /// the reason it closed with; the peer is counted in
     /// [`Stats::lingering_peers`](crate::Stats).
-    /// Default: [`DEFAULT_CLOSE_TIMEOUT`] (5 s).
+    /// Default: 5 s, nginx's `lingering_timeout`.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
         self
@@ -662,13 +703,15 @@ impl ServerBuilder {
     /// the peer's FIN) before it resets the connection instead, with
     /// [`ClosureReason::DiscardLimit`](crate::ClosureReason::DiscardLimit): a client streaming into
     /// a connection the server has closed is cut off after this much, not after the close
-    /// timeout's worth. Default: [`DEFAULT_CLOSE_DISCARD_LIMIT`] (64 KiB).
+    /// timeout's worth. Default: 64 KiB, a few round trips' worth of what a peer may have had in
+    /// flight when the close began (the write queue limit's default).
     pub fn close_discard_limit(mut self, bytes: usize) -> Self {
         self.config.close_discard_limit = bytes;
         self
     }
 
-    /// How long an outgoing connect may take. Default: [`DEFAULT_CONNECT_TIMEOUT`] (10 s).
+    /// How long an outgoing connect may take. Default: 10 s, long enough for a retransmitted SYN
+    /// (1 s, then 3 s), short enough that a dead host is reported promptly.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
@@ -696,7 +739,7 @@ impl ServerBuilder {
     }
 }
 
-impl fmt::Debug for ServerBuilder {
+impl<S> fmt::Debug for ServerBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerBuilder")
             .field(

@@ -53,7 +53,7 @@ mod shared;
 ///
 /// An outgoing connection first runs [`on_pre_outgoing_connect`](Callbacks::on_pre_outgoing_connect);
 /// if its connect fails, [`on_outgoing_connection_failed`](Callbacks::on_outgoing_connection_failed)
-/// (for [`Server::spawn_connect`](crate::Server::spawn_connect)) and then
+/// (for [`ConnectBuilder::spawn`](crate::ConnectBuilder::spawn)) and then
 /// [`on_socket_released`](Callbacks::on_socket_released) are its last events.
 ///
 /// Manager events (accepting, limits, abort-all, shutdown, errors) run on the manager's tasks or on
@@ -145,7 +145,7 @@ pub trait Callbacks: Send + Sync + 'static {
     async fn on_start_accepting_connections(&self) {}
 
     /// The listeners stopped accepting: the connection limit was reached (with
-    /// [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting)), an explicit
+    /// [`LimitPolicy::StopAccepting`](crate::LimitPolicy::StopAccepting)), an explicit
     /// [`Server::stop_accepting`](crate::Server::stop_accepting), or shutdown.
     ///
     /// Default: does nothing.
@@ -171,8 +171,8 @@ pub trait Callbacks: Send + Sync + 'static {
     }
 
     /// An outgoing connect is about to start. `user_data` is the new connection's, empty;
-    /// `argument` is what the call site passed to [`Server::connect`](crate::Server::connect) or
-    /// [`Server::spawn_connect`](crate::Server::spawn_connect), usually moved into a user data slot
+    /// `argument` is what the call site gave [`ConnectBuilder::argument`](crate::ConnectBuilder::argument)
+    /// (none unless it did), usually moved into a user data slot
     /// here so that later callbacks, [`on_outgoing_connection_failed`](Callbacks::on_outgoing_connection_failed)
     /// and [`on_socket_released`](Callbacks::on_socket_released) can see it.
     /// Followed by [`on_socket_created`](Callbacks::on_socket_created).
@@ -196,10 +196,10 @@ pub trait Callbacks: Send + Sync + 'static {
         let _ = (connection, address);
     }
 
-    /// An outgoing connect made with [`Server::spawn_connect`](crate::Server::spawn_connect) failed:
+    /// An outgoing connect made with [`ConnectBuilder::spawn`](crate::ConnectBuilder::spawn) failed:
     /// refused, unreachable, timed out, the limiter was full, or the server is shutting down.
     /// [`on_socket_released`](Callbacks::on_socket_released) follows with the same user data.
-    /// ([`Server::connect`](crate::Server::connect) returns the error instead.)
+    /// (A connect that is awaited returns the error instead.)
     ///
     /// Default: does nothing.
     async fn on_outgoing_connection_failed(
@@ -284,9 +284,9 @@ pub trait Callbacks: Send + Sync + 'static {
         let _ = (connection, error);
     }
 
-    /// The connection limit was reached. With [`AtLimit::StopAccepting`](crate::AtLimit::StopAccepting)
+    /// The connection limit was reached. With [`LimitPolicy::StopAccepting`](crate::LimitPolicy::StopAccepting)
     /// this precedes [`on_stop_accepting_connections`](Callbacks::on_stop_accepting_connections);
-    /// with [`AtLimit::AcceptAndClose`](crate::AtLimit::AcceptAndClose) it fires on the first
+    /// with [`LimitPolicy::AcceptAndClose`](crate::LimitPolicy::AcceptAndClose) it fires on the first
     /// refusal after a connection was taken.
     ///
     /// Default: does nothing.

@@ -193,7 +193,7 @@ mod tests {
 /// served, and no `TIME_WAIT` is left on the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub enum AtLimit {
+pub enum LimitPolicy {
     /// Stop accepting as soon as the limit is reached (by this server, another one sharing the
     /// limiter, or an outgoing connect): [`Callbacks::on_maximum_connections`](crate::Callbacks::on_maximum_connections), then
     /// [`Callbacks::on_stop_accepting_connections`](crate::Callbacks::on_stop_accepting_connections); new clients wait in the listen backlog (the

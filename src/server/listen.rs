@@ -11,7 +11,7 @@ use crate::tls::TlsAcceptor;
 /// A listener to open, for [`ServerBuilder::listen`](crate::ServerBuilder::listen): its address,
 /// (or the socket it adopts), and whether its connections speak TLS or begin with a [PROXY protocol](crate::proxy) header.
 /// A listener serves one address family: a listener on `[::]` takes no IPv4 client (see
-/// [`Listen::bind`]).
+/// [`Listener::bind`]).
 /// [`ServerBuilder::bind`](crate::ServerBuilder::bind), [`bind_tls`](crate::ServerBuilder::bind_tls),
 /// [`adopt_listener`](crate::ServerBuilder::adopt_listener) and
 /// [`adopt_listener_tls`](crate::ServerBuilder::adopt_listener_tls) are shorthands for the usual
@@ -19,7 +19,7 @@ use crate::tls::TlsAcceptor;
 ///
 /// ```
 /// use switchboard::proxy::ProxyProtocol;
-/// use switchboard::{Callbacks, Listen, Server};
+/// use switchboard::{Callbacks, Listener, Server};
 ///
 /// struct Nothing;
 /// impl Callbacks for Nothing {}
@@ -28,7 +28,7 @@ use crate::tls::TlsAcceptor;
 /// let server = Server::builder()
 ///     // Clients through the load balancer, which says who they are.
 ///     .listen(
-///         Listen::bind("127.0.0.1:0")
+///         Listener::bind("127.0.0.1:0")
 ///             .proxy_protocol(ProxyProtocol::new().trust("127.0.0.0/8".parse()?)),
 ///     )
 ///     // Health checks and operators, straight in.
@@ -40,14 +40,14 @@ use crate::tls::TlsAcceptor;
 /// # Ok(()) }
 /// ```
 #[must_use = "a listener is opened only once given to `ServerBuilder::listen`"]
-pub struct Listen {
+pub struct Listener {
     pub(crate) on: ListenOn,
     /// Its own acceptor; otherwise the builder's, if any.
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) proxy: Option<Arc<ProxyProtocol>>,
 }
 
-impl Listen {
+impl Listener {
     /// A listener on `address` (port 0 picks a free port; read it back with
     /// [`Server::local_addrs`](crate::Server::local_addrs)). A name is resolved now and the first
     /// address it resolves to is used.
@@ -56,7 +56,7 @@ impl Listen {
     /// platform): for IPv4 clients as well, listen on `0.0.0.0` and `[::]` both, as
     /// [`ServerBuilder::bind`](crate::ServerBuilder::bind) shows.
     pub fn bind(address: impl ToSocketAddrs) -> Self {
-        Listen::on(ListenOn::Address(open::resolve(address)))
+        Listener::on(ListenOn::Address(open::resolve(address)))
     }
 
     /// A listener created elsewhere: a socket systemd or another supervisor passed in (socket
@@ -64,11 +64,11 @@ impl Listen {
     /// process this one replaces (see [`Server::listeners`](crate::Server::listeners) for the
     /// hand-off). See [`ServerBuilder::adopt_listener`](crate::ServerBuilder::adopt_listener).
     pub fn adopt(listener: std::net::TcpListener) -> Self {
-        Listen::on(ListenOn::Adopted(listener))
+        Listener::on(ListenOn::Adopted(listener))
     }
 
     fn on(on: ListenOn) -> Self {
-        Listen {
+        Listener {
             on,
             tls: None,
             proxy: None,
@@ -91,9 +91,9 @@ impl Listen {
     }
 }
 
-impl fmt::Debug for Listen {
+impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Listen")
+        f.debug_struct("Listener")
             .field("on", &self.on)
             .field("tls", &self.tls.is_some())
             .field("proxy", &self.proxy)

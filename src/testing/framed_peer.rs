@@ -40,9 +40,9 @@ use crate::ids::ConnectionId;
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let server = Server::builder()
-///     .start_framed_embedded(Framing::new(Lengths))
+///     .embedded().start(Framing::new(Lengths))
 ///     .await?;
-/// let peer = server.connect("192.0.2.7:50000".parse()?).await?;
+/// let peer = server.accept("192.0.2.7:50000".parse()?).await?;
 /// let mut peer = peer.framed(LinesCodec::new());
 /// peer.send("hello")?;
 /// assert_eq!(peer.next().await.transpose()?.as_deref(), Some("5"));

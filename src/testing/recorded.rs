@@ -273,9 +273,9 @@ impl Events {
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let (handler, events) = Recorded::new(Shout);
 /// let server = Server::builder()
-///     .start_framed_embedded(Framing::new(handler))
+///     .embedded().start(Framing::new(handler))
 ///     .await?;
-/// let mut peer = server.connect("192.0.2.7:50000".parse()?).await?;
+/// let mut peer = server.accept("192.0.2.7:50000".parse()?).await?;
 /// peer.send("hi\n")?;
 /// assert_eq!(peer.read().await?, "HI\n");
 /// peer.send("far too long for the codec\n")?;

@@ -12,7 +12,7 @@ use crate::error::Error;
 
 /// How a TLS listener's connections negotiate: its certificate, key and settings, given to
 /// [`ServerBuilder::tls`](crate::ServerBuilder::tls),
-/// [`bind_tls`](crate::ServerBuilder::bind_tls) or [`Listen::tls`](crate::Listen::tls).
+/// [`bind_tls`](crate::ServerBuilder::bind_tls) or [`Listener::tls`](crate::Listener::tls).
 ///
 /// Three ways to get one:
 /// - [`TlsAcceptorBuilder`] (or its shorthands [`acceptor_from_pem`](super::acceptor_from_pem) and

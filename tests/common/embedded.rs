@@ -20,7 +20,8 @@ pub async fn start_recorded_embedded(
     let mut builder = Server::builder();
     let recorder = Recorder::with_hooks(&mut builder, behavior, hooks);
     let server = configure(builder)
-        .start_embedded(recorder.clone())
+        .embedded()
+        .start(recorder.clone())
         .await
         .unwrap();
     (server, recorder)

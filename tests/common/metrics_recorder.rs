@@ -68,7 +68,7 @@ impl MetricsRecorder {
         callbacks: impl Callbacks,
     ) -> Result<EmbeddedServer, Error> {
         let _local = metrics::set_default_local_recorder(self);
-        builder.start_embedded(callbacks).await
+        builder.embedded().start(callbacks).await
     }
 
     /// A counter's value; `None` if it was never registered.

@@ -36,7 +36,7 @@ pub use {certs::*, embedded::*, load::*, metrics_recorder::*, recorder::*, wine:
 #[allow(unused_imports)]
 pub use {child::*, cpu::*, flood::*};
 
-use std::future::Future;
+use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -51,7 +51,7 @@ use tokio::net::TcpStream;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Awaits `future`, at most [`WAIT`].
-pub async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
+pub async fn bounded<T>(what: &str, future: impl IntoFuture<Output = T>) -> T {
     tokio::time::timeout(WAIT, future)
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))

@@ -7,15 +7,19 @@ use super::ServerBuilder;
 use crate::defaults::*;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::server::accept::{self, Listener};
+use crate::server::accept;
+#[cfg(doc)]
 use crate::server::callbacks::Callbacks;
+use crate::server::into_callbacks::sealed::Layout;
+use crate::server::into_callbacks::IntoCallbacks;
+use crate::server::listen::Listener;
 use crate::server::manager::Manager;
 use crate::server::open::{self, ListenOn, ListenOptions};
 use crate::server::Server;
 use crate::stats::Counters;
-use crate::tls::AcceptorCell;
+use crate::tls::{AcceptorCell, TlsAcceptor};
 
-impl ServerBuilder {
+impl<S> ServerBuilder<S> {
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let invalid = |setting: &'static str, reason: &str| {
             Err(Error::InvalidSetting {
@@ -98,45 +102,77 @@ impl ServerBuilder {
         Ok(())
     }
 
-    /// The server's shared state, from the settings (validated), with no listener.
-    pub(crate) fn into_manager(self, callbacks: Box<dyn Callbacks>) -> Arc<Manager> {
+    /// The server's shared state, from the settings and `callbacks`, with no listener: what
+    /// every kind of server starts with; and the listeners to open, for a server that has them.
+    /// Validates the settings first.
+    pub(crate) fn into_manager(
+        mut self,
+        callbacks: impl IntoCallbacks,
+    ) -> Result<(Arc<Manager>, Listeners), Error> {
+        self.validate()?;
+        let callbacks = callbacks.into_callbacks(Layout(&mut self.layout))?;
+        let listeners = Listeners {
+            binds: std::mem::take(&mut self.binds),
+            tls: self.tls.take(),
+            options: ListenOptions {
+                backlog: self.backlog,
+                reuse_address: self.reuse_address,
+                reuse_port: self.reuse_port,
+            },
+        };
         let counters = Arc::new(Counters::new(Metrics::register(&self.metrics_labels)));
-        Arc::new(Manager::new(
+        let manager = Arc::new(Manager::new(
             self.config,
             callbacks,
             counters,
             self.limiter,
             self.layout,
             self.accepting,
-        ))
+        ));
+        Ok((manager, listeners))
     }
+}
 
+/// The listeners a server opens when it starts, taken from its builder.
+pub(crate) struct Listeners {
+    binds: Vec<Listener>,
+    /// The acceptor of listeners without their own.
+    tls: Option<TlsAcceptor>,
+    options: ListenOptions,
+}
+
+/// A server on sockets.
+impl ServerBuilder<Server> {
     /// Validates the settings, binds the listeners, takes the adopted ones and starts accepting
-    /// (unless [`accepting(false)`](ServerBuilder::accepting)). Must run inside a tokio runtime.
+    /// (unless [`accepting(false)`](ServerBuilder::accepting)), with `callbacks` running the
+    /// connections: a [`Callbacks`] implementation, or a
+    /// [`codec::Framing`](crate::codec::Framing) for a server of frames (see
+    /// [`IntoCallbacks`]). Must run inside a tokio runtime.
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] naming the setting, or [`Error::Bind`] for an address that could
     /// not be resolved or bound, or an adopted listener that cannot be used (not listening, not
     /// registered with the runtime).
-    pub async fn start(mut self, callbacks: impl Callbacks) -> Result<Server, Error> {
-        self.validate()?;
-        let binds = std::mem::take(&mut self.binds);
+    pub async fn start(self, callbacks: impl IntoCallbacks) -> Result<Server, Error> {
+        let (
+            manager,
+            Listeners {
+                binds,
+                tls,
+                options,
+            },
+        ) = self.into_manager(callbacks)?;
         let mut listeners = Vec::with_capacity(binds.len());
         let mut local_addrs = Vec::with_capacity(binds.len());
-        let options = ListenOptions {
-            backlog: self.backlog,
-            reuse_address: self.reuse_address,
-            reuse_port: self.reuse_port,
-        };
         for bind in binds {
             let bound_here = matches!(bind.on, ListenOn::Address(_));
             let (listener, local_addr) = open::open(bind.on, &options)?;
             local_addrs.push(local_addr);
             let tls = bind
                 .tls
-                .or_else(|| self.tls.clone())
+                .or_else(|| tls.clone())
                 .map(|acceptor| Arc::new(AcceptorCell::new(acceptor)));
-            listeners.push(Listener {
+            listeners.push(accept::Listener {
                 listener: Arc::new(listener),
                 tls,
                 proxy: bind.proxy,
@@ -156,7 +192,6 @@ impl ServerBuilder {
             .iter()
             .map(|listener| listener.tls.clone())
             .collect::<Vec<_>>();
-        let manager = self.into_manager(Box::new(callbacks));
         let server = Server::started(
             manager.clone(),
             local_addrs.into(),

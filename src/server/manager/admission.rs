@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::server::limit::{AtLimit, Permit};
+use crate::server::limit::{LimitPolicy, Permit};
 use crate::server::manager::Manager;
 use crate::stats::Count;
 
@@ -19,9 +19,9 @@ pub(crate) struct Admitted {
 
 impl Manager {
     /// Whether a client would wait in the backlog rather than be taken: with
-    /// [`AtLimit::StopAccepting`] at the connection limit, the accept loop accepts no one.
+    /// [`LimitPolicy::StopAccepting`] at the connection limit, the accept loop accepts no one.
     pub(crate) fn holds_clients_back(&self) -> bool {
-        self.config.at_limit == AtLimit::StopAccepting && self.limiter.is_full()
+        self.config.at_limit == LimitPolicy::StopAccepting && self.limiter.is_full()
     }
 
     /// The admission rule, for every client taken in (by the accept loop, the embedded
