@@ -1,10 +1,11 @@
 //! What the examples' `main`s do alike: parse the options, print a line at once, and run the
-//! program on a runtime of the size asked for; and the [`line`] where connections wait until they
-//! show they are real. Included by each example with `#[path]`; not an example itself.
+//! program on a runtime of the size asked for; the [`line`] where connections wait until they
+//! show they are real; and the [`metrics`] endpoint. Included by each example with `#[path]`; not an example itself.
 // Each example uses only some of it.
 #![allow(dead_code)]
 
 pub(crate) mod line;
+pub(crate) mod metrics;
 
 use std::fmt;
 use std::future::Future;

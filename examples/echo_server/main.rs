@@ -89,11 +89,10 @@ use switchboard::{
 
 #[path = "../common/mod.rs"]
 mod common;
-mod metrics;
 mod options;
 
+use common::metrics::{start_metrics, Readiness};
 use common::say;
-use metrics::{start_metrics, Readiness};
 use options::{parse_options, Options};
 
 /// Prints one flushed line per event when enabled.

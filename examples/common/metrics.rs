@@ -1,6 +1,6 @@
-//! The `--metrics` endpoint: the Prometheus recorder, and a second switchboard server that
-//! answers `GET /metrics` with what it recorded, and `GET /ready` with whether the echo server
-//! serves (200) or is shutting down (503), for a balancer's readiness probe.
+//! The examples' `--metrics` endpoint: the Prometheus recorder, and a second switchboard server
+//! that answers `GET /metrics` with what it recorded, and `GET /ready` with whether the
+//! example's server serves (200) or is shutting down (503), for a balancer's readiness probe.
 //!
 //! Connections that say nothing cannot keep scrapes out: a connection waits for its request in a
 //! [line](crate::common::line) of at most [`MAX_WAITING`], where one more pushes out (resets) the
@@ -16,7 +16,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard::{async_trait, BytesMut, Callbacks, Connection, Error, Server, Slot, WeakServer};
 
-use crate::common::line::{close_the_late, Place, WaitingLine};
+use super::line::{close_the_late, Place, WaitingLine};
 
 /// Longest HTTP request head the metrics endpoint reads; a longer one is answered 431.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -50,12 +50,12 @@ struct MetricsEndpoint {
     request: Slot<Request>,
     /// The connections waiting for their request.
     waiting: Arc<Mutex<WaitingLine>>,
-    /// The echo server, once it has started: what `/ready` reports on.
-    echo: Readiness,
+    /// The example's server, once it has started: what `/ready` reports on.
+    served: Readiness,
 }
 
-/// The echo server whose readiness `/ready` reports, set once it has started (the endpoint starts
-/// first, so that the echo server's metrics go to its recorder).
+/// The server whose readiness `/ready` reports, set once it has started (the endpoint starts
+/// first, so that the server's metrics go to its recorder).
 pub(crate) type Readiness = Arc<OnceLock<WeakServer>>;
 
 /// A connection's request, while it comes.
@@ -133,10 +133,10 @@ impl MetricsEndpoint {
                 self.prometheus.render(),
             ),
             ("GET", "/ready") => {
-                // Ready while the echo server runs and no shutdown has begun: from the shutdown's
+                // Ready while the served server runs and no shutdown has begun: from the shutdown's
                 // first moment, through the drain window while it still accepts, the answer is
                 // 503, so that the balancer routes new clients elsewhere.
-                let serving = self.echo.get().and_then(WeakServer::upgrade);
+                let serving = self.served.get().and_then(WeakServer::upgrade);
                 match serving {
                     Some(server) if !server.is_shutting_down() => {
                         Response::new("200 OK", "text/plain", "ready\n")
@@ -208,10 +208,10 @@ impl Callbacks for MetricsEndpoint {
     }
 }
 
-/// Installs the Prometheus recorder (before the echo server starts, which takes its metric
+/// Installs the Prometheus recorder (before the example's server starts, which takes its metric
 /// handles from it) and starts the endpoint that serves it on `address`, with the readiness of
-/// the server `echo` will hold.
-pub(crate) async fn start_metrics(address: &str, echo: Readiness) -> Result<Server, Error> {
+/// the server `served` will hold.
+pub(crate) async fn start_metrics(address: &str, served: Readiness) -> Result<Server, Error> {
     let failed = |error: BuildError| {
         Error::Io(io::Error::other(format!(
             "cannot install the metrics recorder: {error}"
@@ -248,7 +248,7 @@ pub(crate) async fn start_metrics(address: &str, echo: Readiness) -> Result<Serv
             prometheus,
             request,
             waiting,
-            echo,
+            served,
         })
         .await
 }
