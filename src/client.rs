@@ -68,7 +68,7 @@ impl ConnectBuilder {
 
 /// What the driver tells an awaiting client.
 #[derive(Debug)]
-enum Delivery {
+enum Arrival {
     Data(BytesMut),
     /// The peer's FIN.
     PeerClosed,
@@ -78,21 +78,21 @@ enum Delivery {
 
 /// The driver's side of a client's channel.
 #[derive(Debug)]
-pub(crate) struct ClientSink(mpsc::UnboundedSender<Delivery>);
+pub(crate) struct ClientSink(mpsc::UnboundedSender<Arrival>);
 
 impl ReadSink for ClientSink {
     /// A read's data. The channel holds at most what reads the client asked for delivered.
     fn deliver(&self, data: BytesMut) {
         // A client that is gone wants nothing more; its connection closes by the lifetime rule.
-        let _ = self.0.send(Delivery::Data(data));
+        let _ = self.0.send(Arrival::Data(data));
     }
 
     fn peer_closed(&self) {
-        let _ = self.0.send(Delivery::PeerClosed);
+        let _ = self.0.send(Arrival::PeerClosed);
     }
 
     fn ended(&self, reason: ClosureReason) {
-        let _ = self.0.send(Delivery::Ended(reason));
+        let _ = self.0.send(Arrival::Ended(reason));
     }
 
     /// The client was dropped: nothing reads what arrives any more.
@@ -103,7 +103,7 @@ impl ReadSink for ClientSink {
 
 /// The awaiting task's side, until its connection exists.
 #[derive(Debug)]
-pub(crate) struct ClientReceiver(mpsc::UnboundedReceiver<Delivery>);
+pub(crate) struct ClientReceiver(mpsc::UnboundedReceiver<Arrival>);
 
 /// Makes a client's two ends.
 pub(crate) fn channel() -> (ClientSink, ClientReceiver) {
@@ -129,7 +129,7 @@ pub(crate) fn channel() -> (ClientSink, ClientReceiver) {
 #[derive(Debug)]
 pub struct Client {
     connection: Connection,
-    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    arrivals: mpsc::UnboundedReceiver<Arrival>,
     /// The peer's FIN arrived: every later `recv` says so.
     peer_closed: bool,
     /// A read was asked for and its data has not arrived yet: a poll asks for no other.
@@ -143,7 +143,7 @@ impl Drop for Client {
         // the driver, it must already see that no one reads, or a read the client left pending
         // (a `recv` given up on, or one asked for after the callbacks' read delivered first)
         // would keep the connection open.
-        self.deliveries.close();
+        self.arrivals.close();
     }
 }
 
@@ -151,7 +151,7 @@ impl Client {
     pub(crate) fn new(connection: Connection, receiver: ClientReceiver) -> Self {
         Client {
             connection,
-            deliveries: receiver.0,
+            arrivals: receiver.0,
             peer_closed: false,
             reading: false,
             ended: None,
@@ -198,16 +198,16 @@ impl Client {
             self.connection.read();
             self.reading = true;
         }
-        Poll::Ready(match ready!(self.deliveries.poll_recv(cx)) {
-            Some(Delivery::Data(data)) => {
+        Poll::Ready(match ready!(self.arrivals.poll_recv(cx)) {
+            Some(Arrival::Data(data)) => {
                 self.reading = false;
                 Ok(Some(data))
             }
-            Some(Delivery::PeerClosed) => {
+            Some(Arrival::PeerClosed) => {
                 self.peer_closed = true;
                 Ok(None)
             }
-            Some(Delivery::Ended(reason)) => {
+            Some(Arrival::Ended(reason)) => {
                 self.ended = Some(reason);
                 Err(Error::ConnectionClosed)
             }

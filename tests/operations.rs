@@ -31,6 +31,11 @@ const MARGIN: Duration = Duration::from_millis(500);
 /// client side stays small. The loop ends sooner, at the first refusal after the window.
 const MAX_CONNECTS: usize = 4000;
 
+/// The least time between two connects of the drain window's loop (tokio's timer resolution):
+/// back to back but for that, so that the loop cannot spend [`MAX_CONNECTS`] before the window
+/// ends (at most 2,000 fit in it), however fast the machine.
+const PACE: Duration = Duration::from_millis(1);
+
 /// The status code of `GET path` on the example's metrics endpoint at `address`.
 async fn http_status(address: SocketAddr, path: &str) -> u16 {
     let mut stream = client(address).await;
@@ -106,10 +111,13 @@ async fn a_drain_window_refuses_no_connect_until_it_ends() {
         let (made, give_up) = (made.clone(), give_up.clone());
         async move {
             let mut attempts = Vec::new();
+            let mut pace = tokio::time::interval(PACE);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for n in 0..MAX_CONNECTS as u64 {
                 if give_up.load(Ordering::Relaxed) {
                     break;
                 }
+                pace.tick().await;
                 let started = Instant::now();
                 let outcome = tokio::time::timeout(WAIT, round(address, n))
                     .await

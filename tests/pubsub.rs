@@ -208,41 +208,60 @@ mod process {
 
     use std::net::SocketAddr;
 
-    use super::common::*;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use futures::{SinkExt, StreamExt};
+    use switchboard::tokio_util::codec::LinesCodec;
+    use switchboard::{Callbacks, FramedClient, Server};
 
-    /// A line client of the pub/sub server.
+    use super::common::*;
+
+    /// The client side's callbacks: an awaited client is driven by its task, not by them.
+    struct Quiet;
+    impl Callbacks for Quiet {}
+
+    /// A line client of the pub/sub server: switchboard's own awaited client with a codec, a
+    /// `Stream` and a `Sink` of lines whose reads are bounded by its read timeout.
     struct PubSubClient {
-        lines: Lines<BufReader<OwnedReadHalf>>,
-        writer: OwnedWriteHalf,
+        lines: FramedClient<LinesCodec>,
+        /// The server (without listeners) the client's connection belongs to.
+        _manager: Server,
     }
 
     impl PubSubClient {
         async fn connect(address: SocketAddr) -> PubSubClient {
-            let (reader, writer) = client(address).await.into_split();
+            let manager = Server::builder()
+                .start(Quiet)
+                .await
+                .expect("a client manager");
+            // A connect is bounded by the manager's connect timeout, each read by the read
+            // timeout: no timeouts by hand.
+            let lines = manager
+                .connect(address)
+                .client()
+                .await
+                .expect("connected")
+                .framed(LinesCodec::new())
+                .read_timeout(WAIT);
             PubSubClient {
-                lines: BufReader::new(reader).lines(),
-                writer,
+                lines,
+                _manager: manager,
             }
         }
 
-        /// Sends `text` as it is, in one write.
+        /// Sends the lines of `text` in one write.
         async fn send_raw(&mut self, text: &str) {
-            bounded("a client's write", self.writer.write_all(text.as_bytes()))
-                .await
-                .expect("a client's write");
+            for line in text.lines() {
+                self.lines.feed(line).await.expect("fed");
+            }
+            SinkExt::<&str>::flush(&mut self.lines).await.expect("sent");
         }
 
         async fn send(&mut self, line: &str) {
-            self.send_raw(&format!("{line}\n")).await;
+            self.lines.send(line).await.expect("sent");
         }
 
         /// The next line, or `None` at the end of the stream.
         async fn line(&mut self) -> Option<String> {
-            bounded("a line", self.lines.next_line())
-                .await
-                .expect("a client's read")
+            self.lines.next().await.map(|line| line.expect("a line"))
         }
 
         async fn expect(&mut self, expected: &str) {

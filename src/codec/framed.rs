@@ -25,6 +25,8 @@ use crate::error::Error;
 /// frame layer, which flushes after delivering each read's items. A fed item is in the
 /// connection's one order of bytes from the moment it is fed: a write, a goodbye, a close or a
 /// group's broadcast posted after it goes out after it.
+/// [`close`](Connection::close) (through the `Deref`) is graceful as ever: what was fed goes out
+/// before the FIN, past the queue's limit, as everything posted before a close does.
 pub struct FramedConnection<'a, C> {
     connection: &'a Connection,
     slot: Slot<FrameState<C>>,
@@ -36,7 +38,8 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     }
 
     /// `connection` seen through its codec, if it belongs to a server started with
-    /// [`start`](crate::ServerBuilder::start)ed with a [`Framing`](crate::codec::Framing) whose codec is `C`, from its
+    /// [`start`](crate::ServerBuilder::start)ed with a [`Framing`](crate::codec::Framing) whose
+    /// codec is `C`, from its
     /// [`on_connection_established`](crate::Callbacks::on_connection_established) until its
     /// release (`None` before and after, as in the TLS negotiation's callbacks).
     ///
@@ -156,12 +159,6 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     {
         self.feed(item)?;
         self.flush().map_err(SendError::Write)
-    }
-
-    /// [Closes](Connection::close) gracefully: what was fed goes out before the FIN, past the
-    /// queue's limit, as everything posted before a close does.
-    pub fn close(&self) {
-        self.connection.close();
     }
 
     /// Runs `f` on the connection's frame state; `None` once the connection has been released.

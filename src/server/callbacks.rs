@@ -301,7 +301,8 @@ pub trait Callbacks: Send + Sync + 'static {
         let _ = count;
     }
 
-    /// The first event of a shutdown. Accepting stops next.
+    /// The first event of a shutdown. Accepting stops next, or at the end of the
+    /// [drain window](crate::ServerBuilder::drain_window) if one is set.
     ///
     /// Default: does nothing.
     async fn on_shutdown_initiated(&self) {}
@@ -310,7 +311,10 @@ pub trait Callbacks: Send + Sync + 'static {
     /// [drain time](crate::ServerBuilder::shutdown_timeout) to end before it is reset with
     /// [`ClosureReason::ShutdownForced`]. Runs on the connection's task. (Not in the C++ interface,
     /// where connections are told through the framework; it is how a switchboard application
-    /// finishes its work in hand.)
+    /// finishes its work in hand.) With a [drain window](crate::ServerBuilder::drain_window) it
+    /// comes when the window ends and the listeners close, to every live connection, those
+    /// accepted in the window included; a [forced](crate::Server::force_shutdown) shutdown
+    /// resets the connections not yet told without it.
     ///
     /// Default: [`Connection::close`], which sends what is queued and closes gracefully. It also
     /// stops reading: whatever the peer has sent that the application has not read yet (a

@@ -103,7 +103,9 @@ impl ConnectBuilder {
     /// attempt.
     ///
     /// # Errors
-    /// [`Error::ShuttingDown`] at once, with no callback, if a shutdown has begun.
+    /// [`Error::ShuttingDown`] at once, with no callback, once a shutdown has closed the
+    /// listeners (during a [drain window](crate::ServerBuilder::drain_window) connects still go
+    /// out, as accepts still come in).
     pub fn spawn(self) -> Result<(), Error> {
         let live = self.manager.begin()?;
         tokio::spawn(async move {
@@ -151,7 +153,8 @@ impl ConnectBuilder {
 ///
 /// # Errors
 /// [`Error::Connect`], [`Error::ConnectTimedOut`], [`Error::ConnectionLimitReached`],
-/// [`Error::ShuttingDown`], or [`Error::CallbackPanic`] if a pre-connect callback panicked.
+/// [`Error::ShuttingDown`] (once a shutdown has closed the listeners), or
+/// [`Error::CallbackPanic`] if a pre-connect callback panicked.
 impl IntoFuture for ConnectBuilder {
     type Output = Result<Connection, Error>;
     type IntoFuture = Pin<Box<dyn Future<Output = Result<Connection, Error>> + Send>>;
