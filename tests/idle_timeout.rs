@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{read_to_end, WAIT};
+use common::{read_to_end, skip_under_wine, WAIT, WINE_RESET_READ_AS_EOF};
 use switchboard::codec::{FrameHandler, FramedConnection, Framing};
 use switchboard::testing::{Event, Recorded};
 use switchboard::tokio_util::codec::LinesCodec;
@@ -216,6 +216,9 @@ async fn over_a_socket_the_client_reads_the_last_line_then_fin() {
 /// And by default, over a socket, the client sees a reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_a_socket_the_default_is_a_reset() {
+    if skip_under_wine(&WINE_RESET_READ_AS_EOF) {
+        return;
+    }
     let server = Server::builder()
         .bind("127.0.0.1:0")
         .idle_timeout(Some(Duration::from_millis(200)))
