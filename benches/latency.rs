@@ -1,0 +1,1152 @@
+//! Open-loop latency benchmark: switchboard beside raw tokio, a second raw tokio (the noise band)
+//! and the bare mio loop, 64 B echoes sent at a fixed rate whatever the replies do.
+//!
+//! ```text
+//! cargo bench --bench latency
+//! cargo bench --bench latency -- --quick
+//! ```
+//!
+//! The full run takes about 6 minutes, `--quick` about one (fewer connections, shorter rounds:
+//! its numbers are only indicative). Linux only.
+//!
+//! # Why open loop
+//! A closed-loop client (send, wait for the reply, send again) stops sending while the server
+//! stalls, so a stall delays one message per connection and the messages that would have arrived
+//! meanwhile are never sent: the percentiles hide it (coordinated omission). Here each connection
+//! has a fixed schedule, and each reply's latency runs from the time its message was *due*, not
+//! from when it went out: a stall shows as the whole queue of messages late behind it, as users
+//! would see it.
+//!
+//! # What is measured
+//! The servers are those of `benches/echo.rs` (its docs describe them), each in a child process
+//! of its own (this executable, `--server KIND [--tls]`), on one thread, and pinned to the last
+//! core; the load generator runs in this process, pinned to the other cores. Child processes let
+//! the client and the server each hold one descriptor per connection within the same
+//! `ulimit -n`, which the bench raises to the hard limit.
+//!
+//! The load generator has two threads over non-blocking sockets:
+//! - a sender, which sends message `i` (64 B) at `start + i / rate` on connection `i mod N`, so
+//!   every connection sends at `rate / N` and the sends are spread evenly; it sleeps to each due
+//!   time with a timer slack of 1 ns, and when it is late it sends everything due at once;
+//! - a receiver, one `epoll` loop (mio) reading every connection. Echo keeps order, so the `k`th
+//!   reply of connection `c` answers message `k × N + c`, and its latency is the time it was
+//!   complete minus that message's due time, recorded into an HDR histogram (`hdrhistogram`, 3
+//!   significant digits).
+//!
+//! The sender's own lateness (`send lag`, from the due time to the `write`) is part of every
+//! latency, the same for every server; the table shows its p99 as the client's floor.
+//!
+//! Each round: connect (from source addresses spread over 127.0.0.0/8, so ephemeral ports do not
+//! run out), a warm-up at the rate (0.5 s; 0.2 s with `--quick`), the measurement window (2 s;
+//! 0.5 s with `--quick`), then sending stops, the receiver waits for the replies due (at most
+//! 2 s; any still missing are counted as lost and recorded with their age then), and the
+//! connections close. Only messages due in the window are recorded.
+//!
+//! Scenarios: 64 B echo at 1,000 connections and at 19,000 (as many as `ulimit -n` allows; 200
+//! and 2,000 with `--quick`), and over TLS at 1,000 (100) against the TLS servers of
+//! `benches/echo.rs` (native-tls on both sides, TLS 1.2; handshakes happen while connecting).
+//! Each runs at 50% and at 90% of raw tokio's closed-loop maximum, measured first on the same
+//! connections count by a closed loop of the same client (each reply answered at once by the
+//! next message; 1 s after a 0.3 s warm-up).
+//!
+//! # Noise
+//! Two raw tokio servers run (`raw` and `raw B`, the same code), so each run measures raw tokio
+//! against itself: `raw B ÷ raw` is this machine's noise at that point. Rounds alternate between
+//! the servers (the order rotates by one each round), 3 rounds (2 with `--quick`), and every
+//! figure is the median of the rounds' figures. The reading says where switchboard is above raw
+//! tokio beyond the noise band (its ratio above `max(raw B ÷ raw, raw ÷ raw B)`).
+//!
+//! Server CPU per message is the server process's user + system time in the window (from
+//! `/proc/PID/stat`, 10 ms ticks) divided by the messages due in it.
+//!
+//! The output is a Markdown table per scenario and load, and one `latency ratio` line per
+//! scenario, load and percentile (switchboard ÷ raw tokio, with the noise band).
+
+// This bench measures the servers' CPU from their processes, and runs the servers without the
+// parts that only echo.rs uses.
+#[cfg(target_os = "linux")]
+#[allow(dead_code)]
+#[path = "common/mod.rs"]
+mod common;
+#[cfg(target_os = "linux")]
+#[allow(dead_code)]
+#[path = "common/servers.rs"]
+mod servers;
+
+#[cfg(target_os = "linux")]
+fn main() {
+    open_loop::main();
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("the latency bench runs on Linux only");
+}
+
+#[cfg(target_os = "linux")]
+mod open_loop {
+    use std::io::{self, BufRead, BufReader, Read, Write};
+    use std::net::SocketAddr;
+    use std::os::fd::AsRawFd;
+    use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use hdrhistogram::Histogram;
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+    use switchboard::native_tls;
+    use switchboard::socket2::{Domain, Socket, Type};
+
+    use crate::common::{median, thousands};
+    use crate::servers::{
+        descriptor_limits, raise_descriptor_limit, source_address, system_descriptor_ceiling, Kind,
+        Running, CA_PEM, DESCRIPTOR_RESERVE, SERVER_KEY, SERVER_PEM, TLS_DOMAIN,
+    };
+
+    /// Every message and reply: 64 B.
+    const MESSAGE: usize = 64;
+    /// How long the receiver waits, once sending has stopped, for the replies still due.
+    const DRAIN: Duration = Duration::from_secs(2);
+    /// The largest latency the histograms hold (ns); larger ones are recorded as this.
+    const HIGHEST_LATENCY: u64 = 60_000_000_000;
+    /// Connects the client may be ahead of the server's accepts: well under every server's
+    /// backlog (1,024), so no SYN is dropped and retried a second later.
+    const ACCEPT_WINDOW: usize = 512;
+    /// How long to wait for a server to close every connection of a round.
+    const SETTLE: Duration = Duration::from_secs(20);
+
+    struct Settings {
+        quick: bool,
+        rounds: usize,
+        warmup: Duration,
+        measure: Duration,
+        probe_warmup: Duration,
+        probe: Duration,
+        small: usize,
+        large: usize,
+        tls: usize,
+    }
+
+    impl Settings {
+        fn new(quick: bool) -> Settings {
+            if quick {
+                Settings {
+                    quick,
+                    rounds: 2,
+                    warmup: Duration::from_millis(200),
+                    measure: Duration::from_millis(500),
+                    probe_warmup: Duration::from_millis(100),
+                    probe: Duration::from_millis(400),
+                    small: 200,
+                    large: 2_000,
+                    tls: 100,
+                }
+            } else {
+                Settings {
+                    quick,
+                    rounds: 3,
+                    warmup: Duration::from_millis(500),
+                    measure: Duration::from_secs(2),
+                    probe_warmup: Duration::from_millis(300),
+                    probe: Duration::from_secs(1),
+                    small: 1_000,
+                    large: 19_000,
+                    tls: 1_000,
+                }
+            }
+        }
+    }
+
+    /// The loads, as fractions of raw tokio's closed-loop maximum.
+    const LOADS: [f64; 2] = [0.5, 0.9];
+
+    // -----------------------------------------------------------------------------------------
+    // Cores
+    // -----------------------------------------------------------------------------------------
+
+    /// The cores this process may run on (before any pinning).
+    fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// Pins the calling thread, and the threads it starts afterwards, to `cores`.
+    fn pin(cores: impl Iterator<Item = usize>) {
+        // SAFETY: `cpu_set_t` is a plain bit array, valid when zeroed; CPU_ZERO and CPU_SET only
+        // write into the set they are given, for cores below CPU_SETSIZE (checked); and
+        // sched_setaffinity only reads the set, of the size given.
+        let result = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_ZERO(&mut set);
+            for core in cores.filter(|&core| core < libc::CPU_SETSIZE as usize) {
+                libc::CPU_SET(core, &mut set);
+            }
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if result != 0 {
+            eprintln!("  could not pin to cores: {}", io::Error::last_os_error());
+        }
+    }
+
+    /// Lets the calling thread's sleeps end when asked, rather than up to 50 µs later (the
+    /// default timer slack, which would be part of every latency).
+    fn precise_sleeps() {
+        // SAFETY: PR_SET_TIMERSLACK takes a plain integer and changes only this thread's slack.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Server processes
+    // -----------------------------------------------------------------------------------------
+
+    /// `--server KIND [--tls] [--core N]`: one server of `kind`, on core `N` if given,
+    /// announced as `READY port`; answers each `LIVE` line on stdin with the connections it
+    /// holds; exits when stdin closes.
+    fn serve(kind: Kind, tls: bool, core: Option<usize>) {
+        if let Some(core) = core {
+            pin(std::iter::once(core));
+        }
+        let acceptor = tls.then(tls_acceptor);
+        let server = Running::start(kind, acceptor.as_ref());
+        let mut stdout = io::stdout().lock();
+        let _ = writeln!(stdout, "READY {}", server.address.port());
+        let _ = stdout.flush();
+        for line in io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if line.trim() == "LIVE" {
+                let _ = writeln!(stdout, "{}", server.live());
+                let _ = stdout.flush();
+            }
+        }
+        // Exit at once: the runtime's teardown is not measured.
+        std::process::exit(0);
+    }
+
+    fn tls_acceptor() -> native_tls::TlsAcceptor {
+        native_tls::Identity::from_pkcs8(SERVER_PEM, SERVER_KEY)
+            .and_then(native_tls::TlsAcceptor::new)
+            .expect("build the TLS acceptor from tests/certs")
+    }
+
+    /// A server in a child process.
+    struct ServerProcess {
+        label: &'static str,
+        child: Child,
+        to_child: ChildStdin,
+        from_child: BufReader<ChildStdout>,
+        address: SocketAddr,
+    }
+
+    impl ServerProcess {
+        fn start(
+            label: &'static str,
+            kind: Kind,
+            tls: bool,
+            core: Option<usize>,
+        ) -> io::Result<ServerProcess> {
+            let mut command = Command::new(std::env::current_exe()?);
+            command.args(["--server", kind.name()]);
+            if tls {
+                command.arg("--tls");
+            }
+            if let Some(core) = core {
+                command.args(["--core", &core.to_string()]);
+            }
+            let mut child = command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?;
+            let to_child = child.stdin.take().expect("piped stdin");
+            let mut from_child = BufReader::new(child.stdout.take().expect("piped stdout"));
+            let mut line = String::new();
+            from_child.read_line(&mut line)?;
+            let port: u16 = line
+                .strip_prefix("READY ")
+                .and_then(|port| port.trim().parse().ok())
+                .ok_or_else(|| io::Error::other(format!("{label} server said {line:?}")))?;
+            Ok(ServerProcess {
+                label,
+                child,
+                to_child,
+                from_child,
+                address: SocketAddr::from(([127, 0, 0, 1], port)),
+            })
+        }
+
+        /// Connections the server holds now.
+        fn live(&mut self) -> io::Result<usize> {
+            writeln!(self.to_child, "LIVE")?;
+            self.to_child.flush()?;
+            let mut line = String::new();
+            self.from_child.read_line(&mut line)?;
+            line.trim()
+                .parse()
+                .map_err(|_| io::Error::other(format!("{} server said {line:?}", self.label)))
+        }
+
+        /// Waits (up to [`SETTLE`]) until the server holds no connection.
+        fn settle(&mut self) {
+            let began = Instant::now();
+            while began.elapsed() < SETTLE {
+                match self.live() {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            eprintln!(
+                "  warning: the {} server still holds connections",
+                self.label
+            );
+        }
+
+        /// CPU time (user + system) the server process used so far, in seconds.
+        fn cpu_seconds(&self) -> f64 {
+            const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            else {
+                return 0.0;
+            };
+            let Some(close) = stat.rfind(')') else {
+                return 0.0;
+            };
+            // After the name: utime is field 14, stime field 15.
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let field = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok());
+            (field(11).unwrap_or(0) + field(12).unwrap_or(0)) as f64 / CLOCK_TICKS_PER_SECOND
+        }
+    }
+
+    impl Drop for ServerProcess {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Client connections
+    // -----------------------------------------------------------------------------------------
+
+    /// One client connection, usable from the sender and the receiver thread at once.
+    enum Wire {
+        Plain(std::net::TcpStream),
+        /// OpenSSL's stream needs `&mut` for both directions, so the two threads share it
+        /// through a lock (uncontended but for the moments both act on the same connection).
+        Tls(Mutex<native_tls::TlsStream<std::net::TcpStream>>),
+    }
+
+    impl Wire {
+        fn write(&self, data: &[u8]) -> io::Result<usize> {
+            match self {
+                Wire::Plain(stream) => (&*stream).write(data),
+                Wire::Tls(stream) => lock(stream).write(data),
+            }
+        }
+
+        fn read(&self, buffer: &mut [u8]) -> io::Result<usize> {
+            match self {
+                Wire::Plain(stream) => (&*stream).read(buffer),
+                Wire::Tls(stream) => lock(stream).read(buffer),
+            }
+        }
+
+        fn socket(&self) -> i32 {
+            match self {
+                Wire::Plain(stream) => stream.as_raw_fd(),
+                Wire::Tls(stream) => lock(stream).get_ref().as_raw_fd(),
+            }
+        }
+    }
+
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A blocking connection to `address` from [`source_address`]`(index)`, `TCP_NODELAY` on.
+    fn connect_from(address: SocketAddr, index: usize) -> io::Result<std::net::TcpStream> {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.bind(&source_address(index).into())?;
+        socket.connect(&address.into())?;
+        socket.set_tcp_nodelay(true)?;
+        Ok(socket.into())
+    }
+
+    fn tls_connector() -> native_tls::TlsConnector {
+        let ca = native_tls::Certificate::from_pem(CA_PEM).expect("parse the test CA");
+        native_tls::TlsConnector::builder()
+            .disable_built_in_roots(true)
+            .add_root_certificate(ca)
+            .build()
+            .expect("build the TLS connector")
+    }
+
+    /// `count` non-blocking connections to `server` (TLS ones, handshake done, if given a
+    /// connector), never more than [`ACCEPT_WINDOW`] ahead of the server's accepts.
+    fn connect_all(
+        server: &mut ServerProcess,
+        count: usize,
+        tls: Option<&native_tls::TlsConnector>,
+    ) -> io::Result<Vec<Wire>> {
+        let mut wires = Vec::with_capacity(count);
+        let mut accepted = 0;
+        for index in 0..count {
+            let began = Instant::now();
+            while index >= accepted + ACCEPT_WINDOW {
+                accepted = server.live()?;
+                if began.elapsed() > SETTLE {
+                    return Err(io::Error::other(format!(
+                        "the {} server accepted only {accepted} of {index} connections",
+                        server.label
+                    )));
+                }
+                if index >= accepted + ACCEPT_WINDOW {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            let stream = connect_from(server.address, index)?;
+            let wire = match tls {
+                None => {
+                    stream.set_nonblocking(true)?;
+                    Wire::Plain(stream)
+                }
+                Some(connector) => {
+                    let stream = connector
+                        .connect(TLS_DOMAIN, stream)
+                        .map_err(io::Error::other)?;
+                    stream.get_ref().set_nonblocking(true)?;
+                    Wire::Tls(Mutex::new(stream))
+                }
+            };
+            wires.push(wire);
+        }
+        Ok(wires)
+    }
+
+    /// A new latency histogram: 1 ns to [`HIGHEST_LATENCY`], 3 significant digits.
+    fn histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, HIGHEST_LATENCY, 3).expect("valid histogram bounds")
+    }
+
+    fn nanos(duration: Duration) -> u64 {
+        u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The open loop
+    // -----------------------------------------------------------------------------------------
+
+    /// The schedule of one round: message `i` is due at `start + i × period`, on connection
+    /// `i mod connections`; those due in `[measured, end)` are recorded.
+    #[derive(Clone, Copy)]
+    struct Schedule {
+        start: Instant,
+        period_nanos: f64,
+        connections: usize,
+        measured: Instant,
+        end: Instant,
+    }
+
+    impl Schedule {
+        fn due(&self, message: u64) -> Instant {
+            self.start + Duration::from_nanos((message as f64 * self.period_nanos) as u64)
+        }
+
+        fn recorded(&self, due: Instant) -> bool {
+            due >= self.measured && due < self.end
+        }
+    }
+
+    /// What the sender reports.
+    struct Sent {
+        lag: Histogram<u64>,
+        failed: u64,
+    }
+
+    /// The sender thread's loop: every message at its due time, until [`Schedule::end`].
+    fn send(wires: &[Wire], schedule: Schedule, done: &AtomicBool, total: &AtomicU64) -> Sent {
+        precise_sleeps();
+        let message = [0xA5_u8; MESSAGE];
+        let mut lag = histogram();
+        // Bytes a connection could not take at once, sent before anything else on it.
+        let mut unsent: Vec<Vec<u8>> = vec![Vec::new(); wires.len()];
+        let mut blocked: Vec<usize> = Vec::new();
+        let mut broken = vec![false; wires.len()];
+        let mut failed = 0;
+        let mut index = 0_u64;
+        loop {
+            let due = schedule.due(index);
+            if due >= schedule.end {
+                break;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            blocked.retain(|&connection| {
+                flush(
+                    &wires[connection],
+                    &mut unsent[connection],
+                    &mut broken[connection],
+                )
+            });
+            let connection = (index % schedule.connections as u64) as usize;
+            if !broken[connection] {
+                if unsent[connection].is_empty() {
+                    match wires[connection].write(&message) {
+                        Ok(written) if written == MESSAGE => {}
+                        Ok(written) => {
+                            unsent[connection].extend_from_slice(&message[written..]);
+                            blocked.push(connection);
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                            unsent[connection].extend_from_slice(&message);
+                            blocked.push(connection);
+                        }
+                        Err(_) => broken[connection] = true,
+                    }
+                } else {
+                    unsent[connection].extend_from_slice(&message);
+                }
+            }
+            if broken[connection] {
+                failed += 1;
+            }
+            if schedule.recorded(due) {
+                lag.saturating_record(nanos(due.elapsed()).max(1));
+            }
+            index += 1;
+            total.store(index, Ordering::Release);
+        }
+        // What the sockets would not take yet still goes out (the receiver waits for it).
+        let until = Instant::now() + DRAIN;
+        while !blocked.is_empty() && Instant::now() < until {
+            std::thread::sleep(Duration::from_micros(100));
+            blocked.retain(|&connection| {
+                flush(
+                    &wires[connection],
+                    &mut unsent[connection],
+                    &mut broken[connection],
+                )
+            });
+        }
+        done.store(true, Ordering::Release);
+        Sent { lag, failed }
+    }
+
+    /// Writes what `unsent` holds; true while some of it is left.
+    fn flush(wire: &Wire, unsent: &mut Vec<u8>, broken: &mut bool) -> bool {
+        while !unsent.is_empty() {
+            match wire.write(unsent) {
+                Ok(written) => {
+                    unsent.drain(..written);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => {
+                    *broken = true;
+                    unsent.clear();
+                }
+            }
+        }
+        false
+    }
+
+    /// What the receiver reports.
+    struct Received {
+        latency: Histogram<u64>,
+        /// Messages due in the window that got no reply within [`DRAIN`].
+        lost: u64,
+    }
+
+    /// The receiver thread's loop: reads every reply, records the latency of those due in the
+    /// window, until every message sent has its reply or [`DRAIN`] after sending stopped.
+    fn receive(
+        wires: &[Wire],
+        poll: &mut Poll,
+        schedule: Schedule,
+        done: &AtomicBool,
+        total: &AtomicU64,
+    ) -> Received {
+        let mut latency = histogram();
+        let mut events = Events::with_capacity(1024);
+        let mut buffer = [0_u8; 16 * 1024];
+        let mut bytes = vec![0_u64; wires.len()];
+        let mut replies = vec![0_u64; wires.len()];
+        let mut all_replies = 0_u64;
+        let mut sending_ended = None;
+        let connections = schedule.connections as u64;
+        loop {
+            let _ = poll.poll(&mut events, Some(Duration::from_millis(10)));
+            for event in events.iter() {
+                let connection = event.token().0;
+                let wire = &wires[connection];
+                loop {
+                    match wire.read(&mut buffer) {
+                        Ok(0) => break,
+                        Ok(read) => {
+                            let now = Instant::now();
+                            bytes[connection] += read as u64;
+                            while bytes[connection] >= (replies[connection] + 1) * MESSAGE as u64 {
+                                let message = replies[connection] * connections + connection as u64;
+                                let due = schedule.due(message);
+                                if schedule.recorded(due) {
+                                    latency.saturating_record(
+                                        nanos(now.saturating_duration_since(due)).max(1),
+                                    );
+                                }
+                                replies[connection] += 1;
+                                all_replies += 1;
+                            }
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            if done.load(Ordering::Acquire) {
+                let ended = *sending_ended.get_or_insert_with(Instant::now);
+                if all_replies >= total.load(Ordering::Acquire) || ended.elapsed() > DRAIN {
+                    break;
+                }
+            }
+        }
+        // Messages due in the window without a reply: recorded with their age now.
+        let sent = total.load(Ordering::Acquire);
+        let now = Instant::now();
+        let mut lost = 0;
+        for connection in 0..wires.len() as u64 {
+            let mut message = replies[connection as usize] * connections + connection;
+            while message < sent {
+                let due = schedule.due(message);
+                if schedule.recorded(due) {
+                    lost += 1;
+                    latency.saturating_record(nanos(now.saturating_duration_since(due)).max(1));
+                }
+                message += connections;
+            }
+        }
+        Received { latency, lost }
+    }
+
+    /// Registers every connection with a new poll, its index as its token.
+    fn poll_for(wires: &[Wire]) -> io::Result<Poll> {
+        let poll = Poll::new()?;
+        for (index, wire) in wires.iter().enumerate() {
+            poll.registry().register(
+                &mut SourceFd(&wire.socket()),
+                Token(index),
+                Interest::READABLE,
+            )?;
+        }
+        Ok(poll)
+    }
+
+    /// One round's figures for one server.
+    #[derive(Clone, Copy)]
+    struct Figures {
+        /// p50, p99, p99.9 and max, in µs.
+        percentiles: [f64; 4],
+        cpu_micros: f64,
+        send_lag_p99: f64,
+        lost: u64,
+        failed: u64,
+    }
+
+    impl Figures {
+        /// Percentile `index` ([`COLUMNS`]), or the CPU per message after them.
+        fn column(&self, index: usize) -> f64 {
+            self.percentiles
+                .get(index)
+                .copied()
+                .unwrap_or(self.cpu_micros)
+        }
+    }
+
+    const QUANTILES: [f64; 3] = [0.50, 0.99, 0.999];
+
+    /// One open-loop round against `server` at `rate` messages per second in all.
+    fn open_loop_round(
+        server: &mut ServerProcess,
+        connections: usize,
+        tls: Option<&native_tls::TlsConnector>,
+        rate: f64,
+        settings: &Settings,
+    ) -> io::Result<Figures> {
+        let wires = Arc::new(connect_all(server, connections, tls)?);
+        let mut poll = poll_for(&wires)?;
+        let start = Instant::now() + Duration::from_millis(10);
+        let schedule = Schedule {
+            start,
+            period_nanos: 1e9 / rate,
+            connections,
+            measured: start + settings.warmup,
+            end: start + settings.warmup + settings.measure,
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let total = Arc::new(AtomicU64::new(0));
+        let sender = {
+            let (wires, done, total) = (wires.clone(), done.clone(), total.clone());
+            std::thread::Builder::new()
+                .name("sender".into())
+                .spawn(move || send(&wires, schedule, &done, &total))?
+        };
+        let receiver = {
+            let (wires, done, total) = (wires.clone(), done.clone(), total.clone());
+            std::thread::Builder::new()
+                .name("receiver".into())
+                .spawn(move || receive(&wires, &mut poll, schedule, &done, &total))?
+        };
+        sleep_until(schedule.measured);
+        let cpu_before = server.cpu_seconds();
+        sleep_until(schedule.end);
+        let cpu = server.cpu_seconds() - cpu_before;
+        let sent = sender.join().expect("the sender thread");
+        let received = receiver.join().expect("the receiver thread");
+        drop(wires);
+        server.settle();
+        let in_window = settings.measure.as_secs_f64() * rate;
+        let micros = |nanos: u64| nanos as f64 / 1e3;
+        let latency = &received.latency;
+        Ok(Figures {
+            percentiles: [
+                micros(latency.value_at_quantile(QUANTILES[0])),
+                micros(latency.value_at_quantile(QUANTILES[1])),
+                micros(latency.value_at_quantile(QUANTILES[2])),
+                micros(latency.max()),
+            ],
+            cpu_micros: cpu * 1e6 / in_window.max(1.0),
+            send_lag_p99: micros(sent.lag.value_at_quantile(0.99)),
+            lost: received.lost,
+            failed: sent.failed,
+        })
+    }
+
+    fn sleep_until(instant: Instant) {
+        let now = Instant::now();
+        if instant > now {
+            std::thread::sleep(instant - now);
+        }
+    }
+
+    /// The closed-loop maximum: every connection sends its next message as soon as the reply
+    /// to the last one is complete; replies per second over [`Settings::probe`].
+    fn closed_loop_rate(
+        server: &mut ServerProcess,
+        connections: usize,
+        tls: Option<&native_tls::TlsConnector>,
+        settings: &Settings,
+    ) -> io::Result<f64> {
+        let wires = connect_all(server, connections, tls)?;
+        let mut poll = poll_for(&wires)?;
+        let message = [0xA5_u8; MESSAGE];
+        for wire in &wires {
+            wire.write(&message)?;
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut buffer = [0_u8; 16 * 1024];
+        let mut pending = vec![0_usize; wires.len()];
+        let start = Instant::now();
+        let (measured, end) = (
+            start + settings.probe_warmup,
+            start + settings.probe_warmup + settings.probe,
+        );
+        let mut completed = 0_u64;
+        while Instant::now() < end {
+            poll.poll(&mut events, Some(Duration::from_millis(10)))?;
+            for event in events.iter() {
+                let connection = event.token().0;
+                let wire = &wires[connection];
+                loop {
+                    match wire.read(&mut buffer) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(read) => {
+                            pending[connection] += read;
+                            while pending[connection] >= MESSAGE {
+                                pending[connection] -= MESSAGE;
+                                if Instant::now() >= measured {
+                                    completed += 1;
+                                }
+                                // 64 B to a socket whose last 64 B were just echoed: taken
+                                // whole (a refusal ends the probe with its error).
+                                if wire.write(&message)? != MESSAGE {
+                                    return Err(io::Error::other("a short write"));
+                                }
+                            }
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+        }
+        let rate = completed as f64 / end.duration_since(measured).as_secs_f64();
+        drop(wires);
+        server.settle();
+        Ok(rate)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Scenarios and reporting
+    // -----------------------------------------------------------------------------------------
+
+    /// The servers of one protocol: `raw` first (the baseline), `raw B` (the noise band).
+    struct Servers {
+        processes: Vec<ServerProcess>,
+        tls: Option<native_tls::TlsConnector>,
+    }
+
+    const RAW: &str = "raw tokio";
+    const RAW_B: &str = "raw tokio B";
+    const SWITCHBOARD: &str = "switchboard";
+    const MIO: &str = "mio";
+
+    impl Servers {
+        fn start(tls: bool, core: Option<usize>) -> io::Result<Servers> {
+            let mut kinds = vec![
+                (RAW, Kind::Raw),
+                (SWITCHBOARD, Kind::Switchboard),
+                (RAW_B, Kind::Raw),
+            ];
+            if !tls {
+                kinds.push((MIO, Kind::Mio));
+            }
+            let processes = kinds
+                .into_iter()
+                .map(|(label, kind)| ServerProcess::start(label, kind, tls, core))
+                .collect::<io::Result<_>>()?;
+            Ok(Servers {
+                processes,
+                tls: tls.then(tls_connector),
+            })
+        }
+    }
+
+    /// One scenario at one load: each server's rounds.
+    struct Point {
+        name: String,
+        rate: f64,
+        rounds: Vec<(&'static str, Vec<Figures>)>,
+        failures: Vec<String>,
+    }
+
+    impl Point {
+        fn figures(&self, label: &str) -> &[Figures] {
+            self.rounds
+                .iter()
+                .find_map(|(l, figures)| (*l == label).then_some(figures.as_slice()))
+                .unwrap_or(&[])
+        }
+
+        /// The median over rounds of `pick` for `label`; NaN if it has no round.
+        fn median(&self, label: &str, pick: impl Fn(&Figures) -> f64) -> f64 {
+            let values: Vec<f64> = self.figures(label).iter().map(pick).collect();
+            if values.is_empty() {
+                f64::NAN
+            } else {
+                median(&values)
+            }
+        }
+    }
+
+    fn run_point(
+        servers: &mut Servers,
+        name: String,
+        connections: usize,
+        rate: f64,
+        settings: &Settings,
+    ) -> Point {
+        let mut point = Point {
+            name,
+            rate,
+            rounds: servers
+                .processes
+                .iter()
+                .map(|p| (p.label, Vec::new()))
+                .collect(),
+            failures: Vec::new(),
+        };
+        let count = servers.processes.len();
+        for round in 0..settings.rounds {
+            for slot in 0..count {
+                let index = (slot + round) % count;
+                let server = &mut servers.processes[index];
+                match open_loop_round(server, connections, servers.tls.as_ref(), rate, settings) {
+                    Ok(figures) => {
+                        let [p50, p99, p999, max] = figures.percentiles;
+                        eprintln!(
+                            "  {:<28} round {round} {:<12} p50 {p50:>8.1} p99 {p99:>8.1} \
+                             p99.9 {p999:>8.1} max {max:>9.1} µs, {:.2} server µs/msg, \
+                             send lag p99 {:.1} µs{}",
+                            point.name,
+                            server.label,
+                            figures.cpu_micros,
+                            figures.send_lag_p99,
+                            if figures.lost + figures.failed > 0 {
+                                format!(", {} lost, {} failed sends", figures.lost, figures.failed)
+                            } else {
+                                String::new()
+                            }
+                        );
+                        point.rounds[index].1.push(figures);
+                    }
+                    Err(error) => {
+                        eprintln!(
+                            "  {:<28} round {round} {:<12} FAILED: {error}",
+                            point.name, server.label
+                        );
+                        point.failures.push(format!("{}: {error}", server.label));
+                        server.settle();
+                    }
+                }
+            }
+        }
+        point
+    }
+
+    const COLUMNS: [&str; 4] = ["p50", "p99", "p99.9", "max"];
+
+    /// The noise band of column `column`: how far apart the two raw tokio servers were, as a
+    /// ratio of at least 1.
+    fn noise(point: &Point, pick: impl Fn(&Figures) -> f64 + Copy) -> f64 {
+        let ratio = point.median(RAW_B, pick) / point.median(RAW, pick);
+        ratio.max(1.0 / ratio)
+    }
+
+    fn print_point(point: &Point) {
+        println!();
+        println!(
+            "{} at {} msgs/s ({} rounds each, medians):",
+            point.name,
+            thousands(point.rate),
+            point.figures(RAW).len()
+        );
+        println!();
+        println!(
+            "| server | p50 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | \
+             p50 ÷ raw | p99 ÷ raw | p99.9 ÷ raw | max ÷ raw | CPU ÷ raw |"
+        );
+        println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for (label, _) in &point.rounds {
+            let mut line = format!("| {label} ");
+            for column in 0..4 {
+                line += &format!("| {:.1} ", point.median(label, |f| f.percentiles[column]));
+            }
+            line += &format!("| {:.2} ", point.median(label, |f| f.cpu_micros));
+            for column in 0..4 {
+                let pick = |f: &Figures| f.percentiles[column];
+                line += &format!("| {} ", ratio(point, label, pick));
+            }
+            line += &format!("| {} |", ratio(point, label, |f| f.cpu_micros));
+            println!("{line}");
+        }
+        let lag = point
+            .rounds
+            .iter()
+            .flat_map(|(_, figures)| figures.iter().map(|f| f.send_lag_p99))
+            .fold(0.0, f64::max);
+        let lost: u64 = point
+            .rounds
+            .iter()
+            .flat_map(|(_, figures)| figures.iter().map(|f| f.lost + f.failed))
+            .sum();
+        println!();
+        println!(
+            "Client send lag p99 (the client's own floor, in every latency): at most {lag:.1} µs. \
+             Lost replies or failed sends: {lost}."
+        );
+        for failure in &point.failures {
+            println!("Failed round: {failure}");
+        }
+        let mut above = Vec::new();
+        let mut below = Vec::new();
+        for (index, column) in COLUMNS.iter().chain(&["CPU"]).enumerate() {
+            let pick = |f: &Figures| f.column(index);
+            let band = noise(point, pick);
+            let ratio = point.median(SWITCHBOARD, pick) / point.median(RAW, pick);
+            let reading = format!("{column} {ratio:.2} (noise band {band:.2})");
+            // Compared as printed, to two decimals: a ratio equal to its band there is within it.
+            let hundredths = |value: f64| (value * 100.0).round();
+            if hundredths(ratio) > hundredths(band) {
+                above.push(reading);
+            } else if hundredths(ratio) < hundredths(1.0 / band) {
+                below.push(reading);
+            }
+            println!(
+                "latency ratio {} {column}: {ratio:.2} noise {band:.2}",
+                point.name
+            );
+        }
+        println!(
+            "Reading: switchboard above raw tokio beyond the noise band: {}; below it beyond the \
+             band: {}.",
+            if above.is_empty() {
+                "none".to_string()
+            } else {
+                above.join(", ")
+            },
+            if below.is_empty() {
+                "none".to_string()
+            } else {
+                below.join(", ")
+            }
+        );
+    }
+
+    /// `label`'s median ÷ raw tokio's median of `pick`, as printed.
+    fn ratio(point: &Point, label: &str, pick: impl Fn(&Figures) -> f64 + Copy) -> String {
+        let ratio = point.median(label, pick) / point.median(RAW, pick);
+        if ratio.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{ratio:.2}")
+        }
+    }
+
+    /// Raises the soft descriptor limit to the hard one; returns the connections a scenario may
+    /// hold (this process and the server each need one descriptor per connection).
+    fn connection_room() -> usize {
+        let Some((soft, hard)) = descriptor_limits() else {
+            return 1_000;
+        };
+        let wanted = hard.min(system_descriptor_ceiling());
+        let soft = if soft < wanted {
+            match raise_descriptor_limit(wanted) {
+                Ok(()) => wanted,
+                Err(error) => {
+                    eprintln!("  could not raise the open files limit: {error}");
+                    soft
+                }
+            }
+        } else {
+            soft
+        };
+        // The bench's own descriptors: its server processes' pipes, the poll, a connection
+        // being opened.
+        soft.saturating_sub(DESCRIPTOR_RESERVE)
+    }
+
+    const USAGE: &str = "\
+usage: latency [--quick]     the benchmark (cargo bench --bench latency -- [--quick])
+       latency --server switchboard|raw|mio [--tls] [--core N]     (started by the benchmark)";
+
+    pub(crate) fn main() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+            println!("{USAGE}");
+            return;
+        }
+        if let Some(position) = args.iter().position(|arg| arg == "--server") {
+            let kind = args.get(position + 1).and_then(|kind| kind.parse().ok());
+            let Some(kind) = kind else {
+                eprintln!("latency: --server needs a server kind\n{USAGE}");
+                std::process::exit(2);
+            };
+            let core = args
+                .iter()
+                .position(|arg| arg == "--core")
+                .and_then(|position| args.get(position + 1)?.parse().ok());
+            serve(kind, args.iter().any(|arg| arg == "--tls"), core);
+            return;
+        }
+        if let Some(unknown) = args
+            .iter()
+            .find(|arg| *arg != "--quick" && *arg != "--bench")
+        {
+            eprintln!("latency: unknown argument {unknown}\n{USAGE}");
+            std::process::exit(2);
+        }
+        let settings = Settings::new(args.iter().any(|arg| arg == "--quick"));
+        let began = Instant::now();
+        let room = connection_room();
+        // The servers on the last core, the client on the others; nothing pinned on one core.
+        let cores = cores();
+        let server_core = (cores >= 2).then(|| cores - 1);
+        if let Some(server_core) = server_core {
+            pin((0..cores).filter(|&core| core != server_core));
+        }
+        let large = if settings.large > room {
+            eprintln!(
+                "  open files limit: {} connections instead of {} (the server and this process \
+                 each need one descriptor per connection)",
+                thousands(room as f64),
+                thousands(settings.large as f64)
+            );
+            room
+        } else {
+            settings.large
+        };
+        eprintln!(
+            "latency bench{}: {} cores, servers on core {}, {} rounds of {:?} (+{:?} warm-up)",
+            if settings.quick { " (--quick)" } else { "" },
+            cores,
+            server_core.map_or("(not pinned)".to_string(), |c| c.to_string()),
+            settings.rounds,
+            settings.measure,
+            settings.warmup,
+        );
+
+        let mut points = Vec::new();
+        let scenarios = [
+            (false, settings.small),
+            (false, large),
+            (true, settings.tls),
+        ];
+        for (tls, connections) in scenarios {
+            let mut servers = match Servers::start(tls, server_core) {
+                Ok(servers) => servers,
+                Err(error) => {
+                    eprintln!("  could not start the servers: {error}");
+                    continue;
+                }
+            };
+            let label = format!(
+                "{}64B x{}",
+                if tls { "TLS " } else { "" },
+                thousands(connections as f64)
+            );
+            let tls_connector = servers.tls.clone();
+            let maximum = match closed_loop_rate(
+                &mut servers.processes[0],
+                connections,
+                tls_connector.as_ref(),
+                &settings,
+            ) {
+                Ok(rate) => rate,
+                Err(error) => {
+                    eprintln!("  {label}: the closed-loop probe failed: {error}");
+                    continue;
+                }
+            };
+            eprintln!(
+                "  {label}: raw tokio's closed-loop maximum {} msgs/s",
+                thousands(maximum)
+            );
+            for load in LOADS {
+                let name = format!("{label} at {:.0}%", load * 100.0);
+                points.push(run_point(
+                    &mut servers,
+                    name,
+                    connections,
+                    maximum * load,
+                    &settings,
+                ));
+            }
+        }
+
+        println!();
+        println!(
+            "Open-loop latency, 64 B echo (each reply timed from its message's due time; \
+             medians over rounds; \"raw tokio B\" is raw tokio again, its ratio the noise band):"
+        );
+        for point in &points {
+            print_point(point);
+        }
+        eprintln!("\nfinished in {:.1} s", began.elapsed().as_secs_f64());
+    }
+}
