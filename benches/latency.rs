@@ -6,8 +6,8 @@
 //! cargo bench --bench latency -- --quick
 //! ```
 //!
-//! The full run takes about 6 minutes, `--quick` about one (fewer connections, shorter rounds:
-//! its numbers are only indicative). Linux only.
+//! The full run takes 5–7 minutes on a 2-core machine, `--quick` about one (fewer connections,
+//! shorter rounds: its numbers are only indicative). Linux only.
 //!
 //! # Why open loop
 //! A closed-loop client (send, wait for the reply, send again) stops sending while the server
