@@ -10,6 +10,7 @@
 #   benches/instructions.sh                      # 200,000 messages per run, one run each
 #   MESSAGES=20000 RUNS=2 benches/instructions.sh
 #   CONNECTIONS="50" KINDS="raw api switchboard" benches/instructions.sh
+#   SIZE=4096 CONNECTIONS="50" KINDS="switchboard" benches/instructions.sh   # another message size
 #
 # Each server runs alone under `valgrind --tool=cachegrind --cache-sim=no` on one thread
 # (`echo --echo-server KIND --connections C`); the same executable drives it from outside
@@ -33,7 +34,7 @@ messages=${MESSAGES:-200000}
 connection_counts=${CONNECTIONS:-"50 1000"}
 kinds=${KINDS:-"raw api api-static switchboard mio"}
 runs=${RUNS:-1}
-size=64
+size=${SIZE:-64}
 
 command -v valgrind >/dev/null 2>&1 || { echo "instructions.sh: valgrind is not installed" >&2; exit 1; }
 
