@@ -116,7 +116,7 @@
 //!
 //! Two more servers run only there: the API floor (`--echo-server api`, `benches/api_floor`),
 //! raw tokio paying what switchboard's callback API costs by its shape (an owned buffer per read,
-//! a boxed `async-trait` future per callback under `catch_unwind`, a handle's mutex-guarded write
+//! split off a per-thread chunk as switchboard's are, a boxed `async-trait` future per callback under `catch_unwind`, a handle's mutex-guarded write
 //! queue) and nothing of its engine; and the same with the callbacks as native `async fn`s in a
 //! trait called with static dispatch (`api-static`: no boxed futures, which is not switchboard's
 //! API). The script prints switchboard's ratio to the floor as well (`instructions ratio

@@ -215,7 +215,9 @@ impl Connection {
 
     /// Requests one read: when data arrives, [`Callbacks::on_read_completed`](crate::Callbacks::on_read_completed)
     /// gets it, in a buffer of up to the [read buffer size](crate::ServerBuilder::read_buffer_size).
-    /// The buffer is allocated only when data is there to read.
+    /// Nothing is allocated for a pending read: the data lands, when it is there, in memory the
+    /// runtime thread's reads share (what keeping the buffer costs is in the read buffer size's
+    /// docs).
     ///
     /// At most one read is outstanding; requesting again before it completes changes nothing.
     /// A pending read keeps the connection open. After the peer's FIN, or once the connection is

@@ -1192,12 +1192,12 @@ async fn reads_never_exceed_the_read_buffer_size() {
     server.shutdown().await;
 }
 
-/// The same over a real socket, on both sides of the 8 KiB up to which a plain read lands in a
-/// buffer on the stack (above it, in a per-thread one): every byte comes back, in order, and no
-/// read is larger than the buffer size.
+/// The same over a real socket, for read sizes that fit the per-thread read chunk (64 KiB) many
+/// times, a few times, and not at all (the chunk is then twice the read size): every byte comes
+/// back, in order, and no read is larger than the buffer size.
 #[tokio::test]
-async fn socket_reads_never_exceed_the_read_buffer_size_either_side_of_the_stack_buffer() {
-    for buffer in [100, 8 * KIB, 8 * KIB + 1, 64 * KIB] {
+async fn socket_reads_never_exceed_the_read_buffer_size_whatever_it_is_to_the_read_chunk() {
+    for buffer in [100, 8 * KIB, 8 * KIB + 1, 64 * KIB, 64 * KIB + 1, 200 * KIB] {
         let mut builder = Server::builder().bind(LOCAL).read_buffer_size(buffer);
         let recorder = Recorder::new(&mut builder);
         let server = builder.start(recorder.clone()).await.unwrap();

@@ -204,3 +204,109 @@ async fn a_reply_fed_past_the_queue_limit_is_refused_before_it_is_encoded() {
     drop(client);
     server.shutdown().await;
 }
+
+/// Counts the lines it is given: those from the connections that wait, and the filler's.
+struct LineCounter {
+    waiting: Arc<AtomicUsize>,
+    filler: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Callbacks for LineCounter {}
+
+#[async_trait]
+impl switchboard::codec::FrameHandler for LineCounter {
+    type Codec = switchboard::tokio_util::codec::LinesCodec;
+
+    fn new_codec(&self, _connection: &Connection) -> Self::Codec {
+        Self::Codec::new()
+    }
+
+    async fn on_frame(
+        &self,
+        _connection: &switchboard::codec::FramedConnection<'_, Self::Codec>,
+        line: String,
+    ) {
+        let count = if line.starts_with('w') {
+            &self.waiting
+        } else {
+            &self.filler
+        };
+        count.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits until `count` reaches `target`, within `deadline`.
+async fn reach(count: &AtomicUsize, target: usize, deadline: tokio::time::Instant, what: &str) {
+    while count.load(Ordering::SeqCst) < target {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Reads land in a chunk of memory shared with the reads around them, which a kept buffer keeps
+/// whole (`ServerBuilder::read_buffer_size`'s docs): the frame layer must not keep one for the
+/// start of a line while its connection waits for the rest. Each waiting connection's partial
+/// line is read amid more than a chunk of other reads (the filler's), so each would otherwise
+/// keep a chunk of its own. One runtime thread, so that all reads share one arena.
+#[tokio::test]
+async fn connections_waiting_for_the_rest_of_a_line_keep_no_read_chunk() {
+    const WAITING: usize = 50;
+    let _serial = SERIAL.lock().await;
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let filler = Arc::new(AtomicUsize::new(0));
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .start(switchboard::codec::Framing::new(LineCounter {
+            waiting: waiting.clone(),
+            filler: filler.clone(),
+        }))
+        .await
+        .unwrap();
+    let address = server.local_addr().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut filling = TcpStream::connect(address).await.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..WAITING {
+        clients.push(TcpStream::connect(address).await.unwrap());
+    }
+    // Nine lines of 8,000 bytes: more than one 64 KiB chunk of reads.
+    let mut fill = vec![b'f'; 9 * 8000];
+    for line in fill.chunks_mut(8000) {
+        line[7999] = b'\n';
+    }
+    let mut filled = 0;
+    // A first round, so that what the server allocates once (its arena's chunk, the filler's
+    // buffers) is there before the count starts.
+    tokio::io::AsyncWriteExt::write_all(&mut filling, &fill)
+        .await
+        .unwrap();
+    filled += 9;
+    reach(&filler, filled, deadline, "the filler's first lines").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = LIVE.load(Ordering::SeqCst);
+
+    for (index, client) in clients.iter_mut().enumerate() {
+        // A whole line, which says the read happened, and the start of the next in one segment.
+        tokio::io::AsyncWriteExt::write_all(client, b"w\npart")
+            .await
+            .unwrap();
+        reach(&waiting, index + 1, deadline, "a waiting connection's line").await;
+        tokio::io::AsyncWriteExt::write_all(&mut filling, &fill)
+            .await
+            .unwrap();
+        filled += 9;
+        reach(&filler, filled, deadline, "the filler's lines").await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let grown = LIVE.load(Ordering::SeqCst).saturating_sub(before);
+    let per_connection = grown / WAITING;
+    println!("{per_connection} bytes of heap per connection waiting for the rest of a line");
+    assert!(
+        per_connection < 4096,
+        "each waiting connection holds {per_connection} bytes of heap: a read's chunk"
+    );
+    drop(clients);
+    drop(filling);
+    server.shutdown().await;
+}

@@ -2,9 +2,9 @@
 //! costs by its shape, and nothing of its engine.
 //!
 //! Any engine that offers these callbacks pays at least this per message, whatever its rules:
-//! - each read is copied from the connection's buffer into a [`BytesMut`] of its own size, which
-//!   the callback owns (switchboard copies from a per-thread buffer, so an idle connection holds
-//!   none);
+//! - each read is a [`BytesMut`] that the callback owns: it lands in a chunk kept per thread and
+//!   is split off it, with no allocation and no copy of its own, as switchboard's reads do (so an
+//!   idle connection holds no buffer);
 //! - callbacks are `#[async_trait]` methods called through an `Arc<dyn …>`: one boxed future per
 //!   call, polled under `catch_unwind` (a panicking callback must not take the server down);
 //! - `on_write_completed`'s default returns a boxed zero-sized future (no allocation), as
@@ -23,15 +23,18 @@
 //! its engine; what this costs above raw tokio is the API. Used by the instruction count only
 //! (`benches/instructions.sh`): its server CPU is within this machine's noise of raw tokio's.
 
-use std::future::Future;
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use futures::FutureExt as _;
 use switchboard::{async_trait, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{raw_accept, Tally};
@@ -163,7 +166,6 @@ async fn serve<C: StaticCallbacks>(mut stream: TcpStream, callbacks: &C) {
         queued: AtomicUsize::new(0),
         read_requested: AtomicBool::new(true),
     }));
-    let mut buffer = vec![0_u8; 8192];
     let mut writing = Vec::new();
     loop {
         std::mem::swap(
@@ -187,15 +189,52 @@ async fn serve<C: StaticCallbacks>(mut stream: TcpStream, callbacks: &C) {
         if !handle.0.read_requested.swap(false, Ordering::AcqRel) {
             return;
         }
-        let read = match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => read,
+        let data = match poll_fn(|cx| poll_read_split(&mut stream, cx)).await {
+            Ok(data) if !data.is_empty() => data,
+            _ => return,
         };
-        let completed = callbacks.on_read_completed(&handle, BytesMut::from(&buffer[..read]));
+        let completed = callbacks.on_read_completed(&handle, data);
         if AssertUnwindSafe(completed).catch_unwind().await.is_err() {
             return;
         }
     }
+}
+
+/// Largest read, as switchboard's default read buffer size.
+const READ_SIZE: usize = 8 * 1024;
+
+/// The size of a thread's chunk, as switchboard's.
+const CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// This thread's chunk: its length is the room left for reads.
+    static ARENA: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
+
+/// Polls a read of up to [`READ_SIZE`] bytes into this thread's chunk, and hands the bytes read
+/// over split off it (empty at the end of the stream). When the room left is too small, the
+/// chunk is taken back whole if every part handed out was dropped, or a new one is started.
+fn poll_read_split(stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<BytesMut>> {
+    let mut chunk = ARENA.take().unwrap_or_default();
+    if chunk.len() < READ_SIZE {
+        chunk.clear();
+        if !chunk.try_reclaim(CHUNK) {
+            chunk = BytesMut::new();
+            chunk.reserve(CHUNK);
+        }
+        chunk.resize(chunk.capacity(), 0);
+    }
+    let mut room = ReadBuf::new(&mut chunk[..READ_SIZE]);
+    let result = match Pin::new(stream).poll_read(cx, &mut room) {
+        Poll::Ready(Ok(())) => {
+            let read = room.filled().len();
+            Poll::Ready(Ok(chunk.split_to(read)))
+        }
+        Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+        Poll::Pending => Poll::Pending,
+    };
+    ARENA.set(Some(chunk));
+    result
 }
 
 /// The accept loop, as raw tokio's: a task per connection, counted in `tally`. The callbacks are

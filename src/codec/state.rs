@@ -46,6 +46,9 @@ pub(crate) struct FrameState<C> {
     done: bool,
     /// Bytes the decoder took from the buffer since its last item without giving one.
     eaten: usize,
+    /// `input` is a read's buffer as it came, which shares its memory with the reads around it
+    /// (see [`ServerBuilder::read_buffer_size`](crate::ServerBuilder::read_buffer_size)).
+    borrowed: bool,
 }
 
 impl<C: Decoder> FrameState<C>
@@ -61,6 +64,7 @@ where
             paused: false,
             done: false,
             eaten: 0,
+            borrowed: false,
         }
     }
 
@@ -68,8 +72,10 @@ where
     pub(crate) fn push(&mut self, data: BytesMut) {
         if self.input.is_empty() {
             self.input = data;
+            self.borrowed = true;
         } else {
             self.input.extend_from_slice(&data);
+            self.borrowed = false;
         }
     }
 
@@ -139,7 +145,9 @@ where
 
     /// After a step: an item starts the count of the next one; an error ends decoding; an empty
     /// buffer gives its memory back (the next read's buffer takes its place), so an idle
-    /// connection holds none.
+    /// connection holds none. The start of an item left in a read's own buffer is copied into
+    /// one of its size: a connection waiting for the rest keeps only that, not the memory the
+    /// read shares with others.
     fn settle(&mut self, step: &Step<C::Item, C::Error>) {
         if matches!(step, Step::Frame(_)) {
             self.eaten = 0;
@@ -147,8 +155,13 @@ where
         if matches!(step, Step::Failed(_)) {
             self.done = true;
             self.input = BytesMut::new();
-        } else if self.input.is_empty() && self.input.capacity() > 0 {
-            self.input = BytesMut::new();
+        } else if self.input.is_empty() {
+            if self.input.capacity() > 0 {
+                self.input = BytesMut::new();
+            }
+        } else if self.borrowed && matches!(step, Step::NeedMore) {
+            self.input = BytesMut::from(&self.input[..]);
+            self.borrowed = false;
         }
     }
 }
@@ -189,6 +202,27 @@ mod tests {
                 Step::Failed(_) => return (items, true),
             }
         }
+    }
+
+    #[test]
+    fn the_start_of_an_item_left_in_a_read_is_copied_out_of_it() {
+        let mut state = FrameState::new(LinesCodec::new());
+        // A read's buffer, split off memory that other reads share.
+        let sent = b"whole\npart-of-the-next";
+        let mut shared = BytesMut::from(&b"whole\npart-of-the-next and more"[..]);
+        let read = shared.split_to(sent.len());
+        let read_at = read.as_ptr() as usize;
+        state.push(read);
+        assert!(matches!(state.next(1024), Step::Frame(line) if line == "whole"));
+        assert!(matches!(state.next(1024), Step::NeedMore));
+        let kept = state.input.as_ptr() as usize;
+        assert!(
+            kept < read_at || kept >= read_at + sent.len(),
+            "the rest of the item is in a buffer of its own"
+        );
+        assert_eq!(&state.input[..], b"part-of-the-next");
+        state.push(BytesMut::from(&b"\n"[..]));
+        assert!(matches!(state.next(1024), Step::Frame(line) if line == "part-of-the-next"));
     }
 
     #[test]

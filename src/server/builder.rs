@@ -477,9 +477,24 @@ impl<S> ServerBuilder<S> {
     }
 
     /// Largest buffer one read delivers. Default: 8 KiB, tokio's and most echo servers' usual
-    /// size. A read lands in a buffer of this size kept per runtime thread and is handed over in
-    /// one of exactly the size read, so an idle connection holds no read buffer. Must be above
-    /// zero.
+    /// size. Must be above zero.
+    ///
+    /// Reads land in a chunk of memory kept per runtime thread (64 KiB, or twice this size if
+    /// that is larger), and each is handed over split off it: a [`BytesMut`](crate::BytesMut) of
+    /// exactly the bytes read, with no allocation and no copy of its own. An idle connection
+    /// holds no read buffer. A chunk is reused once every buffer split off it was dropped, as
+    /// an application that handles each read and lets it go does.
+    ///
+    /// **What a kept buffer costs:** every buffer handed out shares its chunk's memory, so one
+    /// that the application keeps (or a [`Bytes`](crate::Bytes) frozen from it, or a part split
+    /// off it) keeps its whole chunk allocated, up to 64 KiB (or twice this size), however few
+    /// bytes it holds. An application that keeps reads for long (a history, a cache) and wants
+    /// only their size held should copy them out (`Bytes::copy_from_slice(&data)`). Growing a
+    /// read's buffer (`reserve`, `extend_from_slice`) moves its bytes to an allocation of their
+    /// own, of the size asked for. The frame layer ([`codec`](crate::codec)) copies the start of
+    /// an item that waits for more bytes, so a connection waiting in the middle of an item keeps
+    /// only those bytes; the items it decodes are split off the reads, and keep their chunks
+    /// while the application keeps them.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.config.read_buffer_size = bytes;
         self

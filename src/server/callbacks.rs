@@ -213,6 +213,10 @@ pub trait Callbacks: Send + Sync + 'static {
 
     /// Data arrived for a requested read. Request the next read here (or later) to go on reading.
     ///
+    /// `data` holds exactly the bytes read. It shares its memory with the reads around it: kept
+    /// for long, it keeps up to 64 KiB allocated (see
+    /// [`read_buffer_size`](crate::ServerBuilder::read_buffer_size)); copy out what you keep.
+    ///
     /// Default: drops the data.
     async fn on_read_completed(&self, connection: &Connection, data: BytesMut) {
         let _ = (connection, data);

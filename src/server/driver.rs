@@ -14,6 +14,7 @@
 //! feeds failed reads and writes to the lifecycle and runs the callbacks of its verdict,
 //! `closing` the closing events, `transport` the byte stream (plain, TLS, or another kind).
 
+pub(crate) mod arena;
 mod closing;
 mod failures;
 mod handshake;

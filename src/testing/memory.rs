@@ -16,6 +16,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::server::driver::arena;
 use crate::server::driver::transport::ByteStream;
 
 /// Bytes in flight towards the peer before the server's writes block, unless the test sets
@@ -265,7 +266,12 @@ impl ByteStream for MemoryStream {
             return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
         }
         if let Some(data) = state.inbound.take(size.max(1)) {
-            return Poll::Ready(Ok(BytesMut::from(&data[..])));
+            // Into the thread's read arena, as a socket's read lands: a buffer the application
+            // keeps holds its chunk here too.
+            return arena::read_with(data.len(), |room| {
+                room.copy_from_slice(&data);
+                Poll::Ready(Ok(data.len()))
+            });
         }
         if state.inbound.fin {
             return Poll::Ready(Ok(BytesMut::new()));

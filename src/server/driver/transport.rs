@@ -5,7 +5,6 @@
 //! until the socket is readable); TLS goes through `tokio-native-tls` or `tokio-openssl`
 //! ([`TlsStream`]), which drive the TLS library over the same socket.
 
-use std::cell::RefCell;
 use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
 use std::pin::Pin;
@@ -18,22 +17,13 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::arena;
 use super::urgent::{recv_urgent_byte, AtMark};
 use crate::tls::TlsStream;
 
 /// The largest TLS record's plaintext: small buffers are gathered up to this much per write, so
 /// that many small writes do not each become a record of their own.
 const TLS_RECORD: usize = 16 * 1024;
-
-/// Plain reads of up to this many bytes (the default read buffer size) land in a buffer on the
-/// stack; larger ones, and reads that go past urgent-data marks, in the thread's [`SCRATCH`].
-const STACK_READ: usize = 8 * 1024;
-
-thread_local! {
-    /// Where plain reads land before their bytes are copied out; one per runtime thread, grown to
-    /// the largest read buffer size asked for.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// A connection's byte stream that is not a socket: what the driver needs of it, as it gets it
 /// from a TCP socket.
@@ -72,14 +62,10 @@ pub(crate) enum Transport {
     Gone,
 }
 
-/// A TLS stream and the buffers its reads and writes go through.
+/// A TLS stream and the buffer its writes are gathered in.
 #[derive(Debug)]
 pub(crate) struct Tls {
     stream: TlsStream,
-    /// The read buffer (zeroed, its full size), kept while a read is pending: OpenSSL may hold
-    /// decrypted bytes that no socket readiness announces, so a TLS read is always polled with a
-    /// buffer ready.
-    read_buffer: Option<BytesMut>,
     /// Where small buffers are gathered into one record.
     gather: Vec<u8>,
 }
@@ -88,7 +74,6 @@ impl Transport {
     pub(crate) fn tls(stream: TlsStream) -> Self {
         Transport::Tls(Box::new(Tls {
             stream,
-            read_buffer: None,
             gather: Vec::new(),
         }))
     }
@@ -114,46 +99,20 @@ impl Transport {
         cx: &mut Context<'_>,
         size: usize,
     ) -> Poll<io::Result<BytesMut>> {
+        // Every read lands in this thread's arena (see `arena`): the bytes read are handed over
+        // split off its chunk, without an allocation or a copy of their own, and an idle
+        // connection holds no buffer.
         match self {
-            // Read into a buffer on the stack, then copy out exactly what arrived: an idle
-            // connection holds no buffer, and a small message costs a small allocation (served
-            // from the allocator's thread cache, and so warm in the processor's cache) instead
-            // of a full-size one. The stack buffer is left uninitialized (tokio's read only
-            // writes to it); a thread-local one costs more to reach, about 100 instructions per
-            // message.
-            Transport::Plain(stream) if size <= STACK_READ => {
-                let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); STACK_READ];
-                let mut filled = ReadBuf::uninit(&mut buffer[..size]);
-                ready!(Pin::new(stream).poll_read(cx, &mut filled))?;
-                Poll::Ready(Ok(BytesMut::from(filled.filled())))
+            Transport::Plain(stream) => {
+                arena::read_with(size, |room| poll_read_into(Pin::new(stream), cx, room))
             }
-            // `poll_read` (unlike `try_read`) clears the readiness after a short read, so the
-            // next poll parks without a `recv` that would return EAGAIN.
-            Transport::Plain(stream) => with_scratch(size, |scratch| {
-                let mut filled = ReadBuf::new(scratch);
-                ready!(Pin::new(stream).poll_read(cx, &mut filled))?;
-                Poll::Ready(Ok(BytesMut::from(filled.filled())))
+            // OpenSSL may hold decrypted bytes that no socket readiness announces: a TLS read is
+            // polled with room ready every time, which the arena has. The room is initialized
+            // memory, so tokio-native-tls, which fills the unfilled part of a buffer on every
+            // poll, finds nothing to fill.
+            Transport::Tls(tls) => arena::read_with(size, |room| {
+                poll_read_into(Pin::new(&mut tls.stream), cx, room)
             }),
-            Transport::Tls(tls) => {
-                let Tls {
-                    stream,
-                    read_buffer,
-                    ..
-                } = &mut **tls;
-                // An initialized buffer: tokio-native-tls zero-fills the unfilled part of the
-                // buffer it is given on every poll, so a zeroed one is filled once per read, not
-                // once per poll.
-                let buffer = read_buffer.get_or_insert_with(|| BytesMut::zeroed(size));
-                // No more than asked for, should the buffer kept from an earlier poll be larger
-                // (a read rate limit asks for less when it has less to give).
-                let asked = size.min(buffer.len());
-                let mut filled = ReadBuf::new(&mut buffer[..asked]);
-                ready!(Pin::new(stream).poll_read(cx, &mut filled))?;
-                let read = filled.filled().len();
-                let mut data = read_buffer.take().unwrap_or_default();
-                data.truncate(read);
-                Poll::Ready(Ok(data))
-            }
             #[cfg(feature = "testing")]
             Transport::Stream(stream) => stream.poll_read(cx, size),
             Transport::Gone => Poll::Ready(Ok(BytesMut::new())),
@@ -189,30 +148,25 @@ impl Transport {
             at_mark.passing.store(true, Relaxed);
             return Poll::Ready(Ok(Received::Urgent(byte)));
         }
-        with_scratch(size, |scratch| {
+        arena::read_with(size, |room| {
             if at_mark.passing.load(Relaxed) {
                 // Past tokio's readiness: the data behind the mark brings none.
-                match (&*SockRef::from(&*stream)).read(scratch) {
+                match (&*SockRef::from(&*stream)).read(room) {
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         at_mark.passing.store(false, Relaxed);
                     }
-                    result => {
-                        return Poll::Ready(
-                            result.map(|n| Received::Data(BytesMut::from(&scratch[..n]))),
-                        )
-                    }
+                    result => return Poll::Ready(result),
                 }
             }
-            let mut filled = ReadBuf::new(scratch);
-            ready!(Pin::new(&mut *stream).poll_read(cx, &mut filled))?;
-            let read = filled.filled().len();
+            let read = ready!(poll_read_into(Pin::new(&mut *stream), cx, room))?;
             if 0 < read && read < size {
                 if let Ok(Some(byte)) = recv_urgent_byte(stream) {
                     at_mark.hold(byte);
                 }
             }
-            Poll::Ready(Ok(Received::Data(BytesMut::from(filled.filled()))))
+            Poll::Ready(Ok(read))
         })
+        .map_ok(Received::Data)
     }
 
     /// Polls a write of the front of `buffers`; returns how many bytes were taken.
@@ -305,15 +259,18 @@ pub(crate) enum Received {
     Urgent(u8),
 }
 
-/// Runs `read` on the first `size` bytes of this thread's [`SCRATCH`] buffer.
-fn with_scratch<T>(size: usize, read: impl FnOnce(&mut [u8]) -> T) -> T {
-    SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        if scratch.len() < size {
-            scratch.resize(size, 0);
-        }
-        read(&mut scratch[..size])
-    })
+/// Polls a read of `stream` into `room`; returns how many bytes it put at its front.
+///
+/// `poll_read` (unlike `try_read`) clears the readiness after a short read, so the next poll
+/// parks without a `recv` that would return EAGAIN.
+fn poll_read_into(
+    stream: Pin<&mut impl AsyncRead>,
+    cx: &mut Context<'_>,
+    room: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    let mut filled = ReadBuf::new(room);
+    ready!(stream.poll_read(cx, &mut filled))?;
+    Poll::Ready(Ok(filled.filled().len()))
 }
 
 /// The bytes of `tcp`'s send queue the peer has not acknowledged (`SIOCOUTQ`): what was
