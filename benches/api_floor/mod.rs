@@ -32,9 +32,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use bytes::BufMut as _;
 use futures::FutureExt as _;
 use switchboard::{async_trait, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{raw_accept, Tally};
@@ -207,7 +208,7 @@ const READ_SIZE: usize = 8 * 1024;
 const CHUNK: usize = 64 * 1024;
 
 thread_local! {
-    /// This thread's chunk: its length is the room left for reads.
+    /// This thread's chunk, empty: reads land in its spare room.
     static ARENA: Cell<Option<BytesMut>> = const { Cell::new(None) };
 }
 
@@ -216,23 +217,13 @@ thread_local! {
 /// chunk is taken back whole if every part handed out was dropped, or a new one is started.
 fn poll_read_split(stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<BytesMut>> {
     let mut chunk = ARENA.take().unwrap_or_default();
-    if chunk.len() < READ_SIZE {
-        chunk.clear();
-        if !chunk.try_reclaim(CHUNK) {
-            chunk = BytesMut::new();
-            chunk.reserve(CHUNK);
-        }
-        chunk.resize(chunk.capacity(), 0);
+    if chunk.capacity() < READ_SIZE && !chunk.try_reclaim(CHUNK) {
+        chunk = BytesMut::new();
+        chunk.reserve(CHUNK);
     }
-    let mut room = ReadBuf::new(&mut chunk[..READ_SIZE]);
-    let result = match Pin::new(stream).poll_read(cx, &mut room) {
-        Poll::Ready(Ok(())) => {
-            let read = room.filled().len();
-            Poll::Ready(Ok(chunk.split_to(read)))
-        }
-        Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-        Poll::Pending => Poll::Pending,
-    };
+    let result =
+        tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut (&mut chunk).limit(READ_SIZE))
+            .map_ok(|_| chunk.split());
     ARENA.set(Some(chunk));
     result
 }

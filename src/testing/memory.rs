@@ -269,8 +269,8 @@ impl ByteStream for MemoryStream {
             // Into the thread's read arena, as a socket's read lands: a buffer the application
             // keeps holds its chunk here too.
             return arena::read_with(data.len(), |room| {
-                room.copy_from_slice(&data);
-                Poll::Ready(Ok(data.len()))
+                room.extend_from_slice(&data);
+                Poll::Ready(Ok(()))
             });
         }
         if state.inbound.fin {

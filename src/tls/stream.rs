@@ -29,6 +29,12 @@ impl TlsStream {
         }
     }
 
+    /// Whether its reads fill the unfilled part of the buffer they are given, on every poll,
+    /// before they read into it (tokio-native-tls does; tokio-openssl reads into it as it is).
+    pub(crate) fn fills_unfilled_room(&self) -> bool {
+        matches!(self, TlsStream::Native(_))
+    }
+
     /// What the handshake negotiated, `side` being ours.
     pub(crate) fn info(&self, side: Direction) -> TlsInfo {
         match self {

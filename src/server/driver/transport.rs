@@ -103,15 +103,26 @@ impl Transport {
         // split off its chunk, without an allocation or a copy of their own, and an idle
         // connection holds no buffer.
         match self {
-            Transport::Plain(stream) => {
-                arena::read_with(size, |room| poll_read_into(Pin::new(stream), cx, room))
-            }
+            // `poll_read` (unlike `try_read`) clears the readiness after a short read, so the
+            // next poll parks without a `recv` that would return EAGAIN.
+            Transport::Plain(stream) => arena::read_with(size, |room| {
+                arena::poll_read_into(Pin::new(stream), cx, room, size)
+            }),
             // OpenSSL may hold decrypted bytes that no socket readiness announces: a TLS read is
-            // polled with room ready every time, which the arena has. The room is initialized
-            // memory, so tokio-native-tls, which fills the unfilled part of a buffer on every
-            // poll, finds nothing to fill.
+            // polled with room ready every time, which the arena has. tokio-native-tls fills the
+            // unfilled part of the buffer it is given on every poll: it gets room zeroed once per
+            // poll instead (no more than the buffer it fills).
+            Transport::Tls(tls) if tls.stream.fills_unfilled_room() => {
+                arena::read_with(size, |room| {
+                    arena::read_initialized(room, size, |bytes| {
+                        let mut filled = ReadBuf::new(bytes);
+                        ready!(Pin::new(&mut tls.stream).poll_read(cx, &mut filled))?;
+                        Poll::Ready(Ok(filled.filled().len()))
+                    })
+                })
+            }
             Transport::Tls(tls) => arena::read_with(size, |room| {
-                poll_read_into(Pin::new(&mut tls.stream), cx, room)
+                arena::poll_read_into(Pin::new(&mut tls.stream), cx, room, size)
             }),
             #[cfg(feature = "testing")]
             Transport::Stream(stream) => stream.poll_read(cx, size),
@@ -151,20 +162,29 @@ impl Transport {
         arena::read_with(size, |room| {
             if at_mark.passing.load(Relaxed) {
                 // Past tokio's readiness: the data behind the mark brings none.
-                match (&*SockRef::from(&*stream)).read(room) {
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                let read = arena::read_initialized(room, size, |bytes| {
+                    Poll::Ready((&*SockRef::from(&*stream)).read(bytes))
+                });
+                match read {
+                    Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {
                         at_mark.passing.store(false, Relaxed);
                     }
-                    result => return Poll::Ready(result),
+                    result => return result,
                 }
             }
-            let read = ready!(poll_read_into(Pin::new(&mut *stream), cx, room))?;
+            ready!(arena::poll_read_into(
+                Pin::new(&mut *stream),
+                cx,
+                room,
+                size
+            ))?;
+            let read = room.len();
             if 0 < read && read < size {
                 if let Ok(Some(byte)) = recv_urgent_byte(stream) {
                     at_mark.hold(byte);
                 }
             }
-            Poll::Ready(Ok(read))
+            Poll::Ready(Ok(()))
         })
         .map_ok(Received::Data)
     }
@@ -257,20 +277,6 @@ pub(crate) enum Received {
     Data(BytesMut),
     /// The urgent byte.
     Urgent(u8),
-}
-
-/// Polls a read of `stream` into `room`; returns how many bytes it put at its front.
-///
-/// `poll_read` (unlike `try_read`) clears the readiness after a short read, so the next poll
-/// parks without a `recv` that would return EAGAIN.
-fn poll_read_into(
-    stream: Pin<&mut impl AsyncRead>,
-    cx: &mut Context<'_>,
-    room: &mut [u8],
-) -> Poll<io::Result<usize>> {
-    let mut filled = ReadBuf::new(room);
-    ready!(stream.poll_read(cx, &mut filled))?;
-    Poll::Ready(Ok(filled.filled().len()))
 }
 
 /// The bytes of `tcp`'s send queue the peer has not acknowledged (`SIOCOUTQ`): what was
