@@ -18,9 +18,9 @@ const MAX_IO_SLICES: usize = 64;
 
 /// Queued buffers shorter than this are copied into one piece rather than handed to `writev`
 /// one iovec each: the kernel's cost per iovec is more than a copy of a short buffer.
-/// `cargo bench --bench gather` (a loopback connection, the writing thread's CPU per KiB sent)
-/// found copying cheaper for buffers up to 512 B at every count from 2 to 64 (by 10–60%), even at
-/// 1 KiB, and dearer from 2 KiB on (by up to 50% at 4 KiB).
+/// `cargo bench --bench gather` (a loopback connection, the writing thread's CPU per KiB sent,
+/// 2 to 64 buffers per call) found copying cheaper by 15–55% for buffers up to 256 B, by up to
+/// 20% from 512 B to 1 KiB, about even at 2 KiB, and dearer by 20–55% at 4 KiB.
 const GATHER_BELOW: usize = 1024;
 
 /// Most bytes gathered for one write: the default queue limit, so that a queue of small buffers
