@@ -1,11 +1,13 @@
 //! Chat broadcast benchmark: one speaker, 1,000 listening members, switchboard's
-//! [`ConnectionGroup::broadcast_except`] beside a raw tokio room built on
+//! [`ConnectionGroup::broadcast_batch_except`] beside a raw tokio room built on
 //! `tokio::sync::broadcast`, in the same run.
 //!
 //! ```text
 //! cargo bench --bench broadcast
 //! cargo bench --bench broadcast -- --quick
 //! cargo bench --bench broadcast -- --members 1000 --size 64 --window 32
+//! cargo bench --bench broadcast -- --per-line
+//! cargo bench --bench broadcast -- --quick --warmup-ms 100 --measure-ms 3000 --only switchboard
 //! ```
 //!
 //! # What is measured
@@ -13,9 +15,11 @@
 //! tokio runtime, as in `benches/echo.rs`). Every connection is a member; every line a member
 //! sends goes to every other member:
 //! - **switchboard**: members join a [`ConnectionGroup`] when established and read; each read is
-//!   cut into lines (the unfinished rest kept in a user data slot), and each line is
-//!   `broadcast_except` to the others, the read buffer itself shared by every member (zero copy).
-//!   A member's task writes what is queued for it with one `writev`.
+//!   cut into lines (the unfinished rest kept in a user data slot), and the lines are
+//!   `broadcast_batch_except` to the others (posted to each member once per read; with
+//!   `--per-line`, each line is `broadcast_except` on its own), the read buffer itself shared by
+//!   every member (zero copy). A member's task writes what is queued for it with one `write`
+//!   (small lines gathered into one buffer) or `writev`.
 //! - **raw tokio**: the idiom of tokio's chat example with the channel made for this,
 //!   `tokio::sync::broadcast` (`(sender, Bytes)` items, capacity 1,024): a task per member
 //!   that `select!`s between reading lines (each one `send` to the channel) and receiving from
@@ -81,15 +85,18 @@ impl Settings {
                 })
         };
         let quick = args.iter().any(|arg| arg == "--quick");
+        let millis =
+            |flag: &str, default: u64| Duration::from_millis(option(flag).unwrap_or(default));
         let size = option("--size").unwrap_or(64) as usize;
         if size < 2 {
             eprintln!("--size: a line needs at least 2 bytes");
             std::process::exit(2);
         }
         Settings {
-            rounds: if quick { 2 } else { 5 },
-            warmup: Duration::from_millis(if quick { 200 } else { 500 }),
-            measure: Duration::from_millis(if quick { 800 } else { 2000 }),
+            rounds: option("--rounds")
+                .map_or(if quick { 2 } else { 5 }, |rounds| rounds.max(1) as usize),
+            warmup: millis("--warmup-ms", if quick { 200 } else { 500 }),
+            measure: millis("--measure-ms", if quick { 800 } else { 2000 }),
             members: option("--members").unwrap_or(1000).max(1) as usize,
             size,
             window: option("--window").unwrap_or(32).max(1),
@@ -106,6 +113,9 @@ struct Room {
     members: ConnectionGroup,
     /// The unfinished line of a member's last read.
     pending: Slot<BytesMut>,
+    /// `--per-line`: a `broadcast_except` per line rather than one `broadcast_batch_except` per
+    /// read.
+    per_line: bool,
 }
 
 #[async_trait]
@@ -121,8 +131,12 @@ impl Callbacks for Room {
             pending.unsplit(data);
             cut_lines(pending)
         });
-        for line in lines {
-            self.members.broadcast_except(line, connection.id());
+        if self.per_line {
+            for line in lines {
+                self.members.broadcast_except(line, connection.id());
+            }
+        } else {
+            self.members.broadcast_batch_except(&lines, connection.id());
         }
         connection.read();
     }
@@ -238,6 +252,7 @@ impl Running {
                     let room = Room {
                         members: ConnectionGroup::new(),
                         pending,
+                        per_line: std::env::args().any(|arg| arg == "--per-line"),
                     };
                     builder.bind(LOCALHOST).start(room).await
                 });
@@ -362,6 +377,9 @@ async fn measure(address: SocketAddr, settings: &Settings) -> io::Result<Rate> {
     };
     let (speaker, rate) = tokio::join!(speaking, timing);
     drop(speaker?);
+    // Every delivery of the round, the first line's and the warm-up's included: what an
+    // instruction count of the whole run divides by.
+    eprintln!("  delivered in all: {}", delivered());
     listeners.shutdown().await;
     Ok(rate)
 }

@@ -448,6 +448,39 @@ impl ConnectionGroup {
         self.send(data.into(), Some(except))
     }
 
+    /// Queues `buffers`, in order, for every member, as many
+    /// [`broadcast`](ConnectionGroup::broadcast)s would, but posting to each member once for
+    /// all of them: one lock of its queue and one wake-up per member, not one per buffer. Worth
+    /// it whenever there is more than one buffer to send at once (the lines of one read in a
+    /// chat room).
+    ///
+    /// A member gets the buffers from the first on, in order, and no gap: if its queue fills
+    /// (holds the [write queue limit](crate::ServerBuilder::write_queue_limit)) partway, the
+    /// rest is not queued for it, it is reported [`Delivery::QueueFull`] and the group's
+    /// [`FullQueuePolicy`] applies. [`Delivery::Sent`] means every buffer was queued, and
+    /// [`BroadcastReport::high`] counts the members at or above their high watermark after
+    /// the last.
+    ///
+    /// ```
+    /// use switchboard::{Bytes, ConnectionGroup, ConnectionId};
+    ///
+    /// fn relay(room: &ConnectionGroup, lines: &[Bytes], from: ConnectionId) -> usize {
+    ///     room.broadcast_batch_except(lines, from).sent()
+    /// }
+    /// ```
+    pub fn broadcast_batch(&self, buffers: &[Bytes]) -> BroadcastReport {
+        self.send_batch(buffers, None)
+    }
+
+    /// [`broadcast_batch`](ConnectionGroup::broadcast_batch) to every member but `except`.
+    pub fn broadcast_batch_except(
+        &self,
+        buffers: &[Bytes],
+        except: ConnectionId,
+    ) -> BroadcastReport {
+        self.send_batch(buffers, Some(except))
+    }
+
     /// Queues `item` for every member framed with codec `C`, each encoding it with its own
     /// codec (the one [`new_codec`](crate::codec::FrameHandler::new_codec) made for it), so a
     /// codec with per-connection state (a sequence number, a compression context) encodes it
@@ -561,6 +594,14 @@ impl ConnectionGroup {
 
     fn send(&self, data: Bytes, except: Option<ConnectionId>) -> BroadcastReport {
         self.send_with(except, |member| written::<()>(member, data.clone()))
+    }
+
+    fn send_batch(&self, buffers: &[Bytes], except: Option<ConnectionId>) -> BroadcastReport {
+        self.send_with(except, |member| match member.mailbox.write_batch(buffers) {
+            Ok(high) => Queued::<()>::Sent { high },
+            Err((Error::WriteQueueFull { .. }, _)) => Queued::Full,
+            Err(_) => Queued::Closed,
+        })
     }
 
     /// Runs `deliver` for every member but `except` that is not closing, and reports what it

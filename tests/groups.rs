@@ -477,6 +477,58 @@ async fn the_full_member_policy_closes_or_resets_the_slow_member() {
     }
 }
 
+/// A batch reaches every member in order; a member whose queue fills partway gets the batch up
+/// to there and no gap (then, with `Close`, FIN).
+#[tokio::test(start_paused = true)]
+async fn a_batch_broadcast_gives_a_full_member_a_gapless_prefix() {
+    const BATCH: u32 = 3;
+    let group = ConnectionGroup::with_when_full(FullQueuePolicy::Close);
+    let (server, recorder) = start_broadcasting_embedded(&group).await;
+    let reader = server.accept(peer_addr(1)).await.unwrap();
+    let reader_id = recorder.id_of_peer(&reader).await;
+    let mut stalled = stalled_peer(&server, 2).await;
+    let stalled_id = recorder.id_of_peer(&stalled).await;
+    let reading = read_all_peer(reader);
+
+    let mut seq = 0;
+    // Messages in the batches queued whole for the stalled member.
+    let mut to_stalled = 0;
+    loop {
+        assert!(seq < 3000, "the stalled member's queue never filled");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let batch: Vec<Bytes> = (seq..seq + BATCH).map(numbered).collect();
+        let report = group.broadcast_batch(&batch);
+        seq += BATCH;
+        assert_eq!(report.delivery(reader_id), Some(Delivery::Sent));
+        match report.delivery(stalled_id) {
+            Some(Delivery::Sent) => to_stalled += BATCH as usize,
+            Some(Delivery::QueueFull) => break,
+            other => panic!("the stalled member: {other:?}"),
+        }
+    }
+    stalled.set_receive_window(usize::MAX);
+    let (data, end) = peer_read_to_end(&mut stalled).await;
+    end.expect("a clean end after what was queued");
+    let whole = assert_gapless(&data);
+    assert_eq!(data.len(), whole * KIB, "whole messages only");
+    assert!(
+        (to_stalled..to_stalled + BATCH as usize).contains(&whole),
+        "the batches before, and a part of the last: {whole} of {to_stalled}+{BATCH}"
+    );
+    drop(stalled);
+    assert_eq!(
+        recorder.wait_closure(stalled_id).await.0,
+        ClosureReason::LocalClose
+    );
+
+    group.get(reader_id).expect("open").close();
+    let received = bounded("the reader", reading).await.unwrap();
+    assert_eq!(assert_gapless(&received), seq as usize);
+    assert_eq!(received.len(), seq as usize * KIB);
+    server.shutdown().await;
+    recorder.assert_no_errors();
+}
+
 /// Broadcasts from several tasks at once reach every member in one and the same order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_broadcasts_reach_every_member_in_one_order() {

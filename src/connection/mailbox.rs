@@ -190,6 +190,51 @@ impl Mailbox {
             .map(|level| level >= self.config.limits.high)
     }
 
+    /// Queues clones of `buffers`, in order, each as [`Mailbox::write`] would (refused once the
+    /// queue holds its limit), with one lock and one wake-up for all of them: a broadcast of a
+    /// batch posts once per member, not once per buffer. Returns whether the queue is then at or
+    /// above its high mark, or the refusal with how many buffers were queued before it.
+    pub(crate) fn write_batch(&self, buffers: &[Bytes]) -> Result<bool, (Error, usize)> {
+        let mut inbox = self.inbox();
+        if let Some(refused) = inbox.write_refusal() {
+            return Err((refused, 0));
+        }
+        let queued = self.level(&inbox);
+        if queued >= self.config.limits.limit {
+            return Err((self.full(queued), 0));
+        }
+        // The staged bytes go first, as ahead of any write.
+        let start = self.push_staged(&mut inbox, queued);
+        let mut level = start;
+        let mut refused = None;
+        for (index, data) in buffers.iter().enumerate() {
+            if index > 0 && level >= self.config.limits.limit {
+                refused = Some((self.full(level), index));
+                break;
+            }
+            if !data.is_empty() {
+                let cost = queued_cost(data.len());
+                inbox.writes_len += cost;
+                inbox.writes.push(data.clone());
+                level += cost;
+            }
+        }
+        let high = self.config.limits.high;
+        if start < high && level >= high {
+            inbox.crossed_high = true;
+        }
+        // One addition for the batch: `posted` moves only under this lock.
+        self.posted.fetch_add(level - start, Ordering::SeqCst);
+        drop(inbox);
+        if level != queued {
+            self.signal.notify(INBOX);
+        }
+        match refused {
+            Some(refused) => Err(refused),
+            None => Ok(level >= high),
+        }
+    }
+
     /// Queues `data` whatever the queue holds and asks for a graceful close with `reason`, or
     /// gives `data` back if the connection takes no more writes: the last word, delivered before
     /// FIN.

@@ -66,6 +66,15 @@ impl Signal {
     }
 
     pub(super) fn notify(&self, post: usize) {
+        // Already marked (the driver has not taken since): nothing to add, and no wake-up is
+        // owed, so one load instead of a read-modify-write (a broadcast's lines after the first
+        // in a turn). Still within the invariant: the take that clears these marks comes after
+        // this load in the word's order, so its inbox lock comes after the caller's post (had it
+        // come before, this load would see the marks it cleared).
+        let marks = PENDING | post;
+        if self.state.load(Ordering::Acquire) & marks == marks {
+            return;
+        }
         let before = self.state.fetch_or(PENDING | post, Ordering::AcqRel);
         if before & (PARKED | PENDING) == PARKED {
             self.waker.wake();

@@ -223,3 +223,74 @@ fn staging_is_refused_once_queue_and_staged_bytes_reach_the_limit() {
     );
     assert!(mailbox.stage(|_| ()).is_err());
 }
+
+#[test]
+fn a_batch_queues_as_its_writes_one_by_one_would_with_one_wake() {
+    let buffers = [
+        Bytes::from_static(b"a"),
+        Bytes::new(),
+        Bytes::from_static(b"b"),
+        Bytes::from_static(b"c"),
+    ];
+    // One by one: each write until the queue is at its limit.
+    let one_by_one = new_mailbox();
+    let refusals: Vec<bool> = buffers
+        .iter()
+        .map(|data| one_by_one.write(data.clone()).is_err())
+        .collect();
+    assert_eq!(refusals, [false, false, false, true]);
+
+    let batched = new_mailbox();
+    let count = Arc::new(Count(AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(count.clone());
+    assert!(batched
+        .poll_posted(&mut Context::from_waker(&waker))
+        .is_pending());
+    let (error, queued) = batched.write_batch(&buffers).unwrap_err();
+    assert_eq!(queued, 3, "refused at the fourth, the first three queued");
+    assert!(
+        matches!(error, Error::WriteQueueFull { queued, limit: 100 } if queued == 2 * queued_cost(1))
+    );
+    assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for the batch");
+    assert_eq!(batched.queued_bytes(), one_by_one.queued_bytes());
+
+    let (mut expected, mut writes) = (VecDeque::new(), VecDeque::new());
+    let taken = one_by_one.take(&mut expected);
+    let batch = batched.take(&mut writes);
+    assert_eq!(writes, expected);
+    assert_eq!(writes, [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+    assert_eq!(batch.queued, taken.queued);
+    assert!(batch.crossed_high && taken.crossed_high);
+
+    // Staged bytes go first, and count.
+    let staged = new_mailbox();
+    staged
+        .stage(|staged| staged.extend_from_slice(b"s"))
+        .unwrap();
+    assert!(matches!(staged.write_batch(&buffers), Err((_, 1))));
+    let mut writes = VecDeque::new();
+    staged.take(&mut writes);
+    assert_eq!(writes, [Bytes::from_static(b"s"), Bytes::from_static(b"a")]);
+}
+
+#[test]
+fn a_batch_says_whether_the_queue_is_high_and_is_refused_whole_when_closed() {
+    let mailbox = new_mailbox();
+    assert!(matches!(
+        mailbox.write_batch(&[Bytes::from_static(b"a")]),
+        Ok(false)
+    ));
+    assert!(
+        matches!(mailbox.write_batch(&[Bytes::from_static(b"b")]), Ok(true)),
+        "130 queued, the high mark is 80"
+    );
+    assert!(matches!(
+        mailbox.write_batch(&[Bytes::from_static(b"c")]),
+        Err((Error::WriteQueueFull { .. }, 0))
+    ));
+    mailbox.close(ClosureReason::LocalClose);
+    assert!(matches!(
+        mailbox.write_batch(&[Bytes::from_static(b"d")]),
+        Err((Error::ConnectionClosed, 0))
+    ));
+}

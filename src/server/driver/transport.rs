@@ -225,6 +225,15 @@ impl Transport {
         }
     }
 
+    /// Ready once a write may go through: on plain TCP when the socket has room (as far as
+    /// tokio knows: a write may still find none, and then waits again); at once otherwise.
+    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(stream) => stream.poll_write_ready(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
     /// Polls the sending of TLS `close_notify`; nothing to do on plain TCP.
     pub(crate) fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
