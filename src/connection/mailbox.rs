@@ -463,12 +463,19 @@ impl Mailbox {
     // The driver's side.
 
     /// Takes what was posted since the last take, if anything was (one atomic operation when
-    /// nothing was).
+    /// nothing was: inlined into the driver's turn, which most often finds nothing).
+    #[inline]
     pub(crate) fn take_posted(&self, writes: &mut VecDeque<Bytes>) -> Option<Requests> {
         let posted = self.signal.consume();
         if posted & (PENDING | READ | INBOX) == 0 {
             return None;
         }
+        Some(self.take_requests(posted, writes))
+    }
+
+    /// What [`Mailbox::take_posted`] takes when something was `posted` (kept out of line).
+    #[inline(never)]
+    fn take_requests(&self, posted: usize, writes: &mut VecDeque<Bytes>) -> Requests {
         let mut requests = if posted & INBOX != 0 {
             self.take(writes)
         } else {
@@ -478,7 +485,7 @@ impl Mailbox {
             }
         };
         requests.read = posted & READ != 0;
-        Some(requests)
+        requests
     }
 
     /// Takes the urgent bytes posted (after a take that said there were some).

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{
     Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
-    Snapshot, StartFailure, BUFFER_OVERHEAD,
+    Requests, Snapshot, StartFailure, BUFFER_OVERHEAD,
 };
 use crate::connection::read_sink::ReadSink;
 use crate::connection::{Connection, Shared};
@@ -417,9 +417,24 @@ impl Driver {
     }
 
     /// Takes what handles posted into the lifecycle, the write queue and the urgent bytes.
+    #[inline]
     fn take_posted(&mut self, now: &LazyNow) {
         let mailbox = &self.shared.mailbox;
-        let requests = mailbox.take_posted(self.writes.tail());
+        match mailbox.take_posted(self.writes.tail()) {
+            // Nothing posted since the last take, on a connection with no urgent bytes and no
+            // sink: only the handle count can have moved (the common turn, kept inline).
+            None if self.urgent.is_unused() && self.sink.is_none() => {
+                self.life.on_quiet(mailbox.handles(), false);
+            }
+            requests => self.take_requests(requests, now),
+        }
+    }
+
+    /// [`Driver::take_posted`] beyond its common turn: `requests` taken (if any were posted),
+    /// the urgent bytes, the sink.
+    #[inline(never)]
+    fn take_requests(&mut self, requests: Option<Requests>, now: &LazyNow) {
+        let mailbox = &self.shared.mailbox;
         if requests
             .as_ref()
             .is_some_and(|requests| requests.urgent_posted)
@@ -638,6 +653,7 @@ impl Waiting<'_> {
     /// The mailbox is looked at first (one atomic load) but its waker is registered last, only
     /// when nothing else is ready: most polls find data or room and need no wake-up from it.
     /// Registering last is as safe as first, since parking re-checks for a post atomically.
+    #[inline]
     fn poll(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> std::task::Poll<Wake> {
         use std::task::Poll::Ready;
         if self.shared.mailbox.has_posted() {
