@@ -581,6 +581,7 @@ impl Lifecycle {
     }
 
     /// The outcome of a read polled because [`Interest::read`] asked for it.
+    #[inline]
     pub(crate) fn on_read(&mut self, outcome: ReadOutcome, now: impl Clock) -> ReadVerdict {
         match (self.phase, outcome) {
             (Phase::Ended(_) | Phase::Starting { .. }, _) => ReadVerdict::Ended,
