@@ -734,6 +734,7 @@ impl Lifecycle {
         self.urgent_wanted = false;
     }
 
+    #[inline]
     fn activity(&mut self, now: impl Clock) {
         if self.timeouts().idle.is_some() {
             self.clock.last_activity = now.now();
