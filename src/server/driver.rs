@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{
     Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
-    Snapshot, StartFailure, BUFFER_OVERHEAD,
+    Requests, Snapshot, StartFailure, BUFFER_OVERHEAD,
 };
 use crate::connection::read_sink::ReadSink;
 use crate::connection::{Connection, Shared};
@@ -359,6 +359,8 @@ impl Driver {
                             // wait's state.
                             None => Box::pin(self.wait_with_urgent(interest)).await,
                         }
+                    } else if let Some(wrote) = self.write_at_once(interest) {
+                        wrote
                     } else {
                         poll_fn(|cx| self.poll_wake(cx, interest)).await
                     };
@@ -396,6 +398,23 @@ impl Driver {
         }
     }
 
+    /// A wait that would poll the write first (the wait after a callback queued a reply) tries
+    /// the write at once, without the wait: most often the socket takes it, and the turn needs no
+    /// poll of anything else. The write is polled with a waker that does nothing; if the socket
+    /// does not take it, the wait that follows polls it again with the task's own. A request
+    /// posted meanwhile is taken at the next turn, as it would be after the write in the wait.
+    #[inline]
+    fn write_at_once(&mut self, interest: Interest) -> Option<Wake> {
+        if !interest.write {
+            return None;
+        }
+        let mut cx = TaskContext::from_waker(noop_waker_ref());
+        match self.writes.poll_write(&mut cx, &mut self.transport) {
+            Poll::Ready(result) => Some(Wake::Wrote(result)),
+            Poll::Pending => None,
+        }
+    }
+
     /// The close was just published, and the FIN is next: a write a handle posted before it
     /// could see the close (a broadcast that met the connection open) goes out before the FIN.
     /// Takes it now; `true` if there is one, which the FIN then waits for. Kept out of line: it
@@ -418,9 +437,24 @@ impl Driver {
     }
 
     /// Takes what handles posted into the lifecycle, the write queue and the urgent bytes.
+    #[inline]
     fn take_posted(&mut self, now: &LazyNow) {
         let mailbox = &self.shared.mailbox;
-        let requests = mailbox.take_posted(self.writes.tail());
+        match mailbox.take_posted(self.writes.tail()) {
+            // Nothing posted since the last take, on a connection with no urgent bytes and no
+            // sink: only the handle count can have moved (the common turn, kept inline).
+            None if self.urgent.is_unused() && self.sink.is_none() => {
+                self.life.on_quiet(mailbox.handles(), false);
+            }
+            requests => self.take_requests(requests, now),
+        }
+    }
+
+    /// [`Driver::take_posted`] beyond its common turn: `requests` taken (if any were posted),
+    /// the urgent bytes, the sink.
+    #[inline(never)]
+    fn take_requests(&mut self, requests: Option<Requests>, now: &LazyNow) {
+        let mailbox = &self.shared.mailbox;
         if requests
             .as_ref()
             .is_some_and(|requests| requests.urgent_posted)
@@ -639,6 +673,7 @@ impl Waiting<'_> {
     /// The mailbox is looked at first (one atomic load) but its waker is registered last, only
     /// when nothing else is ready: most polls find data or room and need no wake-up from it.
     /// Registering last is as safe as first, since parking re-checks for a post atomically.
+    #[inline]
     fn poll(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> std::task::Poll<Wake> {
         use std::task::Poll::Ready;
         if self.shared.mailbox.has_posted() {

@@ -804,3 +804,104 @@ fn a_quiet_turn_is_an_empty_take() {
         }
     }
 }
+
+/// `next`'s answer for a steady connection (its common turn, decided without the rules) is the
+/// one every rule gives, and leaves the lifecycle as they would: checked on every state that
+/// sequences of three inputs reach, each followed by what a driver does until it waits.
+#[test]
+fn the_steady_turn_decides_as_every_rule_does() {
+    #[derive(Debug, Clone, Copy)]
+    enum Input {
+        Data,
+        Eof,
+        ReadRequest,
+        Queue(usize),
+        Written,
+        Handles(usize),
+        Notice,
+        Close,
+        ShutdownWrite,
+        ReadTimeout(bool),
+        Urgent,
+        Deadline,
+    }
+    use Input::*;
+    let inputs = [
+        Data,
+        Eof,
+        ReadRequest,
+        Queue(10),
+        Queue(60),
+        Written,
+        Handles(0),
+        Handles(1),
+        Notice,
+        Close,
+        ShutdownWrite,
+        ReadTimeout(true),
+        ReadTimeout(false),
+        Urgent,
+        Deadline,
+    ];
+    let t0 = Instant::now();
+    let later = t0 + Duration::from_secs(1);
+    let check = |life: &mut Lifecycle, now: Instant, sequence: &[Input], steady: &mut usize| {
+        let mut by_the_rules = life.clone();
+        let expected = by_the_rules.next_by_the_rules(now);
+        *steady += usize::from(life.is_steady());
+        assert_eq!(life.next(now), expected, "{sequence:?}");
+        assert_eq!(
+            format!("{life:?}"),
+            format!("{by_the_rules:?}"),
+            "{sequence:?}"
+        );
+    };
+    let mut steady = 0;
+    let n = inputs.len();
+    for code in 0..n.pow(3) {
+        let sequence: Vec<Input> = (0..3).map(|i| inputs[(code / n.pow(i)) % n]).collect();
+        let mut life = open(t0);
+        let mut queued = 0;
+        for input in &sequence {
+            match *input {
+                Data | Eof => {
+                    if let Action::Wait(Interest { read: true, .. }) = life.next(t0) {
+                        let outcome = match input {
+                            Data => ReadOutcome::Data(1),
+                            _ => ReadOutcome::Eof,
+                        };
+                        let _ = life.on_read(outcome, t0);
+                    }
+                }
+                ReadRequest => life.on_requests(requests(|r| r.read = true), t0),
+                Queue(bytes) => {
+                    queued += bytes;
+                    life.on_requests(requests(|r| r.queued = bytes), t0);
+                }
+                Written => {
+                    life.on_written(queued, t0);
+                    queued = 0;
+                }
+                Handles(handles) => life.on_quiet(handles, false),
+                Notice => life.on_requests(requests(|r| r.shutdown_notice = true), t0),
+                Close => {
+                    life.on_requests(requests(|r| r.close = Some(ClosureReason::LocalClose)), t0);
+                }
+                ShutdownWrite => life.on_requests(requests(|r| r.shutdown_write = true), t0),
+                ReadTimeout(on) => {
+                    let timeouts = Timeouts {
+                        read: on.then_some(Duration::from_secs(10)),
+                        ..Timeouts::default()
+                    };
+                    life.on_requests(requests(|r| r.timeouts = Some(Box::new(timeouts))), t0);
+                }
+                Urgent => life.on_requests(requests(|r| r.urgent_wanted = true), t0),
+                Deadline => life.on_deadline(later, || true),
+            }
+            check(&mut life, later, &sequence, &mut steady);
+            let _ = run(&mut life, later);
+            check(&mut life, later, &sequence, &mut steady);
+        }
+    }
+    assert!(steady > 1000, "steady states were reached {steady} times");
+}

@@ -18,11 +18,16 @@ pub(super) struct Timer {
 }
 
 impl Timer {
+    /// Inlined for the common wait, which has no deadline.
+    #[inline]
     pub(super) fn arm(&mut self, deadline: Option<Instant>) {
-        let Some(at) = deadline else {
-            self.armed = false;
-            return;
-        };
+        match deadline {
+            None => self.armed = false,
+            Some(at) => self.arm_at(at),
+        }
+    }
+
+    fn arm_at(&mut self, at: Instant) {
         self.armed = true;
         match self.sleep.as_mut() {
             Some(sleep) if sleep.deadline() <= at && !sleep.is_elapsed() => {}
@@ -31,6 +36,7 @@ impl Timer {
         }
     }
 
+    #[inline]
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match self.sleep.as_mut() {
             Some(sleep) if self.armed => sleep.as_mut().poll(cx),
