@@ -120,7 +120,15 @@ pub struct ChildStats {
 
 /// A child's stdout, collected by a thread.
 #[derive(Clone, Default)]
-pub struct ChildLog(Arc<(Mutex<Vec<String>>, Condvar)>);
+pub struct ChildLog(Arc<(Mutex<Collected>, Condvar)>);
+
+/// What the collecting thread has read so far.
+#[derive(Default)]
+struct Collected {
+    lines: Vec<String>,
+    /// The output ended: every process holding it closed it (or it failed).
+    ended: bool,
+}
 
 impl ChildLog {
     /// Collects the lines of `output` on a thread of its own until it ends.
@@ -131,20 +139,22 @@ impl ChildLog {
             for line in BufReader::new(output).lines() {
                 match line {
                     Ok(line) => collector.push(line),
-                    Err(_) => return,
+                    Err(_) => break,
                 }
             }
+            collector.0 .0.lock().unwrap().ended = true;
+            collector.0 .1.notify_all();
         });
         log
     }
 
     fn push(&self, line: String) {
-        self.0 .0.lock().unwrap().push(line);
+        self.0 .0.lock().unwrap().lines.push(line);
         self.0 .1.notify_all();
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.0 .0.lock().unwrap().clone()
+        self.0 .0.lock().unwrap().lines.clone()
     }
 
     /// The rest of every line that starts with `prefix`, in order.
@@ -177,6 +187,11 @@ impl ChildLog {
                 })
             })
             .unwrap_or_default()
+    }
+
+    /// Whether the output ended: every line the child wrote is in the log.
+    pub fn ended(&self) -> bool {
+        self.0 .0.lock().unwrap().ended
     }
 
     /// Waits (at most [`WAIT`]) for `done`; panics with the log if it never holds.

@@ -220,6 +220,12 @@ impl EchoServer {
             loop {
                 if let Some(status) = first.try_wait().expect("try_wait") {
                     self.first = None;
+                    // Its last lines may still be on their way to the log: with no process
+                    // started by a hand-off sharing its output, the output ends with it.
+                    if self.log.after("upgrade started pid=").is_empty() {
+                        self.log
+                            .wait("the end of the example's output", ChildLog::ended);
+                    }
                     return status;
                 }
                 assert!(
