@@ -173,16 +173,23 @@ async fn before_established<F: std::future::Future>(
     }
 }
 
+/// What runs once before a connection is established, beyond what every connection does.
+struct Prelude {
+    /// The PROXY header to read first, on a listener that requires one.
+    proxied: Option<Proxied>,
+    /// The TLS handshake to run.
+    secure: Option<Secure>,
+}
+
 pub(crate) struct Driver {
     context: Arc<Context>,
     shared: Arc<Shared>,
     /// The uncounted handle lent to callbacks.
     connection: Connection,
     transport: Transport,
-    /// The PROXY header still to read, on a listener that requires one (boxed: used once).
-    proxied: Option<Box<Proxied>>,
-    /// The handshake still to run, for a TLS connection (boxed: used once, and by few).
-    secure: Option<Box<Secure>>,
+    /// The PROXY header still to read and the handshake still to run, if either is (boxed, one
+    /// pointer for both: they run once, and most connections have neither).
+    prelude: Option<Box<Prelude>>,
     /// Where reads go instead of to the callbacks, if anywhere.
     sink: Option<Box<dyn ReadSink>>,
     life: Lifecycle,
@@ -216,8 +223,12 @@ impl Driver {
             context,
             shared,
             transport,
-            proxied: setup.proxied.map(Box::new),
-            secure: setup.secure.map(Box::new),
+            prelude: (setup.proxied.is_some() || setup.secure.is_some()).then(|| {
+                Box::new(Prelude {
+                    proxied: setup.proxied,
+                    secure: setup.secure,
+                })
+            }),
             sink: setup.sink,
             writes: WriteQueue::default(),
             urgent: Urgent::default(),
@@ -245,7 +256,11 @@ impl Driver {
             if over_peer_cap {
                 self.life.on_start_failed(StartFailure::PerIpLimit);
             } else {
-                self.live().await;
+                // Awaited one after the other here, so that their states share the task's
+                // space: the pump's does not carry the start's locals.
+                if self.start().await {
+                    self.pump().await;
+                }
             }
             // Boxed, like the handshake: a connection's task is as large as its largest await,
             // and these run once, so they should not make every idle connection pay for their
@@ -254,20 +269,24 @@ impl Driver {
         }
     }
 
-    /// From the PROXY header and the handshake (for TLS) to the end of the I/O loop, when the
-    /// lifecycle has decided how the connection ends.
-    async fn live(&mut self) {
-        if let Some(proxied) = self.proxied.take() {
+    /// From the PROXY header and the handshake (for TLS) to establishment: `true` once
+    /// established (the pump runs next), `false` if the lifecycle ended the connection before.
+    async fn start(&mut self) -> bool {
+        let proxied = self
+            .prelude
+            .as_mut()
+            .and_then(|prelude| prelude.proxied.take());
+        if let Some(proxied) = proxied {
             // Boxed, like the handshake: it runs once.
-            Box::pin(self.proxy_header(*proxied)).await;
+            Box::pin(self.proxy_header(proxied)).await;
         }
-        if let Some(secure) = self.secure.take() {
+        if let Some(secure) = self.prelude.take().and_then(|prelude| prelude.secure) {
             if !self.life.is_ended() {
-                Box::pin(self.handshake(*secure)).await;
+                Box::pin(self.handshake(secure)).await;
             }
         }
         if self.life.is_ended() {
-            return;
+            return false;
         }
         let peer = self.shared.peer();
         // Weak handles (and groups) can take this connection from now until it closes.
@@ -278,7 +297,7 @@ impl Driver {
             on_connection_established(&peer)
         );
         self.life.on_established(Instant::now());
-        self.pump().await;
+        true
     }
 
     /// A callback of this connection panicked: the lifecycle ends the connection, handles learn
@@ -335,7 +354,9 @@ impl Driver {
                         self.life.on_unreferenced(&LazyNow::default());
                     }
                 }
-                Action::Announce(event) => self.announce(event).await,
+                // Boxed: these events are rare (a queue crossing its marks, a shutdown notice,
+                // an idle timeout), and their state would otherwise be part of every task.
+                Action::Announce(event) => Box::pin(self.announce(event)).await,
                 Action::SendFin => {
                     let mut cx = TaskContext::from_waker(noop_waker_ref());
                     match self.transport.poll_close_notify(&mut cx) {
