@@ -115,6 +115,16 @@ enum Wake {
     Deadline,
 }
 
+/// What [`Driver::arrived`] left to do with data read.
+enum Arrival {
+    /// Deliver it to `on_read_completed`.
+    Deliver(BytesMut),
+    /// Nothing more: discarded, or handed to the read sink.
+    Taken,
+    /// The end of the stream (an empty buffer): the peer's FIN.
+    End(BytesMut),
+}
+
 /// How a wait before establishment ended.
 enum Before<T> {
     Done(T),
@@ -343,7 +353,9 @@ impl Driver {
                 self.take_posted(&now);
                 self.life.next(&now)
             };
-            if self.publish() && action == Action::SendFin && self.late_writes() {
+            // Matched, not compared: a borrow would keep `action` in the task across every
+            // await below.
+            if self.publish() && matches!(action, Action::SendFin) && self.late_writes() {
                 continue;
             }
             match action {
@@ -380,30 +392,33 @@ impl Driver {
                             None => Box::pin(self.wait_with_urgent(interest)).await,
                         }
                     } else {
-                        poll_fn(|cx| self.poll_wake(cx, interest)).await
+                        // `interest` moved in: borrowed, it would stay in the task across the
+                        // callbacks' awaits too.
+                        let driver = &mut *self;
+                        poll_fn(move |cx| driver.poll_wake(cx, interest)).await
                     };
                     self.shared.mailbox.unpark();
+                    // Matched by value, without guards, and the data looked at only by
+                    // `Driver::arrived`: nothing of the wake is borrowed, so the task carries
+                    // none of it across the callbacks' awaits.
                     match wake {
                         // The two wakes of every message are handled here, so that the task
                         // carries no future beyond the callback's (it is as large as its
                         // largest await).
-                        Wake::Read(Ok(data)) if !data.is_empty() => {
-                            if let Some(rate) = self.rate.as_deref_mut() {
-                                rate.take(data.len(), Instant::now());
+                        Wake::Read(Ok(data)) => match self.arrived(data) {
+                            Arrival::Deliver(data) => {
+                                callback!(self, "on_read_completed", on_read_completed(data));
                             }
-                            let outcome = ReadOutcome::Data(data.len());
-                            if self.life.on_read(outcome, &LazyNow::default())
-                                == ReadVerdict::Deliver
-                            {
-                                self.count_read(data.len());
-                                if let Some(sink) = &self.sink {
-                                    sink.deliver(data);
-                                } else {
-                                    callback!(self, "on_read_completed", on_read_completed(data));
-                                }
+                            Arrival::Taken => {}
+                            Arrival::End(data) => Box::pin(self.woken(Wake::Read(Ok(data)))).await,
+                        },
+                        Wake::Wrote(Ok(sent)) => {
+                            if sent > 0 {
+                                self.written(sent).await;
+                            } else {
+                                Box::pin(self.woken(Wake::Wrote(Ok(0)))).await;
                             }
                         }
-                        Wake::Wrote(Ok(sent)) if sent > 0 => self.written(sent).await,
                         Wake::Posted | Wake::UrgentRoom => {}
                         Wake::Deadline => self.deadline_passed(),
                         Wake::FinSent(sent) => self.fin_sent(sent),
@@ -413,6 +428,31 @@ impl Driver {
                     }
                 }
             }
+        }
+    }
+
+    /// Data read (or the end of the stream, as an empty buffer): what is left to do with it once
+    /// the lifecycle and the rate limit took note of data. Not `async`, so that the pump's task
+    /// keeps none of its locals.
+    #[inline]
+    fn arrived(&mut self, data: BytesMut) -> Arrival {
+        if data.is_empty() {
+            return Arrival::End(data);
+        }
+        if let Some(rate) = self.rate.as_deref_mut() {
+            rate.take(data.len(), Instant::now());
+        }
+        let outcome = ReadOutcome::Data(data.len());
+        if self.life.on_read(outcome, &LazyNow::default()) != ReadVerdict::Deliver {
+            return Arrival::Taken;
+        }
+        self.count_read(data.len());
+        match &self.sink {
+            Some(sink) => {
+                sink.deliver(data);
+                Arrival::Taken
+            }
+            None => Arrival::Deliver(data),
         }
     }
 
@@ -604,8 +644,7 @@ impl Driver {
         // The queue counts buffers at their cost: a buffer's overhead leaves it with its last
         // byte.
         let cost = sent + completed * BUFFER_OVERHEAD;
-        let now = &LazyNow::default();
-        self.life.on_written(cost, now);
+        self.life.on_written(cost, &LazyNow::default());
         self.shared.mailbox.publish_sent(cost);
         let counters = &self.shared.counters;
         ConnectionCounters::add(&counters.bytes_written, sent as u64);
