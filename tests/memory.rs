@@ -211,7 +211,7 @@ async fn a_reply_fed_past_the_queue_limit_is_refused_before_it_is_encoded() {
 /// registry's map (`BENCHMARKS.md`, "Bytes per idle connection", has the breakdown; the echo
 /// bench measures the same). An unoptimised build lays the task's future out larger: its task
 /// takes the next 128-byte step.
-const IDLE_CONNECTION_HEAP: usize = if cfg!(debug_assertions) { 1_560 } else { 1_420 };
+const IDLE_CONNECTION_HEAP: usize = if cfg!(debug_assertions) { 1_430 } else { 1_290 };
 
 const IDLE_CONNECTIONS: usize = 1_500;
 

@@ -115,14 +115,15 @@ enum Wake {
     Deadline,
 }
 
-/// What [`Driver::arrived`] left to do with data read.
-enum Arrival {
-    /// Deliver it to `on_read_completed`.
+/// What is left to await after a wake ([`Driver::woke`]).
+enum Next {
+    /// Deliver the data read to `on_read_completed`.
     Deliver(BytesMut),
-    /// Nothing more: discarded, or handed to the read sink.
-    Taken,
-    /// The end of the stream (an empty buffer): the peer's FIN.
-    End(BytesMut),
+    /// Complete this many buffers, sent in full ([`Driver::written`]).
+    Written(usize),
+    /// The rest, with their callbacks ([`Driver::woken`]).
+    Woken(Wake),
+    Done,
 }
 
 /// How a wait before establishment ended.
@@ -266,9 +267,11 @@ impl Driver {
             if over_peer_cap {
                 self.life.on_start_failed(StartFailure::PerIpLimit);
             } else {
-                // Awaited one after the other here, so that their states share the task's
-                // space: the pump's does not carry the start's locals.
-                if self.start().await {
+                // Awaited one after the other here, so that the pump's state does not carry the
+                // start's locals; the start boxed, like the finish: it runs once, and its state
+                // (the peer's address, lent to `on_connection_established`) is larger than the
+                // pump's.
+                if Box::pin(self.start()).await {
                     self.pump().await;
                 }
             }
@@ -383,76 +386,106 @@ impl Driver {
                     // Waited here rather than in an `async fn`: one state machine less per
                     // wait.
                     self.timer.arm(interest.deadline);
-                    let wake = if self.urgent.watch(interest.urgent, self.transport.tcp()) {
-                        match self.urgent.take_held() {
-                            // Taken by a read before it was asked for: delivered now.
-                            Some(byte) => Wake::UrgentByte(byte),
-                            // Boxed: only connections that asked for urgent data carry this
-                            // wait's state.
-                            None => Box::pin(self.wait_with_urgent(interest)).await,
-                        }
-                    } else {
-                        // `interest` moved in: borrowed, it would stay in the task across the
-                        // callbacks' awaits too.
-                        let driver = &mut *self;
-                        poll_fn(move |cx| driver.poll_wake(cx, interest)).await
+                    let next = {
+                        let wake = if self.urgent.watch(interest.urgent, self.transport.tcp()) {
+                            match self.urgent.take_held() {
+                                // Taken by a read before it was asked for: delivered now.
+                                Some(byte) => Wake::UrgentByte(byte),
+                                // Boxed: only connections that asked for urgent data carry this
+                                // wait's state.
+                                None => Box::pin(self.wait_with_urgent(interest)).await,
+                            }
+                        } else {
+                            // Only what the poll looks at moves in (the deadline is the
+                            // timer's, armed above): borrowed, the interest would stay in the
+                            // task across the callbacks' awaits too, and whole it would make
+                            // this wait's state the task's largest.
+                            let Interest {
+                                read, write, fin, ..
+                            } = interest;
+                            let driver = &mut *self;
+                            poll_fn(move |cx| {
+                                let interest = Interest {
+                                    read,
+                                    write,
+                                    fin,
+                                    urgent: false,
+                                    deadline: None,
+                                };
+                                driver.poll_wake(cx, interest)
+                            })
+                            .await
+                        };
+                        self.shared.mailbox.unpark();
+                        self.woke(wake)
                     };
-                    self.shared.mailbox.unpark();
-                    // Matched by value, without guards, and the data looked at only by
-                    // `Driver::arrived`: nothing of the wake is borrowed, so the task carries
-                    // none of it across the callbacks' awaits.
-                    match wake {
-                        // The two wakes of every message are handled here, so that the task
-                        // carries no future beyond the callback's (it is as large as its
-                        // largest await).
-                        Wake::Read(Ok(data)) => match self.arrived(data) {
-                            Arrival::Deliver(data) => {
-                                callback!(self, "on_read_completed", on_read_completed(data));
-                            }
-                            Arrival::Taken => {}
-                            Arrival::End(data) => Box::pin(self.woken(Wake::Read(Ok(data)))).await,
-                        },
-                        Wake::Wrote(Ok(sent)) => {
-                            if sent > 0 {
-                                self.written(sent).await;
-                            } else {
-                                Box::pin(self.woken(Wake::Wrote(Ok(0)))).await;
+                    // The wake's scope ended above, and what is left to await was decided by a
+                    // plain function: the task carries none of the wake across these awaits,
+                    // only `next`. The two of every message are the callback and the write.
+                    match next {
+                        Next::Deliver(data) => {
+                            callback!(self, "on_read_completed", on_read_completed(data));
+                        }
+                        Next::Written(completed) => {
+                            // Awaited here rather than in an `async fn`, like the read's callback:
+                            // one state machine less in the task.
+                            for _ in 0..completed {
+                                let data = self.writes.pop_sent();
+                                if callback!(self, "on_write_completed", on_write_completed(data))
+                                    .is_none()
+                                {
+                                    break;
+                                }
                             }
                         }
-                        Wake::Posted | Wake::UrgentRoom => {}
-                        Wake::Deadline => self.deadline_passed(),
-                        Wake::FinSent(sent) => self.fin_sent(sent),
                         // Boxed: the rest come once per connection (the peer's FIN), or on
                         // errors.
-                        wake => Box::pin(self.woken(wake)).await,
+                        Next::Woken(wake) => Box::pin(self.woken(wake)).await,
+                        Next::Done => {}
                     }
                 }
             }
         }
     }
 
-    /// Data read (or the end of the stream, as an empty buffer): what is left to do with it once
-    /// the lifecycle and the rate limit took note of data. Not `async`, so that the pump's task
-    /// keeps none of its locals.
+    /// Feeds the wake to the lifecycle where that needs no callback, and says what is left to
+    /// await. Not `async`, so that the pump's task keeps none of its locals.
     #[inline]
-    fn arrived(&mut self, data: BytesMut) -> Arrival {
-        if data.is_empty() {
-            return Arrival::End(data);
+    fn woke(&mut self, wake: Wake) -> Next {
+        match wake {
+            Wake::Read(Ok(data)) if !data.is_empty() => self.arrived(data),
+            Wake::Wrote(Ok(sent)) if sent > 0 => Next::Written(self.written(sent)),
+            Wake::Posted | Wake::UrgentRoom => Next::Done,
+            Wake::Deadline => {
+                self.deadline_passed();
+                Next::Done
+            }
+            Wake::FinSent(sent) => {
+                self.fin_sent(sent);
+                Next::Done
+            }
+            wake => Next::Woken(wake),
         }
+    }
+
+    /// Data read: the lifecycle and the rate limit take note of it, and it goes to the read sink
+    /// or is left for `on_read_completed`.
+    #[inline]
+    fn arrived(&mut self, data: BytesMut) -> Next {
         if let Some(rate) = self.rate.as_deref_mut() {
             rate.take(data.len(), Instant::now());
         }
         let outcome = ReadOutcome::Data(data.len());
         if self.life.on_read(outcome, &LazyNow::default()) != ReadVerdict::Deliver {
-            return Arrival::Taken;
+            return Next::Done;
         }
         self.count_read(data.len());
         match &self.sink {
             Some(sink) => {
                 sink.deliver(data);
-                Arrival::Taken
+                Next::Done
             }
-            None => Arrival::Deliver(data),
+            None => Next::Deliver(data),
         }
     }
 
@@ -580,10 +613,11 @@ impl Driver {
             // Boxed, as error paths are: their state would otherwise be part of every
             // connection's task.
             Wake::Read(Err(error)) => Box::pin(self.read_failed(error)).await,
-            Wake::Wrote(Ok(0)) => {
+            Wake::Wrote(Ok(sent)) => {
+                // Nothing written: the pump takes any other count ([`Driver::woke`]).
+                debug_assert_eq!(sent, 0, "a write that sent bytes is the pump's");
                 Box::pin(self.write_failed(io::ErrorKind::WriteZero.into())).await;
             }
-            Wake::Wrote(Ok(sent)) => self.written(sent).await,
             Wake::Wrote(Err(error)) => {
                 if !matches!(
                     error.kind(),
@@ -638,8 +672,9 @@ impl Driver {
         self.context.counters.bytes_read(bytes as u64);
     }
 
-    /// `sent` bytes of the queue went to the kernel: the buffers sent in full complete.
-    async fn written(&mut self, sent: usize) {
+    /// `sent` bytes of the queue went to the kernel: the lifecycle, the handles and the counters
+    /// learn it. Returns how many buffers are sent in full, for `on_write_completed`.
+    fn written(&mut self, sent: usize) -> usize {
         let completed = self.writes.advance(sent);
         // The queue counts buffers at their cost: a buffer's overhead leaves it with its last
         // byte.
@@ -650,12 +685,7 @@ impl Driver {
         ConnectionCounters::add(&counters.bytes_written, sent as u64);
         ConnectionCounters::add(&counters.writes, completed as u64);
         self.context.counters.bytes_written(sent as u64);
-        for _ in 0..completed {
-            let data = self.writes.pop_sent();
-            if callback!(self, "on_write_completed", on_write_completed(data)).is_none() {
-                return;
-            }
-        }
+        completed
     }
 
     /// Sends FIN once TLS `close_notify` went out (or at once on plain TCP). Errors mean the peer
