@@ -184,12 +184,29 @@ async fn before_established<F: std::future::Future>(
     }
 }
 
-/// What runs once before a connection is established, beyond what every connection does.
-struct Prelude {
-    /// The PROXY header to read first, on a listener that requires one.
+/// What few connections use, behind one pointer in the driver: every connection's task carries
+/// the driver, and most connections have none of this.
+struct Rare {
+    /// The PROXY header still to read, on a listener that requires one.
     proxied: Option<Proxied>,
-    /// The TLS handshake to run.
+    /// The TLS handshake still to run.
     secure: Option<Secure>,
+    /// Where reads go instead of to the callbacks, if anywhere.
+    sink: Option<Box<dyn ReadSink>>,
+    /// The read rate limit's bucket, on a server that limits it.
+    rate: Option<TokenBucket>,
+    /// Under a rate limit, the most the next read takes.
+    read_size: usize,
+}
+
+impl Rare {
+    /// Whether nothing is left that the connection still uses (the box can go).
+    fn is_spent(&self) -> bool {
+        self.proxied.is_none()
+            && self.secure.is_none()
+            && self.sink.is_none()
+            && self.rate.is_none()
+    }
 }
 
 pub(crate) struct Driver {
@@ -198,19 +215,13 @@ pub(crate) struct Driver {
     /// The uncounted handle lent to callbacks.
     connection: Connection,
     transport: Transport,
-    /// The PROXY header still to read and the handshake still to run, if either is (boxed, one
-    /// pointer for both: they run once, and most connections have neither).
-    prelude: Option<Box<Prelude>>,
-    /// Where reads go instead of to the callbacks, if anywhere.
-    sink: Option<Box<dyn ReadSink>>,
+    /// The PROXY header and the handshake still to run, the read sink and the read rate limit,
+    /// if the connection has any of them.
+    rare: Option<Box<Rare>>,
     life: Lifecycle,
     writes: WriteQueue,
     urgent: Urgent,
     timer: Timer,
-    /// The read rate limit's bucket, on a server that limits it (boxed: most do not).
-    rate: Option<Box<TokenBucket>>,
-    /// The most the next read takes: the read buffer size, or less under a rate limit.
-    read_size: usize,
     /// What handles were last told of the connection's fate ([`Driver::publish`]).
     published: Snapshot,
     registration: Registration,
@@ -224,23 +235,22 @@ impl Driver {
         setup: Setup,
         registration: Registration,
     ) -> Self {
+        let rare = Rare {
+            proxied: setup.proxied,
+            secure: setup.secure,
+            sink: setup.sink,
+            rate: context
+                .read_rate
+                .map(|rate| TokenBucket::new(rate, Instant::now())),
+            read_size: context.read_buffer_size,
+        };
         Driver {
             connection: Connection::uncounted(shared.clone()),
             life: Lifecycle::starting(context.lifecycle.clone(), Instant::now()),
-            rate: context
-                .read_rate
-                .map(|rate| Box::new(TokenBucket::new(rate, Instant::now()))),
-            read_size: context.read_buffer_size,
+            rare: (!rare.is_spent()).then(|| Box::new(rare)),
             context,
             shared,
             transport,
-            prelude: (setup.proxied.is_some() || setup.secure.is_some()).then(|| {
-                Box::new(Prelude {
-                    proxied: setup.proxied,
-                    secure: setup.secure,
-                })
-            }),
-            sink: setup.sink,
             writes: WriteQueue::default(),
             urgent: Urgent::default(),
             timer: Timer::default(),
@@ -285,15 +295,16 @@ impl Driver {
     /// From the PROXY header and the handshake (for TLS) to establishment: `true` once
     /// established (the pump runs next), `false` if the lifecycle ended the connection before.
     async fn start(&mut self) -> bool {
-        let proxied = self
-            .prelude
-            .as_mut()
-            .and_then(|prelude| prelude.proxied.take());
+        let proxied = self.rare.as_mut().and_then(|rare| rare.proxied.take());
         if let Some(proxied) = proxied {
             // Boxed, like the handshake: it runs once.
             Box::pin(self.proxy_header(proxied)).await;
         }
-        if let Some(secure) = self.prelude.take().and_then(|prelude| prelude.secure) {
+        let secure = self.rare.as_mut().and_then(|rare| rare.secure.take());
+        if self.rare.as_ref().is_some_and(|rare| rare.is_spent()) {
+            self.rare = None;
+        }
+        if let Some(secure) = secure {
             if !self.life.is_ended() {
                 Box::pin(self.handshake(secure)).await;
             }
@@ -380,7 +391,7 @@ impl Driver {
                     }
                 }
                 Action::Wait(mut interest) => {
-                    if self.rate.is_some() && interest.read {
+                    if interest.read && self.rate().is_some() {
                         interest = self.throttle(interest);
                     }
                     // Waited here rather than in an `async fn`: one state machine less per
@@ -448,6 +459,28 @@ impl Driver {
         }
     }
 
+    /// Where reads go instead of to the callbacks, if anywhere.
+    fn sink(&self) -> Option<&dyn ReadSink> {
+        self.rare.as_deref()?.sink.as_deref()
+    }
+
+    /// The read rate limit's bucket, on a server that limits it.
+    fn rate(&mut self) -> Option<&mut TokenBucket> {
+        self.rare.as_deref_mut()?.rate.as_mut()
+    }
+
+    /// The most the next read takes: the read buffer size, or less under a rate limit.
+    fn read_size(&self) -> usize {
+        match self.rare.as_deref() {
+            Some(Rare {
+                rate: Some(_),
+                read_size,
+                ..
+            }) => *read_size,
+            _ => self.context.read_buffer_size,
+        }
+    }
+
     /// Feeds the wake to the lifecycle where that needs no callback, and says what is left to
     /// await. Not `async`, so that the pump's task keeps none of its locals.
     #[inline]
@@ -472,7 +505,7 @@ impl Driver {
     /// or is left for `on_read_completed`.
     #[inline]
     fn arrived(&mut self, data: BytesMut) -> Next {
-        if let Some(rate) = self.rate.as_deref_mut() {
+        if let Some(rate) = self.rate() {
             rate.take(data.len(), Instant::now());
         }
         let outcome = ReadOutcome::Data(data.len());
@@ -480,7 +513,7 @@ impl Driver {
             return Next::Done;
         }
         self.count_read(data.len());
-        match &self.sink {
+        match self.sink() {
             Some(sink) => {
                 sink.deliver(data);
                 Next::Done
@@ -532,7 +565,7 @@ impl Driver {
             // Nothing posted since the last take: only the handle count can have moved.
             None => self.life.on_quiet(mailbox.handles(), urgent_pending),
         }
-        if self.sink.as_ref().is_some_and(|sink| sink.is_gone()) {
+        if self.sink().is_some_and(|sink| sink.is_gone()) {
             self.life.cancel_read();
         }
     }
@@ -560,13 +593,13 @@ impl Driver {
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     async fn wait_with_urgent(&mut self, interest: Interest) -> Wake {
+        let read_size = self.read_size();
         let Driver {
             shared,
             transport,
             writes,
             urgent,
             timer,
-            read_size,
             ..
         } = self;
         let mut waiting = Waiting {
@@ -575,7 +608,7 @@ impl Driver {
             writes,
             urgent_pending: urgent.has_pending(),
             timer,
-            read_buffer_size: *read_size,
+            read_buffer_size: read_size,
             at_mark: urgent.at_mark(),
         };
         tokio::select! {
@@ -591,13 +624,14 @@ impl Driver {
     }
 
     fn poll_wake(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> Poll<Wake> {
+        let read_size = self.read_size();
         Waiting {
             shared: &self.shared,
             transport: &mut self.transport,
             writes: &mut self.writes,
             urgent_pending: self.urgent.has_pending(),
             timer: &mut self.timer,
-            read_buffer_size: self.read_size,
+            read_buffer_size: read_size,
             at_mark: self.urgent.at_mark(),
         }
         .poll(cx, interest)
@@ -642,14 +676,14 @@ impl Driver {
         match self.life.on_read(outcome, &LazyNow::default()) {
             ReadVerdict::Deliver => {
                 self.count_read(data.len());
-                match &self.sink {
+                match self.sink() {
                     Some(sink) => sink.deliver(data),
                     None => {
                         callback!(self, "on_read_completed", on_read_completed(data));
                     }
                 }
             }
-            ReadVerdict::ClientClose => match &self.sink {
+            ReadVerdict::ClientClose => match self.sink() {
                 Some(sink) => sink.peer_closed(),
                 None => {
                     callback!(
