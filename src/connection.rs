@@ -9,7 +9,7 @@ pub(crate) mod user_data;
 pub(crate) mod weak;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -29,9 +29,8 @@ use crate::tls::TlsInfo;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) id: ConnectionId,
-    /// The socket's peer: for a PROXY protocol listener, the balancer.
-    pub(crate) peer_addr: SocketAddr,
-    pub(crate) local_addr: SocketAddr,
+    /// The socket's peer (for a PROXY protocol listener, the balancer) and its local address.
+    pub(crate) addresses: SocketAddresses,
     pub(crate) direction: Direction,
     pub(crate) user_data: UserData,
     pub(crate) counters: ConnectionCounters,
@@ -44,6 +43,41 @@ pub(crate) struct Shared {
     /// Who is told when it starts closing (the [groups](crate::ConnectionGroup) it joined,
     /// which it leaves then).
     pub(crate) closing_hooks: ClosingHooks,
+}
+
+/// A socket's two addresses, stored compactly: two IPv4 addresses (most connections) take 12
+/// bytes in place, where two `SocketAddr`s take 64; any other pair is boxed.
+#[derive(Debug)]
+pub(crate) enum SocketAddresses {
+    V4 {
+        peer: SocketAddrV4,
+        local: SocketAddrV4,
+    },
+    Other(Box<[SocketAddr; 2]>),
+}
+
+impl SocketAddresses {
+    pub(crate) fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        match (peer, local) {
+            (SocketAddr::V4(peer), SocketAddr::V4(local)) => SocketAddresses::V4 { peer, local },
+            _ => SocketAddresses::Other(Box::new([peer, local])),
+        }
+    }
+
+    /// The socket's remote address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        match self {
+            SocketAddresses::V4 { peer, .. } => SocketAddr::V4(*peer),
+            SocketAddresses::Other(both) => both[0],
+        }
+    }
+
+    pub(crate) fn local(&self) -> SocketAddr {
+        match self {
+            SocketAddresses::V4 { local, .. } => SocketAddr::V4(*local),
+            SocketAddresses::Other(both) => both[1],
+        }
+    }
 }
 
 /// What a connection learns before it is established, from its driver, each part set once.
@@ -60,7 +94,7 @@ impl Shared {
     pub(crate) fn peer(&self) -> SocketAddr {
         self.proxy_header()
             .and_then(|header| header.source())
-            .unwrap_or(self.peer_addr)
+            .unwrap_or_else(|| self.addresses.peer())
     }
 
     /// Where the driver records what the PROXY header and the handshake told.
@@ -154,7 +188,7 @@ impl Connection {
     /// The socket's own remote address: on a [PROXY protocol](crate::proxy) listener, the load
     /// balancer's; otherwise the same as [`peer_addr`](Connection::peer_addr).
     pub fn transport_peer_addr(&self) -> SocketAddr {
-        self.shared.peer_addr
+        self.shared.addresses.peer()
     }
 
     /// The PROXY protocol header the connection began with, on a listener that
@@ -175,7 +209,7 @@ impl Connection {
 
     /// The local address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
+        self.shared.addresses.local()
     }
 
     /// Whether the connection was accepted or opened by this side.
@@ -526,7 +560,7 @@ impl fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("id", &self.shared.id)
             .field("peer_addr", &self.shared.peer())
-            .field("local_addr", &self.shared.local_addr)
+            .field("local_addr", &self.shared.addresses.local())
             .field("direction", &self.shared.direction)
             .finish()
     }

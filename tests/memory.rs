@@ -1,6 +1,7 @@
 //! Memory bounded as documented (guarantee 10, docs/guarantees.md): members of a group that never
 //! read, flooded with tiny broadcast lines, hold no more heap than the write queue's limit
-//! allows, counted by this test binary's own allocator over real loopback sockets.
+//! allows; and an idle connection holds no more than its measured figure. Counted by this test
+//! binary's own allocator over real loopback sockets.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
@@ -308,5 +309,67 @@ async fn connections_waiting_for_the_rest_of_a_line_keep_no_read_chunk() {
     );
     drop(clients);
     drop(filling);
+    server.shutdown().await;
+}
+
+/// The most heap an idle plain connection may hold (a read requested, nothing queued), in bytes:
+/// its task, its shared state, tokio's readiness slot for the socket and its share of the
+/// registry's map (`BENCHMARKS.md`, "Bytes per idle connection", has the breakdown; the echo
+/// bench measures the same). An unoptimised build lays the task's future out larger: its task
+/// takes the next 128-byte step.
+const IDLE_CONNECTION_HEAP: usize = if cfg!(debug_assertions) { 1_430 } else { 1_290 };
+
+const IDLE_CONNECTIONS: usize = 1_500;
+
+/// Requests a read on each connection, and counts them.
+struct Idle {
+    established: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Callbacks for Idle {
+    async fn on_connection_established(&self, connection: &Connection, _peer: &SocketAddr) {
+        connection.read();
+        self.established.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn an_idle_connection_holds_at_most_its_bound_of_heap() {
+    let _serial = SERIAL.lock().await;
+    let established = Arc::new(AtomicUsize::new(0));
+    let server = Server::builder()
+        .bind("127.0.0.1:0")
+        .start(Idle {
+            established: established.clone(),
+        })
+        .await
+        .unwrap();
+    let address = server.local_addr().unwrap();
+    let before = LIVE.load(Ordering::SeqCst);
+    // Blocking clients on a thread of their own: their sockets take no heap of this process.
+    let clients = tokio::task::spawn_blocking(move || {
+        (0..IDLE_CONNECTIONS)
+            .map(|_| std::net::TcpStream::connect(address).unwrap())
+            .collect::<Vec<_>>()
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while established.load(Ordering::SeqCst) < IDLE_CONNECTIONS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections established"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let clients = clients.await.unwrap();
+    // The last reads are requested once their callbacks return.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let per_connection = LIVE.load(Ordering::SeqCst).saturating_sub(before) / IDLE_CONNECTIONS;
+    println!("{per_connection} bytes of heap per idle connection (bound {IDLE_CONNECTION_HEAP})");
+    assert!(
+        per_connection <= IDLE_CONNECTION_HEAP,
+        "an idle connection holds {per_connection} bytes of heap, over {IDLE_CONNECTION_HEAP}"
+    );
+    drop(clients);
     server.shutdown().await;
 }

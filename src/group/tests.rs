@@ -7,6 +7,7 @@ use super::*;
 use crate::connection::lifecycle::LifecycleConfig;
 use crate::connection::mailbox::Mailbox;
 use crate::connection::user_data::{UserData, UserDataLayout};
+use crate::connection::SocketAddresses;
 use crate::ids::Direction;
 use crate::stats::ConnectionCounters;
 
@@ -16,8 +17,7 @@ fn established(id: u64) -> Arc<Shared> {
     let address = "127.0.0.1:1".parse().unwrap();
     let shared = Arc::new(Shared {
         id: ConnectionId(id),
-        peer_addr: address,
-        local_addr: address,
+        addresses: SocketAddresses::new(address, address),
         direction: Direction::Inbound,
         user_data: UserData::new(&UserDataLayout::new()),
         counters: ConnectionCounters::default(),

@@ -116,6 +116,17 @@ enum Wake {
     Deadline,
 }
 
+/// What is left to await after a wake ([`Driver::woke`]).
+enum Next {
+    /// Deliver the data read to `on_read_completed`.
+    Deliver(BytesMut),
+    /// Complete this many buffers, sent in full ([`Driver::written`]).
+    Written(usize),
+    /// The rest, with their callbacks ([`Driver::woken`]).
+    Woken(Wake),
+    Done,
+}
+
 /// How a wait before establishment ended.
 enum Before<T> {
     Done(T),
@@ -174,26 +185,44 @@ async fn before_established<F: std::future::Future>(
     }
 }
 
+/// What few connections use, behind one pointer in the driver: every connection's task carries
+/// the driver, and most connections have none of this.
+struct Rare {
+    /// The PROXY header still to read, on a listener that requires one.
+    proxied: Option<Proxied>,
+    /// The TLS handshake still to run.
+    secure: Option<Secure>,
+    /// Where reads go instead of to the callbacks, if anywhere.
+    sink: Option<Box<dyn ReadSink>>,
+    /// The read rate limit's bucket, on a server that limits it.
+    rate: Option<TokenBucket>,
+    /// Under a rate limit, the most the next read takes.
+    read_size: usize,
+}
+
+impl Rare {
+    /// Whether nothing is left that the connection still uses (the box can go).
+    fn is_spent(&self) -> bool {
+        self.proxied.is_none()
+            && self.secure.is_none()
+            && self.sink.is_none()
+            && self.rate.is_none()
+    }
+}
+
 pub(crate) struct Driver {
     context: Arc<Context>,
     shared: Arc<Shared>,
     /// The uncounted handle lent to callbacks.
     connection: Connection,
     transport: Transport,
-    /// The PROXY header still to read, on a listener that requires one (boxed: used once).
-    proxied: Option<Box<Proxied>>,
-    /// The handshake still to run, for a TLS connection (boxed: used once, and by few).
-    secure: Option<Box<Secure>>,
-    /// Where reads go instead of to the callbacks, if anywhere.
-    sink: Option<Box<dyn ReadSink>>,
+    /// The PROXY header and the handshake still to run, the read sink and the read rate limit,
+    /// if the connection has any of them.
+    rare: Option<Box<Rare>>,
     life: Lifecycle,
     writes: WriteQueue,
     urgent: Urgent,
     timer: Timer,
-    /// The read rate limit's bucket, on a server that limits it (boxed: most do not).
-    rate: Option<Box<TokenBucket>>,
-    /// The most the next read takes: the read buffer size, or less under a rate limit.
-    read_size: usize,
     /// What handles were last told of the connection's fate ([`Driver::publish`]).
     published: Snapshot,
     registration: Registration,
@@ -207,19 +236,22 @@ impl Driver {
         setup: Setup,
         registration: Registration,
     ) -> Self {
+        let rare = Rare {
+            proxied: setup.proxied,
+            secure: setup.secure,
+            sink: setup.sink,
+            rate: context
+                .read_rate
+                .map(|rate| TokenBucket::new(rate, Instant::now())),
+            read_size: context.read_buffer_size,
+        };
         Driver {
             connection: Connection::uncounted(shared.clone()),
             life: Lifecycle::starting(context.lifecycle.clone(), Instant::now()),
-            rate: context
-                .read_rate
-                .map(|rate| Box::new(TokenBucket::new(rate, Instant::now()))),
-            read_size: context.read_buffer_size,
+            rare: (!rare.is_spent()).then(|| Box::new(rare)),
             context,
             shared,
             transport,
-            proxied: setup.proxied.map(Box::new),
-            secure: setup.secure.map(Box::new),
-            sink: setup.sink,
             writes: WriteQueue::default(),
             urgent: Urgent::default(),
             timer: Timer::default(),
@@ -246,7 +278,13 @@ impl Driver {
             if over_peer_cap {
                 self.life.on_start_failed(StartFailure::PerIpLimit);
             } else {
-                self.live().await;
+                // Awaited one after the other here, so that the pump's state does not carry the
+                // start's locals; the start boxed, like the finish: it runs once, and its state
+                // (the peer's address, lent to `on_connection_established`) is larger than the
+                // pump's.
+                if Box::pin(self.start()).await {
+                    self.pump().await;
+                }
             }
             // Boxed, like the handshake: a connection's task is as large as its largest await,
             // and these run once, so they should not make every idle connection pay for their
@@ -255,20 +293,25 @@ impl Driver {
         }
     }
 
-    /// From the PROXY header and the handshake (for TLS) to the end of the I/O loop, when the
-    /// lifecycle has decided how the connection ends.
-    async fn live(&mut self) {
-        if let Some(proxied) = self.proxied.take() {
+    /// From the PROXY header and the handshake (for TLS) to establishment: `true` once
+    /// established (the pump runs next), `false` if the lifecycle ended the connection before.
+    async fn start(&mut self) -> bool {
+        let proxied = self.rare.as_mut().and_then(|rare| rare.proxied.take());
+        if let Some(proxied) = proxied {
             // Boxed, like the handshake: it runs once.
-            Box::pin(self.proxy_header(*proxied)).await;
+            Box::pin(self.proxy_header(proxied)).await;
         }
-        if let Some(secure) = self.secure.take() {
+        let secure = self.rare.as_mut().and_then(|rare| rare.secure.take());
+        if self.rare.as_ref().is_some_and(|rare| rare.is_spent()) {
+            self.rare = None;
+        }
+        if let Some(secure) = secure {
             if !self.life.is_ended() {
-                Box::pin(self.handshake(*secure)).await;
+                Box::pin(self.handshake(secure)).await;
             }
         }
         if self.life.is_ended() {
-            return;
+            return false;
         }
         let peer = self.shared.peer();
         // Weak handles (and groups) can take this connection from now until it closes.
@@ -279,7 +322,7 @@ impl Driver {
             on_connection_established(&peer)
         );
         self.life.on_established(Instant::now());
-        self.pump().await;
+        true
     }
 
     /// A callback of this connection panicked: the lifecycle ends the connection, handles learn
@@ -325,7 +368,9 @@ impl Driver {
                 self.take_posted(&now);
                 self.life.next(&now)
             };
-            if self.publish() && action == Action::SendFin && self.late_writes() {
+            // Matched, not compared: a borrow would keep `action` in the task across every
+            // await below.
+            if self.publish() && matches!(action, Action::SendFin) && self.late_writes() {
                 continue;
             }
             match action {
@@ -336,7 +381,9 @@ impl Driver {
                         self.life.on_unreferenced(&LazyNow::default());
                     }
                 }
-                Action::Announce(event) => self.announce(event).await,
+                // Boxed: these events are rare (a queue crossing its marks, a shutdown notice,
+                // an idle timeout), and their state would otherwise be part of every task.
+                Action::Announce(event) => Box::pin(self.announce(event)).await,
                 Action::SendFin => {
                     let mut cx = TaskContext::from_waker(noop_waker_ref());
                     match self.transport.poll_close_notify(&mut cx) {
@@ -345,53 +392,70 @@ impl Driver {
                     }
                 }
                 Action::Wait(mut interest) => {
-                    if self.rate.is_some() && interest.read {
+                    if interest.read && self.rate().is_some() {
                         interest = self.throttle(interest);
                     }
                     // Waited here rather than in an `async fn`: one state machine less per
                     // wait.
                     self.timer.arm(interest.deadline);
-                    let wake = if self.urgent.watch(interest.urgent, self.transport.tcp()) {
-                        match self.urgent.take_held() {
-                            // Taken by a read before it was asked for: delivered now.
-                            Some(byte) => Wake::UrgentByte(byte),
-                            // Boxed: only connections that asked for urgent data carry this
-                            // wait's state.
-                            None => Box::pin(self.wait_with_urgent(interest)).await,
-                        }
-                    } else if let Some(wrote) = self.write_at_once(interest) {
-                        wrote
-                    } else {
-                        poll_fn(|cx| self.poll_wake(cx, interest)).await
-                    };
-                    self.shared.mailbox.unpark();
-                    match wake {
-                        // The two wakes of every message are handled here, so that the task
-                        // carries no future beyond the callback's (it is as large as its
-                        // largest await).
-                        Wake::Read(Ok(data)) if !data.is_empty() => {
-                            if let Some(rate) = self.rate.as_deref_mut() {
-                                rate.take(data.len(), Instant::now());
+                    let next = {
+                        let wake = if self.urgent.watch(interest.urgent, self.transport.tcp()) {
+                            match self.urgent.take_held() {
+                                // Taken by a read before it was asked for: delivered now.
+                                Some(byte) => Wake::UrgentByte(byte),
+                                // Boxed: only connections that asked for urgent data carry this
+                                // wait's state.
+                                None => Box::pin(self.wait_with_urgent(interest)).await,
                             }
-                            let outcome = ReadOutcome::Data(data.len());
-                            if self.life.on_read(outcome, &LazyNow::default())
-                                == ReadVerdict::Deliver
-                            {
-                                self.count_read(data.len());
-                                if let Some(sink) = &self.sink {
-                                    sink.deliver(data);
-                                } else {
-                                    callback!(self, "on_read_completed", on_read_completed(data));
+                        } else if let Some(wrote) = self.write_at_once(interest) {
+                            wrote
+                        } else {
+                            // Only what the poll looks at moves in (the deadline is the
+                            // timer's, armed above): borrowed, the interest would stay in the
+                            // task across the callbacks' awaits too, and whole it would make
+                            // this wait's state the task's largest.
+                            let Interest {
+                                read, write, fin, ..
+                            } = interest;
+                            let driver = &mut *self;
+                            poll_fn(move |cx| {
+                                let interest = Interest {
+                                    read,
+                                    write,
+                                    fin,
+                                    urgent: false,
+                                    deadline: None,
+                                };
+                                driver.poll_wake(cx, interest)
+                            })
+                            .await
+                        };
+                        self.shared.mailbox.unpark();
+                        self.woke(wake)
+                    };
+                    // The wake's scope ended above, and what is left to await was decided by a
+                    // plain function: the task carries none of the wake across these awaits,
+                    // only `next`. The two of every message are the callback and the write.
+                    match next {
+                        Next::Deliver(data) => {
+                            callback!(self, "on_read_completed", on_read_completed(data));
+                        }
+                        Next::Written(completed) => {
+                            // Awaited here rather than in an `async fn`, like the read's callback:
+                            // one state machine less in the task.
+                            for _ in 0..completed {
+                                let data = self.writes.pop_sent();
+                                if callback!(self, "on_write_completed", on_write_completed(data))
+                                    .is_none()
+                                {
+                                    break;
                                 }
                             }
                         }
-                        Wake::Wrote(Ok(sent)) if sent > 0 => self.written(sent).await,
-                        Wake::Posted | Wake::UrgentRoom => {}
-                        Wake::Deadline => self.deadline_passed(),
-                        Wake::FinSent(sent) => self.fin_sent(sent),
                         // Boxed: the rest come once per connection (the peer's FIN), or on
                         // errors.
-                        wake => Box::pin(self.woken(wake)).await,
+                        Next::Woken(wake) => Box::pin(self.woken(wake)).await,
+                        Next::Done => {}
                     }
                 }
             }
@@ -412,6 +476,69 @@ impl Driver {
         match self.writes.poll_write(&mut cx, &mut self.transport) {
             Poll::Ready(result) => Some(Wake::Wrote(result)),
             Poll::Pending => None,
+        }
+    }
+
+    /// Where reads go instead of to the callbacks, if anywhere.
+    fn sink(&self) -> Option<&dyn ReadSink> {
+        self.rare.as_deref()?.sink.as_deref()
+    }
+
+    /// The read rate limit's bucket, on a server that limits it.
+    fn rate(&mut self) -> Option<&mut TokenBucket> {
+        self.rare.as_deref_mut()?.rate.as_mut()
+    }
+
+    /// The most the next read takes: the read buffer size, or less under a rate limit.
+    fn read_size(&self) -> usize {
+        match self.rare.as_deref() {
+            Some(Rare {
+                rate: Some(_),
+                read_size,
+                ..
+            }) => *read_size,
+            _ => self.context.read_buffer_size,
+        }
+    }
+
+    /// Feeds the wake to the lifecycle where that needs no callback, and says what is left to
+    /// await. Not `async`, so that the pump's task keeps none of its locals.
+    #[inline]
+    fn woke(&mut self, wake: Wake) -> Next {
+        match wake {
+            Wake::Read(Ok(data)) if !data.is_empty() => self.arrived(data),
+            Wake::Wrote(Ok(sent)) if sent > 0 => Next::Written(self.written(sent)),
+            Wake::Posted | Wake::UrgentRoom => Next::Done,
+            Wake::Deadline => {
+                self.deadline_passed();
+                Next::Done
+            }
+            Wake::FinSent(sent) => {
+                self.fin_sent(sent);
+                Next::Done
+            }
+            wake => Next::Woken(wake),
+        }
+    }
+
+    /// Data read: the lifecycle and the rate limit take note of it, and it goes to the read sink
+    /// or is left for `on_read_completed`.
+    #[inline]
+    fn arrived(&mut self, data: BytesMut) -> Next {
+        if let Some(rate) = self.rate() {
+            rate.take(data.len(), Instant::now());
+        }
+        let outcome = ReadOutcome::Data(data.len());
+        if self.life.on_read(outcome, &LazyNow::default()) != ReadVerdict::Deliver {
+            return Next::Done;
+        }
+        self.count_read(data.len());
+        match self.sink() {
+            Some(sink) => {
+                sink.deliver(data);
+                Next::Done
+            }
+            None => Next::Deliver(data),
         }
     }
 
@@ -443,7 +570,7 @@ impl Driver {
         match mailbox.take_posted(self.writes.tail()) {
             // Nothing posted since the last take, on a connection with no urgent bytes and no
             // sink: only the handle count can have moved (the common turn, kept inline).
-            None if self.urgent.is_unused() && self.sink.is_none() => {
+            None if self.urgent.is_unused() && self.sink().is_none() => {
                 self.life.on_quiet(mailbox.handles(), false);
             }
             requests => self.take_requests(requests, now),
@@ -473,7 +600,7 @@ impl Driver {
             // Nothing posted since the last take: only the handle count can have moved.
             None => self.life.on_quiet(mailbox.handles(), urgent_pending),
         }
-        if self.sink.as_ref().is_some_and(|sink| sink.is_gone()) {
+        if self.sink().is_some_and(|sink| sink.is_gone()) {
             self.life.cancel_read();
         }
     }
@@ -501,13 +628,13 @@ impl Driver {
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     async fn wait_with_urgent(&mut self, interest: Interest) -> Wake {
+        let read_size = self.read_size();
         let Driver {
             shared,
             transport,
             writes,
             urgent,
             timer,
-            read_size,
             ..
         } = self;
         let mut waiting = Waiting {
@@ -516,7 +643,7 @@ impl Driver {
             writes,
             urgent_pending: urgent.has_pending(),
             timer,
-            read_buffer_size: *read_size,
+            read_buffer_size: read_size,
             at_mark: urgent.at_mark(),
         };
         tokio::select! {
@@ -532,13 +659,14 @@ impl Driver {
     }
 
     fn poll_wake(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> Poll<Wake> {
+        let read_size = self.read_size();
         Waiting {
             shared: &self.shared,
             transport: &mut self.transport,
             writes: &mut self.writes,
             urgent_pending: self.urgent.has_pending(),
             timer: &mut self.timer,
-            read_buffer_size: self.read_size,
+            read_buffer_size: read_size,
             at_mark: self.urgent.at_mark(),
         }
         .poll(cx, interest)
@@ -554,10 +682,11 @@ impl Driver {
             // Boxed, as error paths are: their state would otherwise be part of every
             // connection's task.
             Wake::Read(Err(error)) => Box::pin(self.read_failed(error)).await,
-            Wake::Wrote(Ok(0)) => {
+            Wake::Wrote(Ok(sent)) => {
+                // Nothing written: the pump takes any other count ([`Driver::woke`]).
+                debug_assert_eq!(sent, 0, "a write that sent bytes is the pump's");
                 Box::pin(self.write_failed(io::ErrorKind::WriteZero.into())).await;
             }
-            Wake::Wrote(Ok(sent)) => self.written(sent).await,
             Wake::Wrote(Err(error)) => {
                 if !matches!(
                     error.kind(),
@@ -582,14 +711,14 @@ impl Driver {
         match self.life.on_read(outcome, &LazyNow::default()) {
             ReadVerdict::Deliver => {
                 self.count_read(data.len());
-                match &self.sink {
+                match self.sink() {
                     Some(sink) => sink.deliver(data),
                     None => {
                         callback!(self, "on_read_completed", on_read_completed(data));
                     }
                 }
             }
-            ReadVerdict::ClientClose => match &self.sink {
+            ReadVerdict::ClientClose => match self.sink() {
                 Some(sink) => sink.peer_closed(),
                 None => {
                     callback!(
@@ -612,25 +741,20 @@ impl Driver {
         self.context.counters.bytes_read(bytes as u64);
     }
 
-    /// `sent` bytes of the queue went to the kernel: the buffers sent in full complete.
-    async fn written(&mut self, sent: usize) {
+    /// `sent` bytes of the queue went to the kernel: the lifecycle, the handles and the counters
+    /// learn it. Returns how many buffers are sent in full, for `on_write_completed`.
+    fn written(&mut self, sent: usize) -> usize {
         let completed = self.writes.advance(sent);
         // The queue counts buffers at their cost: a buffer's overhead leaves it with its last
         // byte.
         let cost = sent + completed * BUFFER_OVERHEAD;
-        let now = &LazyNow::default();
-        self.life.on_written(cost, now);
+        self.life.on_written(cost, &LazyNow::default());
         self.shared.mailbox.publish_sent(cost);
         let counters = &self.shared.counters;
         ConnectionCounters::add(&counters.bytes_written, sent as u64);
         ConnectionCounters::add(&counters.writes, completed as u64);
         self.context.counters.bytes_written(sent as u64);
-        for _ in 0..completed {
-            let data = self.writes.pop_sent();
-            if callback!(self, "on_write_completed", on_write_completed(data)).is_none() {
-                return;
-            }
-        }
+        completed
     }
 
     /// Sends FIN once TLS `close_notify` went out (or at once on plain TCP). Errors mean the peer

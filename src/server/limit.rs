@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::server::per_ip::PeerSlot;
 
@@ -40,15 +40,34 @@ pub struct ConnectionLimiter {
 /// count; both freed on drop.
 #[derive(Debug)]
 pub(crate) struct Permit {
-    _permit: OwnedSemaphorePermit,
-    _peer: Option<PeerSlot>,
+    /// The semaphore the slot was taken from, with the slot forgotten: dropping the permit hands
+    /// it back. Kept as the semaphore alone, not tokio's owned permit (which adds its count):
+    /// every connection's task carries its permit.
+    semaphore: Arc<Semaphore>,
+    /// Boxed: only servers with a per-address cap have one, and every connection's task carries
+    /// its permit.
+    _peer: Option<Box<PeerSlot>>,
 }
 
 impl Permit {
+    /// A slot taken from `semaphore` (its permit forgotten), handed back when the `Permit` drops.
+    fn new(semaphore: Arc<Semaphore>) -> Self {
+        Permit {
+            semaphore,
+            _peer: None,
+        }
+    }
+
     /// Makes the connection's place in its address's count last as long as this permit.
     pub(crate) fn with_peer_slot(mut self, slot: PeerSlot) -> Self {
-        self._peer = Some(slot);
+        self._peer = Some(Box::new(slot));
         self
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.semaphore.add_permits(1);
     }
 }
 
@@ -113,31 +132,24 @@ impl ConnectionLimiter {
 
     /// Takes a slot if one is free, without waiting.
     pub(crate) fn try_acquire(&self) -> Option<Permit> {
-        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        self.semaphore.try_acquire().ok()?.forget();
         if self.is_full() {
             self.full.notify_waiters();
         }
-        Some(Permit {
-            _permit: permit,
-            _peer: None,
-        })
+        Some(Permit::new(self.semaphore.clone()))
     }
 
     /// Waits for a free slot. Waiters are served first come, first served.
     pub(crate) async fn acquire(&self) -> Permit {
-        let permit = self
-            .semaphore
-            .clone()
-            .acquire_owned()
+        self.semaphore
+            .acquire()
             .await
-            .expect("switchboard never closes a limiter's semaphore");
+            .expect("switchboard never closes a limiter's semaphore")
+            .forget();
         if self.is_full() {
             self.full.notify_waiters();
         }
-        Permit {
-            _permit: permit,
-            _peer: None,
-        }
+        Permit::new(self.semaphore.clone())
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::connection::lifecycle::{LifecycleConfig, WriteLimits};
 use crate::connection::mailbox::Mailbox;
 use crate::connection::user_data::{UserData, UserDataLayout};
-use crate::connection::{Connection, Shared};
+use crate::connection::{Connection, Shared, SocketAddresses};
 use crate::error::Error;
 use crate::ids::{ConnectionId, Direction};
 use crate::server::builder::Config;
@@ -209,15 +209,10 @@ impl Manager {
         want_handle: bool,
         over_peer_cap: bool,
     ) -> Result<(ConnectionId, Option<Connection>), (UserData, Error)> {
-        let Addresses {
-            peer: peer_addr,
-            local: local_addr,
-        } = addresses;
         let lifecycle = &self.context.lifecycle;
         let shared = Arc::new(Shared {
             id: self.registry.next_id(),
-            peer_addr,
-            local_addr,
+            addresses: SocketAddresses::new(addresses.peer, addresses.local),
             direction,
             user_data,
             counters: ConnectionCounters::default(),

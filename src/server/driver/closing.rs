@@ -22,10 +22,10 @@ impl Driver {
             connection,
             transport,
             mut registration,
-            sink,
+            rare,
             ..
         } = self;
-        if let Some(sink) = sink {
+        if let Some(sink) = rare.and_then(|rare| rare.sink) {
             // The awaiting task learns how it ended before the closing events run.
             sink.ended(reason);
         }

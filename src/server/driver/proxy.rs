@@ -34,7 +34,7 @@ impl Driver {
     /// Reads the header, bounded by the header timeout and cut short by an abort, and makes the
     /// client it names the connection's peer. How it fails is the lifecycle's to decide.
     pub(super) async fn proxy_header(&mut self, proxied: Proxied) {
-        let transport_peer = self.shared.peer_addr;
+        let transport_peer = self.shared.addresses.peer();
         if !proxied.settings.trusts(transport_peer.ip()) {
             tracing::debug!(
                 peer = %transport_peer,

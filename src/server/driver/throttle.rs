@@ -11,7 +11,11 @@ impl Driver {
     /// deadlines: it finds none passed). Out of line: only rate-limited connections run it.
     #[cold]
     pub(super) fn throttle(&mut self, mut interest: Interest) -> Interest {
-        let Some(rate) = self.rate.as_deref_mut() else {
+        let read_buffer_size = self.context.read_buffer_size;
+        let Some(rare) = self.rare.as_deref_mut() else {
+            return interest;
+        };
+        let Some(rate) = rare.rate.as_mut() else {
             return interest;
         };
         let available = rate.available(Instant::now());
@@ -20,10 +24,7 @@ impl Driver {
             let refilled = rate.refilled_at();
             interest.deadline = Some(interest.deadline.map_or(refilled, |at| at.min(refilled)));
         } else {
-            self.read_size = self
-                .context
-                .read_buffer_size
-                .min(usize::try_from(available).unwrap_or(usize::MAX));
+            rare.read_size = read_buffer_size.min(usize::try_from(available).unwrap_or(usize::MAX));
         }
         interest
     }
