@@ -399,17 +399,22 @@ impl Driver {
                     // wait.
                     self.timer.arm(interest.deadline);
                     let next = {
-                        let wake = if self.urgent.watch(interest.urgent, self.transport.tcp()) {
-                            match self.urgent.take_held() {
-                                // Taken by a read before it was asked for: delivered now.
-                                Some(byte) => Wake::UrgentByte(byte),
-                                // Boxed: only connections that asked for urgent data carry this
-                                // wait's state.
-                                None => Box::pin(self.wait_with_urgent(interest)).await,
+                        let wake = 'wake: {
+                            if self.urgent.watch(interest.urgent, self.transport.tcp()) {
+                                break 'wake match self.urgent.take_held() {
+                                    // Taken by a read before it was asked for: delivered now.
+                                    Some(byte) => Wake::UrgentByte(byte),
+                                    // Boxed: only connections that asked for urgent data carry
+                                    // this wait's state.
+                                    None => Box::pin(self.wait_with_urgent(interest)).await,
+                                };
                             }
-                        } else if let Some(wrote) = self.write_at_once(interest) {
-                            wrote
-                        } else {
+                            // A statement of its own: the wake it may give ends with it, and is
+                            // not kept in the task across the wait below (as an `else if let`'s
+                            // would be, 40 bytes).
+                            if let Some(wrote) = self.write_at_once(interest) {
+                                break 'wake wrote;
+                            }
                             // Only what the poll looks at moves in (the deadline is the
                             // timer's, armed above): borrowed, the interest would stay in the
                             // task across the callbacks' awaits too, and whole it would make
