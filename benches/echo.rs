@@ -183,8 +183,8 @@ use common::{median, server_cpu_seconds, thousands};
 use servers::{
     descriptor_limits, mio_listener, mio_serve, raise_descriptor_limit, raw_accept,
     raw_accept_loop, runtime, source_address, start_switchboard, std_listener,
-    system_descriptor_ceiling, Kind, Running, Tally, CA_PEM, DESCRIPTOR_RESERVE, PLAIN_KINDS,
-    SERVER_KEY, SERVER_PEM, TLS_DOMAIN, TLS_KINDS,
+    system_descriptor_ceiling, Kind, Running, Tally, DESCRIPTOR_RESERVE, PLAIN_KINDS, SERVER_KEY,
+    SERVER_PEM, TLS_DOMAIN, TLS_KINDS,
 };
 use tokio_native_tls::{TlsConnector, TlsStream};
 
@@ -339,13 +339,7 @@ async fn connect(address: SocketAddr) -> io::Result<TcpStream> {
 
 /// The client side of TLS: a connector that trusts the test CA (and nothing else).
 fn tls_connector() -> TlsConnector {
-    let ca = native_tls::Certificate::from_pem(CA_PEM).expect("parse the test CA");
-    native_tls::TlsConnector::builder()
-        .disable_built_in_roots(true)
-        .add_root_certificate(ca)
-        .build()
-        .expect("build the TLS connector")
-        .into()
+    servers::native_tls_connector().into()
 }
 
 /// Connects to `address` and runs a full TLS handshake, verifying [`TLS_DOMAIN`].

@@ -101,8 +101,9 @@ mod open_loop {
 
     use crate::common::{median, thousands};
     use crate::servers::{
-        descriptor_limits, raise_descriptor_limit, source_address, system_descriptor_ceiling, Kind,
-        Running, CA_PEM, DESCRIPTOR_RESERVE, SERVER_KEY, SERVER_PEM, TLS_DOMAIN,
+        descriptor_limits, native_tls_connector, raise_descriptor_limit, source_address,
+        system_descriptor_ceiling, Kind, Running, DESCRIPTOR_RESERVE, SERVER_KEY, SERVER_PEM,
+        TLS_DOMAIN,
     };
 
     /// Every message and reply: 64 B.
@@ -379,15 +380,6 @@ mod open_loop {
         socket.connect(&address.into())?;
         socket.set_tcp_nodelay(true)?;
         Ok(socket.into())
-    }
-
-    fn tls_connector() -> native_tls::TlsConnector {
-        let ca = native_tls::Certificate::from_pem(CA_PEM).expect("parse the test CA");
-        native_tls::TlsConnector::builder()
-            .disable_built_in_roots(true)
-            .add_root_certificate(ca)
-            .build()
-            .expect("build the TLS connector")
     }
 
     /// `count` non-blocking connections to `server` (TLS ones, handshake done, if given a
@@ -826,7 +818,7 @@ mod open_loop {
                 .collect::<io::Result<_>>()?;
             Ok(Servers {
                 processes,
-                tls: tls.then(tls_connector),
+                tls: tls.then(native_tls_connector),
             })
         }
     }

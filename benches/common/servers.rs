@@ -484,6 +484,16 @@ pub(crate) async fn start_switchboard(
     builder.start(Echo { tally }).await
 }
 
+/// The client side of the benches' TLS: a connector that trusts the test CA (and nothing else).
+pub(crate) fn native_tls_connector() -> native_tls::TlsConnector {
+    let ca = native_tls::Certificate::from_pem(CA_PEM).expect("parse the test CA");
+    native_tls::TlsConnector::builder()
+        .disable_built_in_roots(true)
+        .add_root_certificate(ca)
+        .build()
+        .expect("build the TLS connector")
+}
+
 /// A non-blocking listener on [`LOCALHOST`] with switchboard's backlog ([`LISTEN_BACKLOG`]),
 /// for the raw tokio and mio servers.
 pub(crate) fn std_listener() -> std::net::TcpListener {
