@@ -59,8 +59,10 @@
 //! Server CPU per message is the server process's user + system time in the window (from
 //! `/proc/PID/stat`, 10 ms ticks) divided by the messages due in it.
 //!
-//! The output is a Markdown table per scenario and load, and one `latency ratio` line per
-//! scenario, load and percentile (switchboard ÷ raw tokio, with the noise band).
+//! The output is a Markdown table per scenario and load, each server's client send lag per
+//! round (a round whose send lag is near its p99 measured a stall of the machine, which a median
+//! over few rounds would take as the server's), and one `latency ratio` line per scenario, load
+//! and percentile (switchboard ÷ raw tokio, with the noise band).
 
 // This bench measures the servers' CPU from their processes, and runs the servers without the
 // parts that only echo.rs uses.
@@ -955,6 +957,25 @@ mod open_loop {
         println!(
             "Client send lag p99 (the client's own floor, in every latency): at most {lag:.1} µs. \
              Lost replies or failed sends: {lost}."
+        );
+        // Per round, for each server: a tail of its own shows with a low lag beside it, a stall
+        // of the whole machine with a lag as long as the tail (a median over few rounds takes
+        // either as the server's).
+        let by_round: Vec<String> = point
+            .rounds
+            .iter()
+            .map(|(label, figures)| {
+                let lags: Vec<String> = figures
+                    .iter()
+                    .map(|f| format!("{:.0}", f.send_lag_p99))
+                    .collect();
+                format!("{label} {}", lags.join(" / "))
+            })
+            .collect();
+        println!(
+            "Client send lag p99 by round, µs (a round whose lag is near its p99 measured the \
+             machine's stall, not the server): {}.",
+            by_round.join("; ")
         );
         for failure in &point.failures {
             println!("Failed round: {failure}");
