@@ -683,7 +683,11 @@ impl Driver {
         match wake {
             Wake::Posted | Wake::UrgentRoom => {}
             Wake::Deadline => self.deadline_passed(),
-            Wake::Read(Ok(data)) => self.read_completed(data).await,
+            Wake::Read(Ok(data)) => {
+                // Data goes to the pump ([`Driver::woke`]): an empty read is the end of the stream.
+                debug_assert!(data.is_empty(), "a read with data is the pump's");
+                self.peer_finished().await;
+            }
             // Boxed, as error paths are: their state would otherwise be part of every
             // connection's task.
             Wake::Read(Err(error)) => Box::pin(self.read_failed(error)).await,
@@ -706,24 +710,10 @@ impl Driver {
         }
     }
 
-    /// Data (or the end of the stream, as an empty buffer) arrived.
-    async fn read_completed(&mut self, data: BytesMut) {
-        let outcome = if data.is_empty() {
-            ReadOutcome::Eof
-        } else {
-            ReadOutcome::Data(data.len())
-        };
-        match self.life.on_read(outcome, &LazyNow::default()) {
-            ReadVerdict::Deliver => {
-                self.count_read(data.len());
-                match self.sink() {
-                    Some(sink) => sink.deliver(data),
-                    None => {
-                        callback!(self, "on_read_completed", on_read_completed(data));
-                    }
-                }
-            }
-            ReadVerdict::ClientClose => match self.sink() {
+    /// The peer's FIN arrived (data goes through [`Driver::arrived`]).
+    async fn peer_finished(&mut self) {
+        if self.life.on_read(ReadOutcome::Eof, &LazyNow::default()) == ReadVerdict::ClientClose {
+            match self.sink() {
                 Some(sink) => sink.peer_closed(),
                 None => {
                     callback!(
@@ -732,8 +722,7 @@ impl Driver {
                         on_connection_client_close()
                     );
                 }
-            },
-            ReadVerdict::Discard | ReadVerdict::Ended => {}
+            }
         }
     }
 

@@ -32,7 +32,7 @@ impl Driver {
     pub(super) async fn read_failed(&mut self, error: io::Error) {
         if self.transport.is_tls() && tls::is_unexpected_eof(&error) {
             // TCP closed without close_notify: taken as the peer's FIN.
-            return self.read_completed(BytesMut::new()).await;
+            return self.peer_finished().await;
         }
         self.io_failed(Op::Read, error).await;
     }
