@@ -9,7 +9,8 @@
 //! ([`Driver::publish`]). It sees the server only through its [`Context`] (the callbacks and the
 //! settings it needs) and its [`Registration`], whose drop deregisters the connection.
 //!
-//! Files by job: this one pumps; `write` keeps the write queue, `urgent` the urgent data,
+//! Files by job: this one pumps; `wait` polls what a wait waits for (in priority order) and
+//! tries a reply's write before it; `write` keeps the write queue, `urgent` the urgent data,
 //! `timer` the one timer, `proxy` the PROXY header, `handshake` the TLS negotiation, `failures`
 //! feeds failed reads and writes to the lifecycle and runs the callbacks of its verdict,
 //! `closing` the closing events, `transport` the byte stream (plain, TLS, or another kind).
@@ -23,6 +24,7 @@ mod throttle;
 mod timer;
 pub(crate) mod transport;
 mod urgent;
+mod wait;
 mod write;
 
 use std::future::poll_fn;
@@ -50,8 +52,8 @@ use crate::stats::{ConnectionCounters, Count, Counters};
 use crate::tls::Secure;
 
 use timer::Timer;
-use transport::{Received, Transport};
-use urgent::{AtMark, Urgent, Watched};
+use transport::Transport;
+use urgent::{Urgent, Watched};
 use write::WriteQueue;
 
 pub(crate) use proxy::Proxied;
@@ -467,23 +469,6 @@ impl Driver {
         }
     }
 
-    /// A wait that would poll the write first (the wait after a callback queued a reply) tries
-    /// the write at once, without the wait: most often the socket takes it, and the turn needs no
-    /// poll of anything else. The write is polled with a waker that does nothing; if the socket
-    /// does not take it, the wait that follows polls it again with the task's own. A request
-    /// posted meanwhile is taken at the next turn, as it would be after the write in the wait.
-    #[inline]
-    fn write_at_once(&mut self, interest: Interest) -> Option<Wake> {
-        if !interest.write {
-            return None;
-        }
-        let mut cx = TaskContext::from_waker(noop_waker_ref());
-        match self.writes.poll_write(&mut cx, &mut self.transport) {
-            Poll::Ready(result) => Some(Wake::Wrote(result)),
-            Poll::Pending => None,
-        }
-    }
-
     /// Where reads go instead of to the callbacks, if anywhere.
     fn sink(&self) -> Option<&dyn ReadSink> {
         self.rare.as_deref()?.sink.as_deref()
@@ -631,52 +616,6 @@ impl Driver {
         }
     }
 
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    async fn wait_with_urgent(&mut self, interest: Interest) -> Wake {
-        let read_size = self.read_size();
-        let Driver {
-            shared,
-            transport,
-            writes,
-            urgent,
-            timer,
-            ..
-        } = self;
-        let mut waiting = Waiting {
-            shared,
-            transport,
-            writes,
-            urgent_pending: urgent.has_pending(),
-            timer,
-            read_buffer_size: read_size,
-            at_mark: urgent.at_mark(),
-        };
-        tokio::select! {
-            biased;
-            wake = poll_fn(|cx| waiting.poll(cx, interest)) => wake,
-            watched = urgent.watched() => Wake::Urgent(watched),
-        }
-    }
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    async fn wait_with_urgent(&mut self, interest: Interest) -> Wake {
-        poll_fn(|cx| self.poll_wake(cx, interest)).await
-    }
-
-    fn poll_wake(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> Poll<Wake> {
-        let read_size = self.read_size();
-        Waiting {
-            shared: &self.shared,
-            transport: &mut self.transport,
-            writes: &mut self.writes,
-            urgent_pending: self.urgent.has_pending(),
-            timer: &mut self.timer,
-            read_buffer_size: read_size,
-            at_mark: self.urgent.at_mark(),
-        }
-        .poll(cx, interest)
-    }
-
     /// Feeds what ended a wait back into the lifecycle, with its callbacks: the wakes that
     /// [`Driver::pump`] does not handle itself.
     async fn woken(&mut self, wake: Wake) {
@@ -767,74 +706,5 @@ impl Driver {
             self.transport.shutdown_write();
         }
         self.life.on_fin_sent();
-    }
-}
-
-/// The parts of a driver one wait polls, borrowed apart from the urgent-data watcher (which a
-/// `select!` beside it borrows).
-struct Waiting<'a> {
-    shared: &'a Shared,
-    transport: &'a mut Transport,
-    writes: &'a mut WriteQueue,
-    urgent_pending: bool,
-    timer: &'a mut Timer,
-    read_buffer_size: usize,
-    /// Set once the application asked for urgent data: reads then take it first.
-    at_mark: Option<&'a AtMark>,
-}
-
-impl Waiting<'_> {
-    /// In priority order: requests from handles, room for the queue (or for `close_notify`),
-    /// data, room for urgent bytes, the timer. Writing first flushes what a callback queued before
-    /// more is read (and saves a read poll per message that would find nothing yet).
-    ///
-    /// The mailbox is looked at first (one atomic load) but its waker is registered last, only
-    /// when nothing else is ready: most polls find data or room and need no wake-up from it.
-    /// Registering last is as safe as first, since parking re-checks for a post atomically.
-    #[inline]
-    fn poll(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> std::task::Poll<Wake> {
-        use std::task::Poll::Ready;
-        if self.shared.mailbox.has_posted() {
-            return Ready(Wake::Posted);
-        }
-        if interest.write {
-            if let Ready(result) = self.writes.poll_write(cx, self.transport) {
-                return Ready(Wake::Wrote(result));
-            }
-        } else if interest.fin {
-            if let Ready(result) = self.transport.poll_close_notify(cx) {
-                return Ready(Wake::FinSent(result));
-            }
-        }
-        if interest.read {
-            if let Some(at_mark) = self.at_mark {
-                if let Ready(result) =
-                    self.transport
-                        .poll_read_taking_urgent(cx, self.read_buffer_size, at_mark)
-                {
-                    return Ready(match result {
-                        Ok(Received::Urgent(byte)) => Wake::UrgentByte(byte),
-                        Ok(Received::Data(data)) => Wake::Read(Ok(data)),
-                        Err(error) => Wake::Read(Err(error)),
-                    });
-                }
-            } else if let Ready(result) = self.transport.poll_read(cx, self.read_buffer_size) {
-                return Ready(Wake::Read(result));
-            }
-        }
-        if self.urgent_pending {
-            if let Some(tcp) = self.transport.tcp() {
-                if tcp.poll_write_ready(cx).is_ready() {
-                    return Ready(Wake::UrgentRoom);
-                }
-            }
-        }
-        if self.timer.poll(cx).is_ready() {
-            return Ready(Wake::Deadline);
-        }
-        if self.shared.mailbox.poll_posted(cx).is_ready() {
-            return Ready(Wake::Posted);
-        }
-        std::task::Poll::Pending
     }
 }
