@@ -10,14 +10,16 @@ pub(crate) mod weak;
 
 use std::fmt;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
+use once_cell::race::OnceBox;
 
 use self::closing_hooks::ClosingHooks;
 use crate::closure::ClosureReason;
 use crate::connection::mailbox::Mailbox;
-use crate::connection::user_data::UserData;
+use crate::connection::user_data::{Slot, UserData};
 use crate::error::Error;
 use crate::ids::{ConnectionId, Direction};
 use crate::proxy::ProxyHeader;
@@ -37,9 +39,15 @@ pub(crate) struct Shared {
     pub(crate) mailbox: Mailbox,
     /// What the PROXY header and the TLS handshake told, once either did (boxed, one pointer for
     /// both: most connections have neither).
-    pub(crate) told: OnceLock<Box<Told>>,
+    pub(crate) told: OnceBox<Told>,
     /// Whether this is a TLS connection (negotiated or not yet).
     pub(crate) is_tls: bool,
+    /// The index of the frame layer's user data slot, once it was marked
+    /// ([`Shared::mark_frame_slot`]; `u32::MAX` before), found without locking the
+    /// application's slots, which may be held (in `with`) by the very callback that broadcasts
+    /// to a group. Kept here, not in [`UserData`], where it would take a word of its own: beside
+    /// the two flags it fits in what would be padding.
+    pub(crate) frame_slot: AtomicU32,
     /// Who is told when it starts closing (the [groups](crate::ConnectionGroup) it joined,
     /// which it leaves then).
     pub(crate) closing_hooks: ClosingHooks,
@@ -108,6 +116,24 @@ impl Shared {
 
     pub(crate) fn tls_info(&self) -> Option<&TlsInfo> {
         self.told.get()?.tls.get()
+    }
+
+    /// Marks `slot` as the one [`Shared::frame_slot`] finds: the frame layer's, whose value type
+    /// the application cannot name (so never holds its lock). A slot index past `u32::MAX`
+    /// cannot be (each slot takes at least 24 bytes of every connection) and is not marked.
+    pub(crate) fn mark_frame_slot<T: 'static>(&self, slot: Slot<T>) {
+        if let Ok(index) = u32::try_from(slot.index()) {
+            self.frame_slot.store(index, Ordering::Release);
+        }
+    }
+
+    /// The [marked](Shared::mark_frame_slot) slot, if it holds a value of type `T`.
+    pub(crate) fn frame_slot<T: 'static>(&self) -> Option<Slot<T>> {
+        let index = self.frame_slot.load(Ordering::Acquire);
+        if index == u32::MAX {
+            return None;
+        }
+        self.user_data.slot_holding(index as usize)
     }
 }
 

@@ -175,7 +175,7 @@ impl<H: FrameHandler> Callbacks for Adapter<H> {
         user_data.set(self.slot, FrameState::new(codec));
         // Found by `FramedConnection::of` and a group's item broadcasts without locking the
         // application's slots.
-        user_data.mark(self.slot);
+        connection.shared().mark_frame_slot(self.slot);
         self.handler
             .on_connection_established(connection, address)
             .await;

@@ -54,7 +54,7 @@ impl<'a, C: Send + 'static> FramedConnection<'a, C> {
     /// }
     /// ```
     pub fn of(connection: &'a Connection) -> Option<Self> {
-        let slot = connection.user_data().marked::<FrameState<C>>()?;
+        let slot = connection.shared().frame_slot::<FrameState<C>>()?;
         Some(FramedConnection { connection, slot })
     }
 
@@ -192,7 +192,7 @@ pub(crate) fn queue_item<C, I>(shared: &Shared, item: I) -> Queued<<C as Encoder
 where
     C: Encoder<I> + Send + 'static,
 {
-    let Some(slot) = shared.user_data.marked::<FrameState<C>>() else {
+    let Some(slot) = shared.frame_slot::<FrameState<C>>() else {
         return Queued::NotFramed;
     };
     let queued = shared.user_data.with_value(slot, |state| {
@@ -216,7 +216,7 @@ where
 
 /// Whether the member `shared` is framed with a codec of type `C`.
 pub(crate) fn is_framed_with<C: Send + 'static>(shared: &Shared) -> bool {
-    shared.user_data.marked::<FrameState<C>>().is_some()
+    shared.frame_slot::<FrameState<C>>().is_some()
 }
 
 fn refused<E>(refusal: Error) -> Queued<E> {

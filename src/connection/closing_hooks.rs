@@ -2,7 +2,9 @@
 //! connection group) uses to forget a connection without the engine knowing what it is.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use once_cell::race::OnceBox;
 
 use super::Shared;
 
@@ -16,7 +18,7 @@ pub(crate) trait ClosingHook: Send + Sync {
 /// The hooks of one connection, made by the first registration (most connections have none).
 /// Held weakly: a hook whose owner was dropped is forgotten.
 #[derive(Default)]
-pub(crate) struct ClosingHooks(OnceLock<Box<Mutex<Registered>>>);
+pub(crate) struct ClosingHooks(OnceBox<Mutex<Registered>>);
 
 type Registered = Vec<Weak<dyn ClosingHook>>;
 

@@ -16,6 +16,8 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use once_cell::race::OnceBox;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -52,8 +54,6 @@ pub(crate) struct Inbox {
     #[allow(clippy::box_collection)]
     urgent: Option<Box<Vec<u8>>>,
     urgent_wanted: bool,
-    /// The driver's task (see [`Mailbox::set_task`]).
-    task: Option<tokio::task::Id>,
     shutdown_write: bool,
     /// A graceful close was asked for, with the reason to report.
     close: Option<ClosureReason>,
@@ -67,6 +67,14 @@ pub(crate) struct Inbox {
     /// also refuses writes at once, through `close`), or ended (decided; nothing is taken any
     /// more, and an abort is no longer counted).
     fate: Fate,
+}
+
+/// Locks `inbox`. Nothing panics while this lock is held, but a poisoned lock must not turn one
+/// connection's trouble into a panic in every handle, so the guard is recovered.
+fn lock(inbox: &Mutex<Inbox>) -> MutexGuard<'_, Inbox> {
+    inbox
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What the staged bytes will count for once queued (as one buffer).
@@ -94,7 +102,13 @@ impl Inbox {
 /// A connection's mailbox; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Mailbox {
-    inbox: Mutex<Inbox>,
+    /// Made by the first post that needs it (most idle connections have had none: a read request
+    /// is posted in [`Signal`] alone), or by the driver when it publishes that the connection is
+    /// closing or ended, so that a handle posting after that finds the fate published. Before
+    /// it is made, it holds what a new [`Inbox`] holds.
+    inbox: OnceBox<Mutex<Inbox>>,
+    /// The driver's task (see [`Mailbox::set_task`]).
+    task: OnceLock<tokio::task::Id>,
     signal: Signal,
     /// Total bytes ever queued; written by handles, only under the inbox lock.
     posted: AtomicUsize,
@@ -106,7 +120,7 @@ pub(crate) struct Mailbox {
     /// Writers waiting for room: signalled when the queue drains to the low mark or below the
     /// limit, and when the connection closes. Made by the first writer that waits (most
     /// connections never have one).
-    room: OnceLock<Box<Notify>>,
+    room: OnceBox<Notify>,
     /// The server's settings: the queue bounds and the default timeouts.
     config: Arc<LifecycleConfig>,
 }
@@ -114,23 +128,26 @@ pub(crate) struct Mailbox {
 impl Mailbox {
     pub(crate) fn new(config: Arc<LifecycleConfig>) -> Self {
         Mailbox {
-            inbox: Mutex::default(),
+            inbox: OnceBox::new(),
+            task: OnceLock::new(),
             // Sealed until the connection is established (see `Signal`).
             signal: Signal::sealed(),
             posted: AtomicUsize::new(0),
             sent: AtomicUsize::new(0),
             staged_len: AtomicUsize::new(0),
-            room: OnceLock::new(),
+            room: OnceBox::new(),
             config,
         }
     }
 
+    /// The inbox, locked; made first if nothing made it yet.
     fn inbox(&self) -> MutexGuard<'_, Inbox> {
-        // Nothing panics while this lock is held, but a poisoned lock must not turn one
-        // connection's trouble into a panic in every handle, so the guard is recovered.
-        self.inbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(self.inbox.get_or_init(Box::default))
+    }
+
+    /// The inbox, locked, if it was made: a reader that finds none knows what a new one holds.
+    fn made_inbox(&self) -> Option<MutexGuard<'_, Inbox>> {
+        self.inbox.get().map(lock)
     }
 
     /// Applies `change` to the inbox and wakes the driver.
@@ -159,13 +176,14 @@ impl Mailbox {
 
     /// The connection's own task, set once by its driver: waiting for room there would never end.
     pub(crate) fn set_task(&self, task: tokio::task::Id) {
-        self.inbox().task = Some(task);
+        // Set once, by the driver before its first callback; a second call changes nothing.
+        let _ = self.task.set(task);
     }
 
     /// Whether the caller runs on the connection's own task.
     pub(crate) fn on_own_task(&self) -> bool {
         let current = tokio::task::try_id();
-        current.is_some() && current == self.inbox().task
+        current.is_some() && current == self.task.get().copied()
     }
 
     /// Bytes queued and not yet written. Under the inbox lock `posted` cannot move, and `sent`
@@ -438,20 +456,28 @@ impl Mailbox {
     }
 
     pub(crate) fn timeouts(&self) -> Timeouts {
-        match &self.inbox().timeouts {
+        match self
+            .made_inbox()
+            .as_ref()
+            .and_then(|inbox| inbox.timeouts.as_ref())
+        {
             Some(timeouts) => **timeouts,
             None => self.config.timeouts,
         }
     }
 
     pub(crate) fn queued_bytes(&self) -> usize {
-        let inbox = self.inbox();
-        self.level(&inbox)
+        match self.made_inbox() {
+            Some(inbox) => self.level(&inbox),
+            // Nothing was ever posted.
+            None => 0,
+        }
     }
 
     pub(crate) fn is_closing(&self) -> bool {
-        let inbox = self.inbox();
-        inbox.fate != Fate::Open || inbox.close.is_some() || inbox.abort.is_some()
+        self.made_inbox().is_some_and(|inbox| {
+            inbox.fate != Fate::Open || inbox.close.is_some() || inbox.abort.is_some()
+        })
     }
 
     /// `Ok(true)` if a writer may go on, `Ok(false)` if it must wait for room, or why it never
@@ -535,7 +561,11 @@ impl Mailbox {
 
     /// Takes the urgent bytes posted (after a take that said there were some).
     pub(crate) fn take_urgent(&self, urgent: &mut Vec<u8>) {
-        if let Some(posted) = self.inbox().urgent.as_mut() {
+        if let Some(posted) = self
+            .made_inbox()
+            .as_mut()
+            .and_then(|inbox| inbox.urgent.as_mut())
+        {
             urgent.append(posted);
         }
     }
@@ -600,7 +630,7 @@ impl Mailbox {
     /// what was posted as seen; the rest stays in the inbox for the lifecycle.
     pub(crate) fn pending_abort(&self) -> Option<ClosureReason> {
         self.signal.acknowledge();
-        self.inbox().abort
+        self.made_inbox().and_then(|inbox| inbox.abort)
     }
 
     /// Whether a request arrived since the last take (without registering a waker).

@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 static NEXT_LAYOUT: AtomicU64 = AtomicU64::new(1);
@@ -27,6 +27,13 @@ impl<T> Clone for Slot<T> {
 }
 
 impl<T> Copy for Slot<T> {}
+
+impl<T> Slot<T> {
+    /// Where the slot is in each connection's user data.
+    pub(crate) fn index(self) -> usize {
+        self.index
+    }
+}
 
 impl<T> fmt::Debug for Slot<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -87,10 +94,6 @@ type Value = Box<dyn Any + Send>;
 pub struct UserData {
     layout: u64,
     slots: Box<[Mutex<Option<Value>>]>,
-    /// The index of the frame layer's slot, once it was [marked](UserData::mark) (`usize::MAX`
-    /// before): found without locking the application's slots, which may be held (in `with`)
-    /// by the very callback that broadcasts to a group.
-    marked: AtomicUsize,
 }
 
 impl UserData {
@@ -98,7 +101,6 @@ impl UserData {
         UserData {
             layout: layout.id,
             slots: (0..layout.count).map(|_| Mutex::new(None)).collect(),
-            marked: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -170,16 +172,9 @@ impl UserData {
         f(guard.as_mut().and_then(|value| value.downcast_mut::<T>()))
     }
 
-    /// Marks `slot` as the one [`marked`](UserData::marked) finds: the frame layer's, whose
-    /// value type the application cannot name (so never holds its lock).
-    pub(crate) fn mark<T: 'static>(&self, slot: Slot<T>) {
-        self.marked.store(slot.index, Ordering::Release);
-    }
-
-    /// The [marked](UserData::mark) slot, if it holds a value of type `T`; only that slot's lock
-    /// is taken.
-    pub(crate) fn marked<T: 'static>(&self) -> Option<Slot<T>> {
-        let index = self.marked.load(Ordering::Acquire);
+    /// The slot at `index` (the frame layer's, see `Shared::frame_slot`), if it holds a value of
+    /// type `T`; only that slot's lock is taken.
+    pub(crate) fn slot_holding<T: 'static>(&self, index: usize) -> Option<Slot<T>> {
         let held = self
             .slots
             .get(index)?
@@ -209,7 +204,6 @@ impl UserData {
                     Mutex::new(value)
                 })
                 .collect(),
-            marked: AtomicUsize::new(self.marked.load(Ordering::Acquire)),
         }
     }
 }
@@ -298,22 +292,29 @@ mod tests {
     }
 
     #[test]
-    fn a_value_is_reached_in_place_and_the_marked_slot_found_by_type() {
+    fn a_value_is_reached_in_place_and_a_slot_found_by_index_and_type() {
         let mut layout = UserDataLayout::new();
         let name = layout.request::<String>();
         let count = layout.request::<u32>();
         let data = UserData::new(&layout);
-        assert!(data.marked::<u32>().is_none(), "nothing marked yet");
-        data.mark(count);
-        assert!(data.marked::<u32>().is_none(), "nothing stored yet");
+        assert!(
+            data.slot_holding::<u32>(count.index()).is_none(),
+            "nothing stored yet"
+        );
+        assert!(data.slot_holding::<u32>(7).is_none(), "no such slot");
         data.set(count, 1);
         data.with_value(count, |n| *n.expect("stored") += 1);
         assert_eq!(data.get(count), Some(2));
         assert!(data.with_value(name, |n: Option<&mut String>| n.is_none()));
-        assert!(data.marked::<String>().is_none(), "another type");
+        assert!(
+            data.slot_holding::<String>(count.index()).is_none(),
+            "another type"
+        );
         // Found while another slot is in use on this thread (`with` holds its lock).
         data.with(name, |_| {
-            let found = data.marked::<u32>().expect("the marked slot holding a u32");
+            let found = data
+                .slot_holding::<u32>(count.index())
+                .expect("the slot holding a u32");
             assert_eq!(data.get(found), Some(2));
         });
     }

@@ -1,7 +1,7 @@
 //! A member joining a group while its connection starts closing, on two threads: whichever
 //! comes first, the group never keeps a member that has left.
 
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Arc, Barrier};
 
 use super::*;
 use crate::connection::lifecycle::LifecycleConfig;
@@ -22,8 +22,9 @@ fn established(id: u64) -> Arc<Shared> {
         user_data: UserData::new(&UserDataLayout::new()),
         counters: ConnectionCounters::default(),
         mailbox: Mailbox::new(Arc::new(config)),
-        told: OnceLock::new(),
+        told: once_cell::race::OnceBox::new(),
         is_tls: false,
+        frame_slot: std::sync::atomic::AtomicU32::new(u32::MAX),
         closing_hooks: Default::default(),
     });
     shared.mailbox.open_for_upgrades();

@@ -217,8 +217,9 @@ impl Manager {
             user_data,
             counters: ConnectionCounters::default(),
             mailbox: Mailbox::new(lifecycle.clone()),
-            told: std::sync::OnceLock::new(),
+            told: once_cell::race::OnceBox::new(),
             is_tls: setup.secure.is_some(),
+            frame_slot: std::sync::atomic::AtomicU32::new(u32::MAX),
             closing_hooks: Default::default(),
         });
         let registration = match self.registry.register(&shared, permit, live) {
