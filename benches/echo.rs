@@ -940,6 +940,25 @@ fn foreground_client(
     })
 }
 
+/// `--echo-client ADDRESS --connections C --churn`: C connections one after another, each living
+/// as in the churn scenario ([`churn_once`]), so the server is done with every connection when
+/// this returns. One at a time, so that a count of the server's instructions per connection
+/// (`CHURN=1 benches/instructions.sh`) does not depend on how connections overlap.
+fn foreground_churn(address: SocketAddr, connections: usize) -> io::Result<()> {
+    let runtime = runtime("client");
+    runtime.block_on(async {
+        let began = Instant::now();
+        for _ in 0..connections {
+            churn_once(address).await?;
+        }
+        eprintln!(
+            "churned {connections} connections in {:.2} s",
+            began.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Command line
 // ---------------------------------------------------------------------------------------------
@@ -950,6 +969,7 @@ usage: echo [--quick] [--only SCENARIO,...] [--max-connections N]
                 idle, max-connections (all by default)
        echo --echo-server switchboard|raw|mio|api|api-static --connections C
        echo --echo-client ADDRESS --connections C --messages M [--size BYTES]
+       echo --echo-client ADDRESS --connections C --churn
        echo --memory-server switchboard|raw|mio     (started by the benchmark itself)";
 
 /// Ends the process with `message` and the usage.
@@ -1321,6 +1341,13 @@ fn main() {
         let connections: usize = required(&args, "--connections", "--echo-client");
         if connections == 0 {
             usage_error("--connections must be at least 1");
+        }
+        if args.iter().any(|arg| arg == "--churn") {
+            if let Err(error) = foreground_churn(address, connections) {
+                eprintln!("echo client: {error}");
+                std::process::exit(1);
+            }
+            return;
         }
         let messages = required(&args, "--messages", "--echo-client");
         let size = option(&args, "--size").unwrap_or(64);

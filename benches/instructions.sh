@@ -11,6 +11,12 @@
 #   MESSAGES=20000 RUNS=2 benches/instructions.sh
 #   CONNECTIONS="50" KINDS="raw api switchboard" benches/instructions.sh
 #   SIZE=4096 CONNECTIONS="50" KINDS="switchboard" benches/instructions.sh   # another message size
+#   CHURN=1 MESSAGES=2000 KINDS="raw switchboard" benches/instructions.sh      # per connection
+#
+# With CHURN=1 the count is per connection instead: the client opens MESSAGES + 1 connections one
+# after another, each living as in the echo bench's churn scenario (connect, one 64 B echo,
+# half-close, the server's FIN), against a run with one; the difference divided by MESSAGES is
+# what a connection's whole life costs the server (accept, task, callbacks, close), in user space.
 #
 # Each server runs alone under `valgrind --tool=cachegrind --cache-sim=no` on one thread
 # (`echo --echo-server KIND --connections C`); the same executable drives it from outside
@@ -35,6 +41,10 @@ connection_counts=${CONNECTIONS:-"50 1000"}
 kinds=${KINDS:-"raw api api-static switchboard mio"}
 runs=${RUNS:-1}
 size=${SIZE:-64}
+churn=${CHURN:-0}
+if [ "$churn" != 0 ]; then
+  connection_counts=churn
+fi
 
 command -v valgrind >/dev/null 2>&1 || { echo "instructions.sh: valgrind is not installed" >&2; exit 1; }
 
@@ -54,8 +64,14 @@ count() {
   # first look for the address: the last run's address must not be read.
   rm -f "$out"
   : >"$log"
+  # Churned, `count` connections live one after another, and one more in the run with none.
+  local served=$connections client_args=(--connections "$connections" --messages "$count" --size "$size")
+  if [ "$connections" = churn ]; then
+    served=$((count + 1))
+    client_args=(--connections "$served" --churn)
+  fi
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" \
-    "$exe" --echo-server "$kind" --connections "$connections" >"$log" 2>"$vlog" &
+    "$exe" --echo-server "$kind" --connections "$served" >"$log" 2>"$vlog" &
   local server=$!
   # This runs in a command substitution, where the script's traps do not: stop the server here.
   fail() {
@@ -71,8 +87,7 @@ count() {
     sleep 0.1
   done
   [ -n "$address" ] || { cat "$vlog" >&2; fail "the $kind server did not start"; return 1; }
-  timeout 600 "$exe" --echo-client "$address" --connections "$connections" \
-    --messages "$count" --size "$size" 2>"$work/client.log" \
+  timeout 600 "$exe" --echo-client "$address" "${client_args[@]}" 2>"$work/client.log" \
     || { cat "$work/client.log" >&2; fail "the client failed against $kind"; return 1; }
   # The server ends by itself once every connection has ended.
   timeout 120 tail --pid="$server" -f /dev/null \
@@ -87,8 +102,13 @@ count() {
   sed -n 's/^summary: //p' "$out"
 }
 
-printf '\n%s\n' "User-space instructions per echoed $size B message (server process, cachegrind;"
-printf '%s\n' "$messages messages per run, minus a run with none; $runs run(s) each)"
+if [ "$churn" != 0 ]; then
+  printf '\n%s\n' "User-space instructions per churned connection (server process, cachegrind;"
+  printf '%s\n' "$messages connections one after another per run, minus a run with none; $runs run(s) each)"
+else
+  printf '\n%s\n' "User-space instructions per echoed $size B message (server process, cachegrind;"
+  printf '%s\n' "$messages messages per run, minus a run with none; $runs run(s) each)"
+fi
 printf '%-12s %-12s %14s %10s  %s\n' connections server "instr/msg" "vs raw" "runs"
 printf '%s\n' "-------------------------------------------------------------------------------"
 for connections in $connection_counts; do
