@@ -319,60 +319,82 @@ async fn accept_loop(manager: Arc<Manager>, listeners: Vec<Listener>, events: Ev
         }
         announced.set(&events, true);
         let stop_at_limit = manager.config().at_limit == LimitPolicy::StopAccepting;
-        let accepted = tokio::select! {
-            biased;
-            _ = accepting.changed() => continue,
-            _ = phase.changed() => continue,
-            // Another server or an outgoing connect took the last shared slot.
-            () = manager.limiter().until_full(), if stop_at_limit => continue,
-            accepted = accept_any(&listeners, &mut next) => accepted,
+        // The waits on the switch and the shutdown phase are armed once for every client taken
+        // until one of them moves, not once per client: arming and disarming both cost about a
+        // thousand instructions, a twentieth of a short connection's whole life.
+        let changed = async {
+            tokio::select! {
+                _ = accepting.changed() => (),
+                _ = phase.changed() => (),
+            }
         };
-        match accepted {
-            Ok(accepted) => {
-                backoff = MIN_BACKOFF;
-                // Descriptors are available again: take back a spare spent earlier (a no-op
-                // while it is held).
-                reserve.restore();
-                match manager.admit() {
-                    Some(permit) => {
-                        at_limit = false;
-                        take(&manager, accepted, permit);
+        tokio::pin!(changed);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = &mut changed => break,
+                // Another server or an outgoing connect took the last shared slot.
+                () = manager.limiter().until_full(), if stop_at_limit => break,
+                accepted = accept_any(&listeners, &mut next) => accepted,
+            };
+            match accepted {
+                Ok(accepted) => {
+                    backoff = MIN_BACKOFF;
+                    // Descriptors are available again: take back a spare spent earlier (a no-op
+                    // while it is held).
+                    reserve.restore();
+                    match manager.admit() {
+                        Some(permit) => {
+                            at_limit = false;
+                            take(&manager, accepted, permit);
+                        }
+                        // `AcceptAndClose`; or, with `StopAccepting`, a slot taken elsewhere in
+                        // the instant between the check above and this accept.
+                        None => {
+                            refuse_at_limit(
+                                &accepted.stream,
+                                manager.config().refusal_message.as_ref(),
+                            );
+                            if !at_limit {
+                                at_limit = true;
+                                events.send(AcceptEvent::MaximumConnections);
+                            }
+                        }
                     }
-                    // `AcceptAndClose`; or, with `StopAccepting`, a slot taken elsewhere in the
-                    // instant between the check above and this accept.
-                    None => {
-                        refuse_at_limit(
-                            &accepted.stream,
-                            manager.config().refusal_message.as_ref(),
-                        );
-                        if !at_limit {
-                            at_limit = true;
-                            events.send(AcceptEvent::MaximumConnections);
+                }
+                Err(error) => {
+                    manager.count(Count::AcceptError);
+                    let per_connection = is_per_connection(&error);
+                    tracing::debug!(%error, per_connection, "accept failed");
+                    let refusal = if is_out_of_descriptors(&error) {
+                        refuse_pending(&manager, &listeners, &mut reserve).await
+                    } else {
+                        Refusal::Failed
+                    };
+                    if reporter.admit() {
+                        events.send(AcceptEvent::Error(error));
+                    }
+                    match refusal {
+                        Refusal::Drained => {}
+                        Refusal::BatchFull => tokio::task::yield_now().await,
+                        Refusal::Failed if per_connection => {}
+                        Refusal::Failed => {
+                            let backoff_over = tokio::select! {
+                                biased;
+                                () = &mut changed => false,
+                                () = tokio::time::sleep(backoff) => true,
+                            };
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            if !backoff_over {
+                                break;
+                            }
                         }
                     }
                 }
             }
-            Err(error) => {
-                manager.count(Count::AcceptError);
-                let per_connection = is_per_connection(&error);
-                tracing::debug!(%error, per_connection, "accept failed");
-                let refusal = if is_out_of_descriptors(&error) {
-                    refuse_pending(&manager, &listeners, &mut reserve).await
-                } else {
-                    Refusal::Failed
-                };
-                if reporter.admit() {
-                    events.send(AcceptEvent::Error(error));
-                }
-                match refusal {
-                    Refusal::Drained => {}
-                    Refusal::BatchFull => tokio::task::yield_now().await,
-                    Refusal::Failed if per_connection => {}
-                    Refusal::Failed => {
-                        let _ = unless_changed!(tokio::time::sleep(backoff));
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
+            // At the limit with `StopAccepting`: the top of the outer loop holds clients back.
+            if manager.holds_clients_back() {
+                break;
             }
         }
     }
