@@ -375,8 +375,21 @@ pub trait Callbacks: Send + Sync + 'static {
     /// when nothing else keeps it open.
     ///
     /// Default: does nothing.
-    async fn on_connection_client_close(&self, connection: &Connection) {
+    ///
+    /// (Written out as `#[async_trait]` expands an `async fn`, so that the default needs no
+    /// allocation, as [`on_write_completed`](Callbacks::on_write_completed)'s; implement it with
+    /// `async fn` as any other.)
+    fn on_connection_client_close<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        connection: &'life1 Connection,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         let _ = connection;
+        Box::pin(Done)
     }
 
     /// The peer reset the connection (RST), seen by a read or a write. Queued writes are lost; the
@@ -418,8 +431,22 @@ pub trait Callbacks: Send + Sync + 'static {
     /// is closed; [`on_connection_closed`](Callbacks::on_connection_closed) follows.
     ///
     /// Default: does nothing.
-    async fn on_connection_closure(&self, connection: &Connection, reason: ClosureReason) {
+    ///
+    /// (Written out as `#[async_trait]` expands an `async fn`, so that the default needs no
+    /// allocation, as [`on_write_completed`](Callbacks::on_write_completed)'s; implement it with
+    /// `async fn` as any other.)
+    fn on_connection_closure<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        connection: &'life1 Connection,
+        reason: ClosureReason,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         let _ = (connection, reason);
+        Box::pin(Done)
     }
 
     /// Right after [`on_connection_closure`](Callbacks::on_connection_closure), without a reason
@@ -427,8 +454,21 @@ pub trait Callbacks: Send + Sync + 'static {
     /// follows.
     ///
     /// Default: does nothing.
-    async fn on_connection_closed(&self, connection: &Connection) {
+    ///
+    /// (Written out as `#[async_trait]` expands an `async fn`, so that the default needs no
+    /// allocation, as [`on_write_completed`](Callbacks::on_write_completed)'s; implement it with
+    /// `async fn` as any other.)
+    fn on_connection_closed<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        connection: &'life1 Connection,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         let _ = connection;
+        Box::pin(Done)
     }
 
     /// The very last event of a connection (or of a failed outgoing connect), with its user data by
@@ -437,8 +477,20 @@ pub trait Callbacks: Send + Sync + 'static {
     /// connection's limiter slot is freed once both have returned.
     ///
     /// Default: drops the user data.
-    async fn on_socket_released(&self, user_data: UserData) {
+    ///
+    /// (Written out as `#[async_trait]` expands an `async fn`, so that the default needs no
+    /// allocation, as [`on_write_completed`](Callbacks::on_write_completed)'s; implement it with
+    /// `async fn` as any other.)
+    fn on_socket_released<'life0, 'async_trait>(
+        &'life0 self,
+        user_data: UserData,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
         let _ = user_data;
+        Box::pin(Done)
     }
 
     /// The connection's write queue reached the
@@ -476,8 +528,23 @@ pub trait Callbacks: Send + Sync + 'static {
     /// The C++ interface has one overload per side; [`TlsInfo::side`] tells them apart here.
     ///
     /// Default: does nothing.
-    async fn on_negotiation_complete(&self, connection: &Connection, info: &TlsInfo) {
+    ///
+    /// (Written out as `#[async_trait]` expands an `async fn`, so that the default needs no
+    /// allocation, as [`on_write_completed`](Callbacks::on_write_completed)'s; implement it with
+    /// `async fn` as any other.)
+    fn on_negotiation_complete<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        connection: &'life1 Connection,
+        info: &'life2 TlsInfo,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
         let _ = (connection, info);
+        Box::pin(Done)
     }
 
     /// A TLS connection is secure and about to be established: comes after
@@ -486,12 +553,23 @@ pub trait Callbacks: Send + Sync + 'static {
     /// secure connections need. `address` is the peer's.
     ///
     /// Default: does nothing.
-    async fn on_secure_connection_established(
-        &self,
-        connection: &Connection,
-        address: &SocketAddr,
-    ) {
+    ///
+    /// (Written out as `#[async_trait]` expands an `async fn`, so that the default needs no
+    /// allocation, as [`on_write_completed`](Callbacks::on_write_completed)'s; implement it with
+    /// `async fn` as any other.)
+    fn on_secure_connection_established<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        connection: &'life1 Connection,
+        address: &'life2 SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
         let _ = (connection, address);
+        Box::pin(Done)
     }
 
     /// Our side of a TLS connection failed: the handshake could not be negotiated (an untrusted
@@ -520,8 +598,20 @@ pub trait Callbacks: Send + Sync + 'static {
     /// connection this was.
     ///
     /// Default: does nothing.
-    async fn on_secure_socket_released(&self, id: ConnectionId) {
+    ///
+    /// (Written out as `#[async_trait]` expands an `async fn`, so that the default needs no
+    /// allocation, as [`on_write_completed`](Callbacks::on_write_completed)'s; implement it with
+    /// `async fn` as any other.)
+    fn on_secure_socket_released<'life0, 'async_trait>(
+        &'life0 self,
+        id: ConnectionId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
         let _ = id;
+        Box::pin(Done)
     }
 
     /// An error tied to no connection, including a panic caught in any callback
