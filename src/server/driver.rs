@@ -214,8 +214,8 @@ impl Rare {
 
 pub(crate) struct Driver {
     context: Arc<Context>,
-    shared: Arc<Shared>,
-    /// The uncounted handle lent to callbacks.
+    /// The uncounted handle lent to callbacks; the driver reaches the shared state through it
+    /// (a pointer of its own would be one more per connection's task).
     connection: Connection,
     transport: Transport,
     /// The PROXY header and the handshake still to run, the read sink and the read rate limit,
@@ -248,11 +248,10 @@ impl Driver {
             read_size: context.read_buffer_size,
         };
         Driver {
-            connection: Connection::uncounted(shared.clone()),
+            connection: Connection::uncounted(shared),
             life: Lifecycle::starting(context.lifecycle.clone(), Instant::now()),
             rare: (!rare.is_spent()).then(|| Box::new(rare)),
             context,
-            shared,
             transport,
             writes: WriteQueue::default(),
             urgent: Urgent::default(),
@@ -276,7 +275,7 @@ impl Driver {
         over_peer_cap: bool,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
-            self.shared.mailbox.set_task(tokio::task::id());
+            self.connection.shared().mailbox.set_task(tokio::task::id());
             if over_peer_cap {
                 self.life.on_start_failed(StartFailure::PerIpLimit);
             } else {
@@ -315,9 +314,9 @@ impl Driver {
         if self.life.is_ended() {
             return false;
         }
-        let peer = self.shared.peer();
+        let peer = self.connection.shared().peer();
         // Weak handles (and groups) can take this connection from now until it closes.
-        self.shared.mailbox.open_for_upgrades();
+        self.connection.shared().mailbox.open_for_upgrades();
         callback!(
             self,
             "on_connection_established",
@@ -334,7 +333,7 @@ impl Driver {
         self.publish();
         let invoker = &self.context.invoker;
         invoker
-            .report_panic(name, Some(self.shared.id), payload)
+            .report_panic(name, Some(self.connection.shared().id), payload)
             .await;
     }
 
@@ -354,11 +353,12 @@ impl Driver {
 
     fn publish_changed(&mut self, snapshot: Snapshot) {
         self.published = snapshot;
-        if let Some(abort) = self.shared.mailbox.publish(snapshot) {
+        if let Some(abort) = self.connection.shared().mailbox.publish(snapshot) {
             self.life.on_abort(abort);
         }
         if snapshot.fate != Fate::Open {
-            self.shared.closing_hooks.run(&self.shared);
+            let shared = self.connection.shared();
+            shared.closing_hooks.run(shared);
         }
     }
 
@@ -379,7 +379,7 @@ impl Driver {
                 Action::End(_) => return,
                 Action::ConfirmUnreferenced => {
                     // Otherwise an upgrade or a post came in since the take: take again.
-                    if self.shared.mailbox.seal_unreferenced() {
+                    if self.connection.shared().mailbox.seal_unreferenced() {
                         self.life.on_unreferenced(&LazyNow::default());
                     }
                 }
@@ -437,7 +437,7 @@ impl Driver {
                             })
                             .await
                         };
-                        self.shared.mailbox.unpark();
+                        self.connection.shared().mailbox.unpark();
                         self.woke(wake)
                     };
                     // The wake's scope ended above, and what is left to await was decided by a
@@ -556,7 +556,7 @@ impl Driver {
     /// Takes what handles posted into the lifecycle, the write queue and the urgent bytes.
     #[inline]
     fn take_posted(&mut self, now: &LazyNow) {
-        let mailbox = &self.shared.mailbox;
+        let mailbox = &self.connection.shared().mailbox;
         match mailbox.take_posted(self.writes.tail()) {
             // Nothing posted since the last take, on a connection with no urgent bytes and no
             // sink: only the handle count can have moved (the common turn, kept inline).
@@ -571,7 +571,7 @@ impl Driver {
     /// the urgent bytes, the sink.
     #[inline(never)]
     fn take_requests(&mut self, requests: Option<Requests>, now: &LazyNow) {
-        let mailbox = &self.shared.mailbox;
+        let mailbox = &self.connection.shared().mailbox;
         if requests
             .as_ref()
             .is_some_and(|requests| requests.urgent_posted)
@@ -668,7 +668,7 @@ impl Driver {
     /// Counts a read of `bytes` about to be delivered: the connection's counters (which
     /// [`Stats`](crate::Stats) sums) and the server's metric.
     fn count_read(&self, bytes: usize) {
-        let counters = &self.shared.counters;
+        let counters = &self.connection.shared().counters;
         ConnectionCounters::add(&counters.bytes_read, bytes as u64);
         ConnectionCounters::add(&counters.reads, 1);
         self.context.counters.bytes_read(bytes as u64);
@@ -682,8 +682,8 @@ impl Driver {
         // byte.
         let cost = sent + completed * BUFFER_OVERHEAD;
         self.life.on_written(cost, &LazyNow::default());
-        self.shared.mailbox.publish_sent(cost);
-        let counters = &self.shared.counters;
+        self.connection.shared().mailbox.publish_sent(cost);
+        let counters = &self.connection.shared().counters;
         ConnectionCounters::add(&counters.bytes_written, sent as u64);
         ConnectionCounters::add(&counters.writes, completed as u64);
         self.context.counters.bytes_written(sent as u64);
@@ -694,7 +694,7 @@ impl Driver {
     /// is gone already; the read side will tell how.
     fn fin_sent(&mut self, close_notify: io::Result<()>) {
         if let Err(error) = close_notify {
-            tracing::debug!(connection = %self.shared.id, %error, "close_notify not sent");
+            tracing::debug!(connection = %self.connection.shared().id, %error, "close_notify not sent");
         }
         // When the connection ends right after its FIN, on plain TCP the socket's close (done
         // before any closing event) sends it: one system call less per connection. Not when the

@@ -18,7 +18,6 @@ impl Driver {
         let reset = self.life.resets_on_close();
         let Driver {
             context,
-            shared,
             connection,
             transport,
             mut registration,
@@ -44,6 +43,7 @@ impl Driver {
         if lingered {
             context.counters.count(Count::LingeringPeer);
         }
+        let shared = connection.shared();
         let invoker = &context.invoker;
         let callbacks = invoker.callbacks();
         let id = Some(shared.id);
