@@ -129,6 +129,41 @@ enum Next {
     Done,
 }
 
+impl Next {
+    /// The data of a [`Next::Deliver`], taken with `self` whole (see the pump's use).
+    #[inline(always)]
+    fn into_data(self) -> BytesMut {
+        match self {
+            Next::Deliver(data) => data,
+            _ => unreachable!("only a delivery has data"),
+        }
+    }
+
+    /// The count of a [`Next::Written`], taken with `self` whole (see the pump's use).
+    #[inline(always)]
+    fn into_completed(self) -> usize {
+        match self {
+            Next::Written(completed) => {
+                // A count has nothing to drop: forgotten, so that no call to `Next`'s drop glue
+                // is left in the pump's loop (the optimiser keeps it, although it does nothing
+                // for a `Written`).
+                std::mem::forget(self);
+                completed
+            }
+            _ => unreachable!("only a write completes buffers"),
+        }
+    }
+
+    /// The wake of a [`Next::Woken`], taken with `self` whole (see the pump's use).
+    #[inline(always)]
+    fn into_wake(self) -> Wake {
+        match self {
+            Next::Woken(wake) => wake,
+            _ => unreachable!("only the rest have a wake"),
+        }
+    }
+}
+
 /// How a wait before establishment ended.
 enum Before<T> {
     Done(T),
@@ -143,18 +178,20 @@ enum Before<T> {
 /// callback's handles see the connection as it is, and catches a panic, which ends the
 /// connection ([`Driver::panicked`]). `Some` with the callback's value if it returned.
 macro_rules! callback {
-    ($driver:ident, $name:literal, $method:ident($($arg:expr),* $(,)?)) => {{
+    ($driver:ident, $name:literal, $method:ident($($arg:expr),* $(,)?)) => {'callback: {
         $driver.publish();
         let callbacks = $driver.context.invoker.callbacks();
-        match (crate::server::invoke::Guarded(callbacks.$method(&$driver.connection $(, $arg)*))).await {
-            Ok(value) => Some(value),
-            Err(payload) => {
-                // Boxed: the panic path is rare, and its state would otherwise be part of every
-                // connection's task.
-                Box::pin($driver.panicked($name, payload)).await;
-                None
-            }
-        }
+        // A statement of its own: the callback's result (a panic's payload) ends with it, and is
+        // not kept in the task across the panic's await below (as a `match` scrutinee would be).
+        let payload =
+            match (crate::server::invoke::Guarded(callbacks.$method(&$driver.connection $(, $arg)*))).await {
+                Ok(value) => break 'callback Some(value),
+                Err(payload) => payload,
+            };
+        // Boxed: the panic path is rare, and its state would otherwise be part of every
+        // connection's task.
+        Box::pin($driver.panicked($name, payload)).await;
+        None
     }};
 }
 pub(crate) use callback;
@@ -362,107 +399,123 @@ impl Driver {
         }
     }
 
-    async fn pump(&mut self) {
-        loop {
-            let action = {
-                // The time of this turn, read only if a rule needs it.
-                let now = LazyNow::default();
-                self.take_posted(&now);
-                self.life.next(&now)
-            };
-            // Matched, not compared: a borrow would keep `action` in the task across every
-            // await below.
-            if self.publish() && matches!(action, Action::SendFin) && self.late_writes() {
-                continue;
-            }
-            match action {
-                Action::End(_) => return,
-                Action::ConfirmUnreferenced => {
-                    // Otherwise an upgrade or a post came in since the take: take again.
-                    if self.connection.shared().mailbox.seal_unreferenced() {
-                        self.life.on_unreferenced(&LazyNow::default());
-                    }
+    /// Not an `async fn`, like [`Driver::run`]: its `self` would be stored twice in the task (the
+    /// argument, and its binding in the body).
+    #[allow(clippy::manual_async_fn)]
+    fn pump(&mut self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        async move {
+            loop {
+                let action = {
+                    // The time of this turn, read only if a rule needs it.
+                    let now = LazyNow::default();
+                    self.take_posted(&now);
+                    self.life.next(&now)
+                };
+                // Matched, not compared: a borrow would keep `action` in the task across every
+                // await below.
+                if self.publish() && matches!(action, Action::SendFin) && self.late_writes() {
+                    continue;
                 }
-                // Boxed: these events are rare (a queue crossing its marks, a shutdown notice,
-                // an idle timeout), and their state would otherwise be part of every task.
-                Action::Announce(event) => Box::pin(self.announce(event)).await,
-                Action::SendFin => {
-                    let mut cx = TaskContext::from_waker(noop_waker_ref());
-                    match self.transport.poll_close_notify(&mut cx) {
-                        Poll::Ready(sent) => self.fin_sent(sent),
-                        Poll::Pending => self.life.on_fin_blocked(),
-                    }
-                }
-                Action::Wait(mut interest) => {
-                    if interest.read && self.rate().is_some() {
-                        interest = self.throttle(interest);
-                    }
-                    // Waited here rather than in an `async fn`: one state machine less per
-                    // wait.
-                    self.timer.arm(interest.deadline);
-                    let next = {
-                        let wake = 'wake: {
-                            if self.urgent.watch(interest.urgent, self.transport.tcp()) {
-                                break 'wake match self.urgent.take_held() {
-                                    // Taken by a read before it was asked for: delivered now.
-                                    Some(byte) => Wake::UrgentByte(byte),
-                                    // Boxed: only connections that asked for urgent data carry
-                                    // this wait's state.
-                                    None => Box::pin(self.wait_with_urgent(interest)).await,
-                                };
-                            }
-                            // A statement of its own: the wake it may give ends with it, and is
-                            // not kept in the task across the wait below (as an `else if let`'s
-                            // would be, 40 bytes).
-                            if let Some(wrote) = self.write_at_once(interest) {
-                                break 'wake wrote;
-                            }
-                            // Only what the poll looks at moves in (the deadline is the
-                            // timer's, armed above): borrowed, the interest would stay in the
-                            // task across the callbacks' awaits too, and whole it would make
-                            // this wait's state the task's largest.
-                            let Interest {
-                                read, write, fin, ..
-                            } = interest;
-                            let driver = &mut *self;
-                            poll_fn(move |cx| {
-                                let interest = Interest {
-                                    read,
-                                    write,
-                                    fin,
-                                    urgent: false,
-                                    deadline: None,
-                                };
-                                driver.poll_wake(cx, interest)
-                            })
-                            .await
-                        };
-                        self.connection.shared().mailbox.unpark();
-                        self.woke(wake)
-                    };
-                    // The wake's scope ended above, and what is left to await was decided by a
-                    // plain function: the task carries none of the wake across these awaits,
-                    // only `next`. The two of every message are the callback and the write.
-                    match next {
-                        Next::Deliver(data) => {
-                            callback!(self, "on_read_completed", on_read_completed(data));
+                match action {
+                    Action::End(_) => return,
+                    Action::ConfirmUnreferenced => {
+                        // Otherwise an upgrade or a post came in since the take: take again.
+                        if self.connection.shared().mailbox.seal_unreferenced() {
+                            self.life.on_unreferenced(&LazyNow::default());
                         }
-                        Next::Written(completed) => {
-                            // Awaited here rather than in an `async fn`, like the read's callback:
-                            // one state machine less in the task.
-                            for _ in 0..completed {
-                                let data = self.writes.pop_sent();
-                                if callback!(self, "on_write_completed", on_write_completed(data))
+                    }
+                    // Boxed: these events are rare (a queue crossing its marks, a shutdown notice,
+                    // an idle timeout), and their state would otherwise be part of every task.
+                    Action::Announce(event) => Box::pin(self.announce(event)).await,
+                    Action::SendFin => {
+                        let mut cx = TaskContext::from_waker(noop_waker_ref());
+                        match self.transport.poll_close_notify(&mut cx) {
+                            Poll::Ready(sent) => self.fin_sent(sent),
+                            Poll::Pending => self.life.on_fin_blocked(),
+                        }
+                    }
+                    Action::Wait(mut interest) => {
+                        if interest.read && self.rate().is_some() {
+                            interest = self.throttle(interest);
+                        }
+                        // Waited here rather than in an `async fn`: one state machine less per
+                        // wait.
+                        self.timer.arm(interest.deadline);
+                        let next = {
+                            let wake = 'wake: {
+                                if self.urgent.watch(interest.urgent, self.transport.tcp()) {
+                                    break 'wake match self.urgent.take_held() {
+                                        // Taken by a read before it was asked for: delivered now.
+                                        Some(byte) => Wake::UrgentByte(byte),
+                                        // Boxed: only connections that asked for urgent data carry
+                                        // this wait's state.
+                                        None => Box::pin(self.wait_with_urgent(interest)).await,
+                                    };
+                                }
+                                // A statement of its own: the wake it may give ends with it, and is
+                                // not kept in the task across the wait below (as an `else if let`'s
+                                // would be, 40 bytes).
+                                if let Some(wrote) = self.write_at_once(interest) {
+                                    break 'wake wrote;
+                                }
+                                // Only what the poll looks at moves in (the deadline is the
+                                // timer's, armed above): borrowed, the interest would stay in the
+                                // task across the callbacks' awaits too, and whole it would make
+                                // this wait's state the task's largest.
+                                let Interest {
+                                    read, write, fin, ..
+                                } = interest;
+                                let driver = &mut *self;
+                                poll_fn(move |cx| {
+                                    let interest = Interest {
+                                        read,
+                                        write,
+                                        fin,
+                                        urgent: false,
+                                        deadline: None,
+                                    };
+                                    driver.poll_wake(cx, interest)
+                                })
+                                .await
+                            };
+                            self.connection.shared().mailbox.unpark();
+                            self.woke(wake)
+                        };
+                        // The wake's scope ended above, and what is left to await was decided by a
+                        // plain function: the task carries none of the wake across these awaits.
+                        // The two of every message are the callback and the write. Each arm moves
+                        // `next` whole before it awaits: taken apart by the patterns, it would stay
+                        // in the task, partly moved, across the awaits (40 bytes).
+                        match next {
+                            Next::Deliver(_) => {
+                                let data = next.into_data();
+                                callback!(self, "on_read_completed", on_read_completed(data));
+                            }
+                            Next::Written(_) => {
+                                let mut left = next.into_completed();
+                                // Awaited here rather than in an `async fn`, like the read's callback:
+                                // one state machine less in the task. Counted down rather than
+                                // iterated: a range, borrowed by its iteration, would stay in the
+                                // task (16 bytes to the count's 8).
+                                while left > 0 {
+                                    left -= 1;
+                                    let data = self.writes.pop_sent();
+                                    if callback!(
+                                        self,
+                                        "on_write_completed",
+                                        on_write_completed(data)
+                                    )
                                     .is_none()
-                                {
-                                    break;
+                                    {
+                                        break;
+                                    }
                                 }
                             }
+                            // Boxed: the rest come once per connection (the peer's FIN), or on
+                            // errors.
+                            Next::Woken(_) => Box::pin(self.woken(next.into_wake())).await,
+                            Next::Done => {}
                         }
-                        // Boxed: the rest come once per connection (the peer's FIN), or on
-                        // errors.
-                        Next::Woken(wake) => Box::pin(self.woken(wake)).await,
-                        Next::Done => {}
                     }
                 }
             }
