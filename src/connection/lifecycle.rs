@@ -291,8 +291,7 @@ impl Lifecycle {
     pub(crate) fn on_established(&mut self, now: Instant) {
         if let Phase::Starting { .. } = self.phase {
             self.phase = Phase::Open;
-            let now = self.clock.stamp(now);
-            self.clock.established = now;
+            self.clock.established = self.clock.stamp(now);
             self.clock.last_activity = now;
         }
     }
@@ -422,7 +421,7 @@ impl Lifecycle {
     fn set_timeouts(&mut self, timeouts: Box<Timeouts>, now: impl Clock) {
         if self.timeouts().idle.is_none() && timeouts.idle.is_some() {
             // The last byte is not tracked while the idle timeout is off: count from now.
-            self.clock.last_activity = self.clock.stamp(now.now());
+            self.clock.last_activity = now.now();
         }
         self.timed = timed(&self.config, &timeouts);
         self.timeouts = (*timeouts != self.config.timeouts).then_some(timeouts);
@@ -538,9 +537,7 @@ impl Lifecycle {
             self.read_requested && self.queued < self.config.limits.limit
         };
         if self.timeouts().read.is_some() && read && !closing {
-            if self.clock.read_since.is_none() {
-                self.clock.read_since = Some(self.clock.stamp(now.now()));
-            }
+            self.clock.read_since.get_or_insert_with(|| now.now());
         } else {
             self.clock.read_since = None;
         }
@@ -735,7 +732,7 @@ impl Lifecycle {
     #[inline]
     fn activity(&mut self, now: impl Clock) {
         if self.timeouts().idle.is_some() {
-            self.clock.last_activity = self.clock.stamp(now.now());
+            self.clock.last_activity = now.now();
         }
     }
 
@@ -752,10 +749,13 @@ impl Lifecycle {
         }
         let clock = &self.clock;
         let timeouts = self.timeouts();
-        let since = |timeout: Option<Duration>, at: Option<Stamp>| Some(clock.at(at?) + timeout?);
+        let since = |timeout: Option<Duration>, at: Option<Instant>| Some(at? + timeout?);
+        let since_stamp = |timeout: Option<Duration>, at: Option<Stamp>| {
+            since(timeout, at.map(|at| clock.at(at)))
+        };
         [
             (
-                since(self.config.slow_consumer_timeout, clock.high_since),
+                since_stamp(self.config.slow_consumer_timeout, clock.high_since),
                 ClosureReason::SlowConsumer,
             ),
             (
@@ -767,14 +767,14 @@ impl Lifecycle {
                 ClosureReason::ReadTimedOut,
             ),
             (
-                since(
+                since_stamp(
                     timeouts.first_byte,
                     (!self.first_byte_seen).then_some(clock.established),
                 ),
                 ClosureReason::FirstByteTimedOut,
             ),
             (
-                since(timeouts.half_closed, clock.read_closed_at),
+                since_stamp(timeouts.half_closed, clock.read_closed_at),
                 ClosureReason::HalfClosedTimedOut,
             ),
         ]
