@@ -59,9 +59,12 @@ use crate::timeouts::{IdleAction, Timeouts};
 
 mod messages;
 mod settings;
+mod times;
 
 pub(crate) use messages::*;
 pub(crate) use settings::*;
+pub(crate) use times::Stamp;
+use times::Times;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,13 +72,13 @@ pub(crate) enum Phase {
     /// Not yet established: the PROXY header and the TLS handshake, each until its deadline.
     Starting {
         step: Option<Step>,
-        deadline: Option<Instant>,
+        deadline: Option<Stamp>,
     },
     Open,
     /// Flushing the queue, sending FIN and waiting for the peer's, until `deadline`.
     Closing {
         reason: ClosureReason,
-        deadline: Instant,
+        deadline: Stamp,
     },
     /// Nothing more happens on the socket; the closing events follow.
     Ended(ClosureReason),
@@ -87,21 +90,6 @@ enum Fin {
     NotSent,
     Sending,
     Sent,
-}
-
-/// When the things the timeouts measure last happened.
-#[derive(Debug, Clone, Copy)]
-struct Times {
-    established: Instant,
-    first_byte_seen: bool,
-    /// Last byte read or written (kept only while an idle timeout is on).
-    last_activity: Instant,
-    /// Since when a read has been requested and waited for without data.
-    read_since: Option<Instant>,
-    /// When the peer's FIN was read.
-    read_closed_at: Option<Instant>,
-    /// Since when the write queue has been high.
-    high_since: Option<Instant>,
 }
 
 /// One connection's lifecycle. See the module docs.
@@ -146,6 +134,7 @@ pub(crate) struct Lifecycle {
     /// The reason of the graceful close begun, if one was: a connection that ends with it
     /// closed with FIN, whatever the reason.
     closing_with: Option<ClosureReason>,
+    first_byte_seen: bool,
     clock: Times,
 }
 
@@ -175,14 +164,8 @@ impl Lifecycle {
             aborted: false,
             idle_expired: false,
             closing_with: None,
-            clock: Times {
-                established: now,
-                first_byte_seen: false,
-                last_activity: now,
-                read_since: None,
-                read_closed_at: None,
-                high_since: None,
-            },
+            first_byte_seen: false,
+            clock: Times::new(now),
         }
     }
 
@@ -253,7 +236,7 @@ impl Lifecycle {
         if let Phase::Starting { .. } = self.phase {
             self.phase = Phase::Starting {
                 step: Some(step),
-                deadline: Some(now + timeout),
+                deadline: Some(self.clock.stamp(now + timeout)),
             };
         }
     }
@@ -261,7 +244,7 @@ impl Lifecycle {
     /// When the step in progress times out.
     pub(crate) fn step_deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Starting { deadline, .. } => deadline,
+            Phase::Starting { deadline, .. } => deadline.map(|at| self.clock.at(at)),
             _ => None,
         }
     }
@@ -308,7 +291,7 @@ impl Lifecycle {
     pub(crate) fn on_established(&mut self, now: Instant) {
         if let Phase::Starting { .. } = self.phase {
             self.phase = Phase::Open;
-            self.clock.established = now;
+            self.clock.established = self.clock.stamp(now);
             self.clock.last_activity = now;
         }
     }
@@ -402,7 +385,8 @@ impl Lifecycle {
         self.urgent_wanted && self.phase == Phase::Open
     }
 
-    /// Takes what handles posted.
+    /// Takes what handles posted. Inlined: the driver takes requests at most turns.
+    #[inline]
     pub(crate) fn on_requests(&mut self, requests: Requests, now: impl Clock) {
         self.handles = requests.handles;
         self.queued += requests.queued;
@@ -416,12 +400,7 @@ impl Lifecycle {
             return;
         }
         if let Some(timeouts) = requests.timeouts {
-            if self.timeouts().idle.is_none() && timeouts.idle.is_some() {
-                // The last byte is not tracked while the idle timeout is off: count from now.
-                self.clock.last_activity = now.now();
-            }
-            self.timed = timed(&self.config, &timeouts);
-            self.timeouts = (*timeouts != self.config.timeouts).then_some(timeouts);
+            self.set_timeouts(timeouts, now);
         }
         self.shutdown_notice |= requests.shutdown_notice;
         self.shutdown_write |= requests.shutdown_write;
@@ -432,6 +411,20 @@ impl Lifecycle {
                 self.begin_close(reason, now);
             }
         }
+    }
+
+    /// The application changed the connection's timeouts. Kept out of line, like
+    /// [`Lifecycle::begin_close`]: it is rare, and [`Lifecycle::on_requests`], taken at every
+    /// turn something was posted, stays small enough to be inlined.
+    #[cold]
+    #[inline(never)]
+    fn set_timeouts(&mut self, timeouts: Box<Timeouts>, now: impl Clock) {
+        if self.timeouts().idle.is_none() && timeouts.idle.is_some() {
+            // The last byte is not tracked while the idle timeout is off: count from now.
+            self.clock.last_activity = now.now();
+        }
+        self.timed = timed(&self.config, &timeouts);
+        self.timeouts = (*timeouts != self.config.timeouts).then_some(timeouts);
     }
 
     /// What [`Lifecycle::on_requests`] does when nothing was posted: the handle count and the
@@ -493,8 +486,8 @@ impl Lifecycle {
         self.crossed_high = false;
         if high != self.high {
             self.high = high;
-            self.clock.high_since =
-                (high && self.config.slow_consumer_timeout.is_some()).then(|| now.now());
+            self.clock.high_since = (high && self.config.slow_consumer_timeout.is_some())
+                .then(|| self.clock.stamp(now.now()));
             return Action::Announce(if high {
                 Event::WriteBufferHigh
             } else {
@@ -601,13 +594,13 @@ impl Lifecycle {
                 self.read_closed = true;
                 self.read_requested = false;
                 self.clock.read_since = None;
-                self.clock.read_closed_at = Some(now.now());
+                self.clock.read_closed_at = Some(self.clock.stamp(now.now()));
                 ReadVerdict::ClientClose
             }
             (Phase::Open, ReadOutcome::Data(_)) => {
                 self.read_requested = false;
                 self.clock.read_since = None;
-                self.clock.first_byte_seen = true;
+                self.first_byte_seen = true;
                 self.activity(now);
                 ReadVerdict::Deliver
             }
@@ -670,8 +663,8 @@ impl Lifecycle {
         match self.phase {
             Phase::Starting {
                 deadline: Some(at), ..
-            } if at <= now => self.on_step_timed_out(),
-            Phase::Closing { reason, deadline } if deadline <= now => {
+            } if self.clock.at(at) <= now => self.on_step_timed_out(),
+            Phase::Closing { reason, deadline } if self.clock.at(deadline) <= now => {
                 if self.fin == Fin::Sent && acknowledged() {
                     self.lingered = true;
                     self.end(reason);
@@ -724,11 +717,13 @@ impl Lifecycle {
         self.high
     }
 
+    /// Once per connection at most: out of line (see [`Lifecycle::set_timeouts`]).
+    #[inline(never)]
     fn begin_close(&mut self, reason: ClosureReason, now: impl Clock) {
         self.closing_with = Some(reason);
         self.phase = Phase::Closing {
             reason,
-            deadline: now.now() + self.config.close_timeout,
+            deadline: self.clock.stamp(now.now() + self.config.close_timeout),
         };
         self.read_requested = false;
         self.urgent_wanted = false;
@@ -747,7 +742,7 @@ impl Lifecycle {
         match self.phase {
             Phase::Ended(_) | Phase::Starting { .. } => return None,
             Phase::Closing { deadline, .. } => {
-                return Some((deadline, ClosureReason::CloseTimedOut))
+                return Some((self.clock.at(deadline), ClosureReason::CloseTimedOut))
             }
             Phase::Open if !self.timed => return None,
             Phase::Open => {}
@@ -755,9 +750,12 @@ impl Lifecycle {
         let clock = &self.clock;
         let timeouts = self.timeouts();
         let since = |timeout: Option<Duration>, at: Option<Instant>| Some(at? + timeout?);
+        let since_stamp = |timeout: Option<Duration>, at: Option<Stamp>| {
+            since(timeout, at.map(|at| clock.at(at)))
+        };
         [
             (
-                since(self.config.slow_consumer_timeout, clock.high_since),
+                since_stamp(self.config.slow_consumer_timeout, clock.high_since),
                 ClosureReason::SlowConsumer,
             ),
             (
@@ -769,14 +767,14 @@ impl Lifecycle {
                 ClosureReason::ReadTimedOut,
             ),
             (
-                since(
+                since_stamp(
                     timeouts.first_byte,
-                    (!clock.first_byte_seen).then_some(clock.established),
+                    (!self.first_byte_seen).then_some(clock.established),
                 ),
                 ClosureReason::FirstByteTimedOut,
             ),
             (
-                since(timeouts.half_closed, clock.read_closed_at),
+                since_stamp(timeouts.half_closed, clock.read_closed_at),
                 ClosureReason::HalfClosedTimedOut,
             ),
         ]

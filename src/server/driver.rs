@@ -129,6 +129,41 @@ enum Next {
     Done,
 }
 
+impl Next {
+    /// The data of a [`Next::Deliver`], taken with `self` whole (see the pump's use).
+    #[inline(always)]
+    fn into_data(self) -> BytesMut {
+        match self {
+            Next::Deliver(data) => data,
+            _ => unreachable!("only a delivery has data"),
+        }
+    }
+
+    /// The count of a [`Next::Written`], taken with `self` whole (see the pump's use).
+    #[inline(always)]
+    fn into_completed(self) -> usize {
+        match self {
+            Next::Written(completed) => {
+                // A count has nothing to drop: forgotten, so that no call to `Next`'s drop glue
+                // is left in the pump's loop (the optimiser keeps it, although it does nothing
+                // for a `Written`).
+                std::mem::forget(self);
+                completed
+            }
+            _ => unreachable!("only a write completes buffers"),
+        }
+    }
+
+    /// The wake of a [`Next::Woken`], taken with `self` whole (see the pump's use).
+    #[inline(always)]
+    fn into_wake(self) -> Wake {
+        match self {
+            Next::Woken(wake) => wake,
+            _ => unreachable!("only the rest have a wake"),
+        }
+    }
+}
+
 /// How a wait before establishment ended.
 enum Before<T> {
     Done(T),
@@ -143,18 +178,20 @@ enum Before<T> {
 /// callback's handles see the connection as it is, and catches a panic, which ends the
 /// connection ([`Driver::panicked`]). `Some` with the callback's value if it returned.
 macro_rules! callback {
-    ($driver:ident, $name:literal, $method:ident($($arg:expr),* $(,)?)) => {{
+    ($driver:ident, $name:literal, $method:ident($($arg:expr),* $(,)?)) => {'callback: {
         $driver.publish();
         let callbacks = $driver.context.invoker.callbacks();
-        match (crate::server::invoke::Guarded(callbacks.$method(&$driver.connection $(, $arg)*))).await {
-            Ok(value) => Some(value),
-            Err(payload) => {
-                // Boxed: the panic path is rare, and its state would otherwise be part of every
-                // connection's task.
-                Box::pin($driver.panicked($name, payload)).await;
-                None
-            }
-        }
+        // A statement of its own: the callback's result (a panic's payload) ends with it, and is
+        // not kept in the task across the panic's await below (as a `match` scrutinee would be).
+        let payload =
+            match (crate::server::invoke::Guarded(callbacks.$method(&$driver.connection $(, $arg)*))).await {
+                Ok(value) => break 'callback Some(value),
+                Err(payload) => payload,
+            };
+        // Boxed: the panic path is rare, and its state would otherwise be part of every
+        // connection's task.
+        Box::pin($driver.panicked($name, payload)).await;
+        None
     }};
 }
 pub(crate) use callback;
@@ -214,8 +251,8 @@ impl Rare {
 
 pub(crate) struct Driver {
     context: Arc<Context>,
-    shared: Arc<Shared>,
-    /// The uncounted handle lent to callbacks.
+    /// The uncounted handle lent to callbacks; the driver reaches the shared state through it
+    /// (a pointer of its own would be one more per connection's task).
     connection: Connection,
     transport: Transport,
     /// The PROXY header and the handshake still to run, the read sink and the read rate limit,
@@ -248,11 +285,10 @@ impl Driver {
             read_size: context.read_buffer_size,
         };
         Driver {
-            connection: Connection::uncounted(shared.clone()),
+            connection: Connection::uncounted(shared),
             life: Lifecycle::starting(context.lifecycle.clone(), Instant::now()),
             rare: (!rare.is_spent()).then(|| Box::new(rare)),
             context,
-            shared,
             transport,
             writes: WriteQueue::default(),
             urgent: Urgent::default(),
@@ -276,7 +312,7 @@ impl Driver {
         over_peer_cap: bool,
     ) -> impl std::future::Future<Output = ()> + Send {
         async move {
-            self.shared.mailbox.set_task(tokio::task::id());
+            self.connection.shared().mailbox.set_task(tokio::task::id());
             if over_peer_cap {
                 self.life.on_start_failed(StartFailure::PerIpLimit);
             } else {
@@ -315,9 +351,9 @@ impl Driver {
         if self.life.is_ended() {
             return false;
         }
-        let peer = self.shared.peer();
+        let peer = self.connection.shared().peer();
         // Weak handles (and groups) can take this connection from now until it closes.
-        self.shared.mailbox.open_for_upgrades();
+        self.connection.shared().mailbox.open_for_upgrades();
         callback!(
             self,
             "on_connection_established",
@@ -334,7 +370,7 @@ impl Driver {
         self.publish();
         let invoker = &self.context.invoker;
         invoker
-            .report_panic(name, Some(self.shared.id), payload)
+            .report_panic(name, Some(self.connection.shared().id), payload)
             .await;
     }
 
@@ -354,115 +390,132 @@ impl Driver {
 
     fn publish_changed(&mut self, snapshot: Snapshot) {
         self.published = snapshot;
-        if let Some(abort) = self.shared.mailbox.publish(snapshot) {
+        if let Some(abort) = self.connection.shared().mailbox.publish(snapshot) {
             self.life.on_abort(abort);
         }
         if snapshot.fate != Fate::Open {
-            self.shared.closing_hooks.run(&self.shared);
+            let shared = self.connection.shared();
+            shared.closing_hooks.run(shared);
         }
     }
 
-    async fn pump(&mut self) {
-        loop {
-            let action = {
-                // The time of this turn, read only if a rule needs it.
-                let now = LazyNow::default();
-                self.take_posted(&now);
-                self.life.next(&now)
-            };
-            // Matched, not compared: a borrow would keep `action` in the task across every
-            // await below.
-            if self.publish() && matches!(action, Action::SendFin) && self.late_writes() {
-                continue;
-            }
-            match action {
-                Action::End(_) => return,
-                Action::ConfirmUnreferenced => {
-                    // Otherwise an upgrade or a post came in since the take: take again.
-                    if self.shared.mailbox.seal_unreferenced() {
-                        self.life.on_unreferenced(&LazyNow::default());
-                    }
+    /// Not an `async fn`, like [`Driver::run`]: its `self` would be stored twice in the task (the
+    /// argument, and its binding in the body).
+    #[allow(clippy::manual_async_fn)]
+    fn pump(&mut self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        async move {
+            loop {
+                let action = {
+                    // The time of this turn, read only if a rule needs it.
+                    let now = LazyNow::default();
+                    self.take_posted(&now);
+                    self.life.next(&now)
+                };
+                // Matched, not compared: a borrow would keep `action` in the task across every
+                // await below.
+                if self.publish() && matches!(action, Action::SendFin) && self.late_writes() {
+                    continue;
                 }
-                // Boxed: these events are rare (a queue crossing its marks, a shutdown notice,
-                // an idle timeout), and their state would otherwise be part of every task.
-                Action::Announce(event) => Box::pin(self.announce(event)).await,
-                Action::SendFin => {
-                    let mut cx = TaskContext::from_waker(noop_waker_ref());
-                    match self.transport.poll_close_notify(&mut cx) {
-                        Poll::Ready(sent) => self.fin_sent(sent),
-                        Poll::Pending => self.life.on_fin_blocked(),
-                    }
-                }
-                Action::Wait(mut interest) => {
-                    if interest.read && self.rate().is_some() {
-                        interest = self.throttle(interest);
-                    }
-                    // Waited here rather than in an `async fn`: one state machine less per
-                    // wait.
-                    self.timer.arm(interest.deadline);
-                    let next = {
-                        let wake = 'wake: {
-                            if self.urgent.watch(interest.urgent, self.transport.tcp()) {
-                                break 'wake match self.urgent.take_held() {
-                                    // Taken by a read before it was asked for: delivered now.
-                                    Some(byte) => Wake::UrgentByte(byte),
-                                    // Boxed: only connections that asked for urgent data carry
-                                    // this wait's state.
-                                    None => Box::pin(self.wait_with_urgent(interest)).await,
-                                };
-                            }
-                            // A statement of its own: the wake it may give ends with it, and is
-                            // not kept in the task across the wait below (as an `else if let`'s
-                            // would be, 40 bytes).
-                            if let Some(wrote) = self.write_at_once(interest) {
-                                break 'wake wrote;
-                            }
-                            // Only what the poll looks at moves in (the deadline is the
-                            // timer's, armed above): borrowed, the interest would stay in the
-                            // task across the callbacks' awaits too, and whole it would make
-                            // this wait's state the task's largest.
-                            let Interest {
-                                read, write, fin, ..
-                            } = interest;
-                            let driver = &mut *self;
-                            poll_fn(move |cx| {
-                                let interest = Interest {
-                                    read,
-                                    write,
-                                    fin,
-                                    urgent: false,
-                                    deadline: None,
-                                };
-                                driver.poll_wake(cx, interest)
-                            })
-                            .await
-                        };
-                        self.shared.mailbox.unpark();
-                        self.woke(wake)
-                    };
-                    // The wake's scope ended above, and what is left to await was decided by a
-                    // plain function: the task carries none of the wake across these awaits,
-                    // only `next`. The two of every message are the callback and the write.
-                    match next {
-                        Next::Deliver(data) => {
-                            callback!(self, "on_read_completed", on_read_completed(data));
+                match action {
+                    Action::End(_) => return,
+                    Action::ConfirmUnreferenced => {
+                        // Otherwise an upgrade or a post came in since the take: take again.
+                        if self.connection.shared().mailbox.seal_unreferenced() {
+                            self.life.on_unreferenced(&LazyNow::default());
                         }
-                        Next::Written(completed) => {
-                            // Awaited here rather than in an `async fn`, like the read's callback:
-                            // one state machine less in the task.
-                            for _ in 0..completed {
-                                let data = self.writes.pop_sent();
-                                if callback!(self, "on_write_completed", on_write_completed(data))
+                    }
+                    // Boxed: these events are rare (a queue crossing its marks, a shutdown notice,
+                    // an idle timeout), and their state would otherwise be part of every task.
+                    Action::Announce(event) => Box::pin(self.announce(event)).await,
+                    Action::SendFin => {
+                        let mut cx = TaskContext::from_waker(noop_waker_ref());
+                        match self.transport.poll_close_notify(&mut cx) {
+                            Poll::Ready(sent) => self.fin_sent(sent),
+                            Poll::Pending => self.life.on_fin_blocked(),
+                        }
+                    }
+                    Action::Wait(mut interest) => {
+                        if interest.read && self.rate().is_some() {
+                            interest = self.throttle(interest);
+                        }
+                        // Waited here rather than in an `async fn`: one state machine less per
+                        // wait.
+                        self.timer.arm(interest.deadline);
+                        let next = {
+                            let wake = 'wake: {
+                                if self.urgent.watch(interest.urgent, self.transport.tcp()) {
+                                    break 'wake match self.urgent.take_held() {
+                                        // Taken by a read before it was asked for: delivered now.
+                                        Some(byte) => Wake::UrgentByte(byte),
+                                        // Boxed: only connections that asked for urgent data carry
+                                        // this wait's state.
+                                        None => Box::pin(self.wait_with_urgent(interest)).await,
+                                    };
+                                }
+                                // A statement of its own: the wake it may give ends with it, and is
+                                // not kept in the task across the wait below (as an `else if let`'s
+                                // would be, 40 bytes).
+                                if let Some(wrote) = self.write_at_once(interest) {
+                                    break 'wake wrote;
+                                }
+                                // Only what the poll looks at moves in (the deadline is the
+                                // timer's, armed above): borrowed, the interest would stay in the
+                                // task across the callbacks' awaits too, and whole it would make
+                                // this wait's state the task's largest.
+                                let Interest {
+                                    read, write, fin, ..
+                                } = interest;
+                                let driver = &mut *self;
+                                poll_fn(move |cx| {
+                                    let interest = Interest {
+                                        read,
+                                        write,
+                                        fin,
+                                        urgent: false,
+                                        deadline: None,
+                                    };
+                                    driver.poll_wake(cx, interest)
+                                })
+                                .await
+                            };
+                            self.connection.shared().mailbox.unpark();
+                            self.woke(wake)
+                        };
+                        // The wake's scope ended above, and what is left to await was decided by a
+                        // plain function: the task carries none of the wake across these awaits.
+                        // The two of every message are the callback and the write. Each arm moves
+                        // `next` whole before it awaits: taken apart by the patterns, it would stay
+                        // in the task, partly moved, across the awaits (40 bytes).
+                        match next {
+                            Next::Deliver(_) => {
+                                let data = next.into_data();
+                                callback!(self, "on_read_completed", on_read_completed(data));
+                            }
+                            Next::Written(_) => {
+                                let mut left = next.into_completed();
+                                // Awaited here rather than in an `async fn`, like the read's callback:
+                                // one state machine less in the task. Counted down rather than
+                                // iterated: a range, borrowed by its iteration, would stay in the
+                                // task (16 bytes to the count's 8).
+                                while left > 0 {
+                                    left -= 1;
+                                    let data = self.writes.pop_sent();
+                                    if callback!(
+                                        self,
+                                        "on_write_completed",
+                                        on_write_completed(data)
+                                    )
                                     .is_none()
-                                {
-                                    break;
+                                    {
+                                        break;
+                                    }
                                 }
                             }
+                            // Boxed: the rest come once per connection (the peer's FIN), or on
+                            // errors.
+                            Next::Woken(_) => Box::pin(self.woken(next.into_wake())).await,
+                            Next::Done => {}
                         }
-                        // Boxed: the rest come once per connection (the peer's FIN), or on
-                        // errors.
-                        Next::Woken(wake) => Box::pin(self.woken(wake)).await,
-                        Next::Done => {}
                     }
                 }
             }
@@ -556,7 +609,7 @@ impl Driver {
     /// Takes what handles posted into the lifecycle, the write queue and the urgent bytes.
     #[inline]
     fn take_posted(&mut self, now: &LazyNow) {
-        let mailbox = &self.shared.mailbox;
+        let mailbox = &self.connection.shared().mailbox;
         match mailbox.take_posted(self.writes.tail()) {
             // Nothing posted since the last take, on a connection with no urgent bytes and no
             // sink: only the handle count can have moved (the common turn, kept inline).
@@ -571,7 +624,7 @@ impl Driver {
     /// the urgent bytes, the sink.
     #[inline(never)]
     fn take_requests(&mut self, requests: Option<Requests>, now: &LazyNow) {
-        let mailbox = &self.shared.mailbox;
+        let mailbox = &self.connection.shared().mailbox;
         if requests
             .as_ref()
             .is_some_and(|requests| requests.urgent_posted)
@@ -668,7 +721,7 @@ impl Driver {
     /// Counts a read of `bytes` about to be delivered: the connection's counters (which
     /// [`Stats`](crate::Stats) sums) and the server's metric.
     fn count_read(&self, bytes: usize) {
-        let counters = &self.shared.counters;
+        let counters = &self.connection.shared().counters;
         ConnectionCounters::add(&counters.bytes_read, bytes as u64);
         ConnectionCounters::add(&counters.reads, 1);
         self.context.counters.bytes_read(bytes as u64);
@@ -682,8 +735,8 @@ impl Driver {
         // byte.
         let cost = sent + completed * BUFFER_OVERHEAD;
         self.life.on_written(cost, &LazyNow::default());
-        self.shared.mailbox.publish_sent(cost);
-        let counters = &self.shared.counters;
+        self.connection.shared().mailbox.publish_sent(cost);
+        let counters = &self.connection.shared().counters;
         ConnectionCounters::add(&counters.bytes_written, sent as u64);
         ConnectionCounters::add(&counters.writes, completed as u64);
         self.context.counters.bytes_written(sent as u64);
@@ -694,7 +747,7 @@ impl Driver {
     /// is gone already; the read side will tell how.
     fn fin_sent(&mut self, close_notify: io::Result<()>) {
         if let Err(error) = close_notify {
-            tracing::debug!(connection = %self.shared.id, %error, "close_notify not sent");
+            tracing::debug!(connection = %self.connection.shared().id, %error, "close_notify not sent");
         }
         // When the connection ends right after its FIN, on plain TCP the socket's close (done
         // before any closing event) sends it: one system call less per connection. Not when the

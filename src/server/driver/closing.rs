@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Context, Driver};
 use crate::closure::ClosureReason;
-use crate::connection::{Connection, Shared};
+use crate::connection::Connection;
 use crate::server::registry::Registration;
 use crate::stats::Count;
 
@@ -29,7 +29,6 @@ impl Driver {
         let reset = self.life.resets_on_close();
         let Driver {
             context,
-            shared,
             connection,
             transport,
             registration,
@@ -44,14 +43,13 @@ impl Driver {
             transport.reset_on_close();
         }
         drop(transport);
-        closing_events(context, shared, connection, registration, reason, lingered)
+        closing_events(context, connection, registration, reason, lingered)
     }
 }
 
 /// The closing events of [`Driver::finish`], once the socket is closed.
 async fn closing_events(
     context: Arc<Context>,
-    shared: Arc<Shared>,
     connection: Connection,
     mut registration: Registration,
     reason: ClosureReason,
@@ -68,6 +66,7 @@ async fn closing_events(
     if lingered {
         context.counters.count(Count::LingeringPeer);
     }
+    let shared = connection.shared();
     let invoker = &context.invoker;
     let callbacks = invoker.callbacks();
     let id = Some(shared.id);

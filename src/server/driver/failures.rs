@@ -73,7 +73,7 @@ impl Driver {
                         // The unsent data is dropped; the connection goes on.
                         let unsent = self.writes.clear();
                         self.life.on_dropped(unsent);
-                        self.shared.mailbox.publish_sent(unsent);
+                        self.connection.shared().mailbox.publish_sent(unsent);
                     }
                     (Op::Read, true) => {}
                     (Op::Read, false) => {
@@ -110,7 +110,7 @@ impl Driver {
             from_peer,
             source: source.into(),
         };
-        tracing::debug!(connection = %self.shared.id, %error, "TLS failure");
+        tracing::debug!(connection = %self.connection.shared().id, %error, "TLS failure");
         if from_peer {
             callback!(self, "on_remote_fatal_error", on_remote_fatal_error(&error));
         } else {

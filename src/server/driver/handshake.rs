@@ -60,7 +60,13 @@ impl Driver {
             ),
         };
         let deadline = self.life.step_deadline().unwrap_or_else(Instant::now);
-        let outcome = match before_established(&self.shared.mailbox, negotiation, deadline).await {
+        let outcome = match before_established(
+            &self.connection.shared().mailbox,
+            negotiation,
+            deadline,
+        )
+        .await
+        {
             Before::Done(outcome) => outcome,
             cut_short => {
                 match cut_short {
@@ -100,7 +106,7 @@ impl Driver {
         self.transport = Transport::tls(stream);
         // Through a clone of the shared state, which the callback borrows from while the driver
         // publishes.
-        let shared = self.shared.clone();
+        let shared = self.connection.shared().clone();
         let info = shared.told().tls.get_or_init(|| info);
         if callback!(
             self,
@@ -111,7 +117,7 @@ impl Driver {
         {
             return;
         }
-        let peer = self.shared.peer();
+        let peer = self.connection.shared().peer();
         callback!(
             self,
             "on_secure_connection_established",

@@ -34,7 +34,7 @@ impl Driver {
     /// Reads the header, bounded by the header timeout and cut short by an abort, and makes the
     /// client it names the connection's peer. How it fails is the lifecycle's to decide.
     pub(super) async fn proxy_header(&mut self, proxied: Proxied) {
-        let transport_peer = self.shared.addresses.peer();
+        let transport_peer = self.connection.shared().addresses.peer();
         if !proxied.settings.trusts(transport_peer.ip()) {
             tracing::debug!(
                 peer = %transport_peer,
@@ -49,7 +49,12 @@ impl Driver {
         let Transport::Plain(tcp) = &mut self.transport else {
             unreachable!("the header comes before any TLS");
         };
-        let outcome = before_established(&self.shared.mailbox, read_header(tcp), deadline).await;
+        let outcome = before_established(
+            &self.connection.shared().mailbox,
+            read_header(tcp),
+            deadline,
+        )
+        .await;
         let header = match outcome {
             Before::Aborted(reason) => return self.life.on_abort(reason),
             Before::Done(Ok(header)) => header,
@@ -74,7 +79,7 @@ impl Driver {
         self.life.on_step_done();
         self.context.record_proxy_header_duration(started.elapsed());
         let client = header.source().unwrap_or(transport_peer);
-        let _ = self.shared.told().proxy.set(header);
+        let _ = self.connection.shared().told().proxy.set(header);
         if let Some(limit) = &proxied.per_ip {
             if !self.registration.take_peer_slot(limit, client.ip()) {
                 self.life.on_start_failed(StartFailure::PerIpLimit);

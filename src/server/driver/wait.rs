@@ -35,7 +35,7 @@ impl Driver {
     pub(super) async fn wait_with_urgent(&mut self, interest: Interest) -> Wake {
         let read_size = self.read_size();
         let Driver {
-            shared,
+            connection,
             transport,
             writes,
             urgent,
@@ -43,7 +43,7 @@ impl Driver {
             ..
         } = self;
         let mut waiting = Waiting {
-            shared,
+            shared: connection.shared(),
             transport,
             writes,
             urgent_pending: urgent.has_pending(),
@@ -66,7 +66,7 @@ impl Driver {
     pub(super) fn poll_wake(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> Poll<Wake> {
         let read_size = self.read_size();
         Waiting {
-            shared: &self.shared,
+            shared: self.connection.shared(),
             transport: &mut self.transport,
             writes: &mut self.writes,
             urgent_pending: self.urgent.has_pending(),

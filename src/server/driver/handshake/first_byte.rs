@@ -24,7 +24,7 @@ impl Driver {
             unreachable!("a handshake starts on the plain socket");
         };
         let spoke = sent(tcp) != Sent::Nothing;
-        let client = self.shared.peer().ip();
+        let client = self.connection.shared().peer().ip();
         let Some(mut slot) = self.context.handshake_slots.take(client, spoke) else {
             self.life.on_start_failed(StartFailure::NoHandshakeSlot);
             return None;
@@ -35,8 +35,12 @@ impl Driver {
         self.life
             .begin_step(Step::FirstByte, self.context.handshake_timeout, begun);
         let deadline = self.life.step_deadline().unwrap_or(begun);
-        let waited =
-            before_established(&self.shared.mailbox, first_byte(tcp, &slot), deadline).await;
+        let waited = before_established(
+            &self.connection.shared().mailbox,
+            first_byte(tcp, &slot),
+            deadline,
+        )
+        .await;
         match waited {
             Before::Done(()) if slot.spoke() => {
                 self.life.on_step_done();
