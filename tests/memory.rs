@@ -315,10 +315,12 @@ async fn connections_waiting_for_the_rest_of_a_line_keep_no_read_chunk() {
 /// The most heap an idle plain connection may hold (a read requested, nothing queued), in bytes:
 /// its task, its shared state, tokio's readiness slot for the socket and its share of the
 /// registry's map (`BENCHMARKS.md`, "Bytes per idle connection", has the breakdown; the echo
-/// bench measures the same). The promise is 1 KiB; 1,012 B measured, optimised or not (the
-/// task's 128-byte step is the same in both builds, 512 B): a task that takes the next step,
-/// or an inbox made before the first post, fails this.
-const IDLE_CONNECTION_HEAP: usize = 1_024;
+/// bench measures the same). The promise is 1 KiB where it is measured, on Linux: 1,012 B,
+/// optimised or not (the task's 128-byte step is the same in both builds, 512 B); a task that
+/// takes the next step, or an inbox made before the first post, fails this. On Windows mio keeps
+/// a state of its own per socket for IOCP (a boxed registration holding an `Arc<Mutex<_>>` with
+/// the AFD poll request and its status block): 1,172 B measured under Wine.
+const IDLE_CONNECTION_HEAP: usize = if cfg!(windows) { 1_200 } else { 1_024 };
 
 const IDLE_CONNECTIONS: usize = 1_500;
 
