@@ -16,11 +16,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-
-use once_cell::race::OnceBox;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use once_cell::race::OnceBox;
 use tokio::sync::Notify;
 
 use crate::closure::ClosureReason;
