@@ -106,9 +106,10 @@
 //!     Ok(())
 //! }
 //! ```
-// Three `unsafe` blocks in the crate, each with its proof: two in `server/driver/urgent.rs` for
+// Four `unsafe` blocks in the crate, each with its proof: two in `server/driver/urgent.rs` for
 // urgent data (reading the byte, registering the watcher), one in `server/driver/transport.rs`
-// asking the kernel what a closing connection's peer has not acknowledged.
+// asking the kernel what a closing connection's peer has not acknowledged, and one in
+// `connection/mailbox/own.rs` appending a callback's own write to its driver's queue.
 #![deny(unsafe_code)]
 
 // The layers, from the bottom: value types that import nothing of the engine; the connection

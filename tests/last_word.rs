@@ -457,3 +457,69 @@ async fn a_close_whose_data_the_peer_never_reads_times_out() {
     assert!(peer.was_reset_by_server());
     server.shutdown().await;
 }
+
+/// Writes from the connection's own callback (which go straight to its queue) and from other
+/// tasks (through its mailbox), each made after the one before it had returned.
+struct Relay;
+
+#[async_trait]
+impl Callbacks for Relay {
+    async fn on_connection_established(
+        &self,
+        connection: &Connection,
+        _peer: &std::net::SocketAddr,
+    ) {
+        connection.read();
+    }
+
+    async fn on_read_completed(&self, connection: &Connection, _data: switchboard::BytesMut) {
+        connection.write("1 callback\n").unwrap();
+        // Another task's write, while the callback waits for it.
+        let other = connection.clone();
+        tokio::spawn(async move { other.write("2 other task\n").unwrap() })
+            .await
+            .unwrap();
+        connection.write("3 callback\n").unwrap();
+        // The callback waits with nothing posted meanwhile, and goes on writing.
+        tokio::task::yield_now().await;
+        connection.write("4 callback\n").unwrap();
+        let other = connection.clone();
+        tokio::spawn(async move {
+            other.write("5 other task\n").unwrap();
+            other.goodbye("6 goodbye\n").unwrap();
+        })
+        .await
+        .unwrap();
+        // Refused: the goodbye came first.
+        assert!(connection.write("7 too late\n").is_err());
+    }
+}
+
+/// Guarantee 15 over real TCP, across the two ways a write is queued: the connection's own
+/// callback's, and another task's through the mailbox. Each was made after the one before had
+/// returned, and the peer receives them in that order, then FIN.
+#[tokio::test]
+async fn a_callbacks_writes_and_another_tasks_arrive_in_posting_order() {
+    for _ in 0..20 {
+        let server = Server::builder()
+            .bind("127.0.0.1:0")
+            .start(Relay)
+            .await
+            .unwrap();
+        let mut stream = client(server.local_addr().unwrap()).await;
+        bounded(
+            "the request",
+            tokio::io::AsyncWriteExt::write_all(&mut stream, b"go\n"),
+        )
+        .await
+        .unwrap();
+        let (reply, end) = read_to_end(&mut stream).await;
+        end.expect("FIN after the goodbye");
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            "1 callback\n2 other task\n3 callback\n4 callback\n5 other task\n6 goodbye\n"
+        );
+        drop(stream);
+        server.shutdown().await;
+    }
+}

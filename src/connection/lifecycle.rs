@@ -427,6 +427,24 @@ impl Lifecycle {
         self.timeouts = (*timeouts != self.config.timeouts).then_some(timeouts);
     }
 
+    /// The connection's own callbacks queued writes that count for `cost` straight into the
+    /// driver's queue (as [`Lifecycle::on_requests`] counts those taken from the inbox).
+    #[inline]
+    pub(crate) fn on_queued(&mut self, cost: usize) {
+        self.queued += cost;
+    }
+
+    /// A read was requested, and nothing else was posted: what [`Lifecycle::on_requests`] does
+    /// with such requests, made cheap (the common turn after a message's callback).
+    #[inline]
+    pub(crate) fn on_read_requested(&mut self, handles: usize) {
+        self.handles = handles;
+        self.urgent_pending = false;
+        if !self.is_ended() && self.phase == Phase::Open {
+            self.read_requested |= !self.read_closed;
+        }
+    }
+
     /// What [`Lifecycle::on_requests`] does when nothing was posted: the handle count and the
     /// urgent bytes still waiting are all that can have changed (the common turn, made cheap).
     pub(crate) fn on_quiet(&mut self, handles: usize, urgent_pending: bool) {

@@ -9,9 +9,14 @@
 //!   whether it has ended (after which an abort is refused, so abort-all counts exactly what it
 //!   aborted).
 //!
-//! The queue level is `posted - sent`: `posted` grows under the inbox lock (handles), `sent`
-//! grows only in the driver, so neither side ever subtracts what the other added. Both count
-//! what buffers cost ([`queued_cost`]: their bytes and a fixed overhead each), not only bytes.
+//! The queue level is `posted - sent`: `posted` grows with each write queued (one
+//! compare-and-swap that checks the limit, [`Mailbox::reserve`]), `sent` grows only in the
+//! driver, so neither side ever subtracts what the other added. Both count what buffers cost
+//! ([`queued_cost`]: their bytes and a fixed overhead each), not only bytes.
+//!
+//! A write that the connection's own callback makes while the driver polls it goes straight to
+//! the driver's queue, without the inbox, where the order allows (see `own`): the common case of
+//! a reply written from `on_read_completed` takes no lock and wakes nothing.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,9 +34,10 @@ use crate::connection::lifecycle::{
 use crate::error::Error;
 use crate::timeouts::Timeouts;
 
+mod own;
 mod signal;
 
-use signal::{Signal, INBOX, PENDING, READ};
+use signal::{Signal, INBOX, READ};
 
 /// Requests posted by handles since the driver last took them.
 #[derive(Debug, Default)]
@@ -66,6 +72,32 @@ pub(crate) struct Inbox {
     /// also refuses writes at once, through `close`), or ended (decided; nothing is taken any
     /// more, and an abort is no longer counted).
     fate: Fate,
+}
+
+/// What [`Mailbox::take_posted`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// Nothing was posted but, perhaps, a change of the handle count.
+    Nothing,
+    /// A read was requested, and nothing else.
+    Read,
+    /// Requests from the inbox (and a read request, if one was posted).
+    Requests(Requests),
+}
+
+impl Taken {
+    /// What was taken as [`Requests`], `None` if nothing was: `handles` is the handle count.
+    pub(crate) fn into_requests(self, handles: usize) -> Option<Requests> {
+        match self {
+            Taken::Nothing => None,
+            Taken::Read => Some(Requests {
+                read: true,
+                handles,
+                ..Requests::default()
+            }),
+            Taken::Requests(requests) => Some(requests),
+        }
+    }
 }
 
 /// Locks `inbox`. Nothing panics while this lock is held, but a poisoned lock must not turn one
@@ -198,13 +230,63 @@ impl Mailbox {
 
     /// Queues `data`, or gives it back with the reason it was refused.
     pub(crate) fn write(&self, data: Bytes) -> Result<(), (Error, Bytes)> {
-        self.queue(data, None).map(drop)
+        match self.queue_own(data) {
+            Ok(_) => Ok(()),
+            Err(data) => self.queue(data, None).map(drop),
+        }
     }
 
     /// As [`Mailbox::write`]; queued, says whether the queue is then at or above its high mark.
     pub(crate) fn write_is_high(&self, data: Bytes) -> Result<bool, (Error, Bytes)> {
-        self.queue(data, None)
-            .map(|level| level >= self.config.limits.high)
+        let level = match self.queue_own(data) {
+            Ok(level) => level,
+            Err(data) => self.queue(data, None)?,
+        };
+        Ok(level >= self.config.limits.high)
+    }
+
+    /// Runs `poll` (one poll of one of this connection's callbacks, on its driver's task) so
+    /// that what it writes to this connection is appended to `queue` (the driver's) without the
+    /// inbox lock where the order allows (see `own`); returns `poll`'s result and what those
+    /// writes count for in the queue, which the driver's lifecycle must learn.
+    ///
+    /// Such a write is not counted as crossing the high mark: the driver sends nothing while it
+    /// polls, so its lifecycle finds the queue at the mark itself when it next looks.
+    #[inline(always)]
+    pub(crate) fn own_writes<R>(
+        &self,
+        queue: &mut VecDeque<Bytes>,
+        poll: impl FnOnce() -> R,
+    ) -> (R, usize) {
+        own::run(self, queue, poll)
+    }
+
+    /// Queues `data` on the list of this connection's own writes, if one of its callbacks is
+    /// being polled on this thread and nothing needs the inbox: returns what the queue then
+    /// holds, or gives `data` back for the inbox to decide (a refusal included).
+    #[inline]
+    fn queue_own(&self, data: Bytes) -> Result<usize, Bytes> {
+        // Staged bytes go first, and only the inbox moves them.
+        if !own::is_current(self)
+            || data.is_empty()
+            || !self.signal.admits_own_write()
+            || self.staged_len.load(Ordering::Relaxed) != 0
+        {
+            return Err(data);
+        }
+        let cost = queued_cost(data.len());
+        let Ok(before) = self.reserve_below(cost, Some(self.config.limits.limit)) else {
+            return Err(data);
+        };
+        match own::push(data, cost) {
+            Ok(()) => Ok(before + cost),
+            Err(data) => {
+                // Not appended after all: the reservation is given back (the inbox reserves
+                // again).
+                self.posted.fetch_sub(cost, Ordering::SeqCst);
+                Err(data)
+            }
+        }
     }
 
     /// Queues clones of `buffers`, in order, each as [`Mailbox::write`] would (refused once the
@@ -216,40 +298,50 @@ impl Mailbox {
         if let Some(refused) = inbox.write_refusal() {
             return Err((refused, 0));
         }
-        let queued = self.level(&inbox);
-        if queued >= self.config.limits.limit {
-            return Err((self.full(queued), 0));
-        }
+        let limit = self.config.limits.limit;
         // The staged bytes go first, as ahead of any write.
-        let start = self.push_staged(&mut inbox, queued);
-        let mut level = start;
-        let mut refused = None;
-        for (index, data) in buffers.iter().enumerate() {
-            if index > 0 && level >= self.config.limits.limit {
-                refused = Some((self.full(level), index));
-                break;
+        let staged = staged_cost(&inbox);
+        // How many buffers the queue takes from the level `reserve` finds (again if an own
+        // write moved it meanwhile), and what they cost with the staged bytes.
+        let reserved = self.reserve(|before| {
+            if before >= limit {
+                return Err(before);
             }
-            if !data.is_empty() {
-                let cost = queued_cost(data.len());
-                inbox.writes_len += cost;
-                inbox.writes.push(data.clone());
-                level += cost;
+            let mut level = before + staged;
+            let mut taken = buffers.len();
+            for (index, data) in buffers.iter().enumerate() {
+                if index > 0 && level >= limit {
+                    taken = index;
+                    break;
+                }
+                if !data.is_empty() {
+                    level += queued_cost(data.len());
+                }
             }
-        }
-        let high = self.config.limits.high;
-        if start < high && level >= high {
-            inbox.crossed_high = true;
-        }
-        // One addition for the batch: `posted` moves only under this lock.
-        self.posted.fetch_add(level - start, Ordering::SeqCst);
+            Ok((level - before, taken))
+        });
+        let (before, (cost, taken)) = match reserved {
+            Ok(reserved) => reserved,
+            Err(level) => return Err((self.full(level), 0)),
+        };
+        Self::append_staged(&mut inbox);
+        self.staged_len.store(0, Ordering::Relaxed);
+        inbox.writes.extend(
+            buffers[..taken]
+                .iter()
+                .filter(|data| !data.is_empty())
+                .cloned(),
+        );
+        self.add_to_inbox(&mut inbox, before, cost);
         drop(inbox);
-        if level != queued {
+        if cost > 0 {
             self.signal.notify(INBOX);
         }
-        match refused {
-            Some(refused) => Err(refused),
-            None => Ok(level >= high),
+        let level = before + cost;
+        if taken < buffers.len() {
+            return Err((self.full(level), taken));
         }
+        Ok(level >= self.config.limits.high)
     }
 
     /// Queues `data` whatever the queue holds and asks for a graceful close with `reason`, or
@@ -261,33 +353,44 @@ impl Mailbox {
         result.map(drop)
     }
 
-    /// Queues `data`, after the staged bytes; with a close `reason`, past the limit too, and the
-    /// close is asked for in the same step. Returns what the queue then holds.
+    /// Queues `data`, after the staged bytes, through the inbox; with a close `reason`, past the
+    /// limit too, and the close is asked for in the same step. Returns what the queue then
+    /// holds.
     fn queue(&self, data: Bytes, close: Option<ClosureReason>) -> Result<usize, (Error, Bytes)> {
         let mut inbox = self.inbox();
         if let Some(refused) = inbox.write_refusal() {
             return Err((refused, data));
         }
-        let queued = self.level(&inbox);
-        if close.is_some() {
+        let limit = if close.is_some() {
             // A close, as `close` asks it: weak handles are refused from now on.
             self.signal.seal();
             inbox.close = close;
-        } else if queued >= self.config.limits.limit {
-            return Err((self.full(queued), data));
+            None
+        } else {
+            Some(self.config.limits.limit)
+        };
+        let written = if data.is_empty() {
+            0
+        } else {
+            queued_cost(data.len())
+        };
+        let cost = staged_cost(&inbox) + written;
+        let before = match self.reserve_below(cost, limit) {
+            Ok(before) => before,
+            Err(level) => return Err((self.full(level), data)),
+        };
+        if Self::append_staged(&mut inbox) {
+            self.staged_len.store(0, Ordering::Relaxed);
         }
-        let level = self.push_staged(&mut inbox, queued);
-        if data.is_empty() {
-            if close.is_some() || level != queued {
-                drop(inbox);
-                self.signal.notify(INBOX);
-            }
-            return Ok(level);
+        if written > 0 {
+            inbox.writes.push(data);
         }
-        let level = self.push(&mut inbox, level, data);
+        self.add_to_inbox(&mut inbox, before, cost);
         drop(inbox);
-        self.signal.notify(INBOX);
-        Ok(level)
+        if close.is_some() || cost > 0 {
+            self.signal.notify(INBOX);
+        }
+        Ok(before + cost)
     }
 
     /// The refusal of a write to a queue that holds `queued` bytes, at or past its limit.
@@ -298,29 +401,82 @@ impl Mailbox {
         }
     }
 
-    /// Appends `data` to the untaken writes of a queue that holds `queued` bytes; returns what
-    /// it holds then.
-    fn push(&self, inbox: &mut Inbox, queued: usize, data: Bytes) -> usize {
-        let cost = queued_cost(data.len());
-        let after = queued + cost;
-        self.posted.fetch_add(cost, Ordering::SeqCst);
-        if queued < self.config.limits.high && after >= self.config.limits.high {
+    /// [`Mailbox::reserve`] of a fixed `cost`, refused if the queue holds `limit` or more.
+    fn reserve_below(&self, cost: usize, limit: Option<usize>) -> Result<usize, usize> {
+        self.reserve(|level| match limit {
+            Some(limit) if level >= limit => Err(level),
+            _ => Ok((cost, ())),
+        })
+        .map(|(before, _)| before)
+    }
+
+    /// Adds to what was posted the cost that `take` decides from the queue's level (`Err`
+    /// refuses, with the level, and adds nothing); returns the level before and what `take`
+    /// returned with the cost.
+    ///
+    /// One compare-and-swap: writes posted at once through the inbox (under its lock) and by the
+    /// connection's own callbacks (without it, see `own`) never both pass a check of the same
+    /// level, so the queue never exceeds its limit by more than one write. `take` runs again if
+    /// another write moved the level meanwhile.
+    fn reserve<T>(
+        &self,
+        mut take: impl FnMut(usize) -> Result<(usize, T), usize>,
+    ) -> Result<(usize, (usize, T)), usize> {
+        // `sent` first: `posted` read after it is at least as large, so the level is only ever
+        // too high.
+        let sent = self.sent.load(Ordering::SeqCst);
+        let mut posted = self.posted.load(Ordering::SeqCst);
+        loop {
+            let level = posted - sent;
+            let (cost, taken) = take(level)?;
+            if cost == 0 {
+                return Ok((level, (cost, taken)));
+            }
+            match self.posted.compare_exchange_weak(
+                posted,
+                posted + cost,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Ok((level, (cost, taken))),
+                Err(now) => posted = now,
+            }
+        }
+    }
+
+    /// Counts `cost`, reserved from a queue that held `before`, as the inbox's untaken writes,
+    /// noting a crossing of the high mark.
+    fn add_to_inbox(&self, inbox: &mut Inbox, before: usize, cost: usize) {
+        let high = self.config.limits.high;
+        if before < high && before + cost >= high {
             inbox.crossed_high = true;
         }
         inbox.writes_len += cost;
-        inbox.writes.push(data);
-        after
     }
 
-    /// Moves the staged bytes, if any, into the untaken writes of a queue that holds `queued`
-    /// bytes, as one buffer; returns what the queue holds then.
-    fn push_staged(&self, inbox: &mut Inbox, queued: usize) -> usize {
+    /// Moves the staged bytes, if any, into the untaken writes, as one buffer (their cost
+    /// reserved by the caller, which also clears `staged_len`); `true` if there were some.
+    fn append_staged(inbox: &mut Inbox) -> bool {
         if inbox.staged.is_empty() {
-            return queued;
+            return false;
         }
         let staged = std::mem::take(&mut inbox.staged).freeze();
+        inbox.writes.push(staged);
+        true
+    }
+
+    /// Queues the staged bytes, if any, as one write through the inbox, refused (and left
+    /// staged) if the queue holds `limit` or more; returns the refusal's level.
+    fn queue_staged(&self, inbox: &mut Inbox, limit: Option<usize>) -> Result<(), usize> {
+        let cost = staged_cost(inbox);
+        if cost == 0 {
+            return Ok(());
+        }
+        let before = self.reserve_below(cost, limit)?;
+        Self::append_staged(inbox);
         self.staged_len.store(0, Ordering::Relaxed);
-        self.push(inbox, queued, staged)
+        self.add_to_inbox(inbox, before, cost);
+        Ok(())
     }
 
     /// Runs `stage` on the connection's staged bytes: what it appends goes out ahead of the
@@ -369,17 +525,15 @@ impl Mailbox {
             self.staged_len.store(0, Ordering::Relaxed);
             return Err((refused, std::mem::take(&mut inbox.staged).freeze()));
         }
-        let queued = self.level(&inbox);
-        if queued >= self.config.limits.limit {
+        if let Err(level) = self.queue_staged(&mut inbox, Some(self.config.limits.limit)) {
             let refused = if keep {
                 Bytes::new()
             } else {
                 self.staged_len.store(0, Ordering::Relaxed);
                 std::mem::take(&mut inbox.staged).freeze()
             };
-            return Err((self.full(queued), refused));
+            return Err((self.full(level), refused));
         }
-        self.push_staged(&mut inbox, queued);
         drop(inbox);
         self.signal.notify(INBOX);
         Ok(())
@@ -404,10 +558,13 @@ impl Mailbox {
     pub(crate) fn shutdown_write(&self) {
         self.post(|inbox| {
             if inbox.write_refusal().is_none() {
-                let queued = self.level(inbox);
-                self.push_staged(inbox, queued);
+                // Past the limit: nothing is refused without a limit.
+                let _ = self.queue_staged(inbox, None);
             }
             inbox.shutdown_write = true;
+            // Under the lock, before the post's wake-up: a write that finds the mark clear
+            // (and no other) comes before this in the queue.
+            self.signal.shut_write();
         });
         self.notify_room();
     }
@@ -419,8 +576,8 @@ impl Mailbox {
         self.signal.seal();
         self.post(|inbox| {
             if inbox.write_refusal().is_none() {
-                let queued = self.level(inbox);
-                self.push_staged(inbox, queued);
+                // Past the limit: nothing is refused without a limit.
+                let _ = self.queue_staged(inbox, None);
             }
             inbox.close.get_or_insert(reason);
         });
@@ -466,11 +623,11 @@ impl Mailbox {
     }
 
     pub(crate) fn queued_bytes(&self) -> usize {
-        match self.made_inbox() {
-            Some(inbox) => self.level(&inbox),
-            // Nothing was ever posted.
-            None => 0,
-        }
+        // Under the lock, if there is one, so that a write in flight through the inbox is
+        // counted whole; the connection's own writes need none (see `own`).
+        let _inbox = self.made_inbox();
+        let sent = self.sent.load(Ordering::SeqCst);
+        self.posted.load(Ordering::SeqCst) - sent
     }
 
     pub(crate) fn is_closing(&self) -> bool {
@@ -532,28 +689,26 @@ impl Mailbox {
 
     // The driver's side.
 
-    /// Takes what was posted since the last take, if anything was (one atomic operation when
-    /// nothing was: inlined into the driver's turn, which most often finds nothing).
+    /// Takes what was posted since the last take (one atomic operation when nothing but a read
+    /// request was: inlined into the driver's turn, which most often finds no more).
     #[inline]
-    pub(crate) fn take_posted(&self, writes: &mut VecDeque<Bytes>) -> Option<Requests> {
+    pub(crate) fn take_posted(&self, writes: &mut VecDeque<Bytes>) -> Taken {
         let posted = self.signal.consume();
-        if posted & (PENDING | READ | INBOX) == 0 {
-            return None;
+        if posted & INBOX != 0 {
+            return Taken::Requests(self.take_requests(posted, writes));
         }
-        Some(self.take_requests(posted, writes))
+        if posted & READ != 0 {
+            Taken::Read
+        } else {
+            // Nothing, or a handle dropped: only the handle count can have moved.
+            Taken::Nothing
+        }
     }
 
-    /// What [`Mailbox::take_posted`] takes when something was `posted` (kept out of line).
+    /// What [`Mailbox::take_posted`] takes when the inbox was `posted` to (kept out of line).
     #[inline(never)]
     fn take_requests(&self, posted: usize, writes: &mut VecDeque<Bytes>) -> Requests {
-        let mut requests = if posted & INBOX != 0 {
-            self.take(writes)
-        } else {
-            Requests {
-                handles: self.handles(),
-                ..Requests::default()
-            }
-        };
+        let mut requests = self.take(writes);
         requests.read = posted & READ != 0;
         requests
     }

@@ -40,8 +40,9 @@ use tokio::time::Instant;
 use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{
     Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
-    Requests, Snapshot, StartFailure, BUFFER_OVERHEAD,
+    Snapshot, StartFailure, BUFFER_OVERHEAD,
 };
+use crate::connection::mailbox::Taken;
 use crate::connection::read_sink::ReadSink;
 use crate::connection::{Connection, Shared};
 use crate::rate::{ReadRate, TokenBucket};
@@ -122,8 +123,9 @@ enum Wake {
 enum Next {
     /// Deliver the data read to `on_read_completed`.
     Deliver(BytesMut),
-    /// Complete this many buffers, sent in full ([`Driver::written`]).
-    Written(usize),
+    /// Complete the buffers sent in full ([`Driver::written`] counted them in
+    /// [`Driver::to_complete`]).
+    Written,
     /// The rest, with their callbacks ([`Driver::woken`]).
     Woken(Wake),
     Done,
@@ -136,21 +138,6 @@ impl Next {
         match self {
             Next::Deliver(data) => data,
             _ => unreachable!("only a delivery has data"),
-        }
-    }
-
-    /// The count of a [`Next::Written`], taken with `self` whole (see the pump's use).
-    #[inline(always)]
-    fn into_completed(self) -> usize {
-        match self {
-            Next::Written(completed) => {
-                // A count has nothing to drop: forgotten, so that no call to `Next`'s drop glue
-                // is left in the pump's loop (the optimiser keeps it, although it does nothing
-                // for a `Written`).
-                std::mem::forget(self);
-                completed
-            }
-            _ => unreachable!("only a write completes buffers"),
         }
     }
 
@@ -183,11 +170,16 @@ macro_rules! callback {
         let callbacks = $driver.context.invoker.callbacks();
         // A statement of its own: the callback's result (a panic's payload) ends with it, and is
         // not kept in the task across the panic's await below (as a `match` scrutinee would be).
-        let payload =
-            match (crate::server::invoke::Guarded(callbacks.$method(&$driver.connection $(, $arg)*))).await {
-                Ok(value) => break 'callback Some(value),
-                Err(payload) => payload,
-            };
+        let polled = crate::server::driver::write::Polled {
+            future: crate::server::invoke::Guarded(callbacks.$method(&$driver.connection $(, $arg)*)),
+            mailbox: &$driver.connection.shared().mailbox,
+            writes: &mut $driver.writes,
+            life: &mut $driver.life,
+        };
+        let payload = match polled.await {
+            Ok(value) => break 'callback Some(value),
+            Err(payload) => payload,
+        };
         // Boxed: the panic path is rare, and its state would otherwise be part of every
         // connection's task.
         Box::pin($driver.panicked($name, payload)).await;
@@ -264,6 +256,9 @@ pub(crate) struct Driver {
     timer: Timer,
     /// What handles were last told of the connection's fate ([`Driver::publish`]).
     published: Snapshot,
+    /// Buffers sent in full whose `on_write_completed` is still to run. At most what one write
+    /// was handed ([`write::MOST_BUFFERS_PER_WRITE`]), so a `u32`: it fits beside `published`.
+    to_complete: u32,
     registration: Registration,
 }
 
@@ -297,6 +292,7 @@ impl Driver {
                 fate: Fate::Open,
                 high: false,
             },
+            to_complete: 0,
             registration,
         }
     }
@@ -443,7 +439,7 @@ impl Driver {
                         self.timer.arm(interest.deadline);
                         let next = {
                             let wake = 'wake: {
-                                if self.urgent.watch(interest.urgent, self.transport.tcp()) {
+                                if self.urgent.watch(interest.urgent, || self.transport.tcp()) {
                                     break 'wake match self.urgent.take_held() {
                                         // Taken by a read before it was asked for: delivered now.
                                         Some(byte) => Wake::UrgentByte(byte),
@@ -491,14 +487,18 @@ impl Driver {
                                 let data = next.into_data();
                                 callback!(self, "on_read_completed", on_read_completed(data));
                             }
-                            Next::Written(_) => {
-                                let mut left = next.into_completed();
+                            Next::Written => {
+                                // Moved whole, as the other arms do, so that the task does not
+                                // keep it across the awaits below; forgotten, as a `Written` holds
+                                // nothing to drop (a drop would leave a call to `Next`'s drop glue
+                                // in the pump's loop).
+                                std::mem::forget(next);
                                 // Awaited here rather than in an `async fn`, like the read's callback:
-                                // one state machine less in the task. Counted down rather than
-                                // iterated: a range, borrowed by its iteration, would stay in the
-                                // task (16 bytes to the count's 8).
-                                while left > 0 {
-                                    left -= 1;
+                                // one state machine less in the task. Counted down in the driver
+                                // (where it fills padding) rather than in a local, which the task
+                                // would keep across the callbacks' awaits.
+                                while self.to_complete > 0 {
+                                    self.to_complete -= 1;
                                     let data = self.writes.pop_sent();
                                     if callback!(
                                         self,
@@ -507,6 +507,7 @@ impl Driver {
                                     )
                                     .is_none()
                                     {
+                                        self.to_complete = 0;
                                         break;
                                     }
                                 }
@@ -550,7 +551,10 @@ impl Driver {
     fn woke(&mut self, wake: Wake) -> Next {
         match wake {
             Wake::Read(Ok(data)) if !data.is_empty() => self.arrived(data),
-            Wake::Wrote(Ok(sent)) if sent > 0 => Next::Written(self.written(sent)),
+            Wake::Wrote(Ok(sent)) if sent > 0 => {
+                self.written(sent);
+                Next::Written
+            }
             Wake::Posted | Wake::UrgentRoom => Next::Done,
             Wake::Deadline => {
                 self.deadline_passed();
@@ -610,21 +614,28 @@ impl Driver {
     #[inline]
     fn take_posted(&mut self, now: &LazyNow) {
         let mailbox = &self.connection.shared().mailbox;
-        match mailbox.take_posted(self.writes.tail()) {
-            // Nothing posted since the last take, on a connection with no urgent bytes and no
-            // sink: only the handle count can have moved (the common turn, kept inline).
-            None if self.urgent.is_unused() && self.sink().is_none() => {
-                self.life.on_quiet(mailbox.handles(), false);
+        let taken = mailbox.take_posted(self.writes.tail());
+        // On a connection with no urgent bytes and no sink, the common turns, kept inline: only
+        // the handle count can have moved, or a read was requested (the turn after a message's
+        // callback).
+        if !matches!(taken, Taken::Requests(_)) && self.urgent.is_unused() && self.sink().is_none()
+        {
+            let handles = mailbox.handles();
+            match taken {
+                Taken::Read => self.life.on_read_requested(handles),
+                _ => self.life.on_quiet(handles, false),
             }
-            requests => self.take_requests(requests, now),
+            return;
         }
+        self.take_requests(taken, now);
     }
 
-    /// [`Driver::take_posted`] beyond its common turn: `requests` taken (if any were posted),
-    /// the urgent bytes, the sink.
+    /// [`Driver::take_posted`] beyond its common turns: what was `taken`, the urgent bytes, the
+    /// sink.
     #[inline(never)]
-    fn take_requests(&mut self, requests: Option<Requests>, now: &LazyNow) {
+    fn take_requests(&mut self, taken: Taken, now: &LazyNow) {
         let mailbox = &self.connection.shared().mailbox;
+        let requests = taken.into_requests(mailbox.handles());
         if requests
             .as_ref()
             .is_some_and(|requests| requests.urgent_posted)
@@ -728,8 +739,8 @@ impl Driver {
     }
 
     /// `sent` bytes of the queue went to the kernel: the lifecycle, the handles and the counters
-    /// learn it. Returns how many buffers are sent in full, for `on_write_completed`.
-    fn written(&mut self, sent: usize) -> usize {
+    /// learn it, and the buffers sent in full are counted for `on_write_completed`.
+    fn written(&mut self, sent: usize) {
         let completed = self.writes.advance(sent);
         // The queue counts buffers at their cost: a buffer's overhead leaves it with its last
         // byte.
@@ -740,7 +751,8 @@ impl Driver {
         ConnectionCounters::add(&counters.bytes_written, sent as u64);
         ConnectionCounters::add(&counters.writes, completed as u64);
         self.context.counters.bytes_written(sent as u64);
-        completed
+        debug_assert!(completed <= write::MOST_BUFFERS_PER_WRITE);
+        self.to_complete = completed as u32;
     }
 
     /// Sends FIN once TLS `close_notify` went out (or at once on plain TCP). Errors mean the peer

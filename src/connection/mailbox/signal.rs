@@ -34,7 +34,7 @@ pub(super) struct Signal {
 }
 
 /// Something was posted since the driver last took the inbox.
-pub(super) const PENDING: usize = 1;
+const PENDING: usize = 1;
 /// The driver is waiting: a post must wake it.
 const PARKED: usize = 2;
 /// A read was requested (posted without the inbox lock).
@@ -48,8 +48,12 @@ const SEALED: usize = 16;
 /// driver, read by writers deciding whether to wait for room. Here rather than in a word of its
 /// own because every connection carries this word anyway.
 const HIGH: usize = 32;
+/// Writes are shut down ([`Mailbox::shutdown_write`](super::Mailbox::shutdown_write)): set
+/// once, never cleared. Kept here so that a write can be refused without the inbox lock's help
+/// (see [`Signal::admits_own_write`]).
+const WRITE_SHUT: usize = 64;
 /// The application's counted handles are `state >> HANDLE_SHIFT`.
-const HANDLE_SHIFT: u32 = 6;
+const HANDLE_SHIFT: u32 = 7;
 /// One counted handle.
 const ONE_HANDLE: usize = 1 << HANDLE_SHIFT;
 /// A request posted and not yet taken.
@@ -183,6 +187,20 @@ impl Signal {
 
     pub(super) fn is_high(&self) -> bool {
         self.state.load(Ordering::Acquire) & HIGH != 0
+    }
+
+    /// Marks writes as shut down, for [`Signal::admits_own_write`].
+    pub(super) fn shut_write(&self) {
+        self.state.fetch_or(WRITE_SHUT, Ordering::AcqRel);
+    }
+
+    /// Whether a write posted without the inbox lock may be taken (see
+    /// [`Mailbox::queue_own`](super::Mailbox::queue_own)): the connection is not sealed (sealed,
+    /// it is closing, or a close or abort was asked for, or it is not established yet), writes
+    /// are not shut down, and the inbox has nothing untaken that a write would have to follow.
+    /// Otherwise the inbox decides, under its lock.
+    pub(super) fn admits_own_write(&self) -> bool {
+        self.state.load(Ordering::Acquire) & (SEALED | INBOX | WRITE_SHUT) == 0
     }
 
     pub(super) fn is_sealed(&self) -> bool {

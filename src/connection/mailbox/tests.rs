@@ -25,8 +25,8 @@ fn posts_while_running_do_not_wake_and_a_parked_driver_is_woken_once() {
     assert_eq!(count.0.load(Ordering::SeqCst), 0);
     assert!(mailbox.poll_posted(&mut cx).is_ready());
     let taken = mailbox.take_posted(&mut VecDeque::new());
-    assert!(taken.expect("a post").read);
-    assert!(mailbox.take_posted(&mut VecDeque::new()).is_none());
+    assert_eq!(taken, Taken::Read);
+    assert_eq!(mailbox.take_posted(&mut VecDeque::new()), Taken::Nothing);
     // Parked: the first post wakes, the second does not wake again.
     assert!(mailbox.poll_posted(&mut cx).is_pending());
     mailbox.request_read();
@@ -37,7 +37,7 @@ fn posts_while_running_do_not_wake_and_a_parked_driver_is_woken_once() {
         mailbox.poll_posted(&mut cx).is_ready(),
         "the mark stays until the take"
     );
-    assert!(mailbox.take_posted(&mut VecDeque::new()).is_some());
+    assert_eq!(mailbox.take_posted(&mut VecDeque::new()), Taken::Read);
     // The wake took the waker: the next park registers it again, and a post wakes again.
     assert!(mailbox.poll_posted(&mut cx).is_pending());
     mailbox.write(Bytes::from_static(b"x")).unwrap();
@@ -45,7 +45,10 @@ fn posts_while_running_do_not_wake_and_a_parked_driver_is_woken_once() {
     // A wake by the socket: parking again, a post still wakes.
     mailbox.unpark();
     assert_eq!(
-        mailbox.take_posted(&mut VecDeque::new()).map(|r| r.queued),
+        mailbox
+            .take_posted(&mut VecDeque::new())
+            .into_requests(0)
+            .map(|r| r.queued),
         Some(queued_cost(1))
     );
     assert!(mailbox.poll_posted(&mut cx).is_pending());
@@ -69,6 +72,7 @@ fn the_handshake_looking_at_posts_leaves_their_requests_for_the_take() {
     let mut writes = VecDeque::new();
     let taken = mailbox
         .take_posted(&mut writes)
+        .into_requests(0)
         .expect("the posts are still there");
     assert!(taken.read);
     assert_eq!(writes.len(), 1);
@@ -293,4 +297,214 @@ fn a_batch_says_whether_the_queue_is_high_and_is_refused_whole_when_closed() {
         mailbox.write_batch(&[Bytes::from_static(b"d")]),
         Err((Error::ConnectionClosed, 0))
     ));
+}
+
+/// An established connection's mailbox (writes without the inbox lock need one) with a queue
+/// limit of `limit`.
+fn open_mailbox(limit: usize) -> Mailbox {
+    let mut config = LifecycleConfig::for_tests();
+    config.limits = WriteLimits {
+        limit,
+        high: limit * 4 / 5,
+        low: limit * 2 / 5,
+    };
+    let mailbox = Mailbox::new(Arc::new(config));
+    mailbox.open_for_upgrades();
+    mailbox
+}
+
+fn bytes_of(queue: &VecDeque<Bytes>) -> Vec<u8> {
+    queue.iter().flat_map(|data| data.iter().copied()).collect()
+}
+
+fn write(mailbox: &Mailbox, data: &'static [u8]) {
+    mailbox.write(Bytes::from_static(data)).unwrap();
+}
+
+#[test]
+fn a_callbacks_own_writes_go_straight_to_the_drivers_queue() {
+    let mailbox = open_mailbox(1000);
+    let mut queue = VecDeque::new();
+    let ((), cost) = mailbox.own_writes(&mut queue, || {
+        write(&mailbox, b"a");
+        assert!(!mailbox.write_is_high(Bytes::from_static(b"b")).unwrap());
+    });
+    assert_eq!(bytes_of(&queue), b"ab");
+    assert_eq!(cost, 2 * queued_cost(1));
+    assert_eq!(
+        mailbox.queued_bytes(),
+        cost,
+        "counted in the level handles see"
+    );
+    assert_eq!(
+        mailbox.take_posted(&mut queue),
+        Taken::Nothing,
+        "nothing posted"
+    );
+    assert!(mailbox.inbox.get().is_none(), "no inbox was made");
+    // Outside a poll, through the inbox.
+    write(&mailbox, b"c");
+    let taken = mailbox.take_posted(&mut queue).into_requests(0).unwrap();
+    assert_eq!(taken.queued, queued_cost(1));
+    assert_eq!(bytes_of(&queue), b"abc");
+}
+
+#[test]
+fn an_own_write_behind_an_untaken_post_goes_through_the_inbox_after_it() {
+    let mailbox = open_mailbox(1000);
+    let mut queue = VecDeque::new();
+    // Another task's write, not taken yet.
+    write(&mailbox, b"x");
+    let ((), cost) = mailbox.own_writes(&mut queue, || write(&mailbox, b"y"));
+    assert_eq!(cost, 0);
+    assert!(queue.is_empty());
+    let taken = mailbox.take_posted(&mut queue).into_requests(0).unwrap();
+    assert_eq!(taken.queued, 2 * queued_cost(1));
+    assert_eq!(bytes_of(&queue), b"xy");
+    // Once the driver took them, an own write goes straight behind them.
+    let ((), cost) = mailbox.own_writes(&mut queue, || write(&mailbox, b"z"));
+    assert_eq!(cost, queued_cost(1));
+    assert_eq!(bytes_of(&queue), b"xyz");
+}
+
+#[test]
+fn staged_bytes_go_out_before_an_own_write() {
+    let mailbox = open_mailbox(1000);
+    let mut queue = VecDeque::new();
+    let ((), cost) = mailbox.own_writes(&mut queue, || {
+        mailbox
+            .stage(|staged| staged.extend_from_slice(b"s"))
+            .unwrap();
+        write(&mailbox, b"w");
+    });
+    assert_eq!(cost, 0, "through the inbox, behind the staged bytes");
+    let _ = mailbox.take_posted(&mut queue);
+    assert_eq!(bytes_of(&queue), b"sw");
+}
+
+#[test]
+fn own_writes_are_refused_as_writes_through_the_inbox_are() {
+    // At the limit: refused with the level, the bytes given back.
+    let mailbox = open_mailbox(100);
+    let mut queue = VecDeque::new();
+    mailbox.own_writes(&mut queue, || {
+        write(&mailbox, b"a");
+        write(&mailbox, b"b");
+        let (error, data) = mailbox.write(Bytes::from_static(b"c")).unwrap_err();
+        assert!(
+            matches!(error, Error::WriteQueueFull { queued, limit: 100 } if queued == 2 * queued_cost(1))
+        );
+        assert_eq!(&data[..], b"c");
+    });
+    assert_eq!(bytes_of(&queue), b"ab");
+    let refused = |mailbox: &Mailbox| {
+        mailbox
+            .own_writes(&mut VecDeque::new(), || {
+                mailbox.write(Bytes::from_static(b"late")).unwrap_err().0
+            })
+            .0
+    };
+    // A close asked for by the callback itself.
+    let mailbox = open_mailbox(1000);
+    let error = mailbox
+        .own_writes(&mut VecDeque::new(), || {
+            mailbox.close(ClosureReason::LocalClose);
+            mailbox.write(Bytes::from_static(b"late")).unwrap_err().0
+        })
+        .0;
+    assert!(matches!(error, Error::ConnectionClosed));
+    // Writes shut down, and the shutdown taken by the driver since (the inbox has nothing to
+    // take any more).
+    let mailbox = open_mailbox(1000);
+    mailbox.shutdown_write();
+    let _ = mailbox.take_posted(&mut VecDeque::new());
+    assert!(matches!(refused(&mailbox), Error::WriteShutdown));
+    // Closing, as the driver published it.
+    let mailbox = open_mailbox(1000);
+    mailbox.publish_closing();
+    assert!(matches!(refused(&mailbox), Error::ConnectionClosed));
+    // Not established yet: the inbox decides (and takes it).
+    let mailbox = new_mailbox();
+    let mut queue = VecDeque::new();
+    let ((), cost) = mailbox.own_writes(&mut queue, || write(&mailbox, b"early"));
+    assert_eq!(cost, 0);
+    assert!(queue.is_empty());
+}
+
+#[test]
+fn a_write_to_another_connection_in_a_poll_goes_through_its_inbox() {
+    let (a, b) = (open_mailbox(1000), open_mailbox(1000));
+    let mut queue = VecDeque::new();
+    let ((), cost) = a.own_writes(&mut queue, || {
+        write(&b, b"b");
+        // A poll inside another's takes no part of the thread.
+        let mut inner = VecDeque::new();
+        let ((), inner_cost) = b.own_writes(&mut inner, || write(&b, b"c"));
+        assert_eq!(inner_cost, 0);
+        assert!(inner.is_empty());
+    });
+    assert_eq!(cost, 0);
+    assert!(queue.is_empty());
+    let mut taken = VecDeque::new();
+    let requests = b.take_posted(&mut taken).into_requests(0).unwrap();
+    assert_eq!(requests.queued, 2 * queued_cost(1));
+    assert_eq!(bytes_of(&taken), b"bc");
+    // After the poll, the thread's part is free again.
+    let ((), cost) = b.own_writes(&mut taken, || write(&b, b"d"));
+    assert_eq!(cost, queued_cost(1));
+    assert_eq!(bytes_of(&taken), b"bcd");
+}
+
+#[test]
+fn a_poll_that_unwinds_hands_the_threads_part_back() {
+    let mailbox = open_mailbox(1000);
+    let mut queue = VecDeque::new();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        mailbox.own_writes(&mut queue, || {
+            write(&mailbox, b"a");
+            panic!("a callback's panic, not caught inside");
+        })
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(bytes_of(&queue), b"a", "what it wrote first is queued");
+    // Outside a poll again: through the inbox.
+    write(&mailbox, b"b");
+    let _ = mailbox.take_posted(&mut queue);
+    // The next poll takes the thread's part, and counts only its own writes.
+    let ((), cost) = mailbox.own_writes(&mut queue, || write(&mailbox, b"c"));
+    assert_eq!(cost, queued_cost(1));
+    assert_eq!(bytes_of(&queue), b"abc");
+}
+
+/// Own writes (without the lock) and writes of another thread (through the inbox) racing for
+/// the last room below the limit never both pass: the queue never holds more than the limit
+/// plus one write.
+#[test]
+fn own_writes_and_inbox_writes_racing_exceed_the_limit_by_one_write_at_most() {
+    let limit = 10 * queued_cost(1);
+    for _ in 0..200 {
+        let mailbox = Arc::new(open_mailbox(limit));
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let other = std::thread::spawn({
+            let (mailbox, start) = (mailbox.clone(), start.clone());
+            move || {
+                start.wait();
+                while mailbox.write(Bytes::from_static(b"i")).is_ok() {}
+            }
+        });
+        let mut queue = VecDeque::new();
+        mailbox.own_writes(&mut queue, || {
+            start.wait();
+            while mailbox.write(Bytes::from_static(b"o")).is_ok() {}
+        });
+        other.join().unwrap();
+        let level = mailbox.queued_bytes();
+        assert!(level >= limit, "both stopped at the limit: {level}");
+        assert!(
+            level < limit + queued_cost(1),
+            "{level} is past the limit ({limit}) by more than one write"
+        );
+        let _ = mailbox.take_posted(&mut queue);
+        assert_eq!(queue.len() * queued_cost(1), level, "every write counted");
+    }
 }

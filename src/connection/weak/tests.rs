@@ -88,6 +88,7 @@ impl Model {
         let requests = self
             .mailbox
             .take_posted(&mut self.writes)
+            .into_requests(self.mailbox.handles())
             .unwrap_or(Requests {
                 handles: self.mailbox.handles(),
                 ..Requests::default()

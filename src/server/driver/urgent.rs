@@ -99,14 +99,18 @@ impl Urgent {
     }
 
     /// Whether a wait for urgent data would do anything; creates or drops the watcher to match
-    /// `wanted`.
+    /// `wanted`. The socket is asked for (`tcp`) only then: most waits need none of this.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[inline]
-    pub(super) fn watch(&mut self, wanted: bool, tcp: Option<&TcpStream>) -> bool {
+    pub(super) fn watch<'a>(
+        &mut self,
+        wanted: bool,
+        tcp: impl FnOnce() -> Option<&'a TcpStream>,
+    ) -> bool {
         if !wanted && self.0.as_ref().map_or(true, |state| state.watch.is_none()) {
             return false;
         }
-        self.watch_slow(wanted, tcp)
+        self.watch_slow(wanted, tcp())
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -126,7 +130,11 @@ impl Urgent {
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    pub(super) fn watch(&mut self, _wanted: bool, _tcp: Option<&TcpStream>) -> bool {
+    pub(super) fn watch<'a>(
+        &mut self,
+        _wanted: bool,
+        _tcp: impl FnOnce() -> Option<&'a TcpStream>,
+    ) -> bool {
         false
     }
 

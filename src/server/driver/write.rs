@@ -3,13 +3,16 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 
 use super::transport::Transport;
-use crate::connection::lifecycle::queued_cost;
+use crate::connection::lifecycle::{queued_cost, Lifecycle};
+use crate::connection::mailbox::Mailbox;
 
 /// Most pieces handed to one `writev`; Linux's `IOV_MAX` is 1024, but a few dozen already cover
 /// every queue the default 64 KiB limit can hold with ordinary message sizes (and small buffers
@@ -26,6 +29,10 @@ const GATHER_BELOW: usize = 1024;
 /// Most bytes gathered for one write: the default queue limit, so that a queue of small buffers
 /// goes out in one system call. A partial write copies what it left again next time.
 const GATHER_MAX: usize = 64 * 1024;
+
+/// Most buffers one write can send in full: those gathered (none is empty, so at most one per
+/// byte gathered) and a whole buffer in every other piece.
+pub(super) const MOST_BUFFERS_PER_WRITE: usize = GATHER_MAX + MAX_IO_SLICES;
 
 thread_local! {
     /// Where small buffers are gathered: one per runtime thread (not per connection, so that an
@@ -192,6 +199,33 @@ impl WriteQueue {
         self.buffers.clear();
         self.offset = 0;
         unsent
+    }
+}
+
+/// A callback's future, polled so that the writes the connection's own callback makes go
+/// straight to the write queue where the order allows ([`Mailbox::own_writes`]), and the
+/// lifecycle counts them at once, as it counts writes taken from the inbox.
+pub(super) struct Polled<'a, F> {
+    pub(super) future: F,
+    pub(super) mailbox: &'a Mailbox,
+    pub(super) writes: &'a mut WriteQueue,
+    pub(super) life: &'a mut Lifecycle,
+}
+
+impl<F: Future + Unpin> Future for Polled<'_, F> {
+    type Output = F::Output;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let future = &mut this.future;
+        let (polled, cost) = this
+            .mailbox
+            .own_writes(&mut this.writes.buffers, || Pin::new(future).poll(cx));
+        if cost > 0 {
+            this.life.on_queued(cost);
+        }
+        polled
     }
 }
 
