@@ -1,6 +1,7 @@
 //! The driver's side of the write queue: buffers taken from the mailbox, written with one
 //! `write` (one buffer, or small buffers copied into one) or `writev` (several) per turn.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use super::transport::Transport;
 use crate::connection::lifecycle::{queued_cost, Lifecycle};
 use crate::connection::mailbox::Mailbox;
+use crate::server::invoke::Guarded;
 
 /// Most pieces handed to one `writev`; Linux's `IOV_MAX` is 1024, but a few dozen already cover
 /// every queue the default 64 KiB limit can hold with ordinary message sizes (and small buffers
@@ -202,23 +204,29 @@ impl WriteQueue {
     }
 }
 
-/// A callback's future, polled so that the writes the connection's own callback makes go
-/// straight to the write queue where the order allows ([`Mailbox::own_writes`]), and the
-/// lifecycle counts them at once, as it counts writes taken from the inbox.
-pub(super) struct Polled<'a, F> {
-    pub(super) future: F,
+/// A callback's future (boxed, as `async-trait` returns it), polled with its panics caught
+/// ([`Guarded`]) and so that the writes the connection's own callback makes go straight to the
+/// write queue where the order allows ([`Mailbox::own_writes`]); the lifecycle counts them at
+/// once, as it counts writes taken from the inbox.
+pub(super) struct Polled<'a, 'f, T> {
+    pub(super) future: Guarded<Pin<Box<dyn Future<Output = T> + Send + 'f>>>,
     pub(super) mailbox: &'a Mailbox,
     pub(super) writes: &'a mut WriteQueue,
     pub(super) life: &'a mut Lifecycle,
 }
 
-impl<F: Future + Unpin> Future for Polled<'_, F> {
-    type Output = F::Output;
+impl<T> Future for Polled<'_, '_, T> {
+    type Output = Result<T, Box<dyn Any + Send>>;
 
     #[inline(always)]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let future = &mut this.future;
+        // A future with no state holds no handle to write with (the default callbacks' are
+        // such): polled as it is. Any write it makes still goes through the inbox.
+        if std::mem::size_of_val(&*future.0) == 0 {
+            return Pin::new(future).poll(cx);
+        }
         let (polled, cost) = this
             .mailbox
             .own_writes(&mut this.writes.buffers, || Pin::new(future).poll(cx));
