@@ -301,11 +301,17 @@ impl Mailbox {
         let limit = self.config.limits.limit;
         // The staged bytes go first, as ahead of any write.
         let staged = staged_cost(&inbox);
-        // How many buffers the queue takes from the level `reserve` finds (again if an own
-        // write moved it meanwhile), and what they cost with the staged bytes.
-        let reserved = self.reserve(|before| {
+        let start = inbox.writes.len();
+        // One pass: the buffers the level takes are appended as they are counted, and the cost
+        // is reserved after, with one compare-and-swap from the level they were counted on. If
+        // an own write of the connection moved it meanwhile, they are taken out and counted
+        // again (under the lock, nothing else sees them in between).
+        let sent = self.sent.load(Ordering::SeqCst);
+        let mut posted = self.posted.load(Ordering::SeqCst);
+        let (before, level, taken) = loop {
+            let before = posted - sent;
             if before >= limit {
-                return Err(before);
+                return Err((self.full(before), 0));
             }
             let mut level = before + staged;
             let mut taken = buffers.len();
@@ -316,28 +322,32 @@ impl Mailbox {
                 }
                 if !data.is_empty() {
                     level += queued_cost(data.len());
+                    inbox.writes.push(data.clone());
                 }
             }
-            Ok((level - before, taken))
-        });
-        let (before, (cost, taken)) = match reserved {
-            Ok(reserved) => reserved,
-            Err(level) => return Err((self.full(level), 0)),
+            match self.posted.compare_exchange(
+                posted,
+                posted + (level - before),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break (before, level, taken),
+                Err(now) => {
+                    inbox.writes.truncate(start);
+                    posted = now;
+                }
+            }
         };
-        Self::append_staged(&mut inbox);
-        self.staged_len.store(0, Ordering::Relaxed);
-        inbox.writes.extend(
-            buffers[..taken]
-                .iter()
-                .filter(|data| !data.is_empty())
-                .cloned(),
-        );
-        self.add_to_inbox(&mut inbox, before, cost);
+        if staged > 0 {
+            let staged = std::mem::take(&mut inbox.staged).freeze();
+            inbox.writes.insert(start, staged);
+            self.staged_len.store(0, Ordering::Relaxed);
+        }
+        self.add_to_inbox(&mut inbox, before, level - before);
         drop(inbox);
-        if cost > 0 {
+        if level != before {
             self.signal.notify(INBOX);
         }
-        let level = before + cost;
         if taken < buffers.len() {
             return Err((self.full(level), taken));
         }

@@ -39,8 +39,8 @@ use tokio::time::Instant;
 
 use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{
-    Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
-    Snapshot, StartFailure, BUFFER_OVERHEAD,
+    Action, Event, Fate, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict, Snapshot,
+    StartFailure, BUFFER_OVERHEAD,
 };
 use crate::connection::mailbox::Taken;
 use crate::connection::read_sink::ReadSink;
@@ -162,11 +162,19 @@ enum Before<T> {
 
 /// Runs one of the connection's callbacks, `$method` of [`Callbacks`](crate::Callbacks) with the
 /// connection's handle and `$arg`s: publishes the lifecycle's snapshot first, so that the
-/// callback's handles see the connection as it is, and catches a panic, which ends the
-/// connection ([`Driver::panicked`]). `Some` with the callback's value if it returned.
+/// callback's handles see the connection as it is (`@published` where it is published already),
+/// and catches a panic, which ends the connection ([`Driver::panicked`]). `Some` with the
+/// callback's value if it returned.
 macro_rules! callback {
-    ($driver:ident, $name:literal, $method:ident($($arg:expr),* $(,)?)) => {'callback: {
+    ($driver:ident, $name:literal, $method:ident($($arg:expr),* $(,)?)) => {{
         $driver.publish();
+        callback!(@published $driver, $name, $method($($arg),*))
+    }};
+    // Where the snapshot was published since the lifecycle last changed it (the pump's turn
+    // publishes after its `next`, and a read delivered or a write completed changes neither the
+    // fate nor the high mark): the comparison is not made again for every message.
+    (@published $driver:ident, $name:literal, $method:ident($($arg:expr),* $(,)?)) => {'callback: {
+        debug_assert!($driver.life.snapshot() == $driver.published, "published before");
         let callbacks = $driver.context.invoker.callbacks();
         // A statement of its own: the callback's result (a panic's payload) ends with it, and is
         // not kept in the task across the panic's await below (as a `match` scrutinee would be).
@@ -454,25 +462,13 @@ impl Driver {
                                 if let Some(wrote) = self.write_at_once(interest) {
                                     break 'wake wrote;
                                 }
-                                // Only what the poll looks at moves in (the deadline is the
-                                // timer's, armed above): borrowed, the interest would stay in the
-                                // task across the callbacks' awaits too, and whole it would make
-                                // this wait's state the task's largest.
-                                let Interest {
-                                    read, write, fin, ..
-                                } = interest;
+                                // Only what the poll looks at moves in, three flags (the
+                                // deadline is the timer's, armed above): borrowed, the interest
+                                // would stay in the task across the callbacks' awaits too, and
+                                // whole it would make this wait's state the task's largest.
+                                let wanted = wait::Wanted::of(interest);
                                 let driver = &mut *self;
-                                poll_fn(move |cx| {
-                                    let interest = Interest {
-                                        read,
-                                        write,
-                                        fin,
-                                        urgent: false,
-                                        deadline: None,
-                                    };
-                                    driver.poll_wake(cx, interest)
-                                })
-                                .await
+                                poll_fn(move |cx| driver.poll_wake(cx, wanted)).await
                             };
                             self.connection.shared().mailbox.unpark();
                             self.woke(wake)
@@ -485,7 +481,7 @@ impl Driver {
                         match next {
                             Next::Deliver(_) => {
                                 let data = next.into_data();
-                                callback!(self, "on_read_completed", on_read_completed(data));
+                                callback!(@published self, "on_read_completed", on_read_completed(data));
                             }
                             Next::Written => {
                                 // Moved whole, as the other arms do, so that the task does not
@@ -501,7 +497,7 @@ impl Driver {
                                     self.to_complete -= 1;
                                     let data = self.writes.pop_sent();
                                     if callback!(
-                                        self,
+                                        @published self,
                                         "on_write_completed",
                                         on_write_completed(data)
                                     )

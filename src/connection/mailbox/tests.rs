@@ -476,9 +476,9 @@ fn a_poll_that_unwinds_hands_the_threads_part_back() {
     assert_eq!(bytes_of(&queue), b"abc");
 }
 
-/// Own writes (without the lock) and writes of another thread (through the inbox) racing for
-/// the last room below the limit never both pass: the queue never holds more than the limit
-/// plus one write.
+/// Own writes (without the lock) and writes and batches of another thread (through the inbox)
+/// racing for the last room below the limit never both pass: the queue never holds more than
+/// the limit plus one write.
 #[test]
 fn own_writes_and_inbox_writes_racing_exceed_the_limit_by_one_write_at_most() {
     let limit = 10 * queued_cost(1);
@@ -489,7 +489,18 @@ fn own_writes_and_inbox_writes_racing_exceed_the_limit_by_one_write_at_most() {
             let (mailbox, start) = (mailbox.clone(), start.clone());
             move || {
                 start.wait();
-                while mailbox.write(Bytes::from_static(b"i")).is_ok() {}
+                // Single writes and batches, which reserve their cost after counting it.
+                let batch = [Bytes::from_static(b"j"), Bytes::from_static(b"k")];
+                for turn in 0.. {
+                    let queued = if turn % 2 == 0 {
+                        mailbox.write(Bytes::from_static(b"i")).is_ok()
+                    } else {
+                        mailbox.write_batch(&batch).is_ok()
+                    };
+                    if !queued {
+                        break;
+                    }
+                }
             }
         });
         let mut queue = VecDeque::new();

@@ -53,17 +53,17 @@ impl Driver {
         };
         tokio::select! {
             biased;
-            wake = poll_fn(|cx| waiting.poll(cx, interest)) => wake,
+            wake = poll_fn(|cx| waiting.poll(cx, Wanted::of(interest))) => wake,
             watched = urgent.watched() => Wake::Urgent(watched),
         }
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     pub(super) async fn wait_with_urgent(&mut self, interest: Interest) -> Wake {
-        poll_fn(|cx| self.poll_wake(cx, interest)).await
+        poll_fn(|cx| self.poll_wake(cx, Wanted::of(interest))).await
     }
 
-    pub(super) fn poll_wake(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> Poll<Wake> {
+    pub(super) fn poll_wake(&mut self, cx: &mut TaskContext<'_>, wanted: Wanted) -> Poll<Wake> {
         let read_size = self.read_size();
         Waiting {
             shared: self.connection.shared(),
@@ -74,7 +74,26 @@ impl Driver {
             read_buffer_size: read_size,
             at_mark: self.urgent.at_mark(),
         }
-        .poll(cx, interest)
+        .poll(cx, wanted)
+    }
+}
+
+/// What a wait polls for, of its [`Interest`] (the deadline is the timer's, and urgent data has
+/// a wait of its own): three flags, so that a poll does not make the whole interest again.
+#[derive(Clone, Copy)]
+pub(super) struct Wanted {
+    pub(super) read: bool,
+    pub(super) write: bool,
+    pub(super) fin: bool,
+}
+
+impl Wanted {
+    pub(super) fn of(interest: Interest) -> Self {
+        Wanted {
+            read: interest.read,
+            write: interest.write,
+            fin: interest.fin,
+        }
     }
 }
 
@@ -100,7 +119,7 @@ impl Waiting<'_> {
     /// when nothing else is ready: most polls find data or room and need no wake-up from it.
     /// Registering last is as safe as first, since parking re-checks for a post atomically.
     #[inline]
-    fn poll(&mut self, cx: &mut TaskContext<'_>, interest: Interest) -> std::task::Poll<Wake> {
+    fn poll(&mut self, cx: &mut TaskContext<'_>, interest: Wanted) -> std::task::Poll<Wake> {
         use std::task::Poll::Ready;
         if self.shared.mailbox.has_posted() {
             return Ready(Wake::Posted);
