@@ -267,6 +267,8 @@ pub(crate) struct Driver {
     /// Buffers sent in full whose `on_write_completed` is still to run. At most what one write
     /// was handed ([`write::MOST_BUFFERS_PER_WRITE`]), so a `u32`: it fits beside `published`.
     to_complete: u32,
+    /// Whether the timer is armed for the current wait ([`Timer::arm`]).
+    timer_armed: bool,
     registration: Registration,
 }
 
@@ -301,6 +303,7 @@ impl Driver {
                 high: false,
             },
             to_complete: 0,
+            timer_armed: false,
             registration,
         }
     }
@@ -444,7 +447,7 @@ impl Driver {
                         }
                         // Waited here rather than in an `async fn`: one state machine less per
                         // wait.
-                        self.timer.arm(interest.deadline);
+                        self.timer_armed = self.timer.arm(interest.deadline);
                         let next = {
                             let wake = 'wake: {
                                 if self.urgent.watch(interest.urgent, || self.transport.tcp()) {

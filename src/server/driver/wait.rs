@@ -40,6 +40,7 @@ impl Driver {
             writes,
             urgent,
             timer,
+            timer_armed,
             ..
         } = self;
         let mut waiting = Waiting {
@@ -48,6 +49,7 @@ impl Driver {
             writes,
             urgent_pending: urgent.has_pending(),
             timer,
+            timer_armed: *timer_armed,
             read_buffer_size: read_size,
             at_mark: urgent.at_mark(),
         };
@@ -71,6 +73,7 @@ impl Driver {
             writes: &mut self.writes,
             urgent_pending: self.urgent.has_pending(),
             timer: &mut self.timer,
+            timer_armed: self.timer_armed,
             read_buffer_size: read_size,
             at_mark: self.urgent.at_mark(),
         }
@@ -105,6 +108,7 @@ struct Waiting<'a> {
     writes: &'a mut WriteQueue,
     urgent_pending: bool,
     timer: &'a mut Timer,
+    timer_armed: bool,
     read_buffer_size: usize,
     /// Set once the application asked for urgent data: reads then take it first.
     at_mark: Option<&'a AtMark>,
@@ -156,7 +160,7 @@ impl Waiting<'_> {
                 }
             }
         }
-        if self.timer.poll(cx).is_ready() {
+        if self.timer.poll(self.timer_armed, cx).is_ready() {
             return Ready(Wake::Deadline);
         }
         if self.shared.mailbox.poll_posted(cx).is_ready() {
