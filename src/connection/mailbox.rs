@@ -141,7 +141,10 @@ pub(crate) struct Mailbox {
     /// The driver's task (see [`Mailbox::set_task`]).
     task: OnceLock<tokio::task::Id>,
     signal: Signal,
-    /// Total bytes ever queued; written by handles, only under the inbox lock.
+    /// Total bytes ever queued: grown by handles with one compare-and-swap per post
+    /// ([`Mailbox::reserve`]), under the inbox lock or, for the connection's own callbacks'
+    /// writes, without it (see `own`); set back to `sent` by the driver when the connection
+    /// ends.
     posted: AtomicUsize,
     /// Bytes the driver has taken off the queue (written or dropped); written only by it.
     sent: AtomicUsize,
@@ -217,8 +220,10 @@ impl Mailbox {
         current.is_some() && current == self.task.get().copied()
     }
 
-    /// Bytes queued and not yet written. Under the inbox lock `posted` cannot move, and `sent`
-    /// only grows, so the level read there can only be too high, never too low.
+    /// Bytes queued and not yet written. `sent` is read first and only grows, and `posted` read
+    /// after it is at least as large as it was then, so the level can only be too high, never
+    /// too low (under the inbox lock `posted` still moves with the connection's own writes, see
+    /// `own`).
     fn level(&self, _locked: &Inbox) -> usize {
         let sent = self.sent.load(Ordering::SeqCst);
         self.posted.load(Ordering::SeqCst) - sent
