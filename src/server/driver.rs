@@ -13,7 +13,8 @@
 //! tries a reply's write before it; `write` keeps the write queue, `urgent` the urgent data,
 //! `timer` the one timer, `proxy` the PROXY header, `handshake` the TLS negotiation, `failures`
 //! feeds failed reads and writes to the lifecycle and runs the callbacks of its verdict,
-//! `closing` the closing events, `transport` the byte stream (plain, TLS, or another kind).
+//! `closing` the closing events, `transport` the byte stream (plain, TLS, or another kind),
+//! `wake` what ended a wait and what is left to await after it.
 
 pub(crate) mod arena;
 mod closing;
@@ -25,6 +26,7 @@ mod timer;
 pub(crate) mod transport;
 mod urgent;
 mod wait;
+mod wake;
 mod write;
 
 use std::future::poll_fn;
@@ -54,7 +56,8 @@ use crate::tls::Secure;
 
 use timer::Timer;
 use transport::Transport;
-use urgent::{Urgent, Watched};
+use urgent::Urgent;
+use wake::{Next, Wake};
 use write::WriteQueue;
 
 pub(crate) use proxy::Proxied;
@@ -99,55 +102,6 @@ impl Context {
     /// (timeout, malformed, untrusted) is not recorded here: it is counted by its closure reason.
     pub(crate) fn record_proxy_header_duration(&self, took: Duration) {
         self.counters.metrics().proxy_header(took);
-    }
-}
-
-/// What ended a wait.
-enum Wake {
-    /// A handle posted something.
-    Posted,
-    Read(io::Result<BytesMut>),
-    Wrote(io::Result<usize>),
-    FinSent(io::Result<()>),
-    /// The socket has room for urgent bytes that were waiting.
-    UrgentRoom,
-    /// The urgent-data watcher woke (only Linux and Android watch).
-    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
-    Urgent(Watched),
-    /// A read of a connection that takes urgent data found the urgent byte first.
-    UrgentByte(u8),
-    Deadline,
-}
-
-/// What is left to await after a wake ([`Driver::woke`]).
-enum Next {
-    /// Deliver the data read to `on_read_completed`.
-    Deliver(BytesMut),
-    /// Complete the buffers sent in full ([`Driver::written`] counted them in
-    /// [`Driver::to_complete`]).
-    Written,
-    /// The rest, with their callbacks ([`Driver::woken`]).
-    Woken(Wake),
-    Done,
-}
-
-impl Next {
-    /// The data of a [`Next::Deliver`], taken with `self` whole (see the pump's use).
-    #[inline(always)]
-    fn into_data(self) -> BytesMut {
-        match self {
-            Next::Deliver(data) => data,
-            _ => unreachable!("only a delivery has data"),
-        }
-    }
-
-    /// The wake of a [`Next::Woken`], taken with `self` whole (see the pump's use).
-    #[inline(always)]
-    fn into_wake(self) -> Wake {
-        match self {
-            Next::Woken(wake) => wake,
-            _ => unreachable!("only the rest have a wake"),
-        }
     }
 }
 

@@ -61,7 +61,7 @@ impl Mailbox {
             return Err(data);
         }
         let cost = queued_cost(data.len());
-        let Ok(before) = self.reserve_below(cost, Some(self.config.limits.limit)) else {
+        let Ok(before) = self.reserve(cost, Some(self.config.limits.limit)) else {
             return Err(data);
         };
         match own::push(data, cost) {
@@ -171,7 +171,7 @@ impl Mailbox {
             queued_cost(data.len())
         };
         let cost = staged_cost(&inbox) + written;
-        let before = match self.reserve_below(cost, limit) {
+        let before = match self.reserve(cost, limit) {
             Ok(before) => before,
             Err(level) => return Err((self.full(level), data)),
         };
@@ -197,36 +197,26 @@ impl Mailbox {
         }
     }
 
-    /// [`Mailbox::reserve`] of a fixed `cost`, refused if the queue holds `limit` or more.
-    fn reserve_below(&self, cost: usize, limit: Option<usize>) -> Result<usize, usize> {
-        self.reserve(|level| match limit {
-            Some(limit) if level >= limit => Err(level),
-            _ => Ok((cost, ())),
-        })
-        .map(|(before, _)| before)
-    }
-
-    /// Adds to what was posted the cost that `take` decides from the queue's level (`Err`
-    /// refuses, with the level, and adds nothing); returns the level before and what `take`
-    /// returned with the cost.
+    /// Adds `cost` to what was posted, unless the queue holds `limit` or more (whatever it holds
+    /// with `None`); returns the level before, or the level that refused it.
     ///
     /// One compare-and-swap: writes posted at once through the inbox (under its lock) and by the
     /// connection's own callbacks (without it, see `own`) never both pass a check of the same
-    /// level, so the queue never exceeds its limit by more than one write. `take` runs again if
-    /// another write moved the level meanwhile.
-    fn reserve<T>(
-        &self,
-        mut take: impl FnMut(usize) -> Result<(usize, T), usize>,
-    ) -> Result<(usize, (usize, T)), usize> {
+    /// level, so the queue never exceeds its limit by more than one write. The check is made
+    /// again if another write moved the level meanwhile. (A batch does the same in its own loop,
+    /// [`Mailbox::write_batch`], as it counts the buffers it takes from the level.)
+    fn reserve(&self, cost: usize, limit: Option<usize>) -> Result<usize, usize> {
         // `sent` first: `posted` read after it is at least as large, so the level is only ever
         // too high.
         let sent = self.sent.load(Ordering::SeqCst);
         let mut posted = self.posted.load(Ordering::SeqCst);
         loop {
             let level = posted - sent;
-            let (cost, taken) = take(level)?;
+            if limit.is_some_and(|limit| level >= limit) {
+                return Err(level);
+            }
             if cost == 0 {
-                return Ok((level, (cost, taken)));
+                return Ok(level);
             }
             match self.posted.compare_exchange_weak(
                 posted,
@@ -234,7 +224,7 @@ impl Mailbox {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => return Ok((level, (cost, taken))),
+                Ok(_) => return Ok(level),
                 Err(now) => posted = now,
             }
         }
@@ -272,7 +262,7 @@ impl Mailbox {
         if cost == 0 {
             return Ok(());
         }
-        let before = self.reserve_below(cost, limit)?;
+        let before = self.reserve(cost, limit)?;
         Self::append_staged(inbox);
         self.staged_len.store(0, Ordering::Relaxed);
         self.add_to_inbox(inbox, before, cost);
