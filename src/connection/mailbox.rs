@@ -453,6 +453,11 @@ impl Mailbox {
             if let Some(data) = inbox.writes.pop() {
                 writes.push_back(data);
             }
+        } else if queued > 0 && writes.is_empty() {
+            // Several buffers for an empty queue (a broadcast's lines): the two swap their
+            // storage, and the inbox keeps the queue's capacity for the next posts.
+            let empty = Vec::from(std::mem::take(writes));
+            *writes = VecDeque::from(std::mem::replace(&mut inbox.writes, empty));
         } else if queued > 0 {
             // A loop: `extend` reserves first, which costs more for the one buffer a turn
             // usually takes.

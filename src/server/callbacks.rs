@@ -247,11 +247,14 @@ pub trait Callbacks: Send + Sync + 'static {
     /// A buffer passed to [`Connection::write`] was handed to the kernel in full. That is all it
     /// means: the peer may not have received it yet.
     ///
-    /// Default: drops the buffer.
+    /// Default: drops the buffer. A server whose callbacks keep this default learns so at its
+    /// first call, and from then on drops the buffers it writes without calling it: this event
+    /// comes once per buffer written, and most applications do not override it. Callbacks that
+    /// pass it on to others (a wrapper around another type's callbacks) are called for every
+    /// buffer, whatever the others do with it.
     ///
     /// (The default is written out as `#[async_trait]` expands an `async fn`, so that it can
-    /// return a future that needs no allocation: this event comes once per buffer written, and
-    /// most applications do not override it. Implement it with `async fn` as any other.)
+    /// return a future that needs no allocation. Implement it with `async fn` as any other.)
     fn on_write_completed<'life0, 'life1, 'async_trait>(
         &'life0 self,
         connection: &'life1 Connection,
@@ -263,6 +266,9 @@ pub trait Callbacks: Send + Sync + 'static {
         Self: 'async_trait,
     {
         let _ = (connection, data);
+        // Lets the driver learn that these callbacks keep this default, and drop the buffers it
+        // writes from then on without the call.
+        crate::server::invoke::default_write_completed_ran::<Self>();
         Box::pin(Done)
     }
 

@@ -451,6 +451,14 @@ impl Driver {
                                 // (where it fills padding) rather than in a local, which the task
                                 // would keep across the callbacks' awaits.
                                 while self.to_complete > 0 {
+                                    // Callbacks that keep the trait's default (which drops the
+                                    // buffer) are not called for each buffer sent.
+                                    let invoker = &self.context.invoker;
+                                    if invoker.skips_write_completed() {
+                                        self.writes.drop_sent(self.to_complete as usize);
+                                        self.to_complete = 0;
+                                        break;
+                                    }
                                     self.to_complete -= 1;
                                     let data = self.writes.pop_sent();
                                     if callback!(
@@ -463,6 +471,7 @@ impl Driver {
                                         self.to_complete = 0;
                                         break;
                                     }
+                                    self.context.invoker.learn_write_completed();
                                 }
                             }
                             // Boxed: the rest come once per connection (the peer's FIN), or on

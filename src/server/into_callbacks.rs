@@ -49,6 +49,8 @@ pub trait IntoCallbacks: sealed::Sealed {}
 impl<C: Callbacks> IntoCallbacks for C {}
 
 pub(crate) mod sealed {
+    use std::any::TypeId;
+
     use super::*;
 
     /// The conversion itself, out of the applications' reach.
@@ -58,6 +60,12 @@ pub(crate) mod sealed {
         /// # Errors
         /// [`Error::InvalidSetting`] for a setting of its own that cannot be used.
         fn into_callbacks(self, layout: Layout<'_>) -> Result<Box<dyn Callbacks>, Error>;
+
+        /// The type of the callbacks [`Sealed::into_callbacks`] makes, if they are the
+        /// application's own; `None` for callbacks that wrap others.
+        fn callbacks_type(&self) -> Option<TypeId> {
+            None
+        }
     }
 
     /// The builder's user data layout, in a type outside code can name no more than `Sealed`.
@@ -67,6 +75,10 @@ pub(crate) mod sealed {
     impl<C: Callbacks> Sealed for C {
         fn into_callbacks(self, _: Layout<'_>) -> Result<Box<dyn Callbacks>, Error> {
             Ok(Box::new(self))
+        }
+
+        fn callbacks_type(&self) -> Option<TypeId> {
+            Some(TypeId::of::<C>())
         }
     }
 }

@@ -2,6 +2,7 @@
 //! limiter, the accepting switch and the shutdown phase; and the one place a socket becomes a
 //! connection.
 
+use std::any::TypeId;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -90,16 +91,20 @@ impl Config {
 }
 
 impl Manager {
-    /// A server's shared state, with its callbacks, before anything runs.
+    /// A server's shared state, with its callbacks (and their type, if they are the
+    /// application's own), before anything runs.
     pub(crate) fn new(
         config: Config,
-        callbacks: Box<dyn Callbacks>,
+        (callbacks, callbacks_type): (Box<dyn Callbacks>, Option<TypeId>),
         counters: Arc<Counters>,
         limiter: ConnectionLimiter,
         layout: UserDataLayout,
         accepting: bool,
     ) -> Self {
-        let context = config.context(Invoker::new(callbacks, counters.clone()), &counters);
+        let context = config.context(
+            Invoker::new(callbacks, callbacks_type, counters.clone()),
+            &counters,
+        );
         Manager {
             context: Arc::new(context),
             registry: Arc::new(Registry::new(counters.clone())),

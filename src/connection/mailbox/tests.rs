@@ -278,6 +278,32 @@ fn a_batch_queues_as_its_writes_one_by_one_would_with_one_wake() {
 }
 
 #[test]
+fn takes_append_in_order_to_an_empty_queue_and_to_a_non_empty_one() {
+    let mailbox = open_mailbox(1000);
+    let mut queue = VecDeque::new();
+    // Several writes for an empty queue: the two swap their storage.
+    write(&mailbox, b"a");
+    write(&mailbox, b"b");
+    write(&mailbox, b"c");
+    assert_eq!(mailbox.take(&mut queue).queued, 3 * queued_cost(1));
+    assert_eq!(bytes_of(&queue), b"abc");
+    // The inbox, now holding the queue's old storage, takes the next posts; a queue with
+    // something unsent gets them after it.
+    mailbox
+        .write_batch(&[Bytes::from_static(b"d"), Bytes::from_static(b"e")])
+        .unwrap();
+    mailbox.take(&mut queue);
+    assert_eq!(bytes_of(&queue), b"abcde");
+    queue.clear();
+    write(&mailbox, b"f");
+    write(&mailbox, b"g");
+    mailbox.take(&mut queue);
+    assert_eq!(bytes_of(&queue), b"fg");
+    assert_eq!(mailbox.take(&mut queue).queued, 0, "nothing is taken twice");
+    assert_eq!(bytes_of(&queue), b"fg");
+}
+
+#[test]
 fn a_batch_says_whether_the_queue_is_high_and_is_refused_whole_when_closed() {
     let mailbox = new_mailbox();
     assert!(matches!(

@@ -110,6 +110,7 @@ impl<S> ServerBuilder<S> {
         callbacks: impl IntoCallbacks,
     ) -> Result<(Arc<Manager>, Listeners), Error> {
         self.validate()?;
+        let callbacks_type = callbacks.callbacks_type();
         let callbacks = callbacks.into_callbacks(Layout(&mut self.layout))?;
         let listeners = Listeners {
             binds: std::mem::take(&mut self.binds),
@@ -123,7 +124,7 @@ impl<S> ServerBuilder<S> {
         let counters = Arc::new(Counters::new(Metrics::register(&self.metrics_labels)));
         let manager = Arc::new(Manager::new(
             self.config,
-            callbacks,
+            (callbacks, callbacks_type),
             counters,
             self.limiter,
             self.layout,

@@ -88,6 +88,10 @@ impl WriteQueue {
             gather.clear();
             // Its full size at once, so that it never grows past it.
             gather.reserve_exact(GATHER_MAX);
+            if self.gather_front(&mut gather) {
+                return transport.poll_write(cx, &[IoSlice::new(&gather)]);
+            }
+            gather.clear();
             let mut pieces = [Piece::Buffer(0); MAX_IO_SLICES];
             let count = self.gather(&mut gather, &mut pieces);
             let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
@@ -100,6 +104,28 @@ impl WriteQueue {
             }
             transport.poll_write(cx, &slices[..count])
         })
+    }
+
+    /// Copies the run of small buffers at the queue's front into `gather`: `true` if that is the
+    /// whole write (the run reaches the queue's end or fills `gather`), `false` if a large buffer
+    /// follows it (then [`WriteQueue::gather`] makes the pieces). What a queue of small buffers
+    /// (a chat's lines) writes, without the pieces.
+    fn gather_front(&self, gather: &mut Vec<u8>) -> bool {
+        for (index, buffer) in self.buffers.iter().enumerate() {
+            let bytes = if index == 0 {
+                &buffer[self.offset..]
+            } else {
+                &buffer[..]
+            };
+            if bytes.len() >= GATHER_BELOW {
+                return false;
+            }
+            if gather.len() + bytes.len() > GATHER_MAX {
+                return true;
+            }
+            gather.extend_from_slice(bytes);
+        }
+        true
     }
 
     /// Splits the queue's front into at most [`MAX_IO_SLICES`] pieces, copying runs of small
@@ -189,6 +215,17 @@ impl WriteQueue {
             .expect("sent buffers are at the front of the queue")
     }
 
+    /// Drops the `count` buffers at the front, sent in full.
+    pub(super) fn drop_sent(&mut self, count: usize) {
+        debug_assert!(count <= self.buffers.len(), "sent buffers are in the queue");
+        if count == self.buffers.len() {
+            // What usually happens, in a tighter loop than the drain's.
+            self.buffers.clear();
+        } else {
+            self.buffers.drain(..count);
+        }
+    }
+
     /// Drops everything unsent; returns what that counted for in the queue (its bytes, and each
     /// buffer's overhead: see [`queued_cost`]).
     pub(super) fn clear(&mut self) -> usize {
@@ -274,6 +311,39 @@ mod tests {
             }
         }
         sent
+    }
+
+    #[test]
+    fn a_run_of_small_buffers_at_the_front_is_the_whole_write_unless_a_large_one_follows() {
+        let mut queue = WriteQueue::default();
+        queue.tail().extend([
+            Bytes::from_static(b"abc"),
+            Bytes::from_static(b"de"),
+            Bytes::from_static(b"f"),
+        ]);
+        queue.offset = 1;
+        let mut gather = Vec::new();
+        assert!(queue.gather_front(&mut gather));
+        assert_eq!(gather, b"bcdef", "from the front's offset, in order");
+
+        // Up to the gather buffer's size: the write is the run that fits.
+        let line = Bytes::from(vec![b'x'; GATHER_BELOW - 1]);
+        let fits = GATHER_MAX / line.len();
+        let mut queue = WriteQueue::default();
+        queue
+            .tail()
+            .extend(std::iter::repeat(line.clone()).take(fits + 2));
+        let mut gather = Vec::new();
+        assert!(queue.gather_front(&mut gather));
+        assert_eq!(gather.len(), fits * line.len());
+
+        // A large buffer after the run: the pieces are made instead.
+        queue.tail().clear();
+        queue
+            .tail()
+            .extend([line, Bytes::from(vec![b'L'; GATHER_BELOW])]);
+        gather.clear();
+        assert!(!queue.gather_front(&mut gather));
     }
 
     #[test]
