@@ -2,7 +2,7 @@
 //! that keep the trait's default are not called for each buffer: the engine drops the buffer, as
 //! the default does. Callbacks of their own, and callbacks that pass the event on to others that
 //! keep the default, get every buffer, also where a server with the default runs on the same
-//! thread. Over real loopback TCP; waits bounded by [`WAIT`].
+//! thread, and also shared through an `Arc`. Over real loopback TCP; waits bounded by [`WAIT`].
 
 mod common;
 
@@ -120,6 +120,41 @@ async fn callbacks_that_pass_write_completed_on_get_every_buffer_beside_a_server
     }
     // The server with the default writes on as before.
     assert!(received(&quiet).await == expected());
+    counting.shutdown().await;
+    quiet.shutdown().await;
+}
+
+#[tokio::test]
+async fn shared_callbacks_get_every_buffer_when_theirs_do_and_write_on_when_they_keep_the_default()
+{
+    // An `Arc` of callbacks that keep the default keeps it too.
+    let quiet = Server::builder()
+        .bind("127.0.0.1:0")
+        .start(Arc::new(Writer))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(received(&quiet).await == expected());
+    }
+
+    // An `Arc` of callbacks with an `on_write_completed` of their own.
+    let completed = Arc::new(AtomicUsize::new(0));
+    let released = Arc::new(Notify::new());
+    let callbacks = Arc::new(Counting {
+        inner: Writer,
+        completed: completed.clone(),
+        released: released.clone(),
+    });
+    let counting = Server::builder()
+        .bind("127.0.0.1:0")
+        .start(callbacks.clone())
+        .await
+        .unwrap();
+    for round in 1..=2 {
+        assert!(received(&counting).await == expected());
+        bounded("released", released.notified()).await;
+        assert_eq!(completed.load(Ordering::SeqCst), round * BUFFERS);
+    }
     counting.shutdown().await;
     quiet.shutdown().await;
 }

@@ -249,9 +249,10 @@ pub trait Callbacks: Send + Sync + 'static {
     ///
     /// Default: drops the buffer. A server whose callbacks keep this default learns so at its
     /// first call, and from then on drops the buffers it writes without calling it: this event
-    /// comes once per buffer written, and most applications do not override it. Callbacks that
-    /// pass it on to others (a wrapper around another type's callbacks) are called for every
-    /// buffer, whatever the others do with it.
+    /// comes once per buffer written, and most applications do not override it. So does a
+    /// server of an `Arc` of such callbacks. Callbacks that pass the event on to others (a
+    /// wrapper around another type's callbacks) are called for every buffer, whatever the others
+    /// do with it.
     ///
     /// (The default is written out as `#[async_trait]` expands an `async fn`, so that it can
     /// return a future that needs no allocation. Implement it with `async fn` as any other.)

@@ -70,6 +70,18 @@ pub(crate) fn default_write_completed_ran<T: ?Sized + 'static>() {
     DEFAULT_WRITE_COMPLETED.set(Some(TypeId::of::<T>()));
 }
 
+/// Called by callbacks of type `Outer` right after their `on_write_completed` called `Inner`'s
+/// and did nothing else: if that was `Inner`'s default, `Outer`'s is as good as the default.
+pub(crate) fn default_write_completed_passed_on<Inner, Outer>()
+where
+    Inner: ?Sized + 'static,
+    Outer: ?Sized + 'static,
+{
+    if DEFAULT_WRITE_COMPLETED.get() == Some(TypeId::of::<Inner>()) {
+        default_write_completed_ran::<Outer>();
+    }
+}
+
 impl fmt::Debug for Invoker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Invoker").finish_non_exhaustive()
@@ -267,6 +279,25 @@ mod tests {
         let own = invoker(Some(TypeId::of::<Defaults>()));
         assert!(!call(&own, None), "a note left from before the call");
         assert!(!call(&own, Some(default_write_completed_ran::<Defaults>)));
+
+        // An `Arc` of callbacks that keep the default, which passes the call on and does
+        // nothing else.
+        let shared = invoker(Some(TypeId::of::<Arc<Defaults>>()));
+        let passed_on = || {
+            default_write_completed_ran::<Defaults>();
+            default_write_completed_passed_on::<Defaults, Arc<Defaults>>();
+        };
+        assert!(!call(&shared, Some(passed_on)));
+        assert!(call(&shared, None), "learned: as good as the default");
+        // One whose inner callbacks did not run their default in the call (an `async fn` of
+        // their own runs when polled, after the `Arc`'s look).
+        let shared = invoker(Some(TypeId::of::<Arc<Other>>()));
+        let passed_on = || {
+            default_write_completed_passed_on::<Other, Arc<Other>>();
+            default_write_completed_ran::<Defaults>();
+        };
+        assert!(!call(&shared, Some(passed_on)));
+        assert!(!call(&shared, None));
 
         // The frame layer's callbacks (no type: they pass every event on).
         let framed = invoker(None);

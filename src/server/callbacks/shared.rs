@@ -110,7 +110,8 @@ impl<C: Callbacks + ?Sized> Callbacks for Arc<C> {
     async fn on_read_completion_error(&self, connection: &Connection, error: &io::Error) {
         (**self).on_read_completion_error(connection, error).await;
     }
-    // The inner future as it is: no second box for an event that comes once per buffer.
+    // The inner future as it is: no second box for an event that comes once per buffer. An
+    // `Arc` of callbacks that keep the default keeps it too: the server skips the call.
     fn on_write_completed<'life0, 'life1, 'async_trait>(
         &'life0 self,
         connection: &'life1 Connection,
@@ -121,7 +122,9 @@ impl<C: Callbacks + ?Sized> Callbacks for Arc<C> {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        (**self).on_write_completed(connection, data)
+        let future = (**self).on_write_completed(connection, data);
+        crate::server::invoke::default_write_completed_passed_on::<C, Self>();
+        future
     }
     async fn on_write_error_may_not_be_fatal(
         &self,
