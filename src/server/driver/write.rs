@@ -216,10 +216,23 @@ impl WriteQueue {
     }
 
     /// Drops the `count` buffers at the front, sent in full.
+    #[inline]
     pub(super) fn drop_sent(&mut self, count: usize) {
         debug_assert!(count <= self.buffers.len(), "sent buffers are in the queue");
+        // The one buffer of an echo by `pop_front`, inlined: `clear` costs about 40 instructions
+        // more for one, and less than a loop of `pop_front` for a broadcast's many.
+        if count == 1 {
+            self.buffers.pop_front();
+        } else {
+            self.drop_many(count);
+        }
+    }
+
+    /// [`WriteQueue::drop_sent`] for more than one buffer, apart: inlined, its code would push
+    /// other calls of the pump out of line.
+    #[inline(never)]
+    fn drop_many(&mut self, count: usize) {
         if count == self.buffers.len() {
-            // What usually happens, in a tighter loop than the drain's.
             self.buffers.clear();
         } else {
             self.buffers.drain(..count);
@@ -311,6 +324,22 @@ mod tests {
             }
         }
         sent
+    }
+
+    #[test]
+    fn sent_buffers_are_dropped_from_the_front_one_some_or_all() {
+        let mut queue = WriteQueue::default();
+        queue.tail().extend(
+            [&b"a"[..], b"b", b"c", b"d", b"e"]
+                .into_iter()
+                .map(Bytes::from_static),
+        );
+        queue.drop_sent(1);
+        assert_eq!(queue.buffers, [&b"b"[..], b"c", b"d", b"e"]);
+        queue.drop_sent(2);
+        assert_eq!(queue.buffers, [&b"d"[..], b"e"]);
+        queue.drop_sent(2);
+        assert!(queue.buffers.is_empty());
     }
 
     #[test]
