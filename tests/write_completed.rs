@@ -2,17 +2,22 @@
 //! that keep the trait's default are not called for each buffer: the engine drops the buffer, as
 //! the default does. Callbacks of their own, and callbacks that pass the event on to others that
 //! keep the default, get every buffer, also where a server with the default runs on the same
-//! thread, and also shared through an `Arc`. Over real loopback TCP; waits bounded by [`WAIT`].
+//! thread, and also shared through an `Arc`.
+//!
+//! With the default, a write that leaves the connection steady goes on to wait in the same turn
+//! of the connection's task: echoes one by one and in a burst, the queue's high and low marks, a
+//! close after a reply, and another task's writes while it waits, all as with any callbacks.
+//! Over real loopback TCP; waits bounded by [`WAIT`].
 
 mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use common::*;
 use switchboard::{async_trait, Bytes, Callbacks, Connection, Server, UserData};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -157,4 +162,223 @@ async fn shared_callbacks_get_every_buffer_when_theirs_do_and_write_on_when_they
     }
     counting.shutdown().await;
     quiet.shutdown().await;
+}
+
+/// What the callbacks below saw, in order.
+#[derive(Default)]
+struct Seen {
+    events: Mutex<Vec<&'static str>>,
+    handle: Mutex<Option<Connection>>,
+    released: Notify,
+}
+
+impl Seen {
+    fn push(&self, event: &'static str) {
+        self.events.lock().unwrap().push(event);
+    }
+
+    fn events(&self) -> Vec<&'static str> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+/// Echo callbacks that keep the default `on_write_completed`; with `close_after_reply`, each
+/// reply is followed by a close; with `keep_handle`, the established connection's handle is kept
+/// in [`Seen`] for another task.
+struct Echo {
+    seen: Arc<Seen>,
+    close_after_reply: bool,
+    keep_handle: bool,
+    /// Written when the connection is established, before the first read.
+    greeting: usize,
+}
+
+#[async_trait]
+impl Callbacks for Echo {
+    async fn on_connection_established(&self, connection: &Connection, _peer: &SocketAddr) {
+        if self.keep_handle {
+            *self.seen.handle.lock().unwrap() = Some(connection.clone());
+        }
+        for _ in 0..self.greeting {
+            connection
+                .write(Bytes::from(vec![b'g'; 16 * 1024]))
+                .expect("the queue takes the greeting");
+        }
+        connection.read();
+    }
+
+    async fn on_read_completed(&self, connection: &Connection, data: switchboard::BytesMut) {
+        if connection.write(data.freeze()).is_err() {
+            self.seen.push("refused");
+        }
+        if self.close_after_reply {
+            connection.close();
+        } else {
+            connection.read();
+        }
+    }
+
+    async fn on_write_buffer_high(&self, _connection: &Connection) {
+        self.seen.push("high");
+    }
+
+    async fn on_write_buffer_low(&self, _connection: &Connection) {
+        self.seen.push("low");
+    }
+
+    async fn on_socket_released(&self, _user_data: UserData) {
+        self.seen.push("released");
+        self.seen.released.notify_one();
+    }
+}
+
+async fn start_echo(
+    configure: impl FnOnce(switchboard::ServerBuilder) -> switchboard::ServerBuilder,
+    echo: impl FnOnce(Arc<Seen>) -> Echo,
+) -> (Server, Arc<Seen>, TcpStream) {
+    let seen = Arc::new(Seen::default());
+    let server = configure(Server::builder().bind("127.0.0.1:0"))
+        .start(echo(seen.clone()))
+        .await
+        .unwrap();
+    let stream = bounded("connect", TcpStream::connect(server.local_addrs()[0]))
+        .await
+        .expect("connected");
+    (server, seen, stream)
+}
+
+fn echo(seen: Arc<Seen>) -> Echo {
+    Echo {
+        seen,
+        close_after_reply: false,
+        keep_handle: false,
+        greeting: 0,
+    }
+}
+
+#[tokio::test]
+async fn echoes_one_by_one_and_in_a_burst_where_each_write_goes_on_to_wait() {
+    let (server, seen, mut stream) = start_echo(|b| b, echo).await;
+    // One by one: each reply's write leaves a read pending, and the wait goes on.
+    for index in 0..300u32 {
+        let message = index.to_be_bytes();
+        stream.write_all(&message).await.unwrap();
+        let mut reply = [0; 4];
+        bounded("an echo", stream.read_exact(&mut reply))
+            .await
+            .unwrap();
+        assert_eq!(reply, message);
+    }
+    // A burst: partial writes, and reads that find several messages.
+    let burst: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        writer.write_all(&burst).await.unwrap();
+        writer.shutdown().await.unwrap();
+        burst
+    });
+    let mut received = Vec::new();
+    bounded(
+        "the burst echoed and FIN",
+        reader.read_to_end(&mut received),
+    )
+    .await
+    .unwrap();
+    let burst = bounded("sent", sender).await.unwrap();
+    assert!(received == burst, "the burst came back whole, in order");
+    bounded("released", seen.released.notified()).await;
+    assert_eq!(seen.events(), ["released"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_queues_high_and_low_marks_are_announced_around_writes_that_go_on_to_wait() {
+    // 64 KiB of greeting over a limit of 48 KiB: high at once, low once the client reads.
+    let (server, seen, mut stream) = start_echo(
+        |b| {
+            b.write_queue_limit(1 << 20)
+                .write_watermarks(48 * 1024, 8 * 1024)
+        },
+        |seen| Echo {
+            greeting: 4,
+            ..echo(seen)
+        },
+    )
+    .await;
+    let mut greeting = vec![0; 4 * 16 * 1024];
+    bounded("the greeting", stream.read_exact(&mut greeting))
+        .await
+        .unwrap();
+    assert!(greeting.iter().all(|&byte| byte == b'g'));
+    // Then echoes as usual: the connection is steady again.
+    for _ in 0..50 {
+        stream.write_all(b"ping").await.unwrap();
+        let mut reply = [0; 4];
+        bounded("an echo", stream.read_exact(&mut reply))
+            .await
+            .unwrap();
+        assert_eq!(&reply, b"ping");
+    }
+    eventually("low announced", || seen.events().contains(&"low")).await;
+    assert_eq!(seen.events(), ["high", "low"]);
+    drop(stream);
+    bounded("released", seen.released.notified()).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_close_after_a_reply_sends_the_reply_then_fin() {
+    let (server, seen, mut stream) = start_echo(
+        |b| b,
+        |seen| Echo {
+            close_after_reply: true,
+            ..echo(seen)
+        },
+    )
+    .await;
+    stream.write_all(b"last").await.unwrap();
+    let mut received = Vec::new();
+    bounded("the reply and FIN", stream.read_to_end(&mut received))
+        .await
+        .expect("a graceful close");
+    assert_eq!(received, b"last");
+    bounded("released", seen.released.notified()).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn another_tasks_writes_while_the_connection_waits_go_out_in_order() {
+    let (server, seen, mut stream) = start_echo(
+        |b| b,
+        |seen| Echo {
+            keep_handle: true,
+            ..echo(seen)
+        },
+    )
+    .await;
+    eventually("established", || seen.handle.lock().unwrap().is_some()).await;
+    let handle = seen.handle.lock().unwrap().take().unwrap();
+    // Echoes and another task's writes interleaved: each reply's write goes on to wait, and the
+    // wait finds the other task's posts.
+    for index in 0..200u32 {
+        let message = index.to_be_bytes();
+        stream.write_all(&message).await.unwrap();
+        let mut reply = [0; 4];
+        bounded("an echo", stream.read_exact(&mut reply))
+            .await
+            .unwrap();
+        assert_eq!(reply, message);
+        let pushed = (1_000_000 + index).to_be_bytes();
+        handle.write(Bytes::copy_from_slice(&pushed)).unwrap();
+        let mut got = [0; 4];
+        bounded("a pushed message", stream.read_exact(&mut got))
+            .await
+            .unwrap();
+        assert_eq!(got, pushed);
+    }
+    drop(handle);
+    drop(stream);
+    bounded("released", seen.released.notified()).await;
+    assert_eq!(seen.events(), ["released"]);
+    server.shutdown().await;
 }

@@ -460,17 +460,32 @@ impl Lifecycle {
     #[inline]
     pub(crate) fn next(&mut self, now: impl Clock) -> Action {
         if self.is_steady() {
-            // Already `None` unless a read timeout was on and has just been turned off.
-            self.clock.read_since = None;
-            return Action::Wait(Interest {
-                read: self.read_requested && self.queued < self.config.limits.limit,
-                write: self.queued > 0,
-                fin: false,
-                urgent: self.urgent_wanted,
-                deadline: None,
-            });
+            return Action::Wait(self.steady_interest());
         }
         self.next_by_the_rules(now)
+    }
+
+    /// What [`Lifecycle::next`] would answer, where that can only be a wait without a deadline
+    /// that changes nothing (see [`Lifecycle::is_steady`]); `None` where `next` must be asked.
+    /// The driver asks this after a write that leaves nothing to announce, to go on waiting
+    /// without a turn of its own.
+    #[inline]
+    pub(crate) fn steady_wait(&mut self) -> Option<Interest> {
+        self.is_steady().then(|| self.steady_interest())
+    }
+
+    /// A steady connection's wait (see [`Lifecycle::is_steady`]).
+    #[inline]
+    fn steady_interest(&mut self) -> Interest {
+        // Already `None` unless a read timeout was on and has just been turned off.
+        self.clock.read_since = None;
+        Interest {
+            read: self.read_requested && self.queued < self.config.limits.limit,
+            write: self.queued > 0,
+            fin: false,
+            urgent: self.urgent_wanted,
+            deadline: None,
+        }
     }
 
     /// Whether [`Lifecycle::next`] can only be a wait without a deadline that changes nothing:

@@ -41,8 +41,8 @@ use tokio::time::Instant;
 
 use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{
-    Action, Event, Fate, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict, Snapshot,
-    StartFailure, BUFFER_OVERHEAD,
+    Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
+    Snapshot, StartFailure, BUFFER_OVERHEAD,
 };
 use crate::connection::mailbox::Taken;
 use crate::connection::read_sink::ReadSink;
@@ -416,14 +416,17 @@ impl Driver {
                                 // A statement of its own: the wake it may give ends with it, and is
                                 // not kept in the task across the wait below (as an `else if let`'s
                                 // would be, 40 bytes).
-                                if let Some(wrote) = self.write_at_once(interest) {
-                                    break 'wake wrote;
-                                }
                                 // Only what the poll looks at moves in, three flags (the
                                 // deadline is the timer's, armed above): borrowed, the interest
                                 // would stay in the task across the callbacks' awaits too, and
                                 // whole it would make this wait's state the task's largest.
-                                let wanted = wait::Wanted::of(interest);
+                                let mut wanted = wait::Wanted::of(interest);
+                                if let Some(wrote) = self.write_at_once(interest) {
+                                    match self.wrote_at_once(wrote, interest) {
+                                        Ok(steady) => wanted = steady,
+                                        Err(wake) => break 'wake wake,
+                                    }
+                                }
                                 let driver = &mut *self;
                                 poll_fn(move |cx| driver.poll_wake(cx, wanted)).await
                             };
@@ -527,6 +530,42 @@ impl Driver {
                 Next::Done
             }
             wake => Next::Woken(wake),
+        }
+    }
+
+    /// A write made before the wait ([`Driver::write_at_once`]): where it leaves nothing to
+    /// do but wait on, the wait goes on in this turn with what the lifecycle now wants (`Ok`);
+    /// otherwise the wake the pump takes a turn for (`Err`).
+    ///
+    /// It goes on where the callbacks are not called for the buffers the write completed (they
+    /// keep the default `on_write_completed`), the wait has no deadline and no read rate limit,
+    /// and the lifecycle's answer is a wait like it ([`Lifecycle::steady_wait`], with the same
+    /// urgent-data watch). Posts are not taken in between: the wait finds them first, and a
+    /// turn takes them.
+    #[inline]
+    fn wrote_at_once(&mut self, wrote: Wake, interest: Interest) -> Result<wait::Wanted, Wake> {
+        let Wake::Wrote(Ok(sent)) = wrote else {
+            return Err(wrote);
+        };
+        if sent == 0
+            || interest.deadline.is_some()
+            || self.rare.is_some()
+            || !self.context.invoker.skips_write_completed()
+        {
+            return Err(Wake::Wrote(Ok(sent)));
+        }
+        self.written(sent);
+        self.writes.drop_sent(self.to_complete as usize);
+        self.to_complete = 0;
+        match self.life.steady_wait() {
+            Some(next) if next.urgent == interest.urgent => {
+                // Bytes written change neither the fate nor the high mark of a steady
+                // connection: nothing to publish.
+                debug_assert!(self.life.snapshot() == self.published, "nothing to publish");
+                Ok(wait::Wanted::of(next))
+            }
+            // The lifecycle has more to say: a turn asks it (the write is counted already).
+            _ => Err(Wake::Posted),
         }
     }
 

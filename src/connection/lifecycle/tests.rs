@@ -546,8 +546,9 @@ fn a_quiet_turn_is_an_empty_take() {
 }
 
 /// `next`'s answer for a steady connection (its common turn, decided without the rules) is the
-/// one every rule gives, and leaves the lifecycle as they would: checked on every state that
-/// sequences of three inputs reach, each followed by what a driver does until it waits.
+/// one every rule gives, and leaves the lifecycle as they would; so is `steady_wait`'s, which
+/// answers nothing where the turn is not steady: checked on every state that sequences of three
+/// inputs reach, each followed by what a driver does until it waits.
 #[test]
 fn the_steady_turn_decides_as_every_rule_does() {
     #[derive(Debug, Clone, Copy)]
@@ -589,6 +590,23 @@ fn the_steady_turn_decides_as_every_rule_does() {
         let mut by_the_rules = life.clone();
         let expected = by_the_rules.next_by_the_rules(now);
         *steady += usize::from(life.is_steady());
+        // What the driver asks after a write: the same wait where the turn is steady, and
+        // nothing (the lifecycle untouched) where a turn must ask `next`.
+        let mut asked = life.clone();
+        match asked.steady_wait() {
+            Some(interest) => {
+                assert_eq!(Action::Wait(interest), expected, "{sequence:?}");
+                assert_eq!(
+                    format!("{asked:?}"),
+                    format!("{by_the_rules:?}"),
+                    "{sequence:?}"
+                );
+            }
+            None => {
+                assert!(!life.is_steady(), "{sequence:?}");
+                assert_eq!(format!("{asked:?}"), format!("{life:?}"), "{sequence:?}");
+            }
+        }
         assert_eq!(life.next(now), expected, "{sequence:?}");
         assert_eq!(
             format!("{life:?}"),
