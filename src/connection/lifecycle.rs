@@ -465,13 +465,20 @@ impl Lifecycle {
         self.next_by_the_rules(now)
     }
 
-    /// What [`Lifecycle::next`] would answer, where that can only be a wait without a deadline
-    /// that changes nothing (see [`Lifecycle::is_steady`]); `None` where `next` must be asked.
-    /// The driver asks this after a write that leaves nothing to announce, to go on waiting
-    /// without a turn of its own.
+    /// What [`Lifecycle::next`] would answer after a wait it gave a steady connection
+    /// ([`Interest::steady`]) and then only bytes written ([`Lifecycle::on_written`]); `None`
+    /// where `next` must be asked. The driver asks this after a write that leaves nothing to
+    /// announce, to go on waiting without a turn of its own.
+    ///
+    /// Bytes written only lower the queue (and move the last activity, which no steady
+    /// connection has a timeout on): every condition of [`Lifecycle::is_steady`] still holds but
+    /// the last, something pending, which the queue may have been.
     #[inline]
-    pub(crate) fn steady_wait(&mut self) -> Option<Interest> {
-        self.is_steady().then(|| self.steady_interest())
+    pub(crate) fn steady_after_write(&mut self) -> Option<Interest> {
+        let pending =
+            self.read_requested || self.queued > 0 || self.urgent_pending || self.handles > 0;
+        debug_assert_eq!(pending, self.is_steady(), "steady but for what is pending");
+        pending.then(|| self.steady_interest())
     }
 
     /// A steady connection's wait (see [`Lifecycle::is_steady`]).
@@ -485,6 +492,7 @@ impl Lifecycle {
             fin: false,
             urgent: self.urgent_wanted,
             deadline: None,
+            steady: true,
         }
     }
 
@@ -584,6 +592,7 @@ impl Lifecycle {
             } else {
                 None
             },
+            steady: self.is_steady(),
         })
     }
 

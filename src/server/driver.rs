@@ -538,17 +538,17 @@ impl Driver {
     /// otherwise the wake the pump takes a turn for (`Err`).
     ///
     /// It goes on where the callbacks are not called for the buffers the write completed (they
-    /// keep the default `on_write_completed`), the wait has no deadline and no read rate limit,
-    /// and the lifecycle's answer is a wait like it ([`Lifecycle::steady_wait`], with the same
-    /// urgent-data watch). Posts are not taken in between: the wait finds them first, and a
-    /// turn takes them.
+    /// keep the default `on_write_completed`), there is no read rate limit, and the lifecycle
+    /// gave the wait to a steady connection (no deadline, nothing to announce) and still has
+    /// one for it ([`Lifecycle::steady_after_write`]: the same urgent-data watch, no deadline).
+    /// Posts are not taken in between: the wait finds them first, and a turn takes them.
     #[inline]
     fn wrote_at_once(&mut self, wrote: Wake, interest: Interest) -> Result<wait::Wanted, Wake> {
         let Wake::Wrote(Ok(sent)) = wrote else {
             return Err(wrote);
         };
         if sent == 0
-            || interest.deadline.is_some()
+            || !interest.steady
             || self.rare.is_some()
             || !self.context.invoker.skips_write_completed()
         {
@@ -557,8 +557,8 @@ impl Driver {
         self.written(sent);
         self.writes.drop_sent(self.to_complete as usize);
         self.to_complete = 0;
-        match self.life.steady_wait() {
-            Some(next) if next.urgent == interest.urgent => {
+        match self.life.steady_after_write() {
+            Some(next) => {
                 // Bytes written change neither the fate nor the high mark of a steady
                 // connection: nothing to publish.
                 debug_assert!(self.life.snapshot() == self.published, "nothing to publish");

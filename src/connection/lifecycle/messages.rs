@@ -116,6 +116,10 @@ pub(crate) struct Interest {
     pub(crate) urgent: bool,
     /// Wake no later than this.
     pub(crate) deadline: Option<Instant>,
+    /// The connection was steady when the lifecycle answered (see `Lifecycle::is_steady`): after
+    /// bytes written and nothing else, [`Lifecycle::steady_after_write`](super::Lifecycle::steady_after_write)
+    /// gives the next wait.
+    pub(crate) steady: bool,
 }
 
 /// The next thing the driver must do.

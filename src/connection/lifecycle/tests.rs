@@ -546,9 +546,10 @@ fn a_quiet_turn_is_an_empty_take() {
 }
 
 /// `next`'s answer for a steady connection (its common turn, decided without the rules) is the
-/// one every rule gives, and leaves the lifecycle as they would; so is `steady_wait`'s, which
-/// answers nothing where the turn is not steady: checked on every state that sequences of three
-/// inputs reach, each followed by what a driver does until it waits.
+/// one every rule gives, and leaves the lifecycle as they would; so is `steady_after_write`'s
+/// after such a wait and bytes written, which answers nothing where the rules would not give a
+/// steady wait: checked on every state that sequences of three inputs reach, each followed by
+/// what a driver does until it waits.
 #[test]
 fn the_steady_turn_decides_as_every_rule_does() {
     #[derive(Debug, Clone, Copy)]
@@ -586,25 +587,40 @@ fn the_steady_turn_decides_as_every_rule_does() {
     ];
     let t0 = Instant::now();
     let later = t0 + Duration::from_secs(1);
-    let check = |life: &mut Lifecycle, now: Instant, sequence: &[Input], steady: &mut usize| {
+    let check = |life: &mut Lifecycle,
+                 now: Instant,
+                 sequence: &[Input],
+                 steady: &mut usize,
+                 after_writes: &mut usize| {
         let mut by_the_rules = life.clone();
         let expected = by_the_rules.next_by_the_rules(now);
         *steady += usize::from(life.is_steady());
-        // What the driver asks after a write: the same wait where the turn is steady, and
-        // nothing (the lifecycle untouched) where a turn must ask `next`.
-        let mut asked = life.clone();
-        match asked.steady_wait() {
-            Some(interest) => {
-                assert_eq!(Action::Wait(interest), expected, "{sequence:?}");
-                assert_eq!(
-                    format!("{asked:?}"),
-                    format!("{by_the_rules:?}"),
-                    "{sequence:?}"
-                );
-            }
-            None => {
-                assert!(!life.is_steady(), "{sequence:?}");
-                assert_eq!(format!("{asked:?}"), format!("{life:?}"), "{sequence:?}");
+        // What the driver asks after a wait given to a steady connection and a write of all or
+        // part of the queue: the wait `next` gives then, or nothing (the lifecycle untouched)
+        // where `next` would answer otherwise.
+        if let Action::Wait(Interest { steady: true, .. }) = expected {
+            let queued = life.queued;
+            for sent in [queued, queued / 2] {
+                let mut wrote = life.clone();
+                let _ = wrote.next(now);
+                wrote.on_written(sent, now);
+                let mut asked = wrote.clone();
+                let mut rules = wrote.clone();
+                let by_the_rules = rules.next_by_the_rules(now);
+                match asked.steady_after_write() {
+                    Some(interest) => {
+                        assert_eq!(Action::Wait(interest), by_the_rules, "{sequence:?}");
+                        assert_eq!(format!("{asked:?}"), format!("{rules:?}"), "{sequence:?}");
+                    }
+                    None => {
+                        assert!(
+                            !matches!(by_the_rules, Action::Wait(Interest { steady: true, .. })),
+                            "{sequence:?}"
+                        );
+                        assert_eq!(format!("{asked:?}"), format!("{wrote:?}"), "{sequence:?}");
+                    }
+                }
+                *after_writes += 1;
             }
         }
         assert_eq!(life.next(now), expected, "{sequence:?}");
@@ -615,6 +631,7 @@ fn the_steady_turn_decides_as_every_rule_does() {
         );
     };
     let mut steady = 0;
+    let mut after_writes = 0;
     let n = inputs.len();
     for code in 0..n.pow(3) {
         let sequence: Vec<Input> = (0..3).map(|i| inputs[(code / n.pow(i)) % n]).collect();
@@ -656,10 +673,14 @@ fn the_steady_turn_decides_as_every_rule_does() {
                 Urgent => life.on_requests(requests(|r| r.urgent_wanted = true), t0),
                 Deadline => life.on_deadline(later, || true),
             }
-            check(&mut life, later, &sequence, &mut steady);
+            check(&mut life, later, &sequence, &mut steady, &mut after_writes);
             let _ = run(&mut life, later);
-            check(&mut life, later, &sequence, &mut steady);
+            check(&mut life, later, &sequence, &mut steady, &mut after_writes);
         }
     }
     assert!(steady > 1000, "steady states were reached {steady} times");
+    assert!(
+        after_writes > 1000,
+        "writes after a steady wait were checked {after_writes} times"
+    );
 }
