@@ -413,14 +413,14 @@ impl Driver {
                                         None => Box::pin(self.wait_with_urgent(interest)).await,
                                     };
                                 }
-                                // A statement of its own: the wake it may give ends with it, and is
-                                // not kept in the task across the wait below (as an `else if let`'s
-                                // would be, 40 bytes).
                                 // Only what the poll looks at moves in, three flags (the
                                 // deadline is the timer's, armed above): borrowed, the interest
                                 // would stay in the task across the callbacks' awaits too, and
                                 // whole it would make this wait's state the task's largest.
                                 let mut wanted = wait::Wanted::of(interest);
+                                // A statement of its own: the wake it may give ends with it, and is
+                                // not kept in the task across the wait below (as an `else if let`'s
+                                // would be, 40 bytes).
                                 if let Some(wrote) = self.write_at_once(interest) {
                                     match self.wrote_at_once(wrote, interest) {
                                         Ok(steady) => wanted = steady,
