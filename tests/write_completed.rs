@@ -247,6 +247,16 @@ async fn start_echo(
     (server, seen, stream)
 }
 
+/// Sends `message` and reads the next `message.len()` bytes, which must be `expected`.
+async fn exchange(stream: &mut TcpStream, message: &[u8], expected: &[u8]) {
+    stream.write_all(message).await.unwrap();
+    let mut reply = vec![0; expected.len()];
+    bounded("a reply", stream.read_exact(&mut reply))
+        .await
+        .unwrap();
+    assert_eq!(reply, expected);
+}
+
 fn echo(seen: Arc<Seen>) -> Echo {
     Echo {
         seen,
@@ -262,12 +272,7 @@ async fn echoes_one_by_one_and_in_a_burst_where_each_write_goes_on_to_wait() {
     // One by one: each reply's write leaves a read pending, and the wait goes on.
     for index in 0..300u32 {
         let message = index.to_be_bytes();
-        stream.write_all(&message).await.unwrap();
-        let mut reply = [0; 4];
-        bounded("an echo", stream.read_exact(&mut reply))
-            .await
-            .unwrap();
-        assert_eq!(reply, message);
+        exchange(&mut stream, &message, &message).await;
     }
     // A burst: partial writes, and reads that find several messages.
     let burst: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
@@ -312,12 +317,7 @@ async fn the_queues_high_and_low_marks_are_announced_around_writes_that_go_on_to
     assert!(greeting.iter().all(|&byte| byte == b'g'));
     // Then echoes as usual: the connection is steady again.
     for _ in 0..50 {
-        stream.write_all(b"ping").await.unwrap();
-        let mut reply = [0; 4];
-        bounded("an echo", stream.read_exact(&mut reply))
-            .await
-            .unwrap();
-        assert_eq!(&reply, b"ping");
+        exchange(&mut stream, b"ping", b"ping").await;
     }
     eventually("low announced", || seen.events().contains(&"low")).await;
     assert_eq!(seen.events(), ["high", "low"]);
@@ -362,19 +362,10 @@ async fn another_tasks_writes_while_the_connection_waits_go_out_in_order() {
     // wait finds the other task's posts.
     for index in 0..200u32 {
         let message = index.to_be_bytes();
-        stream.write_all(&message).await.unwrap();
-        let mut reply = [0; 4];
-        bounded("an echo", stream.read_exact(&mut reply))
-            .await
-            .unwrap();
-        assert_eq!(reply, message);
+        exchange(&mut stream, &message, &message).await;
         let pushed = (1_000_000 + index).to_be_bytes();
         handle.write(Bytes::copy_from_slice(&pushed)).unwrap();
-        let mut got = [0; 4];
-        bounded("a pushed message", stream.read_exact(&mut got))
-            .await
-            .unwrap();
-        assert_eq!(got, pushed);
+        exchange(&mut stream, b"", &pushed).await;
     }
     drop(handle);
     drop(stream);
