@@ -41,8 +41,8 @@ use tokio::time::Instant;
 
 use crate::closure::ClosureReason;
 use crate::connection::lifecycle::{
-    Action, Event, Fate, Interest, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict,
-    Snapshot, StartFailure, BUFFER_OVERHEAD,
+    Action, Event, Fate, LazyNow, Lifecycle, LifecycleConfig, ReadOutcome, ReadVerdict, Snapshot,
+    StartFailure, BUFFER_OVERHEAD,
 };
 use crate::connection::mailbox::Taken;
 use crate::connection::read_sink::ReadSink;
@@ -458,8 +458,7 @@ impl Driver {
                                     // buffer) are not called for each buffer sent.
                                     let invoker = &self.context.invoker;
                                     if invoker.skips_write_completed() {
-                                        self.writes.drop_sent(self.to_complete as usize);
-                                        self.to_complete = 0;
+                                        self.drop_completed();
                                         break;
                                     }
                                     self.to_complete -= 1;
@@ -530,42 +529,6 @@ impl Driver {
                 Next::Done
             }
             wake => Next::Woken(wake),
-        }
-    }
-
-    /// A write made before the wait ([`Driver::write_at_once`]): where it leaves nothing to
-    /// do but wait on, the wait goes on in this turn with what the lifecycle now wants (`Ok`);
-    /// otherwise the wake the pump takes a turn for (`Err`).
-    ///
-    /// It goes on where the callbacks are not called for the buffers the write completed (they
-    /// keep the default `on_write_completed`), there is no read rate limit, and the lifecycle
-    /// gave the wait to a steady connection (no deadline, nothing to announce) and still has
-    /// one for it ([`Lifecycle::steady_after_write`]: the same urgent-data watch, no deadline).
-    /// Posts are not taken in between: the wait finds them first, and a turn takes them.
-    #[inline]
-    fn wrote_at_once(&mut self, wrote: Wake, interest: Interest) -> Result<wait::Wanted, Wake> {
-        let Wake::Wrote(Ok(sent)) = wrote else {
-            return Err(wrote);
-        };
-        if sent == 0
-            || !interest.steady
-            || self.rare.is_some()
-            || !self.context.invoker.skips_write_completed()
-        {
-            return Err(Wake::Wrote(Ok(sent)));
-        }
-        self.written(sent);
-        self.writes.drop_sent(self.to_complete as usize);
-        self.to_complete = 0;
-        match self.life.steady_after_write() {
-            Some(next) => {
-                // Bytes written change neither the fate nor the high mark of a steady
-                // connection: nothing to publish.
-                debug_assert!(self.life.snapshot() == self.published, "nothing to publish");
-                Ok(wait::Wanted::of(next))
-            }
-            // The lifecycle has more to say: a turn asks it (the write is counted already).
-            _ => Err(Wake::Posted),
         }
     }
 
@@ -754,6 +717,14 @@ impl Driver {
         self.context.counters.bytes_written(sent as u64);
         debug_assert!(completed <= write::MOST_BUFFERS_PER_WRITE);
         self.to_complete = completed as u32;
+    }
+
+    /// The buffers [`Driver::written`] counted as sent in full are dropped without a call (the
+    /// callbacks keep the default `on_write_completed`).
+    #[inline]
+    fn drop_completed(&mut self) {
+        self.writes.drop_sent(self.to_complete as usize);
+        self.to_complete = 0;
     }
 
     /// Sends FIN once TLS `close_notify` went out (or at once on plain TCP). Errors mean the peer

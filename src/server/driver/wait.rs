@@ -31,6 +31,45 @@ impl Driver {
         }
     }
 
+    /// A write made before the wait ([`Driver::write_at_once`]): where it leaves nothing to
+    /// do but wait on, the wait goes on in this turn with what the lifecycle now wants (`Ok`);
+    /// otherwise the wake the pump takes a turn for (`Err`).
+    ///
+    /// It goes on where the callbacks are not called for the buffers the write completed (they
+    /// keep the default `on_write_completed`), there is no read rate limit, and the lifecycle
+    /// gave the wait to a steady connection (no deadline, nothing to announce) and still has
+    /// one for it (`Lifecycle::steady_after_write`: the same urgent-data watch, no deadline).
+    /// Posts are not taken in between: the wait finds them first, and a turn takes them.
+    #[inline]
+    pub(super) fn wrote_at_once(
+        &mut self,
+        wrote: Wake,
+        interest: Interest,
+    ) -> Result<Wanted, Wake> {
+        let Wake::Wrote(Ok(sent)) = wrote else {
+            return Err(wrote);
+        };
+        if sent == 0
+            || !interest.steady
+            || self.rare.is_some()
+            || !self.context.invoker.skips_write_completed()
+        {
+            return Err(Wake::Wrote(Ok(sent)));
+        }
+        self.written(sent);
+        self.drop_completed();
+        match self.life.steady_after_write() {
+            Some(next) => {
+                // Bytes written change neither the fate nor the high mark of a steady
+                // connection: nothing to publish.
+                debug_assert!(self.life.snapshot() == self.published, "nothing to publish");
+                Ok(Wanted::of(next))
+            }
+            // The lifecycle has more to say: a turn asks it (the write is counted already).
+            _ => Err(Wake::Posted),
+        }
+    }
+
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(super) async fn wait_with_urgent(&mut self, interest: Interest) -> Wake {
         let read_size = self.read_size();
