@@ -42,9 +42,11 @@ pub struct Stats {
     /// close timeout (counted where the kernel tells: Linux, and the `testing` connection). Their closure reason is the one decided before (a lingering peer does not change
     /// how a connection ended); this counts them beside it.
     pub lingering_peers: u64,
-    /// Bytes read from all connections, live and ended.
+    /// Bytes read from all connections, live and ended. Each byte counts once, also when its
+    /// connection ends while the snapshot is taken: successive snapshots never go down.
     pub bytes_read: u64,
-    /// Bytes handed to the kernel for all connections, live and ended.
+    /// Bytes handed to the kernel for all connections, live and ended (each once, as
+    /// [`bytes_read`](Stats::bytes_read)).
     pub bytes_written: u64,
     /// Ended connections by reason, read through [`Stats::closures`]: private, so that a new
     /// [`ClosureReason`] is not a breaking change.
@@ -254,7 +256,19 @@ impl Counters {
             .fetch_add(connection.bytes_written, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, active: usize, live: ConnectionStats) -> Stats {
+    /// The bytes of the connections that have ended; read under the registry lock, with the live
+    /// ones' (see [`Counters::record_bytes`]).
+    pub(crate) fn ended_bytes(&self) -> ConnectionStats {
+        ConnectionStats {
+            bytes_read: self.ended_bytes_read.load(Relaxed),
+            bytes_written: self.ended_bytes_written.load(Relaxed),
+            ..ConnectionStats::default()
+        }
+    }
+
+    /// The counters, with the live connections' count and every connection's bytes, as the
+    /// registry summed them.
+    pub(crate) fn snapshot(&self, active: usize, bytes: ConnectionStats) -> Stats {
         let mut closures = [0; REASONS];
         for (total, counter) in closures.iter_mut().zip(&self.closures) {
             *total = counter.load(Relaxed);
@@ -271,8 +285,8 @@ impl Counters {
             callback_panics: self.callback_panics.load(Relaxed),
             write_queue_high: self.write_queue_high.load(Relaxed),
             lingering_peers: self.lingering_peers.load(Relaxed),
-            bytes_read: self.ended_bytes_read.load(Relaxed) + live.bytes_read,
-            bytes_written: self.ended_bytes_written.load(Relaxed) + live.bytes_written,
+            bytes_read: bytes.bytes_read,
+            bytes_written: bytes.bytes_written,
             closures,
         }
     }

@@ -258,7 +258,7 @@ impl Manager {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let (active, live) = self.registry.live_bytes();
-        self.counters.snapshot(active, live)
+        let (active, bytes) = self.registry.connection_bytes();
+        self.counters.snapshot(active, bytes)
     }
 }

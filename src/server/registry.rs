@@ -221,16 +221,18 @@ impl Registry {
             .collect()
     }
 
-    /// The byte counts of the live connections, summed.
-    pub(crate) fn live_bytes(&self) -> (usize, ConnectionStats) {
+    /// The live connections' count, and the bytes of every connection: the live ones' summed
+    /// with the ended ones'. Both are read under the lock a connection's end folds its bytes in
+    /// under, so no connection is counted as both live and ended, or as neither.
+    pub(crate) fn connection_bytes(&self) -> (usize, ConnectionStats) {
         let inner = self.inner();
-        let mut live = ConnectionStats::default();
+        let mut bytes = self.counters.ended_bytes();
         for shared in inner.connections.values() {
             let connection = shared.counters.snapshot();
-            live.bytes_read += connection.bytes_read;
-            live.bytes_written += connection.bytes_written;
+            bytes.bytes_read += connection.bytes_read;
+            bytes.bytes_written += connection.bytes_written;
         }
-        (inner.connections.len(), live)
+        (inner.connections.len(), bytes)
     }
 
     /// Aborts every live connection with `reason` and runs `on_all_connections_aborted` with the
