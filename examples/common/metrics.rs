@@ -6,7 +6,9 @@
 //! [line](crate::common::line) of at most [`MAX_WAITING`], where one more pushes out (resets) the
 //! oldest, and its request head must be complete within [`REQUEST_TIMEOUT`] of its accept. A
 //! scraper sends its request as soon as it is connected, so it is answered while silent
-//! connections churn through the line.
+//! connections churn through the line. (On a machine so loaded that [`MAX_WAITING`] newer
+//! connections are accepted before a scraper's request is read, the scraper is pushed out too,
+//! and gets through at its next try.)
 
 use std::io;
 use std::net::SocketAddr;
