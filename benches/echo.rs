@@ -1,19 +1,20 @@
 //! Echo benchmark: switchboard beside a minimal raw tokio echo server and a bare mio (epoll) loop,
 //! in the same run.
 //!
-//! Run the full benchmark (about 5 minutes) or the short one (about 50 s, numbers only
-//! indicative; CI only needs the bench to build), or only some scenarios:
+//! Run the full benchmark (about 6 minutes) or the short one (about a minute, numbers only
+//! indicative; CI only needs the bench to build), or only some scenarios, or more rounds:
 //!
 //! ```text
 //! cargo bench --bench echo
 //! cargo bench --bench echo -- --quick
 //! cargo bench --bench echo -- --only echo,churn,tls,idle,max-connections
 //! cargo bench --bench echo -- --only max-connections --max-connections 100000
+//! cargo bench --bench echo -- --only echo,churn --rounds 15
 //! ```
 //!
 //! # What is measured
-//! Five echo servers, each on `127.0.0.1:0` and each on one thread of its own, three plain and
-//! two TLS:
+//! Seven echo servers, each on `127.0.0.1:0` and each on one thread of its own, four plain and
+//! three TLS:
 //! - **switchboard**: a [`Callbacks`] impl that requests a read when the connection is established
 //!   and, in `on_read_completed`, writes the very buffer it was given (`data.freeze()`, zero copy)
 //!   and reads again. Server defaults otherwise (8 KiB read buffer, `TCP_NODELAY` on).
@@ -30,6 +31,10 @@
 //! - **raw tokio-native-tls**: the raw tokio server with [`tokio_native_tls::TlsAcceptor::accept`]
 //!   on the connection's task before its read/`write_all` loop; at the end of the stream it drops
 //!   the stream (FIN, no `close_notify`), as minimal code does.
+//! - **raw tokio B**, plain and TLS, in the throughput, churn and TLS scenarios (1. to 3.): a
+//!   second raw tokio server, the same code. Its ratio to raw tokio (`B/raw`) is this run's
+//!   noise in that scenario: a ratio of switchboard's to raw tokio within `max(B/raw, raw/B)`
+//!   of 1 is not a difference this run can show.
 //!
 //! Both TLS servers share one [`native_tls::TlsAcceptor`] built from the test certificate in
 //! `tests/certs` (ECDSA P-256 for `localhost`), so that both run the same TLS code: native-tls's
@@ -146,16 +151,17 @@
 //! each, and a server that needs a second thread would show it. The load generator runs in a
 //! multi-thread runtime with 2 workers (the machine this was written for has 2 cores).
 //! Measurements alternate between the servers (the order rotates by one each round, raw tokio
-//! first in round 0), 5 rounds each (2 with `--quick`), and the median of each side is compared,
-//! so slow drifts of a shared machine hit all sides alike. Each measurement is preceded by a
+//! first in round 0), 5 rounds each (2 with `--quick`, `--rounds N` to choose), and the median of
+//! each side is compared, so slow drifts of a shared machine hit all sides alike. Each measurement is preceded by a
 //! warm-up on the same connections (0.5 s; 0.2 s with `--quick`), and waits for the server to
 //! have closed every connection of the previous one. Idle memory is measured 3 times per server
 //! (once with `--quick`); it hardly varies.
 //!
 //! The output is a table per kind of measure (columns switchboard, raw tokio, mio, sb/raw,
-//! sb/mio), then one line per scenario such as `ratio echo 64B x50: 0.97` or
-//! `ratio tls churn x50: 0.95` (switchboard / raw tokio), `ratio vs mio echo 64B x50: 0.80`
-//! (switchboard / mio, plain scenarios), and the same with `cpu ratio` for the CPU measure.
+//! sb/mio, B/raw), then one line per scenario such as `ratio echo 64B x50: 0.97 noise 1.02` or
+//! `ratio tls churn x50: 0.95 noise 1.01` (switchboard / raw tokio, and the noise band
+//! `max(B/raw, raw/B)`), `ratio vs mio echo 64B x50: 0.80` (switchboard / mio, plain
+//! scenarios), and the same with `cpu ratio` for the CPU measure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
@@ -269,7 +275,8 @@ const SCENARIOS: [&str; 5] = ["echo", "churn", "tls", "idle", "max-connections"]
 const QUICK_MAX_CONNECTIONS: usize = 2_000;
 
 impl Settings {
-    /// The settings from the command line (`--quick`, `--only`, `--max-connections`).
+    /// The settings from the command line (`--quick`, `--only`, `--max-connections`,
+    /// `--rounds`).
     fn from_args(args: &[String]) -> Self {
         let quick = args.iter().any(|arg| arg == "--quick");
         let only: Vec<String> = option::<String>(args, "--only")
@@ -280,6 +287,17 @@ impl Settings {
         }
         let max_connections =
             option(args, "--max-connections").or(quick.then_some(QUICK_MAX_CONNECTIONS));
+        let rounds: Option<usize> = option(args, "--rounds");
+        if rounds == Some(0) {
+            usage_error("--rounds needs at least 1");
+        }
+        let mut settings = Settings::defaults(quick, max_connections, only);
+        settings.rounds = rounds.unwrap_or(settings.rounds);
+        settings
+    }
+
+    /// The settings of a full run, or of a `--quick` one.
+    fn defaults(quick: bool, max_connections: Option<usize>, only: Vec<String>) -> Self {
         if quick {
             Settings {
                 quick,
@@ -964,9 +982,10 @@ fn foreground_churn(address: SocketAddr, connections: usize) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 const USAGE: &str = "\
-usage: echo [--quick] [--only SCENARIO,...] [--max-connections N]
+usage: echo [--quick] [--only SCENARIO,...] [--max-connections N] [--rounds N]
                 the benchmark (cargo bench --bench echo -- ...); scenarios: echo, churn, tls,
-                idle, max-connections (all by default)
+                idle, max-connections (all by default); --rounds: of the echo, churn and tls
+                scenarios (5, or 2 with --quick)
        echo --echo-server switchboard|raw|mio|api|api-static --connections C
        echo --echo-client ADDRESS --connections C --messages M [--size BYTES]
        echo --echo-client ADDRESS --connections C --churn
@@ -997,11 +1016,50 @@ fn required<T: std::str::FromStr>(args: &[String], flag: &str, mode: &str) -> T 
 // Reporting
 // ---------------------------------------------------------------------------------------------
 
-/// One scenario's results, per round, for each server kind (indexed by [`Kind::index`]).
+/// A column of the tables: a server kind, or raw tokio's second server (the noise band).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Kind(Kind),
+    /// A second raw tokio server, the same code as [`Kind::Raw`]'s: its ratio to raw tokio is
+    /// the machine's noise in that scenario.
+    RawB,
+}
+
+impl Side {
+    /// The kind of server this side runs.
+    fn kind(self) -> Kind {
+        match self {
+            Side::Kind(kind) => kind,
+            Side::RawB => Kind::Raw,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Side::Kind(kind) => kind.index(),
+            Side::RawB => 3,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Side::Kind(kind) => kind.name(),
+            Side::RawB => "raw B",
+        }
+    }
+}
+
+impl From<Kind> for Side {
+    fn from(kind: Kind) -> Side {
+        Side::Kind(kind)
+    }
+}
+
+/// One scenario's results, per round, for each side (indexed by [`Side::index`]).
 struct Row {
     name: String,
     unit: &'static str,
-    values: [Vec<f64>; 3],
+    values: [Vec<f64>; 4],
     /// Decimals shown: 0 prints thousands separators instead.
     decimals: usize,
     note: String,
@@ -1031,21 +1089,33 @@ impl Row {
         }
     }
 
-    fn push(&mut self, kind: Kind, value: f64) {
-        self.values[kind.index()].push(value);
+    fn push(&mut self, side: impl Into<Side>, value: f64) {
+        self.values[side.into().index()].push(value);
     }
 
-    fn median(&self, kind: Kind) -> Option<f64> {
-        let values = &self.values[kind.index()];
+    fn median(&self, side: impl Into<Side>) -> Option<f64> {
+        let values = &self.values[side.into().index()];
         (!values.is_empty()).then(|| median(values))
     }
 
     /// median(switchboard) / median(`baseline`); NaN where either is missing.
-    fn ratio(&self, baseline: Kind) -> f64 {
-        match (self.median(Kind::Switchboard), self.median(baseline)) {
-            (Some(switchboard), Some(baseline)) => switchboard / baseline,
+    fn ratio(&self, baseline: impl Into<Side>) -> f64 {
+        self.ratio_of(Kind::Switchboard, baseline)
+    }
+
+    /// median(`side`) / median(`baseline`); NaN where either is missing.
+    fn ratio_of(&self, side: impl Into<Side>, baseline: impl Into<Side>) -> f64 {
+        match (self.median(side), self.median(baseline)) {
+            (Some(side), Some(baseline)) => side / baseline,
             _ => f64::NAN,
         }
+    }
+
+    /// The noise band: how far apart the two raw tokio servers' medians were, as a ratio of at
+    /// least 1; NaN where raw tokio B did not run.
+    fn noise(&self) -> f64 {
+        let ratio = self.ratio_of(Side::RawB, Kind::Raw);
+        ratio.max(1.0 / ratio)
     }
 }
 
@@ -1070,81 +1140,87 @@ fn print_table(title: &str, rows: &[Row]) {
     println!();
     println!("{title}");
     println!(
-        "{:<22} {:>13} {:>13} {:>13} {:>7} {:>7}  {:<14} rounds: switchboard | raw | mio",
-        "scenario", "switchboard", "raw tokio", "mio", "sb/raw", "sb/mio", "unit"
+        "{:<22} {:>13} {:>13} {:>13} {:>7} {:>7} {:>7}  {:<14} rounds: switchboard | raw | mio | raw B",
+        "scenario", "switchboard", "raw tokio", "mio", "sb/raw", "sb/mio", "B/raw", "unit"
     );
-    println!("{}", "-".repeat(130));
+    println!("{}", "-".repeat(138));
     for row in rows {
-        let median = |kind| {
+        let median = |kind: Kind| {
             row.median(kind)
                 .map_or("n/a".to_string(), |v| row.format(v))
         };
-        let rounds = |kind: Kind| match &row.values[kind.index()] {
+        let rounds = |side: Side| match &row.values[side.index()] {
             values if values.is_empty() => "-".to_string(),
             values => rounds_list(row, values),
         };
         println!(
-            "{:<22} {:>13} {:>13} {:>13} {:>7} {:>7}  {:<14} {} | {} | {}{}",
+            "{:<22} {:>13} {:>13} {:>13} {:>7} {:>7} {:>7}  {:<14} {} | {} | {} | {}{}",
             row.name,
             median(Kind::Switchboard),
             median(Kind::Raw),
             median(Kind::Mio),
             format_ratio(row.ratio(Kind::Raw)),
             format_ratio(row.ratio(Kind::Mio)),
+            format_ratio(row.ratio_of(Side::RawB, Kind::Raw)),
             row.unit,
-            rounds(Kind::Switchboard),
-            rounds(Kind::Raw),
-            rounds(Kind::Mio),
+            rounds(Kind::Switchboard.into()),
+            rounds(Kind::Raw.into()),
+            rounds(Kind::Mio.into()),
+            rounds(Side::RawB),
             row.note
         );
     }
 }
 
-/// The order of `kinds` in round `round`: rotated by one each round, so each kind takes each
-/// place in turn (with two kinds, they alternate which goes first).
-fn order(round: usize, kinds: &[Kind]) -> Vec<Kind> {
-    let mut kinds = kinds.to_vec();
-    let len = kinds.len();
-    kinds.rotate_left(round % len);
-    kinds
+/// The order of `sides` in round `round`: rotated by one each round, so each side takes each
+/// place in turn (with two sides, they alternate which goes first).
+fn order<T: Copy>(round: usize, sides: &[T]) -> Vec<T> {
+    let mut sides = sides.to_vec();
+    let len = sides.len();
+    sides.rotate_left(round % len);
+    sides
 }
 
 /// The servers of one protocol, and how clients reach them.
 struct Servers {
-    running: Vec<(Kind, Running)>,
+    running: Vec<(Side, Running)>,
     client: Client,
 }
 
 impl Servers {
-    /// One server of each of `kinds`, TLS ones if given an acceptor.
+    /// One server of each of `kinds`, and raw tokio B, TLS ones if given an acceptor.
     fn start(kinds: &[Kind], tls: Option<&native_tls::TlsAcceptor>, client: Client) -> Servers {
+        let sides = kinds
+            .iter()
+            .map(|&kind| Side::from(kind))
+            .chain([Side::RawB]);
         Servers {
-            running: kinds
-                .iter()
-                .map(|&kind| (kind, Running::start(kind, tls)))
+            running: sides
+                .map(|side| (side, Running::start(side.kind(), tls)))
                 .collect(),
             client,
         }
     }
 
-    fn kinds(&self) -> Vec<Kind> {
-        self.running.iter().map(|(kind, _)| *kind).collect()
+    fn sides(&self) -> Vec<Side> {
+        self.running.iter().map(|(side, _)| *side).collect()
     }
 
-    fn get(&self, kind: Kind) -> &Running {
+    fn get(&self, side: impl Into<Side>) -> &Running {
+        let side = side.into();
         self.running
             .iter()
-            .find_map(|(k, running)| (*k == kind).then_some(running))
-            .expect("a server of each kind asked for")
+            .find_map(|(s, running)| (*s == side).then_some(running))
+            .expect("a server of each side asked for")
     }
 }
 
 /// After a measurement: waits until the server has closed every connection of it.
-fn settle(running: &Running, kind: Kind) {
+fn settle(running: &Running, side: Side) {
     if !running.wait_for_live(0, Duration::from_secs(10)) {
         eprintln!(
             "  warning: {} still holds {} connections",
-            kind.name(),
+            side.name(),
             running.live()
         );
     }
@@ -1163,8 +1239,8 @@ fn throughput(
     let mut row = Row::new(name, "msgs/s");
     let mut cpu_row = Row::new(name, "server µs/msg").with_decimals(2);
     for round in 0..settings.rounds {
-        for kind in order(round, &servers.kinds()) {
-            let running = servers.get(kind);
+        for side in order(round, &servers.sides()) {
+            let running = servers.get(side);
             let result = client_runtime.block_on(echo_load(
                 &servers.client,
                 running.address,
@@ -1176,22 +1252,22 @@ fn throughput(
                 Ok(rate) => {
                     eprintln!(
                         "  {name:<18} round {round} {:<11} {:>12} msgs/s  {:>6.2} server µs/msg",
-                        kind.name(),
+                        side.name(),
                         thousands(rate.per_second),
                         rate.cpu_micros
                     );
-                    row.push(kind, rate.per_second);
-                    cpu_row.push(kind, rate.cpu_micros);
+                    row.push(side, rate.per_second);
+                    cpu_row.push(side, rate.cpu_micros);
                 }
                 Err(error) => {
                     eprintln!(
                         "  {name:<18} round {round} {:<11} FAILED: {error}",
-                        kind.name()
+                        side.name()
                     );
-                    row.note = format!("  ({} failed: {error})", kind.name());
+                    row.note = format!("  ({} failed: {error})", side.name());
                 }
             }
-            settle(running, kind);
+            settle(running, side);
         }
     }
     (row, cpu_row)
@@ -1207,30 +1283,31 @@ fn churn(
 ) -> (Row, Row) {
     let mut row = Row::new(name, "conns/s");
     let mut cpu_row = Row::new(name, "server µs/conn").with_decimals(2);
-    let mut failures = [0_u64; 3];
+    let mut failures = [0_u64; 4];
     for round in 0..settings.rounds {
-        for kind in order(round, &servers.kinds()) {
-            let running = servers.get(kind);
+        for side in order(round, &servers.sides()) {
+            let running = servers.get(side);
             let (rate, failed) =
                 client_runtime.block_on(churn_load(&servers.client, running.address, settings));
             eprintln!(
                 "  {name:<18} round {round} {:<11} {:>12} conns/s {:>6.2} server µs/conn ({failed} failed)",
-                kind.name(),
+                side.name(),
                 thousands(rate.per_second),
                 rate.cpu_micros
             );
-            failures[kind.index()] += failed;
-            row.push(kind, rate.per_second);
-            cpu_row.push(kind, rate.cpu_micros);
-            settle(running, kind);
+            failures[side.index()] += failed;
+            row.push(side, rate.per_second);
+            cpu_row.push(side, rate.cpu_micros);
+            settle(running, side);
         }
     }
     if failures.iter().any(|&failed| failed > 0) {
         row.note = format!(
-            "  (failed connects: switchboard {}, raw {}, mio {})",
+            "  (failed connects: switchboard {}, raw {}, mio {}, raw B {})",
             failures[Kind::Switchboard.index()],
             failures[Kind::Raw.index()],
-            failures[Kind::Mio.index()]
+            failures[Kind::Mio.index()],
+            failures[Side::RawB.index()]
         );
     }
     (row, cpu_row)
@@ -1453,7 +1530,10 @@ fn main() {
     }
     println!();
     println!(
-        "sb/raw = median(switchboard) / median(raw tokio), sb/mio = median(switchboard) / median(mio)."
+        "sb/raw = median(switchboard) / median(raw tokio), sb/mio = median(switchboard) / median(mio),"
+    );
+    println!(
+        "B/raw = median(raw tokio B) / median(raw tokio): the same server twice, this run's noise."
     );
     println!(
         "Higher is better for msgs/s and conns/s (target >= 0.90 of raw tokio); lower is better for"
@@ -1463,8 +1543,19 @@ fn main() {
     );
     println!("the floor: what the kernel work alone costs on one thread.");
     println!();
+    // With the noise band where raw tokio B ran: switchboard's ratio is beyond the noise when it
+    // is above the band or below its inverse.
+    let noise = |row: &Row| match row.noise() {
+        band if band.is_nan() => String::new(),
+        band => format!(" noise {band:.2}"),
+    };
     for row in &rows {
-        println!("ratio {}: {:.2}", row.name, row.ratio(Kind::Raw));
+        println!(
+            "ratio {}: {:.2}{}",
+            row.name,
+            row.ratio(Kind::Raw),
+            noise(row)
+        );
     }
     for row in &rows {
         if row.median(Kind::Mio).is_some() {
@@ -1472,7 +1563,12 @@ fn main() {
         }
     }
     for row in &cpu_rows {
-        println!("cpu ratio {}: {:.2}", row.name, row.ratio(Kind::Raw));
+        println!(
+            "cpu ratio {}: {:.2}{}",
+            row.name,
+            row.ratio(Kind::Raw),
+            noise(row)
+        );
     }
     for row in &cpu_rows {
         if row.median(Kind::Mio).is_some() {

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench latency
 //! cargo bench --bench latency -- --quick
+//! cargo bench --bench latency -- --loads 50 --rounds 7
 //! ```
 //!
 //! The full run takes 5–7 minutes on a 2-core machine, `--quick` about one (fewer connections,
@@ -45,16 +46,18 @@
 //! Scenarios: 64 B echo at 1,000 connections and at 19,000 (as many as `ulimit -n` allows; 200
 //! and 2,000 with `--quick`), and over TLS at 1,000 (100) against the TLS servers of
 //! `benches/echo.rs` (native-tls on both sides, TLS 1.2; handshakes happen while connecting).
-//! Each runs at 50% and at 90% of raw tokio's closed-loop maximum, measured first on the same
-//! number of connections by a closed loop of the same client (each reply answered at once by
-//! the next message; 1 s after a 0.3 s warm-up; the median of 3 such probes).
+//! Each runs at 50% and at 90% (`--loads 50,90`) of raw tokio's closed-loop maximum, measured
+//! first on the same number of connections by a closed loop of the same client (each reply
+//! answered at once by the next message; 1 s after a 0.3 s warm-up; the median of 3 such
+//! probes).
 //!
 //! # Noise
 //! Two raw tokio servers run (`raw` and `raw B`, the same code), so each run measures raw tokio
 //! against itself: `raw B ÷ raw` is this machine's noise at that point. Rounds alternate between
-//! the servers (the order rotates by one each round), 3 rounds (2 with `--quick`), and every
-//! figure is the median of the rounds' figures. The reading says where switchboard is above raw
-//! tokio beyond the noise band (its ratio above `max(raw B ÷ raw, raw ÷ raw B)`).
+//! the servers (the order rotates by one each round), 3 rounds (2 with `--quick`, `--rounds N` to
+//! choose), and every figure is the median of the rounds' figures. The reading says where
+//! switchboard is above raw tokio beyond the noise band (its ratio above
+//! `max(raw B ÷ raw, raw ÷ raw B)`).
 //!
 //! Server CPU per message is the server process's user + system time in the window (from
 //! `/proc/PID/stat`, 10 ms ticks) divided by the messages due in it.
@@ -162,7 +165,7 @@ mod open_loop {
         }
     }
 
-    /// The loads, as fractions of raw tokio's closed-loop maximum.
+    /// The loads, as fractions of raw tokio's closed-loop maximum (`--loads` to choose).
     const LOADS: [f64; 2] = [0.5, 0.9];
     /// Closed-loop probes of raw tokio per scenario: the maximum is their median, as one probe
     /// on a shared machine can land in a busy moment (runs gave 17,909 to 27,134 msgs/s at
@@ -1048,8 +1051,16 @@ mod open_loop {
         soft.saturating_sub(DESCRIPTOR_RESERVE)
     }
 
+    /// Ends the process with `message` and the usage.
+    fn usage_error(message: &str) -> ! {
+        eprintln!("latency: {message}\n{USAGE}");
+        std::process::exit(2)
+    }
+
     const USAGE: &str = "\
-usage: latency [--quick]     the benchmark (cargo bench --bench latency -- [--quick])
+usage: latency [--quick] [--rounds N] [--loads PERCENT,...]
+                the benchmark (cargo bench --bench latency -- ...); --rounds: per server and
+                point (3, or 2 with --quick); --loads: of raw tokio's closed-loop maximum (50,90)
        latency --server switchboard|raw|mio [--tls] [--core N]     (started by the benchmark)";
 
     pub(crate) fn main() {
@@ -1071,14 +1082,31 @@ usage: latency [--quick]     the benchmark (cargo bench --bench latency -- [--qu
             serve(kind, args.iter().any(|arg| arg == "--tls"), core);
             return;
         }
-        if let Some(unknown) = args
-            .iter()
-            .find(|arg| *arg != "--quick" && *arg != "--bench")
-        {
-            eprintln!("latency: unknown argument {unknown}\n{USAGE}");
-            std::process::exit(2);
+        let mut settings = Settings::new(args.iter().any(|arg| arg == "--quick"));
+        let mut loads = LOADS.to_vec();
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            match arg.as_str() {
+                "--quick" | "--bench" => {}
+                "--rounds" => match rest.next().and_then(|n| n.parse().ok()) {
+                    Some(rounds @ 1..) => settings.rounds = rounds,
+                    _ => usage_error("--rounds needs a count of at least 1"),
+                },
+                "--loads" => {
+                    let percents: Option<Vec<f64>> = rest.next().and_then(|list| {
+                        list.split(',')
+                            .map(|percent| percent.parse::<f64>().ok())
+                            .map(|percent| percent.filter(|p| *p > 0.0 && *p <= 100.0))
+                            .collect()
+                    });
+                    match percents {
+                        Some(percents) => loads = percents.iter().map(|p| p / 100.0).collect(),
+                        None => usage_error("--loads needs percents from 1 to 100, as 50,90"),
+                    }
+                }
+                unknown => usage_error(&format!("unknown argument {unknown}")),
+            }
         }
-        let settings = Settings::new(args.iter().any(|arg| arg == "--quick"));
         let began = Instant::now();
         let room = connection_room();
         // The servers on the last core, the client on the others; nothing pinned on one core.
@@ -1153,7 +1181,7 @@ usage: latency [--quick]     the benchmark (cargo bench --bench latency -- [--qu
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            for load in LOADS {
+            for &load in &loads {
                 let name = format!("{label} at {:.0}%", load * 100.0);
                 points.push(run_point(
                     &mut servers,
