@@ -64,7 +64,9 @@
 //!
 //! The output is a Markdown table per scenario and load, each server's client send lag per
 //! round (a round whose send lag is near its p99 measured a stall of the machine, which a median
-//! over few rounds would take as the server's), and one `latency ratio` line per scenario, load
+//! over few rounds would take as the server's), the time the hypervisor took from the servers'
+//! core in each round (the `steal` column of `/proc/stat`: a stall of the server that the
+//! client's lag does not show), and one `latency ratio` line per scenario, load
 //! and percentile (switchboard ÷ raw tokio, with the noise band).
 
 // This bench measures the servers' CPU from their processes, and runs the servers without the
@@ -244,6 +246,8 @@ mod open_loop {
     /// A server in a child process.
     struct ServerProcess {
         label: &'static str,
+        /// The core it is pinned to, if any.
+        core: Option<usize>,
         child: Child,
         to_child: ChildStdin,
         from_child: BufReader<ChildStdout>,
@@ -280,6 +284,7 @@ mod open_loop {
                 .ok_or_else(|| io::Error::other(format!("{label} server said {line:?}")))?;
             Ok(ServerProcess {
                 label,
+                core,
                 child,
                 to_child,
                 from_child,
@@ -327,6 +332,29 @@ mod open_loop {
             let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
             let field = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok());
             (field(11).unwrap_or(0) + field(12).unwrap_or(0)) as f64 / CLOCK_TICKS_PER_SECOND
+        }
+
+        /// The time the hypervisor has taken from the server's core so far (the `steal` column
+        /// of its line in `/proc/stat`), in seconds; 0 where the server is not pinned or the
+        /// kernel does not tell.
+        fn core_steal_seconds(&self) -> f64 {
+            const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+            let Some(core) = self.core else {
+                return 0.0;
+            };
+            let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+                return 0.0;
+            };
+            let name = format!("cpu{core}");
+            stat.lines()
+                .find_map(|line| {
+                    let mut fields = line.split_whitespace();
+                    (fields.next() == Some(name.as_str())).then(|| {
+                        // user nice system idle iowait irq softirq steal
+                        fields.nth(7).and_then(|steal| steal.parse::<u64>().ok())
+                    })?
+                })
+                .map_or(0.0, |ticks| ticks as f64 / CLOCK_TICKS_PER_SECOND)
         }
     }
 
@@ -654,6 +682,9 @@ mod open_loop {
         percentiles: [f64; 4],
         cpu_micros: f64,
         send_lag_p99: f64,
+        /// Milliseconds the hypervisor took from the server's core in the window: a round with
+        /// some measured the machine, whatever its client send lag.
+        steal_millis: f64,
         lost: u64,
         failed: u64,
     }
@@ -704,8 +735,10 @@ mod open_loop {
         };
         sleep_until(schedule.measured);
         let cpu_before = server.cpu_seconds();
+        let steal_before = server.core_steal_seconds();
         sleep_until(schedule.end);
         let cpu = server.cpu_seconds() - cpu_before;
+        let steal = server.core_steal_seconds() - steal_before;
         let sent = sender.join().expect("the sender thread");
         let received = receiver.join().expect("the receiver thread");
         drop(wires);
@@ -722,6 +755,7 @@ mod open_loop {
             ],
             cpu_micros: cpu * 1e6 / in_window.max(1.0),
             send_lag_p99: micros(sent.lag.value_at_quantile(0.99)),
+            steal_millis: steal * 1e3,
             lost: received.lost,
             failed: sent.failed,
         })
@@ -883,11 +917,12 @@ mod open_loop {
                         eprintln!(
                             "  {:<28} round {round} {:<12} p50 {p50:>8.1} p99 {p99:>8.1} \
                              p99.9 {p999:>8.1} max {max:>9.1} µs, {:.2} server µs/msg, \
-                             send lag p99 {:.1} µs{}",
+                             send lag p99 {:.1} µs, server core stolen {:.0} ms{}",
                             point.name,
                             server.label,
                             figures.cpu_micros,
                             figures.send_lag_p99,
+                            figures.steal_millis,
                             if figures.lost + figures.failed > 0 {
                                 format!(", {} lost, {} failed sends", figures.lost, figures.failed)
                             } else {
@@ -979,6 +1014,24 @@ mod open_loop {
             "Client send lag p99 by round, µs (a round whose lag is near its p99 measured the \
              machine's stall, not the server): {}.",
             by_round.join("; ")
+        );
+        // The server's own core: time the hypervisor took from it stalls the server without
+        // showing in the client's lag.
+        let stolen: Vec<String> = point
+            .rounds
+            .iter()
+            .map(|(label, figures)| {
+                let millis: Vec<String> = figures
+                    .iter()
+                    .map(|f| format!("{:.0}", f.steal_millis))
+                    .collect();
+                format!("{label} {}", millis.join(" / "))
+            })
+            .collect();
+        println!(
+            "Time taken from the servers' core by the hypervisor (steal) by round, ms (a round \
+             with some stalled the server itself): {}.",
+            stolen.join("; ")
         );
         for failure in &point.failures {
             println!("Failed round: {failure}");
