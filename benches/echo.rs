@@ -158,10 +158,12 @@
 //! (once with `--quick`); it hardly varies.
 //!
 //! The output is a table per kind of measure (columns switchboard, raw tokio, mio, sb/raw,
-//! sb/mio, B/raw), then one line per scenario such as `ratio echo 64B x50: 0.97 noise 1.02` or
-//! `ratio tls churn x50: 0.95 noise 1.01` (switchboard / raw tokio, and the noise band
-//! `max(B/raw, raw/B)`), `ratio vs mio echo 64B x50: 0.80` (switchboard / mio, plain
-//! scenarios), and the same with `cpu ratio` for the CPU measure.
+//! sb/mio, B/raw), then one line per scenario such as
+//! `ratio echo 64B x50: 0.97 noise 1.02 (by round: 0.98, raw B 1.01)` (switchboard / raw tokio,
+//! the noise band `max(B/raw, raw/B)`, and the medians of each round's own switchboard / raw
+//! tokio and raw tokio B / raw tokio, whose servers ran one after the other),
+//! `ratio vs mio echo 64B x50: 0.80` (switchboard / mio, plain scenarios), and the same with
+//! `cpu ratio` for the CPU measure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
@@ -1111,6 +1113,22 @@ impl Row {
         }
     }
 
+    /// The median over rounds of `side`'s value ÷ `baseline`'s in the same round (measured one
+    /// after the other, so slow drifts of the machine cancel); NaN unless both have every round.
+    fn round_ratio(&self, side: impl Into<Side>, baseline: impl Into<Side>) -> f64 {
+        let (side, baseline) = (
+            &self.values[side.into().index()],
+            &self.values[baseline.into().index()],
+        );
+        // A failed round leaves a side short, and its rounds would no longer pair up.
+        let rounds = self.values.iter().map(Vec::len).max().unwrap_or(0);
+        if side.is_empty() || side.len() != rounds || baseline.len() != rounds {
+            return f64::NAN;
+        }
+        let ratios: Vec<f64> = side.iter().zip(baseline).map(|(s, b)| s / b).collect();
+        median(&ratios)
+    }
+
     /// The noise band: how far apart the two raw tokio servers' medians were, as a ratio of at
     /// least 1; NaN where raw tokio B did not run.
     fn noise(&self) -> f64 {
@@ -1545,9 +1563,15 @@ fn main() {
     println!();
     // With the noise band where raw tokio B ran: switchboard's ratio is beyond the noise when it
     // is above the band or below its inverse.
+    // And the medians of the rounds' own ratios (each round's servers run one after the
+    // other): steadier where the machine drifts between rounds.
     let noise = |row: &Row| match row.noise() {
         band if band.is_nan() => String::new(),
-        band => format!(" noise {band:.2}"),
+        band => format!(
+            " noise {band:.2} (by round: {:.2}, raw B {:.2})",
+            row.round_ratio(Kind::Switchboard, Kind::Raw),
+            row.round_ratio(Side::RawB, Kind::Raw)
+        ),
     };
     for row in &rows {
         println!(

@@ -1055,6 +1055,14 @@ mod open_loop {
                 point.name
             );
         }
+        // Each round runs the servers one after the other: the medians of the rounds' own
+        // ratios let slow drifts of the machine cancel, which the ratio of medians does not.
+        println!(
+            "Server CPU per message ÷ raw tokio's, the median of the rounds' own ratios: \
+             switchboard {:.2}, raw tokio B {:.2}.",
+            round_ratio(point, SWITCHBOARD, |f| f.cpu_micros),
+            round_ratio(point, RAW_B, |f| f.cpu_micros)
+        );
         println!(
             "Reading: switchboard above raw tokio beyond the noise band: {}; below it beyond the \
              band: {}.",
@@ -1069,6 +1077,22 @@ mod open_loop {
                 below.join(", ")
             }
         );
+    }
+
+    /// The median over rounds of `label`'s `pick` ÷ raw tokio's in the same round; NaN if a
+    /// round failed.
+    fn round_ratio(point: &Point, label: &str, pick: impl Fn(&Figures) -> f64) -> f64 {
+        let (side, raw) = (point.figures(label), point.figures(RAW));
+        // A failed round leaves a server short, and its rounds would no longer pair up.
+        if side.is_empty() || side.len() != raw.len() || !point.failures.is_empty() {
+            return f64::NAN;
+        }
+        let ratios: Vec<f64> = side
+            .iter()
+            .zip(raw)
+            .map(|(s, r)| pick(s) / pick(r))
+            .collect();
+        median(&ratios)
     }
 
     /// `label`'s median ÷ raw tokio's median of `pick`, as printed.
