@@ -999,39 +999,17 @@ mod open_loop {
         // Per round, for each server: a tail of its own shows with a low lag beside it, a stall
         // of the whole machine with a lag as long as the tail (a median over few rounds takes
         // either as the server's).
-        let by_round: Vec<String> = point
-            .rounds
-            .iter()
-            .map(|(label, figures)| {
-                let lags: Vec<String> = figures
-                    .iter()
-                    .map(|f| format!("{:.0}", f.send_lag_p99))
-                    .collect();
-                format!("{label} {}", lags.join(" / "))
-            })
-            .collect();
         println!(
             "Client send lag p99 by round, µs (a round whose lag is near its p99 measured the \
              machine's stall, not the server): {}.",
-            by_round.join("; ")
+            by_round(point, |f| f.send_lag_p99)
         );
         // The server's own core: time the hypervisor took from it stalls the server without
         // showing in the client's lag.
-        let stolen: Vec<String> = point
-            .rounds
-            .iter()
-            .map(|(label, figures)| {
-                let millis: Vec<String> = figures
-                    .iter()
-                    .map(|f| format!("{:.0}", f.steal_millis))
-                    .collect();
-                format!("{label} {}", millis.join(" / "))
-            })
-            .collect();
         println!(
             "Time taken from the servers' core by the hypervisor (steal) by round, ms (a round \
              with some stalled the server itself): {}.",
-            stolen.join("; ")
+            by_round(point, |f| f.steal_millis)
         );
         for failure in &point.failures {
             println!("Failed round: {failure}");
@@ -1077,6 +1055,20 @@ mod open_loop {
                 below.join(", ")
             }
         );
+    }
+
+    /// `pick` of each server's rounds, as `label a / b / c; label …`, rounded.
+    fn by_round(point: &Point, pick: impl Fn(&Figures) -> f64) -> String {
+        let servers: Vec<String> = point
+            .rounds
+            .iter()
+            .map(|(label, figures)| {
+                let rounds: Vec<String> =
+                    figures.iter().map(|f| format!("{:.0}", pick(f))).collect();
+                format!("{label} {}", rounds.join(" / "))
+            })
+            .collect();
+        servers.join("; ")
     }
 
     /// The median over rounds of `label`'s `pick` ÷ raw tokio's in the same round; NaN if a
