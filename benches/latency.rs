@@ -5,6 +5,7 @@
 //! cargo bench --bench latency
 //! cargo bench --bench latency -- --quick
 //! cargo bench --bench latency -- --loads 50 --rounds 7
+//! cargo bench --bench latency -- --together --loads 50
 //! ```
 //!
 //! The full run takes 5–7 minutes on a 2-core machine, `--quick` about one (fewer connections,
@@ -59,8 +60,32 @@
 //! switchboard is above raw tokio beyond the noise band (its ratio above
 //! `max(raw B ÷ raw, raw ÷ raw B)`).
 //!
-//! Server CPU per message is the server process's user + system time in the window (from
-//! `/proc/PID/stat`, 10 ms ticks) divided by the messages due in it.
+//! Server CPU per message is the server process's time on a CPU in the window, as the scheduler
+//! counts it (the sum over its threads of `/proc/PID/task/TID/schedstat`, in nanoseconds; where
+//! the kernel has no schedstat, user + system time from `/proc/PID/stat`, in 10 ms ticks),
+//! divided by the messages due in it.
+//!
+//! # Together (`--together`)
+//! Rounds that take turns measure each server at a different moment, and on a shared machine
+//! the same server's CPU per message moves by 10–35% from one moment to the next: more than the
+//! differences to measure. With `--together` every server of the scenario runs in each round,
+//! all at once on the server core: the sender's messages go to the servers in turn (message `i`
+//! to server `i mod S`, the order rotating by one each round), each server gets `rate / S`, and
+//! the core's load is the given load as before. Whatever the machine does during a round (the
+//! hypervisor's steal, a neighbour's cache traffic) it does to every server alike, so the
+//! rounds' own ratios (`the median of the rounds' own ratios`) hold still where the ratios of
+//! separate rounds do not: raw tokio B ÷ raw tokio within 1–2% per round.
+//!
+//! A together round also runs the **API floor** (`benches/api_floor`, plain TCP): raw tokio
+//! paying what switchboard's callback API costs by its shape (an owned read buffer, a boxed
+//! future per callback, a handle with a write queue) and nothing of its engine. Its ratio to raw
+//! tokio is what any engine offering these callbacks pays at least; switchboard ÷ the API floor
+//! is the engine's own cost.
+//!
+//! Together, the client holds every server's connections, so the scenario's connections to each
+//! server are at most a quarter of what the descriptor limit allows (19,000 becomes about 4,900
+//! under a limit of 20,000), and the latencies include the time each message waits while the
+//! core serves the other servers: compare them with each other, not with a round of one server.
 //!
 //! The output is a Markdown table per scenario and load, each server's client send lag per
 //! round (a round whose send lag is near its p99 measured a stall of the machine, which a median
@@ -79,6 +104,14 @@ mod common;
 #[allow(dead_code)]
 #[path = "common/servers.rs"]
 mod servers;
+
+// The API floor of `benches/echo.rs`'s instruction counts, run here in `--together` rounds; it
+// finds the raw server's accept and the tally as `super::`.
+#[cfg(target_os = "linux")]
+#[path = "api_floor/mod.rs"]
+mod api_floor;
+#[cfg(target_os = "linux")]
+use servers::{raw_accept, Tally};
 
 #[cfg(target_os = "linux")]
 fn main() {
@@ -106,11 +139,11 @@ mod open_loop {
     use switchboard::native_tls;
     use switchboard::socket2::{Domain, Socket, Type};
 
-    use crate::common::{median, thousands};
+    use crate::common::{median, server_thread, thousands};
     use crate::servers::{
         descriptor_limits, native_tls_connector, raise_descriptor_limit, source_address,
-        system_descriptor_ceiling, Kind, Running, DESCRIPTOR_RESERVE, SERVER_KEY, SERVER_PEM,
-        TLS_DOMAIN,
+        std_listener, system_descriptor_ceiling, Kind, Running, Tally, DESCRIPTOR_RESERVE,
+        SERVER_KEY, SERVER_PEM, TLS_DOMAIN,
     };
 
     /// Every message and reply: 64 B.
@@ -127,6 +160,8 @@ mod open_loop {
 
     struct Settings {
         quick: bool,
+        /// `--together`: the servers share each round rather than taking turns.
+        together: bool,
         rounds: usize,
         warmup: Duration,
         measure: Duration,
@@ -142,6 +177,7 @@ mod open_loop {
             if quick {
                 Settings {
                     quick,
+                    together: false,
                     rounds: 2,
                     warmup: Duration::from_millis(200),
                     measure: Duration::from_millis(500),
@@ -154,6 +190,7 @@ mod open_loop {
             } else {
                 Settings {
                     quick,
+                    together: false,
                     rounds: 3,
                     warmup: Duration::from_millis(500),
                     measure: Duration::from_secs(2),
@@ -201,6 +238,23 @@ mod open_loop {
         }
     }
 
+    /// Puts the calling thread, and the threads it starts afterwards, in the real-time
+    /// first-in-first-out class at the lowest priority: among servers sharing a core, the one
+    /// woken first runs first, whatever CPU time each used before. In the default class, the
+    /// kernel's fair share would make a server that used more CPU wait longer for its turn, and
+    /// its latencies would measure that, not the server. Needs `CAP_SYS_NICE` (root); without it
+    /// the bench says so and goes on in the default class.
+    fn first_in_first_out() {
+        let parameters = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sched_setscheduler reads the parameters given, and changes only this thread.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &parameters) } != 0 {
+            eprintln!(
+                "  could not enter SCHED_FIFO (latencies keep the fair share's bias): {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+
     /// Lets the calling thread's sleeps end when asked, rather than up to 50 µs later (the
     /// default timer slack, which would be part of every latency).
     fn precise_sleeps() {
@@ -214,22 +268,67 @@ mod open_loop {
     // Server processes
     // -----------------------------------------------------------------------------------------
 
+    /// A server of this bench: a kind of `benches/echo.rs`, or the API floor of its
+    /// instruction counts (`benches/api_floor`: raw tokio paying what switchboard's callback API
+    /// costs by its shape; plain TCP only).
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Served {
+        Kind(Kind),
+        ApiFloor,
+    }
+
+    impl Served {
+        fn name(self) -> &'static str {
+            match self {
+                Served::Kind(kind) => kind.name(),
+                Served::ApiFloor => "api",
+            }
+        }
+
+        fn parse(name: &str) -> Option<Served> {
+            match name {
+                "api" => Some(Served::ApiFloor),
+                kind => kind.parse().ok().map(Served::Kind),
+            }
+        }
+    }
+
     /// `--server KIND [--tls] [--core N]`: one server of `kind`, on core `N` if given,
     /// announced as `READY port`; answers each `LIVE` line on stdin with the connections it
     /// holds; exits when stdin closes.
-    fn serve(kind: Kind, tls: bool, core: Option<usize>) {
+    fn serve(served: Served, tls: bool, core: Option<usize>, fifo: bool) {
         if let Some(core) = core {
             pin(std::iter::once(core));
         }
+        if fifo {
+            first_in_first_out();
+        }
         let acceptor = tls.then(tls_acceptor);
-        let server = Running::start(kind, acceptor.as_ref());
+        let (port, live): (u16, Box<dyn Fn() -> usize>) = match served {
+            Served::Kind(kind) => {
+                let server = Running::start(kind, acceptor.as_ref());
+                (server.address.port(), Box::new(move || server.live()))
+            }
+            Served::ApiFloor => {
+                assert!(!tls, "the API floor speaks plain TCP only");
+                let runtime = server_thread();
+                let listener = {
+                    let _context = runtime.enter();
+                    tokio::net::TcpListener::from_std(std_listener()).expect("the floor's listener")
+                };
+                let port = listener.local_addr().expect("the floor listens").port();
+                let tally = Tally::new(0);
+                runtime.spawn(crate::api_floor::accept_loop(listener, tally.clone(), true));
+                (port, Box::new(move || tally.live.load(Ordering::Relaxed)))
+            }
+        };
         let mut stdout = io::stdout().lock();
-        let _ = writeln!(stdout, "READY {}", server.address.port());
+        let _ = writeln!(stdout, "READY {port}");
         let _ = stdout.flush();
         for line in io::stdin().lock().lines() {
             let Ok(line) = line else { break };
             if line.trim() == "LIVE" {
-                let _ = writeln!(stdout, "{}", server.live());
+                let _ = writeln!(stdout, "{}", live());
                 let _ = stdout.flush();
             }
         }
@@ -257,9 +356,10 @@ mod open_loop {
     impl ServerProcess {
         fn start(
             label: &'static str,
-            kind: Kind,
+            kind: Served,
             tls: bool,
             core: Option<usize>,
+            fifo: bool,
         ) -> io::Result<ServerProcess> {
             let mut command = Command::new(std::env::current_exe()?);
             command.args(["--server", kind.name()]);
@@ -268,6 +368,9 @@ mod open_loop {
             }
             if let Some(core) = core {
                 command.args(["--core", &core.to_string()]);
+            }
+            if fifo {
+                command.arg("--fifo");
             }
             let mut child = command
                 .stdin(Stdio::piped())
@@ -318,8 +421,27 @@ mod open_loop {
             );
         }
 
-        /// CPU time (user + system) the server process used so far, in seconds.
+        /// CPU time the server process used so far, in seconds: the sum of its threads' time
+        /// on a CPU as the scheduler counts it (`/proc/PID/task/*/schedstat`, in nanoseconds),
+        /// or where the kernel has no schedstat, user + system time in 10 ms ticks
+        /// (`/proc/PID/stat`).
         fn cpu_seconds(&self) -> f64 {
+            self.scheduled_seconds()
+                .unwrap_or_else(|| self.ticked_seconds())
+        }
+
+        fn scheduled_seconds(&self) -> Option<f64> {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
+            let mut nanos = 0_u64;
+            for task in tasks {
+                let schedstat =
+                    std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+                nanos += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+            }
+            Some(nanos as f64 / 1e9)
+        }
+
+        fn ticked_seconds(&self) -> f64 {
             const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
             else {
@@ -471,12 +593,16 @@ mod open_loop {
     // -----------------------------------------------------------------------------------------
 
     /// The schedule of one round: message `i` is due at `start + i × period`, on connection
-    /// `i mod connections`; those due in `[measured, end)` are recorded.
+    /// `i mod connections`; those due in `[measured, end)` are recorded. Where several servers
+    /// share the round (`--together`), connection `c` is one of server `c mod servers`'s, so
+    /// consecutive messages go to the servers in turn.
     #[derive(Clone, Copy)]
     struct Schedule {
         start: Instant,
         period_nanos: f64,
+        /// Every server's connections, interleaved.
         connections: usize,
+        servers: usize,
         measured: Instant,
         end: Instant,
     }
@@ -489,12 +615,18 @@ mod open_loop {
         fn recorded(&self, due: Instant) -> bool {
             due >= self.measured && due < self.end
         }
+
+        /// The server (its place in the round) that connection `connection` goes to.
+        fn server(&self, connection: usize) -> usize {
+            connection % self.servers
+        }
     }
 
     /// What the sender reports.
     struct Sent {
         lag: Histogram<u64>,
-        failed: u64,
+        /// Per server.
+        failed: Vec<u64>,
     }
 
     /// The sender thread's loop: every message at its due time, until [`Schedule::end`].
@@ -506,7 +638,7 @@ mod open_loop {
         let mut unsent: Vec<Vec<u8>> = vec![Vec::new(); wires.len()];
         let mut blocked: Vec<usize> = Vec::new();
         let mut broken = vec![false; wires.len()];
-        let mut failed = 0;
+        let mut failed = vec![0; schedule.servers];
         let mut index = 0_u64;
         loop {
             let due = schedule.due(index);
@@ -544,7 +676,7 @@ mod open_loop {
                 }
             }
             if broken[connection] {
-                failed += 1;
+                failed[schedule.server(connection)] += 1;
             }
             if schedule.recorded(due) {
                 lag.saturating_record(nanos(due.elapsed()).max(1));
@@ -587,9 +719,10 @@ mod open_loop {
 
     /// What the receiver reports.
     struct Received {
-        latency: Histogram<u64>,
-        /// Messages due in the window that got no reply within [`DRAIN`].
-        lost: u64,
+        /// Per server.
+        latency: Vec<Histogram<u64>>,
+        /// Messages due in the window that got no reply within [`DRAIN`], per server.
+        lost: Vec<u64>,
     }
 
     /// The receiver thread's loop: reads every reply, records the latency of those due in the
@@ -601,7 +734,7 @@ mod open_loop {
         done: &AtomicBool,
         total: &AtomicU64,
     ) -> Received {
-        let mut latency = histogram();
+        let mut latency: Vec<_> = (0..schedule.servers).map(|_| histogram()).collect();
         let mut events = Events::with_capacity(1024);
         let mut buffer = [0_u8; 16 * 1024];
         let mut bytes = vec![0_u64; wires.len()];
@@ -624,7 +757,7 @@ mod open_loop {
                                 let message = replies[connection] * connections + connection as u64;
                                 let due = schedule.due(message);
                                 if schedule.recorded(due) {
-                                    latency.saturating_record(
+                                    latency[schedule.server(connection)].saturating_record(
                                         nanos(now.saturating_duration_since(due)).max(1),
                                     );
                                 }
@@ -647,14 +780,16 @@ mod open_loop {
         // Messages due in the window without a reply: recorded with their age now.
         let sent = total.load(Ordering::Acquire);
         let now = Instant::now();
-        let mut lost = 0;
+        let mut lost = vec![0; schedule.servers];
         for connection in 0..wires.len() as u64 {
             let mut message = replies[connection as usize] * connections + connection;
+            let server = schedule.server(connection as usize);
             while message < sent {
                 let due = schedule.due(message);
                 if schedule.recorded(due) {
-                    lost += 1;
-                    latency.saturating_record(nanos(now.saturating_duration_since(due)).max(1));
+                    lost[server] += 1;
+                    latency[server]
+                        .saturating_record(nanos(now.saturating_duration_since(due)).max(1));
                 }
                 message += connections;
             }
@@ -701,21 +836,40 @@ mod open_loop {
 
     const QUANTILES: [f64; 3] = [0.50, 0.99, 0.999];
 
-    /// One open-loop round against `server` at `rate` messages per second in all.
+    /// One open-loop round against the servers `order` names, at `rate` messages per second in
+    /// all (each server `rate / order.len()`), `connections` to each; their figures in `order`'s
+    /// order. With more than one server (`--together`) they share the round: each message due
+    /// goes to the next server in `order`, so whatever the machine does in the window it does
+    /// to all of them alike.
     fn open_loop_round(
-        server: &mut ServerProcess,
+        processes: &mut [ServerProcess],
+        order: &[usize],
         connections: usize,
         tls: Option<&native_tls::TlsConnector>,
         rate: f64,
         settings: &Settings,
-    ) -> io::Result<Figures> {
-        let wires = Arc::new(connect_all(server, connections, tls)?);
+    ) -> io::Result<Vec<Figures>> {
+        let mut each = Vec::with_capacity(order.len());
+        for &index in order {
+            each.push(connect_all(&mut processes[index], connections, tls)?);
+        }
+        // Connection `c × servers + s` is server `s`'s `c`th.
+        let mut each: Vec<_> = each.into_iter().map(Vec::into_iter).collect();
+        let wires: Vec<Wire> = (0..connections)
+            .flat_map(|_| {
+                each.iter_mut()
+                    .filter_map(Iterator::next)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let wires = Arc::new(wires);
         let mut poll = poll_for(&wires)?;
         let start = Instant::now() + Duration::from_millis(10);
         let schedule = Schedule {
             start,
             period_nanos: 1e9 / rate,
-            connections,
+            connections: wires.len(),
+            servers: order.len(),
             measured: start + settings.warmup,
             end: start + settings.warmup + settings.measure,
         };
@@ -733,32 +887,40 @@ mod open_loop {
                 .name("receiver".into())
                 .spawn(move || receive(&wires, &mut poll, schedule, &done, &total))?
         };
+        let cpu = |processes: &[ServerProcess]| -> Vec<f64> {
+            order.iter().map(|&i| processes[i].cpu_seconds()).collect()
+        };
+        let first = &processes[order[0]];
         sleep_until(schedule.measured);
-        let cpu_before = server.cpu_seconds();
-        let steal_before = server.core_steal_seconds();
+        let (cpu_before, steal_before) = (cpu(processes), first.core_steal_seconds());
         sleep_until(schedule.end);
-        let cpu = server.cpu_seconds() - cpu_before;
-        let steal = server.core_steal_seconds() - steal_before;
+        let (cpu_after, steal_after) = (cpu(processes), first.core_steal_seconds());
         let sent = sender.join().expect("the sender thread");
         let received = receiver.join().expect("the receiver thread");
         drop(wires);
-        server.settle();
-        let in_window = settings.measure.as_secs_f64() * rate;
+        for &index in order {
+            processes[index].settle();
+        }
+        let in_window = settings.measure.as_secs_f64() * rate / order.len() as f64;
         let micros = |nanos: u64| nanos as f64 / 1e3;
-        let latency = &received.latency;
-        Ok(Figures {
-            percentiles: [
-                micros(latency.value_at_quantile(QUANTILES[0])),
-                micros(latency.value_at_quantile(QUANTILES[1])),
-                micros(latency.value_at_quantile(QUANTILES[2])),
-                micros(latency.max()),
-            ],
-            cpu_micros: cpu * 1e6 / in_window.max(1.0),
-            send_lag_p99: micros(sent.lag.value_at_quantile(0.99)),
-            steal_millis: steal * 1e3,
-            lost: received.lost,
-            failed: sent.failed,
-        })
+        Ok((0..order.len())
+            .map(|slot| {
+                let latency = &received.latency[slot];
+                Figures {
+                    percentiles: [
+                        micros(latency.value_at_quantile(QUANTILES[0])),
+                        micros(latency.value_at_quantile(QUANTILES[1])),
+                        micros(latency.value_at_quantile(QUANTILES[2])),
+                        micros(latency.max()),
+                    ],
+                    cpu_micros: (cpu_after[slot] - cpu_before[slot]) * 1e6 / in_window.max(1.0),
+                    send_lag_p99: micros(sent.lag.value_at_quantile(0.99)),
+                    steal_millis: (steal_after - steal_before) * 1e3,
+                    lost: received.lost[slot],
+                    failed: sent.failed[slot],
+                }
+            })
+            .collect())
     }
 
     fn sleep_until(instant: Instant) {
@@ -836,24 +998,33 @@ mod open_loop {
         tls: Option<native_tls::TlsConnector>,
     }
 
+    /// The most servers of a `--together` round: raw tokio, switchboard, raw tokio B and the API
+    /// floor.
+    const TOGETHER: usize = 4;
+
     const RAW: &str = "raw tokio";
     const RAW_B: &str = "raw tokio B";
     const SWITCHBOARD: &str = "switchboard";
     const MIO: &str = "mio";
+    const API_FLOOR: &str = "API floor";
 
     impl Servers {
-        fn start(tls: bool, core: Option<usize>) -> io::Result<Servers> {
+        /// Raw tokio, switchboard, raw tokio B, and over plain TCP the mio floor, or in
+        /// `--together` rounds the API floor.
+        fn start(tls: bool, together: bool, core: Option<usize>) -> io::Result<Servers> {
             let mut kinds = vec![
-                (RAW, Kind::Raw),
-                (SWITCHBOARD, Kind::Switchboard),
-                (RAW_B, Kind::Raw),
+                (RAW, Served::Kind(Kind::Raw)),
+                (SWITCHBOARD, Served::Kind(Kind::Switchboard)),
+                (RAW_B, Served::Kind(Kind::Raw)),
             ];
-            if !tls {
-                kinds.push((MIO, Kind::Mio));
+            match (tls, together) {
+                (true, _) => {}
+                (false, false) => kinds.push((MIO, Served::Kind(Kind::Mio))),
+                (false, true) => kinds.push((API_FLOOR, Served::ApiFloor)),
             }
             let processes = kinds
                 .into_iter()
-                .map(|(label, kind)| ServerProcess::start(label, kind, tls, core))
+                .map(|(label, kind)| ServerProcess::start(label, kind, tls, core, together))
                 .collect::<io::Result<_>>()?;
             Ok(Servers {
                 processes,
@@ -908,41 +1079,68 @@ mod open_loop {
         };
         let count = servers.processes.len();
         for round in 0..settings.rounds {
-            for slot in 0..count {
-                let index = (slot + round) % count;
-                let server = &mut servers.processes[index];
-                match open_loop_round(server, connections, servers.tls.as_ref(), rate, settings) {
+            // The order rotates by one each round: alone, who goes first; together, whose
+            // message comes first of each turn.
+            let order: Vec<usize> = (0..count).map(|slot| (slot + round) % count).collect();
+            let turns: Vec<&[usize]> = if settings.together {
+                vec![&order]
+            } else {
+                order.chunks(1).collect()
+            };
+            for turn in turns {
+                let result = open_loop_round(
+                    &mut servers.processes,
+                    turn,
+                    connections,
+                    servers.tls.as_ref(),
+                    rate,
+                    settings,
+                );
+                match result {
                     Ok(figures) => {
-                        let [p50, p99, p999, max] = figures.percentiles;
-                        eprintln!(
-                            "  {:<28} round {round} {:<12} p50 {p50:>8.1} p99 {p99:>8.1} \
-                             p99.9 {p999:>8.1} max {max:>9.1} µs, {:.2} server µs/msg, \
-                             send lag p99 {:.1} µs, server core stolen {:.0} ms{}",
-                            point.name,
-                            server.label,
-                            figures.cpu_micros,
-                            figures.send_lag_p99,
-                            figures.steal_millis,
-                            if figures.lost + figures.failed > 0 {
-                                format!(", {} lost, {} failed sends", figures.lost, figures.failed)
-                            } else {
-                                String::new()
-                            }
-                        );
-                        point.rounds[index].1.push(figures);
+                        for (&index, figures) in turn.iter().zip(figures) {
+                            report_round(
+                                &point.name,
+                                round,
+                                servers.processes[index].label,
+                                &figures,
+                            );
+                            point.rounds[index].1.push(figures);
+                        }
                     }
                     Err(error) => {
-                        eprintln!(
-                            "  {:<28} round {round} {:<12} FAILED: {error}",
-                            point.name, server.label
-                        );
-                        point.failures.push(format!("{}: {error}", server.label));
-                        server.settle();
+                        for &index in turn {
+                            let server = &mut servers.processes[index];
+                            eprintln!(
+                                "  {:<28} round {round} {:<12} FAILED: {error}",
+                                point.name, server.label
+                            );
+                            point.failures.push(format!("{}: {error}", server.label));
+                            server.settle();
+                        }
                     }
                 }
             }
         }
         point
+    }
+
+    /// One server's figures of one round, as a line on stderr.
+    fn report_round(point: &str, round: usize, label: &str, figures: &Figures) {
+        let [p50, p99, p999, max] = figures.percentiles;
+        eprintln!(
+            "  {point:<28} round {round} {label:<12} p50 {p50:>8.1} p99 {p99:>8.1} \
+             p99.9 {p999:>8.1} max {max:>9.1} µs, {:.3} server µs/msg, \
+             send lag p99 {:.1} µs, server core stolen {:.0} ms{}",
+            figures.cpu_micros,
+            figures.send_lag_p99,
+            figures.steal_millis,
+            if figures.lost + figures.failed > 0 {
+                format!(", {} lost, {} failed sends", figures.lost, figures.failed)
+            } else {
+                String::new()
+            }
+        );
     }
 
     const COLUMNS: [&str; 4] = ["p50", "p99", "p99.9", "max"];
@@ -1035,12 +1233,24 @@ mod open_loop {
         }
         // Each round runs the servers one after the other: the medians of the rounds' own
         // ratios let slow drifts of the machine cancel, which the ratio of medians does not.
+        let cpu = |f: &Figures| f.cpu_micros;
+        let others: Vec<String> = point
+            .rounds
+            .iter()
+            .filter(|(label, _)| *label != RAW)
+            .map(|(label, _)| format!("{label} {:.3}", round_ratio(point, label, RAW, cpu)))
+            .collect();
         println!(
-            "Server CPU per message ÷ raw tokio's, the median of the rounds' own ratios: \
-             switchboard {:.2}, raw tokio B {:.2}.",
-            round_ratio(point, SWITCHBOARD, |f| f.cpu_micros),
-            round_ratio(point, RAW_B, |f| f.cpu_micros)
+            "Server CPU per message ÷ raw tokio's, the median of the rounds' own ratios: {}.",
+            others.join(", ")
         );
+        if !point.figures(API_FLOOR).is_empty() {
+            println!(
+                "Server CPU per message, switchboard ÷ the API floor, the median of the rounds' \
+                 own ratios (the engine's own cost): {:.3}.",
+                round_ratio(point, SWITCHBOARD, API_FLOOR, cpu)
+            );
+        }
         println!(
             "Reading: switchboard above raw tokio beyond the noise band: {}; below it beyond the \
              band: {}.",
@@ -1071,10 +1281,10 @@ mod open_loop {
         servers.join("; ")
     }
 
-    /// The median over rounds of `label`'s `pick` ÷ raw tokio's in the same round; NaN if a
-    /// round failed.
-    fn round_ratio(point: &Point, label: &str, pick: impl Fn(&Figures) -> f64) -> f64 {
-        let (side, raw) = (point.figures(label), point.figures(RAW));
+    /// The median over rounds of `label`'s `pick` ÷ `base`'s in the same round; NaN if a round
+    /// failed.
+    fn round_ratio(point: &Point, label: &str, base: &str, pick: impl Fn(&Figures) -> f64) -> f64 {
+        let (side, raw) = (point.figures(label), point.figures(base));
         // A failed round leaves a server short, and its rounds would no longer pair up.
         if side.is_empty() || side.len() != raw.len() || !point.failures.is_empty() {
             return f64::NAN;
@@ -1127,10 +1337,13 @@ mod open_loop {
     }
 
     const USAGE: &str = "\
-usage: latency [--quick] [--rounds N] [--loads PERCENT,...]
-                the benchmark (cargo bench --bench latency -- ...); --rounds: per server and
-                point (3, or 2 with --quick); --loads: of raw tokio's closed-loop maximum (50,90)
-       latency --server switchboard|raw|mio [--tls] [--core N]     (started by the benchmark)";
+usage: latency [--quick] [--together] [--rounds N] [--loads PERCENT,...]
+                the benchmark (cargo bench --bench latency -- ...); --together: the servers
+                share each round (with the API floor); --rounds: per server and point (3, or 2
+                with --quick; together 10, or 3 with --quick); --loads: of raw tokio's
+                closed-loop maximum (50,90)
+       latency --server switchboard|raw|mio|api [--tls] [--core N] [--fifo]
+                one server (started by the benchmark)";
 
     pub(crate) fn main() {
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -1139,7 +1352,7 @@ usage: latency [--quick] [--rounds N] [--loads PERCENT,...]
             return;
         }
         if let Some(position) = args.iter().position(|arg| arg == "--server") {
-            let kind = args.get(position + 1).and_then(|kind| kind.parse().ok());
+            let kind = args.get(position + 1).and_then(|kind| Served::parse(kind));
             let Some(kind) = kind else {
                 eprintln!("latency: --server needs a server kind\n{USAGE}");
                 std::process::exit(2);
@@ -1148,17 +1361,28 @@ usage: latency [--quick] [--rounds N] [--loads PERCENT,...]
                 .iter()
                 .position(|arg| arg == "--core")
                 .and_then(|position| args.get(position + 1)?.parse().ok());
-            serve(kind, args.iter().any(|arg| arg == "--tls"), core);
+            let flag = |name: &str| args.iter().any(|arg| arg == name);
+            serve(kind, flag("--tls"), core, flag("--fifo"));
             return;
         }
         let mut settings = Settings::new(args.iter().any(|arg| arg == "--quick"));
         let mut loads = LOADS.to_vec();
         let mut rest = args.iter();
+        let mut rounds_given = false;
         while let Some(arg) = rest.next() {
             match arg.as_str() {
                 "--quick" | "--bench" => {}
+                "--together" => {
+                    settings.together = true;
+                    if !rounds_given {
+                        settings.rounds = if settings.quick { 3 } else { 10 };
+                    }
+                }
                 "--rounds" => match rest.next().and_then(|n| n.parse().ok()) {
-                    Some(rounds @ 1..) => settings.rounds = rounds,
+                    Some(rounds @ 1..) => {
+                        settings.rounds = rounds;
+                        rounds_given = true;
+                    }
                     _ => usage_error("--rounds needs a count of at least 1"),
                 },
                 "--loads" => {
@@ -1184,17 +1408,25 @@ usage: latency [--quick] [--rounds N] [--loads PERCENT,...]
         if let Some(server_core) = server_core {
             pin((0..cores).filter(|&core| core != server_core));
         }
-        let large = if settings.large > room {
-            eprintln!(
-                "  open files limit: {} connections instead of {} (the server and this process \
+        // Together, this process holds every server's connections.
+        let room = if settings.together {
+            room / TOGETHER
+        } else {
+            room
+        };
+        let large =
+            if settings.large > room {
+                eprintln!(
+                "  open files limit: {} connections {}instead of {} (the server and this process \
                  each need one descriptor per connection)",
                 thousands(room as f64),
+                if settings.together { "to each server " } else { "" },
                 thousands(settings.large as f64)
             );
-            room
-        } else {
-            settings.large
-        };
+                room
+            } else {
+                settings.large
+            };
         eprintln!(
             "latency bench{}: {} cores, servers on core {}, {} rounds of {:?} (+{:?} warm-up)",
             if settings.quick { " (--quick)" } else { "" },
@@ -1212,7 +1444,7 @@ usage: latency [--quick] [--rounds N] [--loads PERCENT,...]
             (true, settings.tls),
         ];
         for (tls, connections) in scenarios {
-            let mut servers = match Servers::start(tls, server_core) {
+            let mut servers = match Servers::start(tls, settings.together, server_core) {
                 Ok(servers) => servers,
                 Err(error) => {
                     eprintln!("  could not start the servers: {error}");
