@@ -28,29 +28,33 @@ use crate::timeouts::Timeouts;
 use crate::tls::TlsInfo;
 
 /// The part of a connection shared by its driver, its handles and the server's registry.
+///
+/// In declaration order (`repr(C)`): the counters and the mailbox's hot part, which every
+/// message touches, lead, so that they share the allocation's first cache lines.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Shared {
+    pub(crate) counters: ConnectionCounters,
+    pub(crate) mailbox: Mailbox,
     pub(crate) id: ConnectionId,
     /// The socket's peer (for a PROXY protocol listener, the balancer) and its local address.
     pub(crate) addresses: SocketAddresses,
-    pub(crate) direction: Direction,
     pub(crate) user_data: UserData,
-    pub(crate) counters: ConnectionCounters,
-    pub(crate) mailbox: Mailbox,
     /// What the PROXY header and the TLS handshake told, once either did (boxed, one pointer for
     /// both: most connections have neither).
     pub(crate) told: OnceBox<Told>,
-    /// Whether this is a TLS connection (negotiated or not yet).
-    pub(crate) is_tls: bool,
+    /// Who is told when it starts closing (the [groups](crate::ConnectionGroup) it joined,
+    /// which it leaves then).
+    pub(crate) closing_hooks: ClosingHooks,
     /// The index of the frame layer's user data slot, once it was marked
     /// ([`Shared::mark_frame_slot`]; `u32::MAX` before), found without locking the
     /// application's slots, which may be held (in `with`) by the very callback that broadcasts
     /// to a group. Kept here, not in [`UserData`], where it would take a word of its own: beside
     /// the two flags it fits in what would be padding.
     pub(crate) frame_slot: AtomicU32,
-    /// Who is told when it starts closing (the [groups](crate::ConnectionGroup) it joined,
-    /// which it leaves then).
-    pub(crate) closing_hooks: ClosingHooks,
+    pub(crate) direction: Direction,
+    /// Whether this is a TLS connection (negotiated or not yet).
+    pub(crate) is_tls: bool,
 }
 
 /// A socket's two addresses, stored compactly: two IPv4 addresses (most connections) take 12

@@ -93,29 +93,31 @@ enum Fin {
 }
 
 /// One connection's lifecycle. See the module docs.
+///
+/// In declaration order (`repr(C)`): what a steady message reads and writes (the phase, the
+/// settings, the queue, the handles and the flags) in the first 64 bytes; the clock, which only
+/// a connection with a timeout in force touches per message, after them.
 #[derive(Debug)]
 #[cfg_attr(test, derive(Clone))]
+#[repr(C)]
 pub(crate) struct Lifecycle {
+    phase: Phase,
     /// Shared by every connection of a server.
     config: Arc<LifecycleConfig>,
-    /// The application's own timeouts for this connection, when it changed them (boxed: most
-    /// connections keep the server's).
-    timeouts: Option<Box<Timeouts>>,
-    /// Some timeout of the open phase is on: only then are its deadlines computed.
+    /// Bytes the driver holds that are not yet handed to the kernel.
+    queued: usize,
+    handles: usize,
+    /// Some timeout of the open phase is on: only then are its deadlines computed, and only
+    /// then does the clock hold anything that changes (`clock.read_since` is `None` while this
+    /// is false).
     timed: bool,
-    phase: Phase,
     read_requested: bool,
     /// The peer's FIN was read.
     read_closed: bool,
     fin: Fin,
     shutdown_write: bool,
-    /// Bytes the driver holds that are not yet handed to the kernel.
-    queued: usize,
-    /// Bytes read and dropped while closing.
-    discarded: usize,
     urgent_pending: bool,
     urgent_wanted: bool,
-    handles: usize,
     /// The queue is high, as last announced.
     high: bool,
     /// A handle saw the queue reach the high mark since the last announcement.
@@ -131,10 +133,15 @@ pub(crate) struct Lifecycle {
     /// The idle deadline passed: the application is to be asked what to do
     /// ([`Event::IdleTimeout`]).
     idle_expired: bool,
+    first_byte_seen: bool,
+    /// The application's own timeouts for this connection, when it changed them (boxed: most
+    /// connections keep the server's).
+    timeouts: Option<Box<Timeouts>>,
     /// The reason of the graceful close begun, if one was: a connection that ends with it
     /// closed with FIN, whatever the reason.
     closing_with: Option<ClosureReason>,
-    first_byte_seen: bool,
+    /// Bytes read and dropped while closing.
+    discarded: usize,
     clock: Times,
 }
 
@@ -424,6 +431,10 @@ impl Lifecycle {
             self.clock.last_activity = now.now();
         }
         self.timed = timed(&self.config, &timeouts);
+        if !self.timed {
+            // Kept only while a timeout is on (see `timed`).
+            self.clock.read_since = None;
+        }
         self.timeouts = (*timeouts != self.config.timeouts).then_some(timeouts);
     }
 
@@ -484,8 +495,8 @@ impl Lifecycle {
     /// A steady connection's wait (see [`Lifecycle::is_steady`]).
     #[inline]
     fn steady_interest(&mut self) -> Interest {
-        // Already `None` unless a read timeout was on and has just been turned off.
-        self.clock.read_since = None;
+        // Steady means no timeout in force, so the clock has nothing to reset.
+        debug_assert!(!self.timed && self.clock.read_since.is_none());
         Interest {
             read: self.read_requested && self.queued < self.config.limits.limit,
             write: self.queued > 0,
@@ -641,7 +652,10 @@ impl Lifecycle {
             }
             (Phase::Open, ReadOutcome::Data(_)) => {
                 self.read_requested = false;
-                self.clock.read_since = None;
+                if self.timed {
+                    // Untimed, it is `None` already, and the clock's cache line stays untouched.
+                    self.clock.read_since = None;
+                }
                 self.first_byte_seen = true;
                 self.activity(now);
                 ReadVerdict::Deliver
@@ -773,7 +787,8 @@ impl Lifecycle {
 
     #[inline]
     fn activity(&mut self, now: impl Clock) {
-        if self.timeouts().idle.is_some() {
+        // An idle timeout makes the connection timed: an untimed one reads no more.
+        if self.timed && self.timeouts().idle.is_some() {
             self.clock.last_activity = now.now();
         }
     }

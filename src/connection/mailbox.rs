@@ -136,15 +136,13 @@ impl Inbox {
 }
 
 /// A connection's mailbox; see the module docs.
+///
+/// In declaration order (`repr(C)`): what a message touches (the signal, the queue level's two
+/// counters, the settings, the inbox's pointer, the staged length) first, next to the
+/// connection's counters in [`Shared`](crate::connection::Shared).
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Mailbox {
-    /// Made by the first post that needs it (most idle connections have had none: a read request
-    /// is posted in [`Signal`] alone), or by the driver when it publishes that the connection is
-    /// closing or ended, so that a handle posting after that finds the fate published. Before
-    /// it is made, it holds what a new [`Inbox`] holds.
-    inbox: OnceBox<Mutex<Inbox>>,
-    /// The driver's task (see [`Mailbox::set_task`]).
-    task: OnceLock<tokio::task::Id>,
     signal: Signal,
     /// Total bytes ever queued: grown by handles with one compare-and-swap per post
     /// ([`Mailbox::reserve`]), under the inbox lock or, for the connection's own callbacks'
@@ -153,15 +151,22 @@ pub(crate) struct Mailbox {
     posted: AtomicUsize,
     /// Bytes the driver has taken off the queue (written or dropped); written only by it.
     sent: AtomicUsize,
+    /// The server's settings: the queue bounds and the default timeouts.
+    config: Arc<LifecycleConfig>,
+    /// Made by the first post that needs it (most idle connections have had none: a read request
+    /// is posted in [`Signal`] alone), or by the driver when it publishes that the connection is
+    /// closing or ended, so that a handle posting after that finds the fate published. Before
+    /// it is made, it holds what a new [`Inbox`] holds.
+    inbox: OnceBox<Mutex<Inbox>>,
     /// The length of the inbox's staged bytes, mirrored whenever they change (under the inbox
     /// lock), so that a frame layer can ask before it encodes without taking the lock.
     staged_len: AtomicUsize,
+    /// The driver's task (see [`Mailbox::set_task`]).
+    task: OnceLock<tokio::task::Id>,
     /// Writers waiting for room: signalled when the queue drains to the low mark or below the
     /// limit, and when the connection closes. Made by the first writer that waits (most
     /// connections never have one).
     room: OnceBox<Notify>,
-    /// The server's settings: the queue bounds and the default timeouts.
-    config: Arc<LifecycleConfig>,
 }
 
 impl Mailbox {
