@@ -6,6 +6,7 @@
 //! cargo bench --bench latency -- --quick
 //! cargo bench --bench latency -- --loads 50 --rounds 7
 //! cargo bench --bench latency -- --together --loads 50
+//! cargo bench --bench latency -- --together --loads 50 --compare ../other/target/release/deps/latency-HASH
 //! ```
 //!
 //! The full run takes 5–7 minutes on a 2-core machine, `--quick` about one (fewer connections,
@@ -81,6 +82,13 @@
 //! future per callback, a handle with a write queue) and nothing of its engine. Its ratio to raw
 //! tokio is what any engine offering these callbacks pays at least; switchboard ÷ the API floor
 //! is the engine's own cost.
+//!
+//! `--compare PATH` runs one more server: switchboard from `PATH`, this bench built from another
+//! commit (`cargo bench --bench latency --no-run` there prints the executable). Together, the
+//! line `this switchboard ÷ the compared build's` is then a change of the engine measured in the
+//! same rounds, which resolves about a percent: each run starts new server processes, and a
+//! process keeps a CPU bias of its own of 1–2% for its life, so ratios from different runs do
+//! not.
 //!
 //! Together, the client holds every server's connections, so the scenario's connections to each
 //! server are at most a quarter of what the descriptor limit allows (19,000 becomes about 4,900
@@ -162,6 +170,9 @@ mod open_loop {
         quick: bool,
         /// `--together`: the servers share each round rather than taking turns.
         together: bool,
+        /// `--compare PATH`: this bench built from another commit, whose switchboard runs
+        /// beside this one's.
+        compare: Option<std::path::PathBuf>,
         rounds: usize,
         warmup: Duration,
         measure: Duration,
@@ -178,6 +189,7 @@ mod open_loop {
                 Settings {
                     quick,
                     together: false,
+                    compare: None,
                     rounds: 2,
                     warmup: Duration::from_millis(200),
                     measure: Duration::from_millis(500),
@@ -191,6 +203,7 @@ mod open_loop {
                 Settings {
                     quick,
                     together: false,
+                    compare: None,
                     rounds: 3,
                     warmup: Duration::from_millis(500),
                     measure: Duration::from_secs(2),
@@ -360,8 +373,12 @@ mod open_loop {
             tls: bool,
             core: Option<usize>,
             fifo: bool,
+            executable: Option<&std::path::Path>,
         ) -> io::Result<ServerProcess> {
-            let mut command = Command::new(std::env::current_exe()?);
+            let mut command = match executable {
+                Some(executable) => Command::new(executable),
+                None => Command::new(std::env::current_exe()?),
+            };
             command.args(["--server", kind.name()]);
             if tls {
                 command.arg("--tls");
@@ -999,7 +1016,7 @@ mod open_loop {
     }
 
     /// The most servers of a `--together` round: raw tokio, switchboard, raw tokio B and the API
-    /// floor.
+    /// floor (and one more with `--compare`).
     const TOGETHER: usize = 4;
 
     const RAW: &str = "raw tokio";
@@ -1007,11 +1024,14 @@ mod open_loop {
     const SWITCHBOARD: &str = "switchboard";
     const MIO: &str = "mio";
     const API_FLOOR: &str = "API floor";
+    /// `--compare`'s server: switchboard from another build of this bench.
+    const COMPARED: &str = "compared";
 
     impl Servers {
         /// Raw tokio, switchboard, raw tokio B, and over plain TCP the mio floor, or in
-        /// `--together` rounds the API floor.
-        fn start(tls: bool, together: bool, core: Option<usize>) -> io::Result<Servers> {
+        /// `--together` rounds the API floor; with `--compare`, the other build's switchboard.
+        fn start(tls: bool, settings: &Settings, core: Option<usize>) -> io::Result<Servers> {
+            let together = settings.together;
             let mut kinds = vec![
                 (RAW, Served::Kind(Kind::Raw)),
                 (SWITCHBOARD, Served::Kind(Kind::Switchboard)),
@@ -1022,10 +1042,17 @@ mod open_loop {
                 (false, false) => kinds.push((MIO, Served::Kind(Kind::Mio))),
                 (false, true) => kinds.push((API_FLOOR, Served::ApiFloor)),
             }
-            let processes = kinds
+            let mut processes = kinds
                 .into_iter()
-                .map(|(label, kind)| ServerProcess::start(label, kind, tls, core, together))
-                .collect::<io::Result<_>>()?;
+                .map(|(label, kind)| ServerProcess::start(label, kind, tls, core, together, None))
+                .collect::<io::Result<Vec<_>>>()?;
+            if let Some(other) = &settings.compare {
+                let kind = Served::Kind(Kind::Switchboard);
+                let other = Some(other.as_path());
+                processes.push(ServerProcess::start(
+                    COMPARED, kind, tls, core, together, other,
+                )?);
+            }
             Ok(Servers {
                 processes,
                 tls: tls.then(native_tls_connector),
@@ -1244,6 +1271,21 @@ mod open_loop {
             "Server CPU per message ÷ raw tokio's, the median of the rounds' own ratios: {}.",
             others.join(", ")
         );
+        if !point.figures(COMPARED).is_empty() {
+            let ratios: Vec<f64> = point
+                .figures(SWITCHBOARD)
+                .iter()
+                .zip(point.figures(COMPARED))
+                .map(|(this, other)| this.cpu_micros / other.cpu_micros)
+                .collect();
+            println!(
+                "Server CPU per message, this switchboard ÷ the compared build's, the median of \
+                 the rounds' own ratios: {:.3} ({} of {} rounds below 1).",
+                round_ratio(point, SWITCHBOARD, COMPARED, cpu),
+                ratios.iter().filter(|ratio| **ratio < 1.0).count(),
+                ratios.len()
+            );
+        }
         if !point.figures(API_FLOOR).is_empty() {
             println!(
                 "Server CPU per message, switchboard ÷ the API floor, the median of the rounds' \
@@ -1337,11 +1379,12 @@ mod open_loop {
     }
 
     const USAGE: &str = "\
-usage: latency [--quick] [--together] [--rounds N] [--loads PERCENT,...]
+usage: latency [--quick] [--together] [--compare PATH] [--rounds N] [--loads PERCENT,...]
                 the benchmark (cargo bench --bench latency -- ...); --together: the servers
-                share each round (with the API floor); --rounds: per server and point (3, or 2
-                with --quick; together 10, or 3 with --quick); --loads: of raw tokio's
-                closed-loop maximum (50,90)
+                share each round (with the API floor); --compare: this bench built from
+                another commit, whose switchboard runs beside this one's; --rounds: per server
+                and point (3, or 2 with --quick; together 10, or 3 with --quick); --loads: of
+                raw tokio's closed-loop maximum (50,90)
        latency --server switchboard|raw|mio|api [--tls] [--core N] [--fifo]
                 one server (started by the benchmark)";
 
@@ -1378,6 +1421,10 @@ usage: latency [--quick] [--together] [--rounds N] [--loads PERCENT,...]
                         settings.rounds = if settings.quick { 3 } else { 10 };
                     }
                 }
+                "--compare" => match rest.next() {
+                    Some(path) => settings.compare = Some(path.into()),
+                    None => usage_error("--compare needs the path of another build of this bench"),
+                },
                 "--rounds" => match rest.next().and_then(|n| n.parse().ok()) {
                     Some(rounds @ 1..) => {
                         settings.rounds = rounds;
@@ -1410,7 +1457,7 @@ usage: latency [--quick] [--together] [--rounds N] [--loads PERCENT,...]
         }
         // Together, this process holds every server's connections.
         let room = if settings.together {
-            room / TOGETHER
+            room / (TOGETHER + usize::from(settings.compare.is_some()))
         } else {
             room
         };
@@ -1444,7 +1491,7 @@ usage: latency [--quick] [--together] [--rounds N] [--loads PERCENT,...]
             (true, settings.tls),
         ];
         for (tls, connections) in scenarios {
-            let mut servers = match Servers::start(tls, settings.together, server_core) {
+            let mut servers = match Servers::start(tls, &settings, server_core) {
                 Ok(servers) => servers,
                 Err(error) => {
                     eprintln!("  could not start the servers: {error}");
