@@ -262,3 +262,33 @@ fn turning_the_idle_timeout_on_counts_from_then() {
         Some(t1 + Duration::from_secs(1))
     );
 }
+
+/// A read timeout turned off while a read waits takes its deadline with it, and the connection
+/// is steady again: the wait after a write comes from the steady path, with no deadline.
+#[test]
+fn turning_the_read_timeout_off_while_a_read_waits_leaves_no_deadline() {
+    let t0 = Instant::now();
+    let second = Duration::from_secs(1);
+    let mut life = reading_with(
+        Timeouts {
+            read: Some(second),
+            ..Timeouts::default()
+        },
+        t0,
+    );
+    assert_eq!(wait(&mut life, t0).deadline, Some(t0 + second));
+    let t1 = t0 + second / 2;
+    life.on_requests(
+        requests(|r| r.timeouts = Some(Box::new(Timeouts::default()))),
+        t1,
+    );
+    life.on_requests(requests(|r| r.queued = 10), t1);
+    life.on_written(10, t1);
+    let interest = life
+        .steady_after_write()
+        .expect("untimed, reading, nothing to announce: steady");
+    assert_eq!(interest.deadline, None);
+    assert!(interest.read);
+    assert_eq!(wait(&mut life, t1 + 2 * second).deadline, None);
+    assert!(!life.is_ended(), "no read timeout is left to end it");
+}
