@@ -206,14 +206,7 @@ fn traffic_moves_the_idle_and_first_byte_deadlines() {
 fn each_read_request_gets_the_whole_read_timeout() {
     let t0 = Instant::now();
     let second = Duration::from_secs(1);
-    let mut life = reading_with(
-        Timeouts {
-            read: Some(second),
-            ..Timeouts::default()
-        },
-        t0,
-    );
-    assert_eq!(wait(&mut life, t0).deadline, Some(t0 + second));
+    let mut life = waiting_for_a_read_timed(second, t0);
     let t1 = t0 + second / 2;
     life.on_read(ReadOutcome::Data(1), t1);
     life.on_requests(requests(|r| r.read = true), t1);
@@ -224,14 +217,7 @@ fn each_read_request_gets_the_whole_read_timeout() {
 fn a_read_paused_by_a_full_queue_does_not_count_toward_the_read_timeout() {
     let t0 = Instant::now();
     let second = Duration::from_secs(1);
-    let mut life = reading_with(
-        Timeouts {
-            read: Some(second),
-            ..Timeouts::default()
-        },
-        t0,
-    );
-    assert_eq!(wait(&mut life, t0).deadline, Some(t0 + second));
+    let mut life = waiting_for_a_read_timed(second, t0);
     life.on_requests(requests(|r| r.queued = 100), t0);
     let _ = life.next(t0); // high
     let interest = wait(&mut life, t0);
@@ -269,14 +255,7 @@ fn turning_the_idle_timeout_on_counts_from_then() {
 fn turning_the_read_timeout_off_while_a_read_waits_leaves_no_deadline() {
     let t0 = Instant::now();
     let second = Duration::from_secs(1);
-    let mut life = reading_with(
-        Timeouts {
-            read: Some(second),
-            ..Timeouts::default()
-        },
-        t0,
-    );
-    assert_eq!(wait(&mut life, t0).deadline, Some(t0 + second));
+    let mut life = waiting_for_a_read_timed(second, t0);
     let t1 = t0 + second / 2;
     life.on_requests(
         requests(|r| r.timeouts = Some(Box::new(Timeouts::default()))),
@@ -291,4 +270,18 @@ fn turning_the_read_timeout_off_while_a_read_waits_leaves_no_deadline() {
     assert!(interest.read);
     assert_eq!(wait(&mut life, t1 + 2 * second).deadline, None);
     assert!(!life.is_ended(), "no read timeout is left to end it");
+}
+
+/// A connection reading under a read timeout of `timeout`, waiting since `t0` with that
+/// deadline.
+fn waiting_for_a_read_timed(timeout: Duration, t0: Instant) -> Lifecycle {
+    let mut life = reading_with(
+        Timeouts {
+            read: Some(timeout),
+            ..Timeouts::default()
+        },
+        t0,
+    );
+    assert_eq!(wait(&mut life, t0).deadline, Some(t0 + timeout));
+    life
 }
